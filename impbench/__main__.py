@@ -1,0 +1,3 @@
+from impbench.cli import main
+
+main()

@@ -1,0 +1,7 @@
+"""Our CUDA kernels: one compile cache (_cache) and one wrapper module per kernel family.
+
+Wrappers check dtypes, shapes and contiguity and raise ValueError naming them; they never
+allocate, synchronize or read device memory on the host, so every one is capture-safe.
+"""
+
+from impbench.kernels._cache import KERNELS_DIR, get_function, load_module  # noqa: F401
