@@ -1,0 +1,151 @@
+"""The synthetic MoE prefill engine: weights, buffers and the chunked prefill, eager or graph.
+
+Construction is the prewarm: every weight and buffer is allocated and every kernel module compiled
+before the first forward. After that a prefill never allocates, never synchronizes and never reads
+device memory on the host (except in --no-prewarm mode, which exists to show what that costs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from impbench.engine.buffers import Buffers, buffer_specs
+from impbench.engine.forward import LaunchList, build_launches
+from impbench.engine.weights import generate_weights
+from impbench.errors import InputError
+
+MODES = ("eager", "graph")
+KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "ops", "routing", "attention")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int
+    length: int
+    last: bool
+
+
+def plan_chunks(prompt_tokens: int, chunk_size: int) -> list[Chunk]:
+    """Chunked prefill: full chunks of `chunk_size` tokens, the last one possibly shorter (0 = one chunk)."""
+    if prompt_tokens <= 0:
+        raise InputError(f"prompt length must be > 0 tokens, got {prompt_tokens}")
+    size = chunk_size if chunk_size > 0 else prompt_tokens
+    starts = list(range(0, prompt_tokens, size))
+    return [Chunk(s, min(size, prompt_tokens - s), s == starts[-1]) for s in starts]
+
+
+@dataclass
+class PrefillStats:
+    """What one prefill did: wall time, launches issued from Python, graph replays, GEMM paths."""
+
+    wall_s: float
+    issue_s: float  # host time spent issuing work (before the final synchronize)
+    python_launches: int
+    graph_replays: int
+    gemm_paths: Counter
+
+    @property
+    def host_us_per_launch(self) -> float | None:
+        return 1e6 * self.issue_s / self.python_launches if self.python_launches else None
+
+
+class Engine:
+    """One model preset, built for prompts up to `max_tokens` in chunks of at most `max_chunk` tokens.
+
+    Buffers are sized for the largest chunk, so arms with different chunk sizes share one engine.
+    `max_chunk` 0 means one chunk of the whole prompt.
+    """
+
+    def __init__(self, preset, max_tokens: int, max_chunk: int, seed: int = 0, prewarm: bool = True):
+        import cupy
+
+        from impbench.kernels import load_module
+
+        self.preset = preset
+        self.max_tokens = max_tokens
+        self.chunk_tokens = min(max_chunk, max_tokens) if max_chunk > 0 else max_tokens
+        self.prewarm = prewarm
+        self.current_op = ""
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        for family in KERNEL_FAMILIES:  # compile outside any capture, in both modes
+            load_module(family)
+        with self.stream:
+            self.weights = generate_weights(preset, seed)
+            self.buffers = Buffers(buffer_specs(preset, self.chunk_tokens, max_tokens), prewarm=prewarm)
+            rng = cupy.random.default_rng(seed + 1)
+            prompt = rng.integers(0, preset.vocab_size, size=max_tokens, dtype=cupy.int32)
+            self.buffers.prompt_ids[...] = prompt
+        self.stream.synchronize()
+        self._launch_lists: dict[tuple, LaunchList] = {}
+        self._graphs: dict[tuple, object] = {}  # (chunk length, guard) -> capture.ChunkGraph
+
+    # -- one chunk -------------------------------------------------------------------------------
+    def launch_list(self, length: int, last: bool, guard: str | None) -> LaunchList:
+        key = (length, last, guard)
+        launches = self._launch_lists.get(key)
+        if launches is None:
+            launches = build_launches(self.preset, self.weights, self.buffers, length, last, guard)
+            self._launch_lists[key] = launches
+        return launches
+
+    def _set_chunk_inputs(self, chunk: Chunk) -> None:
+        """Copy the chunk's token ids and position into the static buffers the graph reads."""
+        b = self.buffers
+        self.current_op = "chunk_inputs"
+        b.pos.fill(chunk.start)
+        b.ids[: chunk.length] = b.prompt_ids[chunk.start : chunk.start + chunk.length]
+
+    # -- one prefill -----------------------------------------------------------------------------
+    def prefill(
+        self, prompt_tokens: int, chunk_size: int, mode: str = "eager", guard: str | None = None
+    ) -> PrefillStats:
+        """Run the chunked prefill of the first `prompt_tokens` prompt tokens and wait for it.
+
+        `guard` is the dense GEMM policy (None: cuBLAS). mode "graph": every non-last chunk is a
+        replay of one CUDA graph, captured on first use; if capture fails the prefill runs eager
+        and the failure is kept in `capture_status`.
+        """
+        from impbench.capture import ChunkGraph
+
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}; accepted: {', '.join(MODES)}")
+        if prompt_tokens > self.max_tokens:
+            raise InputError(f"prompt of {prompt_tokens} tokens exceeds the engine's {self.max_tokens}")
+        chunks = plan_chunks(prompt_tokens, chunk_size)
+        if chunks[0].length > self.chunk_tokens:
+            raise InputError(f"chunk of {chunks[0].length} tokens exceeds the engine's {self.chunk_tokens}")
+        paths: Counter = Counter()
+        python_launches = replays = 0
+        start_s = time.perf_counter()
+        with self.stream:
+            for chunk in chunks:
+                self._set_chunk_inputs(chunk)
+                graph = None
+                if mode == "graph" and not chunk.last:
+                    key = (chunk.length, guard)
+                    graph = self._graphs.get(key)
+                    if graph is None:
+                        graph = self._graphs[key] = ChunkGraph.capture(self, chunk.length, guard)
+                launches = self.launch_list(chunk.length, chunk.last, guard)
+                if graph is not None and graph.captured:
+                    graph.replay(self.stream)
+                    replays += 1
+                else:
+                    launches.run(self)
+                    python_launches += len(launches.launches)
+                paths.update(launches.gemm_paths)
+            issue_s = time.perf_counter() - start_s
+            self.stream.synchronize()
+        wall_s = time.perf_counter() - start_s
+        return PrefillStats(wall_s, issue_s, python_launches, replays, paths)
+
+    def capture_status(self, chunk_size: int, guard: str | None):
+        """The CaptureStatus of the graph for this chunk size and guard, or None if none was tried."""
+        graph = self._graphs.get((chunk_size, guard))  # non-last chunks are exactly chunk_size long
+        return None if graph is None else graph.status
+
+    def logits(self):
+        """Last-token logits of the last prefill (host float32 copy; synchronizes)."""
+        return self.buffers.logits.get().astype("float32")[0]

@@ -1,0 +1,119 @@
+"""Synthetic model weights on the GPU, with the exact shapes of a preset.
+
+Dense tensors are FP16 (nn.Linear layout [N, K]); expert weights are NVFP4 in the ModelOpt layout
+(impbench.nvfp4). Values are random with realistic scales (std 0.02 linears, norms near 1) so
+activations stay in FP16 range through every layer, as in a trained model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+LINEAR_STD = 0.02
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: object  # fp16 [H]
+    wqkv: object  # fp16 [(Hq + 2 Hkv) D, H]: q heads, then k heads, then v heads
+    q_norm: object  # fp16 [D]
+    k_norm: object  # fp16 [D]
+    wo: object  # fp16 [H, Hq D]
+    ffn_norm: object  # fp16 [H]
+    router: object  # fp16 [E, H]
+    w13: object  # NVFP4 codes uint8 [E, 2I, H/2]: gate rows, then up rows
+    w13_scale: object  # e4m3 bits uint8 [E, 2I, H/16]
+    w13_scale2: object  # fp32 [E]
+    w2: object  # uint8 [E, H, I/2]
+    w2_scale: object  # uint8 [E, H, I/16]
+    w2_scale2: object  # fp32 [E]
+
+
+@dataclass
+class ModelWeights:
+    embed: object  # fp16 [V, H]
+    layers: list
+    final_norm: object  # fp16 [H]
+    lm_head: object  # fp16 [V, H] (the embedding itself where the preset ties them)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self.embed, self.final_norm]
+        if self.lm_head is not self.embed:
+            arrays.append(self.lm_head)
+        for layer in self.layers:
+            arrays.extend(getattr(layer, f.name) for f in fields(layer))
+        return int(sum(a.nbytes for a in arrays))
+
+
+def _normal_fp16(rng, shape, std):
+    import cupy
+
+    return (rng.standard_normal(shape, dtype=cupy.float32) * std).astype(cupy.float16)
+
+
+def _norm_fp16(rng, size):
+    import cupy
+
+    return (1.0 + 0.1 * rng.standard_normal((size,), dtype=cupy.float32)).astype(cupy.float16)
+
+
+def generate_weights(preset, seed: int = 0) -> ModelWeights:
+    """Every weight of `preset` (all of its layers) allocated and filled on the current device."""
+    import cupy
+
+    from impbench.nvfp4 import generate_experts_gpu
+
+    rng = cupy.random.default_rng(seed)
+    hidden, dim = preset.hidden_size, preset.head_dim
+    q_rows, kv_rows = preset.num_attention_heads * dim, preset.num_kv_heads * dim
+    experts, inter = preset.num_experts, preset.moe_intermediate_size
+    layers = []
+    for index in range(preset.num_layers):
+        w13, w13_scale, w13_scale2 = generate_experts_gpu(experts, 2 * inter, hidden, seed=seed * 1000 + 2 * index)
+        w2, w2_scale, w2_scale2 = generate_experts_gpu(experts, hidden, inter, seed=seed * 1000 + 2 * index + 1)
+        layers.append(
+            LayerWeights(
+                attn_norm=_norm_fp16(rng, hidden),
+                wqkv=_normal_fp16(rng, (q_rows + 2 * kv_rows, hidden), LINEAR_STD),
+                q_norm=_norm_fp16(rng, dim),
+                k_norm=_norm_fp16(rng, dim),
+                wo=_normal_fp16(rng, (hidden, q_rows), LINEAR_STD),
+                ffn_norm=_norm_fp16(rng, hidden),
+                router=_normal_fp16(rng, (experts, hidden), LINEAR_STD),
+                w13=w13,
+                w13_scale=w13_scale,
+                w13_scale2=w13_scale2,
+                w2=w2,
+                w2_scale=w2_scale,
+                w2_scale2=w2_scale2,
+            )
+        )
+    embed = _normal_fp16(rng, (preset.vocab_size, hidden), 1.0)
+    lm_head = embed if preset.tie_word_embeddings else _normal_fp16(rng, (preset.vocab_size, hidden), LINEAR_STD)
+    return ModelWeights(embed=embed, layers=layers, final_norm=_norm_fp16(rng, hidden), lm_head=lm_head)
+
+
+def _experts_float64(codes, scale, scale2) -> np.ndarray:
+    from impbench.nvfp4 import dequantize
+
+    codes, scale, scale2 = codes.get(), scale.get(), scale2.get()
+    return np.stack([dequantize(codes[e], scale[e], scale2[e]) for e in range(codes.shape[0])]).astype(np.float64)
+
+
+def reference_weights(weights: ModelWeights) -> dict:
+    """The same weights as float64 NumPy arrays under impbench.reference's keys (experts dequantized)."""
+    ref = {
+        "embed": weights.embed.get().astype(np.float64),
+        "final_norm": weights.final_norm.get().astype(np.float64),
+        "lm_head": weights.lm_head.get().astype(np.float64),
+    }
+    for index, layer in enumerate(weights.layers):
+        prefix = f"layers.{index}."
+        for name in ("attn_norm", "wqkv", "q_norm", "k_norm", "wo", "ffn_norm", "router"):
+            ref[prefix + name] = getattr(layer, name).get().astype(np.float64)
+        ref[prefix + "w13"] = _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2)
+        ref[prefix + "w2"] = _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2)
+    return ref
