@@ -49,3 +49,64 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Commands are registered below, one per workflow; each calls into its own module.
+
+
+@cli.command()
+@click.argument("old", metavar="OLD.json", type=click.Path(dir_okay=False))
+@click.argument("new", metavar="NEW.json", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True,
+              help="Output format: markdown table, CSV, or JSON {notes, rows}.")  # fmt: skip
+def compare(old: str, new: str, fmt: str) -> None:
+    """Compare two `impbench ab --out` results: each arm's tok/s in NEW against OLD, with verdicts.
+
+    Arms are matched by model, pp, arm (A/B) and arm settings; one present on one side only is
+    listed, not dropped.
+    """
+    from impbench.report import compare_notes, format_compare
+    from impbench.results import load_result
+
+    old_result, new_result = load_result(old), load_result(new)
+    click.echo(format_compare(old_result, new_result, fmt))
+    if fmt == "csv":  # markdown and JSON carry the notes themselves; CSV holds only the table
+        for note in compare_notes(old_result, new_result):
+            click.echo(note, err=True)
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="Preset whose dense GEMM shapes to time (repeatable). Default: every preset, unless --shape is given.")
+@click.option("--shape", "shapes", multiple=True, metavar="MxNxK",
+              help="Extra shape, M tokens x N outputs x K inputs, e.g. 512x32x2048 (repeatable).")
+@click.option("--m", "ms", default="512,1024,2048", show_default=True, metavar="LIST",
+              help="Token counts M (comma-separated) at which each model shape is timed.")
+@click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per shape (median reported).")
+@click.option("--guard", "policy", type=click.Choice(["small-n", "tight", "permissive"]), default="small-n",
+              show_default=True, help="Dispatch guard policy whose variant is timed against cuBLAS.")
+@click.option("--variants", default="", metavar="LIST",
+              help="Also time these variants on every shape: comma-separated names, or 'all' (calibration).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True,
+              help="Output format: markdown table, CSV, or JSON with metadata.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the output to this file (a .md or .csv gets its .json beside it).")
+def gemm(models, shapes, ms, reps, policy, variants, fmt, out) -> None:  # fmt: skip
+    """Time our capture-safe FP16 GEMM against cuBLAS (cupy.matmul) on the models' dense shapes.
+
+    Device time from CUDA events, median of --reps after warm-up, rotating input sets larger than
+    L2. Per shape: µs of each, ratio cuBLAS/ours, TFLOP/s, the variant chosen, what each guard
+    policy would do, and the relative error against cuBLAS; then the geometric-mean ratio.
+    """
+    from impbench.device import require_cuda
+    from impbench.gemm_bench import format_report, parse_ms, parse_shape, run_gemm_bench, write_report
+
+    for text in shapes:  # bad input is exit 2 before any GPU work
+        parse_shape(text)
+    m_list = parse_ms(ms)
+    require_cuda()
+    names = tuple(v.strip() for v in variants.split(",") if v.strip())
+    report = run_gemm_bench(models, shapes, m_list, reps, policy, names,
+                            progress=lambda row: click.echo(f"  {row.shape} {row.variant or 'cublas'}: "
+                                                            f"ours {row.ours_us or 0:.1f} us, cuBLAS {row.cublas_us:.1f} us", err=True))
+    click.echo(format_report(report, fmt))
+    if out:
+        for path in write_report(report, out, fmt):
+            click.echo(f"wrote {path}", err=True)
