@@ -103,9 +103,7 @@ def gemm(models, shapes, ms, reps, policy, variants, fmt, out) -> None:  # fmt: 
     m_list = parse_ms(ms)
     require_cuda()
     names = tuple(v.strip() for v in variants.split(",") if v.strip())
-    report = run_gemm_bench(models, shapes, m_list, reps, policy, names,
-                            progress=lambda row: click.echo(f"  {row.shape} {row.variant or 'cublas'}: "
-                                                            f"ours {row.ours_us or 0:.1f} us, cuBLAS {row.cublas_us:.1f} us", err=True))
+    report = run_gemm_bench(models, shapes, m_list, reps, policy, names, progress=lambda row: click.echo(row.progress_line(), err=True))
     click.echo(format_report(report, fmt))
     if out:
         for path in write_report(report, out, fmt):

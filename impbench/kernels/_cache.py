@@ -16,6 +16,13 @@ KERNELS_DIR = Path(os.environ.get("IMPBENCH_KERNELS_DIR", Path(__file__).resolve
 NVRTC_OPTIONS = ("--std=c++17", f"-I{KERNELS_DIR}")
 
 _modules: dict[str, object] = {}
+_functions: dict[tuple[str, str], object] = {}
+
+# A family whose source starts with `// impbench-nvrtc-arch: sm_90a` is compiled for that
+# architecture-specific target (wgmma, setmaxnreg) on a device of that compute capability; CuPy
+# also passes its own -arch=sm_90, and NVRTC keeps the more specific sm_90a. Elsewhere the family
+# compiles as usual and must guard such code with __CUDA_ARCH_FEAT_SM90_ALL.
+_ARCH_MARKER = "impbench-nvrtc-arch:"
 
 
 def source_path(family: str) -> Path:
@@ -32,12 +39,32 @@ def load_module(family: str):
         import cupy
 
         code = source_path(family).read_text()
-        module = cupy.RawModule(code=code, options=NVRTC_OPTIONS, backend="nvrtc")
+        options = NVRTC_OPTIONS + _arch_options(code)
+        module = cupy.RawModule(code=code, options=options, backend="nvrtc")
         module.compile()
         _modules[family] = module
     return module
 
 
-def get_function(family: str, name: str):
-    """An extern "C" kernel of a family, by name."""
-    return load_module(family).get_function(name)
+def _arch_options(code: str) -> tuple[str, ...]:
+    import cupy
+
+    for line in code.splitlines()[:5]:
+        if _ARCH_MARKER in line:
+            arch = line.split(_ARCH_MARKER, 1)[1].strip()  # e.g. sm_90a
+            if arch.startswith("sm_") and arch[3:].rstrip("a") == cupy.cuda.Device().compute_capability:
+                return (f"-arch={arch}",)
+    return ()
+
+
+def get_function(family: str, name: str, max_dynamic_smem: int = 0):
+    """An extern "C" kernel of a family, by name; fetched once. `max_dynamic_smem` (bytes) raises
+    the kernel's dynamic shared-memory limit above the 48 KiB default, once, when it is first fetched."""
+    key = (family, name)
+    function = _functions.get(key)
+    if function is None:
+        function = load_module(family).get_function(name)
+        if max_dynamic_smem > 48 * 1024:
+            function.max_dynamic_shared_size_bytes = max_dynamic_smem
+        _functions[key] = function
+    return function

@@ -1,0 +1,272 @@
+"""Capture-safe dense FP16 GEMM (kernels_cu/gemm_fp16.cu): C[M,N] = A[M,K] . W[N,K]^T.
+
+FP16 in, FP32 accumulation, FP16 out; any M >= 1, any N >= 1, K a multiple of 8; all arrays cupy,
+C-contiguous. `gemm` launches one kernel on the current stream: it never allocates, never syncs and
+never reads device memory on the host, so it can run inside a CUDA-graph capture in global mode.
+Deterministic (split-K happens inside a block, added in a fixed order): a replay is bit-identical
+to the eager call.
+
+Tile variants (VARIANTS) and the dispatch guard:
+- `tight`: only shapes with M >= 128 and N >= 128, on a large (128-row, >= 128-column) tile;
+  every other shape declines to cuBLAS (None), which under capture means capture failure.
+- `permissive`: every shape, always on a large tile: the original engine's behaviour, which put
+  M=512 N=32 K=2048 on 4 blocks with 75% of the MMA work on padding.
+- `small-n`: tight's shapes as tight does them, plus the small-tile / in-block split-K variants for
+  the shapes tight declines; for every shape the variant with the lowest modelled time wins.
+`choose_variant` picks by a wave-quantised time model (`estimate_us`) calibrated on the H100.
+IMPBENCH_GEMM_VARIANTS (comma-separated names), where set, restricts the variants it may pick.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+from impbench.kernels._cache import get_function, load_module
+from impbench.kernels._checks import check_array
+
+FAMILY = "gemm_fp16"
+CUBLAS = "cublas"
+TIGHT_BM = TIGHT_BN = 128  # the guard's "N >= BN and M >= BM"
+MAX_GRID_Y = 65535
+LAUNCH_US = 2.0  # time model: launch and ramp of one kernel
+L2_BYTES_PER_CLK = 64.0  # time model: L2 -> SM bytes per clock per SM
+DRAM_BYTES_PER_US = 3.0e6  # time model: 3.0 TB/s
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One extern "C" tile kernel of gemm_fp16.cu; must match its IMPGEMM_* line there."""
+
+    name: str  # kernel name is "gemm_" + name
+    family: str  # "mma" (mma.sync, sm_80+) or "wgmma" (sm_90a)
+    bm: int
+    bn: int
+    bk: int
+    threads: int
+    smem_bytes: int  # dynamic shared memory per block
+    regs: int  # registers per thread (ptxas -v, sm_90a): occupancy in the time model
+    split_k: int = 1  # warps splitting each stage's K inside the block
+    # time model: one block's time at full occupancy = fixed_us + k * us_per_k (us_per_k from the
+    # sustained per-SM rate in FLOP per clock)
+    flop_per_clk: float = 2000.0
+    fixed_us: float = 1.0
+
+    @property
+    def kernel_name(self) -> str:
+        return "gemm_" + self.name
+
+    @property
+    def large(self) -> bool:
+        return self.bm >= TIGHT_BM and self.bn >= TIGHT_BN
+
+    def grid(self, m: int, n: int) -> tuple[int, int]:
+        return (-(-m // self.bm), -(-n // self.bn))
+
+    def blocks_per_sm(self) -> int:
+        by_smem = (228 * 1024) // (self.smem_bytes + 1024)
+        regs_per_warp = -(-self.regs * 32 // 256) * 256
+        by_regs = 65536 // (regs_per_warp * (self.threads // 32))
+        return max(1, min(by_smem, by_regs, 2048 // self.threads, 32))
+
+
+def _v(name, family, bm, bn, bk, threads, smem, regs, split_k=1, flop_per_clk=2000.0, fixed_us=1.0):
+    return Variant(name, family, bm, bn, bk, threads, smem, regs, split_k, flop_per_clk, fixed_us)
+
+
+# fmt: off
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    #  name               family   BM   BN   BK  thr  smem    regs splitK FLOP/clk/SM fixed_us
+    _v("mma_128x128",     "mma",   128, 128, 32, 128, 65536,  241, 1,     2300.0,     1.0),
+    _v("mma_128x256",     "mma",   128, 256, 32, 256, 73728,  236, 1,     2400.0,     1.2),
+    _v("mma_64x128",      "mma",    64, 128, 32, 128, 49152,  167, 1,     2000.0,     0.8),
+    _v("mma_64x64k2",     "mma",    64,  64, 64, 256, 65536,   93, 2,     1500.0,     0.8),
+    _v("mma_32x64k4",     "mma",    32,  64, 64, 256, 49152,   73, 4,     1000.0,     0.8),
+    _v("mma_16x64k8",     "mma",    16,  64, 128, 512, 81920,  54, 8,      600.0,     0.8),
+    _v("mma_16x32k8",     "mma",    16,  32, 128, 256, 49152,  58, 8,      400.0,     0.8),
+    _v("mma_16x16k8",     "mma",    16,  16, 128, 256, 32768,  40, 8,      250.0,     0.8),
+    _v("wgmma_128x256",   "wgmma", 128, 256, 64, 256, 197632, 200, 1,     3200.0,     1.5),
+    _v("wgmma_128x128",   "wgmma", 128, 128, 64, 256, 132096, 150, 1,     2900.0,     1.2),
+    _v("wgmma_64x256",    "wgmma",  64, 256, 64, 128, 164864, 230, 1,     2800.0,     1.2),
+    _v("wgmma_64x128",    "wgmma",  64, 128, 64, 128,  99328, 196, 1,     2400.0,     1.0),
+)}
+# fmt: on
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """Which dense GEMM shapes go to our kernel, and on which tiles (see the module docstring)."""
+
+    name: str
+    accepts_small: bool  # shapes with M < TIGHT_BM or N < TIGHT_BN
+    small_tiles: bool  # may use variants smaller than 128x128
+    description: str
+
+
+POLICIES: dict[str, GuardPolicy] = {
+    p.name: p
+    for p in (
+        GuardPolicy("tight", False, False, "large tile only where M >= 128 and N >= 128; else cuBLAS"),
+        GuardPolicy("permissive", True, False, "large tile for every shape (the original engine's kernel)"),
+        GuardPolicy("small-n", True, True, "tight, plus small-tile / split-K variants for the rest"),
+    )
+}
+DEFAULT_POLICY = "small-n"
+
+
+def get_policy(policy) -> GuardPolicy:
+    if isinstance(policy, GuardPolicy):
+        return policy
+    found = POLICIES.get(policy)
+    if found is None:
+        raise ValueError(f"unknown GEMM guard policy {policy!r}; accepted: {', '.join(POLICIES)}")
+    return found
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    sms: int
+    compute_capability: str  # "90" on H100 / H200
+    sm_mhz: float  # clock the time model assumes under load
+
+    @property
+    def has_wgmma(self) -> bool:
+        return self.compute_capability == "90"
+
+
+H100 = DeviceInfo(132, "90", 1980.0)
+
+
+@lru_cache(maxsize=None)
+def device_info() -> DeviceInfo:
+    """The current device's SM count and compute capability (H100 figures where no GPU is usable)."""
+    try:
+        import cupy
+
+        device = cupy.cuda.Device()
+        sms = device.attributes["MultiProcessorCount"]
+        return DeviceInfo(int(sms), str(device.compute_capability), H100.sm_mhz)
+    except Exception:  # no driver / no device: CPU machines plan with the H100
+        return H100
+
+
+def check_shape(m: int, n: int, k: int) -> None:
+    if m < 1 or n < 1 or k < 8 or k % 8:
+        raise ValueError(f"GEMM shape M={m} N={n} K={k}: need M >= 1, N >= 1 and K a positive multiple of 8")
+
+
+def estimate_us(variant: Variant, m: int, n: int, k: int, device: DeviceInfo = H100) -> float:
+    """Modelled device time of one launch: waves of blocks, each a fixed cost plus its K loop."""
+    gx, gy = variant.grid(m, n)
+    occupancy = variant.blocks_per_sm()
+    full_waves, tail = divmod(gx * gy, device.sms * occupancy)
+    k_pad = -(-k // variant.bk) * variant.bk
+    block_work_us = max(
+        2.0 * variant.bm * variant.bn * k_pad / (variant.flop_per_clk * device.sm_mhz),
+        2.0 * (variant.bm + variant.bn) * k_pad / (L2_BYTES_PER_CLK * device.sm_mhz),
+    )
+    # In a full wave each block shares its SM with occupancy - 1 others; the last, partial wave
+    # puts ceil(tail / sms) blocks on an SM.
+    full_us = full_waves * (variant.fixed_us + block_work_us * occupancy)
+    tail_us = 0.0 if tail == 0 else variant.fixed_us + block_work_us * -(-tail // device.sms)
+    dram_us = 2.0 * (m * k + n * k + m * n) / DRAM_BYTES_PER_US  # every byte once, at least
+    return LAUNCH_US + max(full_us + tail_us, dram_us)
+
+
+def candidates(policy, device: DeviceInfo | None = None) -> list[Variant]:
+    pol = get_policy(policy)
+    device = device or device_info()
+    allowed = [x.strip() for x in os.environ.get("IMPBENCH_GEMM_VARIANTS", "").split(",") if x.strip()]
+    return [
+        v
+        for v in VARIANTS.values()
+        if (pol.small_tiles or v.large)
+        and (v.family != "wgmma" or device.has_wgmma)
+        and (not allowed or v.name in allowed)
+    ]
+
+
+def choose_variant(m: int, n: int, k: int, policy=DEFAULT_POLICY, device: DeviceInfo | None = None) -> str | None:
+    """The variant name our kernel runs this shape with under `policy`, or None (declined: cuBLAS)."""
+    check_shape(m, n, k)
+    pol = get_policy(policy)
+    if not pol.accepts_small and (m < TIGHT_BM or n < TIGHT_BN):
+        return None
+    device = device or device_info()
+    usable = [v for v in candidates(pol, device) if v.grid(m, n)[1] <= MAX_GRID_Y]
+    if not usable:
+        return None
+    return min(usable, key=lambda v: (estimate_us(v, m, n, k, device), v.name)).name
+
+
+def prewarm() -> None:
+    """Compile the family and fetch every usable kernel (with its shared-memory limit) outside capture."""
+    load_module(FAMILY)
+    for variant in candidates("small-n"):
+        _kernel(variant)
+
+
+def spin_kernel():
+    """gemm_bench_spin(long long cycles): a one-thread kernel that busy-waits (benchmark helper)."""
+    return get_function(FAMILY, "gemm_bench_spin")
+
+
+def _kernel(variant: Variant):
+    return get_function(FAMILY, variant.kernel_name, max_dynamic_smem=variant.smem_bytes)
+
+
+def _check_args(a, w, out) -> tuple[int, int, int]:
+    check_array("a", a, "float16", ndim=2)
+    check_array("w", w, "float16", ndim=2)
+    m, k = a.shape
+    n, k_w = w.shape
+    if k_w != k:
+        raise ValueError(f"a {tuple(a.shape)} and w {tuple(w.shape)} disagree on K ({k} vs {k_w}); w is [N, K]")
+    check_array("out", out, "float16", shape=(m, n))
+    if m < 1 or n < 1 or k % 8 or k < 8:
+        raise ValueError(f"a {tuple(a.shape)}, w {tuple(w.shape)}: need M >= 1, N >= 1, K a positive multiple of 8")
+    for name, arr in (("a", a), ("w", w)):
+        if arr.data.ptr % 16:
+            raise ValueError(f"{name} {tuple(arr.shape)} must start 16-byte aligned (cp.async), got address {arr.data.ptr:#x}")
+    if out.data.ptr % 2:
+        raise ValueError(f"out {tuple(out.shape)} must be 2-byte aligned, got address {out.data.ptr:#x}")
+    return m, n, k
+
+
+def gemm(a, w, out, variant: str | None = None) -> None:
+    """out[M,N] = a[M,K] . w[N,K]^T on the current stream (variant None: the small-n policy's choice)."""
+    import numpy as np
+
+    m, n, k = _check_args(a, w, out)
+    name = variant or choose_variant(m, n, k, DEFAULT_POLICY)
+    spec = VARIANTS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown GEMM variant {name!r}; accepted: {', '.join(VARIANTS)}")
+    if spec.family == "wgmma" and not device_info().has_wgmma:
+        raise ValueError(f"GEMM variant {name!r} needs an sm_90 (Hopper) device")
+    gx, gy = spec.grid(m, n)
+    if gy > MAX_GRID_Y:
+        raise ValueError(f"GEMM variant {name!r} cannot tile N={n} (w {tuple(w.shape)}): {gy} column tiles > {MAX_GRID_Y}")
+    _kernel(spec)((gx, gy), (spec.threads,), (a, w, out, np.int32(m), np.int32(n), np.int32(k)), shared_mem=spec.smem_bytes)
+
+
+def dense_gemm(a, w, out, policy, counts: dict | None = None) -> str:
+    """out = a . w^T through our kernel when `policy` accepts the shape, else cuBLAS (`cupy.matmul`).
+
+    `policy` None means cuBLAS for every shape. Returns the path taken (variant name or "cublas")
+    and adds one to counts[path] when a dict is given."""
+    variant = None
+    if policy is not None:
+        variant = choose_variant(a.shape[0], w.shape[0], w.shape[1], policy)
+    if variant is None:
+        import cupy
+
+        cupy.matmul(a, w.T, out=out)
+        path = CUBLAS
+    else:
+        gemm(a, w, out, variant=variant)
+        path = variant
+    if counts is not None:
+        counts[path] = counts.get(path, 0) + 1
+    return path

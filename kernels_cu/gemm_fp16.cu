@@ -1,0 +1,462 @@
+// impbench-nvrtc-arch: sm_90a
+// (read by impbench/kernels/_cache.py: on a compute-capability-9.0 device this family is compiled
+//  for sm_90a so the wgmma kernels exist; elsewhere they compile to a trap and are never chosen.)
+//
+// Dense FP16 GEMM, C[M,N] = A[M,K] . W[N,K]^T (activations row-major, weights in nn.Linear layout),
+// FP16 inputs, FP32 accumulation, FP16 output. Any M >= 1, any N >= 1, K a multiple of 8.
+// Capture-safe: no allocation, no host synchronisation, deterministic (no atomics), so a replayed
+// CUDA graph is bit-identical to the eager call.
+//
+// Two kernel families, each instantiated as named extern "C" tile variants (impbench/kernels/gemm.py
+// holds the table of variants and the dispatch):
+//
+// 1. gemm_mma_<BM>x<BN>[k<WK>]: mma.sync.m16n8k16 through inline PTX, portable to sm_80+.
+//    The block is WM x WN x WK warps. Warp (wm, wn, wk) owns a (BM/WM) x (BN/WN) tile of C and the
+//    wk-th slice of every BK-wide K stage. WK > 1 is split-K inside the block: small-M / small-N
+//    shapes (M=512 N=32 K=2048 has only 16K outputs) get enough warps and blocks in flight without
+//    a second kernel or a workspace; the WK partial sums are added through shared memory in a
+//    fixed order, so results stay deterministic.
+//    Main tile 128x128x32, 4 warps in 2x2, 64x64 per warp: each k16 step a warp issues 4+4 ldmatrix.x4
+//    for 32 mma, the ratio that keeps the tensor pipe fed from registers.
+//    Operands stream global -> shared through a STAGES-deep cp.async pipeline (16-byte copies, rows
+//    past M/N and chunks past K zero-filled through src_bytes), one __syncthreads per K stage.
+//    Shared rows are XOR-swizzled in 16-byte chunks so both the cp.async stores and the ldmatrix
+//    reads (8 rows, same logical chunk) hit 8 distinct bank groups.
+//
+// 2. gemm_wgmma_<BM>x<BN>: Hopper warpgroup MMA (wgmma.mma_async m64nBNk16, sm_90a only).
+//    BM/64 warpgroups; warpgroup g computes rows [64g, 64g+64) x all BN columns, accumulators in
+//    registers, A and W read by the tensor cores straight from shared memory through matrix
+//    descriptors (K-major, 128-byte swizzle: the same XOR pattern the cp.async stores write).
+//    BK = 64 (one 128-byte swizzle row). Every thread issues cp.async; STAGES-deep pipeline that
+//    prefetches STAGES-2 tiles ahead and keeps one wgmma batch in flight across the barrier.
+//    Why: mma.sync on H100 peaks near two thirds of the wgmma rate, which cuBLAS uses.
+#include "common.cuh"
+
+namespace impgemm {
+
+// Physical 16-byte chunk of logical chunk `chunk` in row `row` of a tile whose rows hold
+// ROW_CHUNKS chunks. 8 consecutive rows at one logical chunk land in 8 distinct bank groups.
+template <int ROW_CHUNKS>
+__device__ __forceinline__ int swz(int row, int chunk) {
+    if constexpr (ROW_CHUNKS >= 8) {
+        return chunk ^ (row & 7);
+    } else {
+        constexpr int ROWS_PER_LINE = 8 / ROW_CHUNKS;  // rows sharing one 128-byte bank line
+        return chunk ^ ((row / ROWS_PER_LINE) & (ROW_CHUNKS - 1));
+    }
+}
+
+// Copy a ROWS x (8*ROW_CHUNKS) half tile at (row0, k0) of a row-major [rows_total, K] matrix into
+// swizzled shared memory; rows >= rows_total and chunks >= K are zero-filled.
+template <int ROWS, int ROW_CHUNKS, int THREADS>
+__device__ __forceinline__ void load_tile(half_t *smem, const half_t *__restrict__ g, int row0, int rows_total,
+                                          int k0, int K, int tid) {
+    constexpr int CHUNKS = ROWS * ROW_CHUNKS;
+#pragma unroll
+    for (int it = 0; it < (CHUNKS + THREADS - 1) / THREADS; ++it) {
+        const int id = tid + it * THREADS;
+        if (CHUNKS % THREADS == 0 || id < CHUNKS) {
+            const int row = id / ROW_CHUNKS;
+            const int chunk = id % ROW_CHUNKS;
+            const int grow = row0 + row;
+            const int gk = k0 + chunk * 8;
+            const bool valid = grow < rows_total && gk < K;
+            const half_t *src = valid ? g + (size_t)grow * K + gk : g;
+            cp_async16(smem + row * (ROW_CHUNKS * 8) + swz<ROW_CHUNKS>(row, chunk) * 8, src, valid ? 16 : 0);
+        }
+    }
+}
+
+// Store one 16x8 accumulator fragment (c0,c1 at row r, c2,c3 at row r+8) as FP16 with edge checks.
+__device__ __forceinline__ void store_frag(half_t *__restrict__ C, int M, int N, bool vec, int row, int col,
+                                           float c0, float c1, float c2, float c3) {
+    if (col >= N) return;
+    if (vec) {  // N even and C 4-byte aligned: col even, so col + 1 < N too
+        if (row < M) *reinterpret_cast<half2_t *>(C + (size_t)row * N + col) = pack_half2(c0, c1);
+        if (row + 8 < M) *reinterpret_cast<half2_t *>(C + (size_t)(row + 8) * N + col) = pack_half2(c2, c3);
+    } else {
+        const bool second = col + 1 < N;
+        if (row < M) {
+            C[(size_t)row * N + col] = f2h(c0);
+            if (second) C[(size_t)row * N + col + 1] = f2h(c1);
+        }
+        if (row + 8 < M) {
+            C[(size_t)(row + 8) * N + col] = f2h(c2);
+            if (second) C[(size_t)(row + 8) * N + col + 1] = f2h(c3);
+        }
+    }
+}
+
+template <int BM, int BN, int BK, int WM, int WN, int WK, int STAGES>
+struct MmaConfig {
+    static constexpr int THREADS = 32 * WM * WN * WK;
+    static constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
+    static constexpr int MI = TM / 16, NI = TN / 8;   // m16 / n8 fragments per warp
+    static constexpr int KW = BK / WK;                // K per warp per stage
+    static constexpr int ROW_CHUNKS = BK / 8;
+    static constexpr int A_STAGE = BM * BK, W_STAGE = BN * BK;  // halves
+    static constexpr int PIPE_BYTES = STAGES * (A_STAGE + W_STAGE) * 2;
+    static constexpr int RED_BYTES = (WK - 1) * BM * BN * 4;
+    static constexpr int SMEM_BYTES = PIPE_BYTES > RED_BYTES ? PIPE_BYTES : RED_BYTES;
+    static_assert(TM % 16 == 0 && TN % 8 == 0 && KW % 16 == 0, "warp tile must be whole fragments");
+    static_assert(ROW_CHUNKS <= 8 || ROW_CHUNKS % 8 == 0, "swizzle needs <= 8 or a multiple of 8 chunks");
+};
+
+template <int BM, int BN, int BK, int WM, int WN, int WK, int STAGES>
+__device__ __forceinline__ void gemm_mma_body(const half_t *__restrict__ A, const half_t *__restrict__ W,
+                                              half_t *__restrict__ C, int M, int N, int K) {
+    using Cfg = MmaConfig<BM, BN, BK, WM, WN, WK, STAGES>;
+    constexpr int MI = Cfg::MI, NI = Cfg::NI, RC = Cfg::ROW_CHUNKS;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    half_t *sA = reinterpret_cast<half_t *>(smem_raw);
+    half_t *sW = sA + STAGES * Cfg::A_STAGE;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp % WM, wn = (warp / WM) % WN, wk = warp / (WM * WN);
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int KT = (K + BK - 1) / BK;
+
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < KT) {
+            load_tile<BM, RC, Cfg::THREADS>(sA + s * Cfg::A_STAGE, A, m0, M, s * BK, K, tid);
+            load_tile<BN, RC, Cfg::THREADS>(sW + s * Cfg::W_STAGE, W, n0, N, s * BK, K, tid);
+        }
+        cp_async_commit();
+    }
+
+    // Per-lane ldmatrix coordinates (rows inside the warp tile, chunk offset inside a k16 step).
+    const int a_row = wm * Cfg::TM + (lane & 15);
+    const int a_chunk = lane >> 4;
+    const int b_row = wn * Cfg::TN + ((lane >> 4) << 3) + (lane & 7);
+    const int b_chunk = (lane >> 3) & 1;
+
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        {  // refill the stage every warp finished reading in iteration kt-1
+            const int nk = kt + STAGES - 1;
+            if (nk < KT) {
+                const int st = nk % STAGES;
+                load_tile<BM, RC, Cfg::THREADS>(sA + st * Cfg::A_STAGE, A, m0, M, nk * BK, K, tid);
+                load_tile<BN, RC, Cfg::THREADS>(sW + st * Cfg::W_STAGE, W, n0, N, nk * BK, K, tid);
+            }
+            cp_async_commit();
+        }
+        const half_t *tA = sA + (kt % STAGES) * Cfg::A_STAGE;
+        const half_t *tW = sW + (kt % STAGES) * Cfg::W_STAGE;
+#pragma unroll
+        for (int ks = 0; ks < Cfg::KW / 16; ++ks) {
+            const int kc = (wk * Cfg::KW + ks * 16) / 8;  // logical chunk of this k16 step
+            unsigned af[MI][4], bf[NI][2];
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {
+                const int r = a_row + i * 16;
+                ldmatrix_x4(af[i][0], af[i][1], af[i][2], af[i][3], tA + r * BK + swz<RC>(r, kc + a_chunk) * 8);
+            }
+#pragma unroll
+            for (int j = 0; j + 1 < NI; j += 2) {
+                const int r = b_row + j * 8;
+                ldmatrix_x4(bf[j][0], bf[j][1], bf[j + 1][0], bf[j + 1][1], tW + r * BK + swz<RC>(r, kc + b_chunk) * 8);
+            }
+            if (NI % 2) {
+                const int r = wn * Cfg::TN + (NI - 1) * 8 + (lane & 7);
+                ldmatrix_x2(bf[NI - 1][0], bf[NI - 1][1], tW + r * BK + swz<RC>(r, kc + b_chunk) * 8);
+            }
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+#pragma unroll
+                for (int j = 0; j < NI; ++j) mma_16816(acc[i][j], af[i], bf[j]);
+        }
+    }
+
+    if (WK > 1) {  // add the K slices of the warps that share an output tile, in a fixed order
+        cp_async_wait<0>();
+        __syncthreads();  // every warp is done reading the pipeline buffers
+        float *red = reinterpret_cast<float *>(smem_raw);
+        constexpr int FRAG = MI * NI * 4;
+        const int slot = wm + WM * wn;
+        if (wk > 0) {
+            float *dst = red + ((size_t)((wk - 1) * WM * WN + slot) * FRAG) * 32 + lane;
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+#pragma unroll
+                for (int j = 0; j < NI; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) dst[((i * NI + j) * 4 + r) * 32] = acc[i][j][r];
+        }
+        __syncthreads();
+        if (wk > 0) return;
+#pragma unroll 1
+        for (int s = 1; s < WK; ++s) {
+            const float *src = red + ((size_t)((s - 1) * WM * WN + slot) * FRAG) * 32 + lane;
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+#pragma unroll
+                for (int j = 0; j < NI; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) acc[i][j][r] += src[((i * NI + j) * 4 + r) * 32];
+        }
+    }
+
+    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j) {
+            const int row = m0 + wm * Cfg::TM + i * 16 + (lane >> 2);
+            const int col = n0 + wn * Cfg::TN + j * 8 + (lane & 3) * 2;
+            store_frag(C, M, N, vec, row, col, acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hopper wgmma family (sm_90a). Compiled only where the sm_90a feature set is on; elsewhere the
+// entry points trap and impbench/kernels/gemm.py never selects them.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define IMPGEMM_HAS_WGMMA 1
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// cp.async writes are generic-proxy writes; the tensor cores read shared memory through the async
+// proxy, so each writer fences before the barrier that publishes a stage.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keep the compiler from touching accumulators while a wgmma batch that writes them is in flight.
+template <int R>
+__device__ __forceinline__ void fence_regs(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
+    unsigned long long d = 0;
+    d |= (unsigned long long)((addr & 0x3FFFF) >> 4);  // start address
+    d |= (unsigned long long)1 << 16;                  // leading byte offset (unused for this layout)
+    d |= (unsigned long long)(1024 >> 4) << 32;        // stride byte offset: next 8-row group
+    d |= (unsigned long long)1 << 62;                  // 128-byte swizzle
+    return d;
+}
+
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], unsigned long long desc_a,
+                                                 unsigned long long desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], unsigned long long desc_a,
+                                                 unsigned long long desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], unsigned long long desc_a,
+                                                 unsigned long long desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+
+template <int BN>
+__device__ __forceinline__ void wgmma_tile(float (&d)[BN / 2], unsigned long long da, unsigned long long db) {
+    if constexpr (BN == 64) wgmma_m64n64k16(d, da, db);
+    else if constexpr (BN == 128) wgmma_m64n128k16(d, da, db);
+    else wgmma_m64n256k16(d, da, db);
+}
+
+template <int BM, int BN, int STAGES>
+struct WgConfig {
+    static constexpr int BK = 64;  // one 128-byte swizzle row of halves
+    static constexpr int WGS = BM / 64;
+    static constexpr int THREADS = 128 * WGS;
+    static constexpr int A_STAGE = BM * BK, W_STAGE = BN * BK;  // halves
+    static constexpr int SMEM_BYTES = STAGES * (A_STAGE + W_STAGE) * 2 + 1024;  // + alignment slack
+    static constexpr int PREFETCH = STAGES - 2;  // tiles in flight ahead of the one being multiplied
+    static_assert(STAGES >= 3, "one stage computing, one wgmma batch in flight, >= 1 loading");
+};
+
+template <int BM, int BN, int STAGES>
+__device__ __forceinline__ void gemm_wgmma_body(const half_t *__restrict__ A, const half_t *__restrict__ W,
+                                                half_t *__restrict__ C, int M, int N, int K) {
+    using Cfg = WgConfig<BM, BN, STAGES>;
+    constexpr int BK = Cfg::BK, P = Cfg::PREFETCH;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    // 128-byte swizzle is a function of address bits 4-9: stage bases must be 1024-byte aligned.
+    const unsigned raw_addr = smem_u32(smem_raw);
+    half_t *smem = reinterpret_cast<half_t *>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));
+    half_t *sA = smem;
+    half_t *sW = smem + STAGES * Cfg::A_STAGE;
+
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int wg = tid >> 7, warp_in_wg = (tid >> 5) & 3;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int KT = (K + BK - 1) / BK;
+
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < P; ++s) {
+        if (s < KT) {
+            load_tile<BM, 8, Cfg::THREADS>(sA + s * Cfg::A_STAGE, A, m0, M, s * BK, K, tid);
+            load_tile<BN, 8, Cfg::THREADS>(sW + s * Cfg::W_STAGE, W, n0, N, s * BK, K, tid);
+        }
+        cp_async_commit();
+    }
+
+    const unsigned sA_addr = smem_u32(sA) + wg * 64 * BK * 2;  // this warpgroup's 64-row slab
+    const unsigned sW_addr = smem_u32(sW);
+
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<P - 1>();  // tile kt has landed (this thread's copies)
+        fence_proxy_async();
+        __syncthreads();  // ... everyone's; and wgmma batch kt-2 is complete in every warpgroup
+        {
+            const int nk = kt + P;  // its stage was last read by batch kt+P-STAGES <= kt-2
+            if (nk < KT) {
+                const int st = nk % STAGES;
+                load_tile<BM, 8, Cfg::THREADS>(sA + st * Cfg::A_STAGE, A, m0, M, nk * BK, K, tid);
+                load_tile<BN, 8, Cfg::THREADS>(sW + st * Cfg::W_STAGE, W, n0, N, nk * BK, K, tid);
+            }
+            cp_async_commit();
+        }
+        const int st = kt % STAGES;
+        const unsigned a_base = sA_addr + st * Cfg::A_STAGE * 2;
+        const unsigned w_base = sW_addr + st * Cfg::W_STAGE * 2;
+        fence_regs(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ++ks)  // k16 step = 32 bytes along the swizzled row
+            wgmma_tile<BN>(acc, smem_desc(a_base + ks * 32), smem_desc(w_base + ks * 32));
+        wgmma_commit();
+        wgmma_wait<1>();  // batch kt-1 done; batch kt may still run
+        fence_regs(acc);
+    }
+    wgmma_wait<0>();
+    fence_regs(acc);
+
+    // Accumulator layout of m64nBN: per n8 block j, d[4j..4j+1] at row lane/4, d[4j+2..4j+3] at +8.
+    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
+    const int row = m0 + wg * 64 + warp_in_wg * 16 + (lane >> 2);
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        const int col = n0 + j * 8 + (lane & 3) * 2;
+        store_frag(C, M, N, vec, row, col, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+    }
+}
+#else
+#define IMPGEMM_HAS_WGMMA 0
+#endif
+
+}  // namespace impgemm
+
+// ---------------------------------------------------------------------------------------------
+// Entry points. Names encode the tile; gemm.py's variant table must match (threads, shared bytes).
+// Grid: (ceil(M/BM), ceil(N/BN)); M tiles vary fastest so the blocks in flight share W tiles in L2.
+#define IMPGEMM_MMA(NAME, BM, BN, BK, WM, WN, WK, STAGES)                                                 \
+    extern "C" __global__ void __launch_bounds__(32 * WM * WN * WK)                                        \
+        NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
+             int N, int K) {                                                                              \
+        impgemm::gemm_mma_body<BM, BN, BK, WM, WN, WK, STAGES>(A, W, C, M, N, K);                          \
+    }
+
+#if IMPGEMM_HAS_WGMMA
+#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
+    extern "C" __global__ void __launch_bounds__(128 * (BM / 64), 1)                                       \
+        NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
+             int N, int K) {                                                                              \
+        impgemm::gemm_wgmma_body<BM, BN, STAGES>(A, W, C, M, N, K);                                        \
+    }
+#else
+#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
+    extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) {   \
+        asm volatile("trap;");                                                                            \
+    }
+#endif
+
+// name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
+IMPGEMM_MMA(gemm_mma_128x128, 128, 128, 32, 2, 2, 1, 4)     // 128      65536  main tile
+IMPGEMM_MMA(gemm_mma_128x256, 128, 256, 32, 2, 4, 1, 3)     // 256      73728
+IMPGEMM_MMA(gemm_mma_64x128, 64, 128, 32, 2, 2, 1, 4)       // 128      49152  warp 32x64
+IMPGEMM_MMA(gemm_mma_64x64k2, 64, 64, 64, 2, 2, 2, 4)       // 256      65536  warp 32x32, split K in 2
+IMPGEMM_MMA(gemm_mma_32x64k4, 32, 64, 64, 1, 2, 4, 4)       // 256      49152  warp 32x32, split K in 4
+IMPGEMM_MMA(gemm_mma_16x64k8, 16, 64, 128, 1, 2, 8, 4)      // 512      81920  warp 16x32, split K in 8
+IMPGEMM_MMA(gemm_mma_16x32k8, 16, 32, 128, 1, 1, 8, 4)      // 256      49152  warp 16x32, split K in 8
+IMPGEMM_MMA(gemm_mma_16x16k8, 16, 16, 128, 1, 1, 8, 4)      // 256      32768  warp 16x16, split K in 8
+
+// name                      BM   BN stages                    threads  smem bytes
+IMPGEMM_WGMMA(gemm_wgmma_128x256, 128, 256, 4)              // 256     197632
+IMPGEMM_WGMMA(gemm_wgmma_128x128, 128, 128, 4)              // 256     132096
+IMPGEMM_WGMMA(gemm_wgmma_64x256, 64, 256, 4)                // 128     164864
+IMPGEMM_WGMMA(gemm_wgmma_64x128, 64, 128, 4)                // 128      99328
+
+// Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
+// host can queue the timed launches behind it and no host launch gap lands between their events.
+extern "C" __global__ void gemm_bench_spin(long long cycles) {
+    const long long start = clock64();
+    while (clock64() - start < cycles) {
+    }
+}

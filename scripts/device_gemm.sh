@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One device call for the GEMM work (issue #3): build check, per-variant diagnostics, GPU tests,
+# a calibration sweep of every variant and the final table. Run from the repository root on the
+# device machine; logs and results go to $OUT (default ./out-gemm).
+#   STAGES="diag tests sweep final" bash scripts/device_gemm.sh
+set -uo pipefail
+OUT=${OUT:-out-gemm}; mkdir -p "$OUT"
+STAGES=${STAGES:-"info diag tests sweep final"}
+export OUT PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if has info; then
+  { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
+    python3 -c "import cupy, sys; print('python', sys.version.split()[0], 'cupy', cupy.__version__, 'nvrtc', cupy.cuda.nvrtc.getVersion())"
+    lscpu | grep 'Model name'; } 2>&1 | tee "$OUT/info.txt"
+fi
+
+if has diag; then  # every variant on small structured shapes; error maps where wrong
+  timeout 150 python3 - <<'PY' 2>&1 | tee "$OUT/diag.txt"
+import time, cupy
+from impbench.kernels import gemm as g, _cache
+t = time.time(); g.prewarm(); print(f"compile+load {time.time()-t:.1f}s, device {g.device_info()}")
+import glob, subprocess, os
+cubins = [p for p in glob.glob(os.path.expanduser("~/.cupy/kernel_cache/*")) if b"gemm_mma_128x128" in open(p, "rb").read()]
+if cubins:  # CuPy prefixes its cache files with a hash: cut at the ELF magic
+    blob = open(cubins[0], "rb").read(); open("/tmp/gemm.cubin", "wb").write(blob[blob.find(b"\x7fELF"):])
+    sass = subprocess.run(["cuobjdump", "-sass", "/tmp/gemm.cubin"], capture_output=True, text=True).stdout
+    print("cubin", cubins[0], "sm_90a" if b"sm_90a" in blob else "not sm_90a")
+    for op in ("HGMMA", "HMMA", "LDSM", "LDGSTS", "LDL", "STL"):
+        print(op, sass.count(op + "."), end="; ")
+    print()
+def check(name, m, n, k):
+    rng = cupy.random.default_rng(m + n + k)
+    a = rng.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16)
+    w = (rng.standard_normal((n, k), dtype=cupy.float32) / k**0.5).astype(cupy.float16)
+    out = cupy.full((m, n), cupy.nan, dtype=cupy.float16)
+    g.gemm(a, w, out, variant=name); cupy.cuda.Device().synchronize()
+    ref = a.astype(cupy.float32) @ w.astype(cupy.float32).T
+    diff = cupy.abs(out.astype(cupy.float32) - ref); bad = ~(diff <= 0.02 * (1 + cupy.abs(ref)))
+    rel = float(cupy.linalg.norm(cupy.nan_to_num(out.astype(cupy.float32), nan=1e4) - ref) / cupy.linalg.norm(ref))
+    line = f"{name:16s} {m}x{n}x{k}: rel {rel:.2e} bad {int(bad.sum())}/{m*n}"
+    if int(bad.sum()) and m % 8 == 0 and n % 8 == 0:
+        blocks = cupy.asnumpy(bad.reshape(m // 8, 8, n // 8, 8).any(axis=(1, 3)))
+        line += "\n    bad 8x8 blocks (rows of the map = 8 rows of C):\n    " + "\n    ".join(
+            "".join("#" if x else "." for x in row[:64]) for row in blocks[:32])
+    print(line, flush=True)
+    return rel < 2e-3
+ok = []
+for v in g.candidates("small-n"):
+    good = True
+    for shape in [(v.bm, v.bn, 16), (v.bm, v.bn, 64), (v.bm, v.bn, 128), (2 * v.bm, 2 * v.bn, 1024), (100, 77, 200)]:
+        good &= check(v.name, *shape)
+    ok += [v.name] if good else []
+    open("/tmp/ok_variants.txt", "w").write(",".join(ok))  # as we go: a fault ends the process
+PY
+  if [[ -s /tmp/ok_variants.txt ]]; then export IMPBENCH_GEMM_VARIANTS=$(cat /tmp/ok_variants.txt); fi
+  echo "variants passing diag: ${IMPBENCH_GEMM_VARIANTS:-none}"
+fi
+
+if has tests; then
+  timeout 200 python3 -m pytest -q -m gpu tests/test_gemm.py 2>&1 | tee "$OUT/tests.txt" | tail -30
+fi
+
+if has sweep; then  # every variant on every model shape: calibration of the time model
+  timeout 240 python3 -m impbench gemm --variants ${IMPBENCH_GEMM_VARIANTS:-all} --reps 20 --format json --out "$OUT/gemm_sweep.json" >/dev/null 2>"$OUT/sweep.err"
+  echo "sweep rc=$?"; tail -3 "$OUT/sweep.err"
+  python3 - "$OUT/gemm_sweep.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(d["summary"])
+for r in d["rows"]:
+    ex = " ".join(f"{k}={v['us']:.1f}{'' if v['rel_err'] < 2e-3 else '!'}" for k, v in sorted(r["variants_us"].items(), key=lambda kv: kv[1]["us"]))
+    print(f"{r['m']}x{r['n']}x{r['k']} cublas={r['cublas_us']:.1f} {r['variant']}={r['ours_us'] or 0:.1f} | {ex}")
+PY
+fi
+
+if has final; then
+  timeout 150 python3 -m impbench gemm --reps 50 --out "$OUT/gemm_h100.md" 2>"$OUT/final.err" | tail -60
+fi

@@ -1,0 +1,249 @@
+"""Dense FP16 GEMM: dispatch guard and variant table (CPU), kernels against a float32 reference (GPU)."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from impbench.errors import InputError
+from impbench.kernels import KERNELS_DIR
+from impbench.kernels import gemm as g
+
+SOURCE = KERNELS_DIR / "gemm_fp16.cu"
+A100_LIKE = g.DeviceInfo(108, "80", 1410.0)
+
+# ---- CPU: policies and the variant table --------------------------------------------------------
+
+
+def test_tight_declines_small_shapes_and_accepts_large():
+    assert g.choose_variant(512, 32, 2048, "tight", g.H100) is None
+    assert g.choose_variant(1, 151936, 2048, "tight", g.H100) is None
+    assert g.choose_variant(100, 5120, 2048, "tight", g.H100) is None
+    name = g.choose_variant(512, 5120, 2048, "tight", g.H100)
+    assert name is not None and g.VARIANTS[name].large
+
+
+def test_permissive_takes_every_shape_on_a_large_tile():
+    for shape in [(512, 32, 2048), (1, 151936, 2048), (512, 1, 2048), (2048, 5120, 2048)]:
+        name = g.choose_variant(*shape, "permissive", g.H100)
+        assert name is not None and g.VARIANTS[name].large
+
+
+def test_small_n_fills_the_gpu_on_the_n32_shape():
+    # the original kernel: 4 blocks, 75% of the MMA work on padding
+    name = g.choose_variant(512, 32, 2048, "small-n", g.H100)
+    variant = g.VARIANTS[name]
+    gx, gy = variant.grid(512, 32)
+    assert gx * gy >= 32
+    assert variant.bn <= 32  # no column padding
+    for shape in [(512, 1, 2048), (1, 151936, 2048), (512, 128, 2048), (7, 9, 16)]:
+        assert g.choose_variant(*shape, "small-n", g.H100) is not None
+
+
+def test_policy_objects_and_names():
+    assert set(g.POLICIES) == {"tight", "permissive", "small-n"}
+    assert g.choose_variant(512, 5120, 2048, g.POLICIES["tight"], g.H100) == g.choose_variant(512, 5120, 2048, "tight", g.H100)
+    with pytest.raises(ValueError, match="unknown GEMM guard policy"):
+        g.choose_variant(512, 512, 512, "off", g.H100)
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 8), (8, 0, 8), (8, 8, 12), (8, 8, 0)])
+def test_choose_variant_rejects_bad_shapes(shape):
+    with pytest.raises(ValueError, match=r"M=\d+ N=\d+ K=\d+"):
+        g.choose_variant(*shape, "small-n", g.H100)
+
+
+def test_no_wgmma_off_hopper():
+    for shape in [(2048, 5120, 2048), (512, 32, 2048), (2048, 151936, 2048)]:
+        for policy in g.POLICIES:
+            name = g.choose_variant(*shape, policy, A100_LIKE)
+            assert name is None or g.VARIANTS[name].family == "mma"
+
+
+def test_choice_is_deterministic():
+    shapes = [(m, n, k) for m in (1, 512, 2048) for n in (1, 32, 2048, 151936) for k in (512, 2048)]
+    first = [g.choose_variant(*s, "small-n", g.H100) for s in shapes]
+    assert first == [g.choose_variant(*s, "small-n", g.H100) for s in shapes]
+
+
+def _source_variants():
+    text = SOURCE.read_text()
+    mma = re.findall(r"^IMPGEMM_MMA\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
+    wg = re.findall(r"^IMPGEMM_WGMMA\(gemm_(\w+), (\d+), (\d+), (\d+)\)", text, re.M)
+    return mma, wg
+
+
+def test_variant_table_matches_the_kernel_source():
+    mma, wg = _source_variants()
+    assert len(mma) + len(wg) == len(g.VARIANTS)
+    for name, bm, bn, bk, wm, wn, wk, stages in mma:
+        bm, bn, bk, wm, wn, wk, stages = map(int, (bm, bn, bk, wm, wn, wk, stages))
+        v = g.VARIANTS[name]
+        pipe = stages * (bm + bn) * bk * 2
+        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k) == ("mma", bm, bn, bk, 32 * wm * wn * wk, wk)
+        assert v.smem_bytes == max(pipe, (wk - 1) * bm * bn * 4)
+    for name, bm, bn, stages in wg:
+        bm, bn, stages = map(int, (bm, bn, stages))
+        v = g.VARIANTS[name]
+        assert (v.family, v.bm, v.bn, v.bk, v.threads) == ("wgmma", bm, bn, 64, 128 * bm // 64)
+        assert v.smem_bytes == stages * (bm + bn) * 64 * 2 + 1024
+        assert v.smem_bytes <= 227 * 1024
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_sm90a_build_has_no_spills_and_uses_tensor_cores(tmp_path):
+    cubin = tmp_path / "gemm.cubin"
+    done = subprocess.run(
+        ["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "--std=c++17", f"-I{KERNELS_DIR}",
+         "-Xptxas", "-v", "-o", str(cubin), str(SOURCE)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "spill" in done.stderr
+    assert not re.search(r"[1-9]\d* bytes spill (stores|loads)", done.stderr), done.stderr
+    assert not re.search(r"[1-9]\d* bytes stack frame", done.stderr), done.stderr
+    for variant in g.VARIANTS.values():
+        assert f"'{variant.kernel_name}'" in done.stderr
+
+
+def test_bench_shape_parsing():
+    from impbench.gemm_bench import build_cases, parse_ms, parse_shape
+
+    assert parse_shape("512x32x2048") == (512, 32, 2048)
+    for bad in ["512x32", "axbxc", "512x32x2047", "0x32x2048", ""]:
+        with pytest.raises(InputError, match="bad --shape"):
+            parse_shape(bad)
+    assert parse_ms("512, 1024") == (512, 1024)
+    with pytest.raises(InputError):
+        parse_ms("a,b")
+    cases = build_cases((), ("512x32x2048", "512x32x2048"), (512,))
+    assert [(c.m, c.n, c.k) for c in cases] == [(512, 32, 2048)]
+
+
+def test_cli_bad_shape_is_one_line_exit_2(capsys):
+    from impbench.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["gemm", "--shape", "512by32"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad --shape" in err
+
+
+# ---- GPU: kernels ---------------------------------------------------------------------------------
+
+SHAPES = [
+    (512, 32, 2048),  # the story's shape
+    (1, 151936 // 16, 2048),  # lm_head-like on the last token (N cut to keep the test quick)
+    (1, 40, 64),
+    (100, 77, 200),  # ragged M, odd N, K not a multiple of any BK
+    (129, 129, 72),
+    (256, 1, 128),
+    (300, 520, 1032),
+    (17, 8, 8),
+]
+
+
+def _ref(a, w):
+    import cupy
+
+    return cupy.matmul(a.astype(cupy.float32), w.astype(cupy.float32).T)
+
+
+def _rel(x, ref) -> float:
+    import cupy
+
+    x = x.astype(cupy.float32)
+    return float(cupy.linalg.norm(x - ref) / cupy.linalg.norm(ref))
+
+
+def _inputs(m, n, k, seed):
+    import cupy
+
+    rng = cupy.random.default_rng(seed)
+    a = rng.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16)
+    w = (rng.standard_normal((n, k), dtype=cupy.float32) / k**0.5).astype(cupy.float16)
+    return a, w
+
+
+def _usable_variants():
+    return [v.name for v in g.candidates("small-n")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_every_variant_matches_float32_and_writes_every_output(shape):
+    import cupy
+
+    m, n, k = shape
+    a, w = _inputs(m, n, k, seed=m * 31 + n * 7 + k)
+    ref = _ref(a, w)
+    for name in _usable_variants() + [None]:
+        out = cupy.full((m, n), cupy.nan, dtype=cupy.float16)
+        g.gemm(a, w, out, variant=name)
+        assert not bool(cupy.isnan(out).any()), f"{name}: unwritten outputs at {shape}"
+        assert _rel(out, ref) <= 2e-3, f"{name} at {shape}: rel err {_rel(out, ref):.2e}"
+
+
+@pytest.mark.gpu
+def test_random_shapes_under_each_policy():
+    import cupy
+
+    rs = __import__("random").Random(7)
+    for trial in range(12):
+        m, n, k = rs.choice([1, 3, 64, 127, 128, 513]), rs.choice([1, 5, 32, 127, 128, 300]), 8 * rs.randint(1, 96)
+        a, w = _inputs(m, n, k, seed=trial)
+        ref = _ref(a, w)
+        for policy in g.POLICIES:
+            out = cupy.full((m, n), cupy.nan, dtype=cupy.float16)
+            counts = {}
+            path = g.dense_gemm(a, w, out, policy, counts)
+            assert counts == {path: 1}
+            assert not bool(cupy.isnan(out).any())
+            assert _rel(out, ref) <= 2e-3, f"{policy} {path} at {(m, n, k)}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128"])
+def test_capture_replay_is_bit_identical(name):
+    import cupy
+
+    if name not in _usable_variants():
+        pytest.skip(f"{name} needs a Hopper GPU")
+    g.prewarm()
+    m, n, k = 300, 264, 520
+    a, w = _inputs(m, n, k, seed=5)
+    eager = cupy.empty((m, n), cupy.float16)
+    replay = cupy.full((m, n), cupy.nan, dtype=cupy.float16)
+    cupy.cuda.Device().synchronize()  # inputs were written on the null stream
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        g.gemm(a, w, eager, variant=name)
+        stream.begin_capture(mode=cupy.cuda.runtime.streamCaptureModeGlobal)
+        g.gemm(a, w, replay, variant=name)
+        graph = stream.end_capture()
+        graph.launch(stream)
+    stream.synchronize()
+    assert bool((eager.view(cupy.uint16) == replay.view(cupy.uint16)).all())
+
+
+@pytest.mark.gpu
+def test_argument_checks_name_the_shapes():
+    import cupy
+
+    a = cupy.zeros((16, 64), cupy.float16)
+    w = cupy.zeros((32, 64), cupy.float16)
+    out = cupy.zeros((16, 32), cupy.float16)
+    with pytest.raises(ValueError, match=r"\(16, 64\).*\(32, 48\)"):
+        g.gemm(a, cupy.zeros((32, 48), cupy.float16), out)
+    with pytest.raises(ValueError, match=r"out must have shape \(16, 32\), got \(16, 31\)"):
+        g.gemm(a, w, cupy.zeros((16, 31), cupy.float16))
+    with pytest.raises(ValueError, match="dtype float16"):
+        g.gemm(a.astype(cupy.float32), w, out)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        g.gemm(cupy.zeros((64, 16), cupy.float16).T, w, out)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        g.gemm(cupy.zeros((16, 60), cupy.float16), cupy.zeros((32, 60), cupy.float16), out)
+    with pytest.raises(ValueError, match="unknown GEMM variant"):
+        g.gemm(a, w, out, variant="nope")
