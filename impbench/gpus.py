@@ -1,0 +1,113 @@
+"""GPU ceilings for the roofline floors of `impbench plan`.
+
+A floor is what an op cannot beat on a GPU: max(FLOPs / compute ceiling, bytes / memory ceiling).
+The compute ceiling is dense FP16 tensor-core throughput, because every GEMM here runs FP16 MMA
+(NVFP4 expert weights are dequantized to FP16 before `mma.sync`; Hopper has no FP4 tensor cores).
+The memory ceiling counts bytes read plus bytes written.
+
+Where a number was measured on a lent machine it is used as measured (H100: DESIGN.md, "Facts");
+otherwise the datasheet peak is used and `basis` says so -- such floors are optimistic by the gap
+between datasheet and achievable (about 25% compute, 10% memory on the measured H100).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from impbench.errors import InputError
+
+
+@dataclass(frozen=True)
+class GpuCeilings:
+    name: str
+    description: str
+    fp16_flops_per_s: float  # dense FP16 tensor-core FLOP/s (FP32 accumulate where stated)
+    mem_bytes_per_s: float  # device memory, read + write bytes per second
+    memory_bytes: float  # device memory capacity
+    basis: str  # where the two ceilings come from
+
+    @property
+    def fp16_tflops(self) -> float:
+        return self.fp16_flops_per_s / 1e12
+
+    @property
+    def mem_tb_s(self) -> float:
+        return self.mem_bytes_per_s / 1e12
+
+
+GPUS: dict[str, GpuCeilings] = {
+    "h100": GpuCeilings(
+        name="h100",
+        description="NVIDIA H100 80GB HBM3 (SXM)",
+        fp16_flops_per_s=750e12,
+        mem_bytes_per_s=3.0e12,
+        memory_bytes=80e9,
+        basis="measured on the lent H100: cupy.matmul FP16 8192^3 ~750 TFLOP/s; device-to-device copy ~3.0 TB/s",
+    ),
+    "h200": GpuCeilings(
+        name="h200",
+        description="NVIDIA H200 141GB HBM3e (SXM)",
+        fp16_flops_per_s=989e12,
+        mem_bytes_per_s=4.8e12,
+        memory_bytes=141e9,
+        basis="datasheet peaks (989 TFLOP/s dense FP16, 4.8 TB/s); not measured here",
+    ),
+    "rtx5090": GpuCeilings(
+        name="rtx5090",
+        description="NVIDIA GeForce RTX 5090 32GB GDDR7",
+        fp16_flops_per_s=419.2e12,
+        mem_bytes_per_s=1.792e12,
+        memory_bytes=32e9,
+        basis=(
+            "datasheet (838.4 TFLOP/s FP16 tensor with sparsity -> 419.2 dense; 1792 GB/s); not measured here; "
+            "GeForce parts may run FP32-accumulate MMA at a lower rate"
+        ),
+    ),
+}
+
+GPU_CHOICES = (*GPUS, "auto")
+
+
+def _detect_name() -> str:
+    """The first GPU's marketing name via NVML; InputError when NVML or a GPU is unavailable."""
+    try:
+        import pynvml
+    except ImportError:
+        raise InputError("--gpu auto needs nvidia-ml-py (pynvml), which is not installed; pass --gpu h100|h200|rtx5090") from None
+    try:
+        pynvml.nvmlInit()
+        try:
+            if pynvml.nvmlDeviceGetCount() < 1:
+                raise InputError("--gpu auto found no GPU; pass --gpu h100|h200|rtx5090")
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError as exc:
+        raise InputError(f"--gpu auto could not query NVML ({exc}); pass --gpu h100|h200|rtx5090") from None
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def match_gpu_name(device_name: str) -> GpuCeilings | None:
+    """The ceilings entry for an NVML device name, or None if impbench has no entry for it."""
+    text = device_name.upper().replace(" ", "")
+    if "H200" in text:
+        return GPUS["h200"]
+    if "H100" in text:
+        return GPUS["h100"]
+    if "RTX5090" in text or text.endswith("5090"):
+        return GPUS["rtx5090"]
+    return None
+
+
+def get_gpu(name: str) -> GpuCeilings:
+    """Ceilings for h100 | h200 | rtx5090, or `auto` (detect the first GPU via NVML)."""
+    key = name.strip().lower()
+    if key in GPUS:
+        return GPUS[key]
+    if key == "auto":
+        device = _detect_name()
+        gpu = match_gpu_name(device)
+        if gpu is None:
+            raise InputError(f"--gpu auto found {device!r}, which has no ceilings entry; accepted: {', '.join(GPUS)}")
+        return gpu
+    raise InputError(f"unknown GPU {name!r}; accepted: {', '.join(GPU_CHOICES)}")

@@ -1,0 +1,632 @@
+"""The prefill plan of a model: every op, its FLOPs and bytes, and its floor time on a GPU.
+
+No GPU is needed. For each op of the prefill (dense GEMMs, grouped expert GEMMs, attention, linear
+attention, small element-wise ops) and each prefill chunk, the plan counts
+
+- FLOPs: tensor FLOPs, 2*M*N*K for a GEMM; attention counts QK^T and PV (4 * heads * head_dim per
+  query-key pair); element-wise ops count a few FLOPs per element and never matter;
+- bytes that must move: every input read once, every output written once, weights read once per
+  call (NVFP4 weights at 0.5625 B/param with their e4m3 block scales, FP16 at 2 B);
+- the floor: max(FLOPs / compute ceiling, bytes / memory ceiling) per call, summed over calls.
+
+Grouped expert GEMMs read only the experts a chunk routes to: with M tokens and top-k of E experts
+under uniform routing, E * (1 - (1 - k/E)^M) distinct experts in expectation. Real routing is skewed,
+which touches fewer experts and moves fewer bytes; the uniform figure is the usual planning number.
+Gated DeltaNet's core is counted as its recurrent form (about 7 * dk * dv FLOPs per token and value
+head, state kept on chip and read and written once per chunk); it is an estimate, not a kernel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from impbench.errors import InputError
+from impbench.gpus import GpuCeilings, get_gpu
+from impbench.presets import ModelPreset
+
+FP16 = 2  # bytes per activation element
+FP32 = 4
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """One dense GEMM of the model: out[M, N] = in[M, K] @ W[N, K]^T, M = tokens of the call.
+
+    `layers` counts how many layers run it per forward (the lm_head runs once, on the last token:
+    `last_token_only`). `layer_type` names where it runs ("full", "sliding", "linear", joined with
+    "+" when several types share the shape; "model" for the lm_head).
+    """
+
+    op: str
+    n: int
+    k: int
+    layer_type: str = "model"
+    layers: int = 1
+    nvfp4: bool = False
+    last_token_only: bool = False
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    index: int
+    start: int
+    length: int
+    last: bool
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One op of one layer type; `cost(start, length, last)` -> (flops, bytes moved, bytes written)."""
+
+    op: str
+    kind: str  # gemm | grouped_gemm | attention | linear_attention | small
+    layer_type: str
+    cost: Callable[[int, int, bool], tuple[float, float, float]]
+    n: int = 0
+    k: int = 0
+    last_only: bool = False  # runs in the last chunk only (final norm, lm_head)
+
+
+@dataclass
+class OpRow:
+    op: str
+    layer_type: str
+    kind: str
+    calls: int
+    tokens: str  # M per call: chunk lengths, or 1 for last-token ops
+    n: int
+    k: int
+    flops: float
+    bytes_moved: float
+    compute_us: float
+    memory_us: float
+    floor_us: float
+    bound: str
+
+
+@dataclass
+class ChunkRow:
+    chunk: int
+    start: int
+    tokens: int
+    last: bool
+    flops: float
+    bytes_moved: float
+    compute_us: float
+    memory_us: float
+    floor_us: float
+
+
+@dataclass
+class Plan:
+    model: str
+    architecture: str
+    gpu: GpuCeilings
+    prompt_tokens: int
+    chunk_size: int  # as used: 0 = one chunk
+    layers: int
+    attention_layout: str
+    nvfp4_tensors: tuple[str, ...]
+    total_params: int
+    active_params: int
+    published_total_params: float | None
+    published_active_params: float | None
+    weight_bytes: dict[str, float]
+    kv_cache_bytes: float
+    activation_bytes: float
+    ops: list[OpRow] = field(default_factory=list)
+    chunks: list[ChunkRow] = field(default_factory=list)
+
+    @property
+    def flops(self) -> float:
+        return sum(c.flops for c in self.chunks)
+
+    @property
+    def bytes_moved(self) -> float:
+        return sum(c.bytes_moved for c in self.chunks)
+
+    @property
+    def floor_us(self) -> float:
+        return sum(c.floor_us for c in self.chunks)
+
+    @property
+    def floor_tok_s(self) -> float:
+        return self.prompt_tokens / (self.floor_us * 1e-6) if self.floor_us else float("inf")
+
+    @property
+    def weight_total_bytes(self) -> float:
+        return sum(self.weight_bytes.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "architecture": self.architecture,
+            "gpu": asdict(self.gpu),
+            "prompt_tokens": self.prompt_tokens,
+            "chunk_size": self.chunk_size,
+            "layers": self.layers,
+            "attention_layout": self.attention_layout,
+            "nvfp4_tensors": list(self.nvfp4_tensors),
+            "params": {
+                "total": self.total_params,
+                "active": self.active_params,
+                "published_total": self.published_total_params,
+                "published_active": self.published_active_params,
+            },
+            "memory_bytes": {
+                "weights": self.weight_total_bytes,
+                "weights_by_group": self.weight_bytes,
+                "kv_cache": self.kv_cache_bytes,
+                "activations": self.activation_bytes,
+            },
+            "totals": {
+                "flops": self.flops,
+                "bytes_moved": self.bytes_moved,
+                "floor_us": self.floor_us,
+                "floor_tok_s": self.floor_tok_s,
+            },
+            "ops": [asdict(r) for r in self.ops],
+            "chunks": [asdict(c) for c in self.chunks],
+        }
+
+
+# ---- chunking -----------------------------------------------------------------------------------
+
+def validate_prompt_and_chunk(prompt_tokens: int, chunk: int | None) -> None:
+    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int) or prompt_tokens <= 0:
+        raise InputError(f"--pp must be a positive number of prompt tokens, got {prompt_tokens!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0 or chunk % 16):
+        raise InputError(f"--chunk must be 0 (whole prompt in one chunk) or a positive multiple of 16 tokens, got {chunk!r}")
+
+
+def chunk_spans(prompt_tokens: int, chunk: int) -> list[ChunkSpan]:
+    """The prefill chunks of a prompt: full chunks of `chunk` tokens, a shorter last one; 0 = one chunk."""
+    validate_prompt_and_chunk(prompt_tokens, chunk)
+    size = chunk or prompt_tokens
+    spans = []
+    for index, start in enumerate(range(0, prompt_tokens, size)):
+        length = min(size, prompt_tokens - start)
+        spans.append(ChunkSpan(index, start, length, start + length == prompt_tokens))
+    return spans
+
+
+# ---- the ops of one layer ---------------------------------------------------------------------------
+
+def _gemm(op: str, layer_type: str, n: int, k: int, weight_bpp: float, last_only: bool = False) -> _Op:
+    def cost(start: int, length: int, last: bool) -> tuple[float, float, float]:
+        m = 1 if last_only else length
+        written = m * n * FP16
+        return 2.0 * m * n * k, m * k * FP16 + n * k * weight_bpp + written, written
+
+    return _Op(op, "gemm", layer_type, cost, n=n, k=k, last_only=last_only)
+
+
+def experts_touched(preset: ModelPreset, tokens: int) -> float:
+    """Expected distinct experts `tokens` tokens route to under uniform top-k routing."""
+    e, k = preset.num_experts, preset.experts_per_token
+    return e * (1.0 - (1.0 - k / e) ** tokens)
+
+
+def _grouped(op: str, layer_type: str, preset: ModelPreset, n: int, k: int, out_width: int) -> _Op:
+    """A grouped expert GEMM: rows = tokens * top-k, each against its expert's [n, k] weight."""
+    bpp = preset.weight_bytes_per_param("experts")
+
+    def cost(start: int, length: int, last: bool) -> tuple[float, float, float]:
+        rows = length * preset.experts_per_token
+        written = rows * out_width * FP16
+        weights = experts_touched(preset, length) * n * k * bpp
+        return 2.0 * rows * n * k, rows * k * FP16 + weights + written, written
+
+    return _Op(op, "grouped_gemm", layer_type, cost, n=n, k=k)
+
+
+def _small(op: str, layer_type: str, read_per_token: float, write_per_token: float, flops_per_token: float,
+           fixed_bytes: float = 0.0, last_only: bool = False) -> _Op:
+    def cost(start: int, length: int, last: bool) -> tuple[float, float, float]:
+        m = 1 if last_only else length
+        written = m * write_per_token
+        return m * flops_per_token, m * read_per_token + written + fixed_bytes, written
+
+    return _Op(op, "small", layer_type, cost, last_only=last_only)
+
+
+def _attention(preset: ModelPreset, layer_type: str) -> _Op:
+    heads, kv_heads, dim = preset.attention_dims(layer_type)
+    window = preset.sliding_window if layer_type == "sliding" else None
+
+    def cost(start: int, length: int, last: bool) -> tuple[float, float, float]:
+        # query at absolute position p sees p + 1 keys, or at most `window` on sliding layers
+        pairs = _visible_pairs(start, length, window)
+        keys = start + length if window is None else min(start + length, window + length - 1)
+        written = length * heads * dim * FP16
+        moved = length * heads * dim * FP16 + keys * kv_heads * dim * 2 * FP16 + written
+        return 4.0 * heads * dim * pairs, moved, written
+
+    return _Op("attention", "attention", layer_type, cost)
+
+
+def _visible_pairs(start: int, length: int, window: int | None) -> float:
+    """Sum over queries at positions start..start+length-1 of the keys each sees: min(p + 1, window)."""
+    first, last = start + 1, start + length
+    if window is None or last <= window:
+        return (first + last) * length / 2
+    if first > window:
+        return float(window) * length
+    return (first + window) * (window - first + 1) / 2 + float(window) * (last - window)
+
+
+def _gdn_core(preset: ModelPreset) -> _Op:
+    hv, dk, dv = preset.linear_num_value_heads, preset.linear_key_head_dim, preset.linear_value_head_dim
+    state_bytes = hv * dk * dv * FP32
+
+    def cost(start: int, length: int, last: bool) -> tuple[float, float, float]:
+        written = length * preset.linear_value_dim * FP16
+        read = length * (preset.linear_conv_dim * FP16 + 2 * hv * FP16)  # q, k, v, decay g, beta
+        return 7.0 * length * hv * dk * dv, read + written + 2 * state_bytes, written
+
+    return _Op("gated_delta_rule", "linear_attention", "linear", cost)
+
+
+def _layer_ops(preset: ModelPreset, layer_type: str) -> list[_Op]:
+    """Every op of one layer of `layer_type`, in forward order (fused as a lean engine would run them)."""
+    p, h, lt = preset, preset.hidden_size, layer_type
+    wb = p.weight_bytes_per_param
+    ops: list[_Op] = [_small("attn_norm", lt, h * FP16, h * FP16, 4 * h, fixed_bytes=h * FP16)]
+    if lt == "linear":
+        conv, vd, hv = p.linear_conv_dim, p.linear_value_dim, p.linear_num_value_heads
+        la = wb("linear_attention")
+        ops += [
+            _gemm("in_proj_qkv", lt, conv, h, la),
+            _gemm("in_proj_z", lt, vd, h, la),
+            _gemm("in_proj_b", lt, hv, h, la),
+            _gemm("in_proj_a", lt, hv, h, la),
+            _small("conv1d", lt, conv * FP16, conv * FP16, 2 * conv * p.linear_conv_kernel + 4 * conv,
+                   fixed_bytes=conv * p.linear_conv_kernel * FP16),
+            _gdn_core(p),
+            _small("gated_norm", lt, 2 * vd * FP16, vd * FP16, 8 * vd),
+            _gemm("out_proj", lt, h, vd, la),
+        ]
+    else:
+        heads, _, dim = p.attention_dims(lt)
+        width = p.qkv_width(lt)
+        q = heads * dim
+        ops += [
+            _gemm("qkv_proj", lt, width, h, wb("attention")),
+            _small("qkv_post", lt, width * FP16, width * FP16, 6 * width),  # q/k norm, RoPE, K/V to cache
+            _attention(p, lt),
+        ]
+        if p.attn_output_gate:
+            ops.append(_small("attn_gate", lt, 2 * q * FP16, q * FP16, 5 * q))
+        ops.append(_gemm("o_proj", lt, h, q, wb("attention")))
+    if p.architecture == "gemma4":
+        # post-attention norm + residual add, then the pre-feedforward norms of both branches
+        ops.append(_small("ffn_norm", lt, 2 * h * FP16, 3 * h * FP16, 12 * h, fixed_bytes=3 * h * FP16))
+        i = p.dense_intermediate_size
+        ops += [
+            _gemm("mlp_gate_up", lt, 2 * i, h, wb("dense_mlp")),
+            _small("mlp_act", lt, 2 * i * FP16, i * FP16, 10 * i),
+            _gemm("mlp_down", lt, h, i, wb("dense_mlp")),
+        ]
+    else:
+        ops.append(_small("ffn_norm", lt, 2 * h * FP16, 2 * h * FP16, 5 * h, fixed_bytes=h * FP16))
+    e, top = p.num_experts, p.experts_per_token
+    inter = p.moe_intermediate_size
+    ops += [
+        _gemm("router", lt, e, h, wb("router")),
+        _small("topk", lt, e * FP16, top * (FP32 + 4), 5 * e),
+        _small("permute", lt, top * (FP32 + 4), 3 * top * 4, 0, fixed_bytes=(e + 1) * 4),
+        _grouped("moe_gate_up", lt, p, 2 * inter, h, inter),  # SiLU/GELU(gate) * up fused: writes rows x I
+        _grouped("moe_down", lt, p, h, inter, h),
+        _small("combine", lt, (top + 1) * h * FP16, h * FP16, 2 * top * h),
+    ]
+    if p.shared_expert_intermediate_size:
+        s = p.shared_expert_intermediate_size
+        ops += [
+            _gemm("shared_gate_up", lt, 2 * s, h, wb("shared_expert")),
+            _small("shared_act", lt, 2 * s * FP16, s * FP16, 10 * s),
+            _gemm("shared_down", lt, h, s, wb("shared_expert")),
+        ]
+        if p.architecture == "qwen3_5_moe":
+            ops += [
+                _gemm("shared_expert_gate", lt, 1, h, wb("router")),
+                _small("shared_combine", lt, 2 * h * FP16, h * FP16, 4 * h),
+            ]
+    if p.architecture == "gemma4":
+        # post-norms of both branches, their sum, the block's post norm and the residual add
+        ops.append(_small("post_ffn_norms", lt, 3 * h * FP16, h * FP16, 20 * h, fixed_bytes=3 * h * FP16))
+    return ops
+
+
+def _model_tail(preset: ModelPreset) -> list[_Op]:
+    h = preset.hidden_size
+    return [
+        _small("final_norm", "model", h * FP16, h * FP16, 4 * h, fixed_bytes=h * FP16, last_only=True),
+        _gemm("lm_head", "model", preset.vocab_size, h, preset.weight_bytes_per_param("lm_head"), last_only=True),
+    ]
+
+
+def _model_head(preset: ModelPreset) -> list[_Op]:
+    h = preset.hidden_size
+    return [_small("embed", "model", h * FP16, h * FP16, 0)]
+
+
+def dense_gemm_shapes(preset: ModelPreset) -> list[GemmShape]:
+    """Every dense GEMM of the model, one entry per distinct (op, n, k), in forward order.
+
+    Covers attention / linear-attention projections (in_proj_b and in_proj_a have N = value heads),
+    router, shared expert and its gate, Gemma's dense MLP and the lm_head. Grouped expert GEMMs are not
+    dense GEMMs and are left out. M is the tokens of the call (the chunk, or 1 for the lm_head).
+    """
+    counts = preset.layer_counts()
+    found: dict[tuple[str, int, int], GemmShape] = {}
+    order = [t for t in dict.fromkeys(preset.layer_types)]
+    for layer_type in order:
+        for op in _layer_ops(preset, layer_type):
+            if op.kind != "gemm":
+                continue
+            key = (op.op, op.n, op.k)
+            nvfp4 = _gemm_group(op.op) in preset.nvfp4_tensors
+            if key in found:
+                prev = found[key]
+                found[key] = GemmShape(op.op, op.n, op.k, f"{prev.layer_type}+{layer_type}",
+                                       prev.layers + counts[layer_type], prev.nvfp4)
+            else:
+                found[key] = GemmShape(op.op, op.n, op.k, layer_type, counts[layer_type], nvfp4)
+    for op in _model_tail(preset):
+        if op.kind == "gemm":
+            found[(op.op, op.n, op.k)] = GemmShape(op.op, op.n, op.k, "model", 1,
+                                                   "lm_head" in preset.nvfp4_tensors, last_token_only=True)
+    return list(found.values())
+
+
+def _gemm_group(op: str) -> str:
+    if op in ("qkv_proj", "o_proj"):
+        return "attention"
+    if op.startswith("in_proj") or op == "out_proj":
+        return "linear_attention"
+    if op.startswith("shared_") and op != "shared_expert_gate":
+        return "shared_expert"
+    if op.startswith("mlp_"):
+        return "dense_mlp"
+    if op in ("router", "shared_expert_gate"):
+        return "router"
+    return op
+
+
+# ---- memory -------------------------------------------------------------------------------------
+
+def kv_cache_bytes(preset: ModelPreset, prompt_tokens: int) -> float:
+    """Cache left after prefilling `prompt_tokens`: K and V of full layers (all tokens), of sliding
+    layers (the last `sliding_window` tokens), and the recurrent state + conv tail of linear layers."""
+    total = 0.0
+    for layer_type, count in preset.layer_counts().items():
+        if layer_type == "linear":
+            state = preset.linear_num_value_heads * preset.linear_key_head_dim * preset.linear_value_head_dim * FP32
+            conv_tail = preset.linear_conv_dim * (preset.linear_conv_kernel - 1) * FP16
+            total += count * (state + conv_tail)
+            continue
+        _, kv_heads, dim = preset.attention_dims(layer_type)
+        tokens = prompt_tokens if layer_type == "full" else min(prompt_tokens, preset.sliding_window)
+        total += count * tokens * kv_heads * dim * 2 * FP16
+    return total
+
+
+# ---- the plan -------------------------------------------------------------------------------------
+
+def _fmt_tokens(lengths: list[int]) -> str:
+    if not lengths:
+        return "0"
+    groups: list[list[int]] = []
+    for value in lengths:
+        if groups and groups[-1][0] == value:
+            groups[-1][1] += 1
+        else:
+            groups.append([value, 1])
+    return ", ".join(f"{v} (x{c})" if c > 1 else str(v) for v, c in groups)
+
+
+def plan_prefill(preset: ModelPreset, prompt_tokens: int, chunk: int | None = None,
+                 gpu: str | GpuCeilings = "h100") -> Plan:
+    """FLOPs, bytes and floor time of every op of a `prompt_tokens` prefill, per chunk and in total.
+
+    `chunk` None takes the preset's chunk_size; 0 prefills the whole prompt in one chunk.
+    """
+    validate_prompt_and_chunk(prompt_tokens, chunk)
+    ceilings = gpu if isinstance(gpu, GpuCeilings) else get_gpu(gpu)
+    chunk_used = preset.chunk_size if chunk is None else chunk
+    spans = chunk_spans(prompt_tokens, chunk_used)
+    counts = preset.layer_counts()
+
+    per_type = {t: _layer_ops(preset, t) for t in counts}
+    entries: list[tuple[_Op, int]] = [(op, 1) for op in _model_head(preset)]
+    for layer_type in dict.fromkeys(preset.layer_types):
+        entries += [(op, counts[layer_type]) for op in per_type[layer_type]]
+    entries += [(op, 1) for op in _model_tail(preset)]
+
+    rows: list[OpRow] = []
+    chunk_totals = [[0.0, 0.0, 0.0, 0.0, 0.0] for _ in spans]  # flops, bytes, compute, memory, floor (s)
+    for op, layers in entries:
+        flops = moved = compute = memory = floor = 0.0
+        calls, lengths = 0, []
+        for span in spans:
+            if op.last_only and not span.last:
+                continue
+            f, b, _ = op.cost(span.start, span.length, span.last)
+            c, m = f / ceilings.fp16_flops_per_s, b / ceilings.mem_bytes_per_s
+            flops += layers * f
+            moved += layers * b
+            compute += layers * c
+            memory += layers * m
+            floor += layers * max(c, m)
+            calls += layers
+            lengths.append(1 if op.last_only else span.length)
+            totals = chunk_totals[span.index]
+            for i, value in enumerate((f, b, c, m, max(c, m))):
+                totals[i] += layers * value
+        rows.append(OpRow(
+            op=op.op, layer_type=op.layer_type, kind=op.kind, calls=calls, tokens=_fmt_tokens(lengths),
+            n=op.n, k=op.k, flops=flops, bytes_moved=moved, compute_us=compute * 1e6, memory_us=memory * 1e6,
+            floor_us=floor * 1e6, bound="compute" if compute >= memory else "memory",
+        ))
+    chunks = [
+        ChunkRow(chunk=s.index, start=s.start, tokens=s.length, last=s.last, flops=t[0], bytes_moved=t[1],
+                 compute_us=t[2] * 1e6, memory_us=t[3] * 1e6, floor_us=t[4] * 1e6)
+        for s, t in zip(spans, chunk_totals)
+    ]
+    return Plan(
+        model=preset.name,
+        architecture=preset.architecture,
+        gpu=ceilings,
+        prompt_tokens=prompt_tokens,
+        chunk_size=chunk_used,
+        layers=preset.num_layers,
+        attention_layout=preset.attention_layout,
+        nvfp4_tensors=preset.nvfp4_tensors,
+        total_params=preset.total_params,
+        active_params=preset.active_params,
+        published_total_params=preset.published_total_params,
+        published_active_params=preset.published_active_params,
+        weight_bytes=preset.weight_bytes(),
+        kv_cache_bytes=kv_cache_bytes(preset, prompt_tokens),
+        activation_bytes=_activation_bytes(preset, max(s.length for s in spans), per_type),
+        ops=rows,
+        chunks=chunks,
+    )
+
+
+def _activation_bytes(preset: ModelPreset, chunk_tokens: int, per_type: dict[str, list[_Op]]) -> float:
+    """Working set of one chunk: the outputs of every op of the widest layer (no buffer reuse), the
+    residual stream, and the last token's logits. Layers reuse these buffers, so this is per model."""
+    widest = 0.0
+    for ops in per_type.values():
+        written = sum(op.cost(0, chunk_tokens, False)[2] for op in ops)
+        widest = max(widest, written)
+    return widest + chunk_tokens * preset.hidden_size * FP16 + preset.vocab_size * FP16
+
+
+# ---- printing -------------------------------------------------------------------------------------
+
+def _billions(value: float | None) -> str:
+    """Parameter counts as people write them: 30.5B, 3.35B, 2.23M."""
+    if value is None:
+        return "-"
+    return f"{value / 1e9:.3g}B" if value >= 1e9 else f"{value / 1e6:.3g}M"
+
+
+def plan_frames(plan: Plan):
+    """(ops, chunks) as pandas DataFrames with display units (GFLOP, MB, us)."""
+    import pandas as pd
+
+    ops = pd.DataFrame([
+        {
+            "op": r.op, "layer": r.layer_type, "kind": r.kind, "calls": r.calls, "M": r.tokens,
+            "N": r.n or "", "K": r.k or "", "GFLOP": r.flops / 1e9, "MB": r.bytes_moved / 1e6,
+            "compute_us": r.compute_us, "memory_us": r.memory_us, "floor_us": r.floor_us, "bound": r.bound,
+        }
+        for r in plan.ops
+    ])
+    chunks = pd.DataFrame([
+        {
+            "chunk": c.chunk, "start": c.start, "tokens": c.tokens, "last": c.last, "GFLOP": c.flops / 1e9,
+            "MB": c.bytes_moved / 1e6, "compute_us": c.compute_us, "memory_us": c.memory_us, "floor_us": c.floor_us,
+        }
+        for c in plan.chunks
+    ])
+    return ops, chunks
+
+
+def summary_lines(plan: Plan) -> list[str]:
+    g = plan.gpu
+    chunk = "one chunk" if plan.chunk_size == 0 else f"chunk {plan.chunk_size}"
+    return [
+        f"model {plan.model} ({plan.architecture}, {plan.layers} layers: {plan.attention_layout}); "
+        f"NVFP4: {', '.join(plan.nvfp4_tensors) or 'none'}",
+        f"params: total {_billions(plan.total_params)} (published {_billions(plan.published_total_params)}), "
+        f"active {_billions(plan.active_params)} (published {_billions(plan.published_active_params)})",
+        f"prefill {plan.prompt_tokens} tokens, {chunk}, {len(plan.chunks)} chunk(s) on {g.name}: "
+        f"{g.fp16_tflops:.0f} TFLOP/s FP16, {g.mem_tb_s:.2f} TB/s ({g.basis})",
+        f"memory: weights {plan.weight_total_bytes / 1e9:.2f} GB, KV cache/state {plan.kv_cache_bytes / 1e6:.1f} MB, "
+        f"activations {plan.activation_bytes / 1e6:.1f} MB (one chunk)",
+        f"total: {plan.flops / 1e12:.3f} TFLOP, {plan.bytes_moved / 1e9:.2f} GB moved, "
+        f"floor {plan.floor_us / 1e3:.3f} ms = {plan.floor_tok_s:,.0f} tok/s",
+    ]
+
+
+def render_plan(plan: Plan, fmt: str = "md") -> str:
+    """The plan as markdown (summary + two tables), CSV (one table, `section` column) or JSON."""
+    if fmt == "json":
+        return json.dumps(plan.to_dict(), indent=2)
+    ops, chunks = plan_frames(plan)
+    if fmt == "csv":
+        import pandas as pd
+
+        ops.insert(0, "section", "op")
+        chunks.insert(0, "section", "chunk")
+        return pd.concat([ops, chunks], ignore_index=True).to_csv(index=False).rstrip("\n")
+    if fmt != "md":
+        raise InputError(f"unknown format {fmt!r}; accepted: md, csv, json")
+    lines = [f"- {line}" for line in summary_lines(plan)]
+    lines += ["", "Per op (all layers and chunks):", "",
+              ops.to_markdown(index=False, floatfmt=(".0f",) * 7 + (".3f", ".2f", ".1f", ".1f", ".1f")), "",
+              "Per chunk (all layers):", "",
+              chunks.to_markdown(index=False, floatfmt=(".0f",) * 4 + (".2f", ".1f", ".1f", ".1f", ".1f"))]
+    return "\n".join(lines)
+
+
+def models_frame(presets: list[ModelPreset]):
+    import pandas as pd
+
+    return pd.DataFrame([
+        {
+            "name": p.name,
+            "aliases": ", ".join(p.aliases),
+            "arch": p.architecture,
+            "layers": p.num_layers,
+            "experts": p.num_experts,
+            "top_k": p.experts_per_token,
+            "shared": (f"expert {p.shared_expert_intermediate_size}" if p.shared_expert_intermediate_size
+                       else f"dense mlp {p.dense_intermediate_size}" if p.dense_intermediate_size else "-"),
+            "attention": p.attention_layout,
+            "chunk": p.chunk_size,
+            "total": _billions(p.total_params),
+            "active": _billions(p.active_params),
+            "published": f"{_billions(p.published_total_params)} / {_billions(p.published_active_params)}",
+            "nvfp4": ", ".join(p.nvfp4_tensors),
+            "synthetic": p.synthetic,
+        }
+        for p in presets
+    ])
+
+
+def render_models(presets: list[ModelPreset], fmt: str = "md") -> str:
+    if fmt == "json":
+        return json.dumps([
+            dict(p.to_dict(), total_params=p.total_params, active_params=p.active_params,
+                 attention_layout=p.attention_layout)
+            for p in presets
+        ], indent=2)
+    frame = models_frame(presets)
+    if fmt == "csv":
+        return frame.to_csv(index=False).rstrip("\n")
+    if fmt != "md":
+        raise InputError(f"unknown format {fmt!r}; accepted: md, csv, json")
+    return frame.to_markdown(index=False)
+
+
+__all__ = [
+    "ChunkRow",
+    "ChunkSpan",
+    "GemmShape",
+    "OpRow",
+    "Plan",
+    "chunk_spans",
+    "dense_gemm_shapes",
+    "experts_touched",
+    "kv_cache_bytes",
+    "plan_prefill",
+    "render_models",
+    "render_plan",
+    "validate_prompt_and_chunk",
+]
