@@ -108,3 +108,55 @@ def gemm(models, shapes, ms, reps, policy, variants, fmt, out) -> None:  # fmt: 
     if out:
         for path in write_report(report, out, fmt):
             click.echo(f"wrote {path}", err=True)
+
+
+# ---- models and plan (no GPU needed) ---------------------------------------------------------------
+
+_FORMAT = click.Choice(["md", "csv", "json"])
+
+
+@cli.command()
+@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True,
+              help="Output format: markdown table, CSV or JSON.")
+def models(fmt: str) -> None:
+    """List the model presets: layers, experts, top-k, attention layout, total and active parameters.
+
+    Parameters are counted from each preset's geometry (billions, B); `published` is the model
+    card's figure where one exists. Synthetic presets (tiny) come last.
+    """
+    from impbench.plan import render_models
+    from impbench.presets import list_presets
+
+    click.echo(render_models(list_presets(), fmt))
+
+
+@cli.command()
+@click.option("--model", "-m", "model", metavar="NAME", default=None,
+              help="Preset name or alias (see `impbench models`), e.g. qwen3-coder.")
+@click.option("--model-config", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Build the model from a Hugging Face config.json instead (qwen3_moe, qwen3_5_moe, gemma4 MoE).")
+@click.option("--pp", "prompt_tokens", type=int, required=True, metavar="TOKENS",
+              help="Prompt length to prefill, in tokens (> 0).")
+@click.option("--chunk", type=int, default=None, metavar="TOKENS",
+              help="Prefill chunk in tokens: 0 = whole prompt in one chunk, else a multiple of 16. "
+                   "Default: the preset's chunk size.")
+@click.option("--layers", type=int, default=None, metavar="N",
+              help="Plan only the first N layers of the model. Default: all.")
+@click.option("--gpu", type=click.Choice(["h100", "h200", "rtx5090", "auto"]), default="h100", show_default=True,
+              help="GPU whose compute (TFLOP/s) and memory (TB/s) ceilings give the floor times; auto = detect via NVML.")
+@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True,
+              help="Output format: markdown (summary + tables), CSV or JSON.")
+def plan(model, model_config, prompt_tokens, chunk, layers, gpu, fmt) -> None:  # fmt: skip
+    """FLOPs, bytes moved and floor time (µs) of every op of a prefill, per chunk and in total.
+
+    Floors are max(FLOPs / compute ceiling, bytes / memory ceiling) per call; memory lines give the
+    weights, the KV cache (or linear-attention state) after the prefill and one chunk's activations.
+    """
+    from impbench.plan import plan_prefill, render_plan, validate_prompt_and_chunk
+    from impbench.presets import replace_layers, resolve_model
+
+    validate_prompt_and_chunk(prompt_tokens, chunk)
+    preset = resolve_model(model, model_config)
+    if layers is not None:
+        preset = replace_layers(preset, layers)
+    click.echo(render_plan(plan_prefill(preset, prompt_tokens, chunk, gpu), fmt))

@@ -1,0 +1,91 @@
+"""CLI: `impbench models` and `impbench plan`; every bad input is exit code 2 and one stderr line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from impbench.cli import main
+from impbench.presets import get_preset, to_hf_config
+
+
+def _run(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_models_lists_the_four_presets_then_tiny(capsys):
+    code, out, err = _run(capsys, "models")
+    assert code == 0 and not err
+    for name in ("qwen3-coder-30b-a3b", "qwen3-30b-a3b-modelopt", "gemma-4-26b-a4b", "qwen3.6-35b-a3b"):
+        assert name in out
+    assert out.index("qwen3.6-35b-a3b") < out.index("tiny-moe")
+    code, out, _ = _run(capsys, "models", "--format", "json")
+    assert code == 0 and {m["name"] for m in json.loads(out)} >= {"qwen3-coder-30b-a3b", "tiny-moe"}
+
+
+def test_plan_qwen3_coder_pp1024(capsys):
+    code, out, err = _run(capsys, "plan", "--model", "qwen3-coder", "--pp", "1024")
+    assert code == 0 and not err
+    assert "30.5B" in out and "3.3B" in out and "| lm_head" in out
+
+
+def test_plan_from_config_json_and_layers(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(to_hf_config(get_preset("qwen3.6"))))
+    code, out, _ = _run(capsys, "plan", "--model-config", str(path), "--pp", "600", "--layers", "4", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["layers"] == 4 and data["chunk_size"] == 512 and len(data["chunks"]) == 2
+    assert any(op["op"] == "in_proj_b" and op["n"] == 32 for op in data["ops"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["plan", "--model", "nope", "--pp", "64"], "unknown model 'nope'; accepted:"),
+    (["plan", "--model", "tiny", "--pp", "0"], "--pp must be a positive"),
+    (["plan", "--model", "tiny", "--pp", "-3"], "--pp must be a positive"),
+    (["plan", "--model", "tiny", "--pp", "64", "--chunk", "-16"], "--chunk must be 0"),
+    (["plan", "--model", "tiny", "--pp", "64", "--chunk", "40"], "multiple of 16"),
+    (["plan", "--model", "tiny", "--pp", "ten"], "'ten' is not a valid integer"),
+    (["plan", "--model", "tiny", "--pp", "64", "--gpu", "a100"], "'a100' is not one of"),
+    (["plan", "--model", "tiny", "--pp", "64", "--format", "xml"], "'xml' is not one of"),
+    (["plan", "--model", "tiny"], "Missing option '--pp'"),
+    (["plan", "--pp", "64"], "pass --model NAME"),
+    (["plan", "--model", "tiny", "--pp", "64", "--layers", "9"], "--layers must be between 1 and 2"),
+    (["models", "--format", "yaml"], "'yaml' is not one of"),
+])
+def test_bad_input_is_exit_2_and_one_line(capsys, args, needle):
+    code, out, err = _run(capsys, *args)
+    assert code == 2 and not out
+    assert err.count("\n") == 1 and err.startswith("impbench: error: ") and needle in err
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("{broken", "not valid JSON"),
+    ('{"model_type": "llama"}', "model_type 'llama' is not supported; supported: qwen3_moe"),
+    ('{"model_type": "qwen3_moe", "hidden_size": 2048}', "lacks 'num_hidden_layers'"),
+])
+def test_bad_config_json_is_exit_2_and_one_line(tmp_path, capsys, content, needle):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    code, out, err = _run(capsys, "plan", "--model-config", str(path), "--pp", "64")
+    assert code == 2 and not out and err.count("\n") == 1 and needle in err
+
+
+def test_missing_config_json(tmp_path, capsys):
+    code, _, err = _run(capsys, "plan", "--model-config", str(tmp_path / "none.json"), "--pp", "64")
+    assert code == 2 and err.count("\n") == 1 and "cannot read" in err
+
+
+def test_python_m_impbench_exit_code_and_single_line():
+    result = subprocess.run([sys.executable, "-m", "impbench", "plan", "--model", "nope", "--pp", "64"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "unknown model" in result.stderr
+    ok = subprocess.run([sys.executable, "-m", "impbench", "plan", "-m", "tiny", "--pp", "64", "--format", "csv"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("section,op,")
