@@ -446,12 +446,21 @@ IMPGEMM_MMA(gemm_mma_32x64k4, 32, 64, 64, 1, 2, 4, 4)       // 256      49152  w
 IMPGEMM_MMA(gemm_mma_16x64k8, 16, 64, 128, 1, 2, 8, 4)      // 512      81920  warp 16x32, split K in 8
 IMPGEMM_MMA(gemm_mma_16x32k8, 16, 32, 128, 1, 1, 8, 4)      // 256      49152  warp 16x32, split K in 8
 IMPGEMM_MMA(gemm_mma_16x16k8, 16, 16, 128, 1, 1, 8, 4)      // 256      32768  warp 16x16, split K in 8
+// deeper pipelines for small grids, whose K loop is bound by load latency, not by MMA rate
+IMPGEMM_MMA(gemm_mma_64x64k2s6, 64, 64, 64, 2, 2, 2, 6)     // 256      98304
+IMPGEMM_MMA(gemm_mma_32x64k4s8, 32, 64, 64, 1, 2, 4, 8)     // 256      98304
+IMPGEMM_MMA(gemm_mma_16x32k8s8, 16, 32, 128, 1, 1, 8, 8)    // 256      98304
+IMPGEMM_MMA(gemm_mma_16x16k8s8, 16, 16, 128, 1, 1, 8, 8)    // 256      65536
 
 // name                      BM   BN stages                    threads  smem bytes
 IMPGEMM_WGMMA(gemm_wgmma_128x256, 128, 256, 4)              // 256     197632
 IMPGEMM_WGMMA(gemm_wgmma_128x128, 128, 128, 4)              // 256     132096
 IMPGEMM_WGMMA(gemm_wgmma_64x256, 64, 256, 4)                // 128     164864
 IMPGEMM_WGMMA(gemm_wgmma_64x128, 64, 128, 4)                // 128      99328
+IMPGEMM_WGMMA(gemm_wgmma_128x128s6, 128, 128, 6)            // 256     197632  4 tiles ahead
+IMPGEMM_WGMMA(gemm_wgmma_64x256s5, 64, 256, 5)              // 128     205824
+IMPGEMM_WGMMA(gemm_wgmma_64x128s6, 64, 128, 6)              // 128     148480
+IMPGEMM_WGMMA(gemm_wgmma_64x64s8, 64, 64, 8)                // 128     132096
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

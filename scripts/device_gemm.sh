@@ -24,7 +24,9 @@ import glob, subprocess, os
 cubins = [p for p in glob.glob(os.path.expanduser("~/.cupy/kernel_cache/*")) if b"gemm_mma_128x128" in open(p, "rb").read()]
 if cubins:  # CuPy prefixes its cache files with a hash: cut at the ELF magic
     blob = open(cubins[0], "rb").read(); open("/tmp/gemm.cubin", "wb").write(blob[blob.find(b"\x7fELF"):])
-    sass = subprocess.run(["cuobjdump", "-sass", "/tmp/gemm.cubin"], capture_output=True, text=True).stdout
+    done = subprocess.run(["cuobjdump", "-sass", "/tmp/gemm.cubin"], capture_output=True, text=True)
+    sass = done.stdout
+    print("cuobjdump:", done.returncode, done.stderr[:300])
     print("cubin", cubins[0], "sm_90a" if b"sm_90a" in blob else "not sm_90a")
     for op in ("HGMMA", "HMMA", "LDSM", "LDGSTS", "LDL", "STL"):
         print(op, sass.count(op + "."), end="; ")
