@@ -19,7 +19,7 @@ head, state kept on chip and read and written once per chunk); it is an estimate
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from impbench.errors import InputError
@@ -67,6 +67,7 @@ class _Op:
     n: int = 0
     k: int = 0
     last_only: bool = False  # runs in the last chunk only (final norm, lm_head)
+    group: str = ""  # weight tensor group of a GEMM (presets.TENSOR_GROUPS)
 
 
 @dataclass
@@ -194,13 +195,15 @@ def chunk_spans(prompt_tokens: int, chunk: int) -> list[ChunkSpan]:
 
 # ---- the ops of one layer ---------------------------------------------------------------------------
 
-def _gemm(op: str, layer_type: str, n: int, k: int, weight_bpp: float, last_only: bool = False) -> _Op:
+def _gemm(preset: ModelPreset, op: str, layer_type: str, n: int, k: int, group: str, last_only: bool = False) -> _Op:
+    weight_bpp = preset.weight_bytes_per_param(group)
+
     def cost(start: int, length: int, last: bool) -> tuple[float, float, float]:
         m = 1 if last_only else length
         written = m * n * FP16
         return 2.0 * m * n * k, m * k * FP16 + n * k * weight_bpp + written, written
 
-    return _Op(op, "gemm", layer_type, cost, n=n, k=k, last_only=last_only)
+    return _Op(op, "gemm", layer_type, cost, n=n, k=k, last_only=last_only, group=group)
 
 
 def experts_touched(preset: ModelPreset, tokens: int) -> float:
@@ -272,49 +275,48 @@ def _gdn_core(preset: ModelPreset) -> _Op:
 def _layer_ops(preset: ModelPreset, layer_type: str) -> list[_Op]:
     """Every op of one layer of `layer_type`, in forward order (fused as a lean engine would run them)."""
     p, h, lt = preset, preset.hidden_size, layer_type
-    wb = p.weight_bytes_per_param
     ops: list[_Op] = [_small("attn_norm", lt, h * FP16, h * FP16, 4 * h, fixed_bytes=h * FP16)]
     if lt == "linear":
         conv, vd, hv = p.linear_conv_dim, p.linear_value_dim, p.linear_num_value_heads
-        la = wb("linear_attention")
+        la = "linear_attention"
         ops += [
-            _gemm("in_proj_qkv", lt, conv, h, la),
-            _gemm("in_proj_z", lt, vd, h, la),
-            _gemm("in_proj_b", lt, hv, h, la),
-            _gemm("in_proj_a", lt, hv, h, la),
+            _gemm(p, "in_proj_qkv", lt, conv, h, la),
+            _gemm(p, "in_proj_z", lt, vd, h, la),
+            _gemm(p, "in_proj_b", lt, hv, h, la),
+            _gemm(p, "in_proj_a", lt, hv, h, la),
             _small("conv1d", lt, conv * FP16, conv * FP16, 2 * conv * p.linear_conv_kernel + 4 * conv,
                    fixed_bytes=conv * p.linear_conv_kernel * FP16),
             _gdn_core(p),
             _small("gated_norm", lt, 2 * vd * FP16, vd * FP16, 8 * vd),
-            _gemm("out_proj", lt, h, vd, la),
+            _gemm(p, "out_proj", lt, h, vd, la),
         ]
     else:
         heads, _, dim = p.attention_dims(lt)
         width = p.qkv_width(lt)
         q = heads * dim
         ops += [
-            _gemm("qkv_proj", lt, width, h, wb("attention")),
+            _gemm(p, "qkv_proj", lt, width, h, "attention"),
             _small("qkv_post", lt, width * FP16, width * FP16, 6 * width),  # q/k norm, RoPE, K/V to cache
             _attention(p, lt),
         ]
         if p.attn_output_gate:
             ops.append(_small("attn_gate", lt, 2 * q * FP16, q * FP16, 5 * q))
-        ops.append(_gemm("o_proj", lt, h, q, wb("attention")))
+        ops.append(_gemm(p, "o_proj", lt, h, q, "attention"))
     if p.architecture == "gemma4":
         # post-attention norm + residual add, then the pre-feedforward norms of both branches
         ops.append(_small("ffn_norm", lt, 2 * h * FP16, 3 * h * FP16, 12 * h, fixed_bytes=3 * h * FP16))
         i = p.dense_intermediate_size
         ops += [
-            _gemm("mlp_gate_up", lt, 2 * i, h, wb("dense_mlp")),
+            _gemm(p, "mlp_gate_up", lt, 2 * i, h, "dense_mlp"),
             _small("mlp_act", lt, 2 * i * FP16, i * FP16, 10 * i),
-            _gemm("mlp_down", lt, h, i, wb("dense_mlp")),
+            _gemm(p, "mlp_down", lt, h, i, "dense_mlp"),
         ]
     else:
         ops.append(_small("ffn_norm", lt, 2 * h * FP16, 2 * h * FP16, 5 * h, fixed_bytes=h * FP16))
     e, top = p.num_experts, p.experts_per_token
     inter = p.moe_intermediate_size
     ops += [
-        _gemm("router", lt, e, h, wb("router")),
+        _gemm(p, "router", lt, e, h, "router"),
         _small("topk", lt, e * FP16, top * (FP32 + 4), 5 * e),
         _small("permute", lt, top * (FP32 + 4), 3 * top * 4, 0, fixed_bytes=(e + 1) * 4),
         _grouped("moe_gate_up", lt, p, 2 * inter, h, inter),  # SiLU/GELU(gate) * up fused: writes rows x I
@@ -324,13 +326,13 @@ def _layer_ops(preset: ModelPreset, layer_type: str) -> list[_Op]:
     if p.shared_expert_intermediate_size:
         s = p.shared_expert_intermediate_size
         ops += [
-            _gemm("shared_gate_up", lt, 2 * s, h, wb("shared_expert")),
+            _gemm(p, "shared_gate_up", lt, 2 * s, h, "shared_expert"),
             _small("shared_act", lt, 2 * s * FP16, s * FP16, 10 * s),
-            _gemm("shared_down", lt, h, s, wb("shared_expert")),
+            _gemm(p, "shared_down", lt, h, s, "shared_expert"),
         ]
         if p.architecture == "qwen3_5_moe":
             ops += [
-                _gemm("shared_expert_gate", lt, 1, h, wb("router")),
+                _gemm(p, "shared_expert_gate", lt, 1, h, "router"),
                 _small("shared_combine", lt, 2 * h * FP16, h * FP16, 4 * h),
             ]
     if p.architecture == "gemma4":
@@ -343,7 +345,7 @@ def _model_tail(preset: ModelPreset) -> list[_Op]:
     h = preset.hidden_size
     return [
         _small("final_norm", "model", h * FP16, h * FP16, 4 * h, fixed_bytes=h * FP16, last_only=True),
-        _gemm("lm_head", "model", preset.vocab_size, h, preset.weight_bytes_per_param("lm_head"), last_only=True),
+        _gemm(preset, "lm_head", "model", preset.vocab_size, h, "lm_head", last_only=True),
     ]
 
 
@@ -361,38 +363,23 @@ def dense_gemm_shapes(preset: ModelPreset) -> list[GemmShape]:
     """
     counts = preset.layer_counts()
     found: dict[tuple[str, int, int], GemmShape] = {}
-    order = [t for t in dict.fromkeys(preset.layer_types)]
-    for layer_type in order:
+    for layer_type in dict.fromkeys(preset.layer_types):
         for op in _layer_ops(preset, layer_type):
             if op.kind != "gemm":
                 continue
             key = (op.op, op.n, op.k)
-            nvfp4 = _gemm_group(op.op) in preset.nvfp4_tensors
             if key in found:
                 prev = found[key]
-                found[key] = GemmShape(op.op, op.n, op.k, f"{prev.layer_type}+{layer_type}",
-                                       prev.layers + counts[layer_type], prev.nvfp4)
+                found[key] = replace(prev, layer_type=f"{prev.layer_type}+{layer_type}",
+                                     layers=prev.layers + counts[layer_type])
             else:
-                found[key] = GemmShape(op.op, op.n, op.k, layer_type, counts[layer_type], nvfp4)
+                found[key] = GemmShape(op.op, op.n, op.k, layer_type, counts[layer_type],
+                                       op.group in preset.nvfp4_tensors)
     for op in _model_tail(preset):
         if op.kind == "gemm":
-            found[(op.op, op.n, op.k)] = GemmShape(op.op, op.n, op.k, "model", 1,
-                                                   "lm_head" in preset.nvfp4_tensors, last_token_only=True)
+            found[(op.op, op.n, op.k)] = GemmShape(op.op, op.n, op.k, "model", 1, op.group in preset.nvfp4_tensors,
+                                                   last_token_only=True)
     return list(found.values())
-
-
-def _gemm_group(op: str) -> str:
-    if op in ("qkv_proj", "o_proj"):
-        return "attention"
-    if op.startswith("in_proj") or op == "out_proj":
-        return "linear_attention"
-    if op.startswith("shared_") and op != "shared_expert_gate":
-        return "shared_expert"
-    if op.startswith("mlp_"):
-        return "dense_mlp"
-    if op in ("router", "shared_expert_gate"):
-        return "router"
-    return op
 
 
 # ---- memory -------------------------------------------------------------------------------------

@@ -223,16 +223,13 @@ class ModelPreset:
     def active_params(self) -> int:
         return sum(self.param_groups(active=True).values())
 
-    def weight_bytes(self) -> dict[str, float]:
-        """Bytes of weights by group as impbench stores them: NVFP4 groups at 0.5625 B, others FP16."""
-        out = {}
-        for group, params in self.param_groups().items():
-            nvfp4 = group in self.nvfp4_tensors
-            out[group] = params * (NVFP4_BYTES_PER_PARAM if nvfp4 else FP16_BYTES)
-        return out
-
     def weight_bytes_per_param(self, group: str) -> float:
+        """Stored bytes per parameter of a tensor group: NVFP4 groups 0.5625, the others FP16."""
         return NVFP4_BYTES_PER_PARAM if group in self.nvfp4_tensors else FP16_BYTES
+
+    def weight_bytes(self) -> dict[str, float]:
+        """Bytes of weights by group as impbench stores them."""
+        return {group: params * self.weight_bytes_per_param(group) for group, params in self.param_groups().items()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -305,11 +302,9 @@ def _from_mapping(data: dict[str, Any], where: str) -> ModelPreset:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where}: {name} must be a list, got {value!r}")
         data[name] = tuple(value)
-    for name in ("rms_norm_eps", "rope_theta", "partial_rotary_factor"):
-        if name in data and isinstance(data[name], int) and not isinstance(data[name], bool):
-            data[name] = float(data[name])
-    for name in ("published_total_params", "published_active_params", "full_rope_theta", "final_logit_softcapping"):
-        if name in data and isinstance(data[name], int):
+    for name in ("rms_norm_eps", "rope_theta", "partial_rotary_factor", "published_total_params",
+                 "published_active_params", "full_rope_theta", "final_logit_softcapping"):
+        if isinstance(data.get(name), int) and not isinstance(data[name], bool):  # TOML 10000 -> 10000.0
             data[name] = float(data[name])
     return ModelPreset(**data)
 
