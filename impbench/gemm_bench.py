@@ -111,45 +111,12 @@ def parse_ms(text: str) -> tuple[int, ...]:
     return ms
 
 
-def _shapes_from_preset(p) -> list[tuple[str, int, int]]:
-    """Interim derivation of the dense GEMMs from preset fields, used while impbench.plan has no
-    dense_gemm_shapes: attention / linear-attention projections per layer type, router, shared
-    expert, dense MLP, lm_head."""
-    h, shapes = p.hidden_size, []
-    for layer_type in dict.fromkeys(p.layer_types):
-        if layer_type == "linear":
-            shapes += [("in_proj_qkv", p.linear_conv_dim, h), ("in_proj_z", p.linear_value_dim, h),
-                       ("in_proj_b", p.linear_num_value_heads, h), ("in_proj_a", p.linear_num_value_heads, h),
-                       ("out_proj", h, p.linear_value_dim)]  # fmt: skip
-        else:
-            heads, _, dim = p.attention_dims(layer_type)
-            shapes += [(f"{layer_type}_qkv_proj", p.qkv_width(layer_type), h), (f"{layer_type}_o_proj", h, heads * dim)]
-    shapes.append(("router", p.num_experts, h))
-    if p.shared_expert_intermediate_size:
-        s = p.shared_expert_intermediate_size
-        shapes += [("shared_gate_up", 2 * s, h), ("shared_down", h, s)]
-        if p.architecture == "qwen3_5_moe":
-            shapes.append(("shared_expert_gate", 1, h))
-    if p.dense_intermediate_size:
-        d = p.dense_intermediate_size
-        shapes += [("dense_gate_up", 2 * d, h), ("dense_down", h, d)]
-    shapes.append(("lm_head", p.vocab_size, h))
-    return shapes
-
-
 def model_shapes(model: str) -> list[tuple[str, int, int]]:
-    """(op, N, K) of every dense GEMM of a preset (impbench.plan.dense_gemm_shapes where present)."""
+    """(op, N, K) of every dense GEMM of a preset; unknown name -> InputError naming the accepted ones."""
+    from impbench.plan import dense_gemm_shapes
     from impbench.presets import get_preset
 
-    try:
-        preset = get_preset(model)
-    except (KeyError, ValueError) as exc:
-        raise InputError(str(exc).strip("'\"")) from None
-    try:
-        from impbench.plan import dense_gemm_shapes
-    except ImportError:
-        return _shapes_from_preset(preset)
-    return [(s.op, s.n, s.k) for s in dense_gemm_shapes(preset)]
+    return [(s.op, s.n, s.k) for s in dense_gemm_shapes(get_preset(model))]
 
 
 def all_models() -> list[str]:

@@ -407,6 +407,113 @@ __device__ __forceinline__ void gemm_wgmma_body(const half_t *__restrict__ A, co
         store_frag(C, M, N, vec, row, col, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
     }
 }
+
+// ---- warp-specialised variant: one producer warpgroup, two consumer warpgroups ----------------
+// Producer warpgroup 0 only issues cp.async (each thread signals a stage's `full` mbarrier when its
+// copies land, cp.async.mbarrier.arrive.noinc); consumer warpgroups 1-2 only wait on `full`, issue
+// wgmma on 64 rows x BN each, and release the stage through its `empty` mbarrier once the wgmma
+// batch that read it has completed. No __syncthreads in the K loop: the tensor cores are never
+// left idle behind a block-wide barrier or the address arithmetic of the loads.
+__device__ __forceinline__ void mbar_init(unsigned addr, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned addr, unsigned parity) {
+    asm volatile(
+        "{\n.reg .pred P1;\nLAB_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+        "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(addr),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned addr) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_on_cp_async(unsigned addr) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+
+template <int BN, int STAGES>
+struct WsConfig {
+    static constexpr int BM = 128, BK = 64, THREADS = 384;
+    static constexpr int A_STAGE = BM * BK, W_STAGE = BN * BK;  // halves
+    static constexpr int SMEM_BYTES = STAGES * (A_STAGE + W_STAGE) * 2 + 1024;
+};
+
+template <int BN, int STAGES>
+__device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A, const half_t *__restrict__ W,
+                                                   half_t *__restrict__ C, int M, int N, int K) {
+    using Cfg = WsConfig<BN, STAGES>;
+    constexpr int BM = Cfg::BM, BK = Cfg::BK;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    __shared__ __align__(8) unsigned long long bars[2 * STAGES];  // full[s], empty[s]
+    const unsigned raw_addr = smem_u32(smem_raw);
+    half_t *smem = reinterpret_cast<half_t *>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));
+    half_t *sA = smem;
+    half_t *sW = smem + STAGES * Cfg::A_STAGE;
+    const unsigned full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[STAGES]);
+
+    const int tid = threadIdx.x, wg = tid >> 7, tid_wg = tid & 127;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int KT = (K + BK - 1) / BK;
+
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(full0 + 8 * s, 128);   // every producer thread, on its copies' completion
+            mbar_init(empty0 + 8 * s, 256);  // every consumer thread, after its batch read the stage
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {  // producer
+        setmaxnreg_dec<104>();
+        for (int kt = 0; kt < KT; ++kt) {
+            const int s = kt % STAGES, use = kt / STAGES;
+            if (use > 0) mbar_wait(empty0 + 8 * s, (use - 1) & 1);
+            load_tile<BM, 8, 128>(sA + s * Cfg::A_STAGE, A, m0, M, kt * BK, K, tid_wg);
+            load_tile<BN, 8, 128>(sW + s * Cfg::W_STAGE, W, n0, N, kt * BK, K, tid_wg);
+            mbar_arrive_on_cp_async(full0 + 8 * s);
+        }
+        cp_async_wait<0>();
+    } else {  // consumers
+        setmaxnreg_inc<200>();
+        const int c = wg - 1, warp_in_wg = (tid >> 5) & 3, lane = tid & 31;
+        float acc[BN / 2];
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+        const unsigned sA_addr = smem_u32(sA) + c * 64 * BK * 2;
+        const unsigned sW_addr = smem_u32(sW);
+        for (int kt = 0; kt < KT; ++kt) {
+            const int s = kt % STAGES;
+            mbar_wait(full0 + 8 * s, (kt / STAGES) & 1);
+            fence_proxy_async();  // cp.async (generic proxy) data -> wgmma (async proxy) reads
+            const unsigned a_base = sA_addr + s * Cfg::A_STAGE * 2;
+            const unsigned w_base = sW_addr + s * Cfg::W_STAGE * 2;
+            fence_regs(acc);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < BK / 16; ++ks)
+                wgmma_tile<BN>(acc, smem_desc(a_base + ks * 32), smem_desc(w_base + ks * 32));
+            wgmma_commit();
+            wgmma_wait<1>();  // the batch of kt-1 is done: its stage can be refilled
+            fence_regs(acc);
+            if (kt > 0) mbar_arrive(empty0 + 8 * ((kt - 1) % STAGES));
+        }
+        wgmma_wait<0>();
+        fence_regs(acc);
+        const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
+        const int row = m0 + c * 64 + warp_in_wg * 16 + (lane >> 2);
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+            const int col = n0 + j * 8 + (lane & 3) * 2;
+            store_frag(C, M, N, vec, row, col, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+        }
+    }
+}
 #else
 #define IMPGEMM_HAS_WGMMA 0
 #endif
@@ -430,11 +537,18 @@ __device__ __forceinline__ void gemm_wgmma_body(const half_t *__restrict__ A, co
              int N, int K) {                                                                              \
         impgemm::gemm_wgmma_body<BM, BN, STAGES>(A, W, C, M, N, K);                                        \
     }
+#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES)                                                                \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                                   \
+        NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
+             int N, int K) {                                                                              \
+        impgemm::gemm_wgmma_ws_body<BN, STAGES>(A, W, C, M, N, K);                                         \
+    }
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
     extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) {   \
         asm volatile("trap;");                                                                            \
     }
+#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES) IMPGEMM_WGMMA(NAME, 128, BN, STAGES)
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
@@ -461,6 +575,10 @@ IMPGEMM_WGMMA(gemm_wgmma_128x128s6, 128, 128, 6)            // 256     197632  4
 IMPGEMM_WGMMA(gemm_wgmma_64x256s5, 64, 256, 5)              // 128     205824
 IMPGEMM_WGMMA(gemm_wgmma_64x128s6, 64, 128, 6)              // 128     148480
 IMPGEMM_WGMMA(gemm_wgmma_64x64s8, 64, 64, 8)                // 128     132096
+
+// name                         BN stages                       threads  smem bytes
+IMPGEMM_WGMMA_WS(gemm_wgmma_ws_128x256, 256, 4)             // 384     197632  warp-specialised
+IMPGEMM_WGMMA_WS(gemm_wgmma_ws_128x128, 128, 6)             // 384     197632  warp-specialised
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

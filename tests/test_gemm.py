@@ -71,12 +71,13 @@ def _source_variants():
     text = SOURCE.read_text()
     mma = re.findall(r"^IMPGEMM_MMA\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
     wg = re.findall(r"^IMPGEMM_WGMMA\(gemm_(\w+), (\d+), (\d+), (\d+)\)", text, re.M)
-    return mma, wg
+    ws = re.findall(r"^IMPGEMM_WGMMA_WS\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)
+    return mma, wg, ws
 
 
 def test_variant_table_matches_the_kernel_source():
-    mma, wg = _source_variants()
-    assert len(mma) + len(wg) == len(g.VARIANTS)
+    mma, wg, ws = _source_variants()
+    assert len(mma) + len(wg) + len(ws) == len(g.VARIANTS)
     for name, bm, bn, bk, wm, wn, wk, stages in mma:
         bm, bn, bk, wm, wn, wk, stages = map(int, (bm, bn, bk, wm, wn, wk, stages))
         v = g.VARIANTS[name]
@@ -89,6 +90,11 @@ def test_variant_table_matches_the_kernel_source():
         assert (v.family, v.bm, v.bn, v.bk, v.threads) == ("wgmma", bm, bn, 64, 128 * bm // 64)
         assert v.smem_bytes == stages * (bm + bn) * 64 * 2 + 1024
         assert v.smem_bytes <= 227 * 1024
+    for name, bn, stages in ws:  # one producer + two consumer warpgroups, BM = 128
+        bn, stages = int(bn), int(stages)
+        v = g.VARIANTS[name]
+        assert (v.family, v.bm, v.bn, v.bk, v.threads) == ("wgmma", 128, bn, 64, 384)
+        assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + 1024
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
@@ -205,7 +211,7 @@ def test_random_shapes_under_each_policy():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128"])
+@pytest.mark.parametrize("name", ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128", "wgmma_ws_128x256"])
 def test_capture_replay_is_bit_identical(name):
     import cupy
 
