@@ -52,6 +52,7 @@ class Variant:
     # sustained per-SM rate in FLOP per clock)
     flop_per_clk: float = 2000.0
     fixed_us: float = 1.0
+    iter_us: float = 0.0  # floor per K stage of one block: load latency over the pipeline depth
 
     @property
     def kernel_name(self) -> str:
@@ -71,35 +72,35 @@ class Variant:
         return max(1, min(by_smem, by_regs, 2048 // self.threads, 32))
 
 
-def _v(name, family, bm, bn, bk, threads, smem, regs, split_k=1, flop_per_clk=2000.0, fixed_us=1.0):
-    return Variant(name, family, bm, bn, bk, threads, smem, regs, split_k, flop_per_clk, fixed_us)
+def _v(name, family, bm, bn, bk, threads, smem, regs, split_k=1, flop_per_clk=2000.0, fixed_us=1.0, iter_us=0.0):
+    return Variant(name, family, bm, bn, bk, threads, smem, regs, split_k, flop_per_clk, fixed_us, iter_us)
 
 
 # fmt: off
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    #  name               family   BM   BN   BK  thr  smem    regs splitK FLOP/clk/SM fixed_us
-    _v("mma_128x128",     "mma",   128, 128, 32, 128, 65536,  241, 1,     2300.0,     1.0),
-    _v("mma_128x256",     "mma",   128, 256, 32, 256, 73728,  236, 1,     2400.0,     1.2),
-    _v("mma_64x128",      "mma",    64, 128, 32, 128, 49152,  167, 1,     2000.0,     0.8),
-    _v("mma_64x64k2",     "mma",    64,  64, 64, 256, 65536,   93, 2,     1500.0,     0.8),
-    _v("mma_32x64k4",     "mma",    32,  64, 64, 256, 49152,   73, 4,     1000.0,     0.8),
-    _v("mma_16x64k8",     "mma",    16,  64, 128, 512, 81920,  54, 8,      600.0,     0.8),
-    _v("mma_16x32k8",     "mma",    16,  32, 128, 256, 49152,  58, 8,      400.0,     0.8),
-    _v("mma_16x16k8",     "mma",    16,  16, 128, 256, 32768,  40, 8,      250.0,     0.8),
-    _v("mma_64x64k2s6",   "mma",    64,  64, 64, 256, 98304,   71, 2,     1500.0,     0.8),
-    _v("mma_32x64k4s8",   "mma",    32,  64, 64, 256, 98304,   72, 4,     1000.0,     0.8),
-    _v("mma_16x32k8s8",   "mma",    16,  32, 128, 256, 98304,  58, 8,      400.0,     0.8),
-    _v("mma_16x16k8s8",   "mma",    16,  16, 128, 256, 65536,  39, 8,      250.0,     0.8),
-    _v("wgmma_128x256",   "wgmma", 128, 256, 64, 256, 197632, 200, 1,     3200.0,     1.5),
-    _v("wgmma_128x128",   "wgmma", 128, 128, 64, 256, 132096, 150, 1,     2900.0,     1.2),
-    _v("wgmma_64x256",    "wgmma",  64, 256, 64, 128, 164864, 230, 1,     2800.0,     1.2),
-    _v("wgmma_64x128",    "wgmma",  64, 128, 64, 128,  99328, 196, 1,     2400.0,     1.0),
-    _v("wgmma_128x128s6", "wgmma", 128, 128, 64, 256, 197632, 150, 1,     2900.0,     1.2),
-    _v("wgmma_64x256s5",  "wgmma",  64, 256, 64, 128, 205824, 230, 1,     2800.0,     1.2),
-    _v("wgmma_64x128s6",  "wgmma",  64, 128, 64, 128, 148480, 192, 1,     2400.0,     1.0),
-    _v("wgmma_64x64s8",   "wgmma",  64,  64, 64, 128, 132096,  90, 1,     2000.0,     1.0),
-    _v("wgmma_ws_128x256", "wgmma", 128, 256, 64, 384, 197632, 168, 1,     3400.0,     1.5),
-    _v("wgmma_ws_128x128", "wgmma", 128, 128, 64, 384, 197632, 168, 1,     3000.0,     1.2),
+    #  name               family   BM   BN   BK  thr  smem    regs splitK FLOP/clk/SM fixed_us iter_us
+    _v("mma_128x128", "mma", 128, 128, 32, 128, 65536, 241, 1, 1300.0, 6.25, 0.50),
+    _v("mma_128x256", "mma", 128, 256, 32, 256, 73728, 236, 1, 1200.0, 8.25, 0.90),
+    _v("mma_64x128", "mma", 64, 128, 32, 128, 49152, 167, 1, 1050.0, 6.00, 0.35),
+    _v("mma_64x64k2", "mma", 64, 64, 64, 256, 65536, 93, 2, 850.0, 2.50, 0.40),
+    _v("mma_32x64k4", "mma", 32, 64, 64, 256, 49152, 73, 4, 700.0, 2.50, 0.30),
+    _v("mma_16x64k8", "mma", 16, 64, 128, 512, 81920, 54, 8, 400.0, 2.00, 0.45),
+    _v("mma_16x32k8", "mma", 16, 32, 128, 256, 49152, 58, 8, 450.0, 2.25, 0.35),
+    _v("mma_16x16k8", "mma", 16, 16, 128, 256, 32768, 40, 8, 300.0, 1.50, 0.30),
+    _v("mma_64x64k2s6", "mma", 64, 64, 64, 256, 98304, 71, 2, 800.0, 3.50, 0.45),
+    _v("mma_32x64k4s8", "mma", 32, 64, 64, 256, 98304, 72, 4, 650.0, 3.25, 0.30),
+    _v("mma_16x32k8s8", "mma", 16, 32, 128, 256, 98304, 58, 8, 400.0, 2.00, 0.35),
+    _v("mma_16x16k8s8", "mma", 16, 16, 128, 256, 65536, 39, 8, 300.0, 1.00, 0.35),
+    _v("wgmma_128x256", "wgmma", 128, 256, 64, 256, 197632, 200, 1, 2400.0, 8.50, 0.00),
+    _v("wgmma_128x128", "wgmma", 128, 128, 64, 256, 132096, 150, 1, 2300.0, 5.75, 0.00),
+    _v("wgmma_64x256", "wgmma", 64, 256, 64, 128, 164864, 230, 1, 1700.0, 6.00, 0.00),
+    _v("wgmma_64x128", "wgmma", 64, 128, 64, 128, 99328, 196, 1, 1850.0, 5.50, 0.35),
+    _v("wgmma_128x128s6", "wgmma", 128, 128, 64, 256, 197632, 150, 1, 2350.0, 5.50, 0.00),
+    _v("wgmma_64x256s5", "wgmma", 64, 256, 64, 128, 205824, 230, 1, 1700.0, 6.50, 0.00),
+    _v("wgmma_64x128s6", "wgmma", 64, 128, 64, 128, 148480, 192, 1, 1550.0, 3.75, 0.00),
+    _v("wgmma_64x64s8", "wgmma", 64, 64, 64, 128, 132096, 90, 1, 1050.0, 2.50, 0.00),
+    _v("wgmma_ws_128x256", "wgmma", 128, 256, 64, 384, 197632, 168, 1, 2250.0, 8.00, 0.95),
+    _v("wgmma_ws_128x128", "wgmma", 128, 128, 64, 384, 197632, 168, 1, 2100.0, 5.00, 0.00),
 )}
 # fmt: on
 
@@ -176,10 +177,11 @@ def estimate_us(variant: Variant, m: int, n: int, k: int, device: DeviceInfo = H
         2.0 * variant.bm * variant.bn * k_pad / (variant.flop_per_clk * device.sm_mhz),
         2.0 * (variant.bm + variant.bn) * k_pad / (L2_BYTES_PER_CLK * device.sm_mhz),
     )
+    latency_us = variant.iter_us * (k_pad // variant.bk)  # a K loop bound by load latency
     # In a full wave each block shares its SM with occupancy - 1 others; the last, partial wave
     # puts ceil(tail / sms) blocks on an SM.
-    full_us = full_waves * (variant.fixed_us + block_work_us * occupancy)
-    tail_us = 0.0 if tail == 0 else variant.fixed_us + block_work_us * -(-tail // device.sms)
+    full_us = full_waves * (variant.fixed_us + max(block_work_us * occupancy, latency_us))
+    tail_us = 0.0 if tail == 0 else variant.fixed_us + max(block_work_us * -(-tail // device.sms), latency_us)
     dram_us = 2.0 * (m * k + n * k + m * n) / DRAM_BYTES_PER_US  # every byte once, at least
     return LAUNCH_US + max(full_us + tail_us, dram_us)
 
