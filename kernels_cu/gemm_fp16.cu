@@ -443,6 +443,47 @@ struct WsConfig {
     static constexpr int SMEM_BYTES = STAGES * (A_STAGE + W_STAGE) * 2 + 1024;
 };
 
+// Consumer warpgroup c (0 or 1) of the warp-specialised kernels: rows [64c, 64c+64) x BN.
+// `proxy_fence`: stages filled by cp.async (generic proxy) need a proxy fence before wgmma reads
+// them; stages filled by TMA (async proxy) do not.
+template <int BN, int STAGES, bool PROXY_FENCE>
+__device__ __forceinline__ void ws_consumer(unsigned sA_addr, unsigned sW_addr, unsigned full0, unsigned empty0,
+                                            half_t *__restrict__ C, int M, int N, int KT, int m0, int n0, int c,
+                                            int tid) {
+    using Cfg = WsConfig<BN, STAGES>;
+    constexpr int BK = Cfg::BK;
+    const int warp_in_wg = (tid >> 5) & 3, lane = tid & 31;
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+    sA_addr += c * 64 * BK * 2;
+    for (int kt = 0; kt < KT; ++kt) {
+        const int s = kt % STAGES;
+        mbar_wait(full0 + 8 * s, (kt / STAGES) & 1);
+        if (PROXY_FENCE) fence_proxy_async();  // cp.async (generic proxy) data -> wgmma (async proxy)
+        const unsigned a_base = sA_addr + s * Cfg::A_STAGE * 2;
+        const unsigned w_base = sW_addr + s * Cfg::W_STAGE * 2;
+        fence_regs(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ++ks)
+            wgmma_tile<BN>(acc, smem_desc(a_base + ks * 32), smem_desc(w_base + ks * 32));
+        wgmma_commit();
+        wgmma_wait<1>();  // the batch of kt-1 is done: its stage can be refilled
+        fence_regs(acc);
+        if (kt > 0) mbar_arrive(empty0 + 8 * ((kt - 1) % STAGES));
+    }
+    wgmma_wait<0>();
+    fence_regs(acc);
+    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
+    const int row = m0 + c * 64 + warp_in_wg * 16 + (lane >> 2);
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        const int col = n0 + j * 8 + (lane & 3) * 2;
+        store_frag(C, M, N, vec, row, col, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+    }
+}
+
 template <int BN, int STAGES>
 __device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A, const half_t *__restrict__ W,
                                                    half_t *__restrict__ C, int M, int N, int K) {
@@ -481,37 +522,69 @@ __device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A,
         cp_async_wait<0>();
     } else {  // consumers
         setmaxnreg_inc<200>();
-        const int c = wg - 1, warp_in_wg = (tid >> 5) & 3, lane = tid & 31;
-        float acc[BN / 2];
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-        const unsigned sA_addr = smem_u32(sA) + c * 64 * BK * 2;
-        const unsigned sW_addr = smem_u32(sW);
-        for (int kt = 0; kt < KT; ++kt) {
-            const int s = kt % STAGES;
-            mbar_wait(full0 + 8 * s, (kt / STAGES) & 1);
-            fence_proxy_async();  // cp.async (generic proxy) data -> wgmma (async proxy) reads
-            const unsigned a_base = sA_addr + s * Cfg::A_STAGE * 2;
-            const unsigned w_base = sW_addr + s * Cfg::W_STAGE * 2;
-            fence_regs(acc);
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < BK / 16; ++ks)
-                wgmma_tile<BN>(acc, smem_desc(a_base + ks * 32), smem_desc(w_base + ks * 32));
-            wgmma_commit();
-            wgmma_wait<1>();  // the batch of kt-1 is done: its stage can be refilled
-            fence_regs(acc);
-            if (kt > 0) mbar_arrive(empty0 + 8 * ((kt - 1) % STAGES));
+        ws_consumer<BN, STAGES, true>(smem_u32(sA), smem_u32(sW), full0, empty0, C, M, N, KT, m0, n0, wg - 1, tid);
+    }
+}
+
+// ---- experimental: the same pipeline fed by the tensor memory accelerator (TMA) ---------------
+// One producer thread issues two cp.async.bulk.tensor copies per stage (A box 64x128, W box 64xBN,
+// 128-byte swizzle, out-of-bounds zero-filled by the TMA unit), completing on the stage's `full`
+// mbarrier by transaction bytes. The tensor maps (CUtensorMap, 128 bytes) live in global memory,
+// encoded on the host with cuTensorMapEncodeTiled; not yet wired into impbench.kernels.gemm
+// (it would need the maps registered per buffer before capture), see results/NOTES.md.
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const void *tmap, int c0, int c1, unsigned mbar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+        "[%4];\n" ::"r"(dst),
+        "l"(tmap), "r"(c0), "r"(c1), "r"(mbar)
+        : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned addr, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(addr), "r"(bytes) : "memory");
+}
+
+template <int BN, int STAGES>
+__device__ __forceinline__ void gemm_wgmma_tma_body(const void *tmap_a, const void *tmap_w, half_t *__restrict__ C,
+                                                    int M, int N, int K) {
+    using Cfg = WsConfig<BN, STAGES>;
+    constexpr int BM = Cfg::BM, BK = Cfg::BK;
+    constexpr unsigned STAGE_BYTES = (Cfg::A_STAGE + Cfg::W_STAGE) * 2;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    __shared__ __align__(8) unsigned long long bars[2 * STAGES];
+    const unsigned raw_addr = smem_u32(smem_raw);
+    half_t *smem = reinterpret_cast<half_t *>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));
+    const unsigned sA_addr = smem_u32(smem), sW_addr = sA_addr + STAGES * Cfg::A_STAGE * 2;
+    const unsigned full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[STAGES]);
+
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int KT = (K + BK - 1) / BK;
+
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(full0 + 8 * s, 1);     // the producer's arrive.expect_tx, then the TMA bytes
+            mbar_init(empty0 + 8 * s, 256);  // every consumer thread
         }
-        wgmma_wait<0>();
-        fence_regs(acc);
-        const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
-        const int row = m0 + c * 64 + warp_in_wg * 16 + (lane >> 2);
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-            const int col = n0 + j * 8 + (lane & 3) * 2;
-            store_frag(C, M, N, vec, row, col, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        setmaxnreg_dec<104>();
+        if (tid == 0) {
+            asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(tmap_a) : "memory");
+            asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(tmap_w) : "memory");
+            for (int kt = 0; kt < KT; ++kt) {
+                const int s = kt % STAGES, use = kt / STAGES;
+                if (use > 0) mbar_wait(empty0 + 8 * s, (use - 1) & 1);
+                mbar_expect_tx(full0 + 8 * s, STAGE_BYTES);
+                tma_load_2d(sA_addr + s * Cfg::A_STAGE * 2, tmap_a, kt * BK, m0, full0 + 8 * s);
+                tma_load_2d(sW_addr + s * Cfg::W_STAGE * 2, tmap_w, kt * BK, n0, full0 + 8 * s);
+            }
         }
+    } else {
+        setmaxnreg_inc<200>();
+        ws_consumer<BN, STAGES, false>(sA_addr, sW_addr, full0, empty0, C, M, N, KT, m0, n0, wg - 1, tid);
     }
 }
 #else
@@ -543,12 +616,22 @@ __device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A,
              int N, int K) {                                                                              \
         impgemm::gemm_wgmma_ws_body<BN, STAGES>(A, W, C, M, N, K);                                         \
     }
+#define IMPGEMM_WGMMA_TMA(NAME, BN, STAGES)                                                                \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                                   \
+        NAME(const void *__restrict__ tmap_a, const void *__restrict__ tmap_w, half_t *__restrict__ C, int M, \
+             int N, int K) {                                                                              \
+        impgemm::gemm_wgmma_tma_body<BN, STAGES>(tmap_a, tmap_w, C, M, N, K);                              \
+    }
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
     extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) {   \
         asm volatile("trap;");                                                                            \
     }
 #define IMPGEMM_WGMMA_WS(NAME, BN, STAGES) IMPGEMM_WGMMA(NAME, 128, BN, STAGES)
+#define IMPGEMM_WGMMA_TMA(NAME, BN, STAGES)                                                                \
+    extern "C" __global__ void NAME(const void *ta, const void *tw, half_t *C, int M, int N, int K) {     \
+        asm volatile("trap;");                                                                            \
+    }
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
@@ -579,6 +662,11 @@ IMPGEMM_WGMMA(gemm_wgmma_64x64s8, 64, 64, 8)                // 128     132096
 // name                         BN stages                       threads  smem bytes
 IMPGEMM_WGMMA_WS(gemm_wgmma_ws_128x256, 256, 4)             // 384     197632  warp-specialised
 IMPGEMM_WGMMA_WS(gemm_wgmma_ws_128x128, 128, 6)             // 384     197632  warp-specialised
+
+// Experimental TMA-fed kernels (not in gemm.py's variant table; scripts/device_gemm.sh "tma").
+// Parameters: device pointers to the A and W CUtensorMaps instead of A and W.
+IMPGEMM_WGMMA_TMA(gemm_tma_128x256, 256, 4)                 // 384     197632
+IMPGEMM_WGMMA_TMA(gemm_tma_128x128, 128, 6)                 // 384     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.
