@@ -30,6 +30,9 @@
 //    BK = 64 (one 128-byte swizzle row). Every thread issues cp.async; STAGES-deep pipeline that
 //    prefetches STAGES-2 tiles ahead and keeps one wgmma batch in flight across the barrier.
 //    Why: mma.sync on H100 peaks near two thirds of the wgmma rate, which cuBLAS uses.
+//    gemm_wgmma_ws_*: the same multiply with one producer warpgroup (cp.async) and two consumer
+//    warpgroups synchronised by mbarriers. gemm_tma_* (experimental, not dispatched): the producer is
+//    one thread issuing TMA copies from tensor maps. Measured numbers: results/NOTES.md, "GEMM".
 #include "common.cuh"
 
 namespace impgemm {

@@ -11,8 +11,8 @@ Tile variants (VARIANTS) and the dispatch guard:
   every other shape declines to cuBLAS (None), which under capture means capture failure.
 - `permissive`: every shape, always on a large tile: the original engine's behaviour, which put
   M=512 N=32 K=2048 on 4 blocks with 75% of the MMA work on padding.
-- `small-n`: tight's shapes as tight does them, plus the small-tile / in-block split-K variants for
-  the shapes tight declines; for every shape the variant with the lowest modelled time wins.
+- `small-n`: every shape, on the variant with the lowest modelled time among all of them (small
+  tiles and in-block split-K included), so the shapes tight declines get the small-N variants.
 `choose_variant` picks by a wave-quantised time model (`estimate_us`) calibrated on the H100.
 IMPBENCH_GEMM_VARIANTS (comma-separated names), where set, restricts the variants it may pick.
 """
@@ -48,8 +48,8 @@ class Variant:
     smem_bytes: int  # dynamic shared memory per block
     regs: int  # registers per thread (ptxas -v, sm_90a): occupancy in the time model
     split_k: int = 1  # warps splitting each stage's K inside the block
-    # time model: one block's time at full occupancy = fixed_us + k * us_per_k (us_per_k from the
-    # sustained per-SM rate in FLOP per clock)
+    # time model (estimate_us), fitted to an H100 sweep: sustained FLOP per SM clock of a full SM,
+    # fixed cost per block
     flop_per_clk: float = 2000.0
     fixed_us: float = 1.0
     iter_us: float = 0.0  # floor per K stage of one block: load latency over the pipeline depth
@@ -78,29 +78,29 @@ def _v(name, family, bm, bn, bk, threads, smem, regs, split_k=1, flop_per_clk=20
 
 # fmt: off
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    #  name               family   BM   BN   BK  thr  smem    regs splitK FLOP/clk/SM fixed_us iter_us
-    _v("mma_128x128", "mma", 128, 128, 32, 128, 65536, 241, 1, 1300.0, 6.25, 0.50),
-    _v("mma_128x256", "mma", 128, 256, 32, 256, 73728, 236, 1, 1200.0, 8.25, 0.90),
-    _v("mma_64x128", "mma", 64, 128, 32, 128, 49152, 167, 1, 1050.0, 6.00, 0.35),
-    _v("mma_64x64k2", "mma", 64, 64, 64, 256, 65536, 93, 2, 850.0, 2.50, 0.40),
-    _v("mma_32x64k4", "mma", 32, 64, 64, 256, 49152, 73, 4, 700.0, 2.50, 0.30),
-    _v("mma_16x64k8", "mma", 16, 64, 128, 512, 81920, 54, 8, 400.0, 2.00, 0.45),
-    _v("mma_16x32k8", "mma", 16, 32, 128, 256, 49152, 58, 8, 450.0, 2.25, 0.35),
-    _v("mma_16x16k8", "mma", 16, 16, 128, 256, 32768, 40, 8, 300.0, 1.50, 0.30),
-    _v("mma_64x64k2s6", "mma", 64, 64, 64, 256, 98304, 71, 2, 800.0, 3.50, 0.45),
-    _v("mma_32x64k4s8", "mma", 32, 64, 64, 256, 98304, 72, 4, 650.0, 3.25, 0.30),
-    _v("mma_16x32k8s8", "mma", 16, 32, 128, 256, 98304, 58, 8, 400.0, 2.00, 0.35),
-    _v("mma_16x16k8s8", "mma", 16, 16, 128, 256, 65536, 39, 8, 300.0, 1.00, 0.35),
-    _v("wgmma_128x256", "wgmma", 128, 256, 64, 256, 197632, 200, 1, 2400.0, 8.50, 0.00),
-    _v("wgmma_128x128", "wgmma", 128, 128, 64, 256, 132096, 150, 1, 2300.0, 5.75, 0.00),
-    _v("wgmma_64x256", "wgmma", 64, 256, 64, 128, 164864, 230, 1, 1700.0, 6.00, 0.00),
-    _v("wgmma_64x128", "wgmma", 64, 128, 64, 128, 99328, 196, 1, 1850.0, 5.50, 0.35),
-    _v("wgmma_128x128s6", "wgmma", 128, 128, 64, 256, 197632, 150, 1, 2350.0, 5.50, 0.00),
-    _v("wgmma_64x256s5", "wgmma", 64, 256, 64, 128, 205824, 230, 1, 1700.0, 6.50, 0.00),
-    _v("wgmma_64x128s6", "wgmma", 64, 128, 64, 128, 148480, 192, 1, 1550.0, 3.75, 0.00),
-    _v("wgmma_64x64s8", "wgmma", 64, 64, 64, 128, 132096, 90, 1, 1050.0, 2.50, 0.00),
-    _v("wgmma_ws_128x256", "wgmma", 128, 256, 64, 384, 197632, 168, 1, 2250.0, 8.00, 0.95),
-    _v("wgmma_ws_128x128", "wgmma", 128, 128, 64, 384, 197632, 168, 1, 2100.0, 5.00, 0.00),
+    #  name               family   BM  BN  BK thr   smem regs splitK FLOP/clk fixed_us iter_us
+    _v("mma_128x128",      "mma",   128, 128,  32, 128,  65536,  241,      1,   1300.0,     6.25,    0.50),
+    _v("mma_128x256",      "mma",   128, 256,  32, 256,  73728,  236,      1,   1200.0,     8.25,    0.90),
+    _v("mma_64x128",       "mma",    64, 128,  32, 128,  49152,  167,      1,   1050.0,     6.00,    0.35),
+    _v("mma_64x64k2",      "mma",    64,  64,  64, 256,  65536,   93,      2,    850.0,     2.50,    0.40),
+    _v("mma_32x64k4",      "mma",    32,  64,  64, 256,  49152,   73,      4,    700.0,     2.50,    0.30),
+    _v("mma_16x64k8",      "mma",    16,  64, 128, 512,  81920,   54,      8,    400.0,     2.00,    0.45),
+    _v("mma_16x32k8",      "mma",    16,  32, 128, 256,  49152,   58,      8,    450.0,     2.25,    0.35),
+    _v("mma_16x16k8",      "mma",    16,  16, 128, 256,  32768,   40,      8,    300.0,     1.50,    0.30),
+    _v("mma_64x64k2s6",    "mma",    64,  64,  64, 256,  98304,   71,      2,    800.0,     3.50,    0.45),
+    _v("mma_32x64k4s8",    "mma",    32,  64,  64, 256,  98304,   72,      4,    650.0,     3.25,    0.30),
+    _v("mma_16x32k8s8",    "mma",    16,  32, 128, 256,  98304,   58,      8,    400.0,     2.00,    0.35),
+    _v("mma_16x16k8s8",    "mma",    16,  16, 128, 256,  65536,   39,      8,    300.0,     1.00,    0.35),
+    _v("wgmma_128x256",    "wgmma", 128, 256,  64, 256, 197632,  200,      1,   2400.0,     8.50,    0.00),
+    _v("wgmma_128x128",    "wgmma", 128, 128,  64, 256, 132096,  150,      1,   2300.0,     5.75,    0.00),
+    _v("wgmma_64x256",     "wgmma",  64, 256,  64, 128, 164864,  230,      1,   1700.0,     6.00,    0.00),
+    _v("wgmma_64x128",     "wgmma",  64, 128,  64, 128,  99328,  196,      1,   1850.0,     5.50,    0.35),
+    _v("wgmma_128x128s6",  "wgmma", 128, 128,  64, 256, 197632,  150,      1,   2350.0,     5.50,    0.00),
+    _v("wgmma_64x256s5",   "wgmma",  64, 256,  64, 128, 205824,  230,      1,   1700.0,     6.50,    0.00),
+    _v("wgmma_64x128s6",   "wgmma",  64, 128,  64, 128, 148480,  192,      1,   1550.0,     3.75,    0.00),
+    _v("wgmma_64x64s8",    "wgmma",  64,  64,  64, 128, 132096,   90,      1,   1050.0,     2.50,    0.00),
+    _v("wgmma_ws_128x256", "wgmma", 128, 256,  64, 384, 197632,  168,      1,   2250.0,     8.00,    0.95),
+    _v("wgmma_ws_128x128", "wgmma", 128, 128,  64, 384, 197632,  168,      1,   2100.0,     5.00,    0.00),
 )}
 # fmt: on
 
