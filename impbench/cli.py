@@ -160,3 +160,43 @@ def plan(model, model_config, prompt_tokens, chunk, layers, gpu, fmt) -> None:  
     if layers is not None:
         preset = replace_layers(preset, layers)
     click.echo(render_plan(plan_prefill(preset, prompt_tokens, chunk, gpu), fmt))
+
+
+# ---- moe: the grouped NVFP4 expert GEMMs of one chunk -----------------------------------------------
+
+
+@cli.command()
+@click.option("--model", "-m", "model", metavar="NAME", required=True,
+              help="Preset name or alias (see `impbench models`) whose expert shapes to use, e.g. qwen3-coder.")
+@click.option("--pp", type=int, default=512, show_default=True, metavar="TOKENS",
+              help="Tokens in the chunk (rows = pp x top-k).")
+@click.option("--routing", "routings", type=click.Choice(["uniform", "skewed"]), multiple=True,
+              help="Routing of the chunk (repeatable): uniform, or skewed (a few hot experts 25x as likely). Default: uniform.")
+@click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per GEMM (median reported).")
+@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True,
+              help="Output format: markdown table, CSV, or JSON with metadata.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the output to this file (a .md or .csv gets its .json beside it).")
+def moe(model, pp, routings, reps, fmt, out) -> None:  # fmt: skip
+    """Time the grouped NVFP4 expert GEMMs (gate_up + SiLU*up, down x router weight) of one chunk.
+
+    Per GEMM: µs (median of CUDA events), weight GB/s and share of the copy bandwidth measured in the
+    same run, TFLOP/s, the floor max(bytes / copy bandwidth, FLOPs / cuBLAS FP16 rate), and as a
+    reference the same GEMMs with FP16-dequantized weights through cuBLAS, one expert at a time.
+    """
+    from impbench.device import require_cuda
+    from impbench.moe_bench import MoeShapes, format_report, run_moe_bench, write_report
+    from impbench.presets import get_preset
+
+    shapes = MoeShapes.from_preset(get_preset(model))
+    if pp < 1:
+        raise click.BadParameter(f"must be >= 1 token, got {pp}", param_hint="--pp")
+    if reps < 1:
+        raise click.BadParameter(f"must be >= 1, got {reps}", param_hint="--reps")
+    require_cuda()
+    report = run_moe_bench(shapes, pp, routings or ("uniform",), reps,
+                           progress=lambda r: click.echo(f"{r.routing} {r.op}: {r.time_us:.1f} µs", err=True))  # fmt: skip
+    click.echo(format_report(report, fmt))
+    if out:
+        for path in write_report(report, out, fmt):
+            click.echo(f"wrote {path}", err=True)

@@ -1,0 +1,151 @@
+"""Wrappers for kernels_cu/moe_nvfp4.cu: the grouped NVFP4 expert GEMMs of a MoE layer.
+
+Layouts (the contract with kernels/routing.py and the engine; R = T * k permuted rows, E experts,
+hidden H, expert intermediate I):
+  expert_offsets int32 [E+1] on the device: rows of expert e are [offsets[e], offsets[e+1]), offsets[E] = R
+  row_token int32 [R]: source token of each permuted row; row_weight fp32 [R]: its router weight
+  w13 uint8 [E, 2I, H/2] (rows 0..I-1 gate_proj, I..2I-1 up_proj), w13_scale uint8 e4m3 [E, 2I, H/16],
+  w13_scale2 fp32 [E]; w2 uint8 [E, H, I/2], w2_scale uint8 [E, H, I/16], w2_scale2 fp32 [E]
+  (ModelOpt NVFP4, impbench/nvfp4.py: value = e2m1(nibble) * e4m3(scale) * scale2).
+
+One launch per GEMM, grid sized from static shapes only (R, E, N): every block finds its token tile
+from expert_offsets on the device and a block with no work exits at once. Wrappers check dtypes,
+shapes and contiguity (ValueError naming them) and never allocate, synchronize or read device memory
+on the host, so both are capture-safe and a captured graph follows new offsets when replayed. Any
+distribution of rows over experts is valid (empty experts, all rows in one expert).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from impbench.kernels._cache import get_function
+from impbench.kernels._checks import check_array
+
+FAMILY = "moe_nvfp4"
+THREADS = 128
+TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
+GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
+DOWN_COLS = 256
+SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
+K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
+N_MULTIPLE = 16  # I and H must be multiples (16-byte output segments, gate/up halves)
+
+
+def token_tiles(rows: int, experts: int) -> int:
+    """Most token tiles any distribution of `rows` rows over `experts` experts can need."""
+    return (rows + min(experts, rows) * (TOKENS_PER_TILE - 1)) // TOKENS_PER_TILE
+
+
+def _kernel(name: str):
+    return get_function(FAMILY, name, max_dynamic_smem=SMEM_BYTES)
+
+
+def _check_experts(prefix: str, w, scale, scale2, n: int, k: int, experts: int) -> None:
+    check_array(prefix, w, np.uint8, ndim=3)
+    if tuple(w.shape) != (experts, n, k // 2):
+        raise ValueError(f"{prefix} must have shape {(experts, n, k // 2)} (E, N, K/2), got {tuple(w.shape)}")
+    check_array(f"{prefix}_scale", scale, np.uint8, shape=(experts, n, k // 16))
+    check_array(f"{prefix}_scale2", scale2, np.float32, shape=(experts,))
+
+
+def _check_aligned(op: str, **arrays) -> None:
+    for name, arr in arrays.items():  # cp.async and the epilogue's 16-byte stores
+        if arr.data.ptr % 16:
+            raise ValueError(f"{op}: {name} {tuple(arr.shape)} must start 16-byte aligned, got address {arr.data.ptr:#x}")
+
+
+def _check_dims(op: str, hidden: int, inter: int) -> None:
+    if hidden % K_MULTIPLE or hidden < K_MULTIPLE or inter % K_MULTIPLE or inter < K_MULTIPLE:
+        raise ValueError(
+            f"{op}: hidden H={hidden} and intermediate I={inter} must be positive multiples of {K_MULTIPLE} "
+            f"(each is the K of one of the two GEMMs)"
+        )
+
+
+def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out):
+    check_array("x", x, np.float16, ndim=2)
+    check_array("row_token", row_token, np.int32, ndim=1)
+    check_array("expert_offsets", expert_offsets, np.int32, ndim=1)
+    check_array("w13", w13, np.uint8, ndim=3)
+    tokens, hidden = x.shape
+    rows, experts = row_token.shape[0], expert_offsets.shape[0] - 1
+    if experts < 1:
+        raise ValueError(f"moe_gate_up: expert_offsets must be [E+1] with E >= 1, got {tuple(expert_offsets.shape)}")
+    if w13.shape[1] % 2:
+        raise ValueError(f"moe_gate_up: w13 {tuple(w13.shape)} must have 2I rows per expert (gate then up)")
+    inter = w13.shape[1] // 2
+    if 2 * w13.shape[2] != hidden:
+        raise ValueError(f"moe_gate_up: w13 {tuple(w13.shape)} holds K = {2 * w13.shape[2]} but x {tuple(x.shape)} has H = {hidden}")
+    _check_dims("moe_gate_up", hidden, inter)
+    _check_experts("w13", w13, w13_scale, w13_scale2, 2 * inter, hidden, experts)
+    check_array("out", out, np.float16, shape=(rows, inter))
+    _check_aligned("moe_gate_up", x=x, w13=w13, w13_scale=w13_scale, out=out)
+    if tokens < 1 or rows < 1:
+        return None
+    n_tiles = -(-inter // GATE_UP_COLS)
+    grid = (token_tiles(rows, experts) * n_tiles,)
+    args = (x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
+            np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles))  # fmt: skip
+    return _kernel("moe_nvfp4_gate_up"), grid, (THREADS,), args
+
+
+def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None):
+    check_array("h", h, np.float16, ndim=2)
+    check_array("expert_offsets", expert_offsets, np.int32, ndim=1)
+    check_array("w2", w2, np.uint8, ndim=3)
+    rows, inter = h.shape
+    experts, hidden = expert_offsets.shape[0] - 1, w2.shape[1]
+    if experts < 1:
+        raise ValueError(f"moe_down: expert_offsets must be [E+1] with E >= 1, got {tuple(expert_offsets.shape)}")
+    if 2 * w2.shape[2] != inter:
+        raise ValueError(f"moe_down: w2 {tuple(w2.shape)} holds K = {2 * w2.shape[2]} but h {tuple(h.shape)} has I = {inter}")
+    _check_dims("moe_down", hidden, inter)
+    _check_experts("w2", w2, w2_scale, w2_scale2, hidden, inter, experts)
+    check_array("out", out, np.float16, shape=(rows, hidden))
+    if row_weight is not None:
+        check_array("row_weight", row_weight, np.float32, shape=(rows,))
+    _check_aligned("moe_down", h=h, w2=w2, w2_scale=w2_scale, out=out)
+    if rows < 1:
+        return None
+    n_tiles = -(-hidden // DOWN_COLS)
+    grid = (token_tiles(rows, experts) * n_tiles,)
+    weight = row_weight if row_weight is not None else np.uint64(0)  # null pointer: no scaling
+    args = (h, expert_offsets, w2, w2_scale, w2_scale2, weight, out,
+            np.int32(experts), np.int32(inter), np.int32(hidden), np.int32(n_tiles))  # fmt: skip
+    return _kernel("moe_nvfp4_down"), grid, (THREADS,), args
+
+
+def _launcher(plan):
+    if plan is None:  # no rows: nothing to launch
+        return lambda: None
+    kernel, grid, block, args = plan
+    return functools.partial(kernel, grid, block, args, shared_mem=SMEM_BYTES)
+
+
+def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out) -> None:
+    """out[r] = SiLU(x[row_token[r]] . gate_e^T) * (x[row_token[r]] . up_e^T) for every permuted row r,
+    e its expert. x fp16 [T, H]; out fp16 [R, I]; FP32 accumulation, one FP16 rounding."""
+    _launcher(_plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out))()
+
+
+def moe_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None) -> None:
+    """out[r] = (h[r] . down_e^T) * row_weight[r] (no scaling when row_weight is None) for every
+    permuted row r, e its expert. h fp16 [R, I]; out fp16 [R, H]."""
+    _launcher(_plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight))()
+
+
+_PLANS = {moe_gate_up: _plan_gate_up, moe_down: _plan_down}
+
+
+def prepare(op, *args, **kwargs):
+    """Check `op(*args, **kwargs)` once and return a no-argument callable that launches it (see ops.prepare)."""
+    return _launcher(_PLANS[op](*args, **kwargs))
+
+
+def prewarm() -> None:
+    """Compile the family and fetch both kernels (raising their shared-memory limit) outside any capture."""
+    _kernel("moe_nvfp4_gate_up")
+    _kernel("moe_nvfp4_down")

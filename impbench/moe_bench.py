@@ -1,0 +1,445 @@
+"""`impbench moe`: the grouped NVFP4 expert GEMMs of one prefill chunk, timed against their floor.
+
+One chunk of `pp` tokens is routed on the host (uniform: top-k distinct experts per token, each
+equally likely; skewed: a few hot experts 25x as likely as the others, so each hot expert gets most
+tokens), and its permutation (expert_offsets, row_token, row_weight) uploaded. Weights are synthetic
+NVFP4 (impbench.nvfp4.generate_experts_gpu) with the preset's expert shapes; one layer.
+
+Per GEMM (gate_up with its SiLU*up epilogue, down with the router-weight scale): device time from CUDA
+events, median of `reps` repetitions after warm-up, each behind a GPU spin kernel so the host has
+queued the launches before the first event runs. Beside it, measured in the same run: the device-to-
+device copy bandwidth (read + write of a 1 GiB buffer) and the cuBLAS FP16 rate (8192^3), which give
+the floor max(bytes / copy bandwidth, FLOPs / cuBLAS rate); bytes = NVFP4 weights of every expert with
+rows + activations read + outputs written. As a reference, the same GEMMs with FP16-dequantized
+weights through cuBLAS (`cupy.matmul`), one expert at a time (GEMMs only: no gather, SiLU or scaling).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from impbench.errors import InputError
+
+ROUTINGS = ("uniform", "skewed")
+HOT_FACTOR = 25.0  # skewed routing: a hot expert is this many times as likely as the others
+SPIN_US = 200.0
+COPY_BYTES = 1 << 30
+CUBLAS_SIZE = 8192
+FLOOR_TARGET = 1.5  # time / floor
+# Absolute targets of issue #4 (H100): Qwen3-Coder, 512-token chunk.
+TARGETS_US = {("qwen3-coder-30b-a3b", 512): {"gate_up": 110.0, "down": 60.0}}
+
+
+@dataclass(frozen=True)
+class MoeShapes:
+    model: str
+    experts: int
+    top_k: int
+    hidden: int
+    inter: int
+
+    @classmethod
+    def from_preset(cls, preset) -> MoeShapes:
+        return cls(preset.name, preset.num_experts, preset.experts_per_token, preset.hidden_size, preset.moe_intermediate_size)
+
+    def gemms(self) -> dict[str, tuple[int, int]]:
+        """op -> (N weight rows per expert, K)."""
+        return {"gate_up": (2 * self.inter, self.hidden), "down": (self.hidden, self.inter)}
+
+
+@dataclass
+class MoeRow:
+    model: str
+    pp: int
+    routing: str
+    op: str
+    rows: int  # R = pp * top_k
+    n: int
+    k: int
+    experts_used: int
+    max_expert_rows: int
+    time_us: float
+    time_p10_us: float
+    time_p90_us: float
+    weight_bytes: int
+    bytes_moved: int
+    flops: float
+    weight_gbs: float
+    copy_fraction: float  # (bytes_moved / time) / copy bandwidth
+    tflops: float
+    floor_us: float
+    floor_bound: str  # "memory" or "compute"
+    time_over_floor: float
+    cublas_ref_us: float
+    rel_err: float  # ours vs the cuBLAS FP16-dequantized reference
+    target_us: float | None
+    meets_target: bool
+
+
+@dataclass
+class MoeReport:
+    rows: list
+    reps: int
+    copy_gbs: float
+    cublas_tflops: float
+    telemetry: dict
+    metadata: dict = field(default_factory=dict)
+
+    def summary(self) -> list[str]:
+        lines = [f"copy bandwidth {self.copy_gbs:.0f} GB/s (read+write), cuBLAS FP16 {self.cublas_tflops:.0f} TFLOP/s"]
+        for r in self.rows:
+            target = f"target <= {r.target_us:.0f} µs and <= {FLOOR_TARGET}x floor" if r.target_us else f"target <= {FLOOR_TARGET}x floor"
+            verdict = "met" if r.meets_target else "MISSED"
+            lines.append(f"{r.routing} {r.op}: {r.time_us:.1f} µs = {r.time_over_floor:.2f}x its {r.floor_bound} floor "
+                         f"{r.floor_us:.1f} µs; {target}: {verdict}")  # fmt: skip
+        return lines
+
+    def to_dict(self) -> dict:
+        return {"metadata": self.metadata, "reps": self.reps, "copy_gbs": self.copy_gbs,
+                "cublas_tflops": self.cublas_tflops, "telemetry": self.telemetry,
+                "summary": self.summary(), "rows": [asdict(r) for r in self.rows]}  # fmt: skip
+
+
+# ---- routing (host) ---------------------------------------------------------------------------
+
+
+def route(tokens: int, experts: int, top_k: int, routing: str, seed: int = 0):
+    """Host routing of one chunk -> (expert_offsets int32 [E+1], row_token int32 [R], row_weight fp32 [R]).
+
+    Rows are grouped by expert, in (token, slot) order inside an expert, as the routing kernels do.
+    """
+    if routing not in ROUTINGS:
+        raise InputError(f"unknown routing {routing!r}; accepted: {', '.join(ROUTINGS)}")
+    if not 1 <= top_k <= experts:
+        raise InputError(f"top-k {top_k} must be in [1, {experts}]")
+    rng = np.random.default_rng(seed)
+    logp = np.zeros(experts)
+    if routing == "skewed":
+        hot = rng.choice(experts, size=max(1, experts // 32), replace=False)
+        logp[hot] = math.log(HOT_FACTOR)
+    # top-k distinct experts per token, drawn with probabilities ~ exp(logp): Gumbel top-k
+    scores = logp[None, :] + rng.gumbel(size=(tokens, experts))
+    ids = np.argsort(-scores, axis=1)[:, :top_k]
+    logits = rng.standard_normal((tokens, top_k))
+    weights = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    flat = ids.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=experts))]).astype(np.int32)
+    row_token = (order // top_k).astype(np.int32)
+    row_weight = weights.reshape(-1)[order].astype(np.float32)
+    return offsets, row_token, row_weight
+
+
+# ---- device helpers ---------------------------------------------------------------------------
+
+
+def _event_median(fn, reps: int, spin=None) -> list[float]:
+    """Device µs of `fn()` per repetition (CUDA events), each behind the spin kernel when given."""
+    import cupy
+
+    stream = cupy.cuda.get_current_stream()
+    times = []
+    for _ in range(reps):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        if spin:
+            spin()
+        start.record(stream)
+        fn()
+        end.record(stream)
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end) * 1000.0)
+    return times
+
+
+def measure_copy_gbs(reps: int = 10) -> float:
+    """Device-to-device copy bandwidth, bytes read + written per second, of a 1 GiB buffer."""
+    import cupy
+
+    src = cupy.ones(COPY_BYTES // 4, dtype=cupy.float32)
+    dst = cupy.empty_like(src)
+    dst[...] = src  # warm-up
+    us = statistics.median(_event_median(lambda: cupy.copyto(dst, src), reps))
+    del src, dst
+    return 2.0 * COPY_BYTES / us / 1e3
+
+
+def measure_cublas_tflops(reps: int = 5) -> float:
+    import cupy
+
+    n = CUBLAS_SIZE
+    rng = cupy.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=cupy.float32).astype(cupy.float16)
+    b = rng.standard_normal((n, n), dtype=cupy.float32).astype(cupy.float16)
+    out = cupy.empty((n, n), cupy.float16)
+    cupy.matmul(a, b, out=out)
+    us = statistics.median(_event_median(lambda: cupy.matmul(a, b, out=out), reps))
+    return 2.0 * n**3 / us / 1e6
+
+
+def dequantize_fp16_gpu(codes, scales, scale2, experts_per_pass: int = 8):
+    """NVFP4 experts [E, N, K/2] -> FP16 [E, N, K] on the GPU (reference weights for cuBLAS)."""
+    import cupy
+
+    from impbench import nvfp4
+
+    e2m1 = cupy.asarray(nvfp4.E2M1_VALUES)
+    e4m3 = cupy.asarray(np.nan_to_num(nvfp4.E4M3_VALUES))
+    experts, n, half_k = codes.shape
+    k = 2 * half_k
+    out = cupy.empty((experts, n, k), cupy.float16)
+    for e0 in range(0, experts, experts_per_pass):
+        c = codes[e0 : e0 + experts_per_pass]
+        values = cupy.stack([e2m1[c & 0xF], e2m1[c >> 4]], axis=-1).reshape(c.shape[0], n, k // 16, 16)
+        values *= e4m3[scales[e0 : e0 + experts_per_pass]][..., None]
+        values *= scale2[e0 : e0 + experts_per_pass, None, None, None]
+        out[e0 : e0 + experts_per_pass] = values.reshape(c.shape[0], n, k).astype(cupy.float16)
+    return out
+
+
+def _rel_err(ours, ref) -> float:
+    import cupy
+
+    ours32, ref32 = ours.astype(cupy.float32), ref.astype(cupy.float32)
+    num, den = float(cupy.linalg.norm(ours32 - ref32)), float(cupy.linalg.norm(ref32))
+    return num / den if math.isfinite(num) and den else float("inf")
+
+
+# ---- the benchmark ----------------------------------------------------------------------------
+
+
+class _Layer:
+    """One MoE layer's NVFP4 weights, their FP16 references, and one chunk's buffers."""
+
+    def __init__(self, shapes: MoeShapes, pp: int, seed: int):
+        import cupy
+
+        from impbench.nvfp4 import generate_experts_gpu
+
+        self.shapes, self.pp = shapes, pp
+        e, h, i, rows = shapes.experts, shapes.hidden, shapes.inter, pp * shapes.top_k
+        self.w13 = generate_experts_gpu(e, 2 * i, h, seed=seed)
+        self.w2 = generate_experts_gpu(e, h, i, seed=seed + 1)
+        self.w13_fp16 = dequantize_fp16_gpu(*self.w13)
+        self.w2_fp16 = dequantize_fp16_gpu(*self.w2)
+        rng = cupy.random.default_rng(seed + 2)
+        self.x = rng.standard_normal((pp, h), dtype=cupy.float32).astype(cupy.float16)
+        self.offsets = cupy.zeros(e + 1, cupy.int32)
+        self.row_token = cupy.zeros(rows, cupy.int32)
+        self.row_weight = cupy.zeros(rows, cupy.float32)
+        self.act = cupy.empty((rows, i), cupy.float16)
+        self.out = cupy.empty((rows, h), cupy.float16)
+        self.x_perm = cupy.empty((rows, h), cupy.float16)  # reference: X gathered (not timed)
+        self.ref_up = cupy.empty((rows, 2 * i), cupy.float16)
+        self.ref_down = cupy.empty((rows, h), cupy.float16)
+
+    def set_routing(self, offsets, row_token, row_weight) -> None:
+        import cupy
+
+        self.host_offsets = offsets
+        for dev, host in zip((self.offsets, self.row_token, self.row_weight), (offsets, row_token, row_weight)):
+            dev.set(host)
+        cupy.take(self.x, self.row_token, axis=0, out=self.x_perm)
+
+    def ours_gate_up(self) -> None:
+        from impbench.kernels import moe
+
+        moe.moe_gate_up(self.x, self.row_token, self.offsets, *self.w13, self.act)
+
+    def ours_down(self) -> None:
+        from impbench.kernels import moe
+
+        moe.moe_down(self.act, self.offsets, *self.w2, self.out, row_weight=self.row_weight)
+
+    def _per_expert(self, a, w, out) -> None:
+        import cupy
+
+        off = self.host_offsets
+        for e in range(self.shapes.experts):
+            lo, hi = int(off[e]), int(off[e + 1])
+            if hi > lo:
+                cupy.matmul(a[lo:hi], w[e].T, out=out[lo:hi])
+
+    def cublas_gate_up(self) -> None:
+        self._per_expert(self.x_perm, self.w13_fp16, self.ref_up)
+
+    def cublas_down(self) -> None:
+        self._per_expert(self.act, self.w2_fp16, self.ref_down)
+
+    def errors(self) -> dict[str, float]:
+        import cupy
+
+        self.ours_gate_up()
+        self.ours_down()
+        self.cublas_gate_up()
+        self.cublas_down()
+        inter = self.shapes.inter
+        up32 = self.ref_up.astype(cupy.float32)
+        gate, up = up32[:, :inter], up32[:, inter:]
+        ref_act = gate / (1.0 + cupy.exp(-gate)) * up
+        ref_out = self.ref_down.astype(cupy.float32) * self.row_weight[:, None]
+        return {"gate_up": _rel_err(self.act, ref_act), "down": _rel_err(self.out, ref_out)}
+
+
+def _spin_for(us: float):
+    import cupy
+
+    from impbench.kernels import gemm
+
+    kernel, cycles = gemm.spin_kernel(), int(us * gemm.device_info().sm_mhz)
+    return lambda: kernel((1,), (1,), (cupy.int64(cycles),))
+
+
+def _host_us(fn, times: int = 3) -> float:
+    import cupy
+
+    best = float("inf")
+    for _ in range(times):
+        cupy.cuda.get_current_stream().synchronize()
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, (time.perf_counter() - t0) * 1e6)
+    cupy.cuda.get_current_stream().synchronize()
+    return best
+
+
+def _row(shapes, pp, routing, op, layer, times, ref_times, rel_err, copy_gbs, cublas_tflops) -> MoeRow:
+    n, k = shapes.gemms()[op]
+    counts = np.diff(layer.host_offsets)
+    rows = pp * shapes.top_k
+    used = int((counts > 0).sum())
+    weight_bytes = used * (n * k // 2 + n * k // 16 + 4)
+    if op == "gate_up":  # x (each token once), row_token, offsets in; act out
+        act_bytes = pp * shapes.hidden * 2 + rows * 4 + rows * shapes.inter * 2
+    else:  # act and row_weight in; out
+        act_bytes = rows * shapes.inter * 2 + rows * 4 + rows * shapes.hidden * 2
+    act_bytes += (shapes.experts + 1) * 4
+    bytes_moved = weight_bytes + act_bytes
+    flops = 2.0 * rows * n * k
+    time_us = statistics.median(times)
+    mem_us, compute_us = bytes_moved / copy_gbs / 1e3, flops / cublas_tflops / 1e6
+    floor_us = max(mem_us, compute_us)
+    target = TARGETS_US.get((shapes.model, pp), {}).get(op)
+    return MoeRow(
+        model=shapes.model, pp=pp, routing=routing, op=op, rows=rows, n=n, k=k,
+        experts_used=used, max_expert_rows=int(counts.max()),
+        time_us=time_us, time_p10_us=float(np.percentile(times, 10)), time_p90_us=float(np.percentile(times, 90)),
+        weight_bytes=weight_bytes, bytes_moved=bytes_moved, flops=flops,
+        weight_gbs=weight_bytes / time_us / 1e3, copy_fraction=bytes_moved / time_us / 1e3 / copy_gbs,
+        tflops=flops / time_us / 1e6, floor_us=floor_us, floor_bound="memory" if mem_us >= compute_us else "compute",
+        time_over_floor=time_us / floor_us, cublas_ref_us=statistics.median(ref_times), rel_err=rel_err,
+        target_us=target,
+        meets_target=time_us <= FLOOR_TARGET * floor_us and (target is None or time_us <= target),
+    )  # fmt: skip
+
+
+def _metadata() -> dict:
+    try:
+        from impbench.metadata import collect_metadata
+
+        return collect_metadata()
+    except Exception:  # metadata collection must never stop a benchmark
+        return {}
+
+
+def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int = 50, ref_reps: int = 10,
+                  seed: int = 0, progress=None) -> MoeReport:  # fmt: skip
+    """Time gate_up and down of one chunk of `pp` tokens under each routing (see the module docstring)."""
+    import cupy
+
+    from impbench.device import require_cuda
+    from impbench.kernels import moe
+    from impbench.telemetry import Telemetry
+
+    require_cuda()
+    if pp < 1:
+        raise InputError(f"--pp must be >= 1 token, got {pp}")
+    if reps < 1:
+        raise InputError(f"--reps must be >= 1, got {reps}")
+    moe.prewarm()
+    copy_gbs, cublas_tflops = measure_copy_gbs(), measure_cublas_tflops()
+    layer = _Layer(shapes, pp, seed)
+    rows_out, telemetry = [], {}
+    with Telemetry() as nvml:
+        for routing in routings:
+            layer.set_routing(*route(pp, shapes.experts, shapes.top_k, routing, seed))
+            errors = layer.errors()  # also the warm-up of every path
+            for _ in range(3):
+                layer.ours_gate_up()
+                layer.ours_down()
+            spin = _spin_for(SPIN_US)
+            # the reference loop issues one cuBLAS call per expert: spin long enough to queue them all
+            ref_spin = _spin_for(2 * max(_host_us(layer.cublas_gate_up), _host_us(layer.cublas_down)) + SPIN_US)
+            sampler = nvml.sample().start()
+            ours = {"gate_up": [], "down": []}
+            for _ in range(reps):  # gate_up then down, as in a layer (down reads gate_up's output)
+                ours["gate_up"] += _event_median(layer.ours_gate_up, 1, spin)
+                ours["down"] += _event_median(layer.ours_down, 1, spin)
+            ref = {"gate_up": _event_median(layer.cublas_gate_up, ref_reps, ref_spin),
+                   "down": _event_median(layer.cublas_down, ref_reps, ref_spin)}  # fmt: skip
+            telemetry[routing] = sampler.stop().summary()
+            for op in ("gate_up", "down"):
+                row = _row(shapes, pp, routing, op, layer, ours[op], ref[op], errors[op], copy_gbs, cublas_tflops)
+                rows_out.append(row)
+                if progress:
+                    progress(row)
+    del layer
+    cupy.get_default_memory_pool().free_all_blocks()
+    return MoeReport(rows_out, reps, copy_gbs, cublas_tflops, telemetry, _metadata())
+
+
+# ---- printers ---------------------------------------------------------------------------------
+
+
+def records(report: MoeReport) -> list[dict]:
+    return [
+        {
+            "routing": r.routing, "op": r.op, "R x N x K": f"{r.rows}x{r.n}x{r.k}",
+            "experts used": r.experts_used, "max rows/expert": r.max_expert_rows,
+            "µs": f"{r.time_us:.1f}", "p10-p90 µs": f"{r.time_p10_us:.1f}-{r.time_p90_us:.1f}",
+            "weight GB/s": f"{r.weight_gbs:.0f}", "% copy BW": f"{100 * r.copy_fraction:.0f}",
+            "TFLOP/s": f"{r.tflops:.0f}", "floor µs": f"{r.floor_us:.1f} ({r.floor_bound})",
+            "x floor": f"{r.time_over_floor:.2f}", "cuBLAS FP16 per expert µs": f"{r.cublas_ref_us:.1f}",
+            "rel-err": f"{r.rel_err:.1e}", "target": ("met" if r.meets_target else "MISSED"),
+        }  # fmt: skip
+        for r in report.rows
+    ]
+
+
+def format_report(report: MoeReport, fmt: str) -> str:
+    import pandas as pd
+
+    if fmt == "json":
+        return json.dumps(report.to_dict(), indent=2, default=str)
+    frame = pd.DataFrame(records(report))
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    meta = report.metadata
+    first = report.rows[0] if report.rows else None
+    head = (f"{first.model if first else '-'}, one layer, chunk of {first.pp if first else '-'} tokens. GPU: "
+            f"{meta.get('gpu_name', 'n/a')}; median of {report.reps} reps (CUDA events).")  # fmt: skip
+    clocks = "; ".join(f"{k}: SM {v.get('sm_mhz_median', 'n/a')} MHz median" for k, v in report.telemetry.items())
+    body = "\n".join(f"- {line}" for line in report.summary())
+    return f"{head} {clocks}\n\n{frame.to_markdown(index=False)}\n\n{body}\n"
+
+
+def write_report(report: MoeReport, path, fmt: str) -> list:
+    """Write `path` in `fmt`; a markdown or CSV file also gets its full JSON beside it."""
+    from pathlib import Path
+
+    from impbench.report import atomic_write_text
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, format_report(report, fmt))
+    written = [path]
+    if fmt != "json":
+        json_path = path.with_suffix(".json")
+        atomic_write_text(json_path, format_report(report, "json"))
+        written.append(json_path)
+    return written

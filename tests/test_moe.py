@@ -1,0 +1,299 @@
+"""Grouped NVFP4 MoE GEMMs (GPU): gate_up and down against the NumPy-dequantized float64 reference for
+many distributions of rows over experts (empty experts, one expert with every row, tiles past 64
+rows), poisoned outputs fully written, a graph captured once in global mode and replayed after the
+offsets change on the device, argument checks, and the synthetic weight generator."""
+
+import numpy as np
+import pytest
+
+from impbench import nvfp4
+
+REL_ERR = 2e-3
+
+
+def _counts(kind: str, rows: int, experts: int, rng) -> np.ndarray:
+    if kind == "one_expert":
+        counts = np.zeros(experts, np.int64)
+        counts[rng.integers(experts)] = rows
+        return counts
+    if kind == "uniform":
+        return rng.multinomial(rows, np.full(experts, 1.0 / experts))
+    # random: a third of the experts empty, the rest with Dirichlet-skewed shares
+    p = rng.dirichlet(np.full(experts, 0.5))
+    p[rng.random(experts) < 1 / 3] = 0.0
+    if p.sum() == 0:
+        p[0] = 1.0
+    return rng.multinomial(rows, p / p.sum())
+
+
+def _routing(kind, tokens, top_k, experts, rng):
+    rows = tokens * top_k
+    counts = _counts(kind, rows, experts, rng)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    row_token = rng.integers(0, tokens, rows).astype(np.int32)
+    row_weight = rng.random(rows).astype(np.float32)
+    return offsets, row_token, row_weight
+
+
+def _host_experts(rng, experts, n, k):
+    parts = [nvfp4.quantize((rng.standard_normal((n, k)) * 0.02 * (1 + 0.3 * e)).astype(np.float32)) for e in range(experts)]
+    return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]), np.array([p[2] for p in parts], np.float32)
+
+
+def _ref_gate_up(x, row_token, offsets, w13_deq):
+    inter = w13_deq.shape[1] // 2
+    out = np.zeros((row_token.shape[0], inter))
+    for e in range(offsets.shape[0] - 1):
+        rows = slice(offsets[e], offsets[e + 1])
+        xe = x[row_token[rows]].astype(np.float64)
+        gate, up = xe @ w13_deq[e, :inter].T, xe @ w13_deq[e, inter:].T
+        out[rows] = gate / (1.0 + np.exp(-gate)) * up
+    return out
+
+
+def _ref_down(h, offsets, w2_deq, row_weight):
+    out = np.zeros((h.shape[0], w2_deq.shape[1]))
+    for e in range(offsets.shape[0] - 1):
+        rows = slice(offsets[e], offsets[e + 1])
+        out[rows] = h[rows].astype(np.float64) @ w2_deq[e].T
+    return out if row_weight is None else out * row_weight[:, None]
+
+
+def _rel_err(out, ref) -> float:
+    out = out.astype(np.float64)
+    assert np.isfinite(out).all(), f"{int((~np.isfinite(out)).sum())} outputs unwritten or not finite"
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+class Problem:
+    """Host weights and inputs of one MoE layer, uploaded; routing set separately (and changeable)."""
+
+    def __init__(self, experts, hidden, inter, tokens, top_k, seed, gpu_weights=False):
+        import cupy
+
+        rng = np.random.default_rng(seed)
+        self.rng, self.experts, self.tokens, self.top_k = rng, experts, tokens, top_k
+        if gpu_weights:
+            dev13 = nvfp4.generate_experts_gpu(experts, 2 * inter, hidden, seed=seed)
+            dev2 = nvfp4.generate_experts_gpu(experts, hidden, inter, seed=seed + 1)
+            host13, host2 = [a.get() for a in dev13], [a.get() for a in dev2]
+        else:
+            host13, host2 = _host_experts(rng, experts, 2 * inter, hidden), _host_experts(rng, experts, hidden, inter)
+            dev13, dev2 = [cupy.asarray(a) for a in host13], [cupy.asarray(a) for a in host2]
+        self.w13, self.w2 = dev13, dev2
+        self.w13_deq = nvfp4.dequantize(*host13).astype(np.float64)
+        self.w2_deq = nvfp4.dequantize(*host2).astype(np.float64)
+        self.x_host = rng.standard_normal((tokens, hidden)).astype(np.float16)
+        self.h_host = rng.standard_normal((tokens * top_k, inter)).astype(np.float16)
+        self.x, self.h = cupy.asarray(self.x_host), cupy.asarray(self.h_host)
+        rows = tokens * top_k
+        self.offsets = cupy.zeros(experts + 1, cupy.int32)
+        self.row_token = cupy.zeros(rows, cupy.int32)
+        self.row_weight = cupy.zeros(rows, cupy.float32)
+        self.act = cupy.empty((rows, inter), cupy.float16)
+        self.out = cupy.empty((rows, hidden), cupy.float16)
+
+    def route(self, kind):
+        self.routing = _routing(kind, self.tokens, self.top_k, self.experts, self.rng)
+        for dev, host in zip((self.offsets, self.row_token, self.row_weight), self.routing):
+            dev.set(host)
+        return self
+
+    def poison(self):
+        import cupy
+
+        self.act.fill(cupy.nan)
+        self.out.fill(cupy.nan)
+
+    def launch(self, weighted=True):
+        from impbench.kernels import moe
+
+        moe.moe_gate_up(self.x, self.row_token, self.offsets, *self.w13, self.act)
+        moe.moe_down(self.h, self.offsets, *self.w2, self.out, row_weight=self.row_weight if weighted else None)
+
+    def check(self, weighted=True):
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+        offsets, row_token, row_weight = self.routing
+        err_up = _rel_err(self.act.get(), _ref_gate_up(self.x_host, row_token, offsets, self.w13_deq))
+        err_down = _rel_err(self.out.get(), _ref_down(self.h_host, offsets, self.w2_deq, row_weight if weighted else None))
+        assert err_up <= REL_ERR and err_down <= REL_ERR, (err_up, err_down)
+        return err_up, err_down
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["random", "one_expert", "uniform"])
+@pytest.mark.parametrize(
+    "experts,hidden,inter,tokens,top_k",
+    [
+        (6, 320, 192, 40, 4),  # partial N tiles and a partial last K stage in both GEMMs
+        (4, 128, 64, 37, 3),  # R = 111: a partial n8 token tile
+        (3, 64, 64, 200, 1),  # a single 64-wide K stage; one expert gets up to 4 token tiles
+    ],
+)
+def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k):
+    problem = Problem(experts, hidden, inter, tokens, top_k, seed=1000 * experts + tokens + len(kind)).route(kind)
+    problem.poison()
+    problem.launch()
+    problem.check()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["random", "one_expert"])
+def test_qwen3_coder_expert_shapes_with_generated_weights(kind):
+    # real K / N (H 2048, I 768) on 8 experts, weights from the GPU generator, down without row weights
+    problem = Problem(8, 2048, 768, 96, 8, seed=11, gpu_weights=True).route(kind)
+    problem.poison()
+    problem.launch(weighted=False)
+    problem.check(weighted=False)
+
+
+@pytest.mark.gpu
+def test_graph_captured_in_global_mode_follows_new_offsets():
+    import cupy
+    from cupy.cuda import runtime
+
+    from impbench.kernels import moe
+
+    moe.prewarm()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        problem = Problem(6, 320, 192, 48, 4, seed=5).route("random")
+        problem.launch()  # eager once; the capture below must not allocate or compile
+        stream.synchronize()
+        stream.begin_capture(mode=runtime.streamCaptureModeGlobal)
+        problem.launch()
+        graph = stream.end_capture()
+        for kind in ("random", "one_expert", "uniform"):
+            problem.route(kind)  # new offsets / row_token / row_weight, same device arrays
+            problem.poison()
+            stream.synchronize()
+            graph.launch(stream=stream)
+            problem.check()
+
+
+@pytest.mark.gpu
+def test_prepared_launch_equals_direct_call():
+    import cupy
+
+    from impbench.kernels import moe
+
+    problem = Problem(4, 128, 64, 32, 2, seed=9).route("random")
+    problem.poison()
+    p = problem
+    moe.prepare(moe.moe_gate_up, p.x, p.row_token, p.offsets, *p.w13, p.act)()
+    moe.prepare(moe.moe_down, p.h, p.offsets, *p.w2, p.out, row_weight=p.row_weight)()
+    first = (p.act.get(), p.out.get())
+    problem.poison()
+    problem.launch()
+    cupy.cuda.get_current_stream().synchronize()
+    np.testing.assert_array_equal(first[0], p.act.get())
+    np.testing.assert_array_equal(first[1], p.out.get())
+    problem.check()
+
+
+@pytest.mark.gpu
+def test_argument_checks_name_the_shapes():
+    import cupy
+
+    from impbench.kernels import moe
+
+    p = Problem(4, 128, 64, 16, 2, seed=3).route("random")
+    w13, s13, g13 = p.w13
+    with pytest.raises(ValueError, match=r"w13_scale must have shape \(4, 128, 8\)"):
+        moe.moe_gate_up(p.x, p.row_token, p.offsets, w13, s13[:, :, :4].copy(), g13, p.act)
+    odd = cupy.zeros((16, 96), cupy.float16)  # K = 96: not a multiple of 64
+    with pytest.raises(ValueError, match="multiples of 64"):
+        moe.moe_gate_up(odd, p.row_token, p.offsets, cupy.zeros((4, 128, 48), cupy.uint8),
+                        cupy.zeros((4, 128, 6), cupy.uint8), g13, p.act)  # fmt: skip
+    with pytest.raises(ValueError, match="out must have shape"):
+        moe.moe_down(p.h, p.offsets, *p.w2, cupy.zeros((3, 128), cupy.float16))
+    with pytest.raises(ValueError, match="must have dtype int32"):
+        moe.moe_down(p.h, p.offsets.astype(cupy.int64), *p.w2, p.out)
+    with pytest.raises(ValueError, match="K = 128 but h"):
+        moe.moe_down(p.h, p.offsets, *p.w13, p.out)
+
+
+@pytest.mark.gpu
+def test_generator_sanity():
+    import cupy
+
+    codes, scales, scale2 = nvfp4.generate_experts_gpu(4, 96, 256, seed=7, std=0.02)
+    assert codes.shape == (4, 96, 128) and codes.dtype == cupy.uint8
+    assert scales.shape == (4, 96, 16) and scales.dtype == cupy.uint8
+    assert scale2.shape == (4,) and scale2.dtype == cupy.float32
+    np.testing.assert_array_equal(scale2.get(), nvfp4.expert_scale2(4, 7, 0.02))
+    again = nvfp4.generate_experts_gpu(4, 96, 256, seed=7, std=0.02)
+    for a, b in zip((codes, scales), again[:2]):
+        np.testing.assert_array_equal(a.get(), b.get())
+    assert (nvfp4.generate_experts_gpu(4, 96, 256, seed=8)[0].get() != codes.get()).mean() > 0.5
+    s = scales.get()
+    assert not np.isin(s, [0x7F, 0xFF]).any() and (s & 0x80).sum() == 0  # finite, positive scales
+    w = nvfp4.dequantize(codes.get(), s, scale2.get())
+    sigma = scale2.get() * 448.0
+    for e in range(4):  # each expert ~ N(0, sigma_e^2) after quantization (NVFP4 error ~10%)
+        assert abs(w[e].mean()) < 0.05 * sigma[e]
+        assert 0.85 * sigma[e] < w[e].std() < 1.15 * sigma[e]
+    # ModelOpt scaling: the largest value of a block lands on code 4.0 or 6.0 (never saturating far)
+    top = np.abs(nvfp4.e2m1_decode(nvfp4.unpack(codes.get()))).reshape(4, 96, 16, 16).max(axis=-1)
+    assert (top >= 4.0).mean() > 0.99
+    # and the codes are what the NumPy codec makes of those values with the same scales
+    requant = nvfp4.e2m1_encode(w.reshape(4, 96, 16, 16) / (nvfp4.e4m3_decode(s) * scale2.get()[:, None, None])[..., None])
+    assert (nvfp4.pack(requant.reshape(4, 96, 256)) == codes.get()).mean() > 0.999
+
+
+# ---- benchmark routing and CLI (CPU) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("routing", ["uniform", "skewed"])
+def test_bench_routing_is_a_valid_permutation(routing):
+    from impbench.moe_bench import route
+
+    tokens, experts, top_k = 512, 128, 8
+    offsets, row_token, row_weight = route(tokens, experts, top_k, routing, seed=4)
+    assert offsets.dtype == np.int32 and row_token.dtype == np.int32 and row_weight.dtype == np.float32
+    assert offsets[0] == 0 and offsets[-1] == tokens * top_k and (np.diff(offsets) >= 0).all()
+    assert (np.bincount(row_token, minlength=tokens) == top_k).all()
+    expert_of_row = np.repeat(np.arange(experts), np.diff(offsets))
+    pairs = set(zip(row_token.tolist(), expert_of_row.tolist()))
+    assert len(pairs) == tokens * top_k  # k distinct experts per token
+    sums = np.bincount(row_token, weights=row_weight, minlength=tokens)
+    np.testing.assert_allclose(sums, 1.0, rtol=1e-5)
+    for e in range(experts):  # (token, slot) order inside an expert
+        assert (np.diff(row_token[offsets[e] : offsets[e + 1]]) > 0).all()
+    counts = np.sort(np.diff(offsets))[::-1]
+    if routing == "uniform":
+        assert counts[0] < 3 * tokens * top_k / experts
+    else:  # experts // 32 = 4 hot experts are in most tokens' top-k (about 70% at 25x)
+        assert (counts[:4] > 0.5 * tokens).all() and counts[4] < 0.15 * tokens
+
+
+def test_token_tiles_bound_covers_any_distribution():
+    from impbench.kernels.moe import TOKENS_PER_TILE, token_tiles
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        experts, rows = int(rng.integers(1, 300)), int(rng.integers(1, 5000))
+        counts = rng.multinomial(rows, rng.dirichlet(np.full(experts, 0.3)))
+        assert (-(-counts // TOKENS_PER_TILE)).sum() <= token_tiles(rows, experts)
+    assert token_tiles(4096, 128) == 190 and token_tiles(64, 1) == 1 and token_tiles(65, 2) == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["moe", "--model", "nosuch"], "unknown model"),
+        (["moe", "--model", "qwen3-coder", "--pp", "0"], "--pp"),
+        (["moe", "--model", "qwen3-coder", "--routing", "zipf"], "--routing"),
+        (["moe", "--model", "qwen3-coder", "--reps", "0"], "--reps"),
+    ],
+)
+def test_moe_cli_bad_input_is_one_line_exit_2(args, message, capsys):
+    from impbench.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
