@@ -173,11 +173,15 @@ def plan(model, model_config, prompt_tokens, chunk, layers, gpu, fmt) -> None:  
 @click.option("--routing", "routings", type=click.Choice(["uniform", "skewed"]), multiple=True,
               help="Routing of the chunk (repeatable): uniform, or skewed (a few hot experts 25x as likely). Default: uniform.")
 @click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per GEMM (median reported).")
+@click.option("--variant", default=None, metavar="NAME",
+              help="Kernel variant reported as ours (impbench.kernels.moe.VARIANTS). Default: the production one.")
+@click.option("--variants", default="", metavar="LIST",
+              help="Also time these kernel variants: comma-separated names, or 'all' (calibration).")
 @click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True,
               help="Output format: markdown table, CSV, or JSON with metadata.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the output to this file (a .md or .csv gets its .json beside it).")
-def moe(model, pp, routings, reps, fmt, out) -> None:  # fmt: skip
+def moe(model, pp, routings, reps, variant, variants, fmt, out) -> None:  # fmt: skip
     """Time the grouped NVFP4 expert GEMMs (gate_up + SiLU*up, down x router weight) of one chunk.
 
     Per GEMM: µs (median of CUDA events), weight GB/s and share of the copy bandwidth measured in the
@@ -194,7 +198,8 @@ def moe(model, pp, routings, reps, fmt, out) -> None:  # fmt: skip
     if reps < 1:
         raise click.BadParameter(f"must be >= 1, got {reps}", param_hint="--reps")
     require_cuda()
-    report = run_moe_bench(shapes, pp, routings or ("uniform",), reps,
+    names = tuple(v.strip() for v in variants.split(",") if v.strip())
+    report = run_moe_bench(shapes, pp, routings or ("uniform",), reps, variants=names, variant=variant,
                            progress=lambda r: click.echo(f"{r.routing} {r.op}: {r.time_us:.1f} µs", err=True))  # fmt: skip
     click.echo(format_report(report, fmt))
     if out:

@@ -80,6 +80,8 @@ class MoeRow:
     rel_err: float  # ours vs the cuBLAS FP16-dequantized reference
     target_us: float | None
     meets_target: bool
+    variant: str = ""  # kernel variant timed as "ours" (impbench.kernels.moe.VARIANTS)
+    variants: dict = field(default_factory=dict)  # extra variants timed (--variants): name -> {us, rel_err}
 
 
 @dataclass
@@ -222,6 +224,7 @@ class _Layer:
         from impbench.nvfp4 import generate_experts_gpu
 
         self.shapes, self.pp = shapes, pp
+        self.primary = ""  # the variant reported as ours (run_moe_bench sets it)
         e, h, i, rows = shapes.experts, shapes.hidden, shapes.inter, pp * shapes.top_k
         self.w13 = generate_experts_gpu(e, 2 * i, h, seed=seed)
         self.w2 = generate_experts_gpu(e, h, i, seed=seed + 1)
@@ -234,6 +237,8 @@ class _Layer:
         self.row_weight = cupy.zeros(rows, cupy.float32)
         self.act = cupy.empty((rows, i), cupy.float16)
         self.out = cupy.empty((rows, h), cupy.float16)
+        self.act_v = cupy.empty((rows, i), cupy.float16)
+        self.out_v = cupy.empty((rows, h), cupy.float16)
         self.x_perm = cupy.empty((rows, h), cupy.float16)  # reference: X gathered (not timed)
         self.ref_up = cupy.empty((rows, 2 * i), cupy.float16)
         self.ref_down = cupy.empty((rows, h), cupy.float16)
@@ -246,15 +251,18 @@ class _Layer:
             dev.set(host)
         cupy.take(self.x, self.row_token, axis=0, out=self.x_perm)
 
-    def ours_gate_up(self) -> None:
+    def ours(self, op: str, variant: str) -> None:
+        """Our kernel `variant` for `op`; the reported variant writes act / out, others act_v / out_v
+        (every down reads the reported variant's act, as the reference does)."""
         from impbench.kernels import moe
 
-        moe.moe_gate_up(self.x, self.row_token, self.offsets, *self.w13, self.act)
-
-    def ours_down(self) -> None:
-        from impbench.kernels import moe
-
-        moe.moe_down(self.act, self.offsets, *self.w2, self.out, row_weight=self.row_weight)
+        default = variant == self.primary
+        if op == "gate_up":
+            out = self.act if default else self.act_v
+            moe.moe_gate_up(self.x, self.row_token, self.offsets, *self.w13, out, variant=variant)
+        else:
+            out = self.out if default else self.out_v
+            moe.moe_down(self.act, self.offsets, *self.w2, out, row_weight=self.row_weight, variant=variant)
 
     def _per_expert(self, a, w, out) -> None:
         import cupy
@@ -271,19 +279,25 @@ class _Layer:
     def cublas_down(self) -> None:
         self._per_expert(self.act, self.w2_fp16, self.ref_down)
 
-    def errors(self) -> dict[str, float]:
+    def errors(self, variants) -> dict[tuple[str, str], float]:
+        """(op, variant) -> ||ours - reference|| / ||reference||, reference = cuBLAS on FP16-dequantized weights."""
         import cupy
 
-        self.ours_gate_up()
-        self.ours_down()
+        self.ours("gate_up", self.primary)
         self.cublas_gate_up()
         self.cublas_down()
         inter = self.shapes.inter
         up32 = self.ref_up.astype(cupy.float32)
         gate, up = up32[:, :inter], up32[:, inter:]
-        ref_act = gate / (1.0 + cupy.exp(-gate)) * up
-        ref_out = self.ref_down.astype(cupy.float32) * self.row_weight[:, None]
-        return {"gate_up": _rel_err(self.act, ref_act), "down": _rel_err(self.out, ref_out)}
+        ref = {"gate_up": gate / (1.0 + cupy.exp(-gate)) * up, "down": self.ref_down.astype(cupy.float32) * self.row_weight[:, None]}
+        errors = {}
+        for variant in variants:
+            default = variant == self.primary
+            for op, out in (("gate_up", self.act if default else self.act_v), ("down", self.out if default else self.out_v)):
+                out.fill(cupy.nan)
+                self.ours(op, variant)
+                errors[op, variant] = _rel_err(out, ref[op])
+        return errors
 
 
 def _spin_for(us: float):
@@ -308,7 +322,7 @@ def _host_us(fn, times: int = 3) -> float:
     return best
 
 
-def _row(shapes, pp, routing, op, layer, times, ref_times, rel_err, copy_gbs, cublas_tflops) -> MoeRow:
+def _row(shapes, pp, routing, op, layer, times, ref_times, rel_err, copy_gbs, cublas_tflops, variant, extra) -> MoeRow:
     n, k = shapes.gemms()[op]
     counts = np.diff(layer.host_offsets)
     rows = pp * shapes.top_k
@@ -335,6 +349,7 @@ def _row(shapes, pp, routing, op, layer, times, ref_times, rel_err, copy_gbs, cu
         time_over_floor=time_us / floor_us, cublas_ref_us=statistics.median(ref_times), rel_err=rel_err,
         target_us=target,
         meets_target=time_us <= FLOOR_TARGET * floor_us and (target is None or time_us <= target),
+        variant=variant, variants=extra,
     )  # fmt: skip
 
 
@@ -348,8 +363,13 @@ def _metadata() -> dict:
 
 
 def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int = 50, ref_reps: int = 10,
-                  seed: int = 0, progress=None) -> MoeReport:  # fmt: skip
-    """Time gate_up and down of one chunk of `pp` tokens under each routing (see the module docstring)."""
+                  seed: int = 0, variants=(), variant: str | None = None, progress=None) -> MoeReport:  # fmt: skip
+    """Time gate_up and down of one chunk of `pp` tokens under each routing (see the module docstring).
+
+    `variant`: the kernel variant reported as ours (default: impbench.kernels.moe.DEFAULT_VARIANT);
+    `variants`: further variants (or ("all",)) timed beside it, each with its own error against the
+    reference (calibration).
+    """
     import cupy
 
     from impbench.device import require_cuda
@@ -361,30 +381,38 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
         raise InputError(f"--pp must be >= 1 token, got {pp}")
     if reps < 1:
         raise InputError(f"--reps must be >= 1, got {reps}")
+    if tuple(variants) == ("all",):
+        variants = tuple(moe.VARIANTS)
+    variant = variant or moe.DEFAULT_VARIANT
+    for name in (variant, *variants):
+        if name not in moe.VARIANTS:
+            raise InputError(f"unknown variant {name!r}; accepted: all, {', '.join(moe.VARIANTS)}")
+    timed = [variant] + [v for v in dict.fromkeys(variants) if v != variant]
     moe.prewarm()
     copy_gbs, cublas_tflops = measure_copy_gbs(), measure_cublas_tflops()
     layer = _Layer(shapes, pp, seed)
+    layer.primary = variant
     rows_out, telemetry = [], {}
     with Telemetry() as nvml:
         for routing in routings:
             layer.set_routing(*route(pp, shapes.experts, shapes.top_k, routing, seed))
-            errors = layer.errors()  # also the warm-up of every path
-            for _ in range(3):
-                layer.ours_gate_up()
-                layer.ours_down()
+            errors = layer.errors(timed)  # also the warm-up of every path
             spin = _spin_for(SPIN_US)
             # the reference loop issues one cuBLAS call per expert: spin long enough to queue them all
             ref_spin = _spin_for(2 * max(_host_us(layer.cublas_gate_up), _host_us(layer.cublas_down)) + SPIN_US)
             sampler = nvml.sample().start()
-            ours = {"gate_up": [], "down": []}
-            for _ in range(reps):  # gate_up then down, as in a layer (down reads gate_up's output)
-                ours["gate_up"] += _event_median(layer.ours_gate_up, 1, spin)
-                ours["down"] += _event_median(layer.ours_down, 1, spin)
+            ours = {(op, v): [] for op in ("gate_up", "down") for v in timed}
+            for rep in range(reps):  # variants interleaved, order alternating; gate_up then down, as in a layer
+                for variant in timed if rep % 2 == 0 else timed[::-1]:
+                    for op in ("gate_up", "down"):
+                        ours[op, variant] += _event_median(lambda: layer.ours(op, variant), 1, spin)
             ref = {"gate_up": _event_median(layer.cublas_gate_up, ref_reps, ref_spin),
                    "down": _event_median(layer.cublas_down, ref_reps, ref_spin)}  # fmt: skip
             telemetry[routing] = sampler.stop().summary()
             for op in ("gate_up", "down"):
-                row = _row(shapes, pp, routing, op, layer, ours[op], ref[op], errors[op], copy_gbs, cublas_tflops)
+                extra = {v: {"us": statistics.median(ours[op, v]), "rel_err": errors[op, v]} for v in timed[1:]}
+                row = _row(shapes, pp, routing, op, layer, ours[op, timed[0]], ref[op], errors[op, timed[0]],
+                           copy_gbs, cublas_tflops, timed[0], extra)  # fmt: skip
                 rows_out.append(row)
                 if progress:
                     progress(row)
@@ -406,6 +434,8 @@ def records(report: MoeReport) -> list[dict]:
             "TFLOP/s": f"{r.tflops:.0f}", "floor µs": f"{r.floor_us:.1f} ({r.floor_bound})",
             "x floor": f"{r.time_over_floor:.2f}", "cuBLAS FP16 per expert µs": f"{r.cublas_ref_us:.1f}",
             "rel-err": f"{r.rel_err:.1e}", "target": ("met" if r.meets_target else "MISSED"),
+            **({"other variants µs (rel-err)": ", ".join(f"{k} {v['us']:.1f} ({v['rel_err']:.0e})" for k, v in r.variants.items())}
+               if r.variants else {}),
         }  # fmt: skip
         for r in report.rows
     ]
@@ -421,8 +451,9 @@ def format_report(report: MoeReport, fmt: str) -> str:
         return frame.to_csv(index=False)
     meta = report.metadata
     first = report.rows[0] if report.rows else None
-    head = (f"{first.model if first else '-'}, one layer, chunk of {first.pp if first else '-'} tokens. GPU: "
-            f"{meta.get('gpu_name', 'n/a')}; median of {report.reps} reps (CUDA events).")  # fmt: skip
+    head = (f"{first.model if first else '-'}, one layer, chunk of {first.pp if first else '-'} tokens, kernel variant "
+            f"{first.variant if first else '-'}. GPU: {meta.get('gpu_name', 'n/a')}; median of {report.reps} reps "
+            f"(CUDA events).")  # fmt: skip
     clocks = "; ".join(f"{k}: SM {v.get('sm_mhz_median', 'n/a')} MHz median" for k, v in report.telemetry.items())
     body = "\n".join(f"- {line}" for line in report.summary())
     return f"{head} {clocks}\n\n{frame.to_markdown(index=False)}\n\n{body}\n"

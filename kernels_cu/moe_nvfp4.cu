@@ -18,28 +18,33 @@
 //
 // Why "swap AB": the weights are the mma A operand (M = weight rows) and the tokens the N operand,
 // so a tile of 33 tokens pays for 40 (n8 granularity), not 48 or 64; and each weight byte is copied,
-// dequantized and fed to the tensor cores by exactly one thread, straight into its A fragment.
-// 4 warps; warp w owns 64 weight rows (4 m16 tiles) x all 64 tokens (8 n8 tiles, those past the
-// tile's rows skipped): 128 FP32 accumulators per thread.
+// dequantized and fed to the tensor cores exactly once per token tile, straight into an A fragment.
+// 8 warps; warp w owns 32 weight rows (2 m16 tiles) x the tile's tokens (NTA n8 tiles, 1..8):
+// at most 64 FP32 accumulators per thread, 128 registers, 2 blocks (16 warps) per SM.
 //
 // K order inside a BK=128 stage is permuted, identically for both operands (a dot product does not
 // care): thread t of a quad (lane = 4g + t) owns k in [32t, 32t+32) of the stage, i.e. one 16-byte
-// load of codes per weight row and exactly two e4m3 scales. Word i (8 nibbles, k = 32t+8i .. +7) is
+// run of codes per weight row and exactly two e4m3 scales. Word i (8 nibbles, k = 32t+8i .. +7) is
 // decoded Marlin-style: (q << 4j) puts nibbles 3-j and 7-j at bits 12-15 / 28-31, and
 // (v & 0x80008000) | ((v >> 3) & 0x0E000E00) is a half2 of (E2M1 value * 2^-14), exactly. Multiplied
 // by the block scale * 2^7 (an exact FP16 product), it is an A register: mma step p=0 takes nibble
-// pairs (3,7),(2,6), step p=1 (1,5),(0,4). The activation side builds the same pairs from one 16-byte
-// shared load with __byte_perm. The missing 2^-7 and the global scale are applied in FP32 at the end.
+// pairs (3,7),(2,6), step p=1 (1,5),(0,4). The _cvt variant decodes through the hardware e4m3 -> f16
+// conversion instead (see e2m1_hi_as_e4m3) with pairs (1,3),(0,2) / (5,7),(4,6). Each thread reorders
+// the activation units it copied into the matching pair order once per stage, so an mma B fragment
+// is an aligned register pair of one 16-byte shared load. The global scale is applied in FP32 at the end.
 //
-// Pipeline: cp.async, 3 stages of BK=128 (codes 16 KiB + scales 2 KiB + activations 16 KiB), each
-// thread copying exactly the code bytes it later decodes; activation rows are gathered through
-// row_token (gate_up) and XOR-swizzled so the 16-byte reads of 8 token rows are conflict-free.
-// 102 KiB shared, <= 255 registers: 2 blocks per SM. Requires K % 64 == 0 and N % 16 == 0.
+// The K loop is specialized on NTA (moe_tile<..., NTA>, chosen per block): with no branch inside,
+// each stage is one basic block the compiler software-pipelines -- shared loads, HMMA dependency
+// chains and the next word's decode interleave. (A per-n8-tile branch there serialized them: 2x.)
+//
+// Pipeline: cp.async, 3 stages of BK=128 (codes 16 KiB + scales 2 KiB + activations 16 KiB); copies are
+// tid-contiguous 16-byte pieces (4-byte for scales) of block rows, activation rows gathered through
+// row_token (gate_up) into XOR-swizzled rows so 8 token rows x 4 quads read conflict-free. 102 KiB
+// shared per block. Requires K % 64 == 0 and N % 16 == 0 (impbench/kernels/moe.py checks).
 #include "common.cuh"
 
 namespace impmoe {
 
-constexpr int THREADS = 128;       // 4 warps
 constexpr int BT = 64;             // tokens per tile (8 n8 mma tiles)
 constexpr int BK = 128;            // K per pipeline stage
 constexpr int STAGES = 3;
@@ -51,9 +56,19 @@ constexpr int STAGE_BYTES = CODE_STAGE + SCALE_STAGE + X_STAGE;
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES;  // 104448: impbench/kernels/moe.py SMEM_BYTES
 static_assert((BT * (256 + 8) * 2) <= SMEM_BYTES, "epilogue staging must fit in the pipeline buffers");
 
-__device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
-                 "r"(src_bytes));
+// 16-byte copy of the weight stream with a 128-byte L2 prefetch: a quad reads 64 bytes of a weight
+// row per stage, the next stage's 64 bytes are the other half of the same 128-byte line.
+// Copies to 32-bit shared addresses (cheaper to form than generic pointers in the K loop).
+__device__ __forceinline__ void cp_async16_l2(unsigned dst, const void *gmem, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async16s(unsigned dst, const void *gmem, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async4(unsigned dst, const void *gmem, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
 }
 
 __device__ __forceinline__ unsigned hmul2(unsigned a, unsigned b) {
@@ -76,9 +91,36 @@ __device__ __forceinline__ unsigned e2m1x2(unsigned q) {
     return (v & 0x80008000u) | ((v >> 3) & 0x0E000E00u);
 }
 
+// CVT decode: byte [s 0 0 e e m 0 0] is the e4m3 encoding of (E2M1 value [s e e m]) / 64, so the four
+// high nibbles of q become four e4m3 bytes with 3 logic ops (the low nibbles with 4) and the hardware
+// e4m3x2 -> f16x2 conversion makes each byte pair a half2: pairs (1,3), (5,7) from the high nibbles,
+// (0,2), (4,6) from the low ones.
+__device__ __forceinline__ unsigned e2m1_hi_as_e4m3(unsigned q) { return (q & 0x80808080u) | ((q >> 2) & 0x1C1C1C1Cu); }
+__device__ __forceinline__ unsigned e2m1_lo_as_e4m3(unsigned q) {
+    return ((q << 4) & 0x80808080u) | ((q << 2) & 0x1C1C1C1Cu);
+}
+template <bool HIGH>
+__device__ __forceinline__ unsigned e4m3x2_half(unsigned v) {  // bytes 0-1 (or 2-3) of v -> half2
+    unsigned d;
+    if (HIGH)
+        asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, hi; }" : "=r"(d) : "r"(v));
+    else
+        asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, lo; }" : "=r"(d) : "r"(v));
+    return d;
+}
+
 // Physical 16-byte unit of logical unit u (0..15) in activation row `row` of a stage: the 8 rows x
 // 4 quads reading units 4t+i (fixed i) hit 8 distinct bank groups per quarter warp.
 __device__ __forceinline__ int xswz(int u, int row) { return u ^ (((u >> 3) & 1) << 1) ^ (row & 1); }
+
+#ifndef MOE_WORDS
+#define MOE_WORDS(NTA) ((NTA) <= 4 ? 4 : (NTA) <= 5 ? 2 : 1)
+#endif
+
+template <int N>
+struct Const {
+    static constexpr int value = N;
+};
 
 struct Tile {
     int expert, row0, rows;  // expert -1: this block has no tile
@@ -86,12 +128,13 @@ struct Tile {
 
 // Token tile number `slot` in expert order (expert e has ceil(count_e / BT) tiles), from the device
 // array of expert offsets. All threads of the block call it; it ends in a barrier.
+template <int NT>
 __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int num_experts, int slot,
                                           int *s_warp, int *s_tile) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (threadIdx.x == 0) s_tile[0] = -1;
     int before = 0;  // tiles of the experts in earlier rounds
-    for (int e0 = 0; e0 < num_experts && before <= slot; e0 += THREADS) {
+    for (int e0 = 0; e0 < num_experts && before <= slot; e0 += NT) {
         const int e = e0 + threadIdx.x;
         int start = 0, count = 0;
         if (e < num_experts) {
@@ -109,7 +152,7 @@ __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int n
         __syncthreads();
         int total = 0;
 #pragma unroll
-        for (int w = 0; w < THREADS / 32; ++w) {
+        for (int w = 0; w < NT / 32; ++w) {
             const int v = s_warp[w];
             incl += w < warp ? v : 0;
             total += v;
@@ -131,137 +174,165 @@ __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int n
     return tile;
 }
 
-// x: activations [*, k] (gate_up: token rows gathered through row_token; down: permuted rows).
-// n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
-template <bool GATE_UP>
-__device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
-                                         const int *__restrict__ offsets, const unsigned char *__restrict__ w,
-                                         const unsigned char *__restrict__ w_scale,
-                                         const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles) {
+// What the K loop of a tile needs from the block prologue (moe_body).
+struct Ctx {
+    const half_t *x;
+    const float *w_scale2;
+    half_t *out;
+    const unsigned char *wq, *wsc;  // this expert's codes and scales
+    const int *s_src;               // shared: source row of each token of the tile
+    const float *s_rw;              // shared: router weight of each token (1 without)
+    Tile tile;
+    int n0, k, kb, ks, n_out;
+    unsigned code_off, scale_off, valid;
+};
+
+// The K loop and epilogue of one tile. NTA (n8 token tiles with rows, 1..8) is a compile-time
+// constant: the loop body is then one basic block the compiler can software-pipeline (X loads, HMMA
+// chains and the next word's decode interleaved), which a per-n8-tile branch inside it prevents.
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, int NTA>
+__device__ __noinline__ void moe_tile(const Ctx &cx) {
+    constexpr int NT = 32 * WARPS;
+    constexpr int XC = BT * (BK / 8) / NT;
+    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
+    constexpr int CC = ROWS * (BK / 32) / NT;
+    constexpr int SC = ROWS * (BK / 64) / NT;
     extern __shared__ __align__(16) unsigned char smem[];
-    __shared__ int s_warp[THREADS / 32], s_tile[3], s_src[BT];
-    __shared__ float s_rw[BT];
-    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;  // output columns per block
-
-    const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
-    const Tile tile = find_tile(offsets, num_experts, slot, s_warp, s_tile);
-    if (tile.expert < 0) return;
-
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    if (tid < tile.rows) {
-        const int r = tile.row0 + tid;
-        s_src[tid] = GATE_UP ? row_token[r] : r;
-        s_rw[tid] = row_weight ? row_weight[r] : 1.0f;
-    }
-    __syncthreads();
-
-    const int n0 = n_tile * COLS;
-    const int kb = k / 2, ks = k / 16;  // code and scale bytes per weight row
-    const size_t n_rows = GATE_UP ? 2 * (size_t)n_out : (size_t)n_out;
-    const unsigned char *wq = w + (size_t)tile.expert * n_rows * kb;
-    const unsigned char *wsc = w_scale + (size_t)tile.expert * n_rows * ks;
-    const int nt_act = (tile.rows + 7) >> 3;  // n8 token tiles with rows
-
-    // Output column of the thread's weight row (mt, r) for quad row gg; its row in the weight.
-    auto out_col = [&](int mt, int r, int gg) {
-        return n0 + (GATE_UP ? warp * 32 + (mt & 1) * 16 : warp * 64 + mt * 16) + r * 8 + gg;
-    };
-    auto weight_row = [&](int mt, int col) { return (GATE_UP && mt >= 2) ? col + n_out : col; };
-
+    const half_t *x = cx.x;
+    const Tile tile = cx.tile;
+    const int n0 = cx.n0, k = cx.k, kb = cx.kb, ks = cx.ks, n_out = cx.n_out;
+    const unsigned char *wq = cx.wq, *wsc = cx.wsc;
+    const int *s_src = cx.s_src;
+    const float *s_rw = cx.s_rw;
+    const unsigned code_off = cx.code_off, scale_off = cx.scale_off, valid = cx.valid;
+    auto row_delta = [&](int first) { return GATE_UP && first >= 128 ? n_out - 128 + first : first; };
+    const unsigned s_base = smem_u32(smem);
     auto issue = [&](int chunk, int stage) {
-        unsigned char *sc = smem + stage * STAGE_BYTES;
-        unsigned char *ss = sc + CODE_STAGE;
-        unsigned char *sx = ss + SCALE_STAGE;
-        const int code_off = chunk * (BK / 2) + 16 * t;
+        const unsigned sc = s_base + stage * STAGE_BYTES, ss = sc + CODE_STAGE, sx = ss + SCALE_STAGE;
+        // A copy past N or K reads 0 bytes from an address inside the expert.
+        const bool kc_ok = chunk * (BK / 2) + (tid & 3) * 16 < kb;
 #pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int col = out_col(mt, r, g);
-                const bool ok = col < n_out && code_off < kb;
-                const unsigned char *src = ok ? wq + (size_t)weight_row(mt, col) * kb + code_off : w;
-                cp_async16(sc + (((warp * 4 + mt) * 2 + r) * 32 + lane) * 16, src, ok ? 16 : 0);
-            }
-        }
-        // 8 scale bytes per weight row and stage: the quad copies the 16 words of its 8 rows.
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int idx = t * 4 + j, mt = idx >> 2, r = (idx >> 1) & 1, word = idx & 1;
-            const int col = out_col(mt, r, g);
-            const int off = chunk * (BK / 16) + word * 4;
-            const bool ok = col < n_out && off < ks;
-            const unsigned char *src = ok ? wsc + (size_t)weight_row(mt, col) * ks + off : w_scale;
-            cp_async4(ss + (((warp * 4 + mt) * 2 + r) * 8 + g) * 8 + word * 4, src, ok ? 4 : 0);
+        for (int j = 0; j < CC; ++j) {
+            const bool ok = kc_ok && (valid >> j & 1);
+            const unsigned off = code_off + row_delta((NT / 4) * j) * kb + chunk * (BK / 2);
+            cp_async16_l2(sc + (tid + NT * j) * 16, wq + (ok ? off : 0u), ok ? 16 : 0);
         }
 #pragma unroll
-        for (int j = 0; j < BT / 8; ++j) {
-            if (j < nt_act) {
-                const int row = (tid >> 4) + 8 * j, u = tid & 15;
-                const int kk = chunk * BK + u * 8;
-                const bool ok = row < tile.rows && kk < k;
-                const half_t *src = ok ? x + (size_t)s_src[row] * k + kk : x;
-                cp_async16(sx + row * 256 + (xswz(u, row) << 4), src, ok ? 16 : 0);
+        for (int j = 0; j < SC; ++j) {
+            const bool ok = chunk * (BK / 16) + (tid & 1) * 4 < ks && (valid >> (8 + j) & 1);
+            const unsigned off = scale_off + row_delta((NT / 2) * j) * ks + chunk * (BK / 16);
+            cp_async4(ss + (tid + NT * j) * 4, wsc + (ok ? off : 0u), ok ? 4 : 0);
+        }
+        const int u = tid & 15, row0 = tid >> 4;
+        const bool kx_ok = chunk * BK + u * 8 < k;
+        const unsigned dx = sx + row0 * 256 + (xswz(u, row0) << 4);  // (NT/16) * j keeps the row parity
+#pragma unroll
+        for (int j = 0; j < XC; ++j) {
+            const int row = row0 + (NT / 16) * j;
+            if ((NT / 16) * j < NTA * 8) {  // whole groups of rows past the tile are never read
+                const bool ok = kx_ok && row < tile.rows;
+                cp_async16s(dx + (NT / 16) * j * 256, x + (ok ? (unsigned)(s_src[row] * k + chunk * BK + u * 8) : 0u),
+                            ok ? 16 : 0);
             }
         }
     };
+    // Block row of the warp's m16 tile mt, half r (quad row g added by the caller).
+    auto br_of = [&](int mt, int r) {
+        return GATE_UP ? (mt / (MT / 2)) * 128 + (warp * (MT / 2) + mt % (MT / 2)) * 16 + r * 8
+                       : (warp * MT + mt) * 16 + r * 8;
+    };
 
-    float acc[4][8][4];
+    float acc[MT][NTA][4];
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
+        for (int nt = 0; nt < NTA; ++nt)
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[mt][nt][c] = 0.0f;
 
     auto compute = [&](int stage) {
-        const unsigned char *sc = smem + stage * STAGE_BYTES + warp * (4 * 2 * 32 * 16);
-        const unsigned char *ss = smem + stage * STAGE_BYTES + CODE_STAGE + warp * (4 * 2 * 8 * 8);
+        const unsigned char *sc = smem + stage * STAGE_BYTES;
+        const unsigned char *ss = sc + CODE_STAGE;
         const unsigned char *sx = smem + stage * STAGE_BYTES + CODE_STAGE + SCALE_STAGE;
-        uint4 q[4][2];
-        unsigned sraw[4][2];
+        unsigned sraw[MT][2];
 #pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                q[mt][r] = *reinterpret_cast<const uint4 *>(sc + ((mt * 2 + r) * 32 + lane) * 16);
-                sraw[mt][r] = *reinterpret_cast<const unsigned short *>(ss + ((mt * 2 + r) * 8 + g) * 8 + 2 * t);
-            }
-        }
+            for (int r = 0; r < 2; ++r)
+                sraw[mt][r] = *reinterpret_cast<const unsigned short *>(ss + (br_of(mt, r) + g) * 8 + 2 * t);
+        // Code words per basic block: all 4 for small tiles; fewer for larger ones, whose 4-word
+        // schedule runs out of the 128 registers (2 blocks x 256 threads per SM).
+        constexpr int WORDS = MOE_WORDS(NTA);
+#pragma unroll 1
+        for (int i0 = 0; i0 < 4; i0 += WORDS) {
+            unsigned q[MT][2][WORDS];  // the thread's code words i0 .. i0+WORDS-1 of each of its rows
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            unsigned a[2][4][4];
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt) {
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const unsigned word = i == 0 ? q[mt][r].x : i == 1 ? q[mt][r].y : i == 2 ? q[mt][r].z : q[mt][r].w;
-                    // words 0-1 are the thread's first 16-value block, 2-1 its second; x 2^7 keeps
+                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + t * 16 + i0 * 4;
+                    if constexpr (WORDS == 4) {
+                        const uint4 v = *reinterpret_cast<const uint4 *>(src);
+                        q[mt][r][0] = v.x, q[mt][r][1] = v.y, q[mt][r][2] = v.z, q[mt][r][3] = v.w;
+                    } else if constexpr (WORDS == 2) {
+                        const uint2 v = *reinterpret_cast<const uint2 *>(src);
+                        q[mt][r][0] = v.x, q[mt][r][1] = v.y;
+                    } else {
+                        q[mt][r][0] = *reinterpret_cast<const unsigned *>(src);
+                    }
+                }
+#pragma unroll
+        for (int i1 = 0; i1 < WORDS; ++i1) {
+            const int i = i0 + i1;
+            unsigned a[2][MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const unsigned word = q[mt][r][i1];
+                    // words 0-1 are the thread's first 16-value block, 2-3 its second; x 2^7 keeps
                     // typical products in the FP16 normal range (undone in the epilogue).
                     const unsigned s = hmul2(e4m3_pair(__byte_perm(sraw[mt][r], 0, i < 2 ? 0x0000 : 0x1111)),
-                                             0x58005800u);
-                    a[0][mt][r] = hmul2(e2m1x2<0>(word), s);
-                    a[0][mt][r + 2] = hmul2(e2m1x2<1>(word), s);
-                    a[1][mt][r] = hmul2(e2m1x2<2>(word), s);
-                    a[1][mt][r + 2] = hmul2(e2m1x2<3>(word), s);
+                                             CVT ? 0x54005400u : 0x58005800u);  // x 2^6 (CVT) or x 2^7
+                    if (CVT) {  // a = E2M1 value * scale, exactly
+                        const unsigned hi = e2m1_hi_as_e4m3(word), lo = e2m1_lo_as_e4m3(word);
+                        a[0][mt][r] = hmul2(e4m3x2_half<false>(hi), s);      // nibbles (1, 3)
+                        a[0][mt][r + 2] = hmul2(e4m3x2_half<false>(lo), s);  // (0, 2)
+                        a[1][mt][r] = hmul2(e4m3x2_half<true>(hi), s);       // (5, 7)
+                        a[1][mt][r + 2] = hmul2(e4m3x2_half<true>(lo), s);   // (4, 6)
+                    } else {  // a = E2M1 value * scale * 2^-7, exactly
+                        a[0][mt][r] = hmul2(e2m1x2<0>(word), s);
+                        a[0][mt][r + 2] = hmul2(e2m1x2<1>(word), s);
+                        a[1][mt][r] = hmul2(e2m1x2<2>(word), s);
+                        a[1][mt][r + 2] = hmul2(e2m1x2<3>(word), s);
+                    }
                 }
             }
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-                if (nt < nt_act) {
+            for (int nt = 0; nt < NTA; ++nt) {
                     const int row = nt * 8 + g;
                     const uint4 xv = *reinterpret_cast<const uint4 *>(sx + row * 256 + (xswz(4 * t + i, row) << 4));
-                    unsigned b[2][2];
-                    b[0][0] = __byte_perm(xv.y, xv.w, 0x7632);  // elements (3, 7)
-                    b[0][1] = __byte_perm(xv.y, xv.w, 0x5410);  // (2, 6)
-                    b[1][0] = __byte_perm(xv.x, xv.z, 0x7632);  // (1, 5)
-                    b[1][1] = __byte_perm(xv.x, xv.z, 0x5410);  // (0, 4)
+                    unsigned b[2][2];  // p=0: elements (3, 7), (2, 6); p=1: (1, 5), (0, 4) (CVT: see a)
+                    if (XPERM) {
+                        b[0][0] = xv.x, b[0][1] = xv.y, b[1][0] = xv.z, b[1][1] = xv.w;
+                    } else if (CVT) {
+                        b[0][0] = __byte_perm(xv.x, xv.y, 0x7632);
+                        b[0][1] = __byte_perm(xv.x, xv.y, 0x5410);
+                        b[1][0] = __byte_perm(xv.z, xv.w, 0x7632);
+                        b[1][1] = __byte_perm(xv.z, xv.w, 0x5410);
+                    } else {
+                        b[0][0] = __byte_perm(xv.y, xv.w, 0x7632);
+                        b[0][1] = __byte_perm(xv.y, xv.w, 0x5410);
+                        b[1][0] = __byte_perm(xv.x, xv.z, 0x7632);
+                        b[1][1] = __byte_perm(xv.x, xv.z, 0x5410);
+                    }
 #pragma unroll
                     for (int p = 0; p < 2; ++p)
 #pragma unroll
-                        for (int mt = 0; mt < 4; ++mt) mma_16816(acc[mt][nt], a[p][mt], b[p]);
-                }
+                        for (int mt = 0; mt < MT; ++mt) mma_16816(acc[mt][nt], a[p][mt], b[p]);
             }
+        }
         }
     };
 
@@ -274,6 +345,23 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 #pragma unroll 1
     for (int c = 0; c < chunks; ++c) {
         cp_async_wait<STAGES - 2>();
+        if (XPERM) {  // reorder the activation units this thread copied into mma B-fragment order --
+                      // (e3,e7,e2,e6,e1,e5,e0,e4), CVT: (e1,e3,e0,e2,e5,e7,e4,e6) -- so each fragment
+                      // is an aligned register pair of one 16-byte load
+            const unsigned char *sx = smem + (c % STAGES) * STAGE_BYTES + CODE_STAGE + SCALE_STAGE;
+            const int row0 = tid >> 4, u = xswz(tid & 15, tid >> 4);
+#pragma unroll
+            for (int j = 0; j < XC; ++j) {
+                if ((NT / 16) * j < NTA * 8) {
+                    uint4 *unit = reinterpret_cast<uint4 *>(const_cast<unsigned char *>(sx) + (row0 + (NT / 16) * j) * 256 + (u << 4));
+                    const uint4 v = *unit;
+                    *unit = CVT ? make_uint4(__byte_perm(v.x, v.y, 0x7632), __byte_perm(v.x, v.y, 0x5410),
+                                             __byte_perm(v.z, v.w, 0x7632), __byte_perm(v.z, v.w, 0x5410))
+                                : make_uint4(__byte_perm(v.y, v.w, 0x7632), __byte_perm(v.y, v.w, 0x5410),
+                                             __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.x, v.z, 0x5410));
+                }
+            }
+        }
         __syncthreads();
         const int next = c + STAGES - 1;
         if (next < chunks) issue(next, next % STAGES);
@@ -287,55 +375,133 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     // whole 16-byte row segments.
     constexpr int STRIDE = COLS + 8;  // halfs; 16-byte aligned rows, conflict-free 2-byte stores
     half_t *so = reinterpret_cast<half_t *>(smem);
-    const float f = w_scale2[tile.expert] * 128.0f;
+    const float f = cx.w_scale2[tile.expert] * (CVT ? 1.0f : 128.0f);
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-        if (nt < nt_act) {
+    for (int nt = 0; nt < NTA; ++nt) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const int tok = nt * 8 + 2 * t + (c & 1);
                 if (GATE_UP) {
 #pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) {
-                        const float gate = acc[mt][nt][c] * f, up = acc[mt + 2][nt][c] * f;
-                        so[tok * STRIDE + warp * 32 + mt * 16 + (c >> 1) * 8 + g] = f2h(gate / (1.0f + __expf(-gate)) * up);
+                    for (int mt = 0; mt < MT / 2; ++mt) {
+                        const float gate = acc[mt][nt][c] * f, up = acc[mt + MT / 2][nt][c] * f;
+                        so[tok * STRIDE + (warp * (MT / 2) + mt) * 16 + (c >> 1) * 8 + g] =
+                            f2h(gate / (1.0f + __expf(-gate)) * up);
                     }
                 } else {
 #pragma unroll
-                    for (int mt = 0; mt < 4; ++mt)
-                        so[tok * STRIDE + warp * 64 + mt * 16 + (c >> 1) * 8 + g] = f2h(acc[mt][nt][c] * f * s_rw[tok]);
+                    for (int mt = 0; mt < MT; ++mt)
+                        so[tok * STRIDE + (warp * MT + mt) * 16 + (c >> 1) * 8 + g] = f2h(acc[mt][nt][c] * f * s_rw[tok]);
                 }
             }
-        }
     }
     __syncthreads();
     constexpr int UNITS = COLS / 8;
-    for (int idx = tid; idx < tile.rows * UNITS; idx += THREADS) {
+    for (int idx = tid; idx < tile.rows * UNITS; idx += NT) {
         const int tok = idx / UNITS, u = idx % UNITS, col = n0 + u * 8;
         if (col < n_out)
-            *reinterpret_cast<uint4 *>(out + (size_t)(tile.row0 + tok) * n_out + col) =
+            *reinterpret_cast<uint4 *>(cx.out + (size_t)(tile.row0 + tok) * n_out + col) =
                 *reinterpret_cast<const uint4 *>(so + tok * STRIDE + u * 8);
+    }
+}
+
+// x: activations [*, k] (gate_up: token rows gathered through row_token; down: permuted rows).
+// n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
+// WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
+// tiles and the MT/2 matching up tiles.
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT>
+__device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
+                                         const int *__restrict__ offsets, const unsigned char *__restrict__ w,
+                                         const unsigned char *__restrict__ w_scale,
+                                         const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
+                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles) {
+    static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
+    constexpr int NT = 32 * WARPS;                    // threads
+    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;   // output columns per block
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ int s_warp[NT / 32], s_tile[3], s_src[BT];
+    __shared__ float s_rw[BT];
+
+    const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
+    const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
+    if (tile.expert < 0) return;
+
+    const int tid = threadIdx.x;
+    if (tid < tile.rows) {
+        const int r = tile.row0 + tid;
+        s_src[tid] = GATE_UP ? row_token[r] : r;
+        s_rw[tid] = row_weight ? row_weight[r] : 1.0f;
+    }
+    __syncthreads();
+
+    const int n0 = n_tile * COLS;
+    const int kb = k / 2, ks = k / 16;  // code and scale bytes per weight row
+    const size_t n_rows = GATE_UP ? 2 * (size_t)n_out : (size_t)n_out;
+    const unsigned char *wq = w + (size_t)tile.expert * n_rows * kb;  // this expert's weight
+    const unsigned char *wsc = w_scale + (size_t)tile.expert * n_rows * ks;
+    const int nt_act = (tile.rows + 7) >> 3;  // n8 token tiles with rows
+
+    // Shared layouts (per stage), linear in the block row br so copies are tid-contiguous:
+    //   codes  br * 64 + 16 * piece, scales br * 8 + byte, activations row * 256 + swizzled 16-byte unit.
+    // Block row br: gate_up 0..127 gate rows n0+br, 128..255 the up rows of the same columns;
+    // down n0+br. The warp's m16 tile mt, half r, quad row g is block row br_of(mt, r) + g.
+    // Copy j of a thread is block row (its first row) + (NT/4)*j (codes) or + (NT/2)*j (scales):
+    // a uniform offset per j, so the per-thread copy state is three registers.
+    // A thread's copies stay in one half (gate or up) per j because its first row is < NT/4 (codes)
+    // or < NT/2 (scales) <= 128 (see row_delta in moe_tile).
+    auto col_of = [&](int br) { return n0 + (GATE_UP ? (br & 127) : br); };
+    constexpr int CC = ROWS * (BK / 32) / NT;  // 16-byte code copies per thread and stage
+    constexpr int SC = ROWS * (BK / 64) / NT;  // 4-byte scale copies
+    static_assert(128 % (NT / 4) == 0 && NT / 2 <= 128, "copies of one thread stay in one half per j");
+    const int code_br = tid >> 2, scale_br = tid >> 1;
+    const unsigned code_off = (n0 + code_br) * kb + (tid & 3) * 16;  // copy 0; copy j adds row_delta * kb
+    const unsigned scale_off = (n0 + scale_br) * ks + (tid & 1) * 4;
+    unsigned valid = 0;  // bit j: code copy j has a row, bit 8 + j: scale copy j has a row
+#pragma unroll
+    for (int j = 0; j < CC; ++j) valid |= col_of(code_br + (NT / 4) * j) < n_out ? 1u << j : 0u;
+#pragma unroll
+    for (int j = 0; j < SC; ++j) valid |= col_of(scale_br + (NT / 2) * j) < n_out ? 1u << (8 + j) : 0u;
+
+    Ctx cx;
+    cx.x = x, cx.w_scale2 = w_scale2, cx.out = out, cx.wq = wq, cx.wsc = wsc, cx.s_src = s_src, cx.s_rw = s_rw;
+    cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
+    cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid;
+    switch (nt_act) {
+        case 1: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 1>(cx); break;
+        case 2: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 2>(cx); break;
+        case 3: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 3>(cx); break;
+        case 4: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 4>(cx); break;
+        case 5: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 5>(cx); break;
+        case 6: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 6>(cx); break;
+        case 7: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 7>(cx); break;
+        default: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 8>(cx); break;
     }
 }
 
 }  // namespace impmoe
 
-// x fp16 [T, H]; row_token int32 [R]; offsets int32 [E+1]; w13 [E, 2I, H/2]; w13_scale [E, 2I, H/16];
-// w13_scale2 fp32 [E]; out fp16 [R, I]. Grid: slots * n_tiles blocks of 128 threads, n_tiles = ceil(I/128).
-extern "C" __global__ void __launch_bounds__(impmoe::THREADS, 2)
-    moe_nvfp4_gate_up(const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,
-                      const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts,
-                      int hidden, int inter, int n_tiles) {
-    impmoe::moe_body<true>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out, num_experts, hidden,
-                           inter, n_tiles);
-}
+// Entry points: moe_nvfp4_gate_up / moe_nvfp4_down and the _cvt variants (8 warps x 2 m16 tiles, 256
+// threads each).
+// gate_up: x fp16 [T, H]; row_token int32 [R]; offsets int32 [E+1]; w13 [E, 2I, H/2]; w13_scale
+// [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
+// down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
+// or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
+#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT)                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
+        moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
+                                  const unsigned char *w13, const unsigned char *w13_scale,                  \
+                                  const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
+                                  int inter, int n_tiles) {                                                   \
+        impmoe::moe_body<true, WARPS, MT, XPERM, CVT>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
+                                          num_experts, hidden, inter, n_tiles);                                \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
+        moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
+                               const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
+                               half_t *out, int num_experts, int inter, int hidden, int n_tiles) {            \
+        impmoe::moe_body<false, WARPS, MT, XPERM, CVT>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
+                                           num_experts, inter, hidden, n_tiles);                               \
+    }
 
-// h fp16 [R, I]; offsets int32 [E+1]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E];
-// row_weight fp32 [R] or null; out fp16 [R, H]. Grid: slots * n_tiles blocks, n_tiles = ceil(H/256).
-extern "C" __global__ void __launch_bounds__(impmoe::THREADS, 2)
-    moe_nvfp4_down(const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,
-                   const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter,
-                   int hidden, int n_tiles) {
-    impmoe::moe_body<false>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out, num_experts, inter,
-                            hidden, n_tiles);
-}
+MOE_ENTRY(, 8, 2, true, false)
+MOE_ENTRY(_cvt, 8, 2, true, true)

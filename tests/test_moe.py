@@ -105,11 +105,13 @@ class Problem:
         self.act.fill(cupy.nan)
         self.out.fill(cupy.nan)
 
-    def launch(self, weighted=True):
+    def launch(self, weighted=True, variant=None):
         from impbench.kernels import moe
 
-        moe.moe_gate_up(self.x, self.row_token, self.offsets, *self.w13, self.act)
-        moe.moe_down(self.h, self.offsets, *self.w2, self.out, row_weight=self.row_weight if weighted else None)
+        variant = variant or moe.DEFAULT_VARIANT
+        moe.moe_gate_up(self.x, self.row_token, self.offsets, *self.w13, self.act, variant=variant)
+        moe.moe_down(self.h, self.offsets, *self.w2, self.out, row_weight=self.row_weight if weighted else None,
+                     variant=variant)  # fmt: skip
 
     def check(self, weighted=True):
         import cupy
@@ -122,7 +124,11 @@ class Problem:
         return err_up, err_down
 
 
+VARIANTS = ["w8", "cvt"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind", ["random", "one_expert", "uniform"])
 @pytest.mark.parametrize(
     "experts,hidden,inter,tokens,top_k",
@@ -132,11 +138,17 @@ class Problem:
         (3, 64, 64, 200, 1),  # a single 64-wide K stage; one expert gets up to 4 token tiles
     ],
 )
-def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k):
+def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k, variant):
     problem = Problem(experts, hidden, inter, tokens, top_k, seed=1000 * experts + tokens + len(kind)).route(kind)
     problem.poison()
-    problem.launch()
+    problem.launch(variant=variant)
     problem.check()
+
+
+def test_variant_list_matches_the_wrapper():
+    from impbench.kernels.moe import DEFAULT_VARIANT, VARIANTS as WRAPPED
+
+    assert VARIANTS == list(WRAPPED) and DEFAULT_VARIANT in VARIANTS
 
 
 @pytest.mark.gpu

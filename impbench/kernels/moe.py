@@ -25,8 +25,13 @@ from impbench.kernels._cache import get_function
 from impbench.kernels._checks import check_array
 
 FAMILY = "moe_nvfp4"
-THREADS = 128
 TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
+# Kernel variants (entry-point suffix, threads per block); see the header of kernels_cu/moe_nvfp4.cu.
+VARIANTS = {
+    "w8": ("", 256),  # 8 warps x 2 m16 tiles, E2M1 decoded with shifts and masks
+    "cvt": ("_cvt", 256),  # the same, E2M1 decoded through the e4m3x2 -> f16x2 conversion
+}
+DEFAULT_VARIANT = "w8"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
@@ -39,8 +44,10 @@ def token_tiles(rows: int, experts: int) -> int:
     return (rows + min(experts, rows) * (TOKENS_PER_TILE - 1)) // TOKENS_PER_TILE
 
 
-def _kernel(name: str):
-    return get_function(FAMILY, name, max_dynamic_smem=SMEM_BYTES)
+def _kernel(op: str, variant: str):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown MoE kernel variant {variant!r}; accepted: {', '.join(VARIANTS)}")
+    return get_function(FAMILY, f"moe_nvfp4_{op}{VARIANTS[variant][0]}", max_dynamic_smem=SMEM_BYTES)
 
 
 def _check_experts(prefix: str, w, scale, scale2, n: int, k: int, experts: int) -> None:
@@ -65,7 +72,7 @@ def _check_dims(op: str, hidden: int, inter: int) -> None:
         )
 
 
-def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out):
+def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=DEFAULT_VARIANT):
     check_array("x", x, np.float16, ndim=2)
     check_array("row_token", row_token, np.int32, ndim=1)
     check_array("expert_offsets", expert_offsets, np.int32, ndim=1)
@@ -89,10 +96,10 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out)
     grid = (token_tiles(rows, experts) * n_tiles,)
     args = (x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
             np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles))  # fmt: skip
-    return _kernel("moe_nvfp4_gate_up"), grid, (THREADS,), args
+    return _kernel("gate_up", variant), grid, (VARIANTS[variant][1],), args
 
 
-def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None):
+def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None, variant=DEFAULT_VARIANT):
     check_array("h", h, np.float16, ndim=2)
     check_array("expert_offsets", expert_offsets, np.int32, ndim=1)
     check_array("w2", w2, np.uint8, ndim=3)
@@ -115,7 +122,7 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None)
     weight = row_weight if row_weight is not None else np.uint64(0)  # null pointer: no scaling
     args = (h, expert_offsets, w2, w2_scale, w2_scale2, weight, out,
             np.int32(experts), np.int32(inter), np.int32(hidden), np.int32(n_tiles))  # fmt: skip
-    return _kernel("moe_nvfp4_down"), grid, (THREADS,), args
+    return _kernel("down", variant), grid, (VARIANTS[variant][1],), args
 
 
 def _launcher(plan):
@@ -125,16 +132,16 @@ def _launcher(plan):
     return functools.partial(kernel, grid, block, args, shared_mem=SMEM_BYTES)
 
 
-def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out) -> None:
+def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=DEFAULT_VARIANT) -> None:
     """out[r] = SiLU(x[row_token[r]] . gate_e^T) * (x[row_token[r]] . up_e^T) for every permuted row r,
     e its expert. x fp16 [T, H]; out fp16 [R, I]; FP32 accumulation, one FP16 rounding."""
-    _launcher(_plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out))()
+    _launcher(_plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant))()
 
 
-def moe_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None) -> None:
+def moe_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None, variant=DEFAULT_VARIANT) -> None:
     """out[r] = (h[r] . down_e^T) * row_weight[r] (no scaling when row_weight is None) for every
     permuted row r, e its expert. h fp16 [R, I]; out fp16 [R, H]."""
-    _launcher(_plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight))()
+    _launcher(_plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight, variant))()
 
 
 _PLANS = {moe_gate_up: _plan_gate_up, moe_down: _plan_down}
@@ -146,6 +153,7 @@ def prepare(op, *args, **kwargs):
 
 
 def prewarm() -> None:
-    """Compile the family and fetch both kernels (raising their shared-memory limit) outside any capture."""
-    _kernel("moe_nvfp4_gate_up")
-    _kernel("moe_nvfp4_down")
+    """Compile the family and fetch every kernel (raising its shared-memory limit) outside any capture."""
+    for variant in VARIANTS:
+        _kernel("gate_up", variant)
+        _kernel("down", variant)
