@@ -141,7 +141,7 @@ def route(tokens: int, experts: int, top_k: int, routing: str, seed: int = 0):
 # ---- device helpers ---------------------------------------------------------------------------
 
 
-def _event_median(fn, reps: int, spin=None) -> list[float]:
+def _event_times(fn, reps: int, spin=None) -> list[float]:
     """Device µs of `fn()` per repetition (CUDA events), each behind the spin kernel when given."""
     import cupy
 
@@ -166,7 +166,7 @@ def measure_copy_gbs(reps: int = 10) -> float:
     src = cupy.ones(COPY_BYTES // 4, dtype=cupy.float32)
     dst = cupy.empty_like(src)
     dst[...] = src  # warm-up
-    us = statistics.median(_event_median(lambda: cupy.copyto(dst, src), reps))
+    us = statistics.median(_event_times(lambda: cupy.copyto(dst, src), reps))
     del src, dst
     return 2.0 * COPY_BYTES / us / 1e3
 
@@ -180,7 +180,7 @@ def measure_cublas_tflops(reps: int = 5) -> float:
     b = rng.standard_normal((n, n), dtype=cupy.float32).astype(cupy.float16)
     out = cupy.empty((n, n), cupy.float16)
     cupy.matmul(a, b, out=out)
-    us = statistics.median(_event_median(lambda: cupy.matmul(a, b, out=out), reps))
+    us = statistics.median(_event_times(lambda: cupy.matmul(a, b, out=out), reps))
     return 2.0 * n**3 / us / 1e6
 
 
@@ -405,9 +405,9 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
             for rep in range(reps):  # variants interleaved, order alternating; gate_up then down, as in a layer
                 for variant in timed if rep % 2 == 0 else timed[::-1]:
                     for op in ("gate_up", "down"):
-                        ours[op, variant] += _event_median(lambda: layer.ours(op, variant), 1, spin)
-            ref = {"gate_up": _event_median(layer.cublas_gate_up, ref_reps, ref_spin),
-                   "down": _event_median(layer.cublas_down, ref_reps, ref_spin)}  # fmt: skip
+                        ours[op, variant] += _event_times(lambda: layer.ours(op, variant), 1, spin)
+            ref = {"gate_up": _event_times(layer.cublas_gate_up, ref_reps, ref_spin),
+                   "down": _event_times(layer.cublas_down, ref_reps, ref_spin)}  # fmt: skip
             telemetry[routing] = sampler.stop().summary()
             for op in ("gate_up", "down"):
                 extra = {v: {"us": statistics.median(ours[op, v]), "rel_err": errors[op, v]} for v in timed[1:]}
