@@ -1,0 +1,204 @@
+"""Wrappers for kernels_cu/ops.cu: embedding, RMSNorm, residual add + RMSNorm, add, q/k norm + RoPE + KV append.
+
+Every wrapper checks dtypes, shapes, contiguity and 16-byte alignment (ValueError naming them), then
+launches on the current stream. None allocates, synchronizes or reads device memory on the host, so
+each is capture-safe; the chunk position is a device array read by the kernel.
+
+`prepare(op, *args)` does the checks once and returns a no-argument launcher, for replaying a
+prepared launch list eagerly with the least host time per launch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from impbench.kernels._cache import get_function
+from impbench.kernels._checks import check_array
+
+FAMILY = "ops"
+ROW_CHUNKS = 8  # 16-byte chunks per thread in the row kernels (kernels_cu/ops.cu)
+MAX_ROW_THREADS = 128
+QKV_HEADS_PER_WARP = 4  # kernels_cu/ops.cu
+MAX_QKV_HEADS = 32 * QKV_HEADS_PER_WARP  # one block of at most 32 warps per token
+MAX_HIDDEN = 8 * ROW_CHUNKS * MAX_ROW_THREADS  # 8192 halves
+
+
+def _kernel(name: str):
+    return get_function(FAMILY, name)
+
+
+def _check_aligned(name: str, arr, nbytes: int = 16) -> None:
+    if arr.data.ptr % nbytes:
+        raise ValueError(f"{name} must start on a {nbytes}-byte boundary, got address {arr.data.ptr:#x}")
+
+
+def _check_hidden(name: str, hidden: int) -> None:
+    if hidden % 8 or not 0 < hidden <= MAX_HIDDEN:
+        raise ValueError(f"{name}: hidden size must be a multiple of 8 in [8, {MAX_HIDDEN}], got {hidden}")
+
+
+def _check_tokens(name: str, tokens: int, arr) -> None:
+    if tokens < 1:
+        raise ValueError(f"{name}: {tuple(arr.shape)} has no tokens")
+
+
+def _row_threads(hidden: int) -> int:
+    chunks = hidden // 8
+    return min(MAX_ROW_THREADS, max(32, -(-chunks // 32) * 32))
+
+
+# -- launch plans: (kernel, grid, block, args) after every check ---------------------------------
+
+
+def _plan_embed(token_ids, table, out):
+    check_array("token_ids", token_ids, np.int32, ndim=1)
+    check_array("table", table, np.float16, ndim=2)
+    tokens, (vocab, hidden) = token_ids.shape[0], table.shape
+    check_array("out", out, np.float16, shape=(tokens, hidden))
+    _check_tokens("embed", tokens, out)
+    _check_hidden("embed", hidden)
+    _check_aligned("table", table)
+    _check_aligned("out", out)
+    args = (token_ids, table, out, np.int32(vocab), np.int32(hidden))
+    return _kernel("embed_f16"), (tokens,), (_row_threads(hidden),), args
+
+
+def _plan_rmsnorm(x, weight, eps, out):
+    check_array("x", x, np.float16, ndim=2)
+    tokens, hidden = x.shape
+    check_array("weight", weight, np.float16, shape=(hidden,))
+    check_array("out", out, np.float16, shape=(tokens, hidden))
+    _check_tokens("rmsnorm", tokens, x)
+    _check_hidden("rmsnorm", hidden)
+    for name, arr in (("x", x), ("weight", weight), ("out", out)):
+        _check_aligned(name, arr)
+    args = (x, weight, out, np.int32(hidden), np.float32(eps))
+    return _kernel("rmsnorm_f16"), (tokens,), (_row_threads(hidden),), args
+
+
+def _plan_add_rmsnorm(x, residual, weight, eps, out):
+    check_array("x", x, np.float16, ndim=2)
+    tokens, hidden = x.shape
+    check_array("residual", residual, np.float16, shape=(tokens, hidden))
+    check_array("weight", weight, np.float16, shape=(hidden,))
+    check_array("out", out, np.float16, shape=(tokens, hidden))
+    _check_tokens("add_rmsnorm", tokens, x)
+    _check_hidden("add_rmsnorm", hidden)
+    for name, arr in (("x", x), ("residual", residual), ("weight", weight), ("out", out)):
+        _check_aligned(name, arr)
+    args = (x, residual, weight, out, np.int32(hidden), np.float32(eps))
+    return _kernel("add_rmsnorm_f16"), (tokens,), (_row_threads(hidden),), args
+
+
+def _plan_add(a, b, out):
+    check_array("a", a, np.float16)
+    check_array("b", b, np.float16, shape=a.shape)
+    check_array("out", out, np.float16, shape=a.shape)
+    if a.size % 8:
+        raise ValueError(f"add: element count must be a multiple of 8, got shape {tuple(a.shape)}")
+    for name, arr in (("a", a), ("b", b), ("out", out)):
+        _check_aligned(name, arr)
+    chunks = a.size // 8
+    grid = max(1, min(-(-chunks // 256), 132 * 16))
+    return _kernel("add_f16"), (grid,), (256,), (a, b, out, np.int64(a.size))
+
+
+def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm=True):
+    check_array("q_out", q_out, np.float16, ndim=3)
+    tokens, q_heads, head_dim = q_out.shape
+    check_array("k_cache", k_cache, np.float16, ndim=3)
+    max_len, kv_heads = k_cache.shape[:2]
+    if k_cache.shape[2] != head_dim:
+        raise ValueError(f"k_cache {tuple(k_cache.shape)} and q_out {tuple(q_out.shape)} disagree on head_dim")
+    check_array("v_cache", v_cache, np.float16, shape=k_cache.shape)
+    check_array("qkv", qkv, np.float16, shape=(tokens, (q_heads + 2 * kv_heads) * head_dim))
+    check_array("pos", pos, np.int32, shape=(1,))
+    _check_tokens("qkv_post", tokens, q_out)
+    if head_dim % 2 or not (head_dim <= 64 or head_dim % 64 == 0) or head_dim > 512:
+        raise ValueError(f"qkv_post: head_dim must be even and <= 64, or a multiple of 64 up to 512; got {head_dim}")
+    heads = q_heads + 2 * kv_heads
+    if heads > MAX_QKV_HEADS:
+        raise ValueError(f"qkv_post: at most {MAX_QKV_HEADS} q + k + v heads, got {q_heads} + 2 * {kv_heads}")
+    if not rope_theta > 0:
+        raise ValueError(f"qkv_post: rope_theta must be > 0, got {rope_theta}")
+    if qk_norm:
+        check_array("q_norm_w", q_norm_w, np.float16, shape=(head_dim,))
+        check_array("k_norm_w", k_norm_w, np.float16, shape=(head_dim,))
+    pairs_per_lane = max(1, head_dim // 64)
+    for name, arr in (("qkv", qkv), ("q_out", q_out), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _check_aligned(name, arr, 2 * pairs_per_lane)
+    if qk_norm:
+        _check_aligned("q_norm_w", q_norm_w, 2 * pairs_per_lane)
+        _check_aligned("k_norm_w", k_norm_w, 2 * pairs_per_lane)
+    else:
+        q_norm_w = k_norm_w = qkv  # never read
+    args = (
+        qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache,
+        np.int32(head_dim), np.int32(q_heads), np.int32(kv_heads), np.int32(max_len),
+        np.float32(eps), np.float64(math.log2(rope_theta)), np.int32(bool(qk_norm)),
+    )  # fmt: skip
+    warps = -(-heads // QKV_HEADS_PER_WARP)
+    return _kernel(f"qkv_post_vp{pairs_per_lane}"), (tokens,), (32 * warps,), args
+
+
+# -- public ops ---------------------------------------------------------------------------------
+
+
+def embed(token_ids, table, out) -> None:
+    """out[t] = table[token_ids[t]] (ids outside [0, V) give a zero row). token_ids int32 [T], table fp16 [V, H], out fp16 [T, H]."""
+    kernel, grid, block, args = _plan_embed(token_ids, table, out)
+    kernel(grid, block, args)
+
+
+def rmsnorm(x, weight, eps: float, out) -> None:
+    """out = x * rsqrt(mean(x^2, -1) + eps) * weight in FP32 (Qwen3 RMSNorm). x, out fp16 [T, H]; weight fp16 [H]."""
+    kernel, grid, block, args = _plan_rmsnorm(x, weight, eps, out)
+    kernel(grid, block, args)
+
+
+def add_rmsnorm(x, residual, weight, eps: float, out) -> None:
+    """residual += x (stored FP16), then out = rmsnorm(residual). x, residual, out fp16 [T, H]; weight fp16 [H]."""
+    kernel, grid, block, args = _plan_add_rmsnorm(x, residual, weight, eps, out)
+    kernel(grid, block, args)
+
+
+def add(a, b, out) -> None:
+    """out = a + b (FP32 add, one rounding); any shape, size % 8 == 0; out may alias a or b."""
+    kernel, grid, block, args = _plan_add(a, b, out)
+    kernel(grid, block, args)
+
+
+def qkv_post(qkv, q_norm_w, k_norm_w, eps: float, rope_theta: float, pos, q_out, k_cache, v_cache, qk_norm: bool = True) -> None:
+    """Attention prologue of one chunk: per-head RMSNorm of q and k (skipped when qk_norm is False),
+    NeoX RoPE (rotate-half, inv_freq = theta^(-2i/D)) at position pos[0] + t, q to q_out, k and v
+    appended to the caches at row pos[0] + t (rows outside [0, max_len) are not written).
+
+    qkv fp16 [T, (Hq + 2*Hkv) * D] with columns [q heads | k heads | v heads]; q_norm_w, k_norm_w
+    fp16 [D] (may be None when qk_norm is False); pos int32 [1] on the device; q_out fp16 [T, Hq, D];
+    k_cache, v_cache fp16 [max_len, Hkv, D].
+    """
+    kernel, grid, block, args = _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm)
+    kernel(grid, block, args)
+
+
+_PLANS = {
+    embed: _plan_embed,
+    rmsnorm: _plan_rmsnorm,
+    add_rmsnorm: _plan_add_rmsnorm,
+    add: _plan_add,
+    qkv_post: _plan_qkv_post,
+}
+
+
+def prepare(op, *args, **kwargs):
+    """Check `op(*args, **kwargs)` once and return a no-argument callable that launches it.
+
+    The callable holds the arrays (not their contents): it launches on the stream current at call
+    time and reads device values such as `pos` when the kernel runs, so it can be replayed for
+    every chunk of the same length.
+    """
+    kernel, grid, block, kargs = _PLANS[op](*args, **kwargs)
+    return functools.partial(kernel, grid, block, kargs)

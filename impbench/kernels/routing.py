@@ -1,0 +1,142 @@
+"""Wrappers for kernels_cu/routing.cu: router top-k, the expert permutation, and the weighted combine.
+
+Layouts (the contract with the expert GEMMs and the engine; R = T * k permuted rows):
+  topk_ids int32 [T, k], topk_weights fp32 [T, k]
+  expert_offsets int32 [E + 1]: rows of expert e are [offsets[e], offsets[e + 1]), offsets[E] = R
+  row_token int32 [R], row_weight fp32 [R]: token and router weight of permuted row r
+  token_rows int32 [T, k]: the permuted row of (t, j)
+Rows of one expert are in increasing (t, j) order; all three kernels are deterministic bit for bit.
+
+Wrappers check dtypes, shapes and contiguity (ValueError naming them) and launch on the current
+stream without allocating, synchronizing or reading device memory: each is capture-safe, and needs
+no workspace (the permutation counts in registers; there is nothing to zero between replays).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from impbench.kernels._cache import get_function
+from impbench.kernels._checks import check_array
+
+FAMILY = "routing"
+MAX_EXPERTS = 512
+MAX_TOP_K = 16
+TOPK_WARPS_PER_BLOCK = 4
+PERM_EXPERTS_PER_BLOCK = 8  # EPB in kernels_cu/routing.cu
+PERM_THREADS = 1024
+
+
+def _kernel(name: str):
+    return get_function(FAMILY, name)
+
+
+def _plan_topk_softmax(logits, k: int, renormalize: bool, topk_ids, topk_weights):
+    check_array("logits", logits, np.float16, ndim=2)
+    tokens, experts = logits.shape
+    if not 1 <= experts <= MAX_EXPERTS:
+        raise ValueError(f"topk_softmax: experts must be in [1, {MAX_EXPERTS}], got logits {tuple(logits.shape)}")
+    if not 1 <= k <= min(MAX_TOP_K, experts):
+        raise ValueError(f"topk_softmax: k must be in [1, min({MAX_TOP_K}, E={experts})], got {k}")
+    if tokens < 1:
+        raise ValueError(f"topk_softmax: logits {tuple(logits.shape)} has no tokens")
+    check_array("topk_ids", topk_ids, np.int32, shape=(tokens, k))
+    check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
+    per_lane = next(n for n in (4, 8, 16) if experts <= 32 * n)
+    grid = -(-tokens // TOPK_WARPS_PER_BLOCK)
+    args = (logits, np.int32(tokens), np.int32(experts), np.int32(k), np.int32(bool(renormalize)), topk_ids, topk_weights)
+    return _kernel(f"topk_softmax_n{per_lane}"), (grid,), (32 * TOPK_WARPS_PER_BLOCK,), args
+
+
+def _plan_build_permutation(topk_ids, topk_weights, num_experts: int, expert_offsets, row_token, row_weight, token_rows):
+    check_array("topk_ids", topk_ids, np.int32, ndim=2)
+    tokens, k = topk_ids.shape
+    rows = tokens * k
+    if num_experts < 1:
+        raise ValueError(f"build_permutation: num_experts must be >= 1, got {num_experts}")
+    if rows < 1:
+        raise ValueError(f"build_permutation: topk_ids {tuple(topk_ids.shape)} has no rows")
+    check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
+    check_array("expert_offsets", expert_offsets, np.int32, shape=(num_experts + 1,))
+    check_array("row_token", row_token, np.int32, shape=(rows,))
+    check_array("row_weight", row_weight, np.float32, shape=(rows,))
+    check_array("token_rows", token_rows, np.int32, shape=(tokens, k))
+    args = (
+        topk_ids, topk_weights, np.int32(rows), np.int32(k), np.int32(num_experts),
+        expert_offsets, row_token, row_weight, token_rows,
+    )  # fmt: skip
+    grid = -(-num_experts // PERM_EXPERTS_PER_BLOCK)
+    return _kernel("build_permutation_i32"), (grid,), (PERM_THREADS,), args
+
+
+def _plan_combine(y, token_rows, residual, out, topk_weights=None):
+    check_array("token_rows", token_rows, np.int32, ndim=2)
+    tokens, k = token_rows.shape
+    if not 1 <= k <= 32 or tokens < 1:
+        raise ValueError(f"combine: token_rows must be [T >= 1, 1 <= k <= 32], got {tuple(token_rows.shape)}")
+    check_array("residual", residual, np.float16, ndim=2)
+    hidden = residual.shape[1]
+    check_array("residual", residual, np.float16, shape=(tokens, hidden))
+    check_array("out", out, np.float16, shape=(tokens, hidden))
+    check_array("y", y, np.float16, ndim=2)
+    if y.shape[1] != hidden:
+        raise ValueError(f"combine: y {tuple(y.shape)} and residual {tuple(residual.shape)} disagree on hidden size")
+    if hidden % 8:
+        raise ValueError(f"combine: hidden size must be a multiple of 8, got residual {tuple(residual.shape)}")
+    for name, arr in (("y", y), ("residual", residual), ("out", out)):
+        if arr.data.ptr % 16:
+            raise ValueError(f"{name} must start on a 16-byte boundary, got address {arr.data.ptr:#x}")
+    if topk_weights is None:
+        weights, has_weights = token_rows, 0  # never read
+    else:
+        check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
+        weights, has_weights = topk_weights, 1
+    threads = min(256, max(32, -(-(hidden // 8) // 32) * 32))
+    args = (y, token_rows, residual, out, weights, np.int32(has_weights), np.int32(y.shape[0]), np.int32(k), np.int32(hidden))
+    return _kernel("combine_f16"), (tokens,), (threads,), args
+
+
+def topk_softmax(logits, k: int, renormalize: bool, topk_ids, topk_weights) -> None:
+    """Router: softmax over E in FP32, the k largest (ties to the lower expert id), weights renormalised
+    to sum 1 when `renormalize` (Qwen3 norm_topk_prob). logits fp16 [T, E] (E <= 512), k <= 16,
+    topk_ids int32 [T, k] (largest first), topk_weights fp32 [T, k]."""
+    kernel, grid, block, args = _plan_topk_softmax(logits, k, renormalize, topk_ids, topk_weights)
+    kernel(grid, block, args)
+
+
+def build_permutation(topk_ids, topk_weights, num_experts: int, expert_offsets, row_token, row_weight, token_rows) -> None:
+    """Group the T*k (token, slot) pairs by expert: a stable counting sort, one block per 8 experts.
+
+    Writes expert_offsets int32 [E+1] (exclusive prefix sum of the per-expert counts), and for
+    each (t, j) its row r: row_token[r] = t, row_weight[r] = topk_weights[t, j], token_rows[t, j] = r.
+    topk_ids must lie in [0, E) (an id outside is skipped: its rows are left unwritten).
+    """
+    kernel, grid, block, args = _plan_build_permutation(
+        topk_ids, topk_weights, num_experts, expert_offsets, row_token, row_weight, token_rows
+    )
+    kernel(grid, block, args)
+
+
+def combine(y, token_rows, residual, out, topk_weights=None) -> None:
+    """out[t] = residual[t] + sum_j w[t, j] * y[token_rows[t, j]], FP32, j in order 0..k-1, one rounding.
+
+    y fp16 [R, H]; token_rows int32 [T, k]; residual, out fp16 [T, H] (out may be residual);
+    topk_weights fp32 [T, k], or None when the rows of y are already scaled by their router weight.
+    """
+    kernel, grid, block, args = _plan_combine(y, token_rows, residual, out, topk_weights)
+    kernel(grid, block, args)
+
+
+_PLANS = {
+    topk_softmax: _plan_topk_softmax,
+    build_permutation: _plan_build_permutation,
+    combine: _plan_combine,
+}
+
+
+def prepare(op, *args, **kwargs):
+    """Check `op(*args, **kwargs)` once and return a no-argument callable that launches it (see ops.prepare)."""
+    kernel, grid, block, kargs = _PLANS[op](*args, **kwargs)
+    return functools.partial(kernel, grid, block, kargs)

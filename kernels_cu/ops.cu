@@ -1,0 +1,331 @@
+// Small memory-bound ops of the Qwen3-MoE prefill: embedding gather, RMSNorm, fused residual add +
+// RMSNorm, elementwise add, and the attention prologue (per-head q/k RMSNorm, NeoX RoPE, KV append).
+//
+// Shared rules: FP16 storage (half_t bit patterns), FP32 math, one rounding per output element.
+// Every kernel is capture-safe (the grid depends only on static shapes; the chunk position is read
+// from device memory) and deterministic: each reduction runs in one fixed order inside one block or
+// warp, with no atomics, so eager runs and graph replays give the same bits.
+//
+// Row kernels (embed, rmsnorm, add_rmsnorm): one block per token row, each thread owns up to
+// ROW_CHUNKS 16-byte chunks (8 halves) of the row, strided by blockDim.x so a warp's loads are one
+// contiguous 512-byte span. The row stays in registers, packed as FP16 (4 registers a chunk, for
+// occupancy), between the sum of squares and the scaling, so x is read once. The wrapper picks
+// blockDim.x = min(128, H/8 rounded up to a warp) -- at H=2048 two loads in flight per thread -- and
+// checks H % 8 == 0, H <= 8 * ROW_CHUNKS * 128 and 16-byte aligned rows.
+#include "common.cuh"
+
+namespace {
+
+constexpr int ROW_CHUNKS = 8;   // 16-byte chunks per thread: rows up to 8192 halves with 128 threads
+constexpr int QKV_HEADS_PER_WARP = 4;
+constexpr int MAX_BLOCK = 1024;
+
+struct alignas(16) u32x4 {
+    unsigned x, y, z, w;
+};
+
+// Explicit 16-byte global loads: the compiler splits a struct load through a pointer that may alias
+// a store (residual, in-place outputs) into four 4-byte loads. `nc`: read-only for the whole kernel.
+__device__ __forceinline__ u32x4 ld16(const void *p) {
+    u32x4 v;
+    asm("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ u32x4 ld16_nc(const void *p) {
+    u32x4 v;
+    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+struct alignas(8) u32x2 {
+    unsigned x, y;
+};
+
+__device__ __forceinline__ void unpack8(const u32x4 &v, float f[8]) {
+    unpack_half2(v.x, f[0], f[1]);
+    unpack_half2(v.y, f[2], f[3]);
+    unpack_half2(v.z, f[4], f[5]);
+    unpack_half2(v.w, f[6], f[7]);
+}
+
+__device__ __forceinline__ u32x4 pack8(const float f[8]) {
+    u32x4 v;
+    v.x = pack_half2(f[0], f[1]);
+    v.y = pack_half2(f[2], f[3]);
+    v.z = pack_half2(f[4], f[5]);
+    v.w = pack_half2(f[6], f[7]);
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Sum over the block in a fixed order (butterfly in each warp, then warp 0 over the warp sums);
+// every thread gets the same bits. blockDim.x must be a multiple of 32.
+__device__ __forceinline__ float block_sum(float v, float *scratch /* [32] shared */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (warps == 1) return v;
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = lane < warps ? scratch[lane] : 0.0f;
+    total = warp_sum(total);
+    return total;
+}
+
+// out[row] = x[row] * rsqrt(mean(x[row]^2) + eps) * weight, with the row already in registers.
+__device__ __forceinline__ void norm_store(const u32x4 raw[ROW_CHUNKS], const half_t *__restrict__ weight,
+                                           half_t *__restrict__ out_row, int chunks, float eps) {
+    __shared__ float scratch[32];
+    float sq = 0.0f;
+#pragma unroll
+    for (int c = 0; c < ROW_CHUNKS; ++c) {
+        if (threadIdx.x + c * blockDim.x < chunks) {
+            float x[8];
+            unpack8(raw[c], x);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) sq += x[i] * x[i];
+        }
+    }
+    const float inv = rsqrtf(block_sum(sq, scratch) / (float)(chunks * 8) + eps);
+#pragma unroll
+    for (int c = 0; c < ROW_CHUNKS; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float x[8], w[8], y[8];
+            const u32x4 w_raw = ld16_nc(weight + chunk * 8);
+            unpack8(raw[c], x);
+            unpack8(w_raw, w);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) y[i] = x[i] * inv * w[i];
+            reinterpret_cast<u32x4 *>(out_row)[chunk] = pack8(y);
+        }
+    }
+}
+
+// Per-head attention prologue, templated on VP = RoPE pairs per lane (D = 2 * 32 * VP, or D <= 64
+// with VP = 1 and D/2 active lanes). Lane l owns elements [l*VP, l*VP+VP) of the first half of a head
+// and the same span of the second half: rotate-half pairs element i with i + D/2, so the rotation
+// never leaves the lane.
+template <int VP>
+struct Halves {
+    __device__ static __forceinline__ void load(const half_t *p, float v[VP]) {
+        if constexpr (VP == 1) {
+            v[0] = h2f(p[0]);
+        } else if constexpr (VP == 2) {
+            unpack_half2(*reinterpret_cast<const unsigned *>(p), v[0], v[1]);
+        } else if constexpr (VP == 4) {
+            const u32x2 u = *reinterpret_cast<const u32x2 *>(p);
+            unpack_half2(u.x, v[0], v[1]);
+            unpack_half2(u.y, v[2], v[3]);
+        } else {
+            unpack8(ld16(p), v);
+        }
+    }
+    __device__ static __forceinline__ void store(half_t *p, const float v[VP]) {
+        if constexpr (VP == 1) {
+            p[0] = f2h(v[0]);
+        } else if constexpr (VP == 2) {
+            *reinterpret_cast<unsigned *>(p) = pack_half2(v[0], v[1]);
+        } else if constexpr (VP == 4) {
+            u32x2 u;
+            u.x = pack_half2(v[0], v[1]);
+            u.y = pack_half2(v[2], v[3]);
+            *reinterpret_cast<u32x2 *>(p) = u;
+        } else {
+            *reinterpret_cast<u32x4 *>(p) = pack8(v);
+        }
+    }
+};
+
+// One block per token; warp w handles heads [w*HPW, w*HPW + HPW) of [q heads | k heads | v heads]
+// and issues all their loads before any math, so each block waits for memory once. cos/sin depend
+// only on (position, pair index): inv_freq is tabled per block in double, each thread forms its VP
+// angles in double and reduces them mod 2*pi there (angles reach ~1e5 rad at long prompts, where an
+// FP32 angle would be off by ~1e-2), then takes sincosf of the reduced FP32 angle. Doing the whole
+// sincos in FP64 made FP64 throughput the bottleneck (all blocks are resident at once).
+template <int VP>
+__device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,
+                                              const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,
+                                              half_t *__restrict__ q_out, half_t *__restrict__ k_cache,
+                                              half_t *__restrict__ v_cache, int head_dim, int q_heads, int kv_heads,
+                                              int max_len, float eps, double log2_theta, int qk_norm) {
+    constexpr int HPW = QKV_HEADS_PER_WARP;
+    __shared__ double inv_freq[256];  // D/2 <= 256
+    const int token = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int half_dim = head_dim >> 1;
+    const bool active = lane * VP < half_dim;
+    const int first = lane * VP;  // element index inside the first half
+    const int heads = q_heads + 2 * kv_heads;
+    const half_t *row = qkv + (size_t)token * heads * head_dim;
+
+    float a[HPW][VP], b[HPW][VP];  // first-half and second-half elements of this lane, per head
+#pragma unroll
+    for (int h = 0; h < HPW; ++h) {
+        const int head = warp * HPW + h;
+        if (active && head < heads) {
+            Halves<VP>::load(row + head * head_dim + first, a[h]);
+            Halves<VP>::load(row + head * head_dim + half_dim + first, b[h]);
+        } else {
+#pragma unroll
+            for (int i = 0; i < VP; ++i) a[h][i] = b[h][i] = 0.0f;
+        }
+    }
+    for (int i = threadIdx.x; i < half_dim; i += blockDim.x)
+        inv_freq[i] = exp2(-(double)(2 * i) / (double)head_dim * log2_theta);
+    const int position = pos[0] + token;
+    const bool in_cache = position >= 0 && position < max_len;
+    __syncthreads();
+    float cos_v[VP], sin_v[VP];
+#pragma unroll
+    for (int i = 0; i < VP; ++i) {
+        cos_v[i] = 1.0f;
+        sin_v[i] = 0.0f;
+        if (active) {
+            const double angle = (double)position * inv_freq[first + i];
+            const double turns = rint(angle * 0.15915494309189535);  // 1 / (2 pi)
+            const double reduced = fma(-turns, 2.4492935982947064e-16, fma(-turns, 6.283185307179586, angle));
+            sincosf((float)reduced, &sin_v[i], &cos_v[i]);
+        }
+    }
+
+#pragma unroll
+    for (int h = 0; h < HPW; ++h) {
+        const int head = warp * HPW + h;  // warp-uniform
+        if (head >= heads) break;
+        half_t *dst;
+        if (head < q_heads) {
+            dst = q_out + ((size_t)token * q_heads + head) * head_dim;
+        } else if (head < q_heads + kv_heads) {
+            dst = k_cache + ((size_t)position * kv_heads + (head - q_heads)) * head_dim;
+        } else {
+            if (active && in_cache) {  // v: straight copy into the cache
+                half_t *v_dst = v_cache + ((size_t)position * kv_heads + (head - q_heads - kv_heads)) * head_dim;
+                Halves<VP>::store(v_dst + first, a[h]);
+                Halves<VP>::store(v_dst + half_dim + first, b[h]);
+            }
+            continue;
+        }
+        if (qk_norm) {
+            float sq = 0.0f;
+#pragma unroll
+            for (int i = 0; i < VP; ++i) sq += a[h][i] * a[h][i] + b[h][i] * b[h][i];
+            const float inv = rsqrtf(warp_sum(sq) / (float)head_dim + eps);
+            const half_t *w = head < q_heads ? q_norm_w : k_norm_w;
+            if (active) {
+                float wa[VP], wb[VP];
+                Halves<VP>::load(w + first, wa);
+                Halves<VP>::load(w + half_dim + first, wb);
+#pragma unroll
+                for (int i = 0; i < VP; ++i) {
+                    a[h][i] = a[h][i] * inv * wa[i];
+                    b[h][i] = b[h][i] * inv * wb[i];
+                }
+            }
+        }
+        if (active && (head < q_heads || in_cache)) {
+            float ra[VP], rb[VP];
+#pragma unroll
+            for (int i = 0; i < VP; ++i) {
+                ra[i] = a[h][i] * cos_v[i] - b[h][i] * sin_v[i];
+                rb[i] = b[h][i] * cos_v[i] + a[h][i] * sin_v[i];
+            }
+            Halves<VP>::store(dst + first, ra);
+            Halves<VP>::store(dst + half_dim + first, rb);
+        }
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// out[t, :] = table[ids[t], :]; ids outside [0, vocab) give a zero row (no out-of-bounds read).
+__global__ void embed_f16(const int *__restrict__ ids, const half_t *__restrict__ table, half_t *__restrict__ out,
+                          int vocab, int hidden) {
+    const int token = blockIdx.x, chunks = hidden >> 3;
+    const int id = ids[token];
+    const bool valid = id >= 0 && id < vocab;
+    const u32x4 *src = reinterpret_cast<const u32x4 *>(table + (size_t)(valid ? id : 0) * hidden);
+    u32x4 *dst = reinterpret_cast<u32x4 *>(out + (size_t)token * hidden);
+    for (int chunk = threadIdx.x; chunk < chunks; chunk += blockDim.x) {
+        u32x4 v = {0u, 0u, 0u, 0u};
+        if (valid) v = ld16_nc(src + chunk);
+        dst[chunk] = v;
+    }
+}
+
+// out = x * rsqrt(mean(x^2) + eps) * weight over each row of H.
+__global__ void __launch_bounds__(MAX_BLOCK) rmsnorm_f16(const half_t *__restrict__ x, const half_t *__restrict__ weight,
+                                                         half_t *__restrict__ out, int hidden, float eps) {
+    const int chunks = hidden >> 3;
+    const u32x4 *x_row = reinterpret_cast<const u32x4 *>(x + (size_t)blockIdx.x * hidden);
+    u32x4 raw[ROW_CHUNKS];
+#pragma unroll
+    for (int c = 0; c < ROW_CHUNKS; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) raw[c] = ld16_nc(x_row + chunk);
+    }
+    norm_store(raw, weight, out + (size_t)blockIdx.x * hidden, chunks, eps);
+}
+
+// residual += x (rounded to FP16, as the residual stream is stored), then out = RMSNorm(residual).
+// The norm reads the rounded sum, so it matches what the next op sees in `residual`.
+__global__ void __launch_bounds__(MAX_BLOCK) add_rmsnorm_f16(const half_t *__restrict__ x, half_t *__restrict__ residual,
+                                                             const half_t *__restrict__ weight, half_t *__restrict__ out,
+                                                             int hidden, float eps) {
+    const int chunks = hidden >> 3;
+    const u32x4 *x_row = reinterpret_cast<const u32x4 *>(x + (size_t)blockIdx.x * hidden);
+    u32x4 *r_row = reinterpret_cast<u32x4 *>(residual + (size_t)blockIdx.x * hidden);
+    u32x4 raw[ROW_CHUNKS];
+#pragma unroll
+    for (int c = 0; c < ROW_CHUNKS; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float a[8], b[8];
+            unpack8(ld16_nc(x_row + chunk), a);
+            unpack8(ld16(r_row + chunk), b);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) b[i] = a[i] + b[i];
+            raw[c] = pack8(b);
+            r_row[chunk] = raw[c];
+        }
+    }
+    norm_store(raw, weight, out + (size_t)blockIdx.x * hidden, chunks, eps);
+}
+
+// out = a + b elementwise over n halves (n % 8 == 0); out may alias a or b (same thread reads, then
+// writes, each chunk).
+__global__ void add_f16(const half_t *a, const half_t *b, half_t *out, long long n) {
+    const long long chunks = n >> 3;
+    for (long long chunk = (long long)blockIdx.x * blockDim.x + threadIdx.x; chunk < chunks;
+         chunk += (long long)gridDim.x * blockDim.x) {
+        float x[8], y[8];
+        unpack8(ld16(reinterpret_cast<const u32x4 *>(a) + chunk), x);
+        unpack8(ld16(reinterpret_cast<const u32x4 *>(b) + chunk), y);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[i] += y[i];
+        reinterpret_cast<u32x4 *>(out)[chunk] = pack8(x);
+    }
+}
+
+// qkv_post_vp{1,2,4,8}: see qkv_post_impl. Grid: one block per token; block: ceil(heads / 4) warps.
+#define QKV_POST(VP)                                                                                               \
+    __global__ void qkv_post_vp##VP(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,            \
+                                    const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,              \
+                                    half_t *__restrict__ q_out, half_t *__restrict__ k_cache,                      \
+                                    half_t *__restrict__ v_cache, int head_dim, int q_heads, int kv_heads,         \
+                                    int max_len, float eps, double log2_theta, int qk_norm) {                      \
+        qkv_post_impl<VP>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, head_dim, q_heads, kv_heads,      \
+                          max_len, eps, log2_theta, qk_norm);                                                      \
+    }
+QKV_POST(1)
+QKV_POST(2)
+QKV_POST(4)
+QKV_POST(8)
+#undef QKV_POST
+
+}  // extern "C"

@@ -1,0 +1,319 @@
+"""kernels/routing: float64 NumPy oracles (reused by the reference forward), wrapper checks, and on the
+GPU top-k, the permutation (exact, stable, deterministic) and combine against the oracles, edge cases
+and a global-mode capture replayed with new router logits."""
+
+import numpy as np
+import pytest
+
+from impbench.kernels import routing
+
+REL_ERR_FP16 = 2e-3
+
+
+# -- float64 oracles -------------------------------------------------------------------------
+
+
+def topk_softmax_ref(logits, k, renormalize):
+    """(ids int32 [T, k] largest first, ties to the lower expert id; weights float64 [T, k])."""
+    x = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(x - x.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    ids = np.argsort(-x, axis=1, kind="stable")[:, :k]
+    weights = np.take_along_axis(probs, ids, axis=1)
+    if renormalize:
+        weights = weights / weights.sum(axis=1, keepdims=True)
+    return ids.astype(np.int32), weights
+
+
+def permutation_ref(topk_ids, topk_weights, num_experts):
+    """Stable counting sort of the (t, j) pairs by expert: (expert_offsets, row_token, row_weight, token_rows)."""
+    topk_ids = np.asarray(topk_ids)
+    tokens, k = topk_ids.shape
+    flat = topk_ids.reshape(-1)
+    order = np.argsort(flat, kind="stable")  # row r holds pair order[r]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=num_experts))]).astype(np.int32)
+    token_rows = np.empty(tokens * k, np.int32)
+    token_rows[order] = np.arange(tokens * k, dtype=np.int32)
+    row_weight = np.asarray(topk_weights).reshape(-1)[order]
+    return offsets, (order // k).astype(np.int32), row_weight, token_rows.reshape(tokens, k)
+
+
+def combine_ref(y, token_rows, residual, topk_weights=None):
+    """residual[t] + sum_j w[t, j] * y[token_rows[t, j]] in float64 (w = 1 when topk_weights is None)."""
+    gathered = np.asarray(y, dtype=np.float64)[np.asarray(token_rows)]  # [T, k, H]
+    weights = np.ones(token_rows.shape) if topk_weights is None else np.asarray(topk_weights, np.float64)
+    return np.asarray(residual, np.float64) + (weights[..., None] * gathered).sum(axis=1)
+
+
+def rel_err(out, ref) -> float:
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+# -- CPU: oracles and wrapper checks ---------------------------------------------------------
+
+
+def test_topk_ref_ties_go_to_lower_expert_and_weights_renormalise():
+    logits = np.array([[1.0, 3.0, 3.0, 0.0, 3.0]])
+    ids, weights = topk_softmax_ref(logits, 2, renormalize=True)
+    np.testing.assert_array_equal(ids, [[1, 2]])
+    np.testing.assert_allclose(weights, [[0.5, 0.5]])
+    _, raw = topk_softmax_ref(logits, 2, renormalize=False)
+    assert raw.sum() < 1.0
+
+
+def test_permutation_ref_groups_rows_by_expert_in_token_order():
+    ids = np.array([[2, 0], [0, 1], [2, 1]], np.int32)
+    weights = np.arange(6, dtype=np.float32).reshape(3, 2)
+    offsets, row_token, row_weight, token_rows = permutation_ref(ids, weights, 4)
+    np.testing.assert_array_equal(offsets, [0, 2, 4, 6, 6])
+    np.testing.assert_array_equal(row_token, [0, 1, 1, 2, 0, 2])
+    np.testing.assert_array_equal(row_weight, [1, 2, 3, 5, 0, 4])
+    np.testing.assert_array_equal(token_rows, [[4, 0], [1, 2], [5, 3]])
+
+
+def test_combine_ref_unpermutes():
+    ids = np.array([[1, 0], [0, 1]], np.int32)
+    _, _, _, token_rows = permutation_ref(ids, np.ones((2, 2), np.float32), 2)
+    y = np.arange(8, dtype=np.float64).reshape(4, 2)
+    out = combine_ref(y, token_rows, np.zeros((2, 2)), np.array([[0.5, 0.25], [1.0, 2.0]]))
+    expected = [0.5 * y[token_rows[0, 0]] + 0.25 * y[token_rows[0, 1]], 1.0 * y[token_rows[1, 0]] + 2.0 * y[token_rows[1, 1]]]
+    np.testing.assert_allclose(out, expected)
+
+
+def test_host_arrays_are_rejected_with_value_error():
+    ids = np.zeros((4, 2), np.int32)
+    with pytest.raises(ValueError, match="cupy device array"):
+        routing.topk_softmax(np.zeros((4, 8), np.float16), 2, True, ids, np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="cupy device array"):
+        routing.build_permutation(
+            ids, np.zeros((4, 2), np.float32), 8, np.zeros(9, np.int32), np.zeros(8, np.int32), np.zeros(8, np.float32), ids
+        )
+    with pytest.raises(ValueError, match="cupy device array"):
+        routing.combine(np.zeros((8, 16), np.float16), ids, np.zeros((4, 16), np.float16), np.zeros((4, 16), np.float16))
+
+
+# -- GPU -------------------------------------------------------------------------------------
+
+
+def _cp():
+    import cupy
+
+    return cupy
+
+
+def _routing_buffers(tokens, k, experts):
+    """Outputs poisoned: NaN weights, -7 ids and rows."""
+    cp = _cp()
+    rows = tokens * k
+    return dict(
+        topk_ids=cp.full((tokens, k), -7, cp.int32),
+        topk_weights=cp.full((tokens, k), cp.nan, cp.float32),
+        expert_offsets=cp.full(experts + 1, -7, cp.int32),
+        row_token=cp.full(rows, -7, cp.int32),
+        row_weight=cp.full(rows, cp.nan, cp.float32),
+        token_rows=cp.full((tokens, k), -7, cp.int32),
+    )
+
+
+def _permute(b, experts):
+    routing.build_permutation(
+        b["topk_ids"], b["topk_weights"], experts, b["expert_offsets"], b["row_token"], b["row_weight"], b["token_rows"]
+    )
+
+
+def _host(b):
+    return {name: arr.get() for name, arr in b.items()}
+
+
+def _assert_permutation(h, experts):
+    """Exact match with the stable oracle, plus the invariants the expert GEMMs rely on."""
+    tokens, k = h["topk_ids"].shape
+    offsets, row_token, row_weight, token_rows = permutation_ref(h["topk_ids"], h["topk_weights"], experts)
+    np.testing.assert_array_equal(h["expert_offsets"], offsets)
+    np.testing.assert_array_equal(h["row_token"], row_token)
+    np.testing.assert_array_equal(h["row_weight"], row_weight)
+    np.testing.assert_array_equal(h["token_rows"], token_rows)
+    got = h["expert_offsets"]
+    assert got[0] == 0 and got[-1] == tokens * k and (np.diff(got) >= 0).all()
+    rows = h["token_rows"].reshape(-1)
+    assert np.array_equal(np.sort(rows), np.arange(tokens * k))  # each (t, j) exactly once
+    expert_of_row = np.repeat(np.arange(experts), np.diff(got))
+    np.testing.assert_array_equal(expert_of_row[rows], h["topk_ids"].reshape(-1))  # grouped by expert
+    np.testing.assert_array_equal(h["row_token"][rows], np.repeat(np.arange(tokens), k))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "tokens,experts,k,renormalize",
+    [(1, 128, 8, True), (513, 128, 8, True), (64, 128, 8, False), (40, 256, 8, True), (33, 512, 16, True), (50, 8, 2, True), (7, 40, 3, False)],
+)
+def test_topk_softmax_matches_float64(tokens, experts, k, renormalize):
+    cp, rng = _cp(), np.random.default_rng(tokens + experts)
+    logits_h = (rng.standard_normal((tokens, experts)) * 2).astype(np.float16)
+    b = _routing_buffers(tokens, k, experts)
+    routing.topk_softmax(cp.asarray(logits_h), k, renormalize, b["topk_ids"], b["topk_weights"])
+    ids, weights = topk_softmax_ref(logits_h, k, renormalize)
+    np.testing.assert_array_equal(b["topk_ids"].get(), ids)
+    np.testing.assert_allclose(b["topk_weights"].get(), weights, rtol=1e-5)
+    if renormalize:
+        np.testing.assert_allclose(b["topk_weights"].get().sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_topk_softmax_ties_go_to_the_lower_expert():
+    cp, rng = _cp(), np.random.default_rng(11)
+    tokens, experts, k = 100, 128, 8
+    logits_h = rng.integers(-2, 3, (tokens, experts)).astype(np.float16)  # five values: ties everywhere
+    b = _routing_buffers(tokens, k, experts)
+    routing.topk_softmax(cp.asarray(logits_h), k, True, b["topk_ids"], b["topk_weights"])
+    ids, weights = topk_softmax_ref(logits_h, k, True)
+    np.testing.assert_array_equal(b["topk_ids"].get(), ids)
+    np.testing.assert_allclose(b["topk_weights"].get(), weights, rtol=1e-5)
+
+
+def _random_topk(rng, tokens, k, experts, skew=0.0):
+    """Distinct experts per token, optionally skewed toward low ids (some experts then get no rows)."""
+    scores = rng.standard_normal((tokens, experts)) - skew * np.arange(experts) / experts
+    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int32)
+    weights = rng.random((tokens, k)).astype(np.float32)
+    return ids, weights
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "tokens,k,experts,skew",
+    [(1, 8, 128, 0.0), (512, 8, 128, 0.0), (2048, 8, 128, 0.0), (2048, 8, 256, 3.0), (300, 16, 512, 0.0), (77, 2, 8, 0.0), (1000, 4, 512, 8.0)],
+)
+def test_build_permutation_is_the_stable_counting_sort(tokens, k, experts, skew):
+    cp, rng = _cp(), np.random.default_rng(tokens * k + experts)
+    ids, weights = _random_topk(rng, tokens, k, experts, skew)
+    b = _routing_buffers(tokens, k, experts)
+    b["topk_ids"].set(ids)
+    b["topk_weights"].set(weights)
+    _permute(b, experts)
+    first = _host(b)
+    _assert_permutation(first, experts)
+    if skew:
+        assert (np.diff(first["expert_offsets"]) == 0).any()  # experts with no rows were exercised
+    for name in ("expert_offsets", "row_token", "row_weight", "token_rows"):
+        b[name].fill(-3)
+    _permute(b, experts)
+    second = _host(b)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 3000])
+def test_build_permutation_one_expert_takes_every_row(tokens):
+    rng = np.random.default_rng(tokens)
+    experts = 64
+    b = _routing_buffers(tokens, 1, experts)
+    b["topk_ids"].fill(37)
+    b["topk_weights"].set(rng.random((tokens, 1)).astype(np.float32))
+    _permute(b, experts)
+    h = _host(b)
+    _assert_permutation(h, experts)
+    np.testing.assert_array_equal(h["expert_offsets"], [0] * 38 + [tokens] * 27)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize("tokens,k,hidden,rows_extra", [(1, 8, 2048, 0), (257, 8, 2048, 0), (64, 2, 256, 5), (9, 16, 64, 0), (5, 3, 8, 0)])
+def test_combine_matches_float64(tokens, k, hidden, rows_extra, weighted):
+    cp, rng = _cp(), np.random.default_rng(tokens + hidden)
+    rows = tokens * k + rows_extra  # y may have spare rows (a buffer sized for the largest chunk)
+    y = cp.asarray(rng.standard_normal((rows, hidden)).astype(np.float16))
+    token_rows_h = rng.permutation(tokens * k).astype(np.int32).reshape(tokens, k)
+    weights_h = rng.random((tokens, k)).astype(np.float32)
+    residual_h = (rng.standard_normal((tokens, hidden)) * 3).astype(np.float16)
+    out = cp.full((tokens, hidden), cp.nan, cp.float16)
+    routing.combine(y, cp.asarray(token_rows_h), cp.asarray(residual_h), out, cp.asarray(weights_h) if weighted else None)
+    ref = combine_ref(y.get(), token_rows_h, residual_h, weights_h if weighted else None)
+    assert rel_err(out.get(), ref) <= REL_ERR_FP16
+
+
+@pytest.mark.gpu
+def test_combine_in_place_on_the_residual_is_deterministic():
+    cp, rng = _cp(), np.random.default_rng(12)
+    tokens, k, hidden = 128, 8, 2048
+    y = cp.asarray(rng.standard_normal((tokens * k, hidden)).astype(np.float16))
+    token_rows = cp.asarray(rng.permutation(tokens * k).astype(np.int32).reshape(tokens, k))
+    weights = cp.asarray(rng.random((tokens, k)).astype(np.float32))
+    residual_h = rng.standard_normal((tokens, hidden)).astype(np.float16)
+    results = []
+    for _ in range(2):
+        residual = cp.asarray(residual_h)
+        routing.combine(y, token_rows, residual, residual, weights)
+        results.append(residual.get().view(np.uint16))
+    np.testing.assert_array_equal(results[0], results[1])
+    assert rel_err(results[0].view(np.float16), combine_ref(y.get(), token_rows.get(), residual_h, weights.get())) <= REL_ERR_FP16
+
+
+@pytest.mark.gpu
+def test_wrappers_reject_bad_shapes():
+    cp = _cp()
+    b = _routing_buffers(4, 2, 8)
+    with pytest.raises(ValueError, match="topk_ids"):
+        routing.topk_softmax(cp.zeros((4, 8), cp.float16), 3, True, b["topk_ids"], b["topk_weights"])
+    with pytest.raises(ValueError, match="k must be"):
+        routing.topk_softmax(cp.zeros((4, 8), cp.float16), 17, True, b["topk_ids"], b["topk_weights"])
+    with pytest.raises(ValueError, match="experts"):
+        routing.topk_softmax(cp.zeros((4, 513), cp.float16), 2, True, b["topk_ids"], b["topk_weights"])
+    with pytest.raises(ValueError, match="expert_offsets"):
+        routing.build_permutation(
+            b["topk_ids"], b["topk_weights"], 9, b["expert_offsets"], b["row_token"], b["row_weight"], b["token_rows"]
+        )
+    with pytest.raises(ValueError, match="hidden"):
+        routing.combine(cp.zeros((8, 32), cp.float16), b["token_rows"], cp.zeros((4, 16), cp.float16), cp.zeros((4, 16), cp.float16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prepared", [False, True])
+def test_global_capture_replays_with_new_router_logits(prepared):
+    cp = _cp()
+    from cupy.cuda import runtime
+
+    rng = np.random.default_rng(13)
+    tokens, experts, k, hidden = 96, 128, 8, 256
+    logits = cp.zeros((tokens, experts), cp.float16)
+    b = _routing_buffers(tokens, k, experts)
+    y = cp.asarray(rng.standard_normal((tokens * k, hidden)).astype(np.float16))
+    residual = cp.empty((tokens, hidden), cp.float16)
+    calls = [
+        (routing.topk_softmax, (logits, k, True, b["topk_ids"], b["topk_weights"])),
+        (
+            routing.build_permutation,
+            (b["topk_ids"], b["topk_weights"], experts, b["expert_offsets"], b["row_token"], b["row_weight"], b["token_rows"]),
+        ),
+        (routing.combine, (y, b["token_rows"], residual, residual, b["topk_weights"])),
+    ]
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        launchers = [routing.prepare(fn, *args) for fn, args in calls] if prepared else None
+        stream.begin_capture(mode=runtime.streamCaptureModeGlobal)
+        if prepared:
+            for launch in launchers:
+                launch()
+        else:
+            for fn, args in calls:
+                fn(*args)
+        graph = stream.end_capture()
+        for _ in range(3):
+            logits_h = (rng.standard_normal((tokens, experts)) * 2).astype(np.float16)
+            residual_h = rng.standard_normal((tokens, hidden)).astype(np.float16)
+            logits.set(logits_h, stream=stream)
+            residual.set(residual_h, stream=stream)
+            for name in ("expert_offsets", "row_token", "token_rows"):
+                b[name].fill(-7)
+            b["row_weight"].fill(cp.nan)
+            graph.launch(stream=stream)
+            stream.synchronize()
+            h = _host(b)
+            ids, weights = topk_softmax_ref(logits_h, k, True)
+            np.testing.assert_array_equal(h["topk_ids"], ids)
+            np.testing.assert_allclose(h["topk_weights"], weights, rtol=1e-5)
+            _assert_permutation(h, experts)
+            ref = combine_ref(y.get(), h["token_rows"], residual_h, h["topk_weights"])
+            assert rel_err(residual.get(), ref) <= REL_ERR_FP16
