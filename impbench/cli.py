@@ -205,3 +205,152 @@ def moe(model, pp, routings, reps, variant, variants, fmt, out) -> None:  # fmt:
     if out:
         for path in write_report(report, out, fmt):
             click.echo(f"wrote {path}", err=True)
+
+
+# ---- run and ab: the synthetic engine's prefill -----------------------------------------------------
+
+
+def _engine_preset(model: str | None, model_config: str | None, layers: int | None):
+    from impbench.presets import replace_layers, resolve_model
+
+    preset = resolve_model(model, model_config)
+    return preset if layers is None else replace_layers(preset, layers)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated whole numbers such as 512,1024; got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise InputError(f"{option} values must be > 0, got {text!r}")
+    return values
+
+
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+_LAYERS = click.option("--layers", type=int, default=None, metavar="N",
+                       help="Build only the first N layers (small GPUs, quick checks). Default: all.")
+_SEED = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic weights and prompt.")
+_NO_PREWARM = click.option("--no-prewarm", is_flag=True,
+                           help="Allocate buffers on first use, as the original engine did: graph capture then fails "
+                                "on the allocation and the arm falls back to eager (shown on purpose).")  # fmt: skip
+
+
+@cli.command()
+@click.option("--model", "-m", "model", metavar="NAME", default=None,
+              help="Preset name or alias, e.g. qwen3-coder (full-attention qwen3_moe models run; see `impbench models`).")
+@click.option("--model-config", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Build the model from a Hugging Face qwen3_moe config.json instead.")
+@click.option("--pp", "prompt_tokens", type=int, required=True, metavar="TOKENS", help="Prompt length in tokens (> 0).")
+@click.option("--mode", type=click.Choice(["eager", "graph"]), default="graph", show_default=True,
+              help="eager: every kernel launched from Python; graph: non-last chunks replay one captured CUDA graph.")
+@click.option("--guard", type=click.Choice(["cublas", "tight", "small-n", "permissive"]), default=None,
+              help="Dense GEMM dispatch: cublas everywhere, or our kernel per policy. Default: eager cublas, graph tight.")
+@click.option("--chunk", type=int, default=None, metavar="TOKENS",
+              help="Prefill chunk (multiple of 16; 0 = one chunk). Default: the preset's.")
+@click.option("--reps", type=int, default=5, show_default=True, help="Timed prefills after the cold one.")
+@_LAYERS
+@_SEED
+@_NO_PREWARM
+@click.option("--profile", is_flag=True,
+              help="Also time every op of one eager prefill (CUDA events) against its `impbench plan` floor.")
+@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True, help="Output format.")
+def run(model, model_config, prompt_tokens, mode, guard, chunk, reps, layers, seed, no_prewarm, profile, fmt) -> None:  # fmt: skip
+    """Build the engine once and run its prefill: tok/s per rep, capture status, host µs per launch,
+    GEMM paths, and how far the median is from the `impbench plan` floor.
+
+    Wall time per prefill from the first launch to the final synchronize (host clock).
+    """
+    from impbench.arms import ArmSpec, check_chunk
+    from impbench.plan import validate_prompt_and_chunk
+    from impbench.prefill_run import format_run, run_prefill
+
+    validate_prompt_and_chunk(prompt_tokens, chunk)
+    from impbench.device import require_cuda
+    from impbench.engine.core import check_supported
+
+    preset = _engine_preset(model, model_config, layers)
+    check_supported(preset)
+    arm = ArmSpec(mode, guard, None if chunk is None else check_chunk(chunk))
+    if reps < 1:
+        raise InputError(f"--reps must be >= 1, got {reps}")
+    require_cuda()
+
+    def progress(index, total, sample):
+        _progress(f"rep {index}/{total}: {sample.tok_s:,.0f} tok/s ({sample.wall_ms:.2f} ms)")
+
+    _progress(f"{preset.name}: building the engine for {prompt_tokens} tokens ({preset.num_layers} layers)")
+    result = run_prefill(preset, prompt_tokens, arm, reps, seed=seed, prewarm=not no_prewarm, progress=progress,
+                         profile=profile)  # fmt: skip
+    click.echo(format_run(result, fmt))
+
+
+@cli.command()
+@click.option("--model", "-m", "models", metavar="NAME[,NAME]", multiple=True,
+              help="Preset(s), comma-separated or repeated. Default: qwen3-coder.")
+@click.option("--model-config", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Use the model of a Hugging Face qwen3_moe config.json instead of presets.")
+@click.option("--pp", "pp_list", default="512,1024", show_default=True, metavar="LIST",
+              help="Prompt lengths in tokens, comma-separated; one row (and one engine) each.")
+@click.option("--reps", type=int, default=10, show_default=True, help="Measured prefills per arm (ABBA interleaved).")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Unrecorded prefills per arm after the cold run.")
+@click.option("--chunk", type=int, default=None, metavar="TOKENS",
+              help="Chunk of both arms unless a SPEC sets its own (multiple of 16; 0 = one chunk). Default: the preset's.")
+@click.option("--guard", type=click.Choice(["cublas", "tight", "small-n", "permissive"]), default=None,
+              help="Dense GEMM guard of the graph arm(s) unless a SPEC sets one. Default: tight.")
+@click.option("--a", "spec_a", default="mode=eager", show_default=True, metavar="SPEC",
+              help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive, chunk=N.")
+@click.option("--b", "spec_b", default="mode=graph", show_default=True, metavar="SPEC", help="Arm B, as --a.")
+@click.option("--tolerance", type=float, default=5.0, show_default=True, metavar="PCT",
+              help="Flag a rep whose median SM clock is further than this from the run's median.")
+@_LAYERS
+@_SEED
+@_NO_PREWARM
+@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True, help="Output format of the table.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Write the full result (metadata, every rep and clock reading) as JSON, and a CSV beside it; "
+                   "rewritten atomically after every row, so an interrupted run keeps the finished rows.")
+def ab(models, model_config, pp_list, reps, warmup, chunk, guard, spec_a, spec_b, tolerance, layers, seed,
+       no_prewarm, fmt, out) -> None:  # fmt: skip
+    """A/B two ways of running the same prefill (default: A eager, B CUDA graph) on one engine per row.
+
+    Each arm's first prefill is timed apart as `cold`; then --warmup unrecorded prefills; then --reps
+    per arm in A B B A order so drift hits both alike, each under an NVML clock/power sampler. Prints
+    B's delta over A with a 95% bootstrap interval and a FASTER / SLOWER / SAME verdict, then why:
+    cold vs warm, clocks, throttling, capture status, GEMM paths, host time per launch.
+    """
+    from impbench.ab import ABSettings, run_ab
+    from impbench.arms import ArmSpec, check_chunk, parse_arm
+    from impbench.device import require_cuda
+    from impbench.engine.core import check_supported
+    from impbench.metadata import collect_metadata
+    from impbench.report import format_ab, write_result
+
+    prompt_lengths = _int_list(pp_list, "--pp")
+    base = ArmSpec(chunk=None if chunk is None else check_chunk(chunk))
+    arm_a, arm_b = parse_arm(spec_a, base), parse_arm(spec_b, base)
+    if guard is not None:  # the graph arms' guard, where their SPEC does not name one
+        arm_a, arm_b = (parse_arm(f"guard={guard}", arm) if arm.mode == "graph" and arm.guard is None else arm
+                        for arm in (arm_a, arm_b))  # fmt: skip
+    names = [name.strip() for text in models for name in text.split(",") if name.strip()] or ["qwen3-coder"]
+    presets = [_engine_preset(None, model_config, layers)] if model_config else \
+        [_engine_preset(name, None, layers) for name in names]  # fmt: skip
+    for preset in presets:  # every bad model is exit 2 before any engine is built
+        check_supported(preset)
+    settings = ABSettings(reps=reps, warmup=warmup, tolerance_pct=tolerance, seed=seed, prewarm=not no_prewarm)
+    settings.check()
+
+    def save(partial) -> None:
+        if out:
+            for path in write_result(partial, out):
+                _progress(f"wrote {path}")
+
+    require_cuda()
+    import cupy
+
+    metadata = collect_metadata(None, cupy.cuda.Device().pci_bus_id)
+    result = run_ab(presets, prompt_lengths, arm_a, arm_b, settings, metadata, progress=_progress, on_row=save)
+    click.echo(format_ab(result, fmt))

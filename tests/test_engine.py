@@ -18,16 +18,39 @@ def test_plan_chunks_splits_prompt_with_short_last_chunk():
         plan_chunks(0, 512)
 
 
-def _tiny():
+@pytest.mark.parametrize("model", ["gemma-4", "qwen3.6"])
+def test_engine_rejects_plan_only_models_with_one_line(model):
+    from impbench.engine.core import check_supported
     from impbench.presets import get_preset
 
-    return get_preset("tiny")
+    with pytest.raises(InputError, match="impbench plan"):
+        check_supported(get_preset(model))
 
 
-def _engine(prompt_tokens=80, chunk=32, prewarm=True, seed=None):
+def test_engine_accepts_full_attention_presets():
+    from impbench.engine.core import check_supported
+    from impbench.presets import get_preset
+
+    for model in ("qwen3-coder", "qwen3-modelopt", "tiny"):
+        check_supported(get_preset(model))
+
+
+def _tiny(nvfp4_attention=False):
+    import dataclasses
+
+    from impbench.presets import get_preset
+
+    preset = get_preset("tiny")
+    if nvfp4_attention:  # as qwen3-modelopt stores q/k/v/o
+        preset = dataclasses.replace(preset, nvfp4_tensors=("experts", "attention"))
+    return preset
+
+
+def _engine(prompt_tokens=80, chunk=32, prewarm=True, seed=None, nvfp4_attention=False):
     from impbench.engine import Engine
 
-    return Engine(_tiny(), prompt_tokens, chunk, seed=random.randrange(1 << 20) if seed is None else seed, prewarm=prewarm)
+    seed = random.randrange(1 << 20) if seed is None else seed
+    return Engine(_tiny(nvfp4_attention), prompt_tokens, chunk, seed=seed, prewarm=prewarm)
 
 
 def _poison_logits(engine):
@@ -37,13 +60,13 @@ def _poison_logits(engine):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("guard", [None, "permissive"])
-def test_engine_logits_match_float64_reference(guard):
+@pytest.mark.parametrize("guard,nvfp4_attention", [(None, False), ("permissive", False), ("tight", True)])
+def test_engine_logits_match_float64_reference(guard, nvfp4_attention):
     from impbench.engine.weights import reference_weights
     from impbench.reference import reference_forward
 
     prompt_tokens, chunk = 80, 32  # three chunks, the last one short
-    engine = _engine(prompt_tokens, chunk)
+    engine = _engine(prompt_tokens, chunk, nvfp4_attention=nvfp4_attention)
     _poison_logits(engine)
     engine.prefill(prompt_tokens, chunk, mode="eager", guard=guard)
     logits = engine.logits()
@@ -55,9 +78,10 @@ def test_engine_logits_match_float64_reference(guard):
 
 
 @pytest.mark.gpu
-def test_eager_and_graph_logits_are_bit_identical():
+@pytest.mark.parametrize("nvfp4_attention", [False, True])
+def test_eager_and_graph_logits_are_bit_identical(nvfp4_attention):
     prompt_tokens, chunk = 96, 32
-    engine = _engine(prompt_tokens, chunk)
+    engine = _engine(prompt_tokens, chunk, nvfp4_attention=nvfp4_attention)
     _poison_logits(engine)
     engine.prefill(prompt_tokens, chunk, mode="eager", guard="permissive")
     eager = engine.logits()

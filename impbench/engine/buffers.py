@@ -4,6 +4,8 @@ With prewarm (the default) all of them are allocated when the engine is built, s
 allocates and a capture in global mode succeeds. Without prewarm each buffer is allocated on its
 first use, as the original engine did: the first forward inside a capture then allocates, which
 global capture mode rejects (DESIGN.md, Facts) -- `--no-prewarm` shows that failure on purpose.
+A lazy buffer is a fresh cudaMalloc, not a block from CuPy's pool: a pool can hand back a block
+freed earlier (by weight generation, say) and hide the allocation the original engine made.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[
         "topk_ids": ((chunk_tokens, top_k), i32),
         "topk_weights": ((chunk_tokens, top_k), f32),
         "expert_offsets": ((experts + 1,), i32),
+        "dense_offsets": ((chunk_tokens + 1, 2), i32),  # row m = [0, m]: NVFP4 dense projections
         "row_token": ((rows,), i32),
         "row_weight": ((rows,), f32),
         "token_rows": ((chunk_tokens, top_k), i32),
@@ -74,7 +77,12 @@ class Buffers:
 
         shape, dtype = self._specs[name]
         try:
-            array = cupy.empty(shape, dtype=dtype)
+            if self.prewarm:
+                array = cupy.empty(shape, dtype=dtype)
+            else:
+                nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+                memory = cupy.cuda.MemoryPointer(cupy.cuda.memory.Memory(nbytes), 0)  # cudaMalloc
+                array = cupy.ndarray(shape, dtype=dtype, memptr=memory)
         except Exception as exc:  # e.g. cudaErrorStreamCaptureUnsupported inside a global capture
             raise BufferAllocationError(name, exc) from exc
         self._arrays[name] = array

@@ -18,6 +18,25 @@ from impbench.errors import InputError
 
 MODES = ("eager", "graph")
 KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "ops", "routing", "attention")
+ENGINE_NVFP4 = {"experts", "attention"}  # tensor groups the engine can store as NVFP4
+
+
+def check_supported(preset) -> None:
+    """The engine runs full-attention Qwen3-MoE models; the others are plan-only (impbench plan)."""
+    problems = []
+    if preset.architecture != "qwen3_moe":
+        problems.append(f"architecture {preset.architecture}")
+    if any(kind != "full" for kind in preset.layer_types):
+        problems.append("sliding-window or linear-attention layers")
+    if preset.shared_expert_intermediate_size:
+        problems.append("a shared expert")
+    if "experts" not in preset.nvfp4_tensors or set(preset.nvfp4_tensors) - ENGINE_NVFP4:
+        problems.append(f"NVFP4 groups {', '.join(preset.nvfp4_tensors)}")
+    if problems:
+        raise InputError(
+            f"model {preset.name} has {'; '.join(problems)}: the engine runs full-attention qwen3_moe "
+            "models with NVFP4 experts (qwen3-coder, qwen3-modelopt, tiny); use `impbench plan` for the others"
+        )
 
 
 @dataclass(frozen=True)
@@ -61,8 +80,9 @@ class Engine:
     def __init__(self, preset, max_tokens: int, max_chunk: int, seed: int = 0, prewarm: bool = True):
         import cupy
 
-        from impbench.kernels import load_module
+        from impbench.kernels import attention, gemm, load_module, moe
 
+        check_supported(preset)
         self.preset = preset
         self.max_tokens = max_tokens
         self.chunk_tokens = min(max_chunk, max_tokens) if max_chunk > 0 else max_tokens
@@ -71,12 +91,16 @@ class Engine:
         self.stream = cupy.cuda.Stream(non_blocking=True)
         for family in KERNEL_FAMILIES:  # compile outside any capture, in both modes
             load_module(family)
+        for prewarm_kernels in (gemm.prewarm, moe.prewarm, attention.prewarm):  # shared-memory limits
+            prewarm_kernels()
         with self.stream:
             self.weights = generate_weights(preset, seed)
             self.buffers = Buffers(buffer_specs(preset, self.chunk_tokens, max_tokens), prewarm=prewarm)
             rng = cupy.random.default_rng(seed + 1)
             prompt = rng.integers(0, preset.vocab_size, size=max_tokens, dtype=cupy.int32)
             self.buffers.prompt_ids[...] = prompt
+            self.buffers.dense_offsets[:, 1] = cupy.arange(self.chunk_tokens + 1, dtype=cupy.int32)
+            self.buffers.dense_offsets[:, 0] = 0
         self.stream.synchronize()
         self._launch_lists: dict[tuple, LaunchList] = {}
         self._graphs: dict[tuple, object] = {}  # (chunk length, guard) -> capture.ChunkGraph
@@ -122,6 +146,8 @@ class Engine:
         with self.stream:
             for chunk in chunks:
                 self._set_chunk_inputs(chunk)
+                if self.prewarm:  # views, checks and kernel fetches outside any capture
+                    self.launch_list(chunk.length, chunk.last, guard)
                 graph = None
                 if mode == "graph" and not chunk.last:
                     key = (chunk.length, guard)
@@ -140,6 +166,24 @@ class Engine:
             self.stream.synchronize()
         wall_s = time.perf_counter() - start_s
         return PrefillStats(wall_s, issue_s, python_launches, replays, paths)
+
+    def profile(self, prompt_tokens: int, chunk_size: int, guard: str | None = None) -> dict[str, list[float]]:
+        """Device µs of every launch of one eager prefill, by op name (CUDA events around each launch).
+
+        Eager only: it shows where device time goes, not what launch overhead costs.
+        """
+        import cupy
+
+        times: dict[str, list[float]] = {}
+        with self.stream:
+            marks = []
+            for chunk in plan_chunks(prompt_tokens, chunk_size):
+                self._set_chunk_inputs(chunk)
+                marks += self.launch_list(chunk.length, chunk.last, guard).run_timed(self.stream)
+            self.stream.synchronize()
+        for op, start, end in marks:
+            times.setdefault(op, []).append(1e3 * cupy.cuda.get_elapsed_time(start, end))
+        return times
 
     def capture_status(self, chunk_size: int, guard: str | None):
         """The CaptureStatus of the graph for this chunk size and guard, or None if none was tried."""

@@ -15,12 +15,28 @@ LINEAR_STD = 0.02
 
 
 @dataclass
+class Nvfp4Linear:
+    """A dense projection stored as NVFP4: one "expert" in the grouped layout of kernels/moe.py."""
+
+    codes: object  # uint8 [1, N, K/2]
+    scale: object  # uint8 e4m3 [1, N, K/16]
+    scale2: object  # fp32 [1]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.scale.nbytes + self.scale2.nbytes)
+
+    def float64(self) -> np.ndarray:
+        return _experts_float64(self.codes, self.scale, self.scale2)[0]
+
+
+@dataclass
 class LayerWeights:
     attn_norm: object  # fp16 [H]
-    wqkv: object  # fp16 [(Hq + 2 Hkv) D, H]: q heads, then k heads, then v heads
+    wqkv: object  # fp16 [(Hq + 2 Hkv) D, H]: q heads, then k heads, then v heads (or Nvfp4Linear)
     q_norm: object  # fp16 [D]
     k_norm: object  # fp16 [D]
-    wo: object  # fp16 [H, Hq D]
+    wo: object  # fp16 [H, Hq D] (or Nvfp4Linear)
     ffn_norm: object  # fp16 [H]
     router: object  # fp16 [E, H]
     w13: object  # NVFP4 codes uint8 [E, 2I, H/2]: gate rows, then up rows
@@ -45,7 +61,7 @@ class ModelWeights:
             arrays.append(self.lm_head)
         for layer in self.layers:
             arrays.extend(getattr(layer, f.name) for f in fields(layer))
-        return int(sum(a.nbytes for a in arrays))
+        return int(sum(a.nbytes for a in arrays))  # Nvfp4Linear has nbytes too
 
 
 def _normal_fp16(rng, shape, std):
@@ -60,6 +76,15 @@ def _norm_fp16(rng, size):
     return (1.0 + 0.1 * rng.standard_normal((size,), dtype=cupy.float32)).astype(cupy.float16)
 
 
+def _linear(rng, n: int, k: int, nvfp4: bool, seed: int):
+    """A dense [N, K] projection: FP16, or NVFP4 where the preset quantizes its group."""
+    from impbench.nvfp4 import generate_experts_gpu
+
+    if nvfp4:
+        return Nvfp4Linear(*generate_experts_gpu(1, n, k, seed=seed, std=LINEAR_STD))
+    return _normal_fp16(rng, (n, k), LINEAR_STD)
+
+
 def generate_weights(preset, seed: int = 0) -> ModelWeights:
     """Every weight of `preset` (all of its layers) allocated and filled on the current device."""
     import cupy
@@ -70,17 +95,19 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
     hidden, dim = preset.hidden_size, preset.head_dim
     q_rows, kv_rows = preset.num_attention_heads * dim, preset.num_kv_heads * dim
     experts, inter = preset.num_experts, preset.moe_intermediate_size
+    attn_nvfp4 = "attention" in preset.nvfp4_tensors
     layers = []
     for index in range(preset.num_layers):
         w13, w13_scale, w13_scale2 = generate_experts_gpu(experts, 2 * inter, hidden, seed=seed * 1000 + 2 * index)
         w2, w2_scale, w2_scale2 = generate_experts_gpu(experts, hidden, inter, seed=seed * 1000 + 2 * index + 1)
+        attn_seed = 7919 + seed * 1000 + 2 * index
         layers.append(
             LayerWeights(
                 attn_norm=_norm_fp16(rng, hidden),
-                wqkv=_normal_fp16(rng, (q_rows + 2 * kv_rows, hidden), LINEAR_STD),
+                wqkv=_linear(rng, q_rows + 2 * kv_rows, hidden, attn_nvfp4, attn_seed),
                 q_norm=_norm_fp16(rng, dim),
                 k_norm=_norm_fp16(rng, dim),
-                wo=_normal_fp16(rng, (hidden, q_rows), LINEAR_STD),
+                wo=_linear(rng, hidden, q_rows, attn_nvfp4, attn_seed + 1),
                 ffn_norm=_norm_fp16(rng, hidden),
                 router=_normal_fp16(rng, (experts, hidden), LINEAR_STD),
                 w13=w13,
@@ -113,7 +140,8 @@ def reference_weights(weights: ModelWeights) -> dict:
     for index, layer in enumerate(weights.layers):
         prefix = f"layers.{index}."
         for name in ("attn_norm", "wqkv", "q_norm", "k_norm", "wo", "ffn_norm", "router"):
-            ref[prefix + name] = getattr(layer, name).get().astype(np.float64)
+            tensor = getattr(layer, name)
+            ref[prefix + name] = tensor.float64() if isinstance(tensor, Nvfp4Linear) else tensor.get().astype(np.float64)
         ref[prefix + "w13"] = _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2)
         ref[prefix + "w2"] = _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2)
     return ref

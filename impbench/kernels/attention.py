@@ -6,6 +6,7 @@ arguments) depends only on static shapes and one captured CUDA graph serves ever
 
 from __future__ import annotations
 
+import functools
 import math
 
 from impbench.kernels._cache import get_function
@@ -26,13 +27,8 @@ def smem_bytes(head_dim: int) -> int:
     return (BLOCK_M * stride + 4 * block_n * stride) * 2
 
 
-def attention_prefill(q, k_cache, v_cache, pos, out, softmax_scale: float) -> None:
-    """out[t, h] = softmax(q[t, h] . k[0 .. pos+t, h // group] * scale) . v[0 .. pos+t, h // group].
-
-    q, out: fp16 [T, Hq, D]; k_cache, v_cache: fp16 [max_len, Hkv, D] with the chunk's keys and
-    values already at rows pos .. pos+T-1; pos: int32 device array [1] (read on the device only);
-    D in 64, 128, 256; Hq a multiple of Hkv. Launches on the current stream; never synchronizes.
-    """
+def _plan(q, k_cache, v_cache, pos, out, softmax_scale: float):
+    """Check the arguments of attention_prefill; return (kernel, grid, block, args, shared bytes)."""
     import numpy as np
 
     check_array("q", q, np.float16, ndim=3)
@@ -73,7 +69,29 @@ def attention_prefill(q, k_cache, v_cache, pos, out, softmax_scale: float) -> No
         np.int32(max_len),
         np.float32(softmax_scale * math.log2(math.e)),
     )
-    kernel(grid, (THREADS,), args, shared_mem=smem)
+    return kernel, grid, (THREADS,), args, smem
+
+
+def attention_prefill(q, k_cache, v_cache, pos, out, softmax_scale: float) -> None:
+    """out[t, h] = softmax(q[t, h] . k[0 .. pos+t, h // group] * scale) . v[0 .. pos+t, h // group].
+
+    q, out: fp16 [T, Hq, D]; k_cache, v_cache: fp16 [max_len, Hkv, D] with the chunk's keys and
+    values already at rows pos .. pos+T-1; pos: int32 device array [1] (read on the device only);
+    D in 64, 128, 256; Hq a multiple of Hkv. Launches on the current stream; never synchronizes.
+    """
+    prepare(q, k_cache, v_cache, pos, out, softmax_scale)()
+
+
+def prepare(q, k_cache, v_cache, pos, out, softmax_scale: float):
+    """Check once; return a no-argument launcher of attention_prefill (reads pos when it runs)."""
+    kernel, grid, block, args, smem = _plan(q, k_cache, v_cache, pos, out, softmax_scale)
+    return functools.partial(kernel, grid, block, args, shared_mem=smem)
+
+
+def prewarm() -> None:
+    """Compile the family and raise every head size's shared-memory limit outside any capture."""
+    for head_dim in HEAD_DIMS:
+        get_function("attention", f"attention_prefill_d{head_dim}", max_dynamic_smem=smem_bytes(head_dim))
 
 
 def causal_flops(tokens: int, pos: int, heads: int, head_dim: int) -> int:
