@@ -57,6 +57,7 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
     """Every launch of one chunk of `length` tokens; `guard` picks the dense GEMM path (None: cuBLAS)."""
     from impbench.engine.weights import Nvfp4Linear
     from impbench.kernels import attention, gemm, moe, ops, routing
+    from impbench.kernels._launch import packed
 
     b, p, t = buffers, preset, length
     eps, theta = p.rms_norm_eps, p.rope_theta
@@ -70,7 +71,7 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
     paths: Counter = Counter()
 
     def add(op, fn):
-        launches.append(Launch(op, fn))
+        launches.append(Launch(op, packed(fn)))
 
     def dense(op, a, w, out):
         if isinstance(w, Nvfp4Linear):
