@@ -19,8 +19,9 @@ from impbench import __version__
 
 NA = "n/a"
 SOURCE_DIR = Path(__file__).resolve().parents[1]
-# Where the tree was copied without its .git (e.g. onto a device machine), the commit can be
-# passed in from outside; it is used only when git itself cannot answer.
+# Where the tree was copied (e.g. onto a device machine), the commit can be passed in from outside.
+# Where set it wins over git: a copied tree may carry a stale .git (seen on the lent H100 machine,
+# whose copy reported a commit three behind the tree it ran).
 GIT_COMMIT_ENV = "IMPBENCH_GIT_COMMIT"
 
 
@@ -36,6 +37,8 @@ def _git(*args: str) -> str | None:
 
 def git_info() -> dict:
     """git_commit (HEAD of the tree impbench runs from) and git_dirty (tracked files changed)."""
+    if os.environ.get(GIT_COMMIT_ENV):
+        return {"git_commit": os.environ[GIT_COMMIT_ENV], "git_dirty": NA}
     lines = (_git("rev-parse", "--show-toplevel", "HEAD") or "").split()
     # Only a checkout of impbench itself counts: an installed copy inside some other repository
     # (a virtualenv in a project) must not report that project's commit.

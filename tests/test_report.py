@@ -152,3 +152,10 @@ def test_compare_command_bad_format_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["compare", str(good), str(good), "--format", "html"])
     assert info.value.code == 2
+
+
+def test_git_commit_from_environment_wins(monkeypatch):
+    from impbench import metadata
+
+    monkeypatch.setenv(metadata.GIT_COMMIT_ENV, "0123456789abcdef")
+    assert metadata.git_info() == {"git_commit": "0123456789abcdef", "git_dirty": "n/a"}
