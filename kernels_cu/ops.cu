@@ -13,48 +13,13 @@
 // blockDim.x = min(128, H/8 rounded up to a warp) -- at H=2048 two loads in flight per thread -- and
 // checks H % 8 == 0, H <= 8 * ROW_CHUNKS * 128 and 16-byte aligned rows.
 #include "common.cuh"
+#include "vec16.cuh"
 
 namespace {
 
 constexpr int ROW_CHUNKS = 8;   // 16-byte chunks per thread: rows up to 8192 halves with 128 threads
 constexpr int QKV_HEADS_PER_WARP = 4;
 constexpr int MAX_BLOCK = 1024;
-
-struct alignas(16) u32x4 {
-    unsigned x, y, z, w;
-};
-
-// Explicit 16-byte global loads: the compiler splits a struct load through a pointer that may alias
-// a store (residual, in-place outputs) into four 4-byte loads. `nc`: read-only for the whole kernel.
-__device__ __forceinline__ u32x4 ld16(const void *p) {
-    u32x4 v;
-    asm("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ u32x4 ld16_nc(const void *p) {
-    u32x4 v;
-    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-struct alignas(8) u32x2 {
-    unsigned x, y;
-};
-
-__device__ __forceinline__ void unpack8(const u32x4 &v, float f[8]) {
-    unpack_half2(v.x, f[0], f[1]);
-    unpack_half2(v.y, f[2], f[3]);
-    unpack_half2(v.z, f[4], f[5]);
-    unpack_half2(v.w, f[6], f[7]);
-}
-
-__device__ __forceinline__ u32x4 pack8(const float f[8]) {
-    u32x4 v;
-    v.x = pack_half2(f[0], f[1]);
-    v.y = pack_half2(f[2], f[3]);
-    v.z = pack_half2(f[4], f[5]);
-    v.w = pack_half2(f[6], f[7]);
-    return v;
-}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

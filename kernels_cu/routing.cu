@@ -10,43 +10,11 @@
 // the same on every run. No atomics on global memory and every reduction in a fixed order: all
 // three kernels are deterministic bit for bit, and capture-safe (fixed grids, no host reads).
 #include "common.cuh"
+#include "vec16.cuh"
 
 namespace {
 
 constexpr unsigned FULL = 0xffffffffu;
-
-struct alignas(16) u32x4 {
-    unsigned x, y, z, w;
-};
-
-// Explicit 16-byte global loads: the compiler splits a struct load through a pointer that may alias
-// a store (residual, in-place outputs) into four 4-byte loads. `nc`: read-only for the whole kernel.
-__device__ __forceinline__ u32x4 ld16(const void *p) {
-    u32x4 v;
-    asm("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ u32x4 ld16_nc(const void *p) {
-    u32x4 v;
-    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ void unpack8(const u32x4 &v, float f[8]) {
-    unpack_half2(v.x, f[0], f[1]);
-    unpack_half2(v.y, f[2], f[3]);
-    unpack_half2(v.z, f[4], f[5]);
-    unpack_half2(v.w, f[6], f[7]);
-}
-
-__device__ __forceinline__ u32x4 pack8(const float f[8]) {
-    u32x4 v;
-    v.x = pack_half2(f[0], f[1]);
-    v.y = pack_half2(f[2], f[3]);
-    v.z = pack_half2(f[4], f[5]);
-    v.w = pack_half2(f[6], f[7]);
-    return v;
-}
 
 // Top-k over one token's E logits with one warp: lane l holds experts l, l + 32, ... (NPL of them).
 // Selection runs on the FP16 logits themselves (exact), largest first, ties to the lower expert id;

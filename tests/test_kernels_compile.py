@@ -25,3 +25,13 @@ def test_kernel_family_compiles_for_sm90(source, tmp_path):
 
 def test_there_are_kernel_sources():
     assert SOURCES, f"no .cu files under {KERNELS_DIR}"
+
+
+def test_a_changed_header_changes_the_compile_options(tmp_path, monkeypatch):
+    from impbench.kernels import _cache
+
+    (tmp_path / "a.cuh").write_text("#pragma once\n")
+    monkeypatch.setattr(_cache, "KERNELS_DIR", tmp_path)
+    before = _cache.headers_digest()
+    (tmp_path / "a.cuh").write_text("#pragma once\n// changed\n")
+    assert _cache.headers_digest() != before

@@ -5,6 +5,7 @@ This is the only module-level mutable state in impbench (STYLE.md rule 10).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -39,11 +40,20 @@ def load_module(family: str):
         import cupy
 
         code = source_path(family).read_text()
-        options = NVRTC_OPTIONS + _arch_options(code)
+        options = NVRTC_OPTIONS + _arch_options(code) + (f"-DIMPBENCH_HEADERS={headers_digest()}",)
         module = cupy.RawModule(code=code, options=options, backend="nvrtc")
         module.compile()
         _modules[family] = module
     return module
+
+
+def headers_digest() -> str:
+    """A digest of every kernels_cu/*.cuh. CuPy's on-disk cache keys a module on its source text and
+    options only, so a changed header must change the options, or a stale binary is loaded."""
+    digest = hashlib.sha256()
+    for header in sorted(KERNELS_DIR.glob("*.cuh")):
+        digest.update(header.name.encode() + b"\0" + header.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _arch_options(code: str) -> tuple[str, ...]:
