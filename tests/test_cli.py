@@ -6,30 +6,22 @@ import sys
 
 import pytest
 
-from impbench.cli import main
+from cli_util import run_cli
 from impbench.presets import get_preset, to_hf_config
 
 
-def _run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
 def test_models_lists_the_four_presets_then_tiny(capsys):
-    code, out, err = _run(capsys, "models")
+    code, out, err = run_cli(capsys, "models")
     assert code == 0 and not err
     for name in ("qwen3-coder-30b-a3b", "qwen3-30b-a3b-modelopt", "gemma-4-26b-a4b", "qwen3.6-35b-a3b"):
         assert name in out
     assert out.index("qwen3.6-35b-a3b") < out.index("tiny-moe")
-    code, out, _ = _run(capsys, "models", "--format", "json")
+    code, out, _ = run_cli(capsys, "models", "--format", "json")
     assert code == 0 and {m["name"] for m in json.loads(out)} >= {"qwen3-coder-30b-a3b", "tiny-moe"}
 
 
 def test_plan_qwen3_coder_pp1024(capsys):
-    code, out, err = _run(capsys, "plan", "--model", "qwen3-coder", "--pp", "1024")
+    code, out, err = run_cli(capsys, "plan", "--model", "qwen3-coder", "--pp", "1024")
     assert code == 0 and not err
     assert "30.5B" in out and "3.3B" in out and "| lm_head" in out
 
@@ -37,7 +29,7 @@ def test_plan_qwen3_coder_pp1024(capsys):
 def test_plan_from_config_json_and_layers(tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(to_hf_config(get_preset("qwen3.6"))))
-    code, out, _ = _run(capsys, "plan", "--model-config", str(path), "--pp", "600", "--layers", "4", "--format", "json")
+    code, out, _ = run_cli(capsys, "plan", "--model-config", str(path), "--pp", "600", "--layers", "4", "--format", "json")
     assert code == 0
     data = json.loads(out)
     assert data["layers"] == 4 and data["chunk_size"] == 512 and len(data["chunks"]) == 2
@@ -59,7 +51,7 @@ def test_plan_from_config_json_and_layers(tmp_path, capsys):
     (["models", "--format", "yaml"], "'yaml' is not one of"),
 ])
 def test_bad_input_is_exit_2_and_one_line(capsys, args, needle):
-    code, out, err = _run(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 2 and not out
     assert err.count("\n") == 1 and err.startswith("impbench: error: ") and needle in err
 
@@ -72,12 +64,12 @@ def test_bad_input_is_exit_2_and_one_line(capsys, args, needle):
 def test_bad_config_json_is_exit_2_and_one_line(tmp_path, capsys, content, needle):
     path = tmp_path / "config.json"
     path.write_text(content)
-    code, out, err = _run(capsys, "plan", "--model-config", str(path), "--pp", "64")
+    code, out, err = run_cli(capsys, "plan", "--model-config", str(path), "--pp", "64")
     assert code == 2 and not out and err.count("\n") == 1 and needle in err
 
 
 def test_missing_config_json(tmp_path, capsys):
-    code, _, err = _run(capsys, "plan", "--model-config", str(tmp_path / "none.json"), "--pp", "64")
+    code, _, err = run_cli(capsys, "plan", "--model-config", str(tmp_path / "none.json"), "--pp", "64")
     assert code == 2 and err.count("\n") == 1 and "cannot read" in err
 
 

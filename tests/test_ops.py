@@ -4,6 +4,7 @@ every kernel against its oracle, fully written outputs, bit-exact reruns and glo
 import numpy as np
 import pytest
 
+from capture_util import capture_global
 from impbench.kernels import ops
 
 REL_ERR_FP16 = 2e-3
@@ -288,7 +289,6 @@ def test_reruns_are_bit_identical():
 @pytest.mark.parametrize("prepared", [False, True])
 def test_global_capture_replays_with_new_ids_and_position(prepared):
     cp = _cp()
-    from cupy.cuda import runtime
 
     rng = np.random.default_rng(10)
     tokens, hidden, q_heads, kv_heads, head_dim, max_len, vocab = 24, 256, 4, 2, 64, 96, 500
@@ -309,15 +309,7 @@ def test_global_capture_replays_with_new_ids_and_position(prepared):
     ]
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
-        launchers = [ops.prepare(fn, *args) for fn, args in calls] if prepared else None
-        stream.begin_capture(mode=runtime.streamCaptureModeGlobal)
-        if prepared:
-            for launch in launchers:
-                launch()
-        else:
-            for fn, args in calls:
-                fn(*args)
-        graph = stream.end_capture()
+        graph = capture_global(stream, calls, ops.prepare if prepared else None)
         for chunk_pos in (0, tokens, 2 * tokens):
             ids_h = rng.integers(0, vocab, tokens).astype(np.int32)
             ids.set(ids_h, stream=stream)

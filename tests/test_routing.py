@@ -5,6 +5,7 @@ and a global-mode capture replayed with new router logits."""
 import numpy as np
 import pytest
 
+from capture_util import capture_global
 from impbench.kernels import routing
 
 REL_ERR_FP16 = 2e-3
@@ -273,7 +274,6 @@ def test_wrappers_reject_bad_shapes():
 @pytest.mark.parametrize("prepared", [False, True])
 def test_global_capture_replays_with_new_router_logits(prepared):
     cp = _cp()
-    from cupy.cuda import runtime
 
     rng = np.random.default_rng(13)
     tokens, experts, k, hidden = 96, 128, 8, 256
@@ -291,15 +291,7 @@ def test_global_capture_replays_with_new_router_logits(prepared):
     ]
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
-        launchers = [routing.prepare(fn, *args) for fn, args in calls] if prepared else None
-        stream.begin_capture(mode=runtime.streamCaptureModeGlobal)
-        if prepared:
-            for launch in launchers:
-                launch()
-        else:
-            for fn, args in calls:
-                fn(*args)
-        graph = stream.end_capture()
+        graph = capture_global(stream, calls, routing.prepare if prepared else None)
         for _ in range(3):
             logits_h = (rng.standard_normal((tokens, experts)) * 2).astype(np.float16)
             residual_h = rng.standard_normal((tokens, hidden)).astype(np.float16)

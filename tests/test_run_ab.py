@@ -5,16 +5,8 @@ import json
 
 import pytest
 
-from impbench.cli import main
+from cli_util import run_cli
 from impbench.device import cuda_available
-
-
-def _run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -37,7 +29,7 @@ def _run(capsys, *args):
     (["ab", "--model", "tiny,gemma-4"], "gemma-4-26b-a4b has architecture gemma4"),
 ])  # fmt: skip
 def test_bad_input_is_exit_2_and_one_line(capsys, args, needle):
-    code, out, err = _run(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 2 and not out
     assert err.count("\n") == 1 and err.startswith("impbench: error: ") and needle in err
 
@@ -45,7 +37,7 @@ def test_bad_input_is_exit_2_and_one_line(capsys, args, needle):
 @pytest.mark.skipif(cuda_available(), reason="needs a machine without a usable CUDA device")
 @pytest.mark.parametrize("args", [["run", "--model", "tiny", "--pp", "64"], ["ab", "--model", "tiny", "--pp", "64"]])
 def test_gpu_command_without_device_is_exit_2_and_says_so(capsys, args):
-    code, out, err = _run(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 2 and not out
     assert err.count("\n") == 1 and "no usable CUDA device" in err
 
@@ -53,12 +45,12 @@ def test_gpu_command_without_device_is_exit_2_and_says_so(capsys, args):
 @pytest.mark.gpu
 def test_run_tiny_graph_captures_and_no_prewarm_falls_back(capsys):
     args = ["run", "--model", "tiny", "--pp", "96", "--mode", "graph", "--guard", "permissive", "--reps", "2"]
-    code, out, _ = _run(capsys, *args, "--profile")
+    code, out, _ = run_cli(capsys, *args, "--profile")
     assert code == 0 and "capture: captured" in out and "GEMM paths per prefill" in out
     assert "| moe_gate_up" in out and "plan floor µs" in out
-    code, out, _ = _run(capsys, *args, "--no-prewarm")
+    code, out, _ = run_cli(capsys, *args, "--no-prewarm")
     assert code == 0 and "capture: fell back to eager: allocate " in out
-    code, out, _ = _run(capsys, "run", "--model", "tiny", "--pp", "96", "--mode", "eager", "--reps", "2", "--format", "json")
+    code, out, _ = run_cli(capsys, "run", "--model", "tiny", "--pp", "96", "--mode", "eager", "--reps", "2", "--format", "json")
     record = json.loads(out)
     assert code == 0 and record["capture"] == "eager" and record["host_us_per_launch"] > 0
     assert record["gemm_paths"] == {"cublas": 3 * 2 * 3 + 1}  # 3 chunks x 2 layers x 3 GEMMs + lm_head
@@ -69,7 +61,7 @@ def test_ab_tiny_writes_a_valid_result_and_compares_with_itself(tmp_path, capsys
     from impbench.results import CAPTURED, EAGER, load_result
 
     out_path = tmp_path / "ab.json"
-    code, out, err = _run(capsys, "ab", "--model", "tiny", "--pp", "64,80", "--reps", "3", "--warmup", "1",
+    code, out, err = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64,80", "--reps", "3", "--warmup", "1",
                           "--b", "mode=graph,guard=permissive", "--out", str(out_path))  # fmt: skip
     assert code == 0, err
     assert "| tiny-moe" in out and "rep 6/6 B" in err and "cold" in err
@@ -82,7 +74,7 @@ def test_ab_tiny_writes_a_valid_result_and_compares_with_itself(tmp_path, capsys
         assert row.comparison().verdict in ("FASTER", "SLOWER", "SAME")
     assert result.metadata["command_line"] and result.metadata.get("gpu_name")
     assert out_path.with_suffix(".csv").read_text().startswith("model,")
-    code, out, _ = _run(capsys, "compare", str(out_path), str(out_path))
+    code, out, _ = run_cli(capsys, "compare", str(out_path), str(out_path))
     assert code == 0 and "tiny-moe" in out
 
 
@@ -101,7 +93,7 @@ def test_interrupted_ab_keeps_finished_rows(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(ab_module, "measure_row", measure_then_interrupt)
     out_path = tmp_path / "ab.json"
-    code, _, err = _run(capsys, "ab", "--model", "tiny", "--pp", "64,80", "--reps", "2", "--warmup", "0",
+    code, _, err = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64,80", "--reps", "2", "--warmup", "0",
                         "--out", str(out_path))  # fmt: skip
     assert code == 130 and "interrupted" in err
     assert [row.pp for row in load_result(out_path).rows] == [64]
