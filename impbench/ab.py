@@ -52,9 +52,9 @@ def _timed(engine, prompt_tokens: int, arm: ArmSpec, telemetry: Telemetry):
     return Rep.from_sample(sample, readings), paths
 
 
-def measure_row(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], settings: ABSettings,
-                telemetry: Telemetry, progress: Callable[[str], None] | None = None) -> ABRow:  # fmt: skip
-    """Cold run, warm-up and interleaved reps of both arms on one engine; one ABRow."""
+def measure_arms(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], settings: ABSettings,
+                 telemetry: Telemetry, progress: Callable[[str], None] | None = None) -> dict[str, ArmResult]:  # fmt: skip
+    """Cold run, warm-up and interleaved reps of every arm on one engine; an ArmResult per arm name."""
     say = progress or (lambda line: None)
     where = f"{preset.name} pp={prompt_tokens}"
     cold, paths = {}, {}
@@ -65,12 +65,12 @@ def measure_row(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], se
         for arm in arms.values():
             time_prefill(engine, prompt_tokens, arm)
     reps: dict[str, list[Rep]] = {name: [] for name in arms}
-    order = interleaved_order(settings.reps)
+    order = interleaved_order(settings.reps, tuple(arms))
     for index, name in enumerate(order, 1):
         rep, paths[name] = _timed(engine, prompt_tokens, arms[name], telemetry)
         reps[name].append(rep)
         say(f"{where}: rep {index}/{len(order)} {name} {rep.tok_s:,.0f} tok/s")
-    everything = reps["A"] + reps["B"]
+    everything = [rep for name in arms for rep in reps[name]]
     for rep, reason in zip(everything, flag_reps([r.telemetry for r in everything], settings.tolerance_pct)):
         rep.flag_reason = reason
 
@@ -81,7 +81,14 @@ def measure_row(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], se
         return ArmResult(name=name, spec=arm.to_dict(), reps=reps[name], cold=cold[name], chunk_size=chunk,
                          capture=CaptureInfo.from_engine(arm.mode, status), gemm_paths=dict(paths[name]))  # fmt: skip
 
-    return ABRow(model=preset.name, pp=prompt_tokens, a=arm_result("A"), b=arm_result("B"), paired=True)
+    return {name: arm_result(name) for name in arms}
+
+
+def measure_row(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], settings: ABSettings,
+                telemetry: Telemetry, progress: Callable[[str], None] | None = None) -> ABRow:  # fmt: skip
+    """Both arms ("A", "B") of one A/B row, in A B B A order."""
+    results = measure_arms(engine, preset, prompt_tokens, arms, settings, telemetry, progress)
+    return ABRow(model=preset.name, pp=prompt_tokens, a=results["A"], b=results["B"], paired=True)
 
 
 def _free_device_memory() -> None:
@@ -92,10 +99,11 @@ def _free_device_memory() -> None:
     cupy.get_default_memory_pool().free_all_blocks()
 
 
-def run_ab(presets: list, prompt_lengths: list[int], arm_a: ArmSpec, arm_b: ArmSpec, settings: ABSettings,
-           metadata: dict, progress: Callable[[str], None] | None = None,
-           on_row: Callable[[ABResult], None] | None = None) -> ABResult:  # fmt: skip
-    """Every (model, pp) row: one engine each, shared by both arms. `on_row` sees the growing result."""
+def measure_grid(presets: list, prompt_lengths: list[int], arms: dict[str, ArmSpec], settings: ABSettings,
+                 measure: Callable, progress: Callable[[str], None] | None = None,
+                 skip: Callable[[str, int], bool] = lambda model, pp: False) -> None:  # fmt: skip
+    """For every (model, pp) not skipped: build one engine for all arms, call
+    measure(engine, preset, pp, telemetry), then free the engine before the next is built."""
     from impbench.device import require_cuda
 
     settings.check()
@@ -104,23 +112,35 @@ def run_ab(presets: list, prompt_lengths: list[int], arm_a: ArmSpec, arm_b: ArmS
     require_cuda()
     import cupy
 
-    arms = {"A": arm_a, "B": arm_b}
-    result = ABResult(metadata=metadata, settings={**settings.to_dict(), "a": arm_a.to_dict(), "b": arm_b.to_dict()})
     with Telemetry(pci_bus_id=cupy.cuda.Device().pci_bus_id, interval_ms=settings.interval_ms) as telemetry:
         if telemetry.error and progress:
             progress(telemetry.error)
         for preset in presets:
             for prompt_tokens in prompt_lengths:
+                if skip(preset.name, prompt_tokens):
+                    continue
                 if progress:
                     progress(f"{preset.name} pp={prompt_tokens}: building the engine ({preset.num_layers} layers)")
                 engine = build_engine(preset, prompt_tokens, list(arms.values()), seed=settings.seed,
                                       prewarm=settings.prewarm)  # fmt: skip
                 try:
-                    row = measure_row(engine, preset, prompt_tokens, arms, settings, telemetry, progress)
+                    measure(engine, preset, prompt_tokens, telemetry)
                 finally:
                     del engine
                     _free_device_memory()
-                result.rows.append(row)
-                if on_row:
-                    on_row(result)
+
+
+def run_ab(presets: list, prompt_lengths: list[int], arm_a: ArmSpec, arm_b: ArmSpec, settings: ABSettings,
+           metadata: dict, progress: Callable[[str], None] | None = None,
+           on_row: Callable[[ABResult], None] | None = None) -> ABResult:  # fmt: skip
+    """Every (model, pp) row: one engine each, shared by both arms. `on_row` sees the growing result."""
+    arms = {"A": arm_a, "B": arm_b}
+    result = ABResult(metadata=metadata, settings={**settings.to_dict(), "a": arm_a.to_dict(), "b": arm_b.to_dict()})
+
+    def measure(engine, preset, prompt_tokens, telemetry):
+        result.rows.append(measure_row(engine, preset, prompt_tokens, arms, settings, telemetry, progress))
+        if on_row:
+            on_row(result)
+
+    measure_grid(presets, prompt_lengths, arms, settings, measure, progress)
     return result

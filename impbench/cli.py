@@ -354,3 +354,44 @@ def ab(models, model_config, pp_list, reps, warmup, chunk, guard, spec_a, spec_b
     metadata = collect_metadata(None, cupy.cuda.Device().pci_bus_id)
     result = run_ab(presets, prompt_lengths, arm_a, arm_b, settings, metadata, progress=_progress, on_row=save)
     click.echo(format_ab(result, fmt))
+
+
+@cli.command()
+@click.argument("scenario", required=False, metavar="[SCENARIO.toml]", type=click.Path(dir_okay=False))
+@click.option("--model", "-m", "models", default=None, metavar="LIST", help="Presets, comma-separated (overrides the scenario).")
+@click.option("--pp", "pp_list", default=None, metavar="LIST", help="Prompt lengths in tokens, comma-separated.")
+@click.option("--arm", "arm_specs", multiple=True, metavar="SPEC",
+              help="An arm (repeatable; the first is the baseline): mode=eager|graph,guard=...,chunk=N.")
+@click.option("--reps", type=int, default=None, help="Measured prefills per arm (scenario's, else 5).")
+@click.option("--warmup", type=int, default=None, help="Unrecorded prefills per arm after the cold run (scenario's, else 1).")
+@_LAYERS
+@_SEED
+@_NO_PREWARM
+@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True, help="Output format of the table.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Result JSON, rewritten after every (model, pp); run again with the same PATH to resume.")
+def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, seed, no_prewarm, fmt, out) -> None:  # fmt: skip
+    """Measure a grid of models x prompt lengths x arms (one engine per model and pp, arms
+    interleaved) and print one table: tok/s per arm and its delta over the first arm, with CI.
+
+    SCENARIO is a TOML file such as scenarios/sweeps/ci.toml (keys: models, pp, arms, reps, warmup,
+    layers); options override its keys.
+    """
+    from pathlib import Path
+
+    from impbench.device import require_cuda
+    from impbench.engine.core import check_supported
+    from impbench.metadata import collect_metadata
+    from impbench.sweep import build_plan, format_sweep, load_scenario, run_sweep
+
+    data = load_scenario(scenario) if scenario else {}
+    plan = build_plan(data, models, pp_list, arm_specs, reps, warmup, layers, seed, not no_prewarm)
+    presets = [_engine_preset(name, None, plan.layers) for name in plan.models]
+    for preset in presets:
+        check_supported(preset)
+    require_cuda()
+    import cupy
+
+    metadata = collect_metadata(None, cupy.cuda.Device().pci_bus_id)
+    result = run_sweep(plan, presets, metadata, Path(out) if out else None, progress=_progress)
+    click.echo(format_sweep(result, fmt))

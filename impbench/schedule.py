@@ -14,11 +14,13 @@ from impbench.errors import InputError
 ARMS = ("A", "B")
 
 
-def interleaved_order(reps: int) -> list[str]:
-    """The arm of each of the 2*reps measured runs: "A","B","B","A","A","B",... (reps per arm >= 1)."""
+def interleaved_order(reps: int, arms: tuple[str, ...] = ARMS) -> list[str]:
+    """The arm of each of the len(arms)*reps measured runs: "A","B","B","A","A","B",... (reps per arm
+    >= 1). More arms go the same way, forward then backward (A B C C B A ...): every round holds each
+    arm once and two rounds put every arm at the same mean position."""
     if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
         raise InputError(f"reps must be an integer >= 1, got {reps!r}")
     order: list[str] = []
-    for pair in range(reps):
-        order.extend(ARMS if pair % 2 == 0 else ARMS[::-1])
+    for round_index in range(reps):
+        order.extend(arms if round_index % 2 == 0 else arms[::-1])
     return order
