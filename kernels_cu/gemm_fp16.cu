@@ -221,6 +221,12 @@ __device__ __forceinline__ void gemm_mma_body(const half_t *__restrict__ A, cons
         }
 }
 
+// A CUtensorMap (opaque, 128 bytes, 64-byte aligned), passed by value as a __grid_constant__
+// kernel parameter so the TMA unit reads it from the parameter space (no global copy, no allocation).
+struct __align__(64) TmaMap {
+    unsigned long long bits[16];
+};
+
 // ---------------------------------------------------------------------------------------------
 // Hopper wgmma family (sm_90a). Compiled only where the sm_90a feature set is on; elsewhere the
 // entry points trap and impbench/kernels/gemm.py never selects them.
@@ -253,23 +259,48 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
     return d;
 }
 
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], unsigned long long desc_a,
-                                                 unsigned long long desc_b) {
+// wgmma.mma_async m64nNk16, FP32 accumulators d (N/2 per thread), A and B from shared memory through
+// descriptors, accumulate (scale-d = 1). One specialization per tile width N used below.
+template <int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], unsigned long long da, unsigned long long db);
+
+template <>
+__device__ __forceinline__ void wgmma_ss<64>(float (&d)[32], unsigned long long da, unsigned long long db) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
         "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(desc_a), "l"(desc_b), "r"(1));
+        : "l"(da), "l"(db), "r"(1));
 }
 
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], unsigned long long desc_a,
-                                                 unsigned long long desc_b) {
+template <>
+__device__ __forceinline__ void wgmma_ss<96>(float (&d)[48], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n96k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+        "}, %48, %49, p, 1, 1, 0, 0;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+        : "l"(da), "l"(db), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<128>(float (&d)[64], unsigned long long da, unsigned long long db) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
@@ -278,7 +309,8 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], unsigned long l
         "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
         "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
         "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
@@ -286,11 +318,146 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], unsigned long l
           "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
           "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "r"(1));
+        : "l"(da), "l"(db), "r"(1));
 }
 
-__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], unsigned long long desc_a,
-                                                 unsigned long long desc_b) {
+template <>
+__device__ __forceinline__ void wgmma_ss<144>(float (&d)[72], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %74, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n144k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71"
+        "}, %72, %73, p, 1, 1, 0, 0;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71])
+        : "l"(da), "l"(db), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<160>(float (&d)[80], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %82, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n160k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79"
+        "}, %80, %81, p, 1, 1, 0, 0;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79])
+        : "l"(da), "l"(db), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<176>(float (&d)[88], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %90, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n176k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87"
+        "}, %88, %89, p, 1, 1, 0, 0;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+        : "l"(da), "l"(db), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<192>(float (&d)[96], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+        "}, %96, %97, p, 1, 1, 0, 0;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+        : "l"(da), "l"(db), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<224>(float (&d)[112], unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %114, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n224k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111"
+        "}, %112, %113, p, 1, 1, 0, 0;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111])
+        : "l"(da), "l"(db), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<256>(float (&d)[128], unsigned long long da, unsigned long long db) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
@@ -303,7 +470,8 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], unsigned long 
         "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
         "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
         "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
@@ -319,14 +487,12 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], unsigned long 
           "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
           "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
           "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "l"(desc_a), "l"(desc_b), "r"(1));
+        : "l"(da), "l"(db), "r"(1));
 }
 
 template <int BN>
 __device__ __forceinline__ void wgmma_tile(float (&d)[BN / 2], unsigned long long da, unsigned long long db) {
-    if constexpr (BN == 64) wgmma_m64n64k16(d, da, db);
-    else if constexpr (BN == 128) wgmma_m64n128k16(d, da, db);
-    else wgmma_m64n256k16(d, da, db);
+    wgmma_ss<BN>(d, da, db);
 }
 
 template <int BM, int BN, int STAGES>
@@ -529,65 +695,293 @@ __device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A,
     }
 }
 
-// ---- experimental: the same pipeline fed by the tensor memory accelerator (TMA) ---------------
-// One producer thread issues two cp.async.bulk.tensor copies per stage (A box 64x128, W box 64xBN,
-// 128-byte swizzle, out-of-bounds zero-filled by the TMA unit), completing on the stage's `full`
-// mbarrier by transaction bytes. The tensor maps (CUtensorMap, 128 bytes) live in global memory,
-// encoded on the host with cuTensorMapEncodeTiled; not yet wired into impbench.kernels.gemm
-// (it would need the maps registered per buffer before capture), see results/NOTES.md.
-__device__ __forceinline__ void tma_load_2d(unsigned dst, const void *tmap, int c0, int c1, unsigned mbar) {
+// ---- TMA-fed, warp-specialised wgmma kernels (gemm_tma_*): the dispatch's main family ---------
+// Tile 128 x BN x 64 (BN a multiple of 16, 64..256), 384 threads, one block per SM:
+//  - warpgroup 0, one thread: the producer. Per K stage it posts the stage's byte count on the
+//    stage's `full` mbarrier and issues two cp.async.bulk.tensor copies (A box 64x128, W box
+//    64xBN; 128-byte swizzle; rows past M/N and columns past K zero-filled by the TMA unit). The
+//    tensor maps are __grid_constant__ kernel parameters, encoded on the host per buffer.
+//  - warpgroups 1-2: consumers, rows [64c, 64c+64) x BN each; wgmma straight from the stage, one
+//    batch in flight; each warp hands a stage back through its `empty` mbarrier once read.
+// Schedules (template CS, SPLIT):
+//  - CS = 1: persistent. Block b takes work units b, b + gridDim.x, ... (M tile fastest, so the
+//    blocks in flight share W tiles in L2); the producer runs on into the next unit while the
+//    consumers store the last one, so the pipeline never drains between tiles.
+//  - CS = 2: the same with 2-CTA clusters on two M tiles of one N tile. Each CTA loads half of the
+//    W tile and multicasts it to both (half the L2->SM traffic for W); a stage is refilled only
+//    after the consumers of both CTAs released it (remote mbarrier arrive).
+//  - SPLIT: a cluster of CS CTAs shares one output tile; CTA r takes K tiles [r*KT/CS,
+//    (r+1)*KT/CS), leaves its FP32 partial tile in its shared memory, and then adds up the CS
+//    partials of its BN/CS columns through distributed shared memory in rank order: split-K that
+//    is deterministic and needs no workspace, for shapes with too few tiles to fill 132 SMs.
+// Epilogue (CS = 1 / 2): each consumer warp stages 16 x 64 outputs as FP16 in its own padded
+// shared buffer, then writes whole 128-byte row segments with 16-byte stores.
+// Why: the cp.async kernels above starve the tensor cores (every thread issuing 16-byte copies and
+// their address math, results/NOTES.md); here the consumers issue nothing but wgmma.
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const TmaMap *map, int c0, int c1, unsigned mbar) {
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
         "[%4];\n" ::"r"(dst),
-        "l"(tmap), "r"(c0), "r"(c1), "r"(mbar)
+        "l"(map), "r"(c0), "r"(c1), "r"(mbar)
         : "memory");
+}
+// The same box written to the same shared offset of every CTA in `mask`, completing on each one's
+// mbarrier at the same offset.
+__device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const TmaMap *map, int c0, int c1, unsigned mbar,
+                                                      unsigned short mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster "
+        "[%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(mbar), "h"(mask)
+        : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_map(const TmaMap *map) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
 }
 __device__ __forceinline__ void mbar_expect_tx(unsigned addr, unsigned bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(addr), "r"(bytes) : "memory");
 }
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+// Every thread of every CTA in the cluster; release/acquire orders shared-memory traffic across it.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// The shared::cluster address of shared::cta address `addr` in the CTA of rank `rank`.
+__device__ __forceinline__ unsigned cluster_addr(unsigned addr, unsigned rank) {
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+    return r;
+}
+__device__ __forceinline__ void mbar_arrive_remote(unsigned cluster_address) {
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_address) : "memory");
+}
+__device__ __forceinline__ float ld_cluster_f32(unsigned cluster_address) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(cluster_address) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_shared_u32(unsigned addr, unsigned v) {
+    asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void st_shared_f32(unsigned addr, float v) {
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
+}
+__device__ __forceinline__ void ld_shared_v4(unsigned addr, unsigned (&v)[4]) {
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+                 : "r"(addr)
+                 : "memory");
+}
+__device__ __forceinline__ void st_global_v4(void *p, const unsigned (&v)[4]) {
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3])
+                 : "memory");
+}
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
-template <int BN, int STAGES>
-__device__ __forceinline__ void gemm_wgmma_tma_body(const void *tmap_a, const void *tmap_w, half_t *__restrict__ C,
-                                                    int M, int N, int K) {
-    using Cfg = WsConfig<BN, STAGES>;
+template <int BN, int STAGES, int CS, bool SPLIT>
+struct TmaConfig {
+    static constexpr int BM = 128, BK = 64, THREADS = 384;
+    static constexpr bool MULTICAST = CS > 1 && !SPLIT;
+    static constexpr int W_BOX = MULTICAST ? BN / CS : BN;  // W rows one CTA copies per stage
+    static constexpr int A_BYTES = BM * BK * 2, W_BYTES = BN * BK * 2;
+    static constexpr int STAGE_BYTES = A_BYTES + W_BYTES;
+    static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
+    static constexpr int EPI_ROW = 144;            // a staged row: 64 halves + 16 bytes of padding
+    static constexpr int EPI_WARP = 16 * EPI_ROW;  // one consumer warp's 16 x 64 staging tile
+    static constexpr int EPI_BYTES = SPLIT ? 0 : 8 * EPI_WARP;
+    static constexpr int SMEM_BYTES = PIPE_BYTES + EPI_BYTES + 1024;  // + 1024-byte alignment slack
+    static constexpr int EMPTY_ARRIVALS = 8 * (MULTICAST ? CS : 1);   // consumer warps reading a stage
+    static_assert(BN % 16 == 0 && BN >= 64 && BN <= 256, "wgmma N and the TMA box");
+    static_assert(!MULTICAST || (W_BOX % 8 == 0 && CS == 2), "multicast halves start on a swizzle atom");
+    static_assert(!SPLIT || ((BN / 8) % CS == 0 && CS <= 8), "split-K: whole n8 blocks per rank");
+    static_assert(!SPLIT || BM * BN * 4 <= PIPE_BYTES, "split-K partials reuse the pipeline buffers");
+    static_assert(SMEM_BYTES + 16 * STAGES <= 232448, "227 KiB of shared memory per block");
+};
+
+template <int BN, int STAGES, int CS, bool SPLIT>
+__device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
+                                              int M, int N, int K) {
+    using Cfg = TmaConfig<BN, STAGES, CS, SPLIT>;
     constexpr int BM = Cfg::BM, BK = Cfg::BK;
-    constexpr unsigned STAGE_BYTES = (Cfg::A_STAGE + Cfg::W_STAGE) * 2;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    __shared__ __align__(8) unsigned long long bars[2 * STAGES];
+    __shared__ __align__(8) unsigned long long bars[2 * STAGES];  // full[s], empty[s]
+    // 128-byte swizzle is a function of address bits 4-9: stage bases must be 1024-byte aligned.
+    // The offset is the same in every CTA of a cluster, which multicast relies on.
     const unsigned raw_addr = smem_u32(smem_raw);
-    half_t *smem = reinterpret_cast<half_t *>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));
-    const unsigned sA_addr = smem_u32(smem), sW_addr = sA_addr + STAGES * Cfg::A_STAGE * 2;
+    const unsigned sA = (raw_addr + 1023u) & ~1023u;
+    const unsigned sW = sA + STAGES * Cfg::A_BYTES;
     const unsigned full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[STAGES]);
 
     const int tid = threadIdx.x, wg = tid >> 7;
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int KT = (K + BK - 1) / BK;
+    const unsigned rank = CS > 1 ? cluster_rank() : 0u;
+    const int MT = (M + BM - 1) / BM, NT = (N + BN - 1) / BN, KT = (K + BK - 1) / BK;
+    const int MG = SPLIT ? MT : (MT + CS - 1) / CS;  // M tiles per work unit: 1, or CS (one per CTA)
+    const int units = MG * NT;
+    const int first = blockIdx.x / CS, stride = gridDim.x / CS;
+    const int kt_begin = SPLIT ? (int)rank * KT / CS : 0;
+    const int kt_end = SPLIT ? ((int)rank + 1) * KT / CS : KT;
 
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full0 + 8 * s, 1);     // the producer's arrive.expect_tx, then the TMA bytes
-            mbar_init(empty0 + 8 * s, 256);  // every consumer thread
+            mbar_init(full0 + 8 * s, 1);  // the producer's arrive.expect_tx; then the TMA bytes land
+            mbar_init(empty0 + 8 * s, Cfg::EMPTY_ARRIVALS);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    __syncthreads();
+    if (CS > 1) cluster_sync();  // the partner's barriers exist before anything lands in them
+    else __syncthreads();
 
-    if (wg == 0) {
-        setmaxnreg_dec<104>();
+    if (wg == 0) {  // producer
+        setmaxnreg_dec<40>();
         if (tid == 0) {
-            asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(tmap_a) : "memory");
-            asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(tmap_w) : "memory");
-            for (int kt = 0; kt < KT; ++kt) {
-                const int s = kt % STAGES, use = kt / STAGES;
-                if (use > 0) mbar_wait(empty0 + 8 * s, (use - 1) & 1);
-                mbar_expect_tx(full0 + 8 * s, STAGE_BYTES);
-                tma_load_2d(sA_addr + s * Cfg::A_STAGE * 2, tmap_a, kt * BK, m0, full0 + 8 * s);
-                tma_load_2d(sW_addr + s * Cfg::W_STAGE * 2, tmap_w, kt * BK, n0, full0 + 8 * s);
+            tma_prefetch_map(&map_a);
+            tma_prefetch_map(&map_w);
+            int s = 0, filled = 0;
+            unsigned phase = 0;
+            for (int u = first; u < units; u += stride) {
+                const int m0 = (SPLIT ? u % MG : (u % MG) * CS + (int)rank) * BM;
+                const int n0 = (u / MG) * BN;
+                for (int kt = kt_begin; kt < kt_end; ++kt) {
+                    if (filled >= STAGES) mbar_wait(empty0 + 8 * s, phase ^ 1);  // released (everywhere)
+                    const unsigned full = full0 + 8 * s;
+                    mbar_expect_tx(full, Cfg::STAGE_BYTES);
+                    tma_load_2d(sA + s * Cfg::A_BYTES, &map_a, kt * BK, m0, full);
+                    if constexpr (Cfg::MULTICAST)
+                        tma_load_2d_multicast(sW + s * Cfg::W_BYTES + rank * (Cfg::W_BOX * BK * 2), &map_w, kt * BK,
+                                              n0 + (int)rank * Cfg::W_BOX, full, (unsigned short)((1 << CS) - 1));
+                    else
+                        tma_load_2d(sW + s * Cfg::W_BYTES, &map_w, kt * BK, n0, full);
+                    ++filled;
+                    if (++s == STAGES) {
+                        s = 0;
+                        phase ^= 1;
+                    }
+                }
             }
         }
-    } else {
-        setmaxnreg_inc<200>();
-        ws_consumer<BN, STAGES, false>(sA_addr, sW_addr, full0, empty0, C, M, N, KT, m0, n0, wg - 1, tid);
+    } else {  // consumers
+        setmaxnreg_inc<232>();
+        const int c = wg - 1, ct = tid - 128, warp = ct >> 5, lane = tid & 31;
+        float acc[BN / 2];
+        int s = 0;
+        unsigned phase = 0;
+        for (int u = first; u < units; u += stride) {
+            const int m0 = (SPLIT ? u % MG : (u % MG) * CS + (int)rank) * BM;
+            const int n0 = (u / MG) * BN;
+#pragma unroll
+            for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+            int prev = -1;
+            for (int kt = kt_begin; kt < kt_end; ++kt) {
+                mbar_wait(full0 + 8 * s, phase);
+                const unsigned a_base = sA + s * Cfg::A_BYTES + c * (64 * BK * 2);
+                const unsigned w_base = sW + s * Cfg::W_BYTES;
+                fence_regs(acc);
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < BK / 16; ++ks)  // k16 step = 32 bytes along the swizzled row
+                    wgmma_ss<BN>(acc, smem_desc(a_base + ks * 32), smem_desc(w_base + ks * 32));
+                wgmma_commit();
+                wgmma_wait<1>();  // the batch of the previous stage is done: hand that stage back
+                fence_regs(acc);
+                if (prev >= 0 && lane == 0) {
+                    mbar_arrive(empty0 + 8 * prev);
+                    if constexpr (Cfg::MULTICAST) mbar_arrive_remote(cluster_addr(empty0 + 8 * prev, rank ^ 1u));
+                }
+                prev = s;
+                if (++s == STAGES) {
+                    s = 0;
+                    phase ^= 1;
+                }
+            }
+            wgmma_wait<0>();
+            fence_regs(acc);
+            if (prev >= 0 && lane == 0) {
+                mbar_arrive(empty0 + 8 * prev);
+                if constexpr (Cfg::MULTICAST) mbar_arrive_remote(cluster_addr(empty0 + 8 * prev, rank ^ 1u));
+            }
+
+            if constexpr (SPLIT) {
+                // Partial tile over the pipeline buffers, once both warpgroups' wgmma are complete.
+                // Layout [i][consumer thread]: conflict-free, and the reducer reads it the same way.
+                named_barrier_sync(1, 256);
+#pragma unroll
+                for (int i = 0; i < BN / 2; ++i) st_shared_f32(sA + (i * 256 + ct) * 4, acc[i]);
+            } else {
+                const unsigned stage = sW + STAGES * Cfg::W_BYTES + warp * Cfg::EPI_WARP;
+                const int row0 = m0 + c * 64 + (warp & 3) * 16;
+                const bool fast = (N % 8 == 0) && ((reinterpret_cast<size_t>(C) & 15) == 0);
+#pragma unroll
+                for (int ch = 0; ch < (BN + 63) / 64; ++ch) {
+                    const int cw = BN - 64 * ch < 64 ? BN - 64 * ch : 64;  // columns in this chunk
+#pragma unroll
+                    for (int jj = 0; jj < 8; ++jj) {  // accumulator layout: n8 block j, rows lane/4 (+8)
+                        const int j = ch * 8 + jj;   // (fixed trip counts: acc is indexed by constants only)
+                        if (j >= BN / 8) break;
+                        const unsigned at = stage + (lane >> 2) * Cfg::EPI_ROW + (jj * 4 + (lane & 3)) * 4;
+                        st_shared_u32(at, pack_half2(acc[4 * j], acc[4 * j + 1]));
+                        st_shared_u32(at + 8 * Cfg::EPI_ROW, pack_half2(acc[4 * j + 2], acc[4 * j + 3]));
+                    }
+                    __syncwarp();
+                    const int cpr = cw / 8;  // 16-byte chunks per staged row
+#pragma unroll
+                    for (int it = 0; it < 4; ++it) {  // 16 rows x cpr chunks, 32 per pass
+                        if (it >= cpr / 2) break;
+                        const int idx = it * 32 + lane;
+                        const int r = idx / cpr, q = idx % cpr;
+                        unsigned v[4];
+                        ld_shared_v4(stage + r * Cfg::EPI_ROW + q * 16, v);
+                        const int grow = row0 + r, gcol = n0 + ch * 64 + q * 8;
+                        if (grow < M && gcol < N) {
+                            half_t *dst = C + (size_t)grow * N + gcol;
+                            if (fast && gcol + 8 <= N) {
+                                st_global_v4(dst, v);
+                            } else {
+#pragma unroll
+                                for (int e = 0; e < 8; ++e)
+                                    if (gcol + e < N) dst[e] = (half_t)(v[e >> 1] >> (16 * (e & 1)));
+                            }
+                        }
+                    }
+                    __syncwarp();
+                }
+            }
+        }
+    }
+
+    if constexpr (SPLIT) {
+        cluster_sync();  // every CTA's partial tile is in its shared memory
+        if (wg > 0) {
+            constexpr int JR = BN / 8 / CS;  // n8 column blocks this CTA adds up and stores
+            const int ct = tid - 128, c = ct >> 7, lane = tid & 31;
+            const int m0 = (first % MG) * BM, n0 = (first / MG) * BN;
+            const int row = m0 + c * 64 + ((ct >> 5) & 3) * 16 + (lane >> 2);
+            const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
+            unsigned part[CS];
+#pragma unroll
+            for (int r = 0; r < CS; ++r) part[r] = cluster_addr(sA + ct * 4, (unsigned)r);
+#pragma unroll
+            for (int jj = 0; jj < JR; ++jj) {
+                const int j = (int)rank * JR + jj;
+                float v[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float sum = 0.f;
+#pragma unroll
+                    for (int r = 0; r < CS; ++r) sum += ld_cluster_f32(part[r] + (4 * j + e) * 256 * 4);
+                    v[e] = sum;
+                }
+                store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, v[0], v[1], v[2], v[3]);
+            }
+        }
+        cluster_sync();  // no CTA leaves while another still reads its shared memory
+    } else if constexpr (CS > 1) {
+        cluster_sync();  // no CTA leaves while its partner may still arrive on its barriers
     }
 }
 #else
@@ -619,22 +1013,29 @@ __device__ __forceinline__ void gemm_wgmma_tma_body(const void *tmap_a, const vo
              int N, int K) {                                                                              \
         impgemm::gemm_wgmma_ws_body<BN, STAGES>(A, W, C, M, N, K);                                         \
     }
-#define IMPGEMM_WGMMA_TMA(NAME, BN, STAGES)                                                                \
-    extern "C" __global__ void __launch_bounds__(384, 1)                                                   \
-        NAME(const void *__restrict__ tmap_a, const void *__restrict__ tmap_w, half_t *__restrict__ C, int M, \
-             int N, int K) {                                                                              \
-        impgemm::gemm_wgmma_tma_body<BN, STAGES>(tmap_a, tmap_w, C, M, N, K);                              \
+#define IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, CS, SPLIT, CLUSTER_ATTR)                                        \
+    extern "C" __global__ void __launch_bounds__(384, 1) CLUSTER_ATTR                                          \
+        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
+             half_t *__restrict__ C, int M, int N, int K) {                                                   \
+        impgemm::gemm_tma_body<BN, STAGES, CS, SPLIT>(map_a, map_w, C, M, N, K);                               \
     }
+#define IMPGEMM_TMA(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 1, false, )
+#define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, __cluster_dims__(2, 1, 1))
+#define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, S, true, __cluster_dims__(S, 1, 1))
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
     extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) {   \
         asm volatile("trap;");                                                                            \
     }
 #define IMPGEMM_WGMMA_WS(NAME, BN, STAGES) IMPGEMM_WGMMA(NAME, 128, BN, STAGES)
-#define IMPGEMM_WGMMA_TMA(NAME, BN, STAGES)                                                                \
-    extern "C" __global__ void NAME(const void *ta, const void *tw, half_t *C, int M, int N, int K) {     \
+#define IMPGEMM_TMA_TRAP(NAME)                                                                          \
+    extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
+                                    const __grid_constant__ impgemm::TmaMap tw, half_t *C, int M, int N, int K) { \
         asm volatile("trap;");                                                                            \
     }
+#define IMPGEMM_TMA(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
@@ -666,10 +1067,37 @@ IMPGEMM_WGMMA(gemm_wgmma_64x64s8, 64, 64, 8)                // 128     132096
 IMPGEMM_WGMMA_WS(gemm_wgmma_ws_128x256, 256, 4)             // 384     197632  warp-specialised
 IMPGEMM_WGMMA_WS(gemm_wgmma_ws_128x128, 128, 6)             // 384     197632  warp-specialised
 
-// Experimental TMA-fed kernels (not in gemm.py's variant table; scripts/device_gemm.sh "tma").
-// Parameters: device pointers to the A and W CUtensorMaps instead of A and W.
-IMPGEMM_WGMMA_TMA(gemm_tma_128x256, 256, 4)                 // 384     197632
-IMPGEMM_WGMMA_TMA(gemm_tma_128x128, 128, 6)                 // 384     197632
+// TMA-fed kernels, tile 128 x BN x 64 (threads 384; smem = stages * (16 + BN/8) KiB + 18 KiB
+// epilogue staging + 1 KiB; split-K has no staging). c2: 2-CTA cluster, W multicast; kS: split-K
+// over a cluster of S CTAs. Widths other than 128/256 exist for wave quantisation (512x5120: 32
+// tiles of 160 columns x 4 = 128 tiles on 132 SMs instead of 160 of 128x128).
+// name                       BN stages                          threads  smem bytes
+IMPGEMM_TMA(gemm_tma_128x64, 64, 8)                       // 384     216064
+IMPGEMM_TMA(gemm_tma_128x96, 96, 7)                       // 384     220160
+IMPGEMM_TMA(gemm_tma_128x128, 128, 6)                     // 384     216064
+IMPGEMM_TMA(gemm_tma_128x144, 144, 6)                     // 384     228352
+IMPGEMM_TMA(gemm_tma_128x160, 160, 5)                     // 384     203776
+IMPGEMM_TMA(gemm_tma_128x176, 176, 5)                     // 384     214016
+IMPGEMM_TMA(gemm_tma_128x192, 192, 5)                     // 384     224256
+IMPGEMM_TMA(gemm_tma_128x224, 224, 4)                     // 384     199680
+IMPGEMM_TMA(gemm_tma_128x256, 256, 4)                     // 384     216064
+IMPGEMM_TMA_MC(gemm_tma_128x96c2, 96, 7)                  // 384     220160
+IMPGEMM_TMA_MC(gemm_tma_128x128c2, 128, 6)                // 384     216064
+IMPGEMM_TMA_MC(gemm_tma_128x144c2, 144, 6)                // 384     228352
+IMPGEMM_TMA_MC(gemm_tma_128x160c2, 160, 5)                // 384     203776
+IMPGEMM_TMA_MC(gemm_tma_128x176c2, 176, 5)                // 384     214016
+IMPGEMM_TMA_MC(gemm_tma_128x192c2, 192, 5)                // 384     224256
+IMPGEMM_TMA_MC(gemm_tma_128x224c2, 224, 4)                // 384     199680
+IMPGEMM_TMA_MC(gemm_tma_128x256c2, 256, 4)                // 384     216064
+IMPGEMM_TMA_SK(gemm_tma_128x64k2, 64, 8, 2)               // 384     197632
+IMPGEMM_TMA_SK(gemm_tma_128x64k4, 64, 8, 4)               // 384     197632
+IMPGEMM_TMA_SK(gemm_tma_128x64k8, 64, 8, 8)               // 384     197632
+IMPGEMM_TMA_SK(gemm_tma_128x128k2, 128, 6, 2)             // 384     197632
+IMPGEMM_TMA_SK(gemm_tma_128x128k4, 128, 6, 4)             // 384     197632
+IMPGEMM_TMA_SK(gemm_tma_128x128k8, 128, 6, 8)             // 384     197632
+IMPGEMM_TMA_SK(gemm_tma_128x176k2, 176, 5, 2)             // 384     195584
+IMPGEMM_TMA_SK(gemm_tma_128x256k2, 256, 4, 2)             // 384     197632
+IMPGEMM_TMA_SK(gemm_tma_128x256k4, 256, 4, 4)             // 384     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

@@ -72,12 +72,13 @@ def _source_variants():
     mma = re.findall(r"^IMPGEMM_MMA\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
     wg = re.findall(r"^IMPGEMM_WGMMA\(gemm_(\w+), (\d+), (\d+), (\d+)\)", text, re.M)
     ws = re.findall(r"^IMPGEMM_WGMMA_WS\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)
-    return mma, wg, ws
+    tma = re.findall(r"^IMPGEMM_TMA(|_MC|_SK)\(gemm_(\w+), (\d+), (\d+)(?:, (\d+))?\)", text, re.M)
+    return mma, wg, ws, tma
 
 
 def test_variant_table_matches_the_kernel_source():
-    mma, wg, ws = _source_variants()
-    assert len(mma) + len(wg) + len(ws) == len(g.VARIANTS)
+    mma, wg, ws, tma = _source_variants()
+    assert len(mma) + len(wg) + len(ws) + len(tma) == len(g.VARIANTS)
     for name, bm, bn, bk, wm, wn, wk, stages in mma:
         bm, bn, bk, wm, wn, wk, stages = map(int, (bm, bn, bk, wm, wn, wk, stages))
         v = g.VARIANTS[name]
@@ -95,6 +96,35 @@ def test_variant_table_matches_the_kernel_source():
         v = g.VARIANTS[name]
         assert (v.family, v.bm, v.bn, v.bk, v.threads) == ("wgmma", 128, bn, 64, 384)
         assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + 1024
+    for kind, name, bn, stages, split in tma:  # TmaConfig: pipeline + per-warp epilogue staging + slack
+        bn, stages, split = int(bn), int(stages), int(split or 1)
+        v = g.VARIANTS[name]
+        multicast = 2 if kind == "_MC" else 1
+        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.multicast, v.split_k) == ("tma", 128, bn, 64, 384, multicast, split)
+        assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + (0 if kind == "_SK" else 8 * 16 * 144) + 1024
+        assert v.smem_bytes + 16 * stages <= 232448  # 227 KiB per block, barriers included
+        assert name.endswith({"": "", "_MC": "c2", "_SK": f"k{split}"}[kind])
+
+
+def test_tma_grids():
+    v = g.VARIANTS["tma_128x160"]
+    assert v.units(512, 5120) == 4 * 32 and v.grid(512, 5120) == (128, 1)
+    assert g.VARIANTS["tma_128x256"].grid(2048, 151936) == (132, 1)  # persistent: one CTA per SM
+    c2 = g.VARIANTS["tma_128x256c2"]
+    assert c2.units(300, 512) == 2 * 2 and c2.grid(300, 512) == (8, 1)  # M tiles in pairs, odd count rounded up
+    assert c2.grid(2048, 151936, clusters=60) == (120, 1)
+    k8 = g.VARIANTS["tma_128x128k8"]
+    assert k8.grid(512, 128) == (32, 1) and k8.cluster == 8 and k8.large
+
+
+def test_qwen3_coder_shapes_go_to_the_tma_family_on_hopper():
+    for m in (512, 1024, 2048):
+        for n, k in ((5120, 2048), (2048, 4096), (128, 2048), (151936, 2048)):
+            for policy in ("tight", "small-n"):
+                assert g.VARIANTS[g.choose_variant(m, n, k, policy, g.H100)].family == "tma", (m, n, k, policy)
+    # the router on the tight guard: a large tile, split over K so the launch still fills the GPU
+    tight = g.VARIANTS[g.choose_variant(512, 128, 2048, "tight", g.H100)]
+    assert tight.large and tight.grid(512, 128)[0] >= 32
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
@@ -148,6 +178,7 @@ SHAPES = [
     (256, 1, 128),
     (300, 520, 1032),
     (17, 8, 8),
+    (1040, 4200, 136),  # more tma work units than SMs (persistent loop, odd M-tile count for c2)
 ]
 
 
@@ -211,7 +242,11 @@ def test_random_shapes_under_each_policy():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128", "wgmma_ws_128x256"])
+@pytest.mark.parametrize(
+    "name",
+    ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128", "wgmma_ws_128x256",
+     "tma_128x160", "tma_128x256c2", "tma_128x128k8", "tma_128x64k2"],
+)  # fmt: skip
 def test_capture_replay_is_bit_identical(name):
     import cupy
 

@@ -3,8 +3,14 @@
 FP16 in, FP32 accumulation, FP16 out; any M >= 1, any N >= 1, K a multiple of 8; all arrays cupy,
 C-contiguous. `gemm` launches one kernel on the current stream: it never allocates, never syncs and
 never reads device memory on the host, so it can run inside a CUDA-graph capture in global mode.
-Deterministic (split-K happens inside a block, added in a fixed order): a replay is bit-identical
-to the eager call.
+Deterministic (split-K is summed in a fixed order, inside a block or across a cluster through
+distributed shared memory): a replay is bit-identical to the eager call.
+
+Families: `mma_*` (mma.sync, sm_80+), `wgmma_*` (cp.async-fed wgmma, sm_90a) and `tma_*` (the main
+one on Hopper: TMA-fed, warp-specialised, persistent wgmma; `c2` = 2-CTA clusters multicasting W,
+`kS` = split-K over a cluster of S CTAs). A `tma_*` launch carries two CUtensorMaps (A and W) by
+value; `prepare` encodes them on the host (cuTensorMapEncodeTiled, no device call), so a prepared
+launcher is bound to its buffers, as every prepared launcher is.
 
 Tile variants (VARIANTS) and the dispatch guard:
 - `tight`: only shapes with M >= 128 and N >= 128, on a large (128-row, >= 128-column) tile;
@@ -12,7 +18,7 @@ Tile variants (VARIANTS) and the dispatch guard:
 - `permissive`: every shape, always on a large tile: the original engine's behaviour, which put
   M=512 N=32 K=2048 on 4 blocks with 75% of the MMA work on padding.
 - `small-n`: every shape, on the variant with the lowest modelled time among all of them (small
-  tiles and in-block split-K included), so the shapes tight declines get the small-N variants.
+  tiles and split-K included), so the shapes tight declines get the small-N variants.
 `choose_variant` picks by a wave-quantised time model (`estimate_us`) calibrated on the H100.
 IMPBENCH_GEMM_VARIANTS (comma-separated names), where set, restricts the variants it may pick.
 """
@@ -48,12 +54,13 @@ class Variant:
     threads: int
     smem_bytes: int  # dynamic shared memory per block
     regs: int  # registers per thread (ptxas -v, sm_90a): occupancy in the time model
-    split_k: int = 1  # warps splitting each stage's K inside the block
+    split_k: int = 1  # ways K is split: warps of a block (mma), CTAs of a cluster (tma kS)
     # time model (estimate_us), fitted to an H100 sweep: sustained FLOP per SM clock of a full SM,
-    # fixed cost per block
+    # fixed cost per block (tma: per work unit, i.e. the epilogue)
     flop_per_clk: float = 2000.0
     fixed_us: float = 1.0
     iter_us: float = 0.0  # floor per K stage of one block: load latency over the pipeline depth
+    multicast: int = 1  # tma: CTAs of a cluster sharing (multicasting) each W tile
 
     @property
     def kernel_name(self) -> str:
@@ -63,8 +70,30 @@ class Variant:
     def large(self) -> bool:
         return self.bm >= TIGHT_BM and self.bn >= TIGHT_BN
 
-    def grid(self, m: int, n: int) -> tuple[int, int]:
-        return (-(-m // self.bm), -(-n // self.bn))
+    @property
+    def cluster(self) -> int:
+        """CTAs per thread-block cluster (1: no cluster)."""
+        return self.multicast if self.family != "tma" or self.split_k == 1 else self.split_k
+
+    @property
+    def w_box_rows(self) -> int:
+        """tma: W rows one CTA copies per stage (half the tile where the pair multicasts it)."""
+        return self.bn // self.multicast
+
+    def units(self, m: int, n: int) -> int:
+        """tma: work units (one per cluster and step): output tiles, or pairs of M tiles with multicast."""
+        return -(-(-(-m // self.bm)) // self.multicast) * -(-n // self.bn)
+
+    def grid(self, m: int, n: int, clusters: int | None = None) -> tuple[int, int]:
+        """Launch grid. tma: (CTAs, 1); persistent (no split-K) with at most `clusters` clusters
+        resident (default: one CTA per SM of an H100)."""
+        if self.family != "tma":
+            return (-(-m // self.bm), -(-n // self.bn))
+        units = self.units(m, n)
+        if self.split_k > 1:
+            return (units * self.split_k, 1)
+        clusters = H100.sms // self.cluster if clusters is None else clusters
+        return (min(units, clusters) * self.cluster, 1)
 
     def blocks_per_sm(self) -> int:
         by_smem = (228 * 1024) // (self.smem_bytes + 1024)
@@ -75,6 +104,15 @@ class Variant:
 
 def _v(name, family, bm, bn, bk, threads, smem, regs, split_k=1, flop_per_clk=2000.0, fixed_us=1.0, iter_us=0.0):
     return Variant(name, family, bm, bn, bk, threads, smem, regs, split_k, flop_per_clk, fixed_us, iter_us)
+
+
+def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5):
+    """A gemm_tma_* entry point: tile 128 x bn x 64, 384 threads (TmaConfig in gemm_fp16.cu)."""
+    suffix = f"c{multicast}" if multicast > 1 else f"k{split_k}" if split_k > 1 else ""
+    staging = 0 if split_k > 1 else 8 * 16 * 144  # per-warp epilogue staging
+    smem = stages * (128 + bn) * 64 * 2 + staging + 1024
+    return Variant(f"tma_128x{bn}{suffix}", "tma", 128, bn, 64, 384, smem, 168, split_k, flop_per_clk, fixed_us,
+                   0.0, multicast)  # fmt: skip
 
 
 # fmt: off
@@ -102,8 +140,21 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _v("wgmma_64x64s8",    "wgmma",  64,  64,  64, 128, 132096,   90,      1,   1050.0,     2.50,    0.00),
     _v("wgmma_ws_128x256", "wgmma", 128, 256,  64, 384, 197632,  168,      1,   2250.0,     8.00,    0.95),
     _v("wgmma_ws_128x128", "wgmma", 128, 128,  64, 384, 197632,  168,      1,   2100.0,     5.00,    0.00),
+    # TMA family (prior guesses, v4: not yet calibrated)
+    #    BN stages multicast split  FLOP/clk fixed_us
+    _tma( 64, 8, 1, 1, 1900.0, 0.35), _tma( 96, 7, 1, 1, 2200.0, 0.40), _tma(128, 6, 1, 1, 2400.0, 0.45),
+    _tma(144, 6, 1, 1, 2450.0, 0.50), _tma(160, 5, 1, 1, 2500.0, 0.50), _tma(176, 5, 1, 1, 2550.0, 0.55),
+    _tma(192, 5, 1, 1, 2600.0, 0.55), _tma(224, 4, 1, 1, 2650.0, 0.60), _tma(256, 4, 1, 1, 2750.0, 0.65),
+    _tma( 96, 7, 2, 1, 2250.0, 0.40), _tma(128, 6, 2, 1, 2450.0, 0.45), _tma(144, 6, 2, 1, 2500.0, 0.50),
+    _tma(160, 5, 2, 1, 2550.0, 0.50), _tma(176, 5, 2, 1, 2600.0, 0.55), _tma(192, 5, 2, 1, 2650.0, 0.55),
+    _tma(224, 4, 2, 1, 2700.0, 0.60), _tma(256, 4, 2, 1, 2800.0, 0.65),
+    _tma( 64, 8, 1, 2, 1900.0, 0.90), _tma( 64, 8, 1, 4, 1900.0, 1.10), _tma( 64, 8, 1, 8, 1900.0, 1.50),
+    _tma(128, 6, 1, 2, 2400.0, 1.00), _tma(128, 6, 1, 4, 2400.0, 1.20), _tma(128, 6, 1, 8, 2400.0, 1.60),
+    _tma(176, 5, 1, 2, 2550.0, 1.10), _tma(256, 4, 1, 2, 2750.0, 1.20), _tma(256, 4, 1, 4, 2750.0, 1.40),
 )}
 # fmt: on
+TMA_PROLOGUE_US = 1.0  # time model: a tma kernel's first stage in flight (tensor maps, first loads)
+TMA_L2_BYTES_PER_CLK = 40.0  # time model: L2 -> SM bytes per clock per SM feeding TMA
 
 
 @dataclass(frozen=True)
@@ -170,6 +221,8 @@ def check_shape(m: int, n: int, k: int) -> None:
 
 def estimate_us(variant: Variant, m: int, n: int, k: int, device: DeviceInfo = H100) -> float:
     """Modelled device time of one launch: waves of blocks, each a fixed cost plus its K loop."""
+    if variant.family == "tma":
+        return _estimate_tma_us(variant, m, n, k, device)
     gx, gy = variant.grid(m, n)
     occupancy = variant.blocks_per_sm()
     full_waves, tail = divmod(gx * gy, device.sms * occupancy)
@@ -187,6 +240,24 @@ def estimate_us(variant: Variant, m: int, n: int, k: int, device: DeviceInfo = H
     return LAUNCH_US + max(full_us + tail_us, dram_us)
 
 
+def _estimate_tma_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> float:
+    """tma: one CTA per SM; rounds of work units per cluster, each K stages of one tile plus its epilogue;
+    split-K adds the reduction through distributed shared memory."""
+    k_tiles = -(-k // v.bk)
+    units = v.units(m, n)
+    if v.split_k > 1:
+        rounds = -(-units * v.split_k // device.sms)
+        k_tiles = -(-k_tiles // v.split_k)
+    else:
+        clusters = min(units, device.sms // v.cluster)
+        rounds = -(-units // clusters)
+    stage_flop_us = 2.0 * v.bm * v.bn * v.bk / (v.flop_per_clk * device.sm_mhz)
+    stage_l2_us = (v.bm + v.bn / v.multicast) * v.bk * 2 / (TMA_L2_BYTES_PER_CLK * device.sm_mhz)
+    body_us = rounds * (v.fixed_us + k_tiles * max(stage_flop_us, stage_l2_us))
+    dram_us = 2.0 * (m * k + n * k + m * n) / DRAM_BYTES_PER_US
+    return LAUNCH_US + TMA_PROLOGUE_US + max(body_us, dram_us)
+
+
 def candidates(policy, device: DeviceInfo | None = None) -> list[Variant]:
     pol = get_policy(policy)
     device = device or device_info()
@@ -195,7 +266,7 @@ def candidates(policy, device: DeviceInfo | None = None) -> list[Variant]:
         v
         for v in VARIANTS.values()
         if (pol.small_tiles or v.large)
-        and (v.family != "wgmma" or device.has_wgmma)
+        and (v.family == "mma" or device.has_wgmma)
         and (not allowed or v.name in allowed)
     ]
 
@@ -207,7 +278,9 @@ def choose_variant(m: int, n: int, k: int, policy=DEFAULT_POLICY, device: Device
     if not pol.accepts_small and (m < TIGHT_BM or n < TIGHT_BN):
         return None
     device = device or device_info()
-    usable = [v for v in candidates(pol, device) if v.grid(m, n)[1] <= MAX_GRID_Y]
+    # tma tiles are >= 64 columns wide: narrower outputs (N=32, N=1) stay on the small mma tiles,
+    # which already beat cuBLAS there (results/gemm_h100.md)
+    usable = [v for v in candidates(pol, device) if v.grid(m, n)[1] <= MAX_GRID_Y and (v.family != "tma" or n >= 64)]
     if not usable:
         return None
     return min(usable, key=lambda v: (estimate_us(v, m, n, k, device), v.name)).name
@@ -218,6 +291,8 @@ def prewarm() -> None:
     load_module(FAMILY)
     for variant in candidates("small-n"):
         _kernel(variant)
+        if variant.family == "tma":
+            max_clusters(variant.name)
 
 
 def spin_kernel():
@@ -263,11 +338,101 @@ def prepare(a, w, out, variant: str | None = None):
         raise ValueError(f"unknown GEMM variant {name!r}; accepted: {', '.join(VARIANTS)}")
     if spec.family == "wgmma" and not device_info().has_wgmma:
         raise ValueError(f"GEMM variant {name!r} needs an sm_90 (Hopper) device")
+    if spec.family == "tma":
+        return _tma_launcher(spec, a, w, out, m, n, k)
     gx, gy = spec.grid(m, n)
     if gy > MAX_GRID_Y:
         raise ValueError(f"GEMM variant {name!r} cannot tile N={n} (w {tuple(w.shape)}): {gy} column tiles > {MAX_GRID_Y}")
     args = (a, w, out, np.int32(m), np.int32(n), np.int32(k))
     return functools.partial(_kernel(spec), (gx, gy), (spec.threads,), args, shared_mem=spec.smem_bytes)
+
+
+# ---- tma: tensor maps and launches through the driver ---------------------------------------------
+
+_CU_TENSOR_MAP_FLOAT16, _CU_SWIZZLE_128B, _CU_L2_PROMOTION_256B = 6, 3, 3
+
+
+@lru_cache(maxsize=None)
+def _libcuda():
+    import ctypes
+
+    lib = ctypes.CDLL("libcuda.so.1")
+    u64p, u32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
+    lib.cuTensorMapEncodeTiled.restype = ctypes.c_int
+    lib.cuTensorMapEncodeTiled.argtypes = [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, u64p, u64p, u32p, u32p,
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+    ]  # fmt: skip
+    lib.cuOccupancyMaxActiveClusters.restype = ctypes.c_int
+    return lib
+
+
+def _tensor_map(arr, box_rows: int):
+    """The CUtensorMap of a row-major [rows, K] FP16 matrix: box 64 (K) x box_rows, 128-byte swizzle,
+    out-of-bounds elements read as zero. Host-only (no device call): safe inside a capture.
+    Returns (buffer, address of its 64-byte aligned 128 bytes)."""
+    import ctypes
+
+    rows, k = arr.shape
+    buf = ctypes.create_string_buffer(128 + 64)
+    at = (ctypes.addressof(buf) + 63) & ~63
+    rc = _libcuda().cuTensorMapEncodeTiled(
+        at, _CU_TENSOR_MAP_FLOAT16, 2, ctypes.c_void_p(arr.data.ptr),
+        (ctypes.c_uint64 * 2)(k, rows), (ctypes.c_uint64 * 1)(2 * k),
+        (ctypes.c_uint32 * 2)(64, box_rows), (ctypes.c_uint32 * 2)(1, 1),
+        0, _CU_SWIZZLE_128B, _CU_L2_PROMOTION_256B, 0,
+    )  # fmt: skip
+    if rc != 0:
+        raise ValueError(f"cuTensorMapEncodeTiled failed ({rc}) for a {tuple(arr.shape)} FP16 matrix, box {box_rows} rows")
+    return buf, at
+
+
+@lru_cache(maxsize=None)
+def max_clusters(name: str) -> int:
+    """Clusters of a tma variant that fit on the device at once (cuOccupancyMaxActiveClusters for
+    clustered kernels: a GPC's SMs may not pair up); its persistent grid uses no more."""
+    import ctypes
+
+    spec = VARIANTS[name]
+    fallback = device_info().sms // spec.cluster
+    if spec.cluster == 1:
+        return fallback
+
+    class LaunchConfig(ctypes.Structure):  # CUlaunchConfig
+        _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
+                    ("stream", ctypes.c_void_p), ("attrs", ctypes.c_void_p), ("num_attrs", ctypes.c_uint)]  # fmt: skip
+
+    try:
+        config = LaunchConfig((spec.cluster * fallback, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, None, None, 0)
+        found = ctypes.c_int(0)
+        function = ctypes.c_void_p(_kernel(spec).kernel.ptr)
+        rc = _libcuda().cuOccupancyMaxActiveClusters(ctypes.byref(found), function, ctypes.byref(config))
+        return max(1, min(found.value, fallback)) if rc == 0 and found.value > 0 else fallback
+    except Exception:  # no driver entry point: plan with the SM count
+        return fallback
+
+
+def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int):
+    """A no-argument callable launching a tma variant through cuLaunchKernel on the current stream:
+    tensor maps passed by value, the argument block built once (clusters come from the kernel's
+    compile-time __cluster_dims__)."""
+    import ctypes
+
+    import cupy
+
+    map_a, map_w = _tensor_map(a, spec.bm), _tensor_map(w, spec.w_box_rows)
+    values = [ctypes.c_void_p(out.data.ptr), ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
+    params = (ctypes.c_void_p * 6)(map_a[1], map_w[1], *[ctypes.addressof(v) for v in values])
+    function = _kernel(spec).kernel.ptr
+    gx, _ = spec.grid(m, n, max_clusters(spec.name))
+    launch, current_stream = cupy.cuda.driver.launchKernel, cupy.cuda.get_current_stream
+    params_ptr, threads, smem = ctypes.addressof(params), spec.threads, spec.smem_bytes
+    keep = (a, w, out, map_a, map_w, values, params)  # buffers and argument block outlive every launch
+
+    def run(keep=keep) -> None:
+        launch(function, gx, 1, 1, threads, 1, 1, smem, current_stream().ptr, params_ptr, 0)
+
+    return run
 
 
 def dense_gemm(a, w, out, policy, counts: dict | None = None) -> str:
