@@ -168,12 +168,12 @@ def time_case(case: GemmCase, policy: str, reps: int, extra_variants=(), warmup:
     m, n, k = case.m, case.n, case.k
     variant = gemm.choose_variant(m, n, k, policy)
     guards = {p: (gemm.choose_variant(m, n, k, p) or gemm.CUBLAS) for p in gemm.POLICIES}
-    # extra variants modelled at over 8x the best are skipped (a 16-row tile on lm_head takes seconds)
+    # extra variants modelled at over 3x the best are skipped (a 16-row tile on lm_head takes seconds)
     best_us = min(gemm.estimate_us(v, m, n, k) for v in gemm.candidates("small-n"))
     extra_ok = [
         v for v in extra_variants
         if v != variant and gemm.VARIANTS[v].grid(m, n)[1] <= gemm.MAX_GRID_Y
-        and gemm.estimate_us(gemm.VARIANTS[v], m, n, k) <= 8 * best_us
+        and gemm.estimate_us(gemm.VARIANTS[v], m, n, k) <= 3 * best_us
     ]  # fmt: skip
     timed = ([variant] if variant else []) + extra_ok
 

@@ -659,7 +659,7 @@ __device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A,
     using Cfg = WsConfig<BN, STAGES>;
     constexpr int BM = Cfg::BM, BK = Cfg::BK;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    __shared__ __align__(8) unsigned long long bars[2 * STAGES];  // full[s], empty[s]
+    __shared__ __align__(8) unsigned long long bars[2 * STAGES + 2];  // full[s], empty[s], staged, drained
     const unsigned raw_addr = smem_u32(smem_raw);
     half_t *smem = reinterpret_cast<half_t *>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));
     half_t *sA = smem;
@@ -784,7 +784,7 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-template <int BN, int STAGES, int CS, bool SPLIT>
+template <int BN, int STAGES, int CS, bool SPLIT, bool STORE_WARPS = false>
 struct TmaConfig {
     static constexpr int BM = 128, BK = 64, THREADS = 384;
     static constexpr bool MULTICAST = CS > 1 && !SPLIT;
@@ -794,29 +794,33 @@ struct TmaConfig {
     static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
     static constexpr int EPI_ROW = 144;            // a staged row: 64 halves + 16 bytes of padding
     static constexpr int EPI_WARP = 16 * EPI_ROW;  // one consumer warp's 16 x 64 staging tile
-    static constexpr int EPI_BYTES = SPLIT ? 0 : 8 * EPI_WARP;
+    static constexpr int OUT_ROW = BN * 2 + 16;    // STORE_WARPS: a staged output row (+16: no conflicts)
+    static constexpr int EPI_BYTES = STORE_WARPS ? BM * OUT_ROW : SPLIT ? 0 : 8 * EPI_WARP;
     static constexpr int SMEM_BYTES = PIPE_BYTES + EPI_BYTES + 1024;  // + 1024-byte alignment slack
     static constexpr int EMPTY_ARRIVALS = 8 * (MULTICAST ? CS : 1);   // consumer warps reading a stage
     static_assert(BN % 16 == 0 && BN >= 64 && BN <= 256, "wgmma N and the TMA box");
     static_assert(!MULTICAST || (W_BOX % 8 == 0 && CS == 2), "multicast halves start on a swizzle atom");
     static_assert(!SPLIT || ((BN / 8) % CS == 0 && CS <= 8), "split-K: whole n8 blocks per rank");
     static_assert(!SPLIT || BM * BN * 4 <= PIPE_BYTES, "split-K partials reuse the pipeline buffers");
-    static_assert(SMEM_BYTES + 16 * STAGES <= 232448, "227 KiB of shared memory per block");
+    static_assert(!STORE_WARPS || (CS == 1 && !SPLIT), "store warps: plain persistent schedule only");
+    static_assert(SMEM_BYTES + 16 * STAGES + 16 <= 232448, "227 KiB of shared memory per block");
 };
 
-template <int BN, int STAGES, int CS, bool SPLIT>
+template <int BN, int STAGES, int CS, bool SPLIT, bool STORE_WARPS = false>
 __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               int M, int N, int K) {
-    using Cfg = TmaConfig<BN, STAGES, CS, SPLIT>;
+    using Cfg = TmaConfig<BN, STAGES, CS, SPLIT, STORE_WARPS>;
     constexpr int BM = Cfg::BM, BK = Cfg::BK;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    __shared__ __align__(8) unsigned long long bars[2 * STAGES];  // full[s], empty[s]
+    __shared__ __align__(8) unsigned long long bars[2 * STAGES + 2];  // full[s], empty[s], staged, drained
     // 128-byte swizzle is a function of address bits 4-9: stage bases must be 1024-byte aligned.
     // The offset is the same in every CTA of a cluster, which multicast relies on.
     const unsigned raw_addr = smem_u32(smem_raw);
     const unsigned sA = (raw_addr + 1023u) & ~1023u;
     const unsigned sW = sA + STAGES * Cfg::A_BYTES;
     const unsigned full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[STAGES]);
+    const unsigned staged = smem_u32(&bars[2 * STAGES]), drained = staged + 8;  // STORE_WARPS hand-over
+    const unsigned out_stage = sW + STAGES * Cfg::W_BYTES;                       // STORE_WARPS output tile
 
     const int tid = threadIdx.x, wg = tid >> 7;
     const unsigned rank = CS > 1 ? cluster_rank() : 0u;
@@ -832,6 +836,8 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
             mbar_init(full0 + 8 * s, 1);  // the producer's arrive.expect_tx; then the TMA bytes land
             mbar_init(empty0 + 8 * s, Cfg::EMPTY_ARRIVALS);
         }
+        mbar_init(staged, 8);   // the 8 consumer warps, once their part of a tile is staged
+        mbar_init(drained, 3);  // the 3 store warps, once they stored a staged tile
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     if (CS > 1) cluster_sync();  // the partner's barriers exist before anything lands in them
@@ -864,12 +870,40 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
                     }
                 }
             }
+        } else if (STORE_WARPS && tid >= 32) {
+            // Warps 1-3: the epilogue. Each staged tile (FP16, row-major) goes out as 16-byte stores of
+            // whole row segments, while the consumers already multiply the next tile.
+            const int st = tid - 32, lane = tid & 31;
+            const bool fast = (N % 8 == 0) && ((reinterpret_cast<size_t>(C) & 15) == 0);
+            unsigned ph = 0;
+            for (int u = first; u < units; u += stride) {
+                const int m0 = (u % MG) * BM, n0 = (u / MG) * BN;
+                mbar_wait(staged, ph);
+                for (int idx = st; idx < BM * (BN / 8); idx += 96) {
+                    const int r = idx / (BN / 8), q = idx % (BN / 8);
+                    const int grow = m0 + r, gcol = n0 + q * 8;
+                    if (grow < M && gcol < N) {
+                        unsigned v[4];
+                        ld_shared_v4(out_stage + r * Cfg::OUT_ROW + q * 16, v);
+                        half_t *dst = C + (size_t)grow * N + gcol;
+                        if (fast && gcol + 8 <= N) {
+                            st_global_v4(dst, v);
+                        } else {
+                            for (int e = 0; e < 8; ++e)
+                                if (gcol + e < N) dst[e] = (half_t)(v[e >> 1] >> (16 * (e & 1)));
+                        }
+                    }
+                }
+                __syncwarp();
+                if (lane == 0) mbar_arrive(drained);
+                ph ^= 1;
+            }
         }
     } else {  // consumers
         setmaxnreg_inc<232>();
         const int c = wg - 1, ct = tid - 128, warp = ct >> 5, lane = tid & 31;
         float acc[BN / 2];
-        int s = 0;
+        int s = 0, tiles_staged = 0;
         unsigned phase = 0;
         for (int u = first; u < units; u += stride) {
             const int m0 = (SPLIT ? u % MG : (u % MG) * CS + (int)rank) * BM;
@@ -912,6 +946,18 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
                 named_barrier_sync(1, 256);
 #pragma unroll
                 for (int i = 0; i < BN / 2; ++i) st_shared_f32(sA + (i * 256 + ct) * 4, acc[i]);
+            } else if constexpr (STORE_WARPS) {
+                // hand the tile to the store warps: wait until they took the previous one out
+                if (tiles_staged > 0) mbar_wait(drained, (tiles_staged - 1) & 1);
+                const unsigned row = out_stage + (c * 64 + (warp & 3) * 16 + (lane >> 2)) * Cfg::OUT_ROW + (lane & 3) * 4;
+#pragma unroll
+                for (int j = 0; j < BN / 8; ++j) {
+                    st_shared_u32(row + j * 16, pack_half2(acc[4 * j], acc[4 * j + 1]));
+                    st_shared_u32(row + 8 * Cfg::OUT_ROW + j * 16, pack_half2(acc[4 * j + 2], acc[4 * j + 3]));
+                }
+                __syncwarp();
+                if (lane == 0) mbar_arrive(staged);
+                ++tiles_staged;
             } else {
                 const unsigned stage = sW + STAGES * Cfg::W_BYTES + warp * Cfg::EPI_WARP;
                 const int row0 = m0 + c * 64 + (warp & 3) * 16;
@@ -1020,6 +1066,12 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
         impgemm::gemm_tma_body<BN, STAGES, CS, SPLIT>(map_a, map_w, C, M, N, K);                               \
     }
 #define IMPGEMM_TMA(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 1, false, )
+#define IMPGEMM_TMA_SW(NAME, BN, STAGES)                                                                   \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                                       \
+        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
+             half_t *__restrict__ C, int M, int N, int K) {                                                   \
+        impgemm::gemm_tma_body<BN, STAGES, 1, false, true>(map_a, map_w, C, M, N, K);                          \
+    }
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, __cluster_dims__(2, 1, 1))
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, S, true, __cluster_dims__(S, 1, 1))
 #else
@@ -1034,6 +1086,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
         asm volatile("trap;");                                                                            \
     }
 #define IMPGEMM_TMA(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TMA_SW(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
 #endif
@@ -1081,6 +1134,14 @@ IMPGEMM_TMA(gemm_tma_128x176, 176, 5)                     // 384     214016
 IMPGEMM_TMA(gemm_tma_128x192, 192, 5)                     // 384     224256
 IMPGEMM_TMA(gemm_tma_128x224, 224, 4)                     // 384     199680
 IMPGEMM_TMA(gemm_tma_128x256, 256, 4)                     // 384     216064
+// s: the epilogue in the producer warpgroup's idle warps 1-3 (consumers stage the FP16 tile in shared
+// memory and go on with the next tile); fewer stages to make room for the 128 x BN output tile
+IMPGEMM_TMA_SW(gemm_tma_128x128s, 128, 5)                 // 384     199680
+IMPGEMM_TMA_SW(gemm_tma_128x144s, 144, 5)                 // 384     214016
+IMPGEMM_TMA_SW(gemm_tma_128x160s, 160, 5)                 // 384     228352
+IMPGEMM_TMA_SW(gemm_tma_128x176s, 176, 4)                 // 384     203776
+IMPGEMM_TMA_SW(gemm_tma_128x192s, 192, 4)                 // 384     216064
+IMPGEMM_TMA_SW(gemm_tma_128x256s, 256, 3)                 // 384     216064
 IMPGEMM_TMA_MC(gemm_tma_128x96c2, 96, 7)                  // 384     220160
 IMPGEMM_TMA_MC(gemm_tma_128x128c2, 128, 6)                // 384     216064
 IMPGEMM_TMA_MC(gemm_tma_128x144c2, 144, 6)                // 384     228352

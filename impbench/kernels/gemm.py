@@ -106,10 +106,11 @@ def _v(name, family, bm, bn, bk, threads, smem, regs, split_k=1, flop_per_clk=20
     return Variant(name, family, bm, bn, bk, threads, smem, regs, split_k, flop_per_clk, fixed_us, iter_us)
 
 
-def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5):
+def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5, store_warps=False):
     """A gemm_tma_* entry point: tile 128 x bn x 64, 384 threads (TmaConfig in gemm_fp16.cu)."""
-    suffix = f"c{multicast}" if multicast > 1 else f"k{split_k}" if split_k > 1 else ""
-    staging = 0 if split_k > 1 else 8 * 16 * 144  # per-warp epilogue staging
+    suffix = f"c{multicast}" if multicast > 1 else f"k{split_k}" if split_k > 1 else "s" if store_warps else ""
+    # epilogue staging: none (split-K), the whole output tile (store warps), or 16 x 64 per consumer warp
+    staging = 0 if split_k > 1 else 128 * (2 * bn + 16) if store_warps else 8 * 16 * 144
     smem = stages * (128 + bn) * 64 * 2 + staging + 1024
     return Variant(f"tma_128x{bn}{suffix}", "tma", 128, bn, 64, 384, smem, 168, split_k, flop_per_clk, fixed_us,
                    0.0, multicast)  # fmt: skip
@@ -140,21 +141,33 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _v("wgmma_64x64s8",    "wgmma",  64,  64,  64, 128, 132096,   90,      1,   1050.0,     2.50,    0.00),
     _v("wgmma_ws_128x256", "wgmma", 128, 256,  64, 384, 197632,  168,      1,   2250.0,     8.00,    0.95),
     _v("wgmma_ws_128x128", "wgmma", 128, 128,  64, 384, 197632,  168,      1,   2100.0,     5.00,    0.00),
-    # TMA family (prior guesses, v4: not yet calibrated)
+    # TMA family: FLOP/clk and fixed_us (per work unit) fitted to sweep v4 (device call 4, every
+    # tma variant on the 63 model shapes, rms log error 4-8% for BN >= 128); split-K k4/k8 and the
+    # 128/176/256 k2 variants are priors (fitted k2 of BN 64, scaled by the BN trend)
     #    BN stages multicast split  FLOP/clk fixed_us
-    _tma( 64, 8, 1, 1, 1900.0, 0.35), _tma( 96, 7, 1, 1, 2200.0, 0.40), _tma(128, 6, 1, 1, 2400.0, 0.45),
-    _tma(144, 6, 1, 1, 2450.0, 0.50), _tma(160, 5, 1, 1, 2500.0, 0.50), _tma(176, 5, 1, 1, 2550.0, 0.55),
-    _tma(192, 5, 1, 1, 2600.0, 0.55), _tma(224, 4, 1, 1, 2650.0, 0.60), _tma(256, 4, 1, 1, 2750.0, 0.65),
-    _tma( 96, 7, 2, 1, 2250.0, 0.40), _tma(128, 6, 2, 1, 2450.0, 0.45), _tma(144, 6, 2, 1, 2500.0, 0.50),
-    _tma(160, 5, 2, 1, 2550.0, 0.50), _tma(176, 5, 2, 1, 2600.0, 0.55), _tma(192, 5, 2, 1, 2650.0, 0.55),
-    _tma(224, 4, 2, 1, 2700.0, 0.60), _tma(256, 4, 2, 1, 2800.0, 0.65),
-    _tma( 64, 8, 1, 2, 1900.0, 0.90), _tma( 64, 8, 1, 4, 1900.0, 1.10), _tma( 64, 8, 1, 8, 1900.0, 1.50),
-    _tma(128, 6, 1, 2, 2400.0, 1.00), _tma(128, 6, 1, 4, 2400.0, 1.20), _tma(128, 6, 1, 8, 2400.0, 1.60),
-    _tma(176, 5, 1, 2, 2550.0, 1.10), _tma(256, 4, 1, 2, 2750.0, 1.20), _tma(256, 4, 1, 4, 2750.0, 1.40),
+    _tma( 64, 8, 1, 1, 2195.0, 1.53), _tma( 96, 7, 1, 1, 2960.0, 1.97), _tma(128, 6, 1, 1, 3550.0, 2.89),
+    _tma(144, 6, 1, 1, 3592.0, 3.19), _tma(160, 5, 1, 1, 3687.0, 3.41), _tma(176, 5, 1, 1, 3676.0, 3.67),
+    _tma(192, 5, 1, 1, 3646.0, 3.50), _tma(224, 4, 1, 1, 3738.0, 4.27), _tma(256, 4, 1, 1, 3739.0, 4.69),
+    _tma( 96, 7, 2, 1, 3030.0, 2.77), _tma(128, 6, 2, 1, 3772.0, 4.27), _tma(144, 6, 2, 1, 3763.0, 4.31),
+    _tma(160, 5, 2, 1, 3795.0, 4.44), _tma(176, 5, 2, 1, 3679.0, 4.29), _tma(192, 5, 2, 1, 3721.0, 4.42),
+    _tma(224, 4, 2, 1, 3685.0, 4.61), _tma(256, 4, 2, 1, 3651.0, 5.00),
+    # s (store warps do the epilogue): priors, the c1 constants with a slower pipeline (fewer stages)
+    _tma(128, 5, flop_per_clk=3440.0, fixed_us=2.9, store_warps=True),
+    _tma(144, 5, flop_per_clk=3480.0, fixed_us=3.2, store_warps=True),
+    _tma(160, 5, flop_per_clk=3570.0, fixed_us=3.4, store_warps=True),
+    _tma(176, 4, flop_per_clk=3560.0, fixed_us=3.7, store_warps=True),
+    _tma(192, 4, flop_per_clk=3530.0, fixed_us=3.5, store_warps=True),
+    _tma(256, 3, flop_per_clk=3620.0, fixed_us=4.7, store_warps=True),
+    _tma( 64, 8, 1, 2, 1702.0, 4.40), _tma( 64, 8, 1, 4, 1500.0, 4.80), _tma( 64, 8, 1, 8, 1300.0, 5.40),
+    _tma(128, 6, 1, 2, 2750.0, 5.60), _tma(128, 6, 1, 4, 2450.0, 6.00), _tma(128, 6, 1, 8, 2100.0, 6.60),
+    _tma(176, 5, 1, 2, 2850.0, 6.20), _tma(256, 4, 1, 2, 2900.0, 7.00), _tma(256, 4, 1, 4, 2600.0, 7.40),
 )}
 # fmt: on
-TMA_PROLOGUE_US = 1.0  # time model: a tma kernel's first stage in flight (tensor maps, first loads)
-TMA_L2_BYTES_PER_CLK = 40.0  # time model: L2 -> SM bytes per clock per SM feeding TMA
+# time model of the tma family (fitted with the per-variant constants above):
+TMA_BASE_US = 2.61  # launch, barriers, tensor-map fetch, first loads, teardown
+TMA_BUSY_SLOWDOWN = 0.091  # the per-SM rate falls as more SMs run (clocks under load)
+TMA_DRAM_SLOWDOWN = 0.080  # ... and with DRAM bytes per FLOP (lm_head at M=512 streams W)
+TMA_REF_FLOP_PER_CLK = 3000.0  # reference rate of the DRAM term
 
 
 @dataclass(frozen=True)
@@ -241,21 +254,25 @@ def estimate_us(variant: Variant, m: int, n: int, k: int, device: DeviceInfo = H
 
 
 def _estimate_tma_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> float:
-    """tma: one CTA per SM; rounds of work units per cluster, each K stages of one tile plus its epilogue;
-    split-K adds the reduction through distributed shared memory."""
+    """tma: one CTA per SM; rounds of work units per cluster, each a fixed cost (epilogue, pipeline
+    ramp; split-K: the reduction) plus K stages of one tile at the variant's rate, which falls with
+    the fraction of SMs busy and with the DRAM traffic per FLOP."""
     k_tiles = -(-k // v.bk)
     units = v.units(m, n)
     if v.split_k > 1:
-        rounds = -(-units * v.split_k // device.sms)
+        ctas = units * v.split_k
+        rounds = -(-ctas // device.sms)
         k_tiles = -(-k_tiles // v.split_k)
     else:
         clusters = min(units, device.sms // v.cluster)
+        ctas = clusters * v.cluster
         rounds = -(-units // clusters)
-    stage_flop_us = 2.0 * v.bm * v.bn * v.bk / (v.flop_per_clk * device.sm_mhz)
-    stage_l2_us = (v.bm + v.bn / v.multicast) * v.bk * 2 / (TMA_L2_BYTES_PER_CLK * device.sm_mhz)
-    body_us = rounds * (v.fixed_us + k_tiles * max(stage_flop_us, stage_l2_us))
+    busy = min(ctas, device.sms) / device.sms
+    flop_clk = rounds * k_tiles * 2.0 * v.bm * v.bn * v.bk  # FLOP of one SM's work, padding included
     dram_us = 2.0 * (m * k + n * k + m * n) / DRAM_BYTES_PER_US
-    return LAUNCH_US + TMA_PROLOGUE_US + max(body_us, dram_us)
+    dram_ratio = dram_us / (flop_clk / (TMA_REF_FLOP_PER_CLK * device.sm_mhz))
+    flop_us = flop_clk / (v.flop_per_clk * device.sm_mhz) * (1 + TMA_BUSY_SLOWDOWN * busy) * (1 + TMA_DRAM_SLOWDOWN * dram_ratio)
+    return TMA_BASE_US + rounds * v.fixed_us + max(flop_us, dram_us)
 
 
 def candidates(policy, device: DeviceInfo | None = None) -> list[Variant]:
