@@ -1,3 +1,7 @@
+// impbench-nvrtc-arch: sm_90a
+// (read by impbench/kernels/_cache.py: on a compute-capability-9.0 device this family is compiled for
+//  sm_90a so the _wg kernels (wgmma) exist; elsewhere they compile to a trap and moe.py never picks them.)
+//
 // Grouped NVFP4 MoE expert GEMMs for Hopper, which has no FP4 tensor cores: the weights are
 // dequantized in registers and multiplied with mma.sync m16n8k16 (FP16 in, FP32 accumulate).
 //
@@ -61,6 +65,35 @@ static_assert((BT * (256 + 8) * 2) <= SMEM_BYTES, "epilogue staging must fit in 
 // Copies to 32-bit shared addresses (cheaper to form than generic pointers in the K loop).
 __device__ __forceinline__ void cp_async16_l2(unsigned dst, const void *gmem, int src_bytes) {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+}
+
+// Weight-stream prefetch modes (PF): 0 = the L2::128B hint above; 1 = an L2::256B hint (DRAM fetches
+// 256 contiguous bytes of a row = 4 stages); 2 = the L2::128B hint plus one cp.async.bulk.prefetch.L2
+// of the row's next 256 bytes every 4 stages, issued 4 stages before they are copied (and the row's
+// first 512 bytes at the start), so DRAM sees 256-512-byte row pieces well ahead of the cp.async.
+template <int PF>
+__device__ __forceinline__ void cp_async16_w(unsigned dst, const void *gmem, int src_bytes) {
+    if constexpr (PF == 1)
+        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+    else
+        cp_async16_l2(dst, gmem, src_bytes);
+}
+
+// Prefetch `bytes` (a multiple of 16, 16-byte aligned address) into L2; no shared memory, no completion.
+__device__ __forceinline__ void prefetch_l2(const void *gmem, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(gmem), "r"(bytes) : "memory");
+}
+
+// PF 2: at copy chunk c (64 code bytes per row), prefetch the row's bytes [64 (c + 4), 64 (c + 8)) when
+// c % 4 == 0 (chunk 0: [0, 512)), clipped to the row's kb bytes.
+template <int PF>
+__device__ __forceinline__ void prefetch_row(const unsigned char *row, int chunk, int kb) {
+    if constexpr (PF == 2) {
+        if ((chunk & 3) == 0) {
+            const int from = chunk == 0 ? 0 : 64 * (chunk + 4), to = min(64 * (chunk + 8), kb);
+            if (from < to) prefetch_l2(row + from, to - from);
+        }
+    }
 }
 
 __device__ __forceinline__ void cp_async16s(unsigned dst, const void *gmem, int src_bytes) {
@@ -190,7 +223,7 @@ struct Ctx {
 // The K loop and epilogue of one tile. NTA (n8 token tiles with rows, 1..8) is a compile-time
 // constant: the loop body is then one basic block the compiler can software-pipeline (X loads, HMMA
 // chains and the next word's decode interleaved), which a per-n8-tile branch inside it prevents.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, int NTA>
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, int NTA, int PF = 0>
 __device__ __noinline__ void moe_tile(const Ctx &cx) {
     constexpr int NT = 32 * WARPS;
     constexpr int XC = BT * (BK / 8) / NT;
@@ -216,7 +249,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
         for (int j = 0; j < CC; ++j) {
             const bool ok = kc_ok && (valid >> j & 1);
             const unsigned off = code_off + row_delta((NT / 4) * j) * kb + chunk * (BK / 2);
-            cp_async16_l2(sc + (tid + NT * j) * 16, wq + (ok ? off : 0u), ok ? 16 : 0);
+            cp_async16_w<PF>(sc + (tid + NT * j) * 16, wq + (ok ? off : 0u), ok ? 16 : 0);
         }
 #pragma unroll
         for (int j = 0; j < SC; ++j) {
@@ -405,11 +438,367 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// _wg variant (sm_90a): the same tiles, decode and copies, but the tensor-core work is wgmma.mma_async
+// with A (the decoded weights) from registers and B (the token tile) from shared memory.
+//
+// Why: in v3 the SM, not DRAM, was the limit -- per 256-row stage a warp issued 64-96 HMMA.16816 plus
+// 16-24 B-fragment shared loads, the mma.sync tensor pipe runs at about 2/3 of the wgmma rate, and
+// HMMA chains serialized with the decode. Here a warpgroup (4 warps, 64 weight rows per m64 tile)
+// issues one wgmma per m64 tile per k16 step for all the tile's tokens (N = 8 * NTA), asynchronously:
+// the decode of step s+1 runs while the tensor cores do step s.
+//
+// Roles: warp w (0..7), warpgroup wg = w / 4. Block rows 128 * mt + 16 * w + {g, g + 8}: m64 tile mt of
+// warpgroup wg = block rows 128 * mt + 64 * wg + [0, 64). gate_up: mt 0 = gate, mt 1 = the matching up
+// rows, so SiLU(gate) * up pairs accumulators of one thread; down: mt 0 / 1 = output columns
+// n0 + [0, 128) / [128, 256). Per thread 2 x 4 * NTA FP32 accumulators (the mma.sync C layout per n8).
+// The A register fragment of wgmma m64nNk16 is, per warp, the m16n8k16 A fragment of its 16 rows, so
+// each k16 step s = 2i + p of a stage takes the same (nibble pair, scale) registers as the mma.sync
+// kernels (CVT decode, pairs (1,3),(0,2) for p = 0, (5,7),(4,6) for p = 1).
+//
+// Token tile in shared memory: K-major, 128-byte swizzle (the layout of gemm_fp16.cu's wgmma kernels):
+// two 8 KiB atoms per stage (logical k 0-63, 64-127), token row n at n * 128 bytes, 16-byte unit u at
+// (u ^ (n & 7)) * 16. Logical unit L of a row holds, for k16 step s = L / 2 and c = L % 2, the halves
+// the quad's threads t = 0..3 pair with their A registers: word t = physical k 32t + 8i + (pair of (p, c)).
+// Thread (row n, word i) copies physical units i, 4 + i, 8 + i, 12 + i into logical slots 4i .. 4i+3
+// and, once they landed, permutes those four slots in place (its own copies: no barrier between) into
+// the logical order, then fences (generic -> async proxy) before the barrier that publishes the stage.
+// Stage = token tile 16 KiB + codes 16 KiB + scales 2 KiB; 3 stages; the base is aligned to 1024 bytes.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define IMPMOE_HAS_WGMMA 1
+namespace wg {
+
+constexpr int X_BYTES = BT * BK * 2;              // 16384: two 128-byte-swizzle atoms of 64 rows
+constexpr int ATOM = BT * 128;                    // 8192
+constexpr int C_OFF = X_BYTES, S_OFF = X_BYTES + CODE_STAGE;
+constexpr int STAGE = X_BYTES + CODE_STAGE + SCALE_STAGE;  // 34816, a multiple of 1024
+constexpr int SMEM = STAGES * STAGE + 1024;       // + alignment slack: impbench/kernels/moe.py WG_SMEM_BYTES
+static_assert(2 * (SMEM + 2048) <= 228 * 1024, "two blocks per SM (static shared and the per-block reserve included)");
+
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keep the compiler from moving accumulator accesses across a wgmma wait.
+template <int R>
+__device__ __forceinline__ void fence_regs(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ unsigned long long desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) |
+           (1ull << 62);
+}
+
+// wgmma.mma_async m64nNk16, FP32 accumulators d (N/2 per thread) += A (registers) * B (descriptor).
+template <int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long db);
+template <>
+__device__ __forceinline__ void wgmma_rs<8>(float (&d)[4], const unsigned (&a)[4], unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<16>(float (&d)[8], const unsigned (&a)[4], unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<24>(float (&d)[12], const unsigned (&a)[4], unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %17, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n24k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11}, {%12, %13, %14, %15}, %16, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<32>(float (&d)[16], const unsigned (&a)[4], unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<40>(float (&d)[20], const unsigned (&a)[4], unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %25, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n40k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19}, {%20, %21, %22, %23}, %24, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<48>(float (&d)[24], const unsigned (&a)[4], unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, {%24, %25, %26, %27}, %28, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<56>(float (&d)[28], const unsigned (&a)[4], unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %33, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n56k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27}, {%28, %29, %30, %31}, %32, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const unsigned (&a)[4], unsigned long long db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+
+// The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
+template <bool GATE_UP, int NTA, int PF>
+__device__ __forceinline__ void tile_wg(const Ctx &cx) {
+    constexpr int NT = 256, N = 8 * NTA;
+    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
+    constexpr int WORDS = NTA <= 6 ? 4 : 2;    // code words loaded at once (registers: 2 blocks per SM)
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const unsigned raw = smem_u32(smem_raw);
+    unsigned char *smem = smem_raw + (((raw + 1023u) & ~1023u) - raw);
+    const unsigned s_base = raw + (unsigned)(smem - smem_raw);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const Tile tile = cx.tile;
+    const int n0 = cx.n0, k = cx.k, kb = cx.kb, n_out = cx.n_out;
+
+    // Weight copies: thread tid copies block row tid -- its 64 code bytes (four 16-byte pieces, piece
+    // P to slot P ^ ((row >> 1) & 3): conflict-free for these stores and for the quads' reads) and its
+    // 8 scale bytes (two 4-byte pieces: ks may be 4 mod 8). Source offsets are immediates.
+    const int col = n0 + (GATE_UP ? (tid & 127) : tid);
+    const bool w_ok = col < n_out;
+    const int grow = GATE_UP && tid >= 128 ? n_out + col : col;
+    const unsigned char *code_src = cx.wq + (w_ok ? (unsigned)grow * kb : 0u);
+    const unsigned char *scale_src = cx.wsc + (w_ok ? (unsigned)grow * cx.ks : 0u);
+    const unsigned code_dst = C_OFF + tid * 64, code_swz = ((tid >> 1) & 3) << 4, scale_dst = S_OFF + tid * 8;
+
+    // Token-tile copies: this thread's row xn (warp w: rows 8w .. 8w+7, so warps past the tile skip
+    // whole) and word xi; slots 4 * xi + j of row xn get physical unit 4j + xi.
+    const int xn = (tid & 7) + 8 * warp, xi = (tid >> 3) & 3;
+    const bool x_row = warp < NTA;
+    const bool x_ok = xn < tile.rows;
+    const unsigned x_off = x_ok ? (unsigned)cx.s_src[xn] * (2u * k) + 16u * xi : 0u;  // bytes
+    const unsigned char *x_bytes = reinterpret_cast<const unsigned char *>(cx.x);
+    unsigned x_dst[4];  // byte offsets of this thread's slots in a stage's token tile
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x_dst[j] = (xi >> 1) * ATOM + xn * 128 + ((((xi & 1) * 4 + j) ^ (xn & 7)) << 4);
+
+    // A piece past K (the second half of a K % 128 == 64 tail stage) reads 0 bytes from the first
+    // half's address, so every address stays inside its row.
+    auto issue = [&](int chunk, int stage) {
+        const unsigned sb = s_base + stage * STAGE;
+        const bool hi_ok = w_ok && chunk * (BK / 2) + BK / 4 < kb;
+        const unsigned char *cs = code_src + (w_ok ? chunk * (BK / 2) : 0);
+        if (w_ok) prefetch_row<PF>(code_src, chunk, kb);
+        const unsigned char *ch = cs + (hi_ok ? BK / 4 : 0);
+        cp_async16_w<PF>(sb + code_dst + (0 ^ code_swz), cs, w_ok ? 16 : 0);
+        cp_async16_w<PF>(sb + code_dst + (16 ^ code_swz), cs + 16, w_ok ? 16 : 0);
+        cp_async16_w<PF>(sb + code_dst + (32 ^ code_swz), ch, hi_ok ? 16 : 0);
+        cp_async16_w<PF>(sb + code_dst + (48 ^ code_swz), ch + 16, hi_ok ? 16 : 0);
+        const unsigned char *ss = scale_src + (w_ok ? chunk * (BK / 16) : 0);
+        cp_async4(sb + scale_dst, ss, w_ok ? 4 : 0);
+        cp_async4(sb + scale_dst + 4, ss + (hi_ok ? 4 : 0), hi_ok ? 4 : 0);
+        if (x_row) {
+            const bool xhi_ok = x_ok && chunk * BK + BK / 2 < k;
+            const unsigned char *xs = x_bytes + (x_ok ? x_off + chunk * (BK * 2) : 0u);
+            const unsigned char *xh = xs + (xhi_ok ? BK : 0);
+            cp_async16s(sb + x_dst[0], xs, x_ok ? 16 : 0);
+            cp_async16s(sb + x_dst[1], xs + 64, x_ok ? 16 : 0);
+            cp_async16s(sb + x_dst[2], xh, xhi_ok ? 16 : 0);
+            cp_async16s(sb + x_dst[3], xh + 64, xhi_ok ? 16 : 0);
+        }
+    };
+    // Permute this thread's four landed slots into the logical order (see the section comment):
+    // slot 4i + 2p + c = pair (p, c) of each of the four physical units, unit of quad thread t -> word t.
+    auto permute = [&](int stage) {
+        if (!x_row) return;
+        unsigned char *sx = smem + stage * STAGE;
+        uint4 v[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = *reinterpret_cast<const uint4 *>(sx + x_dst[j]);
+        *reinterpret_cast<uint4 *>(sx + x_dst[0]) =  // p 0, c 0: halves (1, 3)
+            make_uint4(__byte_perm(v[0].x, v[0].y, 0x7632), __byte_perm(v[1].x, v[1].y, 0x7632),
+                       __byte_perm(v[2].x, v[2].y, 0x7632), __byte_perm(v[3].x, v[3].y, 0x7632));
+        *reinterpret_cast<uint4 *>(sx + x_dst[1]) =  // p 0, c 1: halves (0, 2)
+            make_uint4(__byte_perm(v[0].x, v[0].y, 0x5410), __byte_perm(v[1].x, v[1].y, 0x5410),
+                       __byte_perm(v[2].x, v[2].y, 0x5410), __byte_perm(v[3].x, v[3].y, 0x5410));
+        *reinterpret_cast<uint4 *>(sx + x_dst[2]) =  // p 1, c 0: halves (5, 7)
+            make_uint4(__byte_perm(v[0].z, v[0].w, 0x7632), __byte_perm(v[1].z, v[1].w, 0x7632),
+                       __byte_perm(v[2].z, v[2].w, 0x7632), __byte_perm(v[3].z, v[3].w, 0x7632));
+        *reinterpret_cast<uint4 *>(sx + x_dst[3]) =  // p 1, c 1: halves (4, 6)
+            make_uint4(__byte_perm(v[0].z, v[0].w, 0x5410), __byte_perm(v[1].z, v[1].w, 0x5410),
+                       __byte_perm(v[2].z, v[2].w, 0x5410), __byte_perm(v[3].z, v[3].w, 0x5410));
+    };
+    auto br_of = [&](int mt, int r) { return 128 * mt + 16 * warp + 8 * r; };  // + g
+
+    float acc[2][N / 2];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) acc[mt][i] = 0.0f;
+
+    auto compute = [&](int stage) {
+        const unsigned char *sc = smem + stage * STAGE + C_OFF;
+        const unsigned char *ss = smem + stage * STAGE + S_OFF;
+        const unsigned long long d0 = desc(s_base + stage * STAGE);  // stage bases < 256 KiB: no carry out of the field
+        unsigned sraw[2][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+                sraw[mt][r] = *reinterpret_cast<const unsigned short *>(ss + (br_of(mt, r) + g) * 8 + 2 * t);
+        unsigned s01[2][2];  // half2(scale of block 0, of block 1) * 2^6 of each row
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) s01[mt][r] = hmul2(e4m3x2_half<false>(sraw[mt][r]), 0x54005400u);
+        unsigned sh[2][2];  // half2(scale, scale) of the current 16-value block (words 0-1, then 2-3)
+#pragma unroll
+        for (int i0 = 0; i0 < 4; i0 += WORDS) {
+            unsigned q[2][2][WORDS];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ ((g >> 1) & 3)) << 4) + i0 * 4;
+                    if constexpr (WORDS == 4) {
+                        const uint4 v = *reinterpret_cast<const uint4 *>(src);
+                        q[mt][r][0] = v.x, q[mt][r][1] = v.y, q[mt][r][2] = v.z, q[mt][r][3] = v.w;
+                    } else {
+                        const uint2 v = *reinterpret_cast<const uint2 *>(src);
+                        q[mt][r][0] = v.x, q[mt][r][1] = v.y;
+                    }
+                }
+#pragma unroll
+            for (int i1 = 0; i1 < WORDS; ++i1) {
+                const int i = i0 + i1;
+                if (i == 0 || i == 2) {
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                        for (int r = 0; r < 2; ++r)
+                            sh[mt][r] = __byte_perm(s01[mt][r], 0, i < 2 ? 0x1010 : 0x3232);
+                }
+                unsigned hi[2][2], lo[2][2];
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        hi[mt][r] = e2m1_hi_as_e4m3(q[mt][r][i1]);
+                        lo[mt][r] = e2m1_lo_as_e4m3(q[mt][r][i1]);
+                    }
+#pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                    unsigned a[2][4];  // a0 / a1: rows g / g+8, k pair c = 0; a2 / a3: c = 1
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                        for (int r = 0; r < 2; ++r) {
+                            a[mt][r] = hmul2(p ? e4m3x2_half<true>(hi[mt][r]) : e4m3x2_half<false>(hi[mt][r]), sh[mt][r]);
+                            a[mt][r + 2] = hmul2(p ? e4m3x2_half<true>(lo[mt][r]) : e4m3x2_half<false>(lo[mt][r]), sh[mt][r]);
+                        }
+                    const int s = 2 * i + p;  // k16 step: logical units 2s, 2s+1 = atom s/4, 32 bytes per step
+                    const unsigned long long db = d0 + (((s >> 2) * ATOM + (s & 3) * 32) >> 4);  // address field
+                    fence();
+                    wgmma_rs<N>(acc[0], a[0], db);
+                    wgmma_rs<N>(acc[1], a[1], db);
+                    commit();
+                    wait<1>();  // step s-1 done: its A registers may be reused
+                }
+            }
+        }
+        wait<0>();  // the stage's token tile may be overwritten after the next barrier
+        fence_regs(acc[0]);
+        fence_regs(acc[1]);
+    };
+
+    const int chunks = (k + BK - 1) / BK;
+#pragma unroll 1
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < chunks) issue(s, s);
+        cp_async_commit();
+    }
+#pragma unroll 1
+    for (int c = 0; c < chunks; ++c) {
+        cp_async_wait<STAGES - 2>();
+        permute(c % STAGES);
+        fence_proxy_async();  // generic-proxy stores -> wgmma reads (async proxy)
+        __syncthreads();
+        const int next = c + STAGES - 1;
+        if (next < chunks) issue(next, next % STAGES);
+        cp_async_commit();
+        compute(c % STAGES);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // Epilogue as in moe_tile: accumulator (mt, 4 nt + c) = block row br_of(mt, c >> 1) + g, token 8 nt + 2t + (c & 1).
+    constexpr int STRIDE = COLS + 8;
+    half_t *so = reinterpret_cast<half_t *>(smem);
+    const float f = cx.w_scale2[tile.expert];
+#pragma unroll
+    for (int nt = 0; nt < NTA; ++nt) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int tok = nt * 8 + 2 * t + (c & 1), col = 16 * warp + (c >> 1) * 8 + g;
+            if (GATE_UP) {
+                const float gate = acc[0][4 * nt + c] * f, up = acc[1][4 * nt + c] * f;
+                so[tok * STRIDE + col] = f2h(gate / (1.0f + __expf(-gate)) * up);
+            } else {
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt)
+                    so[tok * STRIDE + 128 * mt + col] = f2h(acc[mt][4 * nt + c] * f * cx.s_rw[tok]);
+            }
+        }
+    }
+    __syncthreads();
+    constexpr int UNITS = COLS / 8;
+    for (int idx = tid; idx < tile.rows * UNITS; idx += NT) {
+        const int tok = idx / UNITS, u = idx % UNITS, col = n0 + u * 8;
+        if (col < n_out)
+            *reinterpret_cast<uint4 *>(cx.out + (size_t)(tile.row0 + tok) * n_out + col) =
+                *reinterpret_cast<const uint4 *>(so + tok * STRIDE + u * 8);
+    }
+}
+
+}  // namespace wg
+#else
+#define IMPMOE_HAS_WGMMA 0
+#endif
+
 // x: activations [*, k] (gate_up: token rows gathered through row_token; down: permuted rows).
 // n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
 // WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
 // tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT>
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, int PF = 0>
 __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
@@ -466,15 +855,32 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     cx.x = x, cx.w_scale2 = w_scale2, cx.out = out, cx.wq = wq, cx.wsc = wsc, cx.s_src = s_src, cx.s_rw = s_rw;
     cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
     cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid;
+    if constexpr (WG) {
+#if IMPMOE_HAS_WGMMA
+        switch (nt_act) {
+            case 1: wg::tile_wg<GATE_UP, 1, PF>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, PF>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, PF>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, PF>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, PF>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, PF>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, PF>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, PF>(cx); break;
+        }
+#else
+        __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
+#endif
+        return;
+    }
     switch (nt_act) {
-        case 1: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 1>(cx); break;
-        case 2: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 2>(cx); break;
-        case 3: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 3>(cx); break;
-        case 4: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 4>(cx); break;
-        case 5: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 5>(cx); break;
-        case 6: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 6>(cx); break;
-        case 7: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 7>(cx); break;
-        default: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 8>(cx); break;
+        case 1: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 1, PF>(cx); break;
+        case 2: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 2, PF>(cx); break;
+        case 3: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 3, PF>(cx); break;
+        case 4: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 4, PF>(cx); break;
+        case 5: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 5, PF>(cx); break;
+        case 6: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 6, PF>(cx); break;
+        case 7: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 7, PF>(cx); break;
+        default: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 8, PF>(cx); break;
     }
 }
 
@@ -486,22 +892,27 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT)                                                                          \
+#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, PF)                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
                                   int inter, int n_tiles) {                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
+        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, PF>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
                                           num_experts, hidden, inter, n_tiles);                                \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
                                half_t *out, int num_experts, int inter, int hidden, int n_tiles) {            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
+        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, PF>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
                                            num_experts, inter, hidden, n_tiles);                               \
     }
 
-MOE_ENTRY(, 8, 2, true, false)
-MOE_ENTRY(_cvt, 8, 2, true, true)
+MOE_ENTRY(, 8, 2, true, false, false, 0)
+MOE_ENTRY(_cvt, 8, 2, true, true, false, 0)
+MOE_ENTRY(_cvt256, 8, 2, true, true, false, 1)
+// wgmma (sm_90a); dynamic shared memory impmoe::wg::SMEM
+MOE_ENTRY(_wg, 8, 2, true, true, true, 0)
+MOE_ENTRY(_wg256, 8, 2, true, true, true, 1)
+MOE_ENTRY(_wgpf, 8, 2, true, true, true, 2)

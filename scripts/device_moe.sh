@@ -23,7 +23,7 @@ if has build; then  # compile through NVRTC as the package does; registers and l
 import time
 from impbench.kernels import moe, get_function
 t = time.time(); moe.prewarm(); get_function("nvfp4_gen", "nvfp4_generate"); print(f"compile+load {time.time()-t:.1f}s")
-for v, (suffix, threads) in moe.VARIANTS.items():
+for v, (suffix, threads, smem) in moe.VARIANTS.items():
     for op in ("gate_up", "down"):
         k = get_function("moe_nvfp4", f"moe_nvfp4_{op}{suffix}")
         print(v, op, {a: k.attributes[a] for a in ("num_regs", "local_size_bytes", "shared_size_bytes", "max_threads_per_block")})

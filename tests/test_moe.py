@@ -124,7 +124,7 @@ class Problem:
         return err_up, err_down
 
 
-VARIANTS = ["w8", "cvt"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
+VARIANTS = ["w8", "cvt", "cvt256", "wg", "wg256", "wgpf"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
 
 
 @pytest.mark.gpu
@@ -152,17 +152,47 @@ def test_variant_list_matches_the_wrapper():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind", ["random", "one_expert"])
-def test_qwen3_coder_expert_shapes_with_generated_weights(kind):
+def test_qwen3_coder_expert_shapes_with_generated_weights(kind, variant):
     # real K / N (H 2048, I 768) on 8 experts, weights from the GPU generator, down without row weights
     problem = Problem(8, 2048, 768, 96, 8, seed=11, gpu_weights=True).route(kind)
     problem.poison()
-    problem.launch(weighted=False)
+    problem.launch(weighted=False, variant=variant)
     problem.check(weighted=False)
 
 
 @pytest.mark.gpu
-def test_graph_captured_in_global_mode_follows_new_offsets():
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    "tokens,n,k",
+    [
+        (2048, 512, 2048),  # 32 full token tiles re-reading one weight
+        (130, 5120, 4096),  # the engine's widest projection; a 2-row last token tile
+        (77, 320, 192),  # partial N tile, a K % 128 == 64 tail stage
+    ],
+)
+def test_one_expert_down_is_a_dense_nvfp4_gemm(tokens, n, k, variant):
+    # the engine's attention projections: moe_down with E = 1, offsets [0, T], no row weights
+    import cupy
+
+    from impbench.kernels import moe
+
+    rng = np.random.default_rng(tokens + n + k)
+    codes, scales, scale2 = nvfp4.generate_experts_gpu(1, n, k, seed=tokens)
+    w_deq = nvfp4.dequantize(codes.get(), scales.get(), scale2.get()).astype(np.float64)
+    a_host = rng.standard_normal((tokens, k)).astype(np.float16)
+    a = cupy.asarray(a_host)
+    offsets = cupy.asarray(np.array([0, tokens], np.int32))
+    out = cupy.full((tokens, n), cupy.nan, cupy.float16)
+    moe.moe_down(a, offsets, codes, scales, scale2, out, variant=variant)
+    cupy.cuda.get_current_stream().synchronize()
+    assert _rel_err(out.get(), a_host.astype(np.float64) @ w_deq[0].T) <= REL_ERR
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_graph_captured_in_global_mode_follows_new_offsets(variant):
     import cupy
     from cupy.cuda import runtime
 
@@ -172,10 +202,10 @@ def test_graph_captured_in_global_mode_follows_new_offsets():
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         problem = Problem(6, 320, 192, 48, 4, seed=5).route("random")
-        problem.launch()  # eager once; the capture below must not allocate or compile
+        problem.launch(variant=variant)  # eager once; the capture below must not allocate or compile
         stream.synchronize()
         stream.begin_capture(mode=runtime.streamCaptureModeGlobal)
-        problem.launch()
+        problem.launch(variant=variant)
         graph = stream.end_capture()
         for kind in ("random", "one_expert", "uniform"):
             problem.route(kind)  # new offsets / row_token / row_weight, same device arrays

@@ -26,16 +26,24 @@ from impbench.kernels._checks import check_array
 
 FAMILY = "moe_nvfp4"
 TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
-# Kernel variants (entry-point suffix, threads per block); see the header of kernels_cu/moe_nvfp4.cu.
+SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
+WG_SMEM_BYTES = SMEM_BYTES + 1024  # impmoe::wg::SMEM: the same stages on a 1024-byte aligned base
+# Kernel variants (entry-point suffix, threads per block, dynamic shared bytes); see the header of
+# kernels_cu/moe_nvfp4.cu.
 VARIANTS = {
-    "w8": ("", 256),  # 8 warps x 2 m16 tiles, E2M1 decoded with shifts and masks
-    "cvt": ("_cvt", 256),  # the same, E2M1 decoded through the e4m3x2 -> f16x2 conversion
+    "w8": ("", 256, SMEM_BYTES),  # 8 warps x 2 m16 tiles, mma.sync, E2M1 decoded with shifts and masks
+    "cvt": ("_cvt", 256, SMEM_BYTES),  # the same, E2M1 decoded through the e4m3x2 -> f16x2 conversion
+    "cvt256": ("_cvt256", 256, SMEM_BYTES),  # cvt with an L2::256B prefetch hint on the weight copies
+    "wg": ("_wg", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers, tokens from shared), sm_90a
+    "wg256": ("_wg256", 256, WG_SMEM_BYTES),  # wg with an L2::256B prefetch hint on the weight copies
+    "wgpf": ("_wgpf", 256, WG_SMEM_BYTES),  # wg + bulk L2 prefetch of 256-byte row pieces 4 stages ahead
 }
+SM90A_VARIANTS = ("wg", "wg256", "wgpf")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+FALLBACK_VARIANT = "cvt"
 # cvt: 4-5% faster than w8 on the H100 (results/moe_h100.md, both measured in one run).
 DEFAULT_VARIANT = "cvt"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
-SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
 N_MULTIPLE = 16  # I and H must be multiples (16-byte output segments, gate/up halves)
 
@@ -45,10 +53,26 @@ def token_tiles(rows: int, experts: int) -> int:
     return (rows + min(experts, rows) * (TOKENS_PER_TILE - 1)) // TOKENS_PER_TILE
 
 
-def _kernel(op: str, variant: str):
+def resolve_variant(variant: str) -> str:
+    """The variant that runs for `variant` on the current device: an sm_90a-only variant (wgmma) is
+    replaced by FALLBACK_VARIANT on a GPU that is not compute capability 9.0, where it compiles to a trap."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown MoE kernel variant {variant!r}; accepted: {', '.join(VARIANTS)}")
-    return get_function(FAMILY, f"moe_nvfp4_{op}{VARIANTS[variant][0]}", max_dynamic_smem=SMEM_BYTES)
+    if variant in SM90A_VARIANTS and not _is_sm90():
+        return FALLBACK_VARIANT
+    return variant
+
+
+@functools.cache
+def _is_sm90() -> bool:
+    import cupy
+
+    return cupy.cuda.Device().compute_capability == "90"
+
+
+def _kernel(op: str, variant: str):
+    suffix, _, smem = VARIANTS[variant]
+    return get_function(FAMILY, f"moe_nvfp4_{op}{suffix}", max_dynamic_smem=smem)
 
 
 def _check_experts(prefix: str, w, scale, scale2, n: int, k: int, experts: int) -> None:
@@ -91,13 +115,14 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
     _check_experts("w13", w13, w13_scale, w13_scale2, 2 * inter, hidden, experts)
     check_array("out", out, np.float16, shape=(rows, inter))
     _check_aligned("moe_gate_up", x=x, w13=w13, w13_scale=w13_scale, out=out)
+    variant = resolve_variant(variant)
     if tokens < 1 or rows < 1:
         return None
     n_tiles = -(-inter // GATE_UP_COLS)
     grid = (token_tiles(rows, experts) * n_tiles,)
     args = (x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
             np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles))  # fmt: skip
-    return _kernel("gate_up", variant), grid, (VARIANTS[variant][1],), args
+    return _kernel("gate_up", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
 
 
 def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None, variant=DEFAULT_VARIANT):
@@ -116,6 +141,7 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     if row_weight is not None:
         check_array("row_weight", row_weight, np.float32, shape=(rows,))
     _check_aligned("moe_down", h=h, w2=w2, w2_scale=w2_scale, out=out)
+    variant = resolve_variant(variant)
     if rows < 1:
         return None
     n_tiles = -(-hidden // DOWN_COLS)
@@ -123,14 +149,14 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     weight = row_weight if row_weight is not None else np.uint64(0)  # null pointer: no scaling
     args = (h, expert_offsets, w2, w2_scale, w2_scale2, weight, out,
             np.int32(experts), np.int32(inter), np.int32(hidden), np.int32(n_tiles))  # fmt: skip
-    return _kernel("down", variant), grid, (VARIANTS[variant][1],), args
+    return _kernel("down", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
 
 
 def _launcher(plan):
     if plan is None:  # no rows: nothing to launch
         return lambda: None
-    kernel, grid, block, args = plan
-    return functools.partial(kernel, grid, block, args, shared_mem=SMEM_BYTES)
+    kernel, grid, block, args, smem = plan
+    return functools.partial(kernel, grid, block, args, shared_mem=smem)
 
 
 def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=DEFAULT_VARIANT) -> None:
@@ -155,6 +181,6 @@ def prepare(op, *args, **kwargs):
 
 def prewarm() -> None:
     """Compile the family and fetch every kernel (raising its shared-memory limit) outside any capture."""
-    for variant in VARIANTS:
+    for variant in dict.fromkeys(resolve_variant(v) for v in VARIANTS):
         _kernel("gate_up", variant)
         _kernel("down", variant)
