@@ -45,6 +45,10 @@
 // tid-contiguous 16-byte pieces (4-byte for scales) of block rows, activation rows gathered through
 // row_token (gate_up) into XOR-swizzled rows so 8 token rows x 4 quads read conflict-free. 102 KiB
 // shared per block. Requires K % 64 == 0 and N % 16 == 0 (impbench/kernels/moe.py checks).
+//
+// Variants (impbench/kernels/moe.py VARIANTS): w8 / cvt (this mma.sync kernel, two decodes), wg (the same
+// tiles with wgmma.mma_async, A = decoded weights from registers; see the wg section below) and wgw (wg
+// with whole-sector weight copies and the scales copied every second stage).
 #include "common.cuh"
 
 namespace impmoe {
@@ -65,35 +69,6 @@ static_assert((BT * (256 + 8) * 2) <= SMEM_BYTES, "epilogue staging must fit in 
 // Copies to 32-bit shared addresses (cheaper to form than generic pointers in the K loop).
 __device__ __forceinline__ void cp_async16_l2(unsigned dst, const void *gmem, int src_bytes) {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
-}
-
-// Weight-stream prefetch modes (PF): 0 = the L2::128B hint above; 1 = an L2::256B hint (DRAM fetches
-// 256 contiguous bytes of a row = 4 stages); 2 = the L2::128B hint plus one cp.async.bulk.prefetch.L2
-// of the row's next 256 bytes every 4 stages, issued 4 stages before they are copied (and the row's
-// first 512 bytes at the start), so DRAM sees 256-512-byte row pieces well ahead of the cp.async.
-template <int PF>
-__device__ __forceinline__ void cp_async16_w(unsigned dst, const void *gmem, int src_bytes) {
-    if constexpr (PF == 1)
-        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
-    else
-        cp_async16_l2(dst, gmem, src_bytes);
-}
-
-// Prefetch `bytes` (a multiple of 16, 16-byte aligned address) into L2; no shared memory, no completion.
-__device__ __forceinline__ void prefetch_l2(const void *gmem, unsigned bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(gmem), "r"(bytes) : "memory");
-}
-
-// PF 2: at copy chunk c (64 code bytes per row), prefetch the row's bytes [64 (c + 4), 64 (c + 8)) when
-// c % 4 == 0 (chunk 0: [0, 512)), clipped to the row's kb bytes.
-template <int PF>
-__device__ __forceinline__ void prefetch_row(const unsigned char *row, int chunk, int kb) {
-    if constexpr (PF == 2) {
-        if ((chunk & 3) == 0) {
-            const int from = chunk == 0 ? 0 : 64 * (chunk + 4), to = min(64 * (chunk + 8), kb);
-            if (from < to) prefetch_l2(row + from, to - from);
-        }
-    }
 }
 
 __device__ __forceinline__ void cp_async16s(unsigned dst, const void *gmem, int src_bytes) {
@@ -223,7 +198,7 @@ struct Ctx {
 // The K loop and epilogue of one tile. NTA (n8 token tiles with rows, 1..8) is a compile-time
 // constant: the loop body is then one basic block the compiler can software-pipeline (X loads, HMMA
 // chains and the next word's decode interleaved), which a per-n8-tile branch inside it prevents.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, int NTA, int PF = 0>
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, int NTA>
 __device__ __noinline__ void moe_tile(const Ctx &cx) {
     constexpr int NT = 32 * WARPS;
     constexpr int XC = BT * (BK / 8) / NT;
@@ -249,7 +224,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
         for (int j = 0; j < CC; ++j) {
             const bool ok = kc_ok && (valid >> j & 1);
             const unsigned off = code_off + row_delta((NT / 4) * j) * kb + chunk * (BK / 2);
-            cp_async16_w<PF>(sc + (tid + NT * j) * 16, wq + (ok ? off : 0u), ok ? 16 : 0);
+            cp_async16_l2(sc + (tid + NT * j) * 16, wq + (ok ? off : 0u), ok ? 16 : 0);
         }
 #pragma unroll
         for (int j = 0; j < SC; ++j) {
@@ -474,6 +449,12 @@ constexpr int C_OFF = X_BYTES, S_OFF = X_BYTES + CODE_STAGE;
 constexpr int STAGE = X_BYTES + CODE_STAGE + SCALE_STAGE;  // 34816, a multiple of 1024
 constexpr int SMEM = STAGES * STAGE + 1024;       // + alignment slack: impbench/kernels/moe.py WG_SMEM_BYTES
 static_assert(2 * (SMEM + 2048) <= 228 * 1024, "two blocks per SM (static shared and the per-block reserve included)");
+// wgw (WIDE copies): stage = token tile + codes (32 KiB), scales in a ring of 2 slots of 16 bytes per row
+// (two stages each), after the stages.
+constexpr int WIDE_STAGE = X_BYTES + CODE_STAGE;           // 32768
+constexpr int WIDE_RING = STAGES * WIDE_STAGE;             // offset of the scale ring
+constexpr int WIDE_SMEM = WIDE_RING + 2 * ROWS * 16 + 1024;  // impbench/kernels/moe.py WG_WIDE_SMEM_BYTES
+static_assert(2 * (WIDE_SMEM + 2048) <= 228 * 1024, "two blocks per SM");
 
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -577,11 +558,12 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const unsigned (&a)
 
 
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, int PF>
+template <bool GATE_UP, int NTA, bool WIDE>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
     constexpr int WORDS = NTA <= 6 ? 4 : 2;    // code words loaded at once (registers: 2 blocks per SM)
+    constexpr int STG = WIDE ? WIDE_STAGE : STAGE;  // bytes per pipeline stage
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const unsigned raw = smem_u32(smem_raw);
     unsigned char *smem = smem_raw + (((raw + 1023u) & ~1023u) - raw);
@@ -599,6 +581,16 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const unsigned char *code_src = cx.wq + (w_ok ? (unsigned)grow * kb : 0u);
     const unsigned char *scale_src = cx.wsc + (w_ok ? (unsigned)grow * cx.ks : 0u);
     const unsigned code_dst = C_OFF + tid * 64, code_swz = ((tid >> 1) & 3) << 4, scale_dst = S_OFF + tid * 8;
+    // WIDE: two threads per row pair (rows tid / 2 and tid / 2 + 128, half h = tid & 1), so each copy
+    // instruction reads whole 32-byte sectors (16 rows x 32 bytes); code piece P of row r in slot P ^ (r & 2);
+    // scales: 16 bytes per row every second stage into a 2-slot ring.
+    const int wr = tid >> 1, wh = tid & 1;
+    const int wcol_a = n0 + wr, wcol_b = n0 + (GATE_UP ? wr : wr + 128);
+    const bool wok_a = wcol_a < n_out, wok_b = wcol_b < n_out;
+    const unsigned char *wsrc_a = cx.wq + (wok_a ? (unsigned)wcol_a * kb : 0u) + 16 * wh;
+    const unsigned char *wsrc_b = cx.wq + (wok_b ? (unsigned)(GATE_UP ? n_out + wcol_b : wcol_b) * kb : 0u) + 16 * wh;
+    const unsigned wdst_a = C_OFF + wr * 64, wdst_b = C_OFF + (wr + 128) * 64, wswz = (unsigned)(wr & 2) << 4;
+    const bool scale16 = cx.ks % 16 == 0;
 
     // Token-tile copies: this thread's row xn (warp w: rows 8w .. 8w+7, so warps past the tile skip
     // whole) and word xi; slots 4 * xi + j of row xn get physical unit 4j + xi.
@@ -614,18 +606,42 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // A piece past K (the second half of a K % 128 == 64 tail stage) reads 0 bytes from the first
     // half's address, so every address stays inside its row.
     auto issue = [&](int chunk, int stage) {
-        const unsigned sb = s_base + stage * STAGE;
+        const unsigned sb = s_base + stage * STG;
+        if constexpr (WIDE) {
+            const bool hi = chunk * (BK / 2) + BK / 4 < kb;
+            const unsigned char *sa = wsrc_a + (wok_a ? chunk * (BK / 2) : 0);
+            const unsigned char *sbb = wsrc_b + (wok_b ? chunk * (BK / 2) : 0);
+            const unsigned lo_a = (unsigned)(wh << 4) ^ wswz, hi_a = (unsigned)((2 + wh) << 4) ^ wswz;
+            cp_async16_l2(sb + wdst_a + lo_a, sa, wok_a ? 16 : 0);
+            cp_async16_l2(sb + wdst_b + lo_a, sbb, wok_b ? 16 : 0);
+            cp_async16_l2(sb + wdst_a + hi_a, sa + (wok_a && hi ? 32 : 0), wok_a && hi ? 16 : 0);
+            cp_async16_l2(sb + wdst_b + hi_a, sbb + (wok_b && hi ? 32 : 0), wok_b && hi ? 16 : 0);
+            if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
+                const unsigned rd = s_base + WIDE_RING + ((chunk >> 1) & 1) * (ROWS * 16) + tid * 16;
+                const int from = chunk * (BK / 16);
+                const unsigned char *ss = scale_src + (w_ok ? from : 0);
+                if (scale16) {
+                    cp_async16_l2(rd, ss, w_ok ? 16 : 0);
+                } else {
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        const bool ok = w_ok && from + 4 * q < cx.ks;
+                        cp_async4(rd + 4 * q, ss + (ok ? 4 * q : 0), ok ? 4 : 0);
+                    }
+                }
+            }
+        } else {
         const bool hi_ok = w_ok && chunk * (BK / 2) + BK / 4 < kb;
         const unsigned char *cs = code_src + (w_ok ? chunk * (BK / 2) : 0);
-        if (w_ok) prefetch_row<PF>(code_src, chunk, kb);
         const unsigned char *ch = cs + (hi_ok ? BK / 4 : 0);
-        cp_async16_w<PF>(sb + code_dst + (0 ^ code_swz), cs, w_ok ? 16 : 0);
-        cp_async16_w<PF>(sb + code_dst + (16 ^ code_swz), cs + 16, w_ok ? 16 : 0);
-        cp_async16_w<PF>(sb + code_dst + (32 ^ code_swz), ch, hi_ok ? 16 : 0);
-        cp_async16_w<PF>(sb + code_dst + (48 ^ code_swz), ch + 16, hi_ok ? 16 : 0);
+        cp_async16_l2(sb + code_dst + (0 ^ code_swz), cs, w_ok ? 16 : 0);
+        cp_async16_l2(sb + code_dst + (16 ^ code_swz), cs + 16, w_ok ? 16 : 0);
+        cp_async16_l2(sb + code_dst + (32 ^ code_swz), ch, hi_ok ? 16 : 0);
+        cp_async16_l2(sb + code_dst + (48 ^ code_swz), ch + 16, hi_ok ? 16 : 0);
         const unsigned char *ss = scale_src + (w_ok ? chunk * (BK / 16) : 0);
         cp_async4(sb + scale_dst, ss, w_ok ? 4 : 0);
         cp_async4(sb + scale_dst + 4, ss + (hi_ok ? 4 : 0), hi_ok ? 4 : 0);
+        }
         if (x_row) {
             const bool xhi_ok = x_ok && chunk * BK + BK / 2 < k;
             const unsigned char *xs = x_bytes + (x_ok ? x_off + chunk * (BK * 2) : 0u);
@@ -640,7 +656,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // slot 4i + 2p + c = pair (p, c) of each of the four physical units, unit of quad thread t -> word t.
     auto permute = [&](int stage) {
         if (!x_row) return;
-        unsigned char *sx = smem + stage * STAGE;
+        unsigned char *sx = smem + stage * STG;
         uint4 v[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) v[j] = *reinterpret_cast<const uint4 *>(sx + x_dst[j]);
@@ -665,16 +681,20 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mt][i] = 0.0f;
 
+    int stage_chunk = 0;  // the chunk compute() works on
     auto compute = [&](int stage) {
-        const unsigned char *sc = smem + stage * STAGE + C_OFF;
-        const unsigned char *ss = smem + stage * STAGE + S_OFF;
-        const unsigned long long d0 = desc(s_base + stage * STAGE);  // stage bases < 256 KiB: no carry out of the field
+        const unsigned char *sc = smem + stage * STG + C_OFF;
+        const int chunk_of_stage = stage_chunk;  // set by the K loop (WIDE: picks the scale ring slot)
+        const unsigned char *ss = WIDE ? smem + WIDE_RING + ((chunk_of_stage >> 1) & 1) * (ROWS * 16) + (chunk_of_stage & 1) * 8
+                                       : smem + stage * STG + S_OFF;
+        constexpr int SROW = WIDE ? 16 : 8;  // scale bytes per row in that buffer
+        const unsigned long long d0 = desc(s_base + stage * STG);  // stage bases < 256 KiB: no carry out of the field
         unsigned sraw[2][2];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
             for (int r = 0; r < 2; ++r)
-                sraw[mt][r] = *reinterpret_cast<const unsigned short *>(ss + (br_of(mt, r) + g) * 8 + 2 * t);
+                sraw[mt][r] = *reinterpret_cast<const unsigned short *>(ss + (br_of(mt, r) + g) * SROW + 2 * t);
         unsigned s01[2][2];  // half2(scale of block 0, of block 1) * 2^6 of each row
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -688,7 +708,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ ((g >> 1) & 3)) << 4) + i0 * 4;
+                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ (WIDE ? (g & 2) : ((g >> 1) & 3))) << 4) + i0 * 4;
                     if constexpr (WORDS == 4) {
                         const uint4 v = *reinterpret_cast<const uint4 *>(src);
                         q[mt][r][0] = v.x, q[mt][r][1] = v.y, q[mt][r][2] = v.z, q[mt][r][3] = v.w;
@@ -755,6 +775,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         const int next = c + STAGES - 1;
         if (next < chunks) issue(next, next % STAGES);
         cp_async_commit();
+        stage_chunk = c;
         compute(c % STAGES);
     }
     cp_async_wait<0>();
@@ -798,7 +819,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 // n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
 // WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
 // tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, int PF = 0>
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool WIDE = false>
 __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
@@ -858,14 +879,14 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, PF>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, PF>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, PF>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, PF>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, PF>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, PF>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, PF>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, PF>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, 1, WIDE>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, WIDE>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, WIDE>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, WIDE>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, WIDE>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, WIDE>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, WIDE>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, WIDE>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -873,46 +894,44 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
         return;
     }
     switch (nt_act) {
-        case 1: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 1, PF>(cx); break;
-        case 2: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 2, PF>(cx); break;
-        case 3: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 3, PF>(cx); break;
-        case 4: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 4, PF>(cx); break;
-        case 5: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 5, PF>(cx); break;
-        case 6: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 6, PF>(cx); break;
-        case 7: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 7, PF>(cx); break;
-        default: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 8, PF>(cx); break;
+        case 1: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 1>(cx); break;
+        case 2: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 2>(cx); break;
+        case 3: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 3>(cx); break;
+        case 4: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 4>(cx); break;
+        case 5: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 5>(cx); break;
+        case 6: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 6>(cx); break;
+        case 7: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 7>(cx); break;
+        default: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 8>(cx); break;
     }
 }
 
 }  // namespace impmoe
 
-// Entry points: moe_nvfp4_gate_up / moe_nvfp4_down and the _cvt variants (8 warps x 2 m16 tiles, 256
-// threads each).
+// Entry points: moe_nvfp4_gate_up / moe_nvfp4_down and the _cvt, _wg and _wgw variants (8 warps, 256
+// threads, 256 weight rows each; _wg / _wgw: wgmma, sm_90a, see the wg section).
 // gate_up: x fp16 [T, H]; row_token int32 [R]; offsets int32 [E+1]; w13 [E, 2I, H/2]; w13_scale
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, PF)                                                                          \
+#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, WIDE)                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
                                   int inter, int n_tiles) {                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, PF>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
+        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, WIDE>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
                                           num_experts, hidden, inter, n_tiles);                                \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
                                half_t *out, int num_experts, int inter, int hidden, int n_tiles) {            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, PF>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
+        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, WIDE>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
                                            num_experts, inter, hidden, n_tiles);                               \
     }
 
-MOE_ENTRY(, 8, 2, true, false, false, 0)
-MOE_ENTRY(_cvt, 8, 2, true, true, false, 0)
-MOE_ENTRY(_cvt256, 8, 2, true, true, false, 1)
-// wgmma (sm_90a); dynamic shared memory impmoe::wg::SMEM
-MOE_ENTRY(_wg, 8, 2, true, true, true, 0)
-MOE_ENTRY(_wg256, 8, 2, true, true, true, 1)
-MOE_ENTRY(_wgpf, 8, 2, true, true, true, 2)
+MOE_ENTRY(, 8, 2, true, false, false, false)
+MOE_ENTRY(_cvt, 8, 2, true, true, false, false)
+// wgmma (sm_90a); dynamic shared memory impmoe::wg::SMEM (wg) and impmoe::wg::WIDE_SMEM (wgw)
+MOE_ENTRY(_wg, 8, 2, true, true, true, false)
+MOE_ENTRY(_wgw, 8, 2, true, true, true, true)

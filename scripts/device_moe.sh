@@ -107,6 +107,11 @@ PY
     --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,regex:sm__pipe_.*_cycles_active\.avg\.pct_of_peak_sustained_active,regex:sm__inst_executed_pipe_.*\.avg\.pct_of_peak_sustained_active" \
     python3 /tmp/ncu_moe.py >> "$OUT/ncu.txt" 2>&1
   echo "ncu metrics rc=$?"
+  # which L2 sub-unit is busy (v4: "L2 Cache Throughput" 81% while DRAM was at 38%), and the L2 traffic
+  timeout 100 ncu --clock-control none -k regex:moe_nvfp4 --launch-skip 2 --launch-count 2 \
+    --metrics "breakdown:lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_sectors_srcunit_tex_op_read.sum,lts__t_requests_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_ltcfabric.sum,lts__t_sector_hit_rate.pct,dram__bytes_read.sum,l1tex__m_xbar2l1tex_read_bytes.sum" \
+    python3 /tmp/ncu_moe.py >> "$OUT/ncu.txt" 2>&1
+  echo "ncu l2 rc=$?"
   grep -E "^  moe|Duration|Compute \(SM\) Throughput|DRAM Throughput|L2 Cache Throughput|Issue Slots Busy|Eligible Warps|Warp Cycles Per Issued|Executed Ipc Active|Registers Per" "$OUT/ncu.txt" | cut -c1-150 | head -40
   grep -E "stalled_(barrier|long_scoreboard|short_scoreboard|math_pipe_throttle|mio_throttle|wait|not_selected|dispatch_stall|no_instruction|lg_throttle|selected|branch_resolving)_per|pipe_tensor|pipe_alu|pipe_fma|pipe_lsu" "$OUT/ncu.txt" | sed 's/  */ /g' | head -60
 fi

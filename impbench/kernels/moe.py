@@ -28,20 +28,20 @@ FAMILY = "moe_nvfp4"
 TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
 SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
 WG_SMEM_BYTES = SMEM_BYTES + 1024  # impmoe::wg::SMEM: the same stages on a 1024-byte aligned base
+WG_WIDE_SMEM_BYTES = 3 * (64 * 128 * 2 + 256 * 128 // 2) + 2 * 256 * 16 + 1024  # impmoe::wg::WIDE_SMEM = 107520
 # Kernel variants (entry-point suffix, threads per block, dynamic shared bytes); see the header of
 # kernels_cu/moe_nvfp4.cu.
 VARIANTS = {
     "w8": ("", 256, SMEM_BYTES),  # 8 warps x 2 m16 tiles, mma.sync, E2M1 decoded with shifts and masks
     "cvt": ("_cvt", 256, SMEM_BYTES),  # the same, E2M1 decoded through the e4m3x2 -> f16x2 conversion
-    "cvt256": ("_cvt256", 256, SMEM_BYTES),  # cvt with an L2::256B prefetch hint on the weight copies
     "wg": ("_wg", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers, tokens from shared), sm_90a
-    "wg256": ("_wg256", 256, WG_SMEM_BYTES),  # wg with an L2::256B prefetch hint on the weight copies
-    "wgpf": ("_wgpf", 256, WG_SMEM_BYTES),  # wg + bulk L2 prefetch of 256-byte row pieces 4 stages ahead
+    "wgw": ("_wgw", 256, WG_WIDE_SMEM_BYTES),  # wg with whole-sector weight copies, scales every 2nd stage
 }
-SM90A_VARIANTS = ("wg", "wg256", "wgpf")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+SM90A_VARIANTS = ("wg", "wgw")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
-# cvt: 4-5% faster than w8 on the H100 (results/moe_h100.md, both measured in one run).
-DEFAULT_VARIANT = "cvt"
+# wg: 2-4% faster than cvt on the H100 in device calls 1 and 2 of v4 (results/NOTES.md, MoE); cvt was 4-5%
+# faster than w8. The default is the fastest correct variant of the last recorded run.
+DEFAULT_VARIANT = "wg"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
