@@ -1,4 +1,8 @@
-// Causal GQA flash attention for one prefill chunk over the KV cache (mma.sync m16n8k16, FP32 softmax).
+// impbench-nvrtc-arch: sm_90a
+// (read by impbench/kernels/_cache.py: on a compute-capability-9.0 device this family is compiled for
+//  sm_90a so the wgmma kernels exist; elsewhere they compile to a trap and are never chosen.)
+//
+// Causal GQA flash attention for one prefill chunk over the KV cache, FP16 in, FP32 softmax.
 //
 // Query t of the chunk sits at absolute position pos + t and attends cache rows 0 .. pos + t; the
 // chunk's own keys and values are already in the cache at rows pos .. pos + T - 1. `pos` is read
@@ -6,21 +10,43 @@
 // and each block derives its KV range from pos itself, so one captured CUDA graph serves every
 // non-last prefill chunk.
 //
-// Tile geometry: one block = 64 queries of one query head, 4 warps, each warp owns 16 query rows
-// (one m16 MMA tile) for the whole KV sweep, so the online-softmax row statistics never leave the
-// registers of the quad that holds the row. KV tiles of BLOCK_N keys (64; 32 for D = 256 to keep
-// the S and O accumulators in registers) stream through two shared-memory stages filled by cp.async:
-// tile j + 1 loads while tile j is multiplied. K and V are separate commit groups, so S = Q K^T
-// starts as soon as K lands. Q fragments stay in registers for D <= 128 (D / 16 * 4 registers);
-// for D = 256 they are re-read from shared memory with ldmatrix each tile. P goes from the S
-// accumulators straight into the A fragments of P V (the C layout of m16n8 equals the A layout of
-// m16n8k16), and V is read with ldmatrix .trans. Shared-memory rows are padded by 16 bytes so
-// ldmatrix rows fall in distinct banks. Blocks of the last query tiles (the longest KV sweeps)
-// are scheduled first. The output goes through shared memory for 16-byte coalesced stores.
-//
 // Layouts (row-major, contiguous): q, out [T, Hq, D]; k, v [max_len, Hkv, D]; pos int32 [1].
 // Query head h reads KV head h / (Hq / Hkv). Keys at or beyond min(pos + T, max_len) are never
 // loaded (their shared-memory rows are zero-filled), so nothing past the chunk can leak in.
+//
+// Two kernel families (impbench/kernels/attention.py picks one per device):
+//
+// 1. attention_prefill_wg_d<D> (Hopper, sm_90a; the H100 path) and attention_prefill_wg2_d<D>:
+//    wgmma.mma_async. A block is WGS warpgroups (1 for wg_, 2 for wg2_) and 64 WGS (query, head)
+//    rows: HB heads of one KV group x 64 WGS / HB consecutive queries (row r = query r / HB, head
+//    r % HB; Qwen3-Coder in wg_: 8 heads x 8 queries). Why: all heads of a GQA group read the same
+//    K/V, so packing them into one block streams each K/V tile from L2 once for the whole group
+//    instead of once per head, and short query tiles waste little on the causal diagonal.
+//    wg_ blocks have one warpgroup and fit two per SM (D <= 128), so two independent tile loops
+//    share each SM; wg2_ blocks pair two warpgroups on one K/V stream.
+//    Warpgroup g owns rows [64g, 64g + 64): S = Q K^T is one m64nBNk16 wgmma per k16 step (Q as
+//    register A fragments for D <= 128, re-read with ldmatrix before every S; from shared memory
+//    for D = 256), the online softmax runs on the accumulators in registers (row statistics inside
+//    the quad that holds the row), P goes from the softmax straight into register A fragments, and
+//    O += P V is an m64nDk16 wgmma per 16 keys with V read N-major (trans-b) from the same tile
+//    layout as K. Per tile j: issue S_{j+1}, rescale O, issue PV_j, wait for S_{j+1}, run its
+//    softmax while PV_j executes, wait for PV_j (FlashAttention-3's intra-warpgroup overlap).
+//    K/V tiles of BN keys (64; 32 for D = 256) stream through STAGES shared-memory stages filled by
+//    cp.async from every thread, STAGES - 1 tiles ahead; one __syncthreads per tile. Shared tiles
+//    are stored as D/64 column blocks of [rows][64 halves] with the 128-byte swizzle (16-byte chunk
+//    c of row r at c ^ (r & 7)), which is both the K-major layout of Q and K and the N-major layout
+//    of V. Blocks of the last query tiles (the longest KV sweeps) are scheduled first.
+//
+// 2. attention_prefill_d<D> (portable mma.sync m16n8k16, any sm_80+; the fallback): 64 queries x 1
+//    head per block, 4 warps, each warp owns 16 query rows (one m16 MMA tile) for the whole KV
+//    sweep. KV tiles of BLOCK_N keys (64; 32 for D = 256) stream through two shared-memory stages
+//    filled by cp.async: tile j + 1 loads while tile j is multiplied. K and V are separate commit
+//    groups, so S = Q K^T starts as soon as K lands. Q fragments stay in registers for D <= 128;
+//    for D = 256 they are re-read from shared memory with ldmatrix each tile. P goes from the S
+//    accumulators straight into the A fragments of P V (the C layout of m16n8 equals the A layout of
+//    m16n8k16), and V is read with ldmatrix .trans. Shared-memory rows are padded by 16 bytes so
+//    ldmatrix rows fall in distinct banks. The output goes through shared memory for 16-byte
+//    coalesced stores.
 #include "common.cuh"
 
 namespace {
@@ -272,3 +298,414 @@ __device__ __forceinline__ void attention_prefill_tile(const half_t *__restrict_
 ATTENTION_PREFILL(64)
 ATTENTION_PREFILL(128)
 ATTENTION_PREFILL(256)
+
+// ---------------------------------------------------------------------------------------------
+// Hopper family: attention_prefill_wg_d<D>, attention_prefill_wg2_d<D> (see the header). Compiled only
+// where the sm_90a feature set is on; elsewhere the entry points trap and attention.py never selects them.
+namespace {
+
+// WGS warpgroups per block, each owning 64 (query, head) rows. WGS = 1 (attention_prefill_wg_*, the
+// default): 4 warps, two blocks per SM (D <= 128), so the two blocks' softmax and wgmma phases need
+// not line up. WGS = 2 (attention_prefill_wg2_*): the 128-row block measured first; its two
+// warpgroups meet at every tile's barrier.
+// Every wgmma is waited on inside its tile, so a stage is busy only for the tile being multiplied and
+// the tiles loading: PREFETCH = STAGES - 1 tiles are loaded ahead.
+template <int D, int WGS>
+struct WgGeometry {
+    static constexpr int ROWS = 64 * WGS;  // (query, head) rows per block
+    static constexpr int THREADS = 128 * WGS;
+    static constexpr int BN = D >= 256 ? 32 : 64;  // keys per tile (D = 256: keeps O + S in registers)
+    // D = 128, WGS = 1: 16 + 3 x 32 KiB + 1 KiB = 113 KiB, two blocks fill the SM's 228 KiB.
+    static constexpr int STAGES = (WGS == 1 && D == 64) || (WGS == 2 && D <= 128) ? 4 : 3;
+    static constexpr int PREFETCH = STAGES - 1;
+    static constexpr bool Q_IN_REGS = D <= 128;       // D = 256: Q stays in shared memory (A descriptor)
+    static constexpr int CPR = D / 8;                 // 16-byte chunks per row
+    static constexpr int RPP = THREADS / CPR;         // rows per pass of a block-wide copy
+    static constexpr int Q_BYTES = ROWS * D * 2;
+    static constexpr int KV_BYTES = BN * D * 2;       // K (or V) of one stage
+    // Q + STAGES x (K + V) + 1 KiB to align the base to the 1024-byte swizzle atom. attention.py
+    // computes the same number.
+    static constexpr int SMEM_BYTES = Q_BYTES + STAGES * 2 * KV_BYTES + 1024;
+    static_assert(BN % RPP == 0 && ROWS % RPP == 0, "tiles must split evenly over the block");
+};
+
+}  // namespace
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+namespace {
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// cp.async writes through the generic proxy; wgmma reads shared memory through the async proxy.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keep the compiler from reading, moving or reusing registers that an in-flight wgmma owns.
+template <int R>
+__device__ __forceinline__ void pin(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int R>
+__device__ __forceinline__ void pin(unsigned (&d)[R][4]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i][0]), "+r"(d[i][1]), "+r"(d[i][2]), "+r"(d[i][3])::"memory");
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle. K-major operands (Q, K): 8-row groups 1024 bytes
+// apart (stride byte offset), the leading offset unused. N-major V: the stride byte offset is the
+// next 8 keys (1024 bytes), the leading byte offset the next 64-wide column block of D.
+__device__ __forceinline__ unsigned long long sw128_desc(unsigned addr, unsigned lead_bytes) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)(lead_bytes >> 4) << 16) |
+           ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+#define WG_F8(i)                                                                                             \
+    "+f"(d[OFF + i]), "+f"(d[OFF + i + 1]), "+f"(d[OFF + i + 2]), "+f"(d[OFF + i + 3]), "+f"(d[OFF + i + 4]), \
+        "+f"(d[OFF + i + 5]), "+f"(d[OFF + i + 6]), "+f"(d[OFF + i + 7])
+
+// D(64 x N) += A(64 x 16, registers: the m16n8k16 A fragment of each warp's 16 rows) * B(16 x N,
+// shared memory; TRANS_B = 0: K-major, 1: N-major). FP16 in, FP32 accumulators d[OFF .. OFF + N / 2).
+// accumulate = 0 overwrites d (no instruction outside the wgmma pipeline defines the accumulators).
+template <int TRANS_B, int OFF = 0, int R>
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[R], const unsigned (&a)[4], unsigned long long db,
+                                             int accumulate = 1) {
+    static_assert(OFF + 32 <= R, "accumulators out of range");
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+        : WG_F8(0), WG_F8(8), WG_F8(16), WG_F8(24)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TRANS_B), "r"(accumulate));
+}
+
+template <int TRANS_B, int OFF = 0, int R>
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[R], const unsigned (&a)[4], unsigned long long db) {
+    static_assert(OFF + 64 <= R, "accumulators out of range");
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, 1, 1, 1, %69;\n"
+        : WG_F8(0), WG_F8(8), WG_F8(16), WG_F8(24), WG_F8(32), WG_F8(40), WG_F8(48), WG_F8(56)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TRANS_B));
+}
+
+// D(64 x 32) += A(64 x 16) * B(16 x 32), both K-major in shared memory (S of D = 256).
+template <int OFF = 0, int R>
+__device__ __forceinline__ void wgmma_ss_n32(float (&d)[R], unsigned long long da, unsigned long long db,
+                                             int accumulate = 1) {
+    static_assert(OFF + 16 <= R, "accumulators out of range");
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "%16, %17, p, 1, 1, 0, 0;\n}\n"
+        : WG_F8(0), WG_F8(8)
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+#undef WG_F8
+
+// O(64 x D) += P(64 x 16 keys) V(16 keys x D) for one k16 step; v_desc addresses the step's 16 keys.
+template <int D>
+__device__ __forceinline__ void pv_step(float (&o)[D / 2], const unsigned (&p)[4], unsigned long long v_desc,
+                                        unsigned block_bytes) {
+    if constexpr (D == 64) {
+        wgmma_rs_n64<1>(o, p, v_desc);
+    } else if constexpr (D == 128) {
+        wgmma_rs_n128<1>(o, p, v_desc);
+    } else {  // D = 256: two N = 128 halves, column blocks 0-1 and 2-3
+        wgmma_rs_n128<1, 0>(o, p, v_desc);
+        wgmma_rs_n128<1, 64>(o, p, v_desc + ((2 * block_bytes) >> 4));
+    }
+}
+
+// The Hopper kernel (see the header). Tile j of a warpgroup: wait for K/V tile j + 1, issue S_{j+1} =
+// Q K_{j+1}^T, rescale O by the softmax of tile j, issue PV_j, wait for S_{j+1}, run the softmax of
+// tile j + 1 while PV_j executes, wait for PV_j, pack P_{j+1}. The tensor cores see S_{j+1} and PV_j
+// back to back and the softmax hides behind PV (the order of FlashAttention-3's intra-warpgroup
+// overlap). Each tile ends with every wgmma waited on (ptxas serializes wgmmas whose accumulators are
+// touched while an older group may still be pending).
+template <int D, int WGS>
+__device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, const half_t *__restrict__ k,
+                                                  const half_t *__restrict__ v, const int *__restrict__ pos_ptr,
+                                                  half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
+                                                  float scale_log2, int HB) {
+    using G = WgGeometry<D, WGS>;
+    constexpr int BN = G::BN, ST = G::STAGES, PF = G::PREFETCH, CPR = G::CPR, RPP = G::RPP;
+    constexpr int S_REGS = BN / 2, O_REGS = D / 2;
+    constexpr unsigned KV_BLOCK = BN * 128;       // bytes of one 64-wide column block of a K/V tile
+    constexpr unsigned Q_BLOCK = G::ROWS * 128;   // ... of the Q tile
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    if (dynamic_smem_bytes() < (unsigned)G::SMEM_BYTES) __trap();  // wrapper and kernel disagree
+    // The 128-byte swizzle is a function of address bits 4-9: tile bases must be 1024-byte aligned.
+    const unsigned raw_addr = smem_u32(smem_raw);
+    unsigned char *smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+    unsigned char *sQ = smem;
+    unsigned char *sKV = smem + G::Q_BYTES;  // stage s: K at s * 2 * KV_BYTES, V right after it
+    const unsigned sQ_addr = smem_u32(sQ), sKV_addr = smem_u32(sKV);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg = warp >> 2, wq = warp & 3;
+    const int group = Hq / Hkv;
+    const int QB = G::ROWS / HB;                             // queries per block
+    const int head0 = blockIdx.x * HB;                       // first query head of the block
+    const int kv_head = head0 / group;
+    const int t0 = (gridDim.y - 1 - blockIdx.y) * QB;        // longest sweeps first
+    const int pos = *pos_ptr;
+    const int q_valid = min(QB, T - t0);
+    const int kv_end = min(pos + t0 + q_valid, max_len);     // keys this block may touch: [0, kv_end)
+    const int n_tiles = (kv_end + BN - 1) / BN;              // >= 1: key 0 is always visible
+    const long q_row = (long)Hq * D, kv_row = (long)Hkv * D;
+
+    // Copy geometry: thread copies chunk c of rows r_first + RPP * it. Byte offset of pass `it` in a
+    // tile: swizzled chunk c ^ (row & 7) of the row (constant over passes when RPP % 8 == 0).
+    const int c = tid % CPR, r_first = tid / CPR;
+    auto soff = [&](int it) -> unsigned {
+        const int r = r_first + it * RPP;
+        return (((c & 7) ^ (r & 7)) << 4) + r * 128;
+    };
+    const unsigned kv_soff = (c >> 3) * KV_BLOCK, q_soff = (c >> 3) * Q_BLOCK;
+    const half_t *k_src = k + (long)kv_head * D + c * 8, *v_src = v + (long)kv_head * D + c * 8;
+
+    auto load_kv = [&](int j) {  // tile j into stage j % ST, one commit group (empty past the end)
+        if (j < n_tiles) {
+            const int n0 = j * BN;
+            unsigned char *dk = sKV + (j % ST) * 2 * G::KV_BYTES + kv_soff;
+#pragma unroll
+            for (int it = 0; it < BN / RPP; ++it) {
+                const int key = n0 + r_first + it * RPP;
+                const bool ok = key < kv_end;
+                const long g = ok ? key * kv_row : 0;
+                cp_async16(dk + soff(it), k_src + g, ok ? 16 : 0);
+                cp_async16(dk + G::KV_BYTES + soff(it), v_src + g, ok ? 16 : 0);
+            }
+        }
+        cp_async_commit();
+    };
+
+#pragma unroll
+    for (int it = 0; it < G::ROWS / RPP; ++it) {  // Q rows: (query t0 + r / HB, head head0 + r % HB)
+        const int r = r_first + it * RPP, qi = r / HB, t = t0 + qi;
+        const bool ok = qi < QB && t < T;
+        const half_t *src = ok ? q + (long)t * q_row + (long)(head0 + r - qi * HB) * D + c * 8 : q;
+        cp_async16(sQ + q_soff + soff(it), src, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int j = 0; j < PF; ++j) load_kv(j);  // tiles 0 .. PF - 1; Q joins tile 0's group
+
+    // This thread's two accumulator rows (block rows R0, R0 + 8) and their causal limits.
+    const int R0 = wg * 64 + wq * 16 + (lane >> 2);
+    const int lim0 = min(pos + t0 + R0 / HB, kv_end - 1), lim1 = min(pos + t0 + (R0 + 8) / HB, kv_end - 1);
+
+    unsigned qf[G::Q_IN_REGS ? D / 16 : 1][4];  // Q A fragments, re-read for every S (see issue_s)
+    unsigned p[BN / 16][4];                     // P fragments of the next PV
+    float o[O_REGS], s[S_REGS], x[S_REGS];      // O; S; masked scores, then probabilities
+#pragma unroll
+    for (int i = 0; i < O_REGS; ++i) o[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < S_REGS; ++i) s[i] = 0.f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;  // running max (log2 domain) and partial sums
+    float alpha0 = 0.f, alpha1 = 0.f;                      // O rescale of the tile whose P is in p
+
+    // S_jt = Q K_jt^T (64 rows x BN keys per warpgroup) into s, committed as one wgmma group. The Q
+    // fragments are re-read each time: kept in registers across loop iterations, ptxas 13.0 gave
+    // their registers to the P fragments (D = 64), so their live range stays inside one tile.
+    auto issue_s = [&](int jt) {
+        const unsigned k_addr = sKV_addr + (jt % ST) * 2 * G::KV_BYTES;
+        if constexpr (G::Q_IN_REGS) {
+            const int row = wg * 64 + wq * 16 + (lane & 15);
+#pragma unroll
+            for (int ks = 0; ks < D / 16; ++ks) {
+                const int chunk = 2 * ks + (lane >> 4);
+                ldmatrix_x4(qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3],
+                            sQ + (chunk >> 3) * Q_BLOCK + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+            }
+        }
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            const unsigned k_desc_addr = k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32;
+            if constexpr (G::Q_IN_REGS) {
+                static_assert(BN == 64, "register-A S wgmma is m64n64k16");
+                wgmma_rs_n64<0>(s, qf[ks], sw128_desc(k_desc_addr, 16), ks > 0);
+            } else {
+                static_assert(BN == 32, "shared-A S wgmma is m64n32k16");
+                const unsigned q_desc_addr = sQ_addr + (ks >> 2) * Q_BLOCK + wg * 64 * 128 + (ks & 3) * 32;
+                wgmma_ss_n32(s, sw128_desc(q_desc_addr, 16), sw128_desc(k_desc_addr, 16), ks > 0);
+            }
+        }
+        wg_commit();
+    };
+
+    // Softmax of the complete S of tile jt: reads s (never writes it: registers a wgmma owns are
+    // defined only by wgmma, else ptxas serializes, C7515), leaves the probabilities in x and the O
+    // rescale in alpha.
+    auto softmax = [&](int jt) {
+        const int n0 = jt * BN;
+        if (n0 + BN - 1 > lim0) {  // causal mask, only where the tile reaches past a row's limit
+            const int key0 = n0 + 2 * (lane & 3);
+#pragma unroll
+            for (int i = 0; i < BN / 8; ++i) {
+                const int key = key0 + 8 * i;
+                x[4 * i] = key > lim0 ? NEG_INF : s[4 * i];
+                x[4 * i + 1] = key + 1 > lim0 ? NEG_INF : s[4 * i + 1];
+                x[4 * i + 2] = key > lim1 ? NEG_INF : s[4 * i + 2];
+                x[4 * i + 3] = key + 1 > lim1 ? NEG_INF : s[4 * i + 3];
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < S_REGS; ++i) x[i] = s[i];
+        }
+        // Online softmax in the log2 domain. Key 0 is visible to every row, so after tile 0 the
+        // running max is finite and exp2(-inf - m) = 0 handles masked entries.
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int i = 0; i < BN / 8; ++i) {
+            mx0 = fmaxf(mx0, fmaxf(x[4 * i], x[4 * i + 1]) * scale_log2);
+            mx1 = fmaxf(mx1, fmaxf(x[4 * i + 2], x[4 * i + 3]) * scale_log2);
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        alpha0 = fast_exp2(m0 - mx0), alpha1 = fast_exp2(m1 - mx1);
+        m0 = mx0, m1 = mx1;
+        float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+        for (int i = 0; i < BN / 8; ++i) {
+            x[4 * i] = fast_exp2(fmaf(x[4 * i], scale_log2, -m0));
+            x[4 * i + 1] = fast_exp2(fmaf(x[4 * i + 1], scale_log2, -m0));
+            x[4 * i + 2] = fast_exp2(fmaf(x[4 * i + 2], scale_log2, -m1));
+            x[4 * i + 3] = fast_exp2(fmaf(x[4 * i + 3], scale_log2, -m1));
+            sum0 += x[4 * i] + x[4 * i + 1];
+            sum1 += x[4 * i + 2] + x[4 * i + 3];
+        }
+        l0 = l0 * alpha0 + sum0;  // per-lane partial sums; the quad reduces once at the end
+        l1 = l1 * alpha1 + sum1;
+    };
+    // The probabilities of keys 16kk .. 16kk + 15 are the A fragment of k16 step kk.
+    auto pack_p = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            p[kk][0] = pack_half2(x[8 * kk], x[8 * kk + 1]);
+            p[kk][1] = pack_half2(x[8 * kk + 2], x[8 * kk + 3]);
+            p[kk][2] = pack_half2(x[8 * kk + 4], x[8 * kk + 5]);
+            p[kk][3] = pack_half2(x[8 * kk + 6], x[8 * kk + 7]);
+        }
+    };
+
+    // Prologue: S_0 and its softmax.
+    cp_async_wait<PF - 1>();  // tile 0 and Q landed
+    fence_proxy_async();
+    __syncthreads();
+    issue_s(0);
+    wg_wait<0>();
+    pin(s);
+    softmax(0);
+    pack_p();
+
+    auto pv = [&](int jt) {  // O = alpha O + P_jt V_jt, committed as one wgmma group
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) {
+            o[4 * i] *= alpha0, o[4 * i + 1] *= alpha0;
+            o[4 * i + 2] *= alpha1, o[4 * i + 3] *= alpha1;
+        }
+        const unsigned v_addr = sKV_addr + (jt % ST) * 2 * G::KV_BYTES + G::KV_BYTES;
+        pin(o);
+        pin(p);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) pv_step<D>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
+        wg_commit();
+    };
+
+    // Every tile but the last: S of the next tile is issued unconditionally, so each wait below retires
+    // a known group on every path (with S conditional, ptxas could not tell and serialized, C7514).
+    for (int j = 0; j + 1 < n_tiles; ++j) {
+        // Pending before: tiles j + 1 .. j + PF - 1. Wait for tile j + 1 and pass the barrier: after it
+        // every warpgroup has finished tile j - 1, so stage (j - 1) % ST = (j + PF) % ST is free.
+        cp_async_wait<PF - 2>();
+        fence_proxy_async();
+        __syncthreads();
+        load_kv(j + PF);
+        issue_s(j + 1);
+        pv(j);
+        wg_wait<1>();  // S_{j+1} done; PV_j runs under the softmax
+        pin(s);
+        softmax(j + 1);
+        wg_wait<0>();  // PV_j done: its P registers are free
+        pin(o);
+        pin(p);
+        pack_p();
+    }
+    // The last tile (its K/V landed before the last barrier above, or the prologue's).
+    pv(n_tiles - 1);
+    wg_wait<0>();
+    pin(o);
+    pin(p);
+    cp_async_wait<0>();  // only empty groups can remain; keep the count tidy before exit
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+
+    // Stage this warpgroup's 64 x D output in its own rows of the Q tile (same swizzled layout; only
+    // this warpgroup ever read them, and its last wgmma is complete), then store 16-byte chunks of
+    // the rows that exist.
+    const int R1 = R0 + 8, cq = (lane & 3) * 4;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+        const unsigned blk = (i >> 3) * Q_BLOCK, ch = i & 7;
+        *reinterpret_cast<half2_t *>(sQ + blk + R0 * 128 + ((ch ^ (R0 & 7)) << 4) + cq) =
+            pack_half2(o[4 * i] * inv0, o[4 * i + 1] * inv0);
+        *reinterpret_cast<half2_t *>(sQ + blk + R1 * 128 + ((ch ^ (R1 & 7)) << 4) + cq) =
+            pack_half2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
+    }
+    if (wg == 0)  // this warpgroup's 128 threads (named barriers 1 and 2; immediates keep the count at 3)
+        asm volatile("bar.sync 1, 128;\n" ::: "memory");
+    else
+        asm volatile("bar.sync 2, 128;\n" ::: "memory");
+#pragma unroll
+    for (int it = 0; it < 64 * CPR / 128; ++it) {
+        const int i = (tid & 127) + it * 128;
+        const int rr = i / CPR, cc = i % CPR;
+        const int r = wg * 64 + rr, qi = r / HB, t = t0 + qi;
+        if (qi < QB && t < T)
+            *reinterpret_cast<uint4 *>(out + (long)t * q_row + (long)(head0 + r - qi * HB) * D + cc * 8) =
+                *reinterpret_cast<const uint4 *>(sQ + (cc >> 3) * Q_BLOCK + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
+    }
+}
+
+}  // namespace
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// grid (Hq / HB, ceil(T / (64 WGS / HB))), block 128 WGS, dynamic shared memory WgGeometry<D, WGS>::SMEM_BYTES;
+// HB = heads per block, a divisor of Hq / Hkv that fits in the block's 64 WGS rows (attention.py picks it). scale_log2 = softmax_scale * log2(e).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ATTENTION_WG_BODY(WGS, D) attention_wg_body<D, WGS>(q, k, v, pos, out, T, Hq, Hkv, max_len, scale_log2, HB)
+#else
+#define ATTENTION_WG_BODY(WGS, D) __trap()
+#endif
+#define ATTENTION_PREFILL_WG(NAME, WGS, D)                                                                 \
+    extern "C" __global__ void __launch_bounds__(128 * WGS, 1) NAME##D(                                    \
+        const half_t *q, const half_t *k, const half_t *v, const int *pos, half_t *out, int T, int Hq, int Hkv, \
+        int max_len, float scale_log2, int HB) {                                                           \
+        ATTENTION_WG_BODY(WGS, D);                                                                         \
+    }
+
+ATTENTION_PREFILL_WG(attention_prefill_wg_d, 1, 64)
+ATTENTION_PREFILL_WG(attention_prefill_wg_d, 1, 128)
+ATTENTION_PREFILL_WG(attention_prefill_wg_d, 1, 256)
+ATTENTION_PREFILL_WG(attention_prefill_wg2_d, 2, 64)
+ATTENTION_PREFILL_WG(attention_prefill_wg2_d, 2, 128)
+ATTENTION_PREFILL_WG(attention_prefill_wg2_d, 2, 256)

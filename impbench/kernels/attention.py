@@ -12,22 +12,64 @@ import math
 from impbench.kernels._cache import get_function
 from impbench.kernels._checks import check_array
 
-BLOCK_M = 64  # queries per block (4 warps x 16 rows)
-THREADS = 128
 HEAD_DIMS = (64, 128, 256)
+# wgmma: Hopper (sm_90a) kernel, 64 (query, head) rows per block, two blocks per SM; wgmma2: the same
+# kernel with 128 rows (2 warpgroups) per block; mma: portable mma.sync kernel (any sm_80+).
+VARIANTS = ("wgmma", "wgmma2", "mma")
+
+# mma variant: 64 queries of one head per block (4 warps x 16 rows).
+BLOCK_M = 64
+THREADS = 128
+# wgmma variants: warpgroups (64 rows, 128 threads each) per block; the heads of one KV group share it.
+WG_WARPGROUPS = {"wgmma": 1, "wgmma2": 2}
+_KERNEL_PREFIX = {"wgmma": "attention_prefill_wg_d", "wgmma2": "attention_prefill_wg2_d", "mma": "attention_prefill_d"}
 
 
-def smem_bytes(head_dim: int) -> int:
-    """Dynamic shared memory of the kernel for `head_dim`: Q tile + two K and two V stages.
+def default_variant() -> str:
+    """The variant for the current device: wgmma where the family is built for sm_90a (cc 9.0)."""
+    import cupy
 
-    Mirrors Geometry<D>::SMEM_BYTES in attention.cu (the kernel traps if it gets less).
+    return "wgmma" if cupy.cuda.Device().compute_capability == "90" else "mma"
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def smem_bytes(head_dim: int, variant: str | None = None) -> int:
+    """Dynamic shared memory per block of the kernel for `head_dim` (variant: default_variant()).
+
+    Mirrors Geometry<D>::SMEM_BYTES (mma: Q tile + two K and two V stages) and
+    WgGeometry<D, WGS>::SMEM_BYTES (wgmma: Q tile + STAGES x (K + V) + 1 KiB alignment) in
+    attention.cu; the kernels trap if they get less.
     """
+    variant = variant or default_variant()
+    _check_variant(variant)
     block_n = 32 if head_dim >= 256 else 64
-    stride = head_dim + 8
-    return (BLOCK_M * stride + 4 * block_n * stride) * 2
+    if variant == "mma":
+        stride = head_dim + 8
+        return (BLOCK_M * stride + 4 * block_n * stride) * 2
+    warpgroups = WG_WARPGROUPS[variant]
+    stages = 4 if (warpgroups == 1 and head_dim == 64) or (warpgroups == 2 and head_dim <= 128) else 3
+    return 64 * warpgroups * head_dim * 2 + stages * 2 * block_n * head_dim * 2 + 1024
 
 
-def _plan(q, k_cache, v_cache, pos, out, softmax_scale: float):
+def heads_per_block(heads: int, kv_heads: int, rows: int = 64) -> int:
+    """wgmma variants: query heads per block, the largest divisor of the GQA group that fits in `rows`.
+
+    Qwen3-Coder (32 / 4): 8 heads x 8 queries in a 64-row block, so each K/V tile is read once for
+    the whole group.
+    """
+    group = heads // kv_heads
+    return max(d for d in range(1, min(group, rows) + 1) if group % d == 0)
+
+
+def _kernel_name(head_dim: int, variant: str) -> str:
+    return f"{_KERNEL_PREFIX[variant]}{head_dim}"
+
+
+def _plan(q, k_cache, v_cache, pos, out, softmax_scale: float, variant: str | None = None):
     """Check the arguments of attention_prefill; return (kernel, grid, block, args, shared bytes)."""
     import numpy as np
 
@@ -54,9 +96,12 @@ def _plan(q, k_cache, v_cache, pos, out, softmax_scale: float):
     if not (math.isfinite(softmax_scale) and softmax_scale > 0):
         raise ValueError(f"softmax_scale must be finite and > 0, got {softmax_scale}")
 
-    smem = smem_bytes(head_dim)
-    kernel = get_function("attention", f"attention_prefill_d{head_dim}", max_dynamic_smem=smem)
-    grid = (heads, (tokens + BLOCK_M - 1) // BLOCK_M)
+    variant = variant or default_variant()
+    smem = smem_bytes(head_dim, variant)
+    kernel = get_function("attention", _kernel_name(head_dim, variant), max_dynamic_smem=smem)
+    if variant == "wgmma":
+        # ask for the largest shared-memory carveout: two 113 KiB blocks per SM (D = 128) need all of it
+        kernel.preferred_shared_memory_carveout = 100
     args = (
         q,
         k_cache,
@@ -69,6 +114,13 @@ def _plan(q, k_cache, v_cache, pos, out, softmax_scale: float):
         np.int32(max_len),
         np.float32(softmax_scale * math.log2(math.e)),
     )
+    if variant != "mma":
+        rows = 64 * WG_WARPGROUPS[variant]
+        per_block = heads_per_block(heads, kv_heads, rows)
+        queries = rows // per_block
+        grid = (heads // per_block, (tokens + queries - 1) // queries)
+        return kernel, grid, (2 * rows,), args + (np.int32(per_block),), smem
+    grid = (heads, (tokens + BLOCK_M - 1) // BLOCK_M)
     return kernel, grid, (THREADS,), args, smem
 
 
@@ -88,10 +140,19 @@ def prepare(q, k_cache, v_cache, pos, out, softmax_scale: float):
     return functools.partial(kernel, grid, block, args, shared_mem=smem)
 
 
+def prepare_variant(q, k_cache, v_cache, pos, out, softmax_scale: float, variant: str):
+    """prepare() with an explicit kernel variant (tests and benchmarks run both on one device)."""
+    _check_variant(variant)
+    kernel, grid, block, args, smem = _plan(q, k_cache, v_cache, pos, out, softmax_scale, variant)
+    return functools.partial(kernel, grid, block, args, shared_mem=smem)
+
+
 def prewarm() -> None:
-    """Compile the family and raise every head size's shared-memory limit outside any capture."""
-    for head_dim in HEAD_DIMS:
-        get_function("attention", f"attention_prefill_d{head_dim}", max_dynamic_smem=smem_bytes(head_dim))
+    """Compile the family and raise every kernel's shared-memory limit outside any capture."""
+    variants = VARIANTS if default_variant() == "wgmma" else ("mma",)
+    for variant in variants:
+        for head_dim in HEAD_DIMS:
+            get_function("attention", _kernel_name(head_dim, variant), max_dynamic_smem=smem_bytes(head_dim, variant))
 
 
 def causal_flops(tokens: int, pos: int, heads: int, head_dim: int) -> int:
