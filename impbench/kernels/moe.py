@@ -39,9 +39,9 @@ VARIANTS = {
 }
 SM90A_VARIANTS = ("wg", "wgw")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
-# wg: 2-4% faster than cvt on the H100 in device calls 1 and 2 of v4 (results/NOTES.md, MoE); cvt was 4-5%
-# faster than w8. The default is the fastest correct variant of the last recorded run.
-DEFAULT_VARIANT = "wg"
+# The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE):
+# wgw 151.8 / 83.7 µs (gate_up / down, uniform) against wg 188.4 / 94.3, cvt 194.6 / 98.5, w8 203.1 / 100.4.
+DEFAULT_VARIANT = "wgw"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
