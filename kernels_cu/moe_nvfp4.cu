@@ -558,8 +558,11 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const unsigned (&a)
 
 
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, bool WIDE>
+template <bool GATE_UP, int NTA, int COPY>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
+    constexpr bool WIDE = COPY >= 1;  // wgw and later: whole-sector code copies, the scale ring
+    constexpr bool QUAD = COPY >= 2;  // wgq: four threads per row, 64 bytes of one row per copy instruction
+    constexpr bool XL = COPY >= 3;    // wgqx: token rows copied 128 bytes per row and instruction
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
     constexpr int WORDS = NTA <= 6 ? 4 : 2;    // code words loaded at once (registers: 2 blocks per SM)
@@ -591,6 +594,21 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const unsigned char *wsrc_b = cx.wq + (wok_b ? (unsigned)(GATE_UP ? n_out + wcol_b : wcol_b) * kb : 0u) + 16 * wh;
     const unsigned wdst_a = C_OFF + wr * 64, wdst_b = C_OFF + (wr + 128) * 64, wswz = (unsigned)(wr & 2) << 4;
     const bool scale16 = cx.ks % 16 == 0;
+    // QUAD: thread (row qr = tid / 4, piece qp = tid % 4) copies piece qp of block rows qr + 64 j, j = 0..3,
+    // so one instruction reads 8 rows x 64 contiguous bytes (one L2 request of two sectors per row,
+    // wgw: one sector); slot qp ^ (row & 2) as in wgw (the stores stay 512 contiguous bytes).
+    const int qr = tid >> 2, qp = tid & 3;
+    const unsigned char *qsrc[4];
+    unsigned qok = 0;  // bit j: row qr + 64 j exists
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int br = qr + 64 * j;
+        const int qcol = n0 + (GATE_UP ? (br & 127) : br);
+        const bool ok = qcol < n_out;
+        qok |= ok ? 1u << j : 0u;
+        qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
+    }
+    const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (qr & 2)) << 4);
 
     // Token-tile copies: this thread's row xn (warp w: rows 8w .. 8w+7, so warps past the tile skip
     // whole) and word xi; slots 4 * xi + j of row xn get physical unit 4j + xi.
@@ -599,15 +617,41 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const bool x_ok = xn < tile.rows;
     const unsigned x_off = x_ok ? (unsigned)cx.s_src[xn] * (2u * k) + 16u * xi : 0u;  // bytes
     const unsigned char *x_bytes = reinterpret_cast<const unsigned char *>(cx.x);
+    // Slot of physical unit u (0..15) of token row n in a stage's token tile (unit 4 j + i -> slot x_dst[j] of (n, i)).
+    auto x_slot = [](int n, int u) {
+        return (unsigned)(((u & 3) >> 1) * ATOM + n * 128 + (((((u & 3) & 1) * 4 + (u >> 2)) ^ (n & 7)) << 4));
+    };
     unsigned x_dst[4];  // byte offsets of this thread's slots in a stage's token tile
 #pragma unroll
-    for (int j = 0; j < 4; ++j) x_dst[j] = (xi >> 1) * ATOM + xn * 128 + ((((xi & 1) * 4 + j) ^ (xn & 7)) << 4);
+    for (int j = 0; j < 4; ++j) x_dst[j] = x_slot(xn, 4 * j + xi);
+    // XL: copy m of a lane is unit lu + 8 (m >> 1) of row 8 warp + 4 (m & 1) + lane / 8: eight lanes read
+    // 128 contiguous bytes of one row (one four-sector L2 request). The units of a thread's permute then
+    // come from other lanes of its warp (same 8 rows): a __syncwarp after the wait publishes them.
+    const int lu = lane & 7;
+    unsigned xl_off[2], xl_dst[4];
+    bool xl_ok[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int n = 8 * warp + 4 * h + (lane >> 3);
+        xl_ok[h] = n < tile.rows;
+        xl_off[h] = xl_ok[h] ? (unsigned)cx.s_src[n] * (2u * k) + 16u * lu : 0u;
+#pragma unroll
+        for (int m2 = 0; m2 < 2; ++m2) xl_dst[2 * h + m2] = x_slot(n, lu + 8 * m2);
+    }
 
     // A piece past K (the second half of a K % 128 == 64 tail stage) reads 0 bytes from the first
     // half's address, so every address stays inside its row.
     auto issue = [&](int chunk, int stage) {
         const unsigned sb = s_base + stage * STG;
         if constexpr (WIDE) {
+            if constexpr (QUAD) {
+                const bool kq = chunk * (BK / 2) + 16 * qp < kb;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const bool ok = kq && (qok >> j & 1);
+                    cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);
+                }
+            } else {
             const bool hi = chunk * (BK / 2) + BK / 4 < kb;
             const unsigned char *sa = wsrc_a + (wok_a ? chunk * (BK / 2) : 0);
             const unsigned char *sbb = wsrc_b + (wok_b ? chunk * (BK / 2) : 0);
@@ -616,6 +660,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             cp_async16_l2(sb + wdst_b + lo_a, sbb, wok_b ? 16 : 0);
             cp_async16_l2(sb + wdst_a + hi_a, sa + (wok_a && hi ? 32 : 0), wok_a && hi ? 16 : 0);
             cp_async16_l2(sb + wdst_b + hi_a, sbb + (wok_b && hi ? 32 : 0), wok_b && hi ? 16 : 0);
+            }
             if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
                 const unsigned rd = s_base + WIDE_RING + ((chunk >> 1) & 1) * (ROWS * 16) + tid * 16;
                 const int from = chunk * (BK / 16);
@@ -642,7 +687,15 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         cp_async4(sb + scale_dst, ss, w_ok ? 4 : 0);
         cp_async4(sb + scale_dst + 4, ss + (hi_ok ? 4 : 0), hi_ok ? 4 : 0);
         }
-        if (x_row) {
+        if (XL && x_row) {
+            const bool xhi_ok = chunk * BK + BK / 2 < k;  // units 8..15 of the stage exist
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const unsigned char *xs = x_bytes + (xl_ok[h] ? xl_off[h] + chunk * (BK * 2) : 0u);
+                cp_async16s(sb + xl_dst[2 * h], xs, xl_ok[h] ? 16 : 0);
+                cp_async16s(sb + xl_dst[2 * h + 1], xs + (xl_ok[h] && xhi_ok ? BK : 0), xl_ok[h] && xhi_ok ? 16 : 0);
+            }
+        } else if (x_row) {
             const bool xhi_ok = x_ok && chunk * BK + BK / 2 < k;
             const unsigned char *xs = x_bytes + (x_ok ? x_off + chunk * (BK * 2) : 0u);
             const unsigned char *xh = xs + (xhi_ok ? BK : 0);
@@ -769,6 +822,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #pragma unroll 1
     for (int c = 0; c < chunks; ++c) {
         cp_async_wait<STAGES - 2>();
+        if constexpr (XL) __syncwarp();  // the permute reads units other lanes of the warp copied
         permute(c % STAGES);
         fence_proxy_async();  // generic-proxy stores -> wgmma reads (async proxy)
         __syncthreads();
@@ -819,7 +873,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 // n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
 // WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
 // tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool WIDE = false>
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, int COPY = 0>
 __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
@@ -879,14 +933,14 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, WIDE>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, WIDE>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, WIDE>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, WIDE>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, WIDE>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, WIDE>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, WIDE>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, WIDE>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, 1, COPY>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, COPY>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, COPY>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, COPY>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, COPY>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, COPY>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, COPY>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, COPY>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -913,25 +967,27 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, WIDE)                                                                          \
+#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, COPY)                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
                                   int inter, int n_tiles) {                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, WIDE>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
+        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, COPY>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
                                           num_experts, hidden, inter, n_tiles);                                \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
                                half_t *out, int num_experts, int inter, int hidden, int n_tiles) {            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, WIDE>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
+        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, COPY>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
                                            num_experts, inter, hidden, n_tiles);                               \
     }
 
-MOE_ENTRY(, 8, 2, true, false, false, false)
-MOE_ENTRY(_cvt, 8, 2, true, true, false, false)
+MOE_ENTRY(, 8, 2, true, false, false, 0)
+MOE_ENTRY(_cvt, 8, 2, true, true, false, 0)
 // wgmma (sm_90a); dynamic shared memory impmoe::wg::SMEM (wg) and impmoe::wg::WIDE_SMEM (wgw)
-MOE_ENTRY(_wg, 8, 2, true, true, true, false)
-MOE_ENTRY(_wgw, 8, 2, true, true, true, true)
+MOE_ENTRY(_wg, 8, 2, true, true, true, 0)
+MOE_ENTRY(_wgw, 8, 2, true, true, true, 1)
+MOE_ENTRY(_wgq, 8, 2, true, true, true, 2)   // wgw with four threads per weight row (64-byte row copies)
+MOE_ENTRY(_wgqx, 8, 2, true, true, true, 3)  // wgq with 128-byte token-row copies

@@ -36,8 +36,10 @@ VARIANTS = {
     "cvt": ("_cvt", 256, SMEM_BYTES),  # the same, E2M1 decoded through the e4m3x2 -> f16x2 conversion
     "wg": ("_wg", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers, tokens from shared), sm_90a
     "wgw": ("_wgw", 256, WG_WIDE_SMEM_BYTES),  # wg with whole-sector weight copies, scales every 2nd stage
+    "wgq": ("_wgq", 256, WG_WIDE_SMEM_BYTES),  # wgw with 64-byte weight-row copies (four threads per row)
+    "wgqx": ("_wgqx", 256, WG_WIDE_SMEM_BYTES),  # wgq with 128-byte token-row copies
 }
-SM90A_VARIANTS = ("wg", "wgw")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+SM90A_VARIANTS = ("wg", "wgw", "wgq", "wgqx")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE):
 # wgw 151.8 / 83.7 µs (gate_up / down, uniform) against wg 188.4 / 94.3, cvt 194.6 / 98.5, w8 203.1 / 100.4.
