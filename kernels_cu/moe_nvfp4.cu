@@ -182,8 +182,15 @@ __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int n
     return tile;
 }
 
+// A CUtensorMap (opaque, 128 bytes, 64-byte aligned) passed by value as a __grid_constant__ kernel
+// parameter: the TMA unit reads it from the parameter space (the wgt variant).
+struct __align__(64) Map {
+    unsigned long long bits[16];
+};
+
 // What the K loop of a tile needs from the block prologue (moe_body).
 struct Ctx {
+    const Map *codes_map, *scales_map;  // wgt only: the weight's codes [E * N, K/2] and scales [E * N, K/16]
     const half_t *x;
     const float *w_scale2;
     half_t *out;
@@ -456,6 +463,40 @@ constexpr int WIDE_RING = STAGES * WIDE_STAGE;             // offset of the scal
 constexpr int WIDE_SMEM = WIDE_RING + 2 * ROWS * 16 + 1024;  // impbench/kernels/moe.py WG_WIDE_SMEM_BYTES
 static_assert(2 * (WIDE_SMEM + 2048) <= 228 * 1024, "two blocks per SM");
 
+// wgt (TMA): codes and scales copied by the tensor memory accelerator, one 2D box of 128 rows x 64 code
+// bytes (64-byte swizzle) per gate / up half and stage, scales 128 rows x 16 bytes every second stage,
+// completing on a per-stage mbarrier. They leave the cp.async queue, whose FIFO completion tied the
+// weights' prefetch distance to the token tile's: codes now run 3 stages ahead in a 4-slot ring while
+// the token tile (cp.async, L2-resident) is fetched one stage ahead in 2 slots. Needs K % 256 == 0
+// (a 16-byte multiple scale row stride for the tensor map); impbench/kernels/moe.py falls back to wgq.
+constexpr int T_CODE_SLOTS = 4, T_X_SLOTS = 2, T_SCALE_SLOTS = 3;
+constexpr int T_X = 0, T_CODES = T_X_SLOTS * X_BYTES;                // token-tile slots first, 1024-aligned
+constexpr int T_SCALES = T_CODES + T_CODE_SLOTS * CODE_STAGE;       // scale slots: 16 bytes per row, two stages
+constexpr int T_BARS = T_SCALES + T_SCALE_SLOTS * ROWS * 16;        // one mbarrier per code slot
+constexpr int TMA_SMEM = T_BARS + 8 * T_CODE_SLOTS + 1024;          // impbench/kernels/moe.py WG_TMA_SMEM_BYTES
+static_assert(2 * (TMA_SMEM + 2048) <= 228 * 1024, "two blocks per SM");
+
+__device__ __forceinline__ void mbar_init(unsigned addr, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned addr, unsigned parity) {
+    asm volatile(
+        "{\n.reg .pred P1;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+        "@!P1 bra WAIT_%=;\n}\n" ::"r"(addr),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned addr, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(addr), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const Map *map, int c0, int c1, unsigned mbar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(mbar)
+        : "memory");
+}
+
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -560,9 +601,10 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const unsigned (&a)
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
 template <bool GATE_UP, int NTA, int COPY>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
-    constexpr bool WIDE = COPY >= 1;  // wgw and later: whole-sector code copies, the scale ring
-    constexpr bool QUAD = COPY >= 2;  // wgq: four threads per row, 64 bytes of one row per copy instruction
-    constexpr bool XL = COPY >= 3;    // wgqx: token rows copied 128 bytes per row and instruction
+    constexpr bool WIDE = COPY >= 1;                // wgw and later: 16 scale bytes per row, every second stage
+    constexpr bool QUAD = COPY == 2 || COPY == 3;   // wgq: four threads per row, 64 bytes of one row per copy instruction
+    constexpr bool XL = COPY == 3;                  // wgqx: token rows copied 128 bytes per row and instruction
+    constexpr bool TMA = COPY == 4;                 // wgt: weights by TMA (see T_CODE_SLOTS)
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
     constexpr int WORDS = NTA <= 6 ? 4 : 2;    // code words loaded at once (registers: 2 blocks per SM)
@@ -639,6 +681,27 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         for (int m2 = 0; m2 < 2; ++m2) xl_dst[2 * h + m2] = x_slot(n, lu + 8 * m2);
     }
 
+    // Token-tile copies of `chunk` into the stage's token tile at shared address sb.
+    auto issue_x = [&](int chunk, unsigned sb) {
+        if (XL && x_row) {
+            const bool xhi_ok = chunk * BK + BK / 2 < k;  // units 8..15 of the stage exist
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const unsigned char *xs = x_bytes + (xl_ok[h] ? xl_off[h] + chunk * (BK * 2) : 0u);
+                cp_async16s(sb + xl_dst[2 * h], xs, xl_ok[h] ? 16 : 0);
+                cp_async16s(sb + xl_dst[2 * h + 1], xs + (xl_ok[h] && xhi_ok ? BK : 0), xl_ok[h] && xhi_ok ? 16 : 0);
+            }
+        } else if (x_row) {
+            const bool xhi_ok = x_ok && chunk * BK + BK / 2 < k;
+            const unsigned char *xs = x_bytes + (x_ok ? x_off + chunk * (BK * 2) : 0u);
+            const unsigned char *xh = xs + (xhi_ok ? BK : 0);
+            cp_async16s(sb + x_dst[0], xs, x_ok ? 16 : 0);
+            cp_async16s(sb + x_dst[1], xs + 64, x_ok ? 16 : 0);
+            cp_async16s(sb + x_dst[2], xh, xhi_ok ? 16 : 0);
+            cp_async16s(sb + x_dst[3], xh + 64, xhi_ok ? 16 : 0);
+        }
+    };
+    // Weight copies of `chunk` (cp.async variants) and its token tile, into pipeline stage `stage`.
     // A piece past K (the second half of a K % 128 == 64 tail stage) reads 0 bytes from the first
     // half's address, so every address stays inside its row.
     auto issue = [&](int chunk, int stage) {
@@ -687,29 +750,12 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         cp_async4(sb + scale_dst, ss, w_ok ? 4 : 0);
         cp_async4(sb + scale_dst + 4, ss + (hi_ok ? 4 : 0), hi_ok ? 4 : 0);
         }
-        if (XL && x_row) {
-            const bool xhi_ok = chunk * BK + BK / 2 < k;  // units 8..15 of the stage exist
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const unsigned char *xs = x_bytes + (xl_ok[h] ? xl_off[h] + chunk * (BK * 2) : 0u);
-                cp_async16s(sb + xl_dst[2 * h], xs, xl_ok[h] ? 16 : 0);
-                cp_async16s(sb + xl_dst[2 * h + 1], xs + (xl_ok[h] && xhi_ok ? BK : 0), xl_ok[h] && xhi_ok ? 16 : 0);
-            }
-        } else if (x_row) {
-            const bool xhi_ok = x_ok && chunk * BK + BK / 2 < k;
-            const unsigned char *xs = x_bytes + (x_ok ? x_off + chunk * (BK * 2) : 0u);
-            const unsigned char *xh = xs + (xhi_ok ? BK : 0);
-            cp_async16s(sb + x_dst[0], xs, x_ok ? 16 : 0);
-            cp_async16s(sb + x_dst[1], xs + 64, x_ok ? 16 : 0);
-            cp_async16s(sb + x_dst[2], xh, xhi_ok ? 16 : 0);
-            cp_async16s(sb + x_dst[3], xh + 64, xhi_ok ? 16 : 0);
-        }
+        issue_x(chunk, sb);
     };
     // Permute this thread's four landed slots into the logical order (see the section comment):
     // slot 4i + 2p + c = pair (p, c) of each of the four physical units, unit of quad thread t -> word t.
-    auto permute = [&](int stage) {
+    auto permute = [&](unsigned char *sx) {  // sx: the stage's token tile
         if (!x_row) return;
-        unsigned char *sx = smem + stage * STG;
         uint4 v[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) v[j] = *reinterpret_cast<const uint4 *>(sx + x_dst[j]);
@@ -734,14 +780,11 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #pragma unroll
         for (int i = 0; i < N / 2; ++i) acc[mt][i] = 0.0f;
 
-    int stage_chunk = 0;  // the chunk compute() works on
-    auto compute = [&](int stage) {
-        const unsigned char *sc = smem + stage * STG + C_OFF;
-        const int chunk_of_stage = stage_chunk;  // set by the K loop (WIDE: picks the scale ring slot)
-        const unsigned char *ss = WIDE ? smem + WIDE_RING + ((chunk_of_stage >> 1) & 1) * (ROWS * 16) + (chunk_of_stage & 1) * 8
-                                       : smem + stage * STG + S_OFF;
-        constexpr int SROW = WIDE ? 16 : 8;  // scale bytes per row in that buffer
-        const unsigned long long d0 = desc(s_base + stage * STG);  // stage bases < 256 KiB: no carry out of the field
+    // One stage: sc = its codes (64 bytes per block row), ss = its scales (SROW bytes per row), x_addr =
+    // shared address of its token tile.
+    constexpr int SROW = WIDE ? 16 : 8;
+    auto compute = [&](const unsigned char *sc, const unsigned char *ss, unsigned x_addr) {
+        const unsigned long long d0 = desc(x_addr);  // shared addresses < 256 KiB: no carry out of the field
         unsigned sraw[2][2];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -761,7 +804,8 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ (WIDE ? (g & 2) : ((g >> 1) & 3))) << 4) + i0 * 4;
+                    // slot of piece t: wgw / wgq store it at t ^ (row & 2); wg, and TMA's 64-byte swizzle, at t ^ ((row >> 1) & 3)
+                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ (WIDE && !TMA ? (g & 2) : ((g >> 1) & 3))) << 4) + i0 * 4;
                     if constexpr (WORDS == 4) {
                         const uint4 v = *reinterpret_cast<const uint4 *>(src);
                         q[mt][r][0] = v.x, q[mt][r][1] = v.y, q[mt][r][2] = v.z, q[mt][r][3] = v.w;
@@ -814,23 +858,70 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     };
 
     const int chunks = (k + BK - 1) / BK;
-#pragma unroll 1
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < chunks) issue(s, s);
-        cp_async_commit();
-    }
-#pragma unroll 1
-    for (int c = 0; c < chunks; ++c) {
-        cp_async_wait<STAGES - 2>();
-        if constexpr (XL) __syncwarp();  // the permute reads units other lanes of the warp copied
-        permute(c % STAGES);
-        fence_proxy_async();  // generic-proxy stores -> wgmma reads (async proxy)
+    if constexpr (TMA) {
+        // Thread 0 arms slot chunk % 4's mbarrier with the bytes it expects and issues the boxes of the
+        // block's two 128-row halves: codes of `chunk`, and when `chunk` is even the scales of it and the next.
+        const unsigned bars = s_base + T_BARS;
+        const int row_a = tile.expert * (GATE_UP ? 2 * n_out : n_out) + n0, row_b = row_a + (GATE_UP ? n_out : 128);
+        auto load_weights = [&](int chunk) {
+            const int slot = chunk % T_CODE_SLOTS;
+            const unsigned bar = bars + 8 * slot, dst = s_base + T_CODES + slot * CODE_STAGE;
+            const bool scales = (chunk & 1) == 0;
+            mbar_expect_tx(bar, CODE_STAGE + (scales ? ROWS * 16 : 0));
+            tma_load_2d(dst, cx.codes_map, chunk * (BK / 2), row_a, bar);
+            tma_load_2d(dst + 128 * 64, cx.codes_map, chunk * (BK / 2), row_b, bar);
+            if (scales) {
+                const unsigned sd = s_base + T_SCALES + ((chunk >> 1) % T_SCALE_SLOTS) * (ROWS * 16);
+                tma_load_2d(sd, cx.scales_map, chunk * (BK / 16), row_a, bar);
+                tma_load_2d(sd + 128 * 16, cx.scales_map, chunk * (BK / 16), row_b, bar);
+            }
+        };
+        if (tid == 0) {
+#pragma unroll
+            for (int i = 0; i < T_CODE_SLOTS; ++i) mbar_init(bars + 8 * i, 1);
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        }
         __syncthreads();
-        const int next = c + STAGES - 1;
-        if (next < chunks) issue(next, next % STAGES);
+        if (tid == 0)
+            for (int c = 0; c < T_CODE_SLOTS - 1 && c < chunks; ++c) load_weights(c);
+        issue_x(0, s_base + T_X);
         cp_async_commit();
-        stage_chunk = c;
-        compute(c % STAGES);
+#pragma unroll 1
+        for (int c = 0; c < chunks; ++c) {
+            const int slot = c % T_CODE_SLOTS;
+            const unsigned x_addr = s_base + (c % T_X_SLOTS) * X_BYTES;
+            mbar_wait(bars + 8 * slot, (c / T_CODE_SLOTS) & 1);
+            cp_async_wait<0>();
+            permute(smem + (c % T_X_SLOTS) * X_BYTES);
+            fence_proxy_async();
+            __syncthreads();  // token tile c published; every thread is past compute(c - 1): its slots are free
+            if (tid == 0 && c + T_CODE_SLOTS - 1 < chunks) load_weights(c + T_CODE_SLOTS - 1);
+            if (c + 1 < chunks) issue_x(c + 1, s_base + ((c + 1) % T_X_SLOTS) * X_BYTES);
+            cp_async_commit();
+            compute(smem + T_CODES + slot * CODE_STAGE,
+                    smem + T_SCALES + ((c >> 1) % T_SCALE_SLOTS) * (ROWS * 16) + (c & 1) * 8, x_addr);
+        }
+    } else {
+#pragma unroll 1
+        for (int s = 0; s < STAGES - 1; ++s) {
+            if (s < chunks) issue(s, s);
+            cp_async_commit();
+        }
+#pragma unroll 1
+        for (int c = 0; c < chunks; ++c) {
+            cp_async_wait<STAGES - 2>();
+            if constexpr (XL) __syncwarp();  // the permute reads units other lanes of the warp copied
+            unsigned char *stage = smem + (c % STAGES) * STG;
+            permute(stage);
+            fence_proxy_async();  // generic-proxy stores -> wgmma reads (async proxy)
+            __syncthreads();
+            const int next = c + STAGES - 1;
+            if (next < chunks) issue(next, next % STAGES);
+            cp_async_commit();
+            compute(stage + C_OFF,
+                    WIDE ? smem + WIDE_RING + ((c >> 1) & 1) * (ROWS * 16) + (c & 1) * 8 : stage + S_OFF,
+                    s_base + (c % STAGES) * STG);
+        }
     }
     cp_async_wait<0>();
     __syncthreads();
@@ -878,7 +969,8 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
                                          const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles) {
+                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
+                                         const Map *codes_map = nullptr, const Map *scales_map = nullptr) {
     static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
     constexpr int NT = 32 * WARPS;                    // threads
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;   // output columns per block
@@ -927,6 +1019,7 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     for (int j = 0; j < SC; ++j) valid |= col_of(scale_br + (NT / 2) * j) < n_out ? 1u << (8 + j) : 0u;
 
     Ctx cx;
+    cx.codes_map = codes_map, cx.scales_map = scales_map;
     cx.x = x, cx.w_scale2 = w_scale2, cx.out = out, cx.wq = wq, cx.wsc = wsc, cx.s_src = s_src, cx.s_rw = s_rw;
     cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
     cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid;
@@ -991,3 +1084,23 @@ MOE_ENTRY(_wg, 8, 2, true, true, true, 0)
 MOE_ENTRY(_wgw, 8, 2, true, true, true, 1)
 MOE_ENTRY(_wgq, 8, 2, true, true, true, 2)   // wgw with four threads per weight row (64-byte row copies)
 MOE_ENTRY(_wgqx, 8, 2, true, true, true, 3)  // wgq with 128-byte token-row copies
+
+// wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
+// then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and
+// scales [E * N, K/16] (box 16 bytes x 128 rows), N = 2I (gate_up) or H (down); impbench/kernels/moe.py.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    moe_nvfp4_gate_up_wgt(const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,
+                          const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts,
+                          int hidden, int inter, int n_tiles, const __grid_constant__ impmoe::Map codes_map,
+                          const __grid_constant__ impmoe::Map scales_map) {
+    impmoe::moe_body<true, 8, 2, true, true, true, 4>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,
+                                                      num_experts, hidden, inter, n_tiles, &codes_map, &scales_map);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    moe_nvfp4_down_wgt(const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,
+                       const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter,
+                       int hidden, int n_tiles, const __grid_constant__ impmoe::Map codes_map,
+                       const __grid_constant__ impmoe::Map scales_map) {
+    impmoe::moe_body<false, 8, 2, true, true, true, 4>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,
+                                                       num_experts, inter, hidden, n_tiles, &codes_map, &scales_map);
+}

@@ -124,7 +124,7 @@ class Problem:
         return err_up, err_down
 
 
-VARIANTS = ["w8", "cvt", "wg", "wgw", "wgq", "wgqx"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
+VARIANTS = ["w8", "cvt", "wg", "wgw", "wgq", "wgqx", "wgt"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
 
 
 @pytest.mark.gpu
@@ -136,6 +136,8 @@ VARIANTS = ["w8", "cvt", "wg", "wgw", "wgq", "wgqx"]  # impbench.kernels.moe.VAR
         (6, 320, 192, 40, 4),  # partial N tiles and a partial last K stage in both GEMMs
         (4, 128, 64, 37, 3),  # R = 111: a partial n8 token tile
         (3, 64, 64, 200, 1),  # a single 64-wide K stage; one expert gets up to 4 token tiles
+        (5, 768, 320, 40, 4),  # K % 256 == 0 for gate_up (wgt runs it, down falls back): partial N tile
+        (3, 320, 512, 37, 3),  # ... and for down (wgt): partial 256-column tile, gate_up falls back
     ],
 )
 def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k, variant):
@@ -201,7 +203,8 @@ def test_graph_captured_in_global_mode_follows_new_offsets(variant):
     moe.prewarm()
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
-        problem = Problem(6, 320, 192, 48, 4, seed=5).route("random")
+        # K = 512 / 256: every variant runs itself (wgt needs K % 256 == 0)
+        problem = Problem(6, 512, 256, 48, 4, seed=5).route("random")
         problem.launch(variant=variant)  # eager once; the capture below must not allocate or compile
         stream.synchronize()
         stream.begin_capture(mode=runtime.streamCaptureModeGlobal)

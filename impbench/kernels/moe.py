@@ -29,6 +29,9 @@ TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
 SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
 WG_SMEM_BYTES = SMEM_BYTES + 1024  # impmoe::wg::SMEM: the same stages on a 1024-byte aligned base
 WG_WIDE_SMEM_BYTES = 3 * (64 * 128 * 2 + 256 * 128 // 2) + 2 * 256 * 16 + 1024  # impmoe::wg::WIDE_SMEM = 107520
+# impmoe::wg::TMA_SMEM = 111648: 2 token-tile slots, 4 code slots, 3 scale slots, 4 mbarriers, alignment slack
+WG_TMA_SMEM_BYTES = 2 * 64 * 128 * 2 + 4 * (256 * 128 // 2) + 3 * 256 * 16 + 4 * 8 + 1024
+TMA_K_MULTIPLE = 256  # wgt: the scale rows (K/16 bytes) must be a 16-byte multiple for a tensor map
 # Kernel variants (entry-point suffix, threads per block, dynamic shared bytes); see the header of
 # kernels_cu/moe_nvfp4.cu.
 VARIANTS = {
@@ -38,8 +41,11 @@ VARIANTS = {
     "wgw": ("_wgw", 256, WG_WIDE_SMEM_BYTES),  # wg with whole-sector weight copies, scales every 2nd stage
     "wgq": ("_wgq", 256, WG_WIDE_SMEM_BYTES),  # wgw with 64-byte weight-row copies (four threads per row)
     "wgqx": ("_wgqx", 256, WG_WIDE_SMEM_BYTES),  # wgq with 128-byte token-row copies
+    "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # weights by TMA, 4-slot code ring; K % 256 == 0 (else wgq runs)
 }
-SM90A_VARIANTS = ("wg", "wgw", "wgq", "wgqx")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+SM90A_VARIANTS = ("wg", "wgw", "wgq", "wgqx", "wgt")
+TMA_VARIANTS = ("wgt",)  # take the weights' tensor maps as two more (by-value) arguments
+TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE):
 # wgw 151.8 / 83.7 µs (gate_up / down, uniform) against wg 188.4 / 94.3, cvt 194.6 / 98.5, w8 203.1 / 100.4.
@@ -55,13 +61,16 @@ def token_tiles(rows: int, experts: int) -> int:
     return (rows + min(experts, rows) * (TOKENS_PER_TILE - 1)) // TOKENS_PER_TILE
 
 
-def resolve_variant(variant: str) -> str:
-    """The variant that runs for `variant` on the current device: an sm_90a-only variant (wgmma) is
-    replaced by FALLBACK_VARIANT on a GPU that is not compute capability 9.0, where it compiles to a trap."""
+def resolve_variant(variant: str, k: int | None = None) -> str:
+    """The variant that runs for `variant` on the current device (and GEMM depth K, where given): an
+    sm_90a-only variant (wgmma) is replaced by FALLBACK_VARIANT on a GPU that is not compute capability
+    9.0, where it compiles to a trap; a TMA variant by TMA_FALLBACK where K % TMA_K_MULTIPLE != 0."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown MoE kernel variant {variant!r}; accepted: {', '.join(VARIANTS)}")
     if variant in SM90A_VARIANTS and not _is_sm90():
         return FALLBACK_VARIANT
+    if variant in TMA_VARIANTS and k is not None and k % TMA_K_MULTIPLE:
+        return TMA_FALLBACK
     return variant
 
 
@@ -117,13 +126,15 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
     _check_experts("w13", w13, w13_scale, w13_scale2, 2 * inter, hidden, experts)
     check_array("out", out, np.float16, shape=(rows, inter))
     _check_aligned("moe_gate_up", x=x, w13=w13, w13_scale=w13_scale, out=out)
-    variant = resolve_variant(variant)
+    variant = resolve_variant(variant, hidden)
     if tokens < 1 or rows < 1:
         return None
     n_tiles = -(-inter // GATE_UP_COLS)
     grid = (token_tiles(rows, experts) * n_tiles,)
     args = (x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
             np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles))  # fmt: skip
+    if variant in TMA_VARIANTS:
+        args += _weight_maps(w13, w13_scale)
     return _kernel("gate_up", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
 
 
@@ -143,7 +154,7 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     if row_weight is not None:
         check_array("row_weight", row_weight, np.float32, shape=(rows,))
     _check_aligned("moe_down", h=h, w2=w2, w2_scale=w2_scale, out=out)
-    variant = resolve_variant(variant)
+    variant = resolve_variant(variant, inter)
     if rows < 1:
         return None
     n_tiles = -(-hidden // DOWN_COLS)
@@ -151,14 +162,85 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     weight = row_weight if row_weight is not None else np.uint64(0)  # null pointer: no scaling
     args = (h, expert_offsets, w2, w2_scale, w2_scale2, weight, out,
             np.int32(experts), np.int32(inter), np.int32(hidden), np.int32(n_tiles))  # fmt: skip
+    if variant in TMA_VARIANTS:
+        args += _weight_maps(w2, w2_scale)
     return _kernel("down", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
+
+
+class _TensorMap:
+    """The CUtensorMap of a uint8 tensor seen as [rows, row_bytes], kept alive with the array; passed to
+    the kernel by value."""
+
+    def __init__(self, arr, row_bytes: int, box_bytes: int, box_rows: int, swizzle: int):
+        self.array = arr
+        self.buffer, self.address = _encode_map(arr.data.ptr, arr.size // row_bytes, row_bytes, box_bytes, box_rows, swizzle)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encode_map(ptr: int, rows: int, row_bytes: int, box_bytes: int, box_rows: int, swizzle: int):
+    """cuTensorMapEncodeTiled on the host (no device call: capture-safe). The 128 bytes depend on these
+    values only, so an eager caller (the benchmark) encodes each weight once.
+    Returns (buffer, address of its 64-byte aligned 128 bytes)."""
+    import ctypes
+
+    from impbench.kernels.gemm import _libcuda
+
+    buffer = ctypes.create_string_buffer(128 + 64)
+    address = (ctypes.addressof(buffer) + 63) & ~63
+    rc = _libcuda().cuTensorMapEncodeTiled(
+        address, _CU_TENSOR_MAP_UINT8, 2, ctypes.c_void_p(ptr),
+        (ctypes.c_uint64 * 2)(row_bytes, rows), (ctypes.c_uint64 * 1)(row_bytes),
+        (ctypes.c_uint32 * 2)(box_bytes, box_rows), (ctypes.c_uint32 * 2)(1, 1),
+        0, swizzle, _CU_L2_PROMOTION_128B, 0,
+    )  # fmt: skip
+    if rc != 0:
+        raise ValueError(f"cuTensorMapEncodeTiled failed ({rc}) for a [{rows}, {row_bytes}] uint8 tensor, box {box_bytes} x {box_rows}")
+    return buffer, address
+
+
+_CU_TENSOR_MAP_UINT8, _CU_SWIZZLE_NONE, _CU_SWIZZLE_64B, _CU_L2_PROMOTION_128B = 0, 0, 2, 2
+
+
+def _weight_maps(w, scale) -> tuple:
+    """Tensor maps of an [E, N, K/2] code tensor (box 64 bytes x 128 rows, 64-byte swizzle: the layout
+    the kernel reads) and its [E, N, K/16] scales (box 16 bytes x 128 rows)."""
+    return (_TensorMap(w, w.shape[2], 64, 128, _CU_SWIZZLE_64B), _TensorMap(scale, scale.shape[2], 16, 128, _CU_SWIZZLE_NONE))
 
 
 def _launcher(plan):
     if plan is None:  # no rows: nothing to launch
         return lambda: None
     kernel, grid, block, args, smem = plan
+    if isinstance(args[-1], _TensorMap):
+        return _driver_launcher(kernel, grid, block, args, smem)
     return functools.partial(kernel, grid, block, args, shared_mem=smem)
+
+
+def _driver_launcher(kernel, grid, block, args, smem):
+    """A launch through cuLaunchKernel with the tensor maps by value and the argument block built once
+    (CuPy cannot pass a 128-byte struct)."""
+    import ctypes
+
+    import cupy
+
+    values = []
+    for arg in args:
+        if isinstance(arg, _TensorMap):
+            values.append(arg.address)
+        elif isinstance(arg, cupy.ndarray):
+            values.append(ctypes.c_void_p(arg.data.ptr))
+        else:  # numpy scalar (np.int32, the np.uint64 null pointer)
+            values.append(ctypes.create_string_buffer(arg.tobytes(), arg.nbytes))
+    params = (ctypes.c_void_p * len(values))(*[v if isinstance(v, int) else ctypes.addressof(v) for v in values])
+    function = kernel.kernel.ptr
+    launch, current_stream = cupy.cuda.driver.launchKernel, cupy.cuda.get_current_stream
+    params_ptr, (gx,), (bx,) = ctypes.addressof(params), grid, block
+    keep = (args, values, params)  # arrays, maps and the argument block outlive every launch
+
+    def run(keep=keep) -> None:
+        launch(function, gx, 1, 1, bx, 1, 1, smem, current_stream().ptr, params_ptr, 0)
+
+    return run
 
 
 def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=DEFAULT_VARIANT) -> None:
