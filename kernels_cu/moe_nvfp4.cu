@@ -599,7 +599,7 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const unsigned (&a)
 
 
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, int COPY>
+template <bool GATE_UP, int NTA, int COPY, int DEPTH>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     constexpr bool WIDE = COPY >= 1;                // wgw and later: 16 scale bytes per row, every second stage
     constexpr bool QUAD = COPY == 2 || COPY == 3;   // wgq: four threads per row, 64 bytes of one row per copy instruction
@@ -848,7 +848,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
                     wgmma_rs<N>(acc[0], a[0], db);
                     wgmma_rs<N>(acc[1], a[1], db);
                     commit();
-                    wait<1>();  // step s-1 done: its A registers may be reused
+                    wait<DEPTH>();  // DEPTH 1: step s-1 done, its A registers may be reused (2: s-2)
                 }
             }
         }
@@ -964,7 +964,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 // n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
 // WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
 // tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, int COPY = 0>
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, int COPY = 0, int DEPTH = 1>
 __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
@@ -1026,14 +1026,14 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, COPY>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, COPY>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, COPY>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, COPY>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, COPY>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, COPY>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, COPY>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, COPY>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, 1, COPY, DEPTH>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, COPY, DEPTH>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, COPY, DEPTH>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, COPY, DEPTH>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, COPY, DEPTH>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, COPY, DEPTH>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, COPY, DEPTH>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, COPY, DEPTH>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -1060,47 +1060,51 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, COPY)                                                                          \
+#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, COPY, DEPTH)                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
                                   int inter, int n_tiles) {                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, COPY>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
+        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, COPY, DEPTH>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
                                           num_experts, hidden, inter, n_tiles);                                \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
                                half_t *out, int num_experts, int inter, int hidden, int n_tiles) {            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, COPY>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
+        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, COPY, DEPTH>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
                                            num_experts, inter, hidden, n_tiles);                               \
     }
 
-MOE_ENTRY(, 8, 2, true, false, false, 0)
-MOE_ENTRY(_cvt, 8, 2, true, true, false, 0)
+MOE_ENTRY(, 8, 2, true, false, false, 0, 1)
+MOE_ENTRY(_cvt, 8, 2, true, true, false, 0, 1)
 // wgmma (sm_90a); dynamic shared memory impmoe::wg::SMEM (wg) and impmoe::wg::WIDE_SMEM (wgw)
-MOE_ENTRY(_wg, 8, 2, true, true, true, 0)
-MOE_ENTRY(_wgw, 8, 2, true, true, true, 1)
-MOE_ENTRY(_wgq, 8, 2, true, true, true, 2)   // wgw with four threads per weight row (64-byte row copies)
-MOE_ENTRY(_wgqx, 8, 2, true, true, true, 3)  // wgq with 128-byte token-row copies
+MOE_ENTRY(_wg, 8, 2, true, true, true, 0, 1)
+MOE_ENTRY(_wgw, 8, 2, true, true, true, 1, 1)
+MOE_ENTRY(_wgq, 8, 2, true, true, true, 2, 1)   // wgw with four threads per weight row (64-byte row copies)
+MOE_ENTRY(_wgqx, 8, 2, true, true, true, 3, 1)  // wgq with 128-byte token-row copies
+MOE_ENTRY(_wgq2, 8, 2, true, true, true, 2, 2)   // wgq with two wgmma groups in flight behind the decode
 
 // wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
 // then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and
 // scales [E * N, K/16] (box 16 bytes x 128 rows), N = 2I (gate_up) or H (down); impbench/kernels/moe.py.
-extern "C" __global__ void __launch_bounds__(256, 2)
-    moe_nvfp4_gate_up_wgt(const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,
-                          const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts,
-                          int hidden, int inter, int n_tiles, const __grid_constant__ impmoe::Map codes_map,
-                          const __grid_constant__ impmoe::Map scales_map) {
-    impmoe::moe_body<true, 8, 2, true, true, true, 4>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,
-                                                      num_experts, hidden, inter, n_tiles, &codes_map, &scales_map);
-}
-extern "C" __global__ void __launch_bounds__(256, 2)
-    moe_nvfp4_down_wgt(const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,
-                       const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter,
-                       int hidden, int n_tiles, const __grid_constant__ impmoe::Map codes_map,
-                       const __grid_constant__ impmoe::Map scales_map) {
-    impmoe::moe_body<false, 8, 2, true, true, true, 4>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,
-                                                       num_experts, inter, hidden, n_tiles, &codes_map, &scales_map);
-}
+#define MOE_TMA_ENTRY(SUFFIX, DEPTH)                                                                              \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_gate_up##SUFFIX(                                  \
+        const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,                         \
+        const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts, int hidden, int inter, \
+        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) {   \
+        impmoe::moe_body<true, 8, 2, true, true, true, 4, DEPTH>(x, row_token, offsets, w13, w13_scale, w13_scale2,    \
+                                                                 nullptr, out, num_experts, hidden, inter, n_tiles,  \
+                                                                 &codes_map, &scales_map);                           \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_down##SUFFIX(                                     \
+        const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,                  \
+        const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter, int hidden,         \
+        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) {   \
+        impmoe::moe_body<false, 8, 2, true, true, true, 4, DEPTH>(h, nullptr, offsets, w2, w2_scale, w2_scale2,        \
+                                                                  row_weight, out, num_experts, inter, hidden,       \
+                                                                  n_tiles, &codes_map, &scales_map);                 \
+    }
+MOE_TMA_ENTRY(_wgt, 1)
+MOE_TMA_ENTRY(_wgt2, 2)  // wgt with two wgmma groups in flight

@@ -41,10 +41,12 @@ VARIANTS = {
     "wgw": ("_wgw", 256, WG_WIDE_SMEM_BYTES),  # wg with whole-sector weight copies, scales every 2nd stage
     "wgq": ("_wgq", 256, WG_WIDE_SMEM_BYTES),  # wgw with 64-byte weight-row copies (four threads per row)
     "wgqx": ("_wgqx", 256, WG_WIDE_SMEM_BYTES),  # wgq with 128-byte token-row copies
+    "wgq2": ("_wgq2", 256, WG_WIDE_SMEM_BYTES),  # wgq with two wgmma groups in flight behind the decode
     "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # weights by TMA, 4-slot code ring; K % 256 == 0 (else wgq runs)
+    "wgt2": ("_wgt2", 256, WG_TMA_SMEM_BYTES),  # wgt with two wgmma groups in flight
 }
-SM90A_VARIANTS = ("wg", "wgw", "wgq", "wgqx", "wgt")
-TMA_VARIANTS = ("wgt",)  # take the weights' tensor maps as two more (by-value) arguments
+SM90A_VARIANTS = ("wg", "wgw", "wgq", "wgqx", "wgq2", "wgt", "wgt2")
+TMA_VARIANTS = ("wgt", "wgt2")  # take the weights' tensor maps as two more (by-value) arguments
 TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE):
