@@ -2,9 +2,9 @@
 
 Device time from CUDA events, median of `reps` repetitions after warm-up. Every repetition starts
 behind a GPU spin kernel, so the host has queued both timed launches before the first runs and no
-host launch gap lands inside an event pair; the two sides alternate which goes first, and each
-repetition uses the next of several input sets (together larger than L2) so neither side is timed
-on operands the other left in cache.
+host launch gap lands inside an event pair; the two sides alternate which goes first, and every
+timed launch uses the next of several input sets (together larger than L2), so no side is timed on
+operands that it or the other side left in cache.
 """
 
 from __future__ import annotations
@@ -216,7 +216,9 @@ def time_case(case: GemmCase, policy: str, reps: int, extra_variants=(), warmup:
         spin((1,), (1,), (cupy.int64(spin_cycles),))
         events[0].record(stream)
         for j, name in enumerate(order):
-            run(name, (rep + j) % sets)
+            # every launch on the next input set: a side that reused its own set of the previous
+            # repetition would find it in L2 (the median then falls between a warm and a cold mode)
+            run(name, (rep * len(order) + j) % sets)
             events[j + 1].record(stream)
         events[-1].synchronize()
         for j, name in enumerate(order):

@@ -1030,6 +1030,152 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
         cluster_sync();  // no CTA leaves while its partner may still arrive on its barriers
     }
 }
+
+// ---- gemm_tsk_<BM>x<BN>k<S>: latency-lean split-K for small-N shapes (routers) ---------------
+// C is tiled BM x BN (BM 64 or 128); the S CTAs of a cluster share one output tile and CTA r
+// multiplies K tiles [r*KT/S, (r+1)*KT/S) of it. BM/64 warpgroups per CTA, each on 64 rows, no
+// producer warp: thread 0 posts every stage's TMA copies (A box 64xBM, W box 64xBN, 128-byte
+// swizzle, OOB zero-fill) at once before the first wait, and the warpgroups run wgmma m64nBNk16 on
+// each stage as it lands.
+// Where a CTA has more K tiles than stages, a stage is refilled once every warp's wgmma on it has
+// completed (one named barrier per refill). The FP32 partial tile then goes to the CTA's own
+// shared memory (4 floats per n8 block and thread), and after a cluster barrier CTA r adds up
+// the S partials of its BN/S columns in rank order through distributed shared memory (vector
+// loads, all issued before the first add) and stores them: deterministic, no workspace.
+// Why: a router GEMM (1024x128x2048: 4.5 MB, 0.5 GFLOP) is bound by how early and how many bytes
+// are in flight, not by MMA rate. ~128 CTAs of BM x BN each read (BM + BN) x K/S halves -- the
+// whole slice in flight in one round trip -- and the tile stays under 113 KiB of shared memory,
+// so two CTAs fit on an SM and every cluster of the grid is resident at once (a cluster of S
+// CTAs must fit in one GPC: at one CTA per SM only ~120 CTAs of 4- or 8-clusters fit on an H100).
+// (BM = 128, which reads a third less per CTA, was slower on every router shape: device call 2.)
+template <int BM_, int BN, int STAGES, int S>
+struct TskConfig {
+    static constexpr int BM = BM_, BK = 64, THREADS = 128 * (BM / 64);
+    static constexpr int A_BYTES = BM * BK * 2, W_BYTES = BN * BK * 2;
+    static constexpr int STAGE_BYTES = A_BYTES + W_BYTES;
+    static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
+    static constexpr int PART_BYTES = S > 1 ? BM * BN * 4 : 0;  // FP32 partial tile, over the pipeline
+    static constexpr int SMEM_BYTES = (PIPE_BYTES > PART_BYTES ? PIPE_BYTES : PART_BYTES) + 1024;
+    static constexpr int JR = BN / 8 / S;  // n8 column blocks each rank reduces and stores
+    static_assert(BN % 16 == 0 && BN >= 64 && BN <= 256, "wgmma N and the TMA box");
+    static_assert(BM == 64 || BM == 128, "one or two warpgroups of 64 rows");
+    static_assert(S >= 1 && S <= 8 && (BN / 8) % S == 0, "split-K: whole n8 blocks per rank, portable cluster");
+    static_assert(SMEM_BYTES + 8 * STAGES <= 232448, "227 KiB of shared memory per block");
+};
+
+__device__ __forceinline__ void st_shared_v4f(unsigned addr, float a, float b, float c, float d) {
+    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+}
+struct F32x4 {  // (no float4: NVRTC without the toolkit headers)
+    float x, y, z, w;
+};
+__device__ __forceinline__ F32x4 ld_cluster_v4f(unsigned cluster_address) {
+    F32x4 v;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(cluster_address)
+                 : "memory");
+    return v;
+}
+
+template <int BM_, int BN, int STAGES, int S>
+__device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
+                                              int M, int N, int K) {
+    using Cfg = TskConfig<BM_, BN, STAGES, S>;
+    constexpr int BM = Cfg::BM, BK = Cfg::BK;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    __shared__ __align__(8) unsigned long long bars[STAGES];
+    const unsigned sA = (smem_u32(smem_raw) + 1023u) & ~1023u;  // 128-byte swizzle: 1024-byte aligned stages
+    const unsigned sW = sA + STAGES * Cfg::A_BYTES;
+    const unsigned full0 = smem_u32(&bars[0]);
+
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const unsigned rank = S > 1 ? cluster_rank() : 0u;
+    const int MT = (M + BM - 1) / BM, KT = (K + BK - 1) / BK;
+    const int unit = blockIdx.x / S;
+    const int m0 = (unit % MT) * BM, n0 = (unit / MT) * BN;
+    const int kt_begin = (int)rank * KT / S;
+    const int nk = ((int)rank + 1) * KT / S - kt_begin;
+
+    if (tid == 0) {
+        tma_prefetch_map(&map_a);
+        tma_prefetch_map(&map_w);
+        for (int s = 0; s < STAGES; ++s) mbar_init(full0 + 8 * s, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        for (int s = 0; s < STAGES && s < nk; ++s) {  // every stage in flight before anyone waits
+            mbar_expect_tx(full0 + 8 * s, Cfg::STAGE_BYTES);
+            tma_load_2d(sA + s * Cfg::A_BYTES, &map_a, (kt_begin + s) * BK, m0, full0 + 8 * s);
+            tma_load_2d(sW + s * Cfg::W_BYTES, &map_w, (kt_begin + s) * BK, n0, full0 + 8 * s);
+        }
+    }
+    __syncthreads();  // the barriers are initialised before any thread waits on them
+
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+    for (int i = 0; i < nk; ++i) {
+        const int s = i % STAGES;
+        mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
+        const unsigned a_base = sA + s * Cfg::A_BYTES + wg * (64 * BK * 2), w_base = sW + s * Cfg::W_BYTES;
+        fence_regs(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ++ks)
+            wgmma_ss<BN>(acc, smem_desc(a_base + ks * 32), smem_desc(w_base + ks * 32));
+        wgmma_commit();
+        wgmma_wait<1>();  // the batch of stage i-1 is complete (in this warp)
+        fence_regs(acc);
+        const int refill = i - 1 + STAGES;  // the K tile that goes into stage i-1's buffers
+        if (i >= 1 && refill < nk) {        // uniform over the CTA
+            named_barrier_sync(1, Cfg::THREADS);  // ... and in every warp
+            if (tid == 0) {
+                const int ps = (i - 1) % STAGES;
+                mbar_expect_tx(full0 + 8 * ps, Cfg::STAGE_BYTES);
+                tma_load_2d(sA + ps * Cfg::A_BYTES, &map_a, (kt_begin + refill) * BK, m0, full0 + 8 * ps);
+                tma_load_2d(sW + ps * Cfg::W_BYTES, &map_w, (kt_begin + refill) * BK, n0, full0 + 8 * ps);
+            }
+        }
+    }
+    wgmma_wait<0>();
+    fence_regs(acc);
+
+    // accumulator layout (m64nBN): thread = warp * 32 + lane of warpgroup wg holds rows
+    // 64wg + 16warp + lane/4 (+8), columns 8j + 2*(lane%4) (+1) of n8 block j in acc[4j .. 4j+3]
+    const int row = m0 + wg * 64 + warp * 16 + (lane >> 2);
+    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
+    if constexpr (S == 1) {
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j)
+            store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
+                       acc[4 * j + 3]);
+    } else {
+        named_barrier_sync(1, Cfg::THREADS);  // every warp's wgmma is done with the stage buffers
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j)
+            st_shared_v4f(sA + (j * Cfg::THREADS + tid) * 16, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+        cluster_sync();  // every CTA's partial tile is in its shared memory
+        F32x4 part[Cfg::JR][S];
+#pragma unroll
+        for (int jj = 0; jj < Cfg::JR; ++jj)
+#pragma unroll
+            for (int r = 0; r < S; ++r)
+                part[jj][r] = ld_cluster_v4f(cluster_addr(sA + (((int)rank * Cfg::JR + jj) * Cfg::THREADS + tid) * 16, r));
+#pragma unroll
+        for (int jj = 0; jj < Cfg::JR; ++jj) {
+            F32x4 sum = part[jj][0];
+#pragma unroll
+            for (int r = 1; r < S; ++r) {
+                sum.x += part[jj][r].x;
+                sum.y += part[jj][r].y;
+                sum.z += part[jj][r].z;
+                sum.w += part[jj][r].w;
+            }
+            const int j = (int)rank * Cfg::JR + jj;
+            store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, sum.x, sum.y, sum.z, sum.w);
+        }
+        cluster_sync();  // no CTA leaves while another still reads its shared memory
+    }
+}
 #else
 #define IMPGEMM_HAS_WGMMA 0
 #endif
@@ -1074,6 +1220,12 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
     }
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, __cluster_dims__(2, 1, 1))
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, S, true, __cluster_dims__(S, 1, 1))
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S)                                                              \
+    extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
+        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
+             half_t *__restrict__ C, int M, int N, int K) {                                                   \
+        impgemm::gemm_tsk_body<BM, BN, STAGES, S>(map_a, map_w, C, M, N, K);                                   \
+    }
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
     extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) {   \
@@ -1089,6 +1241,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 #define IMPGEMM_TMA_SW(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
@@ -1159,6 +1312,13 @@ IMPGEMM_TMA_SK(gemm_tma_128x128k8, 128, 6, 8)             // 384     197632
 IMPGEMM_TMA_SK(gemm_tma_128x176k2, 176, 5, 2)             // 384     195584
 IMPGEMM_TMA_SK(gemm_tma_128x256k2, 256, 4, 2)             // 384     197632
 IMPGEMM_TMA_SK(gemm_tma_128x256k4, 256, 4, 4)             // 384     197632
+// tsk: BM x BN tiles split over K across a cluster of S CTAs, every stage in flight from the start
+// (smem = stages * (BM + BN) / 8 KiB + 1 KiB; <= 113 KiB, two CTAs per SM, except s8: 30 clusters
+//  of 4 at once, so it wins only where its grid is <= 120 CTAs)
+// name                        BM   BN stages  S                 threads  smem bytes
+IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4)                // 128      99328
+IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 4, 4)              // 128      99328
+IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4)            // 128     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

@@ -54,12 +54,17 @@ def check(name, m, n, k):
     print(line, flush=True)
     return rel < 2e-3 and same
 def in_group(v):
+    if v.family == "tsk": return group == "tsk"
     if v.family != "tma": return group == "mma"
     kind = "sk" if v.split_k > 1 else "c2" if v.multicast > 1 else "s" if v.name.endswith("s") else "c1"
     return group == kind
 for v in [v for v in g.candidates("small-n") if in_group(v)]:
     good = True
     shapes = [(2 * v.bm, 2 * v.bn, 1024), (100, 77, 200)]  # unchanged since their last device run
+    if v.family == "tsk":
+        shapes = [(64, v.bn, 64), (64, v.bn, 8192), (1024, 128, 2048), (2048, 256, 2816)] + shapes
+        shapes += [(300, 3 * v.bn + 8, 520)]
+        print(f"  {v.name}: max active clusters {g.max_clusters(v.name)}", flush=True)
     if v.family == "tma":
         shapes = [(v.bm, v.bn, 16), (v.bm, v.bn, 128)] + shapes
         shapes += [(300, 3 * v.bn + 8, 520), (1040, 4200, 136)]
@@ -70,19 +75,20 @@ for v in [v for v in g.candidates("small-n") if in_group(v)]:
         open("/tmp/ok_variants.txt", "a").write(v.name + "\n")  # as we go: a fault ends the process
 PY
   rm -f /tmp/ok_variants.txt
-  for group in mma c1 s sk c2; do timeout 60 python3 /tmp/diag.py $group; echo "diag $group rc=$?"; done > "$OUT/diag.txt" 2>&1
+  for group in ${DIAG_GROUPS:-tsk mma c1 s sk c2}; do timeout 60 python3 /tmp/diag.py $group; echo "diag $group rc=$?"; done > "$OUT/diag.txt" 2>&1
   grep -E "rc=|compile|clusters|HGMMA|rel [1-9]\.[0-9]*e-0[0-3]|bad [1-9]|NOT|Error|error" "$OUT/diag.txt" | head -40
-  if [[ -s /tmp/ok_variants.txt ]]; then export IMPBENCH_GEMM_VARIANTS=$(paste -sd, /tmp/ok_variants.txt); fi
+  if [[ ${DIAG_RESTRICT:-1} == 1 && -s /tmp/ok_variants.txt ]]; then export IMPBENCH_GEMM_VARIANTS=$(paste -sd, /tmp/ok_variants.txt); fi
   echo "variants passing diag: ${IMPBENCH_GEMM_VARIANTS:-none}"
 fi
 
 if has tests; then
-  timeout 150 python3 -m pytest -q -m gpu tests/test_gemm.py 2>&1 | tee "$OUT/tests.txt" | tail -30
+  timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q -m gpu tests/test_gemm.py ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.txt" | tail -30
 fi
 
 if has sweep; then  # every variant on every model shape: calibration of the time model
   SWEEP_VARIANTS=${SWEEP_VARIANTS:-$(echo "${IMPBENCH_GEMM_VARIANTS:-}" | tr , '\n' | grep '^tma_' | paste -sd,)}
-  timeout ${SWEEP_TIMEOUT:-240} python3 -m impbench gemm --variants ${SWEEP_VARIANTS:-all} --reps ${SWEEP_REPS:-20} --format json --out "$OUT/gemm_sweep.json" >/dev/null 2>"$OUT/bench.log"
+  # SWEEP_SHAPES (e.g. "--shape 1024x128x2048 --shape ...") narrows the sweep to those shapes
+  timeout ${SWEEP_TIMEOUT:-240} python3 -m impbench gemm ${SWEEP_SHAPES:-} --variants ${SWEEP_VARIANTS:-all} --reps ${SWEEP_REPS:-20} --format json --out "$OUT/gemm_sweep.json" >/dev/null 2>"$OUT/bench.log"
   echo "sweep rc=$?"; tail -3 "$OUT/bench.log"
   python3 - "$OUT/gemm_sweep.json" <<'PY'
 import json, sys
@@ -94,27 +100,57 @@ for r in d["rows"]:
 PY
 fi
 
+if has probe; then  # the event-timing floor: an empty launch, warm-L2 vs rotated inputs, kernel-only time
+  cat > /tmp/probe.py <<'PY'
+import statistics, cupy
+from impbench.kernels import gemm as g
+g.prewarm()
+spin = g.spin_kernel(); stream = cupy.cuda.get_current_stream()
+def timed(fn, reps=40, sets=1):
+    ts = []
+    for rep in range(reps):
+        spin((1,), (1,), (cupy.int64(300000),)); e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+        e0.record(stream); fn(rep % sets); e1.record(stream); e1.synchronize()
+        ts.append(cupy.cuda.get_elapsed_time(e0, e1) * 1000)
+    return statistics.median(ts)
+print(f"empty spin(0) 1 block: {timed(lambda i: spin((1,), (1,), (cupy.int64(0),))):.2f} us")
+print(f"empty spin(0) 132 blocks x 128: {timed(lambda i: spin((132,), (128,), (cupy.int64(0),))):.2f} us")
+for m, n, k in [(1024, 128, 2048), (512, 128, 2048), (2048, 128, 2816)]:
+    sets = 48
+    a = [cupy.random.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16) for _ in range(sets)]
+    w = [cupy.random.standard_normal((n, k), dtype=cupy.float32).astype(cupy.float16) for _ in range(sets)]
+    o = cupy.empty((m, n), cupy.float16)
+    names = [v.name for v in g.candidates("small-n") if v.family == "tsk"] + [g.choose_variant(m, n, k)]
+    line = f"{m}x{n}x{k} cublas warm {timed(lambda i: cupy.matmul(a[0], w[0].T, out=o)):.2f} cold {timed(lambda i: cupy.matmul(a[i], w[i].T, out=o), sets=sets):.2f}"
+    for name in dict.fromkeys(names):
+        runs = [g.prepare(a[i], w[i], o, name) for i in range(sets)]
+        line += f" | {name} warm {timed(lambda i: runs[0]()):.2f} cold {timed(lambda i: runs[i](), sets=sets):.2f}"
+    print(line, flush=True)
+PY
+  timeout 120 python3 /tmp/probe.py 2>&1 | tee "$OUT/probe.txt"
+fi
+
 if has final; then
   timeout ${FINAL_TIMEOUT:-150} python3 -m impbench gemm --reps 50 --out "$OUT/gemm_h100.md" 2>>"$OUT/bench.log" | tail -70
 fi
 
 if has ncu; then  # Nsight Compute sections of our largest-tile kernel and cuBLAS's on one shape
   cat > /tmp/ncu_one.py <<'PY'
-import cupy
+import os, cupy
 from impbench.kernels import gemm as g
 g.prewarm()
-m, n, k = 2048, 8192, 2048
+m, n, k = map(int, os.environ.get("NCU_SHAPE", "2048x8192x2048").split("x"))
 rng = cupy.random.default_rng(0)
 a = rng.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16)
 w = (rng.standard_normal((n, k), dtype=cupy.float32) / k**0.5).astype(cupy.float16)
 out = cupy.empty((m, n), cupy.float16)
-for name in ("tma_128x256", "tma_128x256c2"):
+for name in os.environ.get("NCU_VARIANTS", "tma_128x256,tma_128x256c2").split(","):
     g.gemm(a, w, out, variant=name)
 cupy.matmul(a, w.T, out=out)
 cupy.cuda.Device().synchronize()
 PY
-  timeout 240 ncu --clock-control none -k regex:'gemm_tma|sm90|xmma|cutlass|nvjet' --launch-count 3 --section SpeedOfLight \
+  timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:'gemm_t|sm90|xmma|cutlass|nvjet|gemv|splitK' --launch-count ${NCU_COUNT:-3} --section SpeedOfLight \
     --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy \
-    python3 /tmp/ncu_one.py > "$OUT/ncu.txt" 2>&1
+    --section LaunchStats python3 /tmp/ncu_one.py > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$?"; grep -E "^  [a-z_0-9]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput|Stall|Issue Slots|Shared" "$OUT/ncu.txt" | head -60
 fi

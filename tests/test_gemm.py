@@ -73,12 +73,13 @@ def _source_variants():
     wg = re.findall(r"^IMPGEMM_WGMMA\(gemm_(\w+), (\d+), (\d+), (\d+)\)", text, re.M)
     ws = re.findall(r"^IMPGEMM_WGMMA_WS\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)
     tma = re.findall(r"^IMPGEMM_TMA(|_MC|_SK|_SW)\(gemm_(\w+), (\d+), (\d+)(?:, (\d+))?\)", text, re.M)
-    return mma, wg, ws, tma
+    tsk = re.findall(r"^IMPGEMM_TSK\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
+    return mma, wg, ws, tma, tsk
 
 
 def test_variant_table_matches_the_kernel_source():
-    mma, wg, ws, tma = _source_variants()
-    assert len(mma) + len(wg) + len(ws) + len(tma) == len(g.VARIANTS)
+    mma, wg, ws, tma, tsk = _source_variants()
+    assert len(mma) + len(wg) + len(ws) + len(tma) + len(tsk) == len(g.VARIANTS)
     for name, bm, bn, bk, wm, wn, wk, stages in mma:
         bm, bn, bk, wm, wn, wk, stages = map(int, (bm, bn, bk, wm, wn, wk, stages))
         v = g.VARIANTS[name]
@@ -105,6 +106,14 @@ def test_variant_table_matches_the_kernel_source():
         assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + staging + 1024
         assert v.smem_bytes + 16 * stages + 16 <= 232448  # 227 KiB per block, barriers included
         assert name.endswith({"": "", "_MC": "c2", "_SK": f"k{split}", "_SW": "s"}[kind])
+    for name, bm, bn, stages, split in tsk:  # TskConfig: pipeline or FP32 partial tile, + slack
+        bm, bn, stages, split = int(bm), int(bn), int(stages), int(split)
+        v = g.VARIANTS[name]
+        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster) == (
+            "tsk", bm, bn, 64, 128 * bm // 64, split, stages, split)
+        assert v.smem_bytes == max(stages * (bm + bn) * 64 * 2, bm * bn * 4) + 1024
+        assert v.smem_bytes + 8 * stages <= 232448
+        assert (bn // 8) % split == 0 and split <= 8
 
 
 def test_tma_grids():
@@ -118,10 +127,20 @@ def test_tma_grids():
     assert k8.grid(512, 128) == (32, 1) and k8.cluster == 8 and k8.large
 
 
+def test_tsk_grid_and_router_dispatch():
+    v = g.VARIANTS["tsk_64x128k4"]
+    assert v.grid(1024, 128) == (16 * 4, 1) and v.grid(100, 300) == (2 * 3 * 4, 1) and not v.large
+    for m, n, k in ((512, 128, 2048), (1024, 128, 2048), (1024, 128, 2816), (512, 256, 2048)):
+        # routers (N = experts) go to the small-N split-K family under small-n
+        assert g.VARIANTS[g.choose_variant(m, n, k, "small-n", g.H100)].family == "tsk", (m, n, k)
+    for policy in ("tight", "permissive"):  # the large-tile guards never take it
+        assert g.VARIANTS[g.choose_variant(1024, 128, 2048, policy, g.H100)].large
+
+
 def test_qwen3_coder_shapes_go_to_the_tma_family_on_hopper():
     for m in (512, 1024, 2048):
         for n, k in ((5120, 2048), (2048, 4096), (128, 2048), (151936, 2048)):
-            for policy in ("tight", "small-n") if n > 128 else ("tight",):  # small-n: the router may take mma
+            for policy in ("tight", "small-n") if n > 128 else ("tight",):  # small-n: the router takes tsk
                 assert g.VARIANTS[g.choose_variant(m, n, k, policy, g.H100)].family == "tma", (m, n, k, policy)
     # the router on the tight guard: a large tile, split over K so the launch still fills the GPU
     tight = g.VARIANTS[g.choose_variant(512, 128, 2048, "tight", g.H100)]
@@ -225,6 +244,23 @@ def test_every_variant_matches_float32_and_writes_every_output(shape):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", [n for n, v in g.VARIANTS.items() if v.family == "tsk"])
+def test_tsk_k_slices(name):
+    """Ranks with no K tile (K < 64 S), slices longer than the pipeline (refills), ragged edges."""
+    import cupy
+
+    if name not in _usable_variants():
+        pytest.skip(f"{name} needs a Hopper GPU")
+    for m, n, k in [(64, 128, 64), (70, 130, 200), (1024, 128, 2816), (130, 250, 4104), (3, 64, 8)]:
+        a, w = _inputs(m, n, k, seed=m + n + k)
+        ref = _ref(a, w)
+        out = cupy.full((m, n), cupy.nan, dtype=cupy.float16)
+        g.gemm(a, w, out, variant=name)
+        assert not bool(cupy.isnan(out).any()), f"{name}: unwritten outputs at {(m, n, k)}"
+        assert _rel(out, ref) <= 2e-3, f"{name} at {(m, n, k)}: rel err {_rel(out, ref):.2e}"
+
+
+@pytest.mark.gpu
 def test_random_shapes_under_each_policy():
     import cupy
 
@@ -246,7 +282,8 @@ def test_random_shapes_under_each_policy():
 @pytest.mark.parametrize(
     "name",
     ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128", "wgmma_ws_128x256",
-     "tma_128x160", "tma_128x256c2", "tma_128x128k8", "tma_128x64k2", "tma_128x192s"],
+     "tma_128x160", "tma_128x256c2", "tma_128x128k8", "tma_128x64k2", "tma_128x192s",
+     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8"],
 )  # fmt: skip
 def test_capture_replay_is_bit_identical(name):
     import cupy

@@ -62,6 +62,7 @@ class Variant:
     iter_us: float = 0.0  # floor per K stage of one block: load latency over the pipeline depth
     multicast: int = 1  # tma: CTAs of a cluster sharing (multicasting) each W tile
     last_us: float = 0.0  # tma time model: cost paid once (the exposed epilogue of the last tile)
+    stages: int = 0  # tsk: K tiles in flight per CTA (the time model's refill rounds)
 
     @property
     def kernel_name(self) -> str:
@@ -69,12 +70,21 @@ class Variant:
 
     @property
     def large(self) -> bool:
-        return self.bm >= TIGHT_BM and self.bn >= TIGHT_BN
+        """A tile the large-tile guards (tight, permissive) may use; tsk is the small-n policy's
+        small-N split-K family whatever its tile."""
+        return self.bm >= TIGHT_BM and self.bn >= TIGHT_BN and self.family != "tsk"
 
     @property
     def cluster(self) -> int:
         """CTAs per thread-block cluster (1: no cluster)."""
+        if self.family == "tsk":
+            return self.split_k
         return self.multicast if self.family != "tma" or self.split_k == 1 else self.split_k
+
+    @property
+    def tensor_maps(self) -> bool:
+        """Launched with TMA tensor maps built by `prepare` (tma and tsk families)."""
+        return self.family in ("tma", "tsk")
 
     @property
     def w_box_rows(self) -> int:
@@ -88,6 +98,8 @@ class Variant:
     def grid(self, m: int, n: int, clusters: int | None = None) -> tuple[int, int]:
         """Launch grid. tma: (CTAs, 1); persistent (no split-K) with at most `clusters` clusters
         resident (default: one CTA per SM of an H100)."""
+        if self.family == "tsk":
+            return (-(-m // self.bm) * -(-n // self.bn) * self.split_k, 1)
         if self.family != "tma":
             return (-(-m // self.bm), -(-n // self.bn))
         units = self.units(m, n)
@@ -115,6 +127,15 @@ def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5, 
     smem = stages * (128 + bn) * 64 * 2 + staging + 1024
     return Variant(f"tma_128x{bn}{suffix}", "tma", 128, bn, 64, 384, smem, 168, split_k, flop_per_clk, fixed_us,
                    0.0, multicast, last_us)  # fmt: skip
+
+
+def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0):
+    """A gemm_tsk_* entry point: tile bm x bn x 64, bm/64 warpgroups, a cluster of split_k CTAs over K
+    (TskConfig in gemm_fp16.cu); fixed_us: this variant's cost over the family's time model."""
+    smem = max(stages * (bm + bn) * 64 * 2, bm * bn * 4 if split_k > 1 else 0) + 1024
+    suffix = f"s{stages}" if stages * (bm + bn) * 128 > 113 * 1024 else ""
+    return Variant(f"tsk_{bm}x{bn}k{split_k}{suffix}", "tsk", bm, bn, 64, 128 * bm // 64, smem, regs, split_k, 2500.0,
+                   fixed_us, 0.0, 1, 0.0, stages)  # fmt: skip
 
 
 # fmt: off
@@ -178,6 +199,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tma(256, 4, 1, 4, 2943.0, 8.00, 1.66),
     _tma( 64, 8, 1, 8, 3244.0, 5.44, 3.27),
     _tma(128, 6, 1, 8, 1924.0, 6.16, 3.20),
+    # small-N split-K family (v7): 64-row tiles, every stage in flight, cluster reduction; the
+    # winners of device call 2 (k2, k8, 64x256 and 128-row tiles were slower on every shape)
+    #     BM   BN stages split regs fixed_us
+    _tsk( 64,  64, 6, 4,  58, -0.5),  # fixed_us: its median residual under the fit below
+    _tsk( 64, 128, 4, 4,  90),
+    _tsk( 64, 128, 8, 4,  90),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
@@ -253,6 +280,8 @@ def estimate_us(variant: Variant, m: int, n: int, k: int, device: DeviceInfo = H
     """Modelled device time of one launch: waves of blocks, each a fixed cost plus its K loop."""
     if variant.family == "tma":
         return _estimate_tma_us(variant, m, n, k, device)
+    if variant.family == "tsk":
+        return _estimate_tsk_us(variant, m, n, k, device)
     gx, gy = variant.grid(m, n)
     occupancy = variant.blocks_per_sm()
     full_waves, tail = divmod(gx * gy, device.sms * occupancy)
@@ -293,6 +322,35 @@ def _estimate_tma_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> 
     return TMA_BASE_US + v.last_us + rounds * v.fixed_us + max(flop_us, dram_us)
 
 
+# time model of the tsk family: a linear fit (rms 9%) to its three variants on the 12 router-like
+# shapes of device call 2 (v7, results/NOTES.md): a launch-to-last-store floor, one SM's intake of
+# its CTAs' K slices, DRAM bytes, and L2 -> SM bytes of the whole grid
+TSK_BASE_US = 6.25
+TSK_US_PER_SM_100KB = 0.58
+TSK_US_PER_DRAM_MB = 0.075
+TSK_US_PER_L2_MB = 0.147
+# clusters of S CTAs resident at once (cuOccupancyMaxActiveClusters / ncu on the H100), by CTAs per SM
+TSK_CLUSTER_SLOTS = {(2, 2): 132, (2, 4): 62, (2, 8): 30, (1, 2): 66, (1, 4): 30, (1, 8): 15}
+TSK_SM_SMEM_BYTES = 228 * 1024
+
+
+def _estimate_tsk_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> float:
+    """tsk: waves of resident clusters (two CTAs per SM below 113 KiB, a cluster within one GPC);
+    each SM takes in the K slices of the CTAs it holds; the grid moves every byte once from DRAM
+    and (A once per N tile, W once per M tile) from L2 to the SMs."""
+    kt_cta = -(-(-(-k // v.bk)) // v.split_k)
+    ctas = v.grid(m, n)[0]
+    per_sm = 2 if 2 * (v.smem_bytes + 2048) <= TSK_SM_SMEM_BYTES else 1
+    slots = TSK_CLUSTER_SLOTS.get((per_sm, v.split_k), device.sms // v.split_k) * v.split_k
+    slots = max(v.split_k, slots * device.sms // H100.sms)
+    waves = -(-ctas // slots)
+    sharing = min(per_sm, -(-min(ctas, slots) // device.sms))
+    cta_kb = kt_cta * (v.bm + v.bn) * v.bk * 2 / 1024
+    dram_mb = 2.0 * (m * k + n * k + m * n) / 1e6
+    return (TSK_BASE_US + v.fixed_us + TSK_US_PER_SM_100KB * waves * sharing * cta_kb / 100
+            + TSK_US_PER_DRAM_MB * dram_mb + TSK_US_PER_L2_MB * ctas * cta_kb / 1024)  # fmt: skip
+
+
 def candidates(policy, device: DeviceInfo | None = None) -> list[Variant]:
     pol = get_policy(policy)
     device = device or device_info()
@@ -315,7 +373,7 @@ def choose_variant(m: int, n: int, k: int, policy=DEFAULT_POLICY, device: Device
     device = device or device_info()
     # tma tiles are >= 64 columns wide: narrower outputs (N=32, N=1) stay on the small mma tiles,
     # which already beat cuBLAS there (results/gemm_h100.md)
-    usable = [v for v in candidates(pol, device) if v.grid(m, n)[1] <= MAX_GRID_Y and (v.family != "tma" or n >= 64)]
+    usable = [v for v in candidates(pol, device) if v.grid(m, n)[1] <= MAX_GRID_Y and (not v.tensor_maps or n >= 64)]
     if not usable:
         return None
     return min(usable, key=lambda v: (estimate_us(v, m, n, k, device), v.name)).name
@@ -326,7 +384,7 @@ def prewarm() -> None:
     load_module(FAMILY)
     for variant in candidates("small-n"):
         _kernel(variant)
-        if variant.family == "tma":
+        if variant.tensor_maps:
             max_clusters(variant.name)
 
 
@@ -371,9 +429,9 @@ def prepare(a, w, out, variant: str | None = None):
     spec = VARIANTS.get(name)
     if spec is None:
         raise ValueError(f"unknown GEMM variant {name!r}; accepted: {', '.join(VARIANTS)}")
-    if spec.family == "wgmma" and not device_info().has_wgmma:
+    if spec.family != "mma" and not device_info().has_wgmma:
         raise ValueError(f"GEMM variant {name!r} needs an sm_90 (Hopper) device")
-    if spec.family == "tma":
+    if spec.tensor_maps:
         return _tma_launcher(spec, a, w, out, m, n, k)
     gx, gy = spec.grid(m, n)
     if gy > MAX_GRID_Y:
