@@ -1,6 +1,6 @@
 // impbench-nvrtc-arch: sm_90a
 // (read by impbench/kernels/_cache.py: on a compute-capability-9.0 device this family is compiled for
-//  sm_90a so the _wg kernels (wgmma) exist; elsewhere they compile to a trap and moe.py never picks them.)
+//  sm_90a so the _wgq / _wgt kernels (wgmma) exist; elsewhere they compile to a trap and moe.py never picks them.)
 //
 // Grouped NVFP4 MoE expert GEMMs for Hopper, which has no FP4 tensor cores: the weights are
 // dequantized in registers and multiplied with mma.sync m16n8k16 (FP16 in, FP32 accumulate).
@@ -46,9 +46,10 @@
 // row_token (gate_up) into XOR-swizzled rows so 8 token rows x 4 quads read conflict-free. 102 KiB
 // shared per block. Requires K % 64 == 0 and N % 16 == 0 (impbench/kernels/moe.py checks).
 //
-// Variants (impbench/kernels/moe.py VARIANTS): w8 / cvt (this mma.sync kernel, two decodes), wg (the same
-// tiles with wgmma.mma_async, A = decoded weights from registers; see the wg section below) and wgw (wg
-// with whole-sector weight copies and the scales copied every second stage).
+// Variants (impbench/kernels/moe.py VARIANTS): w8 / cvt (this mma.sync kernel, two decodes), wgq (the same
+// tiles with wgmma.mma_async, A = decoded weights from registers, 64-byte weight-row copies; see the wg
+// section below) and wgt (wgq with the weights copied by TMA). Earlier variants (wg, wgw, wgqx, wgq2,
+// wgt2) are in git history and results/NOTES.md.
 #include "common.cuh"
 
 namespace impmoe {
@@ -421,7 +422,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// _wg variant (sm_90a): the same tiles, decode and copies, but the tensor-core work is wgmma.mma_async
+// wgmma variants (sm_90a): the same tiles and decode, but the tensor-core work is wgmma.mma_async
 // with A (the decoded weights) from registers and B (the token tile) from shared memory.
 //
 // Why: in v3 the SM, not DRAM, was the limit -- per 256-row stage a warp issued 64-96 HMMA.16816 plus
@@ -445,23 +446,20 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
 // Thread (row n, word i) copies physical units i, 4 + i, 8 + i, 12 + i into logical slots 4i .. 4i+3
 // and, once they landed, permutes those four slots in place (its own copies: no barrier between) into
 // the logical order, then fences (generic -> async proxy) before the barrier that publishes the stage.
-// Stage = token tile 16 KiB + codes 16 KiB + scales 2 KiB; 3 stages; the base is aligned to 1024 bytes.
+// Shared layouts: WQ_STAGE (wgq, cp.async) and T_CODE_SLOTS (wgt, TMA) below.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define IMPMOE_HAS_WGMMA 1
 namespace wg {
 
 constexpr int X_BYTES = BT * BK * 2;              // 16384: two 128-byte-swizzle atoms of 64 rows
 constexpr int ATOM = BT * 128;                    // 8192
-constexpr int C_OFF = X_BYTES, S_OFF = X_BYTES + CODE_STAGE;
-constexpr int STAGE = X_BYTES + CODE_STAGE + SCALE_STAGE;  // 34816, a multiple of 1024
-constexpr int SMEM = STAGES * STAGE + 1024;       // + alignment slack: impbench/kernels/moe.py WG_SMEM_BYTES
-static_assert(2 * (SMEM + 2048) <= 228 * 1024, "two blocks per SM (static shared and the per-block reserve included)");
-// wgw (WIDE copies): stage = token tile + codes (32 KiB), scales in a ring of 2 slots of 16 bytes per row
-// (two stages each), after the stages.
-constexpr int WIDE_STAGE = X_BYTES + CODE_STAGE;           // 32768
-constexpr int WIDE_RING = STAGES * WIDE_STAGE;             // offset of the scale ring
-constexpr int WIDE_SMEM = WIDE_RING + 2 * ROWS * 16 + 1024;  // impbench/kernels/moe.py WG_WIDE_SMEM_BYTES
-static_assert(2 * (WIDE_SMEM + 2048) <= 228 * 1024, "two blocks per SM");
+constexpr int C_OFF = X_BYTES;                    // codes after the token tile in a wgq stage
+// wgq: stage = token tile + codes (32 KiB), 3 stages; scales in a ring of 2 slots of 16 bytes per row
+// (two stages each) after the stages; the base is aligned to 1024 bytes.
+constexpr int WQ_STAGE = X_BYTES + CODE_STAGE;             // 32768
+constexpr int WQ_RING = STAGES * WQ_STAGE;                 // offset of the scale ring
+constexpr int WQ_SMEM = WQ_RING + 2 * ROWS * 16 + 1024;    // impbench/kernels/moe.py WG_SMEM_BYTES
+static_assert(2 * (WQ_SMEM + 2048) <= 228 * 1024, "two blocks per SM (static shared and the per-block reserve included)");
 
 // wgt (TMA): codes and scales copied by the tensor memory accelerator, one 2D box of 128 rows x 64 code
 // bytes (64-byte swizzle) per gate / up half and stage, scales 128 rows x 16 bytes every second stage,
@@ -599,16 +597,11 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const unsigned (&a)
 
 
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, int COPY, int DEPTH>
+template <bool GATE_UP, int NTA, bool TMA>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
-    constexpr bool WIDE = COPY >= 1;                // wgw and later: 16 scale bytes per row, every second stage
-    constexpr bool QUAD = COPY == 2 || COPY == 3;   // wgq: four threads per row, 64 bytes of one row per copy instruction
-    constexpr bool XL = COPY == 3;                  // wgqx: token rows copied 128 bytes per row and instruction
-    constexpr bool TMA = COPY == 4;                 // wgt: weights by TMA (see T_CODE_SLOTS)
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
     constexpr int WORDS = NTA <= 6 ? 4 : 2;    // code words loaded at once (registers: 2 blocks per SM)
-    constexpr int STG = WIDE ? WIDE_STAGE : STAGE;  // bytes per pipeline stage
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const unsigned raw = smem_u32(smem_raw);
     unsigned char *smem = smem_raw + (((raw + 1023u) & ~1023u) - raw);
@@ -617,28 +610,11 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const Tile tile = cx.tile;
     const int n0 = cx.n0, k = cx.k, kb = cx.kb, n_out = cx.n_out;
 
-    // Weight copies: thread tid copies block row tid -- its 64 code bytes (four 16-byte pieces, piece
-    // P to slot P ^ ((row >> 1) & 3): conflict-free for these stores and for the quads' reads) and its
-    // 8 scale bytes (two 4-byte pieces: ks may be 4 mod 8). Source offsets are immediates.
-    const int col = n0 + (GATE_UP ? (tid & 127) : tid);
-    const bool w_ok = col < n_out;
-    const int grow = GATE_UP && tid >= 128 ? n_out + col : col;
-    const unsigned char *code_src = cx.wq + (w_ok ? (unsigned)grow * kb : 0u);
-    const unsigned char *scale_src = cx.wsc + (w_ok ? (unsigned)grow * cx.ks : 0u);
-    const unsigned code_dst = C_OFF + tid * 64, code_swz = ((tid >> 1) & 3) << 4, scale_dst = S_OFF + tid * 8;
-    // WIDE: two threads per row pair (rows tid / 2 and tid / 2 + 128, half h = tid & 1), so each copy
-    // instruction reads whole 32-byte sectors (16 rows x 32 bytes); code piece P of row r in slot P ^ (r & 2);
-    // scales: 16 bytes per row every second stage into a 2-slot ring.
-    const int wr = tid >> 1, wh = tid & 1;
-    const int wcol_a = n0 + wr, wcol_b = n0 + (GATE_UP ? wr : wr + 128);
-    const bool wok_a = wcol_a < n_out, wok_b = wcol_b < n_out;
-    const unsigned char *wsrc_a = cx.wq + (wok_a ? (unsigned)wcol_a * kb : 0u) + 16 * wh;
-    const unsigned char *wsrc_b = cx.wq + (wok_b ? (unsigned)(GATE_UP ? n_out + wcol_b : wcol_b) * kb : 0u) + 16 * wh;
-    const unsigned wdst_a = C_OFF + wr * 64, wdst_b = C_OFF + (wr + 128) * 64, wswz = (unsigned)(wr & 2) << 4;
-    const bool scale16 = cx.ks % 16 == 0;
-    // QUAD: thread (row qr = tid / 4, piece qp = tid % 4) copies piece qp of block rows qr + 64 j, j = 0..3,
-    // so one instruction reads 8 rows x 64 contiguous bytes (one L2 request of two sectors per row,
-    // wgw: one sector); slot qp ^ (row & 2) as in wgw (the stores stay 512 contiguous bytes).
+    // wgq weight copies: thread (row qr = tid / 4, piece qp = tid % 4) copies piece qp of block rows
+    // qr + 64 j, j = 0..3, so one instruction reads 8 rows x 64 contiguous bytes (one L2 request of two
+    // sectors per row); piece P of row r in slot P ^ (r & 2) (the stores stay 512 contiguous bytes, the
+    // quads' reads conflict-free). Scales: thread tid copies 16 bytes of block row tid every second stage
+    // into a 2-slot ring (4-byte pieces where ks is not a multiple of 16).
     const int qr = tid >> 2, qp = tid & 3;
     const unsigned char *qsrc[4];
     unsigned qok = 0;  // bit j: row qr + 64 j exists
@@ -651,6 +627,10 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
     }
     const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (qr & 2)) << 4);
+    const int col = n0 + (GATE_UP ? (tid & 127) : tid);
+    const bool w_ok = col < n_out;
+    const unsigned char *scale_src = cx.wsc + (w_ok ? (unsigned)(GATE_UP && tid >= 128 ? n_out + col : col) * cx.ks : 0u);
+    const bool scale16 = cx.ks % 16 == 0;
 
     // Token-tile copies: this thread's row xn (warp w: rows 8w .. 8w+7, so warps past the tile skip
     // whole) and word xi; slots 4 * xi + j of row xn get physical unit 4j + xi.
@@ -659,39 +639,15 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const bool x_ok = xn < tile.rows;
     const unsigned x_off = x_ok ? (unsigned)cx.s_src[xn] * (2u * k) + 16u * xi : 0u;  // bytes
     const unsigned char *x_bytes = reinterpret_cast<const unsigned char *>(cx.x);
-    // Slot of physical unit u (0..15) of token row n in a stage's token tile (unit 4 j + i -> slot x_dst[j] of (n, i)).
-    auto x_slot = [](int n, int u) {
-        return (unsigned)(((u & 3) >> 1) * ATOM + n * 128 + (((((u & 3) & 1) * 4 + (u >> 2)) ^ (n & 7)) << 4));
-    };
     unsigned x_dst[4];  // byte offsets of this thread's slots in a stage's token tile
 #pragma unroll
-    for (int j = 0; j < 4; ++j) x_dst[j] = x_slot(xn, 4 * j + xi);
-    // XL: copy m of a lane is unit lu + 8 (m >> 1) of row 8 warp + 4 (m & 1) + lane / 8: eight lanes read
-    // 128 contiguous bytes of one row (one four-sector L2 request). The units of a thread's permute then
-    // come from other lanes of its warp (same 8 rows): a __syncwarp after the wait publishes them.
-    const int lu = lane & 7;
-    unsigned xl_off[2], xl_dst[4];
-    bool xl_ok[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int n = 8 * warp + 4 * h + (lane >> 3);
-        xl_ok[h] = n < tile.rows;
-        xl_off[h] = xl_ok[h] ? (unsigned)cx.s_src[n] * (2u * k) + 16u * lu : 0u;
-#pragma unroll
-        for (int m2 = 0; m2 < 2; ++m2) xl_dst[2 * h + m2] = x_slot(n, lu + 8 * m2);
-    }
+    for (int j = 0; j < 4; ++j) x_dst[j] = (xi >> 1) * ATOM + xn * 128 + ((((xi & 1) * 4 + j) ^ (xn & 7)) << 4);
 
-    // Token-tile copies of `chunk` into the stage's token tile at shared address sb.
+    // Token-tile copies of `chunk` into the token tile at shared address sb. A piece past K (the second
+    // half of a K % 128 == 64 tail stage) reads 0 bytes from the first half's address, so every address
+    // stays inside its row.
     auto issue_x = [&](int chunk, unsigned sb) {
-        if (XL && x_row) {
-            const bool xhi_ok = chunk * BK + BK / 2 < k;  // units 8..15 of the stage exist
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const unsigned char *xs = x_bytes + (xl_ok[h] ? xl_off[h] + chunk * (BK * 2) : 0u);
-                cp_async16s(sb + xl_dst[2 * h], xs, xl_ok[h] ? 16 : 0);
-                cp_async16s(sb + xl_dst[2 * h + 1], xs + (xl_ok[h] && xhi_ok ? BK : 0), xl_ok[h] && xhi_ok ? 16 : 0);
-            }
-        } else if (x_row) {
+        if (x_row) {
             const bool xhi_ok = x_ok && chunk * BK + BK / 2 < k;
             const unsigned char *xs = x_bytes + (x_ok ? x_off + chunk * (BK * 2) : 0u);
             const unsigned char *xh = xs + (xhi_ok ? BK : 0);
@@ -701,54 +657,28 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             cp_async16s(sb + x_dst[3], xh + 64, xhi_ok ? 16 : 0);
         }
     };
-    // Weight copies of `chunk` (cp.async variants) and its token tile, into pipeline stage `stage`.
-    // A piece past K (the second half of a K % 128 == 64 tail stage) reads 0 bytes from the first
-    // half's address, so every address stays inside its row.
+    // wgq: weight copies of `chunk` and its token tile, into pipeline stage `stage`.
     auto issue = [&](int chunk, int stage) {
-        const unsigned sb = s_base + stage * STG;
-        if constexpr (WIDE) {
-            if constexpr (QUAD) {
-                const bool kq = chunk * (BK / 2) + 16 * qp < kb;
+        const unsigned sb = s_base + stage * WQ_STAGE;
+        const bool kq = chunk * (BK / 2) + 16 * qp < kb;
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const bool ok = kq && (qok >> j & 1);
-                    cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);
-                }
+        for (int j = 0; j < 4; ++j) {
+            const bool ok = kq && (qok >> j & 1);
+            cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);
+        }
+        if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
+            const unsigned rd = s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16) + tid * 16;
+            const int from = chunk * (BK / 16);
+            const unsigned char *ss = scale_src + (w_ok ? from : 0);
+            if (scale16) {
+                cp_async16_l2(rd, ss, w_ok ? 16 : 0);
             } else {
-            const bool hi = chunk * (BK / 2) + BK / 4 < kb;
-            const unsigned char *sa = wsrc_a + (wok_a ? chunk * (BK / 2) : 0);
-            const unsigned char *sbb = wsrc_b + (wok_b ? chunk * (BK / 2) : 0);
-            const unsigned lo_a = (unsigned)(wh << 4) ^ wswz, hi_a = (unsigned)((2 + wh) << 4) ^ wswz;
-            cp_async16_l2(sb + wdst_a + lo_a, sa, wok_a ? 16 : 0);
-            cp_async16_l2(sb + wdst_b + lo_a, sbb, wok_b ? 16 : 0);
-            cp_async16_l2(sb + wdst_a + hi_a, sa + (wok_a && hi ? 32 : 0), wok_a && hi ? 16 : 0);
-            cp_async16_l2(sb + wdst_b + hi_a, sbb + (wok_b && hi ? 32 : 0), wok_b && hi ? 16 : 0);
-            }
-            if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
-                const unsigned rd = s_base + WIDE_RING + ((chunk >> 1) & 1) * (ROWS * 16) + tid * 16;
-                const int from = chunk * (BK / 16);
-                const unsigned char *ss = scale_src + (w_ok ? from : 0);
-                if (scale16) {
-                    cp_async16_l2(rd, ss, w_ok ? 16 : 0);
-                } else {
 #pragma unroll
-                    for (int q = 0; q < 4; ++q) {
-                        const bool ok = w_ok && from + 4 * q < cx.ks;
-                        cp_async4(rd + 4 * q, ss + (ok ? 4 * q : 0), ok ? 4 : 0);
-                    }
+                for (int q = 0; q < 4; ++q) {
+                    const bool ok = w_ok && from + 4 * q < cx.ks;
+                    cp_async4(rd + 4 * q, ss + (ok ? 4 * q : 0), ok ? 4 : 0);
                 }
             }
-        } else {
-        const bool hi_ok = w_ok && chunk * (BK / 2) + BK / 4 < kb;
-        const unsigned char *cs = code_src + (w_ok ? chunk * (BK / 2) : 0);
-        const unsigned char *ch = cs + (hi_ok ? BK / 4 : 0);
-        cp_async16_l2(sb + code_dst + (0 ^ code_swz), cs, w_ok ? 16 : 0);
-        cp_async16_l2(sb + code_dst + (16 ^ code_swz), cs + 16, w_ok ? 16 : 0);
-        cp_async16_l2(sb + code_dst + (32 ^ code_swz), ch, hi_ok ? 16 : 0);
-        cp_async16_l2(sb + code_dst + (48 ^ code_swz), ch + 16, hi_ok ? 16 : 0);
-        const unsigned char *ss = scale_src + (w_ok ? chunk * (BK / 16) : 0);
-        cp_async4(sb + scale_dst, ss, w_ok ? 4 : 0);
-        cp_async4(sb + scale_dst + 4, ss + (hi_ok ? 4 : 0), hi_ok ? 4 : 0);
         }
         issue_x(chunk, sb);
     };
@@ -782,7 +712,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 
     // One stage: sc = its codes (64 bytes per block row), ss = its scales (SROW bytes per row), x_addr =
     // shared address of its token tile.
-    constexpr int SROW = WIDE ? 16 : 8;
+    constexpr int SROW = 16;
     auto compute = [&](const unsigned char *sc, const unsigned char *ss, unsigned x_addr) {
         const unsigned long long d0 = desc(x_addr);  // shared addresses < 256 KiB: no carry out of the field
         unsigned sraw[2][2];
@@ -804,8 +734,8 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    // slot of piece t: wgw / wgq store it at t ^ (row & 2); wg, and TMA's 64-byte swizzle, at t ^ ((row >> 1) & 3)
-                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ (WIDE && !TMA ? (g & 2) : ((g >> 1) & 3))) << 4) + i0 * 4;
+                    // slot of piece t: wgq stores it at t ^ (row & 2), TMA's 64-byte swizzle at t ^ ((row >> 1) & 3)
+                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ (TMA ? ((g >> 1) & 3) : (g & 2))) << 4) + i0 * 4;
                     if constexpr (WORDS == 4) {
                         const uint4 v = *reinterpret_cast<const uint4 *>(src);
                         q[mt][r][0] = v.x, q[mt][r][1] = v.y, q[mt][r][2] = v.z, q[mt][r][3] = v.w;
@@ -848,7 +778,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
                     wgmma_rs<N>(acc[0], a[0], db);
                     wgmma_rs<N>(acc[1], a[1], db);
                     commit();
-                    wait<DEPTH>();  // DEPTH 1: step s-1 done, its A registers may be reused (2: s-2)
+                    wait<1>();  // step s-1 done: its A registers may be reused
                 }
             }
         }
@@ -910,17 +840,14 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #pragma unroll 1
         for (int c = 0; c < chunks; ++c) {
             cp_async_wait<STAGES - 2>();
-            if constexpr (XL) __syncwarp();  // the permute reads units other lanes of the warp copied
-            unsigned char *stage = smem + (c % STAGES) * STG;
+            unsigned char *stage = smem + (c % STAGES) * WQ_STAGE;
             permute(stage);
             fence_proxy_async();  // generic-proxy stores -> wgmma reads (async proxy)
             __syncthreads();
             const int next = c + STAGES - 1;
             if (next < chunks) issue(next, next % STAGES);
             cp_async_commit();
-            compute(stage + C_OFF,
-                    WIDE ? smem + WIDE_RING + ((c >> 1) & 1) * (ROWS * 16) + (c & 1) * 8 : stage + S_OFF,
-                    s_base + (c % STAGES) * STG);
+            compute(stage + C_OFF, smem + WQ_RING + ((c >> 1) & 1) * (ROWS * 16) + (c & 1) * 8, s_base + (c % STAGES) * WQ_STAGE);
         }
     }
     cp_async_wait<0>();
@@ -964,7 +891,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 // n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
 // WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
 // tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, int COPY = 0, int DEPTH = 1>
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false>
 __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
@@ -1026,14 +953,14 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, COPY, DEPTH>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, COPY, DEPTH>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, COPY, DEPTH>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, COPY, DEPTH>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, COPY, DEPTH>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, COPY, DEPTH>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, COPY, DEPTH>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, COPY, DEPTH>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, 1, TMA>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, TMA>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, TMA>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, TMA>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, TMA>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, TMA>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, TMA>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, TMA>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -1054,47 +981,43 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 
 }  // namespace impmoe
 
-// Entry points: moe_nvfp4_gate_up / moe_nvfp4_down and the _cvt, _wg and _wgw variants (8 warps, 256
-// threads, 256 weight rows each; _wg / _wgw: wgmma, sm_90a, see the wg section).
+// Entry points: moe_nvfp4_gate_up / moe_nvfp4_down and the _cvt, _wgq and _wgt variants (8 warps, 256
+// threads, 256 weight rows each; _wgq / _wgt: wgmma, sm_90a, see the wg section).
 // gate_up: x fp16 [T, H]; row_token int32 [R]; offsets int32 [E+1]; w13 [E, 2I, H/2]; w13_scale
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, COPY, DEPTH)                                                                          \
+#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG)                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
                                   int inter, int n_tiles) {                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, COPY, DEPTH>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
+        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
                                           num_experts, hidden, inter, n_tiles);                                \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
                                half_t *out, int num_experts, int inter, int hidden, int n_tiles) {            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, COPY, DEPTH>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
+        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
                                            num_experts, inter, hidden, n_tiles);                               \
     }
 
-MOE_ENTRY(, 8, 2, true, false, false, 0, 1)
-MOE_ENTRY(_cvt, 8, 2, true, true, false, 0, 1)
-// wgmma (sm_90a); dynamic shared memory impmoe::wg::SMEM (wg) and impmoe::wg::WIDE_SMEM (wgw)
-MOE_ENTRY(_wg, 8, 2, true, true, true, 0, 1)
-MOE_ENTRY(_wgw, 8, 2, true, true, true, 1, 1)
-MOE_ENTRY(_wgq, 8, 2, true, true, true, 2, 1)   // wgw with four threads per weight row (64-byte row copies)
-MOE_ENTRY(_wgqx, 8, 2, true, true, true, 3, 1)  // wgq with 128-byte token-row copies
-MOE_ENTRY(_wgq2, 8, 2, true, true, true, 2, 2)   // wgq with two wgmma groups in flight behind the decode
+MOE_ENTRY(, 8, 2, true, false, false)
+MOE_ENTRY(_cvt, 8, 2, true, true, false)
+// wgq (sm_90a, wgmma): dynamic shared memory impmoe::wg::WQ_SMEM
+MOE_ENTRY(_wgq, 8, 2, true, true, true)
 
 // wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
 // then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and
 // scales [E * N, K/16] (box 16 bytes x 128 rows), N = 2I (gate_up) or H (down); impbench/kernels/moe.py.
-#define MOE_TMA_ENTRY(SUFFIX, DEPTH)                                                                              \
+#define MOE_TMA_ENTRY(SUFFIX)                                                                              \
     extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_gate_up##SUFFIX(                                  \
         const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,                         \
         const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts, int hidden, int inter, \
         int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) {   \
-        impmoe::moe_body<true, 8, 2, true, true, true, 4, DEPTH>(x, row_token, offsets, w13, w13_scale, w13_scale2,    \
+        impmoe::moe_body<true, 8, 2, true, true, true, true>(x, row_token, offsets, w13, w13_scale, w13_scale2,    \
                                                                  nullptr, out, num_experts, hidden, inter, n_tiles,  \
                                                                  &codes_map, &scales_map);                           \
     }                                                                                                                 \
@@ -1102,9 +1025,8 @@ MOE_ENTRY(_wgq2, 8, 2, true, true, true, 2, 2)   // wgq with two wgmma groups in
         const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,                  \
         const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter, int hidden,         \
         int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) {   \
-        impmoe::moe_body<false, 8, 2, true, true, true, 4, DEPTH>(h, nullptr, offsets, w2, w2_scale, w2_scale2,        \
+        impmoe::moe_body<false, 8, 2, true, true, true, true>(h, nullptr, offsets, w2, w2_scale, w2_scale2,        \
                                                                   row_weight, out, num_experts, inter, hidden,       \
                                                                   n_tiles, &codes_map, &scales_map);                 \
     }
-MOE_TMA_ENTRY(_wgt, 1)
-MOE_TMA_ENTRY(_wgt2, 2)  // wgt with two wgmma groups in flight
+MOE_TMA_ENTRY(_wgt)

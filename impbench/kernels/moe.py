@@ -27,31 +27,26 @@ from impbench.kernels._checks import check_array
 FAMILY = "moe_nvfp4"
 TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
 SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
-WG_SMEM_BYTES = SMEM_BYTES + 1024  # impmoe::wg::SMEM: the same stages on a 1024-byte aligned base
-WG_WIDE_SMEM_BYTES = 3 * (64 * 128 * 2 + 256 * 128 // 2) + 2 * 256 * 16 + 1024  # impmoe::wg::WIDE_SMEM = 107520
+# impmoe::wg::WQ_SMEM = 107520: 3 stages of token tile + codes, a 2-slot scale ring, alignment slack
+WG_SMEM_BYTES = 3 * (64 * 128 * 2 + 256 * 128 // 2) + 2 * 256 * 16 + 1024
 # impmoe::wg::TMA_SMEM = 111648: 2 token-tile slots, 4 code slots, 3 scale slots, 4 mbarriers, alignment slack
 WG_TMA_SMEM_BYTES = 2 * 64 * 128 * 2 + 4 * (256 * 128 // 2) + 3 * 256 * 16 + 4 * 8 + 1024
 TMA_K_MULTIPLE = 256  # wgt: the scale rows (K/16 bytes) must be a 16-byte multiple for a tensor map
 # Kernel variants (entry-point suffix, threads per block, dynamic shared bytes); see the header of
-# kernels_cu/moe_nvfp4.cu.
+# kernels_cu/moe_nvfp4.cu. Superseded ones (wg, wgw, wgqx, wgq2, wgt2) are in results/NOTES.md.
 VARIANTS = {
     "w8": ("", 256, SMEM_BYTES),  # 8 warps x 2 m16 tiles, mma.sync, E2M1 decoded with shifts and masks
     "cvt": ("_cvt", 256, SMEM_BYTES),  # the same, E2M1 decoded through the e4m3x2 -> f16x2 conversion
-    "wg": ("_wg", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers, tokens from shared), sm_90a
-    "wgw": ("_wgw", 256, WG_WIDE_SMEM_BYTES),  # wg with whole-sector weight copies, scales every 2nd stage
-    "wgq": ("_wgq", 256, WG_WIDE_SMEM_BYTES),  # wgw with 64-byte weight-row copies (four threads per row)
-    "wgqx": ("_wgqx", 256, WG_WIDE_SMEM_BYTES),  # wgq with 128-byte token-row copies
-    "wgq2": ("_wgq2", 256, WG_WIDE_SMEM_BYTES),  # wgq with two wgmma groups in flight behind the decode
-    "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # weights by TMA, 4-slot code ring; K % 256 == 0 (else wgq runs)
-    "wgt2": ("_wgt2", 256, WG_TMA_SMEM_BYTES),  # wgt with two wgmma groups in flight
+    "wgq": ("_wgq", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers), 64-byte weight-row copies, sm_90a
+    "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # wgq with the weights by TMA; K % 256 == 0 (else wgq runs)
 }
-SM90A_VARIANTS = ("wg", "wgw", "wgq", "wgqx", "wgq2", "wgt", "wgt2")
-TMA_VARIANTS = ("wgt", "wgt2")  # take the weights' tensor maps as two more (by-value) arguments
-TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+SM90A_VARIANTS = ("wgq", "wgt")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
-# The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE):
-# wgw 151.8 / 83.7 µs (gate_up / down, uniform) against wg 188.4 / 94.3, cvt 194.6 / 98.5, w8 203.1 / 100.4.
-DEFAULT_VARIANT = "wgw"
+TMA_VARIANTS = ("wgt",)  # take the weights' tensor maps as two more (by-value) arguments
+TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE
+# The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE v5):
+# wgq 139.2 / 77.9 µs (gate_up / down, uniform) against wgt 138.9 / 80.7, wgw 150.4 / 83.2, cvt 195.1 / 97.5.
+DEFAULT_VARIANT = "wgq"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
