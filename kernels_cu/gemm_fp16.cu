@@ -34,8 +34,11 @@
 //    warpgroups synchronised by mbarriers. gemm_tma_* (experimental, not dispatched): the producer is
 //    one thread issuing TMA copies from tensor maps. Measured numbers: results/NOTES.md, "GEMM".
 #include "common.cuh"
+#include "hopper_async.cuh"
 
 namespace impgemm {
+
+using namespace impasync;  // TmaMap, mbarriers, TMA loads
 
 // Physical 16-byte chunk of logical chunk `chunk` in row `row` of a tile whose rows hold
 // ROW_CHUNKS chunks. 8 consecutive rows at one logical chunk land in 8 distinct bank groups.
@@ -221,11 +224,6 @@ __device__ __forceinline__ void gemm_mma_body(const half_t *__restrict__ A, cons
         }
 }
 
-// A CUtensorMap (opaque, 128 bytes, 64-byte aligned), passed by value as a __grid_constant__
-// kernel parameter so the TMA unit reads it from the parameter space (no global copy, no allocation).
-struct __align__(64) TmaMap {
-    unsigned long long bits[16];
-};
 
 // ---------------------------------------------------------------------------------------------
 // Hopper wgmma family (sm_90a). Compiled only where the sm_90a feature set is on; elsewhere the
@@ -583,23 +581,6 @@ __device__ __forceinline__ void gemm_wgmma_body(const half_t *__restrict__ A, co
 // wgmma on 64 rows x BN each, and release the stage through its `empty` mbarrier once the wgmma
 // batch that read it has completed. No __syncthreads in the K loop: the tensor cores are never
 // left idle behind a block-wide barrier or the address arithmetic of the loads.
-__device__ __forceinline__ void mbar_init(unsigned addr, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(unsigned addr, unsigned parity) {
-    asm volatile(
-        "{\n.reg .pred P1;\nLAB_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-        "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(addr),
-        "r"(parity)
-        : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(unsigned addr) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_on_cp_async(unsigned addr) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
-}
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
 template <int N>
@@ -718,13 +699,6 @@ __device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A,
 // shared buffer, then writes whole 128-byte row segments with 16-byte stores.
 // Why: the cp.async kernels above starve the tensor cores (every thread issuing 16-byte copies and
 // their address math, results/NOTES.md); here the consumers issue nothing but wgmma.
-__device__ __forceinline__ void tma_load_2d(unsigned dst, const TmaMap *map, int c0, int c1, unsigned mbar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
-        "[%4];\n" ::"r"(dst),
-        "l"(map), "r"(c0), "r"(c1), "r"(mbar)
-        : "memory");
-}
 // The same box written to the same shared offset of every CTA in `mask`, completing on each one's
 // mbarrier at the same offset.
 __device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const TmaMap *map, int c0, int c1, unsigned mbar,
@@ -734,12 +708,6 @@ __device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const TmaMap
         "[%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
         "l"(map), "r"(c0), "r"(c1), "r"(mbar), "h"(mask)
         : "memory");
-}
-__device__ __forceinline__ void tma_prefetch_map(const TmaMap *map) {
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(unsigned addr, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(addr), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ unsigned cluster_rank() {
     unsigned r;

@@ -51,6 +51,7 @@
 // section below) and wgt (wgq with the weights copied by TMA). Earlier variants (wg, wgw, wgqx, wgq2,
 // wgt2) are in git history and results/NOTES.md.
 #include "common.cuh"
+#include "hopper_async.cuh"
 
 namespace impmoe {
 
@@ -183,11 +184,7 @@ __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int n
     return tile;
 }
 
-// A CUtensorMap (opaque, 128 bytes, 64-byte aligned) passed by value as a __grid_constant__ kernel
-// parameter: the TMA unit reads it from the parameter space (the wgt variant).
-struct __align__(64) Map {
-    unsigned long long bits[16];
-};
+using Map = impasync::TmaMap;  // the wgt variant's tensor maps, by value as __grid_constant__ parameters
 
 // What the K loop of a tile needs from the block prologue (moe_body).
 struct Ctx {
@@ -474,26 +471,7 @@ constexpr int T_BARS = T_SCALES + T_SCALE_SLOTS * ROWS * 16;        // one mbarr
 constexpr int TMA_SMEM = T_BARS + 8 * T_CODE_SLOTS + 1024;          // impbench/kernels/moe.py WG_TMA_SMEM_BYTES
 static_assert(2 * (TMA_SMEM + 2048) <= 228 * 1024, "two blocks per SM");
 
-__device__ __forceinline__ void mbar_init(unsigned addr, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(unsigned addr, unsigned parity) {
-    asm volatile(
-        "{\n.reg .pred P1;\nWAIT_%=:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-        "@!P1 bra WAIT_%=;\n}\n" ::"r"(addr),
-        "r"(parity)
-        : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(unsigned addr, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(addr), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void tma_load_2d(unsigned dst, const Map *map, int c0, int c1, unsigned mbar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-        "l"(map), "r"(c0), "r"(c1), "r"(mbar)
-        : "memory");
-}
+using namespace impasync;  // mbarriers, TMA loads
 
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
