@@ -495,6 +495,34 @@ def _activation_bytes(preset: ModelPreset, chunk_tokens: int, per_type: dict[str
 
 # ---- printing -------------------------------------------------------------------------------------
 
+def op_floors_us(plan: Plan, calls: dict[str, int] | None = None) -> dict[str, float]:
+    """Plan floor µs per op name, for the profile of an engine whose launches may fuse plan ops.
+
+    An engine op named "a+b" (plan ops joined with "+") runs a and b in one launch: its floor is the
+    sum of theirs. With `calls` (engine op -> launches in the prefill), the result has the engine's
+    op names, each part's floor scaled from the plan's call count to the engine's, so an op fused in
+    some layers and launched alone in others (attn_norm: alone after the embedding, fused into the
+    other layers' combine) gets the floor of the calls it made; ops the plan does not know are left
+    out. Without `calls`: the plan's own ops and floors.
+    """
+    per_call: dict[str, float] = {}
+    plan_calls: dict[str, int] = {}
+    totals: dict[str, float] = {}
+    for row in plan.ops:
+        totals[row.op] = totals.get(row.op, 0.0) + row.floor_us
+        plan_calls[row.op] = plan_calls.get(row.op, 0) + row.calls
+    for op, total in totals.items():
+        per_call[op] = total / plan_calls[op] if plan_calls[op] else 0.0
+    if calls is None:
+        return totals
+    floors: dict[str, float] = {}
+    for name, count in calls.items():
+        parts = name.split("+")
+        if all(part in totals for part in parts):
+            floors[name] = sum(per_call[part] for part in parts) * count
+    return floors
+
+
 def _billions(value: float | None) -> str:
     """Parameter counts as people write them: 30.5B, 3.35B, 2.23M."""
     if value is None:

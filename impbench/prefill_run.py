@@ -124,6 +124,8 @@ def plan_for_this_gpu(preset, prompt_tokens: int, chunk: int):
 def run_prefill(preset, prompt_tokens: int, arm: ArmSpec, reps: int, seed: int = 0, prewarm: bool = True,
                 progress=None, profile: bool = False) -> RunResult:
     """Build the engine, run one cold prefill and `reps` timed ones in `arm` (then one profiled, eager)."""
+    from impbench.plan import op_floors_us
+
     if reps < 1:
         raise InputError(f"--reps must be >= 1, got {reps}")
     engine = build_engine(preset, prompt_tokens, [arm], seed=seed, prewarm=prewarm)
@@ -135,6 +137,7 @@ def run_prefill(preset, prompt_tokens: int, arm: ArmSpec, reps: int, seed: int =
         samples.append(sample)
         if progress:
             progress(index + 1, reps, sample)
+    profiled = engine.profile(prompt_tokens, chunk_size_for(arm, preset), arm.gemm_policy) if profile else {}
     return RunResult(
         model=preset.name,
         prompt_tokens=prompt_tokens,
@@ -146,8 +149,8 @@ def run_prefill(preset, prompt_tokens: int, arm: ArmSpec, reps: int, seed: int =
         gemm_paths=dict(paths),
         floor_tok_s=None if plan is None else plan.floor_tok_s,
         floor_gpu=None if plan is None else plan.gpu.name,
-        op_floor_us={} if plan is None else {row.op: row.floor_us for row in plan.ops},
-        profile=engine.profile(prompt_tokens, chunk_size_for(arm, preset), arm.gemm_policy) if profile else {},
+        op_floor_us={} if plan is None else op_floors_us(plan, {op: len(times) for op, times in profiled.items()}),
+        profile=profiled,
     )
 
 

@@ -1,52 +1,47 @@
 // Small memory-bound ops of the Qwen3-MoE prefill: embedding gather, RMSNorm, fused residual add +
-// RMSNorm, elementwise add, and the attention prologue (per-head q/k RMSNorm, NeoX RoPE, KV append).
+// RMSNorm, elementwise add, and the attention prologue (per-head q/k RMSNorm, NeoX RoPE, KV append)
+// in two forms: narrow (any even D <= 64 or multiple of 64) and 16-byte (D = 16..256, power of two).
 //
 // Shared rules: FP16 storage (half_t bit patterns), FP32 math, one rounding per output element.
 // Every kernel is capture-safe (the grid depends only on static shapes; the chunk position is read
 // from device memory) and deterministic: each reduction runs in one fixed order inside one block or
 // warp, with no atomics, so eager runs and graph replays give the same bits.
 //
-// Row kernels (embed, rmsnorm, add_rmsnorm): one block per token row, each thread owns up to
-// ROW_CHUNKS 16-byte chunks (8 halves) of the row, strided by blockDim.x so a warp's loads are one
-// contiguous 512-byte span. The row stays in registers, packed as FP16 (4 registers a chunk, for
-// occupancy), between the sum of squares and the scaling, so x is read once. The wrapper picks
-// blockDim.x = min(128, H/8 rounded up to a warp) -- at H=2048 two loads in flight per thread -- and
-// checks H % 8 == 0, H <= 8 * ROW_CHUNKS * 128 and 16-byte aligned rows.
+// Row kernels (embed, rmsnorm, add_rmsnorm): one block per token row, each thread owns C (a template
+// parameter: 1, 2, 4 or 8) 16-byte chunks (8 halves) of the row, strided by blockDim.x so a warp's
+// loads are one contiguous 512-byte span. The row and its norm weights stay in registers, packed as
+// FP16 (4 registers a chunk), between the sum of squares and the scaling, so x is read once and every
+// load is issued before the reduction; C is exact so no registers go to chunks past the row (at
+// occupancy's cost). The wrapper picks blockDim.x = min(128, H/8 rounded up to a warp) -- at H=2048
+// two loads of each input in flight per thread -- and C = the chunks per thread rounded up to a power
+// of two; it checks H % 8 == 0, H <= 8 * 8 * 128 and 16-byte aligned rows.
 #include "common.cuh"
 #include "vec16.cuh"
 
 namespace {
 
-constexpr int ROW_CHUNKS = 8;   // 16-byte chunks per thread: rows up to 8192 halves with 128 threads
 constexpr int QKV_HEADS_PER_WARP = 4;
-constexpr int MAX_BLOCK = 1024;
+constexpr int ROW_THREADS = 256;  // the row kernels' largest block (ops.py picks at most 128 by default)
 
-__device__ __forceinline__ float warp_sum(float v) {
+// This thread's chunks of the norm weight, loaded with the row so that the scaling after the block
+// sum waits for no second memory round trip.
+template <int C>
+__device__ __forceinline__ void load_weight_chunks(const half_t *__restrict__ weight, u32x4 w_raw[C], int chunks) {
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) w_raw[c] = ld16_nc(weight + chunk * 8);
+    }
 }
 
-// Sum over the block in a fixed order (butterfly in each warp, then warp 0 over the warp sums);
-// every thread gets the same bits. blockDim.x must be a multiple of 32.
-__device__ __forceinline__ float block_sum(float v, float *scratch /* [32] shared */) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (warps == 1) return v;
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float total = lane < warps ? scratch[lane] : 0.0f;
-    total = warp_sum(total);
-    return total;
-}
-
-// out[row] = x[row] * rsqrt(mean(x[row]^2) + eps) * weight, with the row already in registers.
-__device__ __forceinline__ void norm_store(const u32x4 raw[ROW_CHUNKS], const half_t *__restrict__ weight,
-                                           half_t *__restrict__ out_row, int chunks, float eps) {
+// out[row] = x[row] * rsqrt(mean(x[row]^2) + eps) * weight, with the row and its weights in registers.
+template <int C>
+__device__ __forceinline__ void norm_store(const u32x4 raw[C], const u32x4 w_raw[C], half_t *__restrict__ out_row,
+                                           int chunks, float eps) {
     __shared__ float scratch[32];
     float sq = 0.0f;
 #pragma unroll
-    for (int c = 0; c < ROW_CHUNKS; ++c) {
+    for (int c = 0; c < C; ++c) {
         if (threadIdx.x + c * blockDim.x < chunks) {
             float x[8];
             unpack8(raw[c], x);
@@ -56,13 +51,12 @@ __device__ __forceinline__ void norm_store(const u32x4 raw[ROW_CHUNKS], const ha
     }
     const float inv = rsqrtf(block_sum(sq, scratch) / (float)(chunks * 8) + eps);
 #pragma unroll
-    for (int c = 0; c < ROW_CHUNKS; ++c) {
+    for (int c = 0; c < C; ++c) {
         const int chunk = threadIdx.x + c * blockDim.x;
         if (chunk < chunks) {
             float x[8], w[8], y[8];
-            const u32x4 w_raw = ld16_nc(weight + chunk * 8);
             unpack8(raw[c], x);
-            unpack8(w_raw, w);
+            unpack8(w_raw[c], w);
 #pragma unroll
             for (int i = 0; i < 8; ++i) y[i] = x[i] * inv * w[i];
             reinterpret_cast<u32x4 *>(out_row)[chunk] = pack8(y);
@@ -204,6 +198,166 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
     }
 }
 
+// The 16-byte form of the prologue, for D = 8 * L with L in {2, 4, 8, 16, 32} (D = 16 .. 256):
+// lane l of a warp owns chunk (l % L) -- 8 consecutive elements, one 16-byte load -- of head
+// l / L of each of S steps, so a warp covers G = 32 / L heads a step and HPW = G * S heads. The
+// rotate-half partner of chunk c is chunk c ^ (L / 2), in lane l ^ (L / 2) of the same head: one
+// 4-word shuffle brings its raw FP16 values over, and each lane normalises both halves itself (the
+// q/k sum of squares is a butterfly over the L lanes of the head, so every lane of it has the same
+// bits). (cos, sin) per pair is computed once per block, by the first D/2 threads, into shared
+// memory with the narrow kernel's exact math (FP64 angle reduced mod 2*pi, then sincosf), so both
+// forms rotate by the same values. Why: the narrow form moves 2-8 bytes per lane per load, waits on
+// the norm weights after each head's reduction and recomputes sincos in every warp.
+template <int L, int S>
+__device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,
+                                                   const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,
+                                                   half_t *__restrict__ q_out, half_t *__restrict__ k_cache,
+                                                   half_t *__restrict__ v_cache, int q_heads, int kv_heads, int max_len,
+                                                   float eps, double log2_theta, int qk_norm) {
+    constexpr int G = 32 / L, HPW = G * S, D = 8 * L, HALF = D / 2;
+    __shared__ float2 rope_cs[HALF];
+    const int token = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane % L, group = lane / L;
+    const bool second = sub >= L / 2;
+    const int pair0 = 8 * (sub % (L / 2));  // first RoPE pair of this lane's chunk
+    const int heads = q_heads + 2 * kv_heads;
+    const half_t *row = qkv + (size_t)token * heads * D;
+
+    u32x4 raw[S];
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+        const int head = warp * HPW + s * G + group;
+        raw[s] = head < heads ? ld16_nc(row + head * D + sub * 8) : u32x4{0u, 0u, 0u, 0u};
+    }
+    u32x4 wq_own{}, wq_par{}, wk_own{}, wk_par{};
+    if (qk_norm) {
+        wq_own = ld16_nc(q_norm_w + sub * 8);
+        wq_par = ld16_nc(q_norm_w + (sub ^ (L / 2)) * 8);
+        wk_own = ld16_nc(k_norm_w + sub * 8);
+        wk_par = ld16_nc(k_norm_w + (sub ^ (L / 2)) * 8);
+    }
+    const int position = pos[0] + token;
+    const bool in_cache = position >= 0 && position < max_len;
+    for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
+        const double inv_freq = exp2(-(double)(2 * i) / (double)D * log2_theta);
+        const double angle = (double)position * inv_freq;
+        const double turns = rint(angle * 0.15915494309189535);  // 1 / (2 pi)
+        const double reduced = fma(-turns, 2.4492935982947064e-16, fma(-turns, 6.283185307179586, angle));
+        float sin_v, cos_v;
+        sincosf((float)reduced, &sin_v, &cos_v);
+        rope_cs[i] = make_float2(cos_v, sin_v);
+    }
+    __syncthreads();
+    float cos_v[8], sin_v[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const float2 cs = rope_cs[pair0 + i];
+        cos_v[i] = cs.x;
+        sin_v[i] = cs.y;
+    }
+
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+        const int head = warp * HPW + s * G + group;  // uniform over the L lanes of a head only
+        u32x4 par;  // every lane shuffles, whatever its head
+        par.x = __shfl_xor_sync(0xffffffffu, raw[s].x, L / 2);
+        par.y = __shfl_xor_sync(0xffffffffu, raw[s].y, L / 2);
+        par.z = __shfl_xor_sync(0xffffffffu, raw[s].z, L / 2);
+        par.w = __shfl_xor_sync(0xffffffffu, raw[s].w, L / 2);
+        float own[8], other[8];
+        unpack8(raw[s], own);
+        unpack8(par, other);
+        const bool is_q = head < q_heads, is_k = !is_q && head < q_heads + kv_heads;
+        if (qk_norm) {
+            float sq = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) sq += own[i] * own[i];
+#pragma unroll
+            for (int offset = L / 2; offset > 0; offset >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, offset);
+            if (is_q || is_k) {
+                const float inv = rsqrtf(sq / (float)D + eps);
+                float w_own[8], w_par[8];
+                unpack8(is_q ? wq_own : wk_own, w_own);
+                unpack8(is_q ? wq_par : wk_par, w_par);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    own[i] = own[i] * inv * w_own[i];
+                    other[i] = other[i] * inv * w_par[i];
+                }
+            }
+        }
+        if (head >= heads) continue;
+        if (!is_q && !is_k) {  // v: straight copy into the cache
+            if (in_cache)
+                *reinterpret_cast<u32x4 *>(v_cache + ((size_t)position * kv_heads + (head - q_heads - kv_heads)) * D +
+                                           sub * 8) = raw[s];
+            continue;
+        }
+        float out[8];  // first half: a cos - b sin; second half: b cos + a sin (own = b, other = a)
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            out[i] = second ? own[i] * cos_v[i] + other[i] * sin_v[i] : own[i] * cos_v[i] - other[i] * sin_v[i];
+        if (is_q) {
+            *reinterpret_cast<u32x4 *>(q_out + ((size_t)token * q_heads + head) * D + sub * 8) = pack8(out);
+        } else if (in_cache) {
+            *reinterpret_cast<u32x4 *>(k_cache + ((size_t)position * kv_heads + (head - q_heads)) * D + sub * 8) =
+                pack8(out);
+        }
+    }
+}
+
+// out = x * rsqrt(mean(x^2) + eps) * weight over each row of H.
+template <int C>
+__device__ __forceinline__ void rmsnorm_impl(const half_t *__restrict__ x, const half_t *__restrict__ weight,
+                                             half_t *__restrict__ out, int hidden, float eps) {
+    const int chunks = hidden >> 3;
+    const u32x4 *x_row = reinterpret_cast<const u32x4 *>(x + (size_t)blockIdx.x * hidden);
+    u32x4 raw[C], w_raw[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) raw[c] = ld16_nc(x_row + chunk);
+    }
+    load_weight_chunks<C>(weight, w_raw, chunks);
+    norm_store<C>(raw, w_raw, out + (size_t)blockIdx.x * hidden, chunks, eps);
+}
+
+// residual += x (rounded to FP16, as the residual stream is stored), then out = RMSNorm(residual).
+// The norm reads the rounded sum, so it matches what the next op sees in `residual`.
+template <int C>
+__device__ __forceinline__ void add_rmsnorm_impl(const half_t *__restrict__ x, half_t *__restrict__ residual,
+                                                 const half_t *__restrict__ weight, half_t *__restrict__ out,
+                                                 int hidden, float eps) {
+    const int chunks = hidden >> 3;
+    const u32x4 *x_row = reinterpret_cast<const u32x4 *>(x + (size_t)blockIdx.x * hidden);
+    u32x4 *r_row = reinterpret_cast<u32x4 *>(residual + (size_t)blockIdx.x * hidden);
+    u32x4 raw[C], r_raw[C], w_raw[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) {  // every load of the row issued before the first add
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            raw[c] = ld16_nc(x_row + chunk);
+            r_raw[c] = ld16(r_row + chunk);
+        }
+    }
+    load_weight_chunks<C>(weight, w_raw, chunks);
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float a[8], b[8];
+            unpack8(raw[c], a);
+            unpack8(r_raw[c], b);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) b[i] = a[i] + b[i];
+            raw[c] = pack8(b);
+            r_row[chunk] = raw[c];
+        }
+    }
+    norm_store<C>(raw, w_raw, out + (size_t)blockIdx.x * hidden, chunks, eps);
+}
+
 }  // namespace
 
 extern "C" {
@@ -223,44 +377,23 @@ __global__ void embed_f16(const int *__restrict__ ids, const half_t *__restrict_
     }
 }
 
-// out = x * rsqrt(mean(x^2) + eps) * weight over each row of H.
-__global__ void __launch_bounds__(MAX_BLOCK) rmsnorm_f16(const half_t *__restrict__ x, const half_t *__restrict__ weight,
-                                                         half_t *__restrict__ out, int hidden, float eps) {
-    const int chunks = hidden >> 3;
-    const u32x4 *x_row = reinterpret_cast<const u32x4 *>(x + (size_t)blockIdx.x * hidden);
-    u32x4 raw[ROW_CHUNKS];
-#pragma unroll
-    for (int c = 0; c < ROW_CHUNKS; ++c) {
-        const int chunk = threadIdx.x + c * blockDim.x;
-        if (chunk < chunks) raw[c] = ld16_nc(x_row + chunk);
+// rmsnorm_f16_c{C}, add_rmsnorm_f16_c{C}: C chunks per thread (see the header). One block per row.
+#define ROW_KERNELS(C)                                                                                             \
+    __global__ void __launch_bounds__(ROW_THREADS)                                                                 \
+        rmsnorm_f16_c##C(const half_t *__restrict__ x, const half_t *__restrict__ weight, half_t *__restrict__ out, \
+                         int hidden, float eps) {                                                                  \
+        rmsnorm_impl<C>(x, weight, out, hidden, eps);                                                              \
+    }                                                                                                              \
+    __global__ void __launch_bounds__(ROW_THREADS)                                                                 \
+        add_rmsnorm_f16_c##C(const half_t *__restrict__ x, half_t *__restrict__ residual,                          \
+                             const half_t *__restrict__ weight, half_t *__restrict__ out, int hidden, float eps) { \
+        add_rmsnorm_impl<C>(x, residual, weight, out, hidden, eps);                                                \
     }
-    norm_store(raw, weight, out + (size_t)blockIdx.x * hidden, chunks, eps);
-}
-
-// residual += x (rounded to FP16, as the residual stream is stored), then out = RMSNorm(residual).
-// The norm reads the rounded sum, so it matches what the next op sees in `residual`.
-__global__ void __launch_bounds__(MAX_BLOCK) add_rmsnorm_f16(const half_t *__restrict__ x, half_t *__restrict__ residual,
-                                                             const half_t *__restrict__ weight, half_t *__restrict__ out,
-                                                             int hidden, float eps) {
-    const int chunks = hidden >> 3;
-    const u32x4 *x_row = reinterpret_cast<const u32x4 *>(x + (size_t)blockIdx.x * hidden);
-    u32x4 *r_row = reinterpret_cast<u32x4 *>(residual + (size_t)blockIdx.x * hidden);
-    u32x4 raw[ROW_CHUNKS];
-#pragma unroll
-    for (int c = 0; c < ROW_CHUNKS; ++c) {
-        const int chunk = threadIdx.x + c * blockDim.x;
-        if (chunk < chunks) {
-            float a[8], b[8];
-            unpack8(ld16_nc(x_row + chunk), a);
-            unpack8(ld16(r_row + chunk), b);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) b[i] = a[i] + b[i];
-            raw[c] = pack8(b);
-            r_row[chunk] = raw[c];
-        }
-    }
-    norm_store(raw, weight, out + (size_t)blockIdx.x * hidden, chunks, eps);
-}
+ROW_KERNELS(1)
+ROW_KERNELS(2)
+ROW_KERNELS(4)
+ROW_KERNELS(8)
+#undef ROW_KERNELS
 
 // out = a + b elementwise over n halves (n % 8 == 0); out may alias a or b (same thread reads, then
 // writes, each chunk).
@@ -292,5 +425,32 @@ QKV_POST(2)
 QKV_POST(4)
 QKV_POST(8)
 #undef QKV_POST
+
+// qkv_post_l{L}_s{S}: see qkv_post_wide_impl. Grid: one block per token; block: ceil(heads / (32 / L * S)) warps.
+#define QKV_POST_WIDE(L, S)                                                                                        \
+    __global__ void qkv_post_l##L##_s##S(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,      \
+                                         const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,         \
+                                         half_t *__restrict__ q_out, half_t *__restrict__ k_cache,                 \
+                                         half_t *__restrict__ v_cache, int q_heads, int kv_heads, int max_len,     \
+                                         float eps, double log2_theta, int qk_norm) {                              \
+        qkv_post_wide_impl<L, S>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, q_heads, kv_heads,         \
+                                 max_len, eps, log2_theta, qk_norm);                                               \
+    }
+QKV_POST_WIDE(2, 2)
+QKV_POST_WIDE(2, 4)
+QKV_POST_WIDE(4, 2)
+QKV_POST_WIDE(4, 4)
+QKV_POST_WIDE(8, 2)
+QKV_POST_WIDE(8, 4)
+QKV_POST_WIDE(16, 2)
+QKV_POST_WIDE(16, 4)
+QKV_POST_WIDE(32, 2)
+QKV_POST_WIDE(32, 4)
+QKV_POST_WIDE(2, 8)
+QKV_POST_WIDE(4, 8)
+QKV_POST_WIDE(8, 8)
+QKV_POST_WIDE(16, 8)
+QKV_POST_WIDE(32, 8)
+#undef QKV_POST_WIDE
 
 }  // extern "C"

@@ -7,8 +7,11 @@
 //   row_token int32 [R], row_weight fp32 [R]: the token and router weight of permuted row r
 //   token_rows int32 [T, k]: the permuted row of (t, j)
 // Rows of one expert are in increasing (t, j) order (a stable counting sort), so the permutation is
-// the same on every run. No atomics on global memory and every reduction in a fixed order: all
-// three kernels are deterministic bit for bit, and capture-safe (fixed grids, no host reads).
+// the same on every run. Every reduction runs in a fixed order and the only global atomic is
+// topk_permute's block ticket (which block finishes last changes nothing it writes): every kernel is
+// deterministic bit for bit, and capture-safe (fixed grids, no host reads).
+// Fused forms the engine runs: topk_permute (topk_softmax + build_permutation in one launch) and
+// combine_rmsnorm (combine + the next layer's RMSNorm of the new residual).
 #include "common.cuh"
 #include "vec16.cuh"
 
@@ -39,13 +42,13 @@ __device__ __forceinline__ float key_logit(unsigned key) {
     return h2f((half_t)((ordered & 0x8000u) ? (ordered & 0x7fffu) : (~ordered & 0xffffu)));
 }
 
+// One token's top-k with one warp (all 32 lanes call it); lane j < k writes selection j and returns
+// its expert id (other lanes return -1).
 template <int NPL>
-__device__ __forceinline__ void topk_softmax_impl(const half_t *__restrict__ logits, int tokens, int experts, int k,
-                                                  int renormalize, int *__restrict__ topk_ids,
-                                                  float *__restrict__ topk_weights) {
-    const int token = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+__device__ __forceinline__ int topk_token(const half_t *__restrict__ logits, int token, int experts, int k,
+                                           int renormalize, int *__restrict__ topk_ids,
+                                           float *__restrict__ topk_weights) {
     const int lane = threadIdx.x & 31;
-    if (token >= tokens) return;  // whole warps only
     const half_t *row = logits + (size_t)token * experts;
     unsigned key[NPL];  // 0 = no expert (below every real key)
 #pragma unroll
@@ -87,6 +90,16 @@ __device__ __forceinline__ void topk_softmax_impl(const half_t *__restrict__ log
         topk_ids[(size_t)token * k + lane] = my_id;
         topk_weights[(size_t)token * k + lane] = my_p / denom;
     }
+    return lane < k ? my_id : -1;
+}
+
+template <int NPL>
+__device__ __forceinline__ void topk_softmax_impl(const half_t *__restrict__ logits, int tokens, int experts, int k,
+                                                  int renormalize, int *__restrict__ topk_ids,
+                                                  float *__restrict__ topk_weights) {
+    const int token = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (token >= tokens) return;  // whole warps only
+    topk_token<NPL>(logits, token, experts, k, renormalize, topk_ids, topk_weights);
 }
 
 // Stable counting sort of the R = T*k (t, j) items by expert. Block b owns experts
@@ -202,6 +215,388 @@ __device__ __forceinline__ void build_permutation_impl(const int *__restrict__ t
     }
 }
 
+// Fused router top-k and expert permutation: topk_permute. Phase 1 is topk_token, one warp per
+// token, ROUTE_WARPS tokens a block. Each block then fences its writes and takes a ticket
+// (atomicInc wrapping at gridDim.x - 1, so the counter is back at 0 after every launch); the block
+// that draws the last ticket sees every block's top-k in L2 and builds the permutation alone, in
+// tiles of up to ROUTE_THREADS tokens (one token per thread). Which block is last varies run to
+// run; what it writes does not.
+//
+// One tile: the experts of one token are distinct (top-k picks each once), so the rows the tile
+// sends to expert e are a bit mask over its tokens: word w of expert e (shared, [w][e]: a warp's
+// atomicOr of distinct experts rarely share a bank) holds warp w's tokens. A token's row in expert e
+// is base[e] (rows of e in earlier tiles and of lower experts) + the popcounts of e's earlier words
+// (pre) + the popcount of its own word below its lane: increasing (t, j) order within every expert,
+// exactly build_permutation's rows. One SM writing 3 * T * k scattered 4-byte words would take one
+// L2 request each, so every global access is staged through shared memory instead: the tile's ids
+// and weights come in as contiguous spans, token_rows goes out as one, and the rows themselves are
+// written in tile-local row order (lrow = the tile's rows grouped by expert), which maps onto E runs
+// of consecutive global rows.
+constexpr int ROUTE_THREADS = 512;
+constexpr int ROUTE_WARPS = ROUTE_THREADS / 32;
+constexpr int MAX_K = 16;  // routing.py MAX_TOP_K
+
+__device__ __forceinline__ int ld_cg_i32(const int *p) {
+    int v;
+    asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float ld_cg_f32(const float *p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+
+// Exclusive scan over the block of one int per thread (thread order); `total` gets the block sum.
+__device__ __forceinline__ int block_exclusive_scan(int v, int *warp_sums /* [32] shared */, int &total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    int inclusive = v;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        const int other = __shfl_up_sync(FULL, inclusive, offset);
+        if (lane >= offset) inclusive += other;
+    }
+    if (lane == 31) warp_sums[warp] = inclusive;
+    __syncthreads();
+    if (warp == 0) {
+        int t = lane < warps ? warp_sums[lane] : 0;
+#pragma unroll
+        for (int offset = 1; offset < 32; offset <<= 1) {
+            const int other = __shfl_up_sync(FULL, t, offset);
+            if (lane >= offset) t += other;
+        }
+        if (lane < warps) warp_sums[lane] = t;  // inclusive over warps
+    }
+    __syncthreads();
+    total = warp_sums[warps - 1];
+    const int result = inclusive - v + (warp > 0 ? warp_sums[warp - 1] : 0);
+    __syncthreads();  // warp_sums may be reused
+    return result;
+}
+
+// The permutation, by one block of ROUTE_THREADS threads (see above). experts <= ROUTE_THREADS:
+// thread e owns expert e's base and tile counts. Dynamic shared memory (routing.py
+// _route_smem_bytes), I = ROUTE_THREADS * k items a tile:
+//   slot[I] int     the tile's expert ids, then each item's global row (token_rows, staged)
+//   wt[I] float     the tile's router weights
+//   order[I] int    by tile-local row: (expert << 16) | item
+//   mask[W][E] u32, pre[W][E] u16, base[E] int, tile_first[E] int (first tile-local row of e)
+__device__ __forceinline__ void permute_one_block(const int *__restrict__ topk_ids,
+                                                  const float *__restrict__ topk_weights, int tokens, int k,
+                                                  int experts, int *__restrict__ expert_offsets,
+                                                  int *__restrict__ row_token, float *__restrict__ row_weight,
+                                                  int *__restrict__ token_rows, unsigned char *smem) {
+    constexpr int W = ROUTE_WARPS;
+    __shared__ int warp_sums[32];
+    const int items_max = ROUTE_THREADS * k;
+    int *slot = reinterpret_cast<int *>(smem);
+    float *wt = reinterpret_cast<float *>(slot + items_max);
+    int *order = reinterpret_cast<int *>(wt + items_max);
+    unsigned *mask = reinterpret_cast<unsigned *>(order + items_max);
+    int *base = reinterpret_cast<int *>(mask + W * experts);
+    int *tile_first = base + experts;
+    unsigned short *pre = reinterpret_cast<unsigned short *>(tile_first + experts);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const bool one_tile = tokens <= ROUTE_THREADS;
+    int my_base = 0, total = 0;
+    if (!one_tile) {  // several tiles: the per-expert counts of every item first, for base
+        for (int e = tid; e < experts; e += ROUTE_THREADS) base[e] = 0;
+        __syncthreads();
+        const int items = tokens * k;
+        for (int i0 = 0; i0 < items; i0 += ROUTE_THREADS * 8) {
+            int e[8];
+#pragma unroll
+            for (int m = 0; m < 8; ++m) {
+                const int i = i0 + m * ROUTE_THREADS + tid;
+                e[m] = i < items ? ld_cg_i32(topk_ids + i) : -1;
+            }
+#pragma unroll
+            for (int m = 0; m < 8; ++m)
+                if (e[m] >= 0) atomicAdd(&base[e[m]], 1);
+        }
+        __syncthreads();
+        const int count = tid < experts ? base[tid] : 0;
+        my_base = block_exclusive_scan(count, warp_sums, total);
+        if (tid < experts) expert_offsets[tid] = my_base;
+        if (tid == 0) expert_offsets[experts] = total;
+    }
+    for (int tile = 0; tile < tokens; tile += ROUTE_THREADS) {
+        const int tile_tokens = min(ROUTE_THREADS, tokens - tile), tile_items = tile_tokens * k;
+        const size_t first_item = (size_t)tile * k;
+        for (int m0 = 0; m0 < k; m0 += 8) {  // stage ids and weights: contiguous spans, 16 loads in flight
+            int id_v[8];
+            float w_v[8];
+#pragma unroll
+            for (int m = 0; m < 8; ++m) {
+                const int i = (m0 + m) * ROUTE_THREADS + tid;
+                if (m0 + m < k && i < tile_items) {
+                    id_v[m] = ld_cg_i32(topk_ids + first_item + i);
+                    w_v[m] = ld_cg_f32(topk_weights + first_item + i);
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < 8; ++m) {
+                const int i = (m0 + m) * ROUTE_THREADS + tid;
+                if (m0 + m < k && i < tile_items) {
+                    slot[i] = id_v[m];
+                    wt[i] = w_v[m];
+                }
+            }
+        }
+        for (int i = tid; i < experts * W; i += ROUTE_THREADS) mask[i] = 0u;
+        __syncthreads();
+        const bool valid = tid < tile_tokens;
+        int id[MAX_K];
+#pragma unroll
+        for (int j = 0; j < MAX_K; ++j) id[j] = (valid && j < k) ? slot[tid * k + j] : 0;
+#pragma unroll
+        for (int j = 0; j < MAX_K; ++j)
+            if (valid && j < k) atomicOr(&mask[warp * experts + id[j]], 1u << lane);
+        __syncthreads();
+        int tile_count = 0;
+        if (tid < experts) {
+#pragma unroll
+            for (int w = 0; w < W; ++w) {
+                pre[w * experts + tid] = (unsigned short)tile_count;
+                tile_count += __popc(mask[w * experts + tid]);
+            }
+        }
+        int tile_total;
+        const int first_lrow = block_exclusive_scan(tile_count, warp_sums, tile_total);
+        if (one_tile) {  // the tile is every token: its counts give the offsets
+            my_base = first_lrow;
+            if (tid < experts) expert_offsets[tid] = my_base;
+            if (tid == 0) expert_offsets[experts] = tile_total;
+        }
+        if (tid < experts) {
+            base[tid] = my_base;
+            tile_first[tid] = first_lrow;
+        }
+        __syncthreads();
+        if (valid) {
+            const unsigned below = (1u << lane) - 1u;
+#pragma unroll
+            for (int j = 0; j < MAX_K; ++j) {
+                if (j < k) {
+                    const int e = id[j], word = warp * experts + e;
+                    const int rank = pre[word] + __popc(mask[word] & below);
+                    order[tile_first[e] + rank] = (e << 16) | (tid * k + j);
+                    slot[tid * k + j] = base[e] + rank;  // this item's global row
+                }
+            }
+        }
+        __syncthreads();
+        for (int lrow = tid; lrow < tile_items; lrow += ROUTE_THREADS) {
+            const int packed = order[lrow], e = packed >> 16, item = packed & 0xffff;
+            const int row = base[e] + lrow - tile_first[e];
+            row_token[row] = tile + item / k;
+            row_weight[row] = wt[item];
+        }
+        for (int i = tid; i < tile_items; i += ROUTE_THREADS) token_rows[first_item + i] = slot[i];
+        my_base += tile_count;
+        __syncthreads();  // before the next tile overwrites the staging arrays
+    }
+}
+
+template <int NPL>
+__device__ __forceinline__ void topk_permute_impl(const half_t *__restrict__ logits, int tokens, int experts, int k,
+                                                  int renormalize, int *__restrict__ topk_ids,
+                                                  float *__restrict__ topk_weights, int *__restrict__ expert_offsets,
+                                                  int *__restrict__ row_token, float *__restrict__ row_weight,
+                                                  int *__restrict__ token_rows, unsigned *__restrict__ ticket) {
+    extern __shared__ __align__(16) unsigned char route_smem[];
+    __shared__ int is_last;
+    const int token = blockIdx.x * ROUTE_WARPS + (threadIdx.x >> 5);
+    if (token < tokens) topk_token<NPL>(logits, token, experts, k, renormalize, topk_ids, topk_weights);
+    __syncthreads();
+    if (threadIdx.x == 0) {  // one cumulative fence per block (as a grid sync does): the block's top-k before its ticket
+        __threadfence();
+        is_last = atomicInc(ticket, gridDim.x - 1) == gridDim.x - 1;
+        if (is_last) __threadfence();
+    }
+    __syncthreads();
+    if (!is_last) return;
+    permute_one_block(topk_ids, topk_weights, tokens, k, experts, expert_offsets, row_token, row_weight, token_rows,
+                      route_smem);
+}
+
+// combine: the token's k rows (a bad row -> -1: adds nothing, never reads out of bounds) and weights
+// into shared memory. Ends with __syncthreads.
+__device__ __forceinline__ void load_combine_rows(const int *__restrict__ token_rows,
+                                                  const float *__restrict__ topk_weights, int has_weights, int rows,
+                                                  int k, int token, int *row_of, float *weight_of) {
+    if (threadIdx.x < k) {
+        const int r = token_rows[(size_t)token * k + threadIdx.x];
+        row_of[threadIdx.x] = (r >= 0 && r < rows) ? r : -1;
+        weight_of[threadIdx.x] = has_weights ? topk_weights[(size_t)token * k + threadIdx.x] : 1.0f;
+    }
+    __syncthreads();
+}
+
+// One 16-byte chunk of a combined row: residual + sum_j w_j * y[row_j], FP32, j in order, one rounding.
+__device__ __forceinline__ u32x4 combine_chunk(const half_t *__restrict__ y, const int *row_of,
+                                               const float *weight_of, int k, int hidden, int chunk, u32x4 res_raw) {
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j0 = 0; j0 < k; j0 += 8) {
+        u32x4 loaded[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int r = (j0 + j < k) ? row_of[j0 + j] : -1;
+            if (r >= 0) loaded[j] = ld16_nc(y + (size_t)r * hidden + chunk * 8);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int r = (j0 + j < k) ? row_of[j0 + j] : -1;
+            if (r >= 0) {
+                float f[8];
+                unpack8(loaded[j], f);
+                const float w = weight_of[j0 + j];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[i] = fmaf(w, f[i], acc[i]);
+            }
+        }
+    }
+    float res[8];
+    unpack8(res_raw, res);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) res[i] += acc[i];
+    return pack8(res);
+}
+
+constexpr int COMBINE_THREADS = 256;  // routing.py: min(256, H/8 rounded up to a warp)
+
+template <int C>
+__device__ __forceinline__ void combine_rmsnorm_impl(const half_t *__restrict__ y, const int *__restrict__ token_rows,
+                                                     const half_t *residual, half_t *out,
+                                                     const float *__restrict__ topk_weights, int has_weights, int rows,
+                                                     int k, int hidden, const half_t *__restrict__ norm_w,
+                                                     half_t *__restrict__ normed, float eps) {
+    __shared__ int row_of[32];
+    __shared__ float weight_of[32];
+    __shared__ float scratch[32];
+    const int token = blockIdx.x, chunks = hidden >> 3;
+    const u32x4 *res_row = reinterpret_cast<const u32x4 *>(residual + (size_t)token * hidden);
+    u32x4 *out_row = reinterpret_cast<u32x4 *>(out + (size_t)token * hidden);
+    u32x4 w_raw[C], done[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) {  // residual and weights first: independent of the row ids
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            w_raw[c] = ld16_nc(norm_w + chunk * 8);
+            done[c] = ld16(res_row + chunk);
+        }
+    }
+    load_combine_rows(token_rows, topk_weights, has_weights, rows, k, token, row_of, weight_of);
+    float sq = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            done[c] = combine_chunk(y, row_of, weight_of, k, hidden, chunk, done[c]);
+            out_row[chunk] = done[c];
+            float x[8];
+            unpack8(done[c], x);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) sq += x[i] * x[i];
+        }
+    }
+    const float inv = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float x[8], w[8], o[8];
+            unpack8(done[c], x);
+            unpack8(w_raw[c], w);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) o[i] = x[i] * inv * w[i];
+            reinterpret_cast<u32x4 *>(normed + (size_t)token * hidden)[chunk] = pack8(o);
+        }
+    }
+}
+
+// The permutation in two parallel launches, the engine's form: topk_count, then permute_counted.
+// Both tile the tokens in blocks of COUNT_TOKENS (one warp a token in topk_count).
+//
+// topk_count: topk_token per warp, then, per block, the bit mask over its tokens of each expert
+// (shared atomicOr; a token's experts are distinct, so (token, expert) is one bit): the count of
+// expert e in block b goes to block_counts[b][e], and each item's rank among the block's items of
+// its expert (earlier tokens first) goes to token_rows[t, j] for the second launch.
+// permute_counted: block b reads column e of block_counts (thread e): the expert's total and its
+// rows in blocks before b; one block scan of the totals gives expert_offsets (written by block 0),
+// so row(t, j) = offsets[e] + rows of e in earlier blocks + rank. Every block does its own items, so
+// no SM scatters more than COUNT_TOKENS * k rows; the counts read per block are B * E ints (B =
+// blocks, 4 KB per 8 blocks at E = 128). Same rows as build_permutation: the stable (t, j) order.
+constexpr int COUNT_TOKENS = 16;
+constexpr int COUNT_THREADS = 32 * COUNT_TOKENS;  // also >= E (routing.py MAX_EXPERTS): thread e owns expert e
+
+template <int NPL>
+__device__ __forceinline__ void topk_count_impl(const half_t *__restrict__ logits, int tokens, int experts, int k,
+                                                int renormalize, int *__restrict__ topk_ids,
+                                                float *__restrict__ topk_weights, int *__restrict__ token_rows,
+                                                int *__restrict__ block_counts) {
+    __shared__ unsigned bits[COUNT_THREADS];  // expert -> tokens of this block (bit = warp) that picked it
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (tid < experts) bits[tid] = 0u;
+    const int token = blockIdx.x * COUNT_TOKENS + warp;
+    int my_id = -1;
+    if (token < tokens) my_id = topk_token<NPL>(logits, token, experts, k, renormalize, topk_ids, topk_weights);
+    __syncthreads();  // bits cleared
+    if (my_id >= 0) atomicOr(&bits[my_id], 1u << warp);
+    __syncthreads();
+    if (my_id >= 0) token_rows[(size_t)token * k + lane] = __popc(bits[my_id] & ((1u << warp) - 1u));
+    if (tid < experts) block_counts[(size_t)blockIdx.x * experts + tid] = __popc(bits[tid]);
+}
+
+__device__ __forceinline__ void permute_counted_impl(const int *__restrict__ topk_ids,
+                                                     const float *__restrict__ topk_weights,
+                                                     const int *__restrict__ block_counts, int tokens, int k,
+                                                     int experts, int *__restrict__ expert_offsets,
+                                                     int *__restrict__ row_token, float *__restrict__ row_weight,
+                                                     int *token_rows) {
+    __shared__ int base[COUNT_THREADS];
+    __shared__ int warp_sums[32];
+    const int tid = threadIdx.x, block = blockIdx.x, blocks = gridDim.x;
+    // this block's items first: their loads do not wait on the counts
+    const int first_item = block * COUNT_TOKENS * k;
+    const int my_items = min(COUNT_TOKENS, tokens - block * COUNT_TOKENS) * k;  // <= 16 * 16 < COUNT_THREADS
+    const bool has_item = tid < my_items;
+    int expert = 0, rank = 0;
+    float weight = 0.0f;
+    if (has_item) {
+        expert = topk_ids[first_item + tid];
+        rank = token_rows[first_item + tid];
+        weight = topk_weights[first_item + tid];
+    }
+    int total = 0, before = 0;
+    if (tid < experts) {
+        for (int b0 = 0; b0 < blocks; b0 += 8) {
+            int c[8];
+#pragma unroll
+            for (int m = 0; m < 8; ++m) c[m] = b0 + m < blocks ? block_counts[(size_t)(b0 + m) * experts + tid] : 0;
+#pragma unroll
+            for (int m = 0; m < 8; ++m) {
+                total += c[m];
+                before += b0 + m < block ? c[m] : 0;
+            }
+        }
+    }
+    int rows;
+    const int offset = block_exclusive_scan(total, warp_sums, rows);
+    if (tid < experts) {
+        base[tid] = offset + before;
+        if (block == 0) expert_offsets[tid] = offset;
+    }
+    if (block == 0 && tid == 0) expert_offsets[experts] = rows;
+    __syncthreads();
+    if (has_item) {
+        const int row = base[expert] + rank;
+        row_token[row] = (first_item + tid) / k;
+        row_weight[row] = weight;
+        token_rows[first_item + tid] = row;
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -232,47 +627,77 @@ __global__ void __launch_bounds__(PERM_THREADS)
 // 16-byte chunk of H; the k row ids go through shared memory once. The k row loads of a chunk are
 // issued 8 at a time before any is added, to keep 8 loads in flight per thread. out may alias
 // residual: each thread reads its residual chunk before writing the same chunk.
-__global__ void combine_f16(const half_t *__restrict__ y, const int *__restrict__ token_rows,
+__global__ void __launch_bounds__(COMBINE_THREADS, 4) combine_f16(const half_t *__restrict__ y, const int *__restrict__ token_rows,
                             const half_t *residual, half_t *out, const float *__restrict__ topk_weights,
                             int has_weights, int rows, int k, int hidden) {
     __shared__ int row_of[32];
     __shared__ float weight_of[32];
     const int token = blockIdx.x, chunks = hidden >> 3;
-    if (threadIdx.x < k) {
-        const int r = token_rows[(size_t)token * k + threadIdx.x];
-        row_of[threadIdx.x] = (r >= 0 && r < rows) ? r : -1;  // a bad row adds nothing, never reads out of bounds
-        weight_of[threadIdx.x] = has_weights ? topk_weights[(size_t)token * k + threadIdx.x] : 1.0f;
-    }
-    __syncthreads();
+    load_combine_rows(token_rows, topk_weights, has_weights, rows, k, token, row_of, weight_of);
     const u32x4 *res_row = reinterpret_cast<const u32x4 *>(residual + (size_t)token * hidden);
     u32x4 *out_row = reinterpret_cast<u32x4 *>(out + (size_t)token * hidden);
-    for (int chunk = threadIdx.x; chunk < chunks; chunk += blockDim.x) {
-        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        for (int j0 = 0; j0 < k; j0 += 8) {
-            u32x4 loaded[8];
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const int r = (j0 + j < k) ? row_of[j0 + j] : -1;
-                if (r >= 0) loaded[j] = ld16_nc(y + (size_t)r * hidden + chunk * 8);
-            }
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const int r = (j0 + j < k) ? row_of[j0 + j] : -1;
-                if (r >= 0) {
-                    float f[8];
-                    unpack8(loaded[j], f);
-                    const float w = weight_of[j0 + j];
-#pragma unroll
-                    for (int i = 0; i < 8; ++i) acc[i] = fmaf(w, f[i], acc[i]);
-                }
-            }
-        }
-        float res[8];
-        unpack8(ld16(res_row + chunk), res);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) res[i] += acc[i];
-        out_row[chunk] = pack8(res);
-    }
+    for (int chunk = threadIdx.x; chunk < chunks; chunk += blockDim.x)
+        out_row[chunk] = combine_chunk(y, row_of, weight_of, k, hidden, chunk, ld16(res_row + chunk));
 }
+
+// combine_rmsnorm_f16_c{C}: combine_f16, then normed[t] = RMSNorm(out[t]) * norm_w over the rounded FP16
+// row (what the next layer reads from the residual), so the next layer's attn_norm needs no launch
+// of its own. Each thread keeps its C chunks of the row in registers for the norm; norm weights
+// and the residual are loaded before the expert rows. The sum of squares is block_sum's fixed order.
+// At most 64 registers a thread for C = 1: four 256-thread blocks a SM, so T = 512 tokens is one wave.
+#define COMBINE_RMSNORM(C)                                                                                          \
+    __global__ void __launch_bounds__(COMBINE_THREADS, 4 / C) combine_rmsnorm_f16_c##C(                                \
+        const half_t *__restrict__ y, const int *__restrict__ token_rows, const half_t *residual, half_t *out,      \
+        const float *__restrict__ topk_weights, int has_weights, int rows, int k, int hidden,                       \
+        const half_t *__restrict__ norm_w, half_t *__restrict__ normed, float eps) {                                \
+        combine_rmsnorm_impl<C>(y, token_rows, residual, out, topk_weights, has_weights, rows, k, hidden, norm_w,   \
+                                normed, eps);                                                                       \
+    }
+COMBINE_RMSNORM(1)
+COMBINE_RMSNORM(2)
+COMBINE_RMSNORM(4)
+#undef COMBINE_RMSNORM
+
+// topk_count_n{4,8,16}: grid ceil(T / COUNT_TOKENS) blocks of COUNT_THREADS; see topk_count_impl.
+#define TOPK_COUNT(NPL)                                                                                            \
+    __global__ void __launch_bounds__(COUNT_THREADS) topk_count_n##NPL(                                             \
+        const half_t *__restrict__ logits, int tokens, int experts, int k, int renormalize,                        \
+        int *__restrict__ topk_ids, float *__restrict__ topk_weights, int *__restrict__ token_rows,                \
+        int *__restrict__ block_counts) {                                                                          \
+        topk_count_impl<NPL>(logits, tokens, experts, k, renormalize, topk_ids, topk_weights, token_rows,          \
+                             block_counts);                                                                        \
+    }
+TOPK_COUNT(4)
+TOPK_COUNT(8)
+TOPK_COUNT(16)
+#undef TOPK_COUNT
+
+// permute_counted_i32: the same grid as topk_count, which must have run on these arrays; see
+// permute_counted_impl. token_rows: ranks in, rows out.
+__global__ void __launch_bounds__(COUNT_THREADS)
+    permute_counted_i32(const int *__restrict__ topk_ids, const float *__restrict__ topk_weights,
+                        const int *__restrict__ block_counts, int tokens, int k, int experts,
+                        int *__restrict__ expert_offsets, int *__restrict__ row_token, float *__restrict__ row_weight,
+                        int *token_rows) {
+    permute_counted_impl(topk_ids, topk_weights, block_counts, tokens, k, experts, expert_offsets, row_token,
+                         row_weight, token_rows);
+}
+
+// topk_permute_n{4,8,16}: grid ceil(T / ROUTE_WARPS) blocks of ROUTE_THREADS threads; dynamic shared
+// memory E * (4 + ROUTE_WARPS * 6) bytes (routing.py); *ticket must be 0 before the first launch and
+// is 0 after every launch. See topk_permute_impl.
+#define TOPK_PERMUTE(NPL)                                                                                          \
+    __global__ void __launch_bounds__(ROUTE_THREADS) topk_permute_n##NPL(                                           \
+        const half_t *__restrict__ logits, int tokens, int experts, int k, int renormalize,                        \
+        int *__restrict__ topk_ids, float *__restrict__ topk_weights, int *__restrict__ expert_offsets,            \
+        int *__restrict__ row_token, float *__restrict__ row_weight, int *__restrict__ token_rows,                 \
+        unsigned *__restrict__ ticket) {                                                                           \
+        topk_permute_impl<NPL>(logits, tokens, experts, k, renormalize, topk_ids, topk_weights, expert_offsets,    \
+                               row_token, row_weight, token_rows, ticket);                                         \
+    }
+TOPK_PERMUTE(4)
+TOPK_PERMUTE(8)
+TOPK_PERMUTE(16)
+#undef TOPK_PERMUTE
 
 }  // extern "C"

@@ -1,5 +1,6 @@
-// 16-byte vector helpers shared by the memory-bound kernels (ops.cu, routing.cu): explicit 16-byte
-// global loads and FP16x8 <-> FP32x8 packing. Include after common.cuh (unpack_half2, pack_half2).
+// Helpers shared by the memory-bound kernels (ops.cu, routing.cu): explicit 16-byte global loads,
+// FP16x8 <-> FP32x8 packing, and fixed-order warp / block sums (every thread gets the same bits, so
+// reruns and graph replays agree). Include after common.cuh (unpack_half2, pack_half2).
 #pragma once
 
 namespace {
@@ -38,6 +39,26 @@ __device__ __forceinline__ u32x4 pack8(const float f[8]) {
     v.z = pack_half2(f[4], f[5]);
     v.w = pack_half2(f[6], f[7]);
     return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Sum over the block in a fixed order (butterfly in each warp, then every warp over the warp sums);
+// every thread gets the same bits. blockDim.x must be a multiple of 32; one call per kernel (scratch
+// is not reset).
+__device__ __forceinline__ float block_sum(float v, float *scratch /* [32] shared */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (warps == 1) return v;
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = lane < warps ? scratch[lane] : 0.0f;
+    total = warp_sum(total);
+    return total;
 }
 
 }  // namespace

@@ -99,6 +99,21 @@ def test_eager_and_graph_logits_are_bit_identical(nvfp4_attention):
 
 
 @pytest.mark.gpu
+def test_launch_list_fuses_the_small_ops_and_every_op_has_a_plan_floor():
+    from impbench.plan import op_floors_us, plan_prefill
+
+    prompt_tokens, chunk = 64, 32
+    engine = _engine(prompt_tokens, chunk)
+    layers = engine.preset.num_layers
+    ops = [launch.op for launch in engine.launch_list(chunk, last=True, guard="permissive").launches]
+    assert ops.count("attn_norm") == 1 and ops.count("combine+attn_norm") == layers - 1 and ops.count("combine") == 1
+    assert ops.count("topk") == ops.count("permute") == layers
+    calls = {op: ops.count(op) for op in ops}
+    floors = op_floors_us(plan_prefill(engine.preset, chunk, chunk), calls)
+    assert set(floors) == set(calls), set(calls) - set(floors)
+
+
+@pytest.mark.gpu
 def test_capture_declined_gemm_falls_back_naming_the_op():
     # tiny's router has N = 8 experts < the 128-wide tile: the tight guard sends it to cuBLAS,
     # which cannot run under capture, so the graph arm must fall back and say where.

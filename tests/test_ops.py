@@ -149,12 +149,13 @@ def test_embed_out_of_range_id_gives_zero_row():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("threads", [None, 256])
 @pytest.mark.parametrize("tokens,hidden", [(1, 2048), (333, 2048), (16, 256), (4, 8192), (7, 40)])
-def test_rmsnorm_matches_float64(tokens, hidden):
+def test_rmsnorm_matches_float64(tokens, hidden, threads):
     rng = np.random.default_rng(hidden + tokens)
     x, weight = _rand_f16(rng, (tokens, hidden), 3.0), _rand_f16(rng, (hidden,))
     out = _nan_f16((tokens, hidden))
-    ops.rmsnorm(x, weight, 1e-6, out)
+    ops.prepare(ops.rmsnorm, x, weight, 1e-6, out, threads=threads)()
     got = out.get()
     assert np.isfinite(got).all()
     assert rel_err(got, rmsnorm_ref(x.get(), weight.get(), 1e-6)) <= REL_ERR_FP16
@@ -173,13 +174,16 @@ def test_rmsnorm_on_a_row_slice_writes_only_that_output():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tokens,hidden", [(1, 2048), (300, 2048), (16, 256)])
-def test_add_rmsnorm_updates_residual_and_normalizes(tokens, hidden):
+@pytest.mark.parametrize("threads", [None, 256, 32])
+@pytest.mark.parametrize("tokens,hidden", [(1, 2048), (300, 2048), (16, 256), (3, 8192), (5, 40)])
+def test_add_rmsnorm_updates_residual_and_normalizes(tokens, hidden, threads):
+    if threads == 32 and hidden > 32 * 8 * ops.ROW_CHUNKS[-1]:
+        pytest.skip("more chunks a thread than the row kernels are built for")
     rng = np.random.default_rng(tokens)
     x, residual, weight = _rand_f16(rng, (tokens, hidden)), _rand_f16(rng, (tokens, hidden), 4.0), _rand_f16(rng, (hidden,))
     x_h, residual_h = x.get(), residual.get()
     out = _nan_f16((tokens, hidden))
-    ops.add_rmsnorm(x, residual, weight, 1e-6, out)
+    ops.prepare(ops.add_rmsnorm, x, residual, weight, 1e-6, out, threads=threads)()
     new_residual, ref = add_rmsnorm_ref(x_h, residual_h, weight.get(), 1e-6)
     # one FP32 add rounded once to FP16 is the correctly rounded sum: exact
     np.testing.assert_array_equal(residual.get(), new_residual)
@@ -225,16 +229,46 @@ def _check_qkv_post(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, theta
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("form,steps", [("auto", 4), ("wide", 2), ("wide", 8), ("narrow", 4)])
 @pytest.mark.parametrize(
     "tokens,q_heads,kv_heads,head_dim,pos",
-    [(1, 32, 4, 128, 0), (77, 32, 4, 128, 300), (16, 4, 2, 64, 5), (9, 4, 2, 32, 3), (12, 8, 2, 256, 4000)],
-)
-def test_qkv_post_norm_rope_and_cache_rows(tokens, q_heads, kv_heads, head_dim, pos):
+    [(1, 32, 4, 128, 0), (77, 32, 4, 128, 300), (16, 4, 2, 64, 5), (9, 4, 2, 32, 3), (12, 8, 2, 256, 4000),
+     (5, 6, 1, 16, 2), (7, 3, 1, 64, 9)],
+)  # fmt: skip
+def test_qkv_post_norm_rope_and_cache_rows(tokens, q_heads, kv_heads, head_dim, pos, form, steps):
     cp, rng = _cp(), np.random.default_rng(pos + head_dim)
     max_len, theta = pos + tokens + 11, 1e6
     qkv, qn, kn, q_out, k_cache, v_cache = _qkv_case(rng, tokens, q_heads, kv_heads, head_dim, max_len)
-    ops.qkv_post(qkv, qn, kn, 1e-6, theta, cp.asarray([pos], cp.int32), q_out, k_cache, v_cache)
+    ops.qkv_post(qkv, qn, kn, 1e-6, theta, cp.asarray([pos], cp.int32), q_out, k_cache, v_cache, form=form, steps=steps)
     _check_qkv_post(qkv, qn, kn, pos, q_out, k_cache, v_cache, theta)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens,q_heads,kv_heads,head_dim,pos", [(6, 4, 2, 48, 3), (5, 4, 2, 512, 70)])
+def test_qkv_post_head_dims_only_the_narrow_form_takes(tokens, q_heads, kv_heads, head_dim, pos):
+    cp, rng = _cp(), np.random.default_rng(head_dim)
+    qkv, qn, kn, q_out, k_cache, v_cache = _qkv_case(rng, tokens, q_heads, kv_heads, head_dim, pos + tokens)
+    assert ops._qkv_wide_lanes(head_dim, (qkv,)) is None
+    ops.qkv_post(qkv, qn, kn, 1e-6, 1e4, cp.asarray([pos], cp.int32), q_out, k_cache, v_cache)
+    _check_qkv_post(qkv, qn, kn, pos, q_out, k_cache, v_cache, 1e4)
+    with pytest.raises(ValueError, match="16-byte form"):
+        ops.qkv_post(qkv, qn, kn, 1e-6, 1e4, cp.asarray([pos], cp.int32), q_out, k_cache, v_cache, form="wide")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_qkv_post_wide_and_narrow_forms_agree(qk_norm):
+    # same cos/sin bits; the q/k sum of squares (and FMA contraction) may differ: within an FP16 ulp or two
+    cp = _cp()
+    tokens, pos = 64, 70000
+    outs = {}
+    for form in ("wide", "narrow"):
+        qkv, qn, kn, q_out, k_cache, v_cache = _qkv_case(np.random.default_rng(16), tokens, 32, 4, 128, pos + tokens)
+        ops.qkv_post(qkv, qn, kn, 1e-6, 1e6, cp.asarray([pos], cp.int32), q_out, k_cache, v_cache, qk_norm=qk_norm, form=form)
+        outs[form] = [a.get() for a in (q_out, k_cache[pos:], v_cache[pos:])]
+    for wide, narrow in zip(outs["wide"], outs["narrow"]):
+        np.testing.assert_allclose(wide.astype(np.float64), narrow, rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(outs["wide"][2].view(np.uint16), outs["narrow"][2].view(np.uint16))  # v copied
 
 
 @pytest.mark.gpu

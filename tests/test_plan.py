@@ -16,6 +16,7 @@ from impbench.plan import (
     dense_gemm_shapes,
     experts_touched,
     kv_cache_bytes,
+    op_floors_us,
     plan_prefill,
     render_models,
     render_plan,
@@ -135,6 +136,22 @@ def test_floors_are_max_of_compute_and_memory_and_add_up():
     assert plan.bytes_moved == pytest.approx(sum(r.bytes_moved for r in plan.ops))
     gemm = _row(plan, "in_proj_b")
     assert gemm.bound == "memory"  # N = 32: the weight and activations dominate, not the MACs
+
+
+def test_op_floors_sum_fused_parts_and_scale_to_the_engine_calls():
+    plan = plan_prefill(get_preset("qwen3-coder"), 1024, 512)  # 2 chunks x 48 layers
+    whole = op_floors_us(plan)
+    assert whole["combine"] == pytest.approx(_row(plan, "combine").floor_us)
+    assert set(whole) == {r.op for r in plan.ops}
+    calls = {"attn_norm": 2, "combine+attn_norm": 94, "combine": 2, "qkv_post": 96, "topk+permute": 96, "made_up": 5}
+    scaled = op_floors_us(plan, calls)
+    norm, comb = _row(plan, "attn_norm"), _row(plan, "combine")
+    assert norm.calls == comb.calls == 96
+    assert scaled["attn_norm"] == pytest.approx(norm.floor_us * 2 / 96)
+    assert scaled["combine+attn_norm"] == pytest.approx((norm.floor_us + comb.floor_us) * 94 / 96)
+    assert scaled["qkv_post"] == pytest.approx(_row(plan, "qkv_post").floor_us)
+    assert scaled["topk+permute"] == pytest.approx(_row(plan, "topk").floor_us + _row(plan, "permute").floor_us)
+    assert "made_up" not in scaled
 
 
 def test_chunk_spans():

@@ -43,6 +43,7 @@ def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[
         "row_token": ((rows,), i32),
         "row_weight": ((rows,), f32),
         "token_rows": ((chunk_tokens, top_k), i32),
+        "route_counts": ((-(-chunk_tokens // 16), experts), i32),  # topk_count -> permute_counted (kernels/routing.py)
         # experts
         "expert_act": ((rows, preset.moe_intermediate_size), f16),
         "expert_out": ((rows, hidden), f16),

@@ -1,5 +1,11 @@
 """The launch sequence of one prefill chunk (Qwen3-MoE architecture), built once per chunk length.
 
+Small ops: each layer's combine also writes the next layer's attention norm ("combine+attn_norm";
+layer 0's norm follows the embedding, the last layer's combine is plain), and the router top-k
+leaves per-block expert counts so that the permutation runs on every block at once (topk_count,
+permute_counted). A fused op's name joins the plan's op names with "+", so `impbench run --profile`
+can sum their floors (plan.op_floors_us).
+
 Every launch is prepared up front: arguments checked, views sliced, GEMM path and tile variant
 decided, kernel fetched. What remains is a list of (op name, no-argument launcher), so replaying it
 from Python costs one call per kernel: the eager arm's host time is then the engine's, not this
@@ -84,10 +90,11 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
         paths[path] += 1
         add(op, fn)
 
+    layers = weights.layers
     add("embed", ops.prepare(ops.embed, b.ids[:t], weights.embed, resid))
-    for index, layer in enumerate(weights.layers):
+    add("attn_norm", ops.prepare(ops.rmsnorm, resid, layers[0].attn_norm, eps, normed))  # later layers': in combine
+    for index, layer in enumerate(layers):
         k_cache, v_cache = b.k_cache[index], b.v_cache[index]
-        add("attn_norm", ops.prepare(ops.rmsnorm, resid, layer.attn_norm, eps, normed))
         dense("qkv_proj", normed, layer.wqkv, b.qkv[:t])
         add("qkv_post", ops.prepare(ops.qkv_post, b.qkv[:t], layer.q_norm, layer.k_norm, eps, theta, b.pos,
                                     b.q[:t], k_cache, v_cache, qk_norm=p.qk_norm))  # fmt: skip
@@ -95,15 +102,20 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
         dense("o_proj", b.attn[:t].reshape(t, -1), layer.wo, b.attn_proj[:t])
         add("ffn_norm", ops.prepare(ops.add_rmsnorm, b.attn_proj[:t], resid, layer.ffn_norm, eps, normed))
         dense("router", normed, layer.router, b.router_logits[:t])
-        add("topk", routing.prepare(routing.topk_softmax, b.router_logits[:t], p.experts_per_token,
-                                    p.norm_topk_prob, topk_ids, topk_weights))  # fmt: skip
-        add("permute", routing.prepare(routing.build_permutation, topk_ids, topk_weights, p.num_experts,
-                                       b.expert_offsets, row_token, row_weight, token_rows))  # fmt: skip
+        counts = b.route_counts[: routing.count_blocks(t)]
+        add("topk", routing.prepare(routing.topk_count, b.router_logits[:t], p.experts_per_token, p.norm_topk_prob,
+                                    topk_ids, topk_weights, token_rows, counts))  # fmt: skip
+        add("permute", routing.prepare(routing.permute_counted, topk_ids, topk_weights, counts, b.expert_offsets,
+                                       row_token, row_weight, token_rows))  # fmt: skip
         add("moe_gate_up", moe.prepare(moe.moe_gate_up, normed, row_token, b.expert_offsets,
                                        layer.w13, layer.w13_scale, layer.w13_scale2, b.expert_act[:rows]))  # fmt: skip
         add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,
                                     layer.w2_scale2, b.expert_out[:rows], row_weight=row_weight))  # fmt: skip
-        add("combine", routing.prepare(routing.combine, b.expert_out[:rows], token_rows, resid, resid, None))
+        if index + 1 < len(layers):  # the residual's next reader is the next layer's attn_norm: fused
+            add("combine+attn_norm", routing.prepare(routing.combine_rmsnorm, b.expert_out[:rows], token_rows, resid,
+                                                     resid, layers[index + 1].attn_norm, eps, normed))  # fmt: skip
+        else:
+            add("combine", routing.prepare(routing.combine, b.expert_out[:rows], token_rows, resid, resid, None))
     if last:
         add("final_norm", ops.prepare(ops.rmsnorm, resid[t - 1 : t], weights.final_norm, eps, b.last_normed))
         dense("lm_head", b.last_normed, weights.lm_head, b.logits)

@@ -19,11 +19,15 @@ from impbench.kernels._cache import get_function
 from impbench.kernels._checks import check_array
 
 FAMILY = "ops"
-ROW_CHUNKS = 8  # 16-byte chunks per thread in the row kernels (kernels_cu/ops.cu)
+ROW_CHUNKS = (1, 2, 4, 8)  # 16-byte chunks per thread the row kernels are built for (kernels_cu/ops.cu)
 MAX_ROW_THREADS = 128
-QKV_HEADS_PER_WARP = 4  # kernels_cu/ops.cu
+ROW_THREADS_LIMIT = 256  # the row kernels' __launch_bounds__
+QKV_HEADS_PER_WARP = 4  # kernels_cu/ops.cu, narrow form
 MAX_QKV_HEADS = 32 * QKV_HEADS_PER_WARP  # one block of at most 32 warps per token
-MAX_HIDDEN = 8 * ROW_CHUNKS * MAX_ROW_THREADS  # 8192 halves
+QKV_WIDE_LANES = (2, 4, 8, 16, 32)  # lanes per head of the 16-byte form: head_dim = 8 * lanes
+QKV_WIDE_STEPS = (2, 4, 8)  # heads each lane handles in the 16-byte form
+QKV_WIDE_DEFAULT_STEPS = 4
+MAX_HIDDEN = 8 * ROW_CHUNKS[-1] * MAX_ROW_THREADS  # 8192 halves
 
 
 def _kernel(name: str):
@@ -50,6 +54,19 @@ def _row_threads(hidden: int) -> int:
     return min(MAX_ROW_THREADS, max(32, -(-chunks // 32) * 32))
 
 
+def _row_launch(name: str, hidden: int, threads: int | None = None):
+    """(kernel, block) of a row kernel: `threads` per row (default min(128, H/8 rounded to a warp)) and
+    the smallest built chunk count per thread that covers the row."""
+    threads = _row_threads(hidden) if threads is None else threads
+    if threads % 32 or not 32 <= threads <= ROW_THREADS_LIMIT:
+        raise ValueError(f"{name}: threads must be a multiple of 32 in [32, {ROW_THREADS_LIMIT}], got {threads}")
+    per_thread = -(-(hidden // 8) // threads)
+    chunks = next((c for c in ROW_CHUNKS if c >= per_thread), None)
+    if chunks is None:
+        raise ValueError(f"{name}: hidden size {hidden} needs more than {ROW_CHUNKS[-1]} chunks a thread with {threads} threads")
+    return _kernel(f"{name}_f16_c{chunks}"), (threads,)
+
+
 # -- launch plans: (kernel, grid, block, args) after every check ---------------------------------
 
 
@@ -66,7 +83,7 @@ def _plan_embed(token_ids, table, out):
     return _kernel("embed_f16"), (tokens,), (_row_threads(hidden),), args
 
 
-def _plan_rmsnorm(x, weight, eps, out):
+def _plan_rmsnorm(x, weight, eps, out, threads=None):
     check_array("x", x, np.float16, ndim=2)
     tokens, hidden = x.shape
     check_array("weight", weight, np.float16, shape=(hidden,))
@@ -76,10 +93,11 @@ def _plan_rmsnorm(x, weight, eps, out):
     for name, arr in (("x", x), ("weight", weight), ("out", out)):
         _check_aligned(name, arr)
     args = (x, weight, out, np.int32(hidden), np.float32(eps))
-    return _kernel("rmsnorm_f16"), (tokens,), (_row_threads(hidden),), args
+    kernel, block = _row_launch("rmsnorm", hidden, threads)
+    return kernel, (tokens,), block, args
 
 
-def _plan_add_rmsnorm(x, residual, weight, eps, out):
+def _plan_add_rmsnorm(x, residual, weight, eps, out, threads=None):
     check_array("x", x, np.float16, ndim=2)
     tokens, hidden = x.shape
     check_array("residual", residual, np.float16, shape=(tokens, hidden))
@@ -90,7 +108,8 @@ def _plan_add_rmsnorm(x, residual, weight, eps, out):
     for name, arr in (("x", x), ("residual", residual), ("weight", weight), ("out", out)):
         _check_aligned(name, arr)
     args = (x, residual, weight, out, np.int32(hidden), np.float32(eps))
-    return _kernel("add_rmsnorm_f16"), (tokens,), (_row_threads(hidden),), args
+    kernel, block = _row_launch("add_rmsnorm", hidden, threads)
+    return kernel, (tokens,), block, args
 
 
 def _plan_add(a, b, out):
@@ -106,7 +125,17 @@ def _plan_add(a, b, out):
     return _kernel("add_f16"), (grid,), (256,), (a, b, out, np.int64(a.size))
 
 
-def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm=True):
+def _qkv_wide_lanes(head_dim: int, arrays) -> int | None:
+    """Lanes per head of the 16-byte form, or None where only the narrow form applies (head_dim not
+    8 * a power of two up to 256, or an array off a 16-byte boundary)."""
+    lanes = head_dim // 8
+    if head_dim % 8 or lanes not in QKV_WIDE_LANES or any(arr.data.ptr % 16 for arr in arrays):
+        return None
+    return lanes
+
+
+def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm=True,
+                   form="auto", steps=QKV_WIDE_DEFAULT_STEPS):
     check_array("q_out", q_out, np.float16, ndim=3)
     tokens, q_heads, head_dim = q_out.shape
     check_array("k_cache", k_cache, np.float16, ndim=3)
@@ -135,6 +164,20 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
         _check_aligned("k_norm_w", k_norm_w, 2 * pairs_per_lane)
     else:
         q_norm_w = k_norm_w = qkv  # never read
+    if form not in ("auto", "wide", "narrow") or steps not in QKV_WIDE_STEPS:
+        raise ValueError(f"qkv_post: form must be auto, wide or narrow and steps one of {QKV_WIDE_STEPS}; got {form!r}, {steps}")
+    lanes = _qkv_wide_lanes(head_dim, (qkv, q_norm_w, k_norm_w, q_out, k_cache, v_cache)) if form != "narrow" else None
+    if form == "wide" and lanes is None:
+        raise ValueError(f"qkv_post: the 16-byte form needs head_dim in {[8 * n for n in QKV_WIDE_LANES]} and 16-byte aligned arrays")
+    if lanes is not None:
+        heads_per_warp = 32 // lanes * steps
+        warps = -(-heads // heads_per_warp)
+        if warps <= 32:
+            args = (
+                qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, np.int32(q_heads), np.int32(kv_heads),
+                np.int32(max_len), np.float32(eps), np.float64(math.log2(rope_theta)), np.int32(bool(qk_norm)),
+            )  # fmt: skip
+            return _kernel(f"qkv_post_l{lanes}_s{steps}"), (tokens,), (32 * warps,), args
     args = (
         qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache,
         np.int32(head_dim), np.int32(q_heads), np.int32(kv_heads), np.int32(max_len),
@@ -171,7 +214,8 @@ def add(a, b, out) -> None:
     kernel(grid, block, args)
 
 
-def qkv_post(qkv, q_norm_w, k_norm_w, eps: float, rope_theta: float, pos, q_out, k_cache, v_cache, qk_norm: bool = True) -> None:
+def qkv_post(qkv, q_norm_w, k_norm_w, eps: float, rope_theta: float, pos, q_out, k_cache, v_cache, qk_norm: bool = True,
+             form: str = "auto", steps: int = QKV_WIDE_DEFAULT_STEPS) -> None:
     """Attention prologue of one chunk: per-head RMSNorm of q and k (skipped when qk_norm is False),
     NeoX RoPE (rotate-half, inv_freq = theta^(-2i/D)) at position pos[0] + t, q to q_out, k and v
     appended to the caches at row pos[0] + t (rows outside [0, max_len) are not written).
@@ -179,8 +223,14 @@ def qkv_post(qkv, q_norm_w, k_norm_w, eps: float, rope_theta: float, pos, q_out,
     qkv fp16 [T, (Hq + 2*Hkv) * D] with columns [q heads | k heads | v heads]; q_norm_w, k_norm_w
     fp16 [D] (may be None when qk_norm is False); pos int32 [1] on the device; q_out fp16 [T, Hq, D];
     k_cache, v_cache fp16 [max_len, Hkv, D].
+
+    form "auto" runs the 16-byte form (one 16-byte chunk of a head per lane, `steps` heads per lane)
+    where D is 8 * a power of two up to 256 and every array is 16-byte aligned, else the narrow form;
+    "wide" / "narrow" force one (for tests and timing). Both rotate by the same cos/sin bits.
     """
-    kernel, grid, block, args = _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm)
+    kernel, grid, block, args = _plan_qkv_post(
+        qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm, form, steps
+    )
     kernel(grid, block, args)
 
 

@@ -5,11 +5,19 @@ Layouts (the contract with the expert GEMMs and the engine; R = T * k permuted r
   expert_offsets int32 [E + 1]: rows of expert e are [offsets[e], offsets[e + 1]), offsets[E] = R
   row_token int32 [R], row_weight fp32 [R]: token and router weight of permuted row r
   token_rows int32 [T, k]: the permuted row of (t, j)
-Rows of one expert are in increasing (t, j) order; all three kernels are deterministic bit for bit.
+Rows of one expert are in increasing (t, j) order; every kernel is deterministic bit for bit.
+
+The engine runs topk_count + permute_counted (top-k, then the permutation spread over every block
+instead of a few: same outputs as topk_softmax + build_permutation) and combine_rmsnorm (combine,
+then the next layer's RMSNorm of the new residual). topk_softmax, build_permutation and combine
+remain for other callers and as references; topk_permute (one launch, the last block permutes) is
+kept for comparison.
 
 Wrappers check dtypes, shapes and contiguity (ValueError naming them) and launch on the current
-stream without allocating, synchronizing or reading device memory: each is capture-safe, and needs
-no workspace (the permutation counts in registers; there is nothing to zero between replays).
+stream without allocating, synchronizing or reading device memory: each is capture-safe. Workspaces:
+topk_count's block_counts int32 [ceil(T / 16), E] (no zeroing needed: every entry is written), and
+topk_permute's one-int ticket, zero before its first launch and left at zero by every launch (one
+ticket per stream that launches it).
 """
 
 from __future__ import annotations
@@ -27,6 +35,19 @@ MAX_TOP_K = 16
 TOPK_WARPS_PER_BLOCK = 4
 PERM_EXPERTS_PER_BLOCK = 8  # EPB in kernels_cu/routing.cu
 PERM_THREADS = 1024
+COUNT_TOKENS = 16  # topk_count / permute_counted: tokens per block (kernels_cu/routing.cu)
+COUNT_THREADS = 32 * COUNT_TOKENS
+ROUTE_THREADS = 512  # topk_permute: tokens per block = ROUTE_THREADS / 32, and the permutation's tile
+ROUTE_WARPS = ROUTE_THREADS // 32
+COMBINE_THREADS = 256
+COMBINE_CHUNKS = (1, 2, 4)  # 16-byte chunks per thread combine_rmsnorm is built for
+MAX_COMBINE_NORM_HIDDEN = 8 * COMBINE_CHUNKS[-1] * COMBINE_THREADS  # 8192
+
+
+def _route_smem_bytes(experts: int, k: int) -> int:
+    """topk_permute's dynamic shared memory (kernels_cu/routing.cu permute_one_block): three int/float
+    arrays of ROUTE_THREADS * k items, mask u32[W][E], pre u16[W][E], base and tile_first int[E]."""
+    return 12 * ROUTE_THREADS * k + experts * (ROUTE_WARPS * 6 + 8)
 
 
 def _kernel(name: str):
@@ -93,9 +114,81 @@ def _plan_combine(y, token_rows, residual, out, topk_weights=None):
     else:
         check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
         weights, has_weights = topk_weights, 1
-    threads = min(256, max(32, -(-(hidden // 8) // 32) * 32))
+    threads = min(COMBINE_THREADS, max(32, -(-(hidden // 8) // 32) * 32))
     args = (y, token_rows, residual, out, weights, np.int32(has_weights), np.int32(y.shape[0]), np.int32(k), np.int32(hidden))
     return _kernel("combine_f16"), (tokens,), (threads,), args
+
+
+def _plan_topk_permute(logits, k: int, renormalize: bool, topk_ids, topk_weights, expert_offsets, row_token,
+                       row_weight, token_rows, ticket):
+    _, _, _, topk_args = _plan_topk_softmax(logits, k, renormalize, topk_ids, topk_weights)
+    tokens, experts = logits.shape
+    rows = tokens * k
+    check_array("expert_offsets", expert_offsets, np.int32, shape=(experts + 1,))
+    check_array("row_token", row_token, np.int32, shape=(rows,))
+    check_array("row_weight", row_weight, np.float32, shape=(rows,))
+    check_array("token_rows", token_rows, np.int32, shape=(tokens, k))
+    check_array("ticket", ticket, np.int32, shape=(1,))
+    per_lane = next(n for n in (4, 8, 16) if experts <= 32 * n)
+    # one limit for every (E, k), raised once when the kernel is first fetched (E = 512, k = 16: 151.5 KiB)
+    kernel = get_function(FAMILY, f"topk_permute_n{per_lane}", max_dynamic_smem=_route_smem_bytes(MAX_EXPERTS, MAX_TOP_K))
+    args = topk_args + (expert_offsets, row_token, row_weight, token_rows, ticket)
+    grid = -(-tokens // ROUTE_WARPS)
+    return kernel, (grid,), (ROUTE_THREADS,), args, _route_smem_bytes(experts, k)
+
+
+def count_blocks(tokens: int) -> int:
+    """Rows of the block_counts workspace topk_count fills for `tokens` tokens."""
+    return -(-tokens // COUNT_TOKENS)
+
+
+def _plan_topk_count(logits, k: int, renormalize: bool, topk_ids, topk_weights, token_rows, block_counts):
+    _, _, _, topk_args = _plan_topk_softmax(logits, k, renormalize, topk_ids, topk_weights)
+    tokens, experts = logits.shape
+    check_array("token_rows", token_rows, np.int32, shape=(tokens, k))
+    check_array("block_counts", block_counts, np.int32, shape=(count_blocks(tokens), experts))
+    per_lane = next(n for n in (4, 8, 16) if experts <= 32 * n)
+    args = topk_args[:-2] + (topk_ids, topk_weights, token_rows, block_counts)
+    return _kernel(f"topk_count_n{per_lane}"), (count_blocks(tokens),), (COUNT_THREADS,), args
+
+
+def _plan_permute_counted(topk_ids, topk_weights, block_counts, expert_offsets, row_token, row_weight, token_rows):
+    check_array("topk_ids", topk_ids, np.int32, ndim=2)
+    tokens, k = topk_ids.shape
+    rows = tokens * k
+    if rows < 1:
+        raise ValueError(f"permute_counted: topk_ids {tuple(topk_ids.shape)} has no rows")
+    check_array("block_counts", block_counts, np.int32, ndim=2)
+    experts = block_counts.shape[1]
+    check_array("block_counts", block_counts, np.int32, shape=(count_blocks(tokens), experts))
+    if not 1 <= experts <= MAX_EXPERTS or not 1 <= k <= MAX_TOP_K:
+        raise ValueError(f"permute_counted: need 1 <= E <= {MAX_EXPERTS} and 1 <= k <= {MAX_TOP_K}, got E={experts}, k={k}")
+    check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
+    check_array("expert_offsets", expert_offsets, np.int32, shape=(experts + 1,))
+    check_array("row_token", row_token, np.int32, shape=(rows,))
+    check_array("row_weight", row_weight, np.float32, shape=(rows,))
+    check_array("token_rows", token_rows, np.int32, shape=(tokens, k))
+    args = (
+        topk_ids, topk_weights, block_counts, np.int32(tokens), np.int32(k), np.int32(experts),
+        expert_offsets, row_token, row_weight, token_rows,
+    )  # fmt: skip
+    return _kernel("permute_counted_i32"), (count_blocks(tokens),), (COUNT_THREADS,), args
+
+
+def _plan_combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps, normed, topk_weights=None):
+    kernel, grid, block, args = _plan_combine(y, token_rows, residual, out, topk_weights)
+    tokens, hidden = residual.shape
+    check_array("norm_weight", norm_weight, np.float16, shape=(hidden,))
+    check_array("normed", normed, np.float16, shape=(tokens, hidden))
+    for name, arr in (("norm_weight", norm_weight), ("normed", normed)):
+        if arr.data.ptr % 16:
+            raise ValueError(f"{name} must start on a 16-byte boundary, got address {arr.data.ptr:#x}")
+    if hidden > MAX_COMBINE_NORM_HIDDEN:
+        raise ValueError(f"combine_rmsnorm: hidden size must be <= {MAX_COMBINE_NORM_HIDDEN}, got residual {tuple(residual.shape)}")
+    per_thread = -(-(hidden // 8) // block[0])
+    chunks = next(c for c in COMBINE_CHUNKS if c >= per_thread)
+    args = args + (norm_weight, normed, np.float32(eps))
+    return _kernel(f"combine_rmsnorm_f16_c{chunks}"), grid, block, args
 
 
 def topk_softmax(logits, k: int, renormalize: bool, topk_ids, topk_weights) -> None:
@@ -129,14 +222,57 @@ def combine(y, token_rows, residual, out, topk_weights=None) -> None:
     kernel(grid, block, args)
 
 
+def topk_permute(logits, k: int, renormalize: bool, topk_ids, topk_weights, expert_offsets, row_token, row_weight,
+                 token_rows, ticket) -> None:
+    """topk_softmax then build_permutation (E = logits.shape[1]) in one launch, with the same outputs bit
+    for bit. ticket int32 [1] on the device: 0 before the first launch, left 0 by every launch; one per
+    stream that launches this (two launches in flight on one ticket would mix their counts)."""
+    kernel, grid, block, args, smem = _plan_topk_permute(
+        logits, k, renormalize, topk_ids, topk_weights, expert_offsets, row_token, row_weight, token_rows, ticket
+    )
+    kernel(grid, block, args, shared_mem=smem)
+
+
+def topk_count(logits, k: int, renormalize: bool, topk_ids, topk_weights, token_rows, block_counts) -> None:
+    """topk_softmax (same outputs, bit for bit), plus the first half of the permutation for
+    permute_counted: per block of COUNT_TOKENS tokens, block_counts int32 [ceil(T / 16), E] gets each
+    expert's count, and token_rows [T, k] each (t, j)'s rank among the block's rows of its expert."""
+    kernel, grid, block, args = _plan_topk_count(logits, k, renormalize, topk_ids, topk_weights, token_rows, block_counts)
+    kernel(grid, block, args)
+
+
+def permute_counted(topk_ids, topk_weights, block_counts, expert_offsets, row_token, row_weight, token_rows) -> None:
+    """The permutation from topk_count's counts and ranks (run right after it on the same arrays): the
+    outputs of build_permutation (E = block_counts.shape[1]), bit for bit; token_rows is overwritten
+    with the rows."""
+    kernel, grid, block, args = _plan_permute_counted(
+        topk_ids, topk_weights, block_counts, expert_offsets, row_token, row_weight, token_rows
+    )
+    kernel(grid, block, args)
+
+
+def combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps: float, normed, topk_weights=None) -> None:
+    """combine(y, token_rows, residual, out, topk_weights), then normed = rmsnorm(out, norm_weight, eps) of the
+    FP16 row just stored: the next layer's attention norm in the same launch. H <= 8192; norm_weight fp16
+    [H], normed fp16 [T, H]."""
+    kernel, grid, block, args = _plan_combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps, normed, topk_weights)
+    kernel(grid, block, args)
+
+
 _PLANS = {
     topk_softmax: _plan_topk_softmax,
     build_permutation: _plan_build_permutation,
     combine: _plan_combine,
+    combine_rmsnorm: _plan_combine_rmsnorm,
+    topk_count: _plan_topk_count,
+    permute_counted: _plan_permute_counted,
 }
 
 
 def prepare(op, *args, **kwargs):
     """Check `op(*args, **kwargs)` once and return a no-argument callable that launches it (see ops.prepare)."""
+    if op is topk_permute:
+        kernel, grid, block, kargs, smem = _plan_topk_permute(*args, **kwargs)
+        return functools.partial(kernel, grid, block, kargs, shared_mem=smem)
     kernel, grid, block, kargs = _PLANS[op](*args, **kwargs)
     return functools.partial(kernel, grid, block, kargs)
