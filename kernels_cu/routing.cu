@@ -7,11 +7,13 @@
 //   row_token int32 [R], row_weight fp32 [R]: the token and router weight of permuted row r
 //   token_rows int32 [T, k]: the permuted row of (t, j)
 // Rows of one expert are in increasing (t, j) order (a stable counting sort), so the permutation is
-// the same on every run. Every reduction runs in a fixed order and the only global atomic is
-// topk_permute's block ticket (which block finishes last changes nothing it writes): every kernel is
-// deterministic bit for bit, and capture-safe (fixed grids, no host reads).
-// Fused forms the engine runs: topk_permute (topk_softmax + build_permutation in one launch) and
-// combine_rmsnorm (combine + the next layer's RMSNorm of the new residual).
+// the same on every run. No atomics on global memory and every reduction in a fixed order: every
+// kernel is deterministic bit for bit, and capture-safe (fixed grids, no host reads).
+// The engine runs topk_count + permute_counted (top-k, then the permutation spread over every block;
+// the outputs of topk_softmax + build_permutation) and combine_rmsnorm (combine + the next layer's
+// RMSNorm of the new residual). A one-launch form whose last block (by an atomic ticket) built the
+// whole permutation measured slower than these two launches (9.0 vs 7.7 us at T=512 on the H100,
+// results/small_ops_h100.md, commit 6ca327a): one SM's serial phases cost more than a launch.
 #include "common.cuh"
 #include "vec16.cuh"
 
@@ -215,38 +217,6 @@ __device__ __forceinline__ void build_permutation_impl(const int *__restrict__ t
     }
 }
 
-// Fused router top-k and expert permutation: topk_permute. Phase 1 is topk_token, one warp per
-// token, ROUTE_WARPS tokens a block. Each block then fences its writes and takes a ticket
-// (atomicInc wrapping at gridDim.x - 1, so the counter is back at 0 after every launch); the block
-// that draws the last ticket sees every block's top-k in L2 and builds the permutation alone, in
-// tiles of up to ROUTE_THREADS tokens (one token per thread). Which block is last varies run to
-// run; what it writes does not.
-//
-// One tile: the experts of one token are distinct (top-k picks each once), so the rows the tile
-// sends to expert e are a bit mask over its tokens: word w of expert e (shared, [w][e]: a warp's
-// atomicOr of distinct experts rarely share a bank) holds warp w's tokens. A token's row in expert e
-// is base[e] (rows of e in earlier tiles and of lower experts) + the popcounts of e's earlier words
-// (pre) + the popcount of its own word below its lane: increasing (t, j) order within every expert,
-// exactly build_permutation's rows. One SM writing 3 * T * k scattered 4-byte words would take one
-// L2 request each, so every global access is staged through shared memory instead: the tile's ids
-// and weights come in as contiguous spans, token_rows goes out as one, and the rows themselves are
-// written in tile-local row order (lrow = the tile's rows grouped by expert), which maps onto E runs
-// of consecutive global rows.
-constexpr int ROUTE_THREADS = 512;
-constexpr int ROUTE_WARPS = ROUTE_THREADS / 32;
-constexpr int MAX_K = 16;  // routing.py MAX_TOP_K
-
-__device__ __forceinline__ int ld_cg_i32(const int *p) {
-    int v;
-    asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(v) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ float ld_cg_f32(const float *p) {
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
-
 // Exclusive scan over the block of one int per thread (thread order); `total` gets the block sum.
 __device__ __forceinline__ int block_exclusive_scan(int v, int *warp_sums /* [32] shared */, int &total) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -272,152 +242,6 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int *warp_sums /* [32
     const int result = inclusive - v + (warp > 0 ? warp_sums[warp - 1] : 0);
     __syncthreads();  // warp_sums may be reused
     return result;
-}
-
-// The permutation, by one block of ROUTE_THREADS threads (see above). experts <= ROUTE_THREADS:
-// thread e owns expert e's base and tile counts. Dynamic shared memory (routing.py
-// _route_smem_bytes), I = ROUTE_THREADS * k items a tile:
-//   slot[I] int     the tile's expert ids, then each item's global row (token_rows, staged)
-//   wt[I] float     the tile's router weights
-//   order[I] int    by tile-local row: (expert << 16) | item
-//   mask[W][E] u32, pre[W][E] u16, base[E] int, tile_first[E] int (first tile-local row of e)
-__device__ __forceinline__ void permute_one_block(const int *__restrict__ topk_ids,
-                                                  const float *__restrict__ topk_weights, int tokens, int k,
-                                                  int experts, int *__restrict__ expert_offsets,
-                                                  int *__restrict__ row_token, float *__restrict__ row_weight,
-                                                  int *__restrict__ token_rows, unsigned char *smem) {
-    constexpr int W = ROUTE_WARPS;
-    __shared__ int warp_sums[32];
-    const int items_max = ROUTE_THREADS * k;
-    int *slot = reinterpret_cast<int *>(smem);
-    float *wt = reinterpret_cast<float *>(slot + items_max);
-    int *order = reinterpret_cast<int *>(wt + items_max);
-    unsigned *mask = reinterpret_cast<unsigned *>(order + items_max);
-    int *base = reinterpret_cast<int *>(mask + W * experts);
-    int *tile_first = base + experts;
-    unsigned short *pre = reinterpret_cast<unsigned short *>(tile_first + experts);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const bool one_tile = tokens <= ROUTE_THREADS;
-    int my_base = 0, total = 0;
-    if (!one_tile) {  // several tiles: the per-expert counts of every item first, for base
-        for (int e = tid; e < experts; e += ROUTE_THREADS) base[e] = 0;
-        __syncthreads();
-        const int items = tokens * k;
-        for (int i0 = 0; i0 < items; i0 += ROUTE_THREADS * 8) {
-            int e[8];
-#pragma unroll
-            for (int m = 0; m < 8; ++m) {
-                const int i = i0 + m * ROUTE_THREADS + tid;
-                e[m] = i < items ? ld_cg_i32(topk_ids + i) : -1;
-            }
-#pragma unroll
-            for (int m = 0; m < 8; ++m)
-                if (e[m] >= 0) atomicAdd(&base[e[m]], 1);
-        }
-        __syncthreads();
-        const int count = tid < experts ? base[tid] : 0;
-        my_base = block_exclusive_scan(count, warp_sums, total);
-        if (tid < experts) expert_offsets[tid] = my_base;
-        if (tid == 0) expert_offsets[experts] = total;
-    }
-    for (int tile = 0; tile < tokens; tile += ROUTE_THREADS) {
-        const int tile_tokens = min(ROUTE_THREADS, tokens - tile), tile_items = tile_tokens * k;
-        const size_t first_item = (size_t)tile * k;
-        for (int m0 = 0; m0 < k; m0 += 8) {  // stage ids and weights: contiguous spans, 16 loads in flight
-            int id_v[8];
-            float w_v[8];
-#pragma unroll
-            for (int m = 0; m < 8; ++m) {
-                const int i = (m0 + m) * ROUTE_THREADS + tid;
-                if (m0 + m < k && i < tile_items) {
-                    id_v[m] = ld_cg_i32(topk_ids + first_item + i);
-                    w_v[m] = ld_cg_f32(topk_weights + first_item + i);
-                }
-            }
-#pragma unroll
-            for (int m = 0; m < 8; ++m) {
-                const int i = (m0 + m) * ROUTE_THREADS + tid;
-                if (m0 + m < k && i < tile_items) {
-                    slot[i] = id_v[m];
-                    wt[i] = w_v[m];
-                }
-            }
-        }
-        for (int i = tid; i < experts * W; i += ROUTE_THREADS) mask[i] = 0u;
-        __syncthreads();
-        const bool valid = tid < tile_tokens;
-        int id[MAX_K];
-#pragma unroll
-        for (int j = 0; j < MAX_K; ++j) id[j] = (valid && j < k) ? slot[tid * k + j] : 0;
-#pragma unroll
-        for (int j = 0; j < MAX_K; ++j)
-            if (valid && j < k) atomicOr(&mask[warp * experts + id[j]], 1u << lane);
-        __syncthreads();
-        int tile_count = 0;
-        if (tid < experts) {
-#pragma unroll
-            for (int w = 0; w < W; ++w) {
-                pre[w * experts + tid] = (unsigned short)tile_count;
-                tile_count += __popc(mask[w * experts + tid]);
-            }
-        }
-        int tile_total;
-        const int first_lrow = block_exclusive_scan(tile_count, warp_sums, tile_total);
-        if (one_tile) {  // the tile is every token: its counts give the offsets
-            my_base = first_lrow;
-            if (tid < experts) expert_offsets[tid] = my_base;
-            if (tid == 0) expert_offsets[experts] = tile_total;
-        }
-        if (tid < experts) {
-            base[tid] = my_base;
-            tile_first[tid] = first_lrow;
-        }
-        __syncthreads();
-        if (valid) {
-            const unsigned below = (1u << lane) - 1u;
-#pragma unroll
-            for (int j = 0; j < MAX_K; ++j) {
-                if (j < k) {
-                    const int e = id[j], word = warp * experts + e;
-                    const int rank = pre[word] + __popc(mask[word] & below);
-                    order[tile_first[e] + rank] = (e << 16) | (tid * k + j);
-                    slot[tid * k + j] = base[e] + rank;  // this item's global row
-                }
-            }
-        }
-        __syncthreads();
-        for (int lrow = tid; lrow < tile_items; lrow += ROUTE_THREADS) {
-            const int packed = order[lrow], e = packed >> 16, item = packed & 0xffff;
-            const int row = base[e] + lrow - tile_first[e];
-            row_token[row] = tile + item / k;
-            row_weight[row] = wt[item];
-        }
-        for (int i = tid; i < tile_items; i += ROUTE_THREADS) token_rows[first_item + i] = slot[i];
-        my_base += tile_count;
-        __syncthreads();  // before the next tile overwrites the staging arrays
-    }
-}
-
-template <int NPL>
-__device__ __forceinline__ void topk_permute_impl(const half_t *__restrict__ logits, int tokens, int experts, int k,
-                                                  int renormalize, int *__restrict__ topk_ids,
-                                                  float *__restrict__ topk_weights, int *__restrict__ expert_offsets,
-                                                  int *__restrict__ row_token, float *__restrict__ row_weight,
-                                                  int *__restrict__ token_rows, unsigned *__restrict__ ticket) {
-    extern __shared__ __align__(16) unsigned char route_smem[];
-    __shared__ int is_last;
-    const int token = blockIdx.x * ROUTE_WARPS + (threadIdx.x >> 5);
-    if (token < tokens) topk_token<NPL>(logits, token, experts, k, renormalize, topk_ids, topk_weights);
-    __syncthreads();
-    if (threadIdx.x == 0) {  // one cumulative fence per block (as a grid sync does): the block's top-k before its ticket
-        __threadfence();
-        is_last = atomicInc(ticket, gridDim.x - 1) == gridDim.x - 1;
-        if (is_last) __threadfence();
-    }
-    __syncthreads();
-    if (!is_last) return;
-    permute_one_block(topk_ids, topk_weights, tokens, k, experts, expert_offsets, row_token, row_weight, token_rows,
-                      route_smem);
 }
 
 // combine: the token's k rows (a bad row -> -1: adds nothing, never reads out of bounds) and weights
@@ -683,21 +507,5 @@ __global__ void __launch_bounds__(COUNT_THREADS)
                          row_weight, token_rows);
 }
 
-// topk_permute_n{4,8,16}: grid ceil(T / ROUTE_WARPS) blocks of ROUTE_THREADS threads; dynamic shared
-// memory E * (4 + ROUTE_WARPS * 6) bytes (routing.py); *ticket must be 0 before the first launch and
-// is 0 after every launch. See topk_permute_impl.
-#define TOPK_PERMUTE(NPL)                                                                                          \
-    __global__ void __launch_bounds__(ROUTE_THREADS) topk_permute_n##NPL(                                           \
-        const half_t *__restrict__ logits, int tokens, int experts, int k, int renormalize,                        \
-        int *__restrict__ topk_ids, float *__restrict__ topk_weights, int *__restrict__ expert_offsets,            \
-        int *__restrict__ row_token, float *__restrict__ row_weight, int *__restrict__ token_rows,                 \
-        unsigned *__restrict__ ticket) {                                                                           \
-        topk_permute_impl<NPL>(logits, tokens, experts, k, renormalize, topk_ids, topk_weights, expert_offsets,    \
-                               row_token, row_weight, token_rows, ticket);                                         \
-    }
-TOPK_PERMUTE(4)
-TOPK_PERMUTE(8)
-TOPK_PERMUTE(16)
-#undef TOPK_PERMUTE
 
 }  // extern "C"

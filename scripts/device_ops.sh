@@ -4,9 +4,9 @@
 # T=2048. Time per launch = CUDA-event time of a replayed graph of ~200 launches of the op / launches,
 # rotating over enough buffer sets that the working set is >= 3x the 50 MB L2 (median_us: no
 # cache-resident numbers), and again on one set (hot_us: inputs in L2, as in the engine where the
-# producer just wrote them). Unfused forms sit next to the fused ones (topk_softmax +
-# build_permutation vs topk_permute vs topk_count + permute_counted (one row, both launches),
-# combine + rmsnorm vs combine_rmsnorm, qkv_post narrow vs wide).
+# producer just wrote them). The reference forms sit next to the engine's (topk_softmax +
+# build_permutation vs topk_count + permute_counted (one row, both launches), combine + rmsnorm vs
+# combine_rmsnorm, qkv_post narrow vs wide).
 # Also host time per eager call, through the wrapper and through a prepared launcher.
 # Usage (device machine): bash scripts/device_ops.sh   -> logs under $OUT (or /tmp/device_ops)
 set -uo pipefail
@@ -88,13 +88,6 @@ def case_permute(T):
     return routing, routing.build_permutation, args, R * 8 + R * 12
 
 
-def case_topk_permute(T):
-    R = T * K
-    args = (f16((T, E)), K, True, cp.empty((T, K), cp.int32), cp.empty((T, K), cp.float32), cp.empty(E + 1, cp.int32),
-            cp.empty(R, cp.int32), cp.empty(R, cp.float32), cp.empty((T, K), cp.int32), cp.zeros(1, cp.int32))
-    return routing, routing.topk_permute, args, T * E * 2 + T * K * 8 + R * 8 + R * 12
-
-
 class _TwoLaunches:
     """time_case's `module` for topk_count + permute_counted: one "launch" is both kernels."""
 
@@ -152,7 +145,7 @@ CASES = [
     ("add", case_add),
     ("qkv_post/narrow", lambda T: case_qkv_post(T, "narrow")), ("qkv_post/wide_s2", lambda T: case_qkv_post(T, "wide", 2)),
     ("qkv_post/wide_s4", lambda T: case_qkv_post(T, "wide", 4)), ("qkv_post/wide_s8", lambda T: case_qkv_post(T, "wide", 8)),
-    ("topk_softmax", case_topk), ("build_permutation", case_permute), ("topk_permute", case_topk_permute),
+    ("topk_softmax", case_topk), ("build_permutation", case_permute),
     ("topk_count+permute", case_topk_count_permute),
     ("combine", case_combine), ("combine+w", case_combine_w), ("combine_rmsnorm", case_combine_rmsnorm),
 ]

@@ -1,7 +1,7 @@
 """kernels/routing: float64 NumPy oracles (reused by the reference forward), wrapper checks, and on the
-GPU top-k, the permutation (exact, stable, deterministic) and combine against the oracles, the fused
-forms (topk_permute, combine_rmsnorm) against the unfused ones, edge cases and a global-mode capture
-replayed with new router logits."""
+GPU top-k, the permutation (exact, stable, deterministic) and combine against the oracles, the
+engine's forms (topk_count + permute_counted, combine_rmsnorm) against the reference ones, edge cases
+and global-mode captures replayed with new router logits."""
 
 import numpy as np
 import pytest
@@ -94,11 +94,6 @@ def test_host_arrays_are_rejected_with_value_error():
     with pytest.raises(ValueError, match="cupy device array"):
         routing.combine(np.zeros((8, 16), np.float16), ids, np.zeros((4, 16), np.float16), np.zeros((4, 16), np.float16))
     with pytest.raises(ValueError, match="cupy device array"):
-        routing.topk_permute(
-            np.zeros((4, 8), np.float16), 2, True, ids, np.zeros((4, 2), np.float32), np.zeros(9, np.int32),
-            np.zeros(8, np.int32), np.zeros(8, np.float32), ids, np.zeros(1, np.int32),
-        )  # fmt: skip
-    with pytest.raises(ValueError, match="cupy device array"):
         routing.topk_count(np.zeros((4, 8), np.float16), 2, True, ids, np.zeros((4, 2), np.float32), ids, np.zeros((1, 8), np.int32))
     with pytest.raises(ValueError, match="cupy device array"):
         routing.permute_counted(
@@ -115,13 +110,6 @@ def test_host_arrays_are_rejected_with_value_error():
 def test_count_blocks_cover_every_token_and_one_thread_per_expert():
     assert [routing.count_blocks(t) for t in (1, 16, 17, 512)] == [1, 1, 2, 32]
     assert routing.MAX_EXPERTS <= routing.COUNT_THREADS  # permute_counted: thread e owns expert e
-
-
-def test_route_shared_memory_fits_the_largest_expert_count():
-    # the last block's permutation: thread e owns expert e, and E = 512 needs the opt-in above 48 KiB
-    assert routing.MAX_EXPERTS <= routing.ROUTE_THREADS
-    assert routing._route_smem_bytes(routing.MAX_EXPERTS, routing.MAX_TOP_K) <= 227 * 1024  # H100 opt-in limit
-    assert routing.ROUTE_THREADS * routing.MAX_TOP_K <= 1 << 16  # tile items fit the 16-bit field of `order`
 
 
 # -- GPU -------------------------------------------------------------------------------------
@@ -341,55 +329,7 @@ def test_global_capture_replays_with_new_router_logits(prepared):
             assert rel_err(residual.get(), ref) <= REL_ERR_FP16
 
 
-# -- fused forms -----------------------------------------------------------------------------
-
-
-def _topk_permute(b, logits, k, renormalize, ticket):
-    routing.topk_permute(
-        logits, k, renormalize, b["topk_ids"], b["topk_weights"], b["expert_offsets"], b["row_token"],
-        b["row_weight"], b["token_rows"], ticket,
-    )  # fmt: skip
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize(
-    "tokens,experts,k,renormalize",
-    [(1, 128, 8, True), (512, 128, 8, True), (513, 128, 8, True), (2048, 128, 8, True), (64, 128, 8, False),
-     (40, 256, 8, True), (300, 512, 16, True), (1100, 512, 16, False), (50, 8, 2, True), (7, 40, 3, False)],
-)  # fmt: skip
-def test_topk_permute_equals_topk_then_permutation(tokens, experts, k, renormalize):
-    cp, rng = _cp(), np.random.default_rng(tokens * 3 + experts)
-    logits = cp.asarray((rng.standard_normal((tokens, experts)) * 2).astype(np.float16))
-    ticket = cp.zeros(1, cp.int32)
-    fused, apart = _routing_buffers(tokens, k, experts), _routing_buffers(tokens, k, experts)
-    _topk_permute(fused, logits, k, renormalize, ticket)
-    routing.topk_softmax(logits, k, renormalize, apart["topk_ids"], apart["topk_weights"])
-    _permute(apart, experts)
-    got, want = _host(fused), _host(apart)
-    for name in want:  # bit for bit: same top-k code, same stable order
-        np.testing.assert_array_equal(got[name].view(np.uint32), want[name].view(np.uint32), err_msg=name)
-    ids, weights = topk_softmax_ref(logits.get(), k, renormalize)
-    np.testing.assert_array_equal(got["topk_ids"], ids)
-    np.testing.assert_allclose(got["topk_weights"], weights, rtol=1e-5)
-    _assert_permutation(got, experts)
-    assert int(ticket.get()[0]) == 0  # left at zero for the next launch
-
-
-@pytest.mark.gpu
-def test_topk_permute_ticket_serves_launches_of_any_length_and_ties():
-    cp, rng = _cp(), np.random.default_rng(21)
-    experts, k = 128, 8
-    ticket = cp.zeros(1, cp.int32)
-    for tokens in (96, 16, 1000, 3, 512):  # grids of 6, 1, 63, 1 and 32 blocks on one ticket
-        logits_h = rng.integers(-2, 3, (tokens, experts)).astype(np.float16)  # ties everywhere
-        b = _routing_buffers(tokens, k, experts)
-        _topk_permute(b, cp.asarray(logits_h), k, True, ticket)
-        h = _host(b)
-        ids, weights = topk_softmax_ref(logits_h, k, True)
-        np.testing.assert_array_equal(h["topk_ids"], ids)
-        np.testing.assert_allclose(h["topk_weights"], weights, rtol=1e-5)
-        _assert_permutation(h, experts)
-        assert int(ticket.get()[0]) == 0
+# -- combine + RMSNorm (the engine's) ---------------------------------------------------
 
 
 @pytest.mark.gpu
@@ -416,67 +356,14 @@ def test_combine_rmsnorm_is_combine_then_rmsnorm(tokens, k, hidden, weighted):
 
 
 @pytest.mark.gpu
-def test_fused_wrappers_reject_bad_shapes():
+def test_combine_rmsnorm_rejects_bad_shapes():
     cp = _cp()
     b = _routing_buffers(4, 2, 8)
-    logits = cp.zeros((4, 8), cp.float16)
-    with pytest.raises(ValueError, match="ticket"):
-        _topk_permute(b, logits, 2, True, cp.zeros(2, cp.int32))
-    with pytest.raises(ValueError, match="ticket"):
-        _topk_permute(b, logits, 2, True, cp.zeros(1, cp.int64))
-    with pytest.raises(ValueError, match="expert_offsets"):
-        _topk_permute(b, cp.zeros((4, 16), cp.float16), 2, True, cp.zeros(1, cp.int32))
     y, residual = cp.zeros((8, 16), cp.float16), cp.zeros((4, 16), cp.float16)
     with pytest.raises(ValueError, match="normed"):
         routing.combine_rmsnorm(y, b["token_rows"], residual, residual, cp.zeros(16, cp.float16), 1e-6, cp.zeros((4, 8), cp.float16))
     with pytest.raises(ValueError, match="norm_weight"):
         routing.combine_rmsnorm(y, b["token_rows"], residual, residual, cp.zeros(8, cp.float16), 1e-6, cp.zeros((4, 16), cp.float16))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("prepared", [False, True])
-def test_global_capture_of_the_fused_forms_replays_with_new_router_logits(prepared):
-    cp = _cp()
-    rng = np.random.default_rng(14)
-    tokens, experts, k, hidden = 600, 128, 8, 256  # two tiles in the last block
-    logits = cp.zeros((tokens, experts), cp.float16)
-    ticket = cp.zeros(1, cp.int32)
-    b = _routing_buffers(tokens, k, experts)
-    y = cp.asarray(rng.standard_normal((tokens * k, hidden)).astype(np.float16))
-    residual = cp.empty((tokens, hidden), cp.float16)
-    normed = cp.empty((tokens, hidden), cp.float16)
-    norm_w = cp.asarray((1.0 + 0.2 * rng.standard_normal(hidden)).astype(np.float16))
-    route_args = (logits, k, True, b["topk_ids"], b["topk_weights"], b["expert_offsets"], b["row_token"],
-                  b["row_weight"], b["token_rows"], ticket)  # fmt: skip
-    calls = [
-        (routing.topk_permute, route_args),
-        (routing.combine_rmsnorm, (y, b["token_rows"], residual, residual, norm_w, 1e-6, normed, b["topk_weights"])),
-    ]
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        graph = capture_global(stream, calls, routing.prepare if prepared else None)
-        for _ in range(3):
-            logits_h = (rng.standard_normal((tokens, experts)) * 2).astype(np.float16)
-            residual_h = rng.standard_normal((tokens, hidden)).astype(np.float16)
-            logits.set(logits_h, stream=stream)
-            residual.set(residual_h, stream=stream)
-            for name in ("expert_offsets", "row_token", "token_rows"):
-                b[name].fill(-7)
-            b["row_weight"].fill(cp.nan)
-            normed.fill(cp.nan)
-            graph.launch(stream=stream)
-            stream.synchronize()
-            h = _host(b)
-            ids, weights = topk_softmax_ref(logits_h, k, True)
-            np.testing.assert_array_equal(h["topk_ids"], ids)
-            np.testing.assert_allclose(h["topk_weights"], weights, rtol=1e-5)
-            _assert_permutation(h, experts)
-            ref = combine_ref(y.get(), h["token_rows"], residual_h, h["topk_weights"])
-            assert rel_err(residual.get(), ref) <= REL_ERR_FP16
-            new_residual = residual.get().astype(np.float64)
-            normed_ref = new_residual / np.sqrt(np.mean(new_residual**2, axis=-1, keepdims=True) + 1e-6) * norm_w.get()
-            assert rel_err(normed.get(), normed_ref) <= REL_ERR_FP16
-            assert int(ticket.get()[0]) == 0
 
 
 # -- two-launch permutation (the engine's) ---------------------------------------------------

@@ -10,14 +10,12 @@ Rows of one expert are in increasing (t, j) order; every kernel is deterministic
 The engine runs topk_count + permute_counted (top-k, then the permutation spread over every block
 instead of a few: same outputs as topk_softmax + build_permutation) and combine_rmsnorm (combine,
 then the next layer's RMSNorm of the new residual). topk_softmax, build_permutation and combine
-remain for other callers and as references; topk_permute (one launch, the last block permutes) is
-kept for comparison.
+remain for other callers and as references.
 
 Wrappers check dtypes, shapes and contiguity (ValueError naming them) and launch on the current
-stream without allocating, synchronizing or reading device memory: each is capture-safe. Workspaces:
-topk_count's block_counts int32 [ceil(T / 16), E] (no zeroing needed: every entry is written), and
-topk_permute's one-int ticket, zero before its first launch and left at zero by every launch (one
-ticket per stream that launches it).
+stream without allocating, synchronizing or reading device memory: each is capture-safe. The one
+workspace is topk_count's block_counts int32 [ceil(T / 16), E] (no zeroing needed: every entry is
+written).
 """
 
 from __future__ import annotations
@@ -37,17 +35,9 @@ PERM_EXPERTS_PER_BLOCK = 8  # EPB in kernels_cu/routing.cu
 PERM_THREADS = 1024
 COUNT_TOKENS = 16  # topk_count / permute_counted: tokens per block (kernels_cu/routing.cu)
 COUNT_THREADS = 32 * COUNT_TOKENS
-ROUTE_THREADS = 512  # topk_permute: tokens per block = ROUTE_THREADS / 32, and the permutation's tile
-ROUTE_WARPS = ROUTE_THREADS // 32
 COMBINE_THREADS = 256
 COMBINE_CHUNKS = (1, 2, 4)  # 16-byte chunks per thread combine_rmsnorm is built for
 MAX_COMBINE_NORM_HIDDEN = 8 * COMBINE_CHUNKS[-1] * COMBINE_THREADS  # 8192
-
-
-def _route_smem_bytes(experts: int, k: int) -> int:
-    """topk_permute's dynamic shared memory (kernels_cu/routing.cu permute_one_block): three int/float
-    arrays of ROUTE_THREADS * k items, mask u32[W][E], pre u16[W][E], base and tile_first int[E]."""
-    return 12 * ROUTE_THREADS * k + experts * (ROUTE_WARPS * 6 + 8)
 
 
 def _kernel(name: str):
@@ -117,24 +107,6 @@ def _plan_combine(y, token_rows, residual, out, topk_weights=None):
     threads = min(COMBINE_THREADS, max(32, -(-(hidden // 8) // 32) * 32))
     args = (y, token_rows, residual, out, weights, np.int32(has_weights), np.int32(y.shape[0]), np.int32(k), np.int32(hidden))
     return _kernel("combine_f16"), (tokens,), (threads,), args
-
-
-def _plan_topk_permute(logits, k: int, renormalize: bool, topk_ids, topk_weights, expert_offsets, row_token,
-                       row_weight, token_rows, ticket):
-    _, _, _, topk_args = _plan_topk_softmax(logits, k, renormalize, topk_ids, topk_weights)
-    tokens, experts = logits.shape
-    rows = tokens * k
-    check_array("expert_offsets", expert_offsets, np.int32, shape=(experts + 1,))
-    check_array("row_token", row_token, np.int32, shape=(rows,))
-    check_array("row_weight", row_weight, np.float32, shape=(rows,))
-    check_array("token_rows", token_rows, np.int32, shape=(tokens, k))
-    check_array("ticket", ticket, np.int32, shape=(1,))
-    per_lane = next(n for n in (4, 8, 16) if experts <= 32 * n)
-    # one limit for every (E, k), raised once when the kernel is first fetched (E = 512, k = 16: 151.5 KiB)
-    kernel = get_function(FAMILY, f"topk_permute_n{per_lane}", max_dynamic_smem=_route_smem_bytes(MAX_EXPERTS, MAX_TOP_K))
-    args = topk_args + (expert_offsets, row_token, row_weight, token_rows, ticket)
-    grid = -(-tokens // ROUTE_WARPS)
-    return kernel, (grid,), (ROUTE_THREADS,), args, _route_smem_bytes(experts, k)
 
 
 def count_blocks(tokens: int) -> int:
@@ -222,17 +194,6 @@ def combine(y, token_rows, residual, out, topk_weights=None) -> None:
     kernel(grid, block, args)
 
 
-def topk_permute(logits, k: int, renormalize: bool, topk_ids, topk_weights, expert_offsets, row_token, row_weight,
-                 token_rows, ticket) -> None:
-    """topk_softmax then build_permutation (E = logits.shape[1]) in one launch, with the same outputs bit
-    for bit. ticket int32 [1] on the device: 0 before the first launch, left 0 by every launch; one per
-    stream that launches this (two launches in flight on one ticket would mix their counts)."""
-    kernel, grid, block, args, smem = _plan_topk_permute(
-        logits, k, renormalize, topk_ids, topk_weights, expert_offsets, row_token, row_weight, token_rows, ticket
-    )
-    kernel(grid, block, args, shared_mem=smem)
-
-
 def topk_count(logits, k: int, renormalize: bool, topk_ids, topk_weights, token_rows, block_counts) -> None:
     """topk_softmax (same outputs, bit for bit), plus the first half of the permutation for
     permute_counted: per block of COUNT_TOKENS tokens, block_counts int32 [ceil(T / 16), E] gets each
@@ -271,8 +232,5 @@ _PLANS = {
 
 def prepare(op, *args, **kwargs):
     """Check `op(*args, **kwargs)` once and return a no-argument callable that launches it (see ops.prepare)."""
-    if op is topk_permute:
-        kernel, grid, block, kargs, smem = _plan_topk_permute(*args, **kwargs)
-        return functools.partial(kernel, grid, block, kargs, shared_mem=smem)
     kernel, grid, block, kargs = _PLANS[op](*args, **kwargs)
     return functools.partial(kernel, grid, block, kargs)
