@@ -265,6 +265,7 @@ def _metadata() -> dict:
 def run_gemm_bench(models, shapes, ms, reps: int, policy: str, variants=(), progress=None) -> GemmReport:
     from impbench.device import require_cuda
     from impbench.kernels import gemm
+    from impbench.kernels._launch import no_pdl
 
     require_cuda()
     gemm.get_policy(policy)
@@ -278,11 +279,12 @@ def run_gemm_bench(models, shapes, ms, reps: int, policy: str, variants=(), prog
     cases = build_cases(models, shapes, ms)
     gemm.prewarm()
     rows = []
-    for case in cases:
-        row = time_case(case, policy, reps, variants)
-        rows.append(row)
-        if progress:
-            progress(row)
+    with no_pdl():  # each launch timed alone between events, as cuBLAS's are
+        for case in cases:
+            row = time_case(case, policy, reps, variants)
+            rows.append(row)
+            if progress:
+                progress(row)
     return GemmReport(rows, reps, _metadata())
 
 

@@ -374,6 +374,7 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
 
     from impbench.device import require_cuda
     from impbench.kernels import moe
+    from impbench.kernels._launch import no_pdl
     from impbench.telemetry import Telemetry
 
     require_cuda()
@@ -393,7 +394,7 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
     layer = _Layer(shapes, pp, seed)
     layer.primary = variant
     rows_out, telemetry = [], {}
-    with Telemetry() as nvml:
+    with no_pdl(), Telemetry() as nvml:  # each launch timed alone between events, as cuBLAS's are
         for routing in routings:
             layer.set_routing(*route(pp, shapes.experts, shapes.top_k, routing, seed))
             errors = layer.errors(timed)  # also the warm-up of every path

@@ -291,7 +291,7 @@ __device__ __forceinline__ void attention_prefill_tile(const half_t *__restrict_
 #define ATTENTION_PREFILL(D)                                                                               \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_prefill_d##D(                          \
         const half_t *q, const half_t *k, const half_t *v, const int *pos, half_t *out, int T, int Hq, int Hkv, \
-        int max_len, float scale_log2) {                                                                   \
+        int max_len, float scale_log2) { pdl_entry();                                                                   \
         attention_prefill_tile<D>(q, k, v, pos, out, T, Hq, Hkv, max_len, scale_log2);                     \
     }
 
@@ -699,7 +699,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
 #define ATTENTION_PREFILL_WG(NAME, WGS, D)                                                                 \
     extern "C" __global__ void __launch_bounds__(128 * WGS, 1) NAME##D(                                    \
         const half_t *q, const half_t *k, const half_t *v, const int *pos, half_t *out, int T, int Hq, int Hkv, \
-        int max_len, float scale_log2, int HB) {                                                           \
+        int max_len, float scale_log2, int HB) { pdl_entry();                                                           \
         ATTENTION_WG_BODY(WGS, D);                                                                         \
     }
 

@@ -29,6 +29,17 @@ __device__ __forceinline__ void unpack_half2(half2_t v, float &lo, float &hi) {
     hi = h2f((half_t)(v >> 16));
 }
 
+// First statement of every kernel. Programmatic dependent launch (sm_90; impbench/kernels/_launch.py
+// launches our kernels with programmatic stream serialization there): let the next kernel of the
+// stream start launching once every block of this one runs, then wait for the previous kernel's
+// completion and memory before reading or writing anything. Both are no-ops for a normal launch.
+__device__ __forceinline__ void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // Shared-memory address for PTX operands.
 __device__ __forceinline__ unsigned smem_u32(const void *p) {
     unsigned addr;

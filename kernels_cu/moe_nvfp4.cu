@@ -970,14 +970,14 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
-                                  int inter, int n_tiles) {                                                   \
+                                  int inter, int n_tiles) { pdl_entry();                                                   \
         impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
                                           num_experts, hidden, inter, n_tiles);                                \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
-                               half_t *out, int num_experts, int inter, int hidden, int n_tiles) {            \
+                               half_t *out, int num_experts, int inter, int hidden, int n_tiles) { pdl_entry();            \
         impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
                                            num_experts, inter, hidden, n_tiles);                               \
     }
@@ -994,7 +994,7 @@ MOE_ENTRY(_wgq, 8, 2, true, true, true)
     extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_gate_up##SUFFIX(                                  \
         const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,                         \
         const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts, int hidden, int inter, \
-        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) {   \
+        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) { pdl_entry();   \
         impmoe::moe_body<true, 8, 2, true, true, true, true>(x, row_token, offsets, w13, w13_scale, w13_scale2,    \
                                                                  nullptr, out, num_experts, hidden, inter, n_tiles,  \
                                                                  &codes_map, &scales_map);                           \
@@ -1002,7 +1002,7 @@ MOE_ENTRY(_wgq, 8, 2, true, true, true)
     extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_down##SUFFIX(                                     \
         const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,                  \
         const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter, int hidden,         \
-        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) {   \
+        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) { pdl_entry();   \
         impmoe::moe_body<false, 8, 2, true, true, true, true>(h, nullptr, offsets, w2, w2_scale, w2_scale2,        \
                                                                   row_weight, out, num_experts, inter, hidden,       \
                                                                   n_tiles, &codes_map, &scales_map);                 \

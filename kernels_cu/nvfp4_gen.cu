@@ -42,7 +42,7 @@ __device__ __forceinline__ unsigned e2m1_code(float y) {
 
 // codes uint8 [E * blocks_per_expert * 8], scales uint8 [E * blocks_per_expert], scale2 fp32 [E].
 extern "C" __global__ void nvfp4_generate(unsigned char *codes, unsigned char *scales, const float *scale2,
-                                          long long blocks_per_expert, long long total, unsigned long long seed) {
+                                          long long blocks_per_expert, long long total, unsigned long long seed) { pdl_entry();
     using namespace impgen;
     const unsigned long long key = splitmix64(seed ^ 0x6e76667034ull);
     for (long long b = blockIdx.x * (long long)blockDim.x + threadIdx.x; b < total;

@@ -364,7 +364,7 @@ extern "C" {
 
 // out[t, :] = table[ids[t], :]; ids outside [0, vocab) give a zero row (no out-of-bounds read).
 __global__ void embed_f16(const int *__restrict__ ids, const half_t *__restrict__ table, half_t *__restrict__ out,
-                          int vocab, int hidden) {
+                          int vocab, int hidden) { pdl_entry();
     const int token = blockIdx.x, chunks = hidden >> 3;
     const int id = ids[token];
     const bool valid = id >= 0 && id < vocab;
@@ -381,12 +381,12 @@ __global__ void embed_f16(const int *__restrict__ ids, const half_t *__restrict_
 #define ROW_KERNELS(C)                                                                                             \
     __global__ void __launch_bounds__(ROW_THREADS)                                                                 \
         rmsnorm_f16_c##C(const half_t *__restrict__ x, const half_t *__restrict__ weight, half_t *__restrict__ out, \
-                         int hidden, float eps) {                                                                  \
+                         int hidden, float eps) { pdl_entry();                                                                  \
         rmsnorm_impl<C>(x, weight, out, hidden, eps);                                                              \
     }                                                                                                              \
     __global__ void __launch_bounds__(ROW_THREADS)                                                                 \
         add_rmsnorm_f16_c##C(const half_t *__restrict__ x, half_t *__restrict__ residual,                          \
-                             const half_t *__restrict__ weight, half_t *__restrict__ out, int hidden, float eps) { \
+                             const half_t *__restrict__ weight, half_t *__restrict__ out, int hidden, float eps) { pdl_entry(); \
         add_rmsnorm_impl<C>(x, residual, weight, out, hidden, eps);                                                \
     }
 ROW_KERNELS(1)
@@ -397,7 +397,7 @@ ROW_KERNELS(8)
 
 // out = a + b elementwise over n halves (n % 8 == 0); out may alias a or b (same thread reads, then
 // writes, each chunk).
-__global__ void add_f16(const half_t *a, const half_t *b, half_t *out, long long n) {
+__global__ void add_f16(const half_t *a, const half_t *b, half_t *out, long long n) { pdl_entry();
     const long long chunks = n >> 3;
     for (long long chunk = (long long)blockIdx.x * blockDim.x + threadIdx.x; chunk < chunks;
          chunk += (long long)gridDim.x * blockDim.x) {
@@ -416,7 +416,7 @@ __global__ void add_f16(const half_t *a, const half_t *b, half_t *out, long long
                                     const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,              \
                                     half_t *__restrict__ q_out, half_t *__restrict__ k_cache,                      \
                                     half_t *__restrict__ v_cache, int head_dim, int q_heads, int kv_heads,         \
-                                    int max_len, float eps, double log2_theta, int qk_norm) {                      \
+                                    int max_len, float eps, double log2_theta, int qk_norm) { pdl_entry();                      \
         qkv_post_impl<VP>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, head_dim, q_heads, kv_heads,      \
                           max_len, eps, log2_theta, qk_norm);                                                      \
     }
@@ -432,7 +432,7 @@ QKV_POST(8)
                                          const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,         \
                                          half_t *__restrict__ q_out, half_t *__restrict__ k_cache,                 \
                                          half_t *__restrict__ v_cache, int q_heads, int kv_heads, int max_len,     \
-                                         float eps, double log2_theta, int qk_norm) {                              \
+                                         float eps, double log2_theta, int qk_norm) { pdl_entry();                              \
         qkv_post_wide_impl<L, S>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, q_heads, kv_heads,         \
                                  max_len, eps, log2_theta, qk_norm);                                               \
     }

@@ -429,7 +429,7 @@ extern "C" {
 #define TOPK_SOFTMAX(NPL)                                                                                     \
     __global__ void topk_softmax_n##NPL(const half_t *__restrict__ logits, int tokens, int experts, int k,    \
                                         int renormalize, int *__restrict__ topk_ids,                          \
-                                        float *__restrict__ topk_weights) {                                   \
+                                        float *__restrict__ topk_weights) { pdl_entry();                                   \
         topk_softmax_impl<NPL>(logits, tokens, experts, k, renormalize, topk_ids, topk_weights);              \
     }
 TOPK_SOFTMAX(4)
@@ -441,7 +441,7 @@ TOPK_SOFTMAX(16)
 __global__ void __launch_bounds__(PERM_THREADS)
     build_permutation_i32(const int *__restrict__ topk_ids, const float *__restrict__ topk_weights, int items, int k,
                           int experts, int *__restrict__ expert_offsets, int *__restrict__ row_token,
-                          float *__restrict__ row_weight, int *__restrict__ token_rows) {
+                          float *__restrict__ row_weight, int *__restrict__ token_rows) { pdl_entry();
     build_permutation_impl(topk_ids, topk_weights, items, k, experts, expert_offsets, row_token, row_weight,
                            token_rows);
 }
@@ -453,7 +453,7 @@ __global__ void __launch_bounds__(PERM_THREADS)
 // residual: each thread reads its residual chunk before writing the same chunk.
 __global__ void __launch_bounds__(COMBINE_THREADS, 4) combine_f16(const half_t *__restrict__ y, const int *__restrict__ token_rows,
                             const half_t *residual, half_t *out, const float *__restrict__ topk_weights,
-                            int has_weights, int rows, int k, int hidden) {
+                            int has_weights, int rows, int k, int hidden) { pdl_entry();
     __shared__ int row_of[32];
     __shared__ float weight_of[32];
     const int token = blockIdx.x, chunks = hidden >> 3;
@@ -473,7 +473,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 4) combine_f16(const half_t *
     __global__ void __launch_bounds__(COMBINE_THREADS, 4 / C) combine_rmsnorm_f16_c##C(                                \
         const half_t *__restrict__ y, const int *__restrict__ token_rows, const half_t *residual, half_t *out,      \
         const float *__restrict__ topk_weights, int has_weights, int rows, int k, int hidden,                       \
-        const half_t *__restrict__ norm_w, half_t *__restrict__ normed, float eps) {                                \
+        const half_t *__restrict__ norm_w, half_t *__restrict__ normed, float eps) { pdl_entry();                                \
         combine_rmsnorm_impl<C>(y, token_rows, residual, out, topk_weights, has_weights, rows, k, hidden, norm_w,   \
                                 normed, eps);                                                                       \
     }
@@ -487,7 +487,7 @@ COMBINE_RMSNORM(4)
     __global__ void __launch_bounds__(COUNT_THREADS) topk_count_n##NPL(                                             \
         const half_t *__restrict__ logits, int tokens, int experts, int k, int renormalize,                        \
         int *__restrict__ topk_ids, float *__restrict__ topk_weights, int *__restrict__ token_rows,                \
-        int *__restrict__ block_counts) {                                                                          \
+        int *__restrict__ block_counts) { pdl_entry();                                                                          \
         topk_count_impl<NPL>(logits, tokens, experts, k, renormalize, topk_ids, topk_weights, token_rows,          \
                              block_counts);                                                                        \
     }
@@ -502,7 +502,7 @@ __global__ void __launch_bounds__(COUNT_THREADS)
     permute_counted_i32(const int *__restrict__ topk_ids, const float *__restrict__ topk_weights,
                         const int *__restrict__ block_counts, int tokens, int k, int experts,
                         int *__restrict__ expert_offsets, int *__restrict__ row_token, float *__restrict__ row_weight,
-                        int *token_rows) {
+                        int *token_rows) { pdl_entry();
     permute_counted_impl(topk_ids, topk_weights, block_counts, tokens, k, experts, expert_offsets, row_token,
                          row_weight, token_rows);
 }

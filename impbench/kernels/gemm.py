@@ -32,6 +32,7 @@ from functools import lru_cache
 
 from impbench.kernels._cache import get_function, load_module
 from impbench.kernels._checks import check_array
+from impbench.kernels._launch import driver_launcher
 
 FAMILY = "gemm_fp16"
 CUBLAS = "cublas"
@@ -506,26 +507,18 @@ def max_clusters(name: str) -> int:
 
 
 def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int):
-    """A no-argument callable launching a tma variant through cuLaunchKernel on the current stream:
+    """A no-argument callable launching a tma variant on the current stream (_launch.driver_launcher):
     tensor maps passed by value, the argument block built once (clusters come from the kernel's
     compile-time __cluster_dims__)."""
     import ctypes
 
-    import cupy
-
     map_a, map_w = _tensor_map(a, spec.bm), _tensor_map(w, spec.w_box_rows)
     values = [ctypes.c_void_p(out.data.ptr), ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
     params = (ctypes.c_void_p * 6)(map_a[1], map_w[1], *[ctypes.addressof(v) for v in values])
-    function = _kernel(spec).kernel.ptr
     gx, _ = spec.grid(m, n, max_clusters(spec.name))
-    launch, current_stream = cupy.cuda.driver.launchKernel, cupy.cuda.get_current_stream
-    params_ptr, threads, smem = ctypes.addressof(params), spec.threads, spec.smem_bytes
-    keep = (a, w, out, map_a, map_w, values, params)  # buffers and argument block outlive every launch
-
-    def run(keep=keep) -> None:
-        launch(function, gx, 1, 1, threads, 1, 1, smem, current_stream().ptr, params_ptr, 0)
-
-    return run
+    # buffers and argument block outlive every launch
+    return driver_launcher(_kernel(spec).kernel.ptr, (gx, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, params,
+                           keep=(a, w, out, map_a, map_w, values))
 
 
 def dense_gemm(a, w, out, policy, counts: dict | None = None) -> str:

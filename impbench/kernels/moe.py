@@ -23,6 +23,7 @@ import numpy as np
 
 from impbench.kernels._cache import get_function
 from impbench.kernels._checks import check_array
+from impbench.kernels._launch import driver_launcher
 
 FAMILY = "moe_nvfp4"
 TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
@@ -214,8 +215,8 @@ def _launcher(plan):
 
 
 def _driver_launcher(kernel, grid, block, args, smem):
-    """A launch through cuLaunchKernel with the tensor maps by value and the argument block built once
-    (CuPy cannot pass a 128-byte struct)."""
+    """A launch through the driver (_launch.driver_launcher) with the tensor maps by value and the
+    argument block built once (CuPy cannot pass a 128-byte struct)."""
     import ctypes
 
     import cupy
@@ -229,15 +230,8 @@ def _driver_launcher(kernel, grid, block, args, smem):
         else:  # numpy scalar (np.int32, the np.uint64 null pointer)
             values.append(ctypes.create_string_buffer(arg.tobytes(), arg.nbytes))
     params = (ctypes.c_void_p * len(values))(*[v if isinstance(v, int) else ctypes.addressof(v) for v in values])
-    function = kernel.kernel.ptr
-    launch, current_stream = cupy.cuda.driver.launchKernel, cupy.cuda.get_current_stream
-    params_ptr, (gx,), (bx,) = ctypes.addressof(params), grid, block
-    keep = (args, values, params)  # arrays, maps and the argument block outlive every launch
-
-    def run(keep=keep) -> None:
-        launch(function, gx, 1, 1, bx, 1, 1, smem, current_stream().ptr, params_ptr, 0)
-
-    return run
+    # arrays, maps and the argument values outlive every launch
+    return driver_launcher(kernel.kernel.ptr, (grid[0], 1, 1), (block[0], 1, 1), smem, params, keep=(args, values))
 
 
 def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=DEFAULT_VARIANT) -> None:
