@@ -1,8 +1,11 @@
-"""kernels._launch.packed: a pre-packed launch writes exactly what the CuPy launch writes."""
+"""kernels._launch: a pre-packed launch writes exactly what the CuPy launch writes; programmatic
+dependent launch is off inside no_pdl() and with IMPBENCH_PDL=0, and a chain of dependent PDL launches
+reads each predecessor's finished output."""
 
 import numpy as np
 import pytest
 
+from impbench.kernels import _launch
 from impbench.kernels._launch import packed
 
 
@@ -38,3 +41,37 @@ def test_packed_launch_matches_cupy_launch_bit_for_bit():
     packed(attention.prepare(q, k, v, pos, b, 0.088))()
     cupy.testing.assert_array_equal(a, b)
     assert bool(cupy.isfinite(b).all())
+
+
+def test_pdl_is_off_inside_no_pdl_and_with_the_environment_switch(monkeypatch):
+    monkeypatch.setattr(_launch, "_device_has_pdl", lambda: True)  # as on an H100, without touching a GPU
+    assert _launch.pdl_enabled()
+    with _launch.no_pdl():
+        assert not _launch.pdl_enabled()
+        with _launch.no_pdl():
+            assert not _launch.pdl_enabled()
+        assert not _launch.pdl_enabled()
+    assert _launch.pdl_enabled()
+    monkeypatch.setenv("IMPBENCH_PDL", "0")
+    assert not _launch.pdl_enabled()
+
+
+@pytest.mark.gpu
+def test_chain_of_programmatic_launches_reads_finished_outputs():
+    # 40 dependent adds, each launched with programmatic serialization where the device has it: a kernel
+    # that read its input before the previous one finished would lose increments
+    import cupy
+
+    from impbench.kernels import ops
+
+    rng = np.random.default_rng()
+    n = int(rng.integers(1 << 20, 1 << 21)) // 8 * 8
+    start = (rng.integers(-64, 64, n) / 8).astype(np.float16).reshape(-1, 8)  # + 40 stays exact in FP16
+    a = cupy.asarray(start)
+    one = cupy.ones_like(a)
+    b = cupy.full_like(a, cupy.nan)
+    steps = [packed(ops.prepare(ops.add, *(a, one, b) if i % 2 == 0 else (b, one, a))) for i in range(40)]
+    for step in steps:
+        step()
+    cupy.cuda.get_current_stream().synchronize()
+    np.testing.assert_array_equal(a.get(), start + np.float16(40))
