@@ -141,6 +141,29 @@ def _permute(b, experts):
     )
 
 
+def _replay_and_check(graph, stream, rng, b, logits, residual, y, k):
+    """Replay a captured top-k -> permutation -> combine graph on new router logits and residual, the
+    permutation's outputs poisoned first, and check each stage against the float64 references."""
+    cp = _cp()
+    tokens, experts = logits.shape
+    logits_h = (rng.standard_normal((tokens, experts)) * 2).astype(np.float16)
+    residual_h = rng.standard_normal(residual.shape).astype(np.float16)
+    logits.set(logits_h, stream=stream)
+    residual.set(residual_h, stream=stream)
+    for name in ("expert_offsets", "row_token", "token_rows"):
+        b[name].fill(-7)
+    b["row_weight"].fill(cp.nan)
+    graph.launch(stream=stream)
+    stream.synchronize()
+    h = _host(b)
+    ids, weights = topk_softmax_ref(logits_h, k, True)
+    np.testing.assert_array_equal(h["topk_ids"], ids)
+    np.testing.assert_allclose(h["topk_weights"], weights, rtol=1e-5)
+    _assert_permutation(h, experts)
+    ref = combine_ref(y.get(), h["token_rows"], residual_h, h["topk_weights"])
+    assert rel_err(residual.get(), ref) <= REL_ERR_FP16
+
+
 def _host(b):
     return {name: arr.get() for name, arr in b.items()}
 
@@ -311,22 +334,7 @@ def test_global_capture_replays_with_new_router_logits(prepared):
     with stream:
         graph = capture_global(stream, calls, routing.prepare if prepared else None)
         for _ in range(3):
-            logits_h = (rng.standard_normal((tokens, experts)) * 2).astype(np.float16)
-            residual_h = rng.standard_normal((tokens, hidden)).astype(np.float16)
-            logits.set(logits_h, stream=stream)
-            residual.set(residual_h, stream=stream)
-            for name in ("expert_offsets", "row_token", "token_rows"):
-                b[name].fill(-7)
-            b["row_weight"].fill(cp.nan)
-            graph.launch(stream=stream)
-            stream.synchronize()
-            h = _host(b)
-            ids, weights = topk_softmax_ref(logits_h, k, True)
-            np.testing.assert_array_equal(h["topk_ids"], ids)
-            np.testing.assert_allclose(h["topk_weights"], weights, rtol=1e-5)
-            _assert_permutation(h, experts)
-            ref = combine_ref(y.get(), h["token_rows"], residual_h, h["topk_weights"])
-            assert rel_err(residual.get(), ref) <= REL_ERR_FP16
+            _replay_and_check(graph, stream, rng, b, logits, residual, y, k)
 
 
 # -- combine + RMSNorm (the engine's) ---------------------------------------------------
@@ -457,24 +465,9 @@ def test_global_capture_of_the_engine_routing_replays_with_new_router_logits(pre
     with stream:
         graph = capture_global(stream, calls, routing.prepare if prepared else None)
         for _ in range(3):
-            logits_h = (rng.standard_normal((tokens, experts)) * 2).astype(np.float16)
-            residual_h = rng.standard_normal((tokens, hidden)).astype(np.float16)
-            logits.set(logits_h, stream=stream)
-            residual.set(residual_h, stream=stream)
-            for name in ("expert_offsets", "row_token", "token_rows"):
-                b[name].fill(-7)
-            b["row_weight"].fill(cp.nan)
             normed.fill(cp.nan)
             counts.fill(-7)
-            graph.launch(stream=stream)
-            stream.synchronize()
-            h = _host(b)
-            ids, weights = topk_softmax_ref(logits_h, k, True)
-            np.testing.assert_array_equal(h["topk_ids"], ids)
-            np.testing.assert_allclose(h["topk_weights"], weights, rtol=1e-5)
-            _assert_permutation(h, experts)
-            ref = combine_ref(y.get(), h["token_rows"], residual_h, h["topk_weights"])
-            assert rel_err(residual.get(), ref) <= REL_ERR_FP16
+            _replay_and_check(graph, stream, rng, b, logits, residual, y, k)
             new_residual = residual.get().astype(np.float64)
             normed_ref = new_residual / np.sqrt(np.mean(new_residual**2, axis=-1, keepdims=True) + 1e-6) * norm_w.get()
             assert rel_err(normed.get(), normed_ref) <= REL_ERR_FP16

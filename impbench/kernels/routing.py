@@ -61,6 +61,16 @@ def _plan_topk_softmax(logits, k: int, renormalize: bool, topk_ids, topk_weights
     return _kernel(f"topk_softmax_n{per_lane}"), (grid,), (32 * TOPK_WARPS_PER_BLOCK,), args
 
 
+def _check_permutation(topk_weights, expert_offsets, row_token, row_weight, token_rows, tokens, k, experts) -> None:
+    """The router weights in and the permutation's outputs (the contract with kernels/moe.py)."""
+    rows = tokens * k
+    check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
+    check_array("expert_offsets", expert_offsets, np.int32, shape=(experts + 1,))
+    check_array("row_token", row_token, np.int32, shape=(rows,))
+    check_array("row_weight", row_weight, np.float32, shape=(rows,))
+    check_array("token_rows", token_rows, np.int32, shape=(tokens, k))
+
+
 def _plan_build_permutation(topk_ids, topk_weights, num_experts: int, expert_offsets, row_token, row_weight, token_rows):
     check_array("topk_ids", topk_ids, np.int32, ndim=2)
     tokens, k = topk_ids.shape
@@ -69,11 +79,7 @@ def _plan_build_permutation(topk_ids, topk_weights, num_experts: int, expert_off
         raise ValueError(f"build_permutation: num_experts must be >= 1, got {num_experts}")
     if rows < 1:
         raise ValueError(f"build_permutation: topk_ids {tuple(topk_ids.shape)} has no rows")
-    check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
-    check_array("expert_offsets", expert_offsets, np.int32, shape=(num_experts + 1,))
-    check_array("row_token", row_token, np.int32, shape=(rows,))
-    check_array("row_weight", row_weight, np.float32, shape=(rows,))
-    check_array("token_rows", token_rows, np.int32, shape=(tokens, k))
+    _check_permutation(topk_weights, expert_offsets, row_token, row_weight, token_rows, tokens, k, num_experts)
     args = (
         topk_ids, topk_weights, np.int32(rows), np.int32(k), np.int32(num_experts),
         expert_offsets, row_token, row_weight, token_rows,
@@ -135,11 +141,7 @@ def _plan_permute_counted(topk_ids, topk_weights, block_counts, expert_offsets, 
     check_array("block_counts", block_counts, np.int32, shape=(count_blocks(tokens), experts))
     if not 1 <= experts <= MAX_EXPERTS or not 1 <= k <= MAX_TOP_K:
         raise ValueError(f"permute_counted: need 1 <= E <= {MAX_EXPERTS} and 1 <= k <= {MAX_TOP_K}, got E={experts}, k={k}")
-    check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
-    check_array("expert_offsets", expert_offsets, np.int32, shape=(experts + 1,))
-    check_array("row_token", row_token, np.int32, shape=(rows,))
-    check_array("row_weight", row_weight, np.float32, shape=(rows,))
-    check_array("token_rows", token_rows, np.int32, shape=(tokens, k))
+    _check_permutation(topk_weights, expert_offsets, row_token, row_weight, token_rows, tokens, k, experts)
     args = (
         topk_ids, topk_weights, block_counts, np.int32(tokens), np.int32(k), np.int32(experts),
         expert_offsets, row_token, row_weight, token_rows,
