@@ -48,6 +48,7 @@
 //    ldmatrix rows fall in distinct banks. The output goes through shared memory for 16-byte
 //    coalesced stores.
 #include "common.cuh"
+#include "hopper_async.cuh"
 
 namespace {
 
@@ -334,25 +335,7 @@ struct WgGeometry {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 namespace {
 
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wg_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// cp.async writes through the generic proxy; wgmma reads shared memory through the async proxy.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Keep the compiler from reading, moving or reusing registers that an in-flight wgmma owns.
-template <int R>
-__device__ __forceinline__ void pin(float (&d)[R]) {
-#pragma unroll
-    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-template <int R>
-__device__ __forceinline__ void pin(unsigned (&d)[R][4]) {
-#pragma unroll
-    for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i][0]), "+r"(d[i][1]), "+r"(d[i][2]), "+r"(d[i][3])::"memory");
-}
+using namespace impasync;  // wgmma fences and groups, fence_proxy_async, fence_regs
 
 // Shared-memory matrix descriptor, 128-byte swizzle. K-major operands (Q, K): 8-row groups 1024 bytes
 // apart (stride byte offset), the leading offset unused. N-major V: the stride byte offset is the
@@ -529,7 +512,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
                             sQ + (chunk >> 3) * Q_BLOCK + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
             }
         }
-        wg_fence();
+        wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
             const unsigned k_desc_addr = k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32;
@@ -542,7 +525,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
                 wgmma_ss_n32(s, sw128_desc(q_desc_addr, 16), sw128_desc(k_desc_addr, 16), ks > 0);
             }
         }
-        wg_commit();
+        wgmma_commit();
     };
 
     // Softmax of the complete S of tile jt: reads s (never writes it: registers a wgmma owns are
@@ -607,8 +590,8 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     fence_proxy_async();
     __syncthreads();
     issue_s(0);
-    wg_wait<0>();
-    pin(s);
+    wgmma_wait<0>();
+    fence_regs(s);
     softmax(0);
     pack_p();
 
@@ -619,12 +602,12 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
             o[4 * i + 2] *= alpha1, o[4 * i + 3] *= alpha1;
         }
         const unsigned v_addr = sKV_addr + (jt % ST) * 2 * G::KV_BYTES + G::KV_BYTES;
-        pin(o);
-        pin(p);
-        wg_fence();
+        fence_regs(o);
+        fence_regs(p);
+        wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) pv_step<D>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
-        wg_commit();
+        wgmma_commit();
     };
 
     // Every tile but the last: S of the next tile is issued unconditionally, so each wait below retires
@@ -638,19 +621,19 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
         load_kv(j + PF);
         issue_s(j + 1);
         pv(j);
-        wg_wait<1>();  // S_{j+1} done; PV_j runs under the softmax
-        pin(s);
+        wgmma_wait<1>();  // S_{j+1} done; PV_j runs under the softmax
+        fence_regs(s);
         softmax(j + 1);
-        wg_wait<0>();  // PV_j done: its P registers are free
-        pin(o);
-        pin(p);
+        wgmma_wait<0>();  // PV_j done: its P registers are free
+        fence_regs(o);
+        fence_regs(p);
         pack_p();
     }
     // The last tile (its K/V landed before the last barrier above, or the prologue's).
     pv(n_tiles - 1);
-    wg_wait<0>();
-    pin(o);
-    pin(p);
+    wgmma_wait<0>();
+    fence_regs(o);
+    fence_regs(p);
     cp_async_wait<0>();  // only empty groups can remain; keep the count tidy before exit
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);

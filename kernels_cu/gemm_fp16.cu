@@ -231,32 +231,6 @@ __device__ __forceinline__ void gemm_mma_body(const half_t *__restrict__ A, cons
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define IMPGEMM_HAS_WGMMA 1
 
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// cp.async writes are generic-proxy writes; the tensor cores read shared memory through the async
-// proxy, so each writer fences before the barrier that publishes a stage.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Keep the compiler from touching accumulators while a wgmma batch that writes them is in flight.
-template <int R>
-__device__ __forceinline__ void fence_regs(float (&d)[R]) {
-#pragma unroll
-    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
-__device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
-    unsigned long long d = 0;
-    d |= (unsigned long long)((addr & 0x3FFFF) >> 4);  // start address
-    d |= (unsigned long long)1 << 16;                  // leading byte offset (unused for this layout)
-    d |= (unsigned long long)(1024 >> 4) << 32;        // stride byte offset: next 8-row group
-    d |= (unsigned long long)1 << 62;                  // 128-byte swizzle
-    return d;
-}
-
 // wgmma.mma_async m64nNk16, FP32 accumulators d (N/2 per thread), A and B from shared memory through
 // descriptors, accumulate (scale-d = 1). One specialization per tile width N used below.
 template <int N>

@@ -1,6 +1,7 @@
-// Hopper (sm_90) asynchronous-copy primitives shared by gemm_fp16.cu and moe_nvfp4.cu: mbarriers in
-// shared memory and TMA 2D tile loads that complete on them. Only instantiated inside the sm_90a code
-// paths of those files; elsewhere nothing here is emitted.
+// Hopper (sm_90) asynchronous primitives shared by gemm_fp16.cu, moe_nvfp4.cu and attention.cu:
+// mbarriers in shared memory, TMA 2D tile loads that complete on them, and the wgmma fences, groups
+// and shared-memory descriptor. Only instantiated inside the sm_90a code paths of those files;
+// elsewhere nothing here is emitted.
 #pragma once
 
 namespace impasync {
@@ -44,6 +45,40 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const TmaMap *map, int
 }
 __device__ __forceinline__ void tma_prefetch_map(const TmaMap *map) {
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
+}
+
+// wgmma.mma_async bookkeeping: fence before a batch reads registers or shared memory written since,
+// commit the issued wgmmas as one group, wait until at most N groups are in flight.
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Generic-proxy shared-memory writes (st.shared, cp.async) before async-proxy reads (wgmma, TMA store):
+// each writer fences before the barrier that publishes the data.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keep the compiler from reading, moving or reusing registers that an in-flight wgmma owns
+// (accumulators, or A fragments from registers).
+template <int R>
+__device__ __forceinline__ void fence_regs(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int R>
+__device__ __forceinline__ void fence_regs(unsigned (&d)[R][4]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+r"(d[i][0]), "+r"(d[i][1]), "+r"(d[i][2]), "+r"(d[i][3])::"memory");
+}
+
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
+    unsigned long long d = 0;
+    d |= (unsigned long long)((addr & 0x3FFFF) >> 4);  // start address
+    d |= (unsigned long long)1 << 16;                  // leading byte offset (unused for this layout)
+    d |= (unsigned long long)(1024 >> 4) << 32;        // stride byte offset: next 8-row group
+    d |= (unsigned long long)1 << 62;                  // 128-byte swizzle
+    return d;
 }
 
 }  // namespace impasync

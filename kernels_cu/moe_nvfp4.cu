@@ -471,27 +471,7 @@ constexpr int T_BARS = T_SCALES + T_SCALE_SLOTS * ROWS * 16;        // one mbarr
 constexpr int TMA_SMEM = T_BARS + 8 * T_CODE_SLOTS + 1024;          // impbench/kernels/moe.py WG_TMA_SMEM_BYTES
 static_assert(2 * (TMA_SMEM + 2048) <= 228 * 1024, "two blocks per SM");
 
-using namespace impasync;  // mbarriers, TMA loads
-
-__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Keep the compiler from moving accumulator accesses across a wgmma wait.
-template <int R>
-__device__ __forceinline__ void fence_regs(float (&d)[R]) {
-#pragma unroll
-    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
-__device__ __forceinline__ unsigned long long desc(unsigned addr) {
-    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) |
-           (1ull << 62);
-}
+using namespace impasync;  // mbarriers, TMA loads, wgmma fences and groups, smem_desc
 
 // wgmma.mma_async m64nNk16, FP32 accumulators d (N/2 per thread) += A (registers) * B (descriptor).
 template <int N>
@@ -692,7 +672,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // shared address of its token tile.
     constexpr int SROW = 16;
     auto compute = [&](const unsigned char *sc, const unsigned char *ss, unsigned x_addr) {
-        const unsigned long long d0 = desc(x_addr);  // shared addresses < 256 KiB: no carry out of the field
+        const unsigned long long d0 = smem_desc(x_addr);  // shared addresses < 256 KiB: no carry out of the field
         unsigned sraw[2][2];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -752,15 +732,15 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
                         }
                     const int s = 2 * i + p;  // k16 step: logical units 2s, 2s+1 = atom s/4, 32 bytes per step
                     const unsigned long long db = d0 + (((s >> 2) * ATOM + (s & 3) * 32) >> 4);  // address field
-                    fence();
+                    wgmma_fence();
                     wgmma_rs<N>(acc[0], a[0], db);
                     wgmma_rs<N>(acc[1], a[1], db);
-                    commit();
-                    wait<1>();  // step s-1 done: its A registers may be reused
+                    wgmma_commit();
+                    wgmma_wait<1>();  // step s-1 done: its A registers may be reused
                 }
             }
         }
-        wait<0>();  // the stage's token tile may be overwritten after the next barrier
+        wgmma_wait<0>();  // the stage's token tile may be overwritten after the next barrier
         fence_regs(acc[0]);
         fence_regs(acc[1]);
     };
