@@ -590,10 +590,14 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const unsigned char *scale_src = cx.wsc + (w_ok ? (unsigned)(GATE_UP && tid >= 128 ? n_out + col : col) * cx.ks : 0u);
     const bool scale16 = cx.ks % 16 == 0;
 
-    // Token-tile copies: this thread's row xn (warp w: rows 8w .. 8w+7, so warps past the tile skip
-    // whole) and word xi; slots 4 * xi + j of row xn get physical unit 4j + xi.
-    const int xn = (tid & 7) + 8 * warp, xi = (tid >> 3) & 3;
-    const bool x_row = warp < NTA;
+    // Token-tile copies: this thread's row xn (row block xw of 8 rows, so warps past the tile skip
+    // whole) and word xi; slots 4 * xi + j of row xn get physical unit 4j + xi. Row blocks alternate
+    // between the warpgroups (warp 0, 4, 1, 5, ... take blocks 0, 1, 2, 3, ...): with blocks 0..3 on
+    // warpgroup 0 alone, a tile of <= 32 tokens gave it all the copy and permute work, and warpgroup 1
+    // waited for it at every stage's barrier.
+    const int xw = 2 * (warp & 3) + (warp >> 2);
+    const int xn = (tid & 7) + 8 * xw, xi = (tid >> 3) & 3;
+    const bool x_row = xw < NTA;
     const bool x_ok = xn < tile.rows;
     const unsigned x_off = x_ok ? (unsigned)cx.s_src[xn] * (2u * k) + 16u * xi : 0u;  // bytes
     const unsigned char *x_bytes = reinterpret_cast<const unsigned char *>(cx.x);

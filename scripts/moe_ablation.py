@@ -1,0 +1,97 @@
+"""Where the time of the wgq MoE kernel goes: time copies of kernels_cu/ that each leave one part of
+the K loop out (results are wrong on purpose; only the times mean something), next to the unchanged
+kernel, with `impbench moe` in a subprocess per copy (IMPBENCH_KERNELS_DIR points it at the copy).
+
+    python3 scripts/moe_ablation.py OUT_DIR [--reps 30] [--base-dir DIR]
+
+--base-dir DIR adds the kernels in DIR (e.g. `git archive REV kernels_cu | tar -x -C DIR`, then
+DIR/kernels_cu) as a row `base`: a before / after in the same run.
+Prints one markdown table (gate_up / down µs, uniform routing, Qwen3-Coder, 512 tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = "moe_nvfp4.cu"
+
+# name -> [(text in moe_nvfp4.cu, replacement)]; every text must occur exactly once.
+ABLATIONS = {
+    "no_decode": [  # A = the e4m3 bytes as they are: no F2FP, no HMUL2 (the logic ops stay)
+        ("a[mt][r] = hmul2(p ? e4m3x2_half<true>(hi[mt][r]) : e4m3x2_half<false>(hi[mt][r]), sh[mt][r]);",
+         "a[mt][r] = hi[mt][r] + p;"),
+        ("a[mt][r + 2] = hmul2(p ? e4m3x2_half<true>(lo[mt][r]) : e4m3x2_half<false>(lo[mt][r]), sh[mt][r]);",
+         "a[mt][r + 2] = lo[mt][r] + p + sh[mt][r];"),
+    ],
+    "no_mma": [  # no wgmma: the A registers folded into one accumulator each
+        ("wgmma_rs<N>(acc[0], a[0], db);\n                    wgmma_rs<N>(acc[1], a[1], db);",
+         "acc[0][0] += __uint_as_float(a[0][0] ^ a[0][1] ^ a[0][2] ^ a[0][3] ^ (unsigned)db);\n"
+         "                    acc[1][0] += __uint_as_float(a[1][0] ^ a[1][1] ^ a[1][2] ^ a[1][3]);"),
+    ],
+    "no_sync": [  # no block barrier per stage (wgq loop)
+        ("fence_proxy_async();  // generic-proxy stores -> wgmma reads (async proxy)\n            __syncthreads();",
+         "fence_proxy_async();"),
+    ],
+    "no_x": [  # no token-tile copies or permutes (the tile is whatever the shared memory holds)
+        ("        if (x_row) {\n            const bool xhi_ok", "        if (false) {\n            const bool xhi_ok"),
+        ("        if (!x_row) return;\n        uint4 v[4];", "        return;\n        uint4 v[4];"),
+    ],
+}
+
+
+def make_copy(dest: Path, patches, base: Path | None = None) -> None:
+    shutil.copytree(base or ROOT / "kernels_cu", dest)
+    text = (dest / SOURCE).read_text()
+    for old, new in patches:
+        if text.count(old) != 1:
+            sys.exit(f"ablation pattern found {text.count(old)} times, expected once: {old[:60]!r}")
+        text = text.replace(old, new)
+    (dest / SOURCE).write_text(text)
+
+
+def time_copy(kernels: Path, out: Path, reps: int) -> dict:
+    env = dict(os.environ, IMPBENCH_KERNELS_DIR=str(kernels), PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "impbench", "moe", "--model", "qwen3-coder", "--pp", "512", "--reps", str(reps),
+           "--variant", "wgq", "--format", "json", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+    rows = json.loads(out.read_text())["rows"]
+    return {r["op"]: r for r in rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--base-dir", type=Path, default=None)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "moe_ablation"
+    shutil.rmtree(work, ignore_errors=True)
+    cases = ([("base", [], args.base_dir)] if args.base_dir else []) + [("current", [], None)]
+    cases += [(name, patches, None) for name, patches in ABLATIONS.items()]
+    lines = ["| kernels | gate_up µs | down µs | gate_up rel-err |", "|---|---|---|---|"]
+    for name, patches, base in cases:
+        make_copy(work / name, patches, base)
+        got = time_copy(work / name, args.out / f"ablation_{name}.json", args.reps)
+        if "error" in got:
+            lines.append(f"| {name} | error: {got['error'][:80]} | | |")
+        else:
+            up, down = got["gate_up"], got["down"]
+            lines.append(f"| {name} | {up['time_us']:.1f} | {down['time_us']:.1f} | {up['rel_err']:.1e} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    table = "\n".join(lines)
+    (args.out / "ablation.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
