@@ -39,6 +39,17 @@ ABLATIONS = {
         ("fence_proxy_async();  // generic-proxy stores -> wgmma reads (async proxy)\n            __syncthreads();",
          "fence_proxy_async();"),
     ],
+    "no_wload": [  # weight copies of 0 bytes (zero-fill: the same instructions, no DRAM traffic)
+        ("cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);",
+         "cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), 0);"),
+        ("cp_async16_l2(rd, ss, w_ok ? 16 : 0);", "cp_async16_l2(rd, ss, 0);"),
+    ],
+    "no_xload": [  # token-tile copies of 0 bytes (no L2 traffic; permutes stay)
+        ("cp_async16s(sb + x_dst[0], xs, x_ok ? 16 : 0);\n            cp_async16s(sb + x_dst[1], xs + 64, x_ok ? 16 : 0);\n"
+         "            cp_async16s(sb + x_dst[2], xh, xhi_ok ? 16 : 0);\n            cp_async16s(sb + x_dst[3], xh + 64, xhi_ok ? 16 : 0);",
+         "cp_async16s(sb + x_dst[0], xs, 0);\n            cp_async16s(sb + x_dst[1], xs + 64, 0);\n"
+         "            cp_async16s(sb + x_dst[2], xh, 0);\n            cp_async16s(sb + x_dst[3], xh + 64, 0);"),
+    ],
     "no_x": [  # no token-tile copies or permutes (the tile is whatever the shared memory holds)
         ("        if (x_row) {\n            const bool xhi_ok", "        if (false) {\n            const bool xhi_ok"),
         ("        if (!x_row) return;\n        uint4 v[4];", "        return;\n        uint4 v[4];"),
@@ -72,12 +83,19 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--base-dir", type=Path, default=None)
+    parser.add_argument("--only", default="", help="comma-separated ablations (default: all)")
+    parser.add_argument("--combine", action="append", default=[],
+                        help="also one copy with these ablations together, e.g. no_wload,no_xload (repeatable)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "moe_ablation"
     shutil.rmtree(work, ignore_errors=True)
     cases = ([("base", [], args.base_dir)] if args.base_dir else []) + [("current", [], None)]
-    cases += [(name, patches, None) for name, patches in ABLATIONS.items()]
+    names = args.only.split(",") if args.only else list(ABLATIONS)
+    cases += [(name, ABLATIONS[name], None) for name in names]
+    for combo in args.combine:
+        parts = combo.split(",")
+        cases.append(("+".join(parts), [pair for name in parts for pair in ABLATIONS[name]], None))
     lines = ["| kernels | gate_up µs | down µs | gate_up rel-err |", "|---|---|---|---|"]
     for name, patches, base in cases:
         make_copy(work / name, patches, base)
