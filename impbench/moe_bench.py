@@ -221,6 +221,7 @@ class _Layer:
     def __init__(self, shapes: MoeShapes, pp: int, seed: int):
         import cupy
 
+        from impbench.kernels import moe
         from impbench.nvfp4 import generate_experts_gpu
 
         self.shapes, self.pp = shapes, pp
@@ -232,6 +233,9 @@ class _Layer:
         self.w2_fp16 = dequantize_fp16_gpu(*self.w2)
         rng = cupy.random.default_rng(seed + 2)
         self.x = rng.standard_normal((pp, h), dtype=cupy.float32).astype(cupy.float16)
+        kperm = h % moe.KPERM_BLOCK == 0 and i % moe.KPERM_BLOCK == 0
+        self.x_kp = moe.to_kperm(self.x) if kperm else None  # x as kperm variants read it (wgp)
+        self.act_nat = self.act_kp = None  # the reported gate_up's output in both orders (_sync_act)
         self.offsets = cupy.zeros(e + 1, cupy.int32)
         self.row_token = cupy.zeros(rows, cupy.int32)
         self.row_weight = cupy.zeros(rows, cupy.float32)
@@ -251,18 +255,36 @@ class _Layer:
             dev.set(host)
         cupy.take(self.x, self.row_token, axis=0, out=self.x_perm)
 
-    def ours(self, op: str, variant: str) -> None:
-        """Our kernel `variant` for `op`; the reported variant writes act / out, others act_v / out_v
-        (every down reads the reported variant's act, as the reference does)."""
+    def _kperm(self, variant: str) -> bool:
         from impbench.kernels import moe
 
-        default = variant == self.primary
+        return moe.uses_kperm(variant, self.shapes.hidden, self.shapes.inter)
+
+    def ours(self, op: str, variant: str) -> None:
+        """Our kernel `variant` for `op`; the reported variant writes act / out, others act_v / out_v
+        (every down reads the reported variant's act, as the reference does, in the order the variant
+        reads: natural, or kperm for wgp)."""
+        from impbench.kernels import moe
+
+        default, kperm = variant == self.primary, self._kperm(variant)
         if op == "gate_up":
             out = self.act if default else self.act_v
-            moe.moe_gate_up(self.x, self.row_token, self.offsets, *self.w13, out, variant=variant)
+            moe.moe_gate_up(self.x_kp if kperm else self.x, self.row_token, self.offsets, *self.w13, out, variant=variant)
         else:
             out = self.out if default else self.out_v
-            moe.moe_down(self.act, self.offsets, *self.w2, out, row_weight=self.row_weight, variant=variant)
+            h = self.act_kp if kperm else self.act_nat
+            moe.moe_down(h, self.offsets, *self.w2, out, row_weight=self.row_weight, variant=variant)
+
+    def _sync_act(self) -> None:
+        """After the reported variant's gate_up: its output (act) in natural and, where the shapes allow,
+        kperm order, for the downs and the reference."""
+        from impbench.kernels import moe
+
+        if self._kperm(self.primary):
+            self.act_kp, self.act_nat = self.act, moe.from_kperm(self.act)
+        else:
+            self.act_nat = self.act
+            self.act_kp = moe.to_kperm(self.act) if self.x_kp is not None else None
 
     def _per_expert(self, a, w, out) -> None:
         import cupy
@@ -277,13 +299,16 @@ class _Layer:
         self._per_expert(self.x_perm, self.w13_fp16, self.ref_up)
 
     def cublas_down(self) -> None:
-        self._per_expert(self.act, self.w2_fp16, self.ref_down)
+        self._per_expert(self.act_nat, self.w2_fp16, self.ref_down)
 
     def errors(self, variants) -> dict[tuple[str, str], float]:
         """(op, variant) -> ||ours - reference|| / ||reference||, reference = cuBLAS on FP16-dequantized weights."""
         import cupy
 
+        from impbench.kernels import moe
+
         self.ours("gate_up", self.primary)
+        self._sync_act()
         self.cublas_gate_up()
         self.cublas_down()
         inter = self.shapes.inter
@@ -296,7 +321,8 @@ class _Layer:
             for op, out in (("gate_up", self.act if default else self.act_v), ("down", self.out if default else self.out_v)):
                 out.fill(cupy.nan)
                 self.ours(op, variant)
-                errors[op, variant] = _rel_err(out, ref[op])
+                got = moe.from_kperm(out) if op == "gate_up" and self._kperm(variant) else out
+                errors[op, variant] = _rel_err(got, ref[op])
         return errors
 
 

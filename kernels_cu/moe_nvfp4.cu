@@ -554,8 +554,19 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const unsigned (&a)
 }
 
 
+// kperm: the order of K inside each 128-wide block in which the wgmma kernels consume a token row --
+// logical unit L = 4 i + q (16 bytes) holds, for j = 0..3, halves H[q] = {1,3}, {0,2}, {5,7}, {4,6} of
+// physical unit i + 4 j (what `permute` builds in shared memory). The wgp variant takes x (gate_up) and
+// h (down) already in this order (impbench/kernels/moe.py kperm_order) and its gate_up writes h in it.
+// kperm_slot(p): the logical position of physical position p (0..127).
+__device__ __forceinline__ int kperm_slot(int p) {
+    const int unit = p >> 3, e = p & 7;
+    const int q = 2 * (e >> 2) + ((e & 1) ^ 1), h = (e >> 1) & 1;
+    return 8 * (4 * (unit & 3) + q) + 2 * (unit >> 2) + h;
+}
+
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, bool TMA>
+template <bool GATE_UP, int NTA, bool TMA, bool XPRE>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
@@ -605,11 +616,32 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) x_dst[j] = (xi >> 1) * ATOM + xn * 128 + ((((xi & 1) * 4 + j) ^ (xn & 7)) << 4);
 
+    // XPRE (wgp): x is stored K-permuted (kperm below), so logical unit L of a row is its 16 bytes at
+    // 16 L: unit idx = tid + 256 m (m < XU) of the tile's 16 * 8 * NTA is copied by this thread, straight
+    // into its swizzled slot, and no thread permutes. Every thread copies: no warpgroup waits for another.
+    constexpr int XU = XPRE ? (NTA + 1) / 2 : 1;
+    const int pl = tid & 15, pn = tid >> 4;  // unit and first row (row pn + 16 m for copy m)
+    const unsigned p_dst = (pl >> 3) * ATOM + pn * 128 + (((pl & 7) ^ (pn & 7)) << 4);  // + 2048 m
+    unsigned p_src[XU];  // byte offset of copy m's unit in x (chunk 0), or ~0u: no row (zero-fill)
+#pragma unroll
+    for (int m = 0; m < XU; ++m) {
+        const int n = pn + 16 * m;
+        p_src[m] = n < tile.rows ? (unsigned)cx.s_src[n] * (2u * k) + 16u * pl : ~0u;
+    }
+
     // Token-tile copies of `chunk` into the token tile at shared address sb. A piece past K (the second
     // half of a K % 128 == 64 tail stage) reads 0 bytes from the first half's address, so every address
     // stays inside its row.
     auto issue_x = [&](int chunk, unsigned sb) {
-        if (x_row) {
+        if constexpr (XPRE) {  // K % 128 == 0 (impbench/kernels/moe.py): no tail stage
+#pragma unroll
+            for (int m = 0; m < XU; ++m) {
+                if (pn + 16 * m < 8 * NTA) {
+                    const bool ok = p_src[m] != ~0u;
+                    cp_async16s(sb + p_dst + 2048 * m, x_bytes + (ok ? p_src[m] + chunk * (BK * 2) : 0u), ok ? 16 : 0);
+                }
+            }
+        } else if (x_row) {
             const bool xhi_ok = x_ok && chunk * BK + BK / 2 < k;
             const unsigned char *xs = x_bytes + (x_ok ? x_off + chunk * (BK * 2) : 0u);
             const unsigned char *xh = xs + (xhi_ok ? BK : 0);
@@ -647,7 +679,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // Permute this thread's four landed slots into the logical order (see the section comment):
     // slot 4i + 2p + c = pair (p, c) of each of the four physical units, unit of quad thread t -> word t.
     auto permute = [&](unsigned char *sx) {  // sx: the stage's token tile
-        if (!x_row) return;
+        if (XPRE || !x_row) return;
         uint4 v[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) v[j] = *reinterpret_cast<const uint4 *>(sx + x_dst[j]);
@@ -826,7 +858,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             const int tok = nt * 8 + 2 * t + (c & 1), col = 16 * warp + (c >> 1) * 8 + g;
             if (GATE_UP) {
                 const float gate = acc[0][4 * nt + c] * f, up = acc[1][4 * nt + c] * f;
-                so[tok * STRIDE + col] = f2h(gate / (1.0f + __expf(-gate)) * up);
+                so[tok * STRIDE + (XPRE ? kperm_slot(col) : col)] = f2h(gate / (1.0f + __expf(-gate)) * up);
             } else {
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt)
@@ -853,7 +885,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 // n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
 // WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
 // tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false>
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false>
 __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
@@ -915,14 +947,14 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, TMA>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, TMA>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, TMA>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, TMA>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, TMA>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, TMA>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, TMA>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, TMA>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, 1, TMA, XPRE>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, TMA, XPRE>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, TMA, XPRE>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, TMA, XPRE>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, TMA, XPRE>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, TMA, XPRE>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, TMA, XPRE>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, TMA, XPRE>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -949,27 +981,29 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG)                                                                          \
+#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, XPRE)                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
                                   int inter, int n_tiles) { pdl_entry();                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
+        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, false, XPRE>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
                                           num_experts, hidden, inter, n_tiles);                                \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
                                half_t *out, int num_experts, int inter, int hidden, int n_tiles) { pdl_entry();            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
+        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, false, XPRE>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
                                            num_experts, inter, hidden, n_tiles);                               \
     }
 
-MOE_ENTRY(, 8, 2, true, false, false)
-MOE_ENTRY(_cvt, 8, 2, true, true, false)
+MOE_ENTRY(, 8, 2, true, false, false, false)
+MOE_ENTRY(_cvt, 8, 2, true, true, false, false)
 // wgq (sm_90a, wgmma): dynamic shared memory impmoe::wg::WQ_SMEM
-MOE_ENTRY(_wgq, 8, 2, true, true, true)
+MOE_ENTRY(_wgq, 8, 2, true, true, true, false)
+// wgp: wgq with x / h K-permuted in memory (kperm; K % 128 == 0), gate_up writing h K-permuted
+MOE_ENTRY(_wgp, 8, 2, true, true, true, true)
 
 // wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
 // then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and

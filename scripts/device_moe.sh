@@ -94,7 +94,7 @@ import cupy
 from impbench.moe_bench import MoeShapes, _Layer, route
 from impbench.presets import get_preset
 s = MoeShapes.from_preset(get_preset("qwen3-coder")); layer = _Layer(s, 512, 0); layer.primary = "$VARIANT"
-layer.set_routing(*route(512, s.experts, s.top_k, "uniform", 0))
+layer.set_routing(*route(512, s.experts, s.top_k, "uniform", 0)); layer.errors([layer.primary])
 for _ in range(2):
     layer.ours("gate_up", "$VARIANT"); layer.ours("down", "$VARIANT")
 cupy.cuda.Device().synchronize()

@@ -109,8 +109,13 @@ class Problem:
         from impbench.kernels import moe
 
         variant = variant or moe.DEFAULT_VARIANT
-        moe.moe_gate_up(self.x, self.row_token, self.offsets, *self.w13, self.act, variant=variant)
-        moe.moe_down(self.h, self.offsets, *self.w2, self.out, row_weight=self.row_weight if weighted else None,
+        # wgp reads x and h K-permuted and writes act K-permuted (check() restores the natural order)
+        self.kperm = moe.uses_kperm(variant, self.x.shape[1], self.h.shape[1])
+        if self.kperm and not hasattr(self, "x_kp"):  # once, eagerly: a captured launch must not allocate
+            self.x_kp, self.h_kp = moe.to_kperm(self.x), moe.to_kperm(self.h)
+        x, h = (self.x_kp, self.h_kp) if self.kperm else (self.x, self.h)
+        moe.moe_gate_up(x, self.row_token, self.offsets, *self.w13, self.act, variant=variant)
+        moe.moe_down(h, self.offsets, *self.w2, self.out, row_weight=self.row_weight if weighted else None,
                      variant=variant)  # fmt: skip
 
     def check(self, weighted=True):
@@ -118,13 +123,18 @@ class Problem:
 
         cupy.cuda.get_current_stream().synchronize()
         offsets, row_token, row_weight = self.routing
-        err_up = _rel_err(self.act.get(), _ref_gate_up(self.x_host, row_token, offsets, self.w13_deq))
+        act = self.act.get()
+        if self.kperm:
+            from impbench.kernels import moe
+
+            act = moe.from_kperm(act)
+        err_up = _rel_err(act, _ref_gate_up(self.x_host, row_token, offsets, self.w13_deq))
         err_down = _rel_err(self.out.get(), _ref_down(self.h_host, offsets, self.w2_deq, row_weight if weighted else None))
         assert err_up <= REL_ERR and err_down <= REL_ERR, (err_up, err_down)
         return err_up, err_down
 
 
-VARIANTS = ["w8", "cvt", "wgq", "wgt"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
+VARIANTS = ["w8", "cvt", "wgq", "wgt", "wgp"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
 
 
 @pytest.mark.gpu
@@ -138,6 +148,7 @@ VARIANTS = ["w8", "cvt", "wgq", "wgt"]  # impbench.kernels.moe.VARIANTS (kept li
         (3, 64, 64, 200, 1),  # a single 64-wide K stage; one expert gets up to 4 token tiles
         (5, 768, 320, 40, 4),  # K % 256 == 0 for gate_up (wgt runs it, down falls back): partial N tile
         (3, 320, 512, 37, 3),  # ... and for down (wgt): partial 256-column tile, gate_up falls back
+        (5, 384, 256, 45, 4),  # H and I multiples of 128: wgp runs (kperm x and h), 3 K stages / 2
     ],
 )
 def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k, variant):
@@ -185,6 +196,8 @@ def test_one_expert_down_is_a_dense_nvfp4_gemm(tokens, n, k, variant):
     w_deq = nvfp4.dequantize(codes.get(), scales.get(), scale2.get()).astype(np.float64)
     a_host = rng.standard_normal((tokens, k)).astype(np.float16)
     a = cupy.asarray(a_host)
+    if moe.uses_kperm(variant, n, k):  # wgp: the input K-permuted
+        a = moe.to_kperm(a)
     offsets = cupy.asarray(np.array([0, tokens], np.int32))
     out = cupy.full((tokens, n), cupy.nan, cupy.float16)
     moe.moe_down(a, offsets, codes, scales, scale2, out, variant=variant)
@@ -342,3 +355,23 @@ def test_moe_cli_bad_input_is_one_line_exit_2(args, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_kperm_order_is_the_kernels_shared_memory_permutation():
+    # kernels_cu/moe_nvfp4.cu `permute`: logical unit 4i + q, word j <- halves H[q] of physical unit i + 4j
+    from impbench.kernels import moe
+
+    halves = [(1, 3), (0, 2), (5, 7), (4, 6)]
+    block = np.empty(128, np.int64)
+    for i in range(4):
+        for q in range(4):
+            for j in range(4):
+                for h in range(2):
+                    block[8 * (4 * i + q) + 2 * j + h] = 8 * (i + 4 * j) + halves[q][h]
+    order = moe.kperm_order(384)
+    assert np.array_equal(order, np.concatenate([block, block + 128, block + 256]))
+    x = np.random.default_rng(3).standard_normal((5, 384)).astype(np.float16)
+    assert np.array_equal(moe.to_kperm(x)[:, 7], x[:, order[7]])
+    assert np.array_equal(moe.from_kperm(moe.to_kperm(x)), x)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        moe.kperm_order(192)

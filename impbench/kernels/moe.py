@@ -40,11 +40,18 @@ VARIANTS = {
     "cvt": ("_cvt", 256, SMEM_BYTES),  # the same, E2M1 decoded through the e4m3x2 -> f16x2 conversion
     "wgq": ("_wgq", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers), 64-byte weight-row copies, sm_90a
     "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # wgq with the weights by TMA; K % 256 == 0 (else wgq runs)
+    "wgp": ("_wgp", 256, WG_SMEM_BYTES),  # wgq with x / h K-permuted in memory (kperm); H, I % 128 == 0 (else wgq)
 }
-SM90A_VARIANTS = ("wgq", "wgt")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+SM90A_VARIANTS = ("wgq", "wgt", "wgp")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
 TMA_VARIANTS = ("wgt",)  # take the weights' tensor maps as two more (by-value) arguments
 TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE
+# wgp reads its activations (x for gate_up, h for down) in the kperm order below and its gate_up writes h
+# in it, so no thread permutes the token tile in shared memory; a layer runs it only where both K (H and
+# I) are multiples of KPERM_BLOCK, else KPERM_FALLBACK with every activation in natural order.
+KPERM_VARIANTS = ("wgp",)
+KPERM_BLOCK = 128
+KPERM_FALLBACK = "wgq"
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE v5):
 # wgq 139.2 / 77.9 µs (gate_up / down, uniform) against wgt 138.9 / 80.7, wgw 150.4 / 83.2, cvt 195.1 / 97.5.
 DEFAULT_VARIANT = "wgq"
@@ -70,6 +77,56 @@ def resolve_variant(variant: str, k: int | None = None) -> str:
     if variant in TMA_VARIANTS and k is not None and k % TMA_K_MULTIPLE:
         return TMA_FALLBACK
     return variant
+
+
+def uses_kperm(variant: str, hidden: int, inter: int) -> bool:
+    """Whether `variant` runs on a layer of hidden H / intermediate I with its activations in kperm order:
+    x given to moe_gate_up and h given to moe_down K-permuted (to_kperm), and moe_gate_up's output too."""
+    return resolve_variant(variant) in KPERM_VARIANTS and hidden % KPERM_BLOCK == 0 and inter % KPERM_BLOCK == 0
+
+
+def _layer_variant(variant: str, k: int, hidden: int, inter: int) -> str:
+    variant = resolve_variant(variant, k)
+    if variant in KPERM_VARIANTS and not uses_kperm(variant, hidden, inter):
+        return KPERM_FALLBACK
+    return variant
+
+
+@functools.cache
+def kperm_order(k: int) -> np.ndarray:
+    """int64 [k]: a K-permuted row holds element kperm_order(k)[i] of the natural row at position i. Inside
+    each 128-wide block, logical 16-byte unit 4i + q holds, for j = 0..3, halves {1,3}, {0,2}, {5,7} or
+    {4,6} (q = 0..3) of physical unit i + 4j: the order in which the wgmma kernels pair K with the decoded
+    weights (kernels_cu/moe_nvfp4.cu, kperm_slot)."""
+    if k % KPERM_BLOCK:
+        raise ValueError(f"kperm needs K to be a multiple of {KPERM_BLOCK}, got {k}")
+    p = np.arange(KPERM_BLOCK)
+    unit, e = p >> 3, p & 7
+    slot = 8 * (4 * (unit & 3) + 2 * (e >> 2) + ((e & 1) ^ 1)) + 2 * (unit >> 2) + ((e >> 1) & 1)
+    block = np.empty(KPERM_BLOCK, np.int64)
+    block[slot] = p
+    return (np.arange(0, k, KPERM_BLOCK)[:, None] + block[None, :]).reshape(-1)
+
+
+def to_kperm(a, out=None):
+    """a [..., K] (NumPy or CuPy) in kperm order along its last axis (a new array, or into `out`)."""
+    return _take_last(a, kperm_order(a.shape[-1]), out)
+
+
+def from_kperm(a, out=None):
+    """The inverse of to_kperm."""
+    return _take_last(a, np.argsort(kperm_order(a.shape[-1])), out)
+
+
+def _take_last(a, index, out):
+    if not isinstance(a, np.ndarray):
+        import cupy
+
+        index = cupy.asarray(index)
+    if out is None:
+        return a[..., index]
+    out[...] = a[..., index]
+    return out
 
 
 @functools.cache
@@ -124,7 +181,7 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
     _check_experts("w13", w13, w13_scale, w13_scale2, 2 * inter, hidden, experts)
     check_array("out", out, np.float16, shape=(rows, inter))
     _check_aligned("moe_gate_up", x=x, w13=w13, w13_scale=w13_scale, out=out)
-    variant = resolve_variant(variant, hidden)
+    variant = _layer_variant(variant, hidden, hidden, inter)
     if tokens < 1 or rows < 1:
         return None
     n_tiles = -(-inter // GATE_UP_COLS)
@@ -152,7 +209,7 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     if row_weight is not None:
         check_array("row_weight", row_weight, np.float32, shape=(rows,))
     _check_aligned("moe_down", h=h, w2=w2, w2_scale=w2_scale, out=out)
-    variant = resolve_variant(variant, inter)
+    variant = _layer_variant(variant, inter, hidden, inter)
     if rows < 1:
         return None
     n_tiles = -(-hidden // DOWN_COLS)
@@ -236,13 +293,15 @@ def _driver_launcher(kernel, grid, block, args, smem):
 
 def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=DEFAULT_VARIANT) -> None:
     """out[r] = SiLU(x[row_token[r]] . gate_e^T) * (x[row_token[r]] . up_e^T) for every permuted row r,
-    e its expert. x fp16 [T, H]; out fp16 [R, I]; FP32 accumulation, one FP16 rounding."""
+    e its expert. x fp16 [T, H]; out fp16 [R, I]; FP32 accumulation, one FP16 rounding. Where
+    uses_kperm(variant, H, I), x and out are in kperm order."""
     _launcher(_plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant))()
 
 
 def moe_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None, variant=DEFAULT_VARIANT) -> None:
     """out[r] = (h[r] . down_e^T) * row_weight[r] (no scaling when row_weight is None) for every
-    permuted row r, e its expert. h fp16 [R, I]; out fp16 [R, H]."""
+    permuted row r, e its expert. h fp16 [R, I]; out fp16 [R, H]. Where uses_kperm(variant, H, I), h is
+    in kperm order."""
     _launcher(_plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight, variant))()
 
 
