@@ -392,7 +392,7 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
                   seed: int = 0, variants=(), variant: str | None = None, progress=None) -> MoeReport:  # fmt: skip
     """Time gate_up and down of one chunk of `pp` tokens under each routing (see the module docstring).
 
-    `variant`: the kernel variant reported as ours (default: impbench.kernels.moe.DEFAULT_VARIANT);
+    `variant`: the kernel variant reported as ours (default: impbench.kernels.moe.EXPERT_VARIANT, the engine's);
     `variants`: further variants (or ("all",)) timed beside it, each with its own error against the
     reference (calibration).
     """
@@ -410,7 +410,7 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
         raise InputError(f"--reps must be >= 1, got {reps}")
     if tuple(variants) == ("all",):
         variants = tuple(moe.VARIANTS)
-    variant = variant or moe.DEFAULT_VARIANT
+    variant = variant or moe.EXPERT_VARIANT
     for name in (variant, *variants):
         if name not in moe.VARIANTS:
             raise InputError(f"unknown variant {name!r}; accepted: all, {', '.join(moe.VARIANTS)}")

@@ -410,6 +410,30 @@ __global__ void add_f16(const half_t *a, const half_t *b, half_t *out, long long
     }
 }
 
+// out = x in kperm order (impbench/kernels/moe.py kperm_order; the activation order of the wgp MoE
+// kernels): thread g permutes group g = (128-wide block g / 4, i = g % 4) of the flattened rows -- it
+// reads physical 16-byte units i + 4j (j = 0..3) and writes logical units 4i + q, word j of which holds
+// halves {1,3}, {0,2}, {5,7}, {4,6} (q = 0..3) of unit i + 4j. K % 128 == 0; out must not alias x.
+__global__ void kperm_f16(const half_t *__restrict__ x, half_t *__restrict__ out, long long groups) { pdl_entry();
+    for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (long long)gridDim.x * blockDim.x) {
+        const long long base = (g >> 2) * 16;  // 16-byte units
+        const int i = (int)(g & 3);
+        const u32x4 *src = reinterpret_cast<const u32x4 *>(x) + base;
+        u32x4 *dst = reinterpret_cast<u32x4 *>(out) + base;
+        u32x4 v[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = ld16(src + i + 4 * j);
+        dst[4 * i + 0] = {__byte_perm(v[0].x, v[0].y, 0x7632), __byte_perm(v[1].x, v[1].y, 0x7632),
+                          __byte_perm(v[2].x, v[2].y, 0x7632), __byte_perm(v[3].x, v[3].y, 0x7632)};
+        dst[4 * i + 1] = {__byte_perm(v[0].x, v[0].y, 0x5410), __byte_perm(v[1].x, v[1].y, 0x5410),
+                          __byte_perm(v[2].x, v[2].y, 0x5410), __byte_perm(v[3].x, v[3].y, 0x5410)};
+        dst[4 * i + 2] = {__byte_perm(v[0].z, v[0].w, 0x7632), __byte_perm(v[1].z, v[1].w, 0x7632),
+                          __byte_perm(v[2].z, v[2].w, 0x7632), __byte_perm(v[3].z, v[3].w, 0x7632)};
+        dst[4 * i + 3] = {__byte_perm(v[0].z, v[0].w, 0x5410), __byte_perm(v[1].z, v[1].w, 0x5410),
+                          __byte_perm(v[2].z, v[2].w, 0x5410), __byte_perm(v[3].z, v[3].w, 0x5410)};
+    }
+}
+
 // qkv_post_vp{1,2,4,8}: see qkv_post_impl. Grid: one block per token; block: ceil(heads / 4) warps.
 #define QKV_POST(VP)                                                                                               \
     __global__ void qkv_post_vp##VP(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,            \

@@ -204,6 +204,17 @@ def test_add_matches_and_may_alias():
     np.testing.assert_array_equal(a.get(), expected)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens,k", [(1, 128), (37, 2048), (5, 768)])
+def test_kperm_is_the_moe_activation_order(tokens, k):
+    from impbench.kernels import moe
+
+    x = _rand_f16(np.random.default_rng(tokens + k), (tokens, k))
+    out = _nan_f16((tokens, k))
+    ops.kperm(x, out)
+    np.testing.assert_array_equal(out.get(), moe.to_kperm(x.get()))
+
+
 def _qkv_case(rng, tokens, q_heads, kv_heads, head_dim, max_len):
     qkv = _rand_f16(rng, (tokens, (q_heads + 2 * kv_heads) * head_dim), 2.0)
     q_norm_w = _cp().asarray((1.0 + 0.2 * rng.standard_normal(head_dim)).astype(np.float16))

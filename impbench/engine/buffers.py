@@ -28,6 +28,7 @@ def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[
         # attention block
         "resid": ((chunk_tokens, hidden), f16),
         "normed": ((chunk_tokens, hidden), f16),
+        "normed_kp": ((chunk_tokens, hidden), f16),  # ffn_norm output in kperm order (wgp expert GEMMs)
         "qkv": ((chunk_tokens, (heads + 2 * kv_heads) * dim), f16),
         "q": ((chunk_tokens, heads, dim), f16),
         "attn": ((chunk_tokens, heads, dim), f16),

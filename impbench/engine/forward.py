@@ -91,6 +91,8 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
         add(op, fn)
 
     layers = weights.layers
+    expert = moe.EXPERT_VARIANT
+    kperm = moe.uses_kperm(expert, p.hidden_size, p.moe_intermediate_size)
     add("embed", ops.prepare(ops.embed, b.ids[:t], weights.embed, resid))
     add("attn_norm", ops.prepare(ops.rmsnorm, resid, layers[0].attn_norm, eps, normed))  # later layers': in combine
     for index, layer in enumerate(layers):
@@ -107,10 +109,14 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
                                     topk_ids, topk_weights, token_rows, counts))  # fmt: skip
         add("permute", routing.prepare(routing.permute_counted, topk_ids, topk_weights, counts, b.expert_offsets,
                                        row_token, row_weight, token_rows))  # fmt: skip
-        add("moe_gate_up", moe.prepare(moe.moe_gate_up, normed, row_token, b.expert_offsets,
-                                       layer.w13, layer.w13_scale, layer.w13_scale2, b.expert_act[:rows]))  # fmt: skip
+        x_moe = normed
+        if kperm:  # the wgp expert kernels read x K-permuted (and pass h to each other in that order)
+            add("kperm", ops.prepare(ops.kperm, normed, b.normed_kp[:t]))
+            x_moe = b.normed_kp[:t]
+        add("moe_gate_up", moe.prepare(moe.moe_gate_up, x_moe, row_token, b.expert_offsets, layer.w13,
+                                       layer.w13_scale, layer.w13_scale2, b.expert_act[:rows], variant=expert))  # fmt: skip
         add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,
-                                    layer.w2_scale2, b.expert_out[:rows], row_weight=row_weight))  # fmt: skip
+                                    layer.w2_scale2, b.expert_out[:rows], row_weight=row_weight, variant=expert))  # fmt: skip
         if index + 1 < len(layers):  # the residual's next reader is the next layer's attn_norm: fused
             add("combine+attn_norm", routing.prepare(routing.combine_rmsnorm, b.expert_out[:rows], token_rows, resid,
                                                      resid, layers[index + 1].attn_norm, eps, normed))  # fmt: skip

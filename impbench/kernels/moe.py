@@ -55,6 +55,10 @@ KPERM_FALLBACK = "wgq"
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE v5):
 # wgq 139.2 / 77.9 µs (gate_up / down, uniform) against wgt 138.9 / 80.7, wgw 150.4 / 83.2, cvt 195.1 / 97.5.
 DEFAULT_VARIANT = "wgq"
+# The engine's expert GEMMs (one layer's gate_up / down pair): wgp where uses_kperm, the layer's x put in
+# kperm order by ops.kperm first (results/NOTES.md MoE v6: 113.6 / 63.2 µs against wgq's 132.8 / 74.8 on
+# an H200); DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
+EXPERT_VARIANT = "wgp"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
