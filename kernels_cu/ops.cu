@@ -323,12 +323,32 @@ __device__ __forceinline__ void rmsnorm_impl(const half_t *__restrict__ x, const
     norm_store<C>(raw, w_raw, out + (size_t)blockIdx.x * hidden, chunks, eps);
 }
 
+// One group of the kperm order (impbench/kernels/moe.py kperm_order; the activation order of the wgp
+// MoE kernels) in a 128-wide block of 16 units: reads physical 16-byte units i + 4j (j = 0..3) of src and
+// writes logical units 4i + q of dst, word j of which holds halves {1,3}, {0,2}, {5,7}, {4,6} (q = 0..3)
+// of unit i + 4j. Plain loads: src may have been written by this kernel (add_rmsnorm's out).
+__device__ __forceinline__ void kperm_group(const u32x4 *src, u32x4 *dst, int i) {
+    u32x4 v[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = ld16(src + i + 4 * j);
+    dst[4 * i + 0] = {__byte_perm(v[0].x, v[0].y, 0x7632), __byte_perm(v[1].x, v[1].y, 0x7632),
+                      __byte_perm(v[2].x, v[2].y, 0x7632), __byte_perm(v[3].x, v[3].y, 0x7632)};
+    dst[4 * i + 1] = {__byte_perm(v[0].x, v[0].y, 0x5410), __byte_perm(v[1].x, v[1].y, 0x5410),
+                      __byte_perm(v[2].x, v[2].y, 0x5410), __byte_perm(v[3].x, v[3].y, 0x5410)};
+    dst[4 * i + 2] = {__byte_perm(v[0].z, v[0].w, 0x7632), __byte_perm(v[1].z, v[1].w, 0x7632),
+                      __byte_perm(v[2].z, v[2].w, 0x7632), __byte_perm(v[3].z, v[3].w, 0x7632)};
+    dst[4 * i + 3] = {__byte_perm(v[0].z, v[0].w, 0x5410), __byte_perm(v[1].z, v[1].w, 0x5410),
+                      __byte_perm(v[2].z, v[2].w, 0x5410), __byte_perm(v[3].z, v[3].w, 0x5410)};
+}
+
 // residual += x (rounded to FP16, as the residual stream is stored), then out = RMSNorm(residual).
-// The norm reads the rounded sum, so it matches what the next op sees in `residual`.
+// The norm reads the rounded sum, so it matches what the next op sees in `residual`. With out_kp, the
+// block then also writes its out row in kperm order there (hidden % 128 == 0): the input of the wgp
+// expert GEMMs, without a launch of its own.
 template <int C>
 __device__ __forceinline__ void add_rmsnorm_impl(const half_t *__restrict__ x, half_t *__restrict__ residual,
                                                  const half_t *__restrict__ weight, half_t *__restrict__ out,
-                                                 int hidden, float eps) {
+                                                 half_t *__restrict__ out_kp, int hidden, float eps) {
     const int chunks = hidden >> 3;
     const u32x4 *x_row = reinterpret_cast<const u32x4 *>(x + (size_t)blockIdx.x * hidden);
     u32x4 *r_row = reinterpret_cast<u32x4 *>(residual + (size_t)blockIdx.x * hidden);
@@ -356,6 +376,12 @@ __device__ __forceinline__ void add_rmsnorm_impl(const half_t *__restrict__ x, h
         }
     }
     norm_store<C>(raw, w_raw, out + (size_t)blockIdx.x * hidden, chunks, eps);
+    if (out_kp) {
+        __syncthreads();  // the block's out row is written (and visible to the block)
+        const u32x4 *o_row = reinterpret_cast<const u32x4 *>(out + (size_t)blockIdx.x * hidden);
+        u32x4 *k_row = reinterpret_cast<u32x4 *>(out_kp + (size_t)blockIdx.x * hidden);
+        for (int g = threadIdx.x; g < chunks / 4; g += blockDim.x) kperm_group(o_row + (g >> 2) * 16, k_row + (g >> 2) * 16, g & 3);
+    }
 }
 
 }  // namespace
@@ -386,8 +412,9 @@ __global__ void embed_f16(const int *__restrict__ ids, const half_t *__restrict_
     }                                                                                                              \
     __global__ void __launch_bounds__(ROW_THREADS)                                                                 \
         add_rmsnorm_f16_c##C(const half_t *__restrict__ x, half_t *__restrict__ residual,                          \
-                             const half_t *__restrict__ weight, half_t *__restrict__ out, int hidden, float eps) { pdl_entry(); \
-        add_rmsnorm_impl<C>(x, residual, weight, out, hidden, eps);                                                \
+                             const half_t *__restrict__ weight, half_t *__restrict__ out, half_t *__restrict__ out_kp, \
+                             int hidden, float eps) { pdl_entry();                                                  \
+        add_rmsnorm_impl<C>(x, residual, weight, out, out_kp, hidden, eps);                                        \
     }
 ROW_KERNELS(1)
 ROW_KERNELS(2)
@@ -410,27 +437,12 @@ __global__ void add_f16(const half_t *a, const half_t *b, half_t *out, long long
     }
 }
 
-// out = x in kperm order (impbench/kernels/moe.py kperm_order; the activation order of the wgp MoE
-// kernels): thread g permutes group g = (128-wide block g / 4, i = g % 4) of the flattened rows -- it
-// reads physical 16-byte units i + 4j (j = 0..3) and writes logical units 4i + q, word j of which holds
-// halves {1,3}, {0,2}, {5,7}, {4,6} (q = 0..3) of unit i + 4j. K % 128 == 0; out must not alias x.
+// out = x in kperm order (see kperm_group): thread g permutes group g = (128-wide block g / 4, i = g % 4)
+// of the flattened rows. K % 128 == 0; out must not alias x.
 __global__ void kperm_f16(const half_t *__restrict__ x, half_t *__restrict__ out, long long groups) { pdl_entry();
     for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (long long)gridDim.x * blockDim.x) {
         const long long base = (g >> 2) * 16;  // 16-byte units
-        const int i = (int)(g & 3);
-        const u32x4 *src = reinterpret_cast<const u32x4 *>(x) + base;
-        u32x4 *dst = reinterpret_cast<u32x4 *>(out) + base;
-        u32x4 v[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = ld16(src + i + 4 * j);
-        dst[4 * i + 0] = {__byte_perm(v[0].x, v[0].y, 0x7632), __byte_perm(v[1].x, v[1].y, 0x7632),
-                          __byte_perm(v[2].x, v[2].y, 0x7632), __byte_perm(v[3].x, v[3].y, 0x7632)};
-        dst[4 * i + 1] = {__byte_perm(v[0].x, v[0].y, 0x5410), __byte_perm(v[1].x, v[1].y, 0x5410),
-                          __byte_perm(v[2].x, v[2].y, 0x5410), __byte_perm(v[3].x, v[3].y, 0x5410)};
-        dst[4 * i + 2] = {__byte_perm(v[0].z, v[0].w, 0x7632), __byte_perm(v[1].z, v[1].w, 0x7632),
-                          __byte_perm(v[2].z, v[2].w, 0x7632), __byte_perm(v[3].z, v[3].w, 0x7632)};
-        dst[4 * i + 3] = {__byte_perm(v[0].z, v[0].w, 0x5410), __byte_perm(v[1].z, v[1].w, 0x5410),
-                          __byte_perm(v[2].z, v[2].w, 0x5410), __byte_perm(v[3].z, v[3].w, 0x5410)};
+        kperm_group(reinterpret_cast<const u32x4 *>(x) + base, reinterpret_cast<u32x4 *>(out) + base, (int)(g & 3));
     }
 }
 

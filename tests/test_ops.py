@@ -215,6 +215,21 @@ def test_kperm_is_the_moe_activation_order(tokens, k):
     np.testing.assert_array_equal(out.get(), moe.to_kperm(x.get()))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("threads", [None, 32])
+@pytest.mark.parametrize("tokens,hidden", [(3, 128), (40, 2048)])
+def test_add_rmsnorm_also_writes_its_output_in_kperm_order(tokens, hidden, threads):
+    from impbench.kernels import moe
+
+    rng = np.random.default_rng(tokens * hidden)
+    x, residual = _rand_f16(rng, (tokens, hidden)), _rand_f16(rng, (tokens, hidden))
+    weight = _rand_f16(rng, (hidden,))
+    out, out_kp = _nan_f16((tokens, hidden)), _nan_f16((tokens, hidden))
+    ops.prepare(ops.add_rmsnorm, x, residual, weight, 1e-6, out, threads=threads, out_kperm=out_kp)()
+    assert np.isfinite(out.get()).all()
+    np.testing.assert_array_equal(out_kp.get(), moe.to_kperm(out.get()))
+
+
 def _qkv_case(rng, tokens, q_heads, kv_heads, head_dim, max_len):
     qkv = _rand_f16(rng, (tokens, (q_heads + 2 * kv_heads) * head_dim), 2.0)
     q_norm_w = _cp().asarray((1.0 + 0.2 * rng.standard_normal(head_dim)).astype(np.float16))

@@ -102,17 +102,16 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
                                     b.q[:t], k_cache, v_cache, qk_norm=p.qk_norm))  # fmt: skip
         add("attention", attention.prepare(b.q[:t], k_cache, v_cache, b.pos, b.attn[:t], scale))
         dense("o_proj", b.attn[:t].reshape(t, -1), layer.wo, b.attn_proj[:t])
-        add("ffn_norm", ops.prepare(ops.add_rmsnorm, b.attn_proj[:t], resid, layer.ffn_norm, eps, normed))
+        kp_out = b.normed_kp[:t] if kperm else None  # the wgp expert GEMMs' x, written by the same launch
+        add("ffn_norm", ops.prepare(ops.add_rmsnorm, b.attn_proj[:t], resid, layer.ffn_norm, eps, normed, out_kperm=kp_out))
         dense("router", normed, layer.router, b.router_logits[:t])
         counts = b.route_counts[: routing.count_blocks(t)]
         add("topk", routing.prepare(routing.topk_count, b.router_logits[:t], p.experts_per_token, p.norm_topk_prob,
                                     topk_ids, topk_weights, token_rows, counts))  # fmt: skip
         add("permute", routing.prepare(routing.permute_counted, topk_ids, topk_weights, counts, b.expert_offsets,
                                        row_token, row_weight, token_rows))  # fmt: skip
-        x_moe = normed
-        if kperm:  # the wgp expert kernels read x K-permuted (and pass h to each other in that order)
-            add("kperm", ops.prepare(ops.kperm, normed, b.normed_kp[:t]))
-            x_moe = b.normed_kp[:t]
+        # wgp reads x K-permuted (ffn_norm wrote it) and passes h to down in that order
+        x_moe = kp_out if kperm else normed
         add("moe_gate_up", moe.prepare(moe.moe_gate_up, x_moe, row_token, b.expert_offsets, layer.w13,
                                        layer.w13_scale, layer.w13_scale2, b.expert_act[:rows], variant=expert))  # fmt: skip
         add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,

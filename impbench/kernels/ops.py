@@ -29,6 +29,7 @@ QKV_WIDE_LANES = (2, 4, 8, 16, 32)  # lanes per head of the 16-byte form: head_d
 QKV_WIDE_STEPS = (2, 4, 8)  # heads each lane handles in the 16-byte form
 QKV_WIDE_DEFAULT_STEPS = 4
 MAX_HIDDEN = 8 * ROW_CHUNKS[-1] * MAX_ROW_THREADS  # 8192 halves
+KPERM_BLOCK = 128  # impbench.kernels.moe.KPERM_BLOCK
 
 
 def _kernel(name: str):
@@ -98,7 +99,7 @@ def _plan_rmsnorm(x, weight, eps, out, threads=None):
     return kernel, (tokens,), block, args
 
 
-def _plan_add_rmsnorm(x, residual, weight, eps, out, threads=None):
+def _plan_add_rmsnorm(x, residual, weight, eps, out, threads=None, out_kperm=None):
     check_array("x", x, np.float16, ndim=2)
     tokens, hidden = x.shape
     check_array("residual", residual, np.float16, shape=(tokens, hidden))
@@ -106,9 +107,16 @@ def _plan_add_rmsnorm(x, residual, weight, eps, out, threads=None):
     check_array("out", out, np.float16, shape=(tokens, hidden))
     _check_tokens("add_rmsnorm", tokens, x)
     _check_hidden("add_rmsnorm", hidden)
-    for name, arr in (("x", x), ("residual", residual), ("weight", weight), ("out", out)):
+    arrays = {"x": x, "residual": residual, "weight": weight, "out": out}
+    if out_kperm is not None:
+        check_array("out_kperm", out_kperm, np.float16, shape=(tokens, hidden))
+        if hidden % KPERM_BLOCK:
+            raise ValueError(f"add_rmsnorm: out_kperm needs a hidden size that is a multiple of {KPERM_BLOCK}, got {hidden}")
+        arrays["out_kperm"] = out_kperm
+    for name, arr in arrays.items():
         _check_aligned(name, arr)
-    args = (x, residual, weight, out, np.int32(hidden), np.float32(eps))
+    kp = out_kperm if out_kperm is not None else np.uint64(0)  # null: no kperm copy
+    args = (x, residual, weight, out, kp, np.int32(hidden), np.float32(eps))
     kernel, block = _row_launch("add_rmsnorm", hidden, threads)
     return kernel, (tokens,), block, args
 
@@ -124,9 +132,6 @@ def _plan_add(a, b, out):
     chunks = a.size // 8
     grid = max(1, min(-(-chunks // 256), 132 * 16))
     return _kernel("add_f16"), (grid,), (256,), (a, b, out, np.int64(a.size))
-
-
-KPERM_BLOCK = 128  # impbench.kernels.moe.KPERM_BLOCK
 
 
 def _plan_kperm(x, out):
@@ -218,9 +223,10 @@ def rmsnorm(x, weight, eps: float, out) -> None:
     kernel(grid, block, args)
 
 
-def add_rmsnorm(x, residual, weight, eps: float, out) -> None:
-    """residual += x (stored FP16), then out = rmsnorm(residual). x, residual, out fp16 [T, H]; weight fp16 [H]."""
-    kernel, grid, block, args = _plan_add_rmsnorm(x, residual, weight, eps, out)
+def add_rmsnorm(x, residual, weight, eps: float, out, out_kperm=None) -> None:
+    """residual += x (stored FP16), then out = rmsnorm(residual). x, residual, out fp16 [T, H]; weight fp16 [H].
+    With out_kperm (fp16 [T, H], H % 128 == 0), also out in kperm order there (the wgp expert GEMMs' input)."""
+    kernel, grid, block, args = _plan_add_rmsnorm(x, residual, weight, eps, out, out_kperm=out_kperm)
     kernel(grid, block, args)
 
 
