@@ -826,6 +826,42 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             compute(smem + T_CODES + slot * CODE_STAGE,
                     smem + T_SCALES + ((c >> 1) % T_SCALE_SLOTS) * (ROWS * 16) + (c & 1) * 8, x_addr);
         }
+    } else if constexpr (XPRE) {
+        // No block barrier in the K loop: stage slot s has a `full` mbarrier (every thread arrives once its
+        // own copies into the slot have landed: cp.async.mbarrier.arrive.noinc) and an `empty` one (every
+        // thread arrives once its wgmma reading the slot are done). A thread waits for full[c] before
+        // computing stage c, and for empty[c - 1] before copying stage c + 2 into that slot (and into the
+        // scale-ring slot chunks c - 2, c - 1 used), so warps may drift up to a stage apart instead of
+        // meeting at every stage. (Only wgp: wgq rewrites its token-tile slots after they land, a later event
+        // than the cp.async arrival.)
+        __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];
+        const unsigned full = smem_u32(s_bars), empty = full + 8 * STAGES;
+        if (tid == 0) {
+#pragma unroll
+            for (int i = 0; i < 2 * STAGES; ++i) mbar_init(full + 8 * i, NT);
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        }
+        __syncthreads();
+#pragma unroll 1
+        for (int s = 0; s < STAGES - 1 && s < chunks; ++s) {
+            issue(s, s);
+            mbar_arrive_on_cp_async(full + 8 * s);
+        }
+#pragma unroll 1
+        for (int c = 0; c < chunks; ++c) {
+            const int slot = c % STAGES;
+            mbar_wait(full + 8 * slot, (c / STAGES) & 1);
+            fence_proxy_async();  // the landed copies (generic proxy) -> this thread's wgmma reads (async proxy)
+            const int next = c + STAGES - 1;
+            if (next < chunks) {
+                if (c > 0) mbar_wait(empty + 8 * ((c - 1) % STAGES), ((c - 1) / STAGES) & 1);
+                issue(next, next % STAGES);
+                mbar_arrive_on_cp_async(full + 8 * (next % STAGES));
+            }
+            compute(smem + slot * WQ_STAGE + C_OFF, smem + WQ_RING + ((c >> 1) & 1) * (ROWS * 16) + (c & 1) * 8,
+                    s_base + slot * WQ_STAGE);
+            mbar_arrive(empty + 8 * slot);  // compute ends with wgmma_wait<0>: this thread's reads are done
+        }
     } else {
 #pragma unroll 1
         for (int s = 0; s < STAGES - 1; ++s) {

@@ -67,10 +67,10 @@ def make_copy(dest: Path, patches, base: Path | None = None) -> None:
     (dest / SOURCE).write_text(text)
 
 
-def time_copy(kernels: Path, out: Path, reps: int) -> dict:
+def time_copy(kernels: Path, out: Path, reps: int, variant: str = "wgq") -> dict:
     env = dict(os.environ, IMPBENCH_KERNELS_DIR=str(kernels), PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "impbench", "moe", "--model", "qwen3-coder", "--pp", "512", "--reps", str(reps),
-           "--variant", "wgq", "--format", "json", "--out", str(out)]
+           "--variant", variant, "--format", "json", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
@@ -82,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--variant", default="wgq", help="kernel variant timed (the ablations patch the wgq / wgp loop)")
     parser.add_argument("--base-dir", type=Path, default=None)
     parser.add_argument("--only", default="", help="comma-separated ablations (default: all)")
     parser.add_argument("--combine", action="append", default=[],
@@ -99,7 +100,7 @@ def main() -> None:
     lines = ["| kernels | gate_up µs | down µs | gate_up rel-err |", "|---|---|---|---|"]
     for name, patches, base in cases:
         make_copy(work / name, patches, base)
-        got = time_copy(work / name, args.out / f"ablation_{name}.json", args.reps)
+        got = time_copy(work / name, args.out / f"ablation_{name}.json", args.reps, args.variant)
         if "error" in got:
             lines.append(f"| {name} | error: {got['error'][:80]} | | |")
         else:
