@@ -437,15 +437,6 @@ __global__ void add_f16(const half_t *a, const half_t *b, half_t *out, long long
     }
 }
 
-// out = x in kperm order (see kperm_group): thread g permutes group g = (128-wide block g / 4, i = g % 4)
-// of the flattened rows. K % 128 == 0; out must not alias x.
-__global__ void kperm_f16(const half_t *__restrict__ x, half_t *__restrict__ out, long long groups) { pdl_entry();
-    for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (long long)gridDim.x * blockDim.x) {
-        const long long base = (g >> 2) * 16;  // 16-byte units
-        kperm_group(reinterpret_cast<const u32x4 *>(x) + base, reinterpret_cast<u32x4 *>(out) + base, (int)(g & 3));
-    }
-}
-
 // qkv_post_vp{1,2,4,8}: see qkv_post_impl. Grid: one block per token; block: ceil(heads / 4) warps.
 #define QKV_POST(VP)                                                                                               \
     __global__ void qkv_post_vp##VP(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,            \

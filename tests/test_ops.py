@@ -205,17 +205,6 @@ def test_add_matches_and_may_alias():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tokens,k", [(1, 128), (37, 2048), (5, 768)])
-def test_kperm_is_the_moe_activation_order(tokens, k):
-    from impbench.kernels import moe
-
-    x = _rand_f16(np.random.default_rng(tokens + k), (tokens, k))
-    out = _nan_f16((tokens, k))
-    ops.kperm(x, out)
-    np.testing.assert_array_equal(out.get(), moe.to_kperm(x.get()))
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("threads", [None, 32])
 @pytest.mark.parametrize("tokens,hidden", [(3, 128), (40, 2048)])
 def test_add_rmsnorm_also_writes_its_output_in_kperm_order(tokens, hidden, threads):

@@ -1,5 +1,5 @@
-"""Wrappers for kernels_cu/ops.cu: embedding, RMSNorm, residual add + RMSNorm, add, kperm (the wgp MoE
-activation order), q/k norm + RoPE + KV append.
+"""Wrappers for kernels_cu/ops.cu: embedding, RMSNorm, residual add + RMSNorm (optionally also in the kperm
+order of the wgp MoE kernels), add, q/k norm + RoPE + KV append.
 
 Every wrapper checks dtypes, shapes, contiguity and 16-byte alignment (ValueError naming them), then
 launches on the current stream. None allocates, synchronizes or reads device memory on the host, so
@@ -134,18 +134,6 @@ def _plan_add(a, b, out):
     return _kernel("add_f16"), (grid,), (256,), (a, b, out, np.int64(a.size))
 
 
-def _plan_kperm(x, out):
-    check_array("x", x, np.float16, ndim=2)
-    check_array("out", out, np.float16, shape=x.shape)
-    if x.shape[1] % KPERM_BLOCK:
-        raise ValueError(f"kperm: rows must be a multiple of {KPERM_BLOCK} wide, got {tuple(x.shape)}")
-    for name, arr in (("x", x), ("out", out)):
-        _check_aligned(name, arr)
-    groups = x.size // KPERM_BLOCK * 4
-    grid = max(1, min(-(-groups // 256), 132 * 16))
-    return _kernel("kperm_f16"), (grid,), (256,), (x, out, np.int64(groups))
-
-
 def _qkv_wide_lanes(head_dim: int, arrays) -> int | None:
     """Lanes per head of the 16-byte form, or None where only the narrow form applies (head_dim not
     8 * a power of two up to 256, or an array off a 16-byte boundary)."""
@@ -236,13 +224,6 @@ def add(a, b, out) -> None:
     kernel(grid, block, args)
 
 
-def kperm(x, out) -> None:
-    """out = x with each row in the kperm order of the wgp MoE kernels (impbench.kernels.moe.kperm_order):
-    the activations they read. x, out fp16 [T, K], K % 128 == 0, out not aliasing x."""
-    kernel, grid, block, args = _plan_kperm(x, out)
-    kernel(grid, block, args)
-
-
 def qkv_post(qkv, q_norm_w, k_norm_w, eps: float, rope_theta: float, pos, q_out, k_cache, v_cache, qk_norm: bool = True,
              form: str = "auto", steps: int = QKV_WIDE_DEFAULT_STEPS) -> None:
     """Attention prologue of one chunk: per-head RMSNorm of q and k (skipped when qk_norm is False),
@@ -268,7 +249,6 @@ _PLANS = {
     rmsnorm: _plan_rmsnorm,
     add_rmsnorm: _plan_add_rmsnorm,
     add: _plan_add,
-    kperm: _plan_kperm,
     qkv_post: _plan_qkv_post,
 }
 
