@@ -375,3 +375,17 @@ def test_kperm_order_is_the_kernels_shared_memory_permutation():
     assert np.array_equal(moe.from_kperm(moe.to_kperm(x)), x)
     with pytest.raises(ValueError, match="multiple of 128"):
         moe.kperm_order(192)
+
+
+@pytest.mark.parametrize("sm90", [True, False])
+def test_kperm_applies_to_wgp_layers_whose_two_k_are_multiples_of_128(monkeypatch, sm90):
+    from impbench.kernels import moe
+
+    monkeypatch.setattr(moe, "_is_sm90", lambda: sm90)
+    assert moe.uses_kperm("wgp", 2048, 768) is sm90  # qwen3-coder; off Hopper wgp runs the mma.sync fallback
+    assert not moe.uses_kperm("wgp", 2816, 704)  # gemma-4: I % 128 == 64
+    assert not moe.uses_kperm("wgq", 2048, 768)
+    # both GEMMs of a layer switch together, so gate_up's output order is what down reads
+    for k in (2816, 704):
+        assert moe._layer_variant("wgp", k, 2816, 704) == ("wgq" if sm90 else "cvt")
+    assert moe._layer_variant("wgp", 2048, 2048, 768) == ("wgp" if sm90 else "cvt")

@@ -109,7 +109,9 @@ def kperm_order(k: int) -> np.ndarray:
     slot = 8 * (4 * (unit & 3) + 2 * (e >> 2) + ((e & 1) ^ 1)) + 2 * (unit >> 2) + ((e >> 1) & 1)
     block = np.empty(KPERM_BLOCK, np.int64)
     block[slot] = p
-    return (np.arange(0, k, KPERM_BLOCK)[:, None] + block[None, :]).reshape(-1)
+    order = (np.arange(0, k, KPERM_BLOCK)[:, None] + block[None, :]).reshape(-1)
+    order.setflags(write=False)  # cached: shared by every caller
+    return order
 
 
 def to_kperm(a, out=None):
