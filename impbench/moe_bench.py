@@ -234,8 +234,7 @@ class _Layer:
         self.w2_fp16 = dequantize_fp16_gpu(*self.w2)
         rng = cupy.random.default_rng(seed + 2)
         self.x = rng.standard_normal((pp, h), dtype=cupy.float32).astype(cupy.float16)
-        kperm = h % moe.KPERM_BLOCK == 0 and i % moe.KPERM_BLOCK == 0
-        self.x_kp = moe.to_kperm(self.x) if kperm else None  # x as kperm variants read it (wgp)
+        self.x_kp = moe.to_kperm(self.x) if moe.kperm_fits(h, i) else None  # x as kperm variants read it (wgp)
         self.act_nat = self.act_kp = None  # the reported gate_up's output in both orders (_sync_act)
         self.offsets = cupy.zeros(e + 1, cupy.int32)
         self.row_token = cupy.zeros(rows, cupy.int32)

@@ -83,3 +83,18 @@ __device__ __forceinline__ void mma_16816(float d[4], const unsigned a[4], const
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+// The kperm order (impbench/kernels/moe.py kperm_order) of one 4-unit group of a 128-wide K block:
+// v[j] = physical 16-byte unit i + 4j (j = 0..3) -> out[q] = logical unit 4i + q, whose word j holds
+// halves {1,3}, {0,2}, {5,7}, {4,6} (q = 0..3) of v[j]. V: any struct of four 32-bit x, y, z, w.
+template <class V>
+__device__ __forceinline__ void kperm_units(const V (&v)[4], V (&out)[4]) {
+    out[0] = {__byte_perm(v[0].x, v[0].y, 0x7632), __byte_perm(v[1].x, v[1].y, 0x7632),
+              __byte_perm(v[2].x, v[2].y, 0x7632), __byte_perm(v[3].x, v[3].y, 0x7632)};
+    out[1] = {__byte_perm(v[0].x, v[0].y, 0x5410), __byte_perm(v[1].x, v[1].y, 0x5410),
+              __byte_perm(v[2].x, v[2].y, 0x5410), __byte_perm(v[3].x, v[3].y, 0x5410)};
+    out[2] = {__byte_perm(v[0].z, v[0].w, 0x7632), __byte_perm(v[1].z, v[1].w, 0x7632),
+              __byte_perm(v[2].z, v[2].w, 0x7632), __byte_perm(v[3].z, v[3].w, 0x7632)};
+    out[3] = {__byte_perm(v[0].z, v[0].w, 0x5410), __byte_perm(v[1].z, v[1].w, 0x5410),
+              __byte_perm(v[2].z, v[2].w, 0x5410), __byte_perm(v[3].z, v[3].w, 0x5410)};
+}

@@ -684,18 +684,10 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         uint4 v[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) v[j] = *reinterpret_cast<const uint4 *>(sx + x_dst[j]);
-        *reinterpret_cast<uint4 *>(sx + x_dst[0]) =  // p 0, c 0: halves (1, 3)
-            make_uint4(__byte_perm(v[0].x, v[0].y, 0x7632), __byte_perm(v[1].x, v[1].y, 0x7632),
-                       __byte_perm(v[2].x, v[2].y, 0x7632), __byte_perm(v[3].x, v[3].y, 0x7632));
-        *reinterpret_cast<uint4 *>(sx + x_dst[1]) =  // p 0, c 1: halves (0, 2)
-            make_uint4(__byte_perm(v[0].x, v[0].y, 0x5410), __byte_perm(v[1].x, v[1].y, 0x5410),
-                       __byte_perm(v[2].x, v[2].y, 0x5410), __byte_perm(v[3].x, v[3].y, 0x5410));
-        *reinterpret_cast<uint4 *>(sx + x_dst[2]) =  // p 1, c 0: halves (5, 7)
-            make_uint4(__byte_perm(v[0].z, v[0].w, 0x7632), __byte_perm(v[1].z, v[1].w, 0x7632),
-                       __byte_perm(v[2].z, v[2].w, 0x7632), __byte_perm(v[3].z, v[3].w, 0x7632));
-        *reinterpret_cast<uint4 *>(sx + x_dst[3]) =  // p 1, c 1: halves (4, 6)
-            make_uint4(__byte_perm(v[0].z, v[0].w, 0x5410), __byte_perm(v[1].z, v[1].w, 0x5410),
-                       __byte_perm(v[2].z, v[2].w, 0x5410), __byte_perm(v[3].z, v[3].w, 0x5410));
+        uint4 out[4];  // p 0, c 0: halves (1, 3); c 1: (0, 2); p 1, c 0: (5, 7); c 1: (4, 6)
+        kperm_units(v, out);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) *reinterpret_cast<uint4 *>(sx + x_dst[q]) = out[q];
     };
     auto br_of = [&](int mt, int r) { return 128 * mt + 16 * warp + 8 * r; };  // + g
 

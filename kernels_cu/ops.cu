@@ -323,22 +323,15 @@ __device__ __forceinline__ void rmsnorm_impl(const half_t *__restrict__ x, const
     norm_store<C>(raw, w_raw, out + (size_t)blockIdx.x * hidden, chunks, eps);
 }
 
-// One group of the kperm order (impbench/kernels/moe.py kperm_order; the activation order of the wgp
-// MoE kernels) in a 128-wide block of 16 units: reads physical 16-byte units i + 4j (j = 0..3) of src and
-// writes logical units 4i + q of dst, word j of which holds halves {1,3}, {0,2}, {5,7}, {4,6} (q = 0..3)
-// of unit i + 4j. Plain loads: src may have been written by this kernel (add_rmsnorm's out).
+// One group of the kperm order (kperm_units) in a 128-wide block of 16 units of src -> dst. Plain
+// loads: src may have been written by this kernel (add_rmsnorm's out).
 __device__ __forceinline__ void kperm_group(const u32x4 *src, u32x4 *dst, int i) {
-    u32x4 v[4];
+    u32x4 v[4], out[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) v[j] = ld16(src + i + 4 * j);
-    dst[4 * i + 0] = {__byte_perm(v[0].x, v[0].y, 0x7632), __byte_perm(v[1].x, v[1].y, 0x7632),
-                      __byte_perm(v[2].x, v[2].y, 0x7632), __byte_perm(v[3].x, v[3].y, 0x7632)};
-    dst[4 * i + 1] = {__byte_perm(v[0].x, v[0].y, 0x5410), __byte_perm(v[1].x, v[1].y, 0x5410),
-                      __byte_perm(v[2].x, v[2].y, 0x5410), __byte_perm(v[3].x, v[3].y, 0x5410)};
-    dst[4 * i + 2] = {__byte_perm(v[0].z, v[0].w, 0x7632), __byte_perm(v[1].z, v[1].w, 0x7632),
-                      __byte_perm(v[2].z, v[2].w, 0x7632), __byte_perm(v[3].z, v[3].w, 0x7632)};
-    dst[4 * i + 3] = {__byte_perm(v[0].z, v[0].w, 0x5410), __byte_perm(v[1].z, v[1].w, 0x5410),
-                      __byte_perm(v[2].z, v[2].w, 0x5410), __byte_perm(v[3].z, v[3].w, 0x5410)};
+    kperm_units(v, out);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) dst[4 * i + q] = out[q];
 }
 
 // residual += x (rounded to FP16, as the residual stream is stored), then out = RMSNorm(residual).

@@ -55,8 +55,8 @@ KPERM_FALLBACK = "wgq"
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE v5):
 # wgq 139.2 / 77.9 µs (gate_up / down, uniform) against wgt 138.9 / 80.7, wgw 150.4 / 83.2, cvt 195.1 / 97.5.
 DEFAULT_VARIANT = "wgq"
-# The engine's expert GEMMs (one layer's gate_up / down pair): wgp where uses_kperm, the layer's x put in
-# kperm order by ops.kperm first (results/NOTES.md MoE v6: 113.6 / 63.2 µs against wgq's 132.8 / 74.8 on
+# The engine's expert GEMMs (one layer's gate_up / down pair): wgp where uses_kperm, the layer's x written in
+# kperm order by its ffn_norm launch (ops.add_rmsnorm out_kperm; results/NOTES.md MoE v6: 113.6 / 63.2 µs against wgq's 132.8 / 74.8 on
 # an H200); DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
 EXPERT_VARIANT = "wgp"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
@@ -83,10 +83,15 @@ def resolve_variant(variant: str, k: int | None = None) -> str:
     return variant
 
 
+def kperm_fits(hidden: int, inter: int) -> bool:
+    """Whether a layer's activations can be K-permuted: both GEMM depths (H, I) whole KPERM_BLOCKs."""
+    return hidden % KPERM_BLOCK == 0 and inter % KPERM_BLOCK == 0
+
+
 def uses_kperm(variant: str, hidden: int, inter: int) -> bool:
     """Whether `variant` runs on a layer of hidden H / intermediate I with its activations in kperm order:
     x given to moe_gate_up and h given to moe_down K-permuted (to_kperm), and moe_gate_up's output too."""
-    return resolve_variant(variant) in KPERM_VARIANTS and hidden % KPERM_BLOCK == 0 and inter % KPERM_BLOCK == 0
+    return resolve_variant(variant) in KPERM_VARIANTS and kperm_fits(hidden, inter)
 
 
 def _layer_variant(variant: str, k: int, hidden: int, inter: int) -> str:
