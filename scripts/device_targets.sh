@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One device call that measures where the three kernel targets stand (issues 3, 4, 5) on the machine
+# it runs on: GPU info, the whole GPU test suite, the engine (scripts/device_engine.sh, graph/small-n
+# and eager at pp 512 / 1024), `impbench moe` (production variant + $MOE_VARIANTS, both routings) and
+# `impbench gemm` (every preset's dense shapes). Everything lands in $OUT/targets.tgz; a short summary
+# is printed last. Stages: STAGES="tests engine moe gemm" (default all).
+# Usage (device machine): IMPBENCH_GIT_COMMIT=<sha> bash scripts/device_targets.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/device_targets}
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+STAGES=${STAGES:-"tests engine moe gemm"}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+summary=$(nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu,power.draw --format=csv,noheader)$'\n'
+if has tests; then
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -p no:cacheprovider > "$WORK/tests_gpu.log" 2>&1
+  summary+="GPU tests: $(tail -1 "$WORK/tests_gpu.log")"$'\n'
+fi
+if has engine; then
+  summary+=$(OUT=$WORK/engine TESTS="" ARMS="${ARMS:-graph:small-n eager:cublas}" bash scripts/device_engine.sh 512 1024)$'\n'
+fi
+if has moe; then
+  timeout 240 python3 -m impbench moe --model qwen3-coder --pp 512 --routing uniform --routing skewed \
+    --reps 100 ${MOE_VARIANTS:+--variants $MOE_VARIANTS} --out "$WORK/moe.md" > "$WORK/moe.log" 2>&1
+  summary+="moe rc=$?"$'\n'$(grep -E '^\| (uniform|skewed)' "$WORK/moe.md" | cut -c1-150)$'\n'
+fi
+if has gemm; then
+  timeout 300 python3 -m impbench gemm --reps 50 --out "$WORK/gemm.md" > "$WORK/gemm.log" 2>&1
+  summary+="gemm rc=$?"$'\n'$(grep -iE 'geomean|geometric' "$WORK/gemm.md")$'\n'
+fi
+tar czf "$OUT/targets.tgz" -C "$WORK" .
+printf '%s' "$summary"
