@@ -24,7 +24,7 @@ fi
 if has moe; then
   timeout 240 python3 -m impbench moe --model qwen3-coder --pp 512 --routing uniform --routing skewed \
     --reps 100 ${MOE_VARIANTS:+--variants $MOE_VARIANTS} --out "$WORK/moe.md" > "$WORK/moe.log" 2>&1
-  summary+="moe rc=$?"$'\n'$(grep -E '^\| (uniform|skewed)' "$WORK/moe.md" | cut -c1-150)$'\n'
+  summary+="moe rc=$?"$'\n'$(grep -E "^- (uniform|skewed)|^- copy" "$WORK/moe.md")$'\n'
 fi
 if has gemm; then
   timeout 300 python3 -m impbench gemm --reps 50 --out "$WORK/gemm.md" > "$WORK/gemm.log" 2>&1
