@@ -141,92 +141,52 @@ struct Tile {
     int expert, row0, rows;  // expert -1: this block has no tile
 };
 
-// One round of the block-wide scan over experts e0 .. e0 + NT - 1: thread tid takes expert e0 + tid
-// (start and count of its rows, ceil(count / BT) token tiles); `first` = tiles of the experts before it
-// in this round, `total` = tiles of the whole round. Ends with every thread past its read of s_warp.
-struct TileScan {
-    int start, count, tiles, first, total;
-};
-template <int NT>
-__device__ __forceinline__ TileScan scan_tiles(const int *__restrict__ offsets, int num_experts, int e0, int *s_warp) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = e0 + threadIdx.x;
-    TileScan r{0, 0, 0, 0, 0};
-    if (e < num_experts) {
-        r.start = offsets[e];
-        r.count = max(offsets[e + 1] - r.start, 0);
-    }
-    r.tiles = (r.count + BT - 1) / BT;
-    int incl = r.tiles;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += v;
-    }
-    if (lane == 31) s_warp[warp] = incl;
-    __syncthreads();
-#pragma unroll
-    for (int w = 0; w < NT / 32; ++w) {
-        const int v = s_warp[w];
-        incl += w < warp ? v : 0;
-        r.total += v;
-    }
-    r.first = incl - r.tiles;
-    __syncthreads();
-    return r;
-}
-
 // Token tile number `slot` in expert order (expert e has ceil(count_e / BT) tiles), from the device
 // array of expert offsets. All threads of the block call it; it ends in a barrier.
 template <int NT>
 __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int num_experts, int slot,
                                           int *s_warp, int *s_tile) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (threadIdx.x == 0) s_tile[0] = -1;
     int before = 0;  // tiles of the experts in earlier rounds
     for (int e0 = 0; e0 < num_experts && before <= slot; e0 += NT) {
-        const TileScan r = scan_tiles<NT>(offsets, num_experts, e0, s_warp);
-        const int first = before + r.first;
-        if (slot >= first && slot < first + r.tiles) {
-            const int index = slot - first;
-            s_tile[0] = e0 + threadIdx.x;
-            s_tile[1] = r.start + index * BT;
-            s_tile[2] = min(BT, r.count - index * BT);
+        const int e = e0 + threadIdx.x;
+        int start = 0, count = 0;
+        if (e < num_experts) {
+            start = offsets[e];
+            count = max(offsets[e + 1] - start, 0);
         }
-        before += r.total;
+        const int tiles = (count + BT - 1) / BT;
+        int incl = tiles;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const int v = __shfl_up_sync(0xffffffffu, incl, d);
+            if (lane >= d) incl += v;
+        }
+        if (lane == 31) s_warp[warp] = incl;
+        __syncthreads();
+        int total = 0;
+#pragma unroll
+        for (int w = 0; w < NT / 32; ++w) {
+            const int v = s_warp[w];
+            incl += w < warp ? v : 0;
+            total += v;
+        }
+        const int first = before + incl - tiles;
+        if (slot >= first && slot < first + tiles) {
+            const int index = slot - first;
+            s_tile[0] = e;
+            s_tile[1] = start + index * BT;
+            s_tile[2] = min(BT, count - index * BT);
+        }
+        before += total;
+        __syncthreads();
     }
-    __syncthreads();
     Tile tile;
     tile.expert = s_tile[0];
     tile.row0 = s_tile[1];
     tile.rows = s_tile[2];
     return tile;
-}
-
-// The stream variant (wgs): s_first[e] = token tiles of experts 0 .. e-1 for e = 0 .. num_experts
-// (<= MAX_EXPERTS), from one scan; returns the total. Ends in a barrier.
-constexpr int MAX_EXPERTS = 512;  // impbench/kernels/moe.py STREAM_MAX_EXPERTS
-template <int NT>
-__device__ __forceinline__ int tile_prefix(const int *__restrict__ offsets, int num_experts, int *s_first, int *s_warp) {
-    int before = 0;
-    for (int e0 = 0; e0 < num_experts; e0 += NT) {
-        const TileScan r = scan_tiles<NT>(offsets, num_experts, e0, s_warp);
-        if (e0 + (int)threadIdx.x < num_experts) s_first[e0 + threadIdx.x] = before + r.first;
-        before += r.total;
-    }
-    if (threadIdx.x == 0) s_first[num_experts] = before;
-    __syncthreads();
-    return before;
-}
-
-// Token tile `slot` (< s_first[num_experts]) from the prefix: its expert is the last e with
-// s_first[e] <= slot (a binary search in shared memory, every thread the same answer).
-__device__ __forceinline__ Tile tile_of_slot(const int *__restrict__ offsets, const int *s_first, int num_experts, int slot) {
-    int lo = 0, hi = num_experts;  // s_first[lo] <= slot < s_first[hi]
-    while (hi - lo > 1) {
-        const int mid = (lo + hi) >> 1;
-        if (s_first[mid] <= slot) lo = mid; else hi = mid;
-    }
-    const int index = slot - s_first[lo], start = offsets[lo], count = offsets[lo + 1] - start;
-    return Tile{lo, start + index * BT, min(BT, count - index * BT)};
 }
 
 using Map = impasync::TmaMap;  // the wgt variant's tensor maps, by value as __grid_constant__ parameters
@@ -238,14 +198,13 @@ struct Ctx {
     const float *w_scale2;
     half_t *out;
     const unsigned char *wq, *wsc;  // this expert's codes and scales
-    const int *s_src;               // shared: source row of each token of the tile
+    const int *s_src;               // shared: source row of each token of the tile (not wgp)
+    const int *row_token;           // wgp: source rows in global memory (gate_up; down: null, rows are their own)
+    unsigned bars;                  // wgp: shared address of the full[STAGES], empty[STAGES] mbarriers (moe_body)
     const float *s_rw;              // shared: router weight of each token (1 without)
     Tile tile;
     int n0, k, kb, ks, n_out;
     unsigned code_off, scale_off, valid;
-    unsigned bars;    // wgp / wgs: shared address of the full[STAGES], empty[STAGES] mbarriers (moe_body)
-    int units = 1;    // wgs: consecutive weight-row tiles (n0, n0 + COLS, ...) of this token tile
-    int stage0 = 0;   // wgs: pipeline stages the block consumed before this segment (mbarrier phases)
 };
 
 // The K loop and epilogue of one tile. NTA (n8 token tiles with rows, 1..8) is a compile-time
@@ -614,9 +573,8 @@ __device__ __forceinline__ int kperm_slot(int p) {
 }
 
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, bool TMA, bool XPRE, bool STREAM = false>
+template <bool GATE_UP, int NTA, bool TMA, bool XPRE>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
-    static_assert(!STREAM || XPRE, "the stream variant is wgp's pipeline");
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
     constexpr int WORDS = NTA <= 6 ? 4 : 2;    // code words loaded at once (registers: 2 blocks per SM)
@@ -648,13 +606,6 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const int col = n0 + (GATE_UP ? (tid & 127) : tid);
     const bool w_ok = col < n_out;
     const unsigned char *scale_src = cx.wsc + (w_ok ? (unsigned)(GATE_UP && tid >= 128 ? n_out + col : col) * cx.ks : 0u);
-    // wgs: the next weight-row tile, COLS rows further in each half (every row exists there: n_out % COLS
-    // == 0, impbench/kernels/moe.py, so qok and w_ok hold for every tile of the segment).
-    auto next_unit = [&]() {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) qsrc[j] += COLS * kb;
-        scale_src += COLS * cx.ks;
-    };
     const bool scale16 = cx.ks % 16 == 0;
 
     // Token-tile copies: this thread's row xn (row block xw of 8 rows, so warps past the tile skip
@@ -680,9 +631,9 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const unsigned p_dst = (pl >> 3) * ATOM + pn * 128 + (((pl & 7) ^ (pn & 7)) << 4);  // + 2048 m
     unsigned p_src[XU];  // byte offset of copy m's unit in x (chunk 0), or ~0u: no row (zero-fill)
 #pragma unroll
-    for (int m = 0; m < XU; ++m) {
-        const int n = pn + 16 * m;
-        p_src[m] = n < tile.rows ? (unsigned)cx.s_src[n] * (2u * k) + 16u * pl : ~0u;
+    for (int m = 0; m < XU; ++m) {  // straight from global memory: no barrier between find_tile and the first copies
+        const int n = pn + 16 * m, r = tile.row0 + n;
+        p_src[m] = n < tile.rows ? (unsigned)(cx.row_token ? cx.row_token[r] : r) * (2u * k) + 16u * pl : ~0u;
     }
 
     // Token-tile copies of `chunk` into the token tile at shared address sb. A piece past K (the second
@@ -707,9 +658,9 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             cp_async16s(sb + x_dst[3], xh + 64, xhi_ok ? 16 : 0);
         }
     };
-    // wgq: weight copies of `chunk` and its token tile, into pipeline stage `stage`; the scales of an even
-    // chunk (and the next) into scale-ring slot `ring`.
-    auto issue = [&](int chunk, int stage, int ring) {
+    // wgq: weight copies of `chunk` (codes, and the scales of an even chunk and the next) into pipeline stage
+    // `stage`; issue(): and its token tile.
+    auto issue_w = [&](int chunk, int stage) {
         const unsigned sb = s_base + stage * WQ_STAGE;
         const bool kq = chunk * (BK / 2) + 16 * qp < kb;
 #pragma unroll
@@ -718,7 +669,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);
         }
         if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
-            const unsigned rd = s_base + WQ_RING + ring * (ROWS * 16) + tid * 16;
+            const unsigned rd = s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16) + tid * 16;
             const int from = chunk * (BK / 16);
             const unsigned char *ss = scale_src + (w_ok ? from : 0);
             if (scale16) {
@@ -731,7 +682,10 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
                 }
             }
         }
-        issue_x(chunk, sb);
+    };
+    auto issue = [&](int chunk, int stage) {
+        issue_w(chunk, stage);
+        issue_x(chunk, s_base + stage * WQ_STAGE);
     };
     // Permute this thread's four landed slots into the logical order (see the section comment):
     // slot 4i + 2p + c = pair (p, c) of each of the four physical units, unit of quad thread t -> word t.
@@ -832,29 +786,6 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         fence_regs(acc[1]);
     };
 
-    // wgs epilogue of weight-row tile nu (columns nu ..): straight from the accumulators to global memory,
-    // 2-byte stores (no shared staging: the next tile's stages are in flight in every slot). The values are
-    // those of the staged epilogue below, bit for bit.
-    auto store_unit = [&](const float (&a)[2][N / 2], int nu) {
-        const float f = cx.w_scale2[tile.expert];
-#pragma unroll
-        for (int nt = 0; nt < NTA; ++nt)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                const int tok = nt * 8 + 2 * t + (c & 1), col = 16 * warp + (c >> 1) * 8 + g;
-                if (tok >= tile.rows) continue;
-                half_t *orow = cx.out + (size_t)(tile.row0 + tok) * n_out + nu;
-                if (GATE_UP) {
-                    const float gate = a[0][4 * nt + c] * f, up = a[1][4 * nt + c] * f;
-                    if (nu + col < n_out) orow[kperm_slot(col)] = f2h(silu(gate) * up);
-                } else {
-#pragma unroll
-                    for (int mt = 0; mt < 2; ++mt)
-                        if (nu + 128 * mt + col < n_out) orow[128 * mt + col] = f2h(a[mt][4 * nt + c] * f * cx.s_rw[tok]);
-                }
-            }
-    };
-
     const int chunks = (k + BK - 1) / BK;
     if constexpr (TMA) {
         // Thread 0 arms slot chunk % 4's mbarrier with the bytes it expects and issues the boxes of the
@@ -906,51 +837,36 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         // computing stage c, and for empty[c - 1] before copying stage c + 2 into that slot (and into the
         // scale-ring slot chunks c - 2, c - 1 used), so warps may drift up to a stage apart instead of
         // meeting at every stage. (Only wgp: wgq rewrites its token-tile slots after they land, a later event
-        // than the cp.async arrival.) The mbarriers are moe_body's: wgs runs several segments through them,
-        // so stage indices (slots, phases, the scale ring) count from cx.stage0; a segment's stream is its
-        // `units` weight-row tiles one after another (chunks even there, so a scale pair never straddles two).
+        // than the cp.async arrival.) The mbarriers were initialized before find_tile (moe_body), and no
+        // barrier precedes the first copies: the first stages' weights, which need only the tile's expert and
+        // columns, go out before the token-tile copies, which wait for the row_token loads of p_src.
         const unsigned full = cx.bars, empty = full + 8 * STAGES;
-        const int g0 = STREAM ? cx.stage0 : 0, g_end = g0 + (STREAM ? cx.units * chunks : chunks);
-        int pc = 0;  // chunk of the next stage to issue
-        auto issue_next = [&](int gs) {  // gs: its block-wide stage index
-            issue(pc, gs % STAGES, (gs >> 1) & 1);
-            mbar_arrive_on_cp_async(full + 8 * (gs % STAGES));
-            if (++pc == chunks && STREAM) {
-                pc = 0;
-                next_unit();
-            }
-        };
 #pragma unroll 1
-        for (int gs = g0; gs < g0 + STAGES - 1 && gs < g_end; ++gs) issue_next(gs);
-        int unit_end = g0 + chunks, nu = n0;  // wgs: the stage after the computed unit's last, its first column
+        for (int s = 0; s < STAGES - 1 && s < chunks; ++s) issue_w(s, s);
 #pragma unroll 1
-        for (int gs = g0; gs < g_end; ++gs) {
-            const int slot = gs % STAGES;
-            mbar_wait(full + 8 * slot, (gs / STAGES) & 1);
+        for (int s = 0; s < STAGES - 1 && s < chunks; ++s) {
+            issue_x(s, s_base + s * WQ_STAGE);
+            mbar_arrive_on_cp_async(full + 8 * s);
+        }
+#pragma unroll 1
+        for (int c = 0; c < chunks; ++c) {
+            const int slot = c % STAGES;
+            mbar_wait(full + 8 * slot, (c / STAGES) & 1);
             fence_proxy_async();  // the landed copies (generic proxy) -> this thread's wgmma reads (async proxy)
-            if (gs + STAGES - 1 < g_end) {
-                if (gs > 0) mbar_wait(empty + 8 * ((gs - 1) % STAGES), ((gs - 1) / STAGES) & 1);
-                issue_next(gs + STAGES - 1);
+            const int next = c + STAGES - 1;
+            if (next < chunks) {
+                if (c > 0) mbar_wait(empty + 8 * ((c - 1) % STAGES), ((c - 1) / STAGES) & 1);
+                issue(next, next % STAGES);
+                mbar_arrive_on_cp_async(full + 8 * (next % STAGES));
             }
-            compute(smem + slot * WQ_STAGE + C_OFF, smem + WQ_RING + ((gs >> 1) & 1) * (ROWS * 16) + (gs & 1) * 8,
+            compute(smem + slot * WQ_STAGE + C_OFF, smem + WQ_RING + ((c >> 1) & 1) * (ROWS * 16) + (c & 1) * 8,
                     s_base + slot * WQ_STAGE);
             mbar_arrive(empty + 8 * slot);  // compute ends with wgmma_wait<0>: this thread's reads are done
-            if constexpr (STREAM) {
-                if (gs + 1 == unit_end) {  // the unit's K is done: its outputs straight from the accumulators
-                    store_unit(acc, nu);
-#pragma unroll
-                    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                        for (int i = 0; i < N / 2; ++i) acc[mt][i] = 0.0f;
-                    unit_end += chunks, nu += COLS;
-                }
-            }
         }
-        if constexpr (STREAM) return;  // every copy was consumed; moe_body's barrier ends the segment
     } else {
 #pragma unroll 1
         for (int s = 0; s < STAGES - 1; ++s) {
-            if (s < chunks) issue(s, s, (s >> 1) & 1);
+            if (s < chunks) issue(s, s);
             cp_async_commit();
         }
 #pragma unroll 1
@@ -961,7 +877,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             fence_proxy_async();  // generic-proxy stores -> wgmma reads (async proxy)
             __syncthreads();
             const int next = c + STAGES - 1;
-            if (next < chunks) issue(next, next % STAGES, (next >> 1) & 1);
+            if (next < chunks) issue(next, next % STAGES);
             cp_async_commit();
             compute(stage + C_OFF, smem + WQ_RING + ((c >> 1) & 1) * (ROWS * 16) + (c & 1) * 8, s_base + (c % STAGES) * WQ_STAGE);
         }
@@ -1003,24 +919,41 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #define IMPMOE_HAS_WGMMA 0
 #endif
 
-// One block's (token tile, `units` weight-row tiles from n_tile on): gather its token rows' sources and
-// router weights into shared memory, then the K loop and epilogue specialized on its n8 tile count.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG, bool TMA, bool XPRE, bool STREAM>
-__device__ __forceinline__ void run_tile(const Tile &tile, int n_tile, int units, int stage0, unsigned bars, int *s_src,
-                                         float *s_rw, const half_t *__restrict__ x, const int *__restrict__ row_token,
-                                         const unsigned char *__restrict__ w, const unsigned char *__restrict__ w_scale,
+// x: activations [*, k] (gate_up: token rows gathered through row_token; down: permuted rows).
+// n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
+// WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
+// tiles and the MT/2 matching up tiles.
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false>
+__device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
+                                         const int *__restrict__ offsets, const unsigned char *__restrict__ w,
+                                         const unsigned char *__restrict__ w_scale,
                                          const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int k, int n_out, const Map *codes_map,
-                                         const Map *scales_map) {
-    constexpr int NT = 32 * WARPS;
-    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
+                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
+                                         const Map *codes_map = nullptr, const Map *scales_map = nullptr) {
+    static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
+    constexpr int NT = 32 * WARPS;                    // threads
+    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;   // output columns per block
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ int s_warp[NT / 32], s_tile[3], s_src[BT];
+    __shared__ float s_rw[BT];
+    __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // wgp: full[STAGES], empty[STAGES]
     const int tid = threadIdx.x;
+    if (XPRE && tid == 0) {  // published by find_tile's barriers
+#pragma unroll
+        for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(smem_u32(s_bars) + 8 * i, 32 * WARPS);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+
+    const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
+    const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
+    if (tile.expert < 0) return;
+
     if (tid < tile.rows) {
         const int r = tile.row0 + tid;
-        s_src[tid] = GATE_UP ? row_token[r] : r;
+        if (!XPRE) s_src[tid] = GATE_UP ? row_token[r] : r;
         s_rw[tid] = row_weight ? row_weight[r] : 1.0f;
     }
-    __syncthreads();
+    if (!XPRE) __syncthreads();  // wgp reads row_token itself; s_rw is read after the epilogue's barrier
 
     const int n0 = n_tile * COLS;
     const int kb = k / 2, ks = k / 16;  // code and scale bytes per weight row
@@ -1053,20 +986,20 @@ __device__ __forceinline__ void run_tile(const Tile &tile, int n_tile, int units
     Ctx cx;
     cx.codes_map = codes_map, cx.scales_map = scales_map;
     cx.x = x, cx.w_scale2 = w_scale2, cx.out = out, cx.wq = wq, cx.wsc = wsc, cx.s_src = s_src, cx.s_rw = s_rw;
+    cx.row_token = GATE_UP ? row_token : nullptr, cx.bars = smem_u32(s_bars);
     cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
     cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid;
-    cx.bars = bars, cx.units = units, cx.stage0 = stage0;
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, TMA, XPRE, STREAM>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, TMA, XPRE, STREAM>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, TMA, XPRE, STREAM>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, TMA, XPRE, STREAM>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, TMA, XPRE, STREAM>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, TMA, XPRE, STREAM>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, TMA, XPRE, STREAM>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, TMA, XPRE, STREAM>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, 1, TMA, XPRE>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, TMA, XPRE>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, TMA, XPRE>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, TMA, XPRE>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, TMA, XPRE>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, TMA, XPRE>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, TMA, XPRE>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, TMA, XPRE>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -1085,60 +1018,6 @@ __device__ __forceinline__ void run_tile(const Tile &tile, int n_tile, int units
     }
 }
 
-// x: activations [*, k] (gate_up: token rows gathered through row_token; down: permuted rows).
-// n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
-// WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
-// tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false,
-          bool STREAM = false>
-__device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
-                                         const int *__restrict__ offsets, const unsigned char *__restrict__ w,
-                                         const unsigned char *__restrict__ w_scale,
-                                         const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
-                                         const Map *codes_map = nullptr, const Map *scales_map = nullptr) {
-    static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
-    constexpr int NT = 32 * WARPS;  // threads
-    __shared__ int s_warp[NT / 32], s_tile[3], s_src[BT];
-    __shared__ float s_rw[BT];
-    __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // wgp / wgs: full[STAGES], empty[STAGES]
-    const int tid = threadIdx.x;
-    if (XPRE && tid == 0) {  // published by the barriers of find_tile / tile_prefix
-#pragma unroll
-        for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(smem_u32(s_bars) + 8 * i, NT);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-
-    // The block's work: one (token tile, weight-row tile) from blockIdx, or (wgs) a contiguous range of
-    // them, every segment of consecutive weight-row tiles of one token tile run as one pipeline stream.
-    if constexpr (STREAM) {
-        __shared__ int s_first[MAX_EXPERTS + 1];
-        tile_prefix<NT>(offsets, num_experts, s_first, s_warp);
-        // Only u lives across a segment: the range and stage count are re-derived from the tile count,
-        // re-read (volatile) from shared memory each time, so the K loop holds no outer-loop registers.
-        auto range = [&](int b) {
-            const long long units = (long long)*reinterpret_cast<volatile int *>(s_first + num_experts) * n_tiles;
-            return (int)(units * b / gridDim.x);
-        };
-        for (int u = range(blockIdx.x); u < range(blockIdx.x + 1);) {
-            const int slot = u / n_tiles, n_tile = u % n_tiles, seg = min(range(blockIdx.x + 1) - u, n_tiles - n_tile);
-            const Tile tile = tile_of_slot(offsets, s_first, num_experts, slot);
-            __syncthreads();  // the previous segment is done: every thread past its stages and its s_rw reads
-            run_tile<GATE_UP, WARPS, MT, XPERM, CVT, WG, TMA, XPRE, STREAM>(
-                tile, n_tile, seg, (u - range(blockIdx.x)) * ((k + BK - 1) / BK), smem_u32(s_bars), s_src, s_rw, x,
-                row_token, w, w_scale, w_scale2, row_weight, out, k, n_out, codes_map, scales_map);
-            u += seg;
-        }
-    } else {
-        const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
-        const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
-        if (tile.expert < 0) return;
-        run_tile<GATE_UP, WARPS, MT, XPERM, CVT, WG, TMA, XPRE, STREAM>(
-            tile, n_tile, 1, 0, smem_u32(s_bars), s_src, s_rw, x, row_token, w, w_scale, w_scale2, row_weight, out,
-            k, n_out, codes_map, scales_map);
-    }
-}
-
 }  // namespace impmoe
 
 // Entry points: moe_nvfp4_gate_up / moe_nvfp4_down and the _cvt, _wgq and _wgt variants (8 warps, 256
@@ -1147,34 +1026,29 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, XPRE, STREAM)                                                                          \
+#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, XPRE)                                                                          \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
                                   int inter, int n_tiles) { pdl_entry();                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, false, XPRE, STREAM>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
+        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, false, XPRE>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
                                           num_experts, hidden, inter, n_tiles);                                \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
                                half_t *out, int num_experts, int inter, int hidden, int n_tiles) { pdl_entry();            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, false, XPRE, STREAM>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
+        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, false, XPRE>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
                                            num_experts, inter, hidden, n_tiles);                               \
     }
 
-MOE_ENTRY(, 8, 2, true, false, false, false, false)
-MOE_ENTRY(_cvt, 8, 2, true, true, false, false, false)
+MOE_ENTRY(, 8, 2, true, false, false, false)
+MOE_ENTRY(_cvt, 8, 2, true, true, false, false)
 // wgq (sm_90a, wgmma): dynamic shared memory impmoe::wg::WQ_SMEM
-MOE_ENTRY(_wgq, 8, 2, true, true, true, false, false)
+MOE_ENTRY(_wgq, 8, 2, true, true, true, false)
 // wgp: wgq with x / h K-permuted in memory (kperm; K % 128 == 0), gate_up writing h K-permuted
-MOE_ENTRY(_wgp, 8, 2, true, true, true, true, false)
-// wgs: wgp as a persistent stream -- grid <= the blocks that fit at once, block b takes the (token tile,
-// weight-row tile) units b * U / grid .. (b + 1) * U / grid - 1 (U from the offsets, on the device) and
-// runs the consecutive weight-row tiles of one token tile through one pipeline, so only a segment's first
-// stages wait on memory; outputs stored from the accumulators. K % 256 == 0, E <= MAX_EXPERTS (else wgp).
-MOE_ENTRY(_wgs, 8, 2, true, true, true, true, true)
+MOE_ENTRY(_wgp, 8, 2, true, true, true, true)
 
 // wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
 // then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and
