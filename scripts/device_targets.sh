@@ -3,7 +3,8 @@
 # it runs on: GPU info, the whole GPU test suite, the engine (scripts/device_engine.sh, graph/small-n
 # and eager at pp 512 / 1024), `impbench moe` (production variant + $MOE_VARIANTS, both routings) and
 # `impbench gemm` (every preset's dense shapes). Everything lands in $OUT/targets.tgz; a short summary
-# is printed last. Stages: STAGES="tests engine moe gemm" (default all).
+# is printed last. Stages: STAGES="tests engine moe gemm" (default all). BEFORE_KERNELS=<dir>: the moe bench
+# also on that copy of kernels_cu (a before / after on the same machine).
 # Usage (device machine): IMPBENCH_GIT_COMMIT=<sha> bash scripts/device_targets.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,11 @@ if has moe; then
   timeout 240 python3 -m impbench moe --model qwen3-coder --pp 512 --routing uniform --routing skewed \
     --reps 100 ${MOE_VARIANTS:+--variants $MOE_VARIANTS} --out "$WORK/moe.md" > "$WORK/moe.log" 2>&1
   summary+="moe rc=$?"$'\n'$(grep -E "^- (uniform|skewed)|^- copy" "$WORK/moe.md")$'\n'
+  if [ -n "${BEFORE_KERNELS:-}" ]; then  # the same bench on an older kernels_cu (IMPBENCH_KERNELS_DIR), same machine
+    IMPBENCH_KERNELS_DIR=$BEFORE_KERNELS timeout 240 python3 -m impbench moe --model qwen3-coder --pp 512 \
+      --routing uniform --routing skewed --reps 100 --out "$WORK/moe_before.md" > "$WORK/moe_before.log" 2>&1
+    summary+="moe before ($BEFORE_KERNELS) rc=$?"$'\n'$(grep -E "^- (uniform|skewed)" "$WORK/moe_before.md")$'\n'
+  fi
 fi
 if has gemm; then
   timeout 300 python3 -m impbench gemm --reps 50 --out "$WORK/gemm.md" > "$WORK/gemm.log" 2>&1
