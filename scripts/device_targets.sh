@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One device call that measures where the three kernel targets stand (issues 3, 4, 5) on the machine
-# it runs on: GPU info, the whole GPU test suite, the engine (scripts/device_engine.sh, graph/small-n
-# and eager at pp 512 / 1024), `impbench moe` (production variant + $MOE_VARIANTS, both routings) and
-# `impbench gemm` (every preset's dense shapes). Everything lands in $OUT/targets.tgz; a short summary
-# is printed last. Stages: STAGES="tests engine moe gemm" (default all). BEFORE_KERNELS=<dir>: the moe bench
-# also on that copy of kernels_cu (a before / after on the same machine).
+# One device call that measures where the kernel targets stand (issues 3, 4, 5) on the machine it runs
+# on: GPU info, the whole GPU test suite, the engine (scripts/device_engine.sh, graph/small-n and eager
+# at pp 512 / 1024), `impbench moe` (production variant + $MOE_VARIANTS, both routings), `impbench gemm`
+# (every preset's dense shapes), and on request the end-to-end A/B (scripts/device_ab.sh) and the CI
+# sweep (scenarios/sweeps/ci.toml). Everything lands in $OUT/$ARCHIVE (default targets.tgz: the device
+# tool returns at most 8 files); a short summary is printed last.
+# STAGES: any of "tests engine moe gemm ab sweep" (default "tests engine moe gemm").
+# BEFORE_KERNELS=<dir>: the moe bench also on that copy of kernels_cu (a before / after on one machine).
 # Usage (device machine): IMPBENCH_GIT_COMMIT=<sha> bash scripts/device_targets.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,7 @@ WORK=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 STAGES=${STAGES:-"tests engine moe gemm"}
+ARCHIVE=${ARCHIVE:-targets.tgz}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 summary=$(nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu,power.draw --format=csv,noheader)$'\n'
 if has tests; then
@@ -36,5 +39,16 @@ if has gemm; then
   timeout 300 python3 -m impbench gemm --reps 50 --out "$WORK/gemm.md" > "$WORK/gemm.log" 2>&1
   summary+="gemm rc=$?"$'\n'$(grep -iE 'geomean|geometric' "$WORK/gemm.md")$'\n'
 fi
-tar czf "$OUT/targets.tgz" -C "$WORK" .
+if has ab; then
+  OUT=$WORK/ab bash scripts/device_ab.sh
+fi
+if has sweep; then
+  timeout 240 python3 -m impbench sweep scenarios/sweeps/ci.toml --out "$WORK/sweep_ci_h100.json" \
+    > "$WORK/sweep_ci_h100.md" 2> "$WORK/sweep_ci_h100.err"
+  summary+="sweep rc=$?"$'\n'
+  python3 -m impbench sweep scenarios/sweeps/ci.toml --out "$WORK/sweep_ci_h100.json" --format csv \
+    > "$WORK/sweep_ci_h100.csv" 2>/dev/null
+  summary+=$(tail -n +4 "$WORK/sweep_ci_h100.md")$'\n'
+fi
+tar czf "$OUT/$ARCHIVE" -C "$WORK" .
 printf '%s' "$summary"
