@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 MODEL=${MODEL:-qwen3-coder}
 PP=${PP:-512,1024,2048}
-for variant in tight permissive; do
+for variant in ${GUARDS:-tight permissive}; do
   b="mode=graph,guard=$variant"
   timeout 240 python3 -m impbench ab --model "$MODEL" --pp "$PP" --reps 10 --b "$b" \
     --out "$OUT/ab_${MODEL}_${variant}.json" > "$OUT/ab_${MODEL}_${variant}.md" 2>> "$OUT/ab.err"
