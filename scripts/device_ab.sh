@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for issue 6's end-to-end A/B: `impbench ab` on $MODEL (default qwen3-coder, all
 # layers) at pp 512,1024,2048 with 10 reps, once with the default arms (A eager/cublas, B graph/tight)
-# and once with B = graph/permissive. Results (JSON + CSV + markdown, 7 files) under $OUT; tables printed last.
+# and once with B = graph/permissive (GUARDS="tight permissive small-n" picks the B guards). Results (JSON +
+# CSV + markdown per guard) under $OUT; tables printed last.
 # Usage (device machine): bash scripts/device_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
