@@ -617,7 +617,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const int xn = (tid & 7) + 8 * xw, xi = (tid >> 3) & 3;
     const bool x_row = xw < NTA;
     const bool x_ok = xn < tile.rows;
-    const unsigned x_off = x_ok ? (unsigned)cx.s_src[xn] * (2u * k) + 16u * xi : 0u;  // bytes
+    const unsigned x_off = !XPRE && x_ok ? (unsigned)cx.s_src[xn] * (2u * k) + 16u * xi : 0u;  // bytes (wgp: unused)
     const unsigned char *x_bytes = reinterpret_cast<const unsigned char *>(cx.x);
     unsigned x_dst[4];  // byte offsets of this thread's slots in a stage's token tile
 #pragma unroll
