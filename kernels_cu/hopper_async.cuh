@@ -15,10 +15,6 @@ struct __align__(64) TmaMap {
 __device__ __forceinline__ void mbar_init(unsigned addr, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
 }
-// Before an mbarrier's memory is initialized again (every phase completed, no arrival pending).
-__device__ __forceinline__ void mbar_inval(unsigned addr) {
-    asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
-}
 // Spin until the phase with parity `parity` of the mbarrier at `addr` has completed.
 __device__ __forceinline__ void mbar_wait(unsigned addr, unsigned parity) {
     asm volatile(

@@ -141,92 +141,52 @@ struct Tile {
     int expert, row0, rows;  // expert -1: this block has no tile
 };
 
-// One round of the block-wide scan over experts e0 .. e0 + NT - 1: thread tid takes expert e0 + tid
-// (start and count of its rows, ceil(count / BT) token tiles); `first` = tiles of the experts before it
-// in this round, `total` = tiles of the whole round. Ends with every thread past its read of s_warp.
-struct TileScan {
-    int start, count, tiles, first, total;
-};
-template <int NT>
-__device__ __forceinline__ TileScan scan_tiles(const int *__restrict__ offsets, int num_experts, int e0, int *s_warp) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = e0 + threadIdx.x;
-    TileScan r{0, 0, 0, 0, 0};
-    if (e < num_experts) {
-        r.start = offsets[e];
-        r.count = max(offsets[e + 1] - r.start, 0);
-    }
-    r.tiles = (r.count + BT - 1) / BT;
-    int incl = r.tiles;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += v;
-    }
-    if (lane == 31) s_warp[warp] = incl;
-    __syncthreads();
-#pragma unroll
-    for (int w = 0; w < NT / 32; ++w) {
-        const int v = s_warp[w];
-        incl += w < warp ? v : 0;
-        r.total += v;
-    }
-    r.first = incl - r.tiles;
-    __syncthreads();
-    return r;
-}
-
 // Token tile number `slot` in expert order (expert e has ceil(count_e / BT) tiles), from the device
 // array of expert offsets. All threads of the block call it; it ends in a barrier.
 template <int NT>
 __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int num_experts, int slot,
                                           int *s_warp, int *s_tile) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (threadIdx.x == 0) s_tile[0] = -1;
     int before = 0;  // tiles of the experts in earlier rounds
     for (int e0 = 0; e0 < num_experts && before <= slot; e0 += NT) {
-        const TileScan r = scan_tiles<NT>(offsets, num_experts, e0, s_warp);
-        const int first = before + r.first;
-        if (slot >= first && slot < first + r.tiles) {
-            const int index = slot - first;
-            s_tile[0] = e0 + threadIdx.x;
-            s_tile[1] = r.start + index * BT;
-            s_tile[2] = min(BT, r.count - index * BT);
+        const int e = e0 + threadIdx.x;
+        int start = 0, count = 0;
+        if (e < num_experts) {
+            start = offsets[e];
+            count = max(offsets[e + 1] - start, 0);
         }
-        before += r.total;
+        const int tiles = (count + BT - 1) / BT;
+        int incl = tiles;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const int v = __shfl_up_sync(0xffffffffu, incl, d);
+            if (lane >= d) incl += v;
+        }
+        if (lane == 31) s_warp[warp] = incl;
+        __syncthreads();
+        int total = 0;
+#pragma unroll
+        for (int w = 0; w < NT / 32; ++w) {
+            const int v = s_warp[w];
+            incl += w < warp ? v : 0;
+            total += v;
+        }
+        const int first = before + incl - tiles;
+        if (slot >= first && slot < first + tiles) {
+            const int index = slot - first;
+            s_tile[0] = e;
+            s_tile[1] = start + index * BT;
+            s_tile[2] = min(BT, count - index * BT);
+        }
+        before += total;
+        __syncthreads();
     }
-    __syncthreads();
     Tile tile;
     tile.expert = s_tile[0];
     tile.row0 = s_tile[1];
     tile.rows = s_tile[2];
     return tile;
-}
-
-// The dynamic variant (wgd): s_first[e] = token tiles of experts 0 .. e-1 for e = 0 .. num_experts
-// (<= MAX_EXPERTS), from one scan; returns the total. Ends in a barrier.
-constexpr int MAX_EXPERTS = 512;  // impbench/kernels/moe.py DYN_MAX_EXPERTS
-template <int NT>
-__device__ __forceinline__ int tile_prefix(const int *__restrict__ offsets, int num_experts, int *s_first, int *s_warp) {
-    int before = 0;
-    for (int e0 = 0; e0 < num_experts; e0 += NT) {
-        const TileScan r = scan_tiles<NT>(offsets, num_experts, e0, s_warp);
-        if (e0 + (int)threadIdx.x < num_experts) s_first[e0 + threadIdx.x] = before + r.first;
-        before += r.total;
-    }
-    if (threadIdx.x == 0) s_first[num_experts] = before;
-    __syncthreads();
-    return before;
-}
-
-// Token tile `slot` (< s_first[num_experts]) from the prefix: its expert is the last e with
-// s_first[e] <= slot (a binary search in shared memory, every thread the same answer).
-__device__ __forceinline__ Tile tile_of_slot(const int *__restrict__ offsets, const int *s_first, int num_experts, int slot) {
-    int lo = 0, hi = num_experts;  // s_first[lo] <= slot < s_first[hi]
-    while (hi - lo > 1) {
-        const int mid = (lo + hi) >> 1;
-        if (s_first[mid] <= slot) lo = mid; else hi = mid;
-    }
-    const int index = slot - s_first[lo], start = offsets[lo], count = offsets[lo + 1] - start;
-    return Tile{lo, start + index * BT, min(BT, count - index * BT)};
 }
 
 using Map = impasync::TmaMap;  // the wgt variant's tensor maps, by value as __grid_constant__ parameters
@@ -241,7 +201,6 @@ struct Ctx {
     const int *s_src;               // shared: source row of each token of the tile (not wgp)
     const int *row_token;           // wgp: source rows in global memory (gate_up; down: null, rows are their own)
     unsigned bars;                  // wgp: shared address of the full[STAGES], empty[STAGES] mbarriers (moe_body)
-    const unsigned char *pf_code = nullptr, *pf_scale = nullptr;  // wgd: the next tile's first weight lines, this thread's row
     const float *s_rw;              // shared: router weight of each token (1 without)
     Tile tile;
     int n0, k, kb, ks, n_out;
@@ -889,14 +848,9 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             issue_x(s, s_base + s * WQ_STAGE);
             mbar_arrive_on_cp_async(full + 8 * s);
         }
-        const int pf_at = chunks > 2 ? chunks - 2 : 0;  // wgd: two stages before the end, into L2
 #pragma unroll 1
         for (int c = 0; c < chunks; ++c) {
             const int slot = c % STAGES;
-            if (c == pf_at && cx.pf_code) {  // the block's next tile: its first two stages' codes and its scales
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(cx.pf_code));
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(cx.pf_scale));
-            }
             mbar_wait(full + 8 * slot, (c / STAGES) & 1);
             fence_proxy_async();  // the landed copies (generic proxy) -> this thread's wgmma reads (async proxy)
             const int next = c + STAGES - 1;
@@ -965,20 +919,35 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #define IMPMOE_HAS_WGMMA 0
 #endif
 
-// One block's (token tile, weight-row tile n_tile): the router weights of its rows into shared memory (and
-// their source rows, but for wgp, which reads row_token itself), then the K loop and epilogue specialized on
-// its n8 tile count.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG, bool TMA, bool XPRE>
-__device__ __forceinline__ void run_tile(const Tile &tile, int n_tile, unsigned bars, int *s_src, float *s_rw,
-                                         const unsigned char *pf_code, const unsigned char *pf_scale,
-                                         const half_t *__restrict__ x, const int *__restrict__ row_token,
-                                         const unsigned char *__restrict__ w, const unsigned char *__restrict__ w_scale,
+// x: activations [*, k] (gate_up: token rows gathered through row_token; down: permuted rows).
+// n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
+// WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
+// tiles and the MT/2 matching up tiles.
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false>
+__device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
+                                         const int *__restrict__ offsets, const unsigned char *__restrict__ w,
+                                         const unsigned char *__restrict__ w_scale,
                                          const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int k, int n_out, const Map *codes_map,
-                                         const Map *scales_map) {
-    constexpr int NT = 32 * WARPS;
-    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
+                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
+                                         const Map *codes_map = nullptr, const Map *scales_map = nullptr) {
+    static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
+    constexpr int NT = 32 * WARPS;                    // threads
+    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;   // output columns per block
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ int s_warp[NT / 32], s_tile[3], s_src[BT];
+    __shared__ float s_rw[BT];
+    __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // wgp: full[STAGES], empty[STAGES]
     const int tid = threadIdx.x;
+    if (XPRE && tid == 0) {  // published by find_tile's barriers
+#pragma unroll
+        for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(smem_u32(s_bars) + 8 * i, 32 * WARPS);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+
+    const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
+    const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
+    if (tile.expert < 0) return;
+
     if (tid < tile.rows) {
         const int r = tile.row0 + tid;
         if (!XPRE) s_src[tid] = GATE_UP ? row_token[r] : r;
@@ -1017,7 +986,7 @@ __device__ __forceinline__ void run_tile(const Tile &tile, int n_tile, unsigned 
     Ctx cx;
     cx.codes_map = codes_map, cx.scales_map = scales_map;
     cx.x = x, cx.w_scale2 = w_scale2, cx.out = out, cx.wq = wq, cx.wsc = wsc, cx.s_src = s_src, cx.s_rw = s_rw;
-    cx.row_token = GATE_UP ? row_token : nullptr, cx.bars = bars, cx.pf_code = pf_code, cx.pf_scale = pf_scale;
+    cx.row_token = GATE_UP ? row_token : nullptr, cx.bars = smem_u32(s_bars);
     cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
     cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid;
     if constexpr (WG) {
@@ -1046,92 +1015,6 @@ __device__ __forceinline__ void run_tile(const Tile &tile, int n_tile, unsigned 
         case 6: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 6>(cx); break;
         case 7: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 7>(cx); break;
         default: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 8>(cx); break;
-    }
-}
-
-
-// x: activations [*, k] (gate_up: token rows gathered through row_token; down: permuted rows).
-// n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
-// WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
-// tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false,
-          bool DYN = false>
-__device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
-                                         const int *__restrict__ offsets, const unsigned char *__restrict__ w,
-                                         const unsigned char *__restrict__ w_scale,
-                                         const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
-                                         const Map *codes_map = nullptr, const Map *scales_map = nullptr,
-                                         int *ticket = nullptr) {
-    static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
-    static_assert(!DYN || XPRE, "the dynamic variant runs wgp's tiles");
-    constexpr int NT = 32 * WARPS;                    // threads
-    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;   // output columns per block
-    __shared__ int s_warp[NT / 32], s_tile[3], s_src[BT];
-    __shared__ float s_rw[BT];
-    __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // wgp: full[STAGES], empty[STAGES]
-    const int tid = threadIdx.x;
-    const unsigned bars = smem_u32(s_bars);
-    auto init_bars = [&] {
-#pragma unroll
-        for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(bars + 8 * i, NT);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    };
-
-    if constexpr (DYN) {
-        // wgd: the blocks that fit at once take (token tile, weight-row tile) units from a ticket counter
-        // in global memory (ticket[0]; ticket[1] counts finished blocks, and the last one sets both back
-        // to 0 for the next launch), so no block waits for launch, find_tile or a cold first stage: each
-        // knows its next unit a whole tile ahead and prefetches that unit's first weight lines into L2.
-        __shared__ int s_first[MAX_EXPERTS + 1], s_unit[2];
-        tile_prefix<NT>(offsets, num_experts, s_first, s_warp);
-        const int units = s_first[num_experts] * n_tiles;
-        const int kb = k / 2, ks = k / 16;
-        const size_t n_rows = GATE_UP ? 2 * (size_t)n_out : (size_t)n_out;
-        for (int it = 0;; ++it) {
-            if (tid == 0) {
-                if (it == 0) {
-                    s_unit[0] = atomicAdd(ticket, 1);
-                } else {  // the last unit's phases all completed and its epilogue passed two block barriers
-#pragma unroll
-                    for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_inval(bars + 8 * i);
-                }
-                init_bars();
-                s_unit[(it + 1) & 1] = atomicAdd(ticket, 1);
-            }
-            __syncthreads();
-            const int u = s_unit[it & 1], un = s_unit[(it + 1) & 1];
-            if (u >= units) break;
-            const unsigned char *pf_code = nullptr, *pf_scale = nullptr;
-            if (un < units) {  // this thread's block row of the next unit
-                const Tile tn = tile_of_slot(offsets, s_first, num_experts, un / n_tiles);
-                const int col = (un % n_tiles) * COLS + (GATE_UP ? (tid & 127) : tid);
-                if (col < n_out) {
-                    const size_t row = (size_t)tn.expert * n_rows + (GATE_UP && tid >= 128 ? n_out + col : col);
-                    pf_code = w + row * kb;
-                    pf_scale = w_scale + row * ks;
-                }
-            }
-            run_tile<GATE_UP, WARPS, MT, XPERM, CVT, WG, TMA, XPRE>(
-                tile_of_slot(offsets, s_first, num_experts, u / n_tiles), u % n_tiles, bars, s_src, s_rw, pf_code,
-                pf_scale, x, row_token, w, w_scale, w_scale2, row_weight, out, k, n_out, codes_map, scales_map);
-        }
-        if (tid == 0) {
-            __threadfence();  // this block's ticket grabs come before its count
-            if (atomicAdd(ticket + 1, 1) == (int)gridDim.x - 1) {  // every block is past its last grab
-                ticket[0] = 0;
-                ticket[1] = 0;
-                __threadfence();
-            }
-        }
-    } else {
-        if (XPRE && tid == 0) init_bars();  // published by find_tile's barriers
-        const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
-        const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
-        if (tile.expert < 0) return;
-        run_tile<GATE_UP, WARPS, MT, XPERM, CVT, WG, TMA, XPRE>(tile, n_tile, bars, s_src, s_rw, nullptr, nullptr, x,
-                                                               row_token, w, w_scale, w_scale2, row_weight, out, k,
-                                                               n_out, codes_map, scales_map);
     }
 }
 
@@ -1166,29 +1049,6 @@ MOE_ENTRY(_cvt, 8, 2, true, true, false, false)
 MOE_ENTRY(_wgq, 8, 2, true, true, true, false)
 // wgp: wgq with x / h K-permuted in memory (kperm; K % 128 == 0), gate_up writing h K-permuted
 MOE_ENTRY(_wgp, 8, 2, true, true, true, true)
-
-// wgd (sm_90a): wgp's tiles, taken from a ticket counter by a grid of the blocks that fit at once. The same
-// arguments, then `ticket`: int32 [2] in global memory, zero before the first launch and left zero by each
-// (impbench/kernels/moe.py keeps one per op and device; launches sharing one must be stream-ordered).
-#define MOE_DYN_ENTRY(SUFFIX)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_gate_up##SUFFIX(                                  \
-        const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,                         \
-        const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts, int hidden, int inter, \
-        int n_tiles, int *ticket) { pdl_entry();                                                                      \
-        impmoe::moe_body<true, 8, 2, true, true, true, false, true, true>(x, row_token, offsets, w13, w13_scale,     \
-                                                                         w13_scale2, nullptr, out, num_experts, hidden, \
-                                                                         inter, n_tiles, nullptr, nullptr, ticket);   \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_down##SUFFIX(                                     \
-        const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,                  \
-        const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter, int hidden,         \
-        int n_tiles, int *ticket) { pdl_entry();                                                                      \
-        impmoe::moe_body<false, 8, 2, true, true, true, false, true, true>(h, nullptr, offsets, w2, w2_scale,        \
-                                                                          w2_scale2, row_weight, out, num_experts,    \
-                                                                          inter, hidden, n_tiles, nullptr, nullptr,   \
-                                                                          ticket);                                    \
-    }
-MOE_DYN_ENTRY(_wgd)
 
 // wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
 // then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and
