@@ -141,92 +141,52 @@ struct Tile {
     int expert, row0, rows;  // expert -1: this block has no tile
 };
 
-// One round of the block-wide scan over experts e0 .. e0 + NT - 1: thread tid takes expert e0 + tid
-// (start and count of its rows, ceil(count / BT) token tiles); `first` = tiles of the experts before it
-// in this round, `total` = tiles of the whole round. Ends with every thread past its read of s_warp.
-struct TileScan {
-    int start, count, tiles, first, total;
-};
-template <int NT>
-__device__ __forceinline__ TileScan scan_tiles(const int *__restrict__ offsets, int num_experts, int e0, int *s_warp) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = e0 + threadIdx.x;
-    TileScan r{0, 0, 0, 0, 0};
-    if (e < num_experts) {
-        r.start = offsets[e];
-        r.count = max(offsets[e + 1] - r.start, 0);
-    }
-    r.tiles = (r.count + BT - 1) / BT;
-    int incl = r.tiles;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += v;
-    }
-    if (lane == 31) s_warp[warp] = incl;
-    __syncthreads();
-#pragma unroll
-    for (int w = 0; w < NT / 32; ++w) {
-        const int v = s_warp[w];
-        incl += w < warp ? v : 0;
-        r.total += v;
-    }
-    r.first = incl - r.tiles;
-    __syncthreads();
-    return r;
-}
-
 // Token tile number `slot` in expert order (expert e has ceil(count_e / BT) tiles), from the device
 // array of expert offsets. All threads of the block call it; it ends in a barrier.
 template <int NT>
 __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int num_experts, int slot,
                                           int *s_warp, int *s_tile) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (threadIdx.x == 0) s_tile[0] = -1;
     int before = 0;  // tiles of the experts in earlier rounds
     for (int e0 = 0; e0 < num_experts && before <= slot; e0 += NT) {
-        const TileScan r = scan_tiles<NT>(offsets, num_experts, e0, s_warp);
-        const int first = before + r.first;
-        if (slot >= first && slot < first + r.tiles) {
-            const int index = slot - first;
-            s_tile[0] = e0 + threadIdx.x;
-            s_tile[1] = r.start + index * BT;
-            s_tile[2] = min(BT, r.count - index * BT);
+        const int e = e0 + threadIdx.x;
+        int start = 0, count = 0;
+        if (e < num_experts) {
+            start = offsets[e];
+            count = max(offsets[e + 1] - start, 0);
         }
-        before += r.total;
+        const int tiles = (count + BT - 1) / BT;
+        int incl = tiles;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const int v = __shfl_up_sync(0xffffffffu, incl, d);
+            if (lane >= d) incl += v;
+        }
+        if (lane == 31) s_warp[warp] = incl;
+        __syncthreads();
+        int total = 0;
+#pragma unroll
+        for (int w = 0; w < NT / 32; ++w) {
+            const int v = s_warp[w];
+            incl += w < warp ? v : 0;
+            total += v;
+        }
+        const int first = before + incl - tiles;
+        if (slot >= first && slot < first + tiles) {
+            const int index = slot - first;
+            s_tile[0] = e;
+            s_tile[1] = start + index * BT;
+            s_tile[2] = min(BT, count - index * BT);
+        }
+        before += total;
+        __syncthreads();
     }
-    __syncthreads();
     Tile tile;
     tile.expert = s_tile[0];
     tile.row0 = s_tile[1];
     tile.rows = s_tile[2];
     return tile;
-}
-
-// The stream variant (wgs): s_first[e] = token tiles of experts 0 .. e-1 for e = 0 .. num_experts
-// (<= MAX_EXPERTS), from one scan; returns the total. Ends in a barrier.
-constexpr int MAX_EXPERTS = 512;  // impbench/kernels/moe.py STREAM_MAX_EXPERTS
-template <int NT>
-__device__ __forceinline__ int tile_prefix(const int *__restrict__ offsets, int num_experts, int *s_first, int *s_warp) {
-    int before = 0;
-    for (int e0 = 0; e0 < num_experts; e0 += NT) {
-        const TileScan r = scan_tiles<NT>(offsets, num_experts, e0, s_warp);
-        if (e0 + (int)threadIdx.x < num_experts) s_first[e0 + threadIdx.x] = before + r.first;
-        before += r.total;
-    }
-    if (threadIdx.x == 0) s_first[num_experts] = before;
-    __syncthreads();
-    return before;
-}
-
-// Token tile `slot` (< s_first[num_experts]) from the prefix: its expert is the last e with
-// s_first[e] <= slot (a binary search in shared memory, every thread the same answer).
-__device__ __forceinline__ Tile tile_of_slot(const int *__restrict__ offsets, const int *s_first, int num_experts, int slot) {
-    int lo = 0, hi = num_experts;  // s_first[lo] <= slot < s_first[hi]
-    while (hi - lo > 1) {
-        const int mid = (lo + hi) >> 1;
-        if (s_first[mid] <= slot) lo = mid; else hi = mid;
-    }
-    const int index = slot - s_first[lo], start = offsets[lo], count = offsets[lo + 1] - start;
-    return Tile{lo, start + index * BT, min(BT, count - index * BT)};
 }
 
 using Map = impasync::TmaMap;  // the wgt variant's tensor maps, by value as __grid_constant__ parameters
@@ -245,14 +205,6 @@ struct Ctx {
     Tile tile;
     int n0, k, kb, ks, n_out;
     unsigned code_off, scale_off, valid;
-    // wgc (the stream): block-wide index of this tile's first stage, whether its first stages were issued by
-    // the previous tile, the router weights in global memory, and the tile after it (next.expert -1: none)
-    int stage0 = 0;
-    bool pre_issued = false;
-    const float *row_weight = nullptr;
-    Tile next{-1, 0, 0};
-    int next_n0 = 0;
-    const unsigned char *next_wq = nullptr, *next_wsc = nullptr;
 };
 
 // The K loop and epilogue of one tile. NTA (n8 token tiles with rows, 1..8) is a compile-time
@@ -621,9 +573,8 @@ __device__ __forceinline__ int kperm_slot(int p) {
 }
 
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, bool TMA, bool XPRE, bool STREAM = false>
+template <bool GATE_UP, int NTA, bool TMA, bool XPRE>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
-    static_assert(!STREAM || XPRE, "the stream runs wgp's tiles");
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
     constexpr int WORDS = NTA <= 6 ? 4 : 2;    // code words loaded at once (registers: 2 blocks per SM)
@@ -642,26 +593,19 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // into a 2-slot ring (4-byte pieces where ks is not a multiple of 16).
     const int qr = tid >> 2, qp = tid & 3;
     const unsigned char *qsrc[4];
-    unsigned qok;  // bit j: row qr + 64 j exists
-    const unsigned char *scale_src;
-    bool w_ok;
-    // Weight sources of the tile at columns nu of the expert weight at wq / wsc (wgc: the next tile's too).
-    auto point_w = [&](const unsigned char *wq, const unsigned char *wsc, int nu) {
-        qok = 0;
+    unsigned qok = 0;  // bit j: row qr + 64 j exists
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int br = qr + 64 * j;
-            const int qcol = nu + (GATE_UP ? (br & 127) : br);
-            const bool ok = qcol < n_out;
-            qok |= ok ? 1u << j : 0u;
-            qsrc[j] = wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
-        }
-        const int col = nu + (GATE_UP ? (tid & 127) : tid);
-        w_ok = col < n_out;
-        scale_src = wsc + (w_ok ? (unsigned)(GATE_UP && tid >= 128 ? n_out + col : col) * cx.ks : 0u);
-    };
-    point_w(cx.wq, cx.wsc, n0);
+    for (int j = 0; j < 4; ++j) {
+        const int br = qr + 64 * j;
+        const int qcol = n0 + (GATE_UP ? (br & 127) : br);
+        const bool ok = qcol < n_out;
+        qok |= ok ? 1u << j : 0u;
+        qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
+    }
     const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (qr & 2)) << 4);
+    const int col = n0 + (GATE_UP ? (tid & 127) : tid);
+    const bool w_ok = col < n_out;
+    const unsigned char *scale_src = cx.wsc + (w_ok ? (unsigned)(GATE_UP && tid >= 128 ? n_out + col : col) * cx.ks : 0u);
     const bool scale16 = cx.ks % 16 == 0;
 
     // Token-tile copies: this thread's row xn (row block xw of 8 rows, so warps past the tile skip
@@ -682,20 +626,15 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // XPRE (wgp): x is stored K-permuted (kperm below), so logical unit L of a row is its 16 bytes at
     // 16 L: unit idx = tid + 256 m (m < XU) of the tile's 16 * 8 * NTA is copied by this thread, straight
     // into its swizzled slot, and no thread permutes. Every thread copies: no warpgroup waits for another.
-    // wgc issues the next tile's first stages too, whatever its token count: every copy slot, bounded at run time.
-    constexpr int XU = XPRE ? (STREAM ? 4 : (NTA + 1) / 2) : 1;
+    constexpr int XU = XPRE ? (NTA + 1) / 2 : 1;
     const int pl = tid & 15, pn = tid >> 4;  // unit and first row (row pn + 16 m for copy m)
     const unsigned p_dst = (pl >> 3) * ATOM + pn * 128 + (((pl & 7) ^ (pn & 7)) << 4);  // + 2048 m
     unsigned p_src[XU];  // byte offset of copy m's unit in x (chunk 0), or ~0u: no row (zero-fill)
-    int x_lim = 8 * NTA;  // rows copied (n8-padded) of the tile being issued
-    auto point_x = [&](const Tile &tl) {  // straight from global memory: no barrier before the first copies
 #pragma unroll
-        for (int m = 0; m < XU; ++m) {
-            const int n = pn + 16 * m, r = tl.row0 + n;
-            p_src[m] = n < tl.rows ? (unsigned)(cx.row_token ? cx.row_token[r] : r) * (2u * k) + 16u * pl : ~0u;
-        }
-    };
-    point_x(tile);
+    for (int m = 0; m < XU; ++m) {  // straight from global memory: no barrier between find_tile and the first copies
+        const int n = pn + 16 * m, r = tile.row0 + n;
+        p_src[m] = n < tile.rows ? (unsigned)(cx.row_token ? cx.row_token[r] : r) * (2u * k) + 16u * pl : ~0u;
+    }
 
     // Token-tile copies of `chunk` into the token tile at shared address sb. A piece past K (the second
     // half of a K % 128 == 64 tail stage) reads 0 bytes from the first half's address, so every address
@@ -704,7 +643,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         if constexpr (XPRE) {  // K % 128 == 0 (impbench/kernels/moe.py): no tail stage
 #pragma unroll
             for (int m = 0; m < XU; ++m) {
-                if (pn + 16 * m < (STREAM ? x_lim : 8 * NTA)) {
+                if (pn + 16 * m < 8 * NTA) {
                     const bool ok = p_src[m] != ~0u;
                     cp_async16s(sb + p_dst + 2048 * m, x_bytes + (ok ? p_src[m] + chunk * (BK * 2) : 0u), ok ? 16 : 0);
                 }
@@ -721,7 +660,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     };
     // wgq: weight copies of `chunk` (codes, and the scales of an even chunk and the next) into pipeline stage
     // `stage`; issue(): and its token tile.
-    auto issue_w = [&](int chunk, int stage, int ring) {
+    auto issue_w = [&](int chunk, int stage) {
         const unsigned sb = s_base + stage * WQ_STAGE;
         const bool kq = chunk * (BK / 2) + 16 * qp < kb;
 #pragma unroll
@@ -730,7 +669,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);
         }
         if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
-            const unsigned rd = s_base + WQ_RING + ring * (ROWS * 16) + tid * 16;
+            const unsigned rd = s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16) + tid * 16;
             const int from = chunk * (BK / 16);
             const unsigned char *ss = scale_src + (w_ok ? from : 0);
             if (scale16) {
@@ -744,8 +683,8 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             }
         }
     };
-    auto issue = [&](int chunk, int stage, int ring) {
-        issue_w(chunk, stage, ring);
+    auto issue = [&](int chunk, int stage) {
+        issue_w(chunk, stage);
         issue_x(chunk, s_base + stage * WQ_STAGE);
     };
     // Permute this thread's four landed slots into the logical order (see the section comment):
@@ -891,63 +830,6 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             compute(smem + T_CODES + slot * CODE_STAGE,
                     smem + T_SCALES + ((c >> 1) % T_SCALE_SLOTS) * (ROWS * 16) + (c & 1) * 8, x_addr);
         }
-    } else if constexpr (STREAM) {
-        // wgc: wgp's pipeline (below) run across tiles. Stage indices count over the block's whole stream from
-        // cx.stage0 (slots, mbarrier phases, the scale ring: chunks is even, so a scale pair never straddles two
-        // tiles). The last STAGES - 1 stages of this tile issue the next tile's first ones (its weight and
-        // token sources swapped in), so the next tile starts on landed data; this tile's outputs are stored
-        // straight from the accumulators, since every shared slot may then hold the next tile's stages.
-        const unsigned full = cx.bars, empty = full + 8 * STAGES;
-        const int g0 = cx.stage0;
-        if (!cx.pre_issued) {
-#pragma unroll 1
-            for (int s = 0; s < STAGES - 1 && s < chunks; ++s) issue_w(s, (g0 + s) % STAGES, ((g0 + s) >> 1) & 1);
-#pragma unroll 1
-            for (int s = 0; s < STAGES - 1 && s < chunks; ++s) {
-                issue_x(s, s_base + ((g0 + s) % STAGES) * WQ_STAGE);
-                mbar_arrive_on_cp_async(full + 8 * ((g0 + s) % STAGES));
-            }
-        }
-        const bool more = cx.next.expert >= 0;
-#pragma unroll 1
-        for (int c = 0; c < chunks; ++c) {
-            const int gs = g0 + c, slot = gs % STAGES;
-            mbar_wait(full + 8 * slot, (gs / STAGES) & 1);
-            fence_proxy_async();  // the landed copies (generic proxy) -> this thread's wgmma reads (async proxy)
-            const int nc = c + STAGES - 1, ng = gs + STAGES - 1;
-            if (nc < chunks || more) {
-                if (gs > 0) mbar_wait(empty + 8 * ((gs - 1) % STAGES), ((gs - 1) / STAGES) & 1);
-                if (nc == chunks) {  // from here on the next tile's stages
-                    point_w(cx.next_wq, cx.next_wsc, cx.next_n0);
-                    point_x(cx.next);
-                    x_lim = 8 * ((cx.next.rows + 7) >> 3);
-                }
-                issue(nc < chunks ? nc : nc - chunks, ng % STAGES, (ng >> 1) & 1);
-                mbar_arrive_on_cp_async(full + 8 * (ng % STAGES));
-            }
-            compute(smem + slot * WQ_STAGE + C_OFF, smem + WQ_RING + ((gs >> 1) & 1) * (ROWS * 16) + (gs & 1) * 8,
-                    s_base + slot * WQ_STAGE);
-            mbar_arrive(empty + 8 * slot);  // compute ends with wgmma_wait<0>: this thread's reads are done
-        }
-        const float f = cx.w_scale2[tile.expert];
-#pragma unroll
-        for (int nt = 0; nt < NTA; ++nt)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                const int tok = nt * 8 + 2 * t + (c & 1), col = 16 * warp + (c >> 1) * 8 + g;
-                if (tok >= tile.rows) continue;
-                half_t *orow = cx.out + (size_t)(tile.row0 + tok) * n_out + n0;
-                if (GATE_UP) {  // the values of the staged epilogue below, bit for bit
-                    const float gate = acc[0][4 * nt + c] * f, up = acc[1][4 * nt + c] * f;
-                    if (n0 + col < n_out) orow[kperm_slot(col)] = f2h(silu(gate) * up);
-                } else {
-                    const float rw = cx.row_weight ? cx.row_weight[tile.row0 + tok] : 1.0f;
-#pragma unroll
-                    for (int mt = 0; mt < 2; ++mt)
-                        if (n0 + 128 * mt + col < n_out) orow[128 * mt + col] = f2h(acc[mt][4 * nt + c] * f * rw);
-                }
-            }
-        return;
     } else if constexpr (XPRE) {
         // No block barrier in the K loop: stage slot s has a `full` mbarrier (every thread arrives once its
         // own copies into the slot have landed: cp.async.mbarrier.arrive.noinc) and an `empty` one (every
@@ -960,7 +842,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         // columns, go out before the token-tile copies, which wait for the row_token loads of p_src.
         const unsigned full = cx.bars, empty = full + 8 * STAGES;
 #pragma unroll 1
-        for (int s = 0; s < STAGES - 1 && s < chunks; ++s) issue_w(s, s, (s >> 1) & 1);
+        for (int s = 0; s < STAGES - 1 && s < chunks; ++s) issue_w(s, s);
 #pragma unroll 1
         for (int s = 0; s < STAGES - 1 && s < chunks; ++s) {
             issue_x(s, s_base + s * WQ_STAGE);
@@ -974,7 +856,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             const int next = c + STAGES - 1;
             if (next < chunks) {
                 if (c > 0) mbar_wait(empty + 8 * ((c - 1) % STAGES), ((c - 1) / STAGES) & 1);
-                issue(next, next % STAGES, (next >> 1) & 1);
+                issue(next, next % STAGES);
                 mbar_arrive_on_cp_async(full + 8 * (next % STAGES));
             }
             compute(smem + slot * WQ_STAGE + C_OFF, smem + WQ_RING + ((c >> 1) & 1) * (ROWS * 16) + (c & 1) * 8,
@@ -984,7 +866,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     } else {
 #pragma unroll 1
         for (int s = 0; s < STAGES - 1; ++s) {
-            if (s < chunks) issue(s, s, (s >> 1) & 1);
+            if (s < chunks) issue(s, s);
             cp_async_commit();
         }
 #pragma unroll 1
@@ -995,7 +877,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             fence_proxy_async();  // generic-proxy stores -> wgmma reads (async proxy)
             __syncthreads();
             const int next = c + STAGES - 1;
-            if (next < chunks) issue(next, next % STAGES, (next >> 1) & 1);
+            if (next < chunks) issue(next, next % STAGES);
             cp_async_commit();
             compute(stage + C_OFF, smem + WQ_RING + ((c >> 1) & 1) * (ROWS * 16) + (c & 1) * 8, s_base + (c % STAGES) * WQ_STAGE);
         }
@@ -1037,32 +919,39 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #define IMPMOE_HAS_WGMMA 0
 #endif
 
-// The stream (wgc) position of a tile: its first stage's block-wide index, whether the previous tile issued
-// its first stages, and the tile after it in the block (expert -1: none) with its weight-row tile.
-struct StreamPos {
-    int stage0;
-    bool pre_issued;
-    Tile next;
-    int next_n0;  // weight-row tile index
-};
-
-// One block's (token tile, weight-row tile n_tile): the router weights of its rows into shared memory (and
-// their source rows, but for wgp, which reads row_token itself), then the K loop and epilogue specialized on
-// its n8 tile count.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG, bool TMA, bool XPRE, bool STREAM>
-__device__ __forceinline__ void run_tile(const Tile &tile, int n_tile, unsigned bars, int *s_src, float *s_rw,
-                                         const StreamPos &st, const half_t *__restrict__ x,
-                                         const int *__restrict__ row_token, const unsigned char *__restrict__ w,
-                                         const unsigned char *__restrict__ w_scale, const float *__restrict__ w_scale2,
-                                         const float *__restrict__ row_weight, half_t *__restrict__ out, int k,
-                                         int n_out, const Map *codes_map, const Map *scales_map) {
-    constexpr int NT = 32 * WARPS;
-    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
+// x: activations [*, k] (gate_up: token rows gathered through row_token; down: permuted rows).
+// n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
+// WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
+// tiles and the MT/2 matching up tiles.
+template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false>
+__device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
+                                         const int *__restrict__ offsets, const unsigned char *__restrict__ w,
+                                         const unsigned char *__restrict__ w_scale,
+                                         const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
+                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
+                                         const Map *codes_map = nullptr, const Map *scales_map = nullptr) {
+    static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
+    constexpr int NT = 32 * WARPS;                    // threads
+    constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;   // output columns per block
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ int s_warp[NT / 32], s_tile[3], s_src[BT];
+    __shared__ float s_rw[BT];
+    __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // wgp: full[STAGES], empty[STAGES]
     const int tid = threadIdx.x;
+    if (XPRE && tid == 0) {  // published by find_tile's barriers
+#pragma unroll
+        for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(smem_u32(s_bars) + 8 * i, 32 * WARPS);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+
+    const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
+    const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
+    if (tile.expert < 0) return;
+
     if (tid < tile.rows) {
         const int r = tile.row0 + tid;
         if (!XPRE) s_src[tid] = GATE_UP ? row_token[r] : r;
-        if (!STREAM) s_rw[tid] = row_weight ? row_weight[r] : 1.0f;  // wgc reads them in its epilogue
+        s_rw[tid] = row_weight ? row_weight[r] : 1.0f;
     }
     if (!XPRE) __syncthreads();  // wgp reads row_token itself; s_rw is read after the epilogue's barrier
 
@@ -1097,26 +986,20 @@ __device__ __forceinline__ void run_tile(const Tile &tile, int n_tile, unsigned 
     Ctx cx;
     cx.codes_map = codes_map, cx.scales_map = scales_map;
     cx.x = x, cx.w_scale2 = w_scale2, cx.out = out, cx.wq = wq, cx.wsc = wsc, cx.s_src = s_src, cx.s_rw = s_rw;
-    cx.row_token = GATE_UP ? row_token : nullptr, cx.bars = bars;
-    if constexpr (STREAM) {
-        cx.stage0 = st.stage0, cx.pre_issued = st.pre_issued, cx.row_weight = row_weight;
-        cx.next = st.next, cx.next_n0 = st.next_n0 * COLS;
-        cx.next_wq = w + (size_t)max(st.next.expert, 0) * n_rows * kb;
-        cx.next_wsc = w_scale + (size_t)max(st.next.expert, 0) * n_rows * ks;
-    }
+    cx.row_token = GATE_UP ? row_token : nullptr, cx.bars = smem_u32(s_bars);
     cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
     cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid;
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, TMA, XPRE, STREAM>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, TMA, XPRE, STREAM>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, TMA, XPRE, STREAM>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, TMA, XPRE, STREAM>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, TMA, XPRE, STREAM>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, TMA, XPRE, STREAM>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, TMA, XPRE, STREAM>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, TMA, XPRE, STREAM>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, 1, TMA, XPRE>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, TMA, XPRE>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, TMA, XPRE>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, TMA, XPRE>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, TMA, XPRE>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, TMA, XPRE>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, TMA, XPRE>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, TMA, XPRE>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -1132,79 +1015,6 @@ __device__ __forceinline__ void run_tile(const Tile &tile, int n_tile, unsigned 
         case 6: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 6>(cx); break;
         case 7: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 7>(cx); break;
         default: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 8>(cx); break;
-    }
-}
-
-
-// x: activations [*, k] (gate_up: token rows gathered through row_token; down: permuted rows).
-// n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
-// WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
-// tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false,
-          bool STREAM = false>
-__device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
-                                         const int *__restrict__ offsets, const unsigned char *__restrict__ w,
-                                         const unsigned char *__restrict__ w_scale,
-                                         const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
-                                         const Map *codes_map = nullptr, const Map *scales_map = nullptr,
-                                         int *ticket = nullptr) {
-    static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
-    constexpr int NT = 32 * WARPS;  // threads
-    __shared__ int s_warp[NT / 32], s_tile[3], s_src[BT];
-    __shared__ float s_rw[BT];
-    __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // wgp / wgc: full[STAGES], empty[STAGES]
-    const int tid = threadIdx.x;
-    const unsigned bars = smem_u32(s_bars);
-    if (XPRE && tid == 0) {  // published by the barriers of find_tile / tile_prefix
-#pragma unroll
-        for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(bars + 8 * i, NT);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-
-    if constexpr (STREAM) {
-        // wgc: the blocks that fit at once take (token tile, weight-row tile) units from a ticket counter in
-        // global memory (ticket[0]; ticket[1] counts finished blocks, and the last one sets both back to 0 for
-        // the next launch): dynamic, so as balanced as the hardware's block scheduling. A block knows its next
-        // unit a whole unit ahead (the ticket is taken one unit early), so its pipeline runs from unit to
-        // unit without draining. Units are counted from the per-expert tile prefix, on the device.
-        __shared__ int s_first[MAX_EXPERTS + 1], s_unit[2];
-        if (tid == 0) {
-            s_unit[0] = atomicAdd(ticket, 1);
-            s_unit[1] = atomicAdd(ticket, 1);
-        }
-        tile_prefix<NT>(offsets, num_experts, s_first, s_warp);  // ends in a barrier: s_unit published
-        const int units = s_first[num_experts] * n_tiles, chunks = (k + BK - 1) / BK;
-        int u = s_unit[0];
-        for (int j = 0; u < units; ++j) {
-            const int un = s_unit[(j + 1) & 1];
-            StreamPos st;
-            st.stage0 = j * chunks;
-            st.pre_issued = j > 0;
-            st.next = un < units ? tile_of_slot(offsets, s_first, num_experts, un / n_tiles) : Tile{-1, 0, 0};
-            st.next_n0 = un < units ? un % n_tiles : 0;
-            run_tile<GATE_UP, WARPS, MT, XPERM, CVT, WG, TMA, XPRE, STREAM>(
-                tile_of_slot(offsets, s_first, num_experts, u / n_tiles), u % n_tiles, bars, s_src, s_rw, st, x,
-                row_token, w, w_scale, w_scale2, row_weight, out, k, n_out, codes_map, scales_map);
-            if (tid == 0 && un < units) s_unit[j & 1] = atomicAdd(ticket, 1);  // everyone read u long ago
-            __syncthreads();  // the ticket after next published
-            u = un;
-        }
-        if (tid == 0) {
-            __threadfence();  // this block's ticket grabs come before its count
-            if (atomicAdd(ticket + 1, 1) == (int)gridDim.x - 1) {  // every block is past its last grab
-                ticket[0] = 0;
-                ticket[1] = 0;
-                __threadfence();
-            }
-        }
-    } else {
-        const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
-        const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
-        if (tile.expert < 0) return;
-        run_tile<GATE_UP, WARPS, MT, XPERM, CVT, WG, TMA, XPRE, STREAM>(tile, n_tile, bars, s_src, s_rw, StreamPos{},
-                                                                       x, row_token, w, w_scale, w_scale2, row_weight,
-                                                                       out, k, n_out, codes_map, scales_map);
     }
 }
 
@@ -1239,30 +1049,6 @@ MOE_ENTRY(_cvt, 8, 2, true, true, false, false)
 MOE_ENTRY(_wgq, 8, 2, true, true, true, false)
 // wgp: wgq with x / h K-permuted in memory (kperm; K % 128 == 0), gate_up writing h K-permuted
 MOE_ENTRY(_wgp, 8, 2, true, true, true, true)
-
-// wgc (sm_90a): wgp's tiles as one pipeline stream per block, taken from a ticket counter by a grid of the
-// blocks that fit at once (K % 256 == 0, E <= MAX_EXPERTS). The same arguments, then `ticket`: int32 [2] in
-// global memory, zero before the first launch and left zero by each (impbench/kernels/moe.py keeps one per op
-// and device; launches sharing one must be stream-ordered).
-#define MOE_STREAM_ENTRY(SUFFIX)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_gate_up##SUFFIX(                                  \
-        const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,                         \
-        const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts, int hidden, int inter, \
-        int n_tiles, int *ticket) { pdl_entry();                                                                      \
-        impmoe::moe_body<true, 8, 2, true, true, true, false, true, true>(x, row_token, offsets, w13, w13_scale,     \
-                                                                         w13_scale2, nullptr, out, num_experts, hidden, \
-                                                                         inter, n_tiles, nullptr, nullptr, ticket);   \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_down##SUFFIX(                                     \
-        const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,                  \
-        const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter, int hidden,         \
-        int n_tiles, int *ticket) { pdl_entry();                                                                      \
-        impmoe::moe_body<false, 8, 2, true, true, true, false, true, true>(h, nullptr, offsets, w2, w2_scale,        \
-                                                                          w2_scale2, row_weight, out, num_experts,    \
-                                                                          inter, hidden, n_tiles, nullptr, nullptr,   \
-                                                                          ticket);                                    \
-    }
-MOE_STREAM_ENTRY(_wgc)
 
 // wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
 // then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and

@@ -18,7 +18,6 @@ distribution of rows over experts is valid (empty experts, all rows in one exper
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
@@ -42,37 +41,24 @@ VARIANTS = {
     "wgq": ("_wgq", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers), 64-byte weight-row copies, sm_90a
     "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # wgq with the weights by TMA; K % 256 == 0 (else wgq runs)
     "wgp": ("_wgp", 256, WG_SMEM_BYTES),  # wgq with x / h K-permuted in memory (kperm); H, I % 128 == 0 (else wgq)
-    "wgc": ("_wgc", 256, WG_SMEM_BYTES),  # wgp's tiles as one pipeline per resident block (STREAM_* below)
 }
-SM90A_VARIANTS = ("wgq", "wgt", "wgp", "wgc")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+SM90A_VARIANTS = ("wgq", "wgt", "wgp")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
 TMA_VARIANTS = ("wgt",)  # take the weights' tensor maps as two more (by-value) arguments
 TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE
 # wgp reads its activations (x for gate_up, h for down) in the kperm order below and its gate_up writes h
 # in it, so no thread permutes the token tile in shared memory; a layer runs it only where both K (H and
 # I) are multiples of KPERM_BLOCK, else KPERM_FALLBACK with every activation in natural order.
-KPERM_VARIANTS = ("wgp", "wgc")
+KPERM_VARIANTS = ("wgp",)
 KPERM_BLOCK = 128
 KPERM_FALLBACK = "wgq"
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE v5):
 # wgq 139.2 / 77.9 µs (gate_up / down, uniform) against wgt 138.9 / 80.7, wgw 150.4 / 83.2, cvt 195.1 / 97.5.
 DEFAULT_VARIANT = "wgq"
-# The engine's expert GEMMs (one layer's gate_up / down pair): the kperm kernels where uses_kperm, the layer's x
-# written in kperm order by its ffn_norm launch (ops.add_rmsnorm out_kperm; results/NOTES.md MoE v6: wgp 113.6 /
-# 63.2 µs against wgq's 132.8 / 74.8 on an H200); DEFAULT_VARIANT stays the natural-order kernel that every other
-# caller gets. IMPBENCH_EXPERT_VARIANT, where set, overrides it (an A/B of the engine with another expert kernel).
-EXPERT_VARIANT = os.environ.get("IMPBENCH_EXPERT_VARIANT") or "wgp"
-# wgc: a grid of the blocks that fit at once (STREAM_BLOCKS_PER_SM per SM) that take wgp's (token tile,
-# weight-row tile) units from a ticket counter in device memory (one per op and device, _tickets) a unit ahead,
-# and run them as one pipeline: the next unit's first stages load during the current one's last, so no unit
-# waits for a fill or drain. Launches that share a counter (the same op on one device) must be stream-ordered,
-# as the engine's are. A GEMM runs it where K % STREAM_K_MULTIPLE == 0 (a scale pair never straddles two units)
-# and E <= STREAM_MAX_EXPERTS (the per-expert tile prefix lives in shared memory); else STREAM_FALLBACK.
-STREAM_VARIANTS = ("wgc",)
-STREAM_FALLBACK = "wgp"
-STREAM_K_MULTIPLE = 256
-STREAM_MAX_EXPERTS = 512  # impmoe::MAX_EXPERTS
-STREAM_BLOCKS_PER_SM = 2  # __launch_bounds__(256, 2) and 2 x WG_SMEM_BYTES fit an sm_90 SM
+# The engine's expert GEMMs (one layer's gate_up / down pair): wgp where uses_kperm, the layer's x written in
+# kperm order by its ffn_norm launch (ops.add_rmsnorm out_kperm; results/NOTES.md MoE v6: 113.6 / 63.2 µs against wgq's 132.8 / 74.8 on
+# an H200); DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
+EXPERT_VARIANT = "wgp"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
@@ -113,39 +99,6 @@ def _layer_variant(variant: str, k: int, hidden: int, inter: int) -> str:
     if variant in KPERM_VARIANTS and not uses_kperm(variant, hidden, inter):
         return KPERM_FALLBACK
     return variant
-
-
-def _stream_variant(variant: str, k: int, experts: int) -> str:
-    if variant in STREAM_VARIANTS and (k % STREAM_K_MULTIPLE or experts > STREAM_MAX_EXPERTS):
-        return STREAM_FALLBACK
-    return variant
-
-
-def _stream_grid(units: int) -> int:
-    """Blocks of a stream launch with at most `units` units of work."""
-    return max(1, min(units, STREAM_BLOCKS_PER_SM * _sm_count()))
-
-
-@functools.cache
-def _sm_count() -> int:
-    import cupy
-
-    return cupy.cuda.Device().attributes["MultiProcessorCount"]
-
-
-_TICKETS: dict = {}
-
-
-def _tickets(op: str):
-    """int32 [2]: the ticket counter of `op` (gate_up / down) on the current device, zeroed once; every
-    stream launch leaves it zero. Allocated by prewarm (or the first plan), never inside a capture."""
-    import cupy
-
-    key = cupy.cuda.Device().id
-    if key not in _TICKETS:
-        _TICKETS[key] = cupy.zeros(4, cupy.int32)
-    base = _TICKETS[key]
-    return base[0:2] if op == "gate_up" else base[2:4]
 
 
 @functools.cache
@@ -239,7 +192,7 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
     _check_experts("w13", w13, w13_scale, w13_scale2, 2 * inter, hidden, experts)
     check_array("out", out, np.float16, shape=(rows, inter))
     _check_aligned("moe_gate_up", x=x, w13=w13, w13_scale=w13_scale, out=out)
-    variant = _stream_variant(_layer_variant(variant, hidden, hidden, inter), hidden, experts)
+    variant = _layer_variant(variant, hidden, hidden, inter)
     if tokens < 1 or rows < 1:
         return None
     n_tiles = -(-inter // GATE_UP_COLS)
@@ -248,8 +201,6 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
             np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles))  # fmt: skip
     if variant in TMA_VARIANTS:
         args += _weight_maps(w13, w13_scale)
-    if variant in STREAM_VARIANTS:
-        grid, args = (_stream_grid(grid[0]),), args + (_tickets("gate_up"),)
     return _kernel("gate_up", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
 
 
@@ -269,7 +220,7 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     if row_weight is not None:
         check_array("row_weight", row_weight, np.float32, shape=(rows,))
     _check_aligned("moe_down", h=h, w2=w2, w2_scale=w2_scale, out=out)
-    variant = _stream_variant(_layer_variant(variant, inter, hidden, inter), inter, experts)
+    variant = _layer_variant(variant, inter, hidden, inter)
     if rows < 1:
         return None
     n_tiles = -(-hidden // DOWN_COLS)
@@ -279,8 +230,6 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
             np.int32(experts), np.int32(inter), np.int32(hidden), np.int32(n_tiles))  # fmt: skip
     if variant in TMA_VARIANTS:
         args += _weight_maps(w2, w2_scale)
-    if variant in STREAM_VARIANTS:
-        grid, args = (_stream_grid(grid[0]),), args + (_tickets("down"),)
     return _kernel("down", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
 
 
@@ -380,5 +329,3 @@ def prewarm() -> None:
     for variant in dict.fromkeys(resolve_variant(v) for v in VARIANTS):
         _kernel("gate_up", variant)
         _kernel("down", variant)
-    if _is_sm90():
-        _tickets("gate_up")  # the stream's counters, before any capture
