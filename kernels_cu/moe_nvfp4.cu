@@ -940,7 +940,7 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     const int tid = threadIdx.x;
     if (XPRE && tid == 0) {  // published by find_tile's barriers
 #pragma unroll
-        for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(smem_u32(s_bars) + 8 * i, 32 * WARPS);
+        for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(smem_u32(s_bars) + 8 * i, NT);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from impbench.kernels._cache import get_function
 from impbench.kernels._checks import check_array
+from impbench.kernels.moe import KPERM_BLOCK  # the order the wgp expert GEMMs read (out_kperm)
 
 FAMILY = "ops"
 ROW_CHUNKS = (1, 2, 4, 8)  # 16-byte chunks per thread the row kernels are built for (kernels_cu/ops.cu)
@@ -29,7 +30,6 @@ QKV_WIDE_LANES = (2, 4, 8, 16, 32)  # lanes per head of the 16-byte form: head_d
 QKV_WIDE_STEPS = (2, 4, 8)  # heads each lane handles in the 16-byte form
 QKV_WIDE_DEFAULT_STEPS = 4
 MAX_HIDDEN = 8 * ROW_CHUNKS[-1] * MAX_ROW_THREADS  # 8192 halves
-KPERM_BLOCK = 128  # impbench.kernels.moe.KPERM_BLOCK
 
 
 def _kernel(name: str):
