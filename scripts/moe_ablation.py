@@ -50,6 +50,16 @@ ABLATIONS = {
          "cp_async16s(sb + x_dst[0], xs, 0);\n            cp_async16s(sb + x_dst[1], xs + 64, 0);\n"
          "            cp_async16s(sb + x_dst[2], xh, 0);\n            cp_async16s(sb + x_dst[3], xh + 64, 0);"),
     ],
+    "no_xload_p": [  # wgp: token-tile copies of 0 bytes (the same instructions, no L2 traffic)
+        ("cp_async16s(sb + p_dst + 2048 * m, x_bytes + (ok ? p_src[m] + chunk * (BK * 2) : 0u), ok ? 16 : 0);",
+         "cp_async16s(sb + p_dst + 2048 * m, x_bytes + (ok ? p_src[m] + chunk * (BK * 2) : 0u), 0);"),
+    ],
+    "no_store": [  # wgp / wgq: the epilogue stages the tile in shared memory but stores nothing
+        ("        if (col < n_out)\n            *reinterpret_cast<uint4 *>(cx.out + (size_t)(tile.row0 + tok) * n_out + col) =\n"
+         "                *reinterpret_cast<const uint4 *>(so + tok * STRIDE + u * 8);\n    }\n}\n\n}  // namespace wg",
+         "        if (col < 0)\n            *reinterpret_cast<uint4 *>(cx.out + (size_t)(tile.row0 + tok) * n_out + col) =\n"
+         "                *reinterpret_cast<const uint4 *>(so + tok * STRIDE + u * 8);\n    }\n}\n\n}  // namespace wg"),
+    ],
     "no_x": [  # no token-tile copies or permutes (the tile is whatever the shared memory holds)
         ("        if (x_row) {\n            const bool xhi_ok", "        if (false) {\n            const bool xhi_ok"),
         ("        if (!x_row) return;\n        uint4 v[4];", "        return;\n        uint4 v[4];"),
