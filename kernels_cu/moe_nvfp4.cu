@@ -205,8 +205,6 @@ struct Ctx {
     Tile tile;
     int n0, k, kb, ks, n_out;
     unsigned code_off, scale_off, valid;
-    float scale2;  // w_scale2 of the tile's expert, loaded in the prologue (wgmma variants)
-    int issued;    // wgp: weight stages wgp_tile issued before the tile was known
 };
 
 // The K loop and epilogue of one tile. NTA (n8 token tiles with rows, 1..8) is a compile-time
@@ -574,143 +572,6 @@ __device__ __forceinline__ int kperm_slot(int p) {
     return 8 * (4 * (unit & 3) + q) + 2 * (unit >> 2) + h;
 }
 
-// Shared address of the 1024-byte-aligned dynamic shared memory (the 128-byte-swizzle atoms need it).
-__device__ __forceinline__ unsigned aligned_smem_base() {
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    return (smem_u32(smem_raw) + 1023u) & ~1023u;
-}
-
-// wgq / wgp weight copies of one block: thread (row qr = tid / 4, piece qp = tid % 4) copies piece qp of
-// block rows qr + 64 j, j = 0..3, so one instruction reads 8 rows x 64 contiguous bytes (one L2 request
-// of two sectors per row); piece P of row r in slot P ^ (r & 2) (the stores stay 512 contiguous bytes,
-// the quads' reads conflict-free). Scales: thread tid copies 16 bytes of block row tid every second
-// stage into a 2-slot ring (4-byte pieces where ks is not a multiple of 16). It needs only the expert's
-// weight and the block's columns, so wgp issues the first stages before the tile's rows are known.
-template <bool GATE_UP>
-struct WeightCopies {
-    const unsigned char *qsrc[4];
-    const unsigned char *scale_src;
-    unsigned s_base, qdst, qok;  // qok bit j: row qr + 64 j exists
-    int qp, kb, ks;
-    bool w_ok;
-
-    __device__ __forceinline__ WeightCopies(const unsigned char *wq, const unsigned char *wsc, int n0, int n_out,
-                                            int kb_, int ks_)
-        : s_base(aligned_smem_base()), qok(0), qp(threadIdx.x & 3), kb(kb_), ks(ks_) {
-        const int tid = threadIdx.x, qr = tid >> 2;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int br = qr + 64 * j;
-            const int qcol = n0 + (GATE_UP ? (br & 127) : br);
-            const bool ok = qcol < n_out;
-            qok |= ok ? 1u << j : 0u;
-            qsrc[j] = wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
-        }
-        qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (qr & 2)) << 4);
-        const int col = n0 + (GATE_UP ? (tid & 127) : tid);
-        w_ok = col < n_out;
-        scale_src = wsc + (w_ok ? (unsigned)(GATE_UP && tid >= 128 ? n_out + col : col) * ks : 0u);
-    }
-
-    // Codes of `chunk`, and the scales of an even chunk and the next, into pipeline stage `stage`.
-    __device__ __forceinline__ void issue(int chunk, int stage) const {
-        const unsigned sb = s_base + stage * WQ_STAGE;
-        const bool kq = chunk * (BK / 2) + 16 * qp < kb;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const bool ok = kq && (qok >> j & 1);
-            cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);
-        }
-        if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
-            const unsigned rd = s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16) + threadIdx.x * 16;
-            const int from = chunk * (BK / 16);
-            const unsigned char *ss = scale_src + (w_ok ? from : 0);
-            if (ks % 16 == 0) {
-                cp_async16_l2(rd, ss, w_ok ? 16 : 0);
-            } else {
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    const bool ok = w_ok && from + 4 * q < ks;
-                    cp_async4(rd + 4 * q, ss + (ok ? 4 * q : 0), ok ? 4 : 0);
-                }
-            }
-        }
-    }
-};
-
-// wgp's tile of block slot `slot` without a block-wide search: slots 0 .. E-1 are the first token tile
-// of expert `slot` (two offsets loads), slots E .. are the further tiles of experts with more than BT
-// rows, in expert order, found by every warp itself (a warp scan of the offsets, no barrier). The grid
-// has E + floor((R - 1) / BT) slots (impbench/kernels/moe.py wgp_slots), enough for any distribution.
-// Where the grid says R >= 4 E (so an expert with no rows is unlikely), a first-tile block issues its
-// first STAGES - 1 weight stages before it loads the offsets: the DRAM latency of the weights then
-// overlaps the offsets' and the token rows' loads. Returns the number of stages issued (0 or more).
-template <bool GATE_UP>
-__device__ __forceinline__ int wgp_tile(Tile &tile, const int *__restrict__ offsets, int num_experts, int slot,
-                                        int n_tiles, const unsigned char *w, const unsigned char *w_scale, int n0,
-                                        int n_out, int k) {
-    const int lane = threadIdx.x & 31;
-    tile.expert = -1, tile.row0 = 0, tile.rows = 0;
-    if (slot < num_experts) {
-        int issued = 0;
-        if ((int)(gridDim.x / n_tiles - num_experts) * BT >= 4 * num_experts) {
-            const size_t n_rows = GATE_UP ? 2 * (size_t)n_out : (size_t)n_out;
-            const WeightCopies<GATE_UP> wc(w + (size_t)slot * n_rows * (k / 2), w_scale + (size_t)slot * n_rows * (k / 16),
-                                           n0, n_out, k / 2, k / 16);
-            const int chunks = (k + BK - 1) / BK;
-            for (; issued < STAGES - 1 && issued < chunks; ++issued) wc.issue(issued, issued);
-        }
-        const int start = offsets[slot], count = offsets[slot + 1] - start;
-        if (count > 0) tile.expert = slot, tile.row0 = start, tile.rows = min(BT, count);
-        return issued;
-    }
-    const int want = slot - num_experts;  // index of the wanted tile among the further tiles
-    int before = 0;
-    for (int e0 = 0; e0 < num_experts; e0 += 128) {  // lane: experts e0 + 4 lane .. + 3
-        const int eb = e0 + 4 * lane;
-        int o[5], extra[4], sum = 0;
-#pragma unroll
-        for (int i = 0; i < 5; ++i) o[i] = offsets[min(eb + i, num_experts)];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int count = o[i + 1] - o[i];
-            extra[i] = count > 0 ? (count - 1) / BT : 0;
-            sum += extra[i];
-        }
-        int incl = sum;
-#pragma unroll
-        for (int d = 1; d < 32; d <<= 1) {
-            const int v = __shfl_up_sync(0xffffffffu, incl, d);
-            if (lane >= d) incl += v;
-        }
-        const int first = before + incl - sum;  // this lane's first further tile
-        const bool mine = want >= first && want < first + sum;
-        int e = -1, row0 = 0, rows = 0;
-        if (mine) {
-            int j = want - first;
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                if (e < 0 && j < extra[i]) {
-                    e = eb + i;
-                    row0 = o[i] + (j + 1) * BT;
-                    rows = min(BT, o[i + 1] - row0);
-                }
-                j -= extra[i];
-            }
-        }
-        const unsigned owner = __ballot_sync(0xffffffffu, mine);
-        if (owner) {
-            const int src = __ffs(owner) - 1;
-            tile.expert = __shfl_sync(0xffffffffu, e, src);
-            tile.row0 = __shfl_sync(0xffffffffu, row0, src);
-            tile.rows = __shfl_sync(0xffffffffu, rows, src);
-            break;
-        }
-        before += __shfl_sync(0xffffffffu, incl, 31);
-    }
-    return 0;
-}
-
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
 template <bool GATE_UP, int NTA, bool TMA, bool XPRE>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
@@ -725,7 +586,27 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const Tile tile = cx.tile;
     const int n0 = cx.n0, k = cx.k, kb = cx.kb, n_out = cx.n_out;
 
-    const WeightCopies<GATE_UP> wcopies(cx.wq, cx.wsc, n0, n_out, kb, cx.ks);
+    // wgq weight copies: thread (row qr = tid / 4, piece qp = tid % 4) copies piece qp of block rows
+    // qr + 64 j, j = 0..3, so one instruction reads 8 rows x 64 contiguous bytes (one L2 request of two
+    // sectors per row); piece P of row r in slot P ^ (r & 2) (the stores stay 512 contiguous bytes, the
+    // quads' reads conflict-free). Scales: thread tid copies 16 bytes of block row tid every second stage
+    // into a 2-slot ring (4-byte pieces where ks is not a multiple of 16).
+    const int qr = tid >> 2, qp = tid & 3;
+    const unsigned char *qsrc[4];
+    unsigned qok = 0;  // bit j: row qr + 64 j exists
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int br = qr + 64 * j;
+        const int qcol = n0 + (GATE_UP ? (br & 127) : br);
+        const bool ok = qcol < n_out;
+        qok |= ok ? 1u << j : 0u;
+        qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
+    }
+    const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (qr & 2)) << 4);
+    const int col = n0 + (GATE_UP ? (tid & 127) : tid);
+    const bool w_ok = col < n_out;
+    const unsigned char *scale_src = cx.wsc + (w_ok ? (unsigned)(GATE_UP && tid >= 128 ? n_out + col : col) * cx.ks : 0u);
+    const bool scale16 = cx.ks % 16 == 0;
 
     // Token-tile copies: this thread's row xn (row block xw of 8 rows, so warps past the tile skip
     // whole) and word xi; slots 4 * xi + j of row xn get physical unit 4j + xi. Row blocks alternate
@@ -777,8 +658,31 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             cp_async16s(sb + x_dst[3], xh + 64, xhi_ok ? 16 : 0);
         }
     };
-    // wgq: the weight copies of `chunk` into pipeline stage `stage` (WeightCopies), then its token tile.
-    auto issue_w = [&](int chunk, int stage) { wcopies.issue(chunk, stage); };
+    // wgq: weight copies of `chunk` (codes, and the scales of an even chunk and the next) into pipeline stage
+    // `stage`; issue(): and its token tile.
+    auto issue_w = [&](int chunk, int stage) {
+        const unsigned sb = s_base + stage * WQ_STAGE;
+        const bool kq = chunk * (BK / 2) + 16 * qp < kb;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const bool ok = kq && (qok >> j & 1);
+            cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);
+        }
+        if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
+            const unsigned rd = s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16) + tid * 16;
+            const int from = chunk * (BK / 16);
+            const unsigned char *ss = scale_src + (w_ok ? from : 0);
+            if (scale16) {
+                cp_async16_l2(rd, ss, w_ok ? 16 : 0);
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const bool ok = w_ok && from + 4 * q < cx.ks;
+                    cp_async4(rd + 4 * q, ss + (ok ? 4 * q : 0), ok ? 4 : 0);
+                }
+            }
+        }
+    };
     auto issue = [&](int chunk, int stage) {
         issue_w(chunk, stage);
         issue_x(chunk, s_base + stage * WQ_STAGE);
@@ -938,7 +842,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         // columns, go out before the token-tile copies, which wait for the row_token loads of p_src.
         const unsigned full = cx.bars, empty = full + 8 * STAGES;
 #pragma unroll 1
-        for (int s = cx.issued; s < STAGES - 1 && s < chunks; ++s) issue_w(s, s);  // wgp_tile may have issued some
+        for (int s = 0; s < STAGES - 1 && s < chunks; ++s) issue_w(s, s);
 #pragma unroll 1
         for (int s = 0; s < STAGES - 1 && s < chunks; ++s) {
             issue_x(s, s_base + s * WQ_STAGE);
@@ -984,7 +888,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // Epilogue as in moe_tile: accumulator (mt, 4 nt + c) = block row br_of(mt, c >> 1) + g, token 8 nt + 2t + (c & 1).
     constexpr int STRIDE = COLS + 8;
     half_t *so = reinterpret_cast<half_t *>(smem);
-    const float f = cx.scale2;
+    const float f = cx.w_scale2[tile.expert];
 #pragma unroll
     for (int nt = 0; nt < NTA; ++nt) {
 #pragma unroll
@@ -1034,28 +938,15 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     __shared__ float s_rw[BT];
     __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // wgp: full[STAGES], empty[STAGES]
     const int tid = threadIdx.x;
-    if (XPRE && tid == 0) {  // published by the barrier after wgp_tile
+    if (XPRE && tid == 0) {  // published by find_tile's barriers
 #pragma unroll
         for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(smem_u32(s_bars) + 8 * i, NT);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
 
     const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
-    Tile tile;
-    int issued = 0;
-    if constexpr (XPRE) {
-#if IMPMOE_HAS_WGMMA
-        issued = wg::wgp_tile<GATE_UP>(tile, offsets, num_experts, slot, n_tiles, w, w_scale, n_tile * COLS, n_out, k);
-#endif
-        __syncthreads();  // tid 0's mbarrier initialization, before any thread arrives on one
-        if (tile.expert < 0) {
-            asm volatile("cp.async.wait_all;\n" ::: "memory");  // copies for an expert with no rows land before the block leaves
-            return;
-        }
-    } else {
-        tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
-        if (tile.expert < 0) return;
-    }
+    const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
+    if (tile.expert < 0) return;
 
     if (tid < tile.rows) {
         const int r = tile.row0 + tid;
@@ -1098,7 +989,6 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     cx.row_token = GATE_UP ? row_token : nullptr, cx.bars = smem_u32(s_bars);
     cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
     cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid;
-    cx.scale2 = w_scale2[tile.expert], cx.issued = issued;
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {

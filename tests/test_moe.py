@@ -162,7 +162,7 @@ def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k, va
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_further_tiles_of_experts_past_the_first_128(variant):
-    # 200 experts: wgp_tile's warp scan takes two rounds of 128; experts 3, 150 and 199 need 2-3 token tiles
+    # 200 experts; experts 3, 150 and 199 need 2-3 token tiles each (further tiles past expert 128)
     counts = np.zeros(200, np.int64)
     counts[[3, 150, 199]] = [66, 150, 70]
     counts[10:44] = 1
@@ -350,50 +350,6 @@ def test_token_tiles_bound_covers_any_distribution():
         counts = rng.multinomial(rows, rng.dirichlet(np.full(experts, 0.3)))
         assert (-(-counts // TOKENS_PER_TILE)).sum() <= token_tiles(rows, experts)
     assert token_tiles(4096, 128) == 190 and token_tiles(64, 1) == 1 and token_tiles(65, 2) == 2
-
-
-def _wgp_tile(offsets, slot, bt):
-    """kernels_cu/moe_nvfp4.cu wgp_tile, lane by lane: (expert, row0, rows) of block slot `slot` or None."""
-    experts = len(offsets) - 1
-    if slot < experts:
-        count = offsets[slot + 1] - offsets[slot]
-        return (slot, offsets[slot], min(bt, count)) if count > 0 else None
-    want, before = slot - experts, 0
-    for e0 in range(0, experts, 128):
-        sums, found = [], None
-        for lane in range(32):
-            eb = e0 + 4 * lane
-            o = [offsets[min(eb + i, experts)] for i in range(5)]
-            extra = [max(o[i + 1] - o[i] - 1, 0) // bt if o[i + 1] > o[i] else 0 for i in range(4)]
-            first = before + sum(sums)
-            sums.append(sum(extra))
-            if found is None and first <= want < first + sums[-1]:
-                j = want - first
-                for i in range(4):
-                    if j < extra[i]:
-                        row0 = o[i] + (j + 1) * bt
-                        found = (eb + i, row0, min(bt, o[i + 1] - row0))
-                        break
-                    j -= extra[i]
-        if found:
-            return found
-        before += sum(sums)
-    return None
-
-
-def test_wgp_slots_give_every_token_tile_once():
-    from impbench.kernels.moe import TOKENS_PER_TILE as BT, wgp_slots
-
-    rng = np.random.default_rng(1)
-    cases = [(128, 4096, 0.3), (256, 4096, 5.0), (3, 200, 0.1), (1, 64, 1.0), (1, 65, 1.0), (300, 50, 0.3)]
-    cases += [(int(rng.integers(1, 300)), int(rng.integers(1, 5000)), 0.3) for _ in range(40)]
-    for experts, rows, alpha in cases:
-        counts = rng.multinomial(rows, rng.dirichlet(np.full(experts, alpha)))
-        offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
-        got = [t for t in (_wgp_tile(offsets, s, BT) for s in range(wgp_slots(rows, experts))) if t]
-        want = [(e, offsets[e] + j * BT, min(BT, c - j * BT)) for e, c in enumerate(counts) for j in range(-(-c // BT))]
-        assert sorted(got) == sorted(want), (experts, rows)
-    assert wgp_slots(4096, 128) == 191
 
 
 @pytest.mark.parametrize(

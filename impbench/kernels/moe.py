@@ -70,16 +70,6 @@ def token_tiles(rows: int, experts: int) -> int:
     return (rows + min(experts, rows) * (TOKENS_PER_TILE - 1)) // TOKENS_PER_TILE
 
 
-def wgp_slots(rows: int, experts: int) -> int:
-    """Block slots of the wgp kernels (wgp_tile in kernels_cu/moe_nvfp4.cu): one per expert for its
-    first token tile, then room for the further tiles of any distribution of `rows` rows."""
-    return experts + (rows - 1) // TOKENS_PER_TILE
-
-
-def _slots(variant: str, rows: int, experts: int) -> int:
-    return wgp_slots(rows, experts) if variant in KPERM_VARIANTS else token_tiles(rows, experts)
-
-
 def resolve_variant(variant: str, k: int | None = None) -> str:
     """The variant that runs for `variant` on the current device (and GEMM depth K, where given): an
     sm_90a-only variant (wgmma) is replaced by FALLBACK_VARIANT on a GPU that is not compute capability
@@ -206,7 +196,7 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
     if tokens < 1 or rows < 1:
         return None
     n_tiles = -(-inter // GATE_UP_COLS)
-    grid = (_slots(variant, rows, experts) * n_tiles,)
+    grid = (token_tiles(rows, experts) * n_tiles,)
     args = (x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
             np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles))  # fmt: skip
     if variant in TMA_VARIANTS:
@@ -234,7 +224,7 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     if rows < 1:
         return None
     n_tiles = -(-hidden // DOWN_COLS)
-    grid = (_slots(variant, rows, experts) * n_tiles,)
+    grid = (token_tiles(rows, experts) * n_tiles,)
     weight = row_weight if row_weight is not None else np.uint64(0)  # null pointer: no scaling
     args = (h, expert_offsets, w2, w2_scale, w2_scale2, weight, out,
             np.int32(experts), np.int32(inter), np.int32(hidden), np.int32(n_tiles))  # fmt: skip
