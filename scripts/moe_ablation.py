@@ -60,6 +60,14 @@ ABLATIONS = {
          "        if (col < 0)\n            *reinterpret_cast<uint4 *>(cx.out + (size_t)(tile.row0 + tok) * n_out + col) =\n"
          "                *reinterpret_cast<const uint4 *>(so + tok * STRIDE + u * 8);\n    }\n}\n\n}  // namespace wg"),
     ],
+    "tiled": [  # weights read as if stored tile-major: a block's stage is 16 KiB contiguous (same bytes, wrong values)
+        ("qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;",
+         "qsrc[j] = cx.wq + (unsigned)(n0 / COLS) * (ROWS * kb) + (unsigned)br * 64 + 16 * qp;"),
+        ("cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);",
+         "cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (ROWS * BK / 2) : 0), ok ? 16 : 0);"),
+    ],
+    "l2_256": [("cp.async.cg.shared.global.L2::128B [%0]", "cp.async.cg.shared.global.L2::256B [%0]")],
+    "l2_none": [("cp.async.cg.shared.global.L2::128B [%0]", "cp.async.cg.shared.global [%0]")],
     "no_x": [  # no token-tile copies or permutes (the tile is whatever the shared memory holds)
         ("        if (x_row) {\n            const bool xhi_ok", "        if (false) {\n            const bool xhi_ok"),
         ("        if (!x_row) return;\n        uint4 v[4];", "        return;\n        uint4 v[4];"),
