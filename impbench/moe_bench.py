@@ -230,6 +230,10 @@ class _Layer:
         e, h, i, rows = shapes.experts, shapes.hidden, shapes.inter, pp * shapes.top_k
         self.w13 = generate_experts_gpu(e, 2 * i, h, seed=seed)
         self.w2 = generate_experts_gpu(e, h, i, seed=seed + 1)
+        self.w13_tiled = self.w2_tiled = None  # the same weights tile-major, as tiled variants read them (wgx)
+        if moe.tiled_fits(h, i):
+            self.w13_tiled = moe.tile_experts(*self.w13[:2], gate_up=True) + (self.w13[2],)
+            self.w2_tiled = moe.tile_experts(*self.w2[:2], gate_up=False) + (self.w2[2],)
         self.w13_fp16 = dequantize_fp16_gpu(*self.w13)
         self.w2_fp16 = dequantize_fp16_gpu(*self.w2)
         rng = cupy.random.default_rng(seed + 2)
@@ -267,13 +271,16 @@ class _Layer:
         from impbench.kernels import moe
 
         default, kperm = variant == self.primary, self._kperm(variant)
+        tiled = moe.uses_tiled(variant, self.shapes.hidden, self.shapes.inter)
         if op == "gate_up":
             out = self.act if default else self.act_v
-            moe.moe_gate_up(self.x_kp if kperm else self.x, self.row_token, self.offsets, *self.w13, out, variant=variant)
+            w13 = self.w13_tiled if tiled else self.w13
+            moe.moe_gate_up(self.x_kp if kperm else self.x, self.row_token, self.offsets, *w13, out, variant=variant)
         else:
             out = self.out if default else self.out_v
             h = self.act_kp if kperm else self.act_nat
-            moe.moe_down(h, self.offsets, *self.w2, out, row_weight=self.row_weight, variant=variant)
+            w2 = self.w2_tiled if tiled else self.w2
+            moe.moe_down(h, self.offsets, *w2, out, row_weight=self.row_weight, variant=variant)
 
     def _sync_act(self) -> None:
         """After the reported variant's gate_up: its output (act) in natural and, where the shapes allow,

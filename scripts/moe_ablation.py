@@ -40,8 +40,8 @@ ABLATIONS = {
          "fence_proxy_async();"),
     ],
     "no_wload": [  # weight copies of 0 bytes (zero-fill: the same instructions, no DRAM traffic)
-        ("cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);",
-         "cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), 0);"),
+        ("qsrc[j] + (ok ? chunk * (TILED ? ROWS * BK / 2 : BK / 2) : 0), ok ? 16 : 0);",
+         "qsrc[j] + (ok ? chunk * (TILED ? ROWS * BK / 2 : BK / 2) : 0), 0);"),
         ("cp_async16_l2(rd, ss, w_ok ? 16 : 0);", "cp_async16_l2(rd, ss, 0);"),
     ],
     "no_xload": [  # token-tile copies of 0 bytes (no L2 traffic; permutes stay)
@@ -59,12 +59,6 @@ ABLATIONS = {
          "                *reinterpret_cast<const uint4 *>(so + tok * STRIDE + u * 8);\n    }\n}\n\n}  // namespace wg",
          "        if (col < 0)\n            *reinterpret_cast<uint4 *>(cx.out + (size_t)(tile.row0 + tok) * n_out + col) =\n"
          "                *reinterpret_cast<const uint4 *>(so + tok * STRIDE + u * 8);\n    }\n}\n\n}  // namespace wg"),
-    ],
-    "tiled": [  # weights read as if stored tile-major: a block's stage is 16 KiB contiguous (same bytes, wrong values)
-        ("qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;",
-         "qsrc[j] = cx.wq + (unsigned)(n0 / COLS) * (ROWS * kb) + (unsigned)br * 64 + 16 * qp;"),
-        ("cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);",
-         "cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (ROWS * BK / 2) : 0), ok ? 16 : 0);"),
     ],
     "l2_256": [("cp.async.cg.shared.global.L2::128B [%0]", "cp.async.cg.shared.global.L2::256B [%0]")],
     "l2_none": [("cp.async.cg.shared.global.L2::128B [%0]", "cp.async.cg.shared.global [%0]")],

@@ -115,8 +115,14 @@ class Problem:
         if self.kperm and not hasattr(self, "x_kp"):  # once, eagerly: a captured launch must not allocate
             self.x_kp, self.h_kp = moe.to_kperm(self.x), moe.to_kperm(self.h)
         x, h = (self.x_kp, self.h_kp) if self.kperm else (self.x, self.h)
-        moe.moe_gate_up(x, self.row_token, self.offsets, *self.w13, self.act, variant=variant)
-        moe.moe_down(h, self.offsets, *self.w2, self.out, row_weight=self.row_weight if weighted else None,
+        w13, w2 = self.w13, self.w2
+        if moe.uses_tiled(variant, self.x.shape[1], self.h.shape[1]):  # wgx: tile-major weights, made once
+            if not hasattr(self, "w13_tiled"):
+                self.w13_tiled = moe.tile_experts(*w13[:2], gate_up=True) + (w13[2],)
+                self.w2_tiled = moe.tile_experts(*w2[:2], gate_up=False) + (w2[2],)
+            w13, w2 = self.w13_tiled, self.w2_tiled
+        moe.moe_gate_up(x, self.row_token, self.offsets, *w13, self.act, variant=variant)
+        moe.moe_down(h, self.offsets, *w2, self.out, row_weight=self.row_weight if weighted else None,
                      variant=variant)  # fmt: skip
 
     def check(self, weighted=True):
@@ -135,7 +141,7 @@ class Problem:
         return err_up, err_down
 
 
-VARIANTS = ["w8", "cvt", "wgq", "wgt", "wgp"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
+VARIANTS = ["w8", "cvt", "wgq", "wgt", "wgp", "wgx"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
 
 
 @pytest.mark.gpu
@@ -150,6 +156,7 @@ VARIANTS = ["w8", "cvt", "wgq", "wgt", "wgp"]  # impbench.kernels.moe.VARIANTS (
         (5, 768, 320, 40, 4),  # K % 256 == 0 for gate_up (wgt runs it, down falls back): partial N tile
         (3, 320, 512, 37, 3),  # ... and for down (wgt): partial 256-column tile, gate_up falls back
         (5, 384, 256, 45, 4),  # H and I multiples of 128: wgp runs (kperm x and h), 3 K stages / 2
+        (3, 512, 256, 70, 4),  # H and I multiples of 256: wgx runs (tile-major weights), 2 gate_up / 2 down tiles
     ],
 )
 def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k, variant):
@@ -210,8 +217,10 @@ def test_one_expert_down_is_a_dense_nvfp4_gemm(tokens, n, k, variant):
     w_deq = nvfp4.dequantize(codes.get(), scales.get(), scale2.get()).astype(np.float64)
     a_host = rng.standard_normal((tokens, k)).astype(np.float16)
     a = cupy.asarray(a_host)
-    if moe.uses_kperm(variant, n, k):  # wgp: the input K-permuted
+    if moe.uses_kperm(variant, n, k):  # wgp / wgx: the input K-permuted
         a = moe.to_kperm(a)
+    if moe.uses_tiled(variant, n, k):  # wgx: the weight tile-major
+        codes, scales = moe.tile_experts(codes, scales, gate_up=False)
     offsets = cupy.asarray(np.array([0, tokens], np.int32))
     out = cupy.full((tokens, n), cupy.nan, cupy.float16)
     moe.moe_down(a, offsets, codes, scales, scale2, out, variant=variant)
@@ -352,6 +361,27 @@ def test_token_tiles_bound_covers_any_distribution():
     assert token_tiles(4096, 128) == 190 and token_tiles(64, 1) == 1 and token_tiles(65, 2) == 2
 
 
+@pytest.mark.parametrize("gate_up", [True, False])
+def test_tile_experts_puts_each_weight_where_wgx_reads_it(gate_up):
+    from impbench.kernels.moe import tile_experts, untile_experts
+
+    rng = np.random.default_rng(3)
+    experts, n, k = (3, 1024, 512) if gate_up else (2, 512, 768)
+    codes = rng.integers(0, 256, (experts, n, k // 2), dtype=np.uint8)
+    scale = rng.integers(0, 256, (experts, n, k // 16), dtype=np.uint8)
+    tc, ts = tile_experts(codes, scale, gate_up)
+    assert tc.shape == codes.shape and ts.shape == scale.shape
+    back = untile_experts(tc, ts, gate_up)
+    assert (back[0] == codes).all() and (back[1] == scale).all()
+    kb, ks = k // 2, k // 16
+    for _ in range(500):  # the kernel's addresses (kernels_cu/moe_nvfp4.cu, TILED): tile t, stage c, block row br
+        e, t, c, br = rng.integers(experts), rng.integers(n // 256), rng.integers(kb // 64), rng.integers(256)
+        row = (br // 128) * (n // 2) + 128 * t + br % 128 if gate_up else 256 * t + br
+        b, pair, b16 = rng.integers(64), rng.integers(ks // 16), rng.integers(16)
+        assert tc[e].reshape(-1)[t * 256 * kb + c * 256 * 64 + br * 64 + b] == codes[e, row, 64 * c + b]
+        assert ts[e].reshape(-1)[t * 256 * ks + pair * 256 * 16 + br * 16 + b16] == scale[e, row, 16 * pair + b16]
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -403,3 +433,8 @@ def test_kperm_applies_to_wgp_layers_whose_two_k_are_multiples_of_128(monkeypatc
     for k in (2816, 704):
         assert moe._layer_variant("wgp", k, 2816, 704) == ("wgq" if sm90 else "cvt")
     assert moe._layer_variant("wgp", 2048, 2048, 768) == ("wgp" if sm90 else "cvt")
+    # wgx: where H and I are multiples of 256 (tile-major weights), else wgp with the checkpoint layout
+    assert moe.uses_tiled("wgx", 2048, 768) is sm90 and moe.uses_kperm("wgx", 2048, 768) is sm90
+    assert not moe.uses_tiled("wgx", 2048, 640) and not moe.uses_tiled("wgp", 2048, 768)
+    assert moe._layer_variant("wgx", 2048, 2048, 768) == ("wgx" if sm90 else "cvt")
+    assert moe._layer_variant("wgx", 640, 2048, 640) == ("wgp" if sm90 else "cvt")

@@ -45,6 +45,7 @@ class LayerWeights:
     w2: object  # uint8 [E, H, I/2]
     w2_scale: object  # uint8 [E, H, I/16]
     w2_scale2: object  # fp32 [E]
+    experts_tiled: bool = False  # w13 / w2 codes and scales tile-major (moe.tile_experts) for the engine's expert variant
 
 
 @dataclass
@@ -89,6 +90,7 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
     """Every weight of `preset` (all of its layers) allocated and filled on the current device."""
     import cupy
 
+    from impbench.kernels import moe
     from impbench.nvfp4 import generate_experts_gpu
 
     rng = cupy.random.default_rng(seed)
@@ -96,10 +98,14 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
     q_rows, kv_rows = preset.num_attention_heads * dim, preset.num_kv_heads * dim
     experts, inter = preset.num_experts, preset.moe_intermediate_size
     attn_nvfp4 = "attention" in preset.nvfp4_tensors
+    tiled = moe.uses_tiled(moe.EXPERT_VARIANT, hidden, inter)  # stored as the engine's expert kernels read them
     layers = []
     for index in range(preset.num_layers):
         w13, w13_scale, w13_scale2 = generate_experts_gpu(experts, 2 * inter, hidden, seed=seed * 1000 + 2 * index)
         w2, w2_scale, w2_scale2 = generate_experts_gpu(experts, hidden, inter, seed=seed * 1000 + 2 * index + 1)
+        if tiled:
+            w13, w13_scale = moe.tile_experts(w13, w13_scale, gate_up=True)
+            w2, w2_scale = moe.tile_experts(w2, w2_scale, gate_up=False)
         attn_seed = 7919 + seed * 1000 + 2 * index
         layers.append(
             LayerWeights(
@@ -116,6 +122,7 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
                 w2=w2,
                 w2_scale=w2_scale,
                 w2_scale2=w2_scale2,
+                experts_tiled=tiled,
             )
         )
     embed = _normal_fp16(rng, (preset.vocab_size, hidden), 1.0)
@@ -123,10 +130,15 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
     return ModelWeights(embed=embed, layers=layers, final_norm=_norm_fp16(rng, hidden), lm_head=lm_head)
 
 
-def _experts_float64(codes, scale, scale2) -> np.ndarray:
+def _experts_float64(codes, scale, scale2, tiled_gate_up: bool | None = None) -> np.ndarray:
+    """Dequantized experts; tiled_gate_up: the codes are tile-major (True: a w13, False: a w2), else None."""
     from impbench.nvfp4 import dequantize
 
     codes, scale, scale2 = codes.get(), scale.get(), scale2.get()
+    if tiled_gate_up is not None:
+        from impbench.kernels.moe import untile_experts
+
+        codes, scale = untile_experts(codes, scale, tiled_gate_up)
     return np.stack([dequantize(codes[e], scale[e], scale2[e]) for e in range(codes.shape[0])]).astype(np.float64)
 
 
@@ -142,6 +154,7 @@ def reference_weights(weights: ModelWeights) -> dict:
         for name in ("attn_norm", "wqkv", "q_norm", "k_norm", "wo", "ffn_norm", "router"):
             tensor = getattr(layer, name)
             ref[prefix + name] = tensor.float64() if isinstance(tensor, Nvfp4Linear) else tensor.get().astype(np.float64)
-        ref[prefix + "w13"] = _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2)
-        ref[prefix + "w2"] = _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2)
+        tiled = layer.experts_tiled
+        ref[prefix + "w13"] = _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2, True if tiled else None)
+        ref[prefix + "w2"] = _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2, False if tiled else None)
     return ref

@@ -27,6 +27,7 @@ from impbench.kernels._launch import driver_launcher
 
 FAMILY = "moe_nvfp4"
 TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
+BK_CODE_BYTES = 64  # code bytes of a weight row per pipeline stage (BK = 128 K)
 SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
 # impmoe::wg::WQ_SMEM = 107520: 3 stages of token tile + codes, a 2-slot scale ring, alignment slack
 WG_SMEM_BYTES = 3 * (64 * 128 * 2 + 256 * 128 // 2) + 2 * 256 * 16 + 1024
@@ -41,24 +42,33 @@ VARIANTS = {
     "wgq": ("_wgq", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers), 64-byte weight-row copies, sm_90a
     "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # wgq with the weights by TMA; K % 256 == 0 (else wgq runs)
     "wgp": ("_wgp", 256, WG_SMEM_BYTES),  # wgq with x / h K-permuted in memory (kperm); H, I % 128 == 0 (else wgq)
+    "wgx": ("_wgx", 256, WG_SMEM_BYTES),  # wgp with tile-major weights (tile_experts); H, I % 256 == 0 (else wgp)
 }
-SM90A_VARIANTS = ("wgq", "wgt", "wgp")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+SM90A_VARIANTS = ("wgq", "wgt", "wgp", "wgx")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
 TMA_VARIANTS = ("wgt",)  # take the weights' tensor maps as two more (by-value) arguments
 TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE
 # wgp reads its activations (x for gate_up, h for down) in the kperm order below and its gate_up writes h
 # in it, so no thread permutes the token tile in shared memory; a layer runs it only where both K (H and
 # I) are multiples of KPERM_BLOCK, else KPERM_FALLBACK with every activation in natural order.
-KPERM_VARIANTS = ("wgp",)
+KPERM_VARIANTS = ("wgp", "wgx")
 KPERM_BLOCK = 128
 KPERM_FALLBACK = "wgq"
+# wgx reads the expert weights tile-major (tile_experts): per block of 256 weight rows and pipeline stage one
+# contiguous 16 KiB of codes (and per stage pair 4 KiB of scales) instead of 64 bytes from each of 256 rows
+# 1 KiB or more apart, the same bytes in longer DRAM runs. A layer runs it where tiled_fits, else TILED_FALLBACK
+# with the weights in the checkpoint's layout.
+TILED_VARIANTS = ("wgx",)
+TILED_FALLBACK = "wgp"
+TILE_K = 256  # K multiple: whole 16-byte scale pairs per row (and kperm blocks)
+TILE_ROWS = 256  # weight rows per block: gate_up 128 gate + the 128 matching up rows, down 256 output columns
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE v5):
 # wgq 139.2 / 77.9 µs (gate_up / down, uniform) against wgt 138.9 / 80.7, wgw 150.4 / 83.2, cvt 195.1 / 97.5.
 DEFAULT_VARIANT = "wgq"
 # The engine's expert GEMMs (one layer's gate_up / down pair): wgp where uses_kperm, the layer's x written in
 # kperm order by its ffn_norm launch (ops.add_rmsnorm out_kperm; results/NOTES.md MoE v6: 113.6 / 63.2 µs against wgq's 132.8 / 74.8 on
 # an H200); DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
-EXPERT_VARIANT = "wgp"
+EXPERT_VARIANT = "wgx"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
@@ -94,8 +104,52 @@ def uses_kperm(variant: str, hidden: int, inter: int) -> bool:
     return resolve_variant(variant) in KPERM_VARIANTS and kperm_fits(hidden, inter)
 
 
+def tiled_fits(hidden: int, inter: int) -> bool:
+    """Whether a layer's expert weights can be stored tile-major: both GEMM depths whole TILE_Ks, gate_up's I
+    whole 128-column tiles and down's H whole 256-column tiles."""
+    return hidden % TILE_K == 0 and inter % TILE_K == 0
+
+
+def uses_tiled(variant: str, hidden: int, inter: int) -> bool:
+    """Whether `variant` runs on a layer of hidden H / intermediate I with tile-major expert weights
+    (tile_experts of w13 and of w2); its activations are then in kperm order too (uses_kperm)."""
+    return resolve_variant(variant) in TILED_VARIANTS and tiled_fits(hidden, inter)
+
+
+def _tile_view(a, gate_up: bool, unit: int):
+    """a [E, N, W] as [E, tiles, W / unit, block row, unit] axes before / after tiling (see tile_experts)."""
+    e, n, w = a.shape
+    if gate_up:  # block row = half (gate, up) * 128 + row: [E, 2, N/256, 128, W/unit, unit]
+        return a.reshape(e, 2, n // TILE_ROWS, TILE_ROWS // 2, w // unit, unit), (0, 2, 4, 1, 3, 5)
+    return a.reshape(e, n // TILE_ROWS, TILE_ROWS, w // unit, unit), (0, 1, 3, 2, 4)
+
+
+def tile_experts(codes, scale, gate_up: bool):
+    """(codes [E, N, K/2], scale [E, N, K/16]) in the checkpoint layout -> new arrays of the same shapes in
+    wgx's tile-major layout: for each expert, block tile t (gate_up: gate rows 128 t .. + 127 then the
+    same up rows; down: rows 256 t .. + 255), then stage c (64 code bytes = 128 K of every row), then the
+    tile's rows; scales the same with 16-byte pairs of stages. NumPy or CuPy."""
+    out = []
+    for a, unit in ((codes, BK_CODE_BYTES), (scale, 16)):
+        view, axes = _tile_view(a, gate_up, unit)
+        out.append(view.transpose(axes).reshape(a.shape).copy())
+    return tuple(out)
+
+
+def untile_experts(codes, scale, gate_up: bool):
+    """The inverse of tile_experts: the checkpoint layout back."""
+    out = []
+    for a, unit in ((codes, BK_CODE_BYTES), (scale, 16)):
+        view, axes = _tile_view(a, gate_up, unit)
+        tiled_shape = tuple(view.shape[i] for i in axes)
+        out.append(a.reshape(tiled_shape).transpose(np.argsort(axes)).reshape(a.shape).copy())
+    return tuple(out)
+
+
 def _layer_variant(variant: str, k: int, hidden: int, inter: int) -> str:
     variant = resolve_variant(variant, k)
+    if variant in TILED_VARIANTS and not tiled_fits(hidden, inter):
+        variant = TILED_FALLBACK
     if variant in KPERM_VARIANTS and not uses_kperm(variant, hidden, inter):
         return KPERM_FALLBACK
     return variant
