@@ -48,8 +48,8 @@
 //
 // Variants (impbench/kernels/moe.py VARIANTS): w8 / cvt (this mma.sync kernel, two decodes), wgq (the same
 // tiles with wgmma.mma_async, A = decoded weights from registers, 64-byte weight-row copies; see the wg
-// section below), wgt (wgq with the weights copied by TMA) and wgp (wgq with the activations K-permuted in
-// global memory, see kperm_slot: the engine's expert GEMMs). Earlier variants (wg, wgw, wgqx, wgq2,
+// section below), wgt (wgq with the weights copied by TMA), wgp (wgq with the activations K-permuted in
+// global memory, see kperm_slot) and wgx (wgp on tile-major weights: the engine's expert GEMMs). Earlier variants (wg, wgw, wgqx, wgq2,
 // wgt2) are in git history and results/NOTES.md.
 #include "common.cuh"
 #include "hopper_async.cuh"

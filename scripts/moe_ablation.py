@@ -1,4 +1,4 @@
-"""Where the time of the wgq MoE kernel goes: time copies of kernels_cu/ that each leave one part of
+"""Where the time of a MoE kernel variant goes (--variant, default wgq): time copies of kernels_cu/ that each leave one part of
 the K loop out (results are wrong on purpose; only the times mean something), next to the unchanged
 kernel, with `impbench moe` in a subprocess per copy (IMPBENCH_KERNELS_DIR points it at the copy).
 
@@ -62,10 +62,6 @@ ABLATIONS = {
     ],
     "l2_256": [("cp.async.cg.shared.global.L2::128B [%0]", "cp.async.cg.shared.global.L2::256B [%0]")],
     "l2_none": [("cp.async.cg.shared.global.L2::128B [%0]", "cp.async.cg.shared.global [%0]")],
-    "no_x": [  # no token-tile copies or permutes (the tile is whatever the shared memory holds)
-        ("        if (x_row) {\n            const bool xhi_ok", "        if (false) {\n            const bool xhi_ok"),
-        ("        if (!x_row) return;\n        uint4 v[4];", "        return;\n        uint4 v[4];"),
-    ],
 }
 
 

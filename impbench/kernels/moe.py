@@ -6,7 +6,8 @@ hidden H, expert intermediate I):
   row_token int32 [R]: source token of each permuted row; row_weight fp32 [R]: its router weight
   w13 uint8 [E, 2I, H/2] (rows 0..I-1 gate_proj, I..2I-1 up_proj), w13_scale uint8 e4m3 [E, 2I, H/16],
   w13_scale2 fp32 [E]; w2 uint8 [E, H, I/2], w2_scale uint8 [E, H, I/16], w2_scale2 fp32 [E]
-  (ModelOpt NVFP4, impbench/nvfp4.py: value = e2m1(nibble) * e4m3(scale) * scale2).
+  (ModelOpt NVFP4, impbench/nvfp4.py: value = e2m1(nibble) * e4m3(scale) * scale2). The wgx variant takes the
+  same arrays with their bytes reordered by tile_experts (uses_tiled says where).
 
 One launch per GEMM, grid sized from static shapes only (R, E, N): every block finds its token tile
 from expert_offsets on the device and a block with no work exits at once. Wrappers check dtypes,
@@ -65,9 +66,10 @@ TILE_ROWS = 256  # weight rows per block: gate_up 128 gate + the 128 matching up
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE v5):
 # wgq 139.2 / 77.9 µs (gate_up / down, uniform) against wgt 138.9 / 80.7, wgw 150.4 / 83.2, cvt 195.1 / 97.5.
 DEFAULT_VARIANT = "wgq"
-# The engine's expert GEMMs (one layer's gate_up / down pair): wgp where uses_kperm, the layer's x written in
-# kperm order by its ffn_norm launch (ops.add_rmsnorm out_kperm; results/NOTES.md MoE v6: 113.6 / 63.2 µs against wgq's 132.8 / 74.8 on
-# an H200); DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
+# The engine's expert GEMMs (one layer's gate_up / down pair): wgx where uses_tiled (weights stored tile-major by
+# engine.weights), else wgp where uses_kperm, the layer's x written in kperm order by its ffn_norm launch
+# (ops.add_rmsnorm out_kperm). results/NOTES.md MoE v8, one H200 run: wgx 100.3 / 58.6 µs, wgp 109.2 / 62.1, wgq
+# 129.6 / 74.8. DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
 EXPERT_VARIANT = "wgx"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
