@@ -35,6 +35,17 @@ __device__ __forceinline__ void mbar_arrive_on_cp_async(unsigned addr) {
 __device__ __forceinline__ void mbar_expect_tx(unsigned addr, unsigned bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(addr), "r"(bytes) : "memory");
 }
+// Add `bytes` to the transaction count of the current phase without arriving.
+__device__ __forceinline__ void mbar_add_tx(unsigned addr, unsigned bytes) {
+    asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(bytes) : "memory");
+}
+// `bytes` (a multiple of 16) contiguous bytes from global src to shared dst (both 16-byte aligned) by the
+// TMA unit, completing on mbar.
+__device__ __forceinline__ void bulk_load(unsigned dst, const void *src, unsigned bytes, unsigned mbar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(mbar)
+                 : "memory");
+}
 // The box at coordinates (c0 innermost, c1) of `map` into shared address dst, completing on mbar.
 __device__ __forceinline__ void tma_load_2d(unsigned dst, const TmaMap *map, int c0, int c1, unsigned mbar) {
     asm volatile(

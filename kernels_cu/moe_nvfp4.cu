@@ -573,7 +573,7 @@ __device__ __forceinline__ int kperm_slot(int p) {
 }
 
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, bool TMA, bool XPRE, bool TILED>
+template <bool GATE_UP, int NTA, bool TMA, bool XPRE, bool TILED, bool BULK>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
@@ -605,7 +605,8 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         else
             qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
     }
-    const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (qr & 2)) << 4);
+    // the slot of piece qp; tile-major codes are stored with the slots already swizzled (tile_experts)
+    const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (TILED ? 0 : qr & 2)) << 4);
     const int col = n0 + (GATE_UP ? (tid & 127) : tid);
     const bool w_ok = col < n_out;
     const unsigned char *scale_src =  // TILED: 256 rows x 16 bytes (two stages) contiguous, the tile's pairs in order
@@ -666,6 +667,18 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // wgq: weight copies of `chunk` (codes, and the scales of an even chunk and the next) into pipeline stage
     // `stage`; issue(): and its token tile.
     auto issue_w = [&](int chunk, int stage) {
+        if constexpr (BULK) {  // one TMA copy per stage (and scale pair), completing on the stage's full mbarrier
+            if (tid == 0) {
+                const bool scales = (chunk & 1) == 0;
+                const unsigned bar = cx.bars + 8 * stage;
+                mbar_add_tx(bar, CODE_STAGE + (scales ? ROWS * 16 : 0));
+                bulk_load(s_base + stage * WQ_STAGE + C_OFF, qsrc[0] - 16 * qp + chunk * CODE_STAGE, CODE_STAGE, bar);
+                if (scales)
+                    bulk_load(s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16), scale_src + (chunk >> 1) * (ROWS * 16),
+                              ROWS * 16, bar);
+            }
+            return;
+        }
         const unsigned sb = s_base + stage * WQ_STAGE;
         const bool kq = chunk * (BK / 2) + 16 * qp < kb;
 #pragma unroll
@@ -929,7 +942,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 // WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
 // tiles and the MT/2 matching up tiles.
 template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false,
-          bool TILED = false>
+          bool TILED = false, bool BULK = false>
 __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
@@ -998,14 +1011,14 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, TMA, XPRE, TILED>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, TMA, XPRE, TILED>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, TMA, XPRE, TILED>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, TMA, XPRE, TILED>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, TMA, XPRE, TILED>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, TMA, XPRE, TILED>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, TMA, XPRE, TILED>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, TMA, XPRE, TILED>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, 1, TMA, XPRE, TILED, BULK>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, TMA, XPRE, TILED, BULK>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, TMA, XPRE, TILED, BULK>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, TMA, XPRE, TILED, BULK>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, TMA, XPRE, TILED, BULK>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, TMA, XPRE, TILED, BULK>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, TMA, XPRE, TILED, BULK>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, TMA, XPRE, TILED, BULK>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -1032,32 +1045,34 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, XPRE, TILED)                                                                        \
+#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, XPRE, TILED, BULK)                                                                        \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
                                   int inter, int n_tiles) { pdl_entry();                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, false, XPRE, TILED>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
+        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, false, XPRE, TILED, BULK>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
                                           num_experts, hidden, inter, n_tiles);                                \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
                                half_t *out, int num_experts, int inter, int hidden, int n_tiles) { pdl_entry();            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, false, XPRE, TILED>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
+        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, false, XPRE, TILED, BULK>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
                                            num_experts, inter, hidden, n_tiles);                               \
     }
 
-MOE_ENTRY(, 8, 2, true, false, false, false, false)
-MOE_ENTRY(_cvt, 8, 2, true, true, false, false, false)
+MOE_ENTRY(, 8, 2, true, false, false, false, false, false)
+MOE_ENTRY(_cvt, 8, 2, true, true, false, false, false, false)
 // wgq (sm_90a, wgmma): dynamic shared memory impmoe::wg::WQ_SMEM
-MOE_ENTRY(_wgq, 8, 2, true, true, true, false, false)
+MOE_ENTRY(_wgq, 8, 2, true, true, true, false, false, false)
 // wgp: wgq with x / h K-permuted in memory (kperm; K % 128 == 0), gate_up writing h K-permuted
-MOE_ENTRY(_wgp, 8, 2, true, true, true, true, false)
+MOE_ENTRY(_wgp, 8, 2, true, true, true, true, false, false)
 // wgx: wgp with the weights stored tile-major (impbench/kernels/moe.py tile_experts; H, I % 256 == 0), so a
-// block's stage of codes is 16 KiB and its scale pair 4 KiB of contiguous memory
-MOE_ENTRY(_wgx, 8, 2, true, true, true, true, true)
+// block's stage of codes is 16 KiB and its scale pair 4 KiB of contiguous memory, already in the shared layout
+MOE_ENTRY(_wgx, 8, 2, true, true, true, true, true, false)
+// wgb: wgx with each stage's codes (and scale pair) copied by one TMA bulk copy of thread 0
+MOE_ENTRY(_wgb, 8, 2, true, true, true, true, true, true)
 
 // wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
 // then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and

@@ -141,7 +141,7 @@ class Problem:
         return err_up, err_down
 
 
-VARIANTS = ["w8", "cvt", "wgq", "wgt", "wgp", "wgx"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
+VARIANTS = ["w8", "cvt", "wgq", "wgt", "wgp", "wgx", "wgb"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
 
 
 @pytest.mark.gpu
@@ -378,7 +378,8 @@ def test_tile_experts_puts_each_weight_where_wgx_reads_it(gate_up):
         e, t, c, br = rng.integers(experts), rng.integers(n // 256), rng.integers(kb // 64), rng.integers(256)
         row = (br // 128) * (n // 2) + 128 * t + br % 128 if gate_up else 256 * t + br
         b, pair, b16 = rng.integers(64), rng.integers(ks // 16), rng.integers(16)
-        assert tc[e].reshape(-1)[t * 256 * kb + c * 256 * 64 + br * 64 + b] == codes[e, row, 64 * c + b]
+        slot = (b // 16) ^ (br & 2)  # the shared-memory swizzle, applied in memory
+        assert tc[e].reshape(-1)[t * 256 * kb + c * 256 * 64 + br * 64 + 16 * slot + b % 16] == codes[e, row, 64 * c + b]
         assert ts[e].reshape(-1)[t * 256 * ks + pair * 256 * 16 + br * 16 + b16] == scale[e, row, 16 * pair + b16]
 
 

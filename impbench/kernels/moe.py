@@ -44,22 +44,23 @@ VARIANTS = {
     "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # wgq with the weights by TMA; K % 256 == 0 (else wgq runs)
     "wgp": ("_wgp", 256, WG_SMEM_BYTES),  # wgq with x / h K-permuted in memory (kperm); H, I % 128 == 0 (else wgq)
     "wgx": ("_wgx", 256, WG_SMEM_BYTES),  # wgp with tile-major weights (tile_experts); H, I % 256 == 0 (else wgp)
+    "wgb": ("_wgb", 256, WG_SMEM_BYTES),  # wgx with each weight stage copied by one TMA bulk copy
 }
-SM90A_VARIANTS = ("wgq", "wgt", "wgp", "wgx")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+SM90A_VARIANTS = ("wgq", "wgt", "wgp", "wgx", "wgb")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
 TMA_VARIANTS = ("wgt",)  # take the weights' tensor maps as two more (by-value) arguments
 TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE
 # wgp reads its activations (x for gate_up, h for down) in the kperm order below and its gate_up writes h
 # in it, so no thread permutes the token tile in shared memory; a layer runs it only where both K (H and
 # I) are multiples of KPERM_BLOCK, else KPERM_FALLBACK with every activation in natural order.
-KPERM_VARIANTS = ("wgp", "wgx")
+KPERM_VARIANTS = ("wgp", "wgx", "wgb")
 KPERM_BLOCK = 128
 KPERM_FALLBACK = "wgq"
 # wgx reads the expert weights tile-major (tile_experts): per block of 256 weight rows and pipeline stage one
 # contiguous 16 KiB of codes (and per stage pair 4 KiB of scales) instead of 64 bytes from each of 256 rows
 # 1 KiB or more apart, the same bytes in longer DRAM runs. A layer runs it where tiled_fits, else TILED_FALLBACK
 # with the weights in the checkpoint's layout.
-TILED_VARIANTS = ("wgx",)
+TILED_VARIANTS = ("wgx", "wgb")
 TILED_FALLBACK = "wgp"
 TILE_K = 256  # K multiple: whole 16-byte scale pairs per row (and kperm blocks)
 TILE_ROWS = 256  # weight rows per block: gate_up 128 gate + the 128 matching up rows, down 256 output columns
@@ -126,22 +127,33 @@ def _tile_view(a, gate_up: bool, unit: int):
     return a.reshape(e, n // TILE_ROWS, TILE_ROWS, w // unit, unit), (0, 1, 3, 2, 4)
 
 
+def _swap_slots(codes):
+    """Tile-major codes with the 16-byte slots of every block row r with r & 2 swapped in pairs (0 <-> 2,
+    1 <-> 3): the kernels' shared-memory swizzle (slot = piece ^ (r & 2)), applied in memory so a stage is
+    copied as it is. Its own inverse."""
+    v = codes.reshape(-1, 4, 4, 16)  # (row groups of 4, row % 4, slot, bytes); 256-row tiles: whole groups
+    out = v.copy()
+    out[:, 2:4] = v[:, 2:4][:, :, [2, 3, 0, 1]]
+    return out.reshape(codes.shape)
+
+
 def tile_experts(codes, scale, gate_up: bool):
     """(codes [E, N, K/2], scale [E, N, K/16]) in the checkpoint layout -> new arrays of the same shapes in
     wgx's tile-major layout: for each expert, block tile t (gate_up: gate rows 128 t .. + 127 then the
-    same up rows; down: rows 256 t .. + 255), then stage c (64 code bytes = 128 K of every row), then the
-    tile's rows; scales the same with 16-byte pairs of stages. NumPy or CuPy."""
+    same up rows; down: rows 256 t .. + 255), then stage c (64 code bytes = 128 K of every row, in 16-byte
+    slots swizzled as in shared memory, _swap_slots), then the tile's rows; scales the same with 16-byte
+    pairs of stages. NumPy or CuPy."""
     out = []
     for a, unit in ((codes, BK_CODE_BYTES), (scale, 16)):
         view, axes = _tile_view(a, gate_up, unit)
         out.append(view.transpose(axes).reshape(a.shape).copy())
-    return tuple(out)
+    return _swap_slots(out[0]), out[1]
 
 
 def untile_experts(codes, scale, gate_up: bool):
     """The inverse of tile_experts: the checkpoint layout back."""
     out = []
-    for a, unit in ((codes, BK_CODE_BYTES), (scale, 16)):
+    for a, unit in ((_swap_slots(codes), BK_CODE_BYTES), (scale, 16)):
         view, axes = _tile_view(a, gate_up, unit)
         tiled_shape = tuple(view.shape[i] for i in axes)
         out.append(a.reshape(tiled_shape).transpose(np.argsort(axes)).reshape(a.shape).copy())
