@@ -71,7 +71,7 @@ DEFAULT_VARIANT = "wgq"
 # engine.weights), else wgp where uses_kperm, the layer's x written in kperm order by its ffn_norm launch
 # (ops.add_rmsnorm out_kperm). results/NOTES.md MoE v8, one H200 run: wgx 100.3 / 58.6 µs, wgp 109.2 / 62.1, wgq
 # 129.6 / 74.8. DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
-EXPERT_VARIANT = "wgx"
+EXPERT_VARIANT = "wgb"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
