@@ -67,10 +67,10 @@ TILE_ROWS = 256  # weight rows per block: gate_up 128 gate + the 128 matching up
 # The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE v5):
 # wgq 139.2 / 77.9 µs (gate_up / down, uniform) against wgt 138.9 / 80.7, wgw 150.4 / 83.2, cvt 195.1 / 97.5.
 DEFAULT_VARIANT = "wgq"
-# The engine's expert GEMMs (one layer's gate_up / down pair): wgx where uses_tiled (weights stored tile-major by
+# The engine's expert GEMMs (one layer's gate_up / down pair): wgb where uses_tiled (weights stored tile-major by
 # engine.weights), else wgp where uses_kperm, the layer's x written in kperm order by its ffn_norm launch
-# (ops.add_rmsnorm out_kperm). results/NOTES.md MoE v8, one H200 run: wgx 100.3 / 58.6 µs, wgp 109.2 / 62.1, wgq
-# 129.6 / 74.8. DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
+# (ops.add_rmsnorm out_kperm). results/NOTES.md MoE v8, one H200 run: wgb 95.2 / 54.3 µs, wgx 99.5 / 58.3, wgp
+# 109.1 / 61.9, wgq 128.9 / 74.4. DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
 EXPERT_VARIANT = "wgb"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
