@@ -230,10 +230,9 @@ class _Layer:
         e, h, i, rows = shapes.experts, shapes.hidden, shapes.inter, pp * shapes.top_k
         self.w13 = generate_experts_gpu(e, 2 * i, h, seed=seed)
         self.w2 = generate_experts_gpu(e, h, i, seed=seed + 1)
-        self.w13_tiled = self.w2_tiled = None  # the same weights tile-major, as tiled variants read them (wgx)
+        self.w13_tiled = self.w2_tiled = None  # the same weights tile-major, as tiled variants read them (wgx, wgb)
         if moe.tiled_fits(h, i):
-            self.w13_tiled = moe.tile_experts(*self.w13[:2], gate_up=True) + (self.w13[2],)
-            self.w2_tiled = moe.tile_experts(*self.w2[:2], gate_up=False) + (self.w2[2],)
+            self.w13_tiled, self.w2_tiled = moe.tiled_weight(self.w13, True), moe.tiled_weight(self.w2, False)
         self.w13_fp16 = dequantize_fp16_gpu(*self.w13)
         self.w2_fp16 = dequantize_fp16_gpu(*self.w2)
         rng = cupy.random.default_rng(seed + 2)

@@ -118,8 +118,7 @@ class Problem:
         w13, w2 = self.w13, self.w2
         if moe.uses_tiled(variant, self.x.shape[1], self.h.shape[1]):  # wgx: tile-major weights, made once
             if not hasattr(self, "w13_tiled"):
-                self.w13_tiled = moe.tile_experts(*w13[:2], gate_up=True) + (w13[2],)
-                self.w2_tiled = moe.tile_experts(*w2[:2], gate_up=False) + (w2[2],)
+                self.w13_tiled, self.w2_tiled = moe.tiled_weight(w13, True), moe.tiled_weight(w2, False)
             w13, w2 = self.w13_tiled, self.w2_tiled
         moe.moe_gate_up(x, self.row_token, self.offsets, *w13, self.act, variant=variant)
         moe.moe_down(h, self.offsets, *w2, self.out, row_weight=self.row_weight if weighted else None,

@@ -93,7 +93,8 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
     layers = weights.layers
     expert = moe.EXPERT_VARIANT
     kperm = moe.uses_kperm(expert, p.hidden_size, p.moe_intermediate_size)
-    if any(layer.experts_tiled != moe.uses_tiled(expert, p.hidden_size, p.moe_intermediate_size) for layer in weights.layers):
+    tiled = moe.uses_tiled(expert, p.hidden_size, p.moe_intermediate_size)
+    if any(layer.experts_tiled != tiled for layer in weights.layers):
         raise ValueError(f"expert weights not stored as {expert} reads them (generate_weights tiles them for it)")
     add("embed", ops.prepare(ops.embed, b.ids[:t], weights.embed, resid))
     add("attn_norm", ops.prepare(ops.rmsnorm, resid, layers[0].attn_norm, eps, normed))  # later layers': in combine

@@ -6,8 +6,8 @@ hidden H, expert intermediate I):
   row_token int32 [R]: source token of each permuted row; row_weight fp32 [R]: its router weight
   w13 uint8 [E, 2I, H/2] (rows 0..I-1 gate_proj, I..2I-1 up_proj), w13_scale uint8 e4m3 [E, 2I, H/16],
   w13_scale2 fp32 [E]; w2 uint8 [E, H, I/2], w2_scale uint8 [E, H, I/16], w2_scale2 fp32 [E]
-  (ModelOpt NVFP4, impbench/nvfp4.py: value = e2m1(nibble) * e4m3(scale) * scale2). The wgx variant takes the
-  same arrays with their bytes reordered by tile_experts (uses_tiled says where).
+  (ModelOpt NVFP4, impbench/nvfp4.py: value = e2m1(nibble) * e4m3(scale) * scale2). The wgx and wgb variants take
+  the same arrays with their bytes reordered by tile_experts (uses_tiled says where).
 
 One launch per GEMM, grid sized from static shapes only (R, E, N): every block finds its token tile
 from expert_offsets on the device and a block with no work exits at once. Wrappers check dtypes,
@@ -56,7 +56,7 @@ TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MUL
 KPERM_VARIANTS = ("wgp", "wgx", "wgb")
 KPERM_BLOCK = 128
 KPERM_FALLBACK = "wgq"
-# wgx reads the expert weights tile-major (tile_experts): per block of 256 weight rows and pipeline stage one
+# wgx and wgb read the expert weights tile-major (tile_experts): per block of 256 weight rows and pipeline stage one
 # contiguous 16 KiB of codes (and per stage pair 4 KiB of scales) instead of 64 bytes from each of 256 rows
 # 1 KiB or more apart, the same bytes in longer DRAM runs. A layer runs it where tiled_fits, else TILED_FALLBACK
 # with the weights in the checkpoint's layout.
@@ -148,6 +148,11 @@ def tile_experts(codes, scale, gate_up: bool):
         view, axes = _tile_view(a, gate_up, unit)
         out.append(view.transpose(axes).reshape(a.shape).copy())
     return _swap_slots(out[0]), out[1]
+
+
+def tiled_weight(weight, gate_up: bool) -> tuple:
+    """One GEMM's expert weight (codes, scale, scale2) with codes and scales tile-major (tile_experts)."""
+    return tile_experts(weight[0], weight[1], gate_up) + (weight[2],)
 
 
 def untile_experts(codes, scale, gate_up: bool):
