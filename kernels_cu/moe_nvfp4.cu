@@ -593,10 +593,6 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // quads' reads conflict-free). Scales: thread tid copies 16 bytes of block row tid every second stage
     // into a 2-slot ring (4-byte pieces where ks is not a multiple of 16).
     const int qr = tid >> 2, qp = tid & 3;
-    // TILED: the block's tile of codes (per stage 256 rows x 64 bytes, one contiguous 16 KiB) and of scales
-    // (per stage pair 256 rows x 16 bytes), full tiles only (impbench/kernels/moe.py tiled_fits)
-    const unsigned char *codes_tile = cx.wq + (unsigned)(n0 / COLS) * (ROWS * kb);
-    const unsigned char *scales_tile = cx.wsc + (unsigned)(n0 / COLS) * (ROWS * cx.ks);
     const unsigned char *qsrc[4];
     unsigned qok = 0;  // bit j: row qr + 64 j exists
 #pragma unroll
@@ -605,8 +601,8 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         const int qcol = n0 + (GATE_UP ? (br & 127) : br);
         const bool ok = qcol < n_out;
         qok |= ok ? 1u << j : 0u;
-        if (TILED)
-            qsrc[j] = codes_tile + (unsigned)br * 64 + 16 * qp;
+        if (TILED)  // tile-major: the block's 256 rows x 64 bytes of a stage are one contiguous 16 KiB (full tiles)
+            qsrc[j] = cx.wq + (unsigned)(n0 / COLS) * (ROWS * kb) + (unsigned)br * 64 + 16 * qp;
         else
             qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
     }
@@ -614,8 +610,8 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (TILED ? 0 : qr & 2)) << 4);
     const int col = n0 + (GATE_UP ? (tid & 127) : tid);
     const bool w_ok = col < n_out;
-    const unsigned char *scale_src =
-        TILED ? scales_tile + tid * 16
+    const unsigned char *scale_src =  // TILED: 256 rows x 16 bytes (two stages) contiguous, the tile's pairs in order
+        TILED ? cx.wsc + (unsigned)(n0 / COLS) * (ROWS * cx.ks) + tid * 16
               : cx.wsc + (w_ok ? (unsigned)(GATE_UP && tid >= 128 ? n_out + col : col) * cx.ks : 0u);
     const bool scale16 = cx.ks % 16 == 0;
 
@@ -677,9 +673,9 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
                 const bool scales = (chunk & 1) == 0;
                 const unsigned bar = cx.bars + 8 * stage;
                 mbar_add_tx(bar, CODE_STAGE + (scales ? ROWS * 16 : 0));
-                bulk_load(s_base + stage * WQ_STAGE + C_OFF, codes_tile + chunk * CODE_STAGE, CODE_STAGE, bar);
+                bulk_load(s_base + stage * WQ_STAGE + C_OFF, qsrc[0] - 16 * qp + chunk * CODE_STAGE, CODE_STAGE, bar);
                 if (scales)
-                    bulk_load(s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16), scales_tile + (chunk >> 1) * (ROWS * 16),
+                    bulk_load(s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16), scale_src + (chunk >> 1) * (ROWS * 16),
                               ROWS * 16, bar);
             }
             return;
