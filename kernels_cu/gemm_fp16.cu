@@ -40,6 +40,36 @@ namespace impgemm {
 
 using namespace impasync;  // TmaMap, mbarriers, TMA loads
 
+// Experiment build only (-DIMPGEMM_TRACE, scripts/gemm_trace.py): each CTA of a tma / tsk launch
+// writes its SM and the global time (ns) and SM clock of four points -- start, first stage landed,
+// main loop done, end -- so a launch's wave structure and where its microseconds go can be read
+// per CTA. Without the macro IMPGEMM_MARK compiles to nothing.
+#ifdef IMPGEMM_TRACE
+constexpr int TRACE_CTAS = 4096, TRACE_SLOTS = 9;  // [4 global times, 4 clocks, smid]
+__device__ unsigned long long impgemm_trace[TRACE_CTAS * TRACE_SLOTS];
+__device__ __forceinline__ void trace_mark(int point) {
+    unsigned long long t, c;
+    unsigned sm;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    asm volatile("mov.u64 %0, %%clock64;\n" : "=l"(c));
+    asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
+    if (blockIdx.x < TRACE_CTAS) {
+        unsigned long long *row = impgemm_trace + blockIdx.x * TRACE_SLOTS;
+        row[point] = t;
+        row[4 + point] = c;
+        row[8] = sm;
+    }
+}
+#define IMPGEMM_MARK(point, cond) \
+    do {                          \
+        if (cond) impgemm::trace_mark(point); \
+    } while (0)
+#else
+#define IMPGEMM_MARK(point, cond) \
+    do {                          \
+    } while (0)
+#endif
+
 // Physical 16-byte chunk of logical chunk `chunk` in row `row` of a tile whose rows hold
 // ROW_CHUNKS chunks. 8 consecutive rows at one logical chunk land in 8 distinct bank groups.
 template <int ROW_CHUNKS>
@@ -765,6 +795,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
     const unsigned out_stage = sW + STAGES * Cfg::W_BYTES;                       // STORE_WARPS output tile
 
     const int tid = threadIdx.x, wg = tid >> 7;
+    IMPGEMM_MARK(0, tid == 0);
     const unsigned rank = CS > 1 ? cluster_rank() : 0u;
     const int MT = (M + BM - 1) / BM, NT = (N + BN - 1) / BN, KT = (K + BK - 1) / BK;
     const int MG = SPLIT ? MT : (MT + CS - 1) / CS;  // M tiles per work unit: 1, or CS (one per CTA)
@@ -855,6 +886,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
             int prev = -1;
             for (int kt = kt_begin; kt < kt_end; ++kt) {
                 mbar_wait(full0 + 8 * s, phase);
+                IMPGEMM_MARK(1, tid == 128 && u == first && kt == kt_begin);
                 const unsigned a_base = sA + s * Cfg::A_BYTES + c * (64 * BK * 2);
                 const unsigned w_base = sW + s * Cfg::W_BYTES;
                 fence_regs(acc);
@@ -877,6 +909,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
             }
             wgmma_wait<0>();
             fence_regs(acc);
+            IMPGEMM_MARK(2, tid == 128);  // the last unit's time stays
             if (prev >= 0 && lane == 0) {
                 mbar_arrive(empty0 + 8 * prev);
                 if constexpr (Cfg::MULTICAST) mbar_arrive_remote(cluster_addr(empty0 + 8 * prev, rank ^ 1u));
@@ -971,6 +1004,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
     } else if constexpr (CS > 1) {
         cluster_sync();  // no CTA leaves while its partner may still arrive on its barriers
     }
+    IMPGEMM_MARK(3, tid == 128);
 }
 
 // ---- gemm_tsk_<BM>x<BN>k<S>: latency-lean split-K for small-N shapes (routers) ---------------
@@ -1032,6 +1066,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     const unsigned full0 = smem_u32(&bars[0]);
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    IMPGEMM_MARK(0, tid == 0);
     const unsigned rank = S > 1 ? cluster_rank() : 0u;
     const int MT = (M + BM - 1) / BM, KT = (K + BK - 1) / BK;
     const int unit = blockIdx.x / S;
@@ -1058,6 +1093,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     for (int i = 0; i < nk; ++i) {
         const int s = i % STAGES;
         mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
+        IMPGEMM_MARK(1, tid == 0 && i == 0);
         const unsigned a_base = sA + s * Cfg::A_BYTES + wg * (64 * BK * 2), w_base = sW + s * Cfg::W_BYTES;
         fence_regs(acc);
         wgmma_fence();
@@ -1080,6 +1116,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     }
     wgmma_wait<0>();
     fence_regs(acc);
+    IMPGEMM_MARK(2, tid == 0);
 
     // accumulator layout (m64nBN): thread = warp * 32 + lane of warpgroup wg holds rows
     // 64wg + 16warp + lane/4 (+8), columns 8j + 2*(lane%4) (+1) of n8 block j in acc[4j .. 4j+3]
@@ -1117,6 +1154,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         }
         cluster_sync();  // no CTA leaves while another still reads its shared memory
     }
+    IMPGEMM_MARK(3, tid == 0);
 }
 #else
 #define IMPGEMM_HAS_WGMMA 0
@@ -1261,6 +1299,10 @@ IMPGEMM_TMA_SK(gemm_tma_128x256k4, 256, 4, 4)             // 384     197632
 IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4)                // 128      99328
 IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 4, 4)              // 128      99328
 IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4)            // 128     197632
+// experiments of the session of 2026-12-03 (results/NOTES.md GEMM v9): 2-CTA clusters, 128-row tiles
+IMPGEMM_TSK(gemm_tsk_64x64k2, 64, 64, 6, 2)                // 128      99328
+IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 4, 2)              // 128      99328
+IMPGEMM_TSK(gemm_tsk_128x128k4, 128, 128, 3, 4)            // 256      99328
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

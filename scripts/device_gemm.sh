@@ -2,7 +2,7 @@
 # One device call for the GEMM work (issue #3): build check, per-variant diagnostics, GPU tests,
 # a calibration sweep of every variant and the final table. Run from the repository root on the
 # device machine; logs and results go to $OUT (default ./out-gemm).
-#   STAGES="info diag tests sweep final ncu" bash scripts/device_gemm.sh
+#   STAGES="info diag tests sweep final ncu probe trace" bash scripts/device_gemm.sh
 # (sweep times the tma variants, or SWEEP_VARIANTS, on every model shape: the time model's calibration;
 #  ncu is an experiment for results/NOTES.md: Nsight Compute sections of our kernel and cuBLAS's.)
 set -uo pipefail
@@ -128,6 +128,11 @@ for m, n, k in [(1024, 128, 2048), (512, 128, 2048), (2048, 128, 2816)]:
     print(line, flush=True)
 PY
   timeout 120 python3 /tmp/probe.py 2>&1 | tee "$OUT/probe.txt"
+fi
+
+if has trace; then  # per-CTA timelines (scripts/gemm_trace.py) of TRACE_VARIANTS on TRACE_SHAPES ("--shape MxNxK ...")
+  timeout ${TRACE_TIMEOUT:-200} python3 scripts/gemm_trace.py ${TRACE_SHAPES:---shape 2048x128x2048} \
+    --variants ${TRACE_VARIANTS:-tma_128x64,tsk_64x128k4} --reps ${TRACE_REPS:-15} 2>&1 | tee "$OUT/trace.txt"
 fi
 
 if has final; then

@@ -206,6 +206,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk( 64,  64, 6, 4,  58, -0.5),  # fixed_us: its median residual under the fit below
     _tsk( 64, 128, 4, 4,  90),
     _tsk( 64, 128, 8, 4,  90, -0.5),  # fixed_us: faster than the fit on the M 512-1024 routers (NOTES GEMM v8)
+    # experiments (NOTES GEMM v9), timed by --variants but never chosen until measured: fixed_us 20
+    _tsk( 64,  64, 6, 2,  58, 20.0),
+    _tsk( 64, 128, 4, 2,  90, 20.0),
+    _tsk(128, 128, 3, 4,  90, 20.0),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):

@@ -1,0 +1,122 @@
+"""Per-CTA timeline of GEMM launches (an experiment for results/NOTES.md, not part of the tool).
+
+Builds gemm_fp16.cu with -DIMPGEMM_TRACE, whose tma / tsk kernels write each CTA's SM and the global
+time of four points (start, first stage landed, main loop done, end), then for every shape and
+variant launches on cold inputs (rotating sets, as `impbench gemm` does) and prints, as medians over
+the repetitions: CTAs, SMs used, most CTAs on one SM, the start spread of the grid, the first-stage
+latency, the main loop, the epilogue, the first-start-to-last-end span, and the event time of the
+same launch (and of cuBLAS) -- event time minus span is what lies outside the kernel's CTAs.
+
+    python3 scripts/gemm_trace.py --shape 2048x128x2048 --variants tma_128x64,tsk_64x128k4 [--reps 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def traced_module():
+    """The gemm family compiled with IMPGEMM_TRACE, installed as the compile cache's module."""
+    import cupy
+
+    from impbench.kernels import _cache, gemm
+
+    code = _cache.source_path(gemm.FAMILY).read_text()
+    options = _cache.NVRTC_OPTIONS + _cache._arch_options(code) + (f"-DIMPBENCH_HEADERS={_cache.headers_digest()}", "-DIMPGEMM_TRACE")
+    module = cupy.RawModule(code=code, options=options, backend="nvrtc")
+    module.compile()
+    _cache._modules[gemm.FAMILY] = module
+    return module
+
+
+def launch_stats(rows, event_us: float) -> dict:
+    """One launch's timeline (rows: [CTAs, 9] uint64 of the CTAs that ran) in microseconds."""
+    import numpy as np
+
+    t = rows[:, :4].astype(np.float64) / 1000.0
+    start, first, loop, end = (t[:, i] for i in range(4))
+    per_sm = np.bincount(rows[:, 8].astype(np.int64))
+    return {
+        "ctas": len(rows), "sms": int((per_sm > 0).sum()), "max_per_sm": int(per_sm.max()),
+        "start_spread": start.max() - start.min(), "first": float(np.median(first - start)),
+        "first_max": float((first - start).max()), "loop": float(np.median(loop - first)),
+        "loop_max": float((loop - first).max()), "epilogue": float(np.median(end - loop)),
+        "span": end.max() - start.min(), "event": event_us,
+    }  # fmt: skip
+
+
+def trace_case(module, m: int, n: int, k: int, variants, reps: int) -> list[str]:
+    import cupy
+    import numpy as np
+
+    from impbench.kernels import gemm
+
+    sets = max(4, -(-160 * 2**20 // (2 * (m * k + n * k + m * n))))  # > an H200's L2 of inputs
+    rng = cupy.random.default_rng(m + n + k)
+    a = [rng.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16) for _ in range(sets)]
+    w = [(rng.standard_normal((n, k), dtype=cupy.float32) / k**0.5).astype(cupy.float16) for _ in range(sets)]
+    out = cupy.empty((m, n), cupy.float16)
+    pointer = module.get_global("_ZN7impgemm13impgemm_traceE")  # TRACE_CTAS x TRACE_SLOTS
+    trace = cupy.ndarray((4096, 9), cupy.uint64, memptr=pointer)
+    spin, stream = gemm.spin_kernel(), cupy.cuda.get_current_stream()
+    cycles = int(30 * gemm.device_info().sm_mhz)
+
+    def timed(run, i):
+        spin((1,), (1,), (cupy.int64(cycles),))
+        e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+        e0.record(stream)
+        run(i)
+        e1.record(stream)
+        e1.synchronize()
+        return cupy.cuda.get_elapsed_time(e0, e1) * 1000.0
+
+    lines = []
+    cublas = [timed(lambda i: cupy.matmul(a[i], w[i].T, out=out), rep % sets) for rep in range(reps + 3)][3:]
+    lines.append(f"{m}x{n}x{k} cublas event {statistics.median(cublas):.2f} us")
+    for name in variants:
+        runs = [gemm.prepare(a[i], w[i], out, name) for i in range(sets)]
+        stats = []
+        for rep in range(reps + 3):
+            trace.fill(0)
+            event = timed(lambda i: runs[i](), rep % sets)
+            rows = cupy.asnumpy(trace)
+            rows = rows[rows[:, 0] != 0]
+            if rep >= 3 and len(rows) and (rows[:, 3] != 0).all():
+                stats.append(launch_stats(rows, event))
+        if not stats:
+            lines.append(f"  {name}: no trace (not a tma / tsk variant?)")
+            continue
+        med = {key: statistics.median(s[key] for s in stats) for key in stats[0]}
+        lines.append(
+            f"  {name:16s} ctas {med['ctas']:.0f} sms {med['sms']:.0f} max/sm {med['max_per_sm']:.0f} | start spread "
+            f"{med['start_spread']:.2f} first {med['first']:.2f} (max {med['first_max']:.2f}) loop {med['loop']:.2f} "
+            f"(max {med['loop_max']:.2f}) epi {med['epilogue']:.2f} | span {med['span']:.2f} event {med['event']:.2f}"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", action="append", required=True, help="MxNxK, repeatable")
+    parser.add_argument("--variants", required=True, help="comma-separated tma_* / tsk_* variants")
+    parser.add_argument("--reps", type=int, default=15)
+    args = parser.parse_args()
+    from impbench.kernels import gemm
+    from impbench.kernels._launch import no_pdl
+
+    module = traced_module()
+    gemm.prewarm()
+    with no_pdl():
+        for shape in args.shape:
+            m, n, k = (int(x) for x in shape.split("x"))
+            for line in trace_case(module, m, n, k, args.variants.split(","), args.reps):
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
