@@ -1014,29 +1014,31 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // swizzle, OOB zero-fill) at once before the first wait, and the warpgroups run wgmma m64nBNk16 on
 // each stage as it lands.
 // Where a CTA has more K tiles than stages, a stage is refilled once every warp's wgmma on it has
-// completed (one named barrier per refill). The FP32 partial tile then goes to the CTA's own
-// shared memory (4 floats per n8 block and thread), and after a cluster barrier CTA r adds up
-// the S partials of its BN/S columns in rank order through distributed shared memory (vector
-// loads, all issued before the first add) and stores them: deterministic, no workspace.
-// Why: a router GEMM (1024x128x2048: 4.5 MB, 0.5 GFLOP) is bound by how early and how many bytes
-// are in flight, not by MMA rate. ~128 CTAs of BM x BN each read (BM + BN) x K/S halves -- the
-// whole slice in flight in one round trip -- and the tile stays under 113 KiB of shared memory,
-// so two CTAs fit on an SM and every cluster of the grid is resident at once (a cluster of S
-// CTAs must fit in one GPC: at one CTA per SM only ~120 CTAs of 4- or 8-clusters fit on an H100).
-// (BM = 128, which reads a third less per CTA, was slower on every router shape: device call 2.)
+// completed (one named barrier per refill). Then CTA r owns BN/S columns of the tile: every CTA
+// pushes the FP32 partials of the other ranks' columns straight from registers into their receive
+// buffers (st.async, completing on the receiver's mbarrier), and each adds up the S partials of
+// its own columns in rank order and stores them: deterministic, no workspace.
+// Why push, not pull: a pull needs two cluster barriers, and barrier.cluster.arrive.release
+// compiles to MEMBAR.ALL.GPU -- the second one waits for the C stores to reach L2. The traced
+// epilogue (scripts/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way (NOTES GEMM v9).
+// Why this family: a router GEMM (1024x128x2048: 4.5 MB, 0.5 GFLOP) is bound by how early and how
+// many bytes are in flight, not by MMA rate. ~128 CTAs of BM x BN each read (BM + BN) x K/S halves,
+// the whole slice in flight in one round trip; below 113 KiB of shared memory two CTAs fit on an
+// SM, so more clusters are resident at once (a cluster of S CTAs must fit in one GPC: at one CTA
+// per SM only ~120 CTAs of 4-clusters fit on an H100).
 template <int BM_, int BN, int STAGES, int S>
 struct TskConfig {
     static constexpr int BM = BM_, BK = 64, THREADS = 128 * (BM / 64);
     static constexpr int A_BYTES = BM * BK * 2, W_BYTES = BN * BK * 2;
     static constexpr int STAGE_BYTES = A_BYTES + W_BYTES;
     static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
-    static constexpr int PART_BYTES = S > 1 ? BM * BN * 4 : 0;  // FP32 partial tile, over the pipeline
-    static constexpr int SMEM_BYTES = (PIPE_BYTES > PART_BYTES ? PIPE_BYTES : PART_BYTES) + 1024;
-    static constexpr int JR = BN / 8 / S;  // n8 column blocks each rank reduces and stores
+    static constexpr int JR = BN / 8 / S;                        // n8 column blocks each rank reduces and stores
+    static constexpr int RECV_BYTES = (S - 1) * JR * THREADS * 16;  // the other ranks' partials of those
+    static constexpr int SMEM_BYTES = PIPE_BYTES + RECV_BYTES + 1024;
     static_assert(BN % 16 == 0 && BN >= 64 && BN <= 256, "wgmma N and the TMA box");
     static_assert(BM == 64 || BM == 128, "one or two warpgroups of 64 rows");
     static_assert(S >= 1 && S <= 8 && (BN / 8) % S == 0, "split-K: whole n8 blocks per rank, portable cluster");
-    static_assert(SMEM_BYTES + 8 * STAGES <= 232448, "227 KiB of shared memory per block");
+    static_assert(SMEM_BYTES + 8 * STAGES + 8 <= 232448, "227 KiB of shared memory per block");
 };
 
 __device__ __forceinline__ void st_shared_v4f(unsigned addr, float a, float b, float c, float d) {
@@ -1045,25 +1047,46 @@ __device__ __forceinline__ void st_shared_v4f(unsigned addr, float a, float b, f
 struct F32x4 {  // (no float4: NVRTC without the toolkit headers)
     float x, y, z, w;
 };
-__device__ __forceinline__ F32x4 ld_cluster_v4f(unsigned cluster_address) {
+__device__ __forceinline__ F32x4 ld_shared_v4f(unsigned addr) {
     F32x4 v;
-    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                 : "r"(cluster_address)
-                 : "memory");
+    asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr) : "memory");
     return v;
+}
+// 16 bytes into the shared memory of another CTA of the cluster, counted on its mbarrier `bar`
+// (both shared::cluster addresses) as complete_tx bytes: no fence, no cluster barrier.
+__device__ __forceinline__ void st_async_v4f(unsigned cluster_address, float a, float b, float c, float d, unsigned bar) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(
+                     cluster_address),
+                 "r"(__float_as_uint(a)), "r"(__float_as_uint(b)), "r"(__float_as_uint(c)), "r"(__float_as_uint(d)),
+                 "r"(bar)
+                 : "memory");
+}
+// Split cluster barrier without memory ordering (the mbarrier init fence orders what it must).
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
+// mbar_wait with acquire at cluster scope: the bytes counted on the barrier came from other CTAs.
+__device__ __forceinline__ void mbar_wait_cluster(unsigned addr, unsigned parity) {
+    asm volatile(
+        "{\n.reg .pred P1;\nLAB_WAIT:\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 P1, [%0], %1;\n"
+        "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(addr),
+        "r"(parity)
+        : "memory");
 }
 
 template <int BM_, int BN, int STAGES, int S>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               int M, int N, int K) {
     using Cfg = TskConfig<BM_, BN, STAGES, S>;
-    constexpr int BM = Cfg::BM, BK = Cfg::BK;
+    constexpr int BM = Cfg::BM, BK = Cfg::BK, JR = Cfg::JR;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    __shared__ __align__(8) unsigned long long bars[STAGES];
+    __shared__ __align__(8) unsigned long long bars[STAGES + 1];  // full[s], then the reduction's
     const unsigned sA = (smem_u32(smem_raw) + 1023u) & ~1023u;  // 128-byte swizzle: 1024-byte aligned stages
     const unsigned sW = sA + STAGES * Cfg::A_BYTES;
-    const unsigned full0 = smem_u32(&bars[0]);
+    const unsigned sR = sW + STAGES * Cfg::W_BYTES;  // receive buffer [S-1 senders][JR][THREADS] x 16 bytes
+    const unsigned full0 = smem_u32(&bars[0]), red_bar = smem_u32(&bars[STAGES]);
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     IMPGEMM_MARK(0, tid == 0);
@@ -1078,6 +1101,10 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         tma_prefetch_map(&map_a);
         tma_prefetch_map(&map_w);
         for (int s = 0; s < STAGES; ++s) mbar_init(full0 + 8 * s, 1);
+        if (S > 1) {
+            mbar_init(red_bar, 1);
+            mbar_expect_tx(red_bar, Cfg::RECV_BYTES);  // completes once the S-1 peers' partials landed
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         for (int s = 0; s < STAGES && s < nk; ++s) {  // every stage in flight before anyone waits
             mbar_expect_tx(full0 + 8 * s, Cfg::STAGE_BYTES);
@@ -1086,6 +1113,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         }
     }
     __syncthreads();  // the barriers are initialised before any thread waits on them
+    if (S > 1) cluster_arrive_relaxed();  // ... and before a peer sends to red_bar (it waits for this)
 
     float acc[BN / 2];
 #pragma unroll
@@ -1128,31 +1156,47 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
             store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
                        acc[4 * j + 3]);
     } else {
-        named_barrier_sync(1, Cfg::THREADS);  // every warp's wgmma is done with the stage buffers
+        cluster_wait();  // every peer's red_bar is initialised
 #pragma unroll
-        for (int j = 0; j < BN / 8; ++j)
-            st_shared_v4f(sA + (j * Cfg::THREADS + tid) * 16, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
-        cluster_sync();  // every CTA's partial tile is in its shared memory
-        F32x4 part[Cfg::JR][S];
+        for (int d = 0; d < S; ++d) {  // rank d's columns go to rank d, into this rank's slot there
+            if (d == (int)rank) continue;
+            const int slot = (int)rank < d ? (int)rank : (int)rank - 1;
+            const unsigned bar = cluster_addr(red_bar, (unsigned)d);
 #pragma unroll
-        for (int jj = 0; jj < Cfg::JR; ++jj)
-#pragma unroll
-            for (int r = 0; r < S; ++r)
-                part[jj][r] = ld_cluster_v4f(cluster_addr(sA + (((int)rank * Cfg::JR + jj) * Cfg::THREADS + tid) * 16, r));
-#pragma unroll
-        for (int jj = 0; jj < Cfg::JR; ++jj) {
-            F32x4 sum = part[jj][0];
-#pragma unroll
-            for (int r = 1; r < S; ++r) {
-                sum.x += part[jj][r].x;
-                sum.y += part[jj][r].y;
-                sum.z += part[jj][r].z;
-                sum.w += part[jj][r].w;
+            for (int jj = 0; jj < JR; ++jj) {
+                const int j = d * JR + jj;
+                st_async_v4f(cluster_addr(sR + ((slot * JR + jj) * Cfg::THREADS + tid) * 16, (unsigned)d), acc[4 * j],
+                             acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3], bar);
             }
-            const int j = (int)rank * Cfg::JR + jj;
+        }
+        mbar_wait_cluster(red_bar, 0);
+#pragma unroll
+        for (int jj = 0; jj < JR; ++jj) {
+            F32x4 sum = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int r = 0; r < S; ++r) {  // rank order, whoever finished first: deterministic
+                F32x4 v;
+                if (r == (int)rank) {
+                    const int j = r * JR + jj;
+                    v = {acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]};
+                } else {
+                    const int slot = r < (int)rank ? r : r - 1;
+                    v = ld_shared_v4f(sR + ((slot * JR + jj) * Cfg::THREADS + tid) * 16);
+                }
+                if (r == 0) {
+                    sum = v;
+                } else {
+                    sum.x += v.x;
+                    sum.y += v.y;
+                    sum.z += v.z;
+                    sum.w += v.w;
+                }
+            }
+            const int j = (int)rank * JR + jj;
             store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, sum.x, sum.y, sum.z, sum.w);
         }
-        cluster_sync();  // no CTA leaves while another still reads its shared memory
+        // no closing cluster barrier: a CTA's shared memory is read by itself only, and every CTA
+        // waits for all bytes sent to it before it leaves
     }
     IMPGEMM_MARK(3, tid == 0);
 }
@@ -1293,16 +1337,18 @@ IMPGEMM_TMA_SK(gemm_tma_128x176k2, 176, 5, 2)             // 384     195584
 IMPGEMM_TMA_SK(gemm_tma_128x256k2, 256, 4, 2)             // 384     197632
 IMPGEMM_TMA_SK(gemm_tma_128x256k4, 256, 4, 4)             // 384     197632
 // tsk: BM x BN tiles split over K across a cluster of S CTAs, every stage in flight from the start
-// (smem = stages * (BM + BN) / 8 KiB + 1 KiB; <= 113 KiB, two CTAs per SM, except s8: 30 clusters
-//  of 4 at once, so it wins only where its grid is <= 120 CTAs)
+// (smem = stages * (BM + BN) / 8 KiB + (S-1)/S * BM * BN * 4 receive bytes + 1 KiB; <= 113 KiB: two CTAs
+//  per SM; sN: N stages, one CTA per SM -- 30 clusters of 4 at once, so it wins only on grids <= 120 CTAs)
 // name                        BM   BN stages  S                 threads  smem bytes
-IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4)                // 128      99328
-IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 4, 4)              // 128      99328
-IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4)            // 128     197632
+IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4)                // 128     111616
+IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 3, 4)              // 128      99328
+IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4)            // 128     222208
 // experiments of the session of 2026-12-03 (results/NOTES.md GEMM v9): 2-CTA clusters, 128-row tiles
-IMPGEMM_TSK(gemm_tsk_64x64k2, 64, 64, 6, 2)                // 128      99328
-IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 4, 2)              // 128      99328
-IMPGEMM_TSK(gemm_tsk_128x128k4, 128, 128, 3, 4)            // 256      99328
+IMPGEMM_TSK(gemm_tsk_64x64k2, 64, 64, 6, 2)                // 128     107520
+IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 3, 2)              // 128      91136
+IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4)          // 256     214016
+IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2)            // 128     205824
+IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2)            // 128     214016
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

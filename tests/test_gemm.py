@@ -106,13 +106,15 @@ def test_variant_table_matches_the_kernel_source():
         assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + staging + 1024
         assert v.smem_bytes + 16 * stages + 16 <= 232448  # 227 KiB per block, barriers included
         assert name.endswith({"": "", "_MC": "c2", "_SK": f"k{split}", "_SW": "s"}[kind])
-    for name, bm, bn, stages, split in tsk:  # TskConfig: pipeline or FP32 partial tile, + slack
+    for name, bm, bn, stages, split in tsk:  # TskConfig: pipeline + receive buffer of the partials + slack
         bm, bn, stages, split = int(bm), int(bn), int(stages), int(split)
         v = g.VARIANTS[name]
         assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster) == (
             "tsk", bm, bn, 64, 128 * bm // 64, split, stages, split)
-        assert v.smem_bytes == max(stages * (bm + bn) * 64 * 2, bm * bn * 4) + 1024
-        assert v.smem_bytes + 8 * stages <= 232448
+        receive = (split - 1) * (bn // 8 // split) * (128 * bm // 64) * 16
+        assert v.smem_bytes == stages * (bm + bn) * 64 * 2 + receive + 1024
+        assert v.smem_bytes + 8 * stages + 8 <= 232448
+        assert name.endswith(f"s{stages}") == (v.smem_bytes > 113 * 1024)  # one CTA per SM
         assert (bn // 8) % split == 0 and split <= 8
 
 
@@ -283,7 +285,7 @@ def test_random_shapes_under_each_policy():
     "name",
     ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128", "wgmma_ws_128x256",
      "tma_128x160", "tma_128x256c2", "tma_128x128k8", "tma_128x64k2", "tma_128x192s",
-     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8"],
+     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8", "tsk_64x64k2"],
 )  # fmt: skip
 def test_capture_replay_is_bit_identical(name):
     import cupy

@@ -133,8 +133,9 @@ def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5, 
 def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0):
     """A gemm_tsk_* entry point: tile bm x bn x 64, bm/64 warpgroups, a cluster of split_k CTAs over K
     (TskConfig in gemm_fp16.cu); fixed_us: this variant's cost over the family's time model."""
-    smem = max(stages * (bm + bn) * 64 * 2, bm * bn * 4 if split_k > 1 else 0) + 1024
-    suffix = f"s{stages}" if stages * (bm + bn) * 128 > 113 * 1024 else ""
+    receive = (split_k - 1) * bm * bn * 4 // split_k  # the other ranks' FP32 partials of this rank's columns
+    smem = stages * (bm + bn) * 64 * 2 + receive + 1024
+    suffix = f"s{stages}" if smem > 113 * 1024 else ""  # one CTA per SM
     return Variant(f"tsk_{bm}x{bn}k{split_k}{suffix}", "tsk", bm, bn, 64, 128 * bm // 64, smem, regs, split_k, 2500.0,
                    fixed_us, 0.0, 1, 0.0, stages)  # fmt: skip
 
@@ -204,12 +205,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # winners of device call 2 (k2, k8, 64x256 and 128-row tiles were slower on every shape)
     #     BM   BN stages split regs fixed_us
     _tsk( 64,  64, 6, 4,  58, -0.5),  # fixed_us: its median residual under the fit below
-    _tsk( 64, 128, 4, 4,  90),
+    _tsk( 64, 128, 3, 4,  90),
     _tsk( 64, 128, 8, 4,  90, -0.5),  # fixed_us: faster than the fit on the M 512-1024 routers (NOTES GEMM v8)
-    # experiments (NOTES GEMM v9), timed by --variants but never chosen until measured: fixed_us 20
-    _tsk( 64,  64, 6, 2,  58, 20.0),
-    _tsk( 64, 128, 4, 2,  90, 20.0),
-    _tsk(128, 128, 3, 4,  90, 20.0),
+    # 2-CTA clusters (v9): every SM of a GPC usable, so 128-CTA grids run one CTA per SM
+    _tsk( 64,  64, 6, 2,  58),
+    _tsk( 64, 128, 3, 2,  90),
+    _tsk(128, 128, 5, 4,  90),
+    _tsk( 64,  64, 12, 2, 58),
+    _tsk( 64, 128, 8, 2,  90),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
