@@ -201,18 +201,18 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tma(256, 4, 1, 4, 2943.0, 8.00, 1.66),
     _tma( 64, 8, 1, 8, 3244.0, 5.44, 3.27),
     _tma(128, 6, 1, 8, 1924.0, 6.16, 3.20),
-    # small-N split-K family (v7): 64-row tiles, every stage in flight, cluster reduction; the
-    # winners of device call 2 (k2, k8, 64x256 and 128-row tiles were slower on every shape)
+    # small-N split-K family (v7, v9): every stage in flight, partials pushed to their owner rank;
+    # 4-CTA clusters, and (v9) 2-CTA clusters, with which every SM of a GPC is usable, so 128-CTA
+    # grids run one CTA per SM (k8 and 64x256 tiles were slower on every shape in v7)
     #     BM   BN stages split regs fixed_us
-    _tsk( 64,  64, 6, 4,  58, -0.5),  # fixed_us: its median residual under the fit below
-    _tsk( 64, 128, 3, 4,  90),
-    _tsk( 64, 128, 8, 4,  90, -0.5),  # fixed_us: faster than the fit on the M 512-1024 routers (NOTES GEMM v8)
-    # 2-CTA clusters (v9): every SM of a GPC usable, so 128-CTA grids run one CTA per SM
-    _tsk( 64,  64, 6, 2,  58),
-    _tsk( 64, 128, 3, 2,  90),
-    _tsk(128, 128, 5, 4,  90),
+    _tsk( 64,  64,  6, 4, 58, -0.5),  # fixed_us: its mean residual under the fit below (-1.0 on the H200)
+    _tsk( 64, 128,  3, 4, 90),
+    _tsk( 64, 128,  8, 4, 90),
+    _tsk( 64,  64,  6, 2, 58),
+    _tsk( 64, 128,  3, 2, 90),
+    _tsk(128, 128,  5, 4, 90),
     _tsk( 64,  64, 12, 2, 58),
-    _tsk( 64, 128, 8, 2,  90),
+    _tsk( 64, 128,  8, 2, 90),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
@@ -330,33 +330,46 @@ def _estimate_tma_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> 
     return TMA_BASE_US + v.last_us + rounds * v.fixed_us + max(flop_us, dram_us)
 
 
-# time model of the tsk family: a linear fit (rms 9%) to its three variants on the 12 router-like
-# shapes of device call 2 (v7, results/NOTES.md): a launch-to-last-store floor, one SM's intake of
-# its CTAs' K slices, DRAM bytes, and L2 -> SM bytes of the whole grid
-TSK_BASE_US = 6.25
-TSK_US_PER_SM_100KB = 0.58
-TSK_US_PER_DRAM_MB = 0.075
-TSK_US_PER_L2_MB = 0.147
+# time model of the tsk family: a linear fit (rms log error 6%) to its eight variants on the 12 router /
+# N <= 1024 shapes of the H200 sweep of v9 (results/NOTES.md; the H100 gave ~the same router times): a
+# launch-to-last-store floor, one SM's intake of its CTAs' K slices, DRAM bytes, L2 -> SM bytes of the grid,
+# refill rounds (K tiles past the pipeline, in turn), the partials a rank receives, and extra waves
+TSK_BASE_US = 4.97
+TSK_US_PER_SM_100KB = 0.338
+TSK_US_PER_DRAM_MB = 0.115
+TSK_US_PER_L2_MB = 0.021
+TSK_US_PER_REFILL_ROUND = 0.653
+TSK_US_PER_RECEIVE_KB = 0.063
+TSK_US_PER_EXTRA_WAVE = 2.756
 # clusters of S CTAs resident at once (cuOccupancyMaxActiveClusters / ncu on the H100), by CTAs per SM
 TSK_CLUSTER_SLOTS = {(2, 2): 132, (2, 4): 62, (2, 8): 30, (1, 2): 66, (1, 4): 30, (1, 8): 15}
 TSK_SM_SMEM_BYTES = 228 * 1024
 
 
 def _estimate_tsk_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> float:
-    """tsk: waves of resident clusters (two CTAs per SM below 113 KiB, a cluster within one GPC);
-    each SM takes in the K slices of the CTAs it holds; the grid moves every byte once from DRAM
-    and (A once per N tile, W once per M tile) from L2 to the SMs."""
+    """tsk: waves of resident clusters (two CTAs per SM below 113 KiB, a cluster within one GPC, so
+    4- and 8-clusters leave SMs of each GPC unused); each SM takes in the K slices of the CTAs it
+    holds; the grid moves every byte once from DRAM and (A once per N tile, W once per M tile) from
+    L2 to the SMs; a K slice longer than the pipeline waits for refills; each rank receives the
+    other ranks' FP32 partials of its columns."""
     kt_cta = -(-(-(-k // v.bk)) // v.split_k)
     ctas = v.grid(m, n)[0]
     per_sm = 2 if 2 * (v.smem_bytes + 2048) <= TSK_SM_SMEM_BYTES else 1
-    slots = TSK_CLUSTER_SLOTS.get((per_sm, v.split_k), device.sms // v.split_k) * v.split_k
-    slots = max(v.split_k, slots * device.sms // H100.sms)
-    waves = -(-ctas // slots)
-    sharing = min(per_sm, -(-min(ctas, slots) // device.sms))
+
+    def slots(ctas_per_sm: int) -> int:
+        found = TSK_CLUSTER_SLOTS.get((ctas_per_sm, v.split_k), device.sms // v.split_k) * v.split_k
+        return max(v.split_k, found * device.sms // H100.sms)
+
+    waves = -(-ctas // slots(per_sm))
+    sharing = min(per_sm, -(-min(ctas, slots(per_sm)) // min(device.sms, slots(1))))
     cta_kb = kt_cta * (v.bm + v.bn) * v.bk * 2 / 1024
     dram_mb = 2.0 * (m * k + n * k + m * n) / 1e6
+    refill_rounds = max(0, -(-kt_cta // v.stages) - 1)
+    receive_kb = (v.split_k - 1) * v.bm * v.bn * 4 / v.split_k / 1024
     return (TSK_BASE_US + v.fixed_us + TSK_US_PER_SM_100KB * waves * sharing * cta_kb / 100
-            + TSK_US_PER_DRAM_MB * dram_mb + TSK_US_PER_L2_MB * ctas * cta_kb / 1024)  # fmt: skip
+            + TSK_US_PER_DRAM_MB * dram_mb + TSK_US_PER_L2_MB * ctas * cta_kb / 1024
+            + TSK_US_PER_REFILL_ROUND * refill_rounds * waves + TSK_US_PER_RECEIVE_KB * receive_kb
+            + TSK_US_PER_EXTRA_WAVE * (waves - 1))  # fmt: skip
 
 
 def candidates(policy, device: DeviceInfo | None = None) -> list[Variant]:
