@@ -1015,15 +1015,12 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // each stage as it lands.
 // Where a CTA has more K tiles than stages, a stage is refilled once every warp's wgmma on it has
 // completed (one named barrier per refill). Then CTA r owns BN/S columns of the tile: every CTA
-// stages the FP32 partials of the other ranks' columns in its (now idle) pipeline buffers and
-// pushes each rank's block with one bulk copy into that rank's receive buffer, completing on its
-// mbarrier; each adds up the S partials of its own columns in rank order and stores them:
-// deterministic, no workspace.
+// pushes the FP32 partials of the other ranks' columns straight from registers into their receive
+// buffers (st.async, completing on the receiver's mbarrier), and each adds up the S partials of
+// its own columns in rank order and stores them: deterministic, no workspace.
 // Why push, not pull: a pull needs two cluster barriers, and barrier.cluster.arrive.release
 // compiles to MEMBAR.ALL.GPU -- the second one waits for the C stores to reach L2. The traced
-// epilogue (scripts/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way; pushing 16 bytes
-// a thread with st.async still took ~0.5 us per 1000 stores received (each one a complete_tx on
-// the same mbarrier), so one bulk copy per destination (NOTES GEMM v9).
+// epilogue (scripts/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way (NOTES GEMM v9).
 // Why this family: a router GEMM (1024x128x2048: 4.5 MB, 0.5 GFLOP) is bound by how early and how
 // many bytes are in flight, not by MMA rate. ~128 CTAs of BM x BN each read (BM + BN) x K/S halves,
 // the whole slice in flight in one round trip; below 113 KiB of shared memory two CTAs fit on an
@@ -1036,14 +1033,12 @@ struct TskConfig {
     static constexpr int STAGE_BYTES = A_BYTES + W_BYTES;
     static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
     static constexpr int JR = BN / 8 / S;                        // n8 column blocks each rank reduces and stores
-    static constexpr int BLOCK_BYTES = JR * THREADS * 16;       // one rank's partials of one rank's columns
-    static constexpr int RECV_BYTES = (S - 1) * BLOCK_BYTES;     // the other ranks' partials of its columns
+    static constexpr int RECV_BYTES = (S - 1) * JR * THREADS * 16;  // the other ranks' partials of those
     static constexpr int SMEM_BYTES = PIPE_BYTES + RECV_BYTES + 1024;
     static_assert(BN % 16 == 0 && BN >= 64 && BN <= 256, "wgmma N and the TMA box");
     static_assert(BM == 64 || BM == 128, "one or two warpgroups of 64 rows");
     static_assert(S >= 1 && S <= 8 && (BN / 8) % S == 0, "split-K: whole n8 blocks per rank, portable cluster");
     static_assert(SMEM_BYTES + 8 * STAGES + 8 <= 232448, "227 KiB of shared memory per block");
-    static_assert(RECV_BYTES <= PIPE_BYTES, "the outgoing partials are staged in the pipeline buffers");
 };
 
 __device__ __forceinline__ void st_shared_v4f(unsigned addr, float a, float b, float c, float d) {
@@ -1057,12 +1052,13 @@ __device__ __forceinline__ F32x4 ld_shared_v4f(unsigned addr) {
     asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr) : "memory");
     return v;
 }
-// `bytes` (a multiple of 16) of this CTA's shared memory at `src` to `dst` in another CTA of the
-// cluster, counted on its mbarrier `bar` (dst and bar: shared::cluster addresses) as complete_tx.
-__device__ __forceinline__ void bulk_copy_to_peer(unsigned dst, unsigned src, unsigned bytes, unsigned bar) {
-    asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                     dst),
-                 "r"(src), "r"(bytes), "r"(bar)
+// 16 bytes into the shared memory of another CTA of the cluster, counted on its mbarrier `bar`
+// (both shared::cluster addresses) as complete_tx bytes: no fence, no cluster barrier.
+__device__ __forceinline__ void st_async_v4f(unsigned cluster_address, float a, float b, float c, float d, unsigned bar) {
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(
+                     cluster_address),
+                 "r"(__float_as_uint(a)), "r"(__float_as_uint(b)), "r"(__float_as_uint(c)), "r"(__float_as_uint(d)),
+                 "r"(bar)
                  : "memory");
 }
 // Split cluster barrier without memory ordering (the mbarrier init fence orders what it must).
@@ -1160,35 +1156,20 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
             store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
                        acc[4 * j + 3]);
     } else {
-        // stage the other ranks' columns in this CTA's pipeline buffers, block q = destination's
-        // index among the others, laid out as the receiver reads it ([JR][THREADS] x 16 bytes)
-        named_barrier_sync(1, Cfg::THREADS);  // every warp's wgmma is done with the stage buffers
+        cluster_wait();  // every peer's red_bar is initialised
 #pragma unroll
-        for (int d = 0; d < S; ++d) {
+        for (int d = 0; d < S; ++d) {  // rank d's columns go to rank d, into this rank's slot there
             if (d == (int)rank) continue;
-            const int q = d < (int)rank ? d : d - 1;
+            const int slot = (int)rank < d ? (int)rank : (int)rank - 1;
+            const unsigned bar = cluster_addr(red_bar, (unsigned)d);
 #pragma unroll
             for (int jj = 0; jj < JR; ++jj) {
                 const int j = d * JR + jj;
-                st_shared_v4f(sA + q * Cfg::BLOCK_BYTES + (jj * Cfg::THREADS + tid) * 16, acc[4 * j], acc[4 * j + 1],
-                              acc[4 * j + 2], acc[4 * j + 3]);
-            }
-        }
-        fence_proxy_async();                  // these stores -> the bulk copies' reads (async proxy)
-        named_barrier_sync(1, Cfg::THREADS);  // ... of every thread
-        cluster_wait();                       // every peer's red_bar is initialised
-        if (tid == 0) {
-#pragma unroll
-            for (int d = 0; d < S; ++d) {
-                if (d == (int)rank) continue;
-                const int q = d < (int)rank ? d : d - 1;
-                const int slot = (int)rank < d ? (int)rank : (int)rank - 1;  // this rank's slot at d
-                bulk_copy_to_peer(cluster_addr(sR + slot * Cfg::BLOCK_BYTES, (unsigned)d), sA + q * Cfg::BLOCK_BYTES,
-                                  Cfg::BLOCK_BYTES, cluster_addr(red_bar, (unsigned)d));
+                st_async_v4f(cluster_addr(sR + ((slot * JR + jj) * Cfg::THREADS + tid) * 16, (unsigned)d), acc[4 * j],
+                             acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3], bar);
             }
         }
         mbar_wait_cluster(red_bar, 0);
-        cluster_arrive_relaxed();  // every block sent to this CTA has landed (so its sender's copy is done)
 #pragma unroll
         for (int jj = 0; jj < JR; ++jj) {
             F32x4 sum = {0.f, 0.f, 0.f, 0.f};
@@ -1200,7 +1181,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
                     v = {acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]};
                 } else {
                     const int slot = r < (int)rank ? r : r - 1;
-                    v = ld_shared_v4f(sR + slot * Cfg::BLOCK_BYTES + (jj * Cfg::THREADS + tid) * 16);
+                    v = ld_shared_v4f(sR + ((slot * JR + jj) * Cfg::THREADS + tid) * 16);
                 }
                 if (r == 0) {
                     sum = v;
@@ -1214,7 +1195,8 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
             const int j = (int)rank * JR + jj;
             store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, sum.x, sum.y, sum.z, sum.w);
         }
-        cluster_wait();  // no CTA leaves while a copy still reads its shared memory
+        // no closing cluster barrier: a CTA's shared memory is read by itself only, and every CTA
+        // waits for all bytes sent to it before it leaves
     }
     IMPGEMM_MARK(3, tid == 0);
 }
