@@ -1021,6 +1021,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // Why push, not pull: a pull needs two cluster barriers, and barrier.cluster.arrive.release
 // compiles to MEMBAR.ALL.GPU -- the second one waits for the C stores to reach L2. The traced
 // epilogue (scripts/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way (NOTES GEMM v9).
+// (Staging the partials and sending one bulk copy per destination measured 0.1-0.5 us slower.)
 // Why this family: a router GEMM (1024x128x2048: 4.5 MB, 0.5 GFLOP) is bound by how early and how
 // many bytes are in flight, not by MMA rate. ~128 CTAs of BM x BN each read (BM + BN) x K/S halves,
 // the whole slice in flight in one round trip; below 113 KiB of shared memory two CTAs fit on an
@@ -1349,6 +1350,7 @@ IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 3, 2)              // 128      91136
 IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4)          // 256     214016
 IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2)            // 128     205824
 IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2)            // 128     214016
+IMPGEMM_TSK(gemm_tsk_64x64k1s12, 64, 64, 12, 1)            // 128     197632  no split: cuBLAS's 512x1024 tile
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.
