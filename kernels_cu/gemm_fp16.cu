@@ -1350,7 +1350,6 @@ IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 3, 2)              // 128      91136
 IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4)          // 256     214016
 IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2)            // 128     205824
 IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2)            // 128     214016
-IMPGEMM_TSK(gemm_tsk_64x64k1s12, 64, 64, 12, 1)            // 128     197632  no split: cuBLAS's 512x1024 tile
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

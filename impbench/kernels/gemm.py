@@ -213,7 +213,6 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk(128, 128,  5, 4, 90),
     _tsk( 64,  64, 12, 2, 58),
     _tsk( 64, 128,  8, 2, 90),
-    _tsk( 64,  64, 12, 1, 58),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
