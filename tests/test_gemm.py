@@ -137,6 +137,8 @@ def test_tsk_grid_and_router_dispatch():
         assert g.VARIANTS[g.choose_variant(m, n, k, "small-n", g.H100)].family == "tsk", (m, n, k)
     for policy in ("tight", "permissive"):  # the large-tile guards never take it
         assert g.VARIANTS[g.choose_variant(1024, 128, 2048, policy, g.H100)].large
+    # nor a wide output outside its model (the engine's last-token lm_head: 180 µs on tsk, 150 on mma)
+    assert g.VARIANTS[g.choose_variant(1, 151936, 2048, "small-n", g.H100)].family != "tsk"
 
 
 def test_qwen3_coder_shapes_go_to_the_tma_family_on_hopper():

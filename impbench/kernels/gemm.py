@@ -344,6 +344,10 @@ TSK_US_PER_EXTRA_WAVE = 2.756
 # clusters of S CTAs resident at once (cuOccupancyMaxActiveClusters / ncu on the H100), by CTAs per SM
 TSK_CLUSTER_SLOTS = {(2, 2): 132, (2, 4): 62, (2, 8): 30, (1, 2): 66, (1, 4): 30, (1, 8): 15}
 TSK_SM_SMEM_BYTES = 228 * 1024
+# widest output the tsk model was fitted on: past it a W stream of hundreds of MB runs in waves of
+# clusters the model never saw (the engine's last-token lm_head, 1x151936x2048, took 180 µs on
+# tsk_64x128k2 against 150 on mma_16x16k8 on the H200)
+TSK_MAX_N = 1024
 
 
 def _estimate_tsk_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> float:
@@ -393,8 +397,11 @@ def choose_variant(m: int, n: int, k: int, policy=DEFAULT_POLICY, device: Device
         return None
     device = device or device_info()
     # tma tiles are >= 64 columns wide: narrower outputs (N=32, N=1) stay on the small mma tiles,
-    # which already beat cuBLAS there (results/gemm_h100.md)
-    usable = [v for v in candidates(pol, device) if v.grid(m, n)[1] <= MAX_GRID_Y and (not v.tensor_maps or n >= 64)]
+    # which already beat cuBLAS there (results/gemm_h100.md); the tsk model knows only N <= TSK_MAX_N
+    usable = [
+        v for v in candidates(pol, device)
+        if v.grid(m, n)[1] <= MAX_GRID_Y and (not v.tensor_maps or n >= 64) and (v.family != "tsk" or n <= TSK_MAX_N)
+    ]  # fmt: skip
     if not usable:
         return None
     return min(usable, key=lambda v: (estimate_us(v, m, n, k, device), v.name)).name
