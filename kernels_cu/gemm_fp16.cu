@@ -1022,15 +1022,20 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // compiles to MEMBAR.ALL.GPU -- the second one waits for the C stores to reach L2. The traced
 // epilogue (scripts/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way (NOTES GEMM v9).
 // (Staging the partials and sending one bulk copy per destination measured 0.1-0.5 us slower.)
+// CH = 2 ("p" variants): a stage holds two 64-wide K chunks, and where K % 64 == 0 each operand's
+// stage is one 3-D TMA box (64 x rows x 2 chunks of the [rows, K/64, 64] view, landing as two
+// consecutive swizzled chunks); else two 2-D boxes. Why: traced, a CTA took in one 8-16 KiB box per
+// ~100 ns whatever its size, so 64-row tiles (8 KiB A boxes) got ~80 GB/s an SM, not ~120.
 // Why this family: a router GEMM (1024x128x2048: 4.5 MB, 0.5 GFLOP) is bound by how early and how
 // many bytes are in flight, not by MMA rate. ~128 CTAs of BM x BN each read (BM + BN) x K/S halves,
 // the whole slice in flight in one round trip; below 113 KiB of shared memory two CTAs fit on an
 // SM, so more clusters are resident at once (a cluster of S CTAs must fit in one GPC: at one CTA
 // per SM only ~120 CTAs of 4-clusters fit on an H100).
-template <int BM_, int BN, int STAGES, int S>
+template <int BM_, int BN, int STAGES, int S, int CH>
 struct TskConfig {
     static constexpr int BM = BM_, BK = 64, THREADS = 128 * (BM / 64);
-    static constexpr int A_BYTES = BM * BK * 2, W_BYTES = BN * BK * 2;
+    static constexpr int A_CHUNK = BM * BK * 2, W_CHUNK = BN * BK * 2;  // one 64-wide K chunk
+    static constexpr int A_BYTES = CH * A_CHUNK, W_BYTES = CH * W_CHUNK;
     static constexpr int STAGE_BYTES = A_BYTES + W_BYTES;
     static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
     static constexpr int JR = BN / 8 / S;                        // n8 column blocks each rank reduces and stores
@@ -1039,6 +1044,7 @@ struct TskConfig {
     static_assert(BN % 16 == 0 && BN >= 64 && BN <= 256, "wgmma N and the TMA box");
     static_assert(BM == 64 || BM == 128, "one or two warpgroups of 64 rows");
     static_assert(S >= 1 && S <= 8 && (BN / 8) % S == 0, "split-K: whole n8 blocks per rank, portable cluster");
+    static_assert(CH == 1 || CH == 2, "one or two K chunks a stage");
     static_assert(SMEM_BYTES + 8 * STAGES + 8 <= 232448, "227 KiB of shared memory per block");
 };
 
@@ -1077,10 +1083,28 @@ __device__ __forceinline__ void mbar_wait_cluster(unsigned addr, unsigned parity
         : "memory");
 }
 
-template <int BM_, int BN, int STAGES, int S>
+// Stage `s` <- K step `step` (CH chunks from chunk step * CH) of the A rows from m0 and W rows from n0.
+template <class Cfg, int CH>
+__device__ __forceinline__ void tsk_load_stage(const TmaMap &map_a, const TmaMap &map_w, unsigned sA, unsigned sW,
+                                               unsigned full0, int s, int step, int m0, int n0, bool three_d) {
+    const unsigned bar = full0 + 8 * s, a = sA + s * Cfg::A_BYTES, w = sW + s * Cfg::W_BYTES;
+    mbar_expect_tx(bar, Cfg::STAGE_BYTES);
+    if (CH == 2 && three_d) {
+        tma_load_3d(a, &map_a, 0, m0, step * CH, bar);
+        tma_load_3d(w, &map_w, 0, n0, step * CH, bar);
+    } else {
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {  // chunks past K are zero-filled
+            tma_load_2d(a + c * Cfg::A_CHUNK, &map_a, (step * CH + c) * Cfg::BK, m0, bar);
+            tma_load_2d(w + c * Cfg::W_CHUNK, &map_w, (step * CH + c) * Cfg::BK, n0, bar);
+        }
+    }
+}
+
+template <int BM_, int BN, int STAGES, int S, int CH>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               int M, int N, int K) {
-    using Cfg = TskConfig<BM_, BN, STAGES, S>;
+    using Cfg = TskConfig<BM_, BN, STAGES, S, CH>;
     constexpr int BM = Cfg::BM, BK = Cfg::BK, JR = Cfg::JR;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     __shared__ __align__(8) unsigned long long bars[STAGES + 1];  // full[s], then the reduction's
@@ -1092,11 +1116,12 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     IMPGEMM_MARK(0, tid == 0);
     const unsigned rank = S > 1 ? cluster_rank() : 0u;
-    const int MT = (M + BM - 1) / BM, KT = (K + BK - 1) / BK;
+    const int MT = (M + BM - 1) / BM, KS = ((K + BK - 1) / BK + CH - 1) / CH;  // K steps of CH chunks
     const int unit = blockIdx.x / S;
     const int m0 = (unit % MT) * BM, n0 = (unit / MT) * BN;
-    const int kt_begin = (int)rank * KT / S;
-    const int nk = ((int)rank + 1) * KT / S - kt_begin;
+    const int kt_begin = (int)rank * KS / S;  // this rank's K steps
+    const int nk = ((int)rank + 1) * KS / S - kt_begin;
+    const bool three_d = CH == 2 && K % BK == 0;  // the host passed 3-D maps (gemm.py _tma_launcher)
 
     if (tid == 0) {
         tma_prefetch_map(&map_a);
@@ -1107,11 +1132,8 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
             mbar_expect_tx(red_bar, Cfg::RECV_BYTES);  // completes once the S-1 peers' partials landed
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        for (int s = 0; s < STAGES && s < nk; ++s) {  // every stage in flight before anyone waits
-            mbar_expect_tx(full0 + 8 * s, Cfg::STAGE_BYTES);
-            tma_load_2d(sA + s * Cfg::A_BYTES, &map_a, (kt_begin + s) * BK, m0, full0 + 8 * s);
-            tma_load_2d(sW + s * Cfg::W_BYTES, &map_w, (kt_begin + s) * BK, n0, full0 + 8 * s);
-        }
+        for (int s = 0; s < STAGES && s < nk; ++s)  // every stage in flight before anyone waits
+            tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, s, kt_begin + s, m0, n0, three_d);
     }
     __syncthreads();  // the barriers are initialised before any thread waits on them
     if (S > 1) cluster_arrive_relaxed();  // ... and before a peer sends to red_bar (it waits for this)
@@ -1127,20 +1149,20 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         fence_regs(acc);
         wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < BK / 16; ++ks)
-            wgmma_ss<BN>(acc, smem_desc(a_base + ks * 32), smem_desc(w_base + ks * 32));
+        for (int c = 0; c < CH; ++c)
+#pragma unroll
+            for (int ks = 0; ks < BK / 16; ++ks)
+                wgmma_ss<BN>(acc, smem_desc(a_base + c * Cfg::A_CHUNK + ks * 32),
+                             smem_desc(w_base + c * Cfg::W_CHUNK + ks * 32));
         wgmma_commit();
         wgmma_wait<1>();  // the batch of stage i-1 is complete (in this warp)
         fence_regs(acc);
-        const int refill = i - 1 + STAGES;  // the K tile that goes into stage i-1's buffers
+        const int refill = i - 1 + STAGES;  // the K step that goes into stage i-1's buffers
         if (i >= 1 && refill < nk) {        // uniform over the CTA
             named_barrier_sync(1, Cfg::THREADS);  // ... and in every warp
-            if (tid == 0) {
-                const int ps = (i - 1) % STAGES;
-                mbar_expect_tx(full0 + 8 * ps, Cfg::STAGE_BYTES);
-                tma_load_2d(sA + ps * Cfg::A_BYTES, &map_a, (kt_begin + refill) * BK, m0, full0 + 8 * ps);
-                tma_load_2d(sW + ps * Cfg::W_BYTES, &map_w, (kt_begin + refill) * BK, n0, full0 + 8 * ps);
-            }
+            if (tid == 0)
+                tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, (i - 1) % STAGES, kt_begin + refill, m0, n0,
+                                        three_d);
         }
     }
     wgmma_wait<0>();
@@ -1245,11 +1267,11 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     }
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, __cluster_dims__(2, 1, 1))
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, S, true, __cluster_dims__(S, 1, 1))
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S)                                                              \
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              half_t *__restrict__ C, int M, int N, int K) { pdl_entry();                                                   \
-        impgemm::gemm_tsk_body<BM, BN, STAGES, S>(map_a, map_w, C, M, N, K);                                   \
+        impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, M, N, K);                               \
     }
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
@@ -1266,7 +1288,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 #define IMPGEMM_TMA_SW(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH) IMPGEMM_TMA_TRAP(NAME)
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
@@ -1340,16 +1362,21 @@ IMPGEMM_TMA_SK(gemm_tma_128x256k4, 256, 4, 4)             // 384     197632
 // tsk: BM x BN tiles split over K across a cluster of S CTAs, every stage in flight from the start
 // (smem = stages * (BM + BN) / 8 KiB + (S-1)/S * BM * BN * 4 receive bytes + 1 KiB; <= 113 KiB: two CTAs
 //  per SM; sN: N stages, one CTA per SM -- 30 clusters of 4 at once, so it wins only on grids <= 120 CTAs)
-// name                        BM   BN stages  S                 threads  smem bytes
-IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4)                // 128     111616
-IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 3, 4)              // 128      99328
-IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4)            // 128     222208
+// name                        BM   BN stages  S CH              threads  smem bytes
+IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4, 1)                // 128     111616
+IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 3, 4, 1)              // 128      99328
+IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4, 1)            // 128     222208
 // experiments of the session of 2026-12-03 (results/NOTES.md GEMM v9): 2-CTA clusters, 128-row tiles
-IMPGEMM_TSK(gemm_tsk_64x64k2, 64, 64, 6, 2)                // 128     107520
-IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 3, 2)              // 128      91136
-IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4)          // 256     214016
-IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2)            // 128     205824
-IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2)            // 128     214016
+IMPGEMM_TSK(gemm_tsk_64x64k2, 64, 64, 6, 2, 1)                // 128     107520
+IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 3, 2, 1)              // 128      91136
+IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4, 1)          // 256     214016
+IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2, 1)            // 128     205824
+IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2, 1)            // 128     214016
+// p: two K chunks a stage, one 3-D box per operand (stages count 128-wide K steps)
+IMPGEMM_TSK(gemm_tsk_64x64k4p, 64, 64, 3, 4, 2)             // 128     111616
+IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2)           // 128     205824
+IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
+IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

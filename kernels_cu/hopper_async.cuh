@@ -54,6 +54,14 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const TmaMap *map, int
         "l"(map), "r"(c0), "r"(c1), "r"(mbar)
         : "memory");
 }
+// The same for a 3-D tensor map (coordinates innermost first).
+__device__ __forceinline__ void tma_load_3d(unsigned dst, const TmaMap *map, int c0, int c1, int c2, unsigned mbar) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+        "[%5];\n" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(mbar)
+        : "memory");
+}
 __device__ __forceinline__ void tma_prefetch_map(const TmaMap *map) {
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
 }

@@ -73,7 +73,7 @@ def _source_variants():
     wg = re.findall(r"^IMPGEMM_WGMMA\(gemm_(\w+), (\d+), (\d+), (\d+)\)", text, re.M)
     ws = re.findall(r"^IMPGEMM_WGMMA_WS\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)
     tma = re.findall(r"^IMPGEMM_TMA(|_MC|_SK|_SW)\(gemm_(\w+), (\d+), (\d+)(?:, (\d+))?\)", text, re.M)
-    tsk = re.findall(r"^IMPGEMM_TSK\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
+    tsk = re.findall(r"^IMPGEMM_TSK\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
     return mma, wg, ws, tma, tsk
 
 
@@ -106,15 +106,16 @@ def test_variant_table_matches_the_kernel_source():
         assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + staging + 1024
         assert v.smem_bytes + 16 * stages + 16 <= 232448  # 227 KiB per block, barriers included
         assert name.endswith({"": "", "_MC": "c2", "_SK": f"k{split}", "_SW": "s"}[kind])
-    for name, bm, bn, stages, split in tsk:  # TskConfig: pipeline + receive buffer of the partials + slack
-        bm, bn, stages, split = int(bm), int(bn), int(stages), int(split)
+    for name, bm, bn, stages, split, chunks in tsk:  # TskConfig: pipeline + receive buffer of the partials + slack
+        bm, bn, stages, split, chunks = int(bm), int(bn), int(stages), int(split), int(chunks)
         v = g.VARIANTS[name]
-        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster) == (
-            "tsk", bm, bn, 64, 128 * bm // 64, split, stages, split)
+        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster, v.chunks) == (
+            "tsk", bm, bn, 64 * chunks, 128 * bm // 64, split, stages, split, chunks)
         receive = (split - 1) * (bn // 8 // split) * (128 * bm // 64) * 16
-        assert v.smem_bytes == stages * (bm + bn) * 64 * 2 + receive + 1024
+        assert v.smem_bytes == stages * chunks * (bm + bn) * 64 * 2 + receive + 1024
         assert v.smem_bytes + 8 * stages + 8 <= 232448
-        assert name.endswith(f"s{stages}") == (v.smem_bytes > 113 * 1024)  # one CTA per SM
+        assert (f"s{stages}" in name) == (v.smem_bytes > 113 * 1024)  # one CTA per SM
+        assert name.endswith("p") == (chunks == 2)
         assert (bn // 8) % split == 0 and split <= 8
 
 
@@ -287,7 +288,7 @@ def test_random_shapes_under_each_policy():
     "name",
     ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128", "wgmma_ws_128x256",
      "tma_128x160", "tma_128x256c2", "tma_128x128k8", "tma_128x64k2", "tma_128x192s",
-     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8", "tsk_64x64k2"],
+     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8", "tsk_64x64k2", "tsk_64x64k2s6p"],
 )  # fmt: skip
 def test_capture_replay_is_bit_identical(name):
     import cupy

@@ -63,7 +63,8 @@ class Variant:
     iter_us: float = 0.0  # floor per K stage of one block: load latency over the pipeline depth
     multicast: int = 1  # tma: CTAs of a cluster sharing (multicasting) each W tile
     last_us: float = 0.0  # tma time model: cost paid once (the exposed epilogue of the last tile)
-    stages: int = 0  # tsk: K tiles in flight per CTA (the time model's refill rounds)
+    stages: int = 0  # tsk: K steps in flight per CTA (the time model's refill rounds)
+    chunks: int = 1  # tsk: 64-wide K chunks a stage (2: one 3-D TMA box per operand where K % 64 == 0)
 
     @property
     def kernel_name(self) -> str:
@@ -130,14 +131,14 @@ def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5, 
                    0.0, multicast, last_us)  # fmt: skip
 
 
-def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0):
-    """A gemm_tsk_* entry point: tile bm x bn x 64, bm/64 warpgroups, a cluster of split_k CTAs over K
-    (TskConfig in gemm_fp16.cu); fixed_us: this variant's cost over the family's time model."""
+def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1):
+    """A gemm_tsk_* entry point: tile bm x bn, K steps of `chunks` x 64, bm/64 warpgroups, a cluster of
+    split_k CTAs over K (TskConfig in gemm_fp16.cu); fixed_us: this variant's cost over the time model."""
     receive = (split_k - 1) * bm * bn * 4 // split_k  # the other ranks' FP32 partials of this rank's columns
-    smem = stages * (bm + bn) * 64 * 2 + receive + 1024
-    suffix = f"s{stages}" if smem > 113 * 1024 else ""  # one CTA per SM
-    return Variant(f"tsk_{bm}x{bn}k{split_k}{suffix}", "tsk", bm, bn, 64, 128 * bm // 64, smem, regs, split_k, 2500.0,
-                   fixed_us, 0.0, 1, 0.0, stages)  # fmt: skip
+    smem = stages * chunks * (bm + bn) * 64 * 2 + receive + 1024
+    suffix = (f"s{stages}" if smem > 113 * 1024 else "") + ("p" if chunks == 2 else "")  # s: one CTA per SM
+    return Variant(f"tsk_{bm}x{bn}k{split_k}{suffix}", "tsk", bm, bn, 64 * chunks, 128 * bm // 64, smem, regs,
+                   split_k, 2500.0, fixed_us, 0.0, 1, 0.0, stages, chunks)  # fmt: skip
 
 
 # fmt: off
@@ -213,6 +214,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk(128, 128,  5, 4, 90),
     _tsk( 64,  64, 12, 2, 58),
     _tsk( 64, 128,  8, 2, 90),
+    # p: two K chunks a stage in one 3-D box per operand (v10)
+    _tsk( 64,  64,  3, 4, 58, chunks=2),
+    _tsk( 64,  64,  6, 2, 58, chunks=2),
+    _tsk( 64, 128,  4, 2, 90, chunks=2),
+    _tsk( 64, 128,  4, 4, 90, chunks=2),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
@@ -356,7 +362,7 @@ def _estimate_tsk_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> 
     holds; the grid moves every byte once from DRAM and (A once per N tile, W once per M tile) from
     L2 to the SMs; a K slice longer than the pipeline waits for refills; each rank receives the
     other ranks' FP32 partials of its columns."""
-    kt_cta = -(-(-(-k // v.bk)) // v.split_k)
+    steps_cta = -(-(-(-k // v.bk)) // v.split_k)  # K steps of bk = 64 x chunks
     ctas = v.grid(m, n)[0]
     per_sm = 2 if 2 * (v.smem_bytes + 2048) <= TSK_SM_SMEM_BYTES else 1
 
@@ -366,9 +372,9 @@ def _estimate_tsk_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> 
 
     waves = -(-ctas // slots(per_sm))
     sharing = min(per_sm, -(-min(ctas, slots(per_sm)) // min(device.sms, slots(1))))
-    cta_kb = kt_cta * (v.bm + v.bn) * v.bk * 2 / 1024
+    cta_kb = steps_cta * (v.bm + v.bn) * v.bk * 2 / 1024
     dram_mb = 2.0 * (m * k + n * k + m * n) / 1e6
-    refill_rounds = max(0, -(-kt_cta // v.stages) - 1)
+    refill_rounds = max(0, -(-steps_cta // v.stages) - 1)
     receive_kb = (v.split_k - 1) * v.bm * v.bn * 4 / v.split_k / 1024
     return (TSK_BASE_US + v.fixed_us + TSK_US_PER_SM_100KB * waves * sharing * cta_kb / 100
             + TSK_US_PER_DRAM_MB * dram_mb + TSK_US_PER_L2_MB * ctas * cta_kb / 1024
@@ -488,23 +494,29 @@ def _libcuda():
     return lib
 
 
-def _tensor_map(arr, box_rows: int):
+def _tensor_map(arr, box_rows: int, chunks: int = 1):
     """The CUtensorMap of a row-major [rows, K] FP16 matrix: box 64 (K) x box_rows, 128-byte swizzle,
-    out-of-bounds elements read as zero. Host-only (no device call): safe inside a capture.
-    Returns (buffer, address of its 64-byte aligned 128 bytes)."""
+    out-of-bounds elements read as zero; chunks=2 (K % 64 == 0): the 3-D view [K/64, rows, 64] (64-wide
+    K chunks outermost), box 64 x box_rows x 2 chunks, which lands as two consecutive swizzled tiles.
+    Host-only (no device call): safe inside a capture. Returns (buffer, address of its 64-byte aligned 128 bytes)."""
     import ctypes
 
     rows, k = arr.shape
+    if chunks == 2:
+        dims, strides, box = (64, rows, k // 64), (2 * k, 128), (64, box_rows, 2)
+    else:
+        dims, strides, box = (k, rows), (2 * k,), (64, box_rows)
+    rank = len(dims)
     buf = ctypes.create_string_buffer(128 + 64)
     at = (ctypes.addressof(buf) + 63) & ~63
     rc = _libcuda().cuTensorMapEncodeTiled(
-        at, _CU_TENSOR_MAP_FLOAT16, 2, ctypes.c_void_p(arr.data.ptr),
-        (ctypes.c_uint64 * 2)(k, rows), (ctypes.c_uint64 * 1)(2 * k),
-        (ctypes.c_uint32 * 2)(64, box_rows), (ctypes.c_uint32 * 2)(1, 1),
+        at, _CU_TENSOR_MAP_FLOAT16, rank, ctypes.c_void_p(arr.data.ptr),
+        (ctypes.c_uint64 * rank)(*dims), (ctypes.c_uint64 * (rank - 1))(*strides),
+        (ctypes.c_uint32 * rank)(*box), (ctypes.c_uint32 * rank)(*([1] * rank)),
         0, _CU_SWIZZLE_128B, _CU_L2_PROMOTION_256B, 0,
     )  # fmt: skip
     if rc != 0:
-        raise ValueError(f"cuTensorMapEncodeTiled failed ({rc}) for a {tuple(arr.shape)} FP16 matrix, box {box_rows} rows")
+        raise ValueError(f"cuTensorMapEncodeTiled failed ({rc}) for a {tuple(arr.shape)} FP16 matrix, box {box}")
     return buf, at
 
 
@@ -539,7 +551,9 @@ def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int):
     compile-time __cluster_dims__)."""
     import ctypes
 
-    map_a, map_w = _tensor_map(a, spec.bm), _tensor_map(w, spec.w_box_rows)
+    # tsk "p" variants read 3-D maps where K % 64 == 0 (the kernel checks the same condition)
+    chunks = spec.chunks if k % 64 == 0 else 1
+    map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, chunks)
     values = [ctypes.c_void_p(out.data.ptr), ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
     params = (ctypes.c_void_p * 6)(map_a[1], map_w[1], *[ctypes.addressof(v) for v in values])
     gx, _ = spec.grid(m, n, max_clusters(spec.name))
