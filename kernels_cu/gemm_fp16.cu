@@ -1073,15 +1073,6 @@ __device__ __forceinline__ void cluster_arrive_relaxed() {
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
-// mbar_wait with acquire at cluster scope: the bytes counted on the barrier came from other CTAs.
-__device__ __forceinline__ void mbar_wait_cluster(unsigned addr, unsigned parity) {
-    asm volatile(
-        "{\n.reg .pred P1;\nLAB_WAIT:\n"
-        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 P1, [%0], %1;\n"
-        "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(addr),
-        "r"(parity)
-        : "memory");
-}
 
 // Stage `s` <- K step `step` (CH chunks from chunk step * CH) of the A rows from m0 and W rows from n0.
 template <class Cfg, int CH>

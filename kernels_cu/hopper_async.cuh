@@ -15,14 +15,18 @@ struct __align__(64) TmaMap {
 __device__ __forceinline__ void mbar_init(unsigned addr, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
 }
-// Spin until the phase with parity `parity` of the mbarrier at `addr` has completed.
-__device__ __forceinline__ void mbar_wait(unsigned addr, unsigned parity) {
-    asm volatile(
-        "{\n.reg .pred P1;\nLAB_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-        "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(addr),
-        "r"(parity)
-        : "memory");
+// Spin until the phase with parity `parity` of the mbarrier at `addr` has completed (SEM: the
+// try_wait's semantics, e.g. ".acquire.cluster"; empty: the default, acquire at CTA scope).
+#define IMPASYNC_MBAR_WAIT(SEM)                                                                   \
+    asm volatile("{\n.reg .pred P1;\nLAB_WAIT:\n"                                                   \
+                 "mbarrier.try_wait.parity" SEM ".shared::cta.b64 P1, [%0], %1;\n"                 \
+                 "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(addr),                             \
+                 "r"(parity)                                                                      \
+                 : "memory")
+__device__ __forceinline__ void mbar_wait(unsigned addr, unsigned parity) { IMPASYNC_MBAR_WAIT(""); }
+// ... where the bytes counted on the barrier came from other CTAs of the cluster.
+__device__ __forceinline__ void mbar_wait_cluster(unsigned addr, unsigned parity) {
+    IMPASYNC_MBAR_WAIT(".acquire.cluster");
 }
 __device__ __forceinline__ void mbar_arrive(unsigned addr) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
