@@ -1364,7 +1364,6 @@ IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4, 1)          // 256     214016
 IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2, 1)            // 128     205824
 IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2, 1)            // 128     214016
 // p: two K chunks a stage, one 3-D box per operand (stages count 128-wide K steps)
-IMPGEMM_TSK(gemm_tsk_64x64k4p, 64, 64, 3, 4, 2)             // 128     111616
 IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2)           // 128     205824
 IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
 IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
