@@ -1041,6 +1041,12 @@ struct TskConfig {
     static constexpr int JR = BN / 8 / S;                        // n8 column blocks each rank reduces and stores
     static constexpr int RECV_BYTES = (S - 1) * JR * THREADS * 16;  // the other ranks' partials of those
     static constexpr int SMEM_BYTES = PIPE_BYTES + RECV_BYTES + 1024;
+    // Where thread `tid`'s n8 block `jj` from sender `sender` lands in the receive buffer of rank
+    // `receiver` (buffer base sR): the S-1 senders in rank order, skipping the receiver itself.
+    __device__ static unsigned recv_addr(unsigned sR, int sender, int receiver, int jj, int tid) {
+        const int slot = sender < receiver ? sender : sender - 1;
+        return sR + ((slot * JR + jj) * THREADS + tid) * 16;
+    }
     static_assert(BN % 16 == 0 && BN >= 64 && BN <= 256, "wgmma N and the TMA box");
     static_assert(BM == 64 || BM == 128, "one or two warpgroups of 64 rows");
     static_assert(S >= 1 && S <= 8 && (BN / 8) % S == 0, "split-K: whole n8 blocks per rank, portable cluster");
@@ -1174,12 +1180,11 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 #pragma unroll
         for (int d = 0; d < S; ++d) {  // rank d's columns go to rank d, into this rank's slot there
             if (d == (int)rank) continue;
-            const int slot = (int)rank < d ? (int)rank : (int)rank - 1;
             const unsigned bar = cluster_addr(red_bar, (unsigned)d);
 #pragma unroll
             for (int jj = 0; jj < JR; ++jj) {
                 const int j = d * JR + jj;
-                st_async_v4f(cluster_addr(sR + ((slot * JR + jj) * Cfg::THREADS + tid) * 16, (unsigned)d), acc[4 * j],
+                st_async_v4f(cluster_addr(Cfg::recv_addr(sR, (int)rank, d, jj, tid), (unsigned)d), acc[4 * j],
                              acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3], bar);
             }
         }
@@ -1194,8 +1199,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
                     const int j = r * JR + jj;
                     v = {acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]};
                 } else {
-                    const int slot = r < (int)rank ? r : r - 1;
-                    v = ld_shared_v4f(sR + ((slot * JR + jj) * Cfg::THREADS + tid) * 16);
+                    v = ld_shared_v4f(Cfg::recv_addr(sR, r, (int)rank, jj, tid));
                 }
                 if (r == 0) {
                     sum = v;
@@ -1351,13 +1355,13 @@ IMPGEMM_TMA_SK(gemm_tma_128x176k2, 176, 5, 2)             // 384     195584
 IMPGEMM_TMA_SK(gemm_tma_128x256k2, 256, 4, 2)             // 384     197632
 IMPGEMM_TMA_SK(gemm_tma_128x256k4, 256, 4, 4)             // 384     197632
 // tsk: BM x BN tiles split over K across a cluster of S CTAs, every stage in flight from the start
-// (smem = stages * (BM + BN) / 8 KiB + (S-1)/S * BM * BN * 4 receive bytes + 1 KiB; <= 113 KiB: two CTAs
-//  per SM; sN: N stages, one CTA per SM -- 30 clusters of 4 at once, so it wins only on grids <= 120 CTAs)
+// (smem = stages * CH * (BM + BN) / 8 KiB + (S-1)/S * BM * BN * 4 receive bytes + 1 KiB; <= 113 KiB: two
+//  CTAs per SM; sN: N stages, one CTA per SM -- 30 clusters of 4 at once, 66 of 2)
 // name                        BM   BN stages  S CH              threads  smem bytes
 IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4, 1)                // 128     111616
 IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 3, 4, 1)              // 128      99328
 IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4, 1)            // 128     222208
-// experiments of the session of 2026-12-03 (results/NOTES.md GEMM v9): 2-CTA clusters, 128-row tiles
+// 2-CTA clusters use every SM of a GPC; a 128-row tile (results/NOTES.md GEMM v9)
 IMPGEMM_TSK(gemm_tsk_64x64k2, 64, 64, 6, 2, 1)                // 128     107520
 IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 3, 2, 1)              // 128      91136
 IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4, 1)          // 256     214016

@@ -27,8 +27,7 @@ def traced_module():
     from impbench.kernels import _cache, gemm
 
     code = _cache.source_path(gemm.FAMILY).read_text()
-    options = _cache.NVRTC_OPTIONS + _cache._arch_options(code) + (f"-DIMPBENCH_HEADERS={_cache.headers_digest()}", "-DIMPGEMM_TRACE")
-    module = cupy.RawModule(code=code, options=options, backend="nvrtc")
+    module = cupy.RawModule(code=code, options=_cache.module_options(code, ("-DIMPGEMM_TRACE",)), backend="nvrtc")
     module.compile()
     _cache._modules[gemm.FAMILY] = module
     return module

@@ -40,11 +40,15 @@ def load_module(family: str):
         import cupy
 
         code = source_path(family).read_text()
-        options = NVRTC_OPTIONS + _arch_options(code) + (f"-DIMPBENCH_HEADERS={headers_digest()}",)
-        module = cupy.RawModule(code=code, options=options, backend="nvrtc")
+        module = cupy.RawModule(code=code, options=module_options(code), backend="nvrtc")
         module.compile()
         _modules[family] = module
     return module
+
+
+def module_options(code: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The NVRTC options of a family's source `code` (plus `extra`, e.g. an experiment's -D flag)."""
+    return NVRTC_OPTIONS + _arch_options(code) + (f"-DIMPBENCH_HEADERS={headers_digest()}",) + extra
 
 
 def headers_digest() -> str:
