@@ -154,8 +154,16 @@ for name in os.environ.get("NCU_VARIANTS", "tma_128x256,tma_128x256c2").split(",
 cupy.matmul(a, w.T, out=out)
 cupy.cuda.Device().synchronize()
 PY
-  timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:'gemm_t|sm90|xmma|cutlass|nvjet|gemv|splitK' --launch-count ${NCU_COUNT:-3} --section SpeedOfLight \
-    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy \
-    --section LaunchStats python3 /tmp/ncu_one.py > "$OUT/ncu.txt" 2>&1
-  echo "ncu rc=$?"; grep -E "^  [a-z_0-9]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput|Stall|Issue Slots|Shared" "$OUT/ncu.txt" | head -60
+  what="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats
+        --section Occupancy --section LaunchStats"
+  if [[ -n ${NCU_METRICS:-} ]]; then  # named metrics instead, those of them this ncu knows (an unknown one fails the run)
+    known=$(ncu --query-metrics 2>/dev/null | awk '{print $1}')
+    found=$(for m in ${NCU_METRICS//,/ }; do grep -qx "${m%%.*}" <<<"$known" && echo "$m"; done | paste -sd,)
+    echo "ncu metrics known: ${found:-none (asking for all)}"; what="--metrics ${found:-$NCU_METRICS}"
+  fi
+  for shape in ${NCU_SHAPES:-${NCU_SHAPE:-2048x8192x2048}}; do
+    NCU_SHAPE=$shape timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:'gemm_t|sm90|xmma|cutlass|nvjet|gemv|splitK' \
+      --launch-count ${NCU_COUNT:-3} $what python3 /tmp/ncu_one.py > "$OUT/ncu_$shape.txt" 2>&1
+    echo "ncu $shape rc=$?"; grep -E "^  [a-z_0-9]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput|Stall|Issue Slots|Shared|__" "$OUT/ncu_$shape.txt" | head -60
+  done
 fi
