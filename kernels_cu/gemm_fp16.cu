@@ -1426,6 +1426,7 @@ IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
 // name                           BM   BN stages CH             threads  smem bytes
 IMPGEMM_TSK_MC(gemm_tsk_64x64c2s12, 64, 64, 12, 1)          // 128     197632
 IMPGEMM_TSK_MC(gemm_tsk_64x64c2s6p, 64, 64, 6, 2)           // 128     197632
+IMPGEMM_TSK_MC(gemm_tsk_64x128c2s4p, 64, 128, 4, 2)         // 128     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

@@ -224,6 +224,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk( 64, 128,  4, 4, 90, chunks=2),
     _tsk( 64,  64, 12, 1, 58, 1.0, multicast=2),  # fixed_us: provisional, until measured
     _tsk( 64,  64,  6, 1, 58, 1.0, chunks=2, multicast=2),
+    _tsk( 64, 128,  4, 1, 90, 1.0, chunks=2, multicast=2),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
