@@ -1203,11 +1203,16 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
                 const int ps = (i - 1) % STAGES;
                 if (MC == 2) mbar_arrive_remote(cluster_addr(empty0 + 8 * ps, rank ^ 1u));  // partner may refill
                 tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, ps, kt_begin + refill, m0, n0, three_d);
-                if constexpr (MC == 2) {  // every remote arrive is awaited here, so no CTA leaves early
-                    mbar_wait(empty0 + 8 * ps, ((i - 1) / STAGES) & 1);
-                    tsk_load_w_half<Cfg, CH>(map_w, sW, full0, ps, refill, n0, rank);
-                }
             }
+        }
+        // MC = 2: the W half of the stage released one step earlier. Thread 0 (a consumer too) waits
+        // for the partner's release of it, which came a step ago unless the partner lags: waiting on
+        // the stage just released put a cluster round trip (~0.4 us) on every K step (NOTES GEMM v11).
+        // Every remote arrive is awaited here, so no CTA leaves while its partner still signals it.
+        if (MC == 2 && tid == 0 && i >= 2 && refill - 1 < nk) {
+            const int ps = (i - 2) % STAGES;
+            mbar_wait(empty0 + 8 * ps, ((i - 2) / STAGES) & 1);
+            tsk_load_w_half<Cfg, CH>(map_w, sW, full0, ps, refill - 1, n0, rank);
         }
     }
     wgmma_wait<0>();
