@@ -1031,16 +1031,9 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // the whole slice in flight in one round trip; below 113 KiB of shared memory two CTAs fit on an
 // SM, so more clusters are resident at once (a cluster of S CTAs must fit in one GPC: at one CTA
 // per SM only ~120 CTAs of 4-clusters fit on an H100).
-// MC = 2 ("c2" variants, S = 1): a cluster is two CTAs on two M tiles of one N tile; each loads half
-// the W rows of a stage and multicasts them to both, and refills a stage only once the other CTA has
-// released its copy (a remote arrive on this CTA's `empty` mbarrier). Why: at 512x1024x2048 the
-// 64x128k2 CTAs took in their 384 KB at ~85 GB/s, not the ~115 GB/s they reach at 2048x256x2048
-// with the same bytes a CTA; cuBLAS runs that shape as 64x64 tiles in W-multicast pairs (NOTES GEMM).
-template <int BM_, int BN, int STAGES, int S, int CH, int MC = 1>
+template <int BM_, int BN, int STAGES, int S, int CH>
 struct TskConfig {
     static constexpr int BM = BM_, BK = 64, THREADS = 128 * (BM / 64);
-    static constexpr int CLUSTER = S * MC, W_BOX = BN / MC;  // W rows this CTA copies per chunk
-    static constexpr bool W_MULTICAST = MC > 1;
     static constexpr int A_CHUNK = BM * BK * 2, W_CHUNK = BN * BK * 2;  // one 64-wide K chunk
     static constexpr int A_BYTES = CH * A_CHUNK, W_BYTES = CH * W_CHUNK;
     static constexpr int STAGE_BYTES = A_BYTES + W_BYTES;
@@ -1058,8 +1051,7 @@ struct TskConfig {
     static_assert(BM == 64 || BM == 128, "one or two warpgroups of 64 rows");
     static_assert(S >= 1 && S <= 8 && (BN / 8) % S == 0, "split-K: whole n8 blocks per rank, portable cluster");
     static_assert(CH == 1 || CH == 2, "one or two K chunks a stage");
-    static_assert(MC == 1 || (MC == 2 && S == 1 && W_BOX % 8 == 0), "multicast pairs: no split, halves on a swizzle atom");
-    static_assert(SMEM_BYTES + 8 * (MC * STAGES + 1) <= 232448, "227 KiB of shared memory per block");
+    static_assert(SMEM_BYTES + 8 * STAGES + 8 <= 232448, "227 KiB of shared memory per block");
 };
 
 __device__ __forceinline__ void st_shared_v4f(unsigned addr, float a, float b, float c, float d) {
@@ -1088,78 +1080,50 @@ __device__ __forceinline__ void cluster_arrive_relaxed() {
 }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
 
-// Stage `s` <- K step `step` (CH chunks from chunk step * CH) of the rows from r0 of one operand
-// (`rows` of them a chunk, at byte `offset` of each chunk): one 3-D box, or one 2-D box a chunk
-// (chunks past K are zero-filled); `mask` > 0: multicast to those CTAs of the cluster.
-template <int CH, int CHUNK_BYTES>
-__device__ __forceinline__ void tsk_load_operand(const TmaMap &map, unsigned dst, unsigned bar, int step, int r0,
-                                                 bool three_d, unsigned short mask = 0) {
-    if (CH == 2 && three_d) {
-        tma_load_3d(dst, &map, 0, r0, step * CH, bar);
-    } else {
-#pragma unroll
-        for (int c = 0; c < CH; ++c) {
-            if (mask) tma_load_2d_multicast(dst + c * CHUNK_BYTES, &map, (step * CH + c) * 64, r0, bar, mask);
-            else tma_load_2d(dst + c * CHUNK_BYTES, &map, (step * CH + c) * 64, r0, bar);
-        }
-    }
-}
-// Expect stage `s`'s bytes and post its A copy: and its W copy unless W is multicast (tsk_load_w_half).
+// Stage `s` <- K step `step` (CH chunks from chunk step * CH) of the A rows from m0 and W rows from n0.
 template <class Cfg, int CH>
 __device__ __forceinline__ void tsk_load_stage(const TmaMap &map_a, const TmaMap &map_w, unsigned sA, unsigned sW,
                                                unsigned full0, int s, int step, int m0, int n0, bool three_d) {
-    const unsigned bar = full0 + 8 * s;
+    const unsigned bar = full0 + 8 * s, a = sA + s * Cfg::A_BYTES, w = sW + s * Cfg::W_BYTES;
     mbar_expect_tx(bar, Cfg::STAGE_BYTES);
-    tsk_load_operand<CH, Cfg::A_CHUNK>(map_a, sA + s * Cfg::A_BYTES, bar, step, m0, three_d);
-    if (!Cfg::W_MULTICAST) tsk_load_operand<CH, Cfg::W_CHUNK>(map_w, sW + s * Cfg::W_BYTES, bar, step, n0, three_d);
-}
-// MC = 2: this CTA's half of stage `s`'s W rows, into both CTAs of the pair (same offsets there).
-template <class Cfg, int CH>
-__device__ __forceinline__ void tsk_load_w_half(const TmaMap &map_w, unsigned sW, unsigned full0, int s, int step,
-                                                int n0, unsigned rank) {
-    tsk_load_operand<CH, Cfg::W_CHUNK>(map_w, sW + s * Cfg::W_BYTES + rank * (Cfg::W_BOX * 128), full0 + 8 * s, step,
-                                       n0 + (int)rank * Cfg::W_BOX, false, (unsigned short)3);
+    if (CH == 2 && three_d) {
+        tma_load_3d(a, &map_a, 0, m0, step * CH, bar);
+        tma_load_3d(w, &map_w, 0, n0, step * CH, bar);
+    } else {
+#pragma unroll
+        for (int c = 0; c < CH; ++c) {  // chunks past K are zero-filled
+            tma_load_2d(a + c * Cfg::A_CHUNK, &map_a, (step * CH + c) * Cfg::BK, m0, bar);
+            tma_load_2d(w + c * Cfg::W_CHUNK, &map_w, (step * CH + c) * Cfg::BK, n0, bar);
+        }
+    }
 }
 
-template <int BM_, int BN, int STAGES, int S, int CH, int MC>
+template <int BM_, int BN, int STAGES, int S, int CH>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               int M, int N, int K) {
-    using Cfg = TskConfig<BM_, BN, STAGES, S, CH, MC>;
+    using Cfg = TskConfig<BM_, BN, STAGES, S, CH>;
     constexpr int BM = Cfg::BM, BK = Cfg::BK, JR = Cfg::JR;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    // full[s], the reduction's, then (MC = 2) empty[s]: the partner released its copy of stage s
-    __shared__ __align__(8) unsigned long long bars[MC * STAGES + 1];
+    __shared__ __align__(8) unsigned long long bars[STAGES + 1];  // full[s], then the reduction's
     const unsigned sA = (smem_u32(smem_raw) + 1023u) & ~1023u;  // 128-byte swizzle: 1024-byte aligned stages
     const unsigned sW = sA + STAGES * Cfg::A_BYTES;
     const unsigned sR = sW + STAGES * Cfg::W_BYTES;  // receive buffer [S-1 senders][JR][THREADS] x 16 bytes
-    const unsigned full0 = smem_u32(&bars[0]), red_bar = smem_u32(&bars[STAGES]), empty0 = red_bar + 8;
+    const unsigned full0 = smem_u32(&bars[0]), red_bar = smem_u32(&bars[STAGES]);
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     IMPGEMM_MARK(0, tid == 0);
-    const unsigned rank = Cfg::CLUSTER > 1 ? cluster_rank() : 0u;
+    const unsigned rank = S > 1 ? cluster_rank() : 0u;
     const int MT = (M + BM - 1) / BM, KS = ((K + BK - 1) / BK + CH - 1) / CH;  // K steps of CH chunks
-    int m0, n0;
-    if constexpr (MC == 2) {  // pairs of M tiles (the last pair's second may lie past M: zero rows, no stores)
-        const int MP = (MT + 1) / 2, pair = blockIdx.x / 2;
-        m0 = ((pair % MP) * 2 + (int)rank) * BM;
-        n0 = (pair / MP) * BN;
-    } else {
-        const int unit = blockIdx.x / S;
-        m0 = (unit % MT) * BM;
-        n0 = (unit / MT) * BN;
-    }
-    const int krank = MC == 2 ? 0 : (int)rank;
-    const int kt_begin = krank * KS / S;  // this rank's K steps
-    const int nk = (krank + 1) * KS / S - kt_begin;
-    // the host passed 3-D maps (gemm.py _tma_launcher), for W only where it is not multicast
-    const bool three_d = CH == 2 && K % BK == 0;
+    const int unit = blockIdx.x / S;
+    const int m0 = (unit % MT) * BM, n0 = (unit / MT) * BN;
+    const int kt_begin = (int)rank * KS / S;  // this rank's K steps
+    const int nk = ((int)rank + 1) * KS / S - kt_begin;
+    const bool three_d = CH == 2 && K % BK == 0;  // the host passed 3-D maps (gemm.py _tma_launcher)
 
     if (tid == 0) {
         tma_prefetch_map(&map_a);
         tma_prefetch_map(&map_w);
         for (int s = 0; s < STAGES; ++s) mbar_init(full0 + 8 * s, 1);
-        if (MC == 2)
-            for (int s = 0; s < STAGES; ++s) mbar_init(empty0 + 8 * s, 1);
         if (S > 1) {
             mbar_init(red_bar, 1);
             mbar_expect_tx(red_bar, Cfg::RECV_BYTES);  // completes once the S-1 peers' partials landed
@@ -1170,12 +1134,6 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     }
     __syncthreads();  // the barriers are initialised before any thread waits on them
     if (S > 1) cluster_arrive_relaxed();  // ... and before a peer sends to red_bar (it waits for this)
-    if constexpr (MC == 2) {  // ... and before the partner's W halves land on them
-        cluster_arrive_relaxed();
-        cluster_wait();
-        if (tid == 0)
-            for (int s = 0; s < STAGES && s < nk; ++s) tsk_load_w_half<Cfg, CH>(map_w, sW, full0, s, s, n0, rank);
-    }
 
     float acc[BN / 2];
 #pragma unroll
@@ -1197,22 +1155,11 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         wgmma_wait<1>();  // the batch of stage i-1 is complete (in this warp)
         fence_regs(acc);
         const int refill = i - 1 + STAGES;  // the K step that goes into stage i-1's buffers
-        if (i >= 1 && refill < nk) {        // uniform over the CTA (and the pair: same nk)
+        if (i >= 1 && refill < nk) {        // uniform over the CTA
             named_barrier_sync(1, Cfg::THREADS);  // ... and in every warp
-            if (tid == 0) {
-                const int ps = (i - 1) % STAGES;
-                if (MC == 2) mbar_arrive_remote(cluster_addr(empty0 + 8 * ps, rank ^ 1u));  // partner may refill
-                tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, ps, kt_begin + refill, m0, n0, three_d);
-            }
-        }
-        // MC = 2: the W half of the stage released one step earlier. Thread 0 (a consumer too) waits
-        // for the partner's release of it, which came a step ago unless the partner lags: waiting on
-        // the stage just released put a cluster round trip (~0.4 us) on every K step (NOTES GEMM v11).
-        // Every remote arrive is awaited here, so no CTA leaves while its partner still signals it.
-        if (MC == 2 && tid == 0 && i >= 2 && refill - 1 < nk) {
-            const int ps = (i - 2) % STAGES;
-            mbar_wait(empty0 + 8 * ps, ((i - 2) / STAGES) & 1);
-            tsk_load_w_half<Cfg, CH>(map_w, sW, full0, ps, refill - 1, n0, rank);
+            if (tid == 0)
+                tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, (i - 1) % STAGES, kt_begin + refill, m0, n0,
+                                        three_d);
         }
     }
     wgmma_wait<0>();
@@ -1315,14 +1262,12 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     }
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, __cluster_dims__(2, 1, 1))
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, S, true, __cluster_dims__(S, 1, 1))
-#define IMPGEMM_TSK_ENTRY(NAME, BM, BN, STAGES, S, CH, MC)                                                \
-    extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S * MC, 1, 1)               \
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
+    extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              half_t *__restrict__ C, int M, int N, int K) { pdl_entry();                                                   \
-        impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH, MC>(map_a, map_w, C, M, N, K);                           \
+        impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, M, N, K);                               \
     }
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH) IMPGEMM_TSK_ENTRY(NAME, BM, BN, STAGES, S, CH, 1)
-#define IMPGEMM_TSK_MC(NAME, BM, BN, STAGES, CH) IMPGEMM_TSK_ENTRY(NAME, BM, BN, STAGES, 1, CH, 2)
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
     extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) { pdl_entry();   \
@@ -1339,7 +1284,6 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TSK_MC(NAME, BM, BN, STAGES, CH) IMPGEMM_TMA_TRAP(NAME)
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
@@ -1427,11 +1371,6 @@ IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2, 1)            // 128     214016
 IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2)           // 128     205824
 IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
 IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
-// c2: no split; pairs of M tiles share each W tile, half of it loaded by each CTA and multicast
-// name                           BM   BN stages CH             threads  smem bytes
-IMPGEMM_TSK_MC(gemm_tsk_64x64c2s12, 64, 64, 12, 1)          // 128     197632
-IMPGEMM_TSK_MC(gemm_tsk_64x64c2s6p, 64, 64, 6, 2)           // 128     197632
-IMPGEMM_TSK_MC(gemm_tsk_64x128c2s4p, 64, 128, 4, 2)         // 128     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

@@ -74,9 +74,6 @@ def _source_variants():
     ws = re.findall(r"^IMPGEMM_WGMMA_WS\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)
     tma = re.findall(r"^IMPGEMM_TMA(|_MC|_SK|_SW)\(gemm_(\w+), (\d+), (\d+)(?:, (\d+))?\)", text, re.M)
     tsk = re.findall(r"^IMPGEMM_TSK\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
-    # multicast pairs (no split): the same fields with split 1 and a cluster of 2
-    tsk_mc = re.findall(r"^IMPGEMM_TSK_MC\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
-    tsk = [t + (1,) for t in tsk] + [(name, bm, bn, stages, 1, chunks, 2) for name, bm, bn, stages, chunks in tsk_mc]
     return mma, wg, ws, tma, tsk
 
 
@@ -109,18 +106,17 @@ def test_variant_table_matches_the_kernel_source():
         assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + staging + 1024
         assert v.smem_bytes + 16 * stages + 16 <= 232448  # 227 KiB per block, barriers included
         assert name.endswith({"": "", "_MC": "c2", "_SK": f"k{split}", "_SW": "s"}[kind])
-    for name, bm, bn, stages, split, chunks, mc in tsk:  # TskConfig: pipeline + receive buffer of the partials + slack
+    for name, bm, bn, stages, split, chunks in tsk:  # TskConfig: pipeline + receive buffer of the partials + slack
         bm, bn, stages, split, chunks = int(bm), int(bn), int(stages), int(split), int(chunks)
         v = g.VARIANTS[name]
-        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster, v.chunks, v.multicast) == (
-            "tsk", bm, bn, 64 * chunks, 128 * bm // 64, split, stages, split * mc, chunks, mc)
+        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster, v.chunks) == (
+            "tsk", bm, bn, 64 * chunks, 128 * bm // 64, split, stages, split, chunks)
         receive = (split - 1) * (bn // 8 // split) * (128 * bm // 64) * 16
         assert v.smem_bytes == stages * chunks * (bm + bn) * 64 * 2 + receive + 1024
-        assert v.smem_bytes + 8 * (mc * stages + 1) <= 232448
+        assert v.smem_bytes + 8 * stages + 8 <= 232448
         assert (f"s{stages}" in name) == (v.smem_bytes > 113 * 1024)  # one CTA per SM
         assert name.endswith("p") == (chunks == 2)
-        assert f"_{bm}x{bn}{'c2' if mc == 2 else f'k{split}'}" in name
-        assert (bn // 8) % split == 0 and split <= 8 and (mc == 1 or split == 1)
+        assert (bn // 8) % split == 0 and split <= 8
 
 
 def test_tma_grids():
@@ -137,8 +133,6 @@ def test_tma_grids():
 def test_tsk_grid_and_router_dispatch():
     v = g.VARIANTS["tsk_64x128k4"]
     assert v.grid(1024, 128) == (16 * 4, 1) and v.grid(100, 300) == (2 * 3 * 4, 1) and not v.large
-    c2 = g.VARIANTS["tsk_64x64c2s6p"]  # M tiles in pairs, an odd count rounded up
-    assert c2.cluster == 2 and c2.w_box_rows == 32 and c2.grid(300, 264) == (6 * 5, 1) and c2.grid(512, 1024) == (128, 1)
     for m, n, k in ((512, 128, 2048), (1024, 128, 2048), (1024, 128, 2816), (512, 256, 2048)):
         # routers (N = experts) go to the small-N split-K family under small-n
         assert g.VARIANTS[g.choose_variant(m, n, k, "small-n", g.H100)].family == "tsk", (m, n, k)
@@ -294,7 +288,7 @@ def test_random_shapes_under_each_policy():
     "name",
     ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128", "wgmma_ws_128x256",
      "tma_128x160", "tma_128x256c2", "tma_128x128k8", "tma_128x64k2", "tma_128x192s",
-     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8", "tsk_64x64k2", "tsk_64x64k2s6p", "tsk_64x64c2s6p"],
+     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8", "tsk_64x64k2", "tsk_64x64k2s6p"],
 )  # fmt: skip
 def test_capture_replay_is_bit_identical(name):
     import cupy

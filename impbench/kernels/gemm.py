@@ -61,7 +61,7 @@ class Variant:
     flop_per_clk: float = 2000.0
     fixed_us: float = 1.0
     iter_us: float = 0.0  # floor per K stage of one block: load latency over the pipeline depth
-    multicast: int = 1  # tma, tsk: CTAs of a cluster sharing (multicasting) each W tile
+    multicast: int = 1  # tma: CTAs of a cluster sharing (multicasting) each W tile
     last_us: float = 0.0  # tma time model: cost paid once (the exposed epilogue of the last tile)
     stages: int = 0  # tsk: K steps in flight per CTA (the time model's refill rounds)
     chunks: int = 1  # tsk: 64-wide K chunks a stage (2: one 3-D TMA box per operand where K % 64 == 0)
@@ -80,7 +80,7 @@ class Variant:
     def cluster(self) -> int:
         """CTAs per thread-block cluster (1: no cluster)."""
         if self.family == "tsk":
-            return self.split_k * self.multicast
+            return self.split_k
         return self.multicast if self.family != "tma" or self.split_k == 1 else self.split_k
 
     @property
@@ -90,7 +90,7 @@ class Variant:
 
     @property
     def w_box_rows(self) -> int:
-        """tma, tsk: W rows one CTA copies per stage (half the tile where the pair multicasts it)."""
+        """tma: W rows one CTA copies per stage (half the tile where the pair multicasts it)."""
         return self.bn // self.multicast
 
     def units(self, m: int, n: int) -> int:
@@ -100,9 +100,8 @@ class Variant:
     def grid(self, m: int, n: int, clusters: int | None = None) -> tuple[int, int]:
         """Launch grid. tma: (CTAs, 1); persistent (no split-K) with at most `clusters` clusters
         resident (default: one CTA per SM of an H100)."""
-        if self.family == "tsk":  # multicast pairs cover an even number of M tiles
-            m_tiles = -(-(-(-m // self.bm)) // self.multicast) * self.multicast
-            return (m_tiles * -(-n // self.bn) * self.split_k, 1)
+        if self.family == "tsk":
+            return (-(-m // self.bm) * -(-n // self.bn) * self.split_k, 1)
         if self.family != "tma":
             return (-(-m // self.bm), -(-n // self.bn))
         units = self.units(m, n)
@@ -132,16 +131,14 @@ def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5, 
                    0.0, multicast, last_us)  # fmt: skip
 
 
-def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1, multicast=1):
+def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1):
     """A gemm_tsk_* entry point: tile bm x bn, K steps of `chunks` x 64, bm/64 warpgroups, a cluster of
-    split_k CTAs over K, or (multicast 2, "c2") of two M tiles sharing the W tile (TskConfig in
-    gemm_fp16.cu); fixed_us: this variant's cost over the time model."""
+    split_k CTAs over K (TskConfig in gemm_fp16.cu); fixed_us: this variant's cost over the time model."""
     receive = (split_k - 1) * bm * bn * 4 // split_k  # the other ranks' FP32 partials of this rank's columns
     smem = stages * chunks * (bm + bn) * 64 * 2 + receive + 1024
     suffix = (f"s{stages}" if smem > 113 * 1024 else "") + ("p" if chunks == 2 else "")  # s: one CTA per SM
-    cluster = f"c{multicast}" if multicast > 1 else f"k{split_k}"
-    return Variant(f"tsk_{bm}x{bn}{cluster}{suffix}", "tsk", bm, bn, 64 * chunks, 128 * bm // 64, smem, regs,
-                   split_k, 2500.0, fixed_us, 0.0, multicast, 0.0, stages, chunks)  # fmt: skip
+    return Variant(f"tsk_{bm}x{bn}k{split_k}{suffix}", "tsk", bm, bn, 64 * chunks, 128 * bm // 64, smem, regs,
+                   split_k, 2500.0, fixed_us, 0.0, 1, 0.0, stages, chunks)  # fmt: skip
 
 
 # fmt: off
@@ -222,9 +219,6 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk( 64,  64,  6, 2, 58, -0.25, chunks=2),
     _tsk( 64, 128,  4, 2, 90, chunks=2),
     _tsk( 64, 128,  4, 4, 90, chunks=2),
-    _tsk( 64,  64, 12, 1, 58, 1.0, multicast=2),  # fixed_us: provisional, until measured
-    _tsk( 64,  64,  6, 1, 58, 1.0, chunks=2, multicast=2),
-    _tsk( 64, 128,  4, 1, 90, 1.0, chunks=2, multicast=2),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
@@ -373,18 +367,17 @@ def _estimate_tsk_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> 
     per_sm = 2 if 2 * (v.smem_bytes + 2048) <= TSK_SM_SMEM_BYTES else 1
 
     def slots(ctas_per_sm: int) -> int:
-        found = TSK_CLUSTER_SLOTS.get((ctas_per_sm, v.cluster), device.sms // v.cluster) * v.cluster
-        return max(v.cluster, found * device.sms // H100.sms)
+        found = TSK_CLUSTER_SLOTS.get((ctas_per_sm, v.split_k), device.sms // v.split_k) * v.split_k
+        return max(v.split_k, found * device.sms // H100.sms)
 
     waves = -(-ctas // slots(per_sm))
     sharing = min(per_sm, -(-min(ctas, slots(per_sm)) // min(device.sms, slots(1))))
     cta_kb = steps_cta * (v.bm + v.bn) * v.bk * 2 / 1024
-    l2_kb = steps_cta * (v.bm + v.w_box_rows) * v.bk * 2 / 1024  # what a CTA asks L2 for (W halves multicast)
     dram_mb = 2.0 * (m * k + n * k + m * n) / 1e6
     refill_rounds = max(0, -(-steps_cta // v.stages) - 1)
     receive_kb = (v.split_k - 1) * v.bm * v.bn * 4 / v.split_k / 1024
     return (TSK_BASE_US + v.fixed_us + TSK_US_PER_SM_100KB * waves * sharing * cta_kb / 100
-            + TSK_US_PER_DRAM_MB * dram_mb + TSK_US_PER_L2_MB * ctas * l2_kb / 1024
+            + TSK_US_PER_DRAM_MB * dram_mb + TSK_US_PER_L2_MB * ctas * cta_kb / 1024
             + TSK_US_PER_REFILL_ROUND * refill_rounds * waves + TSK_US_PER_RECEIVE_KB * receive_kb
             + TSK_US_PER_EXTRA_WAVE * (waves - 1))  # fmt: skip
 
@@ -560,8 +553,7 @@ def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int):
 
     # tsk "p" variants read 3-D maps where K % 64 == 0 (the kernel checks the same condition)
     chunks = spec.chunks if k % 64 == 0 else 1
-    # ... but a multicast W half is one 2-D box a chunk (a 3-D box would land its two chunks together)
-    map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, chunks if spec.multicast == 1 else 1)
+    map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, chunks)
     values = [ctypes.c_void_p(out.data.ptr), ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
     params = (ctypes.c_void_p * 6)(map_a[1], map_w[1], *[ctypes.addressof(v) for v in values])
     gx, _ = spec.grid(m, n, max_clusters(spec.name))
