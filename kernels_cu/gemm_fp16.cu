@@ -1023,7 +1023,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // epilogue (scripts/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way (NOTES GEMM v9).
 // (Staging the partials and sending one bulk copy per destination measured 0.1-0.5 us slower.)
 // CH = 2 ("p" variants): a stage holds two 64-wide K chunks, and where K % 64 == 0 each operand's
-// stage is one 3-D TMA box (64 x rows x 2 chunks of the [rows, K/64, 64] view, landing as two
+// stage is one 3-D TMA box (64 x rows x 2 chunks of the [K/64, rows, 64] view, landing as two
 // consecutive swizzled chunks); else two 2-D boxes. Why: traced, a CTA took in one 8-16 KiB box per
 // ~100 ns whatever its size, so 64-row tiles (8 KiB A boxes) got ~80 GB/s an SM, not ~120.
 // Why this family: a router GEMM (1024x128x2048: 4.5 MB, 0.5 GFLOP) is bound by how early and how
@@ -1054,9 +1054,6 @@ struct TskConfig {
     static_assert(SMEM_BYTES + 8 * STAGES + 8 <= 232448, "227 KiB of shared memory per block");
 };
 
-__device__ __forceinline__ void st_shared_v4f(unsigned addr, float a, float b, float c, float d) {
-    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
-}
 struct F32x4 {  // (no float4: NVRTC without the toolkit headers)
     float x, y, z, w;
 };
