@@ -1095,9 +1095,18 @@ __device__ __forceinline__ void tsk_load_stage(const TmaMap &map_a, const TmaMap
     }
 }
 
+// (M tile, N tile) of cluster `unit`: bands of `group` M tiles, within a band the M tile fastest, then N
+// (group >= MT: M fastest over the grid, group 1: N fastest). The CTAs in flight on one GPC read the same
+// A or W lines at the same time; the order decides which, and so how many L2 requests merge on the way.
+__device__ __forceinline__ int2 tsk_tile(int unit, int MT, int NT, int group) {
+    const int g0 = group < 1 ? 1 : (group > MT ? MT : group);
+    const int band = unit / (g0 * NT), first = band * g0, g = min(g0, MT - first), r = unit - band * g0 * NT;
+    return make_int2(first + r % g, r / g);
+}
+
 template <int BM_, int BN, int STAGES, int S, int CH>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
-                                              int M, int N, int K) {
+                                              int M, int N, int K, int group) {
     using Cfg = TskConfig<BM_, BN, STAGES, S, CH>;
     constexpr int BM = Cfg::BM, BK = Cfg::BK, JR = Cfg::JR;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -1111,8 +1120,8 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     IMPGEMM_MARK(0, tid == 0);
     const unsigned rank = S > 1 ? cluster_rank() : 0u;
     const int MT = (M + BM - 1) / BM, KS = ((K + BK - 1) / BK + CH - 1) / CH;  // K steps of CH chunks
-    const int unit = blockIdx.x / S;
-    const int m0 = (unit % MT) * BM, n0 = (unit / MT) * BN;
+    const int2 tile = tsk_tile(blockIdx.x / S, MT, (N + BN - 1) / BN, group);
+    const int m0 = tile.x * BM, n0 = tile.y * BN;
     const int kt_begin = (int)rank * KS / S;  // this rank's K steps
     const int nk = ((int)rank + 1) * KS / S - kt_begin;
     const bool three_d = CH == 2 && K % BK == 0;  // the host passed 3-D maps (gemm.py _tma_launcher)
@@ -1262,8 +1271,8 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 #define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
-             half_t *__restrict__ C, int M, int N, int K) { pdl_entry();                                                   \
-        impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, M, N, K);                               \
+             half_t *__restrict__ C, int M, int N, int K, int group) { pdl_entry();                                        \
+        impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, M, N, K, group);                        \
     }
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
@@ -1280,7 +1289,12 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 #define IMPGEMM_TMA_SW(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
+    extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
+                                    const __grid_constant__ impgemm::TmaMap tw, half_t *C, int M, int N, int K, \
+                                    int group) { pdl_entry();                                                  \
+        asm volatile("trap;");                                                                            \
+    }
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes

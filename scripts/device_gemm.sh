@@ -132,7 +132,7 @@ fi
 
 if has trace; then  # per-CTA timelines (scripts/gemm_trace.py) of TRACE_VARIANTS on TRACE_SHAPES ("--shape MxNxK ...")
   timeout ${TRACE_TIMEOUT:-200} python3 scripts/gemm_trace.py ${TRACE_SHAPES:---shape 2048x128x2048} \
-    --variants ${TRACE_VARIANTS:-tma_128x64,tsk_64x128k4} --reps ${TRACE_REPS:-15} 2>&1 | tee "$OUT/trace.txt"
+    --variants ${TRACE_VARIANTS:-tma_128x64,tsk_64x128k4} --reps ${TRACE_REPS:-15} ${TRACE_ARGS:-} 2>&1 | tee "$OUT/trace.txt"
 fi
 
 if has final; then
@@ -150,7 +150,8 @@ a = rng.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16)
 w = (rng.standard_normal((n, k), dtype=cupy.float32) / k**0.5).astype(cupy.float16)
 out = cupy.empty((m, n), cupy.float16)
 for name in os.environ.get("NCU_VARIANTS", "tma_128x256,tma_128x256c2").split(","):
-    g.gemm(a, w, out, variant=name)
+    variant, _, group = name.partition("@")  # tsk_...@G: tile order G (gemm.tsk_group)
+    g.prepare(a, w, out, variant, int(group) if group else None)()
 cupy.matmul(a, w.T, out=out)
 cupy.cuda.Device().synchronize()
 PY

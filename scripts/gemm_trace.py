@@ -8,6 +8,9 @@ latency, the main loop, the epilogue, the first-start-to-last-end span, and the 
 same launch (and of cuBLAS) -- event time minus span is what lies outside the kernel's CTAs.
 
     python3 scripts/gemm_trace.py --shape 2048x128x2048 --variants tma_128x64,tsk_64x128k4 [--reps 15]
+
+A tsk variant written `name@G` runs with tile order G (bands of G M tiles, gemm.tsk_group); --sm-order prints
+the SM of each CTA of one launch, in block order.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def launch_stats(rows, event_us: float) -> dict:
     }  # fmt: skip
 
 
-def trace_case(module, m: int, n: int, k: int, variants, reps: int) -> list[str]:
+def trace_case(module, m: int, n: int, k: int, variants, reps: int, sm_order: bool = False) -> list[str]:
     import cupy
     import numpy as np
 
@@ -78,7 +81,8 @@ def trace_case(module, m: int, n: int, k: int, variants, reps: int) -> list[str]
     cublas = [timed(lambda i: cupy.matmul(a[i], w[i].T, out=out), rep % sets) for rep in range(reps + 3)][3:]
     lines.append(f"{m}x{n}x{k} cublas event {statistics.median(cublas):.2f} us")
     for name in variants:
-        runs = [gemm.prepare(a[i], w[i], out, name) for i in range(sets)]
+        variant, _, group = name.partition("@")
+        runs = [gemm.prepare(a[i], w[i], out, variant, int(group) if group else None) for i in range(sets)]
         stats = []
         for rep in range(reps + 3):
             trace.fill(0)
@@ -87,6 +91,8 @@ def trace_case(module, m: int, n: int, k: int, variants, reps: int) -> list[str]
             rows = rows[rows[:, 0] != 0]
             if rep >= 3 and len(rows) and (rows[:, 3] != 0).all():
                 stats.append(launch_stats(rows, event))
+                if sm_order and len(stats) == 1:
+                    lines.append(f"  {name} SM by block: " + " ".join(str(int(x)) for x in rows[:, 8]))
         if not stats:
             lines.append(f"  {name}: no trace (not a tma / tsk variant?)")
             continue
@@ -104,6 +110,7 @@ def main() -> None:
     parser.add_argument("--shape", action="append", required=True, help="MxNxK, repeatable")
     parser.add_argument("--variants", required=True, help="comma-separated tma_* / tsk_* variants")
     parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--sm-order", action="store_true", help="print each CTA's SM of one launch")
     args = parser.parse_args()
     from impbench.kernels import gemm
     from impbench.kernels._launch import no_pdl
@@ -113,7 +120,7 @@ def main() -> None:
     with no_pdl():
         for shape in args.shape:
             m, n, k = (int(x) for x in shape.split("x"))
-            for line in trace_case(module, m, n, k, args.variants.split(","), args.reps):
+            for line in trace_case(module, m, n, k, args.variants.split(","), args.reps, args.sm_order):
                 print(line, flush=True)
 
 

@@ -454,8 +454,10 @@ def gemm(a, w, out, variant: str | None = None) -> None:
     prepare(a, w, out, variant)()
 
 
-def prepare(a, w, out, variant: str | None = None):
-    """Check `gemm(a, w, out, variant)` once; return a no-argument callable that launches it."""
+def prepare(a, w, out, variant: str | None = None, group: int | None = None):
+    """Check `gemm(a, w, out, variant)` once; return a no-argument callable that launches it.
+
+    `group` (tsk variants): the tile order, bands of that many M tiles (tsk_group's choice if None)."""
     import numpy as np
 
     m, n, k = _check_args(a, w, out)
@@ -466,7 +468,7 @@ def prepare(a, w, out, variant: str | None = None):
     if spec.family != "mma" and not device_info().has_wgmma:
         raise ValueError(f"GEMM variant {name!r} needs an sm_90 (Hopper) device")
     if spec.tensor_maps:
-        return _tma_launcher(spec, a, w, out, m, n, k)
+        return _tma_launcher(spec, a, w, out, m, n, k, group)
     gx, gy = spec.grid(m, n)
     if gy > MAX_GRID_Y:
         raise ValueError(f"GEMM variant {name!r} cannot tile N={n} (w {tuple(w.shape)}): {gy} column tiles > {MAX_GRID_Y}")
@@ -545,7 +547,12 @@ def max_clusters(name: str) -> int:
         return fallback
 
 
-def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int):
+def tsk_group(spec: Variant, m: int, n: int) -> int:
+    """The tile order of a tsk launch (kernel tsk_tile): bands of this many M tiles, M fastest within."""
+    return -(-m // spec.bm)
+
+
+def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int | None = None):
     """A no-argument callable launching a tma variant on the current stream (_launch.driver_launcher):
     tensor maps passed by value, the argument block built once (clusters come from the kernel's
     compile-time __cluster_dims__)."""
@@ -555,7 +562,9 @@ def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int):
     chunks = spec.chunks if k % 64 == 0 else 1
     map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, chunks)
     values = [ctypes.c_void_p(out.data.ptr), ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
-    params = (ctypes.c_void_p * 6)(map_a[1], map_w[1], *[ctypes.addressof(v) for v in values])
+    if spec.family == "tsk":
+        values.append(ctypes.c_int32(tsk_group(spec, m, n) if group is None else group))
+    params = (ctypes.c_void_p * (2 + len(values)))(map_a[1], map_w[1], *[ctypes.addressof(v) for v in values])
     gx, _ = spec.grid(m, n, max_clusters(spec.name))
     # buffers and argument block outlive every launch
     return driver_launcher(_kernel(spec).kernel.ptr, (gx, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, params,
