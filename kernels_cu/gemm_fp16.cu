@@ -43,9 +43,10 @@ using namespace impasync;  // TmaMap, mbarriers, TMA loads
 // Experiment build only (-DIMPGEMM_TRACE, scripts/gemm_trace.py): each CTA of a tma / tsk launch
 // writes its SM and the global time (ns) and SM clock of four points -- start, first stage landed,
 // main loop done, end -- so a launch's wave structure and where its microseconds go can be read
-// per CTA. Without the macro IMPGEMM_MARK compiles to nothing.
+// per CTA; tsk kernels add three (4: first stages issued, 5: partials sent, 6: peers' partials in).
+// Without the macro IMPGEMM_MARK compiles to nothing.
 #ifdef IMPGEMM_TRACE
-constexpr int TRACE_CTAS = 4096, TRACE_SLOTS = 9;  // [4 global times, 4 clocks, smid]
+constexpr int TRACE_CTAS = 4096, TRACE_POINTS = 7, TRACE_SLOTS = 2 * TRACE_POINTS + 1;  // [times, clocks, smid]
 __device__ unsigned long long impgemm_trace[TRACE_CTAS * TRACE_SLOTS];
 __device__ __forceinline__ void trace_mark(int point) {
     unsigned long long t, c;
@@ -56,8 +57,8 @@ __device__ __forceinline__ void trace_mark(int point) {
     if (blockIdx.x < TRACE_CTAS) {
         unsigned long long *row = impgemm_trace + blockIdx.x * TRACE_SLOTS;
         row[point] = t;
-        row[4 + point] = c;
-        row[8] = sm;
+        row[TRACE_POINTS + point] = c;
+        row[2 * TRACE_POINTS] = sm;
     }
 }
 #define IMPGEMM_MARK(point, cond) \
@@ -1137,6 +1138,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         for (int s = 0; s < STAGES && s < nk; ++s)  // every stage in flight before anyone waits
             tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, s, kt_begin + s, m0, n0, three_d);
+        IMPGEMM_MARK(4, true);
     }
     __syncthreads();  // the barriers are initialised before any thread waits on them
     if (S > 1) cluster_arrive_relaxed();  // ... and before a peer sends to red_bar (it waits for this)
@@ -1194,7 +1196,9 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
                              acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3], bar);
             }
         }
+        IMPGEMM_MARK(5, tid == 0);
         mbar_wait_cluster(red_bar, 0);
+        IMPGEMM_MARK(6, tid == 0);
 #pragma unroll
         for (int jj = 0; jj < JR; ++jj) {
             F32x4 sum = {0.f, 0.f, 0.f, 0.f};

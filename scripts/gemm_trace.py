@@ -36,14 +36,23 @@ def traced_module():
     return module
 
 
-def launch_stats(rows, event_us: float) -> dict:
-    """One launch's timeline (rows: [CTAs, 9] uint64 of the CTAs that ran) in microseconds."""
+POINTS = 7  # gemm_fp16.cu TRACE_POINTS: a row is [POINTS global times, POINTS clocks, smid]
+
+
+def launch_stats(rows, event_us: float, sm_mhz: float) -> dict:
+    """One launch's timeline (rows: [CTAs, 2 POINTS + 1] uint64 of the CTAs that ran) in microseconds;
+    the tsk epilogue's parts (send, wait for the peers' partials, sum and store) from SM clocks."""
     import numpy as np
 
     t = rows[:, :4].astype(np.float64) / 1000.0
     start, first, loop, end = (t[:, i] for i in range(4))
-    per_sm = np.bincount(rows[:, 8].astype(np.int64))
-    return {
+    per_sm = np.bincount(rows[:, 2 * POINTS].astype(np.int64))
+    clk = rows[:, POINTS : 2 * POINTS].astype(np.float64) / sm_mhz
+    parts = {}
+    if (rows[:, 6] != 0).all():  # a split tsk launch
+        parts = {"issue": float(np.median(clk[:, 4] - clk[:, 0])), "send": float(np.median(clk[:, 5] - clk[:, 2])),
+                 "wait": float(np.median(clk[:, 6] - clk[:, 5])), "store": float(np.median(clk[:, 3] - clk[:, 6]))}  # fmt: skip
+    return parts | {
         "ctas": len(rows), "sms": int((per_sm > 0).sum()), "max_per_sm": int(per_sm.max()),
         "start_spread": start.max() - start.min(), "first": float(np.median(first - start)),
         "first_max": float((first - start).max()), "loop": float(np.median(loop - first)),
@@ -64,7 +73,7 @@ def trace_case(module, m: int, n: int, k: int, variants, reps: int, sm_order: bo
     w = [(rng.standard_normal((n, k), dtype=cupy.float32) / k**0.5).astype(cupy.float16) for _ in range(sets)]
     out = cupy.empty((m, n), cupy.float16)
     pointer = module.get_global("_ZN7impgemm13impgemm_traceE")  # TRACE_CTAS x TRACE_SLOTS
-    trace = cupy.ndarray((4096, 9), cupy.uint64, memptr=pointer)
+    trace = cupy.ndarray((4096, 2 * POINTS + 1), cupy.uint64, memptr=pointer)
     spin, stream = gemm.spin_kernel(), cupy.cuda.get_current_stream()
     cycles = int(30 * gemm.device_info().sm_mhz)
 
@@ -90,9 +99,9 @@ def trace_case(module, m: int, n: int, k: int, variants, reps: int, sm_order: bo
             rows = cupy.asnumpy(trace)
             rows = rows[rows[:, 0] != 0]
             if rep >= 3 and len(rows) and (rows[:, 3] != 0).all():
-                stats.append(launch_stats(rows, event))
+                stats.append(launch_stats(rows, event, gemm.device_info().sm_mhz))
                 if sm_order and len(stats) == 1:
-                    lines.append(f"  {name} SM by block: " + " ".join(str(int(x)) for x in rows[:, 8]))
+                    lines.append(f"  {name} SM by block: " + " ".join(str(int(x)) for x in rows[:, 2 * POINTS]))
         if not stats:
             lines.append(f"  {name}: no trace (not a tma / tsk variant?)")
             continue
@@ -101,7 +110,9 @@ def trace_case(module, m: int, n: int, k: int, variants, reps: int, sm_order: bo
             f"  {name:16s} ctas {med['ctas']:.0f} sms {med['sms']:.0f} max/sm {med['max_per_sm']:.0f} | start spread "
             f"{med['start_spread']:.2f} first {med['first']:.2f} (max {med['first_max']:.2f}) loop {med['loop']:.2f} "
             f"(max {med['loop_max']:.2f}) epi {med['epilogue']:.2f} | span {med['span']:.2f} event {med['event']:.2f}"
-        )
+            + (f" | clocks: issue {med['issue']:.2f} send {med['send']:.2f} wait {med['wait']:.2f} store {med['store']:.2f}"
+               if "issue" in med else "")
+        )  # fmt: skip
     return lines
 
 
