@@ -43,10 +43,10 @@ using namespace impasync;  // TmaMap, mbarriers, TMA loads
 // Experiment build only (-DIMPGEMM_TRACE, scripts/gemm_trace.py): each CTA of a tma / tsk launch
 // writes its SM and the global time (ns) and SM clock of four points -- start, first stage landed,
 // main loop done, end -- so a launch's wave structure and where its microseconds go can be read
-// per CTA; tsk kernels add three (4: first stages issued, 5: partials sent, 6: peers' partials in).
-// Without the macro IMPGEMM_MARK compiles to nothing.
+// per CTA; tsk kernels add five (4: first stages issued, 5: partials sent, 6: peers' partials in,
+// 7: barriers initialised, 8: first stage issued). Without the macro IMPGEMM_MARK compiles to nothing.
 #ifdef IMPGEMM_TRACE
-constexpr int TRACE_CTAS = 4096, TRACE_POINTS = 7, TRACE_SLOTS = 2 * TRACE_POINTS + 1;  // [times, clocks, smid]
+constexpr int TRACE_CTAS = 4096, TRACE_POINTS = 9, TRACE_SLOTS = 2 * TRACE_POINTS + 1;  // [times, clocks, smid]
 __device__ unsigned long long impgemm_trace[TRACE_CTAS * TRACE_SLOTS];
 __device__ __forceinline__ void trace_mark(int point) {
     unsigned long long t, c;
@@ -1107,7 +1107,7 @@ __device__ __forceinline__ int2 tsk_tile(int unit, int MT, int NT, int group) {
 
 template <int BM_, int BN, int STAGES, int S, int CH>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
-                                              int M, int N, int K, int group) {
+                                              const TmaMap &map_c, int M, int N, int K, int group, bool c_tma) {
     using Cfg = TskConfig<BM_, BN, STAGES, S, CH>;
     constexpr int BM = Cfg::BM, BK = Cfg::BK, JR = Cfg::JR;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -1136,8 +1136,11 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
             mbar_expect_tx(red_bar, Cfg::RECV_BYTES);  // completes once the S-1 peers' partials landed
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        for (int s = 0; s < STAGES && s < nk; ++s)  // every stage in flight before anyone waits
+        IMPGEMM_MARK(7, true);
+        for (int s = 0; s < STAGES && s < nk; ++s) {  // every stage in flight before anyone waits
             tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, s, kt_begin + s, m0, n0, three_d);
+            IMPGEMM_MARK(8, s == 0);
+        }
         IMPGEMM_MARK(4, true);
     }
     __syncthreads();  // the barriers are initialised before any thread waits on them
@@ -1220,8 +1223,26 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
                     sum.w += v.w;
                 }
             }
-            const int j = (int)rank * JR + jj;
-            store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, sum.x, sum.y, sum.z, sum.w);
+            if (c_tma) {  // FP16 into stage 0's A buffer (every load landed and was read), swizzled as map_c
+                constexpr int CB = JR * 16;  // bytes of a staged row: this rank's JR n8 blocks
+                static_assert(CB == 32 || CB == 64 || CB == 128, "a TMA swizzle span");
+                const int r0 = row - m0, r1 = r0 + 8;  // 16-byte chunk jj, XORed with the row's swizzle bits
+                st_shared_u32(sA + r0 * CB + ((jj ^ ((r0 * CB >> 7) & (CB / 16 - 1))) << 4) + (lane & 3) * 4,
+                              pack_half2(sum.x, sum.y));
+                st_shared_u32(sA + r1 * CB + ((jj ^ ((r1 * CB >> 7) & (CB / 16 - 1))) << 4) + (lane & 3) * 4,
+                              pack_half2(sum.z, sum.w));
+            } else {
+                const int j = (int)rank * JR + jj;
+                store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, sum.x, sum.y, sum.z, sum.w);
+            }
+        }
+        if (c_tma) {  // one TMA store of the BM x JR*8 tile: whole lines, the edges clipped by the unit
+            fence_proxy_async();
+            named_barrier_sync(1, Cfg::THREADS);
+            if (tid == 0) {
+                tma_store_2d(&map_c, sA, n0 + (int)rank * JR * 8, m0);
+                bulk_store_commit_wait_read();
+            }
         }
         // no closing cluster barrier: a CTA's shared memory is read by itself only, and every CTA
         // waits for all bytes sent to it before it leaves
@@ -1275,8 +1296,9 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 #define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
-             half_t *__restrict__ C, int M, int N, int K, int group) { pdl_entry();                                        \
-        impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, M, N, K, group);                        \
+             const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
+             int c_tma) { pdl_entry();                                                                              \
+        impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, map_c, M, N, K, group, c_tma != 0);       \
     }
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
@@ -1295,8 +1317,9 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
     extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
-                                    const __grid_constant__ impgemm::TmaMap tw, half_t *C, int M, int N, int K, \
-                                    int group) { pdl_entry();                                                  \
+                                    const __grid_constant__ impgemm::TmaMap tw,                                \
+                                    const __grid_constant__ impgemm::TmaMap tc, half_t *C, int M, int N, int K, \
+                                    int group, int c_tma) { pdl_entry();                                       \
         asm volatile("trap;");                                                                            \
     }
 #endif

@@ -66,6 +66,17 @@ __device__ __forceinline__ void tma_load_3d(unsigned dst, const TmaMap *map, int
         "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(mbar)
         : "memory");
 }
+// The box at (c0 innermost, c1) of `map` from shared address src (a bulk async-group; rows and
+// columns past the tensor's bounds are not written).
+__device__ __forceinline__ void tma_store_2d(const TmaMap *map, unsigned src, int c0, int c1) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(map), "r"(src),
+                 "r"(c0), "r"(c1)
+                 : "memory");
+}
+// Close the bulk async-group of this thread's stores and wait until their shared-memory source was read.
+__device__ __forceinline__ void bulk_store_commit_wait_read() {
+    asm volatile("cp.async.bulk.commit_group;\ncp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
 __device__ __forceinline__ void tma_prefetch_map(const TmaMap *map) {
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
 }

@@ -143,6 +143,7 @@ if has ncu; then  # Nsight Compute sections of our largest-tile kernel and cuBLA
   cat > /tmp/ncu_one.py <<'PY'
 import os, cupy
 from impbench.kernels import gemm as g
+from scripts.gemm_trace import experiment_launcher
 g.prewarm()
 m, n, k = map(int, os.environ.get("NCU_SHAPE", "2048x8192x2048").split("x"))
 rng = cupy.random.default_rng(0)
@@ -150,8 +151,7 @@ a = rng.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16)
 w = (rng.standard_normal((n, k), dtype=cupy.float32) / k**0.5).astype(cupy.float16)
 out = cupy.empty((m, n), cupy.float16)
 for name in os.environ.get("NCU_VARIANTS", "tma_128x256,tma_128x256c2").split(","):
-    variant, _, group = name.partition("@")  # tsk_...@G: tile order G (gemm.tsk_group)
-    g.prepare(a, w, out, variant, int(group) if group else None)()
+    experiment_launcher(a, w, out, name)()  # tsk_...@G/direct: tile order, store mode (scripts/gemm_trace.py)
 cupy.matmul(a, w.T, out=out)
 cupy.cuda.Device().synchronize()
 PY

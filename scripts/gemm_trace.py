@@ -9,8 +9,9 @@ same launch (and of cuBLAS) -- event time minus span is what lies outside the ke
 
     python3 scripts/gemm_trace.py --shape 2048x128x2048 --variants tma_128x64,tsk_64x128k4 [--reps 15]
 
-A tsk variant written `name@G` runs with tile order G (bands of G M tiles, gemm.tsk_group); --sm-order prints
-the SM of each CTA of one launch, in block order.
+A tsk variant written `name@G` runs with tile order G (bands of G M tiles, gemm.tsk_group), `name/direct`
+with the output stored from registers instead of by TMA (both: `name@G/direct`); --sm-order prints the SM
+of each CTA of one launch, in block order.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def experiment_launcher(a, w, out, spec: str):
+    """gemm.prepare of a variant written `name[@G][/direct]` (see the module's doc)."""
+    from impbench.kernels import gemm
+
+    spec, _, store = spec.partition("/")
+    name, _, group = spec.partition("@")
+    return gemm.prepare(a, w, out, name, int(group) if group else None, tma_store=store != "direct")
 
 
 def traced_module():
@@ -36,7 +46,7 @@ def traced_module():
     return module
 
 
-POINTS = 7  # gemm_fp16.cu TRACE_POINTS: a row is [POINTS global times, POINTS clocks, smid]
+POINTS = 9  # gemm_fp16.cu TRACE_POINTS: a row is [POINTS global times, POINTS clocks, smid]
 
 
 def launch_stats(rows, event_us: float, sm_mhz: float) -> dict:
@@ -49,9 +59,10 @@ def launch_stats(rows, event_us: float, sm_mhz: float) -> dict:
     per_sm = np.bincount(rows[:, 2 * POINTS].astype(np.int64))
     clk = rows[:, POINTS : 2 * POINTS].astype(np.float64) / sm_mhz
     parts = {}
-    if (rows[:, 6] != 0).all():  # a split tsk launch
-        parts = {"issue": float(np.median(clk[:, 4] - clk[:, 0])), "send": float(np.median(clk[:, 5] - clk[:, 2])),
-                 "wait": float(np.median(clk[:, 6] - clk[:, 5])), "store": float(np.median(clk[:, 3] - clk[:, 6]))}  # fmt: skip
+    if (rows[:, 6] != 0).all():  # a split tsk launch: its prologue and epilogue in parts
+        med = lambda a, b: float(np.median(clk[:, b] - clk[:, a]))  # noqa: E731
+        parts = {"init": med(0, 7), "issue1": med(7, 8), "issue": med(8, 4), "landed": med(4, 1),
+                 "send": med(2, 5), "wait": med(5, 6), "store": med(6, 3)}  # fmt: skip
     return parts | {
         "ctas": len(rows), "sms": int((per_sm > 0).sum()), "max_per_sm": int(per_sm.max()),
         "start_spread": start.max() - start.min(), "first": float(np.median(first - start)),
@@ -90,8 +101,7 @@ def trace_case(module, m: int, n: int, k: int, variants, reps: int, sm_order: bo
     cublas = [timed(lambda i: cupy.matmul(a[i], w[i].T, out=out), rep % sets) for rep in range(reps + 3)][3:]
     lines.append(f"{m}x{n}x{k} cublas event {statistics.median(cublas):.2f} us")
     for name in variants:
-        variant, _, group = name.partition("@")
-        runs = [gemm.prepare(a[i], w[i], out, variant, int(group) if group else None) for i in range(sets)]
+        runs = [experiment_launcher(a[i], w[i], out, name) for i in range(sets)]
         stats = []
         for rep in range(reps + 3):
             trace.fill(0)
@@ -110,7 +120,8 @@ def trace_case(module, m: int, n: int, k: int, variants, reps: int, sm_order: bo
             f"  {name:16s} ctas {med['ctas']:.0f} sms {med['sms']:.0f} max/sm {med['max_per_sm']:.0f} | start spread "
             f"{med['start_spread']:.2f} first {med['first']:.2f} (max {med['first_max']:.2f}) loop {med['loop']:.2f} "
             f"(max {med['loop_max']:.2f}) epi {med['epilogue']:.2f} | span {med['span']:.2f} event {med['event']:.2f}"
-            + (f" | clocks: issue {med['issue']:.2f} send {med['send']:.2f} wait {med['wait']:.2f} store {med['store']:.2f}"
+            + (f" | clocks: init {med['init']:.2f} issue1 {med['issue1']:.2f} issue {med['issue']:.2f} landed "
+               f"{med['landed']:.2f} send {med['send']:.2f} wait {med['wait']:.2f} store {med['store']:.2f}"
                if "issue" in med else "")
         )  # fmt: skip
     return lines

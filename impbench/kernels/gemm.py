@@ -454,10 +454,11 @@ def gemm(a, w, out, variant: str | None = None) -> None:
     prepare(a, w, out, variant)()
 
 
-def prepare(a, w, out, variant: str | None = None, group: int | None = None):
+def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma_store: bool = True):
     """Check `gemm(a, w, out, variant)` once; return a no-argument callable that launches it.
 
-    `group` (tsk variants): the tile order, bands of that many M tiles (tsk_group's choice if None)."""
+    tsk variants (experiments): `group`, the tile order, bands of that many M tiles (tsk_group's choice if
+    None); `tma_store` False stores the output from registers instead of one TMA store a CTA."""
     import numpy as np
 
     m, n, k = _check_args(a, w, out)
@@ -468,7 +469,7 @@ def prepare(a, w, out, variant: str | None = None, group: int | None = None):
     if spec.family != "mma" and not device_info().has_wgmma:
         raise ValueError(f"GEMM variant {name!r} needs an sm_90 (Hopper) device")
     if spec.tensor_maps:
-        return _tma_launcher(spec, a, w, out, m, n, k, group)
+        return _tma_launcher(spec, a, w, out, m, n, k, group, tma_store)
     gx, gy = spec.grid(m, n)
     if gy > MAX_GRID_Y:
         raise ValueError(f"GEMM variant {name!r} cannot tile N={n} (w {tuple(w.shape)}): {gy} column tiles > {MAX_GRID_Y}")
@@ -478,7 +479,8 @@ def prepare(a, w, out, variant: str | None = None, group: int | None = None):
 
 # ---- tma: tensor maps and launches through the driver ---------------------------------------------
 
-_CU_TENSOR_MAP_FLOAT16, _CU_SWIZZLE_128B, _CU_L2_PROMOTION_256B = 6, 3, 3
+_CU_TENSOR_MAP_FLOAT16, _CU_L2_PROMOTION_256B = 6, 3
+_CU_SWIZZLE_32B, _CU_SWIZZLE_64B, _CU_SWIZZLE_128B = 1, 2, 3
 
 
 @lru_cache(maxsize=None)
@@ -501,13 +503,24 @@ def _tensor_map(arr, box_rows: int, chunks: int = 1):
     out-of-bounds elements read as zero; chunks=2 (K % 64 == 0): the 3-D view [K/64, rows, 64] (64-wide
     K chunks outermost), box 64 x box_rows x 2 chunks, which lands as two consecutive swizzled tiles.
     Host-only (no device call): safe inside a capture. Returns (buffer, address of its 64-byte aligned 128 bytes)."""
-    import ctypes
-
     rows, k = arr.shape
     if chunks == 2:
-        dims, strides, box = (64, rows, k // 64), (2 * k, 128), (64, box_rows, 2)
-    else:
-        dims, strides, box = (k, rows), (2 * k,), (64, box_rows)
+        return _encode_map(arr, (64, rows, k // 64), (2 * k, 128), (64, box_rows, 2), _CU_SWIZZLE_128B)
+    return _encode_map(arr, (k, rows), (2 * k,), (64, box_rows), _CU_SWIZZLE_128B)
+
+
+def _store_map(out, box_cols: int, box_rows: int):
+    """The CUtensorMap a tsk CTA stores its FP16 output box through: [M, N] row-major (N % 8 == 0), box
+    box_cols x box_rows, swizzled over the box's row (32, 64 or 128 bytes; the kernel's staging layout)."""
+    m, n = out.shape
+    swizzle = {32: _CU_SWIZZLE_32B, 64: _CU_SWIZZLE_64B, 128: _CU_SWIZZLE_128B}[2 * box_cols]
+    return _encode_map(out, (n, m), (2 * n,), (box_cols, box_rows), swizzle)
+
+
+def _encode_map(arr, dims, strides, box, swizzle):
+    """cuTensorMapEncodeTiled of an FP16 array (dims innermost first, strides in bytes of the outer dims)."""
+    import ctypes
+
     rank = len(dims)
     buf = ctypes.create_string_buffer(128 + 64)
     at = (ctypes.addressof(buf) + 63) & ~63
@@ -515,7 +528,7 @@ def _tensor_map(arr, box_rows: int, chunks: int = 1):
         at, _CU_TENSOR_MAP_FLOAT16, rank, ctypes.c_void_p(arr.data.ptr),
         (ctypes.c_uint64 * rank)(*dims), (ctypes.c_uint64 * (rank - 1))(*strides),
         (ctypes.c_uint32 * rank)(*box), (ctypes.c_uint32 * rank)(*([1] * rank)),
-        0, _CU_SWIZZLE_128B, _CU_L2_PROMOTION_256B, 0,
+        0, swizzle, _CU_L2_PROMOTION_256B, 0,
     )  # fmt: skip
     if rc != 0:
         raise ValueError(f"cuTensorMapEncodeTiled failed ({rc}) for a {tuple(arr.shape)} FP16 matrix, box {box}")
@@ -559,7 +572,8 @@ def tsk_group(spec: Variant, m: int, n: int) -> int:
     return 2 if one_wave and nt >= mt else mt
 
 
-def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int | None = None):
+def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int | None = None,
+                  tma_store: bool = True):
     """A no-argument callable launching a tma variant on the current stream (_launch.driver_launcher):
     tensor maps passed by value, the argument block built once (clusters come from the kernel's
     compile-time __cluster_dims__)."""
@@ -568,14 +582,18 @@ def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int |
     # tsk "p" variants read 3-D maps where K % 64 == 0 (the kernel checks the same condition)
     chunks = spec.chunks if k % 64 == 0 else 1
     map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, chunks)
+    maps = [map_a, map_w]
     values = [ctypes.c_void_p(out.data.ptr), ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
-    if spec.family == "tsk":
-        values.append(ctypes.c_int32(tsk_group(spec, m, n) if group is None else group))
-    params = (ctypes.c_void_p * (2 + len(values)))(map_a[1], map_w[1], *[ctypes.addressof(v) for v in values])
+    if spec.family == "tsk":  # + the output's map (TMA store where rows are 16-byte multiples), order, store mode
+        c_tma = tma_store and n % 8 == 0 and out.data.ptr % 16 == 0
+        maps.append(_store_map(out, spec.bn // spec.split_k, spec.bm) if c_tma else map_a)
+        values += [ctypes.c_int32(tsk_group(spec, m, n) if group is None else group), ctypes.c_int32(int(c_tma))]
+    pointers = [at for _, at in maps] + [ctypes.addressof(v) for v in values]
+    params = (ctypes.c_void_p * len(pointers))(*pointers)
     gx, _ = spec.grid(m, n, max_clusters(spec.name))
     # buffers and argument block outlive every launch
     return driver_launcher(_kernel(spec).kernel.ptr, (gx, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, params,
-                           keep=(a, w, out, map_a, map_w, values))
+                           keep=(a, w, out, maps, values))
 
 
 def dense_gemm(a, w, out, policy, counts: dict | None = None) -> str:
