@@ -267,9 +267,10 @@ def test_tsk_k_slices(name):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["tsk_64x128k2s4p", "tsk_64x64k4"])
-def test_tsk_tile_orders_cover_every_tile(name):
-    """Every tile order (bands of G M tiles, the last band short where G does not divide the M tiles)
-    writes every output once and gives the same bits: the order moves tiles, not the arithmetic."""
+def test_tsk_tile_orders_and_store_modes_cover_every_tile(name):
+    """Every tile order (bands of G M tiles, the last band short where G does not divide the M tiles) and
+    both output paths (TMA store of a staged tile, stores from registers) write every output and give the
+    same bits: they move tiles and bytes, not the arithmetic."""
     import cupy
 
     if name not in _usable_variants():
@@ -278,14 +279,15 @@ def test_tsk_tile_orders_cover_every_tile(name):
     a, w = _inputs(m, n, k, seed=11)
     ref = _ref(a, w)
     first = None
-    for group in (1, 2, 3, 5, 64):
+    for group, tma_store in [(gr, st) for gr in (1, 2, 3, 5, 64) for st in (True, False)]:
+        how = f"{name} group {group} tma_store {tma_store}"
         out = cupy.full((m, n), cupy.nan, dtype=cupy.float16)
-        g.prepare(a, w, out, name, group)()
-        assert not bool(cupy.isnan(out).any()), f"{name} group {group}: unwritten outputs"
-        assert _rel(out, ref) <= 2e-3, f"{name} group {group}: rel err {_rel(out, ref):.2e}"
+        g.prepare(a, w, out, name, group, tma_store)()
+        assert not bool(cupy.isnan(out).any()), f"{how}: unwritten outputs"
+        assert _rel(out, ref) <= 2e-3, f"{how}: rel err {_rel(out, ref):.2e}"
         bits = out.view(cupy.uint16)
         first = bits.copy() if first is None else first
-        assert bool((bits == first).all()), f"{name} group {group} differs from group 1"
+        assert bool((bits == first).all()), f"{how} differs from group 1 with the TMA store"
 
 
 @pytest.mark.gpu
