@@ -266,7 +266,7 @@ def test_tsk_k_slices(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["tsk_64x128k2s4p", "tsk_64x64k4"])
+@pytest.mark.parametrize("name", ["tsk_64x128k2s4p", "tsk_64x64k4", "tsk_128x128k4s5"])
 def test_tsk_tile_orders_and_store_modes_cover_every_tile(name):
     """Every tile order (bands of G M tiles, the last band short where G does not divide the M tiles) and
     both output paths (TMA store of a staged tile, stores from registers) write every output and give the
