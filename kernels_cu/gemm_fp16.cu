@@ -1078,23 +1078,58 @@ __device__ __forceinline__ void cluster_arrive_relaxed() {
 }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
 
-// Stage `s` <- K step `step` (CH chunks from chunk step * CH) of the A rows from m0 and W rows from n0.
+// K step `step` (CH 64-wide chunks from chunk step * CH) of `map`'s rows from row0 into dst, on mbarrier bar:
+// one 3-D box where the host passed 3-D maps, else one 2-D box a chunk (chunks past K zero-filled).
+template <int CH>
+__device__ __forceinline__ void tsk_load_rows(const TmaMap &map, unsigned dst, int chunk_bytes, int row0, int step,
+                                              unsigned bar, bool three_d) {
+    if (CH == 2 && three_d) {
+        tma_load_3d(dst, &map, 0, row0, step * CH, bar);
+    } else {
+#pragma unroll
+        for (int c = 0; c < CH; ++c) tma_load_2d(dst + c * chunk_bytes, &map, (step * CH + c) * 64, row0, bar);
+    }
+}
+
+// Stage `s` <- K step `step` of the A rows from m0 and W rows from n0.
 template <class Cfg, int CH>
 __device__ __forceinline__ void tsk_load_stage(const TmaMap &map_a, const TmaMap &map_w, unsigned sA, unsigned sW,
                                                unsigned full0, int s, int step, int m0, int n0, bool three_d) {
-    const unsigned bar = full0 + 8 * s, a = sA + s * Cfg::A_BYTES, w = sW + s * Cfg::W_BYTES;
+    const unsigned bar = full0 + 8 * s;
     mbar_expect_tx(bar, Cfg::STAGE_BYTES);
-    if (CH == 2 && three_d) {
-        tma_load_3d(a, &map_a, 0, m0, step * CH, bar);
-        tma_load_3d(w, &map_w, 0, n0, step * CH, bar);
-    } else {
-#pragma unroll
-        for (int c = 0; c < CH; ++c) {  // chunks past K are zero-filled
-            tma_load_2d(a + c * Cfg::A_CHUNK, &map_a, (step * CH + c) * Cfg::BK, m0, bar);
-            tma_load_2d(w + c * Cfg::W_CHUNK, &map_w, (step * CH + c) * Cfg::BK, n0, bar);
+    tsk_load_rows<CH>(map_a, sA + s * Cfg::A_BYTES, Cfg::A_CHUNK, m0, step, bar, three_d);
+    tsk_load_rows<CH>(map_w, sW + s * Cfg::W_BYTES, Cfg::W_CHUNK, n0, step, bar, three_d);
+}
+
+// One rank's FP16 output columns (JR n8 blocks from column col0, rows from m0) from registers: either
+// staged in shared memory at sC (free by now) swizzled over the CB-byte box row and sent by one TMA
+// store (whole lines, the tensor's edges clipped by the unit), or stored from registers.
+template <int JR, int THREADS>
+struct TskStore {
+    static constexpr int CB = JR * 16;  // bytes of a staged row
+    static_assert(CB == 32 || CB == 64 || CB == 128, "a TMA swizzle span");
+    __device__ static void put(bool c_tma, unsigned sC, half_t *C, int M, int N, bool vec, int m0, int row, int col0,
+                               int jj, int lane, F32x4 v) {
+        if (c_tma) {  // 16-byte chunk jj of the row, XORed with the row's swizzle bits
+            const int r0 = row - m0, r1 = r0 + 8;
+            st_shared_u32(sC + r0 * CB + ((jj ^ ((r0 * CB >> 7) & (CB / 16 - 1))) << 4) + (lane & 3) * 4,
+                          pack_half2(v.x, v.y));
+            st_shared_u32(sC + r1 * CB + ((jj ^ ((r1 * CB >> 7) & (CB / 16 - 1))) << 4) + (lane & 3) * 4,
+                          pack_half2(v.z, v.w));
+        } else {
+            store_frag(C, M, N, vec, row, col0 + jj * 8 + (lane & 3) * 2, v.x, v.y, v.z, v.w);
         }
     }
-}
+    __device__ static void finish(bool c_tma, const TmaMap &map_c, unsigned sC, int m0, int col0, int tid) {
+        if (!c_tma) return;
+        fence_proxy_async();
+        named_barrier_sync(1, THREADS);
+        if (tid == 0) {
+            tma_store_2d(&map_c, sC, col0, m0);
+            bulk_store_commit_wait_read();
+        }
+    }
+};
 
 // (M tile, N tile) of cluster `unit`: bands of `group` M tiles, within a band the M tile fastest, then N
 // (group >= MT: M fastest over the grid, group 1: N fastest). The CTAs in flight on one GPC read the same
@@ -1223,27 +1258,10 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
                     sum.w += v.w;
                 }
             }
-            if (c_tma) {  // FP16 into stage 0's A buffer (every load landed and was read), swizzled as map_c
-                constexpr int CB = JR * 16;  // bytes of a staged row: this rank's JR n8 blocks
-                static_assert(CB == 32 || CB == 64 || CB == 128, "a TMA swizzle span");
-                const int r0 = row - m0, r1 = r0 + 8;  // 16-byte chunk jj, XORed with the row's swizzle bits
-                st_shared_u32(sA + r0 * CB + ((jj ^ ((r0 * CB >> 7) & (CB / 16 - 1))) << 4) + (lane & 3) * 4,
-                              pack_half2(sum.x, sum.y));
-                st_shared_u32(sA + r1 * CB + ((jj ^ ((r1 * CB >> 7) & (CB / 16 - 1))) << 4) + (lane & 3) * 4,
-                              pack_half2(sum.z, sum.w));
-            } else {
-                const int j = (int)rank * JR + jj;
-                store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, sum.x, sum.y, sum.z, sum.w);
-            }
+            // staged in stage 0's A buffer: every load landed and was read
+            TskStore<JR, Cfg::THREADS>::put(c_tma, sA, C, M, N, vec, m0, row, n0 + (int)rank * JR * 8, jj, lane, sum);
         }
-        if (c_tma) {  // one TMA store of the BM x JR*8 tile: whole lines, the edges clipped by the unit
-            fence_proxy_async();
-            named_barrier_sync(1, Cfg::THREADS);
-            if (tid == 0) {
-                tma_store_2d(&map_c, sA, n0 + (int)rank * JR * 8, m0);
-                bulk_store_commit_wait_read();
-            }
-        }
+        TskStore<JR, Cfg::THREADS>::finish(c_tma, map_c, sA, m0, n0 + (int)rank * JR * 8, tid);
         // no closing cluster barrier: a CTA's shared memory is read by itself only, and every CTA
         // waits for all bytes sent to it before it leaves
     }
