@@ -1140,6 +1140,22 @@ __device__ __forceinline__ int2 tsk_tile(int unit, int MT, int NT, int group) {
     return make_int2(first + r % g, r / g);
 }
 
+// One K step (CH 64-wide chunks) of a warpgroup's m64nBN accumulators from shared memory; returns once the
+// previous step's batch is complete in this warp (this one stays in flight).
+template <int BN, int CH, int A_CHUNK, int W_CHUNK>
+__device__ __forceinline__ void tsk_mma_step(float (&acc)[BN / 2], unsigned a_base, unsigned w_base) {
+    fence_regs(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int c = 0; c < CH; ++c)
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)  // k16 steps of a 64-wide chunk
+            wgmma_ss<BN>(acc, smem_desc(a_base + c * A_CHUNK + ks * 32), smem_desc(w_base + c * W_CHUNK + ks * 32));
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_regs(acc);
+}
+
 template <int BM_, int BN, int STAGES, int S, int CH>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               const TmaMap &map_c, int M, int N, int K, int group, bool c_tma) {
@@ -1189,17 +1205,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
         IMPGEMM_MARK(1, tid == 0 && i == 0);
         const unsigned a_base = sA + s * Cfg::A_BYTES + wg * (64 * BK * 2), w_base = sW + s * Cfg::W_BYTES;
-        fence_regs(acc);
-        wgmma_fence();
-#pragma unroll
-        for (int c = 0; c < CH; ++c)
-#pragma unroll
-            for (int ks = 0; ks < BK / 16; ++ks)
-                wgmma_ss<BN>(acc, smem_desc(a_base + c * Cfg::A_CHUNK + ks * 32),
-                             smem_desc(w_base + c * Cfg::W_CHUNK + ks * 32));
-        wgmma_commit();
-        wgmma_wait<1>();  // the batch of stage i-1 is complete (in this warp)
-        fence_regs(acc);
+        tsk_mma_step<BN, CH, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, a_base, w_base);  // stage i-1's batch done
         const int refill = i - 1 + STAGES;  // the K step that goes into stage i-1's buffers
         if (i >= 1 && refill < nk) {        // uniform over the CTA
             named_barrier_sync(1, Cfg::THREADS);  // ... and in every warp
@@ -1356,17 +1362,7 @@ __device__ __forceinline__ void gemm_tskx_body(const TmaMap &map_a, const TmaMap
         mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
         IMPGEMM_MARK(1, tid == 0 && i == 0);
         const unsigned a_base = sA + step * Cfg::A_BYTES, w_base = sW + s * Cfg::W_BYTES;
-        fence_regs(acc);
-        wgmma_fence();
-#pragma unroll
-        for (int c = 0; c < CH; ++c)
-#pragma unroll
-            for (int ks = 0; ks < BK / 16; ++ks)
-                wgmma_ss<HN>(acc, smem_desc(a_base + c * Cfg::A_CHUNK + ks * 32),
-                             smem_desc(w_base + c * Cfg::W_CHUNK + ks * 32));
-        wgmma_commit();
-        wgmma_wait<1>();  // the batch of item i-1 is complete (in this warp)
-        fence_regs(acc);
+        tsk_mma_step<HN, CH, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, a_base, w_base);  // item i-1's batch done
         const int refill = i - 1 + STAGES;
         if (i >= 1 && refill < items) {
             named_barrier_sync(1, Cfg::THREADS);
@@ -1374,16 +1370,12 @@ __device__ __forceinline__ void gemm_tskx_body(const TmaMap &map_a, const TmaMap
         }
     };
     for (int i = 0; i < nk; ++i) run_item(i, acc_p);
-    for (int i = nk; i < items; ++i) {
-        run_item(i, acc_o);
-        if (i == nk) {  // item nk-1, the peer's columns' last, is complete: push them while mine run
-            fence_regs(acc_p);
-            send();
-        }
-    }
+    wgmma_wait<0>();  // the peer's columns are done (the loads of my items are in flight meanwhile) ...
+    fence_regs(acc_p);
+    send();  // ... and travel while mine run (zeros where this rank has no K step)
+    for (int i = nk; i < items; ++i) run_item(i, acc_o);
     wgmma_wait<0>();
     fence_regs(acc_o);
-    if (nk == 0) send();  // no K step here (K < 128 or so): the peer still waits for my zeros
     IMPGEMM_MARK(2, tid == 0);
 
     mbar_wait_cluster(red_bar, 0);
