@@ -1170,6 +1170,10 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     IMPGEMM_MARK(0, tid == 0);
+    if (tid == 0) {  // the descriptors' fetch under the tile arithmetic below
+        tma_prefetch_map(&map_a);
+        tma_prefetch_map(&map_w);
+    }
     const unsigned rank = S > 1 ? cluster_rank() : 0u;
     const int MT = (M + BM - 1) / BM, KS = ((K + BK - 1) / BK + CH - 1) / CH;  // K steps of CH chunks
     const int2 tile = tsk_tile(blockIdx.x / S, MT, (N + BN - 1) / BN, group);
@@ -1179,8 +1183,6 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     const bool three_d = CH == 2 && K % BK == 0;  // the host passed 3-D maps (gemm.py _tma_launcher)
 
     if (tid == 0) {
-        tma_prefetch_map(&map_a);
-        tma_prefetch_map(&map_w);
         for (int s = 0; s < STAGES; ++s) mbar_init(full0 + 8 * s, 1);
         if (S > 1) {
             mbar_init(red_bar, 1);
@@ -1306,6 +1308,10 @@ __device__ __forceinline__ void gemm_tskx_body(const TmaMap &map_a, const TmaMap
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     IMPGEMM_MARK(0, tid == 0);
+    if (tid == 0) {  // the descriptors' fetch under the tile arithmetic below
+        tma_prefetch_map(&map_a);
+        tma_prefetch_map(&map_w);
+    }
     const int rank = (int)cluster_rank(), peer = rank ^ 1;
     const int MT = (M + 63) / 64, KS = ((K + BK - 1) / BK + CH - 1) / CH;
     const int2 tile = tsk_tile(blockIdx.x / 2, MT, (N + 2 * HN - 1) / (2 * HN), group);
@@ -1323,8 +1329,6 @@ __device__ __forceinline__ void gemm_tskx_body(const TmaMap &map_a, const TmaMap
     };
 
     if (tid == 0) {
-        tma_prefetch_map(&map_a);
-        tma_prefetch_map(&map_w);
         for (int s = 0; s < STAGES + KMAX; ++s) mbar_init(full0 + 8 * s, 1);
         mbar_init(red_bar, 1);
         mbar_expect_tx(red_bar, Cfg::RECV_BYTES);
