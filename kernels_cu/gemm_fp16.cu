@@ -1275,128 +1275,6 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     }
     IMPGEMM_MARK(3, tid == 0);
 }
-
-// tskx: tsk_64x128k2 with the partials' exchange under the loop (results/NOTES.md GEMM v12: the
-// exchange of 16 KB through distributed shared memory took ~1.4 us after the loop, the store itself
-// ~0.1). Rank r of the pair owns columns [64r, 64r + 64) of the 64 x 128 tile. It first runs its K
-// slice over the peer's 64 columns (the whole A slice lands in shared memory and stays, the peer's W
-// rows stream through the stages), pushes that partial to the peer by st.async, then runs the same
-// slice over its own 64 columns (its own W rows streaming, A from the kept slice) while the bytes
-// travel, and at the end adds the peer's partial, long arrived. Same bytes from L2 as tsk_64x128k2p.
-// Needs K / 2 <= KMAX * CH * 64 (the kept A slice); the host checks it (Variant.max_k).
-template <int STAGES, int KMAX, int CH>
-struct TskxConfig {
-    static constexpr int BK = 64, THREADS = 128, HN = 64, JR = HN / 8;
-    static constexpr int A_CHUNK = 64 * BK * 2, W_CHUNK = HN * BK * 2;  // one 64-wide K chunk
-    static constexpr int A_BYTES = CH * A_CHUNK, W_BYTES = CH * W_CHUNK;  // one K step
-    static constexpr int RECV_BYTES = JR * THREADS * 16;                 // the peer's partial of my columns
-    static constexpr int SMEM_BYTES = KMAX * A_BYTES + STAGES * W_BYTES + RECV_BYTES + 1024;
-    __device__ static unsigned recv_addr(unsigned sR, int jj, int tid) { return sR + (jj * THREADS + tid) * 16; }
-    static_assert(SMEM_BYTES + 8 * (STAGES + KMAX) + 8 <= 232448, "227 KiB of shared memory per block");
-};
-
-template <int STAGES, int KMAX, int CH>
-__device__ __forceinline__ void gemm_tskx_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
-                                               const TmaMap &map_c, int M, int N, int K, int group, bool c_tma) {
-    using Cfg = TskxConfig<STAGES, KMAX, CH>;
-    constexpr int BK = Cfg::BK, HN = Cfg::HN, JR = Cfg::JR;
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    __shared__ __align__(8) unsigned long long bars[STAGES + KMAX + 1];  // W stages, A steps, the exchange
-    const unsigned sA = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const unsigned sW = sA + KMAX * Cfg::A_BYTES, sR = sW + STAGES * Cfg::W_BYTES;
-    const unsigned full0 = smem_u32(&bars[0]), abar0 = smem_u32(&bars[STAGES]), red_bar = smem_u32(&bars[STAGES + KMAX]);
-
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    IMPGEMM_MARK(0, tid == 0);
-    if (tid == 0) {  // the descriptors' fetch under the tile arithmetic below
-        tma_prefetch_map(&map_a);
-        tma_prefetch_map(&map_w);
-    }
-    const int rank = (int)cluster_rank(), peer = rank ^ 1;
-    const int MT = (M + 63) / 64, KS = ((K + BK - 1) / BK + CH - 1) / CH;
-    const int2 tile = tsk_tile(blockIdx.x / 2, MT, (N + 2 * HN - 1) / (2 * HN), group);
-    const int m0 = tile.x * 64, n0 = tile.y * 2 * HN;
-    const int kt_begin = rank * KS / 2, nk = (rank + 1) * KS / 2 - kt_begin;  // nk <= KMAX
-    const int items = 2 * nk;  // item i: K step i % nk over the peer's columns (i < nk), then over mine
-    if (nk > KMAX) asm volatile("trap;");  // the host keeps K within the kept A slice (Variant.max_k)
-    const bool three_d = CH == 2 && K % BK == 0;
-    // W rows of item i into stage s (the first pass also lands A step i in its own slot)
-    auto load_w = [&](int s, int i) {
-        const unsigned bar = full0 + 8 * s;
-        mbar_expect_tx(bar, Cfg::W_BYTES);
-        tsk_load_rows<CH>(map_w, sW + s * Cfg::W_BYTES, Cfg::W_CHUNK, n0 + HN * (i < nk ? peer : rank),
-                          kt_begin + i % nk, bar, three_d);
-    };
-
-    if (tid == 0) {
-        for (int s = 0; s < STAGES + KMAX; ++s) mbar_init(full0 + 8 * s, 1);
-        mbar_init(red_bar, 1);
-        mbar_expect_tx(red_bar, Cfg::RECV_BYTES);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        IMPGEMM_MARK(7, true);
-        for (int i = 0; i < nk || i < STAGES; ++i) {  // the whole A slice and the first W stages in flight
-            if (i < nk) {
-                mbar_expect_tx(abar0 + 8 * i, Cfg::A_BYTES);
-                tsk_load_rows<CH>(map_a, sA + i * Cfg::A_BYTES, Cfg::A_CHUNK, m0, kt_begin + i, abar0 + 8 * i, three_d);
-            }
-            if (i < STAGES && i < items) load_w(i, i);
-            IMPGEMM_MARK(8, i == 0);
-        }
-        IMPGEMM_MARK(4, true);
-    }
-    __syncthreads();
-    cluster_arrive_relaxed();  // my red_bar is initialised (the peer waits for this before it sends)
-
-    float acc_p[HN / 2], acc_o[HN / 2];  // the peer's columns, then mine (m64n64 accumulators)
-#pragma unroll
-    for (int i = 0; i < HN / 2; ++i) acc_p[i] = acc_o[i] = 0.f;
-    auto send = [&]() {  // my partial of the peer's columns into its receive buffer, counted on its red_bar
-        cluster_wait();
-        const unsigned bar = cluster_addr(red_bar, (unsigned)peer);
-#pragma unroll
-        for (int jj = 0; jj < JR; ++jj)
-            st_async_v4f(cluster_addr(Cfg::recv_addr(sR, jj, tid), (unsigned)peer), acc_p[4 * jj], acc_p[4 * jj + 1],
-                         acc_p[4 * jj + 2], acc_p[4 * jj + 3], bar);
-        IMPGEMM_MARK(5, tid == 0);
-    };
-    // item i into acc; on return the batch of item i-1 is complete and its stage refilled
-    auto run_item = [&](int i, float(&acc)[HN / 2]) {
-        const int s = i % STAGES, step = i % nk;
-        if (i < nk) mbar_wait(abar0 + 8 * step, 0);
-        mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
-        IMPGEMM_MARK(1, tid == 0 && i == 0);
-        const unsigned a_base = sA + step * Cfg::A_BYTES, w_base = sW + s * Cfg::W_BYTES;
-        tsk_mma_step<HN, CH, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, a_base, w_base);  // item i-1's batch done
-        const int refill = i - 1 + STAGES;
-        if (i >= 1 && refill < items) {
-            named_barrier_sync(1, Cfg::THREADS);
-            if (tid == 0) load_w((i - 1) % STAGES, refill);
-        }
-    };
-    for (int i = 0; i < nk; ++i) run_item(i, acc_p);
-    wgmma_wait<0>();  // the peer's columns are done (the loads of my items are in flight meanwhile) ...
-    fence_regs(acc_p);
-    send();  // ... and travel while mine run (zeros where this rank has no K step)
-    for (int i = nk; i < items; ++i) run_item(i, acc_o);
-    wgmma_wait<0>();
-    fence_regs(acc_o);
-    IMPGEMM_MARK(2, tid == 0);
-
-    mbar_wait_cluster(red_bar, 0);
-    IMPGEMM_MARK(6, tid == 0);
-    const int row = m0 + warp * 16 + (lane >> 2);
-    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
-#pragma unroll
-    for (int jj = 0; jj < JR; ++jj) {
-        const F32x4 v = ld_shared_v4f(Cfg::recv_addr(sR, jj, tid));
-        const F32x4 mine = {acc_o[4 * jj], acc_o[4 * jj + 1], acc_o[4 * jj + 2], acc_o[4 * jj + 3]};
-        const F32x4 sum = rank == 0 ? F32x4{mine.x + v.x, mine.y + v.y, mine.z + v.z, mine.w + v.w}
-                                    : F32x4{v.x + mine.x, v.y + mine.y, v.z + mine.z, v.w + mine.w};
-        TskStore<JR, Cfg::THREADS>::put(c_tma, sA, C, M, N, vec, m0, row, n0 + rank * HN, jj, lane, sum);
-    }
-    TskStore<JR, Cfg::THREADS>::finish(c_tma, map_c, sA, m0, n0 + rank * HN, tid);
-    IMPGEMM_MARK(3, tid == 0);
-}
 #else
 #define IMPGEMM_HAS_WGMMA 0
 #endif
@@ -1441,13 +1319,6 @@ __device__ __forceinline__ void gemm_tskx_body(const TmaMap &map_a, const TmaMap
     }
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, __cluster_dims__(2, 1, 1))
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, S, true, __cluster_dims__(S, 1, 1))
-#define IMPGEMM_TSKX(NAME, STAGES, KMAX, CH)                                                              \
-    extern "C" __global__ void __launch_bounds__(128) __cluster_dims__(2, 1, 1)                                  \
-        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
-             const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
-             int c_tma) { pdl_entry();                                                                              \
-        impgemm::gemm_tskx_body<STAGES, KMAX, CH>(map_a, map_w, C, map_c, M, N, K, group, c_tma != 0);          \
-    }
 #define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
@@ -1470,7 +1341,6 @@ __device__ __forceinline__ void gemm_tskx_body(const TmaMap &map_a, const TmaMap
 #define IMPGEMM_TMA_SW(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TSKX(NAME, STAGES, KMAX, CH) IMPGEMM_TSK(NAME, 64, 128, STAGES, 2, CH)
 #define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
     extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
                                     const __grid_constant__ impgemm::TmaMap tw,                                \
@@ -1565,9 +1435,6 @@ IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2, 1)            // 128     214016
 IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2)           // 128     205824
 IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
 IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
-// x: the pair's exchange under the loop (gemm_tskx_body): A slice kept (K <= 2 * KMAX * CH * 64), W halves stream
-// name                         stages KMAX CH                    threads  smem bytes
-IMPGEMM_TSKX(gemm_tsk_64x128k2s4px, 4, 8, 2)                     // 128     214016
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

@@ -65,12 +65,6 @@ class Variant:
     last_us: float = 0.0  # tma time model: cost paid once (the exposed epilogue of the last tile)
     stages: int = 0  # tsk: K steps in flight per CTA (the time model's refill rounds)
     chunks: int = 1  # tsk: 64-wide K chunks a stage (2: one 3-D TMA box per operand where K % 64 == 0)
-    kept_a: int = 0  # tsk x (gemm_tskx_body): K steps of A a rank keeps in shared memory; 0 for the others
-
-    @property
-    def max_k(self) -> int:
-        """Largest K the variant runs (0: any); a tsk x rank keeps its whole A slice."""
-        return self.split_k * self.kept_a * self.bk if self.kept_a else 0
 
     @property
     def kernel_name(self) -> str:
@@ -96,9 +90,8 @@ class Variant:
 
     @property
     def w_box_rows(self) -> int:
-        """W rows one CTA copies per stage: half the tile where a tma pair multicasts it, or where a tsk x
-        rank streams the peer's half and then its own."""
-        return self.bn // self.multicast // (2 if self.kept_a else 1)
+        """tma: W rows one CTA copies per stage (half the tile where the pair multicasts it)."""
+        return self.bn // self.multicast
 
     def units(self, m: int, n: int) -> int:
         """tma: work units (one per cluster and step): output tiles, or pairs of M tiles with multicast."""
@@ -146,14 +139,6 @@ def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1):
     suffix = (f"s{stages}" if smem > 113 * 1024 else "") + ("p" if chunks == 2 else "")  # s: one CTA per SM
     return Variant(f"tsk_{bm}x{bn}k{split_k}{suffix}", "tsk", bm, bn, 64 * chunks, 128 * bm // 64, smem, regs,
                    split_k, 2500.0, fixed_us, 0.0, 1, 0.0, stages, chunks)  # fmt: skip
-
-
-def _tskx(stages, kept_a, regs, fixed_us=0.0, chunks=2):
-    """A gemm_tsk_64x128k2s<stages>px entry point (TskxConfig): tsk_64x128k2 whose pair exchanges its
-    partials under the loop; each rank keeps its A slice (kept_a K steps) and streams W halves."""
-    smem = kept_a * chunks * 64 * 64 * 2 + stages * chunks * 64 * 64 * 2 + 64 * 64 * 4 + 1024
-    return Variant(f"tsk_64x128k2s{stages}{'p' if chunks == 2 else ''}x", "tsk", 64, 128, 64 * chunks, 128, smem, regs,
-                   2, 2500.0, fixed_us, 0.0, 1, 0.0, stages, chunks, kept_a)  # fmt: skip
 
 
 # fmt: off
@@ -234,8 +219,6 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk( 64,  64,  6, 2, 58, -0.25, chunks=2),
     _tsk( 64, 128,  4, 2, 90, chunks=2),
     _tsk( 64, 128,  4, 4, 90, chunks=2),
-    # x: the pair's exchange under the loop, K <= 2048 (v12)
-    _tskx(4, 8, 84),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
@@ -392,7 +375,7 @@ def _estimate_tsk_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> 
     cta_kb = steps_cta * (v.bm + v.bn) * v.bk * 2 / 1024
     dram_mb = 2.0 * (m * k + n * k + m * n) / 1e6
     refill_rounds = max(0, -(-steps_cta // v.stages) - 1)
-    receive_kb = 0.0 if v.kept_a else (v.split_k - 1) * v.bm * v.bn * 4 / v.split_k / 1024  # x: under the loop
+    receive_kb = (v.split_k - 1) * v.bm * v.bn * 4 / v.split_k / 1024
     return (TSK_BASE_US + v.fixed_us + TSK_US_PER_SM_100KB * waves * sharing * cta_kb / 100
             + TSK_US_PER_DRAM_MB * dram_mb + TSK_US_PER_L2_MB * ctas * cta_kb / 1024
             + TSK_US_PER_REFILL_ROUND * refill_rounds * waves + TSK_US_PER_RECEIVE_KB * receive_kb
@@ -424,7 +407,6 @@ def choose_variant(m: int, n: int, k: int, policy=DEFAULT_POLICY, device: Device
     usable = [
         v for v in candidates(pol, device)
         if v.grid(m, n)[1] <= MAX_GRID_Y and (not v.tensor_maps or n >= 64) and (v.family != "tsk" or n <= TSK_MAX_N)
-        and (not v.max_k or k <= v.max_k)
     ]  # fmt: skip
     if not usable:
         return None
@@ -486,8 +468,6 @@ def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma
         raise ValueError(f"unknown GEMM variant {name!r}; accepted: {', '.join(VARIANTS)}")
     if spec.family != "mma" and not device_info().has_wgmma:
         raise ValueError(f"GEMM variant {name!r} needs an sm_90 (Hopper) device")
-    if spec.max_k and k > spec.max_k:
-        raise ValueError(f"GEMM variant {name!r} runs K <= {spec.max_k}; got K={k} (w {tuple(w.shape)})")
     if spec.tensor_maps:
         return _tma_launcher(spec, a, w, out, m, n, k, group, tma_store)
     gx, gy = spec.grid(m, n)
