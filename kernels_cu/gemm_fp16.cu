@@ -1433,6 +1433,7 @@ IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2, 1)            // 128     205824
 IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2, 1)            // 128     214016
 // p: two K chunks a stage, one 3-D box per operand (stages count 128-wide K steps)
 IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2)           // 128     205824
+IMPGEMM_TSK(gemm_tsk_64x64k1s6p, 64, 64, 6, 1, 2)           // 128     197632  no split (cuBLAS's 512x1024 tile)
 IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
 IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
 

@@ -217,6 +217,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk( 64, 128,  8, 2, 90),
     # p: two K chunks a stage in one 3-D box per operand (v10)
     _tsk( 64,  64,  6, 2, 58, -0.25, chunks=2),
+    _tsk( 64,  64,  6, 1, 58, chunks=2),
     _tsk( 64, 128,  4, 2, 90, chunks=2),
     _tsk( 64, 128,  4, 4, 90, chunks=2),
 )}
