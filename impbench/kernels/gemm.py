@@ -586,7 +586,8 @@ def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int |
     maps = [map_a, map_w]
     values = [ctypes.c_void_p(out.data.ptr), ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
     if spec.family == "tsk":  # + the output's map (TMA store where rows are 16-byte multiples), order, store mode
-        c_tma = tma_store and n % 8 == 0 and out.data.ptr % 16 == 0
+        # only split variants stage their columns for a TMA store (gemm_tsk_body); S = 1 stores from registers
+        c_tma = tma_store and spec.split_k > 1 and n % 8 == 0 and out.data.ptr % 16 == 0
         maps.append(_store_map(out, spec.bn // spec.split_k, spec.bm) if c_tma else map_a)
         values += [ctypes.c_int32(tsk_group(spec, m, n) if group is None else group), ctypes.c_int32(int(c_tma))]
     pointers = [at for _, at in maps] + [ctypes.addressof(v) for v in values]
