@@ -1275,6 +1275,101 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     }
     IMPGEMM_MARK(3, tid == 0);
 }
+
+// tsk with W multicast (tsk_64xBNc2: no split, S = 1, CH = 2). A 2-CTA cluster takes two M tiles of one N
+// tile; each K step is two 64-wide chunks, and rank r copies W chunk r and multicasts it to both CTAs,
+// so a CTA asks L2 for its A tile plus half the W tile (cuBLAS's 64x64 2x1 kernel at 512x1024x2048,
+// where the tsk loop is bound by the L2 sectors asked, results/NOTES.md GEMM v12). A stage is refilled
+// only once the consumers of both CTAs released it; a fifth warp issues the copies, so that wait never
+// stalls the wgmma warpgroup (warps 0-3).
+template <int BN, int STAGES>
+__device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
+                                              int M, int N, int K, int group) {
+    using Cfg = TskConfig<64, BN, STAGES, 1, 2>;
+    constexpr int BK = Cfg::BK;
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    __shared__ __align__(8) unsigned long long bars[2 * STAGES];  // full[s], empty[s]
+    const unsigned sA = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const unsigned sW = sA + STAGES * Cfg::A_BYTES;
+    const unsigned full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[STAGES]);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    IMPGEMM_MARK(0, tid == 0);
+    const bool producer = tid == 128;
+    if (producer) {
+        tma_prefetch_map(&map_a);
+        tma_prefetch_map(&map_w);
+    }
+    const unsigned rank = cluster_rank(), peer = rank ^ 1u;
+    const int MT = (M + 63) / 64, KS = ((K + BK - 1) / BK + 1) / 2;
+    const int2 pair = tsk_tile(blockIdx.x / 2, (MT + 1) / 2, (N + BN - 1) / BN, group);
+    const int m0 = (pair.x * 2 + (int)rank) * 64, n0 = pair.y * BN;  // a rank past M reads zeros, stores nothing
+    const bool three_d = K % BK == 0;
+
+    if (producer) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(full0 + 8 * s, 1);   // the producer's arrive.expect_tx; both W chunks and A land on it
+            mbar_init(empty0 + 8 * s, 8);  // the 4 consumer warps here and the 4 of the peer
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        IMPGEMM_MARK(7, true);
+        for (int s = 0; s < STAGES && s < KS; ++s) {  // this CTA's own A needs no peer: before the cluster barrier
+            mbar_expect_tx(full0 + 8 * s, Cfg::STAGE_BYTES);
+            tsk_load_rows<2>(map_a, sA + s * Cfg::A_BYTES, Cfg::A_CHUNK, m0, s, full0 + 8 * s, three_d);
+            IMPGEMM_MARK(8, s == 0);
+        }
+    }
+    cluster_arrive_relaxed();  // the peer's barriers exist before a multicast lands in them
+    cluster_wait();
+
+    if (warp == 4) {
+        if (lane != 0) return;
+        // step j into stage j % STAGES; past KS only the waits: every stage multicast to the peer was read
+        // there (and every peer arrive on this CTA's barriers landed) before this CTA leaves
+        for (int j = 0; j < KS + STAGES; ++j) {
+            const int s = j % STAGES;
+            const unsigned full = full0 + 8 * s;
+            if (j >= STAGES) mbar_wait(empty0 + 8 * s, (j / STAGES - 1) & 1);
+            if (j >= KS) continue;
+            if (j >= STAGES) {
+                mbar_expect_tx(full, Cfg::STAGE_BYTES);
+                tsk_load_rows<2>(map_a, sA + s * Cfg::A_BYTES, Cfg::A_CHUNK, m0, j, full, three_d);
+            }
+            tma_load_2d_multicast(sW + s * Cfg::W_BYTES + rank * Cfg::W_CHUNK, &map_w, (2 * j + (int)rank) * BK, n0,
+                                  full, (unsigned short)3);
+        }
+        IMPGEMM_MARK(4, true);
+        return;
+    }
+
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+    const auto release = [&](int step) {  // this warp read stage `step`: tell both producers
+        if (lane != 0) return;
+        const unsigned empty = empty0 + 8 * (step % STAGES);
+        mbar_arrive(empty);
+        mbar_arrive_remote(cluster_addr(empty, peer));
+    };
+    for (int i = 0; i < KS; ++i) {
+        const int s = i % STAGES;
+        mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
+        IMPGEMM_MARK(1, tid == 0 && i == 0);
+        tsk_mma_step<BN, 2, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, sA + s * Cfg::A_BYTES, sW + s * Cfg::W_BYTES);
+        if (i >= 1) release(i - 1);
+    }
+    wgmma_wait<0>();
+    fence_regs(acc);
+    release(KS - 1);
+    IMPGEMM_MARK(2, tid == 0);
+    const int row = m0 + warp * 16 + (lane >> 2);
+    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j)
+        store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
+                   acc[4 * j + 3]);
+    IMPGEMM_MARK(3, tid == 0);
+}
 #else
 #define IMPGEMM_HAS_WGMMA 0
 #endif
@@ -1326,6 +1421,13 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
              int c_tma) { pdl_entry();                                                                              \
         impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, map_c, M, N, K, group, c_tma != 0);       \
     }
+#define IMPGEMM_TSM(NAME, BN, STAGES)                                                                    \
+    extern "C" __global__ void __launch_bounds__(160) __cluster_dims__(2, 1, 1)                                \
+        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
+             const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
+             int c_tma) { pdl_entry();                                                                              \
+        impgemm::gemm_tsm_body<BN, STAGES>(map_a, map_w, C, M, N, K, group);                                   \
+    }
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
     extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) { pdl_entry();   \
@@ -1348,6 +1450,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
                                     int group, int c_tma) { pdl_entry();                                       \
         asm volatile("trap;");                                                                            \
     }
+#define IMPGEMM_TSM(NAME, BN, STAGES) IMPGEMM_TSK(NAME, 64, BN, STAGES, 2, 2)
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
@@ -1436,6 +1539,8 @@ IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2)           // 128     205824
 IMPGEMM_TSK(gemm_tsk_64x64k1s6p, 64, 64, 6, 1, 2)           // 128     197632  no split (cuBLAS's 512x1024 tile)
 IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
 IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
+// c2: no split, a 2-CTA cluster on two M tiles sharing W (multicast), a producer warp (gemm_tsm_body)
+IMPGEMM_TSM(gemm_tsk_64x64c2s6p, 64, 6)                     // 160     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

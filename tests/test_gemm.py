@@ -74,12 +74,14 @@ def _source_variants():
     ws = re.findall(r"^IMPGEMM_WGMMA_WS\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)
     tma = re.findall(r"^IMPGEMM_TMA(|_MC|_SK|_SW)\(gemm_(\w+), (\d+), (\d+)(?:, (\d+))?\)", text, re.M)
     tsk = re.findall(r"^IMPGEMM_TSK\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
-    return mma, wg, ws, tma, tsk
+    tsm = re.findall(r"^IMPGEMM_TSM\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)  # tsk c2: BM 64, S 1, CH 2
+    return mma, wg, ws, tma, tsk + [(name, "64", bn, stages, "1", "2", 2) for name, bn, stages in tsm]
 
 
 def test_variant_table_matches_the_kernel_source():
     mma, wg, ws, tma, tsk = _source_variants()
     assert len(mma) + len(wg) + len(ws) + len(tma) + len(tsk) == len(g.VARIANTS)
+    assert any(len(row) == 7 for row in tsk), "the multicasting tsk variant is in the source"
     for name, bm, bn, bk, wm, wn, wk, stages in mma:
         bm, bn, bk, wm, wn, wk, stages = map(int, (bm, bn, bk, wm, wn, wk, stages))
         v = g.VARIANTS[name]
@@ -106,11 +108,13 @@ def test_variant_table_matches_the_kernel_source():
         assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + staging + 1024
         assert v.smem_bytes + 16 * stages + 16 <= 232448  # 227 KiB per block, barriers included
         assert name.endswith({"": "", "_MC": "c2", "_SK": f"k{split}", "_SW": "s"}[kind])
-    for name, bm, bn, stages, split, chunks in tsk:  # TskConfig: pipeline + receive buffer of the partials + slack
-        bm, bn, stages, split, chunks = int(bm), int(bn), int(stages), int(split), int(chunks)
+    for name, bm, bn, stages, split, chunks, *mc in tsk:  # TskConfig: pipeline + receive buffer of the partials + slack
+        bm, bn, stages, split, chunks, mc = int(bm), int(bn), int(stages), int(split), int(chunks), mc[0] if mc else 1
         v = g.VARIANTS[name]
-        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster, v.chunks) == (
-            "tsk", bm, bn, 64 * chunks, 128 * bm // 64, split, stages, split, chunks)
+        threads = 128 * bm // 64 + (32 if mc > 1 else 0)  # c2: a producer warp
+        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster, v.chunks, v.multicast) == (
+            "tsk", bm, bn, 64 * chunks, threads, split, stages, split * mc, chunks, mc)
+        assert (f"c{mc}" in name) == (mc > 1) and v.w_box_rows == bn
         receive = (split - 1) * (bn // 8 // split) * (128 * bm // 64) * 16
         assert v.smem_bytes == stages * chunks * (bm + bn) * 64 * 2 + receive + 1024
         assert v.smem_bytes + 8 * stages + 8 <= 232448
@@ -138,6 +142,8 @@ def test_tsk_grid_and_router_dispatch():
         assert g.VARIANTS[g.choose_variant(m, n, k, "small-n", g.H100)].family == "tsk", (m, n, k)
     for policy in ("tight", "permissive"):  # the large-tile guards never take it
         assert g.VARIANTS[g.choose_variant(1024, 128, 2048, policy, g.H100)].large
+    c2 = g.VARIANTS["tsk_64x64c2s6p"]  # M tiles in pairs sharing W, an odd count rounded up; no split
+    assert c2.grid(300, 264) == (3 * 5 * 2, 1) and c2.cluster == 2 and c2.split_k == 1 and c2.threads == 160
     # nor a wide output outside its model (the engine's last-token lm_head: 180 µs on tsk, 150 on mma)
     assert g.VARIANTS[g.choose_variant(1, 151936, 2048, "small-n", g.H100)].family != "tsk"
 
@@ -266,7 +272,7 @@ def test_tsk_k_slices(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["tsk_64x128k2s4p", "tsk_64x64k4", "tsk_128x128k4s5"])
+@pytest.mark.parametrize("name", ["tsk_64x128k2s4p", "tsk_64x64k4", "tsk_128x128k4s5", "tsk_64x64c2s6p"])
 def test_tsk_tile_orders_and_store_modes_cover_every_tile(name):
     """Every tile order (bands of G M tiles, the last band short where G does not divide the M tiles) and
     both output paths (TMA store of a staged tile, stores from registers) write every output and give the
@@ -313,7 +319,7 @@ def test_random_shapes_under_each_policy():
     "name",
     ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128", "wgmma_ws_128x256",
      "tma_128x160", "tma_128x256c2", "tma_128x128k8", "tma_128x64k2", "tma_128x192s",
-     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8", "tsk_64x64k2", "tsk_64x64k2s6p"],
+     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8", "tsk_64x64k2", "tsk_64x64k2s6p", "tsk_64x64c2s6p"],
 )  # fmt: skip
 def test_capture_replay_is_bit_identical(name):
     import cupy

@@ -61,7 +61,7 @@ class Variant:
     flop_per_clk: float = 2000.0
     fixed_us: float = 1.0
     iter_us: float = 0.0  # floor per K stage of one block: load latency over the pipeline depth
-    multicast: int = 1  # tma: CTAs of a cluster sharing (multicasting) each W tile
+    multicast: int = 1  # tma, tsk: CTAs of a cluster sharing (multicasting) each W tile
     last_us: float = 0.0  # tma time model: cost paid once (the exposed epilogue of the last tile)
     stages: int = 0  # tsk: K steps in flight per CTA (the time model's refill rounds)
     chunks: int = 1  # tsk: 64-wide K chunks a stage (2: one 3-D TMA box per operand where K % 64 == 0)
@@ -80,7 +80,7 @@ class Variant:
     def cluster(self) -> int:
         """CTAs per thread-block cluster (1: no cluster)."""
         if self.family == "tsk":
-            return self.split_k
+            return self.split_k * self.multicast
         return self.multicast if self.family != "tma" or self.split_k == 1 else self.split_k
 
     @property
@@ -90,18 +90,20 @@ class Variant:
 
     @property
     def w_box_rows(self) -> int:
-        """tma: W rows one CTA copies per stage (half the tile where the pair multicasts it)."""
-        return self.bn // self.multicast
+        """W rows of one TMA box: tma, half the tile where the pair multicasts it; tsk, the whole tile
+        (a multicasting pair splits each K step by chunk instead)."""
+        return self.bn if self.family == "tsk" else self.bn // self.multicast
 
     def units(self, m: int, n: int) -> int:
-        """tma: work units (one per cluster and step): output tiles, or pairs of M tiles with multicast."""
+        """Work units (tma: one per cluster and step; tsk: one per cluster): output tiles, or pairs of M
+        tiles with multicast."""
         return -(-(-(-m // self.bm)) // self.multicast) * -(-n // self.bn)
 
     def grid(self, m: int, n: int, clusters: int | None = None) -> tuple[int, int]:
         """Launch grid. tma: (CTAs, 1); persistent (no split-K) with at most `clusters` clusters
         resident (default: one CTA per SM of an H100)."""
-        if self.family == "tsk":
-            return (-(-m // self.bm) * -(-n // self.bn) * self.split_k, 1)
+        if self.family == "tsk":  # a multicasting pair takes two M tiles (the second may lie past M)
+            return (self.units(m, n) * self.split_k * self.multicast, 1)
         if self.family != "tma":
             return (-(-m // self.bm), -(-n // self.bn))
         units = self.units(m, n)
@@ -131,14 +133,17 @@ def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5, 
                    0.0, multicast, last_us)  # fmt: skip
 
 
-def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1):
+def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1, multicast=1):
     """A gemm_tsk_* entry point: tile bm x bn, K steps of `chunks` x 64, bm/64 warpgroups, a cluster of
-    split_k CTAs over K (TskConfig in gemm_fp16.cu); fixed_us: this variant's cost over the time model."""
+    split_k CTAs over K (TskConfig in gemm_fp16.cu), or (multicast 2, "c2", gemm_tsm_body) a pair of M
+    tiles sharing W, plus a producer warp; fixed_us: this variant's cost over the time model."""
     receive = (split_k - 1) * bm * bn * 4 // split_k  # the other ranks' FP32 partials of this rank's columns
     smem = stages * chunks * (bm + bn) * 64 * 2 + receive + 1024
     suffix = (f"s{stages}" if smem > 113 * 1024 else "") + ("p" if chunks == 2 else "")  # s: one CTA per SM
-    return Variant(f"tsk_{bm}x{bn}k{split_k}{suffix}", "tsk", bm, bn, 64 * chunks, 128 * bm // 64, smem, regs,
-                   split_k, 2500.0, fixed_us, 0.0, 1, 0.0, stages, chunks)  # fmt: skip
+    cluster = f"c{multicast}" if multicast > 1 else f"k{split_k}"
+    threads = 128 * bm // 64 + (32 if multicast > 1 else 0)
+    return Variant(f"tsk_{bm}x{bn}{cluster}{suffix}", "tsk", bm, bn, 64 * chunks, threads, smem, regs,
+                   split_k, 2500.0, fixed_us, 0.0, multicast, 0.0, stages, chunks)  # fmt: skip
 
 
 # fmt: off
@@ -220,6 +225,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk( 64,  64,  6, 1, 58, chunks=2),
     _tsk( 64, 128,  4, 2, 90, chunks=2),
     _tsk( 64, 128,  4, 4, 90, chunks=2),
+    # c2: W multicast over a pair of M tiles, no split (v13)
+    _tsk( 64,  64,  6, 1, 58, chunks=2, multicast=2),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
@@ -365,15 +372,16 @@ def _estimate_tsk_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> 
     other ranks' FP32 partials of its columns."""
     steps_cta = -(-(-(-k // v.bk)) // v.split_k)  # K steps of bk = 64 x chunks
     ctas = v.grid(m, n)[0]
+    w_rows = v.bn / v.multicast  # W rows a CTA asks L2 for (a multicasting pair splits the W tile)
     per_sm = 2 if 2 * (v.smem_bytes + 2048) <= TSK_SM_SMEM_BYTES else 1
 
     def slots(ctas_per_sm: int) -> int:
-        found = TSK_CLUSTER_SLOTS.get((ctas_per_sm, v.split_k), device.sms // v.split_k) * v.split_k
-        return max(v.split_k, found * device.sms // H100.sms)
+        found = TSK_CLUSTER_SLOTS.get((ctas_per_sm, v.cluster), device.sms // v.cluster) * v.cluster
+        return max(v.cluster, found * device.sms // H100.sms)
 
     waves = -(-ctas // slots(per_sm))
     sharing = min(per_sm, -(-min(ctas, slots(per_sm)) // min(device.sms, slots(1))))
-    cta_kb = steps_cta * (v.bm + v.bn) * v.bk * 2 / 1024
+    cta_kb = steps_cta * (v.bm + w_rows) * v.bk * 2 / 1024
     dram_mb = 2.0 * (m * k + n * k + m * n) / 1e6
     refill_rounds = max(0, -(-steps_cta // v.stages) - 1)
     receive_kb = (v.split_k - 1) * v.bm * v.bn * 4 / v.split_k / 1024
@@ -568,8 +576,8 @@ def tsk_group(spec: Variant, m: int, n: int) -> int:
     read together. Measured on the H200 (results/NOTES.md GEMM v12): at 512x1024x2048 (8 x 8 tiles, one
     wave) bands of 2 ask L2 for 15% fewer sectors than M-fastest and run the loop 0.5-0.75 us faster;
     on taller grids (2048x256) and on two-wave grids (1024x1024) M-fastest was as fast or faster."""
-    mt, nt = -(-m // spec.bm), -(-n // spec.bn)
-    one_wave = mt * nt * spec.split_k <= device_info().sms
+    mt, nt = -(-(-(-m // spec.bm)) // spec.multicast), -(-n // spec.bn)  # units along M: tiles or pairs
+    one_wave = spec.grid(m, n)[0] <= device_info().sms
     return 2 if one_wave and nt >= mt else mt
 
 
@@ -582,7 +590,8 @@ def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int |
 
     # tsk "p" variants read 3-D maps where K % 64 == 0 (the kernel checks the same condition)
     chunks = spec.chunks if k % 64 == 0 else 1
-    map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, chunks)
+    # (a multicasting tsk pair copies W a chunk per rank: 2-D boxes)
+    map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, 1 if spec.multicast > 1 else chunks)
     maps = [map_a, map_w]
     values = [ctypes.c_void_p(out.data.ptr), ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
     if spec.family == "tsk":  # + the output's map (TMA store where rows are 16-byte multiples), order, store mode
