@@ -1281,10 +1281,12 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 // so a CTA asks L2 for its A tile plus half the W tile (cuBLAS's 64x64 2x1 kernel at 512x1024x2048,
 // where the tsk loop is bound by the L2 sectors asked, results/NOTES.md GEMM v12). A stage is refilled
 // only once the consumers of both CTAs released it; a fifth warp issues the copies, so that wait never
-// stalls the wgmma warpgroup (warps 0-3).
+// stalls the wgmma warpgroup (warps 0-3). The first `solo` stages each CTA fills alone, W whole, before
+// the cluster barrier: a multicast may land only once the peer's barriers exist, and that barrier
+// would otherwise stand before the first stage.
 template <int BN, int STAGES>
 __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
-                                              int M, int N, int K, int group) {
+                                              int M, int N, int K, int group, int solo_asked) {
     using Cfg = TskConfig<64, BN, STAGES, 1, 2>;
     constexpr int BK = Cfg::BK;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -1305,6 +1307,7 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
     const int2 pair = tsk_tile(blockIdx.x / 2, (MT + 1) / 2, (N + BN - 1) / BN, group);
     const int m0 = (pair.x * 2 + (int)rank) * 64, n0 = pair.y * BN;  // a rank past M reads zeros, stores nothing
     const bool three_d = K % BK == 0;
+    const int solo = min(max(solo_asked, 0), STAGES);  // (a refill always multicasts)
 
     if (producer) {
         for (int s = 0; s < STAGES; ++s) {
@@ -1314,15 +1317,18 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         IMPGEMM_MARK(7, true);
         for (int s = 0; s < STAGES && s < KS; ++s) {  // this CTA's own A needs no peer: before the cluster barrier
-            mbar_expect_tx(full0 + 8 * s, Cfg::STAGE_BYTES);
-            tsk_load_rows<2>(map_a, sA + s * Cfg::A_BYTES, Cfg::A_CHUNK, m0, s, full0 + 8 * s, three_d);
+            const unsigned full = full0 + 8 * s;
+            mbar_expect_tx(full, Cfg::STAGE_BYTES);
+            tsk_load_rows<2>(map_a, sA + s * Cfg::A_BYTES, Cfg::A_CHUNK, m0, s, full, three_d);
+            if (s < solo) tsk_load_rows<2>(map_w, sW + s * Cfg::W_BYTES, Cfg::W_CHUNK, n0, s, full, false);
             IMPGEMM_MARK(8, s == 0);
         }
     }
-    cluster_arrive_relaxed();  // the peer's barriers exist before a multicast lands in them
-    cluster_wait();
+    __syncthreads();           // this CTA's barriers are initialised before its consumers wait on them
+    cluster_arrive_relaxed();  // ... and the peer's before a multicast or a remote arrive reaches them
 
     if (warp == 4) {
+        cluster_wait();
         if (lane != 0) return;
         // step j into stage j % STAGES; past KS only the waits: every stage multicast to the peer was read
         // there (and every peer arrive on this CTA's barriers landed) before this CTA leaves
@@ -1330,7 +1336,7 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
             const int s = j % STAGES;
             const unsigned full = full0 + 8 * s;
             if (j >= STAGES) mbar_wait(empty0 + 8 * s, (j / STAGES - 1) & 1);
-            if (j >= KS) continue;
+            if (j >= KS || j < solo) continue;
             if (j >= STAGES) {
                 mbar_expect_tx(full, Cfg::STAGE_BYTES);
                 tsk_load_rows<2>(map_a, sA + s * Cfg::A_BYTES, Cfg::A_CHUNK, m0, j, full, three_d);
@@ -1356,10 +1362,12 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
         mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
         IMPGEMM_MARK(1, tid == 0 && i == 0);
         tsk_mma_step<BN, 2, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, sA + s * Cfg::A_BYTES, sW + s * Cfg::W_BYTES);
+        if (i == 1) cluster_wait();  // long passed by now; before the first remote arrive
         if (i >= 1) release(i - 1);
     }
     wgmma_wait<0>();
     fence_regs(acc);
+    if (KS == 1) cluster_wait();
     release(KS - 1);
     IMPGEMM_MARK(2, tid == 0);
     const int row = m0 + warp * 16 + (lane >> 2);
@@ -1425,8 +1433,8 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
     extern "C" __global__ void __launch_bounds__(160) __cluster_dims__(2, 1, 1)                                \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
-             int c_tma) { pdl_entry();                                                                              \
-        impgemm::gemm_tsm_body<BN, STAGES>(map_a, map_w, C, M, N, K, group);                                   \
+             int solo) { pdl_entry();                                                                               \
+        impgemm::gemm_tsm_body<BN, STAGES>(map_a, map_w, C, M, N, K, group, solo);                             \
     }
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \

@@ -274,7 +274,8 @@ def test_tsk_k_slices(name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["tsk_64x128k2s4p", "tsk_64x64k4", "tsk_128x128k4s5", "tsk_64x64c2s6p"])
 def test_tsk_tile_orders_and_store_modes_cover_every_tile(name):
-    """Every tile order (bands of G M tiles, the last band short where G does not divide the M tiles) and
+    """Every tile order (bands of G M tiles, the last band short where G does not divide the M tiles), for
+    c2 every number of stages each CTA fills alone (a K of 520 has 3 steps: some past, some short of it), and
     both output paths (TMA store of a staged tile, stores from registers) write every output and give the
     same bits: they move tiles and bytes, not the arithmetic."""
     import cupy
@@ -285,10 +286,11 @@ def test_tsk_tile_orders_and_store_modes_cover_every_tile(name):
     a, w = _inputs(m, n, k, seed=11)
     ref = _ref(a, w)
     first = None
-    for group, tma_store in [(gr, st) for gr in (1, 2, 3, 5, 64) for st in (True, False)]:
-        how = f"{name} group {group} tma_store {tma_store}"
+    solos = (0, 1, 3, 9) if g.VARIANTS[name].multicast > 1 else (None,)  # c2: stages each CTA fills alone
+    for group, tma_store, solo in [(gr, st, so) for gr in (1, 2, 3, 5, 64) for st in (True, False) for so in solos]:
+        how = f"{name} group {group} tma_store {tma_store} solo {solo}"
         out = cupy.full((m, n), cupy.nan, dtype=cupy.float16)
-        g.prepare(a, w, out, name, group, tma_store)()
+        g.prepare(a, w, out, name, group, tma_store, solo)()
         assert not bool(cupy.isnan(out).any()), f"{how}: unwritten outputs"
         assert _rel(out, ref) <= 2e-3, f"{how}: rel err {_rel(out, ref):.2e}"
         bits = out.view(cupy.uint16)

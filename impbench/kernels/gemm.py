@@ -463,11 +463,13 @@ def gemm(a, w, out, variant: str | None = None) -> None:
     prepare(a, w, out, variant)()
 
 
-def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma_store: bool = True):
+def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma_store: bool = True,
+            solo: int | None = None):
     """Check `gemm(a, w, out, variant)` once; return a no-argument callable that launches it.
 
     tsk variants (experiments): `group`, the tile order, bands of that many M tiles (tsk_group's choice if
-    None); `tma_store` False stores the output from registers instead of one TMA store a CTA."""
+    None); `tma_store` False stores the output from registers instead of one TMA store a CTA; `solo`
+    (multicasting c2 variants), the first stages each CTA fills alone (TSM_SOLO_STAGES if None)."""
     import numpy as np
 
     m, n, k = _check_args(a, w, out)
@@ -478,7 +480,7 @@ def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma
     if spec.family != "mma" and not device_info().has_wgmma:
         raise ValueError(f"GEMM variant {name!r} needs an sm_90 (Hopper) device")
     if spec.tensor_maps:
-        return _tma_launcher(spec, a, w, out, m, n, k, group, tma_store)
+        return _tma_launcher(spec, a, w, out, m, n, k, group, tma_store, solo)
     gx, gy = spec.grid(m, n)
     if gy > MAX_GRID_Y:
         raise ValueError(f"GEMM variant {name!r} cannot tile N={n} (w {tuple(w.shape)}): {gy} column tiles > {MAX_GRID_Y}")
@@ -569,6 +571,11 @@ def max_clusters(name: str) -> int:
         return fallback
 
 
+# tsk c2 (gemm_tsm_body): stages each CTA of a pair fills alone, whole W, before the cluster barrier that a
+# multicast must wait for (the first stage landed 0.75 us later than without multicast, GEMM v13)
+TSM_SOLO_STAGES = 2
+
+
 def tsk_group(spec: Variant, m: int, n: int) -> int:
     """The tile order of a tsk launch (kernel tsk_tile): bands of this many M tiles, M fastest within.
 
@@ -582,7 +589,7 @@ def tsk_group(spec: Variant, m: int, n: int) -> int:
 
 
 def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int | None = None,
-                  tma_store: bool = True):
+                  tma_store: bool = True, solo: int | None = None):
     """A no-argument callable launching a tma variant on the current stream (_launch.driver_launcher):
     tensor maps passed by value, the argument block built once (clusters come from the kernel's
     compile-time __cluster_dims__)."""
@@ -598,7 +605,8 @@ def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int |
         # only split variants stage their columns for a TMA store (gemm_tsk_body); S = 1 stores from registers
         c_tma = tma_store and spec.split_k > 1 and n % 8 == 0 and out.data.ptr % 16 == 0
         maps.append(_store_map(out, spec.bn // spec.split_k, spec.bm) if c_tma else map_a)
-        values += [ctypes.c_int32(tsk_group(spec, m, n) if group is None else group), ctypes.c_int32(int(c_tma))]
+        last = (TSM_SOLO_STAGES if solo is None else solo) if spec.multicast > 1 else int(c_tma)  # gemm_tsm_body: solo
+        values += [ctypes.c_int32(tsk_group(spec, m, n) if group is None else group), ctypes.c_int32(last)]
     pointers = [at for _, at in maps] + [ctypes.addressof(v) for v in values]
     params = (ctypes.c_void_p * len(pointers))(*pointers)
     gx, _ = spec.grid(m, n, max_clusters(spec.name))
