@@ -1140,10 +1140,9 @@ __device__ __forceinline__ int2 tsk_tile(int unit, int MT, int NT, int group) {
     return make_int2(first + r % g, r / g);
 }
 
-// One K step (CH 64-wide chunks) of a warpgroup's m64nBN accumulators from shared memory; returns once no
-// more than LAG batches are in flight in this warp (LAG 1: the previous step's is complete, this one runs on;
-// LAG 0: this one is complete too, so its stage can be refilled at once).
-template <int BN, int CH, int A_CHUNK, int W_CHUNK, int LAG>
+// One K step (CH 64-wide chunks) of a warpgroup's m64nBN accumulators from shared memory; returns once the
+// previous step's batch is complete in this warp (this one stays in flight).
+template <int BN, int CH, int A_CHUNK, int W_CHUNK>
 __device__ __forceinline__ void tsk_mma_step(float (&acc)[BN / 2], unsigned a_base, unsigned w_base) {
     fence_regs(acc);
     wgmma_fence();
@@ -1153,14 +1152,11 @@ __device__ __forceinline__ void tsk_mma_step(float (&acc)[BN / 2], unsigned a_ba
         for (int ks = 0; ks < 4; ++ks)  // k16 steps of a 64-wide chunk
             wgmma_ss<BN>(acc, smem_desc(a_base + c * A_CHUNK + ks * 32), smem_desc(w_base + c * W_CHUNK + ks * 32));
     wgmma_commit();
-    wgmma_wait<LAG>();
+    wgmma_wait<1>();
     fence_regs(acc);
 }
 
-// LAG (tsk_mma_step): 1 keeps a batch in flight across the next wait, and a stage goes back one step after
-// it was read; 0 ("d" variants) hands it back at once, so one stage more of bytes is in flight. The loop is
-// bound by the bytes in flight over the L2 latency (GEMM v13: cuBLAS's 13 stages of 16 KB keep ~11 in flight).
-template <int BM_, int BN, int STAGES, int S, int CH, int LAG>
+template <int BM_, int BN, int STAGES, int S, int CH>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               const TmaMap &map_c, int M, int N, int K, int group, bool c_tma) {
     using Cfg = TskConfig<BM_, BN, STAGES, S, CH>;
@@ -1211,12 +1207,12 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
         IMPGEMM_MARK(1, tid == 0 && i == 0);
         const unsigned a_base = sA + s * Cfg::A_BYTES + wg * (64 * BK * 2), w_base = sW + s * Cfg::W_BYTES;
-        tsk_mma_step<BN, CH, Cfg::A_CHUNK, Cfg::W_CHUNK, LAG>(acc, a_base, w_base);  // step i - LAG's batch done
-        const int done = i - LAG, refill = done + STAGES;  // the K step that goes into step done's buffers
-        if (done >= 0 && refill < nk) {                   // uniform over the CTA
-            named_barrier_sync(1, Cfg::THREADS);           // ... and in every warp
+        tsk_mma_step<BN, CH, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, a_base, w_base);  // stage i-1's batch done
+        const int refill = i - 1 + STAGES;  // the K step that goes into stage i-1's buffers
+        if (i >= 1 && refill < nk) {        // uniform over the CTA
+            named_barrier_sync(1, Cfg::THREADS);  // ... and in every warp
             if (tid == 0)
-                tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, done % STAGES, kt_begin + refill, m0, n0,
+                tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, (i - 1) % STAGES, kt_begin + refill, m0, n0,
                                         three_d);
         }
     }
@@ -1288,7 +1284,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 // stalls the wgmma warpgroup (warps 0-3). The first `solo` stages each CTA fills alone, W whole, before
 // the cluster barrier: a multicast may land only once the peer's barriers exist, and that barrier
 // would otherwise stand before the first stage.
-template <int BN, int STAGES, int LAG>
+template <int BN, int STAGES>
 __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               int M, int N, int K, int group, int solo_asked) {
     using Cfg = TskConfig<64, BN, STAGES, 1, 2>;
@@ -1365,16 +1361,14 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
         const int s = i % STAGES;
         mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
         IMPGEMM_MARK(1, tid == 0 && i == 0);
-        tsk_mma_step<BN, 2, Cfg::A_CHUNK, Cfg::W_CHUNK, LAG>(acc, sA + s * Cfg::A_BYTES, sW + s * Cfg::W_BYTES);
-        if (i == LAG) cluster_wait();  // long passed by now; before the first remote arrive
-        if (i >= LAG) release(i - LAG);
+        tsk_mma_step<BN, 2, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, sA + s * Cfg::A_BYTES, sW + s * Cfg::W_BYTES);
+        if (i == 1) cluster_wait();  // long passed by now; before the first remote arrive
+        if (i >= 1) release(i - 1);
     }
     wgmma_wait<0>();
     fence_regs(acc);
-    if (LAG == 1) {
-        if (KS == 1) cluster_wait();
-        release(KS - 1);
-    }
+    if (KS == 1) cluster_wait();
+    release(KS - 1);
     IMPGEMM_MARK(2, tid == 0);
     const int row = m0 + warp * 16 + (lane >> 2);
     const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
@@ -1428,19 +1422,19 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
     }
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, __cluster_dims__(2, 1, 1))
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, S, true, __cluster_dims__(S, 1, 1))
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH, LAG)                                                     \
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
              int c_tma) { pdl_entry();                                                                              \
-        impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH, LAG>(map_a, map_w, C, map_c, M, N, K, group, c_tma != 0);       \
+        impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, map_c, M, N, K, group, c_tma != 0);       \
     }
-#define IMPGEMM_TSM(NAME, BN, STAGES, LAG)                                                               \
+#define IMPGEMM_TSM(NAME, BN, STAGES)                                                                    \
     extern "C" __global__ void __launch_bounds__(160) __cluster_dims__(2, 1, 1)                                \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
              int solo) { pdl_entry();                                                                               \
-        impgemm::gemm_tsm_body<BN, STAGES, LAG>(map_a, map_w, C, M, N, K, group, solo);                             \
+        impgemm::gemm_tsm_body<BN, STAGES>(map_a, map_w, C, M, N, K, group, solo);                             \
     }
 #else
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
@@ -1457,14 +1451,14 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
 #define IMPGEMM_TMA_SW(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
 #define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH, LAG)                                                     \
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
     extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
                                     const __grid_constant__ impgemm::TmaMap tw,                                \
                                     const __grid_constant__ impgemm::TmaMap tc, half_t *C, int M, int N, int K, \
                                     int group, int c_tma) { pdl_entry();                                       \
         asm volatile("trap;");                                                                            \
     }
-#define IMPGEMM_TSM(NAME, BN, STAGES, LAG) IMPGEMM_TSK(NAME, 64, BN, STAGES, 2, 2, LAG)
+#define IMPGEMM_TSM(NAME, BN, STAGES) IMPGEMM_TSK(NAME, 64, BN, STAGES, 2, 2)
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
@@ -1539,27 +1533,22 @@ IMPGEMM_TMA_SK(gemm_tma_128x256k4, 256, 4, 4)             // 384     197632
 // (smem = stages * CH * (BM + BN) / 8 KiB + (S-1)/S * BM * BN * 4 receive bytes + 1 KiB; <= 113 KiB: two
 //  CTAs per SM; sN: N stages, one CTA per SM -- 30 clusters of 4 at once, 66 of 2)
 // name                        BM   BN stages  S CH              threads  smem bytes
-IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4, 1, 1)                // 128     111616
-IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 3, 4, 1, 1)              // 128      99328
-IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4, 1, 1)            // 128     222208
+IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4, 1)                // 128     111616
+IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 3, 4, 1)              // 128      99328
+IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4, 1)            // 128     222208
 // 2-CTA clusters use every SM of a GPC; a 128-row tile (results/NOTES.md GEMM v9)
-IMPGEMM_TSK(gemm_tsk_64x64k2, 64, 64, 6, 2, 1, 1)                // 128     107520
-IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 3, 2, 1, 1)              // 128      91136
-IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4, 1, 1)          // 256     214016
-IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2, 1, 1)            // 128     205824
-IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2, 1, 1)            // 128     214016
+IMPGEMM_TSK(gemm_tsk_64x64k2, 64, 64, 6, 2, 1)                // 128     107520
+IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 3, 2, 1)              // 128      91136
+IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4, 1)          // 256     214016
+IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2, 1)            // 128     205824
+IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2, 1)            // 128     214016
 // p: two K chunks a stage, one 3-D box per operand (stages count 128-wide K steps)
-IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2, 1)           // 128     205824
-IMPGEMM_TSK(gemm_tsk_64x64k1s6p, 64, 64, 6, 1, 2, 1)           // 128     197632  no split (cuBLAS's 512x1024 tile)
-IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2, 1)         // 128     214016
-IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2, 1)         // 128     222208
+IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2)           // 128     205824
+IMPGEMM_TSK(gemm_tsk_64x64k1s6p, 64, 64, 6, 1, 2)           // 128     197632  no split (cuBLAS's 512x1024 tile)
+IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
+IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
 // c2: no split, a 2-CTA cluster on two M tiles sharing W (multicast), a producer warp (gemm_tsm_body)
-IMPGEMM_TSM(gemm_tsk_64x64c2s6p, 64, 6, 1)                     // 160     197632
-// d: a stage handed back as soon as its batch is done (LAG 0): one stage more of bytes in flight; s7: 224 KiB
-IMPGEMM_TSK(gemm_tsk_64x64k1s6dp, 64, 64, 6, 1, 2, 0)          // 128     197632
-IMPGEMM_TSK(gemm_tsk_64x64k1s7dp, 64, 64, 7, 1, 2, 0)          // 128     230400
-IMPGEMM_TSM(gemm_tsk_64x64c2s7dp, 64, 7, 0)                    // 160     230400
-IMPGEMM_TSK(gemm_tsk_64x128k2s4dp, 64, 128, 4, 2, 2, 0)        // 128     214016
+IMPGEMM_TSM(gemm_tsk_64x64c2s6p, 64, 6)                     // 160     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.
