@@ -222,11 +222,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk( 64, 128,  8, 2, 90),
     # p: two K chunks a stage in one 3-D box per operand (v10)
     _tsk( 64,  64,  6, 2, 58, -0.25, chunks=2),
-    _tsk( 64,  64,  6, 1, 58, chunks=2),
+    _tsk( 64,  64,  6, 1, 58, -0.38, chunks=2),  # fixed_us: on grids of >= 128 CTAs, the only ones it can win
     _tsk( 64, 128,  4, 2, 90, chunks=2),
     _tsk( 64, 128,  4, 4, 90, chunks=2),
-    # c2: W multicast over a pair of M tiles, no split (v13)
-    _tsk( 64,  64,  6, 1, 58, chunks=2, multicast=2),
+    # c2: W multicast over a pair of M tiles, no split (v13: no faster than k1s6p anywhere)
+    _tsk( 64,  64,  6, 1, 58, 1.16, chunks=2, multicast=2),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
