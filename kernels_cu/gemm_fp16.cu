@@ -1032,9 +1032,10 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // the whole slice in flight in one round trip; below 113 KiB of shared memory two CTAs fit on an
 // SM, so more clusters are resident at once (a cluster of S CTAs must fit in one GPC: at one CTA
 // per SM only ~120 CTAs of 4-clusters fit on an H100).
-template <int BM_, int BN, int STAGES, int S, int CH>
+template <int BM_, int BN, int STAGES, int S, int CH, int KW = 1>
 struct TskConfig {
-    static constexpr int BM = BM_, BK = 64, THREADS = 128 * (BM / 64);
+    // KW 2 ("w"): two warpgroups on one 64-row tile, taking alternate K steps (two wgmma chains in flight)
+    static constexpr int BM = BM_, BK = 64, GROUP_THREADS = 128 * (BM / 64), THREADS = GROUP_THREADS * KW;
     static constexpr int A_CHUNK = BM * BK * 2, W_CHUNK = BN * BK * 2;  // one 64-wide K chunk
     static constexpr int A_BYTES = CH * A_CHUNK, W_BYTES = CH * W_CHUNK;
     static constexpr int STAGE_BYTES = A_BYTES + W_BYTES;
@@ -1052,6 +1053,7 @@ struct TskConfig {
     static_assert(BM == 64 || BM == 128, "one or two warpgroups of 64 rows");
     static_assert(S >= 1 && S <= 8 && (BN / 8) % S == 0, "split-K: whole n8 blocks per rank, portable cluster");
     static_assert(CH == 1 || CH == 2, "one or two K chunks a stage");
+    static_assert(KW == 1 || (KW == 2 && BM == 64 && S == 1), "K steps over two warpgroups: 64-row tiles, no split");
     static_assert(SMEM_BYTES + 8 * STAGES + 8 <= 232448, "227 KiB of shared memory per block");
 };
 
@@ -1062,6 +1064,9 @@ __device__ __forceinline__ F32x4 ld_shared_v4f(unsigned addr) {
     F32x4 v;
     asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr) : "memory");
     return v;
+}
+__device__ __forceinline__ void st_shared_v4f(unsigned addr, float a, float b, float c, float d) {
+    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
 }
 // 16 bytes into the shared memory of another CTA of the cluster, counted on its mbarrier `bar`
 // (both shared::cluster addresses) as complete_tx bytes: no fence, no cluster barrier.
@@ -1156,10 +1161,10 @@ __device__ __forceinline__ void tsk_mma_step(float (&acc)[BN / 2], unsigned a_ba
     fence_regs(acc);
 }
 
-template <int BM_, int BN, int STAGES, int S, int CH>
+template <int BM_, int BN, int STAGES, int S, int CH, int KW = 1>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               const TmaMap &map_c, int M, int N, int K, int group, bool c_tma) {
-    using Cfg = TskConfig<BM_, BN, STAGES, S, CH>;
+    using Cfg = TskConfig<BM_, BN, STAGES, S, CH, KW>;
     constexpr int BM = Cfg::BM, BK = Cfg::BK, JR = Cfg::JR;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     __shared__ __align__(8) unsigned long long bars[STAGES + 1];  // full[s], then the reduction's
@@ -1202,17 +1207,19 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     float acc[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-    for (int i = 0; i < nk; ++i) {
+    const int kw = KW > 1 ? wg : 0;  // this warpgroup's K steps: kw, kw + KW, ...
+    const int row_wg = KW > 1 ? 0 : wg;
+    for (int i = kw; i < nk; i += KW) {
         const int s = i % STAGES;
         mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
         IMPGEMM_MARK(1, tid == 0 && i == 0);
-        const unsigned a_base = sA + s * Cfg::A_BYTES + wg * (64 * BK * 2), w_base = sW + s * Cfg::W_BYTES;
-        tsk_mma_step<BN, CH, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, a_base, w_base);  // stage i-1's batch done
-        const int refill = i - 1 + STAGES;  // the K step that goes into stage i-1's buffers
-        if (i >= 1 && refill < nk) {        // uniform over the CTA
-            named_barrier_sync(1, Cfg::THREADS);  // ... and in every warp
-            if (tid == 0)
-                tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, (i - 1) % STAGES, kt_begin + refill, m0, n0,
+        const unsigned a_base = sA + s * Cfg::A_BYTES + row_wg * (64 * BK * 2), w_base = sW + s * Cfg::W_BYTES;
+        tsk_mma_step<BN, CH, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, a_base, w_base);  // step i-KW's batch done
+        const int done = i - KW, refill = done + STAGES;  // the K step that goes into step done's buffers
+        if (done >= 0 && refill < nk) {                  // uniform over the warps that read it
+            named_barrier_sync(1 + kw, Cfg::GROUP_THREADS);
+            if (tid == kw * Cfg::GROUP_THREADS)
+                tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, done % STAGES, kt_begin + refill, m0, n0,
                                         three_d);
         }
     }
@@ -1222,8 +1229,27 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 
     // accumulator layout (m64nBN): thread = warp * 32 + lane of warpgroup wg holds rows
     // 64wg + 16warp + lane/4 (+8), columns 8j + 2*(lane%4) (+1) of n8 block j in acc[4j .. 4j+3]
-    const int row = m0 + wg * 64 + warp * 16 + (lane >> 2);
+    const int row = m0 + row_wg * 64 + warp * 16 + (lane >> 2);
     const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
+    if constexpr (KW > 1) {  // warpgroup 1's sums onto warpgroup 0's through the stage buffers, in that order
+        __syncthreads();     // both loops done: every stage landed and was read
+        const int t = tid & 127;
+        if (wg == 1) {
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j)
+                st_shared_v4f(sA + (j * 128 + t) * 16, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+        }
+        __syncthreads();
+        if (wg == 1) return;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+            const F32x4 v = ld_shared_v4f(sA + (j * 128 + t) * 16);
+            acc[4 * j] += v.x;
+            acc[4 * j + 1] += v.y;
+            acc[4 * j + 2] += v.z;
+            acc[4 * j + 3] += v.w;
+        }
+    }
     if constexpr (S == 1) {
 #pragma unroll
         for (int j = 0; j < BN / 8; ++j)
@@ -1429,6 +1455,13 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
              int c_tma) { pdl_entry();                                                                              \
         impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, map_c, M, N, K, group, c_tma != 0);       \
     }
+#define IMPGEMM_TSK_W(NAME, BN, STAGES)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256)                                                          \
+        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
+             const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
+             int c_tma) { pdl_entry();                                                                              \
+        impgemm::gemm_tsk_body<64, BN, STAGES, 1, 2, 2>(map_a, map_w, C, map_c, M, N, K, group, false);          \
+    }
 #define IMPGEMM_TSM(NAME, BN, STAGES)                                                                    \
     extern "C" __global__ void __launch_bounds__(160) __cluster_dims__(2, 1, 1)                                \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
@@ -1459,6 +1492,7 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
         asm volatile("trap;");                                                                            \
     }
 #define IMPGEMM_TSM(NAME, BN, STAGES) IMPGEMM_TSK(NAME, 64, BN, STAGES, 2, 2)
+#define IMPGEMM_TSK_W(NAME, BN, STAGES) IMPGEMM_TSK(NAME, 64, BN, STAGES, 1, 2)
 #endif
 
 // name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
@@ -1549,6 +1583,9 @@ IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
 IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
 // c2: no split, a 2-CTA cluster on two M tiles sharing W (multicast), a producer warp (gemm_tsm_body)
 IMPGEMM_TSM(gemm_tsk_64x64c2s6p, 64, 6)                     // 160     197632
+// w: no split, two warpgroups on the 64-row tile taking alternate K steps (cuBLAS's 384-thread 64x64 kernel has two
+// consumer warpgroups): one wgmma chain a warpgroup bounds the k1 loop (16 x 8 chained m64n64k16 in ~5 us)
+IMPGEMM_TSK_W(gemm_tsk_64x64k1s6wp, 64, 6)                  // 256     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

@@ -75,13 +75,15 @@ def _source_variants():
     tma = re.findall(r"^IMPGEMM_TMA(|_MC|_SK|_SW)\(gemm_(\w+), (\d+), (\d+)(?:, (\d+))?\)", text, re.M)
     tsk = re.findall(r"^IMPGEMM_TSK\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
     tsm = re.findall(r"^IMPGEMM_TSM\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)  # tsk c2: BM 64, S 1, CH 2
-    return mma, wg, ws, tma, tsk + [(name, "64", bn, stages, "1", "2", 2) for name, bn, stages in tsm]
+    tsw = re.findall(r"^IMPGEMM_TSK_W\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)  # tsk w: BM 64, S 1, CH 2, KW 2
+    return mma, wg, ws, tma, tsk + [(name, "64", bn, st, "1", "2", 2, 1) for name, bn, st in tsm] + [
+        (name, "64", bn, st, "1", "2", 1, 2) for name, bn, st in tsw]
 
 
 def test_variant_table_matches_the_kernel_source():
     mma, wg, ws, tma, tsk = _source_variants()
     assert len(mma) + len(wg) + len(ws) + len(tma) + len(tsk) == len(g.VARIANTS)
-    assert any(len(row) == 7 for row in tsk), "the multicasting tsk variant is in the source"
+    assert {row[6:] for row in tsk if len(row) > 6} == {(2, 1), (1, 2)}, "the c2 and w tsk variants are in the source"
     for name, bm, bn, bk, wm, wn, wk, stages in mma:
         bm, bn, bk, wm, wn, wk, stages = map(int, (bm, bn, bk, wm, wn, wk, stages))
         v = g.VARIANTS[name]
@@ -108,12 +110,14 @@ def test_variant_table_matches_the_kernel_source():
         assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + staging + 1024
         assert v.smem_bytes + 16 * stages + 16 <= 232448  # 227 KiB per block, barriers included
         assert name.endswith({"": "", "_MC": "c2", "_SK": f"k{split}", "_SW": "s"}[kind])
-    for name, bm, bn, stages, split, chunks, *mc in tsk:  # TskConfig: pipeline + receive buffer of the partials + slack
-        bm, bn, stages, split, chunks, mc = int(bm), int(bn), int(stages), int(split), int(chunks), mc[0] if mc else 1
+    for name, bm, bn, stages, split, chunks, *extra in tsk:  # TskConfig: pipeline + receive buffer + slack
+        bm, bn, stages, split, chunks = int(bm), int(bn), int(stages), int(split), int(chunks)
+        mc, kw = extra or (1, 1)
         v = g.VARIANTS[name]
-        threads = 128 * bm // 64 + (32 if mc > 1 else 0)  # c2: a producer warp
+        threads = 128 * bm // 64 * kw + (32 if mc > 1 else 0)  # c2: a producer warp; w: two warpgroups
         assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster, v.chunks, v.multicast) == (
             "tsk", bm, bn, 64 * chunks, threads, split, stages, split * mc, chunks, mc)
+        assert v.k_groups == kw and ("w" in name.split("x")[-1]) == (kw > 1)
         assert (f"c{mc}" in name) == (mc > 1) and v.w_box_rows == bn
         receive = (split - 1) * (bn // 8 // split) * (128 * bm // 64) * 16
         assert v.smem_bytes == stages * chunks * (bm + bn) * 64 * 2 + receive + 1024

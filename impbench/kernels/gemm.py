@@ -65,6 +65,7 @@ class Variant:
     last_us: float = 0.0  # tma time model: cost paid once (the exposed epilogue of the last tile)
     stages: int = 0  # tsk: K steps in flight per CTA (the time model's refill rounds)
     chunks: int = 1  # tsk: 64-wide K chunks a stage (2: one 3-D TMA box per operand where K % 64 == 0)
+    k_groups: int = 1  # tsk: warpgroups on one tile taking alternate K steps (2: "w")
 
     @property
     def kernel_name(self) -> str:
@@ -133,17 +134,19 @@ def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5, 
                    0.0, multicast, last_us)  # fmt: skip
 
 
-def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1, multicast=1):
+def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1, multicast=1, k_groups=1):
     """A gemm_tsk_* entry point: tile bm x bn, K steps of `chunks` x 64, bm/64 warpgroups, a cluster of
     split_k CTAs over K (TskConfig in gemm_fp16.cu), or (multicast 2, "c2", gemm_tsm_body) a pair of M
-    tiles sharing W, plus a producer warp; fixed_us: this variant's cost over the time model."""
+    tiles sharing W, plus a producer warp; k_groups 2 ("w"): two warpgroups on the tile, alternate K steps;
+    fixed_us: this variant's cost over the time model."""
     receive = (split_k - 1) * bm * bn * 4 // split_k  # the other ranks' FP32 partials of this rank's columns
     smem = stages * chunks * (bm + bn) * 64 * 2 + receive + 1024
-    suffix = (f"s{stages}" if smem > 113 * 1024 else "") + ("p" if chunks == 2 else "")  # s: one CTA per SM
+    # s: one CTA per SM; w: two warpgroups over K; p: two chunks a stage
+    suffix = (f"s{stages}" if smem > 113 * 1024 else "") + ("w" if k_groups > 1 else "") + ("p" if chunks == 2 else "")
     cluster = f"c{multicast}" if multicast > 1 else f"k{split_k}"
-    threads = 128 * bm // 64 + (32 if multicast > 1 else 0)
+    threads = 128 * bm // 64 * k_groups + (32 if multicast > 1 else 0)
     return Variant(f"tsk_{bm}x{bn}{cluster}{suffix}", "tsk", bm, bn, 64 * chunks, threads, smem, regs,
-                   split_k, 2500.0, fixed_us, 0.0, multicast, 0.0, stages, chunks)  # fmt: skip
+                   split_k, 2500.0, fixed_us, 0.0, multicast, 0.0, stages, chunks, k_groups)  # fmt: skip
 
 
 # fmt: off
@@ -227,6 +230,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tsk( 64, 128,  4, 4, 90, chunks=2),
     # c2: W multicast over a pair of M tiles, no split (v13: no faster than k1s6p anywhere)
     _tsk( 64,  64,  6, 1, 58, 1.16, chunks=2, multicast=2),
+    # w: two warpgroups taking alternate K steps of one tile (v13)
+    _tsk( 64,  64,  6, 1, 58, chunks=2, k_groups=2),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
