@@ -1161,6 +1161,16 @@ __device__ __forceinline__ void tsk_mma_step(float (&acc)[BN / 2], unsigned a_ba
     fence_regs(acc);
 }
 
+// A warpgroup's m64nBN accumulators as FP16 from registers (rows from `row`, columns from n0; edges predicated).
+template <int BN>
+__device__ __forceinline__ void tsk_store_acc(const float (&acc)[BN / 2], half_t *__restrict__ C, int M, int N,
+                                              bool vec, int row, int n0, int lane) {
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j)
+        store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
+                   acc[4 * j + 3]);
+}
+
 template <int BM_, int BN, int STAGES, int S, int CH, int KW = 1>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               const TmaMap &map_c, int M, int N, int K, int group, bool c_tma) {
@@ -1251,10 +1261,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         }
     }
     if constexpr (S == 1) {
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j)
-            store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
-                       acc[4 * j + 3]);
+        tsk_store_acc<BN>(acc, C, M, N, vec, row, n0, lane);
     } else {
         cluster_wait();  // every peer's red_bar is initialised
 #pragma unroll
@@ -1304,8 +1311,9 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 
 // tsk with W multicast (tsk_64xBNc2: no split, S = 1, CH = 2). A 2-CTA cluster takes two M tiles of one N
 // tile; each K step is two 64-wide chunks, and rank r copies W chunk r and multicasts it to both CTAs,
-// so a CTA asks L2 for its A tile plus half the W tile (cuBLAS's 64x64 2x1 kernel at 512x1024x2048,
-// where the tsk loop is bound by the L2 sectors asked, results/NOTES.md GEMM v12). A stage is refilled
+// so a CTA asks L2 for its A tile plus half the W tile (cuBLAS's 64x64 2x1 kernel at 512x1024x2048).
+// Measured (NOTES GEMM v13): ~10% fewer L2 sectors than tsk_64x64k1s6p and no faster: the same bytes
+// reach each SM, and neither sectors nor intake bound this loop; kept for that comparison. A stage is refilled
 // only once the consumers of both CTAs released it; a fifth warp issues the copies, so that wait never
 // stalls the wgmma warpgroup (warps 0-3). The first `solo` stages each CTA fills alone, W whole, before
 // the cluster barrier: a multicast may land only once the peer's barriers exist, and that barrier
@@ -1396,12 +1404,8 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
     if (KS == 1) cluster_wait();
     release(KS - 1);
     IMPGEMM_MARK(2, tid == 0);
-    const int row = m0 + warp * 16 + (lane >> 2);
     const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j)
-        store_frag(C, M, N, vec, row, n0 + j * 8 + (lane & 3) * 2, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
-                   acc[4 * j + 3]);
+    tsk_store_acc<BN>(acc, C, M, N, vec, m0 + warp * 16 + (lane >> 2), n0, lane);
     IMPGEMM_MARK(3, tid == 0);
 }
 #else
@@ -1584,7 +1588,7 @@ IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
 // c2: no split, a 2-CTA cluster on two M tiles sharing W (multicast), a producer warp (gemm_tsm_body)
 IMPGEMM_TSM(gemm_tsk_64x64c2s6p, 64, 6)                     // 160     197632
 // w: no split, two warpgroups on the 64-row tile taking alternate K steps (cuBLAS's 384-thread 64x64 kernel has two
-// consumer warpgroups): one wgmma chain a warpgroup bounds the k1 loop (16 x 8 chained m64n64k16 in ~5 us)
+// consumer warpgroups): two wgmma chains in flight; traced, the k1 loop went 4.75 -> 4.0 us at 512x1024x2048 (v13)
 IMPGEMM_TSK_W(gemm_tsk_64x64k1s6wp, 64, 6)                  // 256     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
