@@ -265,7 +265,7 @@ def _metadata() -> dict:
 def run_gemm_bench(models, shapes, ms, reps: int, policy: str, variants=(), progress=None) -> GemmReport:
     from impbench.device import require_cuda
     from impbench.kernels import gemm
-    from impbench.kernels._launch import no_pdl
+    from impbench.kernels.driver import no_pdl
 
     require_cuda()
     gemm.get_policy(policy)

@@ -412,7 +412,7 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
 
     from impbench.device import require_cuda
     from impbench.kernels import moe
-    from impbench.kernels._launch import no_pdl
+    from impbench.kernels.driver import no_pdl
     from impbench.telemetry import Telemetry
 
     require_cuda()

@@ -28,9 +28,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from impbench import resources
 from impbench.errors import InputError
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "scenarios" / "models"
 
 ARCHITECTURES = ("qwen3_moe", "qwen3_5_moe", "gemma4")
 LAYER_TYPES = ("full", "sliding", "linear")
@@ -336,7 +336,7 @@ def load_preset_file(path: str | Path) -> ModelPreset:
 
 
 def _load_all() -> list[ModelPreset]:
-    presets = [load_preset_file(p) for p in sorted(PRESETS_DIR.glob("*.toml"))]
+    presets = [load_preset_file(p) for p in sorted(resources.model_presets_dir().glob("*.toml"))]
     seen: dict[str, str] = {}
     for preset in presets:
         for key in (preset.name, *preset.aliases):

@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PPS=${*:-512 1024}
 MODEL=${MODEL:-qwen3-coder}
 ARMS=${ARMS:-graph:tight graph:small-n eager:cublas}
-TESTS=${TESTS-tests/test_engine.py tests/test_run_ab.py tests/test_launch.py}  # TESTS="": none
+TESTS=${TESTS-tests/test_engine.py tests/test_run_ab.py tests/test_driver.py}  # TESTS="": none
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv > "$OUT/gpu.csv" 2>&1
 if [ -n "$TESTS" ]; then
   timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider $TESTS > "$OUT/tests.log" 2>&1

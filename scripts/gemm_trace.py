@@ -39,7 +39,7 @@ def traced_module():
     """The gemm family compiled with IMPGEMM_TRACE, installed as the compile cache's module."""
     import cupy
 
-    from impbench.kernels import _cache, gemm
+    from impbench.kernels import modules, gemm
 
     code = _cache.source_path(gemm.FAMILY).read_text()
     module = cupy.RawModule(code=code, options=_cache.module_options(code, ("-DIMPGEMM_TRACE",)), backend="nvrtc")
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--sm-order", action="store_true", help="print each CTA's SM of one launch")
     args = parser.parse_args()
     from impbench.kernels import gemm
-    from impbench.kernels._launch import no_pdl
+    from impbench.kernels.driver import no_pdl
 
     module = traced_module()
     gemm.prewarm()

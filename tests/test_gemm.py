@@ -7,10 +7,10 @@ import subprocess
 import pytest
 
 from impbench.errors import InputError
-from impbench.kernels import KERNELS_DIR
+from impbench.resources import kernels_dir
 from impbench.kernels import gemm as g
 
-SOURCE = KERNELS_DIR / "gemm_fp16.cu"
+SOURCE = kernels_dir() / "gemm_fp16.cu"
 A100_LIKE = g.DeviceInfo(108, "80", 1410.0)
 
 # ---- CPU: policies and the variant table --------------------------------------------------------
@@ -166,7 +166,7 @@ def test_qwen3_coder_shapes_go_to_the_tma_family_on_hopper():
 def test_sm90a_build_has_no_spills_and_uses_tensor_cores(tmp_path):
     cubin = tmp_path / "gemm.cubin"
     done = subprocess.run(
-        ["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "--std=c++17", f"-I{KERNELS_DIR}",
+        ["nvcc", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "--std=c++17", f"-I{kernels_dir()}",
          "-Xptxas", "-v", "-o", str(cubin), str(SOURCE)],
         capture_output=True, text=True,
     )  # fmt: skip

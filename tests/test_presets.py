@@ -230,13 +230,13 @@ def test_missing_config_file(tmp_path):
 # ---- TOML files and --layers ------------------------------------------------------------------------
 
 def test_bad_preset_files(tmp_path):
-    from impbench.presets import PRESETS_DIR
+    from impbench.resources import model_presets_dir
 
     path = tmp_path / "t.toml"
     path.write_text("name = \n")
     with pytest.raises(InputError, match="not valid TOML"):
         load_preset_file(path)
-    text = (PRESETS_DIR / "tiny-moe.toml").read_text()
+    text = (model_presets_dir() / "tiny-moe.toml").read_text()
     path.write_text(text + "\nbogus = 1\n")
     with pytest.raises(InputError, match="unknown keys"):
         load_preset_file(path)
@@ -249,7 +249,7 @@ def test_bad_preset_files(tmp_path):
     path.write_text(text.replace("chunk_size = 32", "chunk_size = 40"))
     with pytest.raises(InputError, match="multiple of 16"):
         load_preset_file(path)
-    assert load_preset_file(PRESETS_DIR / "tiny-moe.toml") == get_preset("tiny")
+    assert load_preset_file(model_presets_dir() / "tiny-moe.toml") == get_preset("tiny")
 
 
 def test_replace_layers_cuts_the_model():

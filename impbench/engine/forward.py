@@ -63,7 +63,7 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
     """Every launch of one chunk of `length` tokens; `guard` picks the dense GEMM path (None: cuBLAS)."""
     from impbench.engine.weights import Nvfp4Linear
     from impbench.kernels import attention, gemm, moe, ops, routing
-    from impbench.kernels._launch import packed
+    from impbench.kernels.driver import packed
 
     b, p, t = buffers, preset, length
     eps, theta = p.rms_norm_eps, p.rope_theta

@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import math
 
-from impbench.kernels._cache import get_function
-from impbench.kernels._checks import check_array
+from impbench.kernels.modules import get_function
+from impbench.kernels.checks import check_array
 
 HEAD_DIMS = (64, 128, 256)
 # wgmma: Hopper (sm_90a) kernel, 64 (query, head) rows per block, two blocks per SM; wgmma2: the same

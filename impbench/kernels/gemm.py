@@ -30,9 +30,9 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-from impbench.kernels._cache import get_function, load_module
-from impbench.kernels._checks import check_array
-from impbench.kernels._launch import driver_launcher
+from impbench.kernels.modules import get_function, load_module
+from impbench.kernels.checks import check_array
+from impbench.kernels import driver
 
 FAMILY = "gemm_fp16"
 CUBLAS = "cublas"
@@ -495,85 +495,39 @@ def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma
 
 # ---- tma: tensor maps and launches through the driver ---------------------------------------------
 
-_CU_TENSOR_MAP_FLOAT16, _CU_L2_PROMOTION_256B = 6, 3
-_CU_SWIZZLE_32B, _CU_SWIZZLE_64B, _CU_SWIZZLE_128B = 1, 2, 3
 
-
-@lru_cache(maxsize=None)
-def _libcuda():
-    import ctypes
-
-    lib = ctypes.CDLL("libcuda.so.1")
-    u64p, u32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
-    lib.cuTensorMapEncodeTiled.restype = ctypes.c_int
-    lib.cuTensorMapEncodeTiled.argtypes = [
-        ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, u64p, u64p, u32p, u32p,
-        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-    ]  # fmt: skip
-    lib.cuOccupancyMaxActiveClusters.restype = ctypes.c_int
-    return lib
-
-
-def _tensor_map(arr, box_rows: int, chunks: int = 1):
+def _tensor_map(arr, box_rows: int, chunks: int = 1) -> driver.TensorMap:
     """The CUtensorMap of a row-major [rows, K] FP16 matrix: box 64 (K) x box_rows, 128-byte swizzle,
     out-of-bounds elements read as zero; chunks=2 (K % 64 == 0): the 3-D view [K/64, rows, 64] (64-wide
     K chunks outermost), box 64 x box_rows x 2 chunks, which lands as two consecutive swizzled tiles.
-    Host-only (no device call): safe inside a capture. Returns (buffer, address of its 64-byte aligned 128 bytes)."""
+    Host-only (no device call): safe inside a capture."""
     rows, k = arr.shape
     if chunks == 2:
-        return _encode_map(arr, (64, rows, k // 64), (2 * k, 128), (64, box_rows, 2), _CU_SWIZZLE_128B)
-    return _encode_map(arr, (k, rows), (2 * k,), (64, box_rows), _CU_SWIZZLE_128B)
+        return _fp16_map(arr, (64, rows, k // 64), (2 * k, 128), (64, box_rows, 2), driver.SWIZZLE_128B)
+    return _fp16_map(arr, (k, rows), (2 * k,), (64, box_rows), driver.SWIZZLE_128B)
 
 
-def _store_map(out, box_cols: int, box_rows: int):
+def _store_map(out, box_cols: int, box_rows: int) -> driver.TensorMap:
     """The CUtensorMap a tsk CTA stores its FP16 output box through: [M, N] row-major (N % 8 == 0), box
     box_cols x box_rows, swizzled over the box's row (32, 64 or 128 bytes; the kernel's staging layout)."""
     m, n = out.shape
-    swizzle = {32: _CU_SWIZZLE_32B, 64: _CU_SWIZZLE_64B, 128: _CU_SWIZZLE_128B}[2 * box_cols]
-    return _encode_map(out, (n, m), (2 * n,), (box_cols, box_rows), swizzle)
+    swizzle = {32: driver.SWIZZLE_32B, 64: driver.SWIZZLE_64B, 128: driver.SWIZZLE_128B}[2 * box_cols]
+    return _fp16_map(out, (n, m), (2 * n,), (box_cols, box_rows), swizzle)
 
 
-def _encode_map(arr, dims, strides, box, swizzle):
-    """cuTensorMapEncodeTiled of an FP16 array (dims innermost first, strides in bytes of the outer dims)."""
-    import ctypes
-
-    rank = len(dims)
-    buf = ctypes.create_string_buffer(128 + 64)
-    at = (ctypes.addressof(buf) + 63) & ~63
-    rc = _libcuda().cuTensorMapEncodeTiled(
-        at, _CU_TENSOR_MAP_FLOAT16, rank, ctypes.c_void_p(arr.data.ptr),
-        (ctypes.c_uint64 * rank)(*dims), (ctypes.c_uint64 * (rank - 1))(*strides),
-        (ctypes.c_uint32 * rank)(*box), (ctypes.c_uint32 * rank)(*([1] * rank)),
-        0, swizzle, _CU_L2_PROMOTION_256B, 0,
-    )  # fmt: skip
-    if rc != 0:
-        raise ValueError(f"cuTensorMapEncodeTiled failed ({rc}) for a {tuple(arr.shape)} FP16 matrix, box {box}")
-    return buf, at
+def _fp16_map(arr, dims, strides, box, swizzle) -> driver.TensorMap:
+    return driver.TensorMap(arr.data.ptr, driver.FLOAT16, dims, strides, box, swizzle, driver.L2_PROMOTION_256B, keep=arr)
 
 
 @lru_cache(maxsize=None)
 def max_clusters(name: str) -> int:
-    """Clusters of a tma variant that fit on the device at once (cuOccupancyMaxActiveClusters for
-    clustered kernels: a GPC's SMs may not pair up); its persistent grid uses no more."""
-    import ctypes
-
+    """Clusters of a tma variant that fit on the device at once (clustered kernels: a GPC's SMs may not
+    pair up); its persistent grid uses no more."""
     spec = VARIANTS[name]
     fallback = device_info().sms // spec.cluster
     if spec.cluster == 1:
         return fallback
-
-    class LaunchConfig(ctypes.Structure):  # CUlaunchConfig
-        _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
-                    ("stream", ctypes.c_void_p), ("attrs", ctypes.c_void_p), ("num_attrs", ctypes.c_uint)]  # fmt: skip
-
-    try:
-        config = LaunchConfig((spec.cluster * fallback, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, None, None, 0)
-        found = ctypes.c_int(0)
-        function = ctypes.c_void_p(_kernel(spec).kernel.ptr)
-        rc = _libcuda().cuOccupancyMaxActiveClusters(ctypes.byref(found), function, ctypes.byref(config))
-        return max(1, min(found.value, fallback)) if rc == 0 and found.value > 0 else fallback
-    except Exception:  # no driver entry point: plan with the SM count
-        return fallback
+    return driver.max_active_clusters(_kernel(spec).kernel.ptr, spec.cluster, spec.threads, spec.smem_bytes, fallback)
 
 
 # tsk c2 (gemm_tsm_body): stages each CTA of a pair fills alone, whole W, before the cluster barrier that a
@@ -595,7 +549,7 @@ def tsk_group(spec: Variant, m: int, n: int) -> int:
 
 def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int | None = None,
                   tma_store: bool = True, solo: int | None = None):
-    """A no-argument callable launching a tma variant on the current stream (_launch.driver_launcher):
+    """A no-argument callable launching a tma variant on the current stream (driver.launcher):
     tensor maps passed by value, the argument block built once (clusters come from the kernel's
     compile-time __cluster_dims__)."""
     import ctypes
@@ -604,20 +558,15 @@ def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int |
     chunks = spec.chunks if k % 64 == 0 else 1
     # (a multicasting tsk pair copies W a chunk per rank: 2-D boxes)
     map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, 1 if spec.multicast > 1 else chunks)
-    maps = [map_a, map_w]
-    values = [ctypes.c_void_p(out.data.ptr), ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
+    args = [map_a, map_w, out, ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
     if spec.family == "tsk":  # + the output's map (TMA store where rows are 16-byte multiples), order, store mode
         # only split variants stage their columns for a TMA store (gemm_tsk_body); S = 1 stores from registers
         c_tma = tma_store and spec.split_k > 1 and n % 8 == 0 and out.data.ptr % 16 == 0
-        maps.append(_store_map(out, spec.bn // spec.split_k, spec.bm) if c_tma else map_a)
+        args.insert(2, _store_map(out, spec.bn // spec.split_k, spec.bm) if c_tma else map_a)
         last = (TSM_SOLO_STAGES if solo is None else solo) if spec.multicast > 1 else int(c_tma)  # gemm_tsm_body: solo
-        values += [ctypes.c_int32(tsk_group(spec, m, n) if group is None else group), ctypes.c_int32(last)]
-    pointers = [at for _, at in maps] + [ctypes.addressof(v) for v in values]
-    params = (ctypes.c_void_p * len(pointers))(*pointers)
+        args += [ctypes.c_int32(tsk_group(spec, m, n) if group is None else group), ctypes.c_int32(last)]
     gx, _ = spec.grid(m, n, max_clusters(spec.name))
-    # buffers and argument block outlive every launch
-    return driver_launcher(_kernel(spec).kernel.ptr, (gx, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, params,
-                           keep=(a, w, out, maps, values))
+    return driver.launcher(_kernel(spec).kernel.ptr, (gx, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, args)
 
 
 def dense_gemm(a, w, out, policy, counts: dict | None = None) -> str:

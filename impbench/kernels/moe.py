@@ -22,9 +22,9 @@ import functools
 
 import numpy as np
 
-from impbench.kernels._cache import get_function
-from impbench.kernels._checks import check_array
-from impbench.kernels._launch import driver_launcher
+from impbench.kernels.modules import get_function
+from impbench.kernels.checks import check_array
+from impbench.kernels import driver
 
 FAMILY = "moe_nvfp4"
 TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
@@ -306,73 +306,29 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     return _kernel("down", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
 
 
-class _TensorMap:
-    """The CUtensorMap of a uint8 tensor seen as [rows, row_bytes], kept alive with the array; passed to
-    the kernel by value."""
-
-    def __init__(self, arr, row_bytes: int, box_bytes: int, box_rows: int, swizzle: int):
-        self.array = arr
-        self.buffer, self.address = _encode_map(arr.data.ptr, arr.size // row_bytes, row_bytes, box_bytes, box_rows, swizzle)
-
-
 @functools.lru_cache(maxsize=4096)
-def _encode_map(ptr: int, rows: int, row_bytes: int, box_bytes: int, box_rows: int, swizzle: int):
-    """cuTensorMapEncodeTiled on the host (no device call: capture-safe). The 128 bytes depend on these
-    values only, so an eager caller (the benchmark) encodes each weight once.
-    Returns (buffer, address of its 64-byte aligned 128 bytes)."""
-    import ctypes
-
-    from impbench.kernels.gemm import _libcuda
-
-    buffer = ctypes.create_string_buffer(128 + 64)
-    address = (ctypes.addressof(buffer) + 63) & ~63
-    rc = _libcuda().cuTensorMapEncodeTiled(
-        address, _CU_TENSOR_MAP_UINT8, 2, ctypes.c_void_p(ptr),
-        (ctypes.c_uint64 * 2)(row_bytes, rows), (ctypes.c_uint64 * 1)(row_bytes),
-        (ctypes.c_uint32 * 2)(box_bytes, box_rows), (ctypes.c_uint32 * 2)(1, 1),
-        0, swizzle, _CU_L2_PROMOTION_128B, 0,
-    )  # fmt: skip
-    if rc != 0:
-        raise ValueError(f"cuTensorMapEncodeTiled failed ({rc}) for a [{rows}, {row_bytes}] uint8 tensor, box {box_bytes} x {box_rows}")
-    return buffer, address
-
-
-_CU_TENSOR_MAP_UINT8, _CU_SWIZZLE_NONE, _CU_SWIZZLE_64B, _CU_L2_PROMOTION_128B = 0, 0, 2, 2
+def _weight_map(ptr: int, rows: int, row_bytes: int, box_bytes: int, box_rows: int, swizzle: int) -> driver.TensorMap:
+    """The tensor map of a uint8 tensor at `ptr` seen as [rows, row_bytes]. The 128 bytes depend on these
+    values only, so an eager caller (the benchmark) encodes each weight once."""
+    return driver.TensorMap(ptr, driver.UINT8, (row_bytes, rows), (row_bytes,), (box_bytes, box_rows), swizzle,
+                            driver.L2_PROMOTION_128B)  # fmt: skip
 
 
 def _weight_maps(w, scale) -> tuple:
     """Tensor maps of an [E, N, K/2] code tensor (box 64 bytes x 128 rows, 64-byte swizzle: the layout
-    the kernel reads) and its [E, N, K/16] scales (box 16 bytes x 128 rows)."""
-    return (_TensorMap(w, w.shape[2], 64, 128, _CU_SWIZZLE_64B), _TensorMap(scale, scale.shape[2], 16, 128, _CU_SWIZZLE_NONE))
+    the kernel reads) and its [E, N, K/16] scales (box 16 bytes x 128 rows); the arrays outlive the
+    launcher, which keeps its arguments."""
+    return (_weight_map(w.data.ptr, w.size // w.shape[2], w.shape[2], 64, 128, driver.SWIZZLE_64B),
+            _weight_map(scale.data.ptr, scale.size // scale.shape[2], scale.shape[2], 16, 128, driver.SWIZZLE_NONE))  # fmt: skip
 
 
 def _launcher(plan):
     if plan is None:  # no rows: nothing to launch
         return lambda: None
     kernel, grid, block, args, smem = plan
-    if isinstance(args[-1], _TensorMap):
-        return _driver_launcher(kernel, grid, block, args, smem)
+    if isinstance(args[-1], driver.TensorMap):  # CuPy cannot pass a 128-byte struct by value
+        return driver.launcher(kernel.kernel.ptr, grid, block, smem, args)
     return functools.partial(kernel, grid, block, args, shared_mem=smem)
-
-
-def _driver_launcher(kernel, grid, block, args, smem):
-    """A launch through the driver (_launch.driver_launcher) with the tensor maps by value and the
-    argument block built once (CuPy cannot pass a 128-byte struct)."""
-    import ctypes
-
-    import cupy
-
-    values = []
-    for arg in args:
-        if isinstance(arg, _TensorMap):
-            values.append(arg.address)
-        elif isinstance(arg, cupy.ndarray):
-            values.append(ctypes.c_void_p(arg.data.ptr))
-        else:  # numpy scalar (np.int32, the np.uint64 null pointer)
-            values.append(ctypes.create_string_buffer(arg.tobytes(), arg.nbytes))
-    params = (ctypes.c_void_p * len(values))(*[v if isinstance(v, int) else ctypes.addressof(v) for v in values])
-    # arrays, maps and the argument values outlive every launch
-    return driver_launcher(kernel.kernel.ptr, (grid[0], 1, 1), (block[0], 1, 1), smem, params, keep=(args, values))
 
 
 def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=DEFAULT_VARIANT) -> None:

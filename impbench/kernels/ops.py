@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from impbench.kernels._cache import get_function
-from impbench.kernels._checks import check_array
+from impbench.kernels.modules import get_function
+from impbench.kernels.checks import check_array
 from impbench.kernels.moe import KPERM_BLOCK  # the order the wgp expert GEMMs read (out_kperm)
 
 FAMILY = "ops"

@@ -24,8 +24,8 @@ import functools
 
 import numpy as np
 
-from impbench.kernels._cache import get_function
-from impbench.kernels._checks import check_array
+from impbench.kernels.modules import get_function
+from impbench.kernels.checks import check_array
 
 FAMILY = "routing"
 MAX_EXPERTS = 512

@@ -1,12 +1,14 @@
-"""kernels._launch: a pre-packed launch writes exactly what the CuPy launch writes; programmatic
+"""kernels.driver: a pre-packed launch writes exactly what the CuPy launch writes; programmatic
 dependent launch is off inside no_pdl() and with IMPBENCH_PDL=0, and a chain of dependent PDL launches
 reads each predecessor's finished output."""
 
 import numpy as np
 import pytest
 
-from impbench.kernels import _launch
-from impbench.kernels._launch import packed
+from impbench.errors import InputError
+
+from impbench.kernels import driver
+from impbench.kernels.driver import packed
 
 
 def test_non_kernel_launchers_are_returned_unchanged():
@@ -44,16 +46,20 @@ def test_packed_launch_matches_cupy_launch_bit_for_bit():
 
 
 def test_pdl_is_off_inside_no_pdl_and_with_the_environment_switch(monkeypatch):
-    monkeypatch.setattr(_launch, "_device_has_pdl", lambda: True)  # as on an H100, without touching a GPU
-    assert _launch.pdl_enabled()
-    with _launch.no_pdl():
-        assert not _launch.pdl_enabled()
-        with _launch.no_pdl():
-            assert not _launch.pdl_enabled()
-        assert not _launch.pdl_enabled()
-    assert _launch.pdl_enabled()
-    monkeypatch.setenv("IMPBENCH_PDL", "0")
-    assert not _launch.pdl_enabled()
+    monkeypatch.setattr(driver, "_device_has_pdl", lambda: True)  # as on an H100, without touching a GPU
+    assert driver.pdl_enabled()
+    with driver.no_pdl():
+        assert not driver.pdl_enabled()
+        with driver.no_pdl():
+            assert not driver.pdl_enabled()
+        assert not driver.pdl_enabled()
+    assert driver.pdl_enabled()
+    for off in ("0", "off", "false", "NO"):
+        monkeypatch.setenv("IMPBENCH_PDL", off)
+        assert not driver.pdl_enabled()
+    monkeypatch.setenv("IMPBENCH_PDL", "flase")  # a typo is an input error, not a silent "on"
+    with pytest.raises(InputError, match="IMPBENCH_PDL"):
+        driver.pdl_enabled()
 
 
 @pytest.mark.gpu
