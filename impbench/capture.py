@@ -1,30 +1,55 @@
-"""CUDA-graph capture of one non-last prefill chunk, in global capture mode, with eager fallback.
+"""CUDA-graph capture of one non-last prefill chunk, in global capture mode, with eager fallback; and
+CaptureStatus, the one record of whether an arm's chunks ran as a graph.
 
 Global mode (not CuPy's default relaxed mode) makes every forbidden call inside the captured region
 fail loudly: a lazy cudaMalloc, a cuBLAS call (CuPy refuses those under capture), a host read. When
 capture fails the graph is marked failed with the op that broke it and the CUDA error, the capture
-is ended cleanly, and the caller runs that prefill eager -- the original engine's fallback.
+is ended cleanly, and the caller runs that prefill eager, as the original engine fell back.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+CAPTURED = "captured"
+FELL_BACK = "fell back"
+EAGER = "eager"  # the arm does not capture
+ONE_CHUNK = "one chunk"  # a graph arm whose prefill has no non-last chunk to capture
+STATUSES = (CAPTURED, FELL_BACK, EAGER, ONE_CHUNK)
+
 
 @dataclass(frozen=True)
 class CaptureStatus:
-    captured: bool
-    failed_op: str | None = None
-    error: str | None = None
-    kernels: int = 0  # launches recorded in the graph
+    """Whether an arm's non-last chunks ran as a graph, and if capture failed, where and why."""
 
-    def describe(self) -> str:
-        if self.captured:
+    status: str = EAGER
+    op: str | None = None  # the op that broke capture (fell back only)
+    error: str | None = None  # its error, one line (fell back only)
+    kernels: int = 0  # launches recorded in the graph (captured only)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"capture status {self.status!r} is not one of {', '.join(STATUSES)}")
+
+    @property
+    def captured(self) -> bool:
+        return self.status == CAPTURED
+
+    def label(self) -> str:
+        if self.status == CAPTURED:
             return f"captured ({self.kernels} kernels)"
-        return f"fell back to eager: {self.failed_op}: {self.error}"
+        if self.status == FELL_BACK:
+            return f"fell back to eager at {self.op}: {self.error}"
+        if self.status == ONE_CHUNK:
+            return "one chunk: nothing to capture, ran eager"
+        return EAGER
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CaptureStatus:
+        return cls(data["status"], data.get("op"), data.get("error"), int(data.get("kernels") or 0))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -44,7 +69,7 @@ class ChunkGraph:
         return self.status.captured
 
     @classmethod
-    def capture(cls, engine, length: int, guard: str | None) -> "ChunkGraph":
+    def capture(cls, engine, length: int, guard: str) -> ChunkGraph:
         """Capture the launches of one non-last chunk on the engine's stream (global mode)."""
         from cupy.cuda import runtime
 
@@ -70,9 +95,9 @@ class ChunkGraph:
             if failure is None:
                 failure = (engine.current_op, _one_line(exc))
         if failure is not None:
-            return cls(CaptureStatus(False, failure[0], failure[1]))
+            return cls(CaptureStatus(FELL_BACK, failure[0], failure[1]))
         graph.upload(stream)
-        return cls(CaptureStatus(True, kernels=kernels), graph)
+        return cls(CaptureStatus(CAPTURED, kernels=kernels), graph)
 
     def replay(self, stream) -> None:
         self._graph.launch(stream=stream)

@@ -1,7 +1,8 @@
-"""The impbench command line: parse, call one function, print. No logic of its own.
+"""The impbench command line: parse and check every input, call one function, print.
 
-Every error a user can cause ends as exit code 2 and one line on stderr saying what was wrong
-and what is accepted; that includes running a GPU command where no CUDA device is usable.
+Every error a user can cause ends as exit code 2 and one line on stderr saying what was wrong and
+what is accepted, before any GPU time is spent; that includes running a GPU command where no CUDA
+device is usable. Exit codes: 0 done, 1 a bug (a traceback), 2 bad input or no GPU, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import click
 
 from impbench import __version__
 from impbench.errors import InputError, NoDeviceError
+
+FORMAT_CHOICE = click.Choice(["md", "csv", "json"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -32,92 +35,146 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning every user-caused error into exit 2 + one line."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:  # the whole help, as help, not squashed into one error line
+        click.echo(cli.get_help(click.Context(cli, info_name="impbench")), err=True)
+        sys.exit(2)
     try:
-        cli.main(args=argv, prog_name="impbench", standalone_mode=False)
+        cli.main(args=args, prog_name="impbench", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("impbench: interrupted", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         _fail(exc.format_message())
     except (InputError, NoDeviceError) as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        click.echo("impbench: interrupted", err=True)
-        sys.exit(130)
 
 
-# Commands are registered below, one per workflow; each calls into its own module.
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _check_environment() -> None:
+    from impbench import env
+
+    for note in env.check():
+        _progress(note)
+
+
+# ---- shared options ---------------------------------------------------------------------------------
+
+def _model_options(multiple: bool):
+    def decorate(command):
+        for option in reversed([
+            click.option("--model", "-m", "models", multiple=multiple, metavar="NAME[,NAME]" if multiple else "NAME",
+                         help="Preset name or alias (see `impbench models`)" + (", comma-separated or repeated." if multiple
+                                                                                else ".")),
+            click.option("--model-config", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+                         help="Build the model from a Hugging Face config.json instead of a preset."),
+            click.option("--name", default=None, metavar="TEXT",
+                         help="Name of the --model-config model in tables and result files. Default: the config's "
+                              "_name_or_path, else its architecture and geometry."),
+            click.option("--layers", type=int, default=None, metavar="N",
+                         help="Only the first N layers of the model (small GPUs, quick checks). Default: all."),
+        ]):  # fmt: skip
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _presets(models, model_config, name, layers, default: str | None = None) -> list:
+    """The model presets a command works on, each checked (one line per problem, exit 2)."""
+    from impbench.presets import from_hf_config, get_preset, replace_layers
+
+    names = [part.strip() for text in (models if isinstance(models, tuple) else (models,) if models else ())
+             for part in text.split(",") if part.strip()]  # fmt: skip
+    if model_config and names:
+        raise InputError("give --model or --model-config, not both")
+    if name is not None and not model_config:
+        raise InputError("--name names a --model-config model; presets keep their own names")
+    if model_config:
+        presets = [from_hf_config(model_config, name=name)]
+    elif names:
+        presets = [get_preset(n) for n in dict.fromkeys(names)]
+    elif default:
+        presets = [get_preset(default)]
+    else:
+        raise InputError("pass --model NAME (see `impbench models`) or --model-config path/config.json")
+    return presets if layers is None else [replace_layers(p, layers) for p in presets]
+
+
+def _prompt_lengths(text: str, option: str = "--pp") -> list[int]:
+    from impbench.prefill import check_prompt_tokens
+
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not parts or not all(part.isascii() and part.isdigit() for part in parts):
+        raise InputError(f"{option} takes comma-separated whole numbers of tokens such as 512,1024; got {text!r}")
+    return list(dict.fromkeys(check_prompt_tokens(int(part), option) for part in parts))
+
+
+_SEED = click.option("--seed", type=int, default=None, metavar="N", help="Seed of the synthetic weights and prompt. [default: 0]")
+_NO_PREWARM = click.option("--no-prewarm", is_flag=True,
+                           help="Allocate buffers on first use, as the original engine did: graph capture then fails "
+                                "on the allocation and the arm falls back to eager (shown on purpose).")  # fmt: skip
+_TOLERANCE = click.option("--tolerance", type=float, default=None, metavar="PCT",
+                          help="Flag a rep whose median SM clock is further than PCT % from the run's median. [default: 5]")
+_OUT = click.option("--out", type=click.Path(), default=None, metavar="PATH",
+                    help="Write the result as JSON (metadata, every rep and clock reading) and a CSV beside it, "
+                         "atomically after every row; run again with the same PATH and settings to resume.")
+_FORCE = click.option("--force", is_flag=True, help="Replace an impbench result of other settings at --out.")
+_FORMAT = click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
+                       help="Output format: markdown tables, CSV or JSON records.")
+
+
+def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list, protocol, out, force: bool,
+             fmt: str, layers: int | None, profile: bool = False) -> None:  # fmt: skip
+    """The one path of run / ab / sweep: checks, --out, the measurement, the table."""
+    from impbench import device, measure, metadata
+    from impbench.engine.core import check_supported
+    from impbench.outfile import ResultFile
+    from impbench.report import format_result
+    from impbench.results import Result
+
+    for preset in presets:  # every bad model is exit 2 before any engine is built
+        check_supported(preset)
+    _check_environment()
+    settings = {**protocol.to_dict(), "layers": layers, "arms": [arm.to_dict() for arm in arms]}
+    target = ResultFile(out, force) if out else None
+    if target is not None:
+        target.start(Result(command, settings=settings), machine_known=False)  # the path, before any GPU work
+    device.require_cuda()
+    fresh = Result(command, metadata=metadata.device_metadata(), settings=settings)
+    result = target.start(fresh) if target is not None else fresh
+    if target is not None and result.rows:
+        _progress(f"resuming {target.path}: {len(result.rows)} row(s) already measured")
+
+    def save(partial) -> None:
+        target.write(partial, format_result(partial, "csv"))
+        _progress(f"wrote {target.path}")
+
+    measure.measure(result, presets, prompt_lengths, arms, protocol, profile=profile, progress=_progress,
+                    on_row=save if target is not None else None)  # fmt: skip
+    click.echo(format_result(result, fmt))
+
+
+def _protocol(reps, warmup, tolerance, seed, prewarm, min_reps: int, defaults: dict):
+    from impbench.measure import Protocol
+
+    def pick(value, key):
+        return defaults[key] if value is None else value
+
+    return Protocol(reps=pick(reps, "reps"), warmup=pick(warmup, "warmup"), tolerance_pct=pick(tolerance, "tolerance"),
+                    seed=pick(seed, "seed"), prewarm=prewarm).check(min_reps)  # fmt: skip
+
+
+# ---- models, plan and compare (no GPU needed) ----------------------------------------------------------
 
 
 @cli.command()
-@click.argument("old", metavar="OLD.json", type=click.Path(dir_okay=False))
-@click.argument("new", metavar="NEW.json", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True,
-              help="Output format: markdown table, CSV, or JSON {notes, rows}.")  # fmt: skip
-def compare(old: str, new: str, fmt: str) -> None:
-    """Compare two `impbench ab --out` results: each arm's tok/s in NEW against OLD, with verdicts.
-
-    Arms are matched by model, pp, arm (A/B) and arm settings; one present on one side only is
-    listed, not dropped.
-    """
-    from impbench.report import compare_notes, format_compare
-    from impbench.results import load_result
-
-    old_result, new_result = load_result(old), load_result(new)
-    click.echo(format_compare(old_result, new_result, fmt))
-    if fmt == "csv":  # markdown and JSON carry the notes themselves; CSV holds only the table
-        for note in compare_notes(old_result, new_result):
-            click.echo(note, err=True)
-
-
-@cli.command()
-@click.option("--model", "models", multiple=True, metavar="NAME",
-              help="Preset whose dense GEMM shapes to time (repeatable). Default: every preset, unless --shape is given.")
-@click.option("--shape", "shapes", multiple=True, metavar="MxNxK",
-              help="Extra shape, M tokens x N outputs x K inputs, e.g. 512x32x2048 (repeatable).")
-@click.option("--m", "ms", default="512,1024,2048", show_default=True, metavar="LIST",
-              help="Token counts M (comma-separated) at which each model shape is timed.")
-@click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per shape (median reported).")
-@click.option("--guard", "policy", type=click.Choice(["small-n", "tight", "permissive"]), default="small-n",
-              show_default=True, help="Dispatch guard policy whose variant is timed against cuBLAS.")
-@click.option("--variants", default="", metavar="LIST",
-              help="Also time these variants on every shape: comma-separated names, or 'all' (calibration).")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True,
-              help="Output format: markdown table, CSV, or JSON with metadata.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the output to this file (a .md or .csv gets its .json beside it).")
-def gemm(models, shapes, ms, reps, policy, variants, fmt, out) -> None:  # fmt: skip
-    """Time our capture-safe FP16 GEMM against cuBLAS (cupy.matmul) on the models' dense shapes.
-
-    Device time from CUDA events, median of --reps after warm-up, rotating input sets larger than
-    L2. Per shape: µs of each, ratio cuBLAS/ours, TFLOP/s, the variant chosen, what each guard
-    policy would do, and the relative error against cuBLAS; then the geometric-mean ratio.
-    """
-    from impbench.device import require_cuda
-    from impbench.gemm_bench import format_report, parse_ms, parse_shape, run_gemm_bench, write_report
-
-    for text in shapes:  # bad input is exit 2 before any GPU work
-        parse_shape(text)
-    m_list = parse_ms(ms)
-    require_cuda()
-    names = tuple(v.strip() for v in variants.split(",") if v.strip())
-    report = run_gemm_bench(models, shapes, m_list, reps, policy, names, progress=lambda row: click.echo(row.progress_line(), err=True))
-    click.echo(format_report(report, fmt))
-    if out:
-        for path in write_report(report, out, fmt):
-            click.echo(f"wrote {path}", err=True)
-
-
-# ---- models and plan (no GPU needed) ---------------------------------------------------------------
-
-_FORMAT = click.Choice(["md", "csv", "json"])
-
-
-@cli.command()
-@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True,
-              help="Output format: markdown table, CSV or JSON.")
+@_FORMAT
 def models(fmt: str) -> None:
     """List the model presets: layers, experts, top-k, attention layout, total and active parameters.
 
@@ -131,38 +188,212 @@ def models(fmt: str) -> None:
 
 
 @cli.command()
-@click.option("--model", "-m", "model", metavar="NAME", default=None,
-              help="Preset name or alias (see `impbench models`), e.g. qwen3-coder.")
-@click.option("--model-config", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-              help="Build the model from a Hugging Face config.json instead (qwen3_moe, qwen3_5_moe, gemma4 MoE).")
-@click.option("--pp", "prompt_tokens", type=int, required=True, metavar="TOKENS",
-              help="Prompt length to prefill, in tokens (> 0).")
+@_model_options(multiple=False)
+@click.option("--pp", "prompt_tokens", type=int, required=True, metavar="TOKENS", help="Prompt length to prefill, in tokens.")
 @click.option("--chunk", type=int, default=None, metavar="TOKENS",
-              help="Prefill chunk in tokens: 0 = whole prompt in one chunk, else a multiple of 16. "
-                   "Default: the preset's chunk size.")
-@click.option("--layers", type=int, default=None, metavar="N",
-              help="Plan only the first N layers of the model. Default: all.")
+              help="Prefill chunk in tokens: 0 = whole prompt in one chunk, else a multiple of 16. Default: the preset's.")
 @click.option("--gpu", type=click.Choice(["h100", "h200", "rtx5090", "auto"]), default="h100", show_default=True,
               help="GPU whose compute (TFLOP/s) and memory (TB/s) ceilings give the floor times; auto = detect via NVML.")
-@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True,
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
               help="Output format: markdown (summary + tables), CSV or JSON.")
-def plan(model, model_config, prompt_tokens, chunk, layers, gpu, fmt) -> None:  # fmt: skip
+def plan(models, model_config, name, layers, prompt_tokens, chunk, gpu, fmt) -> None:  # fmt: skip
     """FLOPs, bytes moved and floor time (µs) of every op of a prefill, per chunk and in total.
 
     Floors are max(FLOPs / compute ceiling, bytes / memory ceiling) per call; memory lines give the
     weights, the KV cache (or linear-attention state) after the prefill and one chunk's activations.
     """
-    from impbench.plan import plan_prefill, render_plan, validate_prompt_and_chunk
-    from impbench.presets import replace_layers, resolve_model
+    from impbench.plan import plan_prefill, render_plan
+    from impbench.prefill import PrefillSpec
 
-    validate_prompt_and_chunk(prompt_tokens, chunk)
-    preset = resolve_model(model, model_config)
-    if layers is not None:
-        preset = replace_layers(preset, layers)
-    click.echo(render_plan(plan_prefill(preset, prompt_tokens, chunk, gpu), fmt))
+    spec = PrefillSpec(prompt_tokens, chunk)
+    (preset,) = _presets(models, model_config, name, layers)
+    click.echo(render_plan(plan_prefill(preset, spec, gpu), fmt))
 
 
-# ---- moe: the grouped NVFP4 expert GEMMs of one chunk -----------------------------------------------
+@cli.command()
+@click.argument("old", metavar="OLD.json", type=click.Path(dir_okay=False))
+@click.argument("new", metavar="NEW.json", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
+              help="Output format: markdown table, CSV, or JSON {notes, rows}.")  # fmt: skip
+def compare(old: str, new: str, fmt: str) -> None:
+    """Compare two results of `run`, `ab` or `sweep`: each arm's tok/s in NEW against OLD, with verdicts.
+
+    Arms are matched by model, pp and arm settings; one present on one side only is listed, not
+    dropped. Where both runs measured the same control arm beside an arm, the arm is judged by its
+    ratio to that control, so drift of the machine between the runs is not read as a change.
+    """
+    from impbench.report import compare_results, compare_notes, format_compare
+    from impbench.results import load_result
+
+    old_result, new_result = load_result(old), load_result(new)
+    click.echo(format_compare(old_result, new_result, fmt))
+    if fmt == "csv":  # markdown and JSON carry the notes themselves; CSV holds only the table
+        for note in compare_notes(old_result, new_result, compare_results(old_result, new_result)):
+            click.echo(note, err=True)
+
+
+# ---- run, ab and sweep: the synthetic engine's prefill ---------------------------------------------------
+
+
+@cli.command()
+@_model_options(multiple=False)
+@click.option("--pp", "prompt_tokens", type=int, required=True, metavar="TOKENS", help="Prompt length in tokens.")
+@click.option("--mode", type=click.Choice(["eager", "graph"]), default="graph", show_default=True,
+              help="eager: every kernel launched from Python; graph: non-last chunks replay one captured CUDA graph.")
+@click.option("--guard", type=click.Choice(["cublas", "tight", "small-n", "permissive"]), default=None,
+              help="Dense GEMM dispatch: cublas everywhere, or our kernel per guard. Default: eager cublas, graph small-n.")
+@click.option("--chunk", type=int, default=None, metavar="TOKENS",
+              help="Prefill chunk (multiple of 16; 0 = one chunk). Default: the preset's.")
+@click.option("--reps", type=int, default=5, show_default=True, help="Timed prefills after the cold one and the warm-up (>= 1).")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Unrecorded prefills after the cold one.")
+@_TOLERANCE
+@_SEED
+@_NO_PREWARM
+@click.option("--profile", is_flag=True,
+              help="Also time every op of one eager prefill (CUDA events) against its `impbench plan` floor.")
+@_FORMAT
+@_OUT
+@_FORCE
+def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, reps, warmup, tolerance, seed,
+        no_prewarm, profile, fmt, out, force) -> None:  # fmt: skip
+    """Build the engine once and run its prefill in one arm: tok/s, capture status, host µs per launch,
+    GEMM paths, and how far the median is from the `impbench plan` floor.
+
+    Wall time per prefill from the first launch to the final synchronize (host clock).
+    """
+    from impbench.arms import ArmSpec
+    from impbench.prefill import PrefillSpec
+
+    spec = PrefillSpec(prompt_tokens, chunk)
+    arm = ArmSpec(mode, guard or "", spec.chunk_tokens)
+    protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, 1, {"tolerance": 5.0, "seed": 0})
+    presets = _presets(models, model_config, name, layers)
+    _measure("run", presets, [spec.prompt_tokens], [arm], protocol, out, force, fmt, layers, profile=profile)
+
+
+@cli.command()
+@_model_options(multiple=True)
+@click.option("--pp", "pp_list", default="512,1024", show_default=True, metavar="LIST",
+              help="Prompt lengths in tokens, comma-separated; one row (and one engine) each.")
+@click.option("--reps", type=int, default=10, show_default=True, help="Measured prefills per arm, A B B A interleaved (>= 3).")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Unrecorded prefills per arm after the cold run.")
+@click.option("--chunk", type=int, default=None, metavar="TOKENS",
+              help="Chunk of both arms unless a SPEC sets its own (multiple of 16; 0 = one chunk). Default: the preset's.")
+@click.option("--guard", type=click.Choice(["cublas", "tight", "small-n", "permissive"]), default=None,
+              help="Dense GEMM guard of a graph arm whose SPEC names none. Default: small-n.")
+@click.option("--a", "spec_a", default="mode=eager", show_default=True, metavar="SPEC",
+              help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive, chunk=N.")
+@click.option("--b", "spec_b", default="mode=graph", show_default=True, metavar="SPEC",
+              help="Arm B, as --a (default guard of a graph arm: small-n).")
+@_TOLERANCE
+@_SEED
+@_NO_PREWARM
+@_FORMAT
+@_OUT
+@_FORCE
+def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, spec_a, spec_b, tolerance, seed,
+       no_prewarm, fmt, out, force) -> None:  # fmt: skip
+    """A/B two ways of running the same prefill (default: A eager, B CUDA graph) on one engine per row.
+
+    Each arm's first prefill is timed apart as `cold`; then --warmup unrecorded prefills; then --reps
+    per arm in A B B A order so drift hits both alike, each under an NVML clock/power sampler. Prints
+    B's delta over A with a 95% bootstrap interval and a FASTER / SLOWER / SAME verdict, then why:
+    cold vs warm, clocks, throttling, capture status, GEMM paths, host time per launch.
+    """
+    from impbench.arms import ArmSpec, parse_arm
+    from impbench.prefill import check_chunk_tokens
+    from impbench.stats import MIN_REPS
+
+    prompt_lengths = _prompt_lengths(pp_list)
+    base = ArmSpec(chunk=None if chunk is None else check_chunk_tokens(chunk))
+    arms = [parse_arm(spec_a, base, guard), parse_arm(spec_b, base, guard)]
+    protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, {"tolerance": 5.0, "seed": 0})
+    presets = _presets(models, model_config, name, layers, default="qwen3-coder")
+    _measure("ab", presets, prompt_lengths, arms, protocol, out, force, fmt, layers)
+
+
+@cli.command()
+@click.argument("scenario", required=False, metavar="[SCENARIO]")
+@click.option("--model", "-m", "models", default=None, metavar="LIST", help="Presets, comma-separated (overrides the scenario).")
+@click.option("--pp", "pp_list", default=None, metavar="LIST", help="Prompt lengths in tokens, comma-separated (overrides).")
+@click.option("--arm", "arm_specs", multiple=True, metavar="SPEC",
+              help="An arm (repeatable, at least two; the first is the baseline): mode=eager|graph,guard=...,chunk=N.")
+@click.option("--reps", type=int, default=None, help="Measured prefills per arm (>= 3). [default: the scenario's, else 5]")
+@click.option("--warmup", type=int, default=None, help="Unrecorded prefills per arm after the cold run. [default: the scenario's, else 1]")
+@click.option("--layers", type=int, default=None, metavar="N", help="Only the first N layers. [default: the scenario's, else all]")
+@_TOLERANCE
+@_SEED
+@_NO_PREWARM
+@_FORMAT
+@_OUT
+@_FORCE
+def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance, seed, no_prewarm, fmt, out, force) -> None:  # fmt: skip
+    """Measure a grid of models x prompt lengths x arms (one engine per model and pp, arms
+    interleaved) and print one table: tok/s per arm and its delta over the first arm, with CI.
+
+    SCENARIO is a TOML file (keys: models, pp, arms, reps, warmup, layers, tolerance, seed) or the
+    name of a packaged one, e.g. `ci` (scenarios/sweeps/ci.toml); options override its keys.
+    """
+    from impbench.arms import parse_arm
+    from impbench.scenario import Scenario, load_scenario
+    from impbench.stats import MIN_REPS
+
+    grid = load_scenario(scenario) if scenario else Scenario(path="")
+    names = models if models is not None else ",".join(grid.models or ("qwen3-coder",))
+    prompt_lengths = _prompt_lengths(pp_list) if pp_list is not None else \
+        _prompt_lengths(",".join(str(p) for p in grid.pp or (512, 1024)), "pp")  # fmt: skip
+    specs = list(arm_specs) or list(grid.arms or ("mode=eager", "mode=graph"))
+    if len(specs) < 2:
+        raise InputError("a sweep needs at least two arms (the first is the baseline); give --arm twice or more")
+    arms = [parse_arm(spec) for spec in specs]
+    layers = layers if layers is not None else grid.layers
+    defaults = {"reps": grid.reps or 5, "warmup": 1 if grid.warmup is None else grid.warmup,
+                "tolerance": grid.tolerance or 5.0, "seed": grid.seed or 0}  # fmt: skip
+    protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, defaults)
+    presets = _presets(names, None, None, layers)
+    _measure("sweep", presets, prompt_lengths, arms, protocol, out, force, fmt, layers)
+
+
+# ---- kernel benchmarks --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="Preset whose dense GEMM shapes to time (repeatable). Default: every preset, unless --shape is given.")
+@click.option("--shape", "shapes", multiple=True, metavar="MxNxK",
+              help="Extra shape, M tokens x N outputs x K inputs, e.g. 512x32x2048 (repeatable).")
+@click.option("--m", "ms", default="512,1024,2048", show_default=True, metavar="LIST",
+              help="Token counts M (comma-separated) at which each model shape is timed.")
+@click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per shape (median reported).")
+@click.option("--guard", "policy", type=click.Choice(["small-n", "tight", "permissive"]), default="small-n",
+              show_default=True, help="Dispatch guard whose variant is timed against cuBLAS.")
+@click.option("--variants", default="", metavar="LIST",
+              help="Also time these variants on every shape: comma-separated names, or 'all' (calibration).")
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
+              help="Output format: markdown table, CSV, or JSON with metadata.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the output to this file (a .md or .csv gets its .json beside it).")
+def gemm(models, shapes, ms, reps, policy, variants, fmt, out) -> None:  # fmt: skip
+    """Time our capture-safe FP16 GEMM against cuBLAS (cupy.matmul) on the models' dense shapes.
+
+    Device time from CUDA events, median of --reps after warm-up, rotating input sets larger than
+    L2. Per shape: µs of each, ratio cuBLAS/ours, TFLOP/s, the variant chosen, what each guard
+    would do, and the relative error against cuBLAS; then the geometric-mean ratio.
+    """
+    from impbench.device import require_cuda
+    from impbench.gemm_bench import format_report, parse_ms, parse_shape, run_gemm_bench, write_report
+
+    for text in shapes:  # bad input is exit 2 before any GPU work
+        parse_shape(text)
+    m_list = parse_ms(ms)
+    _check_environment()
+    require_cuda()
+    names = tuple(v.strip() for v in variants.split(",") if v.strip())
+    report = run_gemm_bench(models, shapes, m_list, reps, policy, names, progress=lambda row: click.echo(row.progress_line(), err=True))
+    click.echo(format_report(report, fmt))
+    if out:
+        for path in write_report(report, out, fmt):
+            click.echo(f"wrote {path}", err=True)
 
 
 @cli.command()
@@ -174,10 +405,10 @@ def plan(model, model_config, prompt_tokens, chunk, layers, gpu, fmt) -> None:  
               help="Routing of the chunk (repeatable): uniform, or skewed (a few hot experts 25x as likely). Default: uniform.")
 @click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per GEMM (median reported).")
 @click.option("--variant", default=None, metavar="NAME",
-              help="Kernel variant reported as ours (impbench.kernels.moe.VARIANTS). Default: the production one.")
+              help="Kernel variant reported as ours (impbench.kernels.moe). Default: the production one.")
 @click.option("--variants", default="", metavar="LIST",
               help="Also time these kernel variants: comma-separated names, or 'all' (calibration).")
-@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True,
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
               help="Output format: markdown table, CSV, or JSON with metadata.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the output to this file (a .md or .csv gets its .json beside it).")
@@ -197,6 +428,7 @@ def moe(model, pp, routings, reps, variant, variants, fmt, out) -> None:  # fmt:
         raise click.BadParameter(f"must be >= 1 token, got {pp}", param_hint="--pp")
     if reps < 1:
         raise click.BadParameter(f"must be >= 1, got {reps}", param_hint="--reps")
+    _check_environment()
     require_cuda()
     names = tuple(v.strip() for v in variants.split(",") if v.strip())
     report = run_moe_bench(shapes, pp, routings or ("uniform",), reps, variants=names, variant=variant,
@@ -205,193 +437,3 @@ def moe(model, pp, routings, reps, variant, variants, fmt, out) -> None:  # fmt:
     if out:
         for path in write_report(report, out, fmt):
             click.echo(f"wrote {path}", err=True)
-
-
-# ---- run and ab: the synthetic engine's prefill -----------------------------------------------------
-
-
-def _engine_preset(model: str | None, model_config: str | None, layers: int | None):
-    from impbench.presets import replace_layers, resolve_model
-
-    preset = resolve_model(model, model_config)
-    return preset if layers is None else replace_layers(preset, layers)
-
-
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"{option} takes comma-separated whole numbers such as 512,1024; got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise InputError(f"{option} values must be > 0, got {text!r}")
-    return values
-
-
-def _progress(line: str) -> None:
-    click.echo(line, err=True)
-
-
-_LAYERS = click.option("--layers", type=int, default=None, metavar="N",
-                       help="Build only the first N layers (small GPUs, quick checks). Default: all.")
-_SEED = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic weights and prompt.")
-_NO_PREWARM = click.option("--no-prewarm", is_flag=True,
-                           help="Allocate buffers on first use, as the original engine did: graph capture then fails "
-                                "on the allocation and the arm falls back to eager (shown on purpose).")  # fmt: skip
-
-
-@cli.command()
-@click.option("--model", "-m", "model", metavar="NAME", default=None,
-              help="Preset name or alias, e.g. qwen3-coder (full-attention qwen3_moe models run; see `impbench models`).")
-@click.option("--model-config", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-              help="Build the model from a Hugging Face qwen3_moe config.json instead.")
-@click.option("--pp", "prompt_tokens", type=int, required=True, metavar="TOKENS", help="Prompt length in tokens (> 0).")
-@click.option("--mode", type=click.Choice(["eager", "graph"]), default="graph", show_default=True,
-              help="eager: every kernel launched from Python; graph: non-last chunks replay one captured CUDA graph.")
-@click.option("--guard", type=click.Choice(["cublas", "tight", "small-n", "permissive"]), default=None,
-              help="Dense GEMM dispatch: cublas everywhere, or our kernel per policy. Default: eager cublas, graph tight.")
-@click.option("--chunk", type=int, default=None, metavar="TOKENS",
-              help="Prefill chunk (multiple of 16; 0 = one chunk). Default: the preset's.")
-@click.option("--reps", type=int, default=5, show_default=True, help="Timed prefills after the cold one.")
-@_LAYERS
-@_SEED
-@_NO_PREWARM
-@click.option("--profile", is_flag=True,
-              help="Also time every op of one eager prefill (CUDA events) against its `impbench plan` floor.")
-@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True, help="Output format.")
-def run(model, model_config, prompt_tokens, mode, guard, chunk, reps, layers, seed, no_prewarm, profile, fmt) -> None:  # fmt: skip
-    """Build the engine once and run its prefill: tok/s per rep, capture status, host µs per launch,
-    GEMM paths, and how far the median is from the `impbench plan` floor.
-
-    Wall time per prefill from the first launch to the final synchronize (host clock).
-    """
-    from impbench.arms import ArmSpec, check_chunk
-    from impbench.plan import validate_prompt_and_chunk
-    from impbench.prefill_run import format_run, run_prefill
-
-    validate_prompt_and_chunk(prompt_tokens, chunk)
-    from impbench.device import require_cuda
-    from impbench.engine.core import check_supported
-
-    preset = _engine_preset(model, model_config, layers)
-    check_supported(preset)
-    arm = ArmSpec(mode, guard, None if chunk is None else check_chunk(chunk))
-    if reps < 1:
-        raise InputError(f"--reps must be >= 1, got {reps}")
-    require_cuda()
-
-    def progress(index, total, sample):
-        _progress(f"rep {index}/{total}: {sample.tok_s:,.0f} tok/s ({sample.wall_ms:.2f} ms)")
-
-    _progress(f"{preset.name}: building the engine for {prompt_tokens} tokens ({preset.num_layers} layers)")
-    result = run_prefill(preset, prompt_tokens, arm, reps, seed=seed, prewarm=not no_prewarm, progress=progress,
-                         profile=profile)  # fmt: skip
-    click.echo(format_run(result, fmt))
-
-
-@cli.command()
-@click.option("--model", "-m", "models", metavar="NAME[,NAME]", multiple=True,
-              help="Preset(s), comma-separated or repeated. Default: qwen3-coder.")
-@click.option("--model-config", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-              help="Use the model of a Hugging Face qwen3_moe config.json instead of presets.")
-@click.option("--pp", "pp_list", default="512,1024", show_default=True, metavar="LIST",
-              help="Prompt lengths in tokens, comma-separated; one row (and one engine) each.")
-@click.option("--reps", type=int, default=10, show_default=True, help="Measured prefills per arm (ABBA interleaved).")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Unrecorded prefills per arm after the cold run.")
-@click.option("--chunk", type=int, default=None, metavar="TOKENS",
-              help="Chunk of both arms unless a SPEC sets its own (multiple of 16; 0 = one chunk). Default: the preset's.")
-@click.option("--guard", type=click.Choice(["cublas", "tight", "small-n", "permissive"]), default=None,
-              help="Dense GEMM guard of the graph arm(s) unless a SPEC sets one. Default: tight.")
-@click.option("--a", "spec_a", default="mode=eager", show_default=True, metavar="SPEC",
-              help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive, chunk=N.")
-@click.option("--b", "spec_b", default="mode=graph", show_default=True, metavar="SPEC", help="Arm B, as --a.")
-@click.option("--tolerance", type=float, default=5.0, show_default=True, metavar="PCT",
-              help="Flag a rep whose median SM clock is further than this from the run's median.")
-@_LAYERS
-@_SEED
-@_NO_PREWARM
-@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True, help="Output format of the table.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-              help="Write the full result (metadata, every rep and clock reading) as JSON, and a CSV beside it; "
-                   "rewritten atomically after every row, so an interrupted run keeps the finished rows.")
-def ab(models, model_config, pp_list, reps, warmup, chunk, guard, spec_a, spec_b, tolerance, layers, seed,
-       no_prewarm, fmt, out) -> None:  # fmt: skip
-    """A/B two ways of running the same prefill (default: A eager, B CUDA graph) on one engine per row.
-
-    Each arm's first prefill is timed apart as `cold`; then --warmup unrecorded prefills; then --reps
-    per arm in A B B A order so drift hits both alike, each under an NVML clock/power sampler. Prints
-    B's delta over A with a 95% bootstrap interval and a FASTER / SLOWER / SAME verdict, then why:
-    cold vs warm, clocks, throttling, capture status, GEMM paths, host time per launch.
-    """
-    from impbench.ab import ABSettings, run_ab
-    from impbench.arms import ArmSpec, check_chunk, parse_arm
-    from impbench.device import require_cuda
-    from impbench.engine.core import check_supported
-    from impbench.metadata import collect_metadata
-    from impbench.report import format_ab, write_result
-
-    prompt_lengths = _int_list(pp_list, "--pp")
-    base = ArmSpec(chunk=None if chunk is None else check_chunk(chunk))
-    arm_a, arm_b = parse_arm(spec_a, base), parse_arm(spec_b, base)
-    if guard is not None:  # the graph arms' guard, where their SPEC does not name one
-        arm_a, arm_b = (parse_arm(f"guard={guard}", arm) if arm.mode == "graph" and arm.guard is None else arm
-                        for arm in (arm_a, arm_b))  # fmt: skip
-    names = [name.strip() for text in models for name in text.split(",") if name.strip()] or ["qwen3-coder"]
-    presets = [_engine_preset(None, model_config, layers)] if model_config else \
-        [_engine_preset(name, None, layers) for name in names]  # fmt: skip
-    for preset in presets:  # every bad model is exit 2 before any engine is built
-        check_supported(preset)
-    settings = ABSettings(reps=reps, warmup=warmup, tolerance_pct=tolerance, seed=seed, prewarm=not no_prewarm)
-    settings.check()
-
-    def save(partial) -> None:
-        if out:
-            for path in write_result(partial, out):
-                _progress(f"wrote {path}")
-
-    require_cuda()
-    import cupy
-
-    metadata = collect_metadata(None, cupy.cuda.Device().pci_bus_id)
-    result = run_ab(presets, prompt_lengths, arm_a, arm_b, settings, metadata, progress=_progress, on_row=save)
-    click.echo(format_ab(result, fmt))
-
-
-@cli.command()
-@click.argument("scenario", required=False, metavar="[SCENARIO.toml]", type=click.Path(dir_okay=False))
-@click.option("--model", "-m", "models", default=None, metavar="LIST", help="Presets, comma-separated (overrides the scenario).")
-@click.option("--pp", "pp_list", default=None, metavar="LIST", help="Prompt lengths in tokens, comma-separated.")
-@click.option("--arm", "arm_specs", multiple=True, metavar="SPEC",
-              help="An arm (repeatable; the first is the baseline): mode=eager|graph,guard=...,chunk=N.")
-@click.option("--reps", type=int, default=None, help="Measured prefills per arm (scenario's, else 5).")
-@click.option("--warmup", type=int, default=None, help="Unrecorded prefills per arm after the cold run (scenario's, else 1).")
-@_LAYERS
-@_SEED
-@_NO_PREWARM
-@click.option("--format", "fmt", type=_FORMAT, default="md", show_default=True, help="Output format of the table.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-              help="Result JSON, rewritten after every (model, pp); run again with the same PATH to resume.")
-def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, seed, no_prewarm, fmt, out) -> None:  # fmt: skip
-    """Measure a grid of models x prompt lengths x arms (one engine per model and pp, arms
-    interleaved) and print one table: tok/s per arm and its delta over the first arm, with CI.
-
-    SCENARIO is a TOML file such as scenarios/sweeps/ci.toml (keys: models, pp, arms, reps, warmup,
-    layers); options override its keys.
-    """
-    from pathlib import Path
-
-    from impbench.device import require_cuda
-    from impbench.engine.core import check_supported
-    from impbench.metadata import collect_metadata
-    from impbench.sweep import build_plan, format_sweep, load_scenario, run_sweep
-
-    data = load_scenario(scenario) if scenario else {}
-    plan = build_plan(data, models, pp_list, arm_specs, reps, warmup, layers, seed, not no_prewarm)
-    presets = [_engine_preset(name, None, plan.layers) for name in plan.models]
-    for preset in presets:
-        check_supported(preset)
-    require_cuda()
-    import cupy
-
-    metadata = collect_metadata(None, cupy.cuda.Device().pci_bus_id)
-    result = run_sweep(plan, presets, metadata, Path(out) if out else None, progress=_progress)
-    click.echo(format_sweep(result, fmt))

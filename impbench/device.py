@@ -24,3 +24,10 @@ def cuda_available() -> bool:
     except NoDeviceError:
         return False
     return True
+
+
+def pci_bus_id() -> str:
+    """The PCI bus id of the current CUDA device: NVML then reads the same card CUDA uses."""
+    import cupy
+
+    return cupy.cuda.Device().pci_bus_id

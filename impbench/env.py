@@ -44,7 +44,7 @@ def gemm_variants() -> tuple[str, ...]:
     """IMPBENCH_GEMM_VARIANTS as names (empty: no restriction); every name must be a GEMM variant."""
     names = tuple(part.strip() for part in os.environ.get(GEMM_VARIANTS, "").split(",") if part.strip())
     if names:
-        from impbench.kernels.gemm.variants import VARIANTS
+        from impbench.kernels.gemm import VARIANTS
 
         unknown = [name for name in names if name not in VARIANTS]
         if unknown:

@@ -15,14 +15,13 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from impbench import __version__
+from impbench import __version__, env
 
 NA = "n/a"
 SOURCE_DIR = Path(__file__).resolve().parents[1]
 # Where the tree was copied (e.g. onto a device machine), the commit can be passed in from outside.
 # Where set it wins over git: a copied tree may carry a stale .git (seen on the lent H100 machine,
 # whose copy reported a commit three behind the tree it ran).
-GIT_COMMIT_ENV = "IMPBENCH_GIT_COMMIT"
 
 
 def _git(*args: str) -> str | None:
@@ -37,13 +36,14 @@ def _git(*args: str) -> str | None:
 
 def git_info() -> dict:
     """git_commit (HEAD of the tree impbench runs from) and git_dirty (tracked files changed)."""
-    if os.environ.get(GIT_COMMIT_ENV):
-        return {"git_commit": os.environ[GIT_COMMIT_ENV], "git_dirty": NA}
+    commit = env.git_commit()
+    if commit:
+        return {"git_commit": commit, "git_dirty": NA}
     lines = (_git("rev-parse", "--show-toplevel", "HEAD") or "").split()
     # Only a checkout of impbench itself counts: an installed copy inside some other repository
     # (a virtualenv in a project) must not report that project's commit.
     if len(lines) != 2 or Path(lines[0]).resolve() != SOURCE_DIR:
-        return {"git_commit": os.environ.get(GIT_COMMIT_ENV, NA), "git_dirty": NA}
+        return {"git_commit": NA, "git_dirty": NA}
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {"git_commit": lines[1], "git_dirty": NA if status is None else bool(status.strip())}
 
@@ -146,3 +146,10 @@ def collect_metadata(argv: list[str] | None = None, pci_bus_id: str | None = Non
         **cupy_info(),
         **gpu_info(pci_bus_id, device_index),
     }
+
+
+def device_metadata(argv: list[str] | None = None) -> dict:
+    """collect_metadata for the current CUDA device (a GPU command, after device.require_cuda)."""
+    from impbench.device import pci_bus_id
+
+    return collect_metadata(argv, pci_bus_id())

@@ -502,7 +502,7 @@ def write_report(report: MoeReport, path, fmt: str) -> list:
     """Write `path` in `fmt`; a markdown or CSV file also gets its full JSON beside it."""
     from pathlib import Path
 
-    from impbench.report import atomic_write_text
+    from impbench.outfile import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,24 +1,22 @@
-"""Views of results: markdown / CSV / JSON printers over the same rows, the --out writer, and compare.
+"""Views of results: markdown / CSV / JSON printers over one list of records, and `compare`.
 
-Every printer starts from one list of records (plain dicts of raw numbers, None where unknown);
-CSV and JSON print them as they are, markdown formats a chosen subset for people (llama-bench's
-markdown_printer / csv_printer / json_printer split). A second, per-arm table says *why*: cold vs
-warm time, clocks, throttling, capture status, GEMM dispatch and host time per launch.
+Every printer starts from records (plain dicts of raw numbers, None where unknown), one per (row,
+arm): CSV and JSON print them as they are, markdown formats a subset for people (llama-bench's
+markdown_printer / csv_printer / json_printer split). The same printers serve `run`, `ab` and
+`sweep`: a row's first arm is its baseline, and every other arm is compared with it. A second
+table says *why*: cold vs warm time, clocks, throttling, capture status, GEMM paths, host time.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from impbench.errors import InputError
-from impbench.results import ABResult, ABRow, ArmResult
-from impbench.stats import Comparison, compare_arms
+from impbench.results import ArmResult, Result, Row
+from impbench.stats import CONFIDENCE, SAME, Comparison, compare_arms
 
 FORMATS = ("md", "csv", "json")
 NA = "n/a"
@@ -26,29 +24,28 @@ NA = "n/a"
 MACHINE_KEYS = ("gpu_name", "gpu_driver", "cuda_driver_version", "cpu_model", "cpu_count_usable",
                 "cupy_version", "python_version")  # fmt: skip
 
-# Markdown tables: cell key -> header, in column order.
-ANSWER_COLUMNS = {"model": "Model", "pp": "pp", "a": "A tok/s", "b": "B tok/s", "delta": "Δ", "ci": "95% CI",
-                  "noise": "noise", "verdict": "verdict", "flagged": "flagged reps"}  # fmt: skip
+ANSWER_COLUMNS = {"model": "Model", "pp": "pp", "arm": "arm", "tok_s": "tok/s", "spread": "spread",
+                  "delta": "Δ vs A", "ci": "95% CI", "verdict": "verdict", "flagged": "flagged reps",
+                  "floor": "of plan floor"}  # fmt: skip
 WHY_COLUMNS = {"model": "Model", "pp": "pp", "arm": "arm", "chunk": "chunk", "cold": "cold / warm ms",
-               "spread": "spread", "sm": "SM MHz min / med", "temp": "max °C", "power": "W (med)",
-               "throttle": "throttle", "capture": "capture", "gemm": "GEMM paths (per prefill)",
-               "host": "host µs/launch"}  # fmt: skip
+               "sm": "SM MHz min / med", "temp": "max °C", "power": "W (med)", "throttle": "throttle",
+               "capture": "capture", "gemm": "GEMM paths (per prefill)", "host": "host µs/launch"}  # fmt: skip
+PROFILE_COLUMNS = {"op": "op", "calls": "calls", "device": "device µs", "share": "share", "floor": "plan floor µs",
+                   "x_floor": "x floor"}  # fmt: skip
 COMPARE_COLUMNS = {"model": "Model", "pp": "pp", "arm": "arm", "old": "OLD tok/s", "new": "NEW tok/s",
-                   "delta": "Δ", "ci": "95% CI", "verdict": "verdict"}  # fmt: skip
+                   "delta": "Δ", "ci": "95% CI", "verdict": "verdict", "how": "how"}  # fmt: skip
 
 
 # -- formatting helpers (markdown only; CSV and JSON keep raw numbers) ----------------------------
-def _num(value, digits: int = 0, unit: str = "") -> str:
-    if value is None:
-        return NA
-    return f"{value:,.{digits}f}{unit}"
+def num(value, digits: int = 0, unit: str = "") -> str:
+    return NA if value is None else f"{value:,.{digits}f}{unit}"
 
 
-def _pct(value) -> str:
+def pct(value) -> str:
     return NA if value is None else f"{value:+.1f}%"
 
 
-def _ci(low, high) -> str:
+def interval(low, high) -> str:
     return NA if low is None or high is None else f"[{low:+.1f}, {high:+.1f}]%"
 
 
@@ -56,16 +53,14 @@ def _paths(gemm_paths: dict) -> str:
     return " ".join(f"{path}={count}" for path, count in sorted(gemm_paths.items())) or "-"
 
 
-def _check_format(fmt: str) -> None:
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
 
 
-def _table(records: list[dict], columns: dict[str, str], left: tuple[str, ...] = ("model", "arm")) -> str:
+def markdown_table(records: list[dict], columns: dict[str, str], left: tuple[str, ...] = ("model", "arm")) -> str:
     """A markdown table of `records` (cells already text); `columns` maps record key -> header.
-
-    Numbers are right-aligned so their digits line up; the `left` columns are names.
-    """
+    Numbers are right-aligned so their digits line up; the `left` columns are names."""
     frame = pd.DataFrame([{header: record[key] for key, header in columns.items()} for record in records])
     if frame.empty:
         return "(no rows)"
@@ -73,73 +68,7 @@ def _table(records: list[dict], columns: dict[str, str], left: tuple[str, ...] =
     return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
-# -- A/B records ----------------------------------------------------------------------------------
-def arm_record(arm: ArmResult) -> dict:
-    """The raw per-arm numbers, keys without the arm prefix."""
-    summary = arm.summary()
-    throttle = arm.throttle_reasons
-    return {
-        "spec": arm.label,
-        "chunk_size": arm.chunk_size,
-        "n": 0 if summary is None else summary.n,
-        "tok_s": None if summary is None else summary.median_tok_s,
-        "min_tok_s": None if summary is None else summary.min_tok_s,
-        "max_tok_s": None if summary is None else summary.max_tok_s,
-        "spread_pct": None if summary is None else summary.spread_pct,
-        "cold_ms": None if arm.cold is None else arm.cold.wall_ms,
-        "warm_ms": arm.warm_ms,
-        "sm_mhz_min": arm.sm_mhz_min,
-        "sm_mhz_median": arm.sm_mhz_median,
-        "temp_c_max": arm.temp_c_max,
-        "power_w_median": arm.power_w_median,
-        "throttle": None if throttle is None else (",".join(throttle) or "none"),
-        "flagged": arm.flagged_count,
-        "capture": arm.capture.label(),
-        "gemm_paths": _paths(arm.gemm_paths),
-        "host_us_per_launch": arm.host_us_per_launch,
-    }
-
-
-def _comparison_record(comparison: Comparison | None) -> dict:
-    if comparison is None:
-        return dict.fromkeys(("delta_pct", "ci_low_pct", "ci_high_pct", "noise_pct", "verdict", "reason"))
-    return {
-        "delta_pct": comparison.delta_pct,
-        "ci_low_pct": comparison.ci_low_pct,
-        "ci_high_pct": comparison.ci_high_pct,
-        "noise_pct": comparison.noise_pct,
-        "verdict": comparison.verdict,
-        "reason": comparison.reason,
-    }
-
-
-def _row_comparison(row: ABRow) -> Comparison | None:
-    return row.comparison() if row.a.reps and row.b.reps else None
-
-
-def ab_records(result: ABResult) -> list[dict]:
-    """One flat record per (model, pp) row: the answer, then every arm column prefixed a_ / b_."""
-    records = []
-    for row in result.rows:
-        record = {"model": row.model, "pp": row.pp, **_comparison_record(_row_comparison(row))}
-        record.update(
-            flagged=row.flagged_count, reps=row.rep_count, verdict_without_flagged=row.verdict_without_flagged()
-        )
-        for prefix, arm in (("a", row.a), ("b", row.b)):
-            record.update({f"{prefix}_{key}": value for key, value in arm_record(arm).items()})
-        records.append(record)
-    return records
-
-
-def _flagged_cell(record: dict) -> str:
-    text = f"{record['flagged']}/{record['reps']}"
-    without = record["verdict_without_flagged"]
-    if without is None:
-        return text
-    return f"{text}, verdict holds" if without == record["verdict"] else f"{text}, {without} without them"
-
-
-def _metadata_line(metadata: dict) -> str:
+def metadata_line(metadata: dict) -> str:
     keys = ("impbench_version", "git_commit", "gpu_name", "gpu_driver", "cuda_driver_version", "cupy_version",
             "cpu_model", "cpu_count_usable", "time_utc")  # fmt: skip
     m = {**dict.fromkeys(keys, NA), **metadata}
@@ -151,59 +80,6 @@ def _metadata_line(metadata: dict) -> str:
     )
 
 
-def _why_cells(record: dict, arm: str) -> dict:
-    """One arm's line of the per-arm table, from the flat record's `arm`_ columns."""
-    v = {key[len(arm) + 1 :]: value for key, value in record.items() if key.startswith(f"{arm}_")}
-    return {
-        "model": record["model"],
-        "pp": str(record["pp"]),
-        "arm": f"{arm.upper()} {v['spec']}",
-        "chunk": NA if v["chunk_size"] is None else str(v["chunk_size"]),
-        "cold": f"{_num(v['cold_ms'], 1)} / {_num(v['warm_ms'], 1)}",
-        "spread": _num(v["spread_pct"], 1, "%"),
-        "sm": f"{_num(v['sm_mhz_min'])} / {_num(v['sm_mhz_median'])}",
-        "temp": _num(v["temp_c_max"]),
-        "power": _num(v["power_w_median"]),
-        "throttle": v["throttle"] or NA,
-        "capture": v["capture"],
-        "gemm": v["gemm_paths"],
-        "host": _num(v["host_us_per_launch"], 2),
-    }
-
-
-def ab_markdown(result: ABResult) -> str:
-    records = ab_records(result)
-    legend_a = ", ".join(dict.fromkeys(r["a_spec"] for r in records)) or NA
-    legend_b = ", ".join(dict.fromkeys(r["b_spec"] for r in records)) or NA
-    settings = result.settings
-    answer = [
-        {
-            "model": r["model"],
-            "pp": str(r["pp"]),
-            "a": _num(r["a_tok_s"]),
-            "b": _num(r["b_tok_s"]),
-            "delta": _pct(r["delta_pct"]),
-            "ci": _ci(r["ci_low_pct"], r["ci_high_pct"]),
-            "noise": _num(r["noise_pct"], 1, "%"),
-            "verdict": r["verdict"] or NA,
-            "flagged": _flagged_cell(r),
-        }
-        for r in records
-    ]
-    why = [_why_cells(r, arm) for r in records for arm in ("a", "b")]
-    lines = [
-        _metadata_line(result.metadata),
-        f"A = {legend_a}; B = {legend_b}; {settings.get('reps', NA)} reps per arm interleaved A B B A, "
-        f"{settings.get('warmup', NA)} warm-up; Δ = B over A (medians), 95% bootstrap CI; "
-        f"SAME = CI contains 0 or |Δ| under the noise (larger arm IQR).",
-        "",
-        _table(answer, ANSWER_COLUMNS, left=("model", "verdict", "flagged")),
-        "",
-        _table(why, WHY_COLUMNS, left=("model", "arm", "throttle", "capture", "gemm")),
-    ]
-    return "\n".join(lines)
-
-
 def _csv(records: list[dict]) -> str:
     return pd.DataFrame(records).to_csv(index=False)
 
@@ -212,86 +88,214 @@ def _json(payload) -> str:
     return json.dumps(payload, indent=1, allow_nan=False)
 
 
-def format_ab(result: ABResult, fmt: str = "md") -> str:
-    """The A/B table as markdown, CSV or JSON records."""
-    _check_format(fmt)
+# -- records of a result ----------------------------------------------------------------------------
+def _comparison_fields(comparison: Comparison | None) -> dict:
+    if comparison is None:
+        return dict.fromkeys(("delta_pct", "ci_low_pct", "ci_high_pct", "noise_pct", "verdict", "reason"))
+    return {"delta_pct": comparison.delta_pct, "ci_low_pct": comparison.ci_low_pct, "ci_high_pct": comparison.ci_high_pct,
+            "noise_pct": comparison.noise_pct, "verdict": comparison.verdict, "reason": comparison.reason}  # fmt: skip
+
+
+def arm_record(row: Row, arm: ArmResult) -> dict:
+    """Everything measured and derived about one arm of one row, raw numbers."""
+    summary = arm.summary()
+    throttle = arm.throttle_reasons
+    tok_s = None if summary is None else summary.median_tok_s
+    return {
+        "model": row.model, "pp": row.pp, "arm": arm.name, "spec": arm.label, "chunk_size": arm.chunk_size,
+        "n": 0 if summary is None else summary.n, "tok_s": tok_s,
+        "min_tok_s": None if summary is None else summary.min_tok_s,
+        "max_tok_s": None if summary is None else summary.max_tok_s,
+        "spread_pct": None if summary is None else summary.spread_pct,
+        **_comparison_fields(row.comparison(arm)),
+        "verdict_without_flagged": row.verdict_without_flagged(arm),
+        "flagged": arm.flagged_count,
+        "floor_tok_s": row.floor_tok_s, "floor_gpu": row.floor_gpu,
+        "of_floor_pct": None if not (row.floor_tok_s and tok_s) else 100.0 * tok_s / row.floor_tok_s,
+        "cold_ms": None if arm.cold is None else arm.cold.wall_ms, "warm_ms": arm.warm_ms,
+        "sm_mhz_min": arm.sm_mhz_min, "sm_mhz_median": arm.sm_mhz_median, "temp_c_max": arm.temp_c_max,
+        "power_w_median": arm.power_w_median, "throttle": None if throttle is None else (",".join(throttle) or "none"),
+        "capture": arm.capture.label(), "gemm_paths": _paths(arm.gemm_paths),
+        "host_us_per_launch": arm.host_us_per_launch,
+    }  # fmt: skip
+
+
+def result_records(result: Result) -> list[dict]:
+    return [arm_record(row, arm) for row in result.rows for arm in row.arms]
+
+
+def _flagged_cell(record: dict) -> str:
+    text = str(record["flagged"])
+    without = record["verdict_without_flagged"]
+    if without is None:
+        return text
+    return f"{text}, verdict holds" if without == record["verdict"] else f"{text}, {without} without them"
+
+
+def _answer_cells(r: dict) -> dict:
+    baseline = r["verdict"] is None and r["delta_pct"] is None
+    return {
+        "model": r["model"], "pp": str(r["pp"]), "arm": f"{r['arm']} {r['spec']}", "tok_s": num(r["tok_s"]),
+        "spread": num(r["spread_pct"], 1, "%"), "delta": "baseline" if baseline else pct(r["delta_pct"]),
+        "ci": "" if baseline else interval(r["ci_low_pct"], r["ci_high_pct"]), "verdict": r["verdict"] or "",
+        "flagged": _flagged_cell(r),
+        "floor": NA if r["of_floor_pct"] is None else f"{r['of_floor_pct']:.0f}% of {num(r['floor_tok_s'])}",
+    }  # fmt: skip
+
+
+def _why_cells(r: dict) -> dict:
+    return {
+        "model": r["model"], "pp": str(r["pp"]), "arm": f"{r['arm']} {r['spec']}",
+        "chunk": NA if r["chunk_size"] is None else str(r["chunk_size"] or "one"),
+        "cold": f"{num(r['cold_ms'], 1)} / {num(r['warm_ms'], 1)}",
+        "sm": f"{num(r['sm_mhz_min'])} / {num(r['sm_mhz_median'])}", "temp": num(r["temp_c_max"]),
+        "power": num(r["power_w_median"]), "throttle": r["throttle"] or NA, "capture": r["capture"],
+        "gemm": r["gemm_paths"], "host": num(r["host_us_per_launch"], 2),
+    }  # fmt: skip
+
+
+def _profile_markdown(row: Row) -> list[str]:
+    records = row.profile.records()
+    cells = [{"op": r["op"], "calls": str(r["calls"]), "device": num(r["device_us"]), "share": num(r["share_pct"], 1, "%"),
+              "floor": num(r["floor_us"]), "x_floor": num(r["x_floor"], 2)} for r in records]  # fmt: skip
+    total = sum(r["device_us"] for r in records)
+    return ["", f"{row.model} pp={row.pp}: device time per op, one eager prefill with CUDA events around each launch "
+            f"({total:,.0f} µs):", "", markdown_table(cells, PROFILE_COLUMNS, left=("op",))]  # fmt: skip
+
+
+def result_markdown(result: Result) -> str:
+    records = result_records(result)
+    settings = result.settings
+    arms = ", ".join(f"{chr(ord('A') + i)} = {spec.label()}" for i, spec in enumerate(result.arm_specs)) or NA
+    order = "A B B A" if len(result.arm_specs) == 2 else "A B C C B A" if len(result.arm_specs) > 2 else "one arm"
+    lines = [
+        metadata_line(result.metadata),
+        f"{arms}; {settings.get('reps', NA)} reps per arm ({order}), {settings.get('warmup', NA)} warm-up; "
+        f"Δ = arm over A (medians), {CONFIDENCE:.0%} bootstrap CI; SAME = CI contains 0 or |Δ| under the noise "
+        f"(larger arm IQR).",
+        "",
+        markdown_table([_answer_cells(r) for r in records], ANSWER_COLUMNS, left=("model", "arm", "verdict", "flagged")),
+        "",
+        markdown_table([_why_cells(r) for r in records], WHY_COLUMNS,
+                       left=("model", "arm", "throttle", "capture", "gemm")),  # fmt: skip
+    ]
+    for row in result.rows:
+        if row.profile is not None:
+            lines += _profile_markdown(row)
+    return "\n".join(lines)
+
+
+def format_result(result: Result, fmt: str = "md") -> str:
+    """A result of run / ab / sweep as markdown, CSV or JSON records (one per row and arm)."""
+    check_format(fmt)
     if fmt == "md":
-        return ab_markdown(result)
-    records = ab_records(result)
+        return result_markdown(result)
+    records = result_records(result)
     return _csv(records) if fmt == "csv" else _json(records)
 
 
-# -- the --out writer -----------------------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temp file in path's directory, then rename it over path (never half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def csv_path_for(path: Path) -> Path:
-    return path.with_suffix(".csv") if path.suffix == ".json" else path.with_name(path.name + ".csv")
-
-
-def write_result(result: ABResult, path: str | Path) -> tuple[Path, Path]:
-    """PATH: the full result as JSON (metadata, every rep, every reading); beside it the CSV table."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"--out {path} is a directory; give a file name such as {path / 'ab.json'}")
-    csv_path = csv_path_for(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, result.to_json())
-        atomic_write_text(csv_path, format_ab(result, "csv"))
-    except OSError as exc:
-        raise InputError(f"--out {path}: cannot write: {exc.strerror or exc}") from None
-    return path, csv_path
-
-
 # -- compare two results --------------------------------------------------------------------------
+CONTROL, THROUGH_CONTROL, UNPAIRED = "control", "through control", "unpaired"
+
+
 @dataclass
 class CompareRow:
-    """One arm of one (model, pp) in OLD and/or NEW; a row on one side only keeps None on the other."""
+    """One arm of one (model, pp) in OLD and/or NEW; an arm on one side only keeps None on the other.
+
+    `control` is the arm of the same spec that both runs measured beside it (the row's first arm
+    common to both), or None. With a control, the arm's change is read from its tok/s ratio to its own
+    run's control (THROUGH_CONTROL): a machine or run that is 1% faster moves both arms and leaves the
+    ratio. The control itself (CONTROL) shows that drift; it says nothing about code."""
 
     model: str
     pp: int
-    arm: str  # "A" or "B"
     spec: str  # the arm's label: arms with different settings are never matched
     old: ArmResult | None
     new: ArmResult | None
+    old_control: ArmResult | None = None
+    new_control: ArmResult | None = None
+
+    @property
+    def how(self) -> str:
+        if self.old is None or self.new is None:
+            return "only in " + ("NEW" if self.old is None else "OLD")
+        if self.old_control is None:
+            return UNPAIRED
+        return CONTROL if self.old_control is self.old else THROUGH_CONTROL
 
     def comparison(self) -> Comparison | None:
-        """NEW against OLD. Unpaired: the two runs' reps have no order in common."""
+        """NEW against OLD: of tok/s ratios to the control where there is one, else of tok/s."""
         if self.old is None or self.new is None or not self.old.reps or not self.new.reps:
             return None
+        if self.how == THROUGH_CONTROL:
+            return compare_arms(_ratios(self.old, self.old_control), _ratios(self.new, self.new_control), paired=False)
         return compare_arms(self.old.tok_s, self.new.tok_s, paired=False)
 
 
-def _arms_by_key(result: ABResult) -> dict[tuple, ArmResult]:
-    arms: dict[tuple, ArmResult] = {}
-    for row in result.rows:
-        for arm in (row.a, row.b):
-            arms[(row.model, row.pp, arm.name, arm.label)] = arm
-    return arms
+def _ratios(arm: ArmResult, control: ArmResult) -> list[float]:
+    """The arm's tok/s over its control's: rep by rep where the reps ran in pairs, else over the median."""
+    if len(arm.reps) == len(control.reps):
+        return [a / c for a, c in zip(arm.tok_s, control.tok_s)]
+    base = control.summary().median_tok_s
+    return [a / base for a in arm.tok_s]
 
 
-def compare_results(old: ABResult, new: ABResult) -> list[CompareRow]:
-    """Match arms by (model, pp, arm, spec); OLD's order first, then what only NEW has."""
-    old_arms, new_arms = _arms_by_key(old), _arms_by_key(new)
-    keys = list(old_arms) + [key for key in new_arms if key not in old_arms]
-    return [CompareRow(*key, old_arms.get(key), new_arms.get(key)) for key in keys]
+def compare_results(old: Result, new: Result) -> list[CompareRow]:
+    """Match arms by (model, pp, spec); OLD's order first, then what only NEW has."""
+    old_rows = {(row.model, row.pp): row for row in old.rows}
+    new_rows = {(row.model, row.pp): row for row in new.rows}
+    out: list[CompareRow] = []
+    for key in list(old_rows) + [key for key in new_rows if key not in old_rows]:
+        o, n = old_rows.get(key), new_rows.get(key)
+        o_arms = {arm.label: arm for arm in (o.arms if o else [])}
+        n_arms = {arm.label: arm for arm in (n.arms if n else [])}
+        common = [label for label in o_arms if label in n_arms]
+        control = common[0] if len(common) > 1 or (common and len(o_arms) > 1) else None
+        for label in list(o_arms) + [label for label in n_arms if label not in o_arms]:
+            row = CompareRow(key[0], key[1], label, o_arms.get(label), n_arms.get(label))
+            if control is not None and row.old is not None and row.new is not None:
+                row.old_control, row.new_control = o_arms[control], n_arms[control]
+            out.append(row)
+    return out
 
 
-def compare_notes(old: ABResult, new: ABResult) -> list[str]:
-    """One line per machine fact that differs: eager numbers move with the host (DESIGN.md, Facts)."""
+def _drift_word(comparison: Comparison) -> str:
+    if comparison.verdict == SAME:
+        return "steady"
+    return f"drift {comparison.delta_pct:+.1f}%"
+
+
+def compare_records(rows: list[CompareRow]) -> list[dict]:
+    records = []
+    for row in rows:
+        old_summary = None if row.old is None or not row.old.reps else row.old.summary()
+        new_summary = None if row.new is None or not row.new.reps else row.new.summary()
+        comparison = row.comparison()
+        fields = _comparison_fields(comparison)
+        if row.how == CONTROL and comparison is not None:
+            fields["verdict"] = _drift_word(comparison)  # a control's change is the machine's or the run's
+        records.append({
+            "model": row.model, "pp": row.pp, "spec": row.spec, "how": row.how,
+            "control": None if row.old_control is None else row.old_control.label,
+            "old_n": 0 if old_summary is None else old_summary.n, "new_n": 0 if new_summary is None else new_summary.n,
+            "old_tok_s": None if old_summary is None else old_summary.median_tok_s,
+            "new_tok_s": None if new_summary is None else new_summary.median_tok_s,
+            **fields,
+        })  # fmt: skip
+    return records
+
+
+def compare_notes(old: Result, new: Result, rows: list[CompareRow]) -> list[str]:
+    """How the verdicts were reached, and one line per machine fact that differs."""
     notes = []
+    hows = {row.how for row in rows}
+    if THROUGH_CONTROL in hows:
+        notes.append("note: an arm marked 'through control' is judged by its tok/s ratio to the control arm measured "
+                     "beside it in the same run (rep by rep), NEW over OLD; the control's own change, marked 'control', "
+                     "is machine or run drift (or a change that slows every arm alike), never a verdict on the code.")  # fmt: skip
+    if UNPAIRED in hows:
+        notes.append("note: an arm marked 'unpaired' has no control arm measured beside it in both runs: its Δ compares "
+                     "two runs, and whatever drifted between them (clocks, host, other load) is inside it.")  # fmt: skip
     for key in MACHINE_KEYS:
         before, after = old.metadata.get(key, NA), new.metadata.get(key, NA)
         if before != after:
@@ -299,57 +303,25 @@ def compare_notes(old: ABResult, new: ABResult) -> list[str]:
     return notes
 
 
-def compare_records(rows: list[CompareRow]) -> list[dict]:
-    records = []
-    for row in rows:
-        old_summary = None if row.old is None else row.old.summary()
-        new_summary = None if row.new is None else row.new.summary()
-        note = "only in OLD" if row.new is None else "only in NEW" if row.old is None else ""
-        records.append(
-            {
-                "model": row.model,
-                "pp": row.pp,
-                "arm": row.arm,
-                "spec": row.spec,
-                "old_n": 0 if old_summary is None else old_summary.n,
-                "new_n": 0 if new_summary is None else new_summary.n,
-                "old_tok_s": None if old_summary is None else old_summary.median_tok_s,
-                "new_tok_s": None if new_summary is None else new_summary.median_tok_s,
-                **_comparison_record(row.comparison()),
-                "note": note,
-            }
-        )
-    return records
-
-
-def format_compare(old: ABResult, new: ABResult, fmt: str = "md") -> str:
+def format_compare(old: Result, new: Result, fmt: str = "md") -> str:
     """NEW against OLD per arm: markdown (with notes), CSV (table only) or JSON {notes, rows}."""
-    _check_format(fmt)
-    records = compare_records(compare_results(old, new))
-    notes = compare_notes(old, new)
+    check_format(fmt)
+    rows = compare_results(old, new)
+    records = compare_records(rows)
+    notes = compare_notes(old, new, rows)
     if fmt == "csv":
         return _csv(records)
     if fmt == "json":
         return _json({"notes": notes, "rows": records})
-    table = [
-        {
-            "model": r["model"],
-            "pp": str(r["pp"]),
-            "arm": f"{r['arm']} {r['spec']}",
-            "old": _num(r["old_tok_s"]),
-            "new": _num(r["new_tok_s"]),
-            "delta": _pct(r["delta_pct"]),
-            "ci": _ci(r["ci_low_pct"], r["ci_high_pct"]),
-            "verdict": r["verdict"] or r["note"] or NA,
-        }
-        for r in records
-    ]
+    table = [{"model": r["model"], "pp": str(r["pp"]), "arm": r["spec"], "old": num(r["old_tok_s"]),
+              "new": num(r["new_tok_s"]), "delta": pct(r["delta_pct"]), "ci": interval(r["ci_low_pct"], r["ci_high_pct"]),
+              "verdict": r["verdict"] or NA, "how": r["how"]} for r in records]  # fmt: skip
     lines = [
-        f"OLD: {_metadata_line(old.metadata)}",
-        f"NEW: {_metadata_line(new.metadata)}",
-        "Δ = NEW over OLD (medians), 95% bootstrap CI, unpaired; SAME = CI contains 0 or |Δ| under the noise.",
+        f"OLD: {metadata_line(old.metadata)}",
+        f"NEW: {metadata_line(new.metadata)}",
+        f"Δ = NEW over OLD (medians), {CONFIDENCE:.0%} bootstrap CI; SAME = CI contains 0 or |Δ| under the noise.",
         "",
-        _table(table, COMPARE_COLUMNS, left=("model", "arm", "verdict")),
+        markdown_table(table, COMPARE_COLUMNS, left=("model", "arm", "verdict", "how")),
     ]
     if notes:
         lines += [""] + notes

@@ -1,69 +1,35 @@
-"""The A/B result data model: what was measured, kept raw, serialised to JSON with its metadata.
+"""The one result schema of a prefill measurement, written by `run` (1 arm), `ab` (2) and `sweep` (N).
 
-Raw measurements are stored (every rep's tok/s, wall time, launches, telemetry readings and flag);
-statistics are derived from them on demand (stats.compare_arms is seeded, so a result always gives
-the same verdict). `to_dict` also writes the derived numbers, for people and tools reading the
-JSON; `from_dict` ignores them and keeps only the raw data. Printers live in report.py.
+A Result holds rows, one per (model, prompt length); a row holds every arm measured on one engine,
+the first arm being the baseline the others are compared with. Raw measurements are stored (every
+rep's tok/s, wall time, launches, telemetry readings and flag); statistics are derived from them on
+demand (stats.compare_arms is seeded, so a file always gives the same verdict). `to_dict` also
+writes the derived numbers, for people and tools reading the JSON; `from_dict` ignores them.
+
+The file format is "impbench.result", schema_version 2. Files of the earlier "impbench.ab" and
+"impbench.sweep" formats (schema 1) are read too, converted on load. Printers live in report.py.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 from impbench.arms import ArmSpec
+from impbench.capture import EAGER, CaptureStatus
 from impbench.errors import InputError
+from impbench.files import read_text
 from impbench.stats import Comparison, compare_arms, drop_flagged, summarize
 from impbench.telemetry import RepTelemetry
 
-FORMAT = "impbench.ab"
-SCHEMA_VERSION = 1
-
-# CaptureInfo.status values
-CAPTURED = "captured"
-FELL_BACK = "fell back"
-EAGER = "eager"  # the arm does not capture
-ONE_CHUNK = "one chunk"  # graph arm, but the prefill has no non-last chunk to capture
-
-
-@dataclass(frozen=True)
-class CaptureInfo:
-    """Whether the arm's non-last chunks ran as a graph, and if capture failed, where and why."""
-
-    status: str = EAGER
-    op: str | None = None  # the op that broke capture (FELL_BACK only)
-    error: str | None = None  # its error, one line (FELL_BACK only)
-    kernels: int = 0  # launches recorded in the graph (CAPTURED only)
-
-    @classmethod
-    def from_engine(cls, mode: str, status) -> CaptureInfo:
-        """From the arm's mode and Engine.capture_status(...) (a capture.CaptureStatus, or None)."""
-        if mode != "graph":
-            return cls(EAGER)
-        if status is None:
-            return cls(ONE_CHUNK)
-        if status.captured:
-            return cls(CAPTURED, kernels=status.kernels)
-        return cls(FELL_BACK, op=status.failed_op, error=status.error)
-
-    def label(self) -> str:
-        if self.status == CAPTURED:
-            return f"captured ({self.kernels} kernels)"
-        if self.status == FELL_BACK:
-            return f"fell back at {self.op}: {self.error}"
-        if self.status == ONE_CHUNK:
-            return "one chunk: nothing to capture, ran eager"
-        return self.status
-
-    def to_dict(self) -> dict:
-        return {"status": self.status, "op": self.op, "error": self.error, "kernels": self.kernels}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CaptureInfo:
-        return cls(data["status"], data.get("op"), data.get("error"), data.get("kernels", 0))
+FORMAT = "impbench.result"
+SCHEMA_VERSION = 2
+COMMANDS = ("run", "ab", "sweep")
+LEGACY_FORMATS = {"impbench.ab": "ab", "impbench.sweep": "sweep"}
 
 
 @dataclass
@@ -78,14 +44,13 @@ class Rep:
     telemetry: RepTelemetry = field(default_factory=RepTelemetry)
     flag_reason: str | None = None  # telemetry.flag_reps: why this rep is suspect, or None
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tok_s) and self.tok_s > 0 and math.isfinite(self.wall_ms) and self.wall_ms > 0):
+            raise ValueError(f"a rep needs finite tok_s and wall_ms > 0, got {self.tok_s!r} and {self.wall_ms!r}")
+
     @property
     def flagged(self) -> bool:
         return self.flag_reason is not None
-
-    @classmethod
-    def from_sample(cls, sample, telemetry: RepTelemetry | None = None) -> Rep:
-        """From a prefill_run.RepSample (its to_dict() keys are this class's first five fields)."""
-        return cls(**sample.to_dict(), telemetry=telemetry if telemetry is not None else RepTelemetry())
 
     def to_dict(self) -> dict:
         return {
@@ -118,20 +83,19 @@ def _median_or_none(values: list) -> float | None:
 
 @dataclass
 class ArmResult:
-    """One arm of one (model, pp) row: its settings, cold run, measured reps and what it dispatched."""
+    """One arm of one row: its settings, cold run, measured reps and what it dispatched."""
 
-    name: str  # "A" or "B"
-    spec: dict[str, Any]  # arms.ArmSpec.to_dict(): mode, guard, chunk (None = the preset's)
+    name: str  # "A", "B", ...
+    spec: ArmSpec
     reps: list[Rep] = field(default_factory=list)
     cold: Rep | None = None  # the first prefill: capture, first touch, lazy init
     chunk_size: int | None = None  # tokens per chunk actually used (0 = one chunk)
-    capture: CaptureInfo = field(default_factory=CaptureInfo)
+    capture: CaptureStatus = field(default_factory=CaptureStatus)
     gemm_paths: dict[str, int] = field(default_factory=dict)  # dense GEMM path -> GEMMs per prefill
 
     @property
     def label(self) -> str:
-        """arms.ArmSpec's label: "mode/guard", plus "/chunk=C" where the arm set its own chunk."""
-        return ArmSpec(self.spec["mode"], self.spec.get("guard"), self.spec.get("chunk")).label()
+        return self.spec.label()
 
     @property
     def tok_s(self) -> list[float]:
@@ -187,7 +151,7 @@ class ArmResult:
         summary = self.summary()
         return {
             "name": self.name,
-            "spec": dict(self.spec),
+            "spec": self.spec.to_dict(),
             "chunk_size": self.chunk_size,
             "capture": self.capture.to_dict(),
             "gemm_paths": dict(self.gemm_paths),
@@ -206,97 +170,139 @@ class ArmResult:
     @classmethod
     def from_dict(cls, data: dict) -> ArmResult:
         return cls(
-            name=data["name"],
-            spec=dict(data["spec"]),
+            name=str(data["name"]),
+            spec=ArmSpec.from_dict(data["spec"]),
             reps=[Rep.from_dict(rep) for rep in data.get("reps", [])],
             cold=None if data.get("cold") is None else Rep.from_dict(data["cold"]),
             chunk_size=data.get("chunk_size"),
-            capture=CaptureInfo.from_dict(data.get("capture") or {"status": EAGER}),
+            capture=CaptureStatus.from_dict(data.get("capture") or {"status": EAGER}),
             gemm_paths={str(k): int(v) for k, v in (data.get("gemm_paths") or {}).items()},
         )
 
 
 @dataclass
-class ABRow:
-    """One model at one prompt length: arm A against arm B."""
+class Profile:
+    """`run --profile`: device µs of every launch of one eager prefill by op, and each op's plan floor."""
+
+    device_us: dict[str, list[float]]  # op -> µs of each launch
+    floor_us: dict[str, float] = field(default_factory=dict)  # op -> plan floor for its launches
+
+    def records(self) -> list[dict]:
+        """Per op: calls, device µs, share, plan floor and how far above it, longest first."""
+        total = sum(sum(times) for times in self.device_us.values()) or 1.0
+        records = []
+        for op, times in sorted(self.device_us.items(), key=lambda item: -sum(item[1])):
+            floor = self.floor_us.get(op)
+            records.append({"op": op, "calls": len(times), "device_us": sum(times), "share_pct": 100 * sum(times) / total,
+                            "floor_us": floor, "x_floor": sum(times) / floor if floor else None})  # fmt: skip
+        return records
+
+    def to_dict(self) -> dict:
+        return {"device_us": self.device_us, "floor_us": self.floor_us}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Profile:
+        return cls({str(k): [float(x) for x in v] for k, v in data["device_us"].items()},
+                   {str(k): float(v) for k, v in (data.get("floor_us") or {}).items()})  # fmt: skip
+
+
+@dataclass
+class Row:
+    """One model at one prompt length: every arm measured on one engine, the first the baseline."""
 
     model: str
     pp: int  # prompt tokens
-    a: ArmResult
-    b: ArmResult
-    # True when rep i of A and rep i of B ran side by side (schedule.interleaved_order), so the
-    # bootstrap may resample pairs (see stats.bootstrap_delta_ci).
+    arms: list[ArmResult]
+    # True when rep i of every arm ran side by side (schedule.interleaved_order), so the bootstrap may
+    # resample pairs (see stats.bootstrap_delta_ci).
     paired: bool = True
-
-    def comparison(self) -> Comparison:
-        return compare_arms(self.a.tok_s, self.b.tok_s, paired=self._paired())
-
-    def _paired(self) -> bool:
-        return self.paired and len(self.a.reps) == len(self.b.reps)
+    floor_tok_s: float | None = None  # the `impbench plan` floor on the GPU that ran it (None: no ceilings)
+    floor_gpu: str | None = None
+    profile: Profile | None = None
 
     @property
-    def flagged_count(self) -> int:
-        return self.a.flagged_count + self.b.flagged_count
+    def baseline(self) -> ArmResult:
+        return self.arms[0]
 
-    @property
-    def rep_count(self) -> int:
-        return len(self.a.reps) + len(self.b.reps)
+    def _paired(self, arm: ArmResult) -> bool:
+        return self.paired and len(arm.reps) == len(self.baseline.reps)
 
-    def comparison_without_flagged(self) -> Comparison | None:
-        """The comparison over unflagged reps only; None when nothing is flagged or an arm has no rep left."""
-        if not self.flagged_count:
+    def comparison(self, arm: ArmResult) -> Comparison | None:
+        """`arm` against the baseline (None for the baseline itself or where an arm has no reps)."""
+        if arm is self.baseline or not arm.reps or not self.baseline.reps:
             return None
-        paired = self._paired()
-        a_tok_s, b_tok_s = drop_flagged(self.a.tok_s, self.b.tok_s, self.a.flags, self.b.flags, paired=paired)
+        return compare_arms(self.baseline.tok_s, arm.tok_s, paired=self._paired(arm))
+
+    def comparison_without_flagged(self, arm: ArmResult) -> Comparison | None:
+        """The comparison over unflagged reps only; None when nothing is flagged or an arm has no rep left."""
+        base = self.baseline
+        if arm is base or not (arm.flagged_count or base.flagged_count):
+            return None
+        paired = self._paired(arm)
+        a_tok_s, b_tok_s = drop_flagged(base.tok_s, arm.tok_s, base.flags, arm.flags, paired=paired)
         if not a_tok_s or not b_tok_s:
             return None
         return compare_arms(a_tok_s, b_tok_s, paired=paired)
 
-    def verdict_without_flagged(self) -> str | None:
+    def verdict_without_flagged(self, arm: ArmResult) -> str | None:
         """The verdict without flagged reps: None if nothing is flagged, "n/a" if an arm has no rep left."""
-        if not self.flagged_count:
+        if arm is self.baseline or not (arm.flagged_count or self.baseline.flagged_count):
             return None
-        unflagged = self.comparison_without_flagged()
+        unflagged = self.comparison_without_flagged(arm)
         return "n/a" if unflagged is None else unflagged.verdict
 
     def to_dict(self) -> dict:
-        comparison = self.comparison()
+        derived = []
+        for arm in self.arms[1:]:
+            comparison = self.comparison(arm)
+            derived.append({"arm": arm.name, "comparison": None if comparison is None else comparison.to_dict(),
+                            "verdict_without_flagged": self.verdict_without_flagged(arm)})  # fmt: skip
         return {
             "model": self.model,
             "pp": self.pp,
             "paired": self.paired,
-            "a": self.a.to_dict(),
-            "b": self.b.to_dict(),
-            "derived": {  # written for readers; from_dict recomputes from the reps
-                "comparison": comparison.to_dict(),
-                "flagged": self.flagged_count,
-                "verdict_without_flagged": self.verdict_without_flagged(),
-            },
+            "floor_tok_s": self.floor_tok_s,
+            "floor_gpu": self.floor_gpu,
+            "arms": [arm.to_dict() for arm in self.arms],
+            "profile": None if self.profile is None else self.profile.to_dict(),
+            "derived": {"against_first_arm": derived},  # written for readers; from_dict recomputes
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> ABRow:
-        return cls(
-            model=data["model"],
-            pp=int(data["pp"]),
-            a=ArmResult.from_dict(data["a"]),
-            b=ArmResult.from_dict(data["b"]),
-            paired=bool(data.get("paired", True)),
-        )
+    def from_dict(cls, data: dict) -> Row:
+        arms = [ArmResult.from_dict(arm) for arm in data["arms"]]
+        if not arms:
+            raise ValueError("a row without arms")
+        profile = data.get("profile")
+        return cls(str(data["model"]), int(data["pp"]), arms, bool(data.get("paired", True)),
+                   data.get("floor_tok_s"), data.get("floor_gpu"), None if profile is None else Profile.from_dict(profile))  # fmt: skip
 
 
 @dataclass
-class ABResult:
-    """A whole `impbench ab` run: its rows, where and how it ran (metadata.collect_metadata), settings."""
+class Result:
+    """A whole run of `command`: its rows, where and how it ran (metadata.collect_metadata), settings."""
 
-    rows: list[ABRow] = field(default_factory=list)
+    command: str  # run | ab | sweep
+    rows: list[Row] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)  # reps, warmup, tolerance_pct, interval_ms, ...
+    settings: dict[str, Any] = field(default_factory=dict)  # the measurement protocol and the arms
+
+    def __post_init__(self) -> None:
+        if self.command not in COMMANDS:
+            raise ValueError(f"command {self.command!r} is not one of {', '.join(COMMANDS)}")
+
+    @property
+    def arm_specs(self) -> list[ArmSpec]:
+        return [ArmSpec.from_dict(arm) for arm in self.settings.get("arms", [])]
+
+    def done(self) -> set[tuple[str, int]]:
+        return {(row.model, row.pp) for row in self.rows}
 
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
+            "command": self.command,
             "metadata": dict(self.metadata),
             "settings": dict(self.settings),
             "rows": [row.to_dict() for row in self.rows],
@@ -307,33 +313,47 @@ class ABResult:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict) -> ABResult:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"not an impbench A/B result (\"format\" is not {FORMAT!r})")
+    def from_dict(cls, data: dict) -> Result:
+        if not isinstance(data, dict):
+            raise ValueError(f"not an impbench result (a JSON {type(data).__name__}, not an object)")
+        if data.get("format") in LEGACY_FORMATS and data.get("schema_version") == 1:
+            data = _upgrade_v1(data)
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not an impbench result (\"format\" is {data.get('format')!r}, not {FORMAT!r})")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
         return cls(
-            rows=[ABRow.from_dict(row) for row in data.get("rows", [])],
+            command=str(data.get("command")),
+            rows=[Row.from_dict(row) for row in data.get("rows", [])],
             metadata=dict(data.get("metadata") or {}),
             settings=dict(data.get("settings") or {}),
         )
 
 
-def load_result(path: str | Path) -> ABResult:
-    """Read a result file written by report.write_result; any problem is one InputError line."""
+def _upgrade_v1(data: dict) -> dict:
+    """A schema-1 "impbench.ab" (rows with a and b) or "impbench.sweep" (rows with arms) file as schema 2."""
+    command = LEGACY_FORMATS[data["format"]]
+    settings = dict(data.get("settings") or {})
+    rows = []
+    for row in data.get("rows", []):
+        arms = [row["a"], row["b"]] if command == "ab" else row["arms"]
+        rows.append({"model": row["model"], "pp": row["pp"], "paired": row.get("paired", True), "arms": arms})
+    if command == "ab":
+        settings["arms"] = [settings.pop("a"), settings.pop("b")] if "a" in settings else []
+    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "command": command,
+            "metadata": data.get("metadata") or {}, "settings": settings, "rows": rows}  # fmt: skip
+
+
+def load_result(path: str | Path) -> Result:
+    """Read a result file (JSON, or gzip-compressed JSON); any problem is one InputError line."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such result file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    text = read_text(path, "result file")
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not JSON ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}); expected an impbench result file") from None
     try:
-        return ABResult.from_dict(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise InputError(f"{path}: not a valid impbench A/B result: {what}") from None
+        return Result.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError, InputError) as exc:
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())
+        raise InputError(f"{path}: not a valid impbench result: {what}") from None

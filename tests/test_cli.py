@@ -38,8 +38,10 @@ def test_plan_from_config_json_and_layers(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["plan", "--model", "nope", "--pp", "64"], "unknown model 'nope'; accepted:"),
-    (["plan", "--model", "tiny", "--pp", "0"], "--pp must be a positive"),
-    (["plan", "--model", "tiny", "--pp", "-3"], "--pp must be a positive"),
+    (["plan", "--model", "tiny", "--pp", "0"], "--pp must be between 1 and 1,048,576"),
+    (["plan", "--model", "tiny", "--pp", "-3"], "--pp must be between 1 and"),
+    (["plan", "--model", "tiny", "--pp", "10" + "0" * 155, "--chunk", "0"], "--pp must be between 1 and"),
+    (["plan", "--model", "tiny", "--model-config", "c.json", "--pp", "64"], "give --model or --model-config, not both"),
     (["plan", "--model", "tiny", "--pp", "64", "--chunk", "-16"], "--chunk must be 0"),
     (["plan", "--model", "tiny", "--pp", "64", "--chunk", "40"], "multiple of 16"),
     (["plan", "--model", "tiny", "--pp", "ten"], "'ten' is not a valid integer"),
@@ -70,7 +72,15 @@ def test_bad_config_json_is_exit_2_and_one_line(tmp_path, capsys, content, needl
 
 def test_missing_config_json(tmp_path, capsys):
     code, _, err = run_cli(capsys, "plan", "--model-config", str(tmp_path / "none.json"), "--pp", "64")
-    assert code == 2 and err.count("\n") == 1 and "cannot read" in err
+    assert code == 2 and err.count("\n") == 1 and "no such config.json" in err
+
+
+@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xe0 random bytes", b"\x1f\x8b\x08\x00\x00\x00"])
+def test_a_config_json_that_is_not_text_is_exit_2(tmp_path, capsys, content):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    code, _, err = run_cli(capsys, "plan", "--model-config", str(path), "--pp", "64")
+    assert code == 2 and err.count("\n") == 1 and "not a UTF-8 text config.json" in err
 
 
 def test_python_m_impbench_exit_code_and_single_line():

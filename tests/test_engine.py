@@ -6,16 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from impbench.engine import plan_chunks
 from impbench.errors import InputError
-
-
-def test_plan_chunks_splits_prompt_with_short_last_chunk():
-    chunks = plan_chunks(1100, 512)
-    assert [(c.start, c.length, c.last) for c in chunks] == [(0, 512, False), (512, 512, False), (1024, 76, True)]
-    assert [(c.start, c.length, c.last) for c in plan_chunks(300, 0)] == [(0, 300, True)]
-    with pytest.raises(InputError):
-        plan_chunks(0, 512)
 
 
 @pytest.mark.parametrize("model", ["gemma-4", "qwen3.6"])
@@ -101,6 +92,7 @@ def test_eager_and_graph_logits_are_bit_identical(nvfp4_attention):
 @pytest.mark.gpu
 def test_launch_list_fuses_the_small_ops_and_every_op_has_a_plan_floor():
     from impbench.plan import op_floors_us, plan_prefill
+    from impbench.prefill import PrefillSpec
 
     prompt_tokens, chunk = 64, 32
     engine = _engine(prompt_tokens, chunk)
@@ -109,7 +101,7 @@ def test_launch_list_fuses_the_small_ops_and_every_op_has_a_plan_floor():
     assert ops.count("attn_norm") == 1 and ops.count("combine+attn_norm") == layers - 1 and ops.count("combine") == 1
     assert ops.count("topk") == ops.count("permute") == layers
     calls = {op: ops.count(op) for op in ops}
-    floors = op_floors_us(plan_prefill(engine.preset, chunk, chunk), calls)
+    floors = op_floors_us(plan_prefill(engine.preset, PrefillSpec(chunk, chunk)), calls)
     assert set(floors) == set(calls), set(calls) - set(floors)
 
 

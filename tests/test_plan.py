@@ -8,11 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from impbench import plan as plan_mod
+from impbench.plan import cost as plan_mod
 from impbench.errors import InputError
 from impbench.gpus import GPUS, get_gpu, match_gpu_name
 from impbench.plan import (
-    chunk_spans,
     dense_gemm_shapes,
     experts_touched,
     kv_cache_bytes,
@@ -21,6 +20,7 @@ from impbench.plan import (
     render_models,
     render_plan,
 )
+from impbench.prefill import PrefillSpec
 from impbench.presets import get_preset, list_presets
 
 
@@ -58,7 +58,7 @@ def test_dense_gemm_shapes_unique_and_complete(name):
     assert {"router", "lm_head"} <= ops
     assert sum(s.layers for s in shapes if s.op == "router") == preset.num_layers
     # every dense GEMM of the plan appears among the shapes
-    plan = plan_prefill(preset, 64, 32)
+    plan = plan_prefill(preset, PrefillSpec(64, 32))
     assert {(r.op, r.n, r.k) for r in plan.ops if r.kind == "gemm"} <= set(keys)
 
 
@@ -74,7 +74,7 @@ def test_gemma_dense_gemms_per_layer_type():
 
 def test_gemm_flops_are_2mnk_and_bytes_count_operands():
     preset = get_preset("qwen3-coder")
-    plan = plan_prefill(preset, 1100, 512)
+    plan = plan_prefill(preset, PrefillSpec(1100, 512))
     row = _row(plan, "qkv_proj")
     m_total = 1100
     assert row.calls == 48 * 3 and row.tokens == "512 (x2), 76"
@@ -87,7 +87,7 @@ def test_gemm_flops_are_2mnk_and_bytes_count_operands():
 
 def test_grouped_expert_gemm_counts():
     preset = get_preset("tiny")
-    plan = plan_prefill(preset, 32, 32)
+    plan = plan_prefill(preset, PrefillSpec(32, 32))
     row = _row(plan, "moe_gate_up")
     rows = 32 * preset.experts_per_token
     assert row.flops == pytest.approx(2 * 2 * rows * 2 * 128 * 256)  # 2 layers
@@ -105,8 +105,8 @@ def test_experts_touched_limits():
 
 def test_causal_attention_flops_do_not_depend_on_chunking():
     preset = get_preset("qwen3-coder")
-    one = _row(plan_prefill(preset, 1024, 0), "attention")
-    chunked = _row(plan_prefill(preset, 1024, 256), "attention")
+    one = _row(plan_prefill(preset, PrefillSpec(1024, 0)), "attention")
+    chunked = _row(plan_prefill(preset, PrefillSpec(1024, 256)), "attention")
     pairs = 1024 * 1025 / 2
     assert one.flops == pytest.approx(48 * 4 * 32 * 128 * pairs)
     assert chunked.flops == pytest.approx(one.flops)
@@ -116,18 +116,18 @@ def test_causal_attention_flops_do_not_depend_on_chunking():
 @given(start=st.integers(0, 3000), length=st.integers(1, 700), window=st.one_of(st.none(), st.integers(1, 2048)))
 def test_visible_pairs_closed_form(start, length, window):
     brute = sum(p + 1 if window is None else min(p + 1, window) for p in range(start, start + length))
-    assert plan_mod._visible_pairs(start, length, window) == pytest.approx(brute)
+    assert plan_mod.visible_pairs(start, length, window) == pytest.approx(brute)
 
 
 def test_sliding_attention_is_capped_by_the_window():
     g = get_preset("gemma-4")
-    row = _row(plan_prefill(g, 4096), "attention", "sliding")
-    assert row.flops == pytest.approx(25 * 4 * 16 * 256 * plan_mod._visible_pairs(0, 4096, 1024))
+    row = _row(plan_prefill(g, PrefillSpec(4096)), "attention", "sliding")
+    assert row.flops == pytest.approx(25 * 4 * 16 * 256 * plan_mod.visible_pairs(0, 4096, 1024))
     assert row.flops < 25 * 4 * 16 * 256 * 4096 * 4097 / 2
 
 
 def test_floors_are_max_of_compute_and_memory_and_add_up():
-    plan = plan_prefill(get_preset("qwen3.6"), 1100, 512, "h200")
+    plan = plan_prefill(get_preset("qwen3.6"), PrefillSpec(1100, 512), "h200")
     for r in plan.ops:
         assert r.floor_us >= max(r.compute_us, r.memory_us) - 1e-9
         assert r.floor_us <= r.compute_us + r.memory_us + 1e-9
@@ -139,7 +139,7 @@ def test_floors_are_max_of_compute_and_memory_and_add_up():
 
 
 def test_op_floors_sum_fused_parts_and_scale_to_the_engine_calls():
-    plan = plan_prefill(get_preset("qwen3-coder"), 1024, 512)  # 2 chunks x 48 layers
+    plan = plan_prefill(get_preset("qwen3-coder"), PrefillSpec(1024, 512))  # 2 chunks x 48 layers
     whole = op_floors_us(plan)
     assert whole["combine"] == pytest.approx(_row(plan, "combine").floor_us)
     assert set(whole) == {r.op for r in plan.ops}
@@ -154,21 +154,9 @@ def test_op_floors_sum_fused_parts_and_scale_to_the_engine_calls():
     assert "made_up" not in scaled
 
 
-def test_chunk_spans():
-    assert [(c.start, c.length, c.last) for c in chunk_spans(1100, 512)] == [(0, 512, False), (512, 512, False), (1024, 76, True)]
-    assert [(c.start, c.length, c.last) for c in chunk_spans(300, 0)] == [(0, 300, True)]
-    assert len(chunk_spans(1024, 512)) == 2
-
-
-@pytest.mark.parametrize("pp,chunk,needle", [(0, None, "--pp"), (-5, 16, "--pp"), (64, 40, "--chunk"), (64, -16, "--chunk")])
-def test_bad_prompt_or_chunk(pp, chunk, needle):
-    with pytest.raises(InputError, match=needle):
-        plan_prefill(get_preset("tiny"), pp, chunk)
-
-
 def test_preset_chunk_is_the_default():
-    assert plan_prefill(get_preset("qwen3-coder"), 1024).chunk_size == 512
-    assert len(plan_prefill(get_preset("gemma-4"), 4096).chunks) == 1
+    assert plan_prefill(get_preset("qwen3-coder"), PrefillSpec(1024)).chunk_size == 512
+    assert len(plan_prefill(get_preset("gemma-4"), PrefillSpec(4096)).chunks) == 1
 
 
 # ---- memory -----------------------------------------------------------------------------------------------
@@ -185,7 +173,7 @@ def test_kv_cache_bytes():
 
 
 def test_plan_memory_lines():
-    plan = plan_prefill(get_preset("qwen3-coder"), 1024)
+    plan = plan_prefill(get_preset("qwen3-coder"), PrefillSpec(1024))
     assert plan.weight_total_bytes == pytest.approx(sum(get_preset("qwen3-coder").weight_bytes().values()))
     assert 15e9 < plan.weight_total_bytes < 25e9  # experts NVFP4, the rest FP16
     assert plan.activation_bytes > 512 * 2048 * 2
@@ -230,7 +218,7 @@ def test_gpu_auto_with_unknown_device(monkeypatch):
 # ---- printers ----------------------------------------------------------------------------------------------
 
 def test_render_formats():
-    plan = plan_prefill(get_preset("qwen3-coder"), 1024)
+    plan = plan_prefill(get_preset("qwen3-coder"), PrefillSpec(1024))
     md = render_plan(plan, "md")
     assert "total 30.5B (published 30.5B), active 3.35B (published 3.3B)" in md
     assert "| qkv_proj" in md and "| moe_gate_up" in md and "Per chunk" in md

@@ -223,7 +223,7 @@ def test_bad_config_json_is_one_line_input_error(tmp_path, content, needle):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match="no such config.json"):
         from_hf_config(tmp_path / "nope.json")
 
 

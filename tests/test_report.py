@@ -1,161 +1,156 @@
-"""report: markdown / CSV / JSON printers, the atomic --out writer, and `impbench compare`."""
+"""report: the markdown / CSV / JSON printers of every result, and `impbench compare` (control arms,
+drift apart from change, one-sided rows)."""
 
 import io
 import json
-import os
+import re
 
+import numpy as np
 import pandas as pd
 import pytest
-from test_results import GRAPH, METADATA, make_arm, make_result, make_row
+from cli_util import run_cli
+from fakes import GRAPH, METADATA, make_arm, make_result, make_row
 
-from impbench.cli import main
+from impbench.arms import ArmSpec
+from impbench.capture import FELL_BACK, CaptureStatus
 from impbench.errors import InputError
-from impbench.report import ab_records, compare_results, format_ab, format_compare, write_result
-from impbench.results import ABResult, CaptureInfo, load_result
+from impbench.outfile import ResultFile
+from impbench.report import compare_results, format_compare, format_result, result_records
+from impbench.results import Profile, Result, Row
 
 
-def test_markdown_has_the_seed_table_and_the_why_table():
-    text = format_ab(make_result(), "md")
-    assert "| Model" in text and "A tok/s" in text and "B tok/s" in text and "Δ" in text
-    assert "95% CI" in text and "FASTER" in text and "flagged reps" in text
+def test_markdown_has_the_answer_table_and_the_why_table():
+    text = format_result(make_result(), "md")
+    assert "| Model" in text and "tok/s" in text and "Δ vs A" in text and "95% CI" in text
+    assert "FASTER" in text and "flagged reps" in text and "baseline" in text
     assert "cold / warm ms" in text and "SM MHz min / med" in text and "GEMM paths" in text
-    assert "| qwen3-coder |  512 |    10,045 |" in text  # A's median tok/s, right-aligned
-    assert "captured (700 kernels)" in text and "mma=96 mma_small_n=48" in text and "cublas=144" in text
+    assert "| qwen3-coder |  512 | A eager/cublas |" in text
+    assert "captured (700 kernels)" in text and "mma_16x16k8=96 tma_128x128=48" in text and "cublas=144" in text
     assert "1,980 / 1,980" in text  # clocks where telemetry exists
     assert "n/a / n/a" in text  # and n/a where it does not
     assert "GPU NVIDIA H100 80GB HBM3" in text and "@ 0123456789ab" in text
-    assert "A = eager/cublas; B = graph/tight" in text
+    assert "A = eager/cublas, B = graph/tight" in text and "(A B B A)" in text
 
 
 def test_flagged_cell_says_whether_the_verdict_holds():
     row = make_row(sm_mhz=[1980] * 9 + [1500])
-    assert row.flagged_count == 2
-    text = format_ab(make_result([row]), "md")
-    assert "2/20, verdict holds" in text
+    assert sum(arm.flagged_count for arm in row.arms) == 2
+    assert "1, verdict holds" in format_result(make_result([row]), "md")
 
 
-def test_csv_and_json_are_the_same_records():
+def test_csv_and_json_are_the_same_records_one_per_row_and_arm():
     result = make_result()
-    records = ab_records(result)
-    frame = pd.read_csv(io.StringIO(format_ab(result, "csv")))
-    assert list(frame.columns) == list(records[0])
-    assert frame["verdict"].tolist() == ["FASTER", "FASTER"]
-    assert frame["b_capture"].tolist() == ["captured (700 kernels)"] * 2
-    assert json.loads(format_ab(result, "json")) == json.loads(json.dumps(records))
-    assert records[0]["a_sm_mhz_min"] is None and records[1]["a_sm_mhz_min"] == 1980
+    records = result_records(result)
+    frame = pd.read_csv(io.StringIO(format_result(result, "csv")))
+    assert list(frame.columns) == list(records[0]) and len(frame) == 4
+    assert frame["verdict"].fillna("").tolist() == ["", "FASTER", "", "FASTER"]
+    assert frame["capture"].tolist() == ["eager", "captured (700 kernels)"] * 2
+    assert json.loads(format_result(result, "json")) == json.loads(json.dumps(records))
+    assert records[0]["sm_mhz_min"] is None and records[2]["sm_mhz_min"] == 1980
+
+
+def test_a_single_arm_run_shows_its_plan_floor_and_profile():
+    row = Row("tiny-moe", 96, [make_arm("A", [40_000.0, 41_000.0, 40_500.0])], floor_tok_s=81_000.0, floor_gpu="h100",
+              profile=Profile({"moe_gate_up": [10.0, 12.0], "embed": [1.0]}, {"moe_gate_up": 11.0}))
+    text = format_result(Result("run", [row], dict(METADATA), {"reps": 3, "warmup": 1, "arms": [ArmSpec().to_dict()]}), "md")
+    assert "50% of 81,000" in text and "one arm" in text
+    assert "| moe_gate_up |" in text and "plan floor µs" in text and "2.00" in text
 
 
 def test_fell_back_capture_is_shown_with_op_and_error():
     row = make_row()
-    row.b.capture = CaptureInfo("fell back", op="qkv_proj", error="NotImplementedError: cuBLAS under capture")
-    assert "fell back at qkv_proj: NotImplementedError: cuBLAS under capture" in format_ab(make_result([row]), "md")
+    row.arms[1].capture = CaptureStatus(FELL_BACK, op="qkv_proj", error="NotImplementedError: cuBLAS under capture")
+    assert "fell back to eager at qkv_proj: NotImplementedError: cuBLAS under capture" in format_result(make_result([row]))
 
 
 def test_unknown_format():
     with pytest.raises(InputError):
-        format_ab(make_result(), "html")
+        format_result(make_result(), "html")
 
 
-def test_write_result_writes_json_and_csv_atomically(tmp_path):
-    result = make_result()
-    json_path, csv_path = write_result(result, tmp_path / "new" / "ab.json")
-    assert csv_path == tmp_path / "new" / "ab.csv"
-    assert load_result(json_path) == result
-    assert pd.read_csv(csv_path).shape[0] == 2
-    assert sorted(os.listdir(tmp_path / "new")) == ["ab.csv", "ab.json"]  # no temp file left
+def _paired(base: float, ratio: float, drift: float = 1.0, n: int = 10, noise: float = 0.004, seed: int = 0):
+    """A and B reps of one run: B = ratio x A; the whole run scaled by `drift` (a faster machine)."""
+    rng = np.random.default_rng(seed)
+    a = base * drift * (1 + noise * rng.standard_normal(n))
+    b = a * ratio * (1 + noise * rng.standard_normal(n))
+    return [float(x) for x in a], [float(x) for x in b]
 
 
-def test_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
-    path = tmp_path / "ab.json"
-    write_result(make_result(), path)
-    before = path.read_text()
-
-    def boom(self):
-        raise RuntimeError("serialisation failed")
-
-    monkeypatch.setattr(ABResult, "to_json", boom)
-    with pytest.raises(RuntimeError):
-        write_result(make_result(), path)
-    assert path.read_text() == before
-    assert sorted(os.listdir(tmp_path)) == ["ab.csv", "ab.json"]
-
-
-def test_write_result_to_a_directory_is_an_input_error(tmp_path):
-    with pytest.raises(InputError):
-        write_result(make_result(), tmp_path)
-
-
-def _two_results():
-    old = make_result([make_row(pp=512), make_row(pp=1024)])
-    shifted = make_row(pp=512, a=[10_000.0 + 10 * i for i in range(10)], b=[11_550.0 + 10 * i for i in range(10)])
-    other_b = make_row(pp=2048)
-    other_b.b = make_arm("B", [11_000.0] * 10, spec={**GRAPH, "guard": "permissive"})
-    new = make_result([shifted, other_b], metadata={**METADATA, "cpu_model": "AMD EPYC", "git_commit": "fedcba"})
-    return old, new
-
-
-def test_compare_matches_by_model_pp_arm_and_spec_and_lists_one_sided_rows():
-    old, new = _two_results()
+def test_compare_reads_change_through_the_control_arm_and_drift_apart():
+    a_old, b_old = _paired(10_000.0, 1.10, seed=1)
+    a_new, b_new = _paired(10_000.0, 1.10 * 1.05, drift=1.02, seed=2)  # B 5% faster; the whole machine 2% faster
+    old, new = make_result([make_row(a=a_old, b=b_old)]), make_result([make_row(a=a_new, b=b_new)])
     rows = compare_results(old, new)
-    keys = [(r.pp, r.arm, r.spec, r.old is not None, r.new is not None) for r in rows]
-    assert keys == [
-        (512, "A", "eager/cublas", True, True),
-        (512, "B", "graph/tight", True, True),
-        (1024, "A", "eager/cublas", True, False),
-        (1024, "B", "graph/tight", True, False),
-        (2048, "A", "eager/cublas", False, True),
-        (2048, "B", "graph/permissive", False, True),
-    ]
-    assert rows[0].comparison().verdict == "SAME"
-    assert rows[1].comparison().verdict == "FASTER" and rows[1].comparison().delta_pct == pytest.approx(5.0, abs=0.1)
-    assert rows[2].comparison() is None
+    assert [(r.spec, r.how) for r in rows] == [("eager/cublas", "control"), ("graph/tight", "through control")]
+    b = rows[1].comparison()
+    assert b.verdict == "FASTER" and b.delta_pct == pytest.approx(5.0, abs=1.0)
+    text = format_compare(old, new, "md")
+    assert re.search(r"drift \+[12]\.\d%", text) and "through control" in text and "machine or run drift" in text
 
 
-def test_compare_formats():
-    old, new = _two_results()
+def test_an_a_a_pair_of_runs_says_same_even_when_the_machine_drifted():
+    a_old, b_old = _paired(10_000.0, 1.0, seed=3)
+    a_new, b_new = _paired(10_000.0, 1.0, drift=1.006, seed=4)
+    rows = compare_results(make_result([make_row(a=a_old, b=b_old)]), make_result([make_row(a=a_new, b=b_new)]))
+    assert rows[1].comparison().verdict == "SAME"
+    assert "FASTER" not in format_compare(make_result([make_row(a=a_old, b=b_old)]),
+                                          make_result([make_row(a=a_new, b=b_new)]))  # fmt: skip
+
+
+def test_compare_lists_one_sided_arms_and_machine_differences():
+    old = make_result([make_row(pp=512), make_row(pp=1024)])
+    other = make_row(pp=2048, b_spec=ArmSpec("graph", "permissive"))
+    new = make_result([make_row(pp=512), other], metadata={**METADATA, "cpu_model": "AMD EPYC"})
+    rows = compare_results(old, new)
+    keys = [(r.pp, r.spec, r.how) for r in rows]
+    assert keys == [(512, "eager/cublas", "control"), (512, "graph/tight", "through control"),
+                    (1024, "eager/cublas", "only in OLD"), (1024, "graph/tight", "only in OLD"),
+                    (2048, "eager/cublas", "only in NEW"), (2048, "graph/permissive", "only in NEW")]  # fmt: skip
     md = format_compare(old, new, "md")
-    assert "OLD tok/s" in md and "NEW tok/s" in md and "only in OLD" in md and "only in NEW" in md
-    assert "+5.0%" in md and "note: cpu_model differs" in md
+    assert "note: cpu_model differs" in md and "only in NEW" in md
     data = json.loads(format_compare(old, new, "json"))
-    assert len(data["rows"]) == 6 and data["notes"][0].startswith("note: cpu_model")
+    assert len(data["rows"]) == 6
     frame = pd.read_csv(io.StringIO(format_compare(old, new, "csv")))
-    assert frame["note"].fillna("").tolist() == ["", "", "only in OLD", "only in OLD", "only in NEW", "only in NEW"]
+    assert frame["how"].tolist()[2:] == ["only in OLD"] * 2 + ["only in NEW"] * 2
 
 
-def test_compare_command(tmp_path, capsys):
-    old, new = _two_results()
-    old_path, _ = write_result(old, tmp_path / "old.json")
-    new_path, _ = write_result(new, tmp_path / "new.json")
-    main(["compare", str(old_path), str(new_path)])
-    out = capsys.readouterr().out
-    assert "FASTER" in out and "only in NEW" in out
-    main(["compare", str(old_path), str(new_path), "--format", "csv"])
-    captured = capsys.readouterr()
-    assert captured.out.startswith("model,pp,arm") and "cpu_model differs" in captured.err
+def test_two_single_arm_runs_compare_unpaired_and_say_so():
+    old = make_result([Row("m", 64, [make_arm("A", [100.0, 101.0, 99.0])])], command="run")
+    new = make_result([Row("m", 64, [make_arm("A", [110.0, 111.0, 109.0])])], command="run")
+    rows = compare_results(old, new)
+    assert rows[0].how == "unpaired" and rows[0].comparison().verdict == "FASTER"
+    assert "has no control arm" in format_compare(old, new)
 
 
-@pytest.mark.parametrize("content", [None, "garbage", '{"format": "impbench.ab", "schema_version": 1, "rows": [{}]}'])
+def _save(result, path):
+    ResultFile(path).write(result, format_result(result, "csv"))
+    return path
+
+
+def test_compare_command_reads_every_command_s_results(tmp_path, capsys):
+    old = _save(make_result(), tmp_path / "old.json")
+    new = _save(make_result(command="sweep"), tmp_path / "new.json")
+    code, out, _ = run_cli(capsys, "compare", str(old), str(new))
+    assert code == 0 and "through control" in out
+    code, out, err = run_cli(capsys, "compare", str(old), str(new), "--format", "csv")
+    assert code == 0 and out.startswith("model,pp,spec") and "note:" in err
+
+
+@pytest.mark.parametrize("content", [None, "garbage", '{"format": "impbench.ab", "schema_version": 1, "rows": [{}]}',
+                                     b"\xff\xfe\x00binary", '{"format": "impbench.result", "schema_version": 2, "command": "ab",'
+                                     ' "rows": [{"model": "m", "pp": 1, "arms": [{"name": "A", "spec": {"mode": "turbo"}}]}]}'])
 def test_compare_command_bad_input_exits_2_with_one_line(tmp_path, capsys, content):
-    good, _ = write_result(make_result(), tmp_path / "good.json")
+    good = _save(make_result(), tmp_path / "good.json")
     bad = tmp_path / "bad.json"
-    if content is not None:
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    elif content is not None:
         bad.write_text(content)
-    with pytest.raises(SystemExit) as info:
-        main(["compare", str(good), str(bad)])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("impbench: error:") and err.count("\n") == 1
+    code, out, err = run_cli(capsys, "compare", str(good), str(bad))
+    assert code == 2 and not out and err.startswith("impbench: error:") and err.count("\n") == 1
 
 
 def test_compare_command_bad_format_exits_2(tmp_path, capsys):
-    good, _ = write_result(make_result(), tmp_path / "good.json")
-    with pytest.raises(SystemExit) as info:
-        main(["compare", str(good), str(good), "--format", "html"])
-    assert info.value.code == 2
-
-
-def test_git_commit_from_environment_wins(monkeypatch):
-    from impbench import metadata
-
-    monkeypatch.setenv(metadata.GIT_COMMIT_ENV, "0123456789abcdef")
-    assert metadata.git_info() == {"git_commit": "0123456789abcdef", "git_dirty": "n/a"}
+    good = _save(make_result(), tmp_path / "good.json")
+    code, _, err = run_cli(capsys, "compare", str(good), str(good), "--format", "html")
+    assert code == 2 and "'html' is not one of" in err

@@ -1,80 +1,24 @@
-"""results: the A/B data model and its JSON round trip; load_result's one-line errors; metadata."""
+"""results: the one result schema and its JSON round trip (and the schema-1 files it still reads);
+load_result's one-line errors; metadata."""
 
+import gzip
 import json
 from types import SimpleNamespace
 
 import pytest
+from fakes import GRAPH, METADATA, make_arm, make_result, make_row
 
+from impbench.arms import ArmSpec
+from impbench.capture import CAPTURED, EAGER, FELL_BACK, ONE_CHUNK, CaptureStatus
 from impbench.errors import InputError
 from impbench.metadata import NA, collect_metadata, gpu_info
-from impbench.results import (
-    CAPTURED,
-    EAGER,
-    FELL_BACK,
-    ONE_CHUNK,
-    ABResult,
-    ABRow,
-    ArmResult,
-    CaptureInfo,
-    Rep,
-    load_result,
-)
-from impbench.telemetry import Reading, RepTelemetry, flag_reps
-
-METADATA = {"impbench_version": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": False,
-            "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_driver": "580.65", "cuda_driver_version": "13.0",
-            "cupy_version": "14.2.0", "cpu_model": "Intel Xeon", "cpu_count_usable": 16,
-            "time_utc": "2026-11-24T22:00:00+00:00"}  # fmt: skip
-
-
-def make_arm(name, tok_s, spec=None, sm_mhz=None, capture=None, pp=1024):
-    """An arm with one rep per tok/s value; sm_mhz (one per rep) adds telemetry readings."""
-    spec = spec or {"mode": "eager", "guard": "cublas", "chunk": None}
-    reps = []
-    for i, value in enumerate(tok_s):
-        readings = []
-        if sm_mhz is not None:
-            readings = [Reading(0.0, sm_mhz[i], 2619, 60, 400.0, 0), Reading(20.0, sm_mhz[i], 2619, 61, 410.0, 0)]
-        telemetry = RepTelemetry(readings, None if sm_mhz else "no NVML telemetry: test")
-        reps.append(Rep(value, 1000.0 * pp / value, 1400, 0, 7.1, telemetry))
-    return ArmResult(
-        name=name,
-        spec=spec,
-        reps=reps,
-        cold=Rep(tok_s[0] / 3, 3000.0 * pp / tok_s[0]),
-        chunk_size=512,
-        capture=capture or CaptureInfo(EAGER),
-        gemm_paths={"cublas": 144} if spec["mode"] == "eager" else {"mma": 96, "mma_small_n": 48},
-    )
-
-
-GRAPH = {"mode": "graph", "guard": "tight", "chunk": None}
-
-
-def make_row(model="qwen3-coder", pp=1024, a=None, b=None, sm_mhz=None):
-    a = a or [10_000.0 + 10 * i for i in range(10)]
-    b = b or [11_000.0 + 10 * i for i in range(10)]
-    row = ABRow(
-        model,
-        pp,
-        make_arm("A", a, sm_mhz=sm_mhz, pp=pp),
-        make_arm("B", b, spec=GRAPH, sm_mhz=sm_mhz, capture=CaptureInfo(CAPTURED, kernels=700), pp=pp),
-    )
-    flags = flag_reps([rep.telemetry for rep in row.a.reps + row.b.reps])
-    for rep, flag in zip(row.a.reps + row.b.reps, flags, strict=True):
-        rep.flag_reason = flag
-    return row
-
-
-def make_result(rows=None, metadata=None):
-    rows = rows if rows is not None else [make_row(pp=512), make_row(pp=1024, sm_mhz=[1980] * 10)]
-    return ABResult(rows, dict(metadata or METADATA), {"reps": 10, "warmup": 2, "tolerance_pct": 5.0})
+from impbench.results import ArmResult, Rep, Result, load_result
 
 
 def test_json_round_trip_keeps_every_raw_value():
     result = make_result()
     text = result.to_json()
-    back = ABResult.from_dict(json.loads(text))
+    back = Result.from_dict(json.loads(text))
     assert back == result
     assert back.to_json() == text
 
@@ -82,11 +26,12 @@ def test_json_round_trip_keeps_every_raw_value():
 def test_json_holds_derived_numbers_for_readers():
     data = json.loads(make_result().to_json())
     row = data["rows"][0]
-    assert data["format"] == "impbench.ab" and data["metadata"]["gpu_name"] == "NVIDIA H100 80GB HBM3"
-    assert row["derived"]["comparison"]["verdict"] == "FASTER"
-    assert row["a"]["derived"]["summary"]["n"] == 10
-    assert row["b"]["reps"][0]["telemetry"]["readings"]["t_ms"] == []
-    assert data["rows"][1]["b"]["reps"][0]["telemetry"]["readings"]["sm_mhz"] == [1980, 1980]
+    assert data["format"] == "impbench.result" and data["schema_version"] == 2 and data["command"] == "ab"
+    assert data["metadata"]["gpu_name"] == "NVIDIA H100 80GB HBM3"
+    assert row["derived"]["against_first_arm"][0]["comparison"]["verdict"] == "FASTER"
+    assert row["arms"][0]["derived"]["summary"]["n"] == 10
+    assert row["arms"][1]["reps"][0]["telemetry"]["readings"]["t_ms"] == []
+    assert data["rows"][1]["arms"][1]["reps"][0]["telemetry"]["readings"]["sm_mhz"] == [1980, 1980]
 
 
 def test_arm_derived_numbers():
@@ -96,52 +41,94 @@ def test_arm_derived_numbers():
     assert arm.temp_c_max == 61 and arm.host_us_per_launch == 7.1
     assert arm.throttle_reasons == []
     assert arm.label == "eager/cublas"
-    assert ArmResult("B", {"mode": "graph", "guard": "small-n", "chunk": 256}).label == "graph/small-n/chunk=256"
+    assert ArmResult("B", ArmSpec("graph", "small-n", 256)).label == "graph/small-n/chunk=256"
     no_telemetry = make_arm("A", [100.0, 120.0, 110.0])
     assert no_telemetry.sm_mhz_min is None and no_telemetry.throttle_reasons is None
 
 
+def test_every_arm_after_the_first_is_compared_with_the_first():
+    row = make_row()
+    row.arms.append(make_arm("C", [10_000.0 + 10 * i for i in range(10)], spec=ArmSpec("graph", "permissive")))
+    assert row.comparison(row.arms[0]) is None
+    assert row.comparison(row.arms[1]).verdict == "FASTER"
+    assert row.comparison(row.arms[2]).verdict == "SAME"
+
+
 def test_verdict_without_flagged_reps():
     clean = make_row(sm_mhz=[1980] * 10)
-    assert clean.flagged_count == 0 and clean.verdict_without_flagged() is None
+    b = clean.arms[1]
+    assert b.flagged_count == 0 and clean.verdict_without_flagged(b) is None
     # 14 of 20 pairs ran under throttling that slowed A and sped B; the 6 clean pairs show no difference.
     flagged = [i % 10 < 7 for i in range(20)]
     a = [(9_000.0 if f else 10_000.0) + i for i, f in enumerate(flagged)]
     b = [(11_000.0 if f else 10_000.0) + i for i, f in enumerate(flagged)]
     row = make_row(a=a, b=b)
-    for arm in (row.a, row.b):
+    for arm in row.arms:
         for rep, f in zip(arm.reps, flagged, strict=True):
             rep.flag_reason = "throttled: sw_thermal" if f else None
-    assert row.flagged_count == 28 and row.comparison().paired
-    assert row.comparison().verdict == "FASTER"
-    assert row.verdict_without_flagged() == "SAME"
-    assert row.comparison_without_flagged().a.n == 6
+    arm_b = row.arms[1]
+    assert row.comparison(arm_b).paired and row.comparison(arm_b).verdict == "FASTER"
+    assert row.verdict_without_flagged(arm_b) == "SAME"
+    assert row.comparison_without_flagged(arm_b).a.n == 6
     # paired: a pair goes when either of its reps is flagged
-    row.b.reps[19].flag_reason = "throttled: hw_slowdown"
-    assert row.comparison_without_flagged().a.n == 5
+    arm_b.reps[19].flag_reason = "throttled: hw_slowdown"
+    assert row.comparison_without_flagged(arm_b).a.n == 5
 
 
-def test_capture_info_from_engine_status():
-    captured = SimpleNamespace(captured=True, failed_op=None, error=None, kernels=714)
-    failed = SimpleNamespace(captured=False, failed_op="qkv_proj", error="NotImplementedError: cuBLAS", kernels=0)
-    assert CaptureInfo.from_engine("eager", captured) == CaptureInfo(EAGER)
-    assert CaptureInfo.from_engine("graph", None).status == ONE_CHUNK
-    assert CaptureInfo.from_engine("graph", captured).label() == "captured (714 kernels)"
-    info = CaptureInfo.from_engine("graph", failed)
-    assert info.status == FELL_BACK and info.label() == "fell back at qkv_proj: NotImplementedError: cuBLAS"
-    assert CaptureInfo.from_dict(info.to_dict()) == info
+def test_capture_status_has_one_wording():
+    assert CaptureStatus().label() == EAGER
+    assert CaptureStatus(ONE_CHUNK).label() == "one chunk: nothing to capture, ran eager"
+    assert CaptureStatus(CAPTURED, kernels=714).label() == "captured (714 kernels)"
+    failed = CaptureStatus(FELL_BACK, "qkv_proj", "NotImplementedError: cuBLAS")
+    assert failed.label() == "fell back to eager at qkv_proj: NotImplementedError: cuBLAS"
+    assert CaptureStatus.from_dict(failed.to_dict()) == failed
+    with pytest.raises(ValueError):
+        CaptureStatus("maybe")
 
 
-def test_rep_from_sample():
-    sample = SimpleNamespace(to_dict=lambda: {"tok_s": 20_000.0, "wall_ms": 51.2, "python_launches": 1400,
-                                              "graph_replays": 1, "host_us_per_launch": 6.9})  # fmt: skip
-    rep = Rep.from_sample(sample)
-    assert rep.tok_s == 20_000.0 and rep.telemetry == RepTelemetry() and not rep.flagged
+@pytest.mark.parametrize("tok_s", [0.0, -5.0, float("nan"), float("inf")])
+def test_a_rep_must_have_a_finite_positive_rate(tok_s):
+    with pytest.raises(ValueError):
+        Rep(tok_s, 10.0)
+
+
+def _v1_ab():
+    """A schema-1 `impbench ab` file as the committed results of earlier commits hold them."""
+    result = make_result()
+    rows = []
+    for row in result.rows:
+        a, b = (arm.to_dict() for arm in row.arms)
+        rows.append({"model": row.model, "pp": row.pp, "paired": True, "a": a, "b": b})
+    settings = {"reps": 10, "warmup": 2, "a": result.rows[0].arms[0].spec.to_dict(), "b": GRAPH.to_dict()}
+    return {"format": "impbench.ab", "schema_version": 1, "metadata": METADATA, "settings": settings, "rows": rows}
+
+
+def test_schema_1_files_are_read(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(_v1_ab()))
+    result = load_result(path)
+    assert result.command == "ab" and [row.pp for row in result.rows] == [512, 1024]
+    assert [arm.label for arm in result.rows[0].arms] == ["eager/cublas", "graph/tight"]
+    assert result.arm_specs == [ArmSpec("eager"), GRAPH]
+    first = _v1_ab()["rows"][0]
+    sweep = {"format": "impbench.sweep", "schema_version": 1, "metadata": METADATA, "settings": {},
+             "rows": [{"model": "m", "pp": 64, "arms": [first["a"], first["b"]]}]}
+    path.write_text(json.dumps(sweep))
+    assert load_result(path).command == "sweep"
+
+
+def test_a_gzip_compressed_result_is_read(tmp_path):
+    path = tmp_path / "r.json.gz"
+    path.write_bytes(gzip.compress(make_result().to_json().encode()))
+    assert load_result(path) == make_result()
 
 
 def _write(tmp_path, text, name="r.json"):
     path = tmp_path / name
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     return path
 
 
@@ -150,10 +137,12 @@ def _write(tmp_path, text, name="r.json"):
     [
         (None, "no such result file"),
         ("{not json", "not JSON"),
-        ('{"format": "other"}', "not a valid impbench A/B result"),
-        ('{"format": "impbench.ab", "schema_version": 99}', "schema_version 99"),
-        ('{"format": "impbench.ab", "schema_version": 1, "rows": [{"model": "m"}]}', "missing key 'pp'"),
-        ('[1, 2]', "not a valid impbench A/B result"),
+        ('{"format": "other"}', "not a valid impbench result"),
+        ('{"format": "impbench.result", "schema_version": 99}', "schema_version 99"),
+        ('{"format": "impbench.ab", "schema_version": 1, "rows": [{"model": "m"}]}', "missing key 'a'"),
+        ('[1, 2]', "not a valid impbench result"),
+        (b"\x8b\xff\x00\x10garbage", "not a UTF-8 text"),
+        (b"\x1f\x8b\x08\x00broken gzip", "not a UTF-8 text"),
     ],
 )
 def test_load_result_errors_are_one_line(tmp_path, text, message):

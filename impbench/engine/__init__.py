@@ -1,3 +1,3 @@
 """The synthetic MoE prefill engine (weights, buffers, launch sequence, chunked prefill)."""
 
-from impbench.engine.core import Chunk, Engine, PrefillStats, plan_chunks  # noqa: F401
+from impbench.engine.core import Engine, PrefillStats  # noqa: F401

@@ -15,8 +15,8 @@ from impbench.engine.buffers import Buffers, buffer_specs
 from impbench.engine.forward import LaunchList, build_launches
 from impbench.engine.weights import generate_weights
 from impbench.errors import InputError
+from impbench.prefill import Chunk, chunk_spans
 
-MODES = ("eager", "graph")
 KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "ops", "routing", "attention")
 ENGINE_NVFP4 = {"experts", "attention"}  # tensor groups the engine can store as NVFP4
 
@@ -37,22 +37,6 @@ def check_supported(preset) -> None:
             f"model {preset.name} has {'; '.join(problems)}: the engine runs full-attention qwen3_moe "
             "models with NVFP4 experts (qwen3-coder, qwen3-modelopt, tiny); use `impbench plan` for the others"
         )
-
-
-@dataclass(frozen=True)
-class Chunk:
-    start: int
-    length: int
-    last: bool
-
-
-def plan_chunks(prompt_tokens: int, chunk_size: int) -> list[Chunk]:
-    """Chunked prefill: full chunks of `chunk_size` tokens, the last one possibly shorter (0 = one chunk)."""
-    if prompt_tokens <= 0:
-        raise InputError(f"prompt length must be > 0 tokens, got {prompt_tokens}")
-    size = chunk_size if chunk_size > 0 else prompt_tokens
-    starts = list(range(0, prompt_tokens, size))
-    return [Chunk(s, min(size, prompt_tokens - s), s == starts[-1]) for s in starts]
 
 
 @dataclass
@@ -106,7 +90,7 @@ class Engine:
         self._graphs: dict[tuple, object] = {}  # (chunk length, guard) -> capture.ChunkGraph
 
     # -- one chunk -------------------------------------------------------------------------------
-    def launch_list(self, length: int, last: bool, guard: str | None) -> LaunchList:
+    def launch_list(self, length: int, last: bool, guard: str) -> LaunchList:
         key = (length, last, guard)
         launches = self._launch_lists.get(key)
         if launches is None:
@@ -123,21 +107,19 @@ class Engine:
 
     # -- one prefill -----------------------------------------------------------------------------
     def prefill(
-        self, prompt_tokens: int, chunk_size: int, mode: str = "eager", guard: str | None = None
+        self, prompt_tokens: int, chunk_size: int, mode: str = "eager", guard: str = "cublas"
     ) -> PrefillStats:
         """Run the chunked prefill of the first `prompt_tokens` prompt tokens and wait for it.
 
-        `guard` is the dense GEMM policy (None: cuBLAS). mode "graph": every non-last chunk is a
+        `guard` decides the dense GEMM path (impbench.arms.GUARDS). mode "graph": every non-last chunk is a
         replay of one CUDA graph, captured on first use; if capture fails the prefill runs eager
         and the failure is kept in `capture_status`.
         """
         from impbench.capture import ChunkGraph
 
-        if mode not in MODES:
-            raise InputError(f"unknown mode {mode!r}; accepted: {', '.join(MODES)}")
         if prompt_tokens > self.max_tokens:
             raise InputError(f"prompt of {prompt_tokens} tokens exceeds the engine's {self.max_tokens}")
-        chunks = plan_chunks(prompt_tokens, chunk_size)
+        chunks = chunk_spans(prompt_tokens, chunk_size)
         if chunks[0].length > self.chunk_tokens:
             raise InputError(f"chunk of {chunks[0].length} tokens exceeds the engine's {self.chunk_tokens}")
         paths: Counter = Counter()
@@ -167,7 +149,7 @@ class Engine:
         wall_s = time.perf_counter() - start_s
         return PrefillStats(wall_s, issue_s, python_launches, replays, paths)
 
-    def profile(self, prompt_tokens: int, chunk_size: int, guard: str | None = None) -> dict[str, list[float]]:
+    def profile(self, prompt_tokens: int, chunk_size: int, guard: str = "cublas") -> dict[str, list[float]]:
         """Device µs of every launch of one eager prefill, by op name (CUDA events around each launch).
 
         Eager only: it shows where device time goes, not what launch overhead costs.
@@ -177,7 +159,7 @@ class Engine:
         times: dict[str, list[float]] = {}
         with self.stream:
             marks = []
-            for chunk in plan_chunks(prompt_tokens, chunk_size):
+            for chunk in chunk_spans(prompt_tokens, chunk_size):
                 self._set_chunk_inputs(chunk)
                 marks += self.launch_list(chunk.length, chunk.last, guard).run_timed(self.stream)
             self.stream.synchronize()
@@ -185,8 +167,8 @@ class Engine:
             times.setdefault(op, []).append(1e3 * cupy.cuda.get_elapsed_time(start, end))
         return times
 
-    def capture_status(self, chunk_size: int, guard: str | None):
-        """The CaptureStatus of the graph for this chunk size and guard, or None if none was tried."""
+    def capture_status(self, chunk_size: int, guard: str):
+        """The capture.CaptureStatus of the graph for this chunk size and guard, or None if none was tried."""
         graph = self._graphs.get((chunk_size, guard))  # non-last chunks are exactly chunk_size long
         return None if graph is None else graph.status
 

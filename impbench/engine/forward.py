@@ -59,8 +59,8 @@ def _cublas(a, w, out):
     return functools.partial(cupy.matmul, a, w.T, out=out)
 
 
-def build_launches(preset, weights, buffers, length: int, last: bool, guard: str | None) -> LaunchList:
-    """Every launch of one chunk of `length` tokens; `guard` picks the dense GEMM path (None: cuBLAS)."""
+def build_launches(preset, weights, buffers, length: int, last: bool, guard: str) -> LaunchList:
+    """Every launch of one chunk of `length` tokens; `guard` picks the dense GEMM path (impbench.arms)."""
     from impbench.engine.weights import Nvfp4Linear
     from impbench.kernels import attention, gemm, moe, ops, routing
     from impbench.kernels.driver import packed
@@ -84,7 +84,7 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
             offsets = b.dense_offsets[a.shape[0]]  # [0, M]: every row belongs to the one "expert"
             path, fn = NVFP4, moe.prepare(moe.moe_down, a, offsets, w.codes, w.scale, w.scale2, out)
         else:
-            variant = gemm.choose_variant(a.shape[0], w.shape[0], w.shape[1], guard) if guard else None
+            variant = gemm.choose_variant(a.shape[0], w.shape[0], w.shape[1], guard) if guard != CUBLAS else None
             path = variant or CUBLAS
             fn = gemm.prepare(a, w, out, variant) if variant else _cublas(a, w, out)
         paths[path] += 1

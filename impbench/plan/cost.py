@@ -18,12 +18,11 @@ head, state kept on chip and read and written once per chunk); it is an estimate
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from impbench.errors import InputError
 from impbench.gpus import GpuCeilings, get_gpu
+from impbench.prefill import PrefillSpec, chunk_spans
 from impbench.presets import ModelPreset
 
 FP16 = 2  # bytes per activation element
@@ -46,14 +45,6 @@ class GemmShape:
     layers: int = 1
     nvfp4: bool = False
     last_token_only: bool = False
-
-
-@dataclass(frozen=True)
-class ChunkSpan:
-    index: int
-    start: int
-    length: int
-    last: bool
 
 
 @dataclass(frozen=True)
@@ -173,26 +164,6 @@ class Plan:
         }
 
 
-# ---- chunking -----------------------------------------------------------------------------------
-
-def validate_prompt_and_chunk(prompt_tokens: int, chunk: int | None) -> None:
-    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int) or prompt_tokens <= 0:
-        raise InputError(f"--pp must be a positive number of prompt tokens, got {prompt_tokens!r}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0 or chunk % 16):
-        raise InputError(f"--chunk must be 0 (whole prompt in one chunk) or a positive multiple of 16 tokens, got {chunk!r}")
-
-
-def chunk_spans(prompt_tokens: int, chunk: int) -> list[ChunkSpan]:
-    """The prefill chunks of a prompt: full chunks of `chunk` tokens, a shorter last one; 0 = one chunk."""
-    validate_prompt_and_chunk(prompt_tokens, chunk)
-    size = chunk or prompt_tokens
-    spans = []
-    for index, start in enumerate(range(0, prompt_tokens, size)):
-        length = min(size, prompt_tokens - start)
-        spans.append(ChunkSpan(index, start, length, start + length == prompt_tokens))
-    return spans
-
-
 # ---- the ops of one layer ---------------------------------------------------------------------------
 
 def _gemm(preset: ModelPreset, op: str, layer_type: str, n: int, k: int, group: str, last_only: bool = False) -> _Op:
@@ -241,7 +212,7 @@ def _attention(preset: ModelPreset, layer_type: str) -> _Op:
 
     def cost(start: int, length: int, last: bool) -> tuple[float, float, float]:
         # query at absolute position p sees p + 1 keys, or at most `window` on sliding layers
-        pairs = _visible_pairs(start, length, window)
+        pairs = visible_pairs(start, length, window)
         keys = start + length if window is None else min(start + length, window + length - 1)
         written = length * heads * dim * FP16
         moved = length * heads * dim * FP16 + keys * kv_heads * dim * 2 * FP16 + written
@@ -250,7 +221,7 @@ def _attention(preset: ModelPreset, layer_type: str) -> _Op:
     return _Op("attention", "attention", layer_type, cost)
 
 
-def _visible_pairs(start: int, length: int, window: int | None) -> float:
+def visible_pairs(start: int, length: int, window: int | None) -> float:
     """Sum over queries at positions start..start+length-1 of the keys each sees: min(p + 1, window)."""
     first, last = start + 1, start + length
     if window is None or last <= window:
@@ -414,15 +385,10 @@ def _fmt_tokens(lengths: list[int]) -> str:
     return ", ".join(f"{v} (x{c})" if c > 1 else str(v) for v, c in groups)
 
 
-def plan_prefill(preset: ModelPreset, prompt_tokens: int, chunk: int | None = None,
-                 gpu: str | GpuCeilings = "h100") -> Plan:
-    """FLOPs, bytes and floor time of every op of a `prompt_tokens` prefill, per chunk and in total.
-
-    `chunk` None takes the preset's chunk_size; 0 prefills the whole prompt in one chunk.
-    """
-    validate_prompt_and_chunk(prompt_tokens, chunk)
+def plan_prefill(preset: ModelPreset, prefill: PrefillSpec, gpu: str | GpuCeilings = "h100") -> Plan:
+    """FLOPs, bytes and floor time of every op of a prefill, per chunk and in total."""
     ceilings = gpu if isinstance(gpu, GpuCeilings) else get_gpu(gpu)
-    chunk_used = preset.chunk_size if chunk is None else chunk
+    prompt_tokens, chunk_used = prefill.prompt_tokens, prefill.chunk_for(preset)
     spans = chunk_spans(prompt_tokens, chunk_used)
     counts = preset.layer_counts()
 
@@ -493,7 +459,7 @@ def _activation_bytes(preset: ModelPreset, chunk_tokens: int, per_type: dict[str
     return widest + chunk_tokens * preset.hidden_size * FP16 + preset.vocab_size * FP16
 
 
-# ---- printing -------------------------------------------------------------------------------------
+# ---- floors per engine op --------------------------------------------------------------------------
 
 def op_floors_us(plan: Plan, calls: dict[str, int] | None = None) -> dict[str, float]:
     """Plan floor µs per op name, for the profile of an engine whose launches may fuse plan ops.
@@ -521,127 +487,3 @@ def op_floors_us(plan: Plan, calls: dict[str, int] | None = None) -> dict[str, f
         if all(part in totals for part in parts):
             floors[name] = sum(per_call[part] for part in parts) * count
     return floors
-
-
-def _billions(value: float | None) -> str:
-    """Parameter counts as people write them: 30.5B, 3.35B, 2.23M."""
-    if value is None:
-        return "-"
-    return f"{value / 1e9:.3g}B" if value >= 1e9 else f"{value / 1e6:.3g}M"
-
-
-def plan_frames(plan: Plan):
-    """(ops, chunks) as pandas DataFrames with display units (GFLOP, MB, us)."""
-    import pandas as pd
-
-    ops = pd.DataFrame([
-        {
-            "op": r.op, "layer": r.layer_type, "kind": r.kind, "calls": r.calls, "M": r.tokens,
-            "N": r.n or "", "K": r.k or "", "GFLOP": r.flops / 1e9, "MB": r.bytes_moved / 1e6,
-            "compute_us": r.compute_us, "memory_us": r.memory_us, "floor_us": r.floor_us, "bound": r.bound,
-        }
-        for r in plan.ops
-    ])
-    chunks = pd.DataFrame([
-        {
-            "chunk": c.chunk, "start": c.start, "tokens": c.tokens, "last": c.last, "GFLOP": c.flops / 1e9,
-            "MB": c.bytes_moved / 1e6, "compute_us": c.compute_us, "memory_us": c.memory_us, "floor_us": c.floor_us,
-        }
-        for c in plan.chunks
-    ])
-    return ops, chunks
-
-
-def summary_lines(plan: Plan) -> list[str]:
-    g = plan.gpu
-    chunk = "one chunk" if plan.chunk_size == 0 else f"chunk {plan.chunk_size}"
-    return [
-        f"model {plan.model} ({plan.architecture}, {plan.layers} layers: {plan.attention_layout}); "
-        f"NVFP4: {', '.join(plan.nvfp4_tensors) or 'none'}",
-        f"params: total {_billions(plan.total_params)} (published {_billions(plan.published_total_params)}), "
-        f"active {_billions(plan.active_params)} (published {_billions(plan.published_active_params)})",
-        f"prefill {plan.prompt_tokens} tokens, {chunk}, {len(plan.chunks)} chunk(s) on {g.name}: "
-        f"{g.fp16_tflops:.0f} TFLOP/s FP16, {g.mem_tb_s:.2f} TB/s ({g.basis})",
-        f"memory: weights {plan.weight_total_bytes / 1e9:.2f} GB, KV cache/state {plan.kv_cache_bytes / 1e6:.1f} MB, "
-        f"activations {plan.activation_bytes / 1e6:.1f} MB (one chunk)",
-        f"total: {plan.flops / 1e12:.3f} TFLOP, {plan.bytes_moved / 1e9:.2f} GB moved, "
-        f"floor {plan.floor_us / 1e3:.3f} ms = {plan.floor_tok_s:,.0f} tok/s",
-    ]
-
-
-def render_plan(plan: Plan, fmt: str = "md") -> str:
-    """The plan as markdown (summary + two tables), CSV (one table, `section` column) or JSON."""
-    if fmt == "json":
-        return json.dumps(plan.to_dict(), indent=2)
-    ops, chunks = plan_frames(plan)
-    if fmt == "csv":
-        import pandas as pd
-
-        ops.insert(0, "section", "op")
-        chunks.insert(0, "section", "chunk")
-        return pd.concat([ops, chunks], ignore_index=True).to_csv(index=False).rstrip("\n")
-    if fmt != "md":
-        raise InputError(f"unknown format {fmt!r}; accepted: md, csv, json")
-    lines = [f"- {line}" for line in summary_lines(plan)]
-    lines += ["", "Per op (all layers and chunks):", "",
-              ops.to_markdown(index=False, floatfmt=(".0f",) * 7 + (".3f", ".2f", ".1f", ".1f", ".1f")), "",
-              "Per chunk (all layers):", "",
-              chunks.to_markdown(index=False, floatfmt=(".0f",) * 4 + (".2f", ".1f", ".1f", ".1f", ".1f"))]
-    return "\n".join(lines)
-
-
-def models_frame(presets: list[ModelPreset]):
-    import pandas as pd
-
-    return pd.DataFrame([
-        {
-            "name": p.name,
-            "aliases": ", ".join(p.aliases),
-            "arch": p.architecture,
-            "layers": p.num_layers,
-            "experts": p.num_experts,
-            "top_k": p.experts_per_token,
-            "shared": (f"expert {p.shared_expert_intermediate_size}" if p.shared_expert_intermediate_size
-                       else f"dense mlp {p.dense_intermediate_size}" if p.dense_intermediate_size else "-"),
-            "attention": p.attention_layout,
-            "chunk": p.chunk_size,
-            "total": _billions(p.total_params),
-            "active": _billions(p.active_params),
-            "published": f"{_billions(p.published_total_params)} / {_billions(p.published_active_params)}",
-            "nvfp4": ", ".join(p.nvfp4_tensors),
-            "synthetic": p.synthetic,
-        }
-        for p in presets
-    ])
-
-
-def render_models(presets: list[ModelPreset], fmt: str = "md") -> str:
-    if fmt == "json":
-        return json.dumps([
-            dict(p.to_dict(), total_params=p.total_params, active_params=p.active_params,
-                 attention_layout=p.attention_layout)
-            for p in presets
-        ], indent=2)
-    frame = models_frame(presets)
-    if fmt == "csv":
-        return frame.to_csv(index=False).rstrip("\n")
-    if fmt != "md":
-        raise InputError(f"unknown format {fmt!r}; accepted: md, csv, json")
-    return frame.to_markdown(index=False)
-
-
-__all__ = [
-    "ChunkRow",
-    "ChunkSpan",
-    "GemmShape",
-    "OpRow",
-    "Plan",
-    "chunk_spans",
-    "dense_gemm_shapes",
-    "experts_touched",
-    "kv_cache_bytes",
-    "plan_prefill",
-    "render_models",
-    "render_plan",
-    "validate_prompt_and_chunk",
-]

@@ -1,0 +1,186 @@
+"""The one measurement protocol under `run` (1 arm), `ab` (2) and `sweep` (N arms).
+
+Per (model, prompt length) row: build one engine (every weight and buffer allocated: the prewarm),
+shared by every arm; run each arm once cold (compile, capture, first touch), timed and kept apart;
+`warmup` unrecorded prefills per arm; then `reps` measured prefills per arm interleaved A B C C B A
+(schedule.interleaved_order), each under an NVML sampler. Reps whose clocks strayed or that were
+throttled are flagged (telemetry.flag_reps); the verdict is computed with and without them. After
+every row the result is handed to `on_row` (the result file's writer), so an interrupted run keeps
+its finished rows and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from impbench import device
+from impbench.arms import ArmSpec
+from impbench.capture import EAGER, ONE_CHUNK, CaptureStatus
+from impbench.errors import InputError
+from impbench.prefill import PrefillSpec
+from impbench.results import ArmResult, Profile, Rep, Result, Row
+from impbench.schedule import interleaved_order
+from impbench.stats import MIN_REPS
+from impbench.telemetry import INTERVAL_MS, TOLERANCE_PCT, Telemetry, flag_reps
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every row is measured. `min_reps` is what the command's answer needs: a comparison of two
+    arms needs stats.MIN_REPS reps per arm, a single arm's tok/s one."""
+
+    reps: int = 10
+    warmup: int = 2
+    tolerance_pct: float = TOLERANCE_PCT
+    interval_ms: float = INTERVAL_MS
+    seed: int = 0
+    prewarm: bool = True
+
+    def check(self, min_reps: int = MIN_REPS) -> Protocol:
+        if isinstance(self.reps, bool) or not isinstance(self.reps, int) or self.reps < min_reps:
+            why = "a confidence interval and verdict need" if min_reps > 1 else "a measurement needs"
+            raise InputError(f"--reps must be a whole number >= {min_reps} ({why} {min_reps} per arm), got {self.reps!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise InputError(f"--warmup must be a whole number >= 0, got {self.warmup!r}")
+        if not (isinstance(self.tolerance_pct, (int, float)) and math.isfinite(self.tolerance_pct) and self.tolerance_pct > 0):
+            raise InputError(f"--tolerance must be a finite number of percent > 0, got {self.tolerance_pct!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"--seed must be a whole number, got {self.seed!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def arm_names(count: int) -> list[str]:
+    if not 1 <= count <= 26:
+        raise InputError(f"between 1 and 26 arms, got {count}")
+    return [chr(ord("A") + i) for i in range(count)]
+
+
+def build_engine(preset, prompt_tokens: int, arms: list[ArmSpec], seed: int = 0, prewarm: bool = True):
+    """One engine shared by all arms: buffers sized for the largest chunk any arm uses."""
+    from impbench.engine import Engine
+
+    sizes = [PrefillSpec(prompt_tokens, arm.chunk).chunk_for(preset) for arm in arms]
+    max_chunk = 0 if 0 in sizes else max(sizes)
+    return Engine(preset, prompt_tokens, max_chunk, seed=seed, prewarm=prewarm)
+
+
+def chunk_for(arm: ArmSpec, preset) -> int:
+    return preset.chunk_size if arm.chunk is None else arm.chunk
+
+
+def time_prefill(engine, prompt_tokens: int, arm: ArmSpec, telemetry: Telemetry | None = None):
+    """One whole prefill in `arm`, timed on the host from first launch to the final synchronize, under a
+    telemetry sampler where given: (Rep, GEMM path counts)."""
+    sampler = telemetry.sample().start() if telemetry is not None else None
+    try:
+        stats = engine.prefill(prompt_tokens, chunk_for(arm, engine.preset), mode=arm.mode, guard=arm.guard)
+    finally:
+        readings = sampler.stop() if sampler is not None else None
+    rep = Rep(tok_s=prompt_tokens / stats.wall_s, wall_ms=1e3 * stats.wall_s, python_launches=stats.python_launches,
+              graph_replays=stats.graph_replays, host_us_per_launch=stats.host_us_per_launch)  # fmt: skip
+    if readings is not None:
+        rep.telemetry = readings
+    return rep, stats.gemm_paths
+
+
+def capture_of(engine, arm: ArmSpec) -> CaptureStatus:
+    """The capture status of an arm after it ran on `engine`."""
+    if arm.mode != "graph":
+        return CaptureStatus(EAGER)
+    status = engine.capture_status(chunk_for(arm, engine.preset), arm.guard)
+    return CaptureStatus(ONE_CHUNK) if status is None else status
+
+
+def measure_arms(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], protocol: Protocol,
+                 telemetry: Telemetry, progress: Progress | None = None) -> list[ArmResult]:  # fmt: skip
+    """Cold run, warm-up and interleaved reps of every arm on one engine; an ArmResult per arm, in order."""
+    say = progress or (lambda line: None)
+    where = f"{preset.name} pp={prompt_tokens}"
+    cold, paths = {}, {}
+    for name, arm in arms.items():
+        cold[name], paths[name] = time_prefill(engine, prompt_tokens, arm, telemetry)
+        say(f"{where}: {name} {arm.label()} cold {cold[name].wall_ms:.1f} ms")
+    for _ in range(protocol.warmup):
+        for arm in arms.values():
+            time_prefill(engine, prompt_tokens, arm)
+    reps: dict[str, list[Rep]] = {name: [] for name in arms}
+    order = interleaved_order(protocol.reps, tuple(arms))
+    for index, name in enumerate(order, 1):
+        rep, paths[name] = time_prefill(engine, prompt_tokens, arms[name], telemetry)
+        reps[name].append(rep)
+        say(f"{where}: rep {index}/{len(order)} {name} {rep.tok_s:,.0f} tok/s")
+    everything = [rep for name in arms for rep in reps[name]]
+    for rep, reason in zip(everything, flag_reps([r.telemetry for r in everything], protocol.tolerance_pct)):
+        rep.flag_reason = reason
+    return [ArmResult(name=name, spec=arm, reps=reps[name], cold=cold[name], chunk_size=chunk_for(arm, preset),
+                      capture=capture_of(engine, arm), gemm_paths=dict(paths[name]))
+            for name, arm in arms.items()]  # fmt: skip
+
+
+def _floor(preset, prompt_tokens: int, arm: ArmSpec):
+    """impbench plan's Plan of this prefill on the GPU this runs on, or None where it has no ceilings."""
+    from impbench.plan import plan_prefill
+
+    try:
+        return plan_prefill(preset, PrefillSpec(prompt_tokens, arm.chunk), "auto")
+    except InputError:
+        return None
+
+
+def profile_row(engine, preset, prompt_tokens: int, arm: ArmSpec, plan) -> Profile:
+    """Device µs of every launch of one eager prefill (CUDA events around each) against the plan floors."""
+    from impbench.plan import op_floors_us
+
+    device_us = engine.profile(prompt_tokens, chunk_for(arm, preset), arm.guard)
+    floors = {} if plan is None else op_floors_us(plan, {op: len(times) for op, times in device_us.items()})
+    return Profile(device_us, floors)
+
+
+def _free_device_memory() -> None:
+    """Return a dropped engine's blocks to the driver before the next is built (weights are tens of GB)."""
+    import cupy
+
+    gc.collect()
+    cupy.get_default_memory_pool().free_all_blocks()
+
+
+def measure(result: Result, presets: list, prompt_lengths: list[int], arms: list[ArmSpec], protocol: Protocol,
+            profile: bool = False, progress: Progress | None = None,
+            on_row: Callable[[Result], None] | None = None) -> Result:  # fmt: skip
+    """Every (model, pp) row not already in `result`: one engine each, shared by every arm; `on_row` sees
+    the growing result after each row."""
+    named = dict(zip(arm_names(len(arms)), arms))
+    done = result.done()
+    with Telemetry(pci_bus_id=device.pci_bus_id(), interval_ms=protocol.interval_ms) as telemetry:
+        if telemetry.error and progress:
+            progress(telemetry.error)
+        for preset in presets:
+            for prompt_tokens in prompt_lengths:
+                if (preset.name, prompt_tokens) in done:
+                    continue
+                if progress:
+                    progress(f"{preset.name} pp={prompt_tokens}: building the engine ({preset.num_layers} layers)")
+                engine = build_engine(preset, prompt_tokens, arms, seed=protocol.seed, prewarm=protocol.prewarm)
+                try:
+                    measured = measure_arms(engine, preset, prompt_tokens, named, protocol, telemetry, progress)
+                    plan = _floor(preset, prompt_tokens, arms[0])
+                    row = Row(preset.name, prompt_tokens, measured,
+                              floor_tok_s=None if plan is None else plan.floor_tok_s,
+                              floor_gpu=None if plan is None else plan.gpu.name)  # fmt: skip
+                    if profile:
+                        row.profile = profile_row(engine, preset, prompt_tokens, arms[0], plan)
+                finally:
+                    del engine
+                    _free_device_memory()
+                result.rows.append(row)
+                if on_row:
+                    on_row(result)
+    return result

@@ -1,0 +1,99 @@
+"""Shared by the CPU tests: results built from synthetic numbers, and a fake GPU under `run` / `ab` /
+`sweep` (the measurement of one row replaced by synthetic reps, so the CLI, the --out writer, resume
+and the printers run end to end on a machine without a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from impbench.arms import ArmSpec
+from impbench.capture import CAPTURED, EAGER, CaptureStatus
+from impbench.results import ArmResult, Rep, Result, Row
+from impbench.telemetry import Reading, RepTelemetry, flag_reps
+
+METADATA = {"impbench_version": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": False,
+            "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_driver": "580.65", "cuda_driver_version": "13.0",
+            "cupy_version": "14.2.0", "cpu_model": "Intel Xeon", "cpu_count_usable": 16,
+            "time_utc": "2026-11-24T22:00:00+00:00"}  # fmt: skip
+EAGER_ARM = ArmSpec("eager")
+GRAPH = ArmSpec("graph", "tight")
+
+
+def make_arm(name, tok_s, spec=EAGER_ARM, sm_mhz=None, capture=None, pp=1024):
+    """An arm with one rep per tok/s value; sm_mhz (one per rep) adds telemetry readings."""
+    reps = []
+    for i, value in enumerate(tok_s):
+        readings = []
+        if sm_mhz is not None:
+            readings = [Reading(0.0, sm_mhz[i], 2619, 60, 400.0, 0), Reading(20.0, sm_mhz[i], 2619, 61, 410.0, 0)]
+        telemetry = RepTelemetry(readings, None if sm_mhz else "no NVML telemetry: test")
+        reps.append(Rep(value, 1000.0 * pp / value, 1400, 0, 7.1, telemetry))
+    return ArmResult(
+        name=name,
+        spec=spec,
+        reps=reps,
+        cold=Rep(tok_s[0] / 3, 3000.0 * pp / tok_s[0]),
+        chunk_size=512,
+        capture=capture or CaptureStatus(EAGER),
+        gemm_paths={"cublas": 144} if spec.mode == "eager" else {"mma_16x16k8": 96, "tma_128x128": 48},
+    )
+
+
+def flag(row: Row) -> Row:
+    reps = [rep for arm in row.arms for rep in arm.reps]
+    for rep, reason in zip(reps, flag_reps([rep.telemetry for rep in reps]), strict=True):
+        rep.flag_reason = reason
+    return row
+
+
+def make_row(model="qwen3-coder", pp=1024, a=None, b=None, sm_mhz=None, b_spec=GRAPH):
+    a = a or [10_000.0 + 10 * i for i in range(10)]
+    b = b or [11_000.0 + 10 * i for i in range(10)]
+    return flag(Row(model, pp, [
+        make_arm("A", a, sm_mhz=sm_mhz, pp=pp),
+        make_arm("B", b, spec=b_spec, sm_mhz=sm_mhz, capture=CaptureStatus(CAPTURED, kernels=700), pp=pp),
+    ]))  # fmt: skip
+
+
+def make_result(rows=None, metadata=None, command="ab"):
+    rows = rows if rows is not None else [make_row(pp=512), make_row(pp=1024, sm_mhz=[1980] * 10)]
+    arms = [arm.spec.to_dict() for arm in rows[0].arms] if rows else []
+    settings = {"reps": 10, "warmup": 2, "tolerance_pct": 5.0, "interval_ms": 20.0, "seed": 0, "prewarm": True,
+                "layers": None, "arms": arms}  # fmt: skip
+    return Result(command, rows, dict(metadata or METADATA), settings)
+
+
+class FakeGpu:
+    """Stands in for the device under the CLI: every arm's reps are drawn from `tok_s(model, pp, arm)`
+    (a median) with `noise` relative Gaussian noise; `interrupt_after` rows, a KeyboardInterrupt."""
+
+    def __init__(self, monkeypatch, noise: float = 0.005, interrupt_after: int | None = None, seed: int | None = None):
+        from impbench import device, measure, metadata
+
+        self.noise, self.interrupt_after = noise, interrupt_after
+        self.rng = np.random.default_rng(seed)
+        self.rows_measured: list[tuple[str, int]] = []
+        self.tok_s = lambda model, pp, arm: 20_000.0
+        monkeypatch.setattr(device, "require_cuda", lambda: None)
+        monkeypatch.setattr(device, "pci_bus_id", lambda: None)
+        monkeypatch.setattr(metadata, "device_metadata", lambda argv=None: dict(METADATA))
+        monkeypatch.setattr(measure, "build_engine", self._engine)
+        monkeypatch.setattr(measure, "measure_arms", self._measure_arms)
+        monkeypatch.setattr(measure, "_floor", lambda preset, pp, arm: None)
+        monkeypatch.setattr(measure, "_free_device_memory", lambda: None)
+
+    def _engine(self, preset, prompt_tokens, arms, seed=0, prewarm=True):
+        if self.interrupt_after is not None and len(self.rows_measured) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        return object()
+
+    def _measure_arms(self, engine, preset, prompt_tokens, arms, protocol, telemetry, progress=None):
+        self.rows_measured.append((preset.name, prompt_tokens))
+        out = []
+        for name, arm in arms.items():
+            center = self.tok_s(preset.name, prompt_tokens, arm)
+            values = center * (1 + self.noise * self.rng.standard_normal(protocol.reps))
+            out.append(make_arm(name, [float(v) for v in values], spec=arm, pp=prompt_tokens))
+            if progress:
+                progress(f"{preset.name} pp={prompt_tokens}: {name} {arm.label()} cold 1.0 ms")
+        return out

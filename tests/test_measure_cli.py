@@ -1,0 +1,263 @@
+"""`impbench run`, `ab` and `sweep`: one protocol, one result file. On the CPU, with the measurement of a
+row replaced by a fake (tests/fakes.py), every input is checked before any GPU work (exit 2, one
+line), --out is never destructive and resumes, an interrupt keeps finished rows; on the GPU, tiny runs."""
+
+import json
+
+import pytest
+from cli_util import run_cli
+from fakes import FakeGpu, make_result
+
+from impbench.device import cuda_available
+from impbench.results import load_result
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--model", "gemma-4", "--pp", "512"], "use `impbench plan` for the others"),
+    (["run", "--model", "qwen3.6", "--pp", "512"], "sliding-window or linear-attention"),
+    (["run", "--model", "tiny", "--pp", "0"], "--pp must be between 1 and"),
+    (["run", "--model", "tiny", "--pp", "64", "--chunk", "24"], "multiple of 16"),
+    (["run", "--model", "tiny", "--pp", "64", "--reps", "0"], "--reps must be a whole number >= 1"),
+    (["run", "--model", "tiny", "--pp", "64", "--mode", "lazy"], "'lazy' is not one of"),
+    (["run", "--model", "tiny", "--pp", "64", "--layers", "3"], "--layers must be between 1 and 2"),
+    (["run", "--model", "tiny", "--pp", "2000000"], "--pp must be between 1 and 1,048,576"),
+    (["ab", "--model", "nope"], "unknown model 'nope'"),
+    (["ab", "--model", "tiny", "--pp", "512,x"], "--pp takes comma-separated whole numbers"),
+    (["ab", "--model", "tiny", "--pp", "0"], "--pp must be between 1 and"),
+    (["ab", "--model", "tiny", "--pp", "٥١٢"], "--pp takes comma-separated whole numbers"),
+    (["ab", "--model", "tiny", "--reps", "2"], "--reps must be a whole number >= 3 (a confidence interval and verdict need 3"),
+    (["ab", "--model", "tiny", "--warmup", "-1"], "--warmup must be a whole number >= 0"),
+    (["ab", "--model", "tiny", "--tolerance", "0"], "--tolerance must be a finite number of percent > 0"),
+    (["ab", "--model", "tiny", "--tolerance", "nan"], "--tolerance must be a finite number"),
+    (["ab", "--model", "tiny", "--a", "mode=graph,speed=9"], "unknown arm spec key 'speed'"),
+    (["ab", "--model", "tiny", "--b", "guard=loose"], "unknown guard 'loose'"),
+    (["ab", "--model", "tiny", "--b", "chunk=33"], "multiple of 16"),
+    (["ab", "--model", "tiny", "--b", "chunk=-16"], "chunk must be 0 (the whole prompt in one chunk) or a positive multiple"),
+    (["ab", "--model", "tiny", "--b", "chunk=²"], "chunk must be a whole number of tokens"),
+    (["ab", "--model", "tiny", "--b", "mode=graph,mode=eager"], "names mode twice"),
+    (["ab", "--model", "tiny,gemma-4"], "gemma-4-26b-a4b has architecture gemma4"),
+    (["ab", "--model", "tiny", "--model-config", "x.json"], "give --model or --model-config, not both"),
+    (["ab", "--model", "tiny", "--name", "mine"], "--name names a --model-config model"),
+    (["sweep", "--model", "tiny", "--arm", "mode=eager"], "at least two arms"),
+    (["sweep", "--model", "tiny", "--reps", "1"], "--reps must be a whole number >= 3"),
+    (["sweep", "nope"], "no scenario file 'nope'"),
+])  # fmt: skip
+def test_bad_input_is_exit_2_and_one_line_before_any_gpu_work(capsys, monkeypatch, args, needle):
+    fake = FakeGpu(monkeypatch)
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and not out and not fake.rows_measured
+    assert err.count("\n") == 1 and err.startswith("impbench: error: ") and needle in err
+
+
+@pytest.mark.parametrize("name,value,needle", [
+    ("IMPBENCH_PDL", "false-ish", "IMPBENCH_PDL='false-ish' is not a switch"),
+    ("IMPBENCH_GEMM_VARIANTS", "tma_128x128,tsk_typo", "unknown GEMM variants ['tsk_typo']"),
+    ("IMPBENCH_KERNELS_DIR", "", "is not a folder of *.cu kernel sources"),
+])  # fmt: skip
+def test_bad_environment_is_exit_2_before_any_gpu_work(capsys, monkeypatch, name, value, needle):
+    fake = FakeGpu(monkeypatch)
+    monkeypatch.setenv(name, value)
+    code, _, err = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64", "--reps", "3")
+    assert code == 2 and not fake.rows_measured and needle in err and err.count("\n") == 1
+
+
+def test_an_unknown_impbench_variable_is_named(capsys, monkeypatch):
+    FakeGpu(monkeypatch)
+    monkeypatch.setenv("IMPBENCH_PLD", "0")
+    code, _, err = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64", "--reps", "3")
+    assert code == 0 and "IMPBENCH_PLD is not an impbench setting and is ignored" in err
+
+
+def test_no_arguments_prints_the_help_as_help(capsys):
+    code, out, err = run_cli(capsys)
+    assert code == 2 and "Commands:" in err and err.count("\n") > 10 and "error" not in err
+
+
+@pytest.mark.skipif(cuda_available(), reason="needs a machine without a usable CUDA device")
+@pytest.mark.parametrize("args", [["run", "--model", "tiny", "--pp", "64"], ["ab", "--model", "tiny", "--pp", "64"]])
+def test_gpu_command_without_device_is_exit_2_and_says_so(capsys, args):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and not out
+    assert err.count("\n") == 1 and "no usable CUDA device" in err
+
+
+def test_the_default_b_arm_is_graph_with_the_small_n_guard(capsys, monkeypatch, tmp_path):
+    FakeGpu(monkeypatch)
+    code, out, _ = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64", "--reps", "3", "--out", str(tmp_path / "r.json"))
+    assert code == 0 and "A = eager/cublas, B = graph/small-n" in out
+    assert [arm.label() for arm in load_result(tmp_path / "r.json").arm_specs] == ["eager/cublas", "graph/small-n"]
+
+
+def _ab(capsys, path, *extra):
+    return run_cli(capsys, "ab", "--model", "tiny", "--pp", "64,80,96", "--reps", "3", "--out", str(path), *extra)
+
+
+def test_ab_resumes_like_sweep_and_never_measures_a_row_twice(capsys, monkeypatch, tmp_path):
+    path = tmp_path / "ab.json"
+    fake = FakeGpu(monkeypatch, interrupt_after=1)
+    code, _, err = _ab(capsys, path)
+    assert code == 130 and "interrupted" in err
+    assert [row.pp for row in load_result(path).rows] == [64]  # the finished row is on disk
+    fake = FakeGpu(monkeypatch)
+    code, out, err = _ab(capsys, path)
+    assert code == 0 and "resuming" in err and fake.rows_measured == [("tiny-moe", 80), ("tiny-moe", 96)]
+    assert [row.pp for row in load_result(path).rows] == [64, 80, 96]
+    assert path.with_suffix(".csv").read_text().startswith("model,pp,arm")
+
+
+def test_out_of_other_settings_is_refused_unless_forced(capsys, monkeypatch, tmp_path):
+    path = tmp_path / "ab.json"
+    FakeGpu(monkeypatch)
+    assert _ab(capsys, path)[0] == 0
+    before = path.read_text()
+    fake = FakeGpu(monkeypatch)
+    code, _, err = _ab(capsys, path, "--b", "mode=graph,guard=tight")
+    assert code == 2 and "holds a result of other settings" in err and "--force" in err and not fake.rows_measured
+    assert path.read_text() == before
+    code, _, _ = _ab(capsys, path, "--b", "mode=graph,guard=tight", "--force")
+    assert code == 0 and [a.label() for a in load_result(path).arm_specs] == ["eager/cublas", "graph/tight"]
+
+
+@pytest.mark.parametrize("content", ["[]", "my notes\n", '{"format": "impbench.result"}', b"\x00\x01\x02"])
+def test_out_that_is_not_a_result_is_never_overwritten(capsys, monkeypatch, tmp_path, content):
+    path = tmp_path / "notes.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    fake = FakeGpu(monkeypatch)
+    for extra in ((), ("--force",)):
+        code, _, err = _ab(capsys, path, *extra)
+        assert code == 2 and "is not an impbench result" in err and err.count("\n") == 1 and not fake.rows_measured
+    assert path.read_bytes() == (content if isinstance(content, bytes) else content.encode())
+
+
+def test_a_csv_that_is_not_ours_is_never_overwritten(capsys, monkeypatch, tmp_path):
+    (tmp_path / "ab.csv").write_text("someone,else\n")
+    fake = FakeGpu(monkeypatch)
+    code, _, err = _ab(capsys, tmp_path / "ab.json")
+    assert code == 2 and "ab.csv is already there" in err and not fake.rows_measured
+
+
+@pytest.mark.parametrize("where", ["/proc/impbench/x.json", "folder"])
+def test_unwritable_out_is_refused_before_any_gpu_work(capsys, monkeypatch, tmp_path, where):
+    path = tmp_path if where == "folder" else where
+    for command in (["ab", "--model", "tiny", "--pp", "64", "--reps", "3"],
+                    ["sweep", "--model", "tiny", "--pp", "64", "--arm", "mode=eager", "--arm", "mode=graph"],
+                    ["run", "--model", "tiny", "--pp", "64"]):  # fmt: skip
+        fake = FakeGpu(monkeypatch)
+        code, _, err = run_cli(capsys, *command, "--out", str(path))
+        assert code == 2 and err.count("\n") == 1 and not fake.rows_measured, err
+        assert ("is a folder" in err) if where == "folder" else ("cannot write in" in err)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_finished_rows(capsys, monkeypatch, tmp_path):
+    import errno
+
+    from impbench import outfile
+
+    path = tmp_path / "ab.json"
+    FakeGpu(monkeypatch)
+    real, calls = outfile.atomic_write_text, []
+
+    def fill_up(target, text):
+        calls.append(target)
+        if len(calls) > 2:  # the second row's JSON
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(target, text)
+
+    monkeypatch.setattr(outfile, "atomic_write_text", fill_up)
+    code, _, err = _ab(capsys, path)
+    assert code == 2 and "No space left on device" in err and "rows written before are still there" in err
+    assert [row.pp for row in load_result(path).rows] == [64]
+
+
+def test_rows_of_another_gpu_are_not_resumed_into(capsys, monkeypatch, tmp_path):
+    from impbench import metadata
+
+    path = tmp_path / "ab.json"
+    FakeGpu(monkeypatch)
+    assert _ab(capsys, path)[0] == 0
+    FakeGpu(monkeypatch)
+    monkeypatch.setattr(metadata, "device_metadata", lambda argv=None: {"gpu_name": "NVIDIA H200"})
+    code, _, err = _ab(capsys, path)
+    assert code == 2 and "measured on 'NVIDIA H100 80GB HBM3', not on this 'NVIDIA H200'" in err
+
+
+def test_sweep_takes_the_scenario_s_seed_and_reps(capsys, monkeypatch, tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('models = ["tiny"]\npp = [64]\narms = ["mode=eager", "mode=graph"]\nreps = 4\nseed = 7\n')
+    FakeGpu(monkeypatch)
+    code, _, err = run_cli(capsys, "sweep", str(scenario), "--out", str(tmp_path / "s.json"))
+    assert code == 0, err
+    settings = load_result(tmp_path / "s.json").settings
+    assert settings["seed"] == 7 and settings["reps"] == 4
+
+
+def test_model_config_names_the_model(capsys, monkeypatch, tmp_path):
+    from impbench.presets import get_preset, to_hf_config
+
+    snapshot = tmp_path / ("0123456789abcdef" * 2 + "01234567")  # a Hugging Face cache snapshot folder
+    snapshot.mkdir()
+    config = to_hf_config(get_preset("tiny"))
+    del config["_name_or_path"]
+    (snapshot / "config.json").write_text(json.dumps(config))
+    FakeGpu(monkeypatch)
+    code, out, _ = run_cli(capsys, "ab", "--model-config", str(snapshot / "config.json"), "--pp", "64", "--reps", "3")
+    assert code == 0 and "qwen3_moe-L2-H256-E8x2" in out
+    code, out, _ = run_cli(capsys, "ab", "--model-config", str(snapshot / "config.json"), "--name", "mine", "--pp", "64",
+                           "--reps", "3")  # fmt: skip
+    assert code == 0 and "| mine " in out
+
+
+# ---- on the GPU --------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_run_tiny_graph_captures_and_no_prewarm_falls_back(capsys):
+    args = ["run", "--model", "tiny", "--pp", "96", "--mode", "graph", "--guard", "permissive", "--reps", "2"]
+    code, out, _ = run_cli(capsys, *args, "--profile")
+    assert code == 0 and "captured (" in out and "GEMM paths" in out
+    assert "| moe_gate_up" in out and "plan floor µs" in out
+    code, out, _ = run_cli(capsys, *args, "--no-prewarm")
+    assert code == 0 and "fell back to eager at allocate " in out
+    code, out, _ = run_cli(capsys, "run", "--model", "tiny", "--pp", "96", "--mode", "eager", "--reps", "2", "--format", "json")
+    (record,) = json.loads(out)
+    assert code == 0 and record["capture"] == "eager" and record["host_us_per_launch"] > 0
+    assert record["gemm_paths"] == "cublas=19"  # 3 chunks x 2 layers x 3 GEMMs + lm_head
+
+
+@pytest.mark.gpu
+def test_ab_tiny_writes_a_valid_result_and_compares_with_itself(tmp_path, capsys):
+    from impbench.capture import CAPTURED, EAGER
+
+    out_path = tmp_path / "ab.json"
+    code, out, err = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64,80", "--reps", "3", "--warmup", "1",
+                             "--b", "mode=graph,guard=permissive", "--out", str(out_path))  # fmt: skip
+    assert code == 0, err
+    assert "| tiny-moe" in out and "rep 6/6 B" in err and "cold" in err
+    result = load_result(out_path)
+    assert [row.pp for row in result.rows] == [64, 80]
+    for row in result.rows:
+        a, b = row.arms
+        assert len(a.reps) == len(b.reps) == 3 and a.cold is not None and b.cold is not None
+        assert a.capture.status == EAGER and b.capture.status == CAPTURED
+        assert row.comparison(b).verdict in ("FASTER", "SLOWER", "SAME")
+    assert result.metadata["command_line"] and result.metadata.get("gpu_name")
+    code, out, _ = run_cli(capsys, "compare", str(out_path), str(out_path))
+    assert code == 0 and "tiny-moe" in out and "FASTER" not in out and "SLOWER" not in out
+
+
+@pytest.mark.gpu
+def test_tiny_sweep_writes_rows_and_resumes(tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    args = ["sweep", "--model", "tiny", "--pp", "64,96", "--arm", "mode=eager", "--arm", "mode=graph,guard=permissive",
+            "--arm", "mode=graph,guard=tight", "--reps", "3", "--warmup", "0", "--out", str(out)]  # fmt: skip
+    code, text, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "B graph/permissive" in text and "baseline" in text and "fell back" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["pp"], len(r["arms"])) for r in rows] == [("tiny-moe", 64, 3), ("tiny-moe", 96, 3)]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0 and "resuming" in err and "building the engine" not in err
+
+
+def test_fakes_are_results():
+    assert make_result().rows
