@@ -1,13 +1,13 @@
 """GPU ceilings for the roofline floors of `impbench plan`.
 
 A floor is what an op cannot beat on a GPU: max(FLOPs / compute ceiling, bytes / memory ceiling).
-The compute ceiling is dense FP16 tensor-core throughput, because every GEMM here runs FP16 MMA
-(NVFP4 expert weights are dequantized to FP16 before `mma.sync`; Hopper has no FP4 tensor cores).
-The memory ceiling counts bytes read plus bytes written.
-
-Where a number was measured on a lent machine it is used as measured (H100: DESIGN.md, "Facts");
-otherwise the datasheet peak is used and `basis` says so -- such floors are optimistic by the gap
-between datasheet and achievable (about 25% compute, 10% memory on the measured H100).
+So the ceilings are the vendor's peak rates, which no kernel exceeds: dense FP16 tensor-core
+throughput (every GEMM here runs FP16 MMA; NVFP4 weights are dequantized to FP16 first, Hopper has
+no FP4 tensor cores) and the HBM bandwidth, counting bytes read plus bytes written. A measured
+device-to-device copy (3.0 TB/s on the lent H100) is not a ceiling: a kernel that mostly reads runs
+faster than a copy, and an op timed under a floor built on it looked faster than possible.
+A measurement faster than its floor is therefore a measurement error, and the report says so.
+What was measured on the lent machines is kept beside each entry (`measured`) for reading the gaps.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class GpuCeilings:
     mem_bytes_per_s: float  # device memory, read + write bytes per second
     memory_bytes: float  # device memory capacity
     basis: str  # where the two ceilings come from
+    measured: str = ""  # what a lent machine of this kind achieved, for reading the gap to the floor
 
     @property
     def fp16_tflops(self) -> float:
@@ -39,18 +40,20 @@ GPUS: dict[str, GpuCeilings] = {
     "h100": GpuCeilings(
         name="h100",
         description="NVIDIA H100 80GB HBM3 (SXM)",
-        fp16_flops_per_s=750e12,
-        mem_bytes_per_s=3.0e12,
+        fp16_flops_per_s=989.4e12,
+        mem_bytes_per_s=3.35e12,
         memory_bytes=80e9,
-        basis="measured on the lent H100: cupy.matmul FP16 8192^3 ~750 TFLOP/s; device-to-device copy ~3.0 TB/s",
+        basis="datasheet peaks (H100 SXM5: 989.4 TFLOP/s dense FP16 tensor, 3.35 TB/s HBM3)",
+        measured="lent H100: cupy.matmul FP16 8192^3 ~750 TFLOP/s (76%); device-to-device copy ~3.0 TB/s (90%)",
     ),
     "h200": GpuCeilings(
         name="h200",
         description="NVIDIA H200 141GB HBM3e (SXM)",
-        fp16_flops_per_s=727e12,
-        mem_bytes_per_s=4.1e12,
+        fp16_flops_per_s=989.4e12,
+        mem_bytes_per_s=4.8e12,
         memory_bytes=141e9,
-        basis="measured on a lent H200 (2026-12-02): cupy.matmul FP16 8192^3 ~727 TFLOP/s; device-to-device copy 3.98-4.18 TB/s",
+        basis="datasheet peaks (H200 SXM: 989.4 TFLOP/s dense FP16 tensor, 4.8 TB/s HBM3e)",
+        measured="lent H200: cupy.matmul FP16 8192^3 ~727 TFLOP/s (73%); device-to-device copy 3.98-4.18 TB/s (83-87%)",
     ),
     "rtx5090": GpuCeilings(
         name="rtx5090",
@@ -58,10 +61,8 @@ GPUS: dict[str, GpuCeilings] = {
         fp16_flops_per_s=419.2e12,
         mem_bytes_per_s=1.792e12,
         memory_bytes=32e9,
-        basis=(
-            "datasheet (838.4 TFLOP/s FP16 tensor with sparsity -> 419.2 dense; 1792 GB/s); not measured here; "
-            "GeForce parts may run FP32-accumulate MMA at a lower rate"
-        ),
+        basis="datasheet peaks (838.4 TFLOP/s FP16 tensor with sparsity -> 419.2 dense; 1792 GB/s GDDR7)",
+        measured="not measured here; GeForce parts may run FP32-accumulate MMA at a lower rate than the peak",
     ),
 }
 

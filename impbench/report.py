@@ -19,6 +19,8 @@ from impbench.results import ArmResult, Result, Row
 from impbench.stats import CONFIDENCE, SAME, Comparison, compare_arms
 
 FORMATS = ("md", "csv", "json")
+# A time under the floor built on the GPU's peak rates cannot happen: the timing is wrong, not fast.
+BELOW_FLOOR = "faster than the plan floor: a measurement error"
 NA = "n/a"
 # Metadata that, when it differs between two results, changes what their numbers mean.
 MACHINE_KEYS = ("gpu_name", "gpu_driver", "cuda_driver_version", "cpu_model", "cpu_count_usable",
@@ -112,6 +114,7 @@ def arm_record(row: Row, arm: ArmResult) -> dict:
         "flagged": arm.flagged_count,
         "floor_tok_s": row.floor_tok_s, "floor_gpu": row.floor_gpu,
         "of_floor_pct": None if not (row.floor_tok_s and tok_s) else 100.0 * tok_s / row.floor_tok_s,
+        "faster_than_floor": bool(row.floor_tok_s and tok_s and tok_s > row.floor_tok_s),
         "cold_ms": None if arm.cold is None else arm.cold.wall_ms, "warm_ms": arm.warm_ms,
         "sm_mhz_min": arm.sm_mhz_min, "sm_mhz_median": arm.sm_mhz_median, "temp_c_max": arm.temp_c_max,
         "power_w_median": arm.power_w_median, "throttle": None if throttle is None else (",".join(throttle) or "none"),
@@ -139,7 +142,8 @@ def _answer_cells(r: dict) -> dict:
         "spread": num(r["spread_pct"], 1, "%"), "delta": "baseline" if baseline else pct(r["delta_pct"]),
         "ci": "" if baseline else interval(r["ci_low_pct"], r["ci_high_pct"]), "verdict": r["verdict"] or "",
         "flagged": _flagged_cell(r),
-        "floor": NA if r["of_floor_pct"] is None else f"{r['of_floor_pct']:.0f}% of {num(r['floor_tok_s'])}",
+        "floor": NA if r["of_floor_pct"] is None else f"{r['of_floor_pct']:.0f}% of {num(r['floor_tok_s'])}"
+        + (f" ({BELOW_FLOOR})" if r["faster_than_floor"] else ""),
     }  # fmt: skip
 
 
@@ -157,7 +161,9 @@ def _why_cells(r: dict) -> dict:
 def _profile_markdown(row: Row) -> list[str]:
     records = row.profile.records()
     cells = [{"op": r["op"], "calls": str(r["calls"]), "device": num(r["device_us"]), "share": num(r["share_pct"], 1, "%"),
-              "floor": num(r["floor_us"]), "x_floor": num(r["x_floor"], 2)} for r in records]  # fmt: skip
+              "floor": num(r["floor_us"]),
+              "x_floor": num(r["x_floor"], 2) + (f" ({BELOW_FLOOR})" if r["below_floor"] else "")}
+             for r in records]  # fmt: skip
     total = sum(r["device_us"] for r in records)
     return ["", f"{row.model} pp={row.pp}: device time per op, one eager prefill with CUDA events around each launch "
             f"({total:,.0f} µs):", "", markdown_table(cells, PROFILE_COLUMNS, left=("op",))]  # fmt: skip

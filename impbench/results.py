@@ -188,13 +188,15 @@ class Profile:
     floor_us: dict[str, float] = field(default_factory=dict)  # op -> plan floor for its launches
 
     def records(self) -> list[dict]:
-        """Per op: calls, device µs, share, plan floor and how far above it, longest first."""
+        """Per op: calls, device µs, share, plan floor and how far above it (under it: a measurement error),
+        longest first."""
         total = sum(sum(times) for times in self.device_us.values()) or 1.0
         records = []
         for op, times in sorted(self.device_us.items(), key=lambda item: -sum(item[1])):
             floor = self.floor_us.get(op)
+            x_floor = sum(times) / floor if floor else None
             records.append({"op": op, "calls": len(times), "device_us": sum(times), "share_pct": 100 * sum(times) / total,
-                            "floor_us": floor, "x_floor": sum(times) / floor if floor else None})  # fmt: skip
+                            "floor_us": floor, "x_floor": x_floor, "below_floor": x_floor is not None and x_floor < 1.0})  # fmt: skip
         return records
 
     def to_dict(self) -> dict:

@@ -57,6 +57,15 @@ def test_a_single_arm_run_shows_its_plan_floor_and_profile():
     assert "| moe_gate_up |" in text and "plan floor µs" in text and "2.00" in text
 
 
+def test_a_rate_above_the_plan_floor_is_called_a_measurement_error():
+    row = Row("tiny-moe", 96, [make_arm("A", [90_000.0, 91_000.0, 90_500.0])], floor_tok_s=81_000.0, floor_gpu="h100",
+              profile=Profile({"moe_gate_up": [5.0, 5.5]}, {"moe_gate_up": 11.0}))
+    result = Result("run", [row], dict(METADATA), {"reps": 3, "warmup": 1, "arms": [ArmSpec().to_dict()]})
+    text = format_result(result, "md")
+    assert text.count("faster than the plan floor: a measurement error") == 2
+    assert result_records(result)[0]["faster_than_floor"] is True
+
+
 def test_fell_back_capture_is_shown_with_op_and_error():
     row = make_row()
     row.arms[1].capture = CaptureStatus(FELL_BACK, op="qkv_proj", error="NotImplementedError: cuBLAS under capture")

@@ -55,6 +55,24 @@ def summary_lines(plan: Plan) -> list[str]:
     ]
 
 
+MAX_CHUNK_ROWS = 8  # markdown: a long prompt's chunks beyond these are summarised in one line
+
+
+def _chunk_rows_shown(chunks):
+    """The chunk table of a markdown plan: every chunk, or the first and last few with one summary row."""
+    if len(chunks) <= MAX_CHUNK_ROWS:
+        return chunks
+    head, tail = chunks.iloc[: MAX_CHUNK_ROWS - 2], chunks.iloc[-2:]
+    middle = chunks.iloc[MAX_CHUNK_ROWS - 2 : -2]
+    summary = {column: "" for column in chunks.columns}
+    summary.update(chunk=f"{len(middle):,} more", start=f"{middle['start'].iloc[0]:,}..", tokens=middle["tokens"].iloc[0],
+                   GFLOP=middle["GFLOP"].sum(), MB=middle["MB"].sum(), compute_us=middle["compute_us"].sum(),
+                   memory_us=middle["memory_us"].sum(), floor_us=middle["floor_us"].sum())  # fmt: skip
+    import pandas as pd
+
+    return pd.concat([head, pd.DataFrame([summary]), tail], ignore_index=True)
+
+
 def render_plan(plan: Plan, fmt: str = "md") -> str:
     """The plan as markdown (summary + two tables), CSV (one table, `section` column) or JSON."""
     if fmt == "json":
@@ -72,7 +90,7 @@ def render_plan(plan: Plan, fmt: str = "md") -> str:
     lines += ["", "Per op (all layers and chunks):", "",
               ops.to_markdown(index=False, floatfmt=(".0f",) * 7 + (".3f", ".2f", ".1f", ".1f", ".1f")), "",
               "Per chunk (all layers):", "",
-              chunks.to_markdown(index=False, floatfmt=(".0f",) * 4 + (".2f", ".1f", ".1f", ".1f", ".1f"))]
+              _chunk_rows_shown(chunks).to_markdown(index=False, floatfmt=(".0f",) * 4 + (".2f", ".1f", ".1f", ".1f", ".1f"))]
     return "\n".join(lines)
 
 
