@@ -130,3 +130,22 @@ def test_no_prewarm_capture_fails_on_allocation_and_runs_eager():
     assert status.failed_op.startswith("allocate ")
     assert "StreamCapture" in status.error or "capture" in status.error.lower()
     assert np.isfinite(engine.logits()).all()
+
+
+def test_an_engine_that_cannot_fit_is_refused_with_the_numbers_and_the_way_out():
+    from impbench.engine.memory import check_fits, required_bytes
+    from impbench.presets import get_preset
+
+    coder = get_preset("qwen3-coder")
+    need = required_bytes(coder, 512, 65536)
+    assert 15e9 < need["weights"] < 25e9 and need["buffers"] > 65536 * 48 * 4 * 128 * 2 * 2
+    check_fits(coder, 512, 65536, need["total"] + 1)
+    with pytest.raises(InputError) as info:
+        check_fits(coder, 512, 65536, 20e9)
+    message = str(info.value)
+    assert "needs about" in message and "20.0 GB are free" in message and "--layers" in message and "--pp" in message
+    layers = int(message.split("--layers ")[1].split()[0])
+    assert 1 <= layers < 48
+    from impbench.presets import replace_layers
+
+    check_fits(replace_layers(coder, layers), 512, 65536, 20e9)  # the suggested cut does fit

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from impbench.engine.buffers import Buffers, buffer_specs
+from impbench.engine.memory import check_fits, free_device_bytes
 from impbench.engine.forward import LaunchList, build_launches
 from impbench.engine.weights import generate_weights
 from impbench.errors import InputError
@@ -70,6 +71,7 @@ class Engine:
         self.preset = preset
         self.max_tokens = max_tokens
         self.chunk_tokens = min(max_chunk, max_tokens) if max_chunk > 0 else max_tokens
+        check_fits(preset, self.chunk_tokens, max_tokens, free_device_bytes())  # before anything is allocated
         self.prewarm = prewarm
         self.current_op = ""
         self.stream = cupy.cuda.Stream(non_blocking=True)
