@@ -26,12 +26,18 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
-    """NeoX rotate-half rotary embedding of x [T, heads, D] at integer positions [T]."""
+def rope(x: np.ndarray, positions: np.ndarray, theta: float, interleaved: bool = False) -> np.ndarray:
+    """NeoX rotate-half rotary embedding of x [T, heads, D] at integer positions [T]: dims i and i + D/2
+    form a pair. `interleaved` pairs 2i and 2i+1 instead (GPT-J's convention), a planted error."""
     half = x.shape[-1] // 2
     inv_freq = theta ** (-2.0 * np.arange(half) / x.shape[-1])
     angles = positions.astype(np.float64)[:, None] * inv_freq[None, :]
     cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2], out[..., 1::2] = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        return out
     x1, x2 = x[..., :half], x[..., half:]
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
@@ -64,8 +70,15 @@ def route(logits: np.ndarray, top_k: int, renormalize: bool) -> tuple[np.ndarray
     return ids, weights
 
 
-def moe(x: np.ndarray, ids: np.ndarray, weights: np.ndarray, w13: np.ndarray, w2: np.ndarray) -> np.ndarray:
-    """sum over a token's k experts of weight * w2[e] (silu(gate[e] x) * (up[e] x))."""
+# Errors a test plants to show it can fail: each moves the last-token logits of a synthetic-weight
+# model by only 3e-3 to 2e-2 (the embedding dominates the residual stream), but a sublayer by far more.
+PLANTS = ("rope_interleaved", "qk_norm_after_rope", "swap_gate_up", "no_renormalize")
+
+
+def moe(x: np.ndarray, ids: np.ndarray, weights: np.ndarray, w13: np.ndarray, w2: np.ndarray,
+        swap_gate_up: bool = False) -> np.ndarray:  # fmt: skip
+    """sum over a token's k experts of weight * w2[e] (silu(gate[e] x) * (up[e] x)); `swap_gate_up`
+    takes the up rows as the gate (a planted error)."""
     inter = w2.shape[-1]
     out = np.zeros_like(x)
     for expert in range(w13.shape[0]):
@@ -74,50 +87,78 @@ def moe(x: np.ndarray, ids: np.ndarray, weights: np.ndarray, w13: np.ndarray, w2
             continue
         gate_up = x[rows] @ w13[expert].T
         gate, up = gate_up[:, :inter], gate_up[:, inter:]
+        if swap_gate_up:
+            gate, up = up, gate
         act = gate / (1.0 + np.exp(-gate)) * up
         out[rows] += weights[rows, slots][:, None] * (act @ w2[expert].T)
     return out
 
 
-def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0) -> np.ndarray:
-    """Final-normed hidden states [T, H] of every prompt token, prefilled in chunks of `chunk_size`
-    tokens through a KV cache (0: one chunk)."""
+def layer_weights(weights: dict, index: int) -> dict:
+    return {name: weights[f"layers.{index}.{name}"] for name in LAYER_KEYS}
+
+
+def attention_sublayer(preset, w: dict, x: np.ndarray, start: int, k_cache: np.ndarray, v_cache: np.ndarray,
+                       plants: frozenset = frozenset()) -> np.ndarray:  # fmt: skip
+    """The attention block of one layer for the chunk x [T, H] at positions start..: its output after the O
+    projection (before the residual add). Writes the chunk's roped K and V into k_cache, v_cache [S, Hkv, D]."""
     p = preset
+    heads, kv_heads, dim = p.num_attention_heads, p.num_kv_heads, p.head_dim
+    end = start + x.shape[0]
+    positions = np.arange(start, end)
+    qkv = rms_norm(x, w["attn_norm"], p.rms_norm_eps) @ w["wqkv"].T
+    q = qkv[:, : heads * dim].reshape(-1, heads, dim)
+    k = qkv[:, heads * dim : (heads + kv_heads) * dim].reshape(-1, kv_heads, dim)
+    v = qkv[:, (heads + kv_heads) * dim :].reshape(-1, kv_heads, dim)
+    interleaved = "rope_interleaved" in plants
+    norm_late = "qk_norm_after_rope" in plants
+    if p.qk_norm and not norm_late:
+        q, k = rms_norm(q, w["q_norm"], p.rms_norm_eps), rms_norm(k, w["k_norm"], p.rms_norm_eps)
+    q, k = rope(q, positions, p.rope_theta, interleaved), rope(k, positions, p.rope_theta, interleaved)
+    if p.qk_norm and norm_late:
+        q, k = rms_norm(q, w["q_norm"], p.rms_norm_eps), rms_norm(k, w["k_norm"], p.rms_norm_eps)
+    k_cache[start:end], v_cache[start:end] = k, v
+    attn = causal_attention(q, k_cache[:end], v_cache[:end], start, 1.0 / np.sqrt(dim))
+    return attn.reshape(x.shape[0], -1) @ w["wo"].T
+
+
+def moe_sublayer(preset, w: dict, h: np.ndarray, router_logits: np.ndarray | None = None,
+                 plants: frozenset = frozenset()) -> np.ndarray:  # fmt: skip
+    """The MoE block of one layer for the residual h [T, H]: its output before the residual add. The
+    routing comes from `router_logits` where given (another implementation's, so that near-ties route
+    the same way), else from this block's own router."""
+    p = preset
+    normed = rms_norm(h, w["ffn_norm"], p.rms_norm_eps)
+    logits = normed @ w["router"].T if router_logits is None else router_logits
+    renormalize = p.norm_topk_prob and "no_renormalize" not in plants
+    expert_ids, expert_weights = route(logits, p.experts_per_token, renormalize)
+    return moe(normed, expert_ids, expert_weights, w["w13"], w["w2"], swap_gate_up="swap_gate_up" in plants)
+
+
+def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0, plants=()) -> np.ndarray:
+    """Final-normed hidden states [T, H] of every prompt token, prefilled in chunks of `chunk_size`
+    tokens through a KV cache (0: one chunk); `plants` names PLANTS errors to build in."""
+    p = preset
+    plants = frozenset(plants)
     ids = np.asarray(token_ids, dtype=np.int64)
     tokens = ids.shape[0]
-    heads, kv_heads, dim = p.num_attention_heads, p.num_kv_heads, p.head_dim
-    scale = 1.0 / np.sqrt(dim)
-    k_cache = np.zeros((p.num_layers, tokens, kv_heads, dim))
+    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
     v_cache = np.zeros_like(k_cache)
     size = chunk_size if chunk_size > 0 else tokens
     hidden = []
     for start in range(0, tokens, size):
-        end = min(start + size, tokens)
-        positions = np.arange(start, end)
-        x = weights["embed"][ids[start:end]]
+        x = weights["embed"][ids[start : start + size]]
         for i in range(p.num_layers):
-            w = {name: weights[f"layers.{i}.{name}"] for name in LAYER_KEYS}
-            qkv = rms_norm(x, w["attn_norm"], p.rms_norm_eps) @ w["wqkv"].T
-            q = qkv[:, : heads * dim].reshape(-1, heads, dim)
-            k = qkv[:, heads * dim : (heads + kv_heads) * dim].reshape(-1, kv_heads, dim)
-            v = qkv[:, (heads + kv_heads) * dim :].reshape(-1, kv_heads, dim)
-            if p.qk_norm:
-                q = rms_norm(q, w["q_norm"], p.rms_norm_eps)
-                k = rms_norm(k, w["k_norm"], p.rms_norm_eps)
-            k_cache[i, start:end] = rope(k, positions, p.rope_theta)
-            v_cache[i, start:end] = v
-            attn = causal_attention(rope(q, positions, p.rope_theta), k_cache[i, :end], v_cache[i, :end], start, scale)
-            x = x + attn.reshape(end - start, -1) @ w["wo"].T
-            normed = rms_norm(x, w["ffn_norm"], p.rms_norm_eps)
-            expert_ids, expert_weights = route(normed @ w["router"].T, p.experts_per_token, p.norm_topk_prob)
-            x = x + moe(normed, expert_ids, expert_weights, w["w13"], w["w2"])
+            w = layer_weights(weights, i)
+            h = x + attention_sublayer(p, w, x, start, k_cache[i], v_cache[i], plants)
+            x = h + moe_sublayer(p, w, h, plants=plants)
         hidden.append(rms_norm(x, weights["final_norm"], p.rms_norm_eps))
     return np.concatenate(hidden)
 
 
-def reference_forward(preset, weights: dict, token_ids, chunk_size: int = 0) -> np.ndarray:
+def reference_forward(preset, weights: dict, token_ids, chunk_size: int = 0, plants=()) -> np.ndarray:
     """Logits float64 [V] of the last prompt token."""
-    return weights["lm_head"] @ reference_hidden(preset, weights, token_ids, chunk_size)[-1]
+    return weights["lm_head"] @ reference_hidden(preset, weights, token_ids, chunk_size, plants)[-1]
 
 
 def random_weights(preset, seed: int = 0) -> dict:
@@ -148,3 +189,56 @@ def random_weights(preset, seed: int = 0) -> dict:
     weights["final_norm"] = norm(hidden)
     weights["lm_head"] = weights["embed"] if p.tie_word_embeddings else linear(p.vocab_size, hidden)
     return weights
+
+
+# ---- sublayer by sublayer ----------------------------------------------------------------------------
+# A forward compared only at its logits hides errors: with synthetic weights the embedding dominates
+# the residual stream. Comparing every sublayer's output, each computed here from the other side's
+# own input to it (teacher forcing), shows an error where it is made, at full size.
+
+
+def reference_trace(preset, weights: dict, token_ids, chunk_size: int = 0, plants=()) -> list[dict]:
+    """Per chunk and layer, what a sublayer comparison reads: the layer's input x, the attention output
+    attn, the residual h after it, the router logits, and the MoE output moe (all [T, ...] float64)."""
+    p = preset
+    plants = frozenset(plants)
+    ids = np.asarray(token_ids, dtype=np.int64)
+    tokens = ids.shape[0]
+    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
+    v_cache = np.zeros_like(k_cache)
+    size = chunk_size if chunk_size > 0 else tokens
+    records = []
+    for start in range(0, tokens, size):
+        x = weights["embed"][ids[start : start + size]]
+        for i in range(p.num_layers):
+            w = layer_weights(weights, i)
+            attn = attention_sublayer(p, w, x, start, k_cache[i], v_cache[i], plants)
+            h = x + attn
+            logits = rms_norm(h, w["ffn_norm"], p.rms_norm_eps) @ w["router"].T
+            out = moe_sublayer(p, w, h, logits, plants)
+            records.append({"start": start, "layer": i, "x": x, "attn": attn, "h": h, "router_logits": logits, "moe": out})
+            x = h + out
+    return records
+
+
+def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict[str, float]:
+    """The largest relative error ||got - ref|| / ||ref|| of each sublayer kind ("attention", "moe") over a
+    trace's chunks and layers, ref computed here (with `plants` built in) from the trace's own inputs."""
+    p = preset
+    plants = frozenset(plants)
+    tokens = max(r["start"] + r["x"].shape[0] for r in trace)
+    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
+    v_cache = np.zeros_like(k_cache)
+    worst = {"attention": 0.0, "moe": 0.0}
+    for r in trace:
+        w = layer_weights(weights, r["layer"])
+        x, h = np.asarray(r["x"], np.float64), np.asarray(r["h"], np.float64)
+        attn = attention_sublayer(p, w, x, r["start"], k_cache[r["layer"]], v_cache[r["layer"]], plants)
+        out = moe_sublayer(p, w, h, np.asarray(r["router_logits"], np.float64), plants)
+        worst["attention"] = max(worst["attention"], _rel_err(np.asarray(r["attn"], np.float64), attn))
+        worst["moe"] = max(worst["moe"], _rel_err(np.asarray(r["moe"], np.float64), out))
+    return worst

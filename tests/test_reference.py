@@ -128,3 +128,25 @@ def test_causal_attention_matches_a_per_query_loop():
             p = np.exp(0.3 * keys @ q[t, h])
             expected = (p / p.sum()) @ v[: start + t + 1, h // (heads // kv_heads)]
             np.testing.assert_allclose(out[t, h], expected, rtol=1e-12)
+
+
+def test_a_planted_error_hides_in_the_logits_but_not_in_its_sublayer():
+    """Why the engine is checked sublayer by sublayer (tests/test_engine.py): each error of PLANTS moves
+    the last-token logits of a synthetic-weight model by about 2e-3 to 2e-2, inside FP16 noise, but
+    the output of the sublayer where it is made by 0.09 to 2."""
+    from impbench.presets import get_preset
+    from impbench.reference import PLANTS, reference_trace, sublayer_errors
+
+    preset = get_preset("tiny")
+    weights = random_weights(preset, seed=5)
+    ids = np.random.default_rng(1).integers(0, preset.vocab_size, 80)
+    logits = reference_forward(preset, weights, ids, 32)
+    trace = reference_trace(preset, weights, ids, 32)
+    assert max(sublayer_errors(preset, weights, trace).values()) < 1e-12
+    where = {"rope_interleaved": "attention", "qk_norm_after_rope": "attention", "swap_gate_up": "moe",
+             "no_renormalize": "moe"}  # fmt: skip
+    for plant in PLANTS:
+        moved = reference_forward(preset, weights, ids, 32, plants=(plant,))
+        assert np.linalg.norm(moved - logits) / np.linalg.norm(logits) < 2.5e-2, plant
+        errors = sublayer_errors(preset, weights, trace, plants=(plant,))
+        assert errors[where[plant]] > 0.09, (plant, errors)

@@ -169,6 +169,40 @@ class Engine:
             times.setdefault(op, []).append(1e3 * cupy.cuda.get_elapsed_time(start, end))
         return times
 
+    def trace_layers(self, prompt_tokens: int, chunk_size: int, guard: str = "cublas") -> list[dict]:
+        """One eager prefill, stopping after each op to copy what a sublayer comparison reads
+        (impbench.reference.sublayer_errors): per chunk and layer the layer's input x, the attention
+        output attn (O projection, before the add), the residual h after it, the router logits, and the
+        MoE output moe (each token's expert rows summed on the host in float64). Tests only: it
+        synchronizes after every op."""
+        import numpy as np
+
+        b = self.buffers
+        records: list[dict] = []
+        with self.stream:
+            for chunk in chunk_spans(prompt_tokens, chunk_size):
+                self._set_chunk_inputs(chunk)
+                t = chunk.length
+                record: dict = {}
+                for launch in self.launch_list(t, chunk.last, guard).launches:
+                    if launch.op == "qkv_proj":  # a layer starts: its input is the residual stream now
+                        record = {"start": chunk.start, "layer": len(records) % self.preset.num_layers,
+                                  "x": b.resid[:t].get().astype(np.float64)}  # fmt: skip
+                        records.append(record)
+                    self.current_op = launch.op
+                    launch.fn()
+                    if launch.op == "o_proj":
+                        record["attn"] = b.attn_proj[:t].get().astype(np.float64)
+                    elif launch.op == "ffn_norm":
+                        record["h"] = b.resid[:t].get().astype(np.float64)
+                    elif launch.op == "router":
+                        record["router_logits"] = b.router_logits[:t].get().astype(np.float64)
+                    elif launch.op == "moe_down":
+                        rows = b.expert_out[: t * self.preset.experts_per_token].get().astype(np.float64)
+                        record["moe"] = rows[b.token_rows[:t].get()].sum(axis=1)
+            self.stream.synchronize()
+        return records
+
     def capture_status(self, chunk_size: int, guard: str):
         """The capture.CaptureStatus of the graph for this chunk size and guard, or None if none was tried."""
         graph = self._graphs.get((chunk_size, guard))  # non-last chunks are exactly chunk_size long
