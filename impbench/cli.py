@@ -7,6 +7,7 @@ device is usable. Exit codes: 0 done, 1 a bug (a traceback), 2 bad input or no G
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -158,6 +159,32 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
     measure.measure(result, presets, prompt_lengths, arms, protocol, profile=profile, progress=_progress,
                     on_row=save if target is not None else None)  # fmt: skip
     click.echo(format_result(result, fmt))
+
+
+def _check_bench_out(out, command: str, force: bool) -> None:
+    """A kernel benchmark's --out, before any GPU work: writable, and an existing file is replaced only
+    where it is this command's own report and --force says so."""
+    if not out:
+        return
+    from pathlib import Path
+
+    from impbench.outfile import check_writable_folder
+
+    path = Path(out)
+    check_writable_folder(path)
+    twin = path if path.suffix == ".json" else path.with_suffix(".json")
+    if not (path.exists() or twin.exists()):
+        return
+    try:
+        own = json.loads(twin.read_text(encoding="utf-8")).get("format") == f"impbench.{command}"
+    except (OSError, ValueError, AttributeError):
+        own = False
+    if not own:
+        raise InputError(f"--out {path}: a file is there that is not an `impbench {command}` report; it is never "
+                         "overwritten: give another path")  # fmt: skip
+    if not force:
+        raise InputError(f"--out {path} holds an earlier `impbench {command}` report; add --force to replace it, "
+                         "or give another path")  # fmt: skip
 
 
 def _protocol(reps, warmup, tolerance, seed, prewarm, min_reps: int, defaults: dict):
@@ -437,3 +464,37 @@ def moe(model, pp, routings, reps, variant, variants, fmt, out) -> None:  # fmt:
     if out:
         for path in write_report(report, out, fmt):
             click.echo(f"wrote {path}", err=True)
+
+
+@cli.command()
+@click.option("--model", "-m", "model", metavar="NAME", default="qwen3-coder", show_default=True,
+              help="Preset whose shapes (hidden, heads, experts, top-k, vocab) the ops run at.")
+@click.option("--pp", "pp_list", default="512,2048", show_default=True, metavar="LIST",
+              help="Chunk lengths T in tokens, comma-separated.")
+@click.option("--variants", is_flag=True, help="Also time the alternative forms (thread counts, narrow qkv_post, two-launch routing).")
+@_FORMAT
+@click.option("--out", type=click.Path(), default=None, metavar="PATH",
+              help="Also write the table to PATH (a .md or .csv gets its full .json beside it).")
+@_FORCE
+def ops(model, pp_list, variants, fmt, out, force) -> None:
+    """Time the engine's small ops and routing kernels (embedding, norms, q/k norm + RoPE + KV append,
+    top-k and permutation, combine) at a model's shapes against their floors.
+
+    Per op and T: device µs per launch of a replayed graph over rotating input sets larger than L2
+    (cold) and over one set (hot), the floor (bytes over the GPU's peak HBM bandwidth), and host µs
+    per eager call through the wrapper and through a prepared launcher.
+    """
+    from impbench import device, metadata
+    from impbench.bench.ops import run_ops_bench
+    from impbench.presets import get_preset
+
+    preset = get_preset(model)
+    token_counts = _prompt_lengths(pp_list)
+    _check_bench_out(out, "ops", force)
+    _check_environment()
+    device.require_cuda()
+    report = run_ops_bench(preset, token_counts, variants, metadata.device_metadata(), progress=_progress)
+    click.echo(report.format(fmt))
+    if out:
+        for path in report.write(out, fmt):
+            _progress(f"wrote {path}")

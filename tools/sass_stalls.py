@@ -2,7 +2,7 @@
 and by stall reason, and list the instructions with the most samples.
 
     ncu --import X.ncu-rep --page source --csv --print-source sass > src.csv
-    python3 scripts/sass_stalls.py src.csv [--top 25]
+    python3 tools/sass_stalls.py src.csv [--top 25]
 """
 
 from __future__ import annotations

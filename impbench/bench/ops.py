@@ -1,0 +1,239 @@
+"""`impbench ops`: the engine's small ops and routing kernels at a model's shapes, against their floors.
+
+Per op and chunk length T: device µs per launch from a replayed graph of ~200 launches over rotating
+input sets larger than the L2 (cold: inputs from DRAM), and again over one set (hot: inputs in L2, as
+in the engine where the producer just wrote them); the floor, bytes moved over the GPU's peak HBM
+bandwidth (impbench.gpus); host µs per eager call through the wrapper (checks + launch) and through a
+prepared launcher (launch only). The engine's ops come first; `--variants` adds the alternative
+forms (thread counts, the narrow qkv_post, the two-launch routing the engine's fused form replaced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from impbench.bench.report import BenchReport, Column, fixed
+from impbench.bench.timing import host_us, median_us, set_count, time_graph
+
+LAUNCHES_PER_GRAPH = 200
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The shapes an op sees, from a preset."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    top_k: int
+    vocab: int
+    eps: float
+    theta: float
+
+    @classmethod
+    def of(cls, preset) -> Geometry:
+        return cls(preset.hidden_size, preset.num_attention_heads, preset.num_kv_heads, preset.head_dim,
+                   preset.num_experts, preset.experts_per_token, preset.vocab_size, preset.rms_norm_eps, preset.rope_theta)  # fmt: skip
+
+
+@dataclass
+class Case:
+    """One input set of an op: a prepared launcher, the eager wrapper call, and the bytes it moves."""
+
+    launch: Callable[[], None]
+    call: Callable[[], None]
+    nbytes: int
+
+
+def _f16(shape, scale: float = 1.0):
+    """Random FP16 drawn on the device: a host RNG for ~100 MB of sets took longer than the timing."""
+    import cupy
+
+    return (cupy.random.standard_normal(shape, dtype=cupy.float32) * scale).astype(cupy.float16)
+
+
+def _embed(g: Geometry, t: int, table) -> Case:
+    import cupy
+
+    from impbench.kernels import ops
+
+    ids = cupy.random.randint(0, g.vocab, t, dtype=cupy.int32)
+    out = _f16((t, g.hidden))
+    return Case(ops.prepare(ops.embed, ids, table, out), lambda: ops.embed(ids, table, out), 4 * t * g.hidden)
+
+
+def _rmsnorm(g: Geometry, t: int, threads: int | None = None) -> Case:
+    from impbench.kernels import ops
+
+    x, w, out = _f16((t, g.hidden)), _f16((g.hidden,)), _f16((t, g.hidden))
+    return Case(ops.prepare(ops.rmsnorm, x, w, g.eps, out, threads=threads), lambda: ops.rmsnorm(x, w, g.eps, out),
+                4 * t * g.hidden)  # fmt: skip
+
+
+def _add_rmsnorm(g: Geometry, t: int, threads: int | None = None, kperm: bool = False) -> Case:
+    from impbench.kernels import ops
+
+    x, resid, w, out = _f16((t, g.hidden)), _f16((t, g.hidden)), _f16((g.hidden,)), _f16((t, g.hidden))
+    kp = _f16((t, g.hidden)) if kperm else None
+    launch = ops.prepare(ops.add_rmsnorm, x, resid, w, g.eps, out, threads=threads, out_kperm=kp)
+    return Case(launch, lambda: ops.add_rmsnorm(x, resid, w, g.eps, out, out_kperm=kp), (8 + 2 * kperm) * t * g.hidden)
+
+
+def _qkv_post(g: Geometry, t: int, form: str = "auto", steps: int = 4) -> Case:
+    import cupy
+
+    from impbench.kernels import ops
+
+    cols = (g.heads + 2 * g.kv_heads) * g.head_dim
+    max_len = 4 * max(t, 1024)
+    args = (_f16((t, cols)), _f16((g.head_dim,)), _f16((g.head_dim,)), g.eps, g.theta, cupy.asarray([max_len // 2], cupy.int32),
+            _f16((t, g.heads, g.head_dim)), _f16((max_len, g.kv_heads, g.head_dim)), _f16((max_len, g.kv_heads, g.head_dim)))  # fmt: skip
+    return Case(ops.prepare(ops.qkv_post, *args, form=form, steps=steps), lambda: ops.qkv_post(*args), 4 * t * cols)
+
+
+def _routing_buffers(g: Geometry, t: int):
+    import cupy
+
+    rows = t * g.top_k
+    return (cupy.empty((t, g.top_k), cupy.int32), cupy.empty((t, g.top_k), cupy.float32), cupy.empty(g.experts + 1, cupy.int32),
+            cupy.empty(rows, cupy.int32), cupy.empty(rows, cupy.float32), cupy.empty((t, g.top_k), cupy.int32))  # fmt: skip
+
+
+def _topk_permute(g: Geometry, t: int) -> Case:
+    """The engine's routing: topk_count + permute_counted, one case (two launches)."""
+    import cupy
+
+    from impbench.kernels import routing
+
+    logits = _f16((t, g.experts))
+    ids, weights, offsets, row_token, row_weight, token_rows = _routing_buffers(g, t)
+    counts = cupy.empty((routing.count_blocks(t), g.experts), cupy.int32)
+    steps = [routing.prepare(routing.topk_count, logits, g.top_k, True, ids, weights, token_rows, counts),
+             routing.prepare(routing.permute_counted, ids, weights, counts, offsets, row_token, row_weight, token_rows)]  # fmt: skip
+
+    def both() -> None:
+        for step in steps:
+            step()
+
+    rows = t * g.top_k
+    return Case(both, both, t * g.experts * 2 + t * g.top_k * 8 + rows * 20)
+
+
+def _topk_then_build(g: Geometry, t: int) -> Case:
+    """The two-launch routing the fused form replaced: topk_softmax, then build_permutation."""
+    from impbench.kernels import routing
+
+    logits = _f16((t, g.experts))
+    ids, weights, offsets, row_token, row_weight, token_rows = _routing_buffers(g, t)
+    steps = [routing.prepare(routing.topk_softmax, logits, g.top_k, True, ids, weights),
+             routing.prepare(routing.build_permutation, ids, weights, g.experts, offsets, row_token, row_weight, token_rows)]  # fmt: skip
+
+    def both() -> None:
+        for step in steps:
+            step()
+
+    rows = t * g.top_k
+    return Case(both, both, t * g.experts * 2 + t * g.top_k * 8 + rows * 20)
+
+
+def _combine(g: Geometry, t: int, norm: bool) -> Case:
+    import cupy
+
+    from impbench.kernels import routing
+
+    rows = t * g.top_k
+    token_rows = cupy.random.permutation(rows).astype(cupy.int32).reshape(t, g.top_k)
+    y, resid = _f16((rows, g.hidden)), _f16((t, g.hidden))
+    if norm:
+        w, normed = _f16((g.hidden,)), _f16((t, g.hidden))
+        args = (y, token_rows, resid, resid, w, g.eps, normed)
+        return Case(routing.prepare(routing.combine_rmsnorm, *args), lambda: routing.combine_rmsnorm(*args),
+                    2 * rows * g.hidden + 6 * t * g.hidden)  # fmt: skip
+    args = (y, token_rows, resid, resid, None)
+    return Case(routing.prepare(routing.combine, *args), lambda: routing.combine(*args), 2 * rows * g.hidden + 4 * t * g.hidden)
+
+
+def cases(geometry: Geometry, variants: bool) -> dict[str, Callable[[int], Case]]:
+    """op name -> a maker of one input set for T tokens: the engine's ops, then (variants) the others."""
+    g = geometry
+    table = {}
+
+    def embed(t: int) -> Case:
+        if "table" not in table:  # one embedding table for every set: the vocab rows read are what moves
+            table["table"] = _f16((g.vocab, g.hidden))
+        return _embed(g, t, table["table"])
+
+    engine = {
+        "embed": embed,
+        "rmsnorm": lambda t: _rmsnorm(g, t),
+        "qkv_post": lambda t: _qkv_post(g, t),
+        "add_rmsnorm": lambda t: _add_rmsnorm(g, t),
+        "add_rmsnorm+kperm": lambda t: _add_rmsnorm(g, t, kperm=True),
+        "topk_count+permute_counted": lambda t: _topk_permute(g, t),
+        "combine_rmsnorm": lambda t: _combine(g, t, norm=True),
+        "combine": lambda t: _combine(g, t, norm=False),
+    }
+    if not variants:
+        return engine
+    return {**engine,
+            "rmsnorm/64thr": lambda t: _rmsnorm(g, t, 64), "rmsnorm/256thr": lambda t: _rmsnorm(g, t, 256),
+            "add_rmsnorm/64thr": lambda t: _add_rmsnorm(g, t, 64), "add_rmsnorm/256thr": lambda t: _add_rmsnorm(g, t, 256),
+            "qkv_post/narrow": lambda t: _qkv_post(g, t, "narrow"), "qkv_post/wide_s2": lambda t: _qkv_post(g, t, "wide", 2),
+            "qkv_post/wide_s8": lambda t: _qkv_post(g, t, "wide", 8),
+            "topk_softmax+build_permutation": lambda t: _topk_then_build(g, t)}  # fmt: skip
+
+
+def time_op(make: Callable[[int], Case], tokens: int) -> dict:
+    """One op at `tokens`: cold (rotating sets) and hot (one set) µs per launch, host µs per call."""
+    first = make(tokens)
+    sets = [first] + [make(tokens) for _ in range(set_count(first.nbytes) - 1)]
+    cold = time_graph([case.launch for case in sets], LAUNCHES_PER_GRAPH)
+    hot = time_graph([first.launch], LAUNCHES_PER_GRAPH)
+    return {"us": median_us(cold), "min_us": min(cold), "max_us": max(cold), "hot_us": median_us(hot), "sets": len(sets),
+            "bytes_moved": first.nbytes, "host_wrapper_us": host_us(first.call), "host_prepared_us": host_us(first.launch)}  # fmt: skip
+
+
+COLUMNS = [
+    Column("op", "op"), Column("tokens", "T"), Column("us", "µs (cold)", fixed(2)), Column("hot_us", "µs (hot)", fixed(2)),
+    Column("floor_us", "floor µs", fixed(2)), Column("x_floor", "x floor", fixed(2)), Column("sets", "sets"),
+    Column("host_wrapper_us", "host µs wrapper", fixed(1)), Column("host_prepared_us", "host µs prepared", fixed(1)),
+    Column("sm_mhz", "SM MHz", fixed(0)),
+]  # fmt: skip
+
+
+def run_ops_bench(preset, token_counts: list[int], variants: bool, metadata: dict, progress=None) -> BenchReport:
+    import cupy
+
+    from impbench import device
+    from impbench.gpus import match_gpu_name
+    from impbench.kernels.driver import no_pdl
+    from impbench.telemetry import Telemetry
+
+    gpu = match_gpu_name(str(metadata.get("gpu_name", "")))
+    geometry = Geometry.of(preset)
+    made = cases(geometry, variants)
+    rows = []
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream, no_pdl(), Telemetry(pci_bus_id=device.pci_bus_id()) as telemetry:
+        for name, make in made.items():
+            for tokens in token_counts:
+                with telemetry.sample() as sampler:
+                    timed = time_op(make, tokens)
+                floor = None if gpu is None else 1e6 * timed["bytes_moved"] / gpu.mem_bytes_per_s
+                row = {"model": preset.name, "op": name, "tokens": tokens, **timed, "floor_us": floor,
+                       "x_floor": None if floor is None else timed["us"] / floor, "sm_mhz": sampler.result.sm_mhz_median}  # fmt: skip
+                rows.append(row)
+                if progress:
+                    progress(f"{name} T={tokens}: {timed['us']:.2f} µs cold, {timed['hot_us']:.2f} hot")
+                cupy.get_default_memory_pool().free_all_blocks()
+    below = [f"{r['op']} T={r['tokens']}" for r in rows if r["x_floor"] is not None and r["x_floor"] < 1.0]
+    summary = [f"floor: bytes moved / peak HBM bandwidth of {gpu.name} ({gpu.mem_tb_s:.2f} TB/s, {gpu.basis})"
+               if gpu else "floor: n/a (no ceilings for this GPU)"]  # fmt: skip
+    if below:
+        summary.append(f"faster than the floor, so a measurement error: {', '.join(below)}")
+    return BenchReport("ops", rows, COLUMNS, summary, metadata,
+                       {"model": preset.name, "tokens": token_counts, "variants": variants},
+                       title=f"{preset.name} small ops, µs per launch from a replayed graph of {LAUNCHES_PER_GRAPH} launches.")  # fmt: skip

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The one device check: on a machine with an NVIDIA GPU, from the repository root, install the tree,
+# run the GPU test suite and the benchmark commands of the CLI, and print a short table last.
+#
+#   STAGES="tests gemm moe ops run" bash scripts/device_check.sh
+#
+# Stages (any of): tests (pytest -m gpu), gemm (impbench gemm), moe (impbench moe, qwen3-coder, pp 512),
+# ops (impbench ops), run (impbench run, qwen3-coder pp 1024 graph/small-n), ab (the A/A check:
+# eager against eager at pp 512,1024,2048, 10 reps), sweep (scenarios/sweeps/ci.toml).
+# BEFORE=<folder>: a checkout of another commit; the benchmark stages run there too, on the same
+# machine and in the same call, so before and after compare like for like.
+# Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
+# holds the table printed last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/impbench-check}
+STAGES=${STAGES:-"tests gemm moe ops run"}
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+summary="$WORK/summary.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu,power.draw --format=csv,noheader | tee "$summary"
+
+# bench TREE TAG: the benchmark stages, run with the package of checkout TREE (PYTHONPATH: no install)
+bench() {
+  local tree=$1 tag=$2 log="$WORK/$2"
+  mkdir -p "$log"
+  local impbench="env PYTHONPATH=$tree python3 -m impbench"
+  if has gemm; then
+    timeout 420 $impbench gemm --reps 50 --out "$log/gemm.md" > "$log/gemm.log" 2>&1
+    echo "$tag gemm rc=$? $(grep -h 'geomean' "$log/gemm.md" 2>/dev/null)" >> "$summary"
+  fi
+  if has moe; then
+    timeout 240 $impbench moe --model qwen3-coder --pp 512 --routing uniform --routing skewed --reps 100 \
+      --out "$log/moe.md" > "$log/moe.log" 2>&1
+    echo "$tag moe rc=$?" >> "$summary"
+    grep -hE "^- (uniform|skewed)" "$log/moe.md" 2>/dev/null | sed "s/^/$tag   /" >> "$summary"
+  fi
+  if has ops; then
+    timeout 300 $impbench ops --model qwen3-coder --pp 512,2048 --out "$log/ops.md" > "$log/ops.log" 2>&1
+    echo "$tag ops rc=$?" >> "$summary"
+  fi
+  if has run; then
+    timeout 300 $impbench run --model qwen3-coder --pp 1024 --mode graph --guard small-n --reps 10 --profile \
+      > "$log/run.md" 2> "$log/run.err"
+    echo "$tag run rc=$? $(grep -m1 -E 'qwen3-coder.*(tok/s|of )|^- median' "$log/run.md")" >> "$summary"
+  fi
+}
+
+if has tests; then
+  timeout 420 env PYTHONPATH=$PWD python3 -m pytest -q -m gpu -p no:cacheprovider > "$WORK/tests_gpu.log" 2>&1
+  echo "GPU tests: $(tail -1 "$WORK/tests_gpu.log")" >> "$summary"
+fi
+bench "$PWD" after
+if [ -n "${BEFORE:-}" ]; then
+  bench "$(cd "$BEFORE" && pwd)" before
+fi
+if has ab; then
+  timeout 500 env PYTHONPATH=$PWD python3 -m impbench ab --model qwen3-coder --a mode=eager --b mode=eager \
+    --pp 512,1024,2048 --reps 10 --out "$WORK/ab_aa.json" > "$WORK/ab_aa.md" 2> "$WORK/ab_aa.err"
+  echo "A/A ab rc=$?" >> "$summary"
+  grep -E "^\| qwen3.* B " "$WORK/ab_aa.md" >> "$summary"
+fi
+if has sweep; then
+  timeout 500 env PYTHONPATH=$PWD python3 -m impbench sweep ci --out "$WORK/sweep_ci.json" > "$WORK/sweep_ci.md" \
+    2> "$WORK/sweep_ci.err"
+  echo "sweep ci rc=$?" >> "$summary"
+fi
+cp "$summary" "$OUT/summary.txt"
+tar czf "$OUT/check.tgz" -C "$WORK" .
+cat "$summary"
