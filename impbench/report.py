@@ -115,6 +115,7 @@ def arm_record(row: Row, arm: ArmResult) -> dict:
         "floor_tok_s": row.floor_tok_s, "floor_gpu": row.floor_gpu,
         "of_floor_pct": None if not (row.floor_tok_s and tok_s) else 100.0 * tok_s / row.floor_tok_s,
         "faster_than_floor": bool(row.floor_tok_s and tok_s and tok_s > row.floor_tok_s),
+        "reps_faster_than_floor": sum(rep.tok_s > row.floor_tok_s for rep in arm.reps) if row.floor_tok_s else 0,
         "cold_ms": None if arm.cold is None else arm.cold.wall_ms, "warm_ms": arm.warm_ms,
         "sm_mhz_min": arm.sm_mhz_min, "sm_mhz_median": arm.sm_mhz_median, "temp_c_max": arm.temp_c_max,
         "power_w_median": arm.power_w_median, "throttle": None if throttle is None else (",".join(throttle) or "none"),
@@ -143,7 +144,8 @@ def _answer_cells(r: dict) -> dict:
         "ci": "" if baseline else interval(r["ci_low_pct"], r["ci_high_pct"]), "verdict": r["verdict"] or "",
         "flagged": _flagged_cell(r),
         "floor": NA if r["of_floor_pct"] is None else f"{r['of_floor_pct']:.0f}% of {num(r['floor_tok_s'])}"
-        + (f" ({BELOW_FLOOR})" if r["faster_than_floor"] else ""),
+        + (f" ({BELOW_FLOOR})" if r["faster_than_floor"] else f" ({r['reps_faster_than_floor']} reps {BELOW_FLOOR})"
+           if r["reps_faster_than_floor"] else ""),
     }  # fmt: skip
 
 

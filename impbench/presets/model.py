@@ -245,6 +245,13 @@ def _validate(p: ModelPreset) -> None:
             raise InputError(f"{where}: {name} must be a positive integer, got {value!r}")
     if p.experts_per_token > p.num_experts:
         raise InputError(f"{where}: experts_per_token {p.experts_per_token} exceeds num_experts {p.num_experts}")
+    for kv_heads, what in ((p.num_kv_heads, "num_kv_heads"), (p.full_kv_heads, "full_kv_heads")):
+        if kv_heads and (kv_heads > p.num_attention_heads or p.num_attention_heads % kv_heads):
+            raise InputError(f"{where}: {what} {kv_heads} must divide num_attention_heads {p.num_attention_heads} "
+                             "(each key/value head serves a whole group of query heads)")  # fmt: skip
+    if p.hidden_size % 8 or p.head_dim % 2:
+        raise InputError(f"{where}: hidden_size must be a multiple of 8 and head_dim even, got {p.hidden_size} "
+                         f"and {p.head_dim}")  # fmt: skip
     if len(p.layer_types) != p.num_layers:
         raise InputError(f"{where}: layer_types has {len(p.layer_types)} entries for {p.num_layers} layers")
     bad = sorted(set(p.layer_types) - set(LAYER_TYPES))
