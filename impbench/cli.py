@@ -16,6 +16,7 @@ from impbench import __version__
 from impbench.errors import InputError, NoDeviceError
 
 FORMAT_CHOICE = click.Choice(["md", "csv", "json"])
+RESULT_FORMATS = click.Choice(["md", "gh", "csv", "json"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -128,10 +129,61 @@ _OUT = click.option("--out", type=click.Path(), default=None, metavar="PATH",
 _FORCE = click.option("--force", is_flag=True, help="Replace an impbench result of other settings at --out.")
 _FORMAT = click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
                        help="Output format: markdown tables, CSV or JSON records.")
+_RESULT_FORMAT = click.option("--format", "fmt", type=RESULT_FORMATS, default="md", show_default=True,
+                              help="Output format: markdown tables, gh (GitHub markdown for a job summary or a pull-request "
+                                   "comment: a headline table, details folded), CSV or JSON records.")
+
+
+def _gate_options(command):
+    for option in reversed([
+        click.option("--fail-on", type=click.Choice(["slower", "faster", "change"]), default=None,
+                     help="Exit 1 when an arm's verdict is SLOWER (FASTER, either) by more than --threshold with its "
+                          "whole confidence interval past it; exit codes: 0 passed, 1 gate failed, 2 bad input."),
+        click.option("--threshold", type=float, default=0.0, show_default=True, metavar="PCT",
+                     help="With --fail-on: how far past 0 % the interval must lie for an arm to fail."),
+        click.option("--summary", is_flag=True,
+                     help="Also append the GitHub markdown table (--format gh) to the file $GITHUB_STEP_SUMMARY names."),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _gate(fail_on, threshold):
+    if fail_on is None:
+        if threshold:
+            raise InputError("--threshold needs --fail-on slower|faster|change")
+        return None
+    from impbench.gate import Gate
+
+    return Gate(fail_on, threshold)
+
+
+def _finish(gate, judged: list, github_text: str | None) -> None:
+    """After the table: the job summary, then the gate's lines on stderr and its exit code."""
+    import os
+
+    if github_text is not None:
+        target = os.environ.get("GITHUB_STEP_SUMMARY")
+        if not target:
+            _progress("note: --summary: GITHUB_STEP_SUMMARY is not set (not a GitHub Actions job); nothing appended")
+        else:
+            try:
+                with open(target, "a", encoding="utf-8") as handle:
+                    handle.write(github_text + "\n")
+            except OSError as exc:
+                raise InputError(f"--summary: cannot append to {target} ({exc.strerror or exc})") from None
+    if gate is not None:
+        from impbench.gate import EXIT_FAILED
+
+        passed, lines = gate.report(judged)
+        for line in lines:
+            _progress(line)
+        if not passed:
+            sys.exit(EXIT_FAILED)
 
 
 def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list, protocol, out, force: bool,
-             fmt: str, layers: int | None, profile: bool = False) -> None:  # fmt: skip
+             fmt: str, layers: int | None, profile: bool = False, gate=None, summary: bool = False) -> None:  # fmt: skip
     """The one path of run / ab / sweep: checks, --out, the measurement, the table."""
     from impbench import device, measure, metadata
     from impbench.engine.core import check_supported
@@ -159,6 +211,9 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
     measure.measure(result, presets, prompt_lengths, arms, protocol, profile=profile, progress=_progress,
                     on_row=save if target is not None else None)  # fmt: skip
     click.echo(format_result(result, fmt))
+    from impbench.report import judged_in_result
+
+    _finish(gate, judged_in_result(result), format_result(result, "gh") if summary else None)
 
 
 def _check_bench_out(out, command: str, force: bool) -> None:
@@ -240,23 +295,28 @@ def plan(models, model_config, name, layers, prompt_tokens, chunk, gpu, fmt) -> 
 @cli.command()
 @click.argument("old", metavar="OLD.json", type=click.Path(dir_okay=False))
 @click.argument("new", metavar="NEW.json", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
-              help="Output format: markdown table, CSV, or JSON {notes, rows}.")  # fmt: skip
-def compare(old: str, new: str, fmt: str) -> None:
+@click.option("--format", "fmt", type=RESULT_FORMATS, default="md", show_default=True,
+              help="Output format: markdown table, gh (GitHub markdown), CSV, or JSON {notes, rows}.")  # fmt: skip
+@_gate_options
+def compare(old: str, new: str, fmt: str, fail_on, threshold, summary) -> None:
     """Compare two results of `run`, `ab` or `sweep`: each arm's tok/s in NEW against OLD, with verdicts.
 
     Arms are matched by model, pp and arm settings; one present on one side only is listed, not
     dropped. Where both runs measured the same control arm beside an arm, the arm is judged by its
     ratio to that control, so drift of the machine between the runs is not read as a change.
+    With --fail-on, a CI gate: exit 1 when an arm fails it (the failing rows are named on stderr).
     """
-    from impbench.report import compare_results, compare_notes, format_compare
+    from impbench.report import compare_notes, compare_results, format_compare, judged_in_compare
     from impbench.results import load_result
 
+    gate = _gate(fail_on, threshold)
     old_result, new_result = load_result(old), load_result(new)
     click.echo(format_compare(old_result, new_result, fmt))
+    rows = compare_results(old_result, new_result)
     if fmt == "csv":  # markdown and JSON carry the notes themselves; CSV holds only the table
-        for note in compare_notes(old_result, new_result, compare_results(old_result, new_result)):
+        for note in compare_notes(old_result, new_result, rows):
             click.echo(note, err=True)
+    _finish(gate, judged_in_compare(rows), format_compare(old_result, new_result, "gh") if summary else None)
 
 
 # ---- run, ab and sweep: the synthetic engine's prefill ---------------------------------------------------
@@ -278,7 +338,7 @@ def compare(old: str, new: str, fmt: str) -> None:
 @_NO_PREWARM
 @click.option("--profile", is_flag=True,
               help="Also time every op of one eager prefill (CUDA events) against its `impbench plan` floor.")
-@_FORMAT
+@_RESULT_FORMAT
 @_OUT
 @_FORCE
 def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, reps, warmup, tolerance, seed,
@@ -315,11 +375,12 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
 @_TOLERANCE
 @_SEED
 @_NO_PREWARM
-@_FORMAT
+@_RESULT_FORMAT
 @_OUT
 @_FORCE
+@_gate_options
 def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, spec_a, spec_b, tolerance, seed,
-       no_prewarm, fmt, out, force) -> None:  # fmt: skip
+       no_prewarm, fmt, out, force, fail_on, threshold, summary) -> None:  # fmt: skip
     """A/B two ways of running the same prefill (default: A eager, B CUDA graph) on one engine per row.
 
     Each arm's first prefill is timed apart as `cold`; then --warmup unrecorded prefills; then --reps
@@ -336,7 +397,8 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
     arms = [parse_arm(spec_a, base, guard), parse_arm(spec_b, base, guard)]
     protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, {"tolerance": 5.0, "seed": 0})
     presets = _presets(models, model_config, name, layers, default="qwen3-coder")
-    _measure("ab", presets, prompt_lengths, arms, protocol, out, force, fmt, layers)
+    _measure("ab", presets, prompt_lengths, arms, protocol, out, force, fmt, layers, gate=_gate(fail_on, threshold),
+             summary=summary)  # fmt: skip
 
 
 @cli.command()
@@ -351,10 +413,12 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
 @_TOLERANCE
 @_SEED
 @_NO_PREWARM
-@_FORMAT
+@_RESULT_FORMAT
 @_OUT
 @_FORCE
-def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance, seed, no_prewarm, fmt, out, force) -> None:  # fmt: skip
+@_gate_options
+def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance, seed, no_prewarm, fmt, out, force,
+          fail_on, threshold, summary) -> None:  # fmt: skip
     """Measure a grid of models x prompt lengths x arms (one engine per model and pp, arms
     interleaved) and print one table: tok/s per arm and its delta over the first arm, with CI.
 
@@ -378,7 +442,8 @@ def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance,
                 "tolerance": grid.tolerance or 5.0, "seed": grid.seed or 0}  # fmt: skip
     protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, defaults)
     presets = _presets(names, None, None, layers)
-    _measure("sweep", presets, prompt_lengths, arms, protocol, out, force, fmt, layers)
+    _measure("sweep", presets, prompt_lengths, arms, protocol, out, force, fmt, layers, gate=_gate(fail_on, threshold),
+             summary=summary)  # fmt: skip
 
 
 # ---- kernel benchmarks --------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from impbench.errors import InputError
 from impbench.results import ArmResult, Result, Row
 from impbench.stats import CONFIDENCE, SAME, Comparison, compare_arms
 
-FORMATS = ("md", "csv", "json")
+FORMATS = ("md", "csv", "json", "gh")  # gh: GitHub-flavoured markdown for a job summary or a PR comment
+MARKS = {"FASTER": "🟢 FASTER", "SLOWER": "🔴 SLOWER", "SAME": "⚪ SAME"}
 # A time under the floor built on the GPU's peak rates cannot happen: the timing is wrong, not fast.
 BELOW_FLOOR = "faster than the plan floor: a measurement error"
 NA = "n/a"
@@ -193,11 +194,46 @@ def result_markdown(result: Result) -> str:
     return "\n".join(lines)
 
 
+def _marked(verdict: str | None) -> str:
+    return MARKS.get(verdict or "", verdict or "")
+
+
+def result_github(result: Result) -> str:
+    """One headline table (a row per model and pp, each arm's tok/s, each arm's Δ over A with its
+    interval and verdict), then the details folded: why-table, clocks, machine, commit."""
+    records = result_records(result)
+    specs = result.arm_specs
+    headline = []
+    for row in result.rows:
+        by_arm = {r["arm"]: r for r in records if (r["model"], r["pp"]) == (row.model, row.pp)}
+        cells = {"Model": row.model, "pp": str(row.pp)}
+        for arm in row.arms:
+            cells[f"{arm.name} {arm.label} tok/s"] = num(by_arm[arm.name]["tok_s"])
+        for arm in row.arms[1:]:
+            r = by_arm[arm.name]
+            cells[f"Δ {arm.name} vs A"] = f"{pct(r['delta_pct'])} {interval(r['ci_low_pct'], r['ci_high_pct'])}"
+            cells[f"{arm.name} verdict"] = _marked(r["verdict"])
+        headline.append(cells)
+    table = pd.DataFrame(headline).to_markdown(index=False, disable_numparse=True) if headline else "(no rows)"
+    legend = ", ".join(f"{chr(ord('A') + i)} = {spec.label()}" for i, spec in enumerate(specs))
+    return "\n".join([
+        f"### impbench {result.command}: {result.metadata.get('gpu_name', NA)} @ {str(result.metadata.get('git_commit', NA))[:12]}",
+        "", table, "",
+        f"{legend}; {result.settings.get('reps', NA)} reps per arm interleaved; Δ over A (medians) with its "
+        f"{CONFIDENCE:.0%} bootstrap interval; SAME = interval contains 0 or |Δ| under the noise.",
+        "", "<details><summary>Details: cold and warm time, clocks, throttling, capture, GEMM paths, machine</summary>",
+        "", markdown_table([_why_cells(r) for r in records], WHY_COLUMNS, left=("model", "arm", "throttle", "capture", "gemm")),
+        "", f"Machine: {metadata_line(result.metadata)}", "", "</details>", "",
+    ])  # fmt: skip
+
+
 def format_result(result: Result, fmt: str = "md") -> str:
-    """A result of run / ab / sweep as markdown, CSV or JSON records (one per row and arm)."""
+    """A result of run / ab / sweep as markdown, GitHub markdown, CSV or JSON records (one per row and arm)."""
     check_format(fmt)
     if fmt == "md":
         return result_markdown(result)
+    if fmt == "gh":
+        return result_github(result)
     records = result_records(result)
     return _csv(records) if fmt == "csv" else _json(records)
 
@@ -323,7 +359,17 @@ def format_compare(old: Result, new: Result, fmt: str = "md") -> str:
         return _json({"notes": notes, "rows": records})
     table = [{"model": r["model"], "pp": str(r["pp"]), "arm": r["spec"], "old": num(r["old_tok_s"]),
               "new": num(r["new_tok_s"]), "delta": pct(r["delta_pct"]), "ci": interval(r["ci_low_pct"], r["ci_high_pct"]),
-              "verdict": r["verdict"] or NA, "how": r["how"]} for r in records]  # fmt: skip
+              "verdict": (_marked(r["verdict"]) if fmt == "gh" else r["verdict"]) or NA, "how": r["how"]}
+             for r in records]  # fmt: skip
+    if fmt == "gh":
+        return "\n".join([
+            f"### impbench compare: {new.metadata.get('gpu_name', NA)}, {str(old.metadata.get('git_commit', NA))[:12]} "
+            f"→ {str(new.metadata.get('git_commit', NA))[:12]}", "",
+            markdown_table(table, COMPARE_COLUMNS, left=("model", "arm", "verdict", "how")), "",
+            "<details><summary>How the verdicts were reached, and the machines</summary>", "",
+            *[f"- {note.removeprefix('note: ')}" for note in notes],
+            f"- OLD: {metadata_line(old.metadata)}", f"- NEW: {metadata_line(new.metadata)}", "", "</details>", "",
+        ])  # fmt: skip
     lines = [
         f"OLD: {metadata_line(old.metadata)}",
         f"NEW: {metadata_line(new.metadata)}",
@@ -334,3 +380,19 @@ def format_compare(old: Result, new: Result, fmt: str = "md") -> str:
     if notes:
         lines += [""] + notes
     return "\n".join(lines)
+
+
+# -- what a gate judges ------------------------------------------------------------------------------
+def judged_in_result(result: Result) -> list:
+    """Every arm after a row's first, against it (the arms of one run)."""
+    from impbench.gate import Judged
+
+    return [Judged(row.model, row.pp, f"{arm.name} {arm.label}", row.comparison(arm)) for row in result.rows
+            for arm in row.arms[1:]]  # fmt: skip
+
+
+def judged_in_compare(rows: list[CompareRow]) -> list:
+    """Every arm measured in both runs, except a control (its change is drift, not code)."""
+    from impbench.gate import Judged
+
+    return [Judged(row.model, row.pp, row.spec, row.comparison()) for row in rows if row.how in (THROUGH_CONTROL, UNPAIRED)]
