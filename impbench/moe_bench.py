@@ -230,7 +230,7 @@ class _Layer:
         e, h, i, rows = shapes.experts, shapes.hidden, shapes.inter, pp * shapes.top_k
         self.w13 = generate_experts_gpu(e, 2 * i, h, seed=seed)
         self.w2 = generate_experts_gpu(e, h, i, seed=seed + 1)
-        self.w13_tiled = self.w2_tiled = None  # the same weights tile-major, as tiled variants read them (wgx, wgb)
+        self.w13_tiled = self.w2_tiled = None  # the same weights tile-major, as tiled variants read them (wgb)
         if moe.tiled_fits(h, i):
             self.w13_tiled, self.w2_tiled = moe.tiled_weight(self.w13, True), moe.tiled_weight(self.w2, False)
         self.w13_fp16 = dequantize_fp16_gpu(*self.w13)

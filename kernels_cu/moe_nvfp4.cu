@@ -1,6 +1,6 @@
 // impbench-nvrtc-arch: sm_90a
-// (read by impbench/kernels/_cache.py: on a compute-capability-9.0 device this family is compiled for
-//  sm_90a so the _wgq / _wgt kernels (wgmma) exist; elsewhere they compile to a trap and moe.py never picks them.)
+// (read by impbench/kernels/modules.py: on a compute-capability-9.0 device this family is compiled for
+//  sm_90a so the wgmma kernels (_wgq, _wgp, _wgb) exist; elsewhere they compile to a trap and moe.py never picks them.)
 //
 // Grouped NVFP4 MoE expert GEMMs for Hopper, which has no FP4 tensor cores: the weights are
 // dequantized in registers and multiplied with mma.sync m16n8k16 (FP16 in, FP32 accumulate).
@@ -46,12 +46,11 @@
 // row_token (gate_up) into XOR-swizzled rows so 8 token rows x 4 quads read conflict-free. 102 KiB
 // shared per block. Requires K % 64 == 0 and N % 16 == 0 (impbench/kernels/moe.py checks).
 //
-// Variants (impbench/kernels/moe.py VARIANTS): w8 / cvt (this mma.sync kernel, two decodes), wgq (the same
-// tiles with wgmma.mma_async, A = decoded weights from registers, 64-byte weight-row copies; see the wg
-// section below), wgt (wgq with the weights copied by TMA), wgp (wgq with the activations K-permuted in
-// global memory, see kperm_slot), wgx (wgp on tile-major weights) and wgb (wgx with one TMA bulk copy per
-// weight stage: the engine's expert GEMMs). Earlier variants (wg, wgw, wgqx, wgq2, wgt2) are in git history
-// and results/NOTES.md.
+// Variants (impbench/kernels/moe.py VARIANTS): cvt (this mma.sync kernel), wgq (the same tiles with
+// wgmma.mma_async, A = decoded weights from registers, 64-byte weight-row copies; see the wg section
+// below), wgp (wgq with the activations K-permuted in global memory, see kperm_slot) and wgb (wgp on
+// tile-major weights, one TMA bulk copy per weight stage: the engine's expert GEMMs). Earlier variants are
+// in git history and results/NOTES.md.
 #include "common.cuh"
 #include "hopper_async.cuh"
 
@@ -98,13 +97,6 @@ __device__ __forceinline__ unsigned e4m3_pair(unsigned bb) {
     unsigned d;
     asm("{ .reg .b16 t; cvt.u16.u32 t, %1; cvt.rn.f16x2.e4m3x2 %0, t; }" : "=r"(d) : "r"(bb));
     return d;
-}
-
-// Nibbles 3-J and 7-J of q as half2(lo = nibble 3-J, hi = nibble 7-J) of E2M1 value * 2^-14.
-template <int J>
-__device__ __forceinline__ unsigned e2m1x2(unsigned q) {
-    const unsigned v = q << (4 * J);
-    return (v & 0x80008000u) | ((v >> 3) & 0x0E000E00u);
 }
 
 // CVT decode: byte [s 0 0 e e m 0 0] is the e4m3 encoding of (E2M1 value [s e e m]) / 64, so the four
@@ -190,11 +182,8 @@ __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int n
     return tile;
 }
 
-using Map = impasync::TmaMap;  // the wgt variant's tensor maps, by value as __grid_constant__ parameters
-
 // What the K loop of a tile needs from the block prologue (moe_body).
 struct Ctx {
-    const Map *codes_map, *scales_map;  // wgt only: the weight's codes [E * N, K/2] and scales [E * N, K/16]
     const half_t *x;
     const float *w_scale2;
     half_t *out;
@@ -211,7 +200,7 @@ struct Ctx {
 // The K loop and epilogue of one tile. NTA (n8 token tiles with rows, 1..8) is a compile-time
 // constant: the loop body is then one basic block the compiler can software-pipeline (X loads, HMMA
 // chains and the next word's decode interleaved), which a per-n8-tile branch inside it prevents.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, int NTA>
+template <bool GATE_UP, int WARPS, int MT, int NTA>
 __device__ __noinline__ void moe_tile(const Ctx &cx) {
     constexpr int NT = 32 * WARPS;
     constexpr int XC = BT * (BK / 8) / NT;
@@ -315,39 +304,21 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
                     // words 0-1 are the thread's first 16-value block, 2-3 its second; x 2^7 keeps
                     // typical products in the FP16 normal range (undone in the epilogue).
                     const unsigned s = hmul2(e4m3_pair(__byte_perm(sraw[mt][r], 0, i < 2 ? 0x0000 : 0x1111)),
-                                             CVT ? 0x54005400u : 0x58005800u);  // x 2^6 (CVT) or x 2^7
-                    if (CVT) {  // a = E2M1 value * scale, exactly
-                        const unsigned hi = e2m1_hi_as_e4m3(word), lo = e2m1_lo_as_e4m3(word);
-                        a[0][mt][r] = hmul2(e4m3x2_half<false>(hi), s);      // nibbles (1, 3)
-                        a[0][mt][r + 2] = hmul2(e4m3x2_half<false>(lo), s);  // (0, 2)
-                        a[1][mt][r] = hmul2(e4m3x2_half<true>(hi), s);       // (5, 7)
-                        a[1][mt][r + 2] = hmul2(e4m3x2_half<true>(lo), s);   // (4, 6)
-                    } else {  // a = E2M1 value * scale * 2^-7, exactly
-                        a[0][mt][r] = hmul2(e2m1x2<0>(word), s);
-                        a[0][mt][r + 2] = hmul2(e2m1x2<1>(word), s);
-                        a[1][mt][r] = hmul2(e2m1x2<2>(word), s);
-                        a[1][mt][r + 2] = hmul2(e2m1x2<3>(word), s);
-                    }
+                                             0x54005400u);  // x 2^6
+                    // a = E2M1 value * scale, exactly
+                    const unsigned hi = e2m1_hi_as_e4m3(word), lo = e2m1_lo_as_e4m3(word);
+                    a[0][mt][r] = hmul2(e4m3x2_half<false>(hi), s);      // nibbles (1, 3)
+                    a[0][mt][r + 2] = hmul2(e4m3x2_half<false>(lo), s);  // (0, 2)
+                    a[1][mt][r] = hmul2(e4m3x2_half<true>(hi), s);       // (5, 7)
+                    a[1][mt][r + 2] = hmul2(e4m3x2_half<true>(lo), s);   // (4, 6)
                 }
             }
 #pragma unroll
             for (int nt = 0; nt < NTA; ++nt) {
                     const int row = nt * 8 + g;
                     const uint4 xv = *reinterpret_cast<const uint4 *>(sx + row * 256 + (xswz(4 * t + i, row) << 4));
-                    unsigned b[2][2];  // p=0: elements (3, 7), (2, 6); p=1: (1, 5), (0, 4) (CVT: see a)
-                    if (XPERM) {
-                        b[0][0] = xv.x, b[0][1] = xv.y, b[1][0] = xv.z, b[1][1] = xv.w;
-                    } else if (CVT) {
-                        b[0][0] = __byte_perm(xv.x, xv.y, 0x7632);
-                        b[0][1] = __byte_perm(xv.x, xv.y, 0x5410);
-                        b[1][0] = __byte_perm(xv.z, xv.w, 0x7632);
-                        b[1][1] = __byte_perm(xv.z, xv.w, 0x5410);
-                    } else {
-                        b[0][0] = __byte_perm(xv.y, xv.w, 0x7632);
-                        b[0][1] = __byte_perm(xv.y, xv.w, 0x5410);
-                        b[1][0] = __byte_perm(xv.x, xv.z, 0x7632);
-                        b[1][1] = __byte_perm(xv.x, xv.z, 0x5410);
-                    }
+                    unsigned b[2][2];  // p=0: elements (1, 3), (0, 2); p=1: (5, 7), (4, 6), as a
+                    b[0][0] = xv.x, b[0][1] = xv.y, b[1][0] = xv.z, b[1][1] = xv.w;
 #pragma unroll
                     for (int p = 0; p < 2; ++p)
 #pragma unroll
@@ -366,9 +337,8 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
 #pragma unroll 1
     for (int c = 0; c < chunks; ++c) {
         cp_async_wait<STAGES - 2>();
-        if (XPERM) {  // reorder the activation units this thread copied into mma B-fragment order --
-                      // (e3,e7,e2,e6,e1,e5,e0,e4), CVT: (e1,e3,e0,e2,e5,e7,e4,e6) -- so each fragment
-                      // is an aligned register pair of one 16-byte load
+        {  // reorder the activation units this thread copied into mma B-fragment order --
+           // (e1,e3,e0,e2,e5,e7,e4,e6) -- so each fragment is an aligned register pair of one 16-byte load
             const unsigned char *sx = smem + (c % STAGES) * STAGE_BYTES + CODE_STAGE + SCALE_STAGE;
             const int row0 = tid >> 4, u = xswz(tid & 15, tid >> 4);
 #pragma unroll
@@ -376,10 +346,8 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
                 if ((NT / 16) * j < NTA * 8) {
                     uint4 *unit = reinterpret_cast<uint4 *>(const_cast<unsigned char *>(sx) + (row0 + (NT / 16) * j) * 256 + (u << 4));
                     const uint4 v = *unit;
-                    *unit = CVT ? make_uint4(__byte_perm(v.x, v.y, 0x7632), __byte_perm(v.x, v.y, 0x5410),
-                                             __byte_perm(v.z, v.w, 0x7632), __byte_perm(v.z, v.w, 0x5410))
-                                : make_uint4(__byte_perm(v.y, v.w, 0x7632), __byte_perm(v.y, v.w, 0x5410),
-                                             __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.x, v.z, 0x5410));
+                    *unit = make_uint4(__byte_perm(v.x, v.y, 0x7632), __byte_perm(v.x, v.y, 0x5410),
+                                       __byte_perm(v.z, v.w, 0x7632), __byte_perm(v.z, v.w, 0x5410));
                 }
             }
         }
@@ -396,7 +364,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
     // whole 16-byte row segments.
     constexpr int STRIDE = COLS + 8;  // halfs; 16-byte aligned rows, conflict-free 2-byte stores
     half_t *so = reinterpret_cast<half_t *>(smem);
-    const float f = cx.w_scale2[tile.expert] * (CVT ? 1.0f : 128.0f);
+    const float f = cx.w_scale2[tile.expert];
 #pragma unroll
     for (int nt = 0; nt < NTA; ++nt) {
 #pragma unroll
@@ -451,7 +419,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
 // Thread (row n, word i) copies physical units i, 4 + i, 8 + i, 12 + i into logical slots 4i .. 4i+3
 // and, once they landed, permutes those four slots in place (its own copies: no barrier between) into
 // the logical order, then fences (generic -> async proxy) before the barrier that publishes the stage.
-// Shared layouts: WQ_STAGE (wgq, cp.async) and T_CODE_SLOTS (wgt, TMA) below.
+// Shared layout: WQ_STAGE below.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define IMPMOE_HAS_WGMMA 1
 namespace wg {
@@ -466,20 +434,7 @@ constexpr int WQ_RING = STAGES * WQ_STAGE;                 // offset of the scal
 constexpr int WQ_SMEM = WQ_RING + 2 * ROWS * 16 + 1024;    // impbench/kernels/moe.py WG_SMEM_BYTES
 static_assert(2 * (WQ_SMEM + 2048) <= 228 * 1024, "two blocks per SM (static shared and the per-block reserve included)");
 
-// wgt (TMA): codes and scales copied by the tensor memory accelerator, one 2D box of 128 rows x 64 code
-// bytes (64-byte swizzle) per gate / up half and stage, scales 128 rows x 16 bytes every second stage,
-// completing on a per-stage mbarrier. They leave the cp.async queue, whose FIFO completion tied the
-// weights' prefetch distance to the token tile's: codes now run 3 stages ahead in a 4-slot ring while
-// the token tile (cp.async, L2-resident) is fetched one stage ahead in 2 slots. Needs K % 256 == 0
-// (a 16-byte multiple scale row stride for the tensor map); impbench/kernels/moe.py falls back to wgq.
-constexpr int T_CODE_SLOTS = 4, T_X_SLOTS = 2, T_SCALE_SLOTS = 3;
-constexpr int T_X = 0, T_CODES = T_X_SLOTS * X_BYTES;                // token-tile slots first, 1024-aligned
-constexpr int T_SCALES = T_CODES + T_CODE_SLOTS * CODE_STAGE;       // scale slots: 16 bytes per row, two stages
-constexpr int T_BARS = T_SCALES + T_SCALE_SLOTS * ROWS * 16;        // one mbarrier per code slot
-constexpr int TMA_SMEM = T_BARS + 8 * T_CODE_SLOTS + 1024;          // impbench/kernels/moe.py WG_TMA_SMEM_BYTES
-static_assert(2 * (TMA_SMEM + 2048) <= 228 * 1024, "two blocks per SM");
-
-using namespace impasync;  // mbarriers, TMA loads, wgmma fences and groups, smem_desc
+using namespace impasync;  // mbarriers, TMA bulk copies, wgmma fences and groups, smem_desc
 
 // wgmma.mma_async m64nNk16, FP32 accumulators d (N/2 per thread) += A (registers) * B (descriptor).
 template <int N>
@@ -574,7 +529,7 @@ __device__ __forceinline__ int kperm_slot(int p) {
 }
 
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, bool TMA, bool XPRE, bool TILED, bool BULK>
+template <bool GATE_UP, int NTA, bool XPRE, bool TILED>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
@@ -606,8 +561,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         else
             qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
     }
-    // the slot of piece qp; tile-major codes are stored with the slots already swizzled (tile_experts)
-    const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (TILED ? 0 : qr & 2)) << 4);
+    const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (qr & 2)) << 4);  // the slot of piece qp
     const int col = n0 + (GATE_UP ? (tid & 127) : tid);
     const bool w_ok = col < n_out;
     const unsigned char *scale_src =  // TILED: 256 rows x 16 bytes (two stages) contiguous, the tile's pairs in order
@@ -668,7 +622,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // wgq: weight copies of `chunk` (codes, and the scales of an even chunk and the next) into pipeline stage
     // `stage`; issue(): and its token tile.
     auto issue_w = [&](int chunk, int stage) {
-        if constexpr (BULK) {  // one TMA copy per stage (and scale pair), completing on the stage's full mbarrier
+        if constexpr (TILED) {  // one TMA copy per stage (and scale pair), completing on the stage's full mbarrier
             if (tid == 0) {
                 const bool scales = (chunk & 1) == 0;
                 const unsigned bar = cx.bars + 8 * stage;
@@ -685,12 +639,12 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const bool ok = kq && (qok >> j & 1);
-            cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (TILED ? ROWS * BK / 2 : BK / 2) : 0), ok ? 16 : 0);
+            cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);
         }
         if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
             const unsigned rd = s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16) + tid * 16;
             const int from = chunk * (BK / 16);
-            const unsigned char *ss = scale_src + (w_ok ? (TILED ? (chunk >> 1) * (ROWS * 16) : from) : 0);
+            const unsigned char *ss = scale_src + (w_ok ? from : 0);
             if (scale16) {
                 cp_async16_l2(rd, ss, w_ok ? 16 : 0);
             } else {
@@ -752,8 +706,8 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    // slot of piece t: wgq stores it at t ^ (row & 2), TMA's 64-byte swizzle at t ^ ((row >> 1) & 3)
-                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ (TMA ? ((g >> 1) & 3) : (g & 2))) << 4) + i0 * 4;
+                    // slot of piece t: t ^ (row & 2)
+                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ (g & 2)) << 4) + i0 * 4;
                     if constexpr (WORDS == 4) {
                         const uint4 v = *reinterpret_cast<const uint4 *>(src);
                         q[mt][r][0] = v.x, q[mt][r][1] = v.y, q[mt][r][2] = v.z, q[mt][r][3] = v.w;
@@ -806,50 +760,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     };
 
     const int chunks = (k + BK - 1) / BK;
-    if constexpr (TMA) {
-        // Thread 0 arms slot chunk % 4's mbarrier with the bytes it expects and issues the boxes of the
-        // block's two 128-row halves: codes of `chunk`, and when `chunk` is even the scales of it and the next.
-        const unsigned bars = s_base + T_BARS;
-        const int row_a = tile.expert * (GATE_UP ? 2 * n_out : n_out) + n0, row_b = row_a + (GATE_UP ? n_out : 128);
-        auto load_weights = [&](int chunk) {
-            const int slot = chunk % T_CODE_SLOTS;
-            const unsigned bar = bars + 8 * slot, dst = s_base + T_CODES + slot * CODE_STAGE;
-            const bool scales = (chunk & 1) == 0;
-            mbar_expect_tx(bar, CODE_STAGE + (scales ? ROWS * 16 : 0));
-            tma_load_2d(dst, cx.codes_map, chunk * (BK / 2), row_a, bar);
-            tma_load_2d(dst + 128 * 64, cx.codes_map, chunk * (BK / 2), row_b, bar);
-            if (scales) {
-                const unsigned sd = s_base + T_SCALES + ((chunk >> 1) % T_SCALE_SLOTS) * (ROWS * 16);
-                tma_load_2d(sd, cx.scales_map, chunk * (BK / 16), row_a, bar);
-                tma_load_2d(sd + 128 * 16, cx.scales_map, chunk * (BK / 16), row_b, bar);
-            }
-        };
-        if (tid == 0) {
-#pragma unroll
-            for (int i = 0; i < T_CODE_SLOTS; ++i) mbar_init(bars + 8 * i, 1);
-            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        }
-        __syncthreads();
-        if (tid == 0)
-            for (int c = 0; c < T_CODE_SLOTS - 1 && c < chunks; ++c) load_weights(c);
-        issue_x(0, s_base + T_X);
-        cp_async_commit();
-#pragma unroll 1
-        for (int c = 0; c < chunks; ++c) {
-            const int slot = c % T_CODE_SLOTS;
-            const unsigned x_addr = s_base + (c % T_X_SLOTS) * X_BYTES;
-            mbar_wait(bars + 8 * slot, (c / T_CODE_SLOTS) & 1);
-            cp_async_wait<0>();
-            permute(smem + (c % T_X_SLOTS) * X_BYTES);
-            fence_proxy_async();
-            __syncthreads();  // token tile c published; every thread is past compute(c - 1): its slots are free
-            if (tid == 0 && c + T_CODE_SLOTS - 1 < chunks) load_weights(c + T_CODE_SLOTS - 1);
-            if (c + 1 < chunks) issue_x(c + 1, s_base + ((c + 1) % T_X_SLOTS) * X_BYTES);
-            cp_async_commit();
-            compute(smem + T_CODES + slot * CODE_STAGE,
-                    smem + T_SCALES + ((c >> 1) % T_SCALE_SLOTS) * (ROWS * 16) + (c & 1) * 8, x_addr);
-        }
-    } else if constexpr (XPRE) {
+    if constexpr (XPRE) {
         // No block barrier in the K loop: stage slot s has a `full` mbarrier (every thread arrives once its
         // own copies into the slot have landed: cp.async.mbarrier.arrive.noinc) and an `empty` one (every
         // thread arrives once its wgmma reading the slot are done). A thread waits for full[c] before
@@ -942,14 +853,12 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 // n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
 // WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
 // tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false,
-          bool TILED = false, bool BULK = false>
+template <bool GATE_UP, int WARPS, int MT, bool WG, bool XPRE, bool TILED>
 __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
                                          const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
-                                         const Map *codes_map = nullptr, const Map *scales_map = nullptr) {
+                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles) {
     static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
     constexpr int NT = 32 * WARPS;                    // threads
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;   // output columns per block
@@ -1004,7 +913,6 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     for (int j = 0; j < SC; ++j) valid |= col_of(scale_br + (NT / 2) * j) < n_out ? 1u << (8 + j) : 0u;
 
     Ctx cx;
-    cx.codes_map = codes_map, cx.scales_map = scales_map;
     cx.x = x, cx.w_scale2 = w_scale2, cx.out = out, cx.wq = wq, cx.wsc = wsc, cx.s_src = s_src, cx.s_rw = s_rw;
     cx.row_token = GATE_UP ? row_token : nullptr, cx.bars = smem_u32(s_bars);
     cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
@@ -1012,14 +920,14 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     if constexpr (WG) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, TMA, XPRE, TILED, BULK>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, TMA, XPRE, TILED, BULK>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, TMA, XPRE, TILED, BULK>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, TMA, XPRE, TILED, BULK>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, TMA, XPRE, TILED, BULK>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, TMA, XPRE, TILED, BULK>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, TMA, XPRE, TILED, BULK>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, TMA, XPRE, TILED, BULK>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, 1, XPRE, TILED>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, 2, XPRE, TILED>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, 3, XPRE, TILED>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, 4, XPRE, TILED>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, 5, XPRE, TILED>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, 6, XPRE, TILED>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, 7, XPRE, TILED>(cx); break;
+            default: wg::tile_wg<GATE_UP, 8, XPRE, TILED>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -1027,14 +935,14 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
         return;
     }
     switch (nt_act) {
-        case 1: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 1>(cx); break;
-        case 2: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 2>(cx); break;
-        case 3: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 3>(cx); break;
-        case 4: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 4>(cx); break;
-        case 5: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 5>(cx); break;
-        case 6: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 6>(cx); break;
-        case 7: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 7>(cx); break;
-        default: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 8>(cx); break;
+        case 1: moe_tile<GATE_UP, WARPS, MT, 1>(cx); break;
+        case 2: moe_tile<GATE_UP, WARPS, MT, 2>(cx); break;
+        case 3: moe_tile<GATE_UP, WARPS, MT, 3>(cx); break;
+        case 4: moe_tile<GATE_UP, WARPS, MT, 4>(cx); break;
+        case 5: moe_tile<GATE_UP, WARPS, MT, 5>(cx); break;
+        case 6: moe_tile<GATE_UP, WARPS, MT, 6>(cx); break;
+        case 7: moe_tile<GATE_UP, WARPS, MT, 7>(cx); break;
+        default: moe_tile<GATE_UP, WARPS, MT, 8>(cx); break;
     }
 }
 
@@ -1046,53 +954,28 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, XPRE, TILED, BULK)                                                                        \
+#define MOE_ENTRY(SUFFIX, WARPS, MT, WG, XPRE, TILED)                                                        \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
-                                  int inter, int n_tiles) { pdl_entry();                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, false, XPRE, TILED, BULK>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
-                                          num_experts, hidden, inter, n_tiles);                                \
+                                  int inter, int n_tiles) { pdl_entry();                                     \
+        impmoe::moe_body<true, WARPS, MT, WG, XPRE, TILED>(x, row_token, offsets, w13, w13_scale, w13_scale2, \
+                                                          nullptr, out, num_experts, hidden, inter, n_tiles);   \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
-                               half_t *out, int num_experts, int inter, int hidden, int n_tiles) { pdl_entry();            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, false, XPRE, TILED, BULK>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
-                                           num_experts, inter, hidden, n_tiles);                               \
+                               half_t *out, int num_experts, int inter, int hidden, int n_tiles) { pdl_entry(); \
+        impmoe::moe_body<false, WARPS, MT, WG, XPRE, TILED>(h, nullptr, offsets, w2, w2_scale, w2_scale2,      \
+                                                           row_weight, out, num_experts, inter, hidden, n_tiles); \
     }
 
-MOE_ENTRY(, 8, 2, true, false, false, false, false, false)
-MOE_ENTRY(_cvt, 8, 2, true, true, false, false, false, false)
+MOE_ENTRY(_cvt, 8, 2, false, false, false)
 // wgq (sm_90a, wgmma): dynamic shared memory impmoe::wg::WQ_SMEM
-MOE_ENTRY(_wgq, 8, 2, true, true, true, false, false, false)
+MOE_ENTRY(_wgq, 8, 2, true, false, false)
 // wgp: wgq with x / h K-permuted in memory (kperm; K % 128 == 0), gate_up writing h K-permuted
-MOE_ENTRY(_wgp, 8, 2, true, true, true, true, false, false)
-// wgx: wgp with the weights stored tile-major (impbench/kernels/moe.py tile_experts; H, I % 256 == 0), so a
-// block's stage of codes is 16 KiB and its scale pair 4 KiB of contiguous memory, already in the shared layout
-MOE_ENTRY(_wgx, 8, 2, true, true, true, true, true, false)
-// wgb: wgx with each stage's codes (and scale pair) copied by one TMA bulk copy of thread 0
-MOE_ENTRY(_wgb, 8, 2, true, true, true, true, true, true)
-
-// wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
-// then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and
-// scales [E * N, K/16] (box 16 bytes x 128 rows), N = 2I (gate_up) or H (down); impbench/kernels/moe.py.
-#define MOE_TMA_ENTRY(SUFFIX)                                                                              \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_gate_up##SUFFIX(                                  \
-        const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,                         \
-        const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts, int hidden, int inter, \
-        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) { pdl_entry();   \
-        impmoe::moe_body<true, 8, 2, true, true, true, true>(x, row_token, offsets, w13, w13_scale, w13_scale2,    \
-                                                                 nullptr, out, num_experts, hidden, inter, n_tiles,  \
-                                                                 &codes_map, &scales_map);                           \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_down##SUFFIX(                                     \
-        const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,                  \
-        const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter, int hidden,         \
-        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) { pdl_entry();   \
-        impmoe::moe_body<false, 8, 2, true, true, true, true>(h, nullptr, offsets, w2, w2_scale, w2_scale2,        \
-                                                                  row_weight, out, num_experts, inter, hidden,       \
-                                                                  n_tiles, &codes_map, &scales_map);                 \
-    }
-MOE_TMA_ENTRY(_wgt)
+MOE_ENTRY(_wgp, 8, 2, true, true, false)
+// wgb: wgp with the weights stored tile-major (impbench/kernels/moe.py tile_experts; H, I % 256 == 0), each
+// stage's codes (and scale pair) copied by one TMA bulk copy of thread 0
+MOE_ENTRY(_wgb, 8, 2, true, true, true)

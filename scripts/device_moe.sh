@@ -81,7 +81,7 @@ PY
 )
   cat /tmp/pick.txt | tee -a "$LOG"
 fi
-VARIANT=${VARIANT:-w8}
+VARIANT=${VARIANT:-wgb}
 
 if has bench; then
   timeout 200 python3 -m impbench moe --model qwen3-coder --pp 512 --routing uniform --routing skewed --reps 100 \

@@ -116,7 +116,7 @@ class Problem:
             self.x_kp, self.h_kp = moe.to_kperm(self.x), moe.to_kperm(self.h)
         x, h = (self.x_kp, self.h_kp) if self.kperm else (self.x, self.h)
         w13, w2 = self.w13, self.w2
-        if moe.uses_tiled(variant, self.x.shape[1], self.h.shape[1]):  # wgx: tile-major weights, made once
+        if moe.uses_tiled(variant, self.x.shape[1], self.h.shape[1]):  # wgb: tile-major weights, made once
             if not hasattr(self, "w13_tiled"):
                 self.w13_tiled, self.w2_tiled = moe.tiled_weight(w13, True), moe.tiled_weight(w2, False)
             w13, w2 = self.w13_tiled, self.w2_tiled
@@ -140,7 +140,7 @@ class Problem:
         return err_up, err_down
 
 
-VARIANTS = ["w8", "cvt", "wgq", "wgt", "wgp", "wgx", "wgb"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
+VARIANTS = ["cvt", "wgq", "wgp", "wgb"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
 
 
 @pytest.mark.gpu
@@ -152,10 +152,10 @@ VARIANTS = ["w8", "cvt", "wgq", "wgt", "wgp", "wgx", "wgb"]  # impbench.kernels.
         (6, 320, 192, 40, 4),  # partial N tiles and a partial last K stage in both GEMMs
         (4, 128, 64, 37, 3),  # R = 111: a partial n8 token tile
         (3, 64, 64, 200, 1),  # a single 64-wide K stage; one expert gets up to 4 token tiles
-        (5, 768, 320, 40, 4),  # K % 256 == 0 for gate_up (wgt runs it, down falls back): partial N tile
-        (3, 320, 512, 37, 3),  # ... and for down (wgt): partial 256-column tile, gate_up falls back
+        (5, 768, 320, 40, 4),  # K % 256 == 0 for gate_up: partial N tile
+        (3, 320, 512, 37, 3),  # ... and for down: partial 256-column tile
         (5, 384, 256, 45, 4),  # H and I multiples of 128: wgp runs (kperm x and h), 3 K stages / 2
-        (3, 512, 256, 70, 4),  # H and I multiples of 256: wgx runs (tile-major weights), 2 gate_up / 2 down tiles
+        (3, 512, 256, 70, 4),  # H and I multiples of 256: wgb runs (tile-major weights), 2 gate_up / 2 down tiles
     ],
 )
 def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k, variant):
@@ -216,9 +216,9 @@ def test_one_expert_down_is_a_dense_nvfp4_gemm(tokens, n, k, variant):
     w_deq = nvfp4.dequantize(codes.get(), scales.get(), scale2.get()).astype(np.float64)
     a_host = rng.standard_normal((tokens, k)).astype(np.float16)
     a = cupy.asarray(a_host)
-    if moe.uses_kperm(variant, n, k):  # wgp / wgx: the input K-permuted
+    if moe.uses_kperm(variant, n, k):  # wgp / wgb: the input K-permuted
         a = moe.to_kperm(a)
-    if moe.uses_tiled(variant, n, k):  # wgx: the weight tile-major
+    if moe.uses_tiled(variant, n, k):  # wgb: the weight tile-major
         codes, scales = moe.tile_experts(codes, scales, gate_up=False)
     offsets = cupy.asarray(np.array([0, tokens], np.int32))
     out = cupy.full((tokens, n), cupy.nan, cupy.float16)
@@ -238,7 +238,7 @@ def test_graph_captured_in_global_mode_follows_new_offsets(variant):
     moe.prewarm()
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
-        # K = 512 / 256: every variant runs itself (wgt needs K % 256 == 0)
+        # H = 512, I = 256: every variant runs itself (wgb needs both multiples of 256)
         problem = Problem(6, 512, 256, 48, 4, seed=5).route("random")
         problem.launch(variant=variant)  # eager once; the capture below must not allocate or compile
         stream.synchronize()
@@ -361,7 +361,7 @@ def test_token_tiles_bound_covers_any_distribution():
 
 
 @pytest.mark.parametrize("gate_up", [True, False])
-def test_tile_experts_puts_each_weight_where_wgx_reads_it(gate_up):
+def test_tile_experts_puts_each_weight_where_wgb_reads_it(gate_up):
     from impbench.kernels.moe import tile_experts, untile_experts
 
     rng = np.random.default_rng(3)
@@ -430,11 +430,10 @@ def test_kperm_applies_to_wgp_layers_whose_two_k_are_multiples_of_128(monkeypatc
     assert not moe.uses_kperm("wgp", 2816, 704)  # gemma-4: I % 128 == 64
     assert not moe.uses_kperm("wgq", 2048, 768)
     # both GEMMs of a layer switch together, so gate_up's output order is what down reads
-    for k in (2816, 704):
-        assert moe._layer_variant("wgp", k, 2816, 704) == ("wgq" if sm90 else "cvt")
-    assert moe._layer_variant("wgp", 2048, 2048, 768) == ("wgp" if sm90 else "cvt")
-    # wgx: where H and I are multiples of 256 (tile-major weights), else wgp with the checkpoint layout
-    assert moe.uses_tiled("wgx", 2048, 768) is sm90 and moe.uses_kperm("wgx", 2048, 768) is sm90
-    assert not moe.uses_tiled("wgx", 2048, 640) and not moe.uses_tiled("wgp", 2048, 768)
-    assert moe._layer_variant("wgx", 2048, 2048, 768) == ("wgx" if sm90 else "cvt")
-    assert moe._layer_variant("wgx", 640, 2048, 640) == ("wgp" if sm90 else "cvt")
+    assert moe._layer_variant("wgp", 2816, 704) == ("wgq" if sm90 else "cvt")
+    assert moe._layer_variant("wgp", 2048, 768) == ("wgp" if sm90 else "cvt")
+    # wgb: where H and I are multiples of 256 (tile-major weights), else wgp with the checkpoint layout
+    assert moe.uses_tiled("wgb", 2048, 768) is sm90 and moe.uses_kperm("wgb", 2048, 768) is sm90
+    assert not moe.uses_tiled("wgb", 2048, 640) and not moe.uses_tiled("wgp", 2048, 768)
+    assert moe._layer_variant("wgb", 2048, 768) == ("wgb" if sm90 else "cvt")
+    assert moe._layer_variant("wgb", 2048, 640) == ("wgp" if sm90 else "cvt")

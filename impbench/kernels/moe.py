@@ -6,7 +6,7 @@ hidden H, expert intermediate I):
   row_token int32 [R]: source token of each permuted row; row_weight fp32 [R]: its router weight
   w13 uint8 [E, 2I, H/2] (rows 0..I-1 gate_proj, I..2I-1 up_proj), w13_scale uint8 e4m3 [E, 2I, H/16],
   w13_scale2 fp32 [E]; w2 uint8 [E, H, I/2], w2_scale uint8 [E, H, I/16], w2_scale2 fp32 [E]
-  (ModelOpt NVFP4, impbench/nvfp4.py: value = e2m1(nibble) * e4m3(scale) * scale2). The wgx and wgb variants take
+  (ModelOpt NVFP4, impbench/nvfp4.py: value = e2m1(nibble) * e4m3(scale) * scale2). The wgb variant takes
   the same arrays with their bytes reordered by tile_experts (uses_tiled says where).
 
 One launch per GEMM, grid sized from static shapes only (R, E, N): every block finds its token tile
@@ -24,7 +24,6 @@ import numpy as np
 
 from impbench.kernels.modules import get_function
 from impbench.kernels.checks import check_array
-from impbench.kernels import driver
 
 FAMILY = "moe_nvfp4"
 TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
@@ -32,35 +31,27 @@ BK_CODE_BYTES = 64  # code bytes of a weight row per pipeline stage (BK = 128 K)
 SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
 # impmoe::wg::WQ_SMEM = 107520: 3 stages of token tile + codes, a 2-slot scale ring, alignment slack
 WG_SMEM_BYTES = 3 * (64 * 128 * 2 + 256 * 128 // 2) + 2 * 256 * 16 + 1024
-# impmoe::wg::TMA_SMEM = 111648: 2 token-tile slots, 4 code slots, 3 scale slots, 4 mbarriers, alignment slack
-WG_TMA_SMEM_BYTES = 2 * 64 * 128 * 2 + 4 * (256 * 128 // 2) + 3 * 256 * 16 + 4 * 8 + 1024
-TMA_K_MULTIPLE = 256  # wgt: the scale rows (K/16 bytes) must be a 16-byte multiple for a tensor map
 # Kernel variants (entry-point suffix, threads per block, dynamic shared bytes); see the header of
-# kernels_cu/moe_nvfp4.cu. Superseded ones (wg, wgw, wgqx, wgq2, wgt2) are in results/NOTES.md.
+# kernels_cu/moe_nvfp4.cu. Superseded ones are in git history and results/NOTES.md.
 VARIANTS = {
-    "w8": ("", 256, SMEM_BYTES),  # 8 warps x 2 m16 tiles, mma.sync, E2M1 decoded with shifts and masks
-    "cvt": ("_cvt", 256, SMEM_BYTES),  # the same, E2M1 decoded through the e4m3x2 -> f16x2 conversion
+    "cvt": ("_cvt", 256, SMEM_BYTES),  # 8 warps x 2 m16 tiles, mma.sync, E2M1 decoded through the e4m3x2 -> f16x2 conversion
     "wgq": ("_wgq", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers), 64-byte weight-row copies, sm_90a
-    "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # wgq with the weights by TMA; K % 256 == 0 (else wgq runs)
     "wgp": ("_wgp", 256, WG_SMEM_BYTES),  # wgq with x / h K-permuted in memory (kperm); H, I % 128 == 0 (else wgq)
-    "wgx": ("_wgx", 256, WG_SMEM_BYTES),  # wgp with tile-major weights (tile_experts); H, I % 256 == 0 (else wgp)
-    "wgb": ("_wgb", 256, WG_SMEM_BYTES),  # wgx with each weight stage copied by one TMA bulk copy
+    "wgb": ("_wgb", 256, WG_SMEM_BYTES),  # wgp with tile-major weights (tile_experts), each stage one TMA bulk copy; H, I % 256 == 0 (else wgp)
 }
-SM90A_VARIANTS = ("wgq", "wgt", "wgp", "wgx", "wgb")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
+SM90A_VARIANTS = ("wgq", "wgp", "wgb")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
 FALLBACK_VARIANT = "cvt"
-TMA_VARIANTS = ("wgt",)  # take the weights' tensor maps as two more (by-value) arguments
-TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE
 # wgp reads its activations (x for gate_up, h for down) in the kperm order below and its gate_up writes h
 # in it, so no thread permutes the token tile in shared memory; a layer runs it only where both K (H and
 # I) are multiples of KPERM_BLOCK, else KPERM_FALLBACK with every activation in natural order.
-KPERM_VARIANTS = ("wgp", "wgx", "wgb")
+KPERM_VARIANTS = ("wgp", "wgb")
 KPERM_BLOCK = 128
 KPERM_FALLBACK = "wgq"
-# wgx and wgb read the expert weights tile-major (tile_experts): per block of 256 weight rows and pipeline stage one
+# wgb reads the expert weights tile-major (tile_experts): per block of 256 weight rows and pipeline stage one
 # contiguous 16 KiB of codes (and per stage pair 4 KiB of scales) instead of 64 bytes from each of 256 rows
 # 1 KiB or more apart, the same bytes in longer DRAM runs. A layer runs it where tiled_fits, else TILED_FALLBACK
 # with the weights in the checkpoint's layout.
-TILED_VARIANTS = ("wgx", "wgb")
+TILED_VARIANTS = ("wgb",)
 TILED_FALLBACK = "wgp"
 TILE_K = 256  # K multiple: whole 16-byte scale pairs per row (and kperm blocks)
 TILE_ROWS = 256  # weight rows per block: gate_up 128 gate + the 128 matching up rows, down 256 output columns
@@ -83,16 +74,13 @@ def token_tiles(rows: int, experts: int) -> int:
     return (rows + min(experts, rows) * (TOKENS_PER_TILE - 1)) // TOKENS_PER_TILE
 
 
-def resolve_variant(variant: str, k: int | None = None) -> str:
-    """The variant that runs for `variant` on the current device (and GEMM depth K, where given): an
-    sm_90a-only variant (wgmma) is replaced by FALLBACK_VARIANT on a GPU that is not compute capability
-    9.0, where it compiles to a trap; a TMA variant by TMA_FALLBACK where K % TMA_K_MULTIPLE != 0."""
+def resolve_variant(variant: str) -> str:
+    """The variant that runs for `variant` on the current device: an sm_90a-only variant (wgmma) is
+    replaced by FALLBACK_VARIANT on a GPU that is not compute capability 9.0, where it compiles to a trap."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown MoE kernel variant {variant!r}; accepted: {', '.join(VARIANTS)}")
     if variant in SM90A_VARIANTS and not _is_sm90():
         return FALLBACK_VARIANT
-    if variant in TMA_VARIANTS and k is not None and k % TMA_K_MULTIPLE:
-        return TMA_FALLBACK
     return variant
 
 
@@ -139,7 +127,7 @@ def _swap_slots(codes):
 
 def tile_experts(codes, scale, gate_up: bool):
     """(codes [E, N, K/2], scale [E, N, K/16]) in the checkpoint layout -> new arrays of the same shapes in
-    wgx's tile-major layout: for each expert, block tile t (gate_up: gate rows 128 t .. + 127 then the
+    wgb's tile-major layout: for each expert, block tile t (gate_up: gate rows 128 t .. + 127 then the
     same up rows; down: rows 256 t .. + 255), then stage c (64 code bytes = 128 K of every row, in 16-byte
     slots swizzled as in shared memory, _swap_slots), then the tile's rows; scales the same with 16-byte
     pairs of stages. NumPy or CuPy."""
@@ -165,8 +153,8 @@ def untile_experts(codes, scale, gate_up: bool):
     return tuple(out)
 
 
-def _layer_variant(variant: str, k: int, hidden: int, inter: int) -> str:
-    variant = resolve_variant(variant, k)
+def _layer_variant(variant: str, hidden: int, inter: int) -> str:
+    variant = resolve_variant(variant)
     if variant in TILED_VARIANTS and not tiled_fits(hidden, inter):
         variant = TILED_FALLBACK
     if variant in KPERM_VARIANTS and not uses_kperm(variant, hidden, inter):
@@ -265,15 +253,13 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
     _check_experts("w13", w13, w13_scale, w13_scale2, 2 * inter, hidden, experts)
     check_array("out", out, np.float16, shape=(rows, inter))
     _check_aligned("moe_gate_up", x=x, w13=w13, w13_scale=w13_scale, out=out)
-    variant = _layer_variant(variant, hidden, hidden, inter)
+    variant = _layer_variant(variant, hidden, inter)
     if tokens < 1 or rows < 1:
         return None
     n_tiles = -(-inter // GATE_UP_COLS)
     grid = (token_tiles(rows, experts) * n_tiles,)
     args = (x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
             np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles))  # fmt: skip
-    if variant in TMA_VARIANTS:
-        args += _weight_maps(w13, w13_scale)
     return _kernel("gate_up", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
 
 
@@ -293,7 +279,7 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     if row_weight is not None:
         check_array("row_weight", row_weight, np.float32, shape=(rows,))
     _check_aligned("moe_down", h=h, w2=w2, w2_scale=w2_scale, out=out)
-    variant = _layer_variant(variant, inter, hidden, inter)
+    variant = _layer_variant(variant, hidden, inter)
     if rows < 1:
         return None
     n_tiles = -(-hidden // DOWN_COLS)
@@ -301,33 +287,13 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     weight = row_weight if row_weight is not None else np.uint64(0)  # null pointer: no scaling
     args = (h, expert_offsets, w2, w2_scale, w2_scale2, weight, out,
             np.int32(experts), np.int32(inter), np.int32(hidden), np.int32(n_tiles))  # fmt: skip
-    if variant in TMA_VARIANTS:
-        args += _weight_maps(w2, w2_scale)
     return _kernel("down", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
-
-
-@functools.lru_cache(maxsize=4096)
-def _weight_map(ptr: int, rows: int, row_bytes: int, box_bytes: int, box_rows: int, swizzle: int) -> driver.TensorMap:
-    """The tensor map of a uint8 tensor at `ptr` seen as [rows, row_bytes]. The 128 bytes depend on these
-    values only, so an eager caller (the benchmark) encodes each weight once."""
-    return driver.TensorMap(ptr, driver.UINT8, (row_bytes, rows), (row_bytes,), (box_bytes, box_rows), swizzle,
-                            driver.L2_PROMOTION_128B)  # fmt: skip
-
-
-def _weight_maps(w, scale) -> tuple:
-    """Tensor maps of an [E, N, K/2] code tensor (box 64 bytes x 128 rows, 64-byte swizzle: the layout
-    the kernel reads) and its [E, N, K/16] scales (box 16 bytes x 128 rows); the arrays outlive the
-    launcher, which keeps its arguments."""
-    return (_weight_map(w.data.ptr, w.size // w.shape[2], w.shape[2], 64, 128, driver.SWIZZLE_64B),
-            _weight_map(scale.data.ptr, scale.size // scale.shape[2], scale.shape[2], 16, 128, driver.SWIZZLE_NONE))  # fmt: skip
 
 
 def _launcher(plan):
     if plan is None:  # no rows: nothing to launch
         return lambda: None
     kernel, grid, block, args, smem = plan
-    if isinstance(args[-1], driver.TensorMap):  # CuPy cannot pass a 128-byte struct by value
-        return driver.launcher(kernel.kernel.ptr, grid, block, smem, args)
     return functools.partial(kernel, grid, block, args, shared_mem=smem)
 
 
