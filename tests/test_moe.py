@@ -384,7 +384,7 @@ def test_tile_experts_puts_each_weight_where_wgb_reads_it(gate_up):
     back = untile_experts(tc, ts, gate_up)
     assert (back[0] == codes).all() and (back[1] == scale).all()
     kb, ks = k // 2, k // 16
-    for _ in range(500):  # the kernel's addresses (kernels_cu/moe_nvfp4.cu, TILED): tile t, stage c, block row br
+    for _ in range(500):  # the kernel's addresses (kernels_cu/moe_nvfp4.cu, V::tiled): tile t, stage c, block row br
         e, t, c, br = rng.integers(experts), rng.integers(n // 256), rng.integers(kb // 64), rng.integers(256)
         row = (br // 128) * (n // 2) + 128 * t + br % 128 if gate_up else 256 * t + br
         b, pair, b16 = rng.integers(64), rng.integers(ks // 16), rng.integers(16)
@@ -481,6 +481,22 @@ def test_the_rule_picks_what_runs_and_what_the_caller_can_give():
 )
 def test_cannot_run_says_why(variant, cc, hidden, inter, reason):
     assert reason in moe.cannot_run(variant, hidden, inter, device_cc=cc)
+
+
+def test_variant_table_matches_the_kernel_source():
+    # kernels_cu/moe_nvfp4.cu: MOE_ENTRY(suffix, VariantX) and struct VariantX { ... wgmma = ..., kperm = ..., tiled = ... }
+    import re
+
+    from impbench.kernels import modules
+
+    source = modules.module_source(moe.FAMILY)
+    entries = dict(re.findall(r"^MOE_ENTRY\((\w+), (Variant\w+)\)", source, re.M))
+    traits = {name: dict(re.findall(r"(\w+) = (true|false)", body))
+              for name, body in re.findall(r"struct (Variant\w+) \{\s*static constexpr bool ([^;]*);", source)}  # fmt: skip
+    assert sorted(entries) == sorted(spec.suffix for spec in moe.VARIANTS.values())
+    for spec in moe.VARIANTS.values():
+        flags = {"wgmma": spec.wgmma, "kperm": spec.kperm, "tiled": spec.tiled}
+        assert traits[entries[spec.suffix]] == {k: str(v).lower() for k, v in flags.items()}, spec
 
 
 @pytest.mark.parametrize("cc,fetched", [(90, {"wgq", "wgp", "wgb"}), (89, {"cvt"}), (120, {"cvt"})])
