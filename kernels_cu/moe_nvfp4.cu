@@ -889,11 +889,13 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     __shared__ float s_rw[BT];
     __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // kperm: full[STAGES], empty[STAGES]
     const int tid = threadIdx.x;
+#if IMPMOE_HAS_WGMMA  // the fence is sm_90 PTX; kperm variants are wgmma ones, a trap below elsewhere
     if (V::kperm && tid == 0) {  // published by find_tile's barriers
 #pragma unroll
         for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(smem_u32(s_bars) + 8 * i, NT);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
+#endif
 
     const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
     const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
