@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call that says where the expert kernel's time goes (issue #4, results/NOTES.md MoE): the bench
-# for $VARIANT against wgq, the ablations of scripts/moe_ablation.py on $VARIANT, and Nsight Compute of
+# for $VARIANT against wgq, the ablations of tools/moe_ablation.py on $VARIANT, and Nsight Compute of
 # $VARIANT (sections, then stall samples per SASS instruction summed by opcode).
 # Run from the repository root on the device machine; files go to $OUT/profile.tgz, a summary is printed.
 #   VARIANT=wgp ABLATIONS=no_decode,no_mma STAGES="bench ablate ncu" bash scripts/device_moe_profile.sh
@@ -18,7 +18,7 @@ if has bench; then
   echo "bench rc=$?"; grep -E "^- (uniform|skewed)|^- copy" "$WORK/moe.md"
 fi
 if has ablate; then
-  timeout 420 python3 scripts/moe_ablation.py "$WORK/ablation" --variant "$VARIANT" --reps 50 \
+  timeout 420 python3 tools/moe_ablation.py "$WORK/ablation" --variant "$VARIANT" --reps 50 \
     ${ABLATIONS:+--only $ABLATIONS} ${COMBINE:+--combine $COMBINE} ${BASE_DIR:+--base-dir $BASE_DIR} \
     > "$WORK/ablation.md" 2> "$WORK/ablation.err"
   echo "ablation rc=$?"; cat "$WORK/ablation.md"

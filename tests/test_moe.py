@@ -499,6 +499,22 @@ def test_variant_table_matches_the_kernel_source():
         assert traits[entries[spec.suffix]] == {k: str(v).lower() for k, v in flags.items()}, spec
 
 
+def test_every_ablation_of_tools_moe_ablation_patches_the_kernel_source():
+    import importlib.util
+    from pathlib import Path
+
+    from impbench.kernels import modules
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "moe_ablation.py"
+    spec = importlib.util.spec_from_file_location("moe_ablation", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    source = modules.module_source(moe.FAMILY)
+    for name, patches in tool.ABLATIONS.items():
+        for old, _ in patches:
+            assert source.count(old) == 1, (name, old[:60])
+
+
 @pytest.mark.parametrize("cc,fetched", [(90, {"wgq", "wgp", "wgb"}), (89, {"cvt"}), (120, {"cvt"})])
 def test_prewarm_fetches_only_what_the_rule_can_choose(monkeypatch, cc, fetched):
     calls = []
