@@ -230,7 +230,7 @@ class _Layer:
         e, h, i, rows = shapes.experts, shapes.hidden, shapes.inter, pp * shapes.top_k
         self.w13 = generate_experts_gpu(e, 2 * i, h, seed=seed)
         self.w2 = generate_experts_gpu(e, h, i, seed=seed + 1)
-        self.w13_tiled = self.w2_tiled = None  # the same weights tile-major, as tiled variants read them (wgx, wgb)
+        self.w13_tiled = self.w2_tiled = None  # the same weights tile-major, as tiled variants read them (wgb)
         if moe.tiled_fits(h, i):
             self.w13_tiled, self.w2_tiled = moe.tiled_weight(self.w13, True), moe.tiled_weight(self.w2, False)
         self.w13_fp16 = dequantize_fp16_gpu(*self.w13)
@@ -261,7 +261,7 @@ class _Layer:
     def _kperm(self, variant: str) -> bool:
         from impbench.kernels import moe
 
-        return moe.uses_kperm(variant, self.shapes.hidden, self.shapes.inter)
+        return moe.VARIANTS[variant].kperm
 
     def ours(self, op: str, variant: str) -> None:
         """Our kernel `variant` for `op`; the reported variant writes act / out, others act_v / out_v
@@ -270,7 +270,7 @@ class _Layer:
         from impbench.kernels import moe
 
         default, kperm = variant == self.primary, self._kperm(variant)
-        tiled = moe.uses_tiled(variant, self.shapes.hidden, self.shapes.inter)
+        tiled = moe.VARIANTS[variant].tiled
         if op == "gate_up":
             out = self.act if default else self.act_v
             w13 = self.w13_tiled if tiled else self.w13
@@ -404,9 +404,9 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
                   seed: int = 0, variants=(), variant: str | None = None, progress=None) -> MoeReport:  # fmt: skip
     """Time gate_up and down of one chunk of `pp` tokens under each routing (see the module docstring).
 
-    `variant`: the kernel variant reported as ours (default: impbench.kernels.moe.EXPERT_VARIANT, the engine's);
-    `variants`: further variants (or ("all",)) timed beside it, each with its own error against the
-    reference (calibration).
+    `variant`: the kernel variant reported as ours (default: the engine's, moe.choose_variant with both
+    layouts available); `variants`: further variants (or ("all",): every one this GPU runs on these
+    shapes) timed beside it, each with its own error against the reference (calibration).
     """
     import cupy
 
@@ -420,12 +420,15 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
         raise InputError(f"--pp must be >= 1 token, got {pp}")
     if reps < 1:
         raise InputError(f"--reps must be >= 1, got {reps}")
+    h, i = shapes.hidden, shapes.inter
     if tuple(variants) == ("all",):
-        variants = tuple(moe.VARIANTS)
-    variant = variant or moe.EXPERT_VARIANT
+        variants = tuple(v for v in moe.VARIANTS if moe.cannot_run(v, h, i) is None)
+    variant = variant or moe.choose_variant(h, i, tiled=True, kperm=True)
     for name in (variant, *variants):
         if name not in moe.VARIANTS:
             raise InputError(f"unknown variant {name!r}; accepted: all, {', '.join(moe.VARIANTS)}")
+        if reason := moe.cannot_run(name, h, i):
+            raise InputError(reason)
     timed = [variant] + [v for v in dict.fromkeys(variants) if v != variant]
     moe.prewarm()
     copy_gbs, cublas_tflops = measure_copy_gbs(), measure_cublas_tflops()

@@ -1,9 +1,9 @@
 // impbench-nvrtc-arch: sm_90a
-// (read by impbench/kernels/_cache.py: on a compute-capability-9.0 device this family is compiled for
-//  sm_90a so the _wgq / _wgt kernels (wgmma) exist; elsewhere they compile to a trap and moe.py never picks them.)
+// (read by impbench/kernels/modules.py: on a compute-capability-9.0 device this family is compiled for
+//  sm_90a so the wgmma variants exist; elsewhere they compile to a trap and moe.py never picks them.)
 //
-// Grouped NVFP4 MoE expert GEMMs for Hopper, which has no FP4 tensor cores: the weights are
-// dequantized in registers and multiplied with mma.sync m16n8k16 (FP16 in, FP32 accumulate).
+// Grouped NVFP4 MoE expert GEMMs for GPUs without FP4 tensor cores (Hopper, Ada, consumer Blackwell):
+// the weights are dequantized to FP16 in registers and multiplied in FP16 with FP32 accumulation.
 //
 //   moe_nvfp4_gate_up: out[r, :I] = SiLU(x[row_token[r]] . gate_e^T) * (x[row_token[r]] . up_e^T)
 //   moe_nvfp4_down:    out[r, :H] = (h[r] . down_e^T) * row_weight[r]      (row_weight optional)
@@ -11,47 +11,50 @@
 // Weights in the ModelOpt NVFP4 layout, stacked over experts (impbench/nvfp4.py): codes uint8
 // [E, N, K/2] (low nibble = even k), e4m3 block scales [E, N, K/16], fp32 global scale [E].
 //
-// One launch covers every expert. Block = (token tile, weight-row tile):
-//   token tile  = up to BT=64 consecutive permuted rows of ONE expert (a tile never straddles two);
-//   weight tile = 256 rows of that expert's weight (gate_up: 128 gate rows + the matching 128 up rows,
-//                 so the SiLU*up epilogue has both operands of an output in the same thread).
+// Tile geometry. One launch covers every expert; a block of 8 warps computes
+//   token tile  = up to BT = 64 consecutive permuted rows of ONE expert (a tile never straddles two)
+//   x weight tile = 256 rows of that expert's weight (gate_up: 128 gate rows + the matching 128 up rows,
+//                   so the SiLU * up epilogue has both operands of an output in one thread; down: 256
+//                   output columns),
+// over K in stages of BK = 128 (3-stage pipeline). Each warp owns 32 of the 256 weight rows for all the
+// tile's tokens (gate_up: 16 gate + the matching 16 up rows): it copies its share of every stage (codes,
+// scales, token rows), decodes the A fragments of its rows and issues their MMAs -- mma.sync m16n8k16 on
+// 2 m16 tiles x the tile's NTA n8 tiles (cvt), or its 16-row part of a warpgroup's wgmma m64 tiles (the wg
+// section) -- then writes its columns through shared memory in 16-byte row segments.
 // The grid is sized from static shapes only (every possible token tile: floor((R + min(E,R)*(BT-1))/BT)
 // slots x weight-row tiles); each block locates its tile by a prefix sum over expert_offsets, read
 // on the device, and a block whose slot is past the last tile exits at once. Capture-safe: no
 // allocation, no host read, no atomics (every output element is written by exactly one thread).
 //
-// Why "swap AB": the weights are the mma A operand (M = weight rows) and the tokens the N operand,
-// so a tile of 33 tokens pays for 40 (n8 granularity), not 48 or 64; and each weight byte is copied,
-// dequantized and fed to the tensor cores exactly once per token tile, straight into an A fragment.
-// 8 warps; warp w owns 32 weight rows (2 m16 tiles) x the tile's tokens (NTA n8 tiles, 1..8):
-// at most 64 FP32 accumulators per thread, 128 registers, 2 blocks (16 warps) per SM.
+// Why this shape ("swap AB"): the weights are the MMA A operand (M = weight rows) and the tokens the N
+// operand, so a tile of 33 tokens pays for 40 (n8 granularity), not 48 or 64; and each weight byte is
+// copied, dequantized and fed to the tensor cores exactly once per token tile, straight into an A
+// fragment. 256 rows x at most 64 tokens is at most 64 FP32 accumulators per thread: 128 registers,
+// 2 blocks (16 warps) per SM.
 //
-// K order inside a BK=128 stage is permuted, identically for both operands (a dot product does not
+// K order inside a BK = 128 stage is permuted, identically for both operands (a dot product does not
 // care): thread t of a quad (lane = 4g + t) owns k in [32t, 32t+32) of the stage, i.e. one 16-byte
 // run of codes per weight row and exactly two e4m3 scales. Word i (8 nibbles, k = 32t+8i .. +7) is
-// decoded Marlin-style: (q << 4j) puts nibbles 3-j and 7-j at bits 12-15 / 28-31, and
-// (v & 0x80008000) | ((v >> 3) & 0x0E000E00) is a half2 of (E2M1 value * 2^-14), exactly. Multiplied
-// by the block scale * 2^7 (an exact FP16 product), it is an A register: mma step p=0 takes nibble
-// pairs (3,7),(2,6), step p=1 (1,5),(0,4). The _cvt variant decodes through the hardware e4m3 -> f16
-// conversion instead (see e2m1_hi_as_e4m3) with pairs (1,3),(0,2) / (5,7),(4,6). Each thread reorders
-// the activation units it copied into the matching pair order once per stage, so an mma B fragment
-// is an aligned register pair of one 16-byte shared load. The global scale is applied in FP32 at the end.
+// decoded through the hardware e4m3 -> f16 conversion (e2m1_hi_as_e4m3): MMA step p = 0 takes nibble
+// pairs (1,3),(0,2), step p = 1 (5,7),(4,6), each times the block scale * 2^6 (an exact FP16 product).
+// The activations are brought into the matching pair order once per stage (in shared memory, or stored
+// so: kperm), so a B fragment is an aligned register pair of one 16-byte shared load. The global scale
+// is applied in FP32 at the end.
 //
-// The K loop is specialized on NTA (moe_tile<..., NTA>, chosen per block): with no branch inside,
-// each stage is one basic block the compiler software-pipelines -- shared loads, HMMA dependency
-// chains and the next word's decode interleave. (A per-n8-tile branch there serialized them: 2x.)
+// The K loop is specialized on NTA (chosen per block): with no branch inside, each stage is one basic
+// block the compiler software-pipelines -- shared loads, MMA dependency chains and the next word's decode
+// interleave, which a per-n8-tile branch would serialize.
 //
-// Pipeline: cp.async, 3 stages of BK=128 (codes 16 KiB + scales 2 KiB + activations 16 KiB); copies are
-// tid-contiguous 16-byte pieces (4-byte for scales) of block rows, activation rows gathered through
-// row_token (gate_up) into XOR-swizzled rows so 8 token rows x 4 quads read conflict-free. 102 KiB
-// shared per block. Requires K % 64 == 0 and N % 16 == 0 (impbench/kernels/moe.py checks).
-//
-// Variants (impbench/kernels/moe.py VARIANTS): w8 / cvt (this mma.sync kernel, two decodes), wgq (the same
-// tiles with wgmma.mma_async, A = decoded weights from registers, 64-byte weight-row copies; see the wg
-// section below), wgt (wgq with the weights copied by TMA), wgp (wgq with the activations K-permuted in
-// global memory, see kperm_slot), wgx (wgp on tile-major weights) and wgb (wgx with one TMA bulk copy per
-// weight stage: the engine's expert GEMMs). Earlier variants (wg, wgw, wgqx, wgq2, wgt2) are in git history
-// and results/NOTES.md.
+// Variants (the traits structs below; impbench/kernels/moe.py VARIANTS is the same table and
+// choose_variant picks one per GPU and layer):
+//   cvt  mma.sync; cp.async pipeline with a block barrier per stage. Any sm_89+ GPU.
+//   wgq  wgmma.mma_async (sm_90a), activations in natural order: each thread permutes the token-tile
+//        units it copied before the stage's barrier.
+//   wgp  wgq with x / h stored K-permuted (kperm_slot; gate_up writes h so): copies land in place, no
+//        permute, and stages are handed over by mbarriers instead of block barriers.
+//   wgb  wgp on tile-major expert weights (moe.tile_experts): a stage's codes are one contiguous 16 KiB,
+//        copied by one TMA bulk copy.
+// Earlier variants and their measurements: git history and docs/notes/moe.md.
 #include "common.cuh"
 #include "hopper_async.cuh"
 
@@ -60,13 +63,32 @@ namespace impmoe {
 constexpr int BT = 64;             // tokens per tile (8 n8 mma tiles)
 constexpr int BK = 128;            // K per pipeline stage
 constexpr int STAGES = 3;
-constexpr int ROWS = 256;          // weight rows per block (4 warps x 4 m16 tiles)
+constexpr int ROWS = 256;          // weight rows per block (8 warps x 32 rows)
 constexpr int CODE_STAGE = ROWS * BK / 2;     // 16384 bytes
 constexpr int SCALE_STAGE = ROWS * BK / 16;   // 2048 bytes
 constexpr int X_STAGE = BT * BK * 2;          // 16384 bytes
 constexpr int STAGE_BYTES = CODE_STAGE + SCALE_STAGE + X_STAGE;
 constexpr int SMEM_BYTES = STAGES * STAGE_BYTES;  // 104448: impbench/kernels/moe.py SMEM_BYTES
 static_assert((BT * (256 + 8) * 2) <= SMEM_BYTES, "epilogue staging must fit in the pipeline buffers");
+constexpr int WARPS = 8;           // per block, every variant
+constexpr int MT = 2;              // cvt: m16 tiles per warp (gate_up: one gate, one up)
+
+// What a variant is: its tensor-core instruction, and the order in which it finds its operands in memory.
+//   wgmma  wgmma.mma_async with A from registers (sm_90a; a trap elsewhere), else mma.sync m16n8k16
+//   kperm  x and h stored K-permuted (kperm_slot) and gate_up writes h so (wgmma only)
+//   tiled  expert weights stored tile-major, one bulk copy per stage (kperm too: its mbarriers)
+struct VariantCvt {
+    static constexpr bool wgmma = false, kperm = false, tiled = false;
+};
+struct VariantWgq {
+    static constexpr bool wgmma = true, kperm = false, tiled = false;
+};
+struct VariantWgp {
+    static constexpr bool wgmma = true, kperm = true, tiled = false;
+};
+struct VariantWgb {
+    static constexpr bool wgmma = true, kperm = true, tiled = true;
+};
 
 // 16-byte copy of the weight stream with a 128-byte L2 prefetch: a quad reads 64 bytes of a weight
 // row per stage, the next stage's 64 bytes are the other half of the same 128-byte line.
@@ -100,14 +122,7 @@ __device__ __forceinline__ unsigned e4m3_pair(unsigned bb) {
     return d;
 }
 
-// Nibbles 3-J and 7-J of q as half2(lo = nibble 3-J, hi = nibble 7-J) of E2M1 value * 2^-14.
-template <int J>
-__device__ __forceinline__ unsigned e2m1x2(unsigned q) {
-    const unsigned v = q << (4 * J);
-    return (v & 0x80008000u) | ((v >> 3) & 0x0E000E00u);
-}
-
-// CVT decode: byte [s 0 0 e e m 0 0] is the e4m3 encoding of (E2M1 value [s e e m]) / 64, so the four
+// The decode: byte [s 0 0 e e m 0 0] is the e4m3 encoding of (E2M1 value [s e e m]) / 64, so the four
 // high nibbles of q become four e4m3 bytes with 3 logic ops (the low nibbles with 4) and the hardware
 // e4m3x2 -> f16x2 conversion makes each byte pair a half2: pairs (1,3), (5,7) from the high nibbles,
 // (0,2), (4,6) from the low ones.
@@ -128,10 +143,6 @@ __device__ __forceinline__ unsigned e4m3x2_half(unsigned v) {  // bytes 0-1 (or 
 // Physical 16-byte unit of logical unit u (0..15) in activation row `row` of a stage: the 8 rows x
 // 4 quads reading units 4t+i (fixed i) hit 8 distinct bank groups per quarter warp.
 __device__ __forceinline__ int xswz(int u, int row) { return u ^ (((u >> 3) & 1) << 1) ^ (row & 1); }
-
-#ifndef MOE_WORDS
-#define MOE_WORDS(NTA) ((NTA) <= 4 ? 4 : (NTA) <= 5 ? 2 : 1)
-#endif
 
 template <int N>
 struct Const {
@@ -190,28 +201,27 @@ __device__ __forceinline__ Tile find_tile(const int *__restrict__ offsets, int n
     return tile;
 }
 
-using Map = impasync::TmaMap;  // the wgt variant's tensor maps, by value as __grid_constant__ parameters
-
 // What the K loop of a tile needs from the block prologue (moe_body).
 struct Ctx {
-    const Map *codes_map, *scales_map;  // wgt only: the weight's codes [E * N, K/2] and scales [E * N, K/16]
     const half_t *x;
     const float *w_scale2;
     half_t *out;
     const unsigned char *wq, *wsc;  // this expert's codes and scales
-    const int *s_src;               // shared: source row of each token of the tile (not wgp)
-    const int *row_token;           // wgp: source rows in global memory (gate_up; down: null, rows are their own)
-    unsigned bars;                  // wgp: shared address of the full[STAGES], empty[STAGES] mbarriers (moe_body)
+    const int *s_src;               // shared: source row of each token of the tile (not kperm)
+    const int *row_token;           // kperm: source rows in global memory (gate_up; down: null, rows are their own)
+    unsigned bars;                  // kperm: shared address of the full[STAGES], empty[STAGES] mbarriers (moe_body)
     const float *s_rw;              // shared: router weight of each token (1 without)
     Tile tile;
     int n0, k, kb, ks, n_out;
     unsigned code_off, scale_off, valid;
 };
 
-// The K loop and epilogue of one tile. NTA (n8 token tiles with rows, 1..8) is a compile-time
-// constant: the loop body is then one basic block the compiler can software-pipeline (X loads, HMMA
-// chains and the next word's decode interleaved), which a per-n8-tile branch inside it prevents.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, int NTA>
+// The mma.sync K loop and epilogue of one tile (cvt), NTA (n8 token tiles with rows, 1..8) fixed.
+// Pipeline: cp.async, 3 stages of BK = 128 (codes 16 KiB + scales 2 KiB + activations 16 KiB); copies are
+// tid-contiguous 16-byte pieces (4-byte for scales) of block rows, activation rows gathered through
+// row_token (gate_up) into XOR-swizzled rows so 8 token rows x 4 quads read conflict-free. 102 KiB
+// shared per block. Requires K % 64 == 0 and N % 16 == 0 (impbench/kernels/moe.py checks).
+template <bool GATE_UP, int NTA>
 __device__ __noinline__ void moe_tile(const Ctx &cx) {
     constexpr int NT = 32 * WARPS;
     constexpr int XC = BT * (BK / 8) / NT;
@@ -284,7 +294,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
                 sraw[mt][r] = *reinterpret_cast<const unsigned short *>(ss + (br_of(mt, r) + g) * 8 + 2 * t);
         // Code words per basic block: all 4 for small tiles; fewer for larger ones, whose 4-word
         // schedule runs out of the 128 registers (2 blocks x 256 threads per SM).
-        constexpr int WORDS = MOE_WORDS(NTA);
+        constexpr int WORDS = NTA <= 4 ? 4 : NTA <= 5 ? 2 : 1;
 #pragma unroll 1
         for (int i0 = 0; i0 < 4; i0 += WORDS) {
             unsigned q[MT][2][WORDS];  // the thread's code words i0 .. i0+WORDS-1 of each of its rows
@@ -315,39 +325,21 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
                     // words 0-1 are the thread's first 16-value block, 2-3 its second; x 2^7 keeps
                     // typical products in the FP16 normal range (undone in the epilogue).
                     const unsigned s = hmul2(e4m3_pair(__byte_perm(sraw[mt][r], 0, i < 2 ? 0x0000 : 0x1111)),
-                                             CVT ? 0x54005400u : 0x58005800u);  // x 2^6 (CVT) or x 2^7
-                    if (CVT) {  // a = E2M1 value * scale, exactly
-                        const unsigned hi = e2m1_hi_as_e4m3(word), lo = e2m1_lo_as_e4m3(word);
-                        a[0][mt][r] = hmul2(e4m3x2_half<false>(hi), s);      // nibbles (1, 3)
-                        a[0][mt][r + 2] = hmul2(e4m3x2_half<false>(lo), s);  // (0, 2)
-                        a[1][mt][r] = hmul2(e4m3x2_half<true>(hi), s);       // (5, 7)
-                        a[1][mt][r + 2] = hmul2(e4m3x2_half<true>(lo), s);   // (4, 6)
-                    } else {  // a = E2M1 value * scale * 2^-7, exactly
-                        a[0][mt][r] = hmul2(e2m1x2<0>(word), s);
-                        a[0][mt][r + 2] = hmul2(e2m1x2<1>(word), s);
-                        a[1][mt][r] = hmul2(e2m1x2<2>(word), s);
-                        a[1][mt][r + 2] = hmul2(e2m1x2<3>(word), s);
-                    }
+                                             0x54005400u);  // x 2^6
+                    // a = E2M1 value * scale, exactly
+                    const unsigned hi = e2m1_hi_as_e4m3(word), lo = e2m1_lo_as_e4m3(word);
+                    a[0][mt][r] = hmul2(e4m3x2_half<false>(hi), s);      // nibbles (1, 3)
+                    a[0][mt][r + 2] = hmul2(e4m3x2_half<false>(lo), s);  // (0, 2)
+                    a[1][mt][r] = hmul2(e4m3x2_half<true>(hi), s);       // (5, 7)
+                    a[1][mt][r + 2] = hmul2(e4m3x2_half<true>(lo), s);   // (4, 6)
                 }
             }
 #pragma unroll
             for (int nt = 0; nt < NTA; ++nt) {
                     const int row = nt * 8 + g;
                     const uint4 xv = *reinterpret_cast<const uint4 *>(sx + row * 256 + (xswz(4 * t + i, row) << 4));
-                    unsigned b[2][2];  // p=0: elements (3, 7), (2, 6); p=1: (1, 5), (0, 4) (CVT: see a)
-                    if (XPERM) {
-                        b[0][0] = xv.x, b[0][1] = xv.y, b[1][0] = xv.z, b[1][1] = xv.w;
-                    } else if (CVT) {
-                        b[0][0] = __byte_perm(xv.x, xv.y, 0x7632);
-                        b[0][1] = __byte_perm(xv.x, xv.y, 0x5410);
-                        b[1][0] = __byte_perm(xv.z, xv.w, 0x7632);
-                        b[1][1] = __byte_perm(xv.z, xv.w, 0x5410);
-                    } else {
-                        b[0][0] = __byte_perm(xv.y, xv.w, 0x7632);
-                        b[0][1] = __byte_perm(xv.y, xv.w, 0x5410);
-                        b[1][0] = __byte_perm(xv.x, xv.z, 0x7632);
-                        b[1][1] = __byte_perm(xv.x, xv.z, 0x5410);
-                    }
+                    unsigned b[2][2];  // p=0: elements (1, 3), (0, 2); p=1: (5, 7), (4, 6), as a
+                    b[0][0] = xv.x, b[0][1] = xv.y, b[1][0] = xv.z, b[1][1] = xv.w;
 #pragma unroll
                     for (int p = 0; p < 2; ++p)
 #pragma unroll
@@ -366,9 +358,8 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
 #pragma unroll 1
     for (int c = 0; c < chunks; ++c) {
         cp_async_wait<STAGES - 2>();
-        if (XPERM) {  // reorder the activation units this thread copied into mma B-fragment order --
-                      // (e3,e7,e2,e6,e1,e5,e0,e4), CVT: (e1,e3,e0,e2,e5,e7,e4,e6) -- so each fragment
-                      // is an aligned register pair of one 16-byte load
+        {  // reorder the activation units this thread copied into mma B-fragment order --
+           // (e1,e3,e0,e2,e5,e7,e4,e6) -- so each fragment is an aligned register pair of one 16-byte load
             const unsigned char *sx = smem + (c % STAGES) * STAGE_BYTES + CODE_STAGE + SCALE_STAGE;
             const int row0 = tid >> 4, u = xswz(tid & 15, tid >> 4);
 #pragma unroll
@@ -376,10 +367,8 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
                 if ((NT / 16) * j < NTA * 8) {
                     uint4 *unit = reinterpret_cast<uint4 *>(const_cast<unsigned char *>(sx) + (row0 + (NT / 16) * j) * 256 + (u << 4));
                     const uint4 v = *unit;
-                    *unit = CVT ? make_uint4(__byte_perm(v.x, v.y, 0x7632), __byte_perm(v.x, v.y, 0x5410),
-                                             __byte_perm(v.z, v.w, 0x7632), __byte_perm(v.z, v.w, 0x5410))
-                                : make_uint4(__byte_perm(v.y, v.w, 0x7632), __byte_perm(v.y, v.w, 0x5410),
-                                             __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.x, v.z, 0x5410));
+                    *unit = make_uint4(__byte_perm(v.x, v.y, 0x7632), __byte_perm(v.x, v.y, 0x5410),
+                                       __byte_perm(v.z, v.w, 0x7632), __byte_perm(v.z, v.w, 0x5410));
                 }
             }
         }
@@ -396,7 +385,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
     // whole 16-byte row segments.
     constexpr int STRIDE = COLS + 8;  // halfs; 16-byte aligned rows, conflict-free 2-byte stores
     half_t *so = reinterpret_cast<half_t *>(smem);
-    const float f = cx.w_scale2[tile.expert] * (CVT ? 1.0f : 128.0f);
+    const float f = cx.w_scale2[tile.expert];
 #pragma unroll
     for (int nt = 0; nt < NTA; ++nt) {
 #pragma unroll
@@ -430,11 +419,10 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
 // wgmma variants (sm_90a): the same tiles and decode, but the tensor-core work is wgmma.mma_async
 // with A (the decoded weights) from registers and B (the token tile) from shared memory.
 //
-// Why: in v3 the SM, not DRAM, was the limit -- per 256-row stage a warp issued 64-96 HMMA.16816 plus
-// 16-24 B-fragment shared loads, the mma.sync tensor pipe runs at about 2/3 of the wgmma rate, and
-// HMMA chains serialized with the decode. Here a warpgroup (4 warps, 64 weight rows per m64 tile)
-// issues one wgmma per m64 tile per k16 step for all the tile's tokens (N = 8 * NTA), asynchronously:
-// the decode of step s+1 runs while the tensor cores do step s.
+// Why: with mma.sync a warp issues, per 256-row stage, 64-96 HMMA and their B-fragment shared loads on
+// top of the decode, and each HMMA chain waits on it. Here a warpgroup (4 warps, 64 weight rows per m64
+// tile) issues one wgmma per m64 tile per k16 step for all the tile's tokens (N = 8 * NTA), B straight
+// from shared memory, asynchronously: the decode of step s+1 runs while the tensor cores do step s.
 //
 // Roles: warp w (0..7), warpgroup wg = w / 4. Block rows 128 * mt + 16 * w + {g, g + 8}: m64 tile mt of
 // warpgroup wg = block rows 128 * mt + 64 * wg + [0, 64). gate_up: mt 0 = gate, mt 1 = the matching up
@@ -442,7 +430,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
 // n0 + [0, 128) / [128, 256). Per thread 2 x 4 * NTA FP32 accumulators (the mma.sync C layout per n8).
 // The A register fragment of wgmma m64nNk16 is, per warp, the m16n8k16 A fragment of its 16 rows, so
 // each k16 step s = 2i + p of a stage takes the same (nibble pair, scale) registers as the mma.sync
-// kernels (CVT decode, pairs (1,3),(0,2) for p = 0, (5,7),(4,6) for p = 1).
+// kernel (pairs (1,3),(0,2) for p = 0, (5,7),(4,6) for p = 1).
 //
 // Token tile in shared memory: K-major, 128-byte swizzle (the layout of gemm_fp16.cu's wgmma kernels):
 // two 8 KiB atoms per stage (logical k 0-63, 64-127), token row n at n * 128 bytes, 16-byte unit u at
@@ -451,35 +439,22 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
 // Thread (row n, word i) copies physical units i, 4 + i, 8 + i, 12 + i into logical slots 4i .. 4i+3
 // and, once they landed, permutes those four slots in place (its own copies: no barrier between) into
 // the logical order, then fences (generic -> async proxy) before the barrier that publishes the stage.
-// Shared layouts: WQ_STAGE (wgq, cp.async) and T_CODE_SLOTS (wgt, TMA) below.
+// Shared layout: WQ_STAGE below.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define IMPMOE_HAS_WGMMA 1
 namespace wg {
 
 constexpr int X_BYTES = BT * BK * 2;              // 16384: two 128-byte-swizzle atoms of 64 rows
 constexpr int ATOM = BT * 128;                    // 8192
-constexpr int C_OFF = X_BYTES;                    // codes after the token tile in a wgq stage
-// wgq: stage = token tile + codes (32 KiB), 3 stages; scales in a ring of 2 slots of 16 bytes per row
+constexpr int C_OFF = X_BYTES;                    // codes after the token tile in a stage
+// stage = token tile + codes (32 KiB), 3 stages; scales in a ring of 2 slots of 16 bytes per row
 // (two stages each) after the stages; the base is aligned to 1024 bytes.
 constexpr int WQ_STAGE = X_BYTES + CODE_STAGE;             // 32768
 constexpr int WQ_RING = STAGES * WQ_STAGE;                 // offset of the scale ring
 constexpr int WQ_SMEM = WQ_RING + 2 * ROWS * 16 + 1024;    // impbench/kernels/moe.py WG_SMEM_BYTES
 static_assert(2 * (WQ_SMEM + 2048) <= 228 * 1024, "two blocks per SM (static shared and the per-block reserve included)");
 
-// wgt (TMA): codes and scales copied by the tensor memory accelerator, one 2D box of 128 rows x 64 code
-// bytes (64-byte swizzle) per gate / up half and stage, scales 128 rows x 16 bytes every second stage,
-// completing on a per-stage mbarrier. They leave the cp.async queue, whose FIFO completion tied the
-// weights' prefetch distance to the token tile's: codes now run 3 stages ahead in a 4-slot ring while
-// the token tile (cp.async, L2-resident) is fetched one stage ahead in 2 slots. Needs K % 256 == 0
-// (a 16-byte multiple scale row stride for the tensor map); impbench/kernels/moe.py falls back to wgq.
-constexpr int T_CODE_SLOTS = 4, T_X_SLOTS = 2, T_SCALE_SLOTS = 3;
-constexpr int T_X = 0, T_CODES = T_X_SLOTS * X_BYTES;                // token-tile slots first, 1024-aligned
-constexpr int T_SCALES = T_CODES + T_CODE_SLOTS * CODE_STAGE;       // scale slots: 16 bytes per row, two stages
-constexpr int T_BARS = T_SCALES + T_SCALE_SLOTS * ROWS * 16;        // one mbarrier per code slot
-constexpr int TMA_SMEM = T_BARS + 8 * T_CODE_SLOTS + 1024;          // impbench/kernels/moe.py WG_TMA_SMEM_BYTES
-static_assert(2 * (TMA_SMEM + 2048) <= 228 * 1024, "two blocks per SM");
-
-using namespace impasync;  // mbarriers, TMA loads, wgmma fences and groups, smem_desc
+using namespace impasync;  // mbarriers, TMA bulk copies, wgmma fences and groups, smem_desc
 
 // wgmma.mma_async m64nNk16, FP32 accumulators d (N/2 per thread) += A (registers) * B (descriptor).
 template <int N>
@@ -564,8 +539,8 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const unsigned (&a)
 
 // kperm: the order of K inside each 128-wide block in which the wgmma kernels consume a token row --
 // logical unit L = 4 i + q (16 bytes) holds, for j = 0..3, halves H[q] = {1,3}, {0,2}, {5,7}, {4,6} of
-// physical unit i + 4 j (what `permute` builds in shared memory). The wgp variant takes x (gate_up) and
-// h (down) already in this order (impbench/kernels/moe.py kperm_order) and its gate_up writes h in it.
+// physical unit i + 4 j (what `permute` builds in shared memory). The kperm variants take x (gate_up) and
+// h (down) already in this order (impbench/kernels/moe.py kperm_order) and their gate_up writes h in it.
 // kperm_slot(p): the logical position of physical position p (0..127).
 __device__ __forceinline__ int kperm_slot(int p) {
     const int unit = p >> 3, e = p & 7;
@@ -574,7 +549,7 @@ __device__ __forceinline__ int kperm_slot(int p) {
 }
 
 // The K loop and epilogue of one tile, NTA (n8 token tiles, 1..8) fixed: wgmma N = 8 * NTA.
-template <bool GATE_UP, int NTA, bool TMA, bool XPRE, bool TILED, bool BULK>
+template <bool GATE_UP, class V, int NTA>
 __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     constexpr int NT = 256, N = 8 * NTA;
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;
@@ -587,7 +562,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const Tile tile = cx.tile;
     const int n0 = cx.n0, k = cx.k, kb = cx.kb, n_out = cx.n_out;
 
-    // wgq weight copies: thread (row qr = tid / 4, piece qp = tid % 4) copies piece qp of block rows
+    // cp.async weight copies (not tiled): thread (row qr = tid / 4, piece qp = tid % 4) copies piece qp of block rows
     // qr + 64 j, j = 0..3, so one instruction reads 8 rows x 64 contiguous bytes (one L2 request of two
     // sectors per row); piece P of row r in slot P ^ (r & 2) (the stores stay 512 contiguous bytes, the
     // quads' reads conflict-free). Scales: thread tid copies 16 bytes of block row tid every second stage
@@ -601,17 +576,16 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
         const int qcol = n0 + (GATE_UP ? (br & 127) : br);
         const bool ok = qcol < n_out;
         qok |= ok ? 1u << j : 0u;
-        if (TILED)  // tile-major: the block's 256 rows x 64 bytes of a stage are one contiguous 16 KiB (full tiles)
+        if (V::tiled)  // tile-major: the block's 256 rows x 64 bytes of a stage are one contiguous 16 KiB (full tiles)
             qsrc[j] = cx.wq + (unsigned)(n0 / COLS) * (ROWS * kb) + (unsigned)br * 64 + 16 * qp;
         else
             qsrc[j] = cx.wq + (ok ? (unsigned)(GATE_UP && br >= 128 ? n_out + qcol : qcol) * kb : 0u) + 16 * qp;
     }
-    // the slot of piece qp; tile-major codes are stored with the slots already swizzled (tile_experts)
-    const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (TILED ? 0 : qr & 2)) << 4);
+    const unsigned qdst = C_OFF + qr * 64 + (((unsigned)qp ^ (qr & 2)) << 4);  // the slot of piece qp
     const int col = n0 + (GATE_UP ? (tid & 127) : tid);
     const bool w_ok = col < n_out;
-    const unsigned char *scale_src =  // TILED: 256 rows x 16 bytes (two stages) contiguous, the tile's pairs in order
-        TILED ? cx.wsc + (unsigned)(n0 / COLS) * (ROWS * cx.ks) + tid * 16
+    const unsigned char *scale_src =  // tiled: 256 rows x 16 bytes (two stages) contiguous, the tile's pairs in order
+        V::tiled ? cx.wsc + (unsigned)(n0 / COLS) * (ROWS * cx.ks) + tid * 16
               : cx.wsc + (w_ok ? (unsigned)(GATE_UP && tid >= 128 ? n_out + col : col) * cx.ks : 0u);
     const bool scale16 = cx.ks % 16 == 0;
 
@@ -624,16 +598,16 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     const int xn = (tid & 7) + 8 * xw, xi = (tid >> 3) & 3;
     const bool x_row = xw < NTA;
     const bool x_ok = xn < tile.rows;
-    const unsigned x_off = !XPRE && x_ok ? (unsigned)cx.s_src[xn] * (2u * k) + 16u * xi : 0u;  // bytes (wgp: unused)
+    const unsigned x_off = !V::kperm && x_ok ? (unsigned)cx.s_src[xn] * (2u * k) + 16u * xi : 0u;  // bytes (kperm: unused)
     const unsigned char *x_bytes = reinterpret_cast<const unsigned char *>(cx.x);
     unsigned x_dst[4];  // byte offsets of this thread's slots in a stage's token tile
 #pragma unroll
     for (int j = 0; j < 4; ++j) x_dst[j] = (xi >> 1) * ATOM + xn * 128 + ((((xi & 1) * 4 + j) ^ (xn & 7)) << 4);
 
-    // XPRE (wgp): x is stored K-permuted (kperm below), so logical unit L of a row is its 16 bytes at
+    // kperm: x is stored K-permuted (kperm below), so logical unit L of a row is its 16 bytes at
     // 16 L: unit idx = tid + 256 m (m < XU) of the tile's 16 * 8 * NTA is copied by this thread, straight
     // into its swizzled slot, and no thread permutes. Every thread copies: no warpgroup waits for another.
-    constexpr int XU = XPRE ? (NTA + 1) / 2 : 1;
+    constexpr int XU = V::kperm ? (NTA + 1) / 2 : 1;
     const int pl = tid & 15, pn = tid >> 4;  // unit and first row (row pn + 16 m for copy m)
     const unsigned p_dst = (pl >> 3) * ATOM + pn * 128 + (((pl & 7) ^ (pn & 7)) << 4);  // + 2048 m
     unsigned p_src[XU];  // byte offset of copy m's unit in x (chunk 0), or ~0u: no row (zero-fill)
@@ -647,7 +621,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // half of a K % 128 == 64 tail stage) reads 0 bytes from the first half's address, so every address
     // stays inside its row.
     auto issue_x = [&](int chunk, unsigned sb) {
-        if constexpr (XPRE) {  // K % 128 == 0 (impbench/kernels/moe.py): no tail stage
+        if constexpr (V::kperm) {  // K % 128 == 0 (impbench/kernels/moe.py): no tail stage
 #pragma unroll
             for (int m = 0; m < XU; ++m) {
                 if (pn + 16 * m < 8 * NTA) {
@@ -665,10 +639,10 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             cp_async16s(sb + x_dst[3], xh + 64, xhi_ok ? 16 : 0);
         }
     };
-    // wgq: weight copies of `chunk` (codes, and the scales of an even chunk and the next) into pipeline stage
+    // Weight copies of `chunk` (codes, and the scales of an even chunk and the next) into pipeline stage
     // `stage`; issue(): and its token tile.
     auto issue_w = [&](int chunk, int stage) {
-        if constexpr (BULK) {  // one TMA copy per stage (and scale pair), completing on the stage's full mbarrier
+        if constexpr (V::tiled) {  // one TMA copy per stage (and scale pair), completing on the stage's full mbarrier
             if (tid == 0) {
                 const bool scales = (chunk & 1) == 0;
                 const unsigned bar = cx.bars + 8 * stage;
@@ -685,12 +659,12 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const bool ok = kq && (qok >> j & 1);
-            cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (TILED ? ROWS * BK / 2 : BK / 2) : 0), ok ? 16 : 0);
+            cp_async16_l2(sb + qdst + j * 64 * 64, qsrc[j] + (ok ? chunk * (BK / 2) : 0), ok ? 16 : 0);
         }
         if ((chunk & 1) == 0) {  // scales of chunks `chunk`, `chunk + 1`: bytes 8 chunk .. + 15 of the row
             const unsigned rd = s_base + WQ_RING + ((chunk >> 1) & 1) * (ROWS * 16) + tid * 16;
             const int from = chunk * (BK / 16);
-            const unsigned char *ss = scale_src + (w_ok ? (TILED ? (chunk >> 1) * (ROWS * 16) : from) : 0);
+            const unsigned char *ss = scale_src + (w_ok ? from : 0);
             if (scale16) {
                 cp_async16_l2(rd, ss, w_ok ? 16 : 0);
             } else {
@@ -709,7 +683,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     // Permute this thread's four landed slots into the logical order (see the section comment):
     // slot 4i + 2p + c = pair (p, c) of each of the four physical units, unit of quad thread t -> word t.
     auto permute = [&](unsigned char *sx) {  // sx: the stage's token tile
-        if constexpr (!XPRE) {
+        if constexpr (!V::kperm) {
             if (!x_row) return;
             uint4 v[4];
 #pragma unroll
@@ -752,8 +726,8 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    // slot of piece t: wgq stores it at t ^ (row & 2), TMA's 64-byte swizzle at t ^ ((row >> 1) & 3)
-                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ (TMA ? ((g >> 1) & 3) : (g & 2))) << 4) + i0 * 4;
+                    // slot of piece t: t ^ (row & 2)
+                    const unsigned char *src = sc + (br_of(mt, r) + g) * 64 + ((t ^ (g & 2)) << 4) + i0 * 4;
                     if constexpr (WORDS == 4) {
                         const uint4 v = *reinterpret_cast<const uint4 *>(src);
                         q[mt][r][0] = v.x, q[mt][r][1] = v.y, q[mt][r][2] = v.z, q[mt][r][3] = v.w;
@@ -806,56 +780,13 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     };
 
     const int chunks = (k + BK - 1) / BK;
-    if constexpr (TMA) {
-        // Thread 0 arms slot chunk % 4's mbarrier with the bytes it expects and issues the boxes of the
-        // block's two 128-row halves: codes of `chunk`, and when `chunk` is even the scales of it and the next.
-        const unsigned bars = s_base + T_BARS;
-        const int row_a = tile.expert * (GATE_UP ? 2 * n_out : n_out) + n0, row_b = row_a + (GATE_UP ? n_out : 128);
-        auto load_weights = [&](int chunk) {
-            const int slot = chunk % T_CODE_SLOTS;
-            const unsigned bar = bars + 8 * slot, dst = s_base + T_CODES + slot * CODE_STAGE;
-            const bool scales = (chunk & 1) == 0;
-            mbar_expect_tx(bar, CODE_STAGE + (scales ? ROWS * 16 : 0));
-            tma_load_2d(dst, cx.codes_map, chunk * (BK / 2), row_a, bar);
-            tma_load_2d(dst + 128 * 64, cx.codes_map, chunk * (BK / 2), row_b, bar);
-            if (scales) {
-                const unsigned sd = s_base + T_SCALES + ((chunk >> 1) % T_SCALE_SLOTS) * (ROWS * 16);
-                tma_load_2d(sd, cx.scales_map, chunk * (BK / 16), row_a, bar);
-                tma_load_2d(sd + 128 * 16, cx.scales_map, chunk * (BK / 16), row_b, bar);
-            }
-        };
-        if (tid == 0) {
-#pragma unroll
-            for (int i = 0; i < T_CODE_SLOTS; ++i) mbar_init(bars + 8 * i, 1);
-            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        }
-        __syncthreads();
-        if (tid == 0)
-            for (int c = 0; c < T_CODE_SLOTS - 1 && c < chunks; ++c) load_weights(c);
-        issue_x(0, s_base + T_X);
-        cp_async_commit();
-#pragma unroll 1
-        for (int c = 0; c < chunks; ++c) {
-            const int slot = c % T_CODE_SLOTS;
-            const unsigned x_addr = s_base + (c % T_X_SLOTS) * X_BYTES;
-            mbar_wait(bars + 8 * slot, (c / T_CODE_SLOTS) & 1);
-            cp_async_wait<0>();
-            permute(smem + (c % T_X_SLOTS) * X_BYTES);
-            fence_proxy_async();
-            __syncthreads();  // token tile c published; every thread is past compute(c - 1): its slots are free
-            if (tid == 0 && c + T_CODE_SLOTS - 1 < chunks) load_weights(c + T_CODE_SLOTS - 1);
-            if (c + 1 < chunks) issue_x(c + 1, s_base + ((c + 1) % T_X_SLOTS) * X_BYTES);
-            cp_async_commit();
-            compute(smem + T_CODES + slot * CODE_STAGE,
-                    smem + T_SCALES + ((c >> 1) % T_SCALE_SLOTS) * (ROWS * 16) + (c & 1) * 8, x_addr);
-        }
-    } else if constexpr (XPRE) {
+    if constexpr (V::kperm) {
         // No block barrier in the K loop: stage slot s has a `full` mbarrier (every thread arrives once its
         // own copies into the slot have landed: cp.async.mbarrier.arrive.noinc) and an `empty` one (every
         // thread arrives once its wgmma reading the slot are done). A thread waits for full[c] before
         // computing stage c, and for empty[c - 1] before copying stage c + 2 into that slot (and into the
         // scale-ring slot chunks c - 2, c - 1 used), so warps may drift up to a stage apart instead of
-        // meeting at every stage. (Only wgp: wgq rewrites its token-tile slots after they land, a later event
+        // meeting at every stage. (Only kperm: wgq rewrites its token-tile slots after they land, a later event
         // than the cp.async arrival.) The mbarriers were initialized before find_tile (moe_body), and no
         // barrier precedes the first copies: the first stages' weights, which need only the tile's expert and
         // columns, go out before the token-tile copies, which wait for the row_token loads of p_src.
@@ -915,7 +846,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             const int tok = nt * 8 + 2 * t + (c & 1), col = 16 * warp + (c >> 1) * 8 + g;
             if (GATE_UP) {
                 const float gate = acc[0][4 * nt + c] * f, up = acc[1][4 * nt + c] * f;
-                so[tok * STRIDE + (XPRE ? kperm_slot(col) : col)] = f2h(silu(gate) * up);
+                so[tok * STRIDE + (V::kperm ? kperm_slot(col) : col)] = f2h(silu(gate) * up);
             } else {
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt)
@@ -942,27 +873,29 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
 // n_out: output columns (gate_up: I, the weight has 2I rows; down: H). n_tiles: ceil(n_out / COLS).
 // WARPS x MT m16 tiles = 16: the block always covers 256 weight rows; gate_up warps hold MT/2 gate
 // tiles and the MT/2 matching up tiles.
-template <bool GATE_UP, int WARPS, int MT, bool XPERM, bool CVT, bool WG = false, bool TMA = false, bool XPRE = false,
-          bool TILED = false, bool BULK = false>
+template <bool GATE_UP, class V>
 __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int *__restrict__ row_token,
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
                                          const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
-                                         const Map *codes_map = nullptr, const Map *scales_map = nullptr) {
+                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles) {
     static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
+    static_assert(V::wgmma || !V::kperm, "the mma.sync loop reads natural-order activations");
+    static_assert(!V::tiled || V::kperm, "tile-major weights complete on the kperm loop's mbarriers");
     constexpr int NT = 32 * WARPS;                    // threads
     constexpr int COLS = GATE_UP ? ROWS / 2 : ROWS;   // output columns per block
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int s_warp[NT / 32], s_tile[3], s_src[BT];
     __shared__ float s_rw[BT];
-    __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // wgp: full[STAGES], empty[STAGES]
+    __shared__ __align__(8) unsigned long long s_bars[2 * STAGES];  // kperm: full[STAGES], empty[STAGES]
     const int tid = threadIdx.x;
-    if (XPRE && tid == 0) {  // published by find_tile's barriers
+#if IMPMOE_HAS_WGMMA  // the fence is sm_90 PTX; kperm variants are wgmma ones, a trap below elsewhere
+    if (V::kperm && tid == 0) {  // published by find_tile's barriers
 #pragma unroll
         for (int i = 0; i < 2 * STAGES; ++i) impasync::mbar_init(smem_u32(s_bars) + 8 * i, NT);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
+#endif
 
     const int n_tile = blockIdx.x % n_tiles, slot = blockIdx.x / n_tiles;
     const Tile tile = find_tile<NT>(offsets, num_experts, slot, s_warp, s_tile);
@@ -970,10 +903,10 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 
     if (tid < tile.rows) {
         const int r = tile.row0 + tid;
-        if (!XPRE) s_src[tid] = GATE_UP ? row_token[r] : r;
+        if (!V::kperm) s_src[tid] = GATE_UP ? row_token[r] : r;
         s_rw[tid] = row_weight ? row_weight[r] : 1.0f;
     }
-    if (!XPRE) __syncthreads();  // wgp reads row_token itself; s_rw is read after the epilogue's barrier
+    if (!V::kperm) __syncthreads();  // kperm reads row_token itself; s_rw is read after the epilogue's barrier
 
     const int n0 = n_tile * COLS;
     const int kb = k / 2, ks = k / 16;  // code and scale bytes per weight row
@@ -1004,22 +937,21 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     for (int j = 0; j < SC; ++j) valid |= col_of(scale_br + (NT / 2) * j) < n_out ? 1u << (8 + j) : 0u;
 
     Ctx cx;
-    cx.codes_map = codes_map, cx.scales_map = scales_map;
     cx.x = x, cx.w_scale2 = w_scale2, cx.out = out, cx.wq = wq, cx.wsc = wsc, cx.s_src = s_src, cx.s_rw = s_rw;
     cx.row_token = GATE_UP ? row_token : nullptr, cx.bars = smem_u32(s_bars);
     cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
     cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid;
-    if constexpr (WG) {
+    if constexpr (V::wgmma) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
-            case 1: wg::tile_wg<GATE_UP, 1, TMA, XPRE, TILED, BULK>(cx); break;
-            case 2: wg::tile_wg<GATE_UP, 2, TMA, XPRE, TILED, BULK>(cx); break;
-            case 3: wg::tile_wg<GATE_UP, 3, TMA, XPRE, TILED, BULK>(cx); break;
-            case 4: wg::tile_wg<GATE_UP, 4, TMA, XPRE, TILED, BULK>(cx); break;
-            case 5: wg::tile_wg<GATE_UP, 5, TMA, XPRE, TILED, BULK>(cx); break;
-            case 6: wg::tile_wg<GATE_UP, 6, TMA, XPRE, TILED, BULK>(cx); break;
-            case 7: wg::tile_wg<GATE_UP, 7, TMA, XPRE, TILED, BULK>(cx); break;
-            default: wg::tile_wg<GATE_UP, 8, TMA, XPRE, TILED, BULK>(cx); break;
+            case 1: wg::tile_wg<GATE_UP, V, 1>(cx); break;
+            case 2: wg::tile_wg<GATE_UP, V, 2>(cx); break;
+            case 3: wg::tile_wg<GATE_UP, V, 3>(cx); break;
+            case 4: wg::tile_wg<GATE_UP, V, 4>(cx); break;
+            case 5: wg::tile_wg<GATE_UP, V, 5>(cx); break;
+            case 6: wg::tile_wg<GATE_UP, V, 6>(cx); break;
+            case 7: wg::tile_wg<GATE_UP, V, 7>(cx); break;
+            default: wg::tile_wg<GATE_UP, V, 8>(cx); break;
         }
 #else
         __trap();  // sm_90a only; impbench/kernels/moe.py never launches it elsewhere
@@ -1027,72 +959,46 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
         return;
     }
     switch (nt_act) {
-        case 1: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 1>(cx); break;
-        case 2: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 2>(cx); break;
-        case 3: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 3>(cx); break;
-        case 4: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 4>(cx); break;
-        case 5: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 5>(cx); break;
-        case 6: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 6>(cx); break;
-        case 7: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 7>(cx); break;
-        default: moe_tile<GATE_UP, WARPS, MT, XPERM, CVT, 8>(cx); break;
+        case 1: moe_tile<GATE_UP, 1>(cx); break;
+        case 2: moe_tile<GATE_UP, 2>(cx); break;
+        case 3: moe_tile<GATE_UP, 3>(cx); break;
+        case 4: moe_tile<GATE_UP, 4>(cx); break;
+        case 5: moe_tile<GATE_UP, 5>(cx); break;
+        case 6: moe_tile<GATE_UP, 6>(cx); break;
+        case 7: moe_tile<GATE_UP, 7>(cx); break;
+        default: moe_tile<GATE_UP, 8>(cx); break;
     }
 }
 
 }  // namespace impmoe
 
-// Entry points: moe_nvfp4_gate_up / moe_nvfp4_down and the _cvt, _wgq and _wgt variants (8 warps, 256
-// threads, 256 weight rows each; _wgq / _wgt: wgmma, sm_90a, see the wg section).
+// Entry points moe_nvfp4_gate_up<suffix> / moe_nvfp4_down<suffix>, one pair per variant (256 threads,
+// 256 weight rows each; dynamic shared memory impmoe::SMEM_BYTES for cvt, impmoe::wg::WQ_SMEM for the
+// wgmma variants).
 // gate_up: x fp16 [T, H]; row_token int32 [R]; offsets int32 [E+1]; w13 [E, 2I, H/2]; w13_scale
 // [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
-#define MOE_ENTRY(SUFFIX, WARPS, MT, XPERM, CVT, WG, XPRE, TILED, BULK)                                                                        \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
+// kperm variants take x / h K-permuted (K % 128 == 0) and gate_up writes out so; tiled ones take w13 / w2
+// and their scales tile-major (H, I % 256 == 0).
+#define MOE_ENTRY(SUFFIX, VARIANT)                                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * impmoe::WARPS, 2)                                       \
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
-                                  int inter, int n_tiles) { pdl_entry();                                                   \
-        impmoe::moe_body<true, WARPS, MT, XPERM, CVT, WG, false, XPRE, TILED, BULK>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr, out,     \
-                                          num_experts, hidden, inter, n_tiles);                                \
+                                  int inter, int n_tiles) { pdl_entry();                                     \
+        impmoe::moe_body<true, impmoe::VARIANT>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr,   \
+                                                out, num_experts, hidden, inter, n_tiles);                    \
     }                                                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS, 2)                                               \
+    extern "C" __global__ void __launch_bounds__(32 * impmoe::WARPS, 2)                                       \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
-                               half_t *out, int num_experts, int inter, int hidden, int n_tiles) { pdl_entry();            \
-        impmoe::moe_body<false, WARPS, MT, XPERM, CVT, WG, false, XPRE, TILED, BULK>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight, out,      \
-                                           num_experts, inter, hidden, n_tiles);                               \
+                               half_t *out, int num_experts, int inter, int hidden, int n_tiles) { pdl_entry(); \
+        impmoe::moe_body<false, impmoe::VARIANT>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight,    \
+                                                 out, num_experts, inter, hidden, n_tiles);                   \
     }
 
-MOE_ENTRY(, 8, 2, true, false, false, false, false, false)
-MOE_ENTRY(_cvt, 8, 2, true, true, false, false, false, false)
-// wgq (sm_90a, wgmma): dynamic shared memory impmoe::wg::WQ_SMEM
-MOE_ENTRY(_wgq, 8, 2, true, true, true, false, false, false)
-// wgp: wgq with x / h K-permuted in memory (kperm; K % 128 == 0), gate_up writing h K-permuted
-MOE_ENTRY(_wgp, 8, 2, true, true, true, true, false, false)
-// wgx: wgp with the weights stored tile-major (impbench/kernels/moe.py tile_experts; H, I % 256 == 0), so a
-// block's stage of codes is 16 KiB and its scale pair 4 KiB of contiguous memory, already in the shared layout
-MOE_ENTRY(_wgx, 8, 2, true, true, true, true, true, false)
-// wgb: wgx with each stage's codes (and scale pair) copied by one TMA bulk copy of thread 0
-MOE_ENTRY(_wgb, 8, 2, true, true, true, true, true, true)
-
-// wgt: the weights by TMA (impmoe::wg::TMA_SMEM dynamic shared bytes; K % 256 == 0). The same arguments,
-// then the tensor maps of the weight's codes [E * N, K/2] (box 64 bytes x 128 rows, 64-byte swizzle) and
-// scales [E * N, K/16] (box 16 bytes x 128 rows), N = 2I (gate_up) or H (down); impbench/kernels/moe.py.
-#define MOE_TMA_ENTRY(SUFFIX)                                                                              \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_gate_up##SUFFIX(                                  \
-        const half_t *x, const int *row_token, const int *offsets, const unsigned char *w13,                         \
-        const unsigned char *w13_scale, const float *w13_scale2, half_t *out, int num_experts, int hidden, int inter, \
-        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) { pdl_entry();   \
-        impmoe::moe_body<true, 8, 2, true, true, true, true>(x, row_token, offsets, w13, w13_scale, w13_scale2,    \
-                                                                 nullptr, out, num_experts, hidden, inter, n_tiles,  \
-                                                                 &codes_map, &scales_map);                           \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 2) moe_nvfp4_down##SUFFIX(                                     \
-        const half_t *h, const int *offsets, const unsigned char *w2, const unsigned char *w2_scale,                  \
-        const float *w2_scale2, const float *row_weight, half_t *out, int num_experts, int inter, int hidden,         \
-        int n_tiles, const __grid_constant__ impmoe::Map codes_map, const __grid_constant__ impmoe::Map scales_map) { pdl_entry();   \
-        impmoe::moe_body<false, 8, 2, true, true, true, true>(h, nullptr, offsets, w2, w2_scale, w2_scale2,        \
-                                                                  row_weight, out, num_experts, inter, hidden,       \
-                                                                  n_tiles, &codes_map, &scales_map);                 \
-    }
-MOE_TMA_ENTRY(_wgt)
+MOE_ENTRY(_cvt, VariantCvt)
+MOE_ENTRY(_wgq, VariantWgq)
+MOE_ENTRY(_wgp, VariantWgp)
+MOE_ENTRY(_wgb, VariantWgb)

@@ -1,13 +1,20 @@
-"""Grouped NVFP4 MoE GEMMs (GPU): gate_up and down against the NumPy-dequantized float64 reference for
-many distributions of rows over experts (empty experts, one expert with every row, tiles past 64
-rows), poisoned outputs fully written, a graph captured once in global mode and replayed after the
-offsets change on the device, argument checks, and the synthetic weight generator."""
+"""Grouped NVFP4 MoE GEMMs. GPU: every kept kernel variant, gate_up and down, against the float64
+reference of the NumPy NVFP4 codec for many distributions of rows over experts (empty experts, one
+expert with every row, tiles past 64 rows), outputs poisoned with NaN first so every element must be
+written; a graph captured once in global mode and replayed after the offsets change on the device;
+argument and variant checks; the synthetic weight generator. CPU: the variant rule (each branch), the
+explicit-variant checks, prewarm's kernels, the kperm and tile-major layouts, benchmark routing and CLI."""
 
 import numpy as np
 import pytest
 
 from impbench import nvfp4
+from impbench.kernels import moe
 
+# Bound on ||out - ref|| / ||ref|| (Frobenius norms, ref in float64 from the same NVFP4 codes and FP16
+# inputs). The kernels dequantize exactly and accumulate in FP32; what remains is the FP16 rounding of the
+# output (at most 2^-11 relative per element) and FP32 summation order, so 2e-3 is about 4x the worst
+# rounding and far below any indexing or decoding error (wrong scale, nibble, row or token: O(1)).
 REL_ERR = 2e-3
 
 
@@ -65,6 +72,18 @@ def _rel_err(out, ref) -> float:
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
+def _hopper_fits(variant: str, hidden: int, inter: int) -> bool:
+    """Whether `variant` runs this layer on a Hopper GPU (where every variant exists): the shape decides."""
+    return moe.cannot_run(variant, hidden, inter, device_cc=moe.HOPPER_CC) is None
+
+
+def _skip_where_this_gpu_lacks(variant: str | None) -> None:
+    """Skip a wgmma variant on a GPU other than compute capability 9.0 (TILE_K-multiple shapes fit every variant)."""
+    reason = variant and moe.cannot_run(variant, moe.TILE_K, moe.TILE_K)
+    if reason:
+        pytest.skip(reason)
+
+
 class Problem:
     """Host weights and inputs of one MoE layer, uploaded; routing set separately (and changeable)."""
 
@@ -107,16 +126,17 @@ class Problem:
         self.out.fill(cupy.nan)
 
     def launch(self, weighted=True, variant=None):
-        from impbench.kernels import moe
-
-        variant = variant or moe.DEFAULT_VARIANT
-        # wgp reads x and h K-permuted and writes act K-permuted (check() restores the natural order)
-        self.kperm = moe.uses_kperm(variant, self.x.shape[1], self.h.shape[1])
+        """Both GEMMs with `variant` (None: the wrappers' choice for natural-order arrays), each array in
+        the layout the variant reads (check() restores gate_up's output to natural order)."""
+        hidden, inter = self.x.shape[1], self.h.shape[1]
+        _skip_where_this_gpu_lacks(variant)
+        spec = moe.VARIANTS[variant or moe.choose_variant(hidden, inter, tiled=False, kperm=False)]
+        self.kperm = spec.kperm
         if self.kperm and not hasattr(self, "x_kp"):  # once, eagerly: a captured launch must not allocate
             self.x_kp, self.h_kp = moe.to_kperm(self.x), moe.to_kperm(self.h)
         x, h = (self.x_kp, self.h_kp) if self.kperm else (self.x, self.h)
         w13, w2 = self.w13, self.w2
-        if moe.uses_tiled(variant, self.x.shape[1], self.h.shape[1]):  # wgx: tile-major weights, made once
+        if spec.tiled:  # tile-major weights, made once
             if not hasattr(self, "w13_tiled"):
                 self.w13_tiled, self.w2_tiled = moe.tiled_weight(w13, True), moe.tiled_weight(w2, False)
             w13, w2 = self.w13_tiled, self.w2_tiled
@@ -131,8 +151,6 @@ class Problem:
         offsets, row_token, row_weight = self.routing
         act = self.act.get()
         if self.kperm:
-            from impbench.kernels import moe
-
             act = moe.from_kperm(act)
         err_up = _rel_err(act, _ref_gate_up(self.x_host, row_token, offsets, self.w13_deq))
         err_down = _rel_err(self.out.get(), _ref_down(self.h_host, offsets, self.w2_deq, row_weight if weighted else None))
@@ -140,24 +158,24 @@ class Problem:
         return err_up, err_down
 
 
-VARIANTS = ["w8", "cvt", "wgq", "wgt", "wgp", "wgx", "wgb"]  # impbench.kernels.moe.VARIANTS (kept literal: collected without a GPU)
+SHAPES = [  # experts, hidden H, intermediate I, tokens, top-k
+    (6, 320, 192, 40, 4),  # partial N tiles and a partial last K stage in both GEMMs
+    (4, 128, 64, 37, 3),  # R = 111: a partial n8 token tile
+    (3, 64, 64, 200, 1),  # a single 64-wide K stage; one expert gets up to 4 token tiles
+    (5, 768, 320, 40, 4),  # gate_up K a multiple of 256, a partial 128-column gate_up tile (I = 320)
+    (3, 320, 512, 37, 3),  # down K a multiple of 256, a partial 256-column down tile (H = 320)
+    (5, 384, 256, 45, 4),  # H and I multiples of 128 (kperm variants), 3 K stages / 2
+    (4, 640, 384, 50, 3),  # multiples of 128, not 256: odd K stage counts (5 / 3) for the kperm variants
+    (3, 512, 256, 70, 4),  # H and I multiples of 256 (the tiled variant too), 2 gate_up / 2 down tiles
+    (5, 256, 768, 61, 4),  # the shortest tile-major K (2 stages, one scale pair) for gate_up; 6 gate_up tiles
+    (7, 1024, 256, 33, 5),  # 4 down tiles of 256 columns, an 8-stage gate_up K
+]
+CASES = [(v, *shape) for v in moe.VARIANTS for shape in SHAPES if _hopper_fits(v, shape[1], shape[2])]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind", ["random", "one_expert", "uniform"])
-@pytest.mark.parametrize(
-    "experts,hidden,inter,tokens,top_k",
-    [
-        (6, 320, 192, 40, 4),  # partial N tiles and a partial last K stage in both GEMMs
-        (4, 128, 64, 37, 3),  # R = 111: a partial n8 token tile
-        (3, 64, 64, 200, 1),  # a single 64-wide K stage; one expert gets up to 4 token tiles
-        (5, 768, 320, 40, 4),  # K % 256 == 0 for gate_up (wgt runs it, down falls back): partial N tile
-        (3, 320, 512, 37, 3),  # ... and for down (wgt): partial 256-column tile, gate_up falls back
-        (5, 384, 256, 45, 4),  # H and I multiples of 128: wgp runs (kperm x and h), 3 K stages / 2
-        (3, 512, 256, 70, 4),  # H and I multiples of 256: wgx runs (tile-major weights), 2 gate_up / 2 down tiles
-    ],
-)
+@pytest.mark.parametrize("variant,experts,hidden,inter,tokens,top_k", CASES)
 def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k, variant):
     problem = Problem(experts, hidden, inter, tokens, top_k, seed=1000 * experts + tokens + len(kind)).route(kind)
     problem.poison()
@@ -166,26 +184,20 @@ def test_kernels_match_reference(kind, experts, hidden, inter, tokens, top_k, va
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", list(moe.VARIANTS))
 def test_further_tiles_of_experts_past_the_first_128(variant):
     # 200 experts; experts 3, 150 and 199 need 2-3 token tiles each (further tiles past expert 128)
     counts = np.zeros(200, np.int64)
     counts[[3, 150, 199]] = [66, 150, 70]
     counts[10:44] = 1
-    problem = Problem(200, 128, 128, 80, 4, seed=7).route("given", counts)
+    problem = Problem(200, 256, 256, 80, 4, seed=7).route("given", counts)
     problem.poison()
     problem.launch(variant=variant)
     problem.check()
 
 
-def test_variant_list_matches_the_wrapper():
-    from impbench.kernels.moe import DEFAULT_VARIANT, VARIANTS as WRAPPED
-
-    assert VARIANTS == list(WRAPPED) and DEFAULT_VARIANT in VARIANTS
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", list(moe.VARIANTS))
 @pytest.mark.parametrize("kind", ["random", "one_expert"])
 def test_qwen3_coder_expert_shapes_with_generated_weights(kind, variant):
     # real K / N (H 2048, I 768) on 8 experts, weights from the GPU generator, down without row weights
@@ -195,30 +207,30 @@ def test_qwen3_coder_expert_shapes_with_generated_weights(kind, variant):
     problem.check(weighted=False)
 
 
+DENSE = [  # tokens, N, K
+    (2048, 512, 2048),  # 32 full token tiles re-reading one weight
+    (130, 5120, 4096),  # the engine's widest projection; a 2-row last token tile
+    (77, 320, 192),  # partial N tile, a K % 128 == 64 tail stage
+]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize(
-    "tokens,n,k",
-    [
-        (2048, 512, 2048),  # 32 full token tiles re-reading one weight
-        (130, 5120, 4096),  # the engine's widest projection; a 2-row last token tile
-        (77, 320, 192),  # partial N tile, a K % 128 == 64 tail stage
-    ],
+    "variant,tokens,n,k", [(v, *shape) for v in moe.VARIANTS for shape in DENSE if _hopper_fits(v, shape[1], shape[2])]
 )
 def test_one_expert_down_is_a_dense_nvfp4_gemm(tokens, n, k, variant):
     # the engine's attention projections: moe_down with E = 1, offsets [0, T], no row weights
     import cupy
 
-    from impbench.kernels import moe
-
+    _skip_where_this_gpu_lacks(variant)
     rng = np.random.default_rng(tokens + n + k)
     codes, scales, scale2 = nvfp4.generate_experts_gpu(1, n, k, seed=tokens)
     w_deq = nvfp4.dequantize(codes.get(), scales.get(), scale2.get()).astype(np.float64)
     a_host = rng.standard_normal((tokens, k)).astype(np.float16)
     a = cupy.asarray(a_host)
-    if moe.uses_kperm(variant, n, k):  # wgp / wgx: the input K-permuted
+    if moe.VARIANTS[variant].kperm:
         a = moe.to_kperm(a)
-    if moe.uses_tiled(variant, n, k):  # wgx: the weight tile-major
+    if moe.VARIANTS[variant].tiled:
         codes, scales = moe.tile_experts(codes, scales, gate_up=False)
     offsets = cupy.asarray(np.array([0, tokens], np.int32))
     out = cupy.full((tokens, n), cupy.nan, cupy.float16)
@@ -228,18 +240,16 @@ def test_one_expert_down_is_a_dense_nvfp4_gemm(tokens, n, k, variant):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", list(moe.VARIANTS))
 def test_graph_captured_in_global_mode_follows_new_offsets(variant):
     import cupy
     from cupy.cuda import runtime
 
-    from impbench.kernels import moe
-
+    _skip_where_this_gpu_lacks(variant)
     moe.prewarm()
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
-        # K = 512 / 256: every variant runs itself (wgt needs K % 256 == 0)
-        problem = Problem(6, 512, 256, 48, 4, seed=5).route("random")
+        problem = Problem(6, 512, 256, 48, 4, seed=5).route("random")  # H, I multiples of 256: every variant runs
         problem.launch(variant=variant)  # eager once; the capture below must not allocate or compile
         stream.synchronize()
         stream.begin_capture(mode=runtime.streamCaptureModeGlobal)
@@ -257,8 +267,6 @@ def test_graph_captured_in_global_mode_follows_new_offsets(variant):
 def test_prepared_launch_equals_direct_call():
     import cupy
 
-    from impbench.kernels import moe
-
     problem = Problem(4, 128, 64, 32, 2, seed=9).route("random")
     problem.poison()
     p = problem
@@ -274,10 +282,8 @@ def test_prepared_launch_equals_direct_call():
 
 
 @pytest.mark.gpu
-def test_argument_checks_name_the_shapes():
+def test_argument_checks_name_the_shapes_and_the_variant():
     import cupy
-
-    from impbench.kernels import moe
 
     p = Problem(4, 128, 64, 16, 2, seed=3).route("random")
     w13, s13, g13 = p.w13
@@ -293,6 +299,11 @@ def test_argument_checks_name_the_shapes():
         moe.moe_down(p.h, p.offsets.astype(cupy.int64), *p.w2, p.out)
     with pytest.raises(ValueError, match="K = 128 but h"):
         moe.moe_down(p.h, p.offsets, *p.w13, p.out)
+    # an explicit variant is checked, never replaced: unknown names, and a layout the layer cannot have
+    with pytest.raises(ValueError, match="moe_gate_up: unknown MoE kernel variant 'w8'"):
+        moe.moe_gate_up(p.x, p.row_token, p.offsets, *p.w13, p.act, variant="w8")
+    with pytest.raises(ValueError, match="moe_down: .*multiples of (128|256)|compute capability 9.0 only"):
+        moe.moe_down(p.h, p.offsets, *p.w2, p.out, variant="wgb")  # H 128, I 64
 
 
 @pytest.mark.gpu
@@ -361,7 +372,7 @@ def test_token_tiles_bound_covers_any_distribution():
 
 
 @pytest.mark.parametrize("gate_up", [True, False])
-def test_tile_experts_puts_each_weight_where_wgx_reads_it(gate_up):
+def test_tile_experts_puts_each_weight_where_wgb_reads_it(gate_up):
     from impbench.kernels.moe import tile_experts, untile_experts
 
     rng = np.random.default_rng(3)
@@ -373,7 +384,7 @@ def test_tile_experts_puts_each_weight_where_wgx_reads_it(gate_up):
     back = untile_experts(tc, ts, gate_up)
     assert (back[0] == codes).all() and (back[1] == scale).all()
     kb, ks = k // 2, k // 16
-    for _ in range(500):  # the kernel's addresses (kernels_cu/moe_nvfp4.cu, TILED): tile t, stage c, block row br
+    for _ in range(500):  # the kernel's addresses (kernels_cu/moe_nvfp4.cu, V::tiled): tile t, stage c, block row br
         e, t, c, br = rng.integers(experts), rng.integers(n // 256), rng.integers(kb // 64), rng.integers(256)
         row = (br // 128) * (n // 2) + 128 * t + br % 128 if gate_up else 256 * t + br
         b, pair, b16 = rng.integers(64), rng.integers(ks // 16), rng.integers(16)
@@ -421,20 +432,93 @@ def test_kperm_order_is_the_kernels_shared_memory_permutation():
         moe.kperm_order(192)
 
 
-@pytest.mark.parametrize("sm90", [True, False])
-def test_kperm_applies_to_wgp_layers_whose_two_k_are_multiples_of_128(monkeypatch, sm90):
-    from impbench.kernels import moe
+# ---- the variant rule, explicit variants and prewarm (CPU) ----------------------------------------------
 
-    monkeypatch.setattr(moe, "_is_sm90", lambda: sm90)
-    assert moe.uses_kperm("wgp", 2048, 768) is sm90  # qwen3-coder; off Hopper wgp runs the mma.sync fallback
-    assert not moe.uses_kperm("wgp", 2816, 704)  # gemma-4: I % 128 == 64
-    assert not moe.uses_kperm("wgq", 2048, 768)
-    # both GEMMs of a layer switch together, so gate_up's output order is what down reads
-    for k in (2816, 704):
-        assert moe._layer_variant("wgp", k, 2816, 704) == ("wgq" if sm90 else "cvt")
-    assert moe._layer_variant("wgp", 2048, 2048, 768) == ("wgp" if sm90 else "cvt")
-    # wgx: where H and I are multiples of 256 (tile-major weights), else wgp with the checkpoint layout
-    assert moe.uses_tiled("wgx", 2048, 768) is sm90 and moe.uses_kperm("wgx", 2048, 768) is sm90
-    assert not moe.uses_tiled("wgx", 2048, 640) and not moe.uses_tiled("wgp", 2048, 768)
-    assert moe._layer_variant("wgx", 2048, 2048, 768) == ("wgx" if sm90 else "cvt")
-    assert moe._layer_variant("wgx", 640, 2048, 640) == ("wgp" if sm90 else "cvt")
+
+@pytest.mark.parametrize(
+    "cc,hidden,inter,tiled,kperm,expected",
+    [
+        (90, 2048, 768, True, True, "wgb"),  # the engine on Qwen3-Coder: both layouts, H and I multiples of 256
+        (90, 2048, 640, True, True, "wgp"),  # I % 256 == 128: the weights stay in checkpoint order
+        (90, 2048, 768, False, True, "wgp"),  # a caller that cannot tile the weights
+        (90, 2048, 768, True, False, "wgq"),  # tile-major weights without kperm activations: no variant reads that
+        (90, 2816, 704, True, True, "wgq"),  # Gemma-4: I % 128 == 64, natural order
+        (90, 2048, 768, False, False, "wgq"),  # arrays in natural order (the dense NVFP4 projections)
+        (89, 2048, 768, True, True, "cvt"),  # L40 / RTX 4090: no wgmma
+        (120, 2048, 768, True, True, "cvt"),  # RTX 5090: no sm_90a build
+        (100, 2048, 768, False, False, "cvt"),
+    ],
+)
+def test_choose_variant_branches(cc, hidden, inter, tiled, kperm, expected):
+    assert moe.choose_variant(hidden, inter, tiled=tiled, kperm=kperm, device_cc=cc) == expected
+
+
+def test_choose_variant_refuses_gpus_without_the_e4m3_conversion():
+    with pytest.raises(ValueError, match="compute capability 8.9 or later, this GPU is 8.0"):
+        moe.choose_variant(2048, 768, tiled=False, kperm=False, device_cc=80)
+
+
+def test_the_rule_picks_what_runs_and_what_the_caller_can_give():
+    for cc in (89, 90, 120):
+        for hidden in (64, 128, 192, 256, 320, 384, 512, 2048, 2816):
+            for inter in (64, 128, 256, 640, 704, 768):
+                for tiled in (True, False):
+                    for kperm in (True, False):
+                        name = moe.choose_variant(hidden, inter, tiled=tiled, kperm=kperm, device_cc=cc)
+                        spec = moe.VARIANTS[name]
+                        assert moe.cannot_run(name, hidden, inter, device_cc=cc) is None
+                        assert (tiled or not spec.tiled) and (kperm or not spec.kperm)
+
+
+@pytest.mark.parametrize(
+    "variant,cc,hidden,inter,reason",
+    [
+        ("w8", 90, 2048, 768, "unknown MoE kernel variant 'w8'; accepted: cvt, wgq, wgp, wgb"),
+        ("wgq", 89, 2048, 768, "wgq uses wgmma: compute capability 9.0 only, this GPU is 8.9"),
+        ("wgb", 90, 2048, 640, "wgb reads tile-major weights: H and I must be multiples of 256, got H=2048, I=640"),
+        ("wgp", 90, 2816, 704, "wgp reads K-permuted activations: H and I must be multiples of 128, got H=2816, I=704"),
+    ],
+)
+def test_cannot_run_says_why(variant, cc, hidden, inter, reason):
+    assert reason in moe.cannot_run(variant, hidden, inter, device_cc=cc)
+
+
+def test_variant_table_matches_the_kernel_source():
+    # kernels_cu/moe_nvfp4.cu: MOE_ENTRY(suffix, VariantX) and struct VariantX { ... wgmma = ..., kperm = ..., tiled = ... }
+    import re
+
+    from impbench.kernels import modules
+
+    source = modules.module_source(moe.FAMILY)
+    entries = dict(re.findall(r"^MOE_ENTRY\((\w+), (Variant\w+)\)", source, re.M))
+    traits = {name: dict(re.findall(r"(\w+) = (true|false)", body))
+              for name, body in re.findall(r"struct (Variant\w+) \{\s*static constexpr bool ([^;]*);", source)}  # fmt: skip
+    assert sorted(entries) == sorted(spec.suffix for spec in moe.VARIANTS.values())
+    for spec in moe.VARIANTS.values():
+        flags = {"wgmma": spec.wgmma, "kperm": spec.kperm, "tiled": spec.tiled}
+        assert traits[entries[spec.suffix]] == {k: str(v).lower() for k, v in flags.items()}, spec
+
+
+def test_every_ablation_of_tools_moe_ablation_patches_the_kernel_source():
+    import importlib.util
+    from pathlib import Path
+
+    from impbench.kernels import modules
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "moe_ablation.py"
+    spec = importlib.util.spec_from_file_location("moe_ablation", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    source = modules.module_source(moe.FAMILY)
+    for name, patches in tool.ABLATIONS.items():
+        for old, _ in patches:
+            assert source.count(old) == 1, (name, old[:60])
+
+
+@pytest.mark.parametrize("cc,fetched", [(90, {"wgq", "wgp", "wgb"}), (89, {"cvt"}), (120, {"cvt"})])
+def test_prewarm_fetches_only_what_the_rule_can_choose(monkeypatch, cc, fetched):
+    calls = []
+    monkeypatch.setattr(moe, "_current_cc", lambda: cc)
+    monkeypatch.setattr(moe, "_kernel", lambda op, variant: calls.append((op, variant)))
+    moe.prewarm()
+    assert sorted(calls) == sorted((op, v) for v in fetched for op in ("gate_up", "down"))

@@ -91,9 +91,9 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
         add(op, fn)
 
     layers = weights.layers
-    expert = moe.EXPERT_VARIANT
-    kperm = moe.uses_kperm(expert, p.hidden_size, p.moe_intermediate_size)
-    tiled = moe.uses_tiled(expert, p.hidden_size, p.moe_intermediate_size)
+    # the engine can store the expert weights and write x in whichever layout the chosen variant reads
+    expert = moe.choose_variant(p.hidden_size, p.moe_intermediate_size, tiled=True, kperm=True)
+    kperm, tiled = moe.VARIANTS[expert].kperm, moe.VARIANTS[expert].tiled
     if any(layer.experts_tiled != tiled for layer in weights.layers):
         raise ValueError(f"expert weights not stored as {expert} reads them (generate_weights tiles them for it)")
     add("embed", ops.prepare(ops.embed, b.ids[:t], weights.embed, resid))

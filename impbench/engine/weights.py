@@ -98,7 +98,8 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
     q_rows, kv_rows = preset.num_attention_heads * dim, preset.num_kv_heads * dim
     experts, inter = preset.num_experts, preset.moe_intermediate_size
     attn_nvfp4 = "attention" in preset.nvfp4_tensors
-    tiled = moe.uses_tiled(moe.EXPERT_VARIANT, hidden, inter)  # stored as the engine's expert kernels read them
+    # stored as the engine's expert kernels read them (forward.build_launches chooses them the same way)
+    tiled = moe.VARIANTS[moe.choose_variant(hidden, inter, tiled=True, kperm=True)].tiled
     layers = []
     for index in range(preset.num_layers):
         w13, w13_scale, w13_scale2 = generate_experts_gpu(experts, 2 * inter, hidden, seed=seed * 1000 + 2 * index)

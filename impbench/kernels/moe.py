@@ -6,8 +6,9 @@ hidden H, expert intermediate I):
   row_token int32 [R]: source token of each permuted row; row_weight fp32 [R]: its router weight
   w13 uint8 [E, 2I, H/2] (rows 0..I-1 gate_proj, I..2I-1 up_proj), w13_scale uint8 e4m3 [E, 2I, H/16],
   w13_scale2 fp32 [E]; w2 uint8 [E, H, I/2], w2_scale uint8 [E, H, I/16], w2_scale2 fp32 [E]
-  (ModelOpt NVFP4, impbench/nvfp4.py: value = e2m1(nibble) * e4m3(scale) * scale2). The wgx and wgb variants take
-  the same arrays with their bytes reordered by tile_experts (uses_tiled says where).
+  (ModelOpt NVFP4, impbench/nvfp4.py: value = e2m1(nibble) * e4m3(scale) * scale2). A variant may
+  read the expert arrays with their bytes reordered by tile_experts and x / h (and write h) in the order of
+  to_kperm: VARIANTS[name].tiled / .kperm say which; choose_variant picks the variant for a layer and GPU.
 
 One launch per GEMM, grid sized from static shapes only (R, E, N): every block finds its token tile
 from expert_offsets on the device and a block with no work exits at once. Wrappers check dtypes,
@@ -19,63 +20,87 @@ distribution of rows over experts is valid (empty experts, all rows in one exper
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
-from impbench.kernels.modules import get_function
+from impbench.kernels.modules import MIN_COMPUTE_CAPABILITY, get_function
 from impbench.kernels.checks import check_array
-from impbench.kernels import driver
 
 FAMILY = "moe_nvfp4"
+THREADS = 256  # per block, every variant: 8 warps
 TOKENS_PER_TILE = 64  # BT in kernels_cu/moe_nvfp4.cu
 BK_CODE_BYTES = 64  # code bytes of a weight row per pipeline stage (BK = 128 K)
-SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # STAGES * STAGE_BYTES = 104448
+SMEM_BYTES = 3 * (256 * 128 // 2 + 256 * 128 // 16 + 64 * 128 * 2)  # cvt: STAGES * STAGE_BYTES = 104448
 # impmoe::wg::WQ_SMEM = 107520: 3 stages of token tile + codes, a 2-slot scale ring, alignment slack
 WG_SMEM_BYTES = 3 * (64 * 128 * 2 + 256 * 128 // 2) + 2 * 256 * 16 + 1024
-# impmoe::wg::TMA_SMEM = 111648: 2 token-tile slots, 4 code slots, 3 scale slots, 4 mbarriers, alignment slack
-WG_TMA_SMEM_BYTES = 2 * 64 * 128 * 2 + 4 * (256 * 128 // 2) + 3 * 256 * 16 + 4 * 8 + 1024
-TMA_K_MULTIPLE = 256  # wgt: the scale rows (K/16 bytes) must be a 16-byte multiple for a tensor map
-# Kernel variants (entry-point suffix, threads per block, dynamic shared bytes); see the header of
-# kernels_cu/moe_nvfp4.cu. Superseded ones (wg, wgw, wgqx, wgq2, wgt2) are in results/NOTES.md.
-VARIANTS = {
-    "w8": ("", 256, SMEM_BYTES),  # 8 warps x 2 m16 tiles, mma.sync, E2M1 decoded with shifts and masks
-    "cvt": ("_cvt", 256, SMEM_BYTES),  # the same, E2M1 decoded through the e4m3x2 -> f16x2 conversion
-    "wgq": ("_wgq", 256, WG_SMEM_BYTES),  # cvt decode, wgmma (A from registers), 64-byte weight-row copies, sm_90a
-    "wgt": ("_wgt", 256, WG_TMA_SMEM_BYTES),  # wgq with the weights by TMA; K % 256 == 0 (else wgq runs)
-    "wgp": ("_wgp", 256, WG_SMEM_BYTES),  # wgq with x / h K-permuted in memory (kperm); H, I % 128 == 0 (else wgq)
-    "wgx": ("_wgx", 256, WG_SMEM_BYTES),  # wgp with tile-major weights (tile_experts); H, I % 256 == 0 (else wgp)
-    "wgb": ("_wgb", 256, WG_SMEM_BYTES),  # wgx with each weight stage copied by one TMA bulk copy
-}
-SM90A_VARIANTS = ("wgq", "wgt", "wgp", "wgx", "wgb")  # compiled only for compute capability 9.0; elsewhere they resolve to FALLBACK
-FALLBACK_VARIANT = "cvt"
-TMA_VARIANTS = ("wgt",)  # take the weights' tensor maps as two more (by-value) arguments
-TMA_FALLBACK = "wgq"  # what runs instead where K is not a multiple of TMA_K_MULTIPLE
-# wgp reads its activations (x for gate_up, h for down) in the kperm order below and its gate_up writes h
-# in it, so no thread permutes the token tile in shared memory; a layer runs it only where both K (H and
-# I) are multiples of KPERM_BLOCK, else KPERM_FALLBACK with every activation in natural order.
-KPERM_VARIANTS = ("wgp", "wgx", "wgb")
+HOPPER_CC = 90  # the wgmma variants exist only where the family is compiled for sm_90a (modules.ARCH_MARKER)
+# The kperm variants read their activations (x for gate_up, h for down) in the order of kperm_order, and
+# their gate_up writes h in it, so no thread permutes the token tile in shared memory; both K (H and I) must
+# be whole KPERM_BLOCKs.
 KPERM_BLOCK = 128
-KPERM_FALLBACK = "wgq"
-# wgx and wgb read the expert weights tile-major (tile_experts): per block of 256 weight rows and pipeline stage one
-# contiguous 16 KiB of codes (and per stage pair 4 KiB of scales) instead of 64 bytes from each of 256 rows
-# 1 KiB or more apart, the same bytes in longer DRAM runs. A layer runs it where tiled_fits, else TILED_FALLBACK
-# with the weights in the checkpoint's layout.
-TILED_VARIANTS = ("wgx", "wgb")
-TILED_FALLBACK = "wgp"
+# The tiled variant reads the expert weights tile-major (tile_experts): per block of 256 weight rows and
+# pipeline stage one contiguous 16 KiB of codes (and per stage pair 4 KiB of scales) instead of 64 bytes from
+# each of 256 rows 1 KiB or more apart: the same bytes in longer DRAM runs, one bulk copy per stage.
 TILE_K = 256  # K multiple: whole 16-byte scale pairs per row (and kperm blocks)
 TILE_ROWS = 256  # weight rows per block: gate_up 128 gate + the 128 matching up rows, down 256 output columns
-# The default is the fastest correct variant of the last recorded run (results/moe_h100.md, NOTES.md MoE v5):
-# wgq 139.2 / 77.9 µs (gate_up / down, uniform) against wgt 138.9 / 80.7, wgw 150.4 / 83.2, cvt 195.1 / 97.5.
-DEFAULT_VARIANT = "wgq"
-# The engine's expert GEMMs (one layer's gate_up / down pair): wgb where uses_tiled (weights stored tile-major by
-# engine.weights), else wgp where uses_kperm, the layer's x written in kperm order by its ffn_norm launch
-# (ops.add_rmsnorm out_kperm). results/NOTES.md MoE v8, one H200 run: wgb 95.2 / 54.3 µs, wgx 99.5 / 58.3, wgp
-# 109.1 / 61.9, wgq 128.9 / 74.4. DEFAULT_VARIANT stays the natural-order kernel that every other caller gets.
-EXPERT_VARIANT = "wgb"
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
-N_MULTIPLE = 16  # I and H must be multiples (16-byte output segments, gate/up halves)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kernel pair of kernels_cu/moe_nvfp4.cu; its traits struct there (VariantCvt, ...) says the same."""
+
+    suffix: str  # entry points moe_nvfp4_gate_up<suffix> and moe_nvfp4_down<suffix>
+    smem_bytes: int  # dynamic shared memory per block
+    wgmma: bool  # wgmma.mma_async, compute capability 9.0 only (a trap elsewhere); else mma.sync
+    kperm: bool  # reads x / h K-permuted (to_kperm) and its gate_up writes h so; H, I % KPERM_BLOCK == 0
+    tiled: bool  # reads the expert weights tile-major (tile_experts); H, I % TILE_K == 0
+
+
+# Every variant, one pair of entry points each (kernels_cu/moe_nvfp4.cu says how each works; earlier ones
+# are in git history and docs/notes/moe.md). choose_variant picks among them.
+VARIANTS = {
+    "cvt": Variant("_cvt", SMEM_BYTES, wgmma=False, kperm=False, tiled=False),  # mma.sync: any GPU of the family
+    "wgq": Variant("_wgq", WG_SMEM_BYTES, wgmma=True, kperm=False, tiled=False),  # activations in natural order
+    "wgp": Variant("_wgp", WG_SMEM_BYTES, wgmma=True, kperm=True, tiled=False),
+    "wgb": Variant("_wgb", WG_SMEM_BYTES, wgmma=True, kperm=True, tiled=True),
+}
+
+
+def choose_variant(hidden: int, inter: int, *, tiled: bool, kperm: bool, device_cc: int | None = None) -> str:
+    """The variant for a layer of hidden H / intermediate I on a GPU of compute capability `device_cc` (90 for
+    9.0; default: the current device's), for a caller that can give the expert weights tile-major (`tiled`,
+    tile_experts) and the activations K-permuted (`kperm`, to_kperm). On 9.0: wgb where the caller can give
+    both and H and I are whole TILE_Ks, else wgp where it can give kperm activations and H and I are whole
+    KPERM_BLOCKs, else wgq; cvt on any other GPU. VARIANTS[name].tiled / .kperm say what the caller then gives."""
+    cc = _current_cc() if device_cc is None else device_cc
+    _check_family_runs(cc)
+    if cc != HOPPER_CC:
+        return "cvt"
+    if tiled and kperm and tiled_fits(hidden, inter):
+        return "wgb"
+    if kperm and kperm_fits(hidden, inter):
+        return "wgp"
+    return "wgq"
+
+
+def cannot_run(variant: str, hidden: int, inter: int, *, device_cc: int | None = None) -> str | None:
+    """Why `variant` cannot run a layer of hidden H / intermediate I on that GPU (default: the current one),
+    or None where it can: an explicit choice (benchmarks, tests) is checked against the table, never replaced."""
+    if variant not in VARIANTS:
+        return f"unknown MoE kernel variant {variant!r}; accepted: {', '.join(VARIANTS)}"
+    spec, cc = VARIANTS[variant], _current_cc() if device_cc is None else device_cc
+    _check_family_runs(cc)
+    if spec.wgmma and cc != HOPPER_CC:
+        return f"MoE kernel variant {variant} uses wgmma: compute capability 9.0 only, this GPU is {cc // 10}.{cc % 10}"
+    if spec.tiled and not tiled_fits(hidden, inter):
+        return f"MoE kernel variant {variant} reads tile-major weights: H and I must be multiples of {TILE_K}, got H={hidden}, I={inter}"
+    if spec.kperm and not kperm_fits(hidden, inter):
+        return f"MoE kernel variant {variant} reads K-permuted activations: H and I must be multiples of {KPERM_BLOCK}, got H={hidden}, I={inter}"
+    return None
 
 
 def token_tiles(rows: int, experts: int) -> int:
@@ -83,40 +108,15 @@ def token_tiles(rows: int, experts: int) -> int:
     return (rows + min(experts, rows) * (TOKENS_PER_TILE - 1)) // TOKENS_PER_TILE
 
 
-def resolve_variant(variant: str, k: int | None = None) -> str:
-    """The variant that runs for `variant` on the current device (and GEMM depth K, where given): an
-    sm_90a-only variant (wgmma) is replaced by FALLBACK_VARIANT on a GPU that is not compute capability
-    9.0, where it compiles to a trap; a TMA variant by TMA_FALLBACK where K % TMA_K_MULTIPLE != 0."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown MoE kernel variant {variant!r}; accepted: {', '.join(VARIANTS)}")
-    if variant in SM90A_VARIANTS and not _is_sm90():
-        return FALLBACK_VARIANT
-    if variant in TMA_VARIANTS and k is not None and k % TMA_K_MULTIPLE:
-        return TMA_FALLBACK
-    return variant
-
-
 def kperm_fits(hidden: int, inter: int) -> bool:
     """Whether a layer's activations can be K-permuted: both GEMM depths (H, I) whole KPERM_BLOCKs."""
     return hidden % KPERM_BLOCK == 0 and inter % KPERM_BLOCK == 0
-
-
-def uses_kperm(variant: str, hidden: int, inter: int) -> bool:
-    """Whether `variant` runs on a layer of hidden H / intermediate I with its activations in kperm order:
-    x given to moe_gate_up and h given to moe_down K-permuted (to_kperm), and moe_gate_up's output too."""
-    return resolve_variant(variant) in KPERM_VARIANTS and kperm_fits(hidden, inter)
 
 
 def tiled_fits(hidden: int, inter: int) -> bool:
     """Whether a layer's expert weights can be stored tile-major: both GEMM depths whole TILE_Ks, gate_up's I
     whole 128-column tiles and down's H whole 256-column tiles."""
     return hidden % TILE_K == 0 and inter % TILE_K == 0
-
-
-def uses_tiled(variant: str, hidden: int, inter: int) -> bool:
-    """Whether `variant` runs on a layer of hidden H / intermediate I with tile-major expert weights
-    (tile_experts of w13 and of w2); its activations are then in kperm order too (uses_kperm)."""
-    return resolve_variant(variant) in TILED_VARIANTS and tiled_fits(hidden, inter)
 
 
 def _tile_view(a, gate_up: bool, unit: int):
@@ -139,7 +139,7 @@ def _swap_slots(codes):
 
 def tile_experts(codes, scale, gate_up: bool):
     """(codes [E, N, K/2], scale [E, N, K/16]) in the checkpoint layout -> new arrays of the same shapes in
-    wgx's tile-major layout: for each expert, block tile t (gate_up: gate rows 128 t .. + 127 then the
+    wgb's tile-major layout: for each expert, block tile t (gate_up: gate rows 128 t .. + 127 then the
     same up rows; down: rows 256 t .. + 255), then stage c (64 code bytes = 128 K of every row, in 16-byte
     slots swizzled as in shared memory, _swap_slots), then the tile's rows; scales the same with 16-byte
     pairs of stages. NumPy or CuPy."""
@@ -163,15 +163,6 @@ def untile_experts(codes, scale, gate_up: bool):
         tiled_shape = tuple(view.shape[i] for i in axes)
         out.append(a.reshape(tiled_shape).transpose(np.argsort(axes)).reshape(a.shape).copy())
     return tuple(out)
-
-
-def _layer_variant(variant: str, k: int, hidden: int, inter: int) -> str:
-    variant = resolve_variant(variant, k)
-    if variant in TILED_VARIANTS and not tiled_fits(hidden, inter):
-        variant = TILED_FALLBACK
-    if variant in KPERM_VARIANTS and not uses_kperm(variant, hidden, inter):
-        return KPERM_FALLBACK
-    return variant
 
 
 @functools.cache
@@ -214,15 +205,32 @@ def _take_last(a, index, out):
 
 
 @functools.cache
-def _is_sm90() -> bool:
+def _current_cc() -> int:
     import cupy
 
-    return cupy.cuda.Device().compute_capability == "90"
+    return int(cupy.cuda.Device().compute_capability)
+
+
+def _check_family_runs(cc: int) -> None:
+    need = MIN_COMPUTE_CAPABILITY[FAMILY]  # the e4m3x2 -> f16x2 conversion of every decode
+    if cc < need:
+        raise ValueError(f"the NVFP4 MoE kernels need compute capability {need // 10}.{need % 10} or later, this GPU is {cc // 10}.{cc % 10}")
+
+
+def _run_variant(op: str, variant: str | None, hidden: int, inter: int) -> str:
+    """`variant` where it can run this layer here (ValueError saying why not), or the rule's choice for
+    arrays in natural order."""
+    if variant is None:
+        return choose_variant(hidden, inter, tiled=False, kperm=False)
+    reason = cannot_run(variant, hidden, inter)
+    if reason:
+        raise ValueError(f"{op}: {reason}")
+    return variant
 
 
 def _kernel(op: str, variant: str):
-    suffix, _, smem = VARIANTS[variant]
-    return get_function(FAMILY, f"moe_nvfp4_{op}{suffix}", max_dynamic_smem=smem)
+    spec = VARIANTS[variant]
+    return get_function(FAMILY, f"moe_nvfp4_{op}{spec.suffix}", max_dynamic_smem=spec.smem_bytes)
 
 
 def _check_experts(prefix: str, w, scale, scale2, n: int, k: int, experts: int) -> None:
@@ -247,7 +255,7 @@ def _check_dims(op: str, hidden: int, inter: int) -> None:
         )
 
 
-def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=DEFAULT_VARIANT):
+def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=None):
     check_array("x", x, np.float16, ndim=2)
     check_array("row_token", row_token, np.int32, ndim=1)
     check_array("expert_offsets", expert_offsets, np.int32, ndim=1)
@@ -265,19 +273,17 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
     _check_experts("w13", w13, w13_scale, w13_scale2, 2 * inter, hidden, experts)
     check_array("out", out, np.float16, shape=(rows, inter))
     _check_aligned("moe_gate_up", x=x, w13=w13, w13_scale=w13_scale, out=out)
-    variant = _layer_variant(variant, hidden, hidden, inter)
+    variant = _run_variant("moe_gate_up", variant, hidden, inter)
     if tokens < 1 or rows < 1:
         return None
     n_tiles = -(-inter // GATE_UP_COLS)
     grid = (token_tiles(rows, experts) * n_tiles,)
     args = (x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
             np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles))  # fmt: skip
-    if variant in TMA_VARIANTS:
-        args += _weight_maps(w13, w13_scale)
-    return _kernel("gate_up", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
+    return _kernel("gate_up", variant), grid, (THREADS,), args, VARIANTS[variant].smem_bytes
 
 
-def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None, variant=DEFAULT_VARIANT):
+def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None, variant=None):
     check_array("h", h, np.float16, ndim=2)
     check_array("expert_offsets", expert_offsets, np.int32, ndim=1)
     check_array("w2", w2, np.uint8, ndim=3)
@@ -293,7 +299,7 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     if row_weight is not None:
         check_array("row_weight", row_weight, np.float32, shape=(rows,))
     _check_aligned("moe_down", h=h, w2=w2, w2_scale=w2_scale, out=out)
-    variant = _layer_variant(variant, inter, hidden, inter)
+    variant = _run_variant("moe_down", variant, hidden, inter)
     if rows < 1:
         return None
     n_tiles = -(-hidden // DOWN_COLS)
@@ -301,47 +307,28 @@ def _plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None,
     weight = row_weight if row_weight is not None else np.uint64(0)  # null pointer: no scaling
     args = (h, expert_offsets, w2, w2_scale, w2_scale2, weight, out,
             np.int32(experts), np.int32(inter), np.int32(hidden), np.int32(n_tiles))  # fmt: skip
-    if variant in TMA_VARIANTS:
-        args += _weight_maps(w2, w2_scale)
-    return _kernel("down", variant), grid, (VARIANTS[variant][1],), args, VARIANTS[variant][2]
-
-
-@functools.lru_cache(maxsize=4096)
-def _weight_map(ptr: int, rows: int, row_bytes: int, box_bytes: int, box_rows: int, swizzle: int) -> driver.TensorMap:
-    """The tensor map of a uint8 tensor at `ptr` seen as [rows, row_bytes]. The 128 bytes depend on these
-    values only, so an eager caller (the benchmark) encodes each weight once."""
-    return driver.TensorMap(ptr, driver.UINT8, (row_bytes, rows), (row_bytes,), (box_bytes, box_rows), swizzle,
-                            driver.L2_PROMOTION_128B)  # fmt: skip
-
-
-def _weight_maps(w, scale) -> tuple:
-    """Tensor maps of an [E, N, K/2] code tensor (box 64 bytes x 128 rows, 64-byte swizzle: the layout
-    the kernel reads) and its [E, N, K/16] scales (box 16 bytes x 128 rows); the arrays outlive the
-    launcher, which keeps its arguments."""
-    return (_weight_map(w.data.ptr, w.size // w.shape[2], w.shape[2], 64, 128, driver.SWIZZLE_64B),
-            _weight_map(scale.data.ptr, scale.size // scale.shape[2], scale.shape[2], 16, 128, driver.SWIZZLE_NONE))  # fmt: skip
+    return _kernel("down", variant), grid, (THREADS,), args, VARIANTS[variant].smem_bytes
 
 
 def _launcher(plan):
     if plan is None:  # no rows: nothing to launch
         return lambda: None
     kernel, grid, block, args, smem = plan
-    if isinstance(args[-1], driver.TensorMap):  # CuPy cannot pass a 128-byte struct by value
-        return driver.launcher(kernel.kernel.ptr, grid, block, smem, args)
     return functools.partial(kernel, grid, block, args, shared_mem=smem)
 
 
-def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=DEFAULT_VARIANT) -> None:
+def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant: str | None = None) -> None:
     """out[r] = SiLU(x[row_token[r]] . gate_e^T) * (x[row_token[r]] . up_e^T) for every permuted row r,
-    e its expert. x fp16 [T, H]; out fp16 [R, I]; FP32 accumulation, one FP16 rounding. Where
-    uses_kperm(variant, H, I), x and out are in kperm order."""
+    e its expert. x fp16 [T, H]; out fp16 [R, I]; FP32 accumulation, one FP16 rounding. `variant`: a name
+    of VARIANTS (ValueError where cannot_run), or None: choose_variant's for arrays in natural order. Where
+    the variant is kperm, x and out are in kperm order; where it is tiled, w13 is tile-major."""
     _launcher(_plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant))()
 
 
-def moe_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None, variant=DEFAULT_VARIANT) -> None:
+def moe_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None, variant: str | None = None) -> None:
     """out[r] = (h[r] . down_e^T) * row_weight[r] (no scaling when row_weight is None) for every
-    permuted row r, e its expert. h fp16 [R, I]; out fp16 [R, H]. Where uses_kperm(variant, H, I), h is
-    in kperm order."""
+    permuted row r, e its expert. h fp16 [R, I]; out fp16 [R, H]. `variant` as in moe_gate_up; where it
+    is kperm, h is in kperm order; where it is tiled, w2 is tile-major."""
     _launcher(_plan_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight, variant))()
 
 
@@ -354,7 +341,14 @@ def prepare(op, *args, **kwargs):
 
 
 def prewarm() -> None:
-    """Compile the family and fetch every kernel (raising its shared-memory limit) outside any capture."""
-    for variant in dict.fromkeys(resolve_variant(v) for v in VARIANTS):
+    """Compile the family and fetch every kernel that choose_variant can pick on this GPU (raising its
+    shared-memory limit), outside any capture."""
+    for variant in _choosable(_current_cc()):
         _kernel("gate_up", variant)
         _kernel("down", variant)
+
+
+def _choosable(cc: int) -> tuple[str, ...]:
+    """Every variant choose_variant returns on a GPU of compute capability cc, for some layer and layout."""
+    layouts = [(tiled, kperm) for tiled in (True, False) for kperm in (True, False)]
+    return tuple(dict.fromkeys(choose_variant(TILE_K, TILE_K, tiled=t, kperm=k, device_cc=cc) for t, k in layouts))

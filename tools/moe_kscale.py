@@ -7,7 +7,7 @@ line T = a + b * stages (stages = K / 128 per block) splits the time into a per-
 that does not scale with K: block start (find_tile, the first stages' wait), epilogue and the wave tail.
 a / waves is the cost per block that a longer-lived block could save. Prints one markdown table.
 
-Usage (device machine): python3 scripts/moe_kscale.py [--reps 40] [--routing uniform]
+Usage (device machine): python3 tools/moe_kscale.py [--reps 40] [--routing uniform] [--variant wgp]
 """
 
 from __future__ import annotations
