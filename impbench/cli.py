@@ -497,39 +497,38 @@ def gemm(models, shapes, ms, reps, policy, variants, fmt, out) -> None:  # fmt: 
               help="Routing of the chunk (repeatable): uniform, or skewed (a few hot experts 25x as likely). Default: uniform.")
 @click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per GEMM (median reported).")
 @click.option("--variant", default=None, metavar="NAME",
-              help="Kernel variant reported as ours (impbench.kernels.moe). Default: the production one.")
+              help="Kernel variant reported as ours (cvt, wgq, wgp, wgb). Default: the one the engine runs here.")
 @click.option("--variants", default="", metavar="LIST",
-              help="Also time these kernel variants: comma-separated names, or 'all' (calibration).")
-@click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
-              help="Output format: markdown table, CSV, or JSON with metadata.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the output to this file (a .md or .csv gets its .json beside it).")
-def moe(model, pp, routings, reps, variant, variants, fmt, out) -> None:  # fmt: skip
+              help="Also time these kernel variants: comma-separated names, or 'all' (every one this GPU runs).")
+@_FORMAT
+@click.option("--out", type=click.Path(), default=None, metavar="PATH",
+              help="Also write the table to PATH (a .md or .csv gets its full .json beside it).")
+@_FORCE
+def moe(model, pp, routings, reps, variant, variants, fmt, out, force) -> None:  # fmt: skip
     """Time the grouped NVFP4 expert GEMMs (gate_up + SiLU*up, down x router weight) of one chunk.
 
     Per GEMM: µs (median of CUDA events), weight GB/s and share of the copy bandwidth measured in the
-    same run, TFLOP/s, the floor max(bytes / copy bandwidth, FLOPs / cuBLAS FP16 rate), and as a
+    same run, TFLOP/s, the floor max(bytes / peak HBM bandwidth, FLOPs / peak FP16 rate), and as a
     reference the same GEMMs with FP16-dequantized weights through cuBLAS, one expert at a time.
     """
-    from impbench.device import require_cuda
-    from impbench.moe_bench import MoeShapes, format_report, run_moe_bench, write_report
+    from impbench import device, metadata
+    from impbench.bench.moe import MoeShapes, run_moe_bench
     from impbench.presets import get_preset
 
     shapes = MoeShapes.from_preset(get_preset(model))
-    if pp < 1:
-        raise click.BadParameter(f"must be >= 1 token, got {pp}", param_hint="--pp")
+    pp = _prompt_lengths(str(pp))[0]
     if reps < 1:
-        raise click.BadParameter(f"must be >= 1, got {reps}", param_hint="--reps")
-    _check_environment()
-    require_cuda()
+        raise InputError(f"--reps must be a whole number >= 1, got {reps}")
     names = tuple(v.strip() for v in variants.split(",") if v.strip())
+    _check_bench_out(out, "moe", force)
+    _check_environment()
+    device.require_cuda()
     report = run_moe_bench(shapes, pp, routings or ("uniform",), reps, variants=names, variant=variant,
-                           progress=lambda r: click.echo(f"{r.routing} {r.op}: {r.time_us:.1f} µs", err=True))  # fmt: skip
-    click.echo(format_report(report, fmt))
+                           metadata=metadata.device_metadata(), progress=_progress)  # fmt: skip
+    click.echo(report.format(fmt))
     if out:
-        for path in write_report(report, out, fmt):
-            click.echo(f"wrote {path}", err=True)
-
+        for path in report.write(out, fmt):
+            _progress(f"wrote {path}")
 
 @cli.command()
 @click.option("--model", "-m", "model", metavar="NAME", default="qwen3-coder", show_default=True,

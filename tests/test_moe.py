@@ -339,7 +339,7 @@ def test_generator_sanity():
 
 @pytest.mark.parametrize("routing", ["uniform", "skewed"])
 def test_bench_routing_is_a_valid_permutation(routing):
-    from impbench.moe_bench import route
+    from impbench.bench.moe import route
 
     tokens, experts, top_k = 512, 128, 8
     offsets, row_token, row_weight = route(tokens, experts, top_k, routing, seed=4)

@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from impbench.moe_bench import MoeShapes, run_moe_bench
+from impbench.bench.moe import MoeShapes, route, run_moe_bench
 from impbench.kernels import moe
 
 
@@ -35,13 +35,13 @@ def main() -> None:
         for k in values:
             shapes = MoeShapes("kscale", 128, 8, k if op == "gate_up" else 2048, 768 if op == "gate_up" else k)
             report = run_moe_bench(shapes, 512, (args.routing,), reps=args.reps, ref_reps=1, variant=args.variant)
-            row = next(r for r in report.rows if r.op == op)
+            row = next(r for r in report.rows if r["op"] == op)
             cols = moe.GATE_UP_COLS if op == "gate_up" else moe.DOWN_COLS
-            n_out = row.n // 2 if op == "gate_up" else row.n
+            n_out = row["n"] // 2 if op == "gate_up" else row["n"]
             tiles = sum(-(-c // moe.TOKENS_PER_TILE) for c in np.diff(_offsets(shapes, args.routing)))
             blocks = tiles * -(-n_out // cols)
-            times.append(row.time_us)
-            print(f"| {op} | {k} | {k // 128} | {blocks} | {row.time_us:.1f} |", flush=True)
+            times.append(row["us"])
+            print(f"| {op} | {k} | {k // 128} | {blocks} | {row['us']:.1f} |", flush=True)
         stages = np.array([k // 128 for k in values], float)
         b, a = np.polyfit(stages, np.array(times), 1)
         waves = blocks / (2 * _sms())  # 2 blocks per SM (launch bounds, shared memory)
@@ -55,8 +55,6 @@ def _sms() -> int:
 
 
 def _offsets(shapes: MoeShapes, routing: str):
-    from impbench.moe_bench import route
-
     return route(512, shapes.experts, shapes.top_k, routing, 0)[0]
 
 

@@ -41,9 +41,11 @@ def spin(us: float) -> Callable[[], None]:
     return lambda: kernel((1,), (1,), (cycles,))
 
 
-def time_interleaved(sides: dict[str, Callable[[int], None]], sets: int, reps: int, warmup: int = 5) -> dict[str, list[float]]:
+def time_interleaved(sides: dict[str, Callable[[int], None]], sets: int, reps: int, warmup: int = 5,
+                     spin_us: float | None = None) -> dict[str, list[float]]:  # fmt: skip
     """Device µs of each side per rep. `sides[name](i)` launches that side on input set i; every launch
-    takes the next set, the order of the sides alternates, and each rep runs behind one spin."""
+    takes the next set, the order of the sides alternates, and each rep runs behind one spin (of
+    `spin_us`, default long enough to queue one launch per side)."""
     import cupy
 
     names = list(sides)
@@ -52,7 +54,7 @@ def time_interleaved(sides: dict[str, Callable[[int], None]], sets: int, reps: i
             sides[name](i % sets)
     stream = cupy.cuda.get_current_stream()
     stream.synchronize()
-    behind = spin(SPIN_US + SPIN_US_PER_LAUNCH * len(names))
+    behind = spin(spin_us if spin_us is not None else SPIN_US + SPIN_US_PER_LAUNCH * len(names))
     times: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(reps):
         order = names if rep % 2 == 0 else names[::-1]

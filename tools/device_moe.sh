@@ -4,7 +4,7 @@
 # correct variant, the recorded benchmark table (results/moe_h100.md + .json), Nsight Compute sections
 # and stall reasons, generator throughput, the other presets' expert shapes, and the whole GPU test suite.
 # Run from the repository root on the device machine; at most 8 files go to $OUT (default ./out-moe).
-#   STAGES="info build diag tests pick bench ncu gen models suite" bash scripts/device_moe.sh
+#   STAGES="info build diag tests pick bench ncu gen models suite" bash tools/device_moe.sh
 set -uo pipefail
 OUT=${OUT:-out-moe}; mkdir -p "$OUT"
 STAGES=${STAGES:-"info build diag tests pick bench ncu gen models suite"}
@@ -94,9 +94,9 @@ fi
 if has ncu; then  # Nsight Compute of the picked variant (uniform routing): sections, then stall reasons
   cat > /tmp/ncu_moe.py <<PY
 import cupy
-from impbench.moe_bench import MoeShapes, _Layer, route
+from impbench.bench.moe import Layer, MoeShapes, route
 from impbench.presets import get_preset
-s = MoeShapes.from_preset(get_preset("qwen3-coder")); layer = _Layer(s, 512, 0); layer.primary = "$VARIANT"
+s = MoeShapes.from_preset(get_preset("qwen3-coder")); layer = Layer(s, 512, 0); layer.primary = "$VARIANT"
 layer.set_routing(*route(512, s.experts, s.top_k, "uniform", 0)); layer.errors([layer.primary])
 for _ in range(2):
     layer.ours("gate_up", "$VARIANT"); layer.ours("down", "$VARIANT")
