@@ -242,14 +242,57 @@ def _check_bench_out(out, command: str, force: bool) -> None:
                          "or give another path")  # fmt: skip
 
 
-def _protocol(reps, warmup, tolerance, seed, prewarm, min_reps: int, defaults: dict):
+class RepsType(click.ParamType):
+    """--reps: a whole number, or `auto` (stop on the delta's interval, impbench.stopping)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        text = str(value).strip()
+        if text == "auto":
+            return text
+        if text.isascii() and text.lstrip("-").isdigit():
+            return int(text)
+        self.fail(f"{value!r} is neither a whole number nor 'auto'", param, ctx)
+
+
+def _auto_options(command):
+    for option in reversed([
+        click.option("--target-ci", type=float, default=None, metavar="PCT",
+                     help="--reps auto: stop once every arm's 95% interval of Δ is narrower than PCT. [default: 1.0]"),
+        click.option("--max-reps", type=int, default=None, metavar="N",
+                     help="--reps auto: at most N reps per arm. [default: 50]"),
+        click.option("--max-time", type=float, default=None, metavar="S",
+                     help="--reps auto: at most S seconds of measured reps per row. [default: 600]"),
+        click.option("--cooldown", type=float, default=5.0, show_default=True, metavar="S",
+                     help="Seconds to wait before measuring flagged (throttled or clock-strayed) reps again."),
+        click.option("--max-reruns", type=int, default=2, show_default=True, metavar="N",
+                     help="Rounds of re-measuring flagged reps per row; 0 keeps them, flagged."),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _protocol(reps, warmup, tolerance, seed, prewarm, min_reps: int, defaults: dict, auto_options: dict | None = None):
     from impbench.measure import Protocol
+    from impbench.stopping import AutoStop
 
     def pick(value, key):
         return defaults[key] if value is None else value
 
-    return Protocol(reps=pick(reps, "reps"), warmup=pick(warmup, "warmup"), tolerance_pct=pick(tolerance, "tolerance"),
-                    seed=pick(seed, "seed"), prewarm=prewarm).check(min_reps)  # fmt: skip
+    reps, auto_options = pick(reps, "reps"), dict(auto_options or {})
+    rerun = {key: auto_options.pop(key) for key in ("cooldown_s", "max_reruns") if key in auto_options}
+    given = {key: value for key, value in auto_options.items() if value is not None}
+    auto = None
+    if reps == "auto":
+        auto, reps = AutoStop(**given), max(min_reps, 3)
+    elif given:
+        names = {"target_ci_pct": "--target-ci", "max_reps": "--max-reps", "max_time_s": "--max-time"}
+        raise InputError(f"{', '.join(names[key] for key in given)} go with --reps auto")
+    return Protocol(reps=reps, warmup=pick(warmup, "warmup"), tolerance_pct=pick(tolerance, "tolerance"),
+                    seed=pick(seed, "seed"), prewarm=prewarm, auto=auto, **rerun).check(min_reps)  # fmt: skip
 
 
 # ---- models, plan and compare (no GPU needed) ----------------------------------------------------------
@@ -362,7 +405,9 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
 @_model_options(multiple=True)
 @click.option("--pp", "pp_list", default="512,1024", show_default=True, metavar="LIST",
               help="Prompt lengths in tokens, comma-separated; one row (and one engine) each.")
-@click.option("--reps", type=int, default=10, show_default=True, help="Measured prefills per arm, A B B A interleaved (>= 3).")
+@click.option("--reps", type=RepsType(), default=10, show_default=True,
+              help="Measured prefills per arm, A B B A interleaved (>= 3), or `auto`: add A B B A blocks until the "
+                   "interval of Δ is narrower than --target-ci (see --max-reps, --max-time).")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Unrecorded prefills per arm after the cold run.")
 @click.option("--chunk", type=int, default=None, metavar="TOKENS",
               help="Chunk of both arms unless a SPEC sets its own (multiple of 16; 0 = one chunk). Default: the preset's.")
@@ -379,8 +424,10 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
 @_OUT
 @_FORCE
 @_gate_options
+@_auto_options
 def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, spec_a, spec_b, tolerance, seed,
-       no_prewarm, fmt, out, force, fail_on, threshold, summary) -> None:  # fmt: skip
+       no_prewarm, fmt, out, force, fail_on, threshold, summary, target_ci, max_reps, max_time, cooldown,
+       max_reruns) -> None:  # fmt: skip
     """A/B two ways of running the same prefill (default: A eager, B CUDA graph) on one engine per row.
 
     Each arm's first prefill is timed apart as `cold`; then --warmup unrecorded prefills; then --reps
@@ -395,7 +442,9 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
     prompt_lengths = _prompt_lengths(pp_list)
     base = ArmSpec(chunk=None if chunk is None else check_chunk_tokens(chunk))
     arms = [parse_arm(spec_a, base, guard), parse_arm(spec_b, base, guard)]
-    protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, {"tolerance": 5.0, "seed": 0})
+    auto = {"target_ci_pct": target_ci, "max_reps": max_reps, "max_time_s": max_time, "cooldown_s": cooldown,
+            "max_reruns": max_reruns}  # fmt: skip
+    protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, {"tolerance": 5.0, "seed": 0}, auto)
     presets = _presets(models, model_config, name, layers, default="qwen3-coder")
     _measure("ab", presets, prompt_lengths, arms, protocol, out, force, fmt, layers, gate=_gate(fail_on, threshold),
              summary=summary)  # fmt: skip
@@ -407,7 +456,8 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
 @click.option("--pp", "pp_list", default=None, metavar="LIST", help="Prompt lengths in tokens, comma-separated (overrides).")
 @click.option("--arm", "arm_specs", multiple=True, metavar="SPEC",
               help="An arm (repeatable, at least two; the first is the baseline): mode=eager|graph,guard=...,chunk=N.")
-@click.option("--reps", type=int, default=None, help="Measured prefills per arm (>= 3). [default: the scenario's, else 5]")
+@click.option("--reps", type=RepsType(), default=None,
+              help="Measured prefills per arm (>= 3), or `auto` (as in ab). [default: the scenario's, else 5]")
 @click.option("--warmup", type=int, default=None, help="Unrecorded prefills per arm after the cold run. [default: the scenario's, else 1]")
 @click.option("--layers", type=int, default=None, metavar="N", help="Only the first N layers. [default: the scenario's, else all]")
 @_TOLERANCE
@@ -417,8 +467,9 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
 @_OUT
 @_FORCE
 @_gate_options
+@_auto_options
 def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance, seed, no_prewarm, fmt, out, force,
-          fail_on, threshold, summary) -> None:  # fmt: skip
+          fail_on, threshold, summary, target_ci, max_reps, max_time, cooldown, max_reruns) -> None:  # fmt: skip
     """Measure a grid of models x prompt lengths x arms (one engine per model and pp, arms
     interleaved) and print one table: tok/s per arm and its delta over the first arm, with CI.
 
@@ -440,7 +491,9 @@ def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance,
     layers = layers if layers is not None else grid.layers
     defaults = {"reps": grid.reps or 5, "warmup": 1 if grid.warmup is None else grid.warmup,
                 "tolerance": grid.tolerance or 5.0, "seed": grid.seed or 0}  # fmt: skip
-    protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, defaults)
+    auto = {"target_ci_pct": target_ci, "max_reps": max_reps, "max_time_s": max_time, "cooldown_s": cooldown,
+            "max_reruns": max_reruns}  # fmt: skip
+    protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, defaults, auto)
     presets = _presets(names, None, None, layers)
     _measure("sweep", presets, prompt_lengths, arms, protocol, out, force, fmt, layers, gate=_gate(fail_on, threshold),
              summary=summary)  # fmt: skip

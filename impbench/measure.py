@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -22,8 +23,8 @@ from impbench.capture import EAGER, ONE_CHUNK, CaptureStatus
 from impbench.errors import InputError
 from impbench.prefill import PrefillSpec
 from impbench.results import ArmResult, Profile, Rep, Result, Row
-from impbench.schedule import interleaved_order
 from impbench.stats import MIN_REPS
+from impbench.stopping import FIXED, AutoStop, discard_flagged_pairs, stop_reason
 from impbench.telemetry import INTERVAL_MS, TOLERANCE_PCT, Telemetry, flag_reps
 
 Progress = Callable[[str], None]
@@ -34,12 +35,15 @@ class Protocol:
     """How every row is measured. `min_reps` is what the command's answer needs: a comparison of two
     arms needs stats.MIN_REPS reps per arm, a single arm's tok/s one."""
 
-    reps: int = 10
+    reps: int = 10  # per arm; with `auto`, the least before the stopping rule is asked
     warmup: int = 2
     tolerance_pct: float = TOLERANCE_PCT
     interval_ms: float = INTERVAL_MS
     seed: int = 0
     prewarm: bool = True
+    auto: AutoStop | None = None  # --reps auto: stop on the delta's interval (impbench.stopping)
+    cooldown_s: float = 5.0  # before flagged reps are measured again
+    max_reruns: int = 2  # rounds of re-measuring flagged reps, per row
 
     def check(self, min_reps: int = MIN_REPS) -> Protocol:
         if isinstance(self.reps, bool) or not isinstance(self.reps, int) or self.reps < min_reps:
@@ -51,10 +55,14 @@ class Protocol:
             raise InputError(f"--tolerance must be a finite number of percent > 0, got {self.tolerance_pct!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InputError(f"--seed must be a whole number, got {self.seed!r}")
+        if self.auto is not None:
+            self.auto.check()
+        if not (math.isfinite(self.cooldown_s) and self.cooldown_s >= 0) or self.max_reruns < 0:
+            raise InputError(f"--cooldown must be seconds >= 0 and --max-reruns >= 0, got {self.cooldown_s!r}, {self.max_reruns!r}")
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "auto": None if self.auto is None else self.auto.to_dict()}
 
 
 def arm_names(count: int) -> list[str]:
@@ -99,9 +107,47 @@ def capture_of(engine, arm: ArmSpec) -> CaptureStatus:
     return CaptureStatus(ONE_CHUNK) if status is None else status
 
 
+class _Rounds:
+    """The measured reps of one row: rounds of every arm in interleaved order (A B C, then C B A, ...),
+    rep i of every arm forming pair i; flagged pairs move to `discarded`."""
+
+    def __init__(self, engine, prompt_tokens: int, arms: dict[str, ArmSpec], telemetry, say, where: str):
+        self.engine, self.prompt_tokens, self.arms, self.telemetry = engine, prompt_tokens, arms, telemetry
+        self.say, self.where = say, where
+        self.reps: dict[str, list[Rep]] = {name: [] for name in arms}
+        self.discarded: dict[str, list[Rep]] = {name: [] for name in arms}
+        self.paths: dict = {}
+        self.done = 0  # rounds run, kept or not
+
+    def run(self, rounds: int, total: int | None = None) -> None:
+        names = list(self.arms)
+        for _ in range(rounds):
+            for name in names if self.done % 2 == 0 else names[::-1]:
+                rep, self.paths[name] = time_prefill(self.engine, self.prompt_tokens, self.arms[name], self.telemetry)
+                self.reps[name].append(rep)
+                count = f"{len(self.reps[name])}/{total}" if total else f"{len(self.reps[name])}"
+                self.say(f"{self.where}: rep {count} {name} {rep.tok_s:,.0f} tok/s")
+            self.done += 1
+
+    def samples(self) -> list[list[float]]:
+        return [[rep.tok_s for rep in reps] for reps in self.reps.values()]
+
+    def flag_and_discard(self, tolerance_pct: float) -> int:
+        """Flag every rep (kept and discarded, against the row's median clock); move flagged pairs out."""
+        everything = [rep for name in self.arms for rep in self.reps[name] + self.discarded[name]]
+        for rep, reason in zip(everything, flag_reps([r.telemetry for r in everything], tolerance_pct)):
+            rep.flag_reason = reason
+        drop = set(discard_flagged_pairs([[rep.flagged for rep in reps] for reps in self.reps.values()]))
+        for name, reps in self.reps.items():
+            self.discarded[name] += [rep for i, rep in enumerate(reps) if i in drop]
+            self.reps[name] = [rep for i, rep in enumerate(reps) if i not in drop]
+        return len(drop)
+
+
 def measure_arms(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], protocol: Protocol,
-                 telemetry: Telemetry, progress: Progress | None = None) -> list[ArmResult]:  # fmt: skip
-    """Cold run, warm-up and interleaved reps of every arm on one engine; an ArmResult per arm, in order."""
+                 telemetry: Telemetry, progress: Progress | None = None) -> tuple[list[ArmResult], str]:  # fmt: skip
+    """Cold run, warm-up and interleaved reps of every arm on one engine: an ArmResult per arm in order,
+    and what stopped the reps (stopping.FIXED or, with protocol.auto, the rule that fired)."""
     say = progress or (lambda line: None)
     where = f"{preset.name} pp={prompt_tokens}"
     cold, paths = {}, {}
@@ -111,18 +157,29 @@ def measure_arms(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], p
     for _ in range(protocol.warmup):
         for arm in arms.values():
             time_prefill(engine, prompt_tokens, arm)
-    reps: dict[str, list[Rep]] = {name: [] for name in arms}
-    order = interleaved_order(protocol.reps, tuple(arms))
-    for index, name in enumerate(order, 1):
-        rep, paths[name] = time_prefill(engine, prompt_tokens, arms[name], telemetry)
-        reps[name].append(rep)
-        say(f"{where}: rep {index}/{len(order)} {name} {rep.tok_s:,.0f} tok/s")
-    everything = [rep for name in arms for rep in reps[name]]
-    for rep, reason in zip(everything, flag_reps([r.telemetry for r in everything], protocol.tolerance_pct)):
-        rep.flag_reason = reason
-    return [ArmResult(name=name, spec=arm, reps=reps[name], cold=cold[name], chunk_size=chunk_for(arm, preset),
-                      capture=capture_of(engine, arm), gemm_paths=dict(paths[name]))
-            for name, arm in arms.items()]  # fmt: skip
+    rounds = _Rounds(engine, prompt_tokens, arms, telemetry, say, where)
+    if protocol.auto is None:
+        stopped_by, wanted = FIXED, protocol.reps
+        rounds.run(protocol.reps, protocol.reps)
+    else:
+        start_s = time.perf_counter()
+        rounds.run(max(protocol.reps, protocol.auto.min_reps))
+        while (stopped_by := stop_reason(protocol.auto, rounds.samples(), time.perf_counter() - start_s)) is None:
+            rounds.run(2)  # one A B B A block
+        wanted = len(rounds.reps[next(iter(arms))])
+        say(f"{where}: stopped after {wanted} reps per arm ({stopped_by})")
+    for attempt in range(protocol.max_reruns + 1):
+        missing = rounds.flag_and_discard(protocol.tolerance_pct)
+        if not missing or attempt == protocol.max_reruns:
+            break
+        say(f"{where}: {missing} flagged rep pair(s) discarded; measuring them again after {protocol.cooldown_s:g} s")
+        time.sleep(protocol.cooldown_s)
+        rounds.run(wanted - len(rounds.reps[next(iter(arms))]))
+    paths.update(rounds.paths)
+    results = [ArmResult(name=name, spec=arm, reps=rounds.reps[name], cold=cold[name], chunk_size=chunk_for(arm, preset),
+                         capture=capture_of(engine, arm), gemm_paths=dict(paths[name]), discarded=rounds.discarded[name])
+               for name, arm in arms.items()]  # fmt: skip
+    return results, stopped_by
 
 
 def _floor(preset, prompt_tokens: int, arm: ArmSpec):
@@ -170,11 +227,11 @@ def measure(result: Result, presets: list, prompt_lengths: list[int], arms: list
                     progress(f"{preset.name} pp={prompt_tokens}: building the engine ({preset.num_layers} layers)")
                 engine = build_engine(preset, prompt_tokens, arms, seed=protocol.seed, prewarm=protocol.prewarm)
                 try:
-                    measured = measure_arms(engine, preset, prompt_tokens, named, protocol, telemetry, progress)
+                    measured, stopped_by = measure_arms(engine, preset, prompt_tokens, named, protocol, telemetry, progress)
                     plan = _floor(preset, prompt_tokens, arms[0])
                     row = Row(preset.name, prompt_tokens, measured,
                               floor_tok_s=None if plan is None else plan.floor_tok_s,
-                              floor_gpu=None if plan is None else plan.gpu.name)  # fmt: skip
+                              floor_gpu=None if plan is None else plan.gpu.name, stopped_by=stopped_by)  # fmt: skip
                     if profile:
                         row.profile = profile_row(engine, preset, prompt_tokens, arms[0], plan)
                 finally:

@@ -27,11 +27,12 @@ NA = "n/a"
 MACHINE_KEYS = ("gpu_name", "gpu_driver", "cuda_driver_version", "cpu_model", "cpu_count_usable",
                 "cupy_version", "python_version")  # fmt: skip
 
-ANSWER_COLUMNS = {"model": "Model", "pp": "pp", "arm": "arm", "tok_s": "tok/s", "spread": "spread",
+ANSWER_COLUMNS = {"model": "Model", "pp": "pp", "arm": "arm", "reps": "reps", "tok_s": "tok/s", "spread": "spread",
                   "delta": "Δ vs A", "ci": "95% CI", "verdict": "verdict", "flagged": "flagged reps",
                   "floor": "of plan floor"}  # fmt: skip
 WHY_COLUMNS = {"model": "Model", "pp": "pp", "arm": "arm", "chunk": "chunk", "cold": "cold / warm ms",
                "sm": "SM MHz min / med", "temp": "max °C", "power": "W (med)", "throttle": "throttle",
+               "discarded": "reps measured again",
                "capture": "capture", "gemm": "GEMM paths (per prefill)", "host": "host µs/launch"}  # fmt: skip
 PROFILE_COLUMNS = {"op": "op", "calls": "calls", "device": "device µs", "share": "share", "floor": "plan floor µs",
                    "x_floor": "x floor"}  # fmt: skip
@@ -106,7 +107,7 @@ def arm_record(row: Row, arm: ArmResult) -> dict:
     tok_s = None if summary is None else summary.median_tok_s
     return {
         "model": row.model, "pp": row.pp, "arm": arm.name, "spec": arm.label, "chunk_size": arm.chunk_size,
-        "n": 0 if summary is None else summary.n, "tok_s": tok_s,
+        "n": 0 if summary is None else summary.n, "stopped_by": row.stopped_by, "tok_s": tok_s,
         "min_tok_s": None if summary is None else summary.min_tok_s,
         "max_tok_s": None if summary is None else summary.max_tok_s,
         "spread_pct": None if summary is None else summary.spread_pct,
@@ -120,6 +121,8 @@ def arm_record(row: Row, arm: ArmResult) -> dict:
         "cold_ms": None if arm.cold is None else arm.cold.wall_ms, "warm_ms": arm.warm_ms,
         "sm_mhz_min": arm.sm_mhz_min, "sm_mhz_median": arm.sm_mhz_median, "temp_c_max": arm.temp_c_max,
         "power_w_median": arm.power_w_median, "throttle": None if throttle is None else (",".join(throttle) or "none"),
+        "discarded": len(arm.discarded),
+        "discarded_why": "; ".join(sorted({rep.flag_reason.split(" (")[0] for rep in arm.discarded if rep.flag_reason})),
         "capture": arm.capture.label(), "gemm_paths": _paths(arm.gemm_paths),
         "host_us_per_launch": arm.host_us_per_launch,
     }  # fmt: skip
@@ -141,6 +144,7 @@ def _answer_cells(r: dict) -> dict:
     baseline = r["verdict"] is None and r["delta_pct"] is None
     return {
         "model": r["model"], "pp": str(r["pp"]), "arm": f"{r['arm']} {r['spec']}", "tok_s": num(r["tok_s"]),
+        "reps": str(r["n"]) + ("" if r["stopped_by"] in (None, "reps") else f" ({r['stopped_by']})"),
         "spread": num(r["spread_pct"], 1, "%"), "delta": "baseline" if baseline else pct(r["delta_pct"]),
         "ci": "" if baseline else interval(r["ci_low_pct"], r["ci_high_pct"]), "verdict": r["verdict"] or "",
         "flagged": _flagged_cell(r),
@@ -157,6 +161,7 @@ def _why_cells(r: dict) -> dict:
         "cold": f"{num(r['cold_ms'], 1)} / {num(r['warm_ms'], 1)}",
         "sm": f"{num(r['sm_mhz_min'])} / {num(r['sm_mhz_median'])}", "temp": num(r["temp_c_max"]),
         "power": num(r["power_w_median"]), "throttle": r["throttle"] or NA, "capture": r["capture"],
+        "discarded": f"{r['discarded']}: {r['discarded_why']}" if r["discarded"] else "0",
         "gemm": r["gemm_paths"], "host": num(r["host_us_per_launch"], 2),
     }  # fmt: skip
 
@@ -186,7 +191,7 @@ def result_markdown(result: Result) -> str:
         markdown_table([_answer_cells(r) for r in records], ANSWER_COLUMNS, left=("model", "arm", "verdict", "flagged")),
         "",
         markdown_table([_why_cells(r) for r in records], WHY_COLUMNS,
-                       left=("model", "arm", "throttle", "capture", "gemm")),  # fmt: skip
+                       left=("model", "arm", "throttle", "discarded", "capture", "gemm")),  # fmt: skip
     ]
     for row in result.rows:
         if row.profile is not None:

@@ -92,6 +92,7 @@ class ArmResult:
     chunk_size: int | None = None  # tokens per chunk actually used (0 = one chunk)
     capture: CaptureStatus = field(default_factory=CaptureStatus)
     gemm_paths: dict[str, int] = field(default_factory=dict)  # dense GEMM path -> GEMMs per prefill
+    discarded: list[Rep] = field(default_factory=list)  # flagged reps measured again (impbench.stopping)
 
     @property
     def label(self) -> str:
@@ -157,6 +158,7 @@ class ArmResult:
             "gemm_paths": dict(self.gemm_paths),
             "cold": None if self.cold is None else self.cold.to_dict(),
             "reps": [rep.to_dict() for rep in self.reps],
+            "discarded": [rep.to_dict() for rep in self.discarded],
             "derived": {  # written for readers; from_dict recomputes from the reps
                 "summary": None if summary is None else summary.to_dict(),
                 "warm_ms": self.warm_ms,
@@ -177,6 +179,7 @@ class ArmResult:
             chunk_size=data.get("chunk_size"),
             capture=CaptureStatus.from_dict(data.get("capture") or {"status": EAGER}),
             gemm_paths={str(k): int(v) for k, v in (data.get("gemm_paths") or {}).items()},
+            discarded=[Rep.from_dict(rep) for rep in data.get("discarded", [])],
         )
 
 
@@ -221,6 +224,7 @@ class Row:
     floor_tok_s: float | None = None  # the `impbench plan` floor on the GPU that ran it (None: no ceilings)
     floor_gpu: str | None = None
     profile: Profile | None = None
+    stopped_by: str | None = None  # what ended the reps (impbench.stopping), None in files of earlier versions
 
     @property
     def baseline(self) -> ArmResult:
@@ -265,6 +269,7 @@ class Row:
             "paired": self.paired,
             "floor_tok_s": self.floor_tok_s,
             "floor_gpu": self.floor_gpu,
+            "stopped_by": self.stopped_by,
             "arms": [arm.to_dict() for arm in self.arms],
             "profile": None if self.profile is None else self.profile.to_dict(),
             "derived": {"against_first_arm": derived},  # written for readers; from_dict recomputes
@@ -276,8 +281,8 @@ class Row:
         if not arms:
             raise ValueError("a row without arms")
         profile = data.get("profile")
-        return cls(str(data["model"]), int(data["pp"]), arms, bool(data.get("paired", True)),
-                   data.get("floor_tok_s"), data.get("floor_gpu"), None if profile is None else Profile.from_dict(profile))  # fmt: skip
+        return cls(str(data["model"]), int(data["pp"]), arms, bool(data.get("paired", True)), data.get("floor_tok_s"),
+                   data.get("floor_gpu"), None if profile is None else Profile.from_dict(profile), data.get("stopped_by"))  # fmt: skip
 
 
 @dataclass

@@ -5,7 +5,7 @@ InputError line naming the key and what it accepts; nothing is silently replaced
   models    list of preset names, non-empty
   pp        list of prompt lengths in tokens, non-empty
   arms      list of arm SPECs (impbench.arms), at least two; the first is the baseline
-  reps      whole number >= stats.MIN_REPS        warmup     whole number >= 0
+  reps      whole number >= stats.MIN_REPS, or "auto"   warmup     whole number >= 0
   layers    whole number >= 1 (first N layers)    tolerance  percent > 0 (SM clock flag)
   seed      whole number (synthetic weights and prompt)
 A SCENARIO argument is a path, or the name of a packaged scenario (`ci` for scenarios/sweeps/ci.toml).
@@ -38,7 +38,7 @@ class Scenario:
     models: tuple[str, ...] | None = None
     pp: tuple[int, ...] | None = None
     arms: tuple[str, ...] | None = None
-    reps: int | None = None
+    reps: int | str | None = None  # "auto": impbench.stopping
     warmup: int | None = None
     layers: int | None = None
     tolerance: float | None = None
@@ -99,7 +99,7 @@ def load_scenario(text: str) -> Scenario:
         if len(values["arms"]) < 2:
             raise InputError(f"{where}: arms must list at least two arm specs (the first is the baseline)")
     if "reps" in data:
-        values["reps"] = _whole(where, "reps", data["reps"], MIN_REPS)
+        values["reps"] = "auto" if data["reps"] == "auto" else _whole(where, "reps", data["reps"], MIN_REPS)
     if "warmup" in data:
         values["warmup"] = _whole(where, "warmup", data["warmup"], 0)
     if "layers" in data:

@@ -64,8 +64,11 @@ def make_result(rows=None, metadata=None, command="ab"):
 
 
 class FakeGpu:
-    """Stands in for the device under the CLI: every arm's reps are drawn from `tok_s(model, pp, arm)`
-    (a median) with `noise` relative Gaussian noise; `interrupt_after` rows, a KeyboardInterrupt."""
+    """Stands in for the device under the CLI: each prefill's tok/s is drawn from `tok_s(model, pp, arm)`
+    (a median) with `noise` relative Gaussian noise, and its telemetry from `clock(model, pp, arm, n)`
+    ((SM MHz, clock-event reason bits) of the n-th prefill of the row, default a steady 1980 MHz);
+    `interrupt_after` rows, a KeyboardInterrupt. The measurement protocol itself (impbench.measure:
+    interleaving, --reps auto, discarded flagged reps) runs for real."""
 
     def __init__(self, monkeypatch, noise: float = 0.005, interrupt_after: int | None = None, seed: int | None = None):
         from impbench import device, measure, metadata
@@ -73,27 +76,33 @@ class FakeGpu:
         self.noise, self.interrupt_after = noise, interrupt_after
         self.rng = np.random.default_rng(seed)
         self.rows_measured: list[tuple[str, int]] = []
+        self.prefills = 0
         self.tok_s = lambda model, pp, arm: 20_000.0
+        self.clock = lambda model, pp, arm, n: (1980, 0)
         monkeypatch.setattr(device, "require_cuda", lambda: None)
         monkeypatch.setattr(device, "pci_bus_id", lambda: None)
         monkeypatch.setattr(metadata, "device_metadata", lambda argv=None: dict(METADATA))
         monkeypatch.setattr(measure, "build_engine", self._engine)
-        monkeypatch.setattr(measure, "measure_arms", self._measure_arms)
+        monkeypatch.setattr(measure, "time_prefill", self._prefill)
+        monkeypatch.setattr(measure, "capture_of", lambda engine, arm: CaptureStatus(CAPTURED if arm.mode == "graph" else EAGER,
+                                                                                     kernels=100 if arm.mode == "graph" else 0))
         monkeypatch.setattr(measure, "_floor", lambda preset, pp, arm: None)
         monkeypatch.setattr(measure, "_free_device_memory", lambda: None)
 
     def _engine(self, preset, prompt_tokens, arms, seed=0, prewarm=True):
         if self.interrupt_after is not None and len(self.rows_measured) >= self.interrupt_after:
             raise KeyboardInterrupt
-        return object()
-
-    def _measure_arms(self, engine, preset, prompt_tokens, arms, protocol, telemetry, progress=None):
         self.rows_measured.append((preset.name, prompt_tokens))
-        out = []
-        for name, arm in arms.items():
-            center = self.tok_s(preset.name, prompt_tokens, arm)
-            values = center * (1 + self.noise * self.rng.standard_normal(protocol.reps))
-            out.append(make_arm(name, [float(v) for v in values], spec=arm, pp=prompt_tokens))
-            if progress:
-                progress(f"{preset.name} pp={prompt_tokens}: {name} {arm.label()} cold 1.0 ms")
-        return out
+        self.prefills = 0
+        engine = type("FakeEngine", (), {})()
+        engine.preset, engine.prompt_tokens = preset, prompt_tokens
+        return engine
+
+    def _prefill(self, engine, prompt_tokens, arm, telemetry=None):
+        preset = engine.preset
+        tok_s = float(self.tok_s(preset.name, prompt_tokens, arm) * (1 + self.noise * self.rng.standard_normal()))
+        sm_mhz, reasons = self.clock(preset.name, prompt_tokens, arm, self.prefills)
+        self.prefills += 1
+        readings = [Reading(0.0, sm_mhz, 2619, 60, 400.0, reasons), Reading(20.0, sm_mhz, 2619, 61, 410.0, reasons)]
+        rep = Rep(tok_s, 1000.0 * prompt_tokens / tok_s, 1400, 0, 7.1, RepTelemetry(readings))
+        return rep, {"cublas": 3} if arm.mode == "eager" else {"mma_16x16k8": 3}
