@@ -8,6 +8,8 @@ SPEC is `key=value` pairs separated by commas, e.g. `mode=graph,guard=permissive
   engine's rule: large tiles where M >= 128 and N >= 128), `small-n` (every shape, small-N tiles
   included) or `permissive` (every shape on a large tile, the original engine's kernel everywhere).
 - chunk: prefill chunk in tokens (0 = one chunk; default: the model preset's).
+- delay_us: a planted slowdown, for testing a CI gate only: a kernel that waits this many µs after
+  every layer (kernels_cu/bench.cu bench_delay), eager and captured alike. 0 (the default) adds none.
 
 DEFAULT_GUARD is the one place the default guard of each mode is decided. The graph arm defaults to
 `small-n`, the guard our measurements show best for graph capture (docs/notes/engine.md): with
@@ -26,7 +28,8 @@ from impbench.prefill import check_chunk_tokens
 MODES = ("eager", "graph")
 GUARDS = ("cublas", "tight", "small-n", "permissive")
 DEFAULT_GUARD = {"eager": "cublas", "graph": "small-n"}
-KEYS = ("mode", "guard", "chunk")
+KEYS = ("mode", "guard", "chunk", "delay_us")
+MAX_DELAY_US = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class ArmSpec:
     mode: str = "eager"
     guard: str = ""
     chunk: int | None = None  # None: the preset's chunk size
+    delay_us: float = 0.0  # planted slowdown per layer (CI gate tests only)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -46,17 +50,22 @@ class ArmSpec:
             raise InputError(f"unknown guard {self.guard!r} in an arm; accepted: {', '.join(GUARDS)}")
         if self.chunk is not None:
             check_chunk_tokens(self.chunk, "chunk")
+        if not (isinstance(self.delay_us, (int, float)) and 0 <= self.delay_us <= MAX_DELAY_US):
+            raise InputError(f"delay_us must be a number of µs in [0, {MAX_DELAY_US:g}], got {self.delay_us!r}")
 
     def label(self) -> str:
         text = f"{self.mode}/{self.guard}"
-        return text if self.chunk is None else f"{text}/chunk={self.chunk}"
+        if self.chunk is not None:
+            text += f"/chunk={self.chunk}"
+        return text if not self.delay_us else f"{text}/delay={self.delay_us:g}us"
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "guard": self.guard, "chunk": self.chunk}
+        data = {"mode": self.mode, "guard": self.guard, "chunk": self.chunk}
+        return data if not self.delay_us else {**data, "delay_us": self.delay_us}
 
     @classmethod
     def from_dict(cls, data: dict) -> ArmSpec:
-        return cls(data["mode"], data.get("guard") or "", data.get("chunk"))
+        return cls(data["mode"], data.get("guard") or "", data.get("chunk"), float(data.get("delay_us") or 0.0))
 
 
 def parse_arm(spec: str, base: ArmSpec | None = None, graph_guard: str | None = None) -> ArmSpec:
@@ -78,6 +87,10 @@ def parse_arm(spec: str, base: ArmSpec | None = None, graph_guard: str | None = 
             if not re.fullmatch(r"[+-]?[0-9]+", value):
                 raise InputError(f"chunk must be a whole number of tokens (0 or a multiple of 16), got {value!r}")
             values[key] = int(value)
+        elif key == "delay_us":
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):
+                raise InputError(f"delay_us must be a number of µs such as 50, got {value!r}")
+            values[key] = float(value)
         else:
             values[key] = value
     arm = base or ArmSpec()

@@ -69,7 +69,7 @@ class ChunkGraph:
         return self.status.captured
 
     @classmethod
-    def capture(cls, engine, length: int, guard: str) -> ChunkGraph:
+    def capture(cls, engine, length: int, guard: str, delay_us: float = 0.0) -> ChunkGraph:
         """Capture the launches of one non-last chunk on the engine's stream (global mode)."""
         from cupy.cuda import runtime
 
@@ -81,7 +81,7 @@ class ChunkGraph:
         engine.current_op = "begin_capture"
         stream.begin_capture(mode=runtime.streamCaptureModeGlobal)
         try:
-            launches = engine.launch_list(length, last=False, guard=guard)
+            launches = engine.launch_list(length, last=False, guard=guard, delay_us=delay_us)
             kernels = len(launches.launches)
             launches.run(engine)
         except BufferAllocationError as exc:

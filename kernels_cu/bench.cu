@@ -8,3 +8,15 @@ extern "C" __global__ void bench_spin(long long cycles) {
     while (clock64() - start < cycles) {
     }
 }
+
+// The planted slowdown of an arm's `delay_us` (impbench/arms.py, tests of the CI gate only): one thread
+// waits `ns` nanoseconds of the global timer, a fixed delay whatever the SM clock. The first statement
+// is pdl_entry(), as in every engine kernel, so it also waits for the kernel before it.
+extern "C" __global__ void bench_delay(long long ns) {
+    pdl_entry();
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while ((long long)(now - start) < ns);
+}

@@ -85,3 +85,13 @@ def test_summary_outside_github_actions_says_so(capsys, monkeypatch, tmp_path):
     old, new = _runs(tmp_path, 1.0)
     code, out, err = run_cli(capsys, "compare", old, new, "--format", "gh", "--summary")
     assert code == 0 and "GITHUB_STEP_SUMMARY is not set" in err and out.startswith("### impbench compare")
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_a_planted_delay_fails_the_gate_and_a_copy_of_the_arm_passes(capsys, tmp_path):
+    base = ["sweep", "--model", "tiny", "--pp", "96", "--reps", "6", "--warmup", "1", "--arm", "mode=graph,guard=permissive"]
+    code, _, err = run_cli(capsys, *base, "--arm", "mode=graph,guard=permissive", "--fail-on", "slower", "--threshold", "1")
+    assert code == 0 and "gate passed" in err
+    code, _, err = run_cli(capsys, *base, "--arm", "mode=graph,guard=permissive,delay_us=100", "--fail-on", "slower",
+                           "--threshold", "1")  # fmt: skip
+    assert code == 1 and "gate FAILED" in err and "delay=100us: SLOWER" in err

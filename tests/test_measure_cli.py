@@ -261,3 +261,15 @@ def test_tiny_sweep_writes_rows_and_resumes(tmp_path, capsys):
 
 def test_fakes_are_results():
     assert make_result().rows
+
+
+def test_a_planted_delay_is_an_arm_key_and_named_in_the_label(capsys, monkeypatch):
+    from impbench.arms import ArmSpec, parse_arm
+
+    arm = parse_arm("mode=graph,delay_us=50")
+    assert arm == ArmSpec("graph", "small-n", None, 50.0) and arm.label() == "graph/small-n/delay=50us"
+    assert ArmSpec.from_dict(arm.to_dict()) == arm and "delay_us" not in ArmSpec("graph").to_dict()
+    for bad in ("delay_us=-5", "delay_us=x", "delay_us=1e9"):
+        fake = FakeGpu(monkeypatch)
+        code, _, err = run_cli(capsys, "ab", "--model", "tiny", "--b", f"mode=graph,{bad}")
+        assert code == 2 and "delay_us must be" in err and not fake.rows_measured

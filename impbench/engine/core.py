@@ -18,7 +18,7 @@ from impbench.engine.weights import generate_weights
 from impbench.errors import InputError
 from impbench.prefill import Chunk, chunk_spans
 
-KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "ops", "routing", "attention")
+KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "ops", "routing", "attention", "bench")
 ENGINE_NVFP4 = {"experts", "attention"}  # tensor groups the engine can store as NVFP4
 
 
@@ -92,11 +92,11 @@ class Engine:
         self._graphs: dict[tuple, object] = {}  # (chunk length, guard) -> capture.ChunkGraph
 
     # -- one chunk -------------------------------------------------------------------------------
-    def launch_list(self, length: int, last: bool, guard: str) -> LaunchList:
-        key = (length, last, guard)
+    def launch_list(self, length: int, last: bool, guard: str, delay_us: float = 0.0) -> LaunchList:
+        key = (length, last, guard, delay_us)
         launches = self._launch_lists.get(key)
         if launches is None:
-            launches = build_launches(self.preset, self.weights, self.buffers, length, last, guard)
+            launches = build_launches(self.preset, self.weights, self.buffers, length, last, guard, delay_us)
             self._launch_lists[key] = launches
         return launches
 
@@ -109,7 +109,7 @@ class Engine:
 
     # -- one prefill -----------------------------------------------------------------------------
     def prefill(
-        self, prompt_tokens: int, chunk_size: int, mode: str = "eager", guard: str = "cublas"
+        self, prompt_tokens: int, chunk_size: int, mode: str = "eager", guard: str = "cublas", delay_us: float = 0.0
     ) -> PrefillStats:
         """Run the chunked prefill of the first `prompt_tokens` prompt tokens and wait for it.
 
@@ -131,14 +131,14 @@ class Engine:
             for chunk in chunks:
                 self._set_chunk_inputs(chunk)
                 if self.prewarm:  # views, checks and kernel fetches outside any capture
-                    self.launch_list(chunk.length, chunk.last, guard)
+                    self.launch_list(chunk.length, chunk.last, guard, delay_us)
                 graph = None
                 if mode == "graph" and not chunk.last:
-                    key = (chunk.length, guard)
+                    key = (chunk.length, guard, delay_us)
                     graph = self._graphs.get(key)
                     if graph is None:
-                        graph = self._graphs[key] = ChunkGraph.capture(self, chunk.length, guard)
-                launches = self.launch_list(chunk.length, chunk.last, guard)
+                        graph = self._graphs[key] = ChunkGraph.capture(self, chunk.length, guard, delay_us)
+                launches = self.launch_list(chunk.length, chunk.last, guard, delay_us)
                 if graph is not None and graph.captured:
                     graph.replay(self.stream)
                     replays += 1
@@ -203,9 +203,9 @@ class Engine:
             self.stream.synchronize()
         return records
 
-    def capture_status(self, chunk_size: int, guard: str):
+    def capture_status(self, chunk_size: int, guard: str, delay_us: float = 0.0):
         """The capture.CaptureStatus of the graph for this chunk size and guard, or None if none was tried."""
-        graph = self._graphs.get((chunk_size, guard))  # non-last chunks are exactly chunk_size long
+        graph = self._graphs.get((chunk_size, guard, delay_us))  # non-last chunks are exactly chunk_size long
         return None if graph is None else graph.status
 
     def logits(self):

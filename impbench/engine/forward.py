@@ -59,8 +59,17 @@ def _cublas(a, w, out):
     return functools.partial(cupy.matmul, a, w.T, out=out)
 
 
-def build_launches(preset, weights, buffers, length: int, last: bool, guard: str) -> LaunchList:
-    """Every launch of one chunk of `length` tokens; `guard` picks the dense GEMM path (impbench.arms)."""
+def _delay(delay_us: float):
+    import cupy
+
+    from impbench.kernels import get_function
+
+    return functools.partial(get_function("bench", "bench_delay"), (1,), (1,), (cupy.int64(round(1000 * delay_us)),))
+
+
+def build_launches(preset, weights, buffers, length: int, last: bool, guard: str, delay_us: float = 0.0) -> LaunchList:
+    """Every launch of one chunk of `length` tokens; `guard` picks the dense GEMM path (impbench.arms);
+    `delay_us` > 0 plants a wait of that many µs after every layer (tests of the CI gate)."""
     from impbench.engine.weights import Nvfp4Linear
     from impbench.kernels import attention, gemm, moe, ops, routing
     from impbench.kernels.driver import packed
@@ -119,6 +128,8 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
                                        layer.w13_scale, layer.w13_scale2, b.expert_act[:rows], variant=expert))  # fmt: skip
         add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,
                                     layer.w2_scale2, b.expert_out[:rows], row_weight=row_weight, variant=expert))  # fmt: skip
+        if delay_us:
+            add("delay", _delay(delay_us))
         if index + 1 < len(layers):  # the residual's next reader is the next layer's attn_norm: fused
             add("combine+attn_norm", routing.prepare(routing.combine_rmsnorm, b.expert_out[:rows], token_rows, resid,
                                                      resid, layers[index + 1].attn_norm, eps, normed))  # fmt: skip
