@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -127,6 +128,8 @@ _OUT = click.option("--out", type=click.Path(), default=None, metavar="PATH",
                     help="Write the result as JSON (metadata, every rep and clock reading) and a CSV beside it, "
                          "atomically after every row; run again with the same PATH and settings to resume.")
 _FORCE = click.option("--force", is_flag=True, help="Replace an impbench result of other settings at --out.")
+_PLOT = click.option("--plot", is_flag=True, help="Also write the plots of the result beside --out (PATH with .png; "
+                                                  "needs matplotlib: pip install 'impbench[plot]').")
 _FORMAT = click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
                        help="Output format: markdown tables, CSV or JSON records.")
 _RESULT_FORMAT = click.option("--format", "fmt", type=RESULT_FORMATS, default="md", show_default=True,
@@ -183,7 +186,8 @@ def _finish(gate, judged: list, github_text: str | None) -> None:
 
 
 def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list, protocol, out, force: bool,
-             fmt: str, layers: int | None, profile: bool = False, gate=None, summary: bool = False) -> None:  # fmt: skip
+             fmt: str, layers: int | None, profile: bool = False, gate=None, summary: bool = False,
+             plot: bool = False) -> None:  # fmt: skip
     """The one path of run / ab / sweep: checks, --out, the measurement, the table."""
     from impbench import device, measure, metadata
     from impbench.engine.core import check_supported
@@ -193,6 +197,13 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
 
     for preset in presets:  # every bad model is exit 2 before any engine is built
         check_supported(preset)
+    if plot:
+        if not out:
+            raise InputError("--plot writes beside --out: give --out PATH too")
+        from impbench.plot import check_path, require_matplotlib
+
+        require_matplotlib()  # matplotlib missing is one line now, not after the measurement
+        check_path(Path(out).with_suffix(".png"))
     _check_environment()
     settings = {**protocol.to_dict(), "layers": layers, "arms": [arm.to_dict() for arm in arms]}
     target = ResultFile(out, force) if out else None
@@ -211,6 +222,10 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
     measure.measure(result, presets, prompt_lengths, arms, protocol, profile=profile, progress=_progress,
                     on_row=save if target is not None else None)  # fmt: skip
     click.echo(format_result(result, fmt))
+    if plot:
+        from impbench.plot import plot_result
+
+        _progress(f"wrote {plot_result(result, Path(out).with_suffix('.png'))}")
     from impbench.report import judged_in_result
 
     _finish(gate, judged_in_result(result), format_result(result, "gh") if summary else None)
@@ -425,9 +440,10 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
 @_FORCE
 @_gate_options
 @_auto_options
+@_PLOT
 def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, spec_a, spec_b, tolerance, seed,
        no_prewarm, fmt, out, force, fail_on, threshold, summary, target_ci, max_reps, max_time, cooldown,
-       max_reruns) -> None:  # fmt: skip
+       max_reruns, plot) -> None:  # fmt: skip
     """A/B two ways of running the same prefill (default: A eager, B CUDA graph) on one engine per row.
 
     Each arm's first prefill is timed apart as `cold`; then --warmup unrecorded prefills; then --reps
@@ -447,7 +463,7 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
     protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, {"tolerance": 5.0, "seed": 0}, auto)
     presets = _presets(models, model_config, name, layers, default="qwen3-coder")
     _measure("ab", presets, prompt_lengths, arms, protocol, out, force, fmt, layers, gate=_gate(fail_on, threshold),
-             summary=summary)  # fmt: skip
+             summary=summary, plot=plot)  # fmt: skip
 
 
 @cli.command()
@@ -468,8 +484,9 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
 @_FORCE
 @_gate_options
 @_auto_options
+@_PLOT
 def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance, seed, no_prewarm, fmt, out, force,
-          fail_on, threshold, summary, target_ci, max_reps, max_time, cooldown, max_reruns) -> None:  # fmt: skip
+          fail_on, threshold, summary, target_ci, max_reps, max_time, cooldown, max_reruns, plot) -> None:  # fmt: skip
     """Measure a grid of models x prompt lengths x arms (one engine per model and pp, arms
     interleaved) and print one table: tok/s per arm and its delta over the first arm, with CI.
 
@@ -496,7 +513,7 @@ def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance,
     protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, defaults, auto)
     presets = _presets(names, None, None, layers)
     _measure("sweep", presets, prompt_lengths, arms, protocol, out, force, fmt, layers, gate=_gate(fail_on, threshold),
-             summary=summary)  # fmt: skip
+             summary=summary, plot=plot)  # fmt: skip
 
 
 # ---- kernel benchmarks --------------------------------------------------------------------------------
@@ -615,3 +632,20 @@ def ops(model, pp_list, variants, fmt, out, force) -> None:
     if out:
         for path in report.write(out, fmt):
             _progress(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("result_path", metavar="RESULT.json", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", required=True, metavar="FILE.png|svg",
+              help="Where to write the figure (.png or .svg).")
+def plot(result_path, output) -> None:
+    """Plot a result of run, ab or sweep: tok/s per arm against prompt length with interval whiskers,
+    device time per op against the plan floor (where profiled), and the SM clock and power of every
+    rep, flagged reps marked. Needs matplotlib (pip install 'impbench[plot]').
+    """
+    from impbench.plot import check_path, plot_result
+    from impbench.results import load_result
+
+    check_path(output)
+    result = load_result(result_path)
+    _progress(f"wrote {plot_result(result, output)}")

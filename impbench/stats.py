@@ -160,6 +160,17 @@ def compare_arms(
     return Comparison(a, b, delta, low, high, noise, verdict, reason, paired, resamples, confidence)
 
 
+def median_interval(tok_s: Sequence[float], resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
+                    seed: int = SEED) -> tuple[float, float, float]:
+    """(low, median, high): an arm's median tok/s with its percentile-bootstrap interval (for plots)."""
+    values = _samples("tok_s", tok_s)
+    rng = np.random.default_rng(seed)
+    medians = np.median(values[rng.integers(0, values.size, size=(resamples, values.size))], axis=1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(medians, [tail, 100.0 - tail])
+    return float(low), float(np.median(values)), float(high)
+
+
 def drop_flagged(
     a_tok_s: Sequence[float],
     b_tok_s: Sequence[float],
