@@ -1,8 +1,10 @@
 """Dense FP16 GEMM: dispatch guard and variant table (CPU), kernels against a float32 reference (GPU)."""
 
+import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +67,18 @@ def test_choice_is_deterministic():
     shapes = [(m, n, k) for m in (1, 512, 2048) for n in (1, 32, 2048, 151936) for k in (512, 2048)]
     first = [g.choose_variant(*s, "small-n", g.H100) for s in shapes]
     assert first == [g.choose_variant(*s, "small-n", g.H100) for s in shapes]
+
+
+def test_preset_shape_choices_are_unchanged(monkeypatch):
+    """Every preset dense-GEMM shape at M 1, 512, 1024, 2048, 8192 gets, under each policy, on the H100 and on a
+    GPU without wgmma, the variant the 68-variant table of c47b1ca gave it (tests/gemm_preset_choices.json)."""
+    monkeypatch.delenv("IMPBENCH_GEMM_VARIANTS", raising=False)
+    data = json.loads(Path(__file__).with_name("gemm_preset_choices.json").read_text())
+    for device_name, rows in data["choices"].items():
+        device = g.DeviceInfo(*data["devices"][device_name])
+        for shape, expected in rows.items():
+            m, n, k = map(int, shape.split("x"))
+            assert [g.choose_variant(m, n, k, p, device) for p in data["policies"]] == expected, (device_name, shape)
 
 
 def _source_variants():
