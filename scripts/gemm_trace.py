@@ -10,9 +10,8 @@ same launch (and of cuBLAS) -- event time minus span is what lies outside the ke
     python3 scripts/gemm_trace.py --shape 2048x128x2048 --variants tma_128x64,tsk_64x128k4 [--reps 15]
 
 A tsk variant written `name@G` runs with tile order G (bands of G M tiles, gemm.tsk_group), `name/direct`
-with the output stored from registers instead of by TMA (both: `name@G/direct`), `name.soloP` (c2) with P
-stages filled by each CTA alone (gemm.TSM_SOLO_STAGES); --sm-order prints the SM of each CTA of one launch,
-in block order.
+with the output stored from registers instead of by TMA (both: `name@G/direct`); --sm-order prints the SM
+of each CTA of one launch, in block order.
 """
 
 from __future__ import annotations
@@ -26,13 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def experiment_launcher(a, w, out, spec: str):
-    """gemm.prepare of a variant written `name[.soloP][@G][/direct]` (see the module's doc)."""
+    """gemm.prepare of a variant written `name[@G][/direct]` (see the module's doc)."""
     from impbench.kernels import gemm
 
     spec, _, store = spec.partition("/")
-    spec, _, group = spec.partition("@")
-    name, _, solo = spec.partition(".solo")
-    return gemm.prepare(a, w, out, name, int(group) if group else None, store != "direct", int(solo) if solo else None)
+    name, _, group = spec.partition("@")
+    return gemm.prepare(a, w, out, name, int(group) if group else None, store != "direct")
 
 
 def traced_module():

@@ -88,16 +88,12 @@ def _source_variants():
     ws = re.findall(r"^IMPGEMM_WGMMA_WS\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)
     tma = re.findall(r"^IMPGEMM_TMA(|_MC|_SK|_SW)\(gemm_(\w+), (\d+), (\d+)(?:, (\d+))?\)", text, re.M)
     tsk = re.findall(r"^IMPGEMM_TSK\(gemm_(\w+), (\d+), (\d+), (\d+), (\d+), (\d+)\)", text, re.M)
-    tsm = re.findall(r"^IMPGEMM_TSM\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)  # tsk c2: BM 64, S 1, CH 2
-    tsw = re.findall(r"^IMPGEMM_TSK_W\(gemm_(\w+), (\d+), (\d+)\)", text, re.M)  # tsk w: BM 64, S 1, CH 2, KW 2
-    return mma, wg, ws, tma, tsk + [(name, "64", bn, st, "1", "2", 2, 1) for name, bn, st in tsm] + [
-        (name, "64", bn, st, "1", "2", 1, 2) for name, bn, st in tsw]
+    return mma, wg, ws, tma, tsk
 
 
 def test_variant_table_matches_the_kernel_source():
     mma, wg, ws, tma, tsk = _source_variants()
     assert len(mma) + len(wg) + len(ws) + len(tma) + len(tsk) == len(g.VARIANTS)
-    assert {row[6:] for row in tsk if len(row) > 6} == {(2, 1), (1, 2)}, "the c2 and w tsk variants are in the source"
     for name, bm, bn, bk, wm, wn, wk, stages in mma:
         bm, bn, bk, wm, wn, wk, stages = map(int, (bm, bn, bk, wm, wn, wk, stages))
         v = g.VARIANTS[name]
@@ -124,15 +120,12 @@ def test_variant_table_matches_the_kernel_source():
         assert v.smem_bytes == stages * (128 + bn) * 64 * 2 + staging + 1024
         assert v.smem_bytes + 16 * stages + 16 <= 232448  # 227 KiB per block, barriers included
         assert name.endswith({"": "", "_MC": "c2", "_SK": f"k{split}", "_SW": "s"}[kind])
-    for name, bm, bn, stages, split, chunks, *extra in tsk:  # TskConfig: pipeline + receive buffer + slack
+    for name, bm, bn, stages, split, chunks in tsk:  # TskConfig: pipeline + receive buffer + slack
         bm, bn, stages, split, chunks = int(bm), int(bn), int(stages), int(split), int(chunks)
-        mc, kw = extra or (1, 1)
         v = g.VARIANTS[name]
-        threads = 128 * bm // 64 * kw + (32 if mc > 1 else 0)  # c2: a producer warp; w: two warpgroups
-        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster, v.chunks, v.multicast) == (
-            "tsk", bm, bn, 64 * chunks, threads, split, stages, split * mc, chunks, mc)
-        assert v.k_groups == kw and ("w" in name.split("x")[-1]) == (kw > 1)
-        assert (f"c{mc}" in name) == (mc > 1) and v.w_box_rows == bn
+        assert (v.family, v.bm, v.bn, v.bk, v.threads, v.split_k, v.stages, v.cluster, v.chunks) == (
+            "tsk", bm, bn, 64 * chunks, 128 * bm // 64, split, stages, split, chunks)
+        assert v.w_box_rows == bn
         receive = (split - 1) * (bn // 8 // split) * (128 * bm // 64) * 16
         assert v.smem_bytes == stages * chunks * (bm + bn) * 64 * 2 + receive + 1024
         assert v.smem_bytes + 8 * stages + 8 <= 232448
@@ -148,20 +141,18 @@ def test_tma_grids():
     c2 = g.VARIANTS["tma_128x256c2"]
     assert c2.units(300, 512) == 2 * 2 and c2.grid(300, 512) == (8, 1)  # M tiles in pairs, odd count rounded up
     assert c2.grid(2048, 151936, clusters=60) == (120, 1)
-    k8 = g.VARIANTS["tma_128x128k8"]
-    assert k8.grid(512, 128) == (32, 1) and k8.cluster == 8 and k8.large
+    k4 = g.VARIANTS["tma_128x128k4"]
+    assert k4.grid(512, 128) == (16, 1) and k4.cluster == 4 and k4.large
 
 
 def test_tsk_grid_and_router_dispatch():
-    v = g.VARIANTS["tsk_64x128k4"]
-    assert v.grid(1024, 128) == (16 * 4, 1) and v.grid(100, 300) == (2 * 3 * 4, 1) and not v.large
+    v = g.VARIANTS["tsk_64x64k4"]
+    assert v.grid(1024, 128) == (16 * 2 * 4, 1) and v.grid(100, 300) == (2 * 5 * 4, 1) and not v.large
     for m, n, k in ((512, 128, 2048), (1024, 128, 2048), (1024, 128, 2816), (512, 256, 2048)):
         # routers (N = experts) go to the small-N split-K family under small-n
         assert g.VARIANTS[g.choose_variant(m, n, k, "small-n", g.H100)].family == "tsk", (m, n, k)
     for policy in ("tight", "permissive"):  # the large-tile guards never take it
         assert g.VARIANTS[g.choose_variant(1024, 128, 2048, policy, g.H100)].large
-    c2 = g.VARIANTS["tsk_64x64c2s6p"]  # M tiles in pairs sharing W, an odd count rounded up; no split
-    assert c2.grid(300, 264) == (3 * 5 * 2, 1) and c2.cluster == 2 and c2.split_k == 1 and c2.threads == 160
     # nor a wide output outside its model (the engine's last-token lm_head: 180 µs on tsk, 150 on mma)
     assert g.VARIANTS[g.choose_variant(1, 151936, 2048, "small-n", g.H100)].family != "tsk"
 
@@ -290,10 +281,9 @@ def test_tsk_k_slices(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["tsk_64x128k2s4p", "tsk_64x64k4", "tsk_128x128k4s5", "tsk_64x64c2s6p"])
+@pytest.mark.parametrize("name", ["tsk_64x128k2s4p", "tsk_64x64k4", "tsk_64x64k1s6p"])
 def test_tsk_tile_orders_and_store_modes_cover_every_tile(name):
-    """Every tile order (bands of G M tiles, the last band short where G does not divide the M tiles), for
-    c2 every number of stages each CTA fills alone (a K of 520 has 3 steps: some past, some short of it), and
+    """Every tile order (bands of G M tiles, the last band short where G does not divide the M tiles) and
     both output paths (TMA store of a staged tile, stores from registers) write every output and give the
     same bits: they move tiles and bytes, not the arithmetic."""
     import cupy
@@ -304,11 +294,10 @@ def test_tsk_tile_orders_and_store_modes_cover_every_tile(name):
     a, w = _inputs(m, n, k, seed=11)
     ref = _ref(a, w)
     first = None
-    solos = (0, 1, 3, 9) if g.VARIANTS[name].multicast > 1 else (None,)  # c2: stages each CTA fills alone
-    for group, tma_store, solo in [(gr, st, so) for gr in (1, 2, 3, 5, 64) for st in (True, False) for so in solos]:
-        how = f"{name} group {group} tma_store {tma_store} solo {solo}"
+    for group, tma_store in [(gr, st) for gr in (1, 2, 3, 5, 64) for st in (True, False)]:
+        how = f"{name} group {group} tma_store {tma_store}"
         out = cupy.full((m, n), cupy.nan, dtype=cupy.float16)
-        g.prepare(a, w, out, name, group, tma_store, solo)()
+        g.prepare(a, w, out, name, group, tma_store)()
         assert not bool(cupy.isnan(out).any()), f"{how}: unwritten outputs"
         assert _rel(out, ref) <= 2e-3, f"{how}: rel err {_rel(out, ref):.2e}"
         bits = out.view(cupy.uint16)
@@ -337,9 +326,9 @@ def test_random_shapes_under_each_policy():
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "name",
-    ["mma_128x128", "mma_16x32k8", "wgmma_128x256", "wgmma_64x128", "wgmma_ws_128x256",
-     "tma_128x160", "tma_128x256c2", "tma_128x128k8", "tma_128x64k2", "tma_128x192s",
-     "tsk_64x64k4", "tsk_64x128k4", "tsk_64x128k4s8", "tsk_64x64k2", "tsk_64x64k2s6p", "tsk_64x64c2s6p"],
+    ["mma_128x128", "mma_16x32k8", "wgmma_128x128", "wgmma_64x128s6", "wgmma_ws_128x128",
+     "tma_128x160", "tma_128x256c2", "tma_128x128k4", "tma_128x64k2", "tma_128x192s",
+     "tsk_64x64k4", "tsk_64x64k1s6p", "tsk_64x128k2s4p", "tsk_64x64k2s6p"],
 )  # fmt: skip
 def test_capture_replay_is_bit_identical(name):
     import cupy

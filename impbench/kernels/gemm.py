@@ -61,11 +61,10 @@ class Variant:
     flop_per_clk: float = 2000.0
     fixed_us: float = 1.0
     iter_us: float = 0.0  # floor per K stage of one block: load latency over the pipeline depth
-    multicast: int = 1  # tma, tsk: CTAs of a cluster sharing (multicasting) each W tile
+    multicast: int = 1  # tma: CTAs of a cluster sharing (multicasting) each W tile
     last_us: float = 0.0  # tma time model: cost paid once (the exposed epilogue of the last tile)
     stages: int = 0  # tsk: K steps in flight per CTA (the time model's refill rounds)
     chunks: int = 1  # tsk: 64-wide K chunks a stage (2: one 3-D TMA box per operand where K % 64 == 0)
-    k_groups: int = 1  # tsk: warpgroups on one tile taking alternate K steps (2: "w")
 
     @property
     def kernel_name(self) -> str:
@@ -81,7 +80,7 @@ class Variant:
     def cluster(self) -> int:
         """CTAs per thread-block cluster (1: no cluster)."""
         if self.family == "tsk":
-            return self.split_k * self.multicast
+            return self.split_k
         return self.multicast if self.family != "tma" or self.split_k == 1 else self.split_k
 
     @property
@@ -91,20 +90,19 @@ class Variant:
 
     @property
     def w_box_rows(self) -> int:
-        """W rows of one TMA box: tma, half the tile where the pair multicasts it; tsk, the whole tile
-        (a multicasting pair splits each K step by chunk instead)."""
-        return self.bn if self.family == "tsk" else self.bn // self.multicast
+        """W rows of one TMA box: half the tile where a pair multicasts it, else the whole tile."""
+        return self.bn // self.multicast
 
     def units(self, m: int, n: int) -> int:
         """Work units (tma: one per cluster and step; tsk: one per cluster): output tiles, or pairs of M
-        tiles with multicast."""
+        tiles where a tma pair multicasts W."""
         return -(-(-(-m // self.bm)) // self.multicast) * -(-n // self.bn)
 
     def grid(self, m: int, n: int, clusters: int | None = None) -> tuple[int, int]:
         """Launch grid. tma: (CTAs, 1); persistent (no split-K) with at most `clusters` clusters
         resident (default: one CTA per SM of an H100)."""
-        if self.family == "tsk":  # a multicasting pair takes two M tiles (the second may lie past M)
-            return (self.units(m, n) * self.split_k * self.multicast, 1)
+        if self.family == "tsk":
+            return (self.units(m, n) * self.split_k, 1)
         if self.family != "tma":
             return (-(-m // self.bm), -(-n // self.bn))
         units = self.units(m, n)
@@ -134,45 +132,33 @@ def _tma(bn, stages, multicast=1, split_k=1, flop_per_clk=2500.0, fixed_us=0.5, 
                    0.0, multicast, last_us)  # fmt: skip
 
 
-def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1, multicast=1, k_groups=1):
+def _tsk(bm, bn, stages, split_k, regs, fixed_us=0.0, chunks=1):
     """A gemm_tsk_* entry point: tile bm x bn, K steps of `chunks` x 64, bm/64 warpgroups, a cluster of
-    split_k CTAs over K (TskConfig in gemm_fp16.cu), or (multicast 2, "c2", gemm_tsm_body) a pair of M
-    tiles sharing W, plus a producer warp; k_groups 2 ("w"): two warpgroups on the tile, alternate K steps;
-    fixed_us: this variant's cost over the time model."""
+    split_k CTAs over K (TskConfig in gemm_fp16.cu); fixed_us: this variant's cost over the time model."""
     receive = (split_k - 1) * bm * bn * 4 // split_k  # the other ranks' FP32 partials of this rank's columns
     smem = stages * chunks * (bm + bn) * 64 * 2 + receive + 1024
-    # s: one CTA per SM; w: two warpgroups over K; p: two chunks a stage
-    suffix = (f"s{stages}" if smem > 113 * 1024 else "") + ("w" if k_groups > 1 else "") + ("p" if chunks == 2 else "")
-    cluster = f"c{multicast}" if multicast > 1 else f"k{split_k}"
-    threads = 128 * bm // 64 * k_groups + (32 if multicast > 1 else 0)
-    return Variant(f"tsk_{bm}x{bn}{cluster}{suffix}", "tsk", bm, bn, 64 * chunks, threads, smem, regs,
-                   split_k, 2500.0, fixed_us, 0.0, multicast, 0.0, stages, chunks, k_groups)  # fmt: skip
+    # s: one CTA per SM; p: two chunks a stage
+    suffix = (f"s{stages}" if smem > 113 * 1024 else "") + ("p" if chunks == 2 else "")
+    return Variant(f"tsk_{bm}x{bn}k{split_k}{suffix}", "tsk", bm, bn, 64 * chunks, 128 * bm // 64, smem, regs,
+                   split_k, 2500.0, fixed_us, 0.0, 1, 0.0, stages, chunks)  # fmt: skip
 
 
 # fmt: off
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     #  name               family   BM  BN  BK thr   smem regs splitK FLOP/clk fixed_us iter_us
     _v("mma_128x128",      "mma",   128, 128,  32, 128,  65536,  241,      1,   1300.0,     6.25,    0.50),
-    _v("mma_128x256",      "mma",   128, 256,  32, 256,  73728,  236,      1,   1200.0,     8.25,    0.90),
     _v("mma_64x128",       "mma",    64, 128,  32, 128,  49152,  167,      1,   1050.0,     6.00,    0.35),
     _v("mma_64x64k2",      "mma",    64,  64,  64, 256,  65536,   93,      2,    850.0,     2.50,    0.40),
     _v("mma_32x64k4",      "mma",    32,  64,  64, 256,  49152,   73,      4,    700.0,     2.50,    0.30),
     _v("mma_16x64k8",      "mma",    16,  64, 128, 512,  81920,   54,      8,    400.0,     2.00,    0.45),
     _v("mma_16x32k8",      "mma",    16,  32, 128, 256,  49152,   58,      8,    450.0,     2.25,    0.35),
     _v("mma_16x16k8",      "mma",    16,  16, 128, 256,  32768,   40,      8,    300.0,     1.50,    0.30),
-    _v("mma_64x64k2s6",    "mma",    64,  64,  64, 256,  98304,   71,      2,    800.0,     3.50,    0.45),
     _v("mma_32x64k4s8",    "mma",    32,  64,  64, 256,  98304,   72,      4,    650.0,     3.25,    0.30),
-    _v("mma_16x32k8s8",    "mma",    16,  32, 128, 256,  98304,   58,      8,    400.0,     4.40,    0.35),  # fixed: call 6
     _v("mma_16x16k8s8",    "mma",    16,  16, 128, 256,  65536,   39,      8,    300.0,     1.00,    0.35),
-    _v("wgmma_128x256",    "wgmma", 128, 256,  64, 256, 197632,  200,      1,   2400.0,     8.50,    0.00),
     _v("wgmma_128x128",    "wgmma", 128, 128,  64, 256, 132096,  150,      1,   2300.0,     5.75,    0.00),
-    _v("wgmma_64x256",     "wgmma",  64, 256,  64, 128, 164864,  230,      1,   1700.0,     6.00,    0.00),
-    _v("wgmma_64x128",     "wgmma",  64, 128,  64, 128,  99328,  196,      1,   1850.0,     5.50,    0.35),
     _v("wgmma_128x128s6",  "wgmma", 128, 128,  64, 256, 197632,  150,      1,   2350.0,     5.50,    0.00),
-    _v("wgmma_64x256s5",   "wgmma",  64, 256,  64, 128, 205824,  230,      1,   1700.0,     6.50,    0.00),
     _v("wgmma_64x128s6",   "wgmma",  64, 128,  64, 128, 148480,  192,      1,   1550.0,     3.75,    0.00),
     _v("wgmma_64x64s8",    "wgmma",  64,  64,  64, 128, 132096,   90,      1,   1050.0,     2.50,    0.00),
-    _v("wgmma_ws_128x256", "wgmma", 128, 256,  64, 384, 197632,  168,      1,   2250.0,     8.00,    0.95),
     _v("wgmma_ws_128x128", "wgmma", 128, 128,  64, 384, 197632,  168,      1,   2100.0,     5.00,    0.00),
     # TMA family: sustained FLOP per SM clock, fixed_us per work unit and last_us once, fitted to the
     # sweeps of device calls 4 and 6 (every tma variant on the 63 model shapes; rms log error 4-7%,
@@ -193,45 +179,23 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _tma(176, 4, flop_per_clk=3772.0, fixed_us=2.43, last_us=5.02, store_warps=True),
     _tma(192, 4, flop_per_clk=3848.0, fixed_us=3.03, last_us=4.85, store_warps=True),
     _tma(256, 3, flop_per_clk=3821.0, fixed_us=3.88, last_us=4.82, store_warps=True),
-    _tma( 96, 7, 2, 1, 3116.0, 2.19, 2.90),
     _tma(128, 6, 2, 1, 3716.0, 2.62, 3.68),
     _tma(144, 6, 2, 1, 3776.0, 2.71, 3.74),
-    _tma(160, 5, 2, 1, 3847.0, 2.97, 3.66),
-    _tma(176, 5, 2, 1, 3800.0, 3.08, 3.58),
-    _tma(192, 5, 2, 1, 3816.0, 3.12, 3.50),
-    _tma(224, 4, 2, 1, 3801.0, 3.89, 2.67),
     _tma(256, 4, 2, 1, 3911.0, 5.47, 2.02),
     _tma( 64, 8, 1, 2, 1765.0, 4.66, 1.35),
     _tma(128, 6, 1, 2, 2851.0, 6.48, 1.74),
     _tma(176, 5, 1, 2, 3127.0, 7.93, 0.74),
-    _tma(256, 4, 1, 2, 3236.0, 8.00, 2.06),
-    _tma( 64, 8, 1, 4, 1499.0, 3.39, 2.91),
     _tma(128, 6, 1, 4, 2372.0, 5.47, 2.26),
-    _tma(256, 4, 1, 4, 2943.0, 8.00, 1.66),
-    _tma( 64, 8, 1, 8, 3244.0, 5.44, 3.27),
-    _tma(128, 6, 1, 8, 1924.0, 6.16, 3.20),
     # small-N split-K family (v7, v9): every stage in flight, partials pushed to their owner rank;
     # 4-CTA clusters, and (v9) 2-CTA clusters, with which every SM of a GPC is usable, so 128-CTA
     # grids run one CTA per SM (k8 and 64x256 tiles were slower on every shape in v7)
     #     BM   BN stages split regs fixed_us
     # fixed_us: a variant's mean residual under the fit below, where it is 0.25 µs or more
     _tsk( 64,  64,  6, 4, 58, -0.85),
-    _tsk( 64, 128,  3, 4, 90),
-    _tsk( 64, 128,  8, 4, 90),
-    _tsk( 64,  64,  6, 2, 58),
-    _tsk( 64, 128,  3, 2, 90, 0.7),
-    _tsk(128, 128,  5, 4, 90),
-    _tsk( 64,  64, 12, 2, 58),
-    _tsk( 64, 128,  8, 2, 90),
     # p: two K chunks a stage in one 3-D box per operand (v10)
     _tsk( 64,  64,  6, 2, 58, -0.25, chunks=2),
     _tsk( 64,  64,  6, 1, 58, -0.38, chunks=2),  # fixed_us: on grids of >= 128 CTAs, the only ones it can win
     _tsk( 64, 128,  4, 2, 90, chunks=2),
-    _tsk( 64, 128,  4, 4, 90, chunks=2),
-    # c2: W multicast over a pair of M tiles, no split (v13: no faster than k1s6p anywhere)
-    _tsk( 64,  64,  6, 1, 58, 1.16, chunks=2, multicast=2),
-    # w: two warpgroups taking alternate K steps of one tile (v13)
-    _tsk( 64,  64,  6, 1, 58, chunks=2, k_groups=2),
 )}
 # fmt: on
 # time model of the tma family (fitted with the per-variant constants above):
@@ -377,7 +341,7 @@ def _estimate_tsk_us(v: Variant, m: int, n: int, k: int, device: DeviceInfo) -> 
     other ranks' FP32 partials of its columns."""
     steps_cta = -(-(-(-k // v.bk)) // v.split_k)  # K steps of bk = 64 x chunks
     ctas = v.grid(m, n)[0]
-    w_rows = v.bn / v.multicast  # W rows a CTA asks L2 for (a multicasting pair splits the W tile)
+    w_rows = v.bn  # W rows a CTA asks L2 for
     per_sm = 2 if 2 * (v.smem_bytes + 2048) <= TSK_SM_SMEM_BYTES else 1
 
     def slots(ctas_per_sm: int) -> int:
@@ -468,13 +432,11 @@ def gemm(a, w, out, variant: str | None = None) -> None:
     prepare(a, w, out, variant)()
 
 
-def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma_store: bool = True,
-            solo: int | None = None):
+def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma_store: bool = True):
     """Check `gemm(a, w, out, variant)` once; return a no-argument callable that launches it.
 
     tsk variants (experiments): `group`, the tile order, bands of that many M tiles (tsk_group's choice if
-    None); `tma_store` False stores the output from registers instead of one TMA store a CTA; `solo`
-    (multicasting c2 variants), the first stages each CTA fills alone (TSM_SOLO_STAGES if None)."""
+    None); `tma_store` False stores the output from registers instead of one TMA store a CTA."""
     import numpy as np
 
     m, n, k = _check_args(a, w, out)
@@ -485,7 +447,7 @@ def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma
     if spec.family != "mma" and not device_info().has_wgmma:
         raise ValueError(f"GEMM variant {name!r} needs an sm_90 (Hopper) device")
     if spec.tensor_maps:
-        return _tma_launcher(spec, a, w, out, m, n, k, group, tma_store, solo)
+        return _tma_launcher(spec, a, w, out, m, n, k, group, tma_store)
     gx, gy = spec.grid(m, n)
     if gy > MAX_GRID_Y:
         raise ValueError(f"GEMM variant {name!r} cannot tile N={n} (w {tuple(w.shape)}): {gy} column tiles > {MAX_GRID_Y}")
@@ -530,11 +492,6 @@ def max_clusters(name: str) -> int:
     return driver.max_active_clusters(_kernel(spec).kernel.ptr, spec.cluster, spec.threads, spec.smem_bytes, fallback)
 
 
-# tsk c2 (gemm_tsm_body): stages each CTA of a pair fills alone, whole W, before the cluster barrier that a
-# multicast must wait for (the first stage landed 0.75 us later than without multicast, GEMM v13)
-TSM_SOLO_STAGES = 2
-
-
 def tsk_group(spec: Variant, m: int, n: int) -> int:
     """The tile order of a tsk launch (kernel tsk_tile): bands of this many M tiles, M fastest within.
 
@@ -542,13 +499,13 @@ def tsk_group(spec: Variant, m: int, n: int) -> int:
     read together. Measured on the H200 (results/NOTES.md GEMM v12): at 512x1024x2048 (8 x 8 tiles, one
     wave) bands of 2 ask L2 for 15% fewer sectors than M-fastest and run the loop 0.5-0.75 us faster;
     on taller grids (2048x256) and on two-wave grids (1024x1024) M-fastest was as fast or faster."""
-    mt, nt = -(-(-(-m // spec.bm)) // spec.multicast), -(-n // spec.bn)  # units along M: tiles or pairs
+    mt, nt = -(-m // spec.bm), -(-n // spec.bn)
     one_wave = spec.grid(m, n)[0] <= device_info().sms
     return 2 if one_wave and nt >= mt else mt
 
 
 def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int | None = None,
-                  tma_store: bool = True, solo: int | None = None):
+                  tma_store: bool = True):
     """A no-argument callable launching a tma variant on the current stream (driver.launcher):
     tensor maps passed by value, the argument block built once (clusters come from the kernel's
     compile-time __cluster_dims__)."""
@@ -556,15 +513,13 @@ def _tma_launcher(spec: Variant, a, w, out, m: int, n: int, k: int, group: int |
 
     # tsk "p" variants read 3-D maps where K % 64 == 0 (the kernel checks the same condition)
     chunks = spec.chunks if k % 64 == 0 else 1
-    # (a multicasting tsk pair copies W a chunk per rank: 2-D boxes)
-    map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, 1 if spec.multicast > 1 else chunks)
+    map_a, map_w = _tensor_map(a, spec.bm, chunks), _tensor_map(w, spec.w_box_rows, chunks)
     args = [map_a, map_w, out, ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
     if spec.family == "tsk":  # + the output's map (TMA store where rows are 16-byte multiples), order, store mode
         # only split variants stage their columns for a TMA store (gemm_tsk_body); S = 1 stores from registers
         c_tma = tma_store and spec.split_k > 1 and n % 8 == 0 and out.data.ptr % 16 == 0
         args.insert(2, _store_map(out, spec.bn // spec.split_k, spec.bm) if c_tma else map_a)
-        last = (TSM_SOLO_STAGES if solo is None else solo) if spec.multicast > 1 else int(c_tma)  # gemm_tsm_body: solo
-        args += [ctypes.c_int32(tsk_group(spec, m, n) if group is None else group), ctypes.c_int32(last)]
+        args += [ctypes.c_int32(tsk_group(spec, m, n) if group is None else group), ctypes.c_int32(int(c_tma))]
     gx, _ = spec.grid(m, n, max_clusters(spec.name))
     return driver.launcher(_kernel(spec).kernel.ptr, (gx, 1, 1), (spec.threads, 1, 1), spec.smem_bytes, args)
 
