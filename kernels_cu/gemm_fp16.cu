@@ -1290,66 +1290,87 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 }  // namespace impgemm
 
 // ---------------------------------------------------------------------------------------------
-// Entry points. Names encode the tile; gemm.py's variant table must match (threads, shared bytes).
-// Grid: (ceil(M/BM), ceil(N/BN)); M tiles vary fastest so the blocks in flight share W tiles in L2.
-#define IMPGEMM_MMA(NAME, BM, BN, BK, WM, WN, WK, STAGES)                                                 \
+// Entry macros. The variants themselves are generated from the Python table
+// (impbench/kernels/gemm/variants.py, entry_points) and appended to this source before it compiles:
+// one IMPGEMM_<entry>(NAME, geometry..., TABLE_THREADS, TABLE_SMEM) line per variant. The last two are
+// the row's threads and dynamic shared bytes, which its launches use; IMPGEMM_TABLE_ROW checks them
+// against the config the kernel is built from, so a row that disagrees with this file fails to compile.
+// mma and wgmma grids: (ceil(M/BM), ceil(N/BN)), M tiles fastest so the blocks in flight share W tiles in L2.
+namespace impgemm {
+template <class Cfg>
+constexpr bool table_row(int threads, int smem_bytes) {
+    return Cfg::THREADS == threads && Cfg::SMEM_BYTES == smem_bytes;
+}
+}  // namespace impgemm
+#define IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, ...)                                            \
+    static_assert(impgemm::table_row<__VA_ARGS__>(TABLE_THREADS, TABLE_SMEM),                              \
+                  #NAME ": threads or shared bytes differ from its row in impbench/kernels/gemm/variants.py")
+
+#define IMPGEMM_MMA(NAME, BM, BN, BK, WM, WN, WK, STAGES, TABLE_THREADS, TABLE_SMEM)                     \
     extern "C" __global__ void __launch_bounds__(32 * WM * WN * WK)                                        \
         NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
              int N, int K) { pdl_entry();                                                                              \
         impgemm::gemm_mma_body<BM, BN, BK, WM, WN, WK, STAGES>(A, W, C, M, N, K);                          \
-    }
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::MmaConfig<BM, BN, BK, WM, WN, WK, STAGES>);
 
 #if IMPGEMM_HAS_WGMMA
-#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
+#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES, TABLE_THREADS, TABLE_SMEM)                                    \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64), 1)                                       \
         NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
              int N, int K) { pdl_entry();                                                                              \
         impgemm::gemm_wgmma_body<BM, BN, STAGES>(A, W, C, M, N, K);                                        \
-    }
-#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES)                                                                \
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::WgConfig<BM, BN, STAGES>);
+#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES, TABLE_THREADS, TABLE_SMEM)                                     \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                   \
         NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
              int N, int K) { pdl_entry();                                                                              \
         impgemm::gemm_wgmma_ws_body<BN, STAGES>(A, W, C, M, N, K);                                         \
-    }
-#define IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, CS, SPLIT, CLUSTER_ATTR)                                        \
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::WsConfig<BN, STAGES>);
+// tma: the tensor maps of A and W by value (encoded on the host per buffer); clusters from __cluster_dims__
+#define IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, CS, SPLIT, STORE_WARPS, CLUSTER_ATTR, TABLE_THREADS, TABLE_SMEM) \
     extern "C" __global__ void __launch_bounds__(384, 1) CLUSTER_ATTR                                          \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              half_t *__restrict__ C, int M, int N, int K) { pdl_entry();                                                   \
-        impgemm::gemm_tma_body<BN, STAGES, CS, SPLIT>(map_a, map_w, C, M, N, K);                               \
-    }
-#define IMPGEMM_TMA(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 1, false, )
-#define IMPGEMM_TMA_SW(NAME, BN, STAGES)                                                                   \
-    extern "C" __global__ void __launch_bounds__(384, 1)                                                       \
-        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
-             half_t *__restrict__ C, int M, int N, int K) { pdl_entry();                                                   \
-        impgemm::gemm_tma_body<BN, STAGES, 1, false, true>(map_a, map_w, C, M, N, K);                          \
-    }
-#define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, __cluster_dims__(2, 1, 1))
-#define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, S, true, __cluster_dims__(S, 1, 1))
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
+        impgemm::gemm_tma_body<BN, STAGES, CS, SPLIT, STORE_WARPS>(map_a, map_w, C, M, N, K);                  \
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::TmaConfig<BN, STAGES, CS, SPLIT, STORE_WARPS>);
+#define IMPGEMM_TMA(NAME, BN, STAGES, T, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 1, false, false, , T, S)
+#define IMPGEMM_TMA_SW(NAME, BN, STAGES, T, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 1, false, true, , T, S)
+#define IMPGEMM_TMA_MC(NAME, BN, STAGES, T, S) \
+    IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, false, __cluster_dims__(2, 1, 1), T, S)
+#define IMPGEMM_TMA_SK(NAME, BN, STAGES, CS, T, S) \
+    IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, CS, true, false, __cluster_dims__(CS, 1, 1), T, S)
+// tsk: + the output's tensor map (a TMA store where the host could build one, else unused), the tile
+// order (tsk_tile's `group`) and whether to store through that map
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH, TABLE_THREADS, TABLE_SMEM)                               \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
              int c_tma) { pdl_entry();                                                                              \
         impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, map_c, M, N, K, group, c_tma != 0);       \
-    }
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::TskConfig<BM, BN, STAGES, S, CH>);
 #else
-#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
+// Without sm_90a (another GPU, or nvcc's host pass) the sm_90a variants exist with their parameter lists
+// and trap; the dispatch never picks them there.
+#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES, T, S)                                                         \
     extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) { pdl_entry();   \
         asm volatile("trap;");                                                                            \
     }
-#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES) IMPGEMM_WGMMA(NAME, 128, BN, STAGES)
+#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES, T, S) IMPGEMM_WGMMA(NAME, 128, BN, STAGES, T, S)
 #define IMPGEMM_TMA_TRAP(NAME)                                                                          \
     extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
                                     const __grid_constant__ impgemm::TmaMap tw, half_t *C, int M, int N, int K) { pdl_entry(); \
         asm volatile("trap;");                                                                            \
     }
-#define IMPGEMM_TMA(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TMA_SW(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
+#define IMPGEMM_TMA(NAME, BN, STAGES, T, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TMA_SW(NAME, BN, STAGES, T, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TMA_MC(NAME, BN, STAGES, T, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TMA_SK(NAME, BN, STAGES, CS, T, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH, T, SM)                                                   \
     extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
                                     const __grid_constant__ impgemm::TmaMap tw,                                \
                                     const __grid_constant__ impgemm::TmaMap tc, half_t *C, int M, int N, int K, \
@@ -1357,66 +1378,6 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
         asm volatile("trap;");                                                                            \
     }
 #endif
-
-// name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
-IMPGEMM_MMA(gemm_mma_128x128, 128, 128, 32, 2, 2, 1, 4)     // 128      65536  main tile
-IMPGEMM_MMA(gemm_mma_64x128, 64, 128, 32, 2, 2, 1, 4)       // 128      49152  warp 32x64
-IMPGEMM_MMA(gemm_mma_64x64k2, 64, 64, 64, 2, 2, 2, 4)       // 256      65536  warp 32x32, split K in 2
-IMPGEMM_MMA(gemm_mma_32x64k4, 32, 64, 64, 1, 2, 4, 4)       // 256      49152  warp 32x32, split K in 4
-IMPGEMM_MMA(gemm_mma_16x64k8, 16, 64, 128, 1, 2, 8, 4)      // 512      81920  warp 16x32, split K in 8
-IMPGEMM_MMA(gemm_mma_16x32k8, 16, 32, 128, 1, 1, 8, 4)      // 256      49152  warp 16x32, split K in 8
-IMPGEMM_MMA(gemm_mma_16x16k8, 16, 16, 128, 1, 1, 8, 4)      // 256      32768  warp 16x16, split K in 8
-// deeper pipelines for small grids, whose K loop is bound by load latency, not by MMA rate
-IMPGEMM_MMA(gemm_mma_32x64k4s8, 32, 64, 64, 1, 2, 4, 8)     // 256      98304
-IMPGEMM_MMA(gemm_mma_16x16k8s8, 16, 16, 128, 1, 1, 8, 8)    // 256      65536
-
-// name                      BM   BN stages                    threads  smem bytes
-IMPGEMM_WGMMA(gemm_wgmma_128x128, 128, 128, 4)              // 256     132096
-IMPGEMM_WGMMA(gemm_wgmma_128x128s6, 128, 128, 6)            // 256     197632  4 tiles ahead
-IMPGEMM_WGMMA(gemm_wgmma_64x128s6, 64, 128, 6)              // 128     148480
-IMPGEMM_WGMMA(gemm_wgmma_64x64s8, 64, 64, 8)                // 128     132096
-
-// name                         BN stages                       threads  smem bytes
-IMPGEMM_WGMMA_WS(gemm_wgmma_ws_128x128, 128, 6)             // 384     197632  warp-specialised
-
-// TMA-fed kernels, tile 128 x BN x 64 (threads 384; smem = stages * (16 + BN/8) KiB + 18 KiB
-// epilogue staging + 1 KiB; split-K has no staging). c2: 2-CTA cluster, W multicast; kS: split-K
-// over a cluster of S CTAs. Widths other than 128/256 exist for wave quantisation (512x5120: 32
-// tiles of 160 columns x 4 = 128 tiles on 132 SMs instead of 160 of 128x128).
-// name                       BN stages                          threads  smem bytes
-IMPGEMM_TMA(gemm_tma_128x64, 64, 8)                       // 384     216064
-IMPGEMM_TMA(gemm_tma_128x96, 96, 7)                       // 384     220160
-IMPGEMM_TMA(gemm_tma_128x128, 128, 6)                     // 384     216064
-IMPGEMM_TMA(gemm_tma_128x144, 144, 6)                     // 384     228352
-IMPGEMM_TMA(gemm_tma_128x160, 160, 5)                     // 384     203776
-IMPGEMM_TMA(gemm_tma_128x176, 176, 5)                     // 384     214016
-IMPGEMM_TMA(gemm_tma_128x192, 192, 5)                     // 384     224256
-IMPGEMM_TMA(gemm_tma_128x224, 224, 4)                     // 384     199680
-IMPGEMM_TMA(gemm_tma_128x256, 256, 4)                     // 384     216064
-// s: the epilogue in the producer warpgroup's idle warps 1-3 (consumers stage the FP16 tile in shared
-// memory and go on with the next tile); fewer stages to make room for the 128 x BN output tile
-IMPGEMM_TMA_SW(gemm_tma_128x128s, 128, 5)                 // 384     199680
-IMPGEMM_TMA_SW(gemm_tma_128x144s, 144, 5)                 // 384     214016
-IMPGEMM_TMA_SW(gemm_tma_128x160s, 160, 5)                 // 384     228352
-IMPGEMM_TMA_SW(gemm_tma_128x176s, 176, 4)                 // 384     203776
-IMPGEMM_TMA_SW(gemm_tma_128x192s, 192, 4)                 // 384     216064
-IMPGEMM_TMA_SW(gemm_tma_128x256s, 256, 3)                 // 384     216064
-IMPGEMM_TMA_MC(gemm_tma_128x128c2, 128, 6)                // 384     216064
-IMPGEMM_TMA_MC(gemm_tma_128x144c2, 144, 6)                // 384     228352
-IMPGEMM_TMA_MC(gemm_tma_128x256c2, 256, 4)                // 384     216064
-IMPGEMM_TMA_SK(gemm_tma_128x64k2, 64, 8, 2)               // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x128k2, 128, 6, 2)             // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x128k4, 128, 6, 4)             // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x176k2, 176, 5, 2)             // 384     195584
-// tsk: BM x BN tiles split over K across a cluster of S CTAs, every stage in flight from the start
-// (smem = stages * CH * (BM + BN) / 8 KiB + (S-1)/S * BM * BN * 4 receive bytes + 1 KiB; <= 113 KiB: two
-//  CTAs per SM; sN: N stages, one CTA per SM -- 30 clusters of 4 at once, 66 of 2)
-// name                        BM   BN stages  S CH              threads  smem bytes
-IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4, 1)                // 128     111616
-// p: two K chunks a stage, one 3-D box per operand (stages count 128-wide K steps)
-IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2)           // 128     205824
-IMPGEMM_TSK(gemm_tsk_64x64k1s6p, 64, 64, 6, 1, 2)           // 128     197632  no split (cuBLAS's 512x1024 tile)
-IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.
