@@ -40,7 +40,7 @@ namespace impgemm {
 
 using namespace impasync;  // TmaMap, mbarriers, TMA loads
 
-// Experiment build only (-DIMPGEMM_TRACE, scripts/gemm_trace.py): each CTA of a tma / tsk launch
+// Experiment build only (-DIMPGEMM_TRACE, tools/gemm_trace.py): each CTA of a tma / tsk launch
 // writes its SM and the global time (ns) and SM clock of four points -- start, first stage landed,
 // main loop done, end -- so a launch's wave structure and where its microseconds go can be read
 // per CTA; tsk kernels add five (4: first stages issued, 5: partials sent, 6: peers' partials in,
@@ -1021,7 +1021,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // its own columns in rank order and stores them: deterministic, no workspace.
 // Why push, not pull: a pull needs two cluster barriers, and barrier.cluster.arrive.release
 // compiles to MEMBAR.ALL.GPU -- the second one waits for the C stores to reach L2. The traced
-// epilogue (scripts/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way (NOTES GEMM v9).
+// epilogue (tools/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way (NOTES GEMM v9).
 // (Staging the partials and sending one bulk copy per destination measured 0.1-0.5 us slower.)
 // CH = 2 ("p" variants): a stage holds two 64-wide K chunks, and where K % 64 == 0 each operand's
 // stage is one 3-D TMA box (64 x rows x 2 chunks of the [K/64, rows, 64] view, landing as two
