@@ -1,5 +1,5 @@
 // impbench-nvrtc-arch: sm_90a
-// (read by impbench/kernels/_cache.py: on a compute-capability-9.0 device this family is compiled
+// (read by impbench/kernels/modules.py: on a compute-capability-9.0 device this family is compiled
 //  for sm_90a so the wgmma kernels exist; elsewhere they compile to a trap and are never chosen.)
 //
 // Dense FP16 GEMM, C[M,N] = A[M,K] . W[N,K]^T (activations row-major, weights in nn.Linear layout),
@@ -7,10 +7,16 @@
 // Capture-safe: no allocation, no host synchronisation, deterministic (no atomics), so a replayed
 // CUDA graph is bit-identical to the eager call.
 //
-// Two kernel families, each instantiated as named extern "C" tile variants (impbench/kernels/gemm.py
-// holds the table of variants and the dispatch):
+// Four kernel families of named extern "C" tile variants. The variants are the rows of
+// impbench/kernels/gemm/variants.py, which generates their entry-point lines (appended to this file
+// before it compiles, see "Entry macros" below); impbench/kernels/gemm/dispatch.py chooses among them.
+//  - gemm_mma_*: mma.sync, portable to any sm_80+ GPU (this header);
+//  - gemm_wgmma_*: wgmma fed by cp.async, sm_90a ("Hopper wgmma family");
+//  - gemm_tma_*: wgmma fed by TMA, warp-specialised and persistent: the main family on Hopper;
+//  - gemm_tsk_*: TMA-fed split-K across a cluster, for small-N (router) shapes.
+// The measurements behind each shape: docs/notes/gemm.md.
 //
-// 1. gemm_mma_<BM>x<BN>[k<WK>]: mma.sync.m16n8k16 through inline PTX, portable to sm_80+.
+// gemm_mma_<BM>x<BN>[k<WK>][s<STAGES>]: mma.sync.m16n8k16 through inline PTX.
 //    The block is WM x WN x WK warps. Warp (wm, wn, wk) owns a (BM/WM) x (BN/WN) tile of C and the
 //    wk-th slice of every BK-wide K stage. WK > 1 is split-K inside the block: small-M / small-N
 //    shapes (M=512 N=32 K=2048 has only 16K outputs) get enough warps and blocks in flight without
@@ -22,17 +28,6 @@
 //    past M/N and chunks past K zero-filled through src_bytes), one __syncthreads per K stage.
 //    Shared rows are XOR-swizzled in 16-byte chunks so both the cp.async stores and the ldmatrix
 //    reads (8 rows, same logical chunk) hit 8 distinct bank groups.
-//
-// 2. gemm_wgmma_<BM>x<BN>: Hopper warpgroup MMA (wgmma.mma_async m64nBNk16, sm_90a only).
-//    BM/64 warpgroups; warpgroup g computes rows [64g, 64g+64) x all BN columns, accumulators in
-//    registers, A and W read by the tensor cores straight from shared memory through matrix
-//    descriptors (K-major, 128-byte swizzle: the same XOR pattern the cp.async stores write).
-//    BK = 64 (one 128-byte swizzle row). Every thread issues cp.async; STAGES-deep pipeline that
-//    prefetches STAGES-2 tiles ahead and keeps one wgmma batch in flight across the barrier.
-//    Why: mma.sync on H100 peaks near two thirds of the wgmma rate, which cuBLAS uses.
-//    gemm_wgmma_ws_*: the same multiply with one producer warpgroup (cp.async) and two consumer
-//    warpgroups synchronised by mbarriers. gemm_tma_* (experimental, not dispatched): the producer is
-//    one thread issuing TMA copies from tensor maps. Measured numbers: results/NOTES.md, "GEMM".
 #include "common.cuh"
 #include "hopper_async.cuh"
 
@@ -258,7 +253,15 @@ __device__ __forceinline__ void gemm_mma_body(const half_t *__restrict__ A, cons
 
 // ---------------------------------------------------------------------------------------------
 // Hopper wgmma family (sm_90a). Compiled only where the sm_90a feature set is on; elsewhere the
-// entry points trap and impbench/kernels/gemm.py never selects them.
+// entry points trap and the dispatch never chooses them (dispatch.family_usable).
+//
+// gemm_wgmma_<BM>x<BN>[s<STAGES>]: warpgroup MMA (wgmma.mma_async m64nBNk16) fed by cp.async.
+// BM/64 warpgroups; warpgroup g computes rows [64g, 64g+64) x all BN columns, accumulators in
+// registers, A and W read by the tensor cores straight from shared memory through matrix
+// descriptors (K-major, 128-byte swizzle: the same XOR pattern the cp.async stores write).
+// BK = 64 (one 128-byte swizzle row). Every thread issues cp.async; STAGES-deep pipeline that
+// prefetches STAGES-2 tiles ahead and keeps one wgmma batch in flight across the barrier.
+// Why: mma.sync on the H100 peaks near two thirds of the wgmma rate, which cuBLAS uses.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define IMPGEMM_HAS_WGMMA 1
 
@@ -702,8 +705,11 @@ __device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A,
 //    is deterministic and needs no workspace, for shapes with too few tiles to fill 132 SMs.
 // Epilogue (CS = 1 / 2): each consumer warp stages 16 x 64 outputs as FP16 in its own padded
 // shared buffer, then writes whole 128-byte row segments with 16-byte stores.
-// Why: the cp.async kernels above starve the tensor cores (every thread issuing 16-byte copies and
-// their address math, results/NOTES.md); here the consumers issue nothing but wgmma.
+// STORE_WARPS ("s", CS = 1): the producer warpgroup's idle warps 1-3 store each finished tile, which the
+// consumers stage whole in shared memory before going on with the next (fewer stages make room for it).
+// Why this family: the cp.async kernels above starve the tensor cores (every thread issues 16-byte
+// copies and their address math); here the consumers issue nothing but wgmma.
+
 // The same box written to the same shared offset of every CTA in `mask`, completing on each one's
 // mbarrier at the same offset.
 __device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const TmaMap *map, int c0, int c1, unsigned mbar,
@@ -1020,9 +1026,8 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // buffers (st.async, completing on the receiver's mbarrier), and each adds up the S partials of
 // its own columns in rank order and stores them: deterministic, no workspace.
 // Why push, not pull: a pull needs two cluster barriers, and barrier.cluster.arrive.release
-// compiles to MEMBAR.ALL.GPU -- the second one waits for the C stores to reach L2. The traced
-// epilogue (tools/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way (NOTES GEMM v9).
-// (Staging the partials and sending one bulk copy per destination measured 0.1-0.5 us slower.)
+// compiles to MEMBAR.ALL.GPU -- the second one waits for the C stores to reach L2, which traced
+// (tools/gemm_trace.py) took a third of a ~7 us launch.
 // CH = 2 ("p" variants): a stage holds two 64-wide K chunks, and where K % 64 == 0 each operand's
 // stage is one 3-D TMA box (64 x rows x 2 chunks of the [K/64, rows, 64] view, landing as two
 // consecutive swizzled chunks); else two 2-D boxes. Why: traced, a CTA took in one 8-16 KiB box per
@@ -1190,7 +1195,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     const int m0 = tile.x * BM, n0 = tile.y * BN;
     const int kt_begin = (int)rank * KS / S;  // this rank's K steps
     const int nk = ((int)rank + 1) * KS / S - kt_begin;
-    const bool three_d = CH == 2 && K % BK == 0;  // the host passed 3-D maps (gemm.py _tma_launcher)
+    const bool three_d = CH == 2 && K % BK == 0;  // the host passed 3-D maps (launch.py _tma_launcher)
 
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) mbar_init(full0 + 8 * s, 1);
