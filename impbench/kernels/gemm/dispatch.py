@@ -129,9 +129,11 @@ def candidates(policy, device: DeviceInfo | None = None, portable: bool = False)
 
     pol = get_policy(policy)
     device = device or _current_device()
-    allowed = env.gemm_variants()
-    return [v for v in VARIANTS.values()
-            if family_usable(v, device, portable) and tile_allowed(v, pol) and (not allowed or v.name in allowed)]  # fmt: skip
+    allowed = set(env.gemm_variants()) or set(VARIANTS)
+    return [
+        v for v in VARIANTS.values()
+        if v.name in allowed and family_usable(v, device, portable) and tile_allowed(v, pol)
+    ]  # fmt: skip
 
 
 def choose_variant(m: int, n: int, k: int, policy=DEFAULT_POLICY, device: DeviceInfo | None = None,
