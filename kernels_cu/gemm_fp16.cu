@@ -1,5 +1,5 @@
 // impbench-nvrtc-arch: sm_90a
-// (read by impbench/kernels/_cache.py: on a compute-capability-9.0 device this family is compiled
+// (read by impbench/kernels/modules.py: on a compute-capability-9.0 device this family is compiled
 //  for sm_90a so the wgmma kernels exist; elsewhere they compile to a trap and are never chosen.)
 //
 // Dense FP16 GEMM, C[M,N] = A[M,K] . W[N,K]^T (activations row-major, weights in nn.Linear layout),
@@ -7,10 +7,16 @@
 // Capture-safe: no allocation, no host synchronisation, deterministic (no atomics), so a replayed
 // CUDA graph is bit-identical to the eager call.
 //
-// Two kernel families, each instantiated as named extern "C" tile variants (impbench/kernels/gemm.py
-// holds the table of variants and the dispatch):
+// Four kernel families of named extern "C" tile variants. The variants are the rows of
+// impbench/kernels/gemm/variants.py, which generates their entry-point lines (appended to this file
+// before it compiles, see "Entry macros" below); impbench/kernels/gemm/dispatch.py chooses among them.
+//  - gemm_mma_*: mma.sync, portable to any sm_80+ GPU (this header);
+//  - gemm_wgmma_*: wgmma fed by cp.async, sm_90a ("Hopper wgmma family");
+//  - gemm_tma_*: wgmma fed by TMA, warp-specialised and persistent: the main family on Hopper;
+//  - gemm_tsk_*: TMA-fed split-K across a cluster, for small-N (router) shapes.
+// The measurements behind each shape: docs/notes/gemm.md.
 //
-// 1. gemm_mma_<BM>x<BN>[k<WK>]: mma.sync.m16n8k16 through inline PTX, portable to sm_80+.
+// gemm_mma_<BM>x<BN>[k<WK>][s<STAGES>]: mma.sync.m16n8k16 through inline PTX.
 //    The block is WM x WN x WK warps. Warp (wm, wn, wk) owns a (BM/WM) x (BN/WN) tile of C and the
 //    wk-th slice of every BK-wide K stage. WK > 1 is split-K inside the block: small-M / small-N
 //    shapes (M=512 N=32 K=2048 has only 16K outputs) get enough warps and blocks in flight without
@@ -22,17 +28,6 @@
 //    past M/N and chunks past K zero-filled through src_bytes), one __syncthreads per K stage.
 //    Shared rows are XOR-swizzled in 16-byte chunks so both the cp.async stores and the ldmatrix
 //    reads (8 rows, same logical chunk) hit 8 distinct bank groups.
-//
-// 2. gemm_wgmma_<BM>x<BN>: Hopper warpgroup MMA (wgmma.mma_async m64nBNk16, sm_90a only).
-//    BM/64 warpgroups; warpgroup g computes rows [64g, 64g+64) x all BN columns, accumulators in
-//    registers, A and W read by the tensor cores straight from shared memory through matrix
-//    descriptors (K-major, 128-byte swizzle: the same XOR pattern the cp.async stores write).
-//    BK = 64 (one 128-byte swizzle row). Every thread issues cp.async; STAGES-deep pipeline that
-//    prefetches STAGES-2 tiles ahead and keeps one wgmma batch in flight across the barrier.
-//    Why: mma.sync on H100 peaks near two thirds of the wgmma rate, which cuBLAS uses.
-//    gemm_wgmma_ws_*: the same multiply with one producer warpgroup (cp.async) and two consumer
-//    warpgroups synchronised by mbarriers. gemm_tma_* (experimental, not dispatched): the producer is
-//    one thread issuing TMA copies from tensor maps. Measured numbers: results/NOTES.md, "GEMM".
 #include "common.cuh"
 #include "hopper_async.cuh"
 
@@ -40,7 +35,7 @@ namespace impgemm {
 
 using namespace impasync;  // TmaMap, mbarriers, TMA loads
 
-// Experiment build only (-DIMPGEMM_TRACE, scripts/gemm_trace.py): each CTA of a tma / tsk launch
+// Experiment build only (-DIMPGEMM_TRACE, tools/gemm_trace.py): each CTA of a tma / tsk launch
 // writes its SM and the global time (ns) and SM clock of four points -- start, first stage landed,
 // main loop done, end -- so a launch's wave structure and where its microseconds go can be read
 // per CTA; tsk kernels add five (4: first stages issued, 5: partials sent, 6: peers' partials in,
@@ -258,7 +253,15 @@ __device__ __forceinline__ void gemm_mma_body(const half_t *__restrict__ A, cons
 
 // ---------------------------------------------------------------------------------------------
 // Hopper wgmma family (sm_90a). Compiled only where the sm_90a feature set is on; elsewhere the
-// entry points trap and impbench/kernels/gemm.py never selects them.
+// entry points trap and the dispatch never chooses them (dispatch.family_usable).
+//
+// gemm_wgmma_<BM>x<BN>[s<STAGES>]: warpgroup MMA (wgmma.mma_async m64nBNk16) fed by cp.async.
+// BM/64 warpgroups; warpgroup g computes rows [64g, 64g+64) x all BN columns, accumulators in
+// registers, A and W read by the tensor cores straight from shared memory through matrix
+// descriptors (K-major, 128-byte swizzle: the same XOR pattern the cp.async stores write).
+// BK = 64 (one 128-byte swizzle row). Every thread issues cp.async; STAGES-deep pipeline that
+// prefetches STAGES-2 tiles ahead and keeps one wgmma batch in flight across the barrier.
+// Why: mma.sync on the H100 peaks near two thirds of the wgmma rate, which cuBLAS uses.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define IMPGEMM_HAS_WGMMA 1
 
@@ -702,8 +705,11 @@ __device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A,
 //    is deterministic and needs no workspace, for shapes with too few tiles to fill 132 SMs.
 // Epilogue (CS = 1 / 2): each consumer warp stages 16 x 64 outputs as FP16 in its own padded
 // shared buffer, then writes whole 128-byte row segments with 16-byte stores.
-// Why: the cp.async kernels above starve the tensor cores (every thread issuing 16-byte copies and
-// their address math, results/NOTES.md); here the consumers issue nothing but wgmma.
+// STORE_WARPS ("s", CS = 1): the producer warpgroup's idle warps 1-3 store each finished tile, which the
+// consumers stage whole in shared memory before going on with the next (fewer stages make room for it).
+// Why this family: the cp.async kernels above starve the tensor cores (every thread issues 16-byte
+// copies and their address math); here the consumers issue nothing but wgmma.
+
 // The same box written to the same shared offset of every CTA in `mask`, completing on each one's
 // mbarrier at the same offset.
 __device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const TmaMap *map, int c0, int c1, unsigned mbar,
@@ -1020,9 +1026,8 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // buffers (st.async, completing on the receiver's mbarrier), and each adds up the S partials of
 // its own columns in rank order and stores them: deterministic, no workspace.
 // Why push, not pull: a pull needs two cluster barriers, and barrier.cluster.arrive.release
-// compiles to MEMBAR.ALL.GPU -- the second one waits for the C stores to reach L2. The traced
-// epilogue (scripts/gemm_trace.py) took 1.75-3.25 us of a ~7 us launch that way (NOTES GEMM v9).
-// (Staging the partials and sending one bulk copy per destination measured 0.1-0.5 us slower.)
+// compiles to MEMBAR.ALL.GPU -- the second one waits for the C stores to reach L2, which traced
+// (tools/gemm_trace.py) took a third of a ~7 us launch.
 // CH = 2 ("p" variants): a stage holds two 64-wide K chunks, and where K % 64 == 0 each operand's
 // stage is one 3-D TMA box (64 x rows x 2 chunks of the [K/64, rows, 64] view, landing as two
 // consecutive swizzled chunks); else two 2-D boxes. Why: traced, a CTA took in one 8-16 KiB box per
@@ -1032,10 +1037,9 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
 // the whole slice in flight in one round trip; below 113 KiB of shared memory two CTAs fit on an
 // SM, so more clusters are resident at once (a cluster of S CTAs must fit in one GPC: at one CTA
 // per SM only ~120 CTAs of 4-clusters fit on an H100).
-template <int BM_, int BN, int STAGES, int S, int CH, int KW = 1>
+template <int BM_, int BN, int STAGES, int S, int CH>
 struct TskConfig {
-    // KW 2 ("w"): two warpgroups on one 64-row tile, taking alternate K steps (two wgmma chains in flight)
-    static constexpr int BM = BM_, BK = 64, GROUP_THREADS = 128 * (BM / 64), THREADS = GROUP_THREADS * KW;
+    static constexpr int BM = BM_, BK = 64, THREADS = 128 * (BM / 64);
     static constexpr int A_CHUNK = BM * BK * 2, W_CHUNK = BN * BK * 2;  // one 64-wide K chunk
     static constexpr int A_BYTES = CH * A_CHUNK, W_BYTES = CH * W_CHUNK;
     static constexpr int STAGE_BYTES = A_BYTES + W_BYTES;
@@ -1053,7 +1057,6 @@ struct TskConfig {
     static_assert(BM == 64 || BM == 128, "one or two warpgroups of 64 rows");
     static_assert(S >= 1 && S <= 8 && (BN / 8) % S == 0, "split-K: whole n8 blocks per rank, portable cluster");
     static_assert(CH == 1 || CH == 2, "one or two K chunks a stage");
-    static_assert(KW == 1 || (KW == 2 && BM == 64 && S == 1), "K steps over two warpgroups: 64-row tiles, no split");
     static_assert(SMEM_BYTES + 8 * STAGES + 8 <= 232448, "227 KiB of shared memory per block");
 };
 
@@ -1064,9 +1067,6 @@ __device__ __forceinline__ F32x4 ld_shared_v4f(unsigned addr) {
     F32x4 v;
     asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr) : "memory");
     return v;
-}
-__device__ __forceinline__ void st_shared_v4f(unsigned addr, float a, float b, float c, float d) {
-    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
 }
 // 16 bytes into the shared memory of another CTA of the cluster, counted on its mbarrier `bar`
 // (both shared::cluster addresses) as complete_tx bytes: no fence, no cluster barrier.
@@ -1171,10 +1171,10 @@ __device__ __forceinline__ void tsk_store_acc(const float (&acc)[BN / 2], half_t
                    acc[4 * j + 3]);
 }
 
-template <int BM_, int BN, int STAGES, int S, int CH, int KW = 1>
+template <int BM_, int BN, int STAGES, int S, int CH>
 __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
                                               const TmaMap &map_c, int M, int N, int K, int group, bool c_tma) {
-    using Cfg = TskConfig<BM_, BN, STAGES, S, CH, KW>;
+    using Cfg = TskConfig<BM_, BN, STAGES, S, CH>;
     constexpr int BM = Cfg::BM, BK = Cfg::BK, JR = Cfg::JR;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     __shared__ __align__(8) unsigned long long bars[STAGES + 1];  // full[s], then the reduction's
@@ -1195,7 +1195,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     const int m0 = tile.x * BM, n0 = tile.y * BN;
     const int kt_begin = (int)rank * KS / S;  // this rank's K steps
     const int nk = ((int)rank + 1) * KS / S - kt_begin;
-    const bool three_d = CH == 2 && K % BK == 0;  // the host passed 3-D maps (gemm.py _tma_launcher)
+    const bool three_d = CH == 2 && K % BK == 0;  // the host passed 3-D maps (launch.py _tma_launcher)
 
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) mbar_init(full0 + 8 * s, 1);
@@ -1217,18 +1217,16 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     float acc[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-    const int kw = KW > 1 ? wg : 0;  // this warpgroup's K steps: kw, kw + KW, ...
-    const int row_wg = KW > 1 ? 0 : wg;
-    for (int i = kw; i < nk; i += KW) {
+    for (int i = 0; i < nk; ++i) {
         const int s = i % STAGES;
         mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
         IMPGEMM_MARK(1, tid == 0 && i == 0);
-        const unsigned a_base = sA + s * Cfg::A_BYTES + row_wg * (64 * BK * 2), w_base = sW + s * Cfg::W_BYTES;
-        tsk_mma_step<BN, CH, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, a_base, w_base);  // step i-KW's batch done
-        const int done = i - KW, refill = done + STAGES;  // the K step that goes into step done's buffers
-        if (done >= 0 && refill < nk) {                  // uniform over the warps that read it
-            named_barrier_sync(1 + kw, Cfg::GROUP_THREADS);
-            if (tid == kw * Cfg::GROUP_THREADS)
+        const unsigned a_base = sA + s * Cfg::A_BYTES + wg * (64 * BK * 2), w_base = sW + s * Cfg::W_BYTES;
+        tsk_mma_step<BN, CH, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, a_base, w_base);  // step i-1's batch done
+        const int done = i - 1, refill = done + STAGES;  // the K step that goes into step done's buffers
+        if (done >= 0 && refill < nk) {                 // uniform over the warps that read it
+            named_barrier_sync(1, Cfg::THREADS);
+            if (tid == 0)
                 tsk_load_stage<Cfg, CH>(map_a, map_w, sA, sW, full0, done % STAGES, kt_begin + refill, m0, n0,
                                         three_d);
         }
@@ -1239,27 +1237,8 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
 
     // accumulator layout (m64nBN): thread = warp * 32 + lane of warpgroup wg holds rows
     // 64wg + 16warp + lane/4 (+8), columns 8j + 2*(lane%4) (+1) of n8 block j in acc[4j .. 4j+3]
-    const int row = m0 + row_wg * 64 + warp * 16 + (lane >> 2);
+    const int row = m0 + wg * 64 + warp * 16 + (lane >> 2);
     const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
-    if constexpr (KW > 1) {  // warpgroup 1's sums onto warpgroup 0's through the stage buffers, in that order
-        __syncthreads();     // both loops done: every stage landed and was read
-        const int t = tid & 127;
-        if (wg == 1) {
-#pragma unroll
-            for (int j = 0; j < BN / 8; ++j)
-                st_shared_v4f(sA + (j * 128 + t) * 16, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
-        }
-        __syncthreads();
-        if (wg == 1) return;
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-            const F32x4 v = ld_shared_v4f(sA + (j * 128 + t) * 16);
-            acc[4 * j] += v.x;
-            acc[4 * j + 1] += v.y;
-            acc[4 * j + 2] += v.z;
-            acc[4 * j + 3] += v.w;
-        }
-    }
     if constexpr (S == 1) {
         tsk_store_acc<BN>(acc, C, M, N, vec, row, n0, lane);
     } else {
@@ -1309,105 +1288,6 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     IMPGEMM_MARK(3, tid == 0);
 }
 
-// tsk with W multicast (tsk_64xBNc2: no split, S = 1, CH = 2). A 2-CTA cluster takes two M tiles of one N
-// tile; each K step is two 64-wide chunks, and rank r copies W chunk r and multicasts it to both CTAs,
-// so a CTA asks L2 for its A tile plus half the W tile (cuBLAS's 64x64 2x1 kernel at 512x1024x2048).
-// Measured (NOTES GEMM v13): ~10% fewer L2 sectors than tsk_64x64k1s6p and no faster: the same bytes
-// reach each SM, and neither sectors nor intake bound this loop; kept for that comparison. A stage is refilled
-// only once the consumers of both CTAs released it; a fifth warp issues the copies, so that wait never
-// stalls the wgmma warpgroup (warps 0-3). The first `solo` stages each CTA fills alone, W whole, before
-// the cluster barrier: a multicast may land only once the peer's barriers exist, and that barrier
-// would otherwise stand before the first stage.
-template <int BN, int STAGES>
-__device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap &map_w, half_t *__restrict__ C,
-                                              int M, int N, int K, int group, int solo_asked) {
-    using Cfg = TskConfig<64, BN, STAGES, 1, 2>;
-    constexpr int BK = Cfg::BK;
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    __shared__ __align__(8) unsigned long long bars[2 * STAGES];  // full[s], empty[s]
-    const unsigned sA = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const unsigned sW = sA + STAGES * Cfg::A_BYTES;
-    const unsigned full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[STAGES]);
-
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    IMPGEMM_MARK(0, tid == 0);
-    const bool producer = tid == 128;
-    if (producer) {
-        tma_prefetch_map(&map_a);
-        tma_prefetch_map(&map_w);
-    }
-    const unsigned rank = cluster_rank(), peer = rank ^ 1u;
-    const int MT = (M + 63) / 64, KS = ((K + BK - 1) / BK + 1) / 2;
-    const int2 pair = tsk_tile(blockIdx.x / 2, (MT + 1) / 2, (N + BN - 1) / BN, group);
-    const int m0 = (pair.x * 2 + (int)rank) * 64, n0 = pair.y * BN;  // a rank past M reads zeros, stores nothing
-    const bool three_d = K % BK == 0;
-    const int solo = min(max(solo_asked, 0), STAGES);  // (a refill always multicasts)
-
-    if (producer) {
-        for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full0 + 8 * s, 1);   // the producer's arrive.expect_tx; both W chunks and A land on it
-            mbar_init(empty0 + 8 * s, 8);  // the 4 consumer warps here and the 4 of the peer
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        IMPGEMM_MARK(7, true);
-        for (int s = 0; s < STAGES && s < KS; ++s) {  // this CTA's own A needs no peer: before the cluster barrier
-            const unsigned full = full0 + 8 * s;
-            mbar_expect_tx(full, Cfg::STAGE_BYTES);
-            tsk_load_rows<2>(map_a, sA + s * Cfg::A_BYTES, Cfg::A_CHUNK, m0, s, full, three_d);
-            if (s < solo) tsk_load_rows<2>(map_w, sW + s * Cfg::W_BYTES, Cfg::W_CHUNK, n0, s, full, false);
-            IMPGEMM_MARK(8, s == 0);
-        }
-    }
-    __syncthreads();           // this CTA's barriers are initialised before its consumers wait on them
-    cluster_arrive_relaxed();  // ... and the peer's before a multicast or a remote arrive reaches them
-
-    if (warp == 4) {
-        cluster_wait();
-        if (lane != 0) return;
-        // step j into stage j % STAGES; past KS only the waits: every stage multicast to the peer was read
-        // there (and every peer arrive on this CTA's barriers landed) before this CTA leaves
-        for (int j = 0; j < KS + STAGES; ++j) {
-            const int s = j % STAGES;
-            const unsigned full = full0 + 8 * s;
-            if (j >= STAGES) mbar_wait(empty0 + 8 * s, (j / STAGES - 1) & 1);
-            if (j >= KS || j < solo) continue;
-            if (j >= STAGES) {
-                mbar_expect_tx(full, Cfg::STAGE_BYTES);
-                tsk_load_rows<2>(map_a, sA + s * Cfg::A_BYTES, Cfg::A_CHUNK, m0, j, full, three_d);
-            }
-            tma_load_2d_multicast(sW + s * Cfg::W_BYTES + rank * Cfg::W_CHUNK, &map_w, (2 * j + (int)rank) * BK, n0,
-                                  full, (unsigned short)3);
-        }
-        IMPGEMM_MARK(4, true);
-        return;
-    }
-
-    float acc[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-    const auto release = [&](int step) {  // this warp read stage `step`: tell both producers
-        if (lane != 0) return;
-        const unsigned empty = empty0 + 8 * (step % STAGES);
-        mbar_arrive(empty);
-        mbar_arrive_remote(cluster_addr(empty, peer));
-    };
-    for (int i = 0; i < KS; ++i) {
-        const int s = i % STAGES;
-        mbar_wait(full0 + 8 * s, (i / STAGES) & 1);
-        IMPGEMM_MARK(1, tid == 0 && i == 0);
-        tsk_mma_step<BN, 2, Cfg::A_CHUNK, Cfg::W_CHUNK>(acc, sA + s * Cfg::A_BYTES, sW + s * Cfg::W_BYTES);
-        if (i == 1) cluster_wait();  // long passed by now; before the first remote arrive
-        if (i >= 1) release(i - 1);
-    }
-    wgmma_wait<0>();
-    fence_regs(acc);
-    if (KS == 1) cluster_wait();
-    release(KS - 1);
-    IMPGEMM_MARK(2, tid == 0);
-    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
-    tsk_store_acc<BN>(acc, C, M, N, vec, m0 + warp * 16 + (lane >> 2), n0, lane);
-    IMPGEMM_MARK(3, tid == 0);
-}
 #else
 #define IMPGEMM_HAS_WGMMA 0
 #endif
@@ -1415,181 +1295,94 @@ __device__ __forceinline__ void gemm_tsm_body(const TmaMap &map_a, const TmaMap 
 }  // namespace impgemm
 
 // ---------------------------------------------------------------------------------------------
-// Entry points. Names encode the tile; gemm.py's variant table must match (threads, shared bytes).
-// Grid: (ceil(M/BM), ceil(N/BN)); M tiles vary fastest so the blocks in flight share W tiles in L2.
-#define IMPGEMM_MMA(NAME, BM, BN, BK, WM, WN, WK, STAGES)                                                 \
+// Entry macros. The variants themselves are generated from the Python table
+// (impbench/kernels/gemm/variants.py, entry_points) and appended to this source before it compiles:
+// one IMPGEMM_<entry>(NAME, geometry..., TABLE_THREADS, TABLE_SMEM) line per variant. The last two are
+// the row's threads and dynamic shared bytes, which its launches use; IMPGEMM_TABLE_ROW checks them
+// against the config the kernel is built from, so a row that disagrees with this file fails to compile.
+// mma and wgmma grids: (ceil(M/BM), ceil(N/BN)), M tiles fastest so the blocks in flight share W tiles in L2.
+namespace impgemm {
+template <class Cfg>
+constexpr bool table_row(int threads, int smem_bytes) {
+    return Cfg::THREADS == threads && Cfg::SMEM_BYTES == smem_bytes;
+}
+}  // namespace impgemm
+#define IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, ...)                                            \
+    static_assert(impgemm::table_row<__VA_ARGS__>(TABLE_THREADS, TABLE_SMEM),                              \
+                  #NAME ": threads or shared bytes differ from its row in impbench/kernels/gemm/variants.py")
+
+#define IMPGEMM_MMA(NAME, BM, BN, BK, WM, WN, WK, STAGES, TABLE_THREADS, TABLE_SMEM)                     \
     extern "C" __global__ void __launch_bounds__(32 * WM * WN * WK)                                        \
         NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
              int N, int K) { pdl_entry();                                                                              \
         impgemm::gemm_mma_body<BM, BN, BK, WM, WN, WK, STAGES>(A, W, C, M, N, K);                          \
-    }
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::MmaConfig<BM, BN, BK, WM, WN, WK, STAGES>);
 
 #if IMPGEMM_HAS_WGMMA
-#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
+#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES, TABLE_THREADS, TABLE_SMEM)                                    \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64), 1)                                       \
         NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
              int N, int K) { pdl_entry();                                                                              \
         impgemm::gemm_wgmma_body<BM, BN, STAGES>(A, W, C, M, N, K);                                        \
-    }
-#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES)                                                                \
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::WgConfig<BM, BN, STAGES>);
+#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES, TABLE_THREADS, TABLE_SMEM)                                     \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                   \
         NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
              int N, int K) { pdl_entry();                                                                              \
         impgemm::gemm_wgmma_ws_body<BN, STAGES>(A, W, C, M, N, K);                                         \
-    }
-#define IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, CS, SPLIT, CLUSTER_ATTR)                                        \
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::WsConfig<BN, STAGES>);
+// tma: the tensor maps of A and W by value (encoded on the host per buffer); clusters from __cluster_dims__
+#define IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, CS, SPLIT, STORE_WARPS, CLUSTER_ATTR, TABLE_THREADS, TABLE_SMEM) \
     extern "C" __global__ void __launch_bounds__(384, 1) CLUSTER_ATTR                                          \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              half_t *__restrict__ C, int M, int N, int K) { pdl_entry();                                                   \
-        impgemm::gemm_tma_body<BN, STAGES, CS, SPLIT>(map_a, map_w, C, M, N, K);                               \
-    }
-#define IMPGEMM_TMA(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 1, false, )
-#define IMPGEMM_TMA_SW(NAME, BN, STAGES)                                                                   \
-    extern "C" __global__ void __launch_bounds__(384, 1)                                                       \
-        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
-             half_t *__restrict__ C, int M, int N, int K) { pdl_entry();                                                   \
-        impgemm::gemm_tma_body<BN, STAGES, 1, false, true>(map_a, map_w, C, M, N, K);                          \
-    }
-#define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, __cluster_dims__(2, 1, 1))
-#define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, S, true, __cluster_dims__(S, 1, 1))
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
+        impgemm::gemm_tma_body<BN, STAGES, CS, SPLIT, STORE_WARPS>(map_a, map_w, C, M, N, K);                  \
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::TmaConfig<BN, STAGES, CS, SPLIT, STORE_WARPS>);
+#define IMPGEMM_TMA(NAME, BN, STAGES, T, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 1, false, false, , T, S)
+#define IMPGEMM_TMA_SW(NAME, BN, STAGES, T, S) IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 1, false, true, , T, S)
+#define IMPGEMM_TMA_MC(NAME, BN, STAGES, T, S) \
+    IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, 2, false, false, __cluster_dims__(2, 1, 1), T, S)
+#define IMPGEMM_TMA_SK(NAME, BN, STAGES, CS, T, S) \
+    IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, CS, true, false, __cluster_dims__(CS, 1, 1), T, S)
+// tsk: + the output's tensor map (a TMA store where the host could build one, else unused), the tile
+// order (tsk_tile's `group`) and whether to store through that map
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH, TABLE_THREADS, TABLE_SMEM)                               \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
              int c_tma) { pdl_entry();                                                                              \
         impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, map_c, M, N, K, group, c_tma != 0);       \
-    }
-#define IMPGEMM_TSK_W(NAME, BN, STAGES)                                                                  \
-    extern "C" __global__ void __launch_bounds__(256)                                                          \
-        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
-             const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
-             int c_tma) { pdl_entry();                                                                              \
-        impgemm::gemm_tsk_body<64, BN, STAGES, 1, 2, 2>(map_a, map_w, C, map_c, M, N, K, group, false);          \
-    }
-#define IMPGEMM_TSM(NAME, BN, STAGES)                                                                    \
-    extern "C" __global__ void __launch_bounds__(160) __cluster_dims__(2, 1, 1)                                \
-        NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
-             const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
-             int solo) { pdl_entry();                                                                               \
-        impgemm::gemm_tsm_body<BN, STAGES>(map_a, map_w, C, M, N, K, group, solo);                             \
-    }
+    }                                                                                                     \
+    IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::TskConfig<BM, BN, STAGES, S, CH>);
 #else
-#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES)                                                               \
+// Without sm_90a (another GPU, or nvcc's host pass) the sm_90a variants exist with their parameter lists
+// and trap; the dispatch never picks them there.
+#define IMPGEMM_WGMMA(NAME, BM, BN, STAGES, T, S)                                                         \
     extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) { pdl_entry();   \
         asm volatile("trap;");                                                                            \
     }
-#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES) IMPGEMM_WGMMA(NAME, 128, BN, STAGES)
+#define IMPGEMM_WGMMA_WS(NAME, BN, STAGES, T, S) IMPGEMM_WGMMA(NAME, 128, BN, STAGES, T, S)
 #define IMPGEMM_TMA_TRAP(NAME)                                                                          \
     extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
                                     const __grid_constant__ impgemm::TmaMap tw, half_t *C, int M, int N, int K) { pdl_entry(); \
         asm volatile("trap;");                                                                            \
     }
-#define IMPGEMM_TMA(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TMA_SW(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TMA_MC(NAME, BN, STAGES) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TMA_SK(NAME, BN, STAGES, S) IMPGEMM_TMA_TRAP(NAME)
-#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH)                                                          \
+#define IMPGEMM_TMA(NAME, BN, STAGES, T, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TMA_SW(NAME, BN, STAGES, T, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TMA_MC(NAME, BN, STAGES, T, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TMA_SK(NAME, BN, STAGES, CS, T, S) IMPGEMM_TMA_TRAP(NAME)
+#define IMPGEMM_TSK(NAME, BM, BN, STAGES, S, CH, T, SM)                                                   \
     extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
                                     const __grid_constant__ impgemm::TmaMap tw,                                \
                                     const __grid_constant__ impgemm::TmaMap tc, half_t *C, int M, int N, int K, \
                                     int group, int c_tma) { pdl_entry();                                       \
         asm volatile("trap;");                                                                            \
     }
-#define IMPGEMM_TSM(NAME, BN, STAGES) IMPGEMM_TSK(NAME, 64, BN, STAGES, 2, 2)
-#define IMPGEMM_TSK_W(NAME, BN, STAGES) IMPGEMM_TSK(NAME, 64, BN, STAGES, 1, 2)
 #endif
-
-// name                      BM   BN  BK  WM WN WK stages   threads  smem bytes
-IMPGEMM_MMA(gemm_mma_128x128, 128, 128, 32, 2, 2, 1, 4)     // 128      65536  main tile
-IMPGEMM_MMA(gemm_mma_128x256, 128, 256, 32, 2, 4, 1, 3)     // 256      73728
-IMPGEMM_MMA(gemm_mma_64x128, 64, 128, 32, 2, 2, 1, 4)       // 128      49152  warp 32x64
-IMPGEMM_MMA(gemm_mma_64x64k2, 64, 64, 64, 2, 2, 2, 4)       // 256      65536  warp 32x32, split K in 2
-IMPGEMM_MMA(gemm_mma_32x64k4, 32, 64, 64, 1, 2, 4, 4)       // 256      49152  warp 32x32, split K in 4
-IMPGEMM_MMA(gemm_mma_16x64k8, 16, 64, 128, 1, 2, 8, 4)      // 512      81920  warp 16x32, split K in 8
-IMPGEMM_MMA(gemm_mma_16x32k8, 16, 32, 128, 1, 1, 8, 4)      // 256      49152  warp 16x32, split K in 8
-IMPGEMM_MMA(gemm_mma_16x16k8, 16, 16, 128, 1, 1, 8, 4)      // 256      32768  warp 16x16, split K in 8
-// deeper pipelines for small grids, whose K loop is bound by load latency, not by MMA rate
-IMPGEMM_MMA(gemm_mma_64x64k2s6, 64, 64, 64, 2, 2, 2, 6)     // 256      98304
-IMPGEMM_MMA(gemm_mma_32x64k4s8, 32, 64, 64, 1, 2, 4, 8)     // 256      98304
-IMPGEMM_MMA(gemm_mma_16x32k8s8, 16, 32, 128, 1, 1, 8, 8)    // 256      98304
-IMPGEMM_MMA(gemm_mma_16x16k8s8, 16, 16, 128, 1, 1, 8, 8)    // 256      65536
-
-// name                      BM   BN stages                    threads  smem bytes
-IMPGEMM_WGMMA(gemm_wgmma_128x256, 128, 256, 4)              // 256     197632
-IMPGEMM_WGMMA(gemm_wgmma_128x128, 128, 128, 4)              // 256     132096
-IMPGEMM_WGMMA(gemm_wgmma_64x256, 64, 256, 4)                // 128     164864
-IMPGEMM_WGMMA(gemm_wgmma_64x128, 64, 128, 4)                // 128      99328
-IMPGEMM_WGMMA(gemm_wgmma_128x128s6, 128, 128, 6)            // 256     197632  4 tiles ahead
-IMPGEMM_WGMMA(gemm_wgmma_64x256s5, 64, 256, 5)              // 128     205824
-IMPGEMM_WGMMA(gemm_wgmma_64x128s6, 64, 128, 6)              // 128     148480
-IMPGEMM_WGMMA(gemm_wgmma_64x64s8, 64, 64, 8)                // 128     132096
-
-// name                         BN stages                       threads  smem bytes
-IMPGEMM_WGMMA_WS(gemm_wgmma_ws_128x256, 256, 4)             // 384     197632  warp-specialised
-IMPGEMM_WGMMA_WS(gemm_wgmma_ws_128x128, 128, 6)             // 384     197632  warp-specialised
-
-// TMA-fed kernels, tile 128 x BN x 64 (threads 384; smem = stages * (16 + BN/8) KiB + 18 KiB
-// epilogue staging + 1 KiB; split-K has no staging). c2: 2-CTA cluster, W multicast; kS: split-K
-// over a cluster of S CTAs. Widths other than 128/256 exist for wave quantisation (512x5120: 32
-// tiles of 160 columns x 4 = 128 tiles on 132 SMs instead of 160 of 128x128).
-// name                       BN stages                          threads  smem bytes
-IMPGEMM_TMA(gemm_tma_128x64, 64, 8)                       // 384     216064
-IMPGEMM_TMA(gemm_tma_128x96, 96, 7)                       // 384     220160
-IMPGEMM_TMA(gemm_tma_128x128, 128, 6)                     // 384     216064
-IMPGEMM_TMA(gemm_tma_128x144, 144, 6)                     // 384     228352
-IMPGEMM_TMA(gemm_tma_128x160, 160, 5)                     // 384     203776
-IMPGEMM_TMA(gemm_tma_128x176, 176, 5)                     // 384     214016
-IMPGEMM_TMA(gemm_tma_128x192, 192, 5)                     // 384     224256
-IMPGEMM_TMA(gemm_tma_128x224, 224, 4)                     // 384     199680
-IMPGEMM_TMA(gemm_tma_128x256, 256, 4)                     // 384     216064
-// s: the epilogue in the producer warpgroup's idle warps 1-3 (consumers stage the FP16 tile in shared
-// memory and go on with the next tile); fewer stages to make room for the 128 x BN output tile
-IMPGEMM_TMA_SW(gemm_tma_128x128s, 128, 5)                 // 384     199680
-IMPGEMM_TMA_SW(gemm_tma_128x144s, 144, 5)                 // 384     214016
-IMPGEMM_TMA_SW(gemm_tma_128x160s, 160, 5)                 // 384     228352
-IMPGEMM_TMA_SW(gemm_tma_128x176s, 176, 4)                 // 384     203776
-IMPGEMM_TMA_SW(gemm_tma_128x192s, 192, 4)                 // 384     216064
-IMPGEMM_TMA_SW(gemm_tma_128x256s, 256, 3)                 // 384     216064
-IMPGEMM_TMA_MC(gemm_tma_128x96c2, 96, 7)                  // 384     220160
-IMPGEMM_TMA_MC(gemm_tma_128x128c2, 128, 6)                // 384     216064
-IMPGEMM_TMA_MC(gemm_tma_128x144c2, 144, 6)                // 384     228352
-IMPGEMM_TMA_MC(gemm_tma_128x160c2, 160, 5)                // 384     203776
-IMPGEMM_TMA_MC(gemm_tma_128x176c2, 176, 5)                // 384     214016
-IMPGEMM_TMA_MC(gemm_tma_128x192c2, 192, 5)                // 384     224256
-IMPGEMM_TMA_MC(gemm_tma_128x224c2, 224, 4)                // 384     199680
-IMPGEMM_TMA_MC(gemm_tma_128x256c2, 256, 4)                // 384     216064
-IMPGEMM_TMA_SK(gemm_tma_128x64k2, 64, 8, 2)               // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x64k4, 64, 8, 4)               // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x64k8, 64, 8, 8)               // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x128k2, 128, 6, 2)             // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x128k4, 128, 6, 4)             // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x128k8, 128, 6, 8)             // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x176k2, 176, 5, 2)             // 384     195584
-IMPGEMM_TMA_SK(gemm_tma_128x256k2, 256, 4, 2)             // 384     197632
-IMPGEMM_TMA_SK(gemm_tma_128x256k4, 256, 4, 4)             // 384     197632
-// tsk: BM x BN tiles split over K across a cluster of S CTAs, every stage in flight from the start
-// (smem = stages * CH * (BM + BN) / 8 KiB + (S-1)/S * BM * BN * 4 receive bytes + 1 KiB; <= 113 KiB: two
-//  CTAs per SM; sN: N stages, one CTA per SM -- 30 clusters of 4 at once, 66 of 2)
-// name                        BM   BN stages  S CH              threads  smem bytes
-IMPGEMM_TSK(gemm_tsk_64x64k4, 64, 64, 6, 4, 1)                // 128     111616
-IMPGEMM_TSK(gemm_tsk_64x128k4, 64, 128, 3, 4, 1)              // 128      99328
-IMPGEMM_TSK(gemm_tsk_64x128k4s8, 64, 128, 8, 4, 1)            // 128     222208
-// 2-CTA clusters use every SM of a GPC; a 128-row tile (results/NOTES.md GEMM v9)
-IMPGEMM_TSK(gemm_tsk_64x64k2, 64, 64, 6, 2, 1)                // 128     107520
-IMPGEMM_TSK(gemm_tsk_64x128k2, 64, 128, 3, 2, 1)              // 128      91136
-IMPGEMM_TSK(gemm_tsk_128x128k4s5, 128, 128, 5, 4, 1)          // 256     214016
-IMPGEMM_TSK(gemm_tsk_64x64k2s12, 64, 64, 12, 2, 1)            // 128     205824
-IMPGEMM_TSK(gemm_tsk_64x128k2s8, 64, 128, 8, 2, 1)            // 128     214016
-// p: two K chunks a stage, one 3-D box per operand (stages count 128-wide K steps)
-IMPGEMM_TSK(gemm_tsk_64x64k2s6p, 64, 64, 6, 2, 2)           // 128     205824
-IMPGEMM_TSK(gemm_tsk_64x64k1s6p, 64, 64, 6, 1, 2)           // 128     197632  no split (cuBLAS's 512x1024 tile)
-IMPGEMM_TSK(gemm_tsk_64x128k2s4p, 64, 128, 4, 2, 2)         // 128     214016
-IMPGEMM_TSK(gemm_tsk_64x128k4s4p, 64, 128, 4, 4, 2)         // 128     222208
-// c2: no split, a 2-CTA cluster on two M tiles sharing W (multicast), a producer warp (gemm_tsm_body)
-IMPGEMM_TSM(gemm_tsk_64x64c2s6p, 64, 6)                     // 160     197632
-// w: no split, two warpgroups on the 64-row tile taking alternate K steps (cuBLAS's 384-thread 64x64 kernel has two
-// consumer warpgroups): two wgmma chains in flight; traced, the k1 loop went 4.75 -> 4.0 us at 512x1024x2048 (v13)
-IMPGEMM_TSK_W(gemm_tsk_64x64k1s6wp, 64, 6)                  // 256     197632
 
 // Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
 // host can queue the timed launches behind it and no host launch gap lands between their events.

@@ -23,7 +23,7 @@ if has diag; then  # every variant on small structured shapes; error maps where 
 import os, sys, time, cupy
 from impbench.kernels import gemm as g
 group = sys.argv[1]
-t = time.time(); g.load_module(g.FAMILY); print(f"[{group}] compile+load {time.time()-t:.1f}s, device {g.device_info()}", flush=True)
+t = time.time(); g.prewarm(); print(f"[{group}] compile+load {time.time()-t:.1f}s, device {g.device_info()}", flush=True)
 if group == "mma":
     import glob, subprocess
     cubins = [p for p in glob.glob(os.path.expanduser("~/.cupy/kernel_cache/*")) if b"gemm_tma_128x256c2" in open(p, "rb").read()]
@@ -130,8 +130,8 @@ PY
   timeout 120 python3 /tmp/probe.py 2>&1 | tee "$OUT/probe.txt"
 fi
 
-if has trace; then  # per-CTA timelines (scripts/gemm_trace.py) of TRACE_VARIANTS on TRACE_SHAPES ("--shape MxNxK ...")
-  timeout ${TRACE_TIMEOUT:-200} python3 scripts/gemm_trace.py ${TRACE_SHAPES:---shape 2048x128x2048} \
+if has trace; then  # per-CTA timelines (tools/gemm_trace.py) of TRACE_VARIANTS on TRACE_SHAPES ("--shape MxNxK ...")
+  timeout ${TRACE_TIMEOUT:-200} python3 tools/gemm_trace.py ${TRACE_SHAPES:---shape 2048x128x2048} \
     --variants ${TRACE_VARIANTS:-tma_128x64,tsk_64x128k4} --reps ${TRACE_REPS:-15} ${TRACE_ARGS:-} 2>&1 | tee "$OUT/trace.txt"
 fi
 
@@ -143,7 +143,7 @@ if has ncu; then  # Nsight Compute sections of our largest-tile kernel and cuBLA
   cat > /tmp/ncu_one.py <<'PY'
 import os, cupy
 from impbench.kernels import gemm as g
-from scripts.gemm_trace import experiment_launcher
+from tools.gemm_trace import experiment_launcher
 g.prewarm()
 m, n, k = map(int, os.environ.get("NCU_SHAPE", "2048x8192x2048").split("x"))
 rng = cupy.random.default_rng(0)
@@ -151,7 +151,7 @@ a = rng.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16)
 w = (rng.standard_normal((n, k), dtype=cupy.float32) / k**0.5).astype(cupy.float16)
 out = cupy.empty((m, n), cupy.float16)
 for name in os.environ.get("NCU_VARIANTS", "tma_128x256,tma_128x256c2").split(","):
-    experiment_launcher(a, w, out, name)()  # tsk_...@G/direct: tile order, store mode (scripts/gemm_trace.py)
+    experiment_launcher(a, w, out, name)()  # tsk_...@G/direct: tile order, store mode (tools/gemm_trace.py)
 cupy.matmul(a, w.T, out=out)
 cupy.cuda.Device().synchronize()
 PY

@@ -14,7 +14,7 @@ import importlib
 from impbench import resources
 
 # family -> "module:function" returning the extern "C" entry-point lines of that family's variants
-GENERATED_ENTRY_POINTS: dict[str, str] = {}
+GENERATED_ENTRY_POINTS: dict[str, str] = {"gemm_fp16": "impbench.kernels.gemm.variants:entry_points"}
 
 # Families that need more than sm_80 to run at all (every other family runs on any sm_80+ GPU):
 # the e4m3x2 -> f16x2 conversion that decodes NVFP4 scales and values is sm_89+.

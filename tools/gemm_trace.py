@@ -1,4 +1,4 @@
-"""Per-CTA timeline of GEMM launches (an experiment for results/NOTES.md, not part of the tool).
+"""Per-CTA timeline of GEMM launches (an experiment for docs/notes/gemm.md, not part of the tool).
 
 Builds gemm_fp16.cu with -DIMPGEMM_TRACE, whose tma / tsk kernels write each CTA's SM and the global
 time of four points (start, first stage landed, main loop done, end), then for every shape and
@@ -7,12 +7,11 @@ the repetitions: CTAs, SMs used, most CTAs on one SM, the start spread of the gr
 latency, the main loop, the epilogue, the first-start-to-last-end span, and the event time of the
 same launch (and of cuBLAS) -- event time minus span is what lies outside the kernel's CTAs.
 
-    python3 scripts/gemm_trace.py --shape 2048x128x2048 --variants tma_128x64,tsk_64x128k4 [--reps 15]
+    python3 tools/gemm_trace.py --shape 2048x128x2048 --variants tma_128x64,tsk_64x128k4 [--reps 15]
 
 A tsk variant written `name@G` runs with tile order G (bands of G M tiles, gemm.tsk_group), `name/direct`
-with the output stored from registers instead of by TMA (both: `name@G/direct`), `name.soloP` (c2) with P
-stages filled by each CTA alone (gemm.TSM_SOLO_STAGES); --sm-order prints the SM of each CTA of one launch,
-in block order.
+with the output stored from registers instead of by TMA (both: `name@G/direct`); --sm-order prints the SM
+of each CTA of one launch, in block order.
 """
 
 from __future__ import annotations
@@ -26,25 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def experiment_launcher(a, w, out, spec: str):
-    """gemm.prepare of a variant written `name[.soloP][@G][/direct]` (see the module's doc)."""
+    """gemm.prepare of a variant written `name[@G][/direct]` (see the module's doc)."""
     from impbench.kernels import gemm
 
     spec, _, store = spec.partition("/")
-    spec, _, group = spec.partition("@")
-    name, _, solo = spec.partition(".solo")
-    return gemm.prepare(a, w, out, name, int(group) if group else None, store != "direct", int(solo) if solo else None)
+    name, _, group = spec.partition("@")
+    return gemm.prepare(a, w, out, name, int(group) if group else None, store != "direct")
 
 
 def traced_module():
     """The gemm family compiled with IMPGEMM_TRACE, installed as the compile cache's module."""
     import cupy
 
-    from impbench.kernels import modules, gemm
+    from impbench.kernels import gemm, modules
 
-    code = _cache.source_path(gemm.FAMILY).read_text()
-    module = cupy.RawModule(code=code, options=_cache.module_options(code, ("-DIMPGEMM_TRACE",)), backend="nvrtc")
+    code = modules.module_source(gemm.FAMILY)
+    module = cupy.RawModule(code=code, options=modules.nvrtc_options(code, ("-DIMPGEMM_TRACE",)), backend="nvrtc")
     module.compile()
-    _cache._modules[gemm.FAMILY] = module
+    modules.replace_module(gemm.FAMILY, module)
     return module
 
 
@@ -136,11 +134,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--sm-order", action="store_true", help="print each CTA's SM of one launch")
     args = parser.parse_args()
-    from impbench.kernels import gemm
     from impbench.kernels.driver import no_pdl
 
     module = traced_module()
-    gemm.prewarm()
     with no_pdl():
         for shape in args.shape:
             m, n, k = (int(x) for x in shape.split("x"))
