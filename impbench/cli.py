@@ -527,35 +527,36 @@ def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance,
 @click.option("--m", "ms", default="512,1024,2048", show_default=True, metavar="LIST",
               help="Token counts M (comma-separated) at which each model shape is timed.")
 @click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per shape (median reported).")
-@click.option("--guard", "policy", type=click.Choice(["small-n", "tight", "permissive"]), default="small-n",
+@click.option("--guard", type=click.Choice(["small-n", "tight", "permissive"]), default="small-n",
               show_default=True, help="Dispatch guard whose variant is timed against cuBLAS.")
 @click.option("--variants", default="", metavar="LIST",
               help="Also time these variants on every shape: comma-separated names, or 'all' (calibration).")
-@click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
-              help="Output format: markdown table, CSV, or JSON with metadata.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the output to this file (a .md or .csv gets its .json beside it).")
-def gemm(models, shapes, ms, reps, policy, variants, fmt, out) -> None:  # fmt: skip
+@_FORMAT
+@click.option("--out", type=click.Path(), default=None, metavar="PATH",
+              help="Also write the table to PATH (a .md or .csv gets its full .json beside it).")
+@_FORCE
+def gemm(models, shapes, ms, reps, guard, variants, fmt, out, force) -> None:  # fmt: skip
     """Time our capture-safe FP16 GEMM against cuBLAS (cupy.matmul) on the models' dense shapes.
 
     Device time from CUDA events, median of --reps after warm-up, rotating input sets larger than
     L2. Per shape: µs of each, ratio cuBLAS/ours, TFLOP/s, the variant chosen, what each guard
     would do, and the relative error against cuBLAS; then the geometric-mean ratio.
     """
-    from impbench.device import require_cuda
-    from impbench.gemm_bench import format_report, parse_ms, parse_shape, run_gemm_bench, write_report
+    from impbench import device, metadata
+    from impbench.bench.gemm import parse_ms, parse_shape, run_gemm_bench
 
     for text in shapes:  # bad input is exit 2 before any GPU work
         parse_shape(text)
     m_list = parse_ms(ms)
-    _check_environment()
-    require_cuda()
     names = tuple(v.strip() for v in variants.split(",") if v.strip())
-    report = run_gemm_bench(models, shapes, m_list, reps, policy, names, progress=lambda row: click.echo(row.progress_line(), err=True))
-    click.echo(format_report(report, fmt))
+    _check_bench_out(out, "gemm", force)
+    _check_environment()
+    device.require_cuda()
+    report = run_gemm_bench(models, shapes, m_list, reps, guard, names, metadata.device_metadata(), progress=_progress)
+    click.echo(report.format(fmt))
     if out:
-        for path in write_report(report, out, fmt):
-            click.echo(f"wrote {path}", err=True)
+        for path in report.write(out, fmt):
+            _progress(f"wrote {path}")
 
 
 @cli.command()

@@ -1384,10 +1384,3 @@ constexpr bool table_row(int threads, int smem_bytes) {
     }
 #endif
 
-// Benchmark helper (impbench/gemm_bench.py): keeps the GPU busy for `cycles` SM clocks so that the
-// host can queue the timed launches behind it and no host launch gap lands between their events.
-extern "C" __global__ void gemm_bench_spin(long long cycles) { pdl_entry();
-    const long long start = clock64();
-    while (clock64() - start < cycles) {
-    }
-}

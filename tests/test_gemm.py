@@ -48,11 +48,11 @@ def sm90a_build(tmp_path_factory):
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 def test_generated_source_declares_exactly_the_table(sm90a_build):
-    """The compiled source has one kernel per row (and the benchmark spin kernel), each using the registers its
+    """The compiled source has one kernel per row, each using the registers its
     row states (the block-wave model's occupancy). The IMPGEMM_* macros static_assert each row's threads and
     shared bytes, so a compile that succeeds also checked those."""
     registers = dict(re.findall(r"Compiling entry function '(\w+)'.*?Used (\d+) registers", sm90a_build, re.S))
-    assert set(registers) == {v.kernel_name for v in g.VARIANTS.values()} | {"gemm_bench_spin"}
+    assert set(registers) == {v.kernel_name for v in g.VARIANTS.values()}
     wrong = {v.name: (v.regs, int(registers[v.kernel_name])) for v in g.VARIANTS.values()
              if int(registers[v.kernel_name]) != v.regs}  # fmt: skip
     assert not wrong, f"table vs ptxas registers: {wrong}"
@@ -66,14 +66,14 @@ def test_sm90a_build_has_no_spills(sm90a_build):
 
 
 def test_table_holds_exactly_what_the_dispatch_picks(every_variant):
-    """Every row is picked on some preset dense shape (M 1 and every multiple of 16 up to 8192, any policy) on
+    """Every row is picked on some preset dense shape (M 1 and every multiple of 16 up to 8192, any guard) on
     the H100 or on a GPU without wgmma, and nothing outside the table is ever picked: a variant nothing
     chooses is code to maintain and compile for nothing."""
     picked = set()
     for n, k in PRESET_NK:
         for m in [1, *range(16, 8193, 16)]:
-            for policy in g.POLICIES:
-                picked |= {g.choose_variant(m, n, k, policy, device) for device in (g.H100, NO_WGMMA)}
+            for guard in g.GUARDS:
+                picked |= {g.choose_variant(m, n, k, guard, device) for device in (g.H100, NO_WGMMA)}
     picked.discard(None)
     assert picked <= set(g.VARIANTS)
     assert set(g.VARIANTS) - picked == set(), "never picked"
@@ -103,18 +103,18 @@ def test_tsk_grid():
     assert v.cluster == 4 and v.tensor_maps
 
 
-# ---- dispatch: policies and rules ----------------------------------------------------------------
+# ---- dispatch: guards and rules ----------------------------------------------------------------
 
 
 def test_preset_shape_choices_are_unchanged(every_variant):
-    """Every preset dense-GEMM shape at M 1, 512, 1024, 2048, 8192 gets, under each policy, on the H100 and on a
+    """Every preset dense-GEMM shape at M 1, 512, 1024, 2048, 8192 gets, under each guard, on the H100 and on a
     GPU without wgmma, the variant the 68-variant table of c47b1ca gave it (tests/gemm_preset_choices.json)."""
     data = json.loads(Path(__file__).with_name("gemm_preset_choices.json").read_text())
     for device_name, rows in data["choices"].items():
         device = g.DeviceInfo(*data["devices"][device_name])
         for shape, expected in rows.items():
             m, n, k = map(int, shape.split("x"))
-            assert [g.choose_variant(m, n, k, p, device) for p in data["policies"]] == expected, (device_name, shape)
+            assert [g.choose_variant(m, n, k, p, device) for p in data["guards"]] == expected, (device_name, shape)
 
 
 def test_tight_declines_small_shapes_and_accepts_large(every_variant):
@@ -142,10 +142,10 @@ def test_small_n_fills_the_gpu_on_the_n32_shape(every_variant):
         assert g.choose_variant(*shape, "small-n", g.H100) is not None
 
 
-def test_policy_objects_and_names(every_variant):
-    assert set(g.POLICIES) == {"tight", "permissive", "small-n"}
-    assert g.choose_variant(512, 5120, 2048, g.POLICIES["tight"], g.H100) == g.choose_variant(512, 5120, 2048, "tight", g.H100)
-    with pytest.raises(ValueError, match="unknown GEMM guard policy"):
+def test_guard_objects_and_names(every_variant):
+    assert set(g.GUARDS) == {"tight", "permissive", "small-n"}
+    assert g.choose_variant(512, 5120, 2048, g.GUARDS["tight"], g.H100) == g.choose_variant(512, 5120, 2048, "tight", g.H100)
+    with pytest.raises(ValueError, match="unknown GEMM guard"):
         g.choose_variant(512, 512, 512, "off", g.H100)
 
 
@@ -157,8 +157,8 @@ def test_choose_variant_rejects_bad_shapes(shape):
 
 def test_no_wgmma_off_hopper(every_variant):
     for shape in [(2048, 5120, 2048), (512, 32, 2048), (2048, 151936, 2048)]:
-        for policy in g.POLICIES:
-            name = g.choose_variant(*shape, policy, A100_LIKE)
+        for guard in g.GUARDS:
+            name = g.choose_variant(*shape, guard, A100_LIKE)
             assert name is None or g.VARIANTS[name].family == "mma"
 
 
@@ -166,11 +166,11 @@ def test_portable_chooses_on_hopper_as_a_gpu_without_wgmma(every_variant):
     moved = 0
     for n, k in PRESET_NK:
         for m in (1, 100, 512, 2048):
-            for policy in g.POLICIES:
-                portable = g.choose_variant(m, n, k, policy, g.H100, portable=True)
-                assert portable == g.choose_variant(m, n, k, policy, NO_WGMMA), (m, n, k, policy)
+            for guard in g.GUARDS:
+                portable = g.choose_variant(m, n, k, guard, g.H100, portable=True)
+                assert portable == g.choose_variant(m, n, k, guard, NO_WGMMA), (m, n, k, guard)
                 assert portable is None or g.VARIANTS[portable].family == "mma"
-                moved += portable != g.choose_variant(m, n, k, policy, g.H100)
+                moved += portable != g.choose_variant(m, n, k, guard, g.H100)
     assert moved > 0  # on Hopper the switch changes the choice, or it would test nothing
 
 
@@ -189,8 +189,8 @@ def test_routers_go_to_the_tsk_family_under_small_n(every_variant):
     for m, n, k in ((512, 128, 2048), (1024, 128, 2048), (1024, 128, 2816), (512, 256, 2048)):
         # routers (N = experts) go to the small-N split-K family under small-n
         assert g.VARIANTS[g.choose_variant(m, n, k, "small-n", g.H100)].family == "tsk", (m, n, k)
-    for policy in ("tight", "permissive"):  # the large-tile guards never take it
-        assert g.VARIANTS[g.choose_variant(1024, 128, 2048, policy, g.H100)].large
+    for guard in ("tight", "permissive"):  # the large-tile guards never take it
+        assert g.VARIANTS[g.choose_variant(1024, 128, 2048, guard, g.H100)].large
     # nor a wide output outside its model (the engine's last-token lm_head: 180 µs on tsk, 150 on mma)
     assert g.VARIANTS[g.choose_variant(1, 151936, 2048, "small-n", g.H100)].family != "tsk"
 
@@ -198,18 +198,18 @@ def test_routers_go_to_the_tsk_family_under_small_n(every_variant):
 def test_qwen3_coder_shapes_go_to_the_tma_family_on_hopper(every_variant):
     for m in (512, 1024, 2048):
         for n, k in ((5120, 2048), (2048, 4096), (128, 2048), (151936, 2048)):
-            for policy in ("tight", "small-n") if n > 128 else ("tight",):  # small-n: the router takes tsk
-                assert g.VARIANTS[g.choose_variant(m, n, k, policy, g.H100)].family == "tma", (m, n, k, policy)
+            for guard in ("tight", "small-n") if n > 128 else ("tight",):  # small-n: the router takes tsk
+                assert g.VARIANTS[g.choose_variant(m, n, k, guard, g.H100)].family == "tma", (m, n, k, guard)
     # the router on the tight guard: a large tile, split over K so the launch still fills the GPU
     tight = g.VARIANTS[g.choose_variant(512, 128, 2048, "tight", g.H100)]
     assert tight.large and tight.split_k >= 4 and tight.grid(512, 128)[0] >= 16
 
 
-# ---- gemm_bench ------------------------------------------------------------------------------------
+# ---- bench.gemm --------------------------------------------------------------------------------------
 
 
 def test_bench_shape_parsing():
-    from impbench.gemm_bench import build_cases, parse_ms, parse_shape
+    from impbench.bench.gemm import build_cases, parse_ms, parse_shape
 
     assert parse_shape("512x32x2048") == (512, 32, 2048)
     for bad in ["512x32", "axbxc", "512x32x2047", "0x32x2048", ""]:
@@ -303,12 +303,12 @@ def test_every_variant_matches_float64_and_writes_every_output(shape):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("policy", list(g.POLICIES))
-def test_portable_path_matches_float64(policy):
+@pytest.mark.parametrize("guard", list(g.GUARDS))
+def test_portable_path_matches_float64(guard):
     """The mma.sync kernels a GPU without wgmma runs, chosen on this GPU through portable=True."""
     failures = {}
     for m, n, k in SHAPES + [(512, 128, 2048), (2048, 1024, 2048), (1024, 5120, 2048)]:
-        name = g.choose_variant(m, n, k, policy, portable=True)
+        name = g.choose_variant(m, n, k, guard, portable=True)
         if name is None:
             continue
         assert g.VARIANTS[name].family == "mma", (m, n, k)
@@ -357,8 +357,8 @@ def test_tsk_tile_orders_and_store_modes_cover_every_tile(name):
 
 
 @pytest.mark.gpu
-def test_random_shapes_under_each_policy():
-    """Each policy's choice, or cuBLAS where it declines, on random small and ragged shapes."""
+def test_random_shapes_under_each_guard():
+    """Each guard's choice, or cuBLAS where it declines, on random small and ragged shapes."""
     import cupy
 
     rs = __import__("random").Random(7)
@@ -366,14 +366,14 @@ def test_random_shapes_under_each_policy():
         m, n, k = rs.choice([1, 3, 64, 127, 128, 513]), rs.choice([1, 5, 32, 127, 128, 300]), 8 * rs.randint(1, 96)
         a, w = _inputs(m, n, k, seed=trial)
         ref = _ref(a, w)
-        for policy in g.POLICIES:
+        for guard in g.GUARDS:
             out = _poisoned(m, n)
-            path = g.choose_variant(m, n, k, policy)
+            path = g.choose_variant(m, n, k, guard)
             if path is None:
                 cupy.matmul(a, w.T, out=out)
             else:
                 g.gemm(a, w, out, variant=path)
-            assert _error(out, ref) is None, (policy, path, (m, n, k), _error(out, ref))
+            assert _error(out, ref) is None, (guard, path, (m, n, k), _error(out, ref))
 
 
 @pytest.mark.gpu

@@ -93,7 +93,7 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
             offsets = b.dense_offsets[a.shape[0]]  # [0, M]: every row belongs to the one "expert"
             path, fn = NVFP4, moe.prepare(moe.moe_down, a, offsets, w.codes, w.scale, w.scale2, out)
         else:
-            variant = gemm.choose_variant(a.shape[0], w.shape[0], w.shape[1], guard) if guard != CUBLAS else None
+            variant = gemm.choose_variant(a.shape[0], w.shape[0], w.shape[1], guard)
             path = variant or CUBLAS
             fn = gemm.prepare(a, w, out, variant) if variant else _cublas(a, w, out)
         paths[path] += 1

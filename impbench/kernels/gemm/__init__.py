@@ -7,7 +7,7 @@ Deterministic (split-K is summed in a fixed order, inside a block or across a cl
 distributed shared memory): a replay is bit-identical to the eager call.
 
 Modules: `variants` (the table of tile kernels, which also generates their extern "C" entry points),
-`dispatch` (guard policies, the rules that choose a variant, the time models), `launch` (checks, tensor
+`dispatch` (guards, the rules that choose a variant, the time models), `launch` (checks, tensor
 maps, prepared launchers).
 
 Families: `mma_*` (mma.sync, any sm_80+ GPU), and on Hopper (sm_90a) `wgmma_*` (cp.async-fed wgmma),
@@ -16,7 +16,7 @@ W, `kS` = split-K over a cluster of S CTAs, `s` = store warps) and `tsk_*` (smal
 launches carry CUtensorMaps by value, encoded on the host by `prepare`, so a prepared launcher is bound
 to its buffers, as every prepared launcher is.
 
-Guard policies (POLICIES):
+Guards (GUARDS):
 - `tight`: only shapes with M >= 128 and N >= 128, on a large (128-row, >= 128-column) tile; every
   other shape declines to cuBLAS (None), which under capture means capture failure.
 - `permissive`: every shape, always on a large tile: the original engine's behaviour, which put
@@ -24,7 +24,7 @@ Guard policies (POLICIES):
 - `small-n`: every shape, on the variant with the lowest modelled time among all of them (small
   tiles and split-K included), so the shapes tight declines get the small-N variants.
 
-`choose_variant(m, n, k, policy, device=None, portable=False)` picks by a time model (`estimate_us`)
+`choose_variant(m, n, k, guard, device=None, portable=False)` picks by a time model (`estimate_us`)
 fitted on the H100 (tsk: the H200). `portable=True` chooses as a GPU without wgmma would, from the
 mma.sync family only: on a Hopper it runs (and the GPU tests check) the kernels an A100 or an RTX 4090
 would run. IMPBENCH_GEMM_VARIANTS (comma-separated names), where set, restricts the variants it may pick.
@@ -32,16 +32,16 @@ would run. IMPBENCH_GEMM_VARIANTS (comma-separated names), where set, restricts 
 
 from impbench.kernels.gemm.dispatch import (  # noqa: F401
     CUBLAS,
-    DEFAULT_POLICY,
+    DEFAULT_GUARD,
     H100,
-    POLICIES,
+    GUARDS,
     DeviceInfo,
-    GuardPolicy,
+    Guard,
     candidates,
     check_shape,
     choose_variant,
     estimate_us,
-    get_policy,
+    get_guard,
 )
 from impbench.kernels.gemm.launch import (  # noqa: F401
     device_info,
@@ -49,7 +49,6 @@ from impbench.kernels.gemm.launch import (  # noqa: F401
     max_clusters,
     prepare,
     prewarm,
-    spin_kernel,
     tsk_group,
 )
 from impbench.kernels.gemm.variants import FAMILY, MAX_GRID_Y, VARIANTS, Variant  # noqa: F401

@@ -1,9 +1,9 @@
-"""Which variant runs a dense GEMM shape: guard policies, a few named rules, and the time models they use.
+"""Which variant runs a dense GEMM shape: guards, a few named rules, and the time models they use.
 
-choose_variant(m, n, k, policy) applies, in order:
+choose_variant(m, n, k, guard) applies, in order:
 1. the guard (`declines`): tight sends every shape smaller than a large tile to cuBLAS (None);
 2. the candidates, the same for every shape (`candidates`): families the GPU has (`family_usable`),
-   tiles the policy allows (`tile_allowed`), names IMPBENCH_GEMM_VARIANTS allows;
+   tiles the guard allows (`tile_allowed`), names IMPBENCH_GEMM_VARIANTS allows;
 3. the shape rules (`launchable`, `wide_enough_for_tma`, `within_tsk_fit`);
 4. the fastest by the time model (`estimate_us`), ties broken by name.
 The time models' fitted constants sit in TimeModelFit objects that name the GPU and the sweeps they were
@@ -35,11 +35,11 @@ class DeviceInfo:
 H100 = DeviceInfo(132, "90", 1980.0)
 
 
-# ---- guard policies -------------------------------------------------------------------------------
+# ---- guards -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class GuardPolicy:
+class Guard:
     """Which dense GEMM shapes go to our kernel, and on which tiles."""
 
     name: str
@@ -48,23 +48,24 @@ class GuardPolicy:
     description: str
 
 
-POLICIES: dict[str, GuardPolicy] = {
+GUARDS: dict[str, Guard] = {
     p.name: p
     for p in (
-        GuardPolicy("tight", False, False, "large tile only where M >= 128 and N >= 128; else cuBLAS"),
-        GuardPolicy("permissive", True, False, "large tile for every shape (the original engine's kernel)"),
-        GuardPolicy("small-n", True, True, "tight, plus small-tile / split-K variants for the rest"),
+        Guard("tight", False, False, "large tile only where M >= 128 and N >= 128; else cuBLAS"),
+        Guard("permissive", True, False, "large tile for every shape (the original engine's kernel)"),
+        Guard("small-n", True, True, "tight, plus small-tile / split-K variants for the rest"),
     )
 }
-DEFAULT_POLICY = "small-n"
+DEFAULT_GUARD = "small-n"
 
 
-def get_policy(policy) -> GuardPolicy:
-    if isinstance(policy, GuardPolicy):
-        return policy
-    found = POLICIES.get(policy)
+def get_guard(guard) -> Guard:
+    """A guard by name (tight, permissive, small-n); `cublas` takes no shape and is handled by choose_variant."""
+    if isinstance(guard, Guard):
+        return guard
+    found = GUARDS.get(guard)
     if found is None:
-        raise ValueError(f"unknown GEMM guard policy {policy!r}; accepted: {', '.join(POLICIES)}")
+        raise ValueError(f"unknown GEMM guard {guard!r}; accepted: {', '.join(GUARDS)}")
     return found
 
 
@@ -76,13 +77,13 @@ def check_shape(m: int, n: int, k: int) -> None:
 # ---- the rules ------------------------------------------------------------------------------------
 
 
-def declines(policy: GuardPolicy, m: int, n: int) -> bool:
+def declines(guard: Guard, m: int, n: int) -> bool:
     """The guard: tight takes only shapes that fill at least one large tile (M >= 128 and N >= 128).
 
     It is the large-tile engine made safe: a small shape on a 128x128 tile wastes most of its MMA work
     on padding (M=512 N=32 K=2048 on 4 blocks, 75% padding), so tight hands it to cuBLAS instead, which
     under a CUDA-graph capture means the capture fails. permissive and small-n take every shape."""
-    return not policy.accepts_small and (m < LARGE_TILE or n < LARGE_TILE)
+    return not guard.accepts_small and (m < LARGE_TILE or n < LARGE_TILE)
 
 
 def family_usable(variant: Variant, device: DeviceInfo, portable: bool = False) -> bool:
@@ -94,12 +95,12 @@ def family_usable(variant: Variant, device: DeviceInfo, portable: bool = False) 
     return variant.family == "mma" or (device.has_wgmma and not portable)
 
 
-def tile_allowed(variant: Variant, policy: GuardPolicy) -> bool:
+def tile_allowed(variant: Variant, guard: Guard) -> bool:
     """tight and permissive use large tiles only (as the original engine did); small-n any tile.
 
     small-n exists for the shapes a large tile wastes: small tiles, split-K and the tsk family fill the
     GPU on N=32 or on a 128-expert router where one 128x128 tile per 4 CTAs would not."""
-    return policy.small_tiles or variant.large
+    return guard.small_tiles or variant.large
 
 
 def launchable(variant: Variant, m: int, n: int) -> bool:
@@ -122,33 +123,35 @@ def within_tsk_fit(variant: Variant, n: int) -> bool:
     return variant.family != "tsk" or n <= TSK_FIT.max_n
 
 
-def candidates(policy, device: DeviceInfo | None = None, portable: bool = False) -> list[Variant]:
-    """The variants `policy` may pick on `device` whatever the shape: usable families, allowed tiles, and
+def candidates(guard, device: DeviceInfo | None = None, portable: bool = False) -> list[Variant]:
+    """The variants `guard` may pick on `device` whatever the shape: usable families, allowed tiles, and
     the names IMPBENCH_GEMM_VARIANTS lists where it is set (experiments; impbench.env checks the names)."""
     from impbench import env
 
-    pol = get_policy(policy)
+    rule = get_guard(guard)
     device = device or _current_device()
     allowed = set(env.gemm_variants()) or set(VARIANTS)
     return [
         v for v in VARIANTS.values()
-        if v.name in allowed and family_usable(v, device, portable) and tile_allowed(v, pol)
+        if v.name in allowed and family_usable(v, device, portable) and tile_allowed(v, rule)
     ]  # fmt: skip
 
 
-def choose_variant(m: int, n: int, k: int, policy=DEFAULT_POLICY, device: DeviceInfo | None = None,
+def choose_variant(m: int, n: int, k: int, guard=DEFAULT_GUARD, device: DeviceInfo | None = None,
                    portable: bool = False) -> str | None:  # fmt: skip
-    """The variant our kernel runs this shape with under `policy`, or None (declined: cuBLAS).
+    """The variant our kernel runs this shape with under `guard`, or None (declined: cuBLAS).
 
     `device`: the GPU to plan for (default: the current one, an H100 where none is usable).
     `portable`: choose as a GPU without wgmma would, from the mma.sync family only, so that a Hopper run
     checks the path other GPUs take."""
     check_shape(m, n, k)
-    pol = get_policy(policy)
-    if declines(pol, m, n):
+    if guard == CUBLAS:  # every dense GEMM on cuBLAS: the eager baseline
+        return None
+    rule = get_guard(guard)
+    if declines(rule, m, n):
         return None
     device = device or _current_device()
-    usable = [v for v in candidates(pol, device, portable)
+    usable = [v for v in candidates(rule, device, portable)
               if launchable(v, m, n) and wide_enough_for_tma(v, n) and within_tsk_fit(v, n)]  # fmt: skip
     if not usable:
         return None

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from impbench.kernels import driver
 from impbench.kernels.checks import check_array
-from impbench.kernels.gemm.dispatch import DEFAULT_POLICY, H100, POLICIES, DeviceInfo, choose_variant
+from impbench.kernels.gemm.dispatch import DEFAULT_GUARD, H100, GUARDS, DeviceInfo, choose_variant
 from impbench.kernels.gemm.variants import FAMILY, MAX_GRID_Y, VARIANTS, Variant
 from impbench.kernels.modules import get_function, load_module
 
@@ -31,18 +31,13 @@ def device_info() -> DeviceInfo:
         return H100
 
 
-def spin_kernel():
-    """gemm_bench_spin(long long cycles): a one-thread kernel that busy-waits (benchmark helper)."""
-    return get_function(FAMILY, "gemm_bench_spin")
-
-
-def prewarm(shapes=(), policies=tuple(POLICIES)) -> None:
-    """Compile the family, and fetch the kernel each (m, n, k) of `shapes` gets under each of `policies`
+def prewarm(shapes=(), guards=tuple(GUARDS)) -> None:
+    """Compile the family, and fetch the kernel each (m, n, k) of `shapes` gets under each of `guards`
     (its shared-memory limit raised, its cluster occupancy queried), outside any capture."""
     load_module(FAMILY)
     for m, n, k in shapes:
-        for policy in policies:
-            name = choose_variant(m, n, k, policy)
+        for guard in guards:
+            name = choose_variant(m, n, k, guard)
             if name is not None:
                 _kernel(VARIANTS[name])
                 if VARIANTS[name].tensor_maps:
@@ -72,7 +67,7 @@ def _check_args(a, w, out) -> tuple[int, int, int]:
 
 
 def gemm(a, w, out, variant: str | None = None) -> None:
-    """out[M,N] = a[M,K] . w[N,K]^T on the current stream (variant None: the small-n policy's choice)."""
+    """out[M,N] = a[M,K] . w[N,K]^T on the current stream (variant None: the small-n guard's choice)."""
     prepare(a, w, out, variant)()
 
 
@@ -84,7 +79,7 @@ def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma
     import numpy as np
 
     m, n, k = _check_args(a, w, out)
-    name = variant or choose_variant(m, n, k, DEFAULT_POLICY)
+    name = variant or choose_variant(m, n, k, DEFAULT_GUARD)
     spec = VARIANTS.get(name)
     if spec is None:
         raise ValueError(f"unknown GEMM variant {name!r}; accepted: {', '.join(VARIANTS)}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FAMILY = "gemm_fp16"  # the kernel source (kernels_cu/gemm_fp16.cu) and compile-cache family
-LARGE_TILE = 128  # rows and columns of the smallest tile the large-tile policies (tight, permissive) use
+LARGE_TILE = 128  # rows and columns of the smallest tile the large-tile guards (tight, permissive) use
 MAX_GRID_Y = 65535  # CUDA's grid y limit: mma and wgmma put the N tiles there
 H100_SMS = 132  # a persistent tma grid's default size (Variant.grid); launches pass the device's clusters
 
@@ -55,7 +55,7 @@ class Variant:
 
     @property
     def large(self) -> bool:
-        """A tile the large-tile policies may use; tsk is small-n's split-K family whatever its tile."""
+        """A tile the large-tile guards may use; tsk is small-n's split-K family whatever its tile."""
         return self.bm >= LARGE_TILE and self.bn >= LARGE_TILE and self.family != "tsk"
 
     @property

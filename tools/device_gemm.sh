@@ -2,7 +2,7 @@
 # One device call for the GEMM work (issue #3): build check, per-variant diagnostics, GPU tests,
 # a calibration sweep of every variant and the final table. Run from the repository root on the
 # device machine; logs and results go to $OUT (default ./out-gemm).
-#   STAGES="info diag tests sweep final ncu probe trace" bash scripts/device_gemm.sh
+#   STAGES="info diag tests sweep final ncu probe trace" bash tools/device_gemm.sh
 # (sweep times the tma variants, or SWEEP_VARIANTS, on every model shape: the time model's calibration;
 #  ncu is an experiment for results/NOTES.md: Nsight Compute sections of our kernel and cuBLAS's.)
 set -uo pipefail
@@ -95,7 +95,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 print(d["summary"])
 for r in d["rows"]:
-    ex = " ".join(f"{k}={v['us']:.1f}{'' if v['rel_err'] < 2e-3 else '!'}" for k, v in sorted(r["variants_us"].items(), key=lambda kv: kv[1]["us"]))
+    ex = " ".join(f"{k}={v['us']:.1f}{'' if v['rel_err'] < 2e-3 else '!'}" for k, v in sorted(r["variants"].items(), key=lambda kv: kv[1]["us"]))
     print(f"{r['m']}x{r['n']}x{r['k']} cublas={r['cublas_us']:.1f} {r['variant']}={r['ours_us'] or 0:.1f} | {ex}")
 PY
 fi
@@ -105,7 +105,8 @@ if has probe; then  # the event-timing floor: an empty launch, warm-L2 vs rotate
 import statistics, cupy
 from impbench.kernels import gemm as g
 g.prewarm()
-spin = g.spin_kernel(); stream = cupy.cuda.get_current_stream()
+from impbench.kernels import get_function
+spin = get_function("bench", "bench_spin"); stream = cupy.cuda.get_current_stream()
 def timed(fn, reps=40, sets=1):
     ts = []
     for rep in range(reps):

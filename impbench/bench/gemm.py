@@ -1,0 +1,186 @@
+"""`impbench gemm`: our dense FP16 GEMM against cuBLAS (`cupy.matmul`) on the models' dense shapes.
+
+Per shape, on the shared timing loop (bench.timing): the variant the guard chooses and cuBLAS are
+timed interleaved, every launch on the next of several input sets larger than the L2, behind one spin
+per rep; extra variants (`--variants`, calibration) are timed beside them, each with its own error
+against cuBLAS, so one that computes garbage cannot look fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from impbench.bench.accuracy import rel_err
+from impbench.bench.report import BenchReport, Column, fixed, sci
+from impbench.bench.timing import median_us, set_count, time_interleaved
+from impbench.errors import InputError
+
+DEFAULT_MS = (512, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class GemmCase:
+    m: int
+    n: int
+    k: int
+    ops: tuple[str, ...]  # "model:op" that have this shape
+
+    @property
+    def label(self) -> str:
+        return f"{self.m}x{self.n}x{self.k}"
+
+
+# ---- shapes ---------------------------------------------------------------------------------
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'MxNxK' -> (M, N, K); InputError (exit 2) naming what is accepted."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise InputError(f"bad --shape {text!r}: expected MxNxK with whole numbers, e.g. 512x32x2048")
+    m, n, k = (int(p) for p in parts)
+    if m < 1 or n < 1 or k < 8 or k % 8:
+        raise InputError(f"bad --shape {text!r}: need M >= 1, N >= 1 and K a positive multiple of 8")
+    return m, n, k
+
+
+def parse_ms(text: str) -> tuple[int, ...]:
+    try:
+        ms = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"bad --m {text!r}: expected comma-separated token counts, e.g. 512,1024,2048") from None
+    if not ms or min(ms) < 1:
+        raise InputError(f"bad --m {text!r}: expected comma-separated token counts >= 1")
+    return ms
+
+
+def model_shapes(model: str) -> list[tuple[str, int, int]]:
+    """(op, N, K) of every dense GEMM of a preset; unknown name -> InputError naming the accepted ones."""
+    from impbench.plan import dense_gemm_shapes
+    from impbench.presets import get_preset
+
+    return [(s.op, s.n, s.k) for s in dense_gemm_shapes(get_preset(model))]
+
+
+def all_models() -> list[str]:
+    """Every real (non-synthetic) preset."""
+    from impbench.presets import list_presets
+
+    return [p.name for p in list_presets() if not p.synthetic]
+
+
+def build_cases(models, shapes, ms) -> list[GemmCase]:
+    """One case per distinct (M, N, K): --shape entries as given, model shapes at every M."""
+    merged: dict[tuple[int, int, int], list[str]] = {}
+    for text in shapes:
+        merged.setdefault(parse_shape(text), []).append("custom")
+    if models or not shapes:
+        for model in models or all_models():
+            for op, n, k in model_shapes(model):
+                for m in ms:
+                    merged.setdefault((m, n, k), []).append(f"{model}:{op}")
+    return [GemmCase(m, n, k, tuple(dict.fromkeys(ops))) for (m, n, k), ops in merged.items()]
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+
+def time_case(case: GemmCase, guard: str, reps: int, extra_variants=()) -> dict:
+    """One shape: the guard's variant and cuBLAS (and extra variants) interleaved; a row of raw numbers."""
+    import cupy
+
+    from impbench.kernels import gemm
+
+    m, n, k = case.m, case.n, case.k
+    variant = gemm.choose_variant(m, n, k, guard)
+    guards = {g: (gemm.choose_variant(m, n, k, g) or gemm.CUBLAS) for g in gemm.GUARDS}
+    # extra variants modelled at over 3x the best are skipped (a 16-row tile on lm_head takes seconds)
+    best_us = min(gemm.estimate_us(v, m, n, k) for v in gemm.candidates("small-n"))
+    extra_ok = [v for v in extra_variants if v != variant and gemm.VARIANTS[v].grid(m, n)[1] <= gemm.MAX_GRID_Y
+                and gemm.estimate_us(gemm.VARIANTS[v], m, n, k) <= 3 * best_us]  # fmt: skip
+    timed = ([variant] if variant else []) + extra_ok
+    sets = set_count(2 * (m * k + n * k + m * n))
+    rng = cupy.random.default_rng(1234 + m + 7 * n + 13 * k)
+    a_sets = [rng.standard_normal((m, k), dtype=cupy.float32).astype(cupy.float16) for _ in range(sets)]
+    w_sets = [(rng.standard_normal((n, k), dtype=cupy.float32) / math.sqrt(k)).astype(cupy.float16) for _ in range(sets)]
+    # two outputs for the compared pair, one for each extra variant (lm_head outputs are 1 GB each)
+    outs = {name: [cupy.full((m, n), cupy.nan, cupy.float16) for _ in range(min(sets, 2) if name in (gemm.CUBLAS, variant) else 1)]
+            for name in [gemm.CUBLAS, *timed]}  # fmt: skip
+    # launchers prepared once per (variant, input set): a timed launch is one driver call
+    launchers = {name: [gemm.prepare(a_sets[i], w_sets[i], outs[name][i % len(outs[name])], name) for i in range(sets)]
+                 for name in timed}  # fmt: skip
+
+    def side(name):
+        if name == gemm.CUBLAS:
+            return lambda i: cupy.matmul(a_sets[i], w_sets[i].T, out=outs[name][i % len(outs[name])])
+        return lambda i: launchers[name][i]()
+
+    times = time_interleaved({name: side(name) for name in [gemm.CUBLAS, *timed]}, sets, reps)
+    med = {name: median_us(ts) for name, ts in times.items()}
+    for name in [gemm.CUBLAS, *timed]:  # outputs of one input set for the error column
+        outs[name][0].fill(cupy.nan)
+        side(name)(0)
+    flop = 2.0 * m * n * k
+    cublas_us, ours_us = med[gemm.CUBLAS], med.get(variant) if variant else None
+    extra = {name: {"us": med[name], "rel_err": rel_err(outs[name][0], outs[gemm.CUBLAS][0])} for name in extra_ok}
+    row = {"shape": case.label, "m": m, "n": n, "k": k, "ops": ", ".join(case.ops), "variant": variant or "cublas (declined)",
+           "guard": guard, "ours_us": ours_us, "cublas_us": cublas_us, "ratio": cublas_us / ours_us if ours_us else None,
+           "ours_tflops": flop / ours_us / 1e6 if ours_us else None, "cublas_tflops": flop / cublas_us / 1e6,
+           "rel_err": rel_err(outs[variant][0], outs[gemm.CUBLAS][0]) if variant else None,
+           "guards": ", ".join(f"{g}: {v}" for g, v in guards.items()), "variants": extra,
+           "others": ", ".join(f"{v} {o['us']:.1f}{'' if o['rel_err'] <= 2e-3 else ' (WRONG)'}"
+                               for v, o in sorted(extra.items(), key=lambda kv: kv[1]["us"])) or "-"}  # fmt: skip
+    del a_sets, w_sets, outs, launchers
+    cupy.get_default_memory_pool().free_all_blocks()
+    return row
+
+
+COLUMNS = [
+    Column("shape", "shape MxNxK"), Column("ops", "op"), Column("ours_us", "ours µs", fixed(1)),
+    Column("cublas_us", "cuBLAS µs", fixed(1)), Column("ratio", "cuBLAS/ours", fixed(3)),
+    Column("ours_tflops", "ours TFLOP/s", fixed(1)), Column("cublas_tflops", "cuBLAS TFLOP/s", fixed(1)),
+    Column("variant", "variant"), Column("guards", "guards"), Column("rel_err", "rel-err", sci),
+    Column("others", "other variants µs"),
+]  # fmt: skip
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    ratios = [(r["ratio"], r) for r in rows if r["ratio"]]
+    if not ratios:
+        return ["no shape ran on our kernel"]
+    geomean = math.exp(sum(math.log(x) for x, _ in ratios) / len(ratios))
+    low, worst = min(ratios, key=lambda item: item[0])
+    return [f"geomean cuBLAS/ours over {len(ratios)} shapes: {geomean:.3f}; lowest {low:.3f} at {worst['shape']} ({worst['ops']})"]
+
+
+def run_gemm_bench(models, shapes, ms, reps: int, guard: str, variants=(), metadata: dict | None = None,
+                   progress=None) -> BenchReport:  # fmt: skip
+    from impbench import device
+    from impbench.kernels import gemm
+    from impbench.kernels.driver import no_pdl
+    from impbench.telemetry import Telemetry
+
+    gemm.get_guard(guard)
+    if reps < 1:
+        raise InputError(f"--reps must be a whole number >= 1, got {reps}")
+    if variants == ("all",):
+        variants = tuple(v.name for v in gemm.candidates("small-n"))
+    for name in variants:
+        if name not in gemm.VARIANTS:
+            raise InputError(f"unknown variant {name!r}; accepted: all, {', '.join(gemm.VARIANTS)}")
+    cases = build_cases(models, shapes, ms)
+    rows = []
+    with no_pdl(), Telemetry(pci_bus_id=device.pci_bus_id()) as telemetry:  # each launch alone, as cuBLAS's are
+        for case in cases:
+            with telemetry.sample() as sampler:
+                row = time_case(case, guard, reps, variants)
+            row["sm_mhz"] = sampler.result.sm_mhz_median
+            rows.append(row)
+            if progress:
+                ours = "-" if row["ours_us"] is None else f"{row['ours_us']:.1f}"
+                progress(f"{row['shape']} cublas {row['cublas_us']:.1f} us, {row['variant']} {ours} us")
+    return BenchReport("gemm", rows, COLUMNS, summary_lines(rows), metadata or {},
+                       {"models": list(models), "shapes": list(shapes), "m": list(ms), "reps": reps, "guard": guard,
+                        "variants": list(variants)},
+                       title=f"Dense FP16 GEMM, guard {guard}; median of {reps} reps.")  # fmt: skip
