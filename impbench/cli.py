@@ -128,6 +128,8 @@ _OUT = click.option("--out", type=click.Path(), default=None, metavar="PATH",
                     help="Write the result as JSON (metadata, every rep and clock reading) and a CSV beside it, "
                          "atomically after every row; run again with the same PATH and settings to resume.")
 _FORCE = click.option("--force", is_flag=True, help="Replace an impbench result of other settings at --out.")
+_BENCH_OUT = click.option("--out", type=click.Path(), default=None, metavar="PATH",
+                          help="Also write the table to PATH (a .md or .csv gets its full .json beside it).")
 _PLOT = click.option("--plot", is_flag=True, help="Also write the plots of the result beside --out (PATH with .png; "
                                                   "needs matplotlib: pip install 'impbench[plot]').")
 _FORMAT = click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
@@ -532,8 +534,7 @@ def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance,
 @click.option("--variants", default="", metavar="LIST",
               help="Also time these variants on every shape: comma-separated names, or 'all' (calibration).")
 @_FORMAT
-@click.option("--out", type=click.Path(), default=None, metavar="PATH",
-              help="Also write the table to PATH (a .md or .csv gets its full .json beside it).")
+@_BENCH_OUT
 @_FORCE
 def gemm(models, shapes, ms, reps, guard, variants, fmt, out, force) -> None:  # fmt: skip
     """Time our capture-safe FP16 GEMM against cuBLAS (cupy.matmul) on the models' dense shapes.
@@ -572,8 +573,7 @@ def gemm(models, shapes, ms, reps, guard, variants, fmt, out, force) -> None:  #
 @click.option("--variants", default="", metavar="LIST",
               help="Also time these kernel variants: comma-separated names, or 'all' (every one this GPU runs).")
 @_FORMAT
-@click.option("--out", type=click.Path(), default=None, metavar="PATH",
-              help="Also write the table to PATH (a .md or .csv gets its full .json beside it).")
+@_BENCH_OUT
 @_FORCE
 def moe(model, pp, routings, reps, variant, variants, fmt, out, force) -> None:  # fmt: skip
     """Time the grouped NVFP4 expert GEMMs (gate_up + SiLU*up, down x router weight) of one chunk.
@@ -608,8 +608,7 @@ def moe(model, pp, routings, reps, variant, variants, fmt, out, force) -> None: 
               help="Chunk lengths T in tokens, comma-separated.")
 @click.option("--variants", is_flag=True, help="Also time the alternative forms (thread counts, narrow qkv_post, two-launch routing).")
 @_FORMAT
-@click.option("--out", type=click.Path(), default=None, metavar="PATH",
-              help="Also write the table to PATH (a .md or .csv gets its full .json beside it).")
+@_BENCH_OUT
 @_FORCE
 def ops(model, pp_list, variants, fmt, out, force) -> None:
     """Time the engine's small ops and routing kernels (embedding, norms, q/k norm + RoPE + KV append,

@@ -138,22 +138,8 @@ def moe_sublayer(preset, w: dict, h: np.ndarray, router_logits: np.ndarray | Non
 def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0, plants=()) -> np.ndarray:
     """Final-normed hidden states [T, H] of every prompt token, prefilled in chunks of `chunk_size`
     tokens through a KV cache (0: one chunk); `plants` names PLANTS errors to build in."""
-    p = preset
-    plants = frozenset(plants)
-    ids = np.asarray(token_ids, dtype=np.int64)
-    tokens = ids.shape[0]
-    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
-    v_cache = np.zeros_like(k_cache)
-    size = chunk_size if chunk_size > 0 else tokens
-    hidden = []
-    for start in range(0, tokens, size):
-        x = weights["embed"][ids[start : start + size]]
-        for i in range(p.num_layers):
-            w = layer_weights(weights, i)
-            h = x + attention_sublayer(p, w, x, start, k_cache[i], v_cache[i], plants)
-            x = h + moe_sublayer(p, w, h, plants=plants)
-        hidden.append(rms_norm(x, weights["final_norm"], p.rms_norm_eps))
-    return np.concatenate(hidden)
+    last = [r for r in reference_trace(preset, weights, token_ids, chunk_size, plants) if r["layer"] == preset.num_layers - 1]
+    return np.concatenate([rms_norm(r["h"] + r["moe"], weights["final_norm"], preset.rms_norm_eps) for r in last])
 
 
 def reference_forward(preset, weights: dict, token_ids, chunk_size: int = 0, plants=()) -> np.ndarray:

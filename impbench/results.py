@@ -22,7 +22,7 @@ from typing import Any
 from impbench.arms import ArmSpec
 from impbench.capture import EAGER, CaptureStatus
 from impbench.errors import InputError
-from impbench.files import read_text
+from impbench.files import read_json
 from impbench.stats import Comparison, compare_arms, drop_flagged, summarize
 from impbench.telemetry import RepTelemetry
 
@@ -354,11 +354,7 @@ def _upgrade_v1(data: dict) -> dict:
 def load_result(path: str | Path) -> Result:
     """Read a result file (JSON, or gzip-compressed JSON); any problem is one InputError line."""
     path = Path(path)
-    text = read_text(path, "result file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno}); expected an impbench result file") from None
+    data = read_json(path, "result file", "an impbench result file")
     try:
         return Result.from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError, InputError) as exc:

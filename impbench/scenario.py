@@ -14,18 +14,12 @@ A SCENARIO argument is a path, or the name of a packaged scenario (`ci` for scen
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from impbench import resources
 from impbench.errors import InputError
-from impbench.files import read_text
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from impbench.files import read_toml
 
 KEYS = ("models", "pp", "arms", "reps", "warmup", "layers", "tolerance", "seed")
 
@@ -82,10 +76,7 @@ def load_scenario(text: str) -> Scenario:
 
     path = resolve_path(text)
     where = str(path)
-    try:
-        data = tomllib.loads(read_text(path, "scenario file"))
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{where}: not valid TOML ({exc})") from None
+    data = read_toml(path, "scenario file")
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise InputError(f"{where}: unknown keys {unknown}; accepted: {', '.join(KEYS)}")

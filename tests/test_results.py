@@ -136,7 +136,7 @@ def _write(tmp_path, text, name="r.json"):
     "text, message",
     [
         (None, "no such result file"),
-        ("{not json", "not JSON"),
+        ("{not json", "not valid JSON"),
         ('{"format": "other"}', "not a valid impbench result"),
         ('{"format": "impbench.result", "schema_version": 99}', "schema_version 99"),
         ('{"format": "impbench.ab", "schema_version": 1, "rows": [{"model": "m"}]}', "missing key 'a'"),

@@ -4,19 +4,13 @@ command's --model / --model-config into a preset."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
 from impbench import resources
 from impbench.errors import InputError
-from impbench.files import read_text
+from impbench.files import read_toml
 from impbench.presets.model import ModelPreset
 
 
@@ -61,11 +55,7 @@ def _is_required(f) -> bool:
 def load_preset_file(path: str | Path) -> ModelPreset:
     """A preset from one TOML file (scenarios/models/*.toml layout); bad content -> InputError."""
     path = Path(path)
-    text = read_text(path, "preset file")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"preset file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "preset file")
     # TOML has no null: these optional fields are written as 0 / "" when absent.
     for name in ("sliding_window", "published_total_params", "published_active_params", "full_rope_theta",
                  "final_logit_softcapping"):

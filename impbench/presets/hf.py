@@ -3,13 +3,12 @@ inverse exporter used by tests and `--model-config` round trips."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from impbench.errors import InputError
-from impbench.files import read_text
+from impbench.files import read_json
 from impbench.presets.model import ModelPreset
 
 SUPPORTED_HF_TYPES = "qwen3_moe, qwen3_5_moe (Qwen3.5/3.6 hybrid MoE), gemma4 (MoE, enable_moe_block=true)"
@@ -24,11 +23,7 @@ def from_hf_config(path: str | Path, name: str | None = None) -> ModelPreset:
     (the --name option) names the model; default: config_name.
     """
     path = Path(path)
-    text = read_text(path, "config.json")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); expected a Hugging Face config.json") from None
+    raw = read_json(path, "config.json", "a Hugging Face config.json")
     if not isinstance(raw, dict):
         raise InputError(f"{path} holds a JSON {type(raw).__name__}, not an object; expected a Hugging Face config.json")
     model_type = raw.get("model_type")
