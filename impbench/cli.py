@@ -292,6 +292,13 @@ def _auto_options(command):
     return command
 
 
+def _comparison_options(command):
+    """The options of the commands that compare arms (ab, sweep)."""
+    for option in reversed([_TOLERANCE, _SEED, _NO_PREWARM, _RESULT_FORMAT, _OUT, _FORCE, _gate_options, _auto_options, _PLOT]):
+        command = option(command)
+    return command
+
+
 def _protocol(reps, warmup, tolerance, seed, prewarm, min_reps: int, defaults: dict, auto_options: dict | None = None):
     from impbench.measure import Protocol
     from impbench.stopping import AutoStop
@@ -434,15 +441,7 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
               help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive, chunk=N.")
 @click.option("--b", "spec_b", default="mode=graph", show_default=True, metavar="SPEC",
               help="Arm B, as --a (default guard of a graph arm: small-n).")
-@_TOLERANCE
-@_SEED
-@_NO_PREWARM
-@_RESULT_FORMAT
-@_OUT
-@_FORCE
-@_gate_options
-@_auto_options
-@_PLOT
+@_comparison_options
 def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, spec_a, spec_b, tolerance, seed,
        no_prewarm, fmt, out, force, fail_on, threshold, summary, target_ci, max_reps, max_time, cooldown,
        max_reruns, plot) -> None:  # fmt: skip
@@ -478,15 +477,7 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
               help="Measured prefills per arm (>= 3), or `auto` (as in ab). [default: the scenario's, else 5]")
 @click.option("--warmup", type=int, default=None, help="Unrecorded prefills per arm after the cold run. [default: the scenario's, else 1]")
 @click.option("--layers", type=int, default=None, metavar="N", help="Only the first N layers. [default: the scenario's, else all]")
-@_TOLERANCE
-@_SEED
-@_NO_PREWARM
-@_RESULT_FORMAT
-@_OUT
-@_FORCE
-@_gate_options
-@_auto_options
-@_PLOT
+@_comparison_options
 def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance, seed, no_prewarm, fmt, out, force,
           fail_on, threshold, summary, target_ci, max_reps, max_time, cooldown, max_reruns, plot) -> None:  # fmt: skip
     """Measure a grid of models x prompt lengths x arms (one engine per model and pp, arms
