@@ -2,7 +2,7 @@
 
 Like pyperf's _collect_metadata: a flat dict of strings and numbers, every value present, "n/a"
 where this machine cannot say (no git checkout, no NVML, no GPU). Host facts are here because the
-eager arm is host-bound and moves with the CPU, not the GPU (DESIGN.md, Facts).
+eager arm is host-bound and moves with the CPU, not the GPU (docs/DESIGN.md, Facts).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Usage (one NVML session per run, one sampler per rep):
 Each reading holds SM and memory clock, temperature, power and the clock-event (throttle) reasons
 bitmask. Where NVML or a GPU is missing, `Telemetry.available` is False, every reading list is
 empty, every summary is None (printed "n/a") and `error` says why; nothing raises. Clocks and power
-limits are only read, never set (DESIGN.md: measure the card as it is).
+limits are only read, never set (docs/DESIGN.md, Facts: the card is measured as it is).
 
 NVML calls go through ctypes, which releases the GIL, so the sampler thread costs the host-bound
 eager arm little: a handful of microseconds of bytecode per reading. Readings start when the

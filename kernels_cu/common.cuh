@@ -1,5 +1,5 @@
 // Shared device helpers for every kernel family. No #include at all: kernels must compile with
-// the NVRTC of a plain `pip install cupy-cuda13x`, which has no toolkit headers (DESIGN.md, Facts).
+// the NVRTC of a plain `pip install cupy-cuda13x`, which has no toolkit headers (docs/DESIGN.md, Facts).
 // FP16 values are carried as raw 16-bit patterns (unsigned short) and converted with PTX.
 #pragma once
 

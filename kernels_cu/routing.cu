@@ -13,7 +13,7 @@
 // the outputs of topk_softmax + build_permutation) and combine_rmsnorm (combine + the next layer's
 // RMSNorm of the new residual). A one-launch form whose last block (by an atomic ticket) built the
 // whole permutation measured slower than these two launches (9.0 vs 7.7 us at T=512 on the H100,
-// results/small_ops_h100.md, commit 6ca327a): one SM's serial phases cost more than a launch.
+// docs/notes/ops.md): one SM's serial phases cost more than a launch.
 #include "common.cuh"
 #include "vec16.cuh"
 

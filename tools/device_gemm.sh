@@ -4,7 +4,7 @@
 # device machine; logs and results go to $OUT (default ./out-gemm).
 #   STAGES="info diag tests sweep final ncu probe trace" bash tools/device_gemm.sh
 # (sweep times the tma variants, or SWEEP_VARIANTS, on every model shape: the time model's calibration;
-#  ncu is an experiment for results/NOTES.md: Nsight Compute sections of our kernel and cuBLAS's.)
+#  ncu is an experiment for docs/notes/gemm.md: Nsight Compute sections of our kernel and cuBLAS's.)
 set -uo pipefail
 OUT=${OUT:-out-gemm}; mkdir -p "$OUT"
 STAGES=${STAGES:-"info diag tests sweep final"}

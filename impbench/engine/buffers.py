@@ -3,7 +3,7 @@
 With prewarm (the default) all of them are allocated when the engine is built, so a forward never
 allocates and a capture in global mode succeeds. Without prewarm each buffer is allocated on its
 first use, as the original engine did: the first forward inside a capture then allocates, which
-global capture mode rejects (DESIGN.md, Facts) -- `--no-prewarm` shows that failure on purpose.
+global capture mode rejects (docs/DESIGN.md, Facts) -- `--no-prewarm` shows that failure on purpose.
 A lazy buffer is a fresh cudaMalloc, not a block from CuPy's pool: a pool can hand back a block
 freed earlier (by weight generation, say) and hide the allocation the original engine made.
 """
