@@ -8,7 +8,7 @@
 # ops (impbench ops), run (impbench run, qwen3-coder pp 1024 graph/small-n), ab (the A/A check:
 # eager against eager at pp 512,1024,2048, 10 reps), sweep (scenarios/sweeps/ci.toml).
 # BEFORE=<folder>: a checkout of another commit; the benchmark stages run there too, on the same
-# machine and in the same call, so before and after compare like for like.
+# machine and in the same call, so before and after compare like for like (AFTER=0: there only).
 # Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
 # holds the table printed last.
 set -uo pipefail
@@ -28,7 +28,7 @@ bench() {
   mkdir -p "$log"
   local impbench="env PYTHONPATH=$tree python3 -m impbench"
   if has gemm; then
-    timeout 420 $impbench gemm --reps 50 --out "$log/gemm.md" > "$log/gemm.log" 2>&1
+    timeout ${GEMM_TIMEOUT:-240} $impbench gemm --reps 50 --out "$log/gemm.md" > "$log/gemm.log" 2>&1
     echo "$tag gemm rc=$? $(grep -h 'geomean' "$log/gemm.md" 2>/dev/null)" >> "$summary"
   fi
   if has moe; then
@@ -49,15 +49,18 @@ bench() {
 }
 
 if has tests; then
-  timeout 420 env PYTHONPATH=$PWD python3 -m pytest -q -m gpu -p no:cacheprovider > "$WORK/tests_gpu.log" 2>&1
+  timeout ${TEST_TIMEOUT:-270} env PYTHONPATH=$PWD python3 -m pytest -q -m gpu -p no:cacheprovider --durations=15 \
+    > "$WORK/tests_gpu.log" 2>&1
   echo "GPU tests: $(tail -1 "$WORK/tests_gpu.log")" >> "$summary"
 fi
-bench "$PWD" after
+if [ "${AFTER:-1}" = 1 ]; then
+  bench "$PWD" after
+fi
 if [ -n "${BEFORE:-}" ]; then
   bench "$(cd "$BEFORE" && pwd)" before
 fi
 if has ab; then
-  timeout 500 env PYTHONPATH=$PWD python3 -m impbench ab --model qwen3-coder --a mode=eager --b mode=eager \
+  timeout ${AB_TIMEOUT:-200} env PYTHONPATH=$PWD python3 -m impbench ab --model qwen3-coder --a mode=eager --b mode=eager \
     --pp 512,1024,2048 --reps 10 --out "$WORK/ab_aa.json" > "$WORK/ab_aa.md" 2> "$WORK/ab_aa.err"
   echo "A/A ab rc=$?" >> "$summary"
   grep -E "^\| qwen3.* B " "$WORK/ab_aa.md" >> "$summary"
