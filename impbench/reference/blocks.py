@@ -1,0 +1,74 @@
+"""Building blocks of the float64 references, shared by every architecture: RMSNorm, rotary
+embedding, causal GQA attention over a KV cache, router top-k, and the SwiGLU experts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x * rsqrt(mean(x^2) + eps) * weight over the last axis."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def rope(x: np.ndarray, positions: np.ndarray, theta: float, interleaved: bool = False) -> np.ndarray:
+    """NeoX rotate-half rotary embedding of x [T, heads, D] at integer positions [T]: dims i and i + D/2
+    form a pair. `interleaved` pairs 2i and 2i+1 instead (GPT-J's convention), a planted error."""
+    half = x.shape[-1] // 2
+    inv_freq = theta ** (-2.0 * np.arange(half) / x.shape[-1])
+    angles = positions.astype(np.float64)[:, None] * inv_freq[None, :]
+    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2], out[..., 1::2] = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        return out
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float) -> np.ndarray:
+    """Causal GQA attention of queries q [T, Hq, D] at positions start .. start+T-1 over keys and
+    values k, v [S, Hkv, D] at positions 0 .. S-1 (S >= start + T); query head h uses KV head
+    h // (Hq / Hkv). Returns [T, Hq, D]."""
+    tokens, heads, _ = q.shape
+    group = heads // k.shape[1]
+    k = np.repeat(k, group, axis=1).transpose(1, 2, 0)  # [Hq, D, S]
+    v = np.repeat(v, group, axis=1).transpose(1, 0, 2)  # [Hq, S, D]
+    scores = (q.transpose(1, 0, 2) @ k) * scale  # [Hq, T, S]
+    visible = np.arange(k.shape[-1])[None, :] <= start + np.arange(tokens)[:, None]
+    scores = np.where(visible[None], scores, -np.inf)
+    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return (probs @ v).transpose(1, 0, 2)
+
+
+def route(logits: np.ndarray, top_k: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Router softmax then top-k per token: (expert ids [T, k], weights [T, k]), best first,
+    ties to the lower expert id; weights renormalised to sum to 1 if asked."""
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    ids = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+    weights = np.take_along_axis(probs, ids, axis=-1)
+    if renormalize:
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    return ids, weights
+
+
+def moe(x: np.ndarray, ids: np.ndarray, weights: np.ndarray, w13: np.ndarray, w2: np.ndarray,
+        swap_gate_up: bool = False) -> np.ndarray:  # fmt: skip
+    """sum over a token's k experts of weight * w2[e] (silu(gate[e] x) * (up[e] x)); `swap_gate_up`
+    takes the up rows as the gate (a planted error)."""
+    inter = w2.shape[-1]
+    out = np.zeros_like(x)
+    for expert in range(w13.shape[0]):
+        rows, slots = np.nonzero(ids == expert)
+        if rows.size == 0:
+            continue
+        gate_up = x[rows] @ w13[expert].T
+        gate, up = gate_up[:, :inter], gate_up[:, inter:]
+        if swap_gate_up:
+            gate, up = up, gate
+        act = gate / (1.0 + np.exp(-gate)) * up
+        out[rows] += weights[rows, slots][:, None] * (act @ w2[expert].T)
+    return out

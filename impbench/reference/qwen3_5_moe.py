@@ -1,0 +1,148 @@
+"""NumPy float64 forward of the Qwen3.5 / Qwen3.6 hybrid MoE (`qwen3_5_moe`), for tiny presets.
+
+Layers follow the preset's layer_types: "linear" layers are Gated DeltaNet (impbench.reference.
+gated_delta), "full" layers gated softmax attention. Every layer then runs the routed experts plus a
+shared expert scaled by the sigmoid of an N=1 gate. Every RMSNorm scales by (1 + w), except the gated
+norm of a linear layer, which scales by w.
+
+A chunked prefill carries, per layer, the KV cache (full layers) or the conv state and the fp32
+recurrent state (linear layers) from chunk to chunk, so it equals a prefill in one chunk.
+
+Weights are a flat dict of float64 arrays: "embed" [V, H], "final_norm" [H], "lm_head" [V, H], and per
+layer i under "layers.{i}.": "attn_norm", "ffn_norm" [H]; "router" [E, H], "w13" [E, 2I, H], "w2" [E, H, I],
+"shared_w13" [2S, H], "shared_w2" [H, S], "shared_gate" [1, H]; linear layers "in_proj_qkv"
+[2 Hk dk + Hv dv, H] (q | k | v), "in_proj_z" [Hv dv, H], "in_proj_b", "in_proj_a" [Hv, H], "conv"
+[channels, K], "a_log", "dt_bias" [Hv], "gated_norm" [dv], "out_proj" [H, Hv dv]; full layers "q_proj"
+[Hq 2D, H] (per head: D queries, then D gate channels), "k_proj", "v_proj" [Hkv D, H], "q_norm",
+"k_norm" [D], "o_proj" [H, Hq D].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from impbench.reference.blocks import causal_attention, moe, rms_norm, rope, route
+from impbench.reference.gated_delta import causal_conv1d, decay_and_beta, gated_delta_chunked, gated_rmsnorm, l2norm
+
+LINEAR_STD = 0.02
+COMMON_KEYS = ("attn_norm", "ffn_norm", "router", "w13", "w2", "shared_w13", "shared_w2", "shared_gate")
+LINEAR_KEYS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv", "a_log", "dt_bias", "gated_norm", "out_proj")
+FULL_KEYS = ("q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "o_proj")
+
+
+def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """The model's RMSNorm: scale by 1 + w (its weights are stored around 0)."""
+    return rms_norm(x, 1.0 + weight, eps)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def linear_sublayer(p, w: dict, x: np.ndarray, state: dict) -> np.ndarray:
+    """The Gated DeltaNet block of one layer for the chunk x [T, H]: its output before the residual add.
+    `state` holds "conv" [K - 1, channels] and "s" [Hv, dk, dv] (None at the prompt's start); updated."""
+    tokens = x.shape[0]
+    hk, hv, dk, dv = p.linear_num_key_heads, p.linear_num_value_heads, p.linear_key_head_dim, p.linear_value_head_dim
+    xn = _norm(x, w["attn_norm"], p.rms_norm_eps)
+    mixed, state["conv"] = causal_conv1d(xn @ w["in_proj_qkv"].T, w["conv"], state.get("conv"))
+    q = l2norm(mixed[:, : hk * dk].reshape(tokens, hk, dk)) / np.sqrt(dk)
+    k = l2norm(mixed[:, hk * dk : 2 * hk * dk].reshape(tokens, hk, dk))
+    v = mixed[:, 2 * hk * dk :].reshape(tokens, hv, dv)
+    g, beta = decay_and_beta(xn @ w["in_proj_a"].T, xn @ w["in_proj_b"].T, w["a_log"], w["dt_bias"])
+    o, state["s"] = gated_delta_chunked(q, k, v, g, beta, state.get("s"))
+    z = (xn @ w["in_proj_z"].T).reshape(tokens, hv, dv)
+    return gated_rmsnorm(o, z, w["gated_norm"], p.rms_norm_eps).reshape(tokens, -1) @ w["out_proj"].T
+
+
+def full_sublayer(p, w: dict, x: np.ndarray, start: int, k_cache: np.ndarray, v_cache: np.ndarray) -> np.ndarray:
+    """The gated attention block of one full layer for the chunk x [T, H] at positions start..: its output
+    before the residual add. Writes the chunk's K and V into k_cache, v_cache [S, Hkv, D]."""
+    tokens, heads, kv_heads, dim = x.shape[0], p.num_attention_heads, p.num_kv_heads, p.head_dim
+    end = start + tokens
+    positions = np.arange(start, end)
+    rotary = int(dim * p.partial_rotary_factor)
+    xn = _norm(x, w["attn_norm"], p.rms_norm_eps)
+    q_gate = (xn @ w["q_proj"].T).reshape(tokens, heads, 2 * dim)
+    q, gate = q_gate[..., :dim], q_gate[..., dim:]
+    q = _norm(q, w["q_norm"], p.rms_norm_eps)
+    k = _norm((xn @ w["k_proj"].T).reshape(tokens, kv_heads, dim), w["k_norm"], p.rms_norm_eps)
+    v = (xn @ w["v_proj"].T).reshape(tokens, kv_heads, dim)
+    q = np.concatenate([rope(q[..., :rotary], positions, p.rope_theta), q[..., rotary:]], axis=-1)
+    k = np.concatenate([rope(k[..., :rotary], positions, p.rope_theta), k[..., rotary:]], axis=-1)
+    k_cache[start:end], v_cache[start:end] = k, v
+    attn = causal_attention(q, k_cache[:end], v_cache[:end], start, 1.0 / np.sqrt(dim)) * _sigmoid(gate)
+    return attn.reshape(tokens, -1) @ w["o_proj"].T
+
+
+def moe_sublayer(p, w: dict, h: np.ndarray) -> np.ndarray:
+    """Routed experts plus the shared expert scaled by sigmoid(gate), on RMSNorm(h): the block's output."""
+    hn = _norm(h, w["ffn_norm"], p.rms_norm_eps)
+    ids, weights = route(hn @ w["router"].T, p.experts_per_token, p.norm_topk_prob)
+    routed = moe(hn, ids, weights, w["w13"], w["w2"])
+    gate_up = hn @ w["shared_w13"].T
+    inter = p.shared_expert_intermediate_size
+    gate, up = gate_up[:, :inter], gate_up[:, inter:]
+    shared = (gate * _sigmoid(gate) * up) @ w["shared_w2"].T
+    return routed + _sigmoid(hn @ w["shared_gate"].T) * shared
+
+
+def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0) -> np.ndarray:
+    """Final-normed hidden states [T, H] of every prompt token, prefilled in chunks of `chunk_size` (0: one)."""
+    p = preset
+    ids = np.asarray(token_ids, dtype=np.int64)
+    tokens = ids.shape[0]
+    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
+    v_cache = np.zeros_like(k_cache)
+    states = [{} for _ in range(p.num_layers)]
+    size = chunk_size or tokens
+    hidden = []
+    for start in range(0, tokens, size):
+        x = weights["embed"][ids[start : start + size]]
+        for i, kind in enumerate(p.layer_types):
+            w = {name: value for name, value in weights.items() if name.startswith(f"layers.{i}.")}
+            w = {name.split(".", 2)[2]: value for name, value in w.items()}
+            if kind == "linear":
+                h = x + linear_sublayer(p, w, x, states[i])
+            else:
+                h = x + full_sublayer(p, w, x, start, k_cache[i], v_cache[i])
+            x = h + moe_sublayer(p, w, h)
+        hidden.append(_norm(x, weights["final_norm"], p.rms_norm_eps))
+    return np.concatenate(hidden)
+
+
+def reference_forward(preset, weights: dict, token_ids, chunk_size: int = 0) -> np.ndarray:
+    """Logits float64 [V] of the last prompt token."""
+    return weights["lm_head"] @ reference_hidden(preset, weights, token_ids, chunk_size)[-1]
+
+
+def random_weights(preset, seed: int = 0) -> dict:
+    """Random float64 weights with realistic scales: linears std 0.02, (1 + w) norms with w ~ 0.1 N(0, 1),
+    the gated norm's w near 1, embedding std 1, A_log and dt_bias so that decays spread over (0, 1)."""
+    p = preset
+    rng = np.random.default_rng(seed)
+    h, e, inter, shared = p.hidden_size, p.num_experts, p.moe_intermediate_size, p.shared_expert_intermediate_size
+
+    def linear(*shape):
+        return rng.standard_normal(shape) * LINEAR_STD
+
+    def norm(size):
+        return 0.1 * rng.standard_normal(size)
+
+    weights = {"embed": rng.standard_normal((p.vocab_size, h)), "final_norm": norm(h), "lm_head": linear(p.vocab_size, h)}
+    for i, kind in enumerate(p.layer_types):
+        layer = {"attn_norm": norm(h), "ffn_norm": norm(h), "router": linear(e, h), "w13": linear(e, 2 * inter, h),
+                 "w2": linear(e, h, inter), "shared_w13": linear(2 * shared, h), "shared_w2": linear(h, shared),
+                 "shared_gate": linear(1, h)}  # fmt: skip
+        if kind == "linear":
+            hv, dv = p.linear_num_value_heads, p.linear_value_head_dim
+            layer.update(in_proj_qkv=linear(p.linear_conv_dim, h), in_proj_z=linear(hv * dv, h), in_proj_b=linear(hv, h),
+                         in_proj_a=linear(hv, h), conv=0.3 * rng.standard_normal((p.linear_conv_dim, p.linear_conv_kernel)),
+                         a_log=np.log(rng.uniform(1.0, 16.0, hv)), dt_bias=rng.standard_normal(hv),
+                         gated_norm=1.0 + 0.1 * rng.standard_normal(dv), out_proj=linear(h, hv * dv))  # fmt: skip
+        else:
+            heads, kv, d = p.num_attention_heads, p.num_kv_heads, p.head_dim
+            layer.update(q_proj=linear(heads * 2 * d, h), k_proj=linear(kv * d, h), v_proj=linear(kv * d, h), q_norm=norm(d),
+                         k_norm=norm(d), o_proj=linear(h, heads * d))  # fmt: skip
+        weights.update({f"layers.{i}.{name}": value for name, value in layer.items()})
+    return weights
