@@ -242,3 +242,20 @@ def test_render_models():
     assert list(frame["name"])[-2:] == ["tiny-moe", "tiny-qwen3.6"]
     assert set(frame.columns) >= {"name", "aliases", "layers", "experts", "top_k", "attention", "total", "active"}
     assert len(json.loads(render_models(list_presets(), "json"))) == len(list_presets())
+
+
+def test_the_gated_delta_rule_is_counted_as_the_chunked_kernel_computes_it():
+    from impbench.plan.cost import GDN_CHUNK, gdn_chunk_flops
+
+    dk = dv = 128
+    per_token = gdn_chunk_flops(GDN_CHUNK, dk, dv) / GDN_CHUNK
+    recurrent = 7 * dk * dv
+    assert 1.4 < per_token / recurrent < 1.8  # the WY form does more arithmetic than the recurrence
+    assert gdn_chunk_flops(64 + 12, dk, dv) == gdn_chunk_flops(64, dk, dv) + gdn_chunk_flops(12, dk, dv)
+    plan = plan_prefill(get_preset("qwen3.6"), PrefillSpec(1100, 512))
+    row = _row(plan, "gated_delta_rule")
+    chunks = [512, 512, 76]
+    assert row.flops == pytest.approx(30 * 32 * sum(gdn_chunk_flops(c, dk, dv) for c in chunks))
+    state = 32 * dk * dv * 4
+    wy_chunks = sum(-(-c // GDN_CHUNK) for c in chunks)
+    assert row.bytes_moved > 30 * (2 * state * wy_chunks + 2 * state * len(chunks))

@@ -12,8 +12,11 @@ attention, small element-wise ops) and each prefill chunk, the plan counts
 Grouped expert GEMMs read only the experts a chunk routes to: with M tokens and top-k of E experts
 under uniform routing, E * (1 - (1 - k/E)^M) distinct experts in expectation. Real routing is skewed,
 which touches fewer experts and moves fewer bytes; the uniform figure is the usual planning number.
-Gated DeltaNet's core is counted as its recurrent form (about 7 * dk * dv FLOPs per token and value
-head, state kept on chip and read and written once per chunk); it is an estimate, not a kernel.
+Gated DeltaNet's core is counted as the chunked (WY) form a GPU kernel computes (gdn_chunk_flops:
+every product of impbench.reference.gated_delta's chunked algorithm, in chunks of 64 tokens, about
+1.6x the recurrence's 7 * dk * dv per token and value head at dk = dv = 128), with the fp32 state
+of every WY chunk written and read back once (flash-linear-attention's kernels keep one state per
+chunk in memory between their passes).
 """
 
 from __future__ import annotations
@@ -231,14 +234,30 @@ def visible_pairs(start: int, length: int, window: int | None) -> float:
     return (first + window) * (window - first + 1) / 2 + float(window) * (last - window)
 
 
+GDN_CHUNK = 64  # tokens per WY chunk of the gated delta rule
+
+
+def gdn_chunk_flops(tokens: int, dk: int, dv: int, chunk: int = GDN_CHUNK) -> float:
+    """FLOPs of the chunked gated delta rule for one value head over `tokens` tokens: per WY chunk of C
+    tokens, K K^T (2 C^2 dk), the triangular solve (2 C^3 / 3), U and W (2 C^2 (dv + dk)), W S0 and
+    Q S0 (2 * 2 C dk dv), Q K^T (2 C^2 dk), the intra-chunk output (2 C^2 dv) and the state update
+    (2 C dk dv)."""
+    total = 0.0
+    for start in range(0, tokens, chunk):
+        c = min(chunk, tokens - start)
+        total += 2 * c * c * (2 * dk + 2 * dv) + 2 * c**3 / 3 + 6 * c * dk * dv
+    return total
+
+
 def _gdn_core(preset: ModelPreset) -> _Op:
     hv, dk, dv = preset.linear_num_value_heads, preset.linear_key_head_dim, preset.linear_value_head_dim
     state_bytes = hv * dk * dv * FP32
 
     def cost(start: int, length: int, last: bool) -> tuple[float, float, float]:
         written = length * preset.linear_value_dim * FP16
-        read = length * (preset.linear_conv_dim * FP16 + 2 * hv * FP16)  # q, k, v, decay g, beta
-        return 7.0 * length * hv * dk * dv, read + written + 2 * state_bytes, written
+        read = length * (preset.linear_conv_dim * FP16 + 2 * hv * FP32)  # q, k, v; decay g and beta in fp32
+        states = 2 * state_bytes * -(-length // GDN_CHUNK)  # every WY chunk's state out and back in
+        return hv * gdn_chunk_flops(length, dk, dv), read + written + states + 2 * state_bytes, written
 
     return _Op("gated_delta_rule", "linear_attention", "linear", cost)
 
@@ -301,7 +320,7 @@ def _layer_ops(preset: ModelPreset, layer_type: str) -> list[_Op]:
             _small("shared_act", lt, 2 * s * FP16, s * FP16, 10 * s),
             _gemm(p, "shared_down", lt, h, s, "shared_expert"),
         ]
-        if p.architecture == "qwen3_5_moe":
+        if p.shared_expert_gate:
             ops += [
                 _gemm(p, "shared_expert_gate", lt, 1, h, "router"),
                 _small("shared_combine", lt, 2 * h * FP16, h * FP16, 4 * h),

@@ -187,6 +187,8 @@ def _qwen3_5_moe_from_hf(r: _HFReader) -> dict[str, Any]:
         experts_per_token=r.int("num_experts_per_tok"),
         moe_intermediate_size=r.int("moe_intermediate_size"),
         shared_expert_intermediate_size=r.int("shared_expert_intermediate_size", 0),
+        shared_expert_gate=True,  # Qwen3_5MoeSparseMoeBlock: shared_expert_gate = Linear(H, 1)
+        norm_weight_offset=1.0,  # Qwen3_5MoeRMSNorm: x * (1 + weight); the gated norm is plain
         norm_topk_prob=True,  # the Qwen3.5-MoE router always renormalises its top-k weights
         layer_types=r.layer_types(layers, ["linear"] * (interval - 1) + ["full"]),
         sliding_window=None,

@@ -82,6 +82,8 @@ class ModelPreset:
     linear_conv_kernel: int = 0
     # Dense MLP next to the routed MoE in every layer (Gemma-4's `intermediate_size`); 0 = none.
     dense_intermediate_size: int = 0
+    shared_expert_gate: bool = False  # the shared expert's output scaled by sigmoid(Linear(H, 1)) (Qwen3.5/3.6)
+    norm_weight_offset: float = 0.0  # RMSNorm scales by (offset + w): 1.0 for Qwen3.5/3.6, whose norm weights sit near 0
     final_logit_softcapping: float | None = None
     published_params_note: str = ""  # where published figures come from, or why there are none
     unverified: tuple[str, ...] = ()  # numbers not confirmed from the published config (README lists them)
@@ -174,7 +176,7 @@ class ModelPreset:
         groups["experts"] = self.num_experts * 3 * h * self.moe_intermediate_size
         if self.shared_expert_intermediate_size:
             groups["shared_expert"] = 3 * h * self.shared_expert_intermediate_size
-            if self.architecture == "qwen3_5_moe":
+            if self.shared_expert_gate:
                 groups["router"] += h  # shared_expert_gate: Linear(H, 1)
         if self.dense_intermediate_size:
             groups["dense_mlp"] = 3 * h * self.dense_intermediate_size

@@ -30,9 +30,9 @@ LINEAR_KEYS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv", "a_
 FULL_KEYS = ("q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "o_proj")
 
 
-def _norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """The model's RMSNorm: scale by 1 + w (its weights are stored around 0)."""
-    return rms_norm(x, 1.0 + weight, eps)
+def _norm(p, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The model's RMSNorm: scale by offset + w (offset 1: its weights are stored around 0)."""
+    return rms_norm(x, p.norm_weight_offset + weight, p.rms_norm_eps)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def linear_sublayer(p, w: dict, x: np.ndarray, state: dict) -> np.ndarray:
     `state` holds "conv" [K - 1, channels] and "s" [Hv, dk, dv] (None at the prompt's start); updated."""
     tokens = x.shape[0]
     hk, hv, dk, dv = p.linear_num_key_heads, p.linear_num_value_heads, p.linear_key_head_dim, p.linear_value_head_dim
-    xn = _norm(x, w["attn_norm"], p.rms_norm_eps)
+    xn = _norm(p, x, w["attn_norm"])
     mixed, state["conv"] = causal_conv1d(xn @ w["in_proj_qkv"].T, w["conv"], state.get("conv"))
     q = l2norm(mixed[:, : hk * dk].reshape(tokens, hk, dk)) / np.sqrt(dk)
     k = l2norm(mixed[:, hk * dk : 2 * hk * dk].reshape(tokens, hk, dk))
@@ -62,11 +62,11 @@ def full_sublayer(p, w: dict, x: np.ndarray, start: int, k_cache: np.ndarray, v_
     end = start + tokens
     positions = np.arange(start, end)
     rotary = int(dim * p.partial_rotary_factor)
-    xn = _norm(x, w["attn_norm"], p.rms_norm_eps)
+    xn = _norm(p, x, w["attn_norm"])
     q_gate = (xn @ w["q_proj"].T).reshape(tokens, heads, 2 * dim)
     q, gate = q_gate[..., :dim], q_gate[..., dim:]
-    q = _norm(q, w["q_norm"], p.rms_norm_eps)
-    k = _norm((xn @ w["k_proj"].T).reshape(tokens, kv_heads, dim), w["k_norm"], p.rms_norm_eps)
+    q = _norm(p, q, w["q_norm"])
+    k = _norm(p, (xn @ w["k_proj"].T).reshape(tokens, kv_heads, dim), w["k_norm"])
     v = (xn @ w["v_proj"].T).reshape(tokens, kv_heads, dim)
     q = np.concatenate([rope(q[..., :rotary], positions, p.rope_theta), q[..., rotary:]], axis=-1)
     k = np.concatenate([rope(k[..., :rotary], positions, p.rope_theta), k[..., rotary:]], axis=-1)
@@ -77,14 +77,14 @@ def full_sublayer(p, w: dict, x: np.ndarray, start: int, k_cache: np.ndarray, v_
 
 def moe_sublayer(p, w: dict, h: np.ndarray) -> np.ndarray:
     """Routed experts plus the shared expert scaled by sigmoid(gate), on RMSNorm(h): the block's output."""
-    hn = _norm(h, w["ffn_norm"], p.rms_norm_eps)
+    hn = _norm(p, h, w["ffn_norm"])
     ids, weights = route(hn @ w["router"].T, p.experts_per_token, p.norm_topk_prob)
     routed = moe(hn, ids, weights, w["w13"], w["w2"])
     gate_up = hn @ w["shared_w13"].T
     inter = p.shared_expert_intermediate_size
     gate, up = gate_up[:, :inter], gate_up[:, inter:]
     shared = (gate * _sigmoid(gate) * up) @ w["shared_w2"].T
-    return routed + _sigmoid(hn @ w["shared_gate"].T) * shared
+    return routed + (_sigmoid(hn @ w["shared_gate"].T) if p.shared_expert_gate else 1.0) * shared
 
 
 def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0) -> np.ndarray:
@@ -107,7 +107,7 @@ def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0) -> n
             else:
                 h = x + full_sublayer(p, w, x, start, k_cache[i], v_cache[i])
             x = h + moe_sublayer(p, w, h)
-        hidden.append(_norm(x, weights["final_norm"], p.rms_norm_eps))
+        hidden.append(_norm(p, x, weights["final_norm"]))
     return np.concatenate(hidden)
 
 
