@@ -239,7 +239,7 @@ def test_render_models():
     md = render_models(list_presets(), "md")
     assert md.index("qwen3-coder-30b-a3b") < md.index("tiny-moe")
     frame = pd.read_csv(io.StringIO(render_models(list_presets(), "csv")))
-    assert list(frame["name"])[-2:] == ["tiny-moe", "tiny-qwen3.6"]
+    assert list(frame["name"])[-3:] == ["tiny-gemma4", "tiny-moe", "tiny-qwen3.6"]
     assert set(frame.columns) >= {"name", "aliases", "layers", "experts", "top_k", "attention", "total", "active"}
     assert len(json.loads(render_models(list_presets(), "json"))) == len(list_presets())
 

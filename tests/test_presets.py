@@ -56,7 +56,7 @@ def test_every_preset_loads_and_real_ones_come_first():
     presets = list_presets()
     assert [p.name for p in presets if not p.synthetic] == sorted(REAL)
     synthetic = [p.name for p in presets if p.synthetic]
-    assert synthetic == ["tiny-moe", "tiny-qwen3.6"] and presets[-len(synthetic):] == [p for p in presets if p.synthetic]
+    assert synthetic == ["tiny-gemma4", "tiny-moe", "tiny-qwen3.6"] and presets[-len(synthetic):] == [p for p in presets if p.synthetic]
     keys = [k for p in presets for k in (p.name, *p.aliases)]
     assert len(keys) == len(set(keys))
     for p in presets:

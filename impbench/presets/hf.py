@@ -205,7 +205,7 @@ def _gemma4_from_hf(r: _HFReader) -> dict[str, Any]:
         raise InputError(f"{r.path}: gemma4 config has enable_moe_block=false (a dense Gemma-4); supported: {SUPPORTED_HF_TYPES}")
     layers = r.int("num_hidden_layers")
     sliding_theta, sliding_factor = r.rope("sliding_attention")
-    full_theta, _ = r.rope("full_attention", default=1_000_000.0)
+    full_theta, full_factor = r.rope("full_attention", default=1_000_000.0)
     kv_heads = r.int("num_key_value_heads")
     return dict(
         architecture="gemma4",
@@ -222,6 +222,9 @@ def _gemma4_from_hf(r: _HFReader) -> dict[str, Any]:
         rope_theta=sliding_theta,
         partial_rotary_factor=sliding_factor,
         full_rope_theta=full_theta,
+        full_partial_rotary_factor=full_factor,
+        attention_scale=1.0,  # Gemma4TextAttention: scaling 1.0 (q and k are RMS-normed per head)
+        activation="gelu_tanh",  # hidden_activation gelu_pytorch_tanh
         qk_norm=True,
         tie_word_embeddings=r.bool("tie_word_embeddings", True),
         num_experts=r.int("num_experts"),
@@ -286,7 +289,7 @@ def to_hf_config(preset: ModelPreset) -> dict[str, Any]:
                 final_logit_softcapping=p.final_logit_softcapping,
                 rope_parameters={
                     "sliding_attention": {"rope_type": "default", "rope_theta": p.rope_theta},
-                    "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                    "full_attention": {"rope_type": "proportional", "partial_rotary_factor": p.full_partial_rotary_factor,
                                        "rope_theta": p.full_rope_theta or p.rope_theta},
                 })
     return {"model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"], "_name_or_path": p.name,

@@ -74,6 +74,9 @@ class ModelPreset:
     attn_output_gate: bool = False  # q_proj also emits a per-channel output gate (Qwen3.5/3.6)
     partial_rotary_factor: float = 1.0
     full_rope_theta: float | None = None  # RoPE base of full layers where it differs (Gemma-4)
+    full_partial_rotary_factor: float = 1.0  # share of full layers' frequencies that rotate (Gemma-4 "proportional": 0.25)
+    attention_scale: float = 0.0  # softmax scale; 0 = 1 / sqrt(head_dim) (Gemma-4: 1.0)
+    activation: str = "silu"  # of the experts' and the dense MLP's gate: silu or gelu_tanh
     # Gated DeltaNet linear attention (qwen3_5_moe); 0 where the model has none.
     linear_num_key_heads: int = 0
     linear_num_value_heads: int = 0
@@ -113,6 +116,9 @@ class ModelPreset:
         if layer_type == "sliding":
             return self.num_attention_heads, self.num_kv_heads, self.head_dim
         raise ValueError(f"layer type {layer_type!r} has no softmax attention")
+
+    def softmax_scale(self, layer_type: str) -> float:
+        return self.attention_scale or self.attention_dims(layer_type)[2] ** -0.5
 
     def has_v_proj(self, layer_type: str) -> bool:
         return not (self.attention_k_eq_v and layer_type == "full")
@@ -270,6 +276,8 @@ def _validate(p: ModelPreset) -> None:
         raise InputError(f"{where}: unknown nvfp4_tensors {bad}; accepted: {', '.join(TENSOR_GROUPS)}")
     if not isinstance(p.chunk_size, int) or p.chunk_size < 0 or p.chunk_size % 16:
         raise InputError(f"{where}: chunk_size must be 0 or a positive multiple of 16, got {p.chunk_size!r}")
+    if p.activation not in ("silu", "gelu_tanh"):
+        raise InputError(f"{where}: activation must be silu or gelu_tanh, got {p.activation!r}")
     if p.shared_expert_intermediate_size < 0 or p.dense_intermediate_size < 0:
         raise InputError(f"{where}: intermediate sizes must be >= 0")
 

@@ -11,11 +11,16 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope(x: np.ndarray, positions: np.ndarray, theta: float, interleaved: bool = False) -> np.ndarray:
+def rope(x: np.ndarray, positions: np.ndarray, theta: float, interleaved: bool = False,
+         rotated_pairs: int | None = None) -> np.ndarray:  # fmt: skip
     """NeoX rotate-half rotary embedding of x [T, heads, D] at integer positions [T]: dims i and i + D/2
-    form a pair. `interleaved` pairs 2i and 2i+1 instead (GPT-J's convention), a planted error."""
+    form a pair, rotated at frequency theta^(-2i/D). `rotated_pairs` < D/2 keeps those frequencies for the
+    first pairs and 0 for the rest (Gemma-4's "proportional" RoPE). `interleaved` pairs 2i and 2i+1
+    instead (GPT-J's convention), a planted error."""
     half = x.shape[-1] // 2
     inv_freq = theta ** (-2.0 * np.arange(half) / x.shape[-1])
+    if rotated_pairs is not None:
+        inv_freq[rotated_pairs:] = 0.0
     angles = positions.astype(np.float64)[:, None] * inv_freq[None, :]
     cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
     if interleaved:
@@ -27,16 +32,21 @@ def rope(x: np.ndarray, positions: np.ndarray, theta: float, interleaved: bool =
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float) -> np.ndarray:
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float,
+                     window: int | None = None) -> np.ndarray:  # fmt: skip
     """Causal GQA attention of queries q [T, Hq, D] at positions start .. start+T-1 over keys and
     values k, v [S, Hkv, D] at positions 0 .. S-1 (S >= start + T); query head h uses KV head
-    h // (Hq / Hkv). Returns [T, Hq, D]."""
+    h // (Hq / Hkv). With a sliding `window`, key j is visible to query i iff i - window < j <= i.
+    Returns [T, Hq, D]."""
     tokens, heads, _ = q.shape
     group = heads // k.shape[1]
     k = np.repeat(k, group, axis=1).transpose(1, 2, 0)  # [Hq, D, S]
     v = np.repeat(v, group, axis=1).transpose(1, 0, 2)  # [Hq, S, D]
     scores = (q.transpose(1, 0, 2) @ k) * scale  # [Hq, T, S]
-    visible = np.arange(k.shape[-1])[None, :] <= start + np.arange(tokens)[:, None]
+    keys, queries = np.arange(k.shape[-1])[None, :], start + np.arange(tokens)[:, None]
+    visible = keys <= queries
+    if window is not None:
+        visible &= keys > queries - window
     scores = np.where(visible[None], scores, -np.inf)
     probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
