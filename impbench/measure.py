@@ -183,7 +183,7 @@ def measure_arms(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], p
     return results, stopped_by
 
 
-def _floor(preset, prompt_tokens: int, arm: ArmSpec):
+def plan_floor(preset, prompt_tokens: int, arm: ArmSpec):
     """impbench plan's Plan of this prefill on the GPU this runs on, or None where it has no ceilings."""
     from impbench.plan import plan_prefill
 
@@ -202,7 +202,7 @@ def profile_row(engine, preset, prompt_tokens: int, arm: ArmSpec, plan) -> Profi
     return Profile(device_us, floors)
 
 
-def _free_device_memory() -> None:
+def free_device_memory() -> None:
     """Return a dropped engine's blocks to the driver before the next is built (weights are tens of GB)."""
     import cupy
 
@@ -229,7 +229,7 @@ def measure(result: Result, presets: list, prompt_lengths: list[int], arms: list
                 engine = build_engine(preset, prompt_tokens, arms, seed=protocol.seed, prewarm=protocol.prewarm)
                 try:
                     measured, stopped_by = measure_arms(engine, preset, prompt_tokens, named, protocol, telemetry, progress)
-                    plan = _floor(preset, prompt_tokens, arms[0])
+                    plan = plan_floor(preset, prompt_tokens, arms[0])
                     row = Row(preset.name, prompt_tokens, measured,
                               floor_tok_s=None if plan is None else plan.floor_tok_s,
                               floor_gpu=None if plan is None else plan.gpu.name, stopped_by=stopped_by)  # fmt: skip
@@ -237,7 +237,7 @@ def measure(result: Result, presets: list, prompt_lengths: list[int], arms: list
                         row.profile = profile_row(engine, preset, prompt_tokens, arms[0], plan)
                 finally:
                     del engine
-                    _free_device_memory()
+                    free_device_memory()
                 result.rows.append(row)
                 if on_row:
                     on_row(result)

@@ -86,8 +86,8 @@ class FakeGpu:
         monkeypatch.setattr(measure, "time_prefill", self._prefill)
         monkeypatch.setattr(measure, "capture_of", lambda engine, arm: CaptureStatus(CAPTURED if arm.mode == "graph" else EAGER,
                                                                                      kernels=100 if arm.mode == "graph" else 0))
-        monkeypatch.setattr(measure, "_floor", lambda preset, pp, arm: None)
-        monkeypatch.setattr(measure, "_free_device_memory", lambda: None)
+        monkeypatch.setattr(measure, "plan_floor", lambda preset, pp, arm: None)
+        monkeypatch.setattr(measure, "free_device_memory", lambda: None)
 
     def _engine(self, preset, prompt_tokens, arms, seed=0, prewarm=True):
         if self.interrupt_after is not None and len(self.rows_measured) >= self.interrupt_after:

@@ -265,7 +265,7 @@ def test_qkv_post_norm_rope_and_cache_rows(tokens, q_heads, kv_heads, head_dim, 
 def test_qkv_post_head_dims_only_the_narrow_form_takes(tokens, q_heads, kv_heads, head_dim, pos):
     cp, rng = _cp(), np.random.default_rng(head_dim)
     qkv, qn, kn, q_out, k_cache, v_cache = _qkv_case(rng, tokens, q_heads, kv_heads, head_dim, pos + tokens)
-    assert ops._qkv_wide_lanes(head_dim, (qkv,)) is None
+    assert ops.qkv_wide_lanes(head_dim, (qkv,)) is None
     ops.qkv_post(qkv, qn, kn, 1e-6, 1e4, cp.asarray([pos], cp.int32), q_out, k_cache, v_cache)
     _check_qkv_post(qkv, qn, kn, pos, q_out, k_cache, v_cache, 1e4)
     with pytest.raises(ValueError, match="16-byte form"):

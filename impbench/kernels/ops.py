@@ -134,7 +134,7 @@ def _plan_add(a, b, out):
     return _kernel("add_f16"), (grid,), (256,), (a, b, out, np.int64(a.size))
 
 
-def _qkv_wide_lanes(head_dim: int, arrays) -> int | None:
+def qkv_wide_lanes(head_dim: int, arrays) -> int | None:
     """Lanes per head of the 16-byte form, or None where only the narrow form applies (head_dim not
     8 * a power of two up to 256, or an array off a 16-byte boundary)."""
     lanes = head_dim // 8
@@ -175,7 +175,7 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
         q_norm_w = k_norm_w = qkv  # never read
     if form not in ("auto", "wide", "narrow") or steps not in QKV_WIDE_STEPS:
         raise ValueError(f"qkv_post: form must be auto, wide or narrow and steps one of {QKV_WIDE_STEPS}; got {form!r}, {steps}")
-    lanes = _qkv_wide_lanes(head_dim, (qkv, q_norm_w, k_norm_w, q_out, k_cache, v_cache)) if form != "narrow" else None
+    lanes = qkv_wide_lanes(head_dim, (qkv, q_norm_w, k_norm_w, q_out, k_cache, v_cache)) if form != "narrow" else None
     if form == "wide" and lanes is None:
         raise ValueError(f"qkv_post: the 16-byte form needs head_dim in {[8 * n for n in QKV_WIDE_LANES]} and 16-byte aligned arrays")
     if lanes is not None:
