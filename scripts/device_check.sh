@@ -6,7 +6,9 @@
 #
 # Stages (any of): tests (pytest -m gpu), gemm (impbench gemm), moe (impbench moe, qwen3-coder, pp 512),
 # ops (impbench ops), run (impbench run, qwen3-coder pp 1024 graph/small-n), ab (the A/A check:
-# eager against eager at pp 512,1024,2048, 10 reps), sweep (scenarios/sweeps/ci.toml).
+# eager against eager at pp 512,1024,2048, 10 reps), gate (the CI gate end to end: qwen3-coder, two copies of
+# the graph arm, then one with a planted 200 us per layer; the first must pass, the second fail with
+# exit 1), sweep (scenarios/sweeps/ci.toml).
 # BEFORE=<folder>: a checkout of another commit; the benchmark stages run there too, on the same
 # machine and in the same call, so before and after compare like for like (AFTER=0: there only).
 # Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
@@ -64,6 +66,14 @@ if has ab; then
     --pp 512,1024,2048 --reps 10 --out "$WORK/ab_aa.json" > "$WORK/ab_aa.md" 2> "$WORK/ab_aa.err"
   echo "A/A ab rc=$?" >> "$summary"
   grep -E "^\| qwen3.* B " "$WORK/ab_aa.md" >> "$summary"
+fi
+if has gate; then
+  for plant in 0 200; do
+    timeout ${GATE_TIMEOUT:-150} env PYTHONPATH=$PWD python3 -m impbench sweep --model qwen3-coder --pp 1024 --reps 6 \
+      --arm mode=graph --arm "mode=graph,delay_us=$plant" --fail-on slower --threshold 1 \
+      --out "$WORK/gate_delay$plant.json" > "$WORK/gate_delay$plant.md" 2> "$WORK/gate_delay$plant.err"
+    echo "gate delay_us=$plant rc=$? (expect $([ $plant = 0 ] && echo 0 || echo 1)): $(grep -h 'gate ' "$WORK/gate_delay$plant.err")" >> "$summary"
+  done
 fi
 if has sweep; then
   timeout 500 env PYTHONPATH=$PWD python3 -m impbench sweep ci --out "$WORK/sweep_ci.json" > "$WORK/sweep_ci.md" \
