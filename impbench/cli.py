@@ -189,7 +189,7 @@ def _finish(gate, judged: list, github_text: str | None) -> None:
 
 def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list, protocol, out, force: bool,
              fmt: str, layers: int | None, profile: bool = False, gate=None, summary: bool = False,
-             plot: bool = False) -> None:  # fmt: skip
+             plot: bool = False, fleet: dict | None = None) -> None:  # fmt: skip
     """The one path of run / ab / sweep: checks, --out, the measurement, the table."""
     from impbench import device, measure, metadata
     from impbench.engine.core import check_supported
@@ -208,11 +208,19 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
         check_path(Path(out).with_suffix(".png"))
     _check_environment()
     settings = {**protocol.to_dict(), "layers": layers, "arms": [arm.to_dict() for arm in arms]}
+    if fleet is not None:
+        settings["gpu_kinds"] = list(fleet["gpu_kinds"])
     target = ResultFile(out, force) if out else None
     if target is not None:
         target.start(Result(command, settings=settings), machine_known=False)  # the path, before any GPU work
-    device.require_cuda()
-    fresh = Result(command, metadata=metadata.device_metadata(), settings=settings)
+    if fleet is not None:  # the driver needs no GPU; each row reports the machine that measured it
+        from impbench import fleet as ray_fleet
+
+        ray_fleet.connect(fleet["address"])
+        fresh = Result(command, metadata=metadata.collect_metadata(), settings=settings)
+    else:
+        device.require_cuda()
+        fresh = Result(command, metadata=metadata.device_metadata(), settings=settings)
     result = target.start(fresh) if target is not None else fresh
     if target is not None and result.rows:
         _progress(f"resuming {target.path}: {len(result.rows)} row(s) already measured")
@@ -221,8 +229,14 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
         target.write(partial, format_result(partial, "csv"))
         _progress(f"wrote {target.path}")
 
-    measure.measure(result, presets, prompt_lengths, arms, protocol, profile=profile, progress=_progress,
-                    on_row=save if target is not None else None)  # fmt: skip
+    if fleet is not None:
+        jobs = [ray_fleet.RowJob(preset, pp, tuple(arms), protocol, kind) for kind in fleet["gpu_kinds"] or (None,)
+                for preset in presets for pp in prompt_lengths]  # fmt: skip
+        ray_fleet.run_fleet(result, jobs, fleet["max_retries"], on_row=save if target is not None else None,
+                            progress=_progress)  # fmt: skip
+    else:
+        measure.measure(result, presets, prompt_lengths, arms, protocol, profile=profile, progress=_progress,
+                        on_row=save if target is not None else None)  # fmt: skip
     click.echo(format_result(result, fmt))
     if plot:
         from impbench.plot import plot_result
@@ -477,9 +491,18 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
               help="Measured prefills per arm (>= 3), or `auto` (as in ab). [default: the scenario's, else 5]")
 @click.option("--warmup", type=int, default=None, help="Unrecorded prefills per arm after the cold run. [default: the scenario's, else 1]")
 @click.option("--layers", type=int, default=None, metavar="N", help="Only the first N layers. [default: the scenario's, else all]")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="Run every row as a task on one GPU of a Ray cluster (ADDRESS, or the one this host runs); needs "
+                   "pip install 'impbench[ray]'. The driver needs no GPU.")
+@click.option("--gpu-kinds", default=None, metavar="LIST",
+              help="With --ray: run every row once on each GPU kind (h100,h200,...) via Ray's accelerator types; the "
+                   "tables group by kind. [default: the scenario's gpu_kinds, else any GPU]")
+@click.option("--max-retries", type=int, default=2, show_default=True, metavar="N",
+              help="With --ray: retries of a failed row task (out of memory, a lost node) before it is written as failed.")
 @_comparison_options
-def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance, seed, no_prewarm, fmt, out, force,
-          fail_on, threshold, summary, target_ci, max_reps, max_time, cooldown, max_reruns, plot) -> None:  # fmt: skip
+def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, ray_address, gpu_kinds, max_retries, tolerance, seed,
+          no_prewarm, fmt, out, force, fail_on, threshold, summary, target_ci, max_reps, max_time, cooldown, max_reruns,
+          plot) -> None:  # fmt: skip
     """Measure a grid of models x prompt lengths x arms (one engine per model and pp, arms
     interleaved) and print one table: tok/s per arm and its delta over the first arm, with CI.
 
@@ -505,8 +528,18 @@ def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, tolerance,
             "max_reruns": max_reruns}  # fmt: skip
     protocol = _protocol(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, defaults, auto)
     presets = _presets(names, None, None, layers)
+    fleet = None
+    if ray_address is not None or gpu_kinds is not None:
+        from impbench.fleet import parse_gpu_kinds
+
+        if ray_address is None:
+            raise InputError("--gpu-kinds places rows on a Ray cluster: give --ray too")
+        kinds = parse_gpu_kinds(gpu_kinds) if gpu_kinds is not None else parse_gpu_kinds(grid.gpu_kinds) if grid.gpu_kinds else ()
+        if max_retries < 0:
+            raise InputError(f"--max-retries must be >= 0, got {max_retries}")
+        fleet = {"address": None if ray_address == "auto" else ray_address, "gpu_kinds": kinds, "max_retries": max_retries}
     _measure("sweep", presets, prompt_lengths, arms, protocol, out, force, fmt, layers, gate=_gate(fail_on, threshold),
-             summary=summary, plot=plot)  # fmt: skip
+             summary=summary, plot=plot, fleet=fleet)  # fmt: skip
 
 
 # ---- kernel benchmarks --------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def measure(result: Result, presets: list, prompt_lengths: list[int], arms: list
             progress(telemetry.error)
         for preset in presets:
             for prompt_tokens in prompt_lengths:
-                if (preset.name, prompt_tokens) in done:
+                if (preset.name, prompt_tokens, None) in done:
                     continue
                 if progress:
                     progress(f"{preset.name} pp={prompt_tokens}: building the engine ({preset.num_layers} layers)")

@@ -43,7 +43,7 @@ def _throughput(ax_row, result: Result, models: list[str]) -> None:
     from impbench.stats import median_interval
 
     for ax, model in zip(ax_row, models):
-        rows = [row for row in result.rows if row.model == model]
+        rows = [row for row in result.measured_rows if row.model == model]
         labels = list(dict.fromkeys(f"{arm.name} {arm.label}" for row in rows for arm in row.arms))
         for label in labels:
             points = [(row.pp, arm) for row in rows for arm in row.arms if f"{arm.name} {arm.label}" == label and arm.reps]
@@ -62,7 +62,7 @@ def _throughput(ax_row, result: Result, models: list[str]) -> None:
 
 
 def _profile(ax, result: Result) -> None:
-    row = next(row for row in result.rows if row.profile is not None)
+    row = next(row for row in result.measured_rows if row.profile is not None)
     records = row.profile.records()
     ops = [r["op"] for r in records]
     positions = range(len(ops))
@@ -76,7 +76,7 @@ def _profile(ax, result: Result) -> None:
 
 
 def _clocks(ax, result: Result) -> None:
-    reps = [(arm.name, rep) for row in result.rows for arm in row.arms for rep in arm.reps + arm.discarded]
+    reps = [(arm.name, rep) for row in result.measured_rows for arm in row.arms for rep in arm.reps + arm.discarded]
     sm = [rep.telemetry.sm_mhz_median for _, rep in reps]
     power = [rep.telemetry.power_w_median for _, rep in reps]
     index = list(range(len(reps)))
@@ -97,8 +97,8 @@ def plot_result(result: Result, path: str | Path) -> Path:
     """Every panel that applies to `result`, in one figure at `path` (.png or .svg)."""
     plt = require_matplotlib()
     path = check_path(path)
-    models = list(dict.fromkeys(row.model for row in result.rows)) or ["(no rows)"]
-    profiled = any(row.profile is not None for row in result.rows)
+    models = list(dict.fromkeys(row.model for row in result.measured_rows)) or ["(no rows)"]
+    profiled = any(row.profile is not None for row in result.measured_rows)
     panels = 2 + profiled
     width = max(6.0, 5.0 * len(models))
     fig = plt.figure(figsize=(width, 4.2 * panels), constrained_layout=True)

@@ -105,8 +105,10 @@ def arm_record(row: Row, arm: ArmResult) -> dict:
     summary = arm.summary()
     throttle = arm.throttle_reasons
     tok_s = None if summary is None else summary.median_tok_s
+    machine = row.machine or {}
     return {
-        "model": row.model, "pp": row.pp, "arm": arm.name, "spec": arm.label, "chunk_size": arm.chunk_size,
+        "model": row.model, "pp": row.pp, "arm": arm.name, "spec": arm.label,
+        "gpu_kind": row.gpu_kind, "host": machine.get("host"), "gpu": machine.get("gpu_name"), "chunk_size": arm.chunk_size,
         "n": 0 if summary is None else summary.n, "stopped_by": row.stopped_by, "tok_s": tok_s,
         "min_tok_s": None if summary is None else summary.min_tok_s,
         "max_tok_s": None if summary is None else summary.max_tok_s,
@@ -129,7 +131,9 @@ def arm_record(row: Row, arm: ArmResult) -> dict:
 
 
 def result_records(result: Result) -> list[dict]:
-    return [arm_record(row, arm) for row in result.rows for arm in row.arms]
+    """One record per measured row and arm, rows grouped by GPU kind (a fleet sweep's) then in order."""
+    rows = sorted(result.measured_rows, key=lambda row: row.gpu_kind or "")
+    return [arm_record(row, arm) for row in rows for arm in row.arms]
 
 
 def _flagged_cell(record: dict) -> str:
@@ -140,10 +144,17 @@ def _flagged_cell(record: dict) -> str:
     return f"{text}, verdict holds" if without == record["verdict"] else f"{text}, {without} without them"
 
 
+def _model_cell(r: dict) -> str:
+    """The row's model, and on a fleet sweep the GPU kind and host that measured it."""
+    if not r.get("gpu_kind") and not r.get("host"):
+        return r["model"]
+    return f"{r['model']} [{r.get('gpu_kind') or r.get('gpu')} on {r.get('host')}]"
+
+
 def _answer_cells(r: dict) -> dict:
     baseline = r["verdict"] is None and r["delta_pct"] is None
     return {
-        "model": r["model"], "pp": str(r["pp"]), "arm": f"{r['arm']} {r['spec']}", "tok_s": num(r["tok_s"]),
+        "model": _model_cell(r), "pp": str(r["pp"]), "arm": f"{r['arm']} {r['spec']}", "tok_s": num(r["tok_s"]),
         "reps": str(r["n"]) + ("" if r["stopped_by"] in (None, "reps") else f" ({r['stopped_by']})"),
         "spread": num(r["spread_pct"], 1, "%"), "delta": "baseline" if baseline else pct(r["delta_pct"]),
         "ci": "" if baseline else interval(r["ci_low_pct"], r["ci_high_pct"]), "verdict": r["verdict"] or "",
@@ -156,7 +167,7 @@ def _answer_cells(r: dict) -> dict:
 
 def _why_cells(r: dict) -> dict:
     return {
-        "model": r["model"], "pp": str(r["pp"]), "arm": f"{r['arm']} {r['spec']}",
+        "model": _model_cell(r), "pp": str(r["pp"]), "arm": f"{r['arm']} {r['spec']}",
         "chunk": NA if r["chunk_size"] is None else str(r["chunk_size"] or "one"),
         "cold": f"{num(r['cold_ms'], 1)} / {num(r['warm_ms'], 1)}",
         "sm": f"{num(r['sm_mhz_min'])} / {num(r['sm_mhz_median'])}", "temp": num(r["temp_c_max"]),
@@ -193,9 +204,13 @@ def result_markdown(result: Result) -> str:
         markdown_table([_why_cells(r) for r in records], WHY_COLUMNS,
                        left=("model", "arm", "throttle", "discarded", "capture", "gemm")),  # fmt: skip
     ]
-    for row in result.rows:
+    for row in result.measured_rows:
         if row.profile is not None:
             lines += _profile_markdown(row)
+    failed = [row for row in result.rows if row.failed]
+    if failed:
+        lines += [""] + [f"FAILED {row.model} pp={row.pp}{' on ' + row.gpu_kind if row.gpu_kind else ''}: {row.failed}"
+                         for row in failed]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -209,9 +224,9 @@ def result_github(result: Result) -> str:
     records = result_records(result)
     specs = result.arm_specs
     headline = []
-    for row in result.rows:
-        by_arm = {r["arm"]: r for r in records if (r["model"], r["pp"]) == (row.model, row.pp)}
-        cells = {"Model": row.model, "pp": str(row.pp)}
+    for row in sorted(result.measured_rows, key=lambda row: row.gpu_kind or ""):
+        by_arm = {r["arm"]: r for r in records if (r["model"], r["pp"], r["gpu_kind"]) == (row.model, row.pp, row.gpu_kind)}
+        cells = {"Model": _model_cell(next(iter(by_arm.values()))), "pp": str(row.pp)}
         for arm in row.arms:
             cells[f"{arm.name} {arm.label} tok/s"] = num(by_arm[arm.name]["tok_s"])
         for arm in row.arms[1:]:
@@ -291,8 +306,8 @@ def _ratios(arm: ArmResult, control: ArmResult) -> list[float]:
 
 def compare_results(old: Result, new: Result) -> list[CompareRow]:
     """Match arms by (model, pp, spec); OLD's order first, then what only NEW has."""
-    old_rows = {(row.model, row.pp): row for row in old.rows}
-    new_rows = {(row.model, row.pp): row for row in new.rows}
+    old_rows = {(row.model, row.pp, row.gpu_kind): row for row in old.measured_rows}
+    new_rows = {(row.model, row.pp, row.gpu_kind): row for row in new.measured_rows}
     out: list[CompareRow] = []
     for key in list(old_rows) + [key for key in new_rows if key not in old_rows]:
         o, n = old_rows.get(key), new_rows.get(key)
@@ -392,8 +407,8 @@ def judged_in_result(result: Result) -> list:
     """Every arm after a row's first, against it (the arms of one run)."""
     from impbench.gate import Judged
 
-    return [Judged(row.model, row.pp, f"{arm.name} {arm.label}", row.comparison(arm)) for row in result.rows
-            for arm in row.arms[1:]]  # fmt: skip
+    return [Judged(row.model, row.pp, f"{arm.name} {arm.label}" + (f" on {row.gpu_kind}" if row.gpu_kind else ""),
+                   row.comparison(arm)) for row in result.measured_rows for arm in row.arms[1:]]  # fmt: skip
 
 
 def judged_in_compare(rows: list[CompareRow]) -> list:

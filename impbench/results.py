@@ -225,6 +225,9 @@ class Row:
     floor_gpu: str | None = None
     profile: Profile | None = None
     stopped_by: str | None = None  # what ended the reps (impbench.stopping), None in files of earlier versions
+    gpu_kind: str | None = None  # a fleet sweep's GPU kind (impbench.fleet); rows of two kinds never compare
+    machine: dict | None = None  # a fleet row's host and GPU; None: the result's metadata says
+    failed: str | None = None  # a fleet row whose task failed after its retries: why (then no arms)
 
     @property
     def baseline(self) -> ArmResult:
@@ -259,7 +262,7 @@ class Row:
 
     def to_dict(self) -> dict:
         derived = []
-        for arm in self.arms[1:]:
+        for arm in self.arms[1:]:  # (a failed row has none)
             comparison = self.comparison(arm)
             derived.append({"arm": arm.name, "comparison": None if comparison is None else comparison.to_dict(),
                             "verdict_without_flagged": self.verdict_without_flagged(arm)})  # fmt: skip
@@ -270,6 +273,9 @@ class Row:
             "floor_tok_s": self.floor_tok_s,
             "floor_gpu": self.floor_gpu,
             "stopped_by": self.stopped_by,
+            "gpu_kind": self.gpu_kind,
+            "machine": self.machine,
+            "failed": self.failed,
             "arms": [arm.to_dict() for arm in self.arms],
             "profile": None if self.profile is None else self.profile.to_dict(),
             "derived": {"against_first_arm": derived},  # written for readers; from_dict recomputes
@@ -278,11 +284,12 @@ class Row:
     @classmethod
     def from_dict(cls, data: dict) -> Row:
         arms = [ArmResult.from_dict(arm) for arm in data["arms"]]
-        if not arms:
+        if not arms and not data.get("failed"):
             raise ValueError("a row without arms")
         profile = data.get("profile")
         return cls(str(data["model"]), int(data["pp"]), arms, bool(data.get("paired", True)), data.get("floor_tok_s"),
-                   data.get("floor_gpu"), None if profile is None else Profile.from_dict(profile), data.get("stopped_by"))  # fmt: skip
+                   data.get("floor_gpu"), None if profile is None else Profile.from_dict(profile), data.get("stopped_by"),
+                   data.get("gpu_kind"), data.get("machine"), data.get("failed"))  # fmt: skip
 
 
 @dataclass
@@ -302,8 +309,13 @@ class Result:
     def arm_specs(self) -> list[ArmSpec]:
         return [ArmSpec.from_dict(arm) for arm in self.settings.get("arms", [])]
 
-    def done(self) -> set[tuple[str, int]]:
-        return {(row.model, row.pp) for row in self.rows}
+    def done(self) -> set[tuple[str, int, str | None]]:
+        """(model, pp, GPU kind) of every row measured (a failed row is not done: a rerun retries it)."""
+        return {(row.model, row.pp, row.gpu_kind) for row in self.rows if not row.failed}
+
+    @property
+    def measured_rows(self) -> list[Row]:
+        return [row for row in self.rows if not row.failed]
 
     def to_dict(self) -> dict:
         return {

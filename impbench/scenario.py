@@ -8,6 +8,7 @@ InputError line naming the key and what it accepts; nothing is silently replaced
   reps      whole number >= stats.MIN_REPS, or "auto"   warmup     whole number >= 0
   layers    whole number >= 1 (first N layers)    tolerance  percent > 0 (SM clock flag)
   seed      whole number (synthetic weights and prompt)
+  gpu_kinds list of GPU kinds (h100, h200, ...): with --ray, every row once on each
 A SCENARIO argument is a path, or the name of a packaged scenario (`ci` for scenarios/sweeps/ci.toml).
 """
 
@@ -21,7 +22,7 @@ from impbench import resources
 from impbench.errors import InputError
 from impbench.files import read_toml
 
-KEYS = ("models", "pp", "arms", "reps", "warmup", "layers", "tolerance", "seed")
+KEYS = ("models", "pp", "arms", "reps", "warmup", "layers", "tolerance", "seed", "gpu_kinds")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Scenario:
     layers: int | None = None
     tolerance: float | None = None
     seed: int | None = None
+    gpu_kinds: tuple[str, ...] | None = None
 
 
 def resolve_path(text: str) -> Path:
@@ -97,6 +99,8 @@ def load_scenario(text: str) -> Scenario:
         values["layers"] = _whole(where, "layers", data["layers"], 1)
     if "seed" in data:
         values["seed"] = _whole(where, "seed", data["seed"], None)
+    if "gpu_kinds" in data:
+        values["gpu_kinds"] = _list(where, "gpu_kinds", data["gpu_kinds"], str, "GPU kinds")
     if "tolerance" in data:
         tolerance = data["tolerance"]
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) \
