@@ -45,16 +45,31 @@ def require_ray():
     return ray
 
 
+def _reachable(address: str, timeout_s: float = 5.0) -> bool:
+    """A TCP connection to host:port opens (Ray itself retries an unreachable address for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at `address` ("auto": the one this host runs), once per process; one line on failure."""
     ray = require_ray()
     if ray.is_initialized():
         return
+    hint = "start one with `ray start --head` (workers: `ray start --address HEAD:6379 --num-gpus N`)"
+    if address and not _reachable(address):
+        raise InputError(f"--ray {address}: no Ray cluster answers there (host:port of its head, e.g. 10.0.0.5:6379); {hint}")
     try:
         ray.init(address=address or "auto", log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise InputError(f"--ray {address or 'auto'}: cannot reach a Ray cluster ({' '.join(str(exc).split())[:200]}); "
-                         "start one with `ray start --head` (workers: `ray start --address HEAD:6379 --num-gpus N`)") from None
+                         f"{hint}") from None
 
 
 @dataclass(frozen=True)
