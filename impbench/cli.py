@@ -400,6 +400,29 @@ def compare(old: str, new: str, fmt: str, fail_on, threshold, summary) -> None:
     _finish(gate, judged_in_compare(rows), format_compare(old_result, new_result, "gh") if summary else None)
 
 
+@cli.command()
+@click.argument("out", metavar="OUT.json", type=click.Path(dir_okay=False))
+@click.argument("inputs", metavar="RESULT.json...", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_FORCE
+def merge(out, inputs, force) -> None:
+    """Merge results of one sweep run in several places (clusters, or GPU kinds apart) into OUT.json.
+
+    Every input must hold the same command and settings, and each (model, pp, GPU kind) row may come
+    from one input only; rows keep the host and GPU that measured them.
+    """
+    from impbench.outfile import ResultFile
+    from impbench.report import format_result
+    from impbench.results import load_result, merge_results
+
+    if len(inputs) < 2:
+        raise InputError("merge takes OUT.json and at least two result files")
+    merged = merge_results([load_result(path) for path in inputs], list(inputs))
+    target = ResultFile(out, force)
+    target.start(merged, machine_known=False)
+    target.write(merged, format_result(merged, "csv"))
+    _progress(f"wrote {target.path}: {len(merged.rows)} rows from {len(inputs)} files")
+
+
 # ---- run, ab and sweep: the synthetic engine's prefill ---------------------------------------------------
 
 

@@ -372,3 +372,26 @@ def load_result(path: str | Path) -> Result:
     except (KeyError, TypeError, ValueError, AttributeError, InputError) as exc:
         what = f"missing key {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())
         raise InputError(f"{path}: not a valid impbench result: {what}") from None
+
+
+def merge_results(results: list[Result], names: list[str]) -> Result:
+    """One result of several runs of the same sweep (several clusters, or GPU kinds run apart): the rows of
+    all, each (model, pp, GPU kind) from one file only; every file must hold the same command and settings.
+    A row measured on another machine keeps its own machine facts, so no row is read as another's."""
+    first = results[0]
+    merged = Result(first.command, metadata={**first.metadata, "merged_from": names}, settings=first.settings)
+    seen: dict[tuple, str] = {}
+    for result, name in zip(results, names):
+        if result.command != first.command or result.settings != first.settings:
+            raise InputError(f"{name}: another command or other settings than {names[0]}; only runs of one sweep merge")
+        for row in result.rows:
+            key = (row.model, row.pp, row.gpu_kind)
+            if key in seen and not row.failed:
+                raise InputError(f"{name}: row {row.model} pp={row.pp}{' ' + row.gpu_kind if row.gpu_kind else ''} is "
+                                 f"also in {seen[key]}; merge files whose rows differ")  # fmt: skip
+            if row.machine is None:  # a local run's rows carry the machine of their file's metadata
+                row.machine = {"host": result.metadata.get("platform"), "gpu_name": result.metadata.get("gpu_name")}
+            if not row.failed:
+                seen[key] = name
+            merged.rows.append(row)
+    return merged

@@ -110,3 +110,22 @@ def test_an_unreachable_cluster_is_one_line_quickly():
     done = subprocess.run([sys.executable, "-m", "impbench", "sweep", "--model", "tiny", "--pp", "64", "--ray", "127.0.0.1:9"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no Ray cluster answers there" in done.stderr
+
+
+def test_results_of_several_clusters_merge_and_a_row_in_two_is_refused(capsys, tmp_path):
+    from fakes import make_result, make_row
+    from test_report import _save
+
+    from impbench.results import load_result
+
+    a = make_result([make_row(pp=512)], command="sweep")
+    b = make_result([make_row(pp=1024)], command="sweep")
+    a.rows[0].gpu_kind, b.rows[0].gpu_kind = "h100", "h200"
+    _save(a, tmp_path / "a.json"), _save(b, tmp_path / "b.json")
+    code, _, err = run_cli(capsys, "merge", str(tmp_path / "m.json"), str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert code == 0, err
+    merged = load_result(tmp_path / "m.json")
+    assert [(r.pp, r.gpu_kind) for r in merged.rows] == [(512, "h100"), (1024, "h200")]
+    assert merged.metadata["merged_from"] == [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    code, _, err = run_cli(capsys, "merge", str(tmp_path / "m2.json"), str(tmp_path / "a.json"), str(tmp_path / "a.json"))
+    assert code == 2 and "is also in" in err
