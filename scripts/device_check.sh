@@ -28,7 +28,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu,power.draw 
 bench() {
   local tree=$1 tag=$2 log="$WORK/$2"
   mkdir -p "$log"
+  # from inside the tree: `python3 -m` puts the working folder first on the path, before PYTHONPATH
   local impbench="env PYTHONPATH=$tree python3 -m impbench"
+  pushd "$tree" > /dev/null
   if has gemm; then
     timeout ${GEMM_TIMEOUT:-240} $impbench gemm --reps 50 --out "$log/gemm.md" > "$log/gemm.log" 2>&1
     echo "$tag gemm rc=$? $(grep -h 'geomean' "$log/gemm.md" 2>/dev/null)" >> "$summary"
@@ -48,6 +50,7 @@ bench() {
       > "$log/run.md" 2> "$log/run.err"
     echo "$tag run rc=$? $(grep -m1 -E 'qwen3-coder.*(tok/s|of )|^- median' "$log/run.md")" >> "$summary"
   fi
+  popd > /dev/null
 }
 
 if has tests; then

@@ -129,7 +129,7 @@ def test_capture_declined_gemm_falls_back_naming_the_op():
     stats = engine.prefill(prompt_tokens, chunk, mode="graph", guard="tight")
     status = engine.capture_status(chunk, "tight")
     assert not status.captured
-    assert status.failed_op in ("qkv_proj", "o_proj", "router")
+    assert status.op in ("qkv_proj", "o_proj", "router")
     assert "capture" in status.error.lower()
     assert stats.graph_replays == 0 and stats.python_launches > 0
     assert np.isfinite(engine.logits()).all()
@@ -142,7 +142,7 @@ def test_no_prewarm_capture_fails_on_allocation_and_runs_eager():
     engine.prefill(prompt_tokens, chunk, mode="graph", guard="permissive")
     status = engine.capture_status(chunk, "permissive")
     assert not status.captured
-    assert status.failed_op.startswith("allocate ")
+    assert status.op.startswith("allocate ")
     assert "StreamCapture" in status.error or "capture" in status.error.lower()
     assert np.isfinite(engine.logits()).all()
 
