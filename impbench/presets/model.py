@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from impbench.errors import InputError
+from impbench.prefill import check_chunk_tokens
 
 ARCHITECTURES = ("qwen3_moe", "qwen3_5_moe", "gemma4")
 LAYER_TYPES = ("full", "sliding", "linear")
@@ -274,8 +275,10 @@ def _validate(p: ModelPreset) -> None:
     bad = sorted(set(p.nvfp4_tensors) - set(TENSOR_GROUPS))
     if bad:
         raise InputError(f"{where}: unknown nvfp4_tensors {bad}; accepted: {', '.join(TENSOR_GROUPS)}")
-    if not isinstance(p.chunk_size, int) or p.chunk_size < 0 or p.chunk_size % 16:
-        raise InputError(f"{where}: chunk_size must be 0 or a positive multiple of 16, got {p.chunk_size!r}")
+    try:
+        check_chunk_tokens(p.chunk_size, "chunk_size")  # the one chunk rule (impbench.prefill)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
     if p.activation not in ("silu", "gelu_tanh"):
         raise InputError(f"{where}: activation must be silu or gelu_tanh, got {p.activation!r}")
     if p.shared_expert_intermediate_size < 0 or p.dense_intermediate_size < 0:
