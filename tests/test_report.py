@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_util import run_cli
-from fakes import GRAPH, METADATA, make_arm, make_result, make_row
+from fakes import METADATA, make_arm, make_result, make_row
 
 from impbench.arms import ArmSpec
 from impbench.capture import FELL_BACK, CaptureStatus

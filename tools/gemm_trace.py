@@ -74,7 +74,6 @@ def launch_stats(rows, event_us: float, sm_mhz: float) -> dict:
 
 def trace_case(module, m: int, n: int, k: int, variants, reps: int, sm_order: bool = False) -> list[str]:
     import cupy
-    import numpy as np
 
     from impbench.kernels import gemm, get_function
 

@@ -1,0 +1,131 @@
+"""The kernel benchmarks: `gemm`, `moe`, `ops`."""
+
+from __future__ import annotations
+
+
+import click
+
+from impbench.errors import InputError
+
+from impbench.cli.app import cli
+from impbench.cli.options import (
+    BENCH_OUT, check_bench_out, check_environment, FORCE, FORMAT, parse_prompt_lengths, progress,
+)
+
+
+# ---- kernel benchmarks --------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="Preset whose dense GEMM shapes to time (repeatable). Default: every preset, unless --shape is given.")
+@click.option("--shape", "shapes", multiple=True, metavar="MxNxK",
+              help="Extra shape, M tokens x N outputs x K inputs, e.g. 512x32x2048 (repeatable).")
+@click.option("--m", "ms", default="512,1024,2048", show_default=True, metavar="LIST",
+              help="Token counts M (comma-separated) at which each model shape is timed.")
+@click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per shape (median reported).")
+@click.option("--guard", type=click.Choice(["small-n", "tight", "permissive"]), default="small-n",
+              show_default=True, help="Dispatch guard whose variant is timed against cuBLAS.")
+@click.option("--variants", default="", metavar="LIST",
+              help="Also time these variants on every shape: comma-separated names, or 'all' (calibration).")
+@FORMAT
+@BENCH_OUT
+@FORCE
+def gemm(models, shapes, ms, reps, guard, variants, fmt, out, force) -> None:  # fmt: skip
+    """Time our capture-safe FP16 GEMM against cuBLAS (cupy.matmul) on the models' dense shapes.
+
+    Device time from CUDA events, median of --reps after warm-up, rotating input sets larger than
+    L2. Per shape: µs of each, ratio cuBLAS/ours, TFLOP/s, the variant chosen, what each guard
+    would do, and the relative error against cuBLAS; then the geometric-mean ratio.
+    """
+    from impbench import device, metadata
+    from impbench.bench.gemm import parse_ms, parse_shape, run_gemm_bench
+
+    for text in shapes:  # bad input is exit 2 before any GPU work
+        parse_shape(text)
+    m_list = parse_ms(ms)
+    names = tuple(v.strip() for v in variants.split(",") if v.strip())
+    check_bench_out(out, "gemm", force)
+    check_environment()
+    device.require_cuda()
+    report = run_gemm_bench(models, shapes, m_list, reps, guard, names, metadata.device_metadata(), progress=progress)
+    click.echo(report.format(fmt))
+    if out:
+        for path in report.write(out, fmt):
+            progress(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--model", "-m", "model", metavar="NAME", required=True,
+              help="Preset name or alias (see `impbench models`) whose expert shapes to use, e.g. qwen3-coder.")
+@click.option("--pp", type=int, default=512, show_default=True, metavar="TOKENS",
+              help="Tokens in the chunk (rows = pp x top-k).")
+@click.option("--routing", "routings", type=click.Choice(["uniform", "skewed"]), multiple=True,
+              help="Routing of the chunk (repeatable): uniform, or skewed (a few hot experts 25x as likely). Default: uniform.")
+@click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per GEMM (median reported).")
+@click.option("--variant", default=None, metavar="NAME",
+              help="Kernel variant reported as ours (cvt, wgq, wgp, wgb). Default: the one the engine runs here.")
+@click.option("--variants", default="", metavar="LIST",
+              help="Also time these kernel variants: comma-separated names, or 'all' (every one this GPU runs).")
+@FORMAT
+@BENCH_OUT
+@FORCE
+def moe(model, pp, routings, reps, variant, variants, fmt, out, force) -> None:  # fmt: skip
+    """Time the grouped NVFP4 expert GEMMs (gate_up + SiLU*up, down x router weight) of one chunk.
+
+    Per GEMM: µs (median of CUDA events), weight GB/s and share of the copy bandwidth measured in the
+    same run, TFLOP/s, the floor max(bytes / peak HBM bandwidth, FLOPs / peak FP16 rate), and as a
+    reference the same GEMMs with FP16-dequantized weights through cuBLAS, one expert at a time.
+    """
+    from impbench import device, metadata
+    from impbench.bench.moe import MoeShapes, run_moe_bench
+    from impbench.presets import get_preset
+
+    shapes = MoeShapes.from_preset(get_preset(model))
+    pp = parse_prompt_lengths(str(pp))[0]
+    if reps < 1:
+        raise InputError(f"--reps must be a whole number >= 1, got {reps}")
+    names = tuple(v.strip() for v in variants.split(",") if v.strip())
+    check_bench_out(out, "moe", force)
+    check_environment()
+    device.require_cuda()
+    report = run_moe_bench(shapes, pp, routings or ("uniform",), reps, variants=names, variant=variant,
+                           metadata=metadata.device_metadata(), progress=progress)  # fmt: skip
+    click.echo(report.format(fmt))
+    if out:
+        for path in report.write(out, fmt):
+            progress(f"wrote {path}")
+
+@cli.command()
+@click.option("--model", "-m", "model", metavar="NAME", default="qwen3-coder", show_default=True,
+              help="Preset whose shapes (hidden, heads, experts, top-k, vocab) the ops run at.")
+@click.option("--pp", "pp_list", default="512,2048", show_default=True, metavar="LIST",
+              help="Chunk lengths T in tokens, comma-separated.")
+@click.option("--variants", is_flag=True, help="Also time the alternative forms (thread counts, narrow qkv_post, two-launch routing).")
+@FORMAT
+@BENCH_OUT
+@FORCE
+def ops(model, pp_list, variants, fmt, out, force) -> None:
+    """Time the engine's small ops and routing kernels (embedding, norms, q/k norm + RoPE + KV append,
+    top-k and permutation, combine) at a model's shapes against their floors.
+
+    Per op and T: device µs per launch of a replayed graph over rotating input sets larger than L2
+    (cold) and over one set (hot), the floor (bytes over the GPU's peak HBM bandwidth), and host µs
+    per eager call through the wrapper and through a prepared launcher.
+    """
+    from impbench import device, metadata
+    from impbench.bench.ops import run_ops_bench
+    from impbench.presets import get_preset
+
+    preset = get_preset(model)
+    token_counts = parse_prompt_lengths(pp_list)
+    check_bench_out(out, "ops", force)
+    check_environment()
+    device.require_cuda()
+    report = run_ops_bench(preset, token_counts, variants, metadata.device_metadata(), progress=progress)
+    click.echo(report.format(fmt))
+    if out:
+        for path in report.write(out, fmt):
+            progress(f"wrote {path}")
+
+
