@@ -82,3 +82,17 @@ def moe(x: np.ndarray, ids: np.ndarray, weights: np.ndarray, w13: np.ndarray, w2
         act = gate / (1.0 + np.exp(-gate)) * up
         out[rows] += weights[rows, slots][:, None] * (act @ w2[expert].T)
     return out
+
+
+class Draw:
+    """Random float64 weights with realistic scales, for every reference's random_weights: linears
+    N(0, std^2), norm weights center + 0.1 N(0, 1) (center 1 for x * w norms, 0 for x * (1 + w))."""
+
+    def __init__(self, seed: int, std: float = 0.02):
+        self.rng, self.std = np.random.default_rng(seed), std
+
+    def linear(self, *shape) -> np.ndarray:
+        return self.rng.standard_normal(shape) * self.std
+
+    def norm(self, size, center: float = 1.0) -> np.ndarray:
+        return center + 0.1 * self.rng.standard_normal(size)

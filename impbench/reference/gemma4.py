@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from impbench.reference.blocks import causal_attention, rms_norm, rope, route
+from impbench.reference.blocks import Draw, causal_attention, rms_norm, rope, route
 
 LINEAR_STD = 0.02
 
@@ -110,14 +110,9 @@ def random_weights(preset, seed: int = 0) -> dict:
     """Random float64 weights with realistic scales: linears std 0.02, norms 1 + 0.1 N(0, 1), router and
     expert scales near 1, per-layer scalars near 1, embedding std 0.05 (it is scaled by sqrt(H))."""
     p = preset
-    rng = np.random.default_rng(seed)
+    draw = Draw(seed, LINEAR_STD)
+    rng, linear, norm = draw.rng, draw.linear, draw.norm
     h, e, inter, f = p.hidden_size, p.num_experts, p.moe_intermediate_size, p.dense_intermediate_size
-
-    def linear(*shape):
-        return rng.standard_normal(shape) * LINEAR_STD
-
-    def norm(size):
-        return 1.0 + 0.1 * rng.standard_normal(size)
 
     weights = {"embed": 0.05 * rng.standard_normal((p.vocab_size, h)), "final_norm": norm(h)}
     for i, kind in enumerate(p.layer_types):

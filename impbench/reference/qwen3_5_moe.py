@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from impbench.reference.blocks import causal_attention, moe, rms_norm, rope, route
+from impbench.reference.blocks import Draw, causal_attention, moe, rms_norm, rope, route
 from impbench.reference.gated_delta import causal_conv1d, decay_and_beta, gated_delta_chunked, gated_rmsnorm, l2norm
 
 LINEAR_STD = 0.02
@@ -120,14 +120,12 @@ def random_weights(preset, seed: int = 0) -> dict:
     """Random float64 weights with realistic scales: linears std 0.02, (1 + w) norms with w ~ 0.1 N(0, 1),
     the gated norm's w near 1, embedding std 1, A_log and dt_bias so that decays spread over (0, 1)."""
     p = preset
-    rng = np.random.default_rng(seed)
+    draw = Draw(seed, LINEAR_STD)
+    rng, linear = draw.rng, draw.linear
     h, e, inter, shared = p.hidden_size, p.num_experts, p.moe_intermediate_size, p.shared_expert_intermediate_size
 
-    def linear(*shape):
-        return rng.standard_normal(shape) * LINEAR_STD
-
     def norm(size):
-        return 0.1 * rng.standard_normal(size)
+        return draw.norm(size, center=0.0)
 
     weights = {"embed": rng.standard_normal((p.vocab_size, h)), "final_norm": norm(h), "lm_head": linear(p.vocab_size, h)}
     for i, kind in enumerate(p.layer_types):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from impbench.reference.blocks import causal_attention, moe, rms_norm, rope, route
+from impbench.reference.blocks import Draw, causal_attention, moe, rms_norm, rope, route
 
 LINEAR_STD = 0.02
 LAYER_KEYS = ("attn_norm", "wqkv", "q_norm", "k_norm", "wo", "ffn_norm", "router", "w13", "w2")
@@ -85,14 +85,9 @@ def random_weights(preset, seed: int = 0) -> dict:
     """Random float64 weights with realistic scales: linears std 0.02, norms 1 + 0.1 N(0, 1),
     embedding std 1 (as impbench.engine.weights); lm_head is the embedding where the preset ties them."""
     p = preset
-    rng = np.random.default_rng(seed)
+    draw = Draw(seed, LINEAR_STD)
+    rng, linear, norm = draw.rng, draw.linear, draw.norm
     hidden, dim, inter, experts = p.hidden_size, p.head_dim, p.moe_intermediate_size, p.num_experts
-
-    def linear(*shape):
-        return rng.standard_normal(shape) * LINEAR_STD
-
-    def norm(size):
-        return 1.0 + 0.1 * rng.standard_normal(size)
 
     weights = {"embed": rng.standard_normal((p.vocab_size, hidden))}
     for i in range(p.num_layers):
