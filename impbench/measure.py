@@ -23,6 +23,7 @@ from impbench.capture import EAGER, ONE_CHUNK, CaptureStatus
 from impbench.errors import InputError
 from impbench.prefill import PrefillSpec
 from impbench.results import ArmResult, Profile, Rep, Result, Row
+from impbench.schedule import interleaved_order
 from impbench.stats import MIN_REPS
 from impbench.stopping import FIXED, AutoStop, discard_flagged_pairs, stop_reason
 from impbench.telemetry import INTERVAL_MS, TOLERANCE_PCT, Telemetry, flag_reps
@@ -75,7 +76,7 @@ def build_engine(preset, prompt_tokens: int, arms: list[ArmSpec], seed: int = 0,
     """One engine shared by all arms: buffers sized for the largest chunk any arm uses."""
     from impbench.engine import Engine
 
-    sizes = [PrefillSpec(prompt_tokens, arm.chunk).chunk_for(preset) for arm in arms]
+    sizes = [chunk_for(arm, preset) for arm in arms]
     max_chunk = 0 if 0 in sizes else max(sizes)
     return Engine(preset, prompt_tokens, max_chunk, seed=seed, prewarm=prewarm)
 
@@ -121,14 +122,14 @@ class _Rounds:
         self.done = 0  # rounds run, kept or not
 
     def run(self, rounds: int, total: int | None = None) -> None:
-        names = list(self.arms)
-        for _ in range(rounds):
-            for name in names if self.done % 2 == 0 else names[::-1]:
-                rep, self.paths[name] = time_prefill(self.engine, self.prompt_tokens, self.arms[name], self.telemetry)
-                self.reps[name].append(rep)
-                count = f"{len(self.reps[name])}/{total}" if total else f"{len(self.reps[name])}"
-                self.say(f"{self.where}: rep {count} {name} {rep.tok_s:,.0f} tok/s")
-            self.done += 1
+        # the order continues where the last call stopped, so reruns keep the forward/backward alternation
+        order = interleaved_order(self.done + rounds, tuple(self.arms))[self.done * len(self.arms):]
+        for name in order:
+            rep, self.paths[name] = time_prefill(self.engine, self.prompt_tokens, self.arms[name], self.telemetry)
+            self.reps[name].append(rep)
+            count = f"{len(self.reps[name])}/{total}" if total else f"{len(self.reps[name])}"
+            self.say(f"{self.where}: rep {count} {name} {rep.tok_s:,.0f} tok/s")
+        self.done += rounds
 
     def samples(self) -> list[list[float]]:
         return [[rep.tok_s for rep in reps] for reps in self.reps.values()]
