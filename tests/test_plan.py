@@ -245,8 +245,7 @@ def test_render_models():
 
 
 def test_the_gated_delta_rule_is_counted_as_the_chunked_kernel_computes_it():
-    from impbench.plan.cost import GDN_CHUNK, gdn_chunk_flops
-
+    GDN_CHUNK, gdn_chunk_flops = plan_mod.GDN_CHUNK, plan_mod.gdn_chunk_flops
     dk = dv = 128
     per_token = gdn_chunk_flops(GDN_CHUNK, dk, dv) / GDN_CHUNK
     recurrent = 7 * dk * dv

@@ -266,13 +266,7 @@ def test_replace_layers_cuts_the_model():
 
 @pytest.mark.parametrize("kv_heads", [5, 64, 3])
 def test_impossible_attention_geometry_is_refused(tmp_path, kv_heads):
-    import json
-
-    from impbench.presets import from_hf_config, get_preset, to_hf_config
-
     config = to_hf_config(get_preset("qwen3-coder"))
     config["num_key_value_heads"] = kv_heads
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
     with pytest.raises(InputError, match="must divide num_attention_heads 32"):
-        from_hf_config(path)
+        from_hf_config(_write(tmp_path, config))

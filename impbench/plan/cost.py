@@ -234,7 +234,7 @@ def visible_pairs(start: int, length: int, window: int | None) -> float:
     return (first + window) * (window - first + 1) / 2 + float(window) * (last - window)
 
 
-GDN_CHUNK = 64  # tokens per WY chunk of the gated delta rule
+GDN_CHUNK = 64  # tokens per WY chunk of the gated delta rule (flash-linear-attention's chunk_gated_delta_rule)
 
 
 def gdn_chunk_flops(tokens: int, dk: int, dv: int, chunk: int = GDN_CHUNK) -> float:

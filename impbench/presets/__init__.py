@@ -1,6 +1,6 @@
 """Model presets: the dataclass (model), the TOML catalog (catalog) and Hugging Face configs (hf)."""
 
-from impbench.presets.catalog import get_preset, list_presets, load_preset_file, replace_layers, resolve_model
+from impbench.presets.catalog import get_preset, list_presets, load_preset_file, replace_layers
 from impbench.presets.hf import SUPPORTED_HF_TYPES, from_hf_config, to_hf_config
 from impbench.presets.model import (ARCHITECTURES, FP16_BYTES, LAYER_TYPES, NVFP4_BYTES_PER_PARAM, TENSOR_GROUPS,
                                     ModelPreset)
@@ -18,6 +18,5 @@ __all__ = [
     "list_presets",
     "load_preset_file",
     "replace_layers",
-    "resolve_model",
     "to_hf_config",
 ]

@@ -1,6 +1,5 @@
 """The preset catalog: one TOML file per model in the packaged scenarios/models/ folder, loaded into
-ModelPreset; lookup by name or alias; the `--layers N` cut; and the one function that turns a
-command's --model / --model-config into a preset."""
+ModelPreset; lookup by name or alias; the `--layers N` cut."""
 
 from __future__ import annotations
 
@@ -112,16 +111,5 @@ def replace_layers(preset: ModelPreset, num_layers: int) -> ModelPreset:
         published_params_note=f"cut to {num_layers} of {preset.num_layers} layers; published figures do not apply",
     )
 
-
-
-def resolve_model(model: str | None, model_config: str | Path | None) -> ModelPreset:
-    """The preset a command works on: --model-config wins over --model; neither -> InputError."""
-    if model_config:
-        from impbench.presets.hf import from_hf_config
-
-        return from_hf_config(model_config)
-    if not model:
-        raise InputError("pass --model NAME (see `impbench models`) or --model-config path/config.json")
-    return get_preset(model)
 
 

@@ -96,16 +96,6 @@ class ModelPreset:
         _validate(self)
 
     # ---- attention geometry -------------------------------------------------------------------
-    @property
-    def q_size(self) -> int:
-        """Query width of a standard (non-full-override) attention layer: heads x head_dim."""
-        return self.num_attention_heads * self.head_dim
-
-    @property
-    def kv_size(self) -> int:
-        """K (or V) width of a standard attention layer: KV heads x head_dim."""
-        return self.num_kv_heads * self.head_dim
-
     def attention_dims(self, layer_type: str) -> tuple[int, int, int]:
         """(query heads, KV heads, head_dim) of a full or sliding layer."""
         if layer_type == "full":

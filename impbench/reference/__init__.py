@@ -5,7 +5,6 @@ layers, a random-weight generator and the sublayer-by-sublayer comparison."""
 from impbench.reference.blocks import causal_attention, moe, rms_norm, rope, route  # noqa: F401
 from impbench.reference.qwen3_moe import (  # noqa: F401
     LAYER_KEYS,
-    LINEAR_STD,
     PLANTS,
     attention_sublayer,
     layer_weights,

@@ -1,9 +1,23 @@
 """Building blocks of the float64 references, shared by every architecture: RMSNorm, rotary
-embedding, causal GQA attention over a KV cache, router top-k, and the SwiGLU experts."""
+embedding, causal GQA attention over a KV cache, router top-k, the gated MLP and the experts made of it,
+and the random weights."""
 
 from __future__ import annotations
 
 import numpy as np
+
+LINEAR_STD = 0.02  # of every random linear weight, as impbench.engine.weights draws them
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh}  # a preset's `activation`
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -65,30 +79,39 @@ def route(logits: np.ndarray, top_k: int, renormalize: bool) -> tuple[np.ndarray
     return ids, weights
 
 
-def moe(x: np.ndarray, ids: np.ndarray, weights: np.ndarray, w13: np.ndarray, w2: np.ndarray,
-        swap_gate_up: bool = False) -> np.ndarray:  # fmt: skip
-    """sum over a token's k experts of weight * w2[e] (silu(gate[e] x) * (up[e] x)); `swap_gate_up`
+def gated_mlp(x: np.ndarray, w13: np.ndarray, w2: np.ndarray, act=silu, swap_gate_up: bool = False) -> np.ndarray:
+    """w2 (act(gate x) * (up x)), w13 [2I, H] holding the gate rows then the up rows; `swap_gate_up`
     takes the up rows as the gate (a planted error)."""
     inter = w2.shape[-1]
+    gate_up = x @ w13.T
+    gate, up = gate_up[:, :inter], gate_up[:, inter:]
+    if swap_gate_up:
+        gate, up = up, gate
+    return (act(gate) * up) @ w2.T
+
+
+def moe(x: np.ndarray, ids: np.ndarray, weights: np.ndarray, w13: np.ndarray, w2: np.ndarray,
+        swap_gate_up: bool = False, act=silu) -> np.ndarray:  # fmt: skip
+    """sum over a token's k experts of weight * gated_mlp(x, w13[e], w2[e])."""
     out = np.zeros_like(x)
     for expert in range(w13.shape[0]):
         rows, slots = np.nonzero(ids == expert)
-        if rows.size == 0:
-            continue
-        gate_up = x[rows] @ w13[expert].T
-        gate, up = gate_up[:, :inter], gate_up[:, inter:]
-        if swap_gate_up:
-            gate, up = up, gate
-        act = gate / (1.0 + np.exp(-gate)) * up
-        out[rows] += weights[rows, slots][:, None] * (act @ w2[expert].T)
+        if rows.size:
+            out[rows] += weights[rows, slots][:, None] * gated_mlp(x[rows], w13[expert], w2[expert], act, swap_gate_up)
     return out
+
+
+def layer_weights(weights: dict, index: int) -> dict:
+    """Layer `index`'s weights of a flat dict, without their "layers.{index}." prefix."""
+    prefix = f"layers.{index}."
+    return {name[len(prefix) :]: value for name, value in weights.items() if name.startswith(prefix)}
 
 
 class Draw:
     """Random float64 weights with realistic scales, for every reference's random_weights: linears
     N(0, std^2), norm weights center + 0.1 N(0, 1) (center 1 for x * w norms, 0 for x * (1 + w))."""
 
-    def __init__(self, seed: int, std: float = 0.02):
+    def __init__(self, seed: int, std: float = LINEAR_STD):
         self.rng, self.std = np.random.default_rng(seed), std
 
     def linear(self, *shape) -> np.ndarray:

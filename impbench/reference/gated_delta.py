@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-CHUNK = 64  # tokens per WY chunk (flash-linear-attention's chunk_gated_delta_rule)
+from impbench.plan.cost import GDN_CHUNK as CHUNK  # the WY chunk the plan counts
+from impbench.reference.blocks import rms_norm
 
 
 def l2norm(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -51,8 +52,7 @@ def causal_conv1d(x: np.ndarray, weight: np.ndarray, state: np.ndarray | None = 
 
 def gated_rmsnorm(o: np.ndarray, z: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """w * rmsnorm(o) * silu(z) over the last axis (per token and head; plain w, not 1 + w)."""
-    normed = o / np.sqrt(np.mean(o * o, axis=-1, keepdims=True) + eps) * weight
-    return normed * z / (1.0 + np.exp(-z))
+    return rms_norm(o, weight, eps) * z / (1.0 + np.exp(-z))
 
 
 def _heads_of_values(k: np.ndarray, q: np.ndarray, value_heads: int) -> tuple[np.ndarray, np.ndarray]:

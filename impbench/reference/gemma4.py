@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from impbench.reference.blocks import Draw, causal_attention, rms_norm, rope, route
-
-LINEAR_STD = 0.02
-
-
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+from impbench.reference.blocks import (
+    ACTIVATIONS,
+    Draw,
+    causal_attention,
+    gated_mlp,
+    layer_weights,
+    moe,
+    rms_norm,
+    rope,
+    route,
+)
 
 
 def _plain_norm(x: np.ndarray, eps: float) -> np.ndarray:
@@ -59,19 +63,12 @@ def attention_sublayer(p, w: dict, kind: str, x: np.ndarray, start: int, k_cache
 def ffn_sublayer(p, w: dict, h: np.ndarray) -> np.ndarray:
     """The dense GeGLU MLP and the routed experts, both from h, each normed before and after, their sum
     normed: the block's output before the residual add."""
-    eps, f, inter = p.rms_norm_eps, p.dense_intermediate_size, p.moe_intermediate_size
-    gate_up = rms_norm(h, w["pre_mlp_norm"], eps) @ w["mlp_gate_up"].T
-    dense = rms_norm((gelu_tanh(gate_up[:, :f]) * gate_up[:, f:]) @ w["mlp_down"].T, w["post_mlp_norm"], eps)
+    eps, act = p.rms_norm_eps, ACTIVATIONS[p.activation]
+    dense = rms_norm(gated_mlp(rms_norm(h, w["pre_mlp_norm"], eps), w["mlp_gate_up"], w["mlp_down"], act), w["post_mlp_norm"], eps)
     logits = (_plain_norm(h, eps) * w["router_scale"] * p.hidden_size**-0.5) @ w["router"].T
     ids, weights = route(logits, p.experts_per_token, p.norm_topk_prob)
     weights = weights * w["expert_scale"][ids]
-    x = rms_norm(h, w["pre_moe_norm"], eps)
-    routed = np.zeros_like(h)
-    for expert in range(w["w13"].shape[0]):
-        rows, slots = np.nonzero(ids == expert)
-        if rows.size:
-            gu = x[rows] @ w["w13"][expert].T
-            routed[rows] += weights[rows, slots][:, None] * ((gelu_tanh(gu[:, :inter]) * gu[:, inter:]) @ w["w2"][expert].T)
+    routed = moe(rms_norm(h, w["pre_moe_norm"], eps), ids, weights, w["w13"], w["w2"], act=act)
     moe_out = rms_norm(routed, w["post_moe_norm"], eps)
     return rms_norm(dense + moe_out, w["post_ffn_norm"], eps)
 
@@ -92,7 +89,7 @@ def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0) -> n
     for start in range(0, tokens, size):
         x = weights["embed"][ids[start : start + size]] * np.sqrt(p.hidden_size)
         for i, kind in enumerate(p.layer_types):
-            w = {name.split(".", 2)[2]: value for name, value in weights.items() if name.startswith(f"layers.{i}.")}
+            w = layer_weights(weights, i)
             h = x + attention_sublayer(p, w, kind, x, start, *caches[i])
             x = (h + ffn_sublayer(p, w, h)) * w["layer_scalar"]
         hidden.append(rms_norm(x, weights["final_norm"], p.rms_norm_eps))
@@ -110,7 +107,7 @@ def random_weights(preset, seed: int = 0) -> dict:
     """Random float64 weights with realistic scales: linears std 0.02, norms 1 + 0.1 N(0, 1), router and
     expert scales near 1, per-layer scalars near 1, embedding std 0.05 (it is scaled by sqrt(H))."""
     p = preset
-    draw = Draw(seed, LINEAR_STD)
+    draw = Draw(seed)
     rng, linear, norm = draw.rng, draw.linear, draw.norm
     h, e, inter, f = p.hidden_size, p.num_experts, p.moe_intermediate_size, p.dense_intermediate_size
 

@@ -21,13 +21,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from impbench.reference.blocks import Draw, causal_attention, moe, rms_norm, rope, route
-from impbench.reference.gated_delta import causal_conv1d, decay_and_beta, gated_delta_chunked, gated_rmsnorm, l2norm
-
-LINEAR_STD = 0.02
-COMMON_KEYS = ("attn_norm", "ffn_norm", "router", "w13", "w2", "shared_w13", "shared_w2", "shared_gate")
-LINEAR_KEYS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "conv", "a_log", "dt_bias", "gated_norm", "out_proj")
-FULL_KEYS = ("q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "o_proj")
+from impbench.reference.blocks import (
+    Draw,
+    causal_attention,
+    gated_mlp,
+    layer_weights,
+    moe,
+    rms_norm,
+    rope,
+    route,
+)
+from impbench.reference.gated_delta import (
+    causal_conv1d,
+    decay_and_beta,
+    gated_delta_chunked,
+    gated_rmsnorm,
+    l2norm,
+)
 
 
 def _norm(p, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -80,10 +90,7 @@ def moe_sublayer(p, w: dict, h: np.ndarray) -> np.ndarray:
     hn = _norm(p, h, w["ffn_norm"])
     ids, weights = route(hn @ w["router"].T, p.experts_per_token, p.norm_topk_prob)
     routed = moe(hn, ids, weights, w["w13"], w["w2"])
-    gate_up = hn @ w["shared_w13"].T
-    inter = p.shared_expert_intermediate_size
-    gate, up = gate_up[:, :inter], gate_up[:, inter:]
-    shared = (gate * _sigmoid(gate) * up) @ w["shared_w2"].T
+    shared = gated_mlp(hn, w["shared_w13"], w["shared_w2"])
     return routed + (_sigmoid(hn @ w["shared_gate"].T) if p.shared_expert_gate else 1.0) * shared
 
 
@@ -100,8 +107,7 @@ def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0) -> n
     for start in range(0, tokens, size):
         x = weights["embed"][ids[start : start + size]]
         for i, kind in enumerate(p.layer_types):
-            w = {name: value for name, value in weights.items() if name.startswith(f"layers.{i}.")}
-            w = {name.split(".", 2)[2]: value for name, value in w.items()}
+            w = layer_weights(weights, i)
             if kind == "linear":
                 h = x + linear_sublayer(p, w, x, states[i])
             else:
@@ -120,7 +126,7 @@ def random_weights(preset, seed: int = 0) -> dict:
     """Random float64 weights with realistic scales: linears std 0.02, (1 + w) norms with w ~ 0.1 N(0, 1),
     the gated norm's w near 1, embedding std 1, A_log and dt_bias so that decays spread over (0, 1)."""
     p = preset
-    draw = Draw(seed, LINEAR_STD)
+    draw = Draw(seed)
     rng, linear = draw.rng, draw.linear
     h, e, inter, shared = p.hidden_size, p.num_experts, p.moe_intermediate_size, p.shared_expert_intermediate_size
 
@@ -137,7 +143,7 @@ def random_weights(preset, seed: int = 0) -> dict:
             layer.update(in_proj_qkv=linear(p.linear_conv_dim, h), in_proj_z=linear(hv * dv, h), in_proj_b=linear(hv, h),
                          in_proj_a=linear(hv, h), conv=0.3 * rng.standard_normal((p.linear_conv_dim, p.linear_conv_kernel)),
                          a_log=np.log(rng.uniform(1.0, 16.0, hv)), dt_bias=rng.standard_normal(hv),
-                         gated_norm=1.0 + 0.1 * rng.standard_normal(dv), out_proj=linear(h, hv * dv))  # fmt: skip
+                         gated_norm=draw.norm(dv), out_proj=linear(h, hv * dv))  # fmt: skip
         else:
             heads, kv, d = p.num_attention_heads, p.num_kv_heads, p.head_dim
             layer.update(q_proj=linear(heads * 2 * d, h), k_proj=linear(kv * d, h), v_proj=linear(kv * d, h), q_norm=norm(d),

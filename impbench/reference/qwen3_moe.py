@@ -19,7 +19,6 @@ import numpy as np
 
 from impbench.reference.blocks import Draw, causal_attention, moe, rms_norm, rope, route
 
-LINEAR_STD = 0.02
 LAYER_KEYS = ("attn_norm", "wqkv", "q_norm", "k_norm", "wo", "ffn_norm", "router", "w13", "w2")
 
 
@@ -85,7 +84,7 @@ def random_weights(preset, seed: int = 0) -> dict:
     """Random float64 weights with realistic scales: linears std 0.02, norms 1 + 0.1 N(0, 1),
     embedding std 1 (as impbench.engine.weights); lm_head is the embedding where the preset ties them."""
     p = preset
-    draw = Draw(seed, LINEAR_STD)
+    draw = Draw(seed)
     rng, linear, norm = draw.rng, draw.linear, draw.norm
     hidden, dim, inter, experts = p.hidden_size, p.head_dim, p.moe_intermediate_size, p.num_experts
 
