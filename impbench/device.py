@@ -26,6 +26,13 @@ def cuda_available() -> bool:
     return True
 
 
+def compute_capability() -> int:
+    """The current CUDA device's compute capability as one number: 90 on an H100 or H200, 120 on an RTX 5090."""
+    import cupy
+
+    return int(cupy.cuda.Device().compute_capability)
+
+
 def pci_bus_id() -> str:
     """The PCI bus id of the current CUDA device: NVML then reads the same card CUDA uses."""
     import cupy

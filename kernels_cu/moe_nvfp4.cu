@@ -144,11 +144,6 @@ __device__ __forceinline__ unsigned e4m3x2_half(unsigned v) {  // bytes 0-1 (or 
 // 4 quads reading units 4t+i (fixed i) hit 8 distinct bank groups per quarter warp.
 __device__ __forceinline__ int xswz(int u, int row) { return u ^ (((u >> 3) & 1) << 1) ^ (row & 1); }
 
-template <int N>
-struct Const {
-    static constexpr int value = N;
-};
-
 struct Tile {
     int expert, row0, rows;  // expert -1: this block has no tile
 };

@@ -99,7 +99,3 @@ class Buffers:
         if name not in self._specs:
             raise AttributeError(f"no buffer named {name!r}")
         return self._allocate(name)
-
-    @property
-    def nbytes(self) -> int:
-        return int(sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in self._specs.values()))

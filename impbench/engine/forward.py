@@ -100,11 +100,8 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
         add(op, fn)
 
     layers = weights.layers
-    # the engine can store the expert weights and write x in whichever layout the chosen variant reads
-    expert = moe.choose_variant(p.hidden_size, p.moe_intermediate_size, tiled=True, kperm=True)
-    kperm, tiled = moe.VARIANTS[expert].kperm, moe.VARIANTS[expert].tiled
-    if any(layer.experts_tiled != tiled for layer in weights.layers):
-        raise ValueError(f"expert weights not stored as {expert} reads them (generate_weights tiles them for it)")
+    expert = weights.expert_variant  # the experts are stored as it reads them
+    kperm = moe.VARIANTS[expert].kperm
     add("embed", ops.prepare(ops.embed, b.ids[:t], weights.embed, resid))
     add("attn_norm", ops.prepare(ops.rmsnorm, resid, layers[0].attn_norm, eps, normed))  # later layers': in combine
     for index, layer in enumerate(layers):

@@ -19,7 +19,9 @@ MARGIN_FRACTION = 0.05  # the pool's rounding and fragmentation
 
 
 def buffer_bytes(preset, chunk_tokens: int, max_tokens: int) -> int:
-    return int(sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in buffer_specs(preset, chunk_tokens, max_tokens).values()))
+    """Every buffer of engine.buffers at these sizes, as Buffers allocates them."""
+    specs = buffer_specs(preset, chunk_tokens, max_tokens)
+    return int(sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in specs.values()))
 
 
 def required_bytes(preset, chunk_tokens: int, max_tokens: int) -> dict[str, float]:

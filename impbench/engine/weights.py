@@ -7,7 +7,7 @@ activations stay in FP16 range through every layer, as in a trained model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,7 +45,6 @@ class LayerWeights:
     w2: object  # uint8 [E, H, I/2]
     w2_scale: object  # uint8 [E, H, I/16]
     w2_scale2: object  # fp32 [E]
-    experts_tiled: bool = False  # w13 / w2 codes and scales tile-major (moe.tile_experts) for the engine's expert variant
 
 
 @dataclass
@@ -54,15 +53,7 @@ class ModelWeights:
     layers: list
     final_norm: object  # fp16 [H]
     lm_head: object  # fp16 [V, H] (the embedding itself where the preset ties them)
-
-    @property
-    def nbytes(self) -> int:
-        arrays = [self.embed, self.final_norm]
-        if self.lm_head is not self.embed:
-            arrays.append(self.lm_head)
-        for layer in self.layers:
-            arrays.extend(getattr(layer, f.name) for f in fields(layer))
-        return int(sum(a.nbytes for a in arrays))  # Nvfp4Linear has nbytes too
+    expert_variant: str  # the MoE kernel variant the experts are stored for (tile-major where it is tiled)
 
 
 def _normal_fp16(rng, shape, std):
@@ -98,8 +89,9 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
     q_rows, kv_rows = preset.num_attention_heads * dim, preset.num_kv_heads * dim
     experts, inter = preset.num_experts, preset.moe_intermediate_size
     attn_nvfp4 = "attention" in preset.nvfp4_tensors
-    # stored as the engine's expert kernels read them (forward.build_launches chooses them the same way)
-    tiled = moe.VARIANTS[moe.choose_variant(hidden, inter, tiled=True, kperm=True)].tiled
+    # the engine can store the expert weights and write x in whichever layout the chosen variant reads
+    expert_variant = moe.choose_variant(hidden, inter, tiled=True, kperm=True)
+    tiled = moe.VARIANTS[expert_variant].tiled
     layers = []
     for index in range(preset.num_layers):
         w13, w13_scale, w13_scale2 = generate_experts_gpu(experts, 2 * inter, hidden, seed=seed * 1000 + 2 * index)
@@ -123,12 +115,12 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
                 w2=w2,
                 w2_scale=w2_scale,
                 w2_scale2=w2_scale2,
-                experts_tiled=tiled,
             )
         )
     embed = _normal_fp16(rng, (preset.vocab_size, hidden), 1.0)
     lm_head = embed if preset.tie_word_embeddings else _normal_fp16(rng, (preset.vocab_size, hidden), LINEAR_STD)
-    return ModelWeights(embed=embed, layers=layers, final_norm=_norm_fp16(rng, hidden), lm_head=lm_head)
+    return ModelWeights(embed=embed, layers=layers, final_norm=_norm_fp16(rng, hidden), lm_head=lm_head,
+                        expert_variant=expert_variant)  # fmt: skip
 
 
 def _experts_float64(codes, scale, scale2, tiled_gate_up: bool | None = None) -> np.ndarray:
@@ -145,17 +137,19 @@ def _experts_float64(codes, scale, scale2, tiled_gate_up: bool | None = None) ->
 
 def reference_weights(weights: ModelWeights) -> dict:
     """The same weights as float64 NumPy arrays under impbench.reference's keys (experts dequantized)."""
+    from impbench.kernels import moe
+
     ref = {
         "embed": weights.embed.get().astype(np.float64),
         "final_norm": weights.final_norm.get().astype(np.float64),
         "lm_head": weights.lm_head.get().astype(np.float64),
     }
+    tiled = moe.VARIANTS[weights.expert_variant].tiled
     for index, layer in enumerate(weights.layers):
         prefix = f"layers.{index}."
         for name in ("attn_norm", "wqkv", "q_norm", "k_norm", "wo", "ffn_norm", "router"):
             tensor = getattr(layer, name)
             ref[prefix + name] = tensor.float64() if isinstance(tensor, Nvfp4Linear) else tensor.get().astype(np.float64)
-        tiled = layer.experts_tiled
         ref[prefix + "w13"] = _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2, True if tiled else None)
         ref[prefix + "w2"] = _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2, False if tiled else None)
     return ref

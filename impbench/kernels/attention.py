@@ -27,9 +27,9 @@ _KERNEL_PREFIX = {"wgmma": "attention_prefill_wg_d", "wgmma2": "attention_prefil
 
 def default_variant() -> str:
     """The variant for the current device: wgmma where the family is built for sm_90a (cc 9.0)."""
-    import cupy
+    from impbench import device
 
-    return "wgmma" if cupy.cuda.Device().compute_capability == "90" else "mma"
+    return "wgmma" if device.compute_capability() == 90 else "mma"
 
 
 def _check_variant(variant: str) -> None:

@@ -14,10 +14,10 @@ import contextlib
 import ctypes
 import functools
 
-# CUtensorMapDataType, CUtensorMapSwizzle, CUtensorMapL2promotion values
-UINT8, FLOAT16 = 0, 6
-SWIZZLE_NONE, SWIZZLE_32B, SWIZZLE_64B, SWIZZLE_128B = 0, 1, 2, 3
-L2_PROMOTION_128B, L2_PROMOTION_256B = 2, 3
+# the CUtensorMapDataType, CUtensorMapSwizzle and CUtensorMapL2promotion values the kernels use
+FLOAT16 = 6
+SWIZZLE_32B, SWIZZLE_64B, SWIZZLE_128B = 1, 2, 3
+L2_PROMOTION_256B = 3
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 
 
@@ -100,9 +100,9 @@ def pdl_enabled() -> bool:
 
 @functools.cache
 def _device_has_pdl() -> bool:
-    import cupy
+    from impbench import device
 
-    return int(cupy.cuda.Device().compute_capability) >= 90
+    return device.compute_capability() >= 90
 
 
 @contextlib.contextmanager

@@ -80,10 +80,10 @@ def source_arch(code: str) -> str | None:
 
 
 def _arch_options(code: str) -> tuple[str, ...]:
-    import cupy
+    from impbench import device
 
     arch = source_arch(code)
-    if arch and arch.startswith("sm_") and arch[3:].rstrip("a") == cupy.cuda.Device().compute_capability:
+    if arch and arch.startswith("sm_") and arch[3:].rstrip("a") == str(device.compute_capability()):
         return (f"-arch={arch}",)
     return ()
 

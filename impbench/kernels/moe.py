@@ -206,9 +206,9 @@ def _take_last(a, index, out):
 
 @functools.cache
 def _current_cc() -> int:
-    import cupy
+    from impbench import device
 
-    return int(cupy.cuda.Device().compute_capability)
+    return device.compute_capability()
 
 
 def _check_family_runs(cc: int) -> None:

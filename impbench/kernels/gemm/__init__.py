@@ -42,6 +42,7 @@ from impbench.kernels.gemm.dispatch import (  # noqa: F401
     choose_variant,
     estimate_us,
     get_guard,
+    launchable,
 )
 from impbench.kernels.gemm.launch import (  # noqa: F401
     device_info,

@@ -13,7 +13,9 @@ from functools import lru_cache
 
 from impbench.kernels import driver
 from impbench.kernels.checks import check_array
-from impbench.kernels.gemm.dispatch import DEFAULT_GUARD, H100, GUARDS, DeviceInfo, choose_variant
+from impbench.kernels.gemm.dispatch import (
+    DEFAULT_GUARD, H100, DeviceInfo, check_shape, choose_variant, family_usable, launchable,
+)
 from impbench.kernels.gemm.variants import FAMILY, MAX_GRID_Y, VARIANTS, Variant
 from impbench.kernels.modules import get_function, load_module
 
@@ -31,17 +33,9 @@ def device_info() -> DeviceInfo:
         return H100
 
 
-def prewarm(shapes=(), guards=tuple(GUARDS)) -> None:
-    """Compile the family, and fetch the kernel each (m, n, k) of `shapes` gets under each of `guards`
-    (its shared-memory limit raised, its cluster occupancy queried), outside any capture."""
+def prewarm() -> None:
+    """Compile the family outside any capture (each kernel is fetched as its launch is prepared)."""
     load_module(FAMILY)
-    for m, n, k in shapes:
-        for guard in guards:
-            name = choose_variant(m, n, k, guard)
-            if name is not None:
-                _kernel(VARIANTS[name])
-                if VARIANTS[name].tensor_maps:
-                    max_clusters(name)
 
 
 def _kernel(variant: Variant):
@@ -56,8 +50,7 @@ def _check_args(a, w, out) -> tuple[int, int, int]:
     if k_w != k:
         raise ValueError(f"a {tuple(a.shape)} and w {tuple(w.shape)} disagree on K ({k} vs {k_w}); w is [N, K]")
     check_array("out", out, "float16", shape=(m, n))
-    if m < 1 or n < 1 or k % 8 or k < 8:
-        raise ValueError(f"a {tuple(a.shape)}, w {tuple(w.shape)}: need M >= 1, N >= 1, K a positive multiple of 8")
+    check_shape(m, n, k)
     for name, arr in (("a", a), ("w", w)):
         if arr.data.ptr % 16:
             raise ValueError(f"{name} {tuple(arr.shape)} must start 16-byte aligned (cp.async), got address {arr.data.ptr:#x}")
@@ -83,12 +76,12 @@ def prepare(a, w, out, variant: str | None = None, group: int | None = None, tma
     spec = VARIANTS.get(name)
     if spec is None:
         raise ValueError(f"unknown GEMM variant {name!r}; accepted: {', '.join(VARIANTS)}")
-    if spec.family != "mma" and not device_info().has_wgmma:
+    if not family_usable(spec, device_info()):
         raise ValueError(f"GEMM variant {name!r} needs an sm_90 (Hopper) device")
     if spec.tensor_maps:
         return _tma_launcher(spec, a, w, out, m, n, k, group, tma_store)
     gx, gy = spec.grid(m, n)
-    if gy > MAX_GRID_Y:
+    if not launchable(spec, m, n):
         raise ValueError(f"GEMM variant {name!r} cannot tile N={n} (w {tuple(w.shape)}): {gy} column tiles > {MAX_GRID_Y}")
     args = (a, w, out, np.int32(m), np.int32(n), np.int32(k))
     return functools.partial(_kernel(spec), (gx, gy), (spec.threads,), args, shared_mem=spec.smem_bytes)
