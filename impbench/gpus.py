@@ -35,6 +35,11 @@ class GpuCeilings:
     def mem_tb_s(self) -> float:
         return self.mem_bytes_per_s / 1e12
 
+    def floor_us(self, flops: float, bytes_moved: float) -> tuple[float, str]:
+        """(µs, "memory" or "compute"): the roofline floor of one op on these ceilings."""
+        mem_us, compute_us = 1e6 * bytes_moved / self.mem_bytes_per_s, 1e6 * flops / self.fp16_flops_per_s
+        return max(mem_us, compute_us), "memory" if mem_us >= compute_us else "compute"
+
 
 GPUS: dict[str, GpuCeilings] = {
     "h100": GpuCeilings(

@@ -54,38 +54,46 @@ def check_writable_folder(path: Path, option: str = "--out") -> None:
 class ResultFile:
     """A result's JSON file (and the CSV table beside it) for one command's --out."""
 
-    def __init__(self, path: str | Path, force: bool = False, option: str = "--out"):
+    option = "--out"
+
+    def __init__(self, path: str | Path, force: bool = False):
         self.path = Path(path)
         self.csv_path = csv_path_for(self.path)
         self.force = force
-        self.option = option
+        self.previous: Result | None = None  # the result there to continue, once check() found one
 
-    def start(self, fresh: Result, machine_known: bool = True) -> Result:
-        """Check the path (before any GPU work: machine_known False skips the check of the GPU name);
-        the result to continue (earlier rows kept on resume)."""
+    def check(self, command: str, settings: dict) -> None:
+        """Before any GPU work: the path can be written, and what is there is replaced (--force) or
+        continued (same command and settings) but never overwritten otherwise."""
         check_writable_folder(self.path, self.option)
         where = f"{self.option} {self.path}"
         if not self.path.exists():
             if self.csv_path.exists():
                 raise InputError(f"{where}: {self.csv_path} is already there and is not the table of an impbench result "
                                  "beside it; give another path")  # fmt: skip
-            return fresh
+            return
         try:
             previous = load_result(self.path)
         except InputError:
             raise InputError(f"{where} holds a file that is not an impbench result; it is never overwritten: "
                              "give another path") from None  # fmt: skip
         if self.force:
-            return fresh
-        if previous.command != fresh.command or previous.settings != fresh.settings:
+            return
+        if previous.command != command or previous.settings != settings:
             raise InputError(f"{where} holds a result of other settings (a `{previous.command}` run); rerun with the same "
                              "settings to resume it, add --force to replace it, or give another path")  # fmt: skip
-        gpu_before, gpu_now = previous.metadata.get("gpu_name"), fresh.metadata.get("gpu_name")
-        if machine_known and gpu_before != gpu_now:
-            raise InputError(f"{where} holds rows measured on {gpu_before!r}, not on this {gpu_now!r}: rows of two GPUs are "
-                             "never one table; give another path, or --force to replace it")  # fmt: skip
-        previous.metadata = {**fresh.metadata, "resumed_from": previous.metadata.get("time_utc")}
-        return previous
+        self.previous = previous
+
+    def resume(self, fresh: Result) -> Result:
+        """After check(), with the machine known: the result to continue (earlier rows kept), or `fresh`."""
+        if self.previous is None:
+            return fresh
+        gpu_before, gpu_now = self.previous.metadata.get("gpu_name"), fresh.metadata.get("gpu_name")
+        if gpu_before != gpu_now:
+            raise InputError(f"{self.option} {self.path} holds rows measured on {gpu_before!r}, not on this {gpu_now!r}: rows "
+                             "of two GPUs are never one table; give another path, or --force to replace it")  # fmt: skip
+        self.previous.metadata = {**fresh.metadata, "resumed_from": self.previous.metadata.get("time_utc")}
+        return self.previous
 
     def write(self, result: Result, csv_text: str) -> None:
         """Both files, atomically; a failure (full disk, vanished folder) is one line, earlier rows kept."""

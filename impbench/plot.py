@@ -76,12 +76,12 @@ def _profile(ax, result: Result) -> None:
 
 
 def _clocks(ax, result: Result) -> None:
-    reps = [(arm.name, rep) for row in result.measured_rows for arm in row.arms for rep in arm.reps + arm.discarded]
-    sm = [rep.telemetry.sm_mhz_median for _, rep in reps]
-    power = [rep.telemetry.power_w_median for _, rep in reps]
+    reps = [rep for row in result.measured_rows for arm in row.arms for rep in arm.reps + arm.discarded]
+    sm = [rep.telemetry.sm_mhz_median for rep in reps]
+    power = [rep.telemetry.power_w_median for rep in reps]
     index = list(range(len(reps)))
     ax.plot(index, [v if v is not None else float("nan") for v in sm], ".-", label="SM MHz (median of the rep)")
-    flagged = [(i, v) for i, (_, rep), v in zip(index, reps, sm) if rep.flagged and v is not None]
+    flagged = [(i, v) for i, rep, v in zip(index, reps, sm) if rep.flagged and v is not None]
     if flagged:
         ax.scatter(*zip(*flagged), color="red", zorder=3, label="flagged rep")
     ax.set_xlabel("rep, in the order of the result file (row by row, arm by arm)")

@@ -225,7 +225,7 @@ def result_github(result: Result) -> str:
     specs = result.arm_specs
     headline = []
     for row in sorted(result.measured_rows, key=lambda row: row.gpu_kind or ""):
-        by_arm = {r["arm"]: r for r in records if (r["model"], r["pp"], r["gpu_kind"]) == (row.model, row.pp, row.gpu_kind)}
+        by_arm = {r["arm"]: r for r in records if (r["model"], r["pp"], r["gpu_kind"]) == row.key}
         cells = {"Model": _model_cell(next(iter(by_arm.values()))), "pp": str(row.pp)}
         for arm in row.arms:
             cells[f"{arm.name} {arm.label} tok/s"] = num(by_arm[arm.name]["tok_s"])
@@ -306,8 +306,8 @@ def _ratios(arm: ArmResult, control: ArmResult) -> list[float]:
 
 def compare_results(old: Result, new: Result) -> list[CompareRow]:
     """Match arms by (model, pp, spec); OLD's order first, then what only NEW has."""
-    old_rows = {(row.model, row.pp, row.gpu_kind): row for row in old.measured_rows}
-    new_rows = {(row.model, row.pp, row.gpu_kind): row for row in new.measured_rows}
+    old_rows = {row.key: row for row in old.measured_rows}
+    new_rows = {row.key: row for row in new.measured_rows}
     out: list[CompareRow] = []
     for key in list(old_rows) + [key for key in new_rows if key not in old_rows]:
         o, n = old_rows.get(key), new_rows.get(key)
@@ -332,8 +332,8 @@ def _drift_word(comparison: Comparison) -> str:
 def compare_records(rows: list[CompareRow]) -> list[dict]:
     records = []
     for row in rows:
-        old_summary = None if row.old is None or not row.old.reps else row.old.summary()
-        new_summary = None if row.new is None or not row.new.reps else row.new.summary()
+        old_summary = None if row.old is None else row.old.summary()
+        new_summary = None if row.new is None else row.new.summary()
         comparison = row.comparison()
         fields = _comparison_fields(comparison)
         if row.how == CONTROL and comparison is not None:
@@ -367,10 +367,11 @@ def compare_notes(old: Result, new: Result, rows: list[CompareRow]) -> list[str]
     return notes
 
 
-def format_compare(old: Result, new: Result, fmt: str = "md") -> str:
-    """NEW against OLD per arm: markdown (with notes), CSV (table only) or JSON {notes, rows}."""
+def format_compare(old: Result, new: Result, fmt: str = "md", rows: list[CompareRow] | None = None) -> str:
+    """NEW against OLD per arm (`rows`: compare_results(old, new), where the caller has them already):
+    markdown (with notes), CSV (table only) or JSON {notes, rows}."""
     check_format(fmt)
-    rows = compare_results(old, new)
+    rows = compare_results(old, new) if rows is None else rows
     records = compare_records(rows)
     notes = compare_notes(old, new, rows)
     if fmt == "csv":

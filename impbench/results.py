@@ -230,6 +230,11 @@ class Row:
     failed: str | None = None  # a fleet row whose task failed after its retries: why (then no arms)
 
     @property
+    def key(self) -> tuple:
+        """What names a row within a result: (model, pp, GPU kind)."""
+        return (self.model, self.pp, self.gpu_kind)
+
+    @property
     def baseline(self) -> ArmResult:
         return self.arms[0]
 
@@ -311,7 +316,7 @@ class Result:
 
     def done(self) -> set[tuple[str, int, str | None]]:
         """(model, pp, GPU kind) of every row measured (a failed row is not done: a rerun retries it)."""
-        return {(row.model, row.pp, row.gpu_kind) for row in self.rows if not row.failed}
+        return {row.key for row in self.measured_rows}
 
     @property
     def measured_rows(self) -> list[Row]:
@@ -385,7 +390,7 @@ def merge_results(results: list[Result], names: list[str]) -> Result:
         if result.command != first.command or result.settings != first.settings:
             raise InputError(f"{name}: another command or other settings than {names[0]}; only runs of one sweep merge")
         for row in result.rows:
-            key = (row.model, row.pp, row.gpu_kind)
+            key = row.key
             if key in seen and not row.failed:
                 raise InputError(f"{name}: row {row.model} pp={row.pp}{' ' + row.gpu_kind if row.gpu_kind else ''} is "
                                  f"also in {seen[key]}; merge files whose rows differ")  # fmt: skip

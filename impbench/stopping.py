@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from impbench.errors import InputError
 from impbench.stats import MIN_REPS, compare_arms
 
-AUTO = "auto"
 TARGET = "target interval"
 MAX_REPS = "max reps"
 MAX_TIME = "max time"

@@ -32,6 +32,8 @@ def test_one_report_three_formats_and_an_atomic_writer(tmp_path):
     assert json.loads(report.format("json"))["format"] == "impbench.ops"
     written = report.write(tmp_path / "ops.md", "md")
     assert [p.name for p in written] == ["ops.md", "ops.json"] and sorted(p.name for p in tmp_path.iterdir()) == ["ops.json", "ops.md"]
+    assert [p.name for p in report.write(tmp_path / "x.md", "json")] == ["x.md"]
+    assert json.loads((tmp_path / "x.md").read_text())["format"] == "impbench.ops"
 
 
 def test_a_bench_out_is_checked_before_any_gpu_work(capsys, monkeypatch, tmp_path):
@@ -50,6 +52,8 @@ def test_a_bench_out_is_checked_before_any_gpu_work(capsys, monkeypatch, tmp_pat
 @pytest.mark.parametrize("args,needle", [(["gemm", "--shape", "512x32"], "bad --shape"), (["gemm", "--m", "0"], "--m"),
                                          (["moe", "--model", "tiny", "--pp", "0"], "--pp must be between"),
                                          (["moe", "--model", "tiny", "--reps", "0"], "--reps must be"),
+                                         (["gemm", "--reps", "0"], "--reps must be"),
+                                         (["ops", "--out", "t.json"], "gets its JSON beside it, at this very path"),
                                          (["ops", "--pp", "x"], "--pp takes comma-separated")])  # fmt: skip
 def test_bad_bench_input_is_exit_2(capsys, monkeypatch, args, needle):
     FakeGpu(monkeypatch)

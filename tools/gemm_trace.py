@@ -75,7 +75,8 @@ def launch_stats(rows, event_us: float, sm_mhz: float) -> dict:
 def trace_case(module, m: int, n: int, k: int, variants, reps: int, sm_order: bool = False) -> list[str]:
     import cupy
 
-    from impbench.kernels import gemm, get_function
+    from impbench.bench import timing
+    from impbench.kernels import gemm
 
     sets = max(4, -(-160 * 2**20 // (2 * (m * k + n * k + m * n))))  # > an H200's L2 of inputs
     rng = cupy.random.default_rng(m + n + k)
@@ -84,11 +85,10 @@ def trace_case(module, m: int, n: int, k: int, variants, reps: int, sm_order: bo
     out = cupy.empty((m, n), cupy.float16)
     pointer = module.get_global("_ZN7impgemm13impgemm_traceE")  # TRACE_CTAS x TRACE_SLOTS
     trace = cupy.ndarray((4096, 2 * POINTS + 1), cupy.uint64, memptr=pointer)
-    spin, stream = get_function("bench", "bench_spin"), cupy.cuda.get_current_stream()
-    cycles = int(30 * gemm.device_info().sm_mhz)
+    spin, stream = timing.spin(30), cupy.cuda.get_current_stream()
 
     def timed(run, i):
-        spin((1,), (1,), (cupy.int64(cycles),))
+        spin()
         e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
         e0.record(stream)
         run(i)

@@ -97,7 +97,7 @@ def time_case(case: GemmCase, guard: str, reps: int, extra_variants=()) -> dict:
     guards = {g: (gemm.choose_variant(m, n, k, g) or gemm.CUBLAS) for g in gemm.GUARDS}
     # extra variants modelled at over 3x the best are skipped (a 16-row tile on lm_head takes seconds)
     best_us = min(gemm.estimate_us(v, m, n, k) for v in gemm.candidates("small-n"))
-    extra_ok = [v for v in extra_variants if v != variant and gemm.VARIANTS[v].grid(m, n)[1] <= gemm.MAX_GRID_Y
+    extra_ok = [v for v in extra_variants if v != variant and gemm.launchable(gemm.VARIANTS[v], m, n)
                 and gemm.estimate_us(gemm.VARIANTS[v], m, n, k) <= 3 * best_us]  # fmt: skip
     timed = ([variant] if variant else []) + extra_ok
     sets = set_count(2 * (m * k + n * k + m * n))
@@ -162,8 +162,6 @@ def run_gemm_bench(models, shapes, ms, reps: int, guard: str, variants=(), metad
     from impbench.telemetry import Telemetry
 
     gemm.get_guard(guard)
-    if reps < 1:
-        raise InputError(f"--reps must be a whole number >= 1, got {reps}")
     if variants == ("all",):
         variants = tuple(v.name for v in gemm.candidates("small-n"))
     for name in variants:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from impbench.bench.accuracy import rel_err
-from impbench.bench.report import BenchReport, Column, fixed, sci
+from impbench.bench.report import BenchReport, Column, below_floor_lines, fixed, sci
 from impbench.bench.timing import SPIN_US, copy_gbs, cublas_tflops, host_us, median_us, time_interleaved
 from impbench.errors import InputError
 
@@ -220,8 +220,9 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def _row(shapes: MoeShapes, pp: int, routing: str, op: str, layer, times: list[float], ref_us: float, error: float,
-         measured_copy_gbs: float, gpu, variant: str, others: dict) -> dict:  # fmt: skip
+def _row(routing: str, op: str, layer, times: list[float], ref_us: float, error: float, measured_copy_gbs: float, gpu,
+         variant: str, others: dict) -> dict:  # fmt: skip
+    shapes, pp = layer.shapes, layer.pp
     n, k = shapes.gemms()[op]
     counts = np.diff(layer.host_offsets)
     rows = pp * shapes.top_k
@@ -234,10 +235,7 @@ def _row(shapes: MoeShapes, pp: int, routing: str, op: str, layer, times: list[f
     bytes_moved = weight_bytes + act_bytes + (shapes.experts + 1) * 4
     flops = 2.0 * rows * n * k
     time_us = median_us(times)
-    floor_us = bound = None
-    if gpu is not None:
-        mem_us, compute_us = 1e6 * bytes_moved / gpu.mem_bytes_per_s, 1e6 * flops / gpu.fp16_flops_per_s
-        floor_us, bound = max(mem_us, compute_us), "memory" if mem_us >= compute_us else "compute"
+    floor_us, bound = (None, None) if gpu is None else gpu.floor_us(flops, bytes_moved)
     return {
         "model": shapes.model, "pp": pp, "routing": routing, "op": op, "variant": variant, "rows": rows, "n": n, "k": k,
         "shape": f"{rows}x{n}x{k}", "experts_used": used, "max_expert_rows": int(counts.max()), "us": time_us,
@@ -300,8 +298,8 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
                    for op, f in (("gate_up", layer.cublas_gate_up), ("down", layer.cublas_down))}  # fmt: skip
             for op in ("gate_up", "down"):
                 others = {v: {"us": median_us(ours[f"{op} {v}"]), "rel_err": errors[op, v]} for v in timed[1:]}
-                row = _row(shapes, pp, routing, op, layer, ours[f"{op} {variant}"], median_us(ref[op]), errors[op, variant],
-                           measured_copy, gpu, variant, others)  # fmt: skip
+                row = _row(routing, op, layer, ours[f"{op} {variant}"], median_us(ref[op]), errors[op, variant], measured_copy,
+                           gpu, variant, others)  # fmt: skip
                 rows_out.append(row)
                 if progress:
                     progress(f"{routing} {op}: {row['us']:.1f} µs")
@@ -313,9 +311,7 @@ def run_moe_bench(shapes: MoeShapes, pp: int, routings=("uniform",), reps: int =
                 f"{r['floor_us']:.1f} µs" for r in rows_out if r["floor_us"]]  # fmt: skip
     if gpu is not None:
         summary.append(f"floors on {gpu.name} peaks: {gpu.basis}")
-    below = [f"{r['routing']} {r['op']}" for r in rows_out if r["x_floor"] is not None and r["x_floor"] < 1.0]
-    if below:
-        summary.append(f"faster than the floor, so a measurement error: {', '.join(below)}")
+    summary += below_floor_lines(rows_out, lambda r: f"{r['routing']} {r['op']}")
     return BenchReport("moe", rows_out, COLUMNS, summary, metadata,
                        {"model": shapes.model, "pp": pp, "routings": list(routings), "reps": reps, "variant": variant,
                         "variants": timed[1:]},

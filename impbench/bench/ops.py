@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from impbench.bench.report import BenchReport, Column, fixed
+from impbench.bench.report import BenchReport, Column, below_floor_lines, fixed
 from impbench.bench.timing import host_us, median_us, set_count, time_graph
 
 LAUNCHES_PER_GRAPH = 200
@@ -102,41 +102,44 @@ def _routing_buffers(g: Geometry, t: int):
             cupy.empty(rows, cupy.int32), cupy.empty(rows, cupy.float32), cupy.empty((t, g.top_k), cupy.int32))  # fmt: skip
 
 
+def _routing_case(g: Geometry, t: int, steps_of) -> Case:
+    """Routing as two prepared launches, `steps_of(logits, ids, weights, offsets, row_token, row_weight,
+    token_rows)`: logits in; ids, weights, offsets and the permutation out."""
+    logits = _f16((t, g.experts))
+    steps = steps_of(logits, *_routing_buffers(g, t))
+
+    def both() -> None:
+        for step in steps:
+            step()
+
+    rows = t * g.top_k
+    return Case(both, both, t * g.experts * 2 + t * g.top_k * 8 + rows * 20)
+
+
 def _topk_permute(g: Geometry, t: int) -> Case:
     """The engine's routing: topk_count + permute_counted, one case (two launches)."""
     import cupy
 
     from impbench.kernels import routing
 
-    logits = _f16((t, g.experts))
-    ids, weights, offsets, row_token, row_weight, token_rows = _routing_buffers(g, t)
-    counts = cupy.empty((routing.count_blocks(t), g.experts), cupy.int32)
-    steps = [routing.prepare(routing.topk_count, logits, g.top_k, True, ids, weights, token_rows, counts),
-             routing.prepare(routing.permute_counted, ids, weights, counts, offsets, row_token, row_weight, token_rows)]  # fmt: skip
+    def steps(logits, ids, weights, offsets, row_token, row_weight, token_rows):
+        counts = cupy.empty((routing.count_blocks(t), g.experts), cupy.int32)
+        return [routing.prepare(routing.topk_count, logits, g.top_k, True, ids, weights, token_rows, counts),
+                routing.prepare(routing.permute_counted, ids, weights, counts, offsets, row_token, row_weight, token_rows)]  # fmt: skip
 
-    def both() -> None:
-        for step in steps:
-            step()
-
-    rows = t * g.top_k
-    return Case(both, both, t * g.experts * 2 + t * g.top_k * 8 + rows * 20)
+    return _routing_case(g, t, steps)
 
 
 def _topk_then_build(g: Geometry, t: int) -> Case:
     """The two-launch routing the fused form replaced: topk_softmax, then build_permutation."""
     from impbench.kernels import routing
 
-    logits = _f16((t, g.experts))
-    ids, weights, offsets, row_token, row_weight, token_rows = _routing_buffers(g, t)
-    steps = [routing.prepare(routing.topk_softmax, logits, g.top_k, True, ids, weights),
-             routing.prepare(routing.build_permutation, ids, weights, g.experts, offsets, row_token, row_weight, token_rows)]  # fmt: skip
+    def steps(logits, ids, weights, offsets, row_token, row_weight, token_rows):
+        return [routing.prepare(routing.topk_softmax, logits, g.top_k, True, ids, weights),
+                routing.prepare(routing.build_permutation, ids, weights, g.experts, offsets, row_token, row_weight,
+                                token_rows)]  # fmt: skip
 
-    def both() -> None:
-        for step in steps:
-            step()
-
-    rows = t * g.top_k
-    return Case(both, both, t * g.experts * 2 + t * g.top_k * 8 + rows * 20)
+    return _routing_case(g, t, steps)
 
 
 def _combine(g: Geometry, t: int, norm: bool) -> Case:
@@ -222,18 +225,16 @@ def run_ops_bench(preset, token_counts: list[int], variants: bool, metadata: dic
             for tokens in token_counts:
                 with telemetry.sample() as sampler:
                     timed = time_op(make, tokens)
-                floor = None if gpu is None else 1e6 * timed["bytes_moved"] / gpu.mem_bytes_per_s
+                floor = None if gpu is None else gpu.floor_us(0.0, timed["bytes_moved"])[0]
                 row = {"model": preset.name, "op": name, "tokens": tokens, **timed, "floor_us": floor,
                        "x_floor": None if floor is None else timed["us"] / floor, "sm_mhz": sampler.result.sm_mhz_median}  # fmt: skip
                 rows.append(row)
                 if progress:
                     progress(f"{name} T={tokens}: {timed['us']:.2f} µs cold, {timed['hot_us']:.2f} hot")
                 cupy.get_default_memory_pool().free_all_blocks()
-    below = [f"{r['op']} T={r['tokens']}" for r in rows if r["x_floor"] is not None and r["x_floor"] < 1.0]
     summary = [f"floor: bytes moved / peak HBM bandwidth of {gpu.name} ({gpu.mem_tb_s:.2f} TB/s, {gpu.basis})"
                if gpu else "floor: n/a (no ceilings for this GPU)"]  # fmt: skip
-    if below:
-        summary.append(f"faster than the floor, so a measurement error: {', '.join(below)}")
+    summary += below_floor_lines(rows, lambda r: f"{r['op']} T={r['tokens']}")
     return BenchReport("ops", rows, COLUMNS, summary, metadata,
                        {"model": preset.name, "tokens": token_counts, "variants": variants},
                        title=f"{preset.name} small ops, µs per launch from a replayed graph of {LAUNCHES_PER_GRAPH} launches.")  # fmt: skip

@@ -31,6 +31,24 @@ def sci(value) -> str:
     return "-" if value is None else f"{value:.1e}"
 
 
+def report_paths(path: str | Path, fmt: str) -> list[Path]:
+    """The files a report written to `path` in `fmt` occupies: `path`, then for markdown or CSV its full
+    JSON beside it (the last one is always the JSON)."""
+    path = Path(path)
+    if fmt == "json":
+        return [path]
+    if path.suffix == ".json":
+        raise InputError(f"--out {path}: a {fmt} report gets its JSON beside it, at this very path; give a .{fmt} "
+                         "path or --format json")  # fmt: skip
+    return [path, path.with_suffix(".json")]
+
+
+def below_floor_lines(rows: list[dict], label: Callable[[dict], str]) -> list[str]:
+    """The summary line naming every row timed under its floor (a measurement error, never a speed), if any."""
+    below = [label(row) for row in rows if row.get("x_floor") is not None and row["x_floor"] < 1.0]
+    return [f"faster than the floor, so a measurement error: {', '.join(below)}"] if below else []
+
+
 @dataclass
 class BenchReport:
     command: str  # gemm | moe | ops
@@ -66,12 +84,10 @@ class BenchReport:
 
         path = Path(path)
         check_writable_folder(path)
-        written = [(path, self.format(fmt))]
-        if fmt != "json":
-            written.append((path.with_suffix(".json"), self.format("json")))
+        written = list(zip(report_paths(path, fmt), (fmt, "json")))
         try:
-            for target, text in written:
-                atomic_write_text(target, text)
+            for target, form in written:
+                atomic_write_text(target, self.format(form))
         except OSError as exc:
             raise InputError(f"--out {path}: cannot write ({exc.strerror or exc})") from None
         return [target for target, _ in written]

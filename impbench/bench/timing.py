@@ -17,12 +17,19 @@ import statistics
 import time
 from collections.abc import Callable
 
+from impbench.errors import InputError
+
 ROTATE_BYTES = 200 << 20  # input sets per case together: 4x the H100's L2, 3.3x the H200's
 MAX_SETS = 96
 MAX_TOTAL_BYTES = 8 << 30
 SPIN_US = 150.0
 SPIN_US_PER_LAUNCH = 30.0  # host time to queue one timed launch and its event, with margin
 SM_MHZ = 1980.0  # the spin's clock: H100 and H200 under load
+
+
+def check_reps(reps: int) -> None:
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+        raise InputError(f"--reps must be a whole number >= 1, got {reps}")
 
 
 def set_count(set_bytes: int, rotate_bytes: int = ROTATE_BYTES) -> int:

@@ -11,9 +11,6 @@ import click
 from impbench import __version__
 from impbench.errors import InputError, NoDeviceError
 
-FORMAT_CHOICE = click.Choice(["md", "csv", "json"])
-RESULT_FORMATS = click.Choice(["md", "gh", "csv", "json"])
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="impbench")

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 
 import click
 
-from impbench.errors import InputError
-
+from impbench.arms import GUARDS
 from impbench.cli.app import cli
 from impbench.cli.options import (
     BENCH_OUT, check_bench_out, check_environment, FORCE, FORMAT, parse_prompt_lengths, progress,
 )
 
 
-# ---- kernel benchmarks --------------------------------------------------------------------------------
+def _bench(command: str, fmt: str, out, force: bool, run: Callable[[dict], object]) -> None:
+    """What every kernel benchmark does around its timing: --out checked before any GPU work, the
+    environment and the device checked, `run(metadata)` for the report, printed and written."""
+    from impbench import device, metadata
+
+    check_bench_out(out, command, force, fmt)
+    check_environment()
+    device.require_cuda()
+    report = run(metadata.device_metadata())
+    click.echo(report.format(fmt))
+    if out:
+        for path in report.write(out, fmt):
+            progress(f"wrote {path}")
+
+
+def _names(variants: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in variants.split(",") if v.strip())
 
 
 @cli.command()
@@ -24,7 +40,7 @@ from impbench.cli.options import (
 @click.option("--m", "ms", default="512,1024,2048", show_default=True, metavar="LIST",
               help="Token counts M (comma-separated) at which each model shape is timed.")
 @click.option("--reps", type=int, default=50, show_default=True, help="Timed repetitions per shape (median reported).")
-@click.option("--guard", type=click.Choice(["small-n", "tight", "permissive"]), default="small-n",
+@click.option("--guard", type=click.Choice([g for g in GUARDS if g != "cublas"]), default="small-n",
               show_default=True, help="Dispatch guard whose variant is timed against cuBLAS.")
 @click.option("--variants", default="", metavar="LIST",
               help="Also time these variants on every shape: comma-separated names, or 'all' (calibration).")
@@ -38,21 +54,15 @@ def gemm(models, shapes, ms, reps, guard, variants, fmt, out, force) -> None:  #
     L2. Per shape: µs of each, ratio cuBLAS/ours, TFLOP/s, the variant chosen, what each guard
     would do, and the relative error against cuBLAS; then the geometric-mean ratio.
     """
-    from impbench import device, metadata
     from impbench.bench.gemm import parse_ms, parse_shape, run_gemm_bench
+    from impbench.bench.timing import check_reps
 
     for text in shapes:  # bad input is exit 2 before any GPU work
         parse_shape(text)
-    m_list = parse_ms(ms)
-    names = tuple(v.strip() for v in variants.split(",") if v.strip())
-    check_bench_out(out, "gemm", force)
-    check_environment()
-    device.require_cuda()
-    report = run_gemm_bench(models, shapes, m_list, reps, guard, names, metadata.device_metadata(), progress=progress)
-    click.echo(report.format(fmt))
-    if out:
-        for path in report.write(out, fmt):
-            progress(f"wrote {path}")
+    m_list, names = parse_ms(ms), _names(variants)
+    check_reps(reps)
+    _bench("gemm", fmt, out, force,
+           lambda meta: run_gemm_bench(models, shapes, m_list, reps, guard, names, meta, progress=progress))  # fmt: skip
 
 
 @cli.command()
@@ -77,24 +87,18 @@ def moe(model, pp, routings, reps, variant, variants, fmt, out, force) -> None: 
     same run, TFLOP/s, the floor max(bytes / peak HBM bandwidth, FLOPs / peak FP16 rate), and as a
     reference the same GEMMs with FP16-dequantized weights through cuBLAS, one expert at a time.
     """
-    from impbench import device, metadata
     from impbench.bench.moe import MoeShapes, run_moe_bench
+    from impbench.bench.timing import check_reps
+    from impbench.prefill import check_prompt_tokens
     from impbench.presets import get_preset
 
     shapes = MoeShapes.from_preset(get_preset(model))
-    pp = parse_prompt_lengths(str(pp))[0]
-    if reps < 1:
-        raise InputError(f"--reps must be a whole number >= 1, got {reps}")
-    names = tuple(v.strip() for v in variants.split(",") if v.strip())
-    check_bench_out(out, "moe", force)
-    check_environment()
-    device.require_cuda()
-    report = run_moe_bench(shapes, pp, routings or ("uniform",), reps, variants=names, variant=variant,
-                           metadata=metadata.device_metadata(), progress=progress)  # fmt: skip
-    click.echo(report.format(fmt))
-    if out:
-        for path in report.write(out, fmt):
-            progress(f"wrote {path}")
+    check_prompt_tokens(pp, "--pp")
+    check_reps(reps)
+    names = _names(variants)
+    _bench("moe", fmt, out, force,
+           lambda meta: run_moe_bench(shapes, pp, routings or ("uniform",), reps, variants=names, variant=variant,
+                                      metadata=meta, progress=progress))  # fmt: skip
 
 @cli.command()
 @click.option("--model", "-m", "model", metavar="NAME", default="qwen3-coder", show_default=True,
@@ -113,19 +117,11 @@ def ops(model, pp_list, variants, fmt, out, force) -> None:
     (cold) and over one set (hot), the floor (bytes over the GPU's peak HBM bandwidth), and host µs
     per eager call through the wrapper and through a prepared launcher.
     """
-    from impbench import device, metadata
     from impbench.bench.ops import run_ops_bench
     from impbench.presets import get_preset
 
     preset = get_preset(model)
     token_counts = parse_prompt_lengths(pp_list)
-    check_bench_out(out, "ops", force)
-    check_environment()
-    device.require_cuda()
-    report = run_ops_bench(preset, token_counts, variants, metadata.device_metadata(), progress=progress)
-    click.echo(report.format(fmt))
-    if out:
-        for path in report.write(out, fmt):
-            progress(f"wrote {path}")
+    _bench("ops", fmt, out, force, lambda meta: run_ops_bench(preset, token_counts, variants, meta, progress=progress))
 
 

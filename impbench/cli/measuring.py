@@ -8,6 +8,7 @@ import click
 
 from impbench.errors import InputError
 
+from impbench.arms import GUARDS
 from impbench.cli.app import cli
 from impbench.cli.options import (
     check_environment, comparison_options, finish, FORCE, gate_from, model_options, NO_PREWARM, OUT,
@@ -40,7 +41,7 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
         settings["gpu_kinds"] = list(fleet["gpu_kinds"])
     target = ResultFile(out, force) if out else None
     if target is not None:
-        target.start(Result(command, settings=settings), machine_known=False)  # the path, before any GPU work
+        target.check(command, settings)
     if fleet is not None:  # the driver needs no GPU; each row reports the machine that measured it
         from impbench import fleet as ray_fleet
 
@@ -49,7 +50,7 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
     else:
         device.require_cuda()
         fresh = Result(command, metadata=metadata.device_metadata(), settings=settings)
-    result = target.start(fresh) if target is not None else fresh
+    result = target.resume(fresh) if target is not None else fresh
     if target is not None and result.rows:
         progress(f"resuming {target.path}: {len(result.rows)} row(s) already measured")
 
@@ -83,7 +84,7 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
 @click.option("--pp", "prompt_tokens", type=int, required=True, metavar="TOKENS", help="Prompt length in tokens.")
 @click.option("--mode", type=click.Choice(["eager", "graph"]), default="graph", show_default=True,
               help="eager: every kernel launched from Python; graph: non-last chunks replay one captured CUDA graph.")
-@click.option("--guard", type=click.Choice(["cublas", "tight", "small-n", "permissive"]), default=None,
+@click.option("--guard", type=click.Choice(GUARDS), default=None,
               help="Dense GEMM dispatch: cublas everywhere, or our kernel per guard. Default: eager cublas, graph small-n.")
 @click.option("--chunk", type=int, default=None, metavar="TOKENS",
               help="Prefill chunk (multiple of 16; 0 = one chunk). Default: the preset's.")
@@ -109,7 +110,7 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
 
     spec = PrefillSpec(prompt_tokens, chunk)
     arm = ArmSpec(mode, guard or "", spec.chunk_tokens)
-    protocol = protocol_from(reps, warmup, tolerance, seed, not no_prewarm, 1, {"tolerance": 5.0, "seed": 0})
+    protocol = protocol_from(reps, warmup, tolerance, seed, not no_prewarm, 1)
     presets = presets_from(models, model_config, name, layers)
     _measure("run", presets, [spec.prompt_tokens], [arm], protocol, out, force, fmt, layers, profile=profile)
 
@@ -124,7 +125,7 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
 @click.option("--warmup", type=int, default=2, show_default=True, help="Unrecorded prefills per arm after the cold run.")
 @click.option("--chunk", type=int, default=None, metavar="TOKENS",
               help="Chunk of both arms unless a SPEC sets its own (multiple of 16; 0 = one chunk). Default: the preset's.")
-@click.option("--guard", type=click.Choice(["cublas", "tight", "small-n", "permissive"]), default=None,
+@click.option("--guard", type=click.Choice(GUARDS), default=None,
               help="Dense GEMM guard of a graph arm whose SPEC names none. Default: small-n.")
 @click.option("--a", "spec_a", default="mode=eager", show_default=True, metavar="SPEC",
               help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive, chunk=N.")
@@ -150,7 +151,7 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
     arms = [parse_arm(spec_a, base, guard), parse_arm(spec_b, base, guard)]
     auto = {"target_ci_pct": target_ci, "max_reps": max_reps, "max_time_s": max_time, "cooldown_s": cooldown,
             "max_reruns": max_reruns}  # fmt: skip
-    protocol = protocol_from(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, {"tolerance": 5.0, "seed": 0}, auto)
+    protocol = protocol_from(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, auto_settings=auto)
     presets = presets_from(models, model_config, name, layers, default="qwen3-coder")
     _measure("ab", presets, prompt_lengths, arms, protocol, out, force, fmt, layers, gate=gate_from(fail_on, threshold),
              summary=summary, plot=plot)  # fmt: skip
@@ -197,11 +198,11 @@ def sweep(scenario, models, pp_list, arm_specs, reps, warmup, layers, ray_addres
         raise InputError("a sweep needs at least two arms (the first is the baseline); give --arm twice or more")
     arms = [parse_arm(spec) for spec in specs]
     layers = layers if layers is not None else grid.layers
-    defaults = {"reps": grid.reps or 5, "warmup": 1 if grid.warmup is None else grid.warmup,
-                "tolerance": grid.tolerance or 5.0, "seed": grid.seed or 0}  # fmt: skip
+    defaults = {"reps": grid.reps or 5, "warmup": 1 if grid.warmup is None else grid.warmup, "tolerance": grid.tolerance,
+                "seed": grid.seed}  # fmt: skip
     auto = {"target_ci_pct": target_ci, "max_reps": max_reps, "max_time_s": max_time, "cooldown_s": cooldown,
             "max_reruns": max_reruns}  # fmt: skip
-    protocol = protocol_from(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, defaults, auto)
+    protocol = protocol_from(reps, warmup, tolerance, seed, not no_prewarm, MIN_REPS, defaults, auto_settings=auto)
     presets = presets_from(names, None, None, layers)
     fleet = None
     if ray_address is not None or gpu_kinds is not None:

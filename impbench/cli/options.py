@@ -11,7 +11,9 @@ import click
 
 from impbench.errors import InputError
 
-from impbench.cli.app import FORMAT_CHOICE, RESULT_FORMATS
+FORMAT_CHOICE = click.Choice(["md", "csv", "json"])
+# impbench.report.FORMATS, written out: importing the report module brings pandas into every command
+RESULT_FORMATS = click.Choice(["md", "gh", "csv", "json"])
 
 def progress(line: str) -> None:
     click.echo(line, err=True)
@@ -145,21 +147,22 @@ def finish(gate, judged: list, github_text: str | None) -> None:
             sys.exit(EXIT_FAILED)
 
 
-def check_bench_out(out, command: str, force: bool) -> None:
+def check_bench_out(out, command: str, force: bool, fmt: str) -> None:
     """A kernel benchmark's --out, before any GPU work: writable, and an existing file is replaced only
     where it is this command's own report and --force says so."""
     if not out:
         return
 
+    from impbench.bench.report import report_paths
     from impbench.outfile import check_writable_folder
 
     path = Path(out)
     check_writable_folder(path)
-    twin = path if path.suffix == ".json" else path.with_suffix(".json")
-    if not (path.exists() or twin.exists()):
+    paths = report_paths(path, fmt)
+    if not any(p.exists() for p in paths):
         return
     try:
-        own = json.loads(twin.read_text(encoding="utf-8")).get("format") == f"impbench.{command}"
+        own = json.loads(paths[-1].read_text(encoding="utf-8")).get("format") == f"impbench.{command}"
     except (OSError, ValueError, AttributeError):
         own = False
     if not own:
@@ -210,19 +213,24 @@ def comparison_options(command):
     return command
 
 
-def protocol_from(reps, warmup, tolerance, seed, prewarm, min_reps: int, defaults: dict, auto_options: dict | None = None):
+def protocol_from(reps, warmup, tolerance, seed, prewarm, min_reps: int, defaults: dict | None = None,
+                  auto_settings: dict | None = None):  # fmt: skip
+    """The Protocol of the options given; where one is None, `defaults` (a scenario's) or else Protocol's own."""
     from impbench.measure import Protocol
     from impbench.stopping import AutoStop
 
-    def pick(value, key):
-        return defaults[key] if value is None else value
+    fallback = {"reps": Protocol.reps, "warmup": Protocol.warmup, "tolerance": Protocol.tolerance_pct, "seed": Protocol.seed,
+                **{key: value for key, value in (defaults or {}).items() if value is not None}}  # fmt: skip
 
-    reps, auto_options = pick(reps, "reps"), dict(auto_options or {})
-    rerun = {key: auto_options.pop(key) for key in ("cooldown_s", "max_reruns") if key in auto_options}
-    given = {key: value for key, value in auto_options.items() if value is not None}
+    def pick(value, key):
+        return fallback[key] if value is None else value
+
+    reps, auto_settings = pick(reps, "reps"), dict(auto_settings or {})
+    rerun = {key: auto_settings.pop(key) for key in ("cooldown_s", "max_reruns") if key in auto_settings}
+    given = {key: value for key, value in auto_settings.items() if value is not None}
     auto = None
     if reps == "auto":
-        auto, reps = AutoStop(**given), max(min_reps, 3)
+        auto, reps = AutoStop(**given), min_reps  # the least the stopping rule starts from
     elif given:
         names = {"target_ci_pct": "--target-ci", "max_reps": "--max-reps", "max_time_s": "--max-time"}
         raise InputError(f"{', '.join(names[key] for key in given)} go with --reps auto")

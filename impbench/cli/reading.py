@@ -8,6 +8,7 @@ import click
 from impbench.errors import InputError
 
 from impbench.cli.app import cli
+from impbench.gpus import GPU_CHOICES
 from impbench.cli.options import (
     finish, FORCE, FORMAT, FORMAT_CHOICE, gate_from, gate_options, model_options, presets_from,
     progress, RESULT_FORMATS,
@@ -36,7 +37,7 @@ def models(fmt: str) -> None:
 @click.option("--pp", "prompt_tokens", type=int, required=True, metavar="TOKENS", help="Prompt length to prefill, in tokens.")
 @click.option("--chunk", type=int, default=None, metavar="TOKENS",
               help="Prefill chunk in tokens: 0 = whole prompt in one chunk, else a multiple of 16. Default: the preset's.")
-@click.option("--gpu", type=click.Choice(["h100", "h200", "rtx5090", "auto"]), default="h100", show_default=True,
+@click.option("--gpu", type=click.Choice(GPU_CHOICES), default="h100", show_default=True,
               help="GPU whose compute (TFLOP/s) and memory (TB/s) ceilings give the floor times; auto = detect via NVML.")
 @click.option("--format", "fmt", type=FORMAT_CHOICE, default="md", show_default=True,
               help="Output format: markdown (summary + tables), CSV or JSON.")
@@ -73,12 +74,12 @@ def compare(old: str, new: str, fmt: str, fail_on, threshold, summary) -> None:
 
     gate = gate_from(fail_on, threshold)
     old_result, new_result = load_result(old), load_result(new)
-    click.echo(format_compare(old_result, new_result, fmt))
     rows = compare_results(old_result, new_result)
+    click.echo(format_compare(old_result, new_result, fmt, rows))
     if fmt == "csv":  # markdown and JSON carry the notes themselves; CSV holds only the table
         for note in compare_notes(old_result, new_result, rows):
             click.echo(note, err=True)
-    finish(gate, judged_in_compare(rows), format_compare(old_result, new_result, "gh") if summary else None)
+    finish(gate, judged_in_compare(rows), format_compare(old_result, new_result, "gh", rows) if summary else None)
 
 
 @cli.command()
@@ -99,7 +100,7 @@ def merge(out, inputs, force) -> None:
         raise InputError("merge takes OUT.json and at least two result files")
     merged = merge_results([load_result(path) for path in inputs], list(inputs))
     target = ResultFile(out, force)
-    target.start(merged, machine_known=False)
+    target.check(merged.command, merged.settings)
     target.write(merged, format_result(merged, "csv"))
     progress(f"wrote {target.path}: {len(merged.rows)} rows from {len(inputs)} files")
 
