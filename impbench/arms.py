@@ -5,8 +5,11 @@ SPEC is `key=value` pairs separated by commas, e.g. `mode=graph,guard=permissive
   captured CUDA graph; the last chunk, which computes the logits, runs eager).
 - guard: which dense GEMMs run on our capture-safe kernel instead of cuBLAS (impbench.kernels.gemm):
   `cublas` (none: the eager baseline; under capture cuBLAS breaks the graph), `tight` (the original
-  engine's rule: large tiles where M >= 128 and N >= 128), `small-n` (every shape, small-N tiles
-  included) or `permissive` (every shape on a large tile, the original engine's kernel everywhere).
+  engine's rule: large tiles where M >= 128 and N >= 128, the rest to cuBLAS), `small-n` (every shape,
+  small-N tiles included), `permissive` (every shape on a large tile: the original engine's tile size,
+  on today's kernels) or `seed` (every shape on mma_128x128, the original engine's capture kernel itself:
+  one 128x128x32 tile of 4 warps, no split-K, no cuBLAS; the configuration whose N=32 shapes made
+  capture slower on Qwen3.6).
 - chunk: prefill chunk in tokens (0 = one chunk; default: the model preset's).
 - delay_us: a planted slowdown, for testing a CI gate only: a kernel that waits this many µs after
   every layer (kernels_cu/bench.cu bench_delay), eager and captured alike. 0 (the default) adds none.
@@ -26,7 +29,7 @@ from impbench.errors import InputError
 from impbench.prefill import check_chunk_tokens
 
 MODES = ("eager", "graph")
-GUARDS = ("cublas", "tight", "small-n", "permissive")
+GUARDS = ("cublas", "tight", "small-n", "permissive", "seed")
 DEFAULT_GUARD = {"eager": "cublas", "graph": "small-n"}
 KEYS = ("mode", "guard", "chunk", "delay_us")
 MAX_DELAY_US = 10_000.0

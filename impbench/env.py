@@ -7,7 +7,8 @@ send every GEMM to cuBLAS; `IMPBENCH_PDL=false` used to keep PDL on).
 - IMPBENCH_PDL: programmatic dependent launch of our kernels on compute capability >= 9.0;
   1/on/true/yes (default) or 0/off/false/no.
 - IMPBENCH_GEMM_VARIANTS: comma-separated GEMM variant names the dispatch may choose from
-  (experiments); unset or empty means every variant. Each name must exist.
+  (experiments); unset or empty means every variant. Each name must exist. (Guard seed is pinned to
+  the original engine's tile and ignores it.)
 - IMPBENCH_KERNELS_DIR: a folder of kernel sources to compile instead of the installed ones
   (a before / after on one machine); must be an existing folder holding *.cu files.
 - IMPBENCH_GIT_COMMIT: the commit to record in results where the tree was copied without its .git.

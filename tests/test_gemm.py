@@ -13,6 +13,7 @@ import pytest
 import impbench
 from impbench.errors import InputError
 from impbench.kernels import gemm as g
+from impbench.kernels.gemm.variants import SEED_VARIANT
 from impbench.kernels.modules import module_source
 from impbench.plan import dense_gemm_shapes
 from impbench.presets import list_presets
@@ -143,10 +144,60 @@ def test_small_n_fills_the_gpu_on_the_n32_shape(every_variant):
 
 
 def test_guard_objects_and_names(every_variant):
-    assert set(g.GUARDS) == {"tight", "permissive", "small-n"}
+    from impbench.arms import GUARDS as ARM_GUARDS
+
+    assert set(g.GUARDS) == {"tight", "permissive", "small-n", "seed"}
+    assert set(ARM_GUARDS) == {g.CUBLAS, *g.GUARDS}  # an arm takes every dispatch guard, and cublas
     assert g.choose_variant(512, 5120, 2048, g.GUARDS["tight"], g.H100) == g.choose_variant(512, 5120, 2048, "tight", g.H100)
-    with pytest.raises(ValueError, match="unknown GEMM guard"):
+    with pytest.raises(ValueError, match="unknown GEMM guard 'off'; accepted: .*seed"):
         g.choose_variant(512, 512, 512, "off", g.H100)
+
+
+def test_the_seed_tile_is_the_original_engine_s_capture_tile():
+    """One 128x128x32 tile, 4 warps of 64x64, no split-K: on M=512 N=32 K=2048, 4 blocks with 75% of the
+    MMA work on padding (the shape that made the original engine's capture slower on Qwen3.6)."""
+    seed = g.VARIANTS[SEED_VARIANT]
+    assert (seed.family, seed.bm, seed.bn, seed.bk, seed.warps, seed.split_k) == ("mma", 128, 128, 32, (2, 2), 1)
+    assert seed.threads == 128 and seed.large  # 4 warps of 64x64
+    gx, gy = seed.grid(512, 32)
+    assert gx * gy == 4 and 1 - 32 / (gy * seed.bn) == 0.75
+
+
+@pytest.mark.parametrize("device", [g.H100, NO_WGMMA, A100_LIKE], ids=["h100", "no-wgmma", "a100-like"])
+def test_seed_runs_every_preset_shape_on_the_original_tile(every_variant, device):
+    """Every dense shape of every preset, at any M, on any GPU and on the portable path: mma_128x128, never
+    another tile, split-K or cuBLAS (None)."""
+    assert g.candidates("seed", device) == [g.VARIANTS[SEED_VARIANT]]
+    for n, k in PRESET_NK:
+        for m in (1, 16, 100, 512, 1024, 2048, 8192):
+            for portable in (False, True):
+                assert g.choose_variant(m, n, k, "seed", device, portable) == SEED_VARIANT, (m, n, k, portable)
+
+
+def test_seed_is_pinned_whatever_the_variants_setting_names(monkeypatch):
+    """IMPBENCH_GEMM_VARIANTS narrows what the choosing guards pick from; seed is a configuration, so it
+    keeps its kernel (else an experiment's setting would make the seed arm silently another), and a bad
+    name in the setting is still an error under seed."""
+    monkeypatch.setenv("IMPBENCH_GEMM_VARIANTS", "mma_16x16k8")
+    assert g.choose_variant(512, 32, 2048, "small-n", g.H100) == "mma_16x16k8"
+    assert g.choose_variant(512, 32, 2048, "seed", g.H100) == SEED_VARIANT
+    assert g.choose_variant(2048, 9216, 2048, "seed", g.H100) == SEED_VARIANT
+    monkeypatch.setenv("IMPBENCH_GEMM_VARIANTS", "mma_16x16k8,mma_128x256")
+    with pytest.raises(InputError, match="mma_128x256"):
+        g.choose_variant(512, 32, 2048, "seed", g.H100)
+
+
+def test_qwen3_6_small_n_shapes_fill_the_gpu_where_seed_pads(every_variant):
+    """Qwen3.6's in_proj_b / in_proj_a (N=32) and shared-expert gate (N=1) at M 512-2048: small-n puts them
+    on a 16-row split-K mma tile (no tile wider than 32 columns, at least 32 blocks), modelled at under a
+    third of the seed tile's time (latency: 64 K steps of 32 on 4-16 blocks)."""
+    seed = g.VARIANTS[SEED_VARIANT]
+    for m in (512, 1024, 2048):
+        for n in (1, 32):
+            variant = g.VARIANTS[g.choose_variant(m, n, 2048, "small-n", g.H100)]
+            gx, gy = variant.grid(m, n)
+            assert variant.family == "mma" and variant.bn <= 32 and gx * gy >= 32, (m, n, variant.name)
+            assert 3 * g.estimate_us(variant, m, n, 2048) < g.estimate_us(seed, m, n, 2048), (m, n, variant.name)
 
 
 @pytest.mark.parametrize("shape", [(0, 8, 8), (8, 0, 8), (8, 8, 12), (8, 8, 0)])
@@ -222,6 +273,31 @@ def test_bench_shape_parsing():
     assert [(c.m, c.n, c.k) for c in cases] == [(512, 32, 2048)]
 
 
+def test_bench_covers_the_qwen3_6_dense_shapes_from_the_plan():
+    """`impbench gemm --model qwen3.6`: the cases come from plan.dense_gemm_shapes at each M, so Qwen3.6's
+    linear-attention, gated-attention, router, shared-expert (and its N=1 gate) and lm_head shapes are all
+    timed without a second list."""
+    from impbench.bench.gemm import DEFAULT_MS, build_cases
+
+    cases = {(c.m, c.n, c.k): c.ops for c in build_cases(("qwen3.6",), (), DEFAULT_MS)}
+    wanted = {"in_proj_qkv": (8192, 2048), "in_proj_z": (4096, 2048), "in_proj_b": (32, 2048), "in_proj_a": (32, 2048),
+              "out_proj": (2048, 4096), "qkv_proj": (9216, 2048), "o_proj": (2048, 4096), "router": (256, 2048),
+              "shared_gate_up": (1024, 2048), "shared_down": (2048, 512), "shared_expert_gate": (1, 2048),
+              "lm_head": (248320, 2048)}  # fmt: skip
+    for op, (n, k) in wanted.items():
+        for m in (512, 1024, 2048):
+            assert f"qwen3.6-35b-a3b:{op}" in cases.get((m, n, k), ()), (op, m, n, k)
+    assert len(cases) == 3 * len({nk for nk in wanted.values()})
+
+
+def test_bench_guard_choices_include_seed(capsys):
+    from impbench.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["gemm", "--guard", "seeds"])
+    assert exc.value.code == 2 and "'seed'" in capsys.readouterr().err
+
+
 def test_cli_bad_shape_is_one_line_exit_2(capsys):
     from impbench.cli import main
 
@@ -230,6 +306,21 @@ def test_cli_bad_shape_is_one_line_exit_2(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad --shape" in err
+
+
+@pytest.mark.gpu
+def test_gemm_bench_times_the_seed_guard_against_cublas():
+    """`impbench gemm --guard seed`: each row times mma_128x128 against cuBLAS, its output within the
+    bench's error bound (rel-err = ||ours - cuBLAS|| / ||cuBLAS|| < 2e-3, ~1e-4 for a correct kernel),
+    and the guards column shows what the other guards run instead."""
+    from impbench.bench.gemm import run_gemm_bench
+
+    report = run_gemm_bench((), ("512x32x2048", "1024x1x2048"), (512,), reps=5, guard="seed")
+    assert [row["shape"] for row in report.rows] == ["512x32x2048", "1024x1x2048"]
+    for row in report.rows:
+        assert row["variant"] == SEED_VARIANT and row["guard"] == "seed", row
+        assert row["ours_us"] > 0 and row["cublas_us"] > 0 and row["rel_err"] < 2e-3, row
+        assert f"seed: {SEED_VARIANT}" in row["guards"] and "tight: cublas" in row["guards"], row
 
 
 # ---- launch (GPU): every variant against float64 ---------------------------------------------------
@@ -278,10 +369,15 @@ def _error(out, ref) -> str | None:
     """None where every output was written and is within the bound, else what is wrong."""
     import cupy
 
-    if bool(cupy.isnan(out).any()):
-        return f"{int(cupy.isnan(out).sum())} outputs unwritten (NaN)"
-    excess = float((cupy.abs(out.astype(cupy.float64) - ref) / (1 + cupy.abs(ref))).max())
-    return None if excess <= TOL else f"max |out - ref| / (1 + |ref|) = {excess:.2e} > {TOL}"
+    nan = cupy.isnan(out)
+    if bool(nan.any()):
+        first = tuple(int(i) for i in cupy.argwhere(nan)[0])
+        return f"{int(nan.sum())} outputs unwritten (NaN), first at (row, col) {first}"
+    excess = cupy.abs(out.astype(cupy.float64) - ref) / (1 + cupy.abs(ref))
+    row, col = (int(i) for i in cupy.unravel_index(int(excess.argmax()), excess.shape))
+    worst = float(excess[row, col])
+    return None if worst <= TOL else (f"max |out - ref| / (1 + |ref|) = {worst:.2e} > {TOL} at (row, col) ({row}, {col}): "
+                                      f"out {float(out[row, col]):.5g}, ref {float(ref[row, col]):.5g}")  # fmt: skip
 
 
 def _usable():
@@ -398,6 +494,24 @@ def test_capture_replay_is_bit_identical(name):
         graph.launch(stream)
     stream.synchronize()
     assert bool((eager.view(cupy.uint16) == replay.view(cupy.uint16)).all())
+
+
+@pytest.mark.gpu
+def test_seed_guard_on_the_qwen3_6_shapes_matches_float64():
+    """Guard seed's path (mma_128x128 everywhere) on every Qwen3.6 dense shape at M=512 (the lm_head at M=1,
+    as the engine runs it), fresh inputs, NaN-poisoned outputs, against float64 within TOL."""
+    from impbench.presets import get_preset
+
+    failures = {}
+    for s in dense_gemm_shapes(get_preset("qwen3.6")):
+        m, n, k = (1 if s.last_token_only else 512), s.n, s.k
+        name = g.choose_variant(m, n, k, "seed")
+        assert name == SEED_VARIANT, (s.op, name)
+        a, w = _inputs(m, n, k, seed=n + k)
+        out = _poisoned(m, n)
+        g.gemm(a, w, out, variant=name)
+        failures[f"{s.op} {m}x{n}x{k}"] = _error(out, _ref(a, w))
+    assert not {case: why for case, why in failures.items() if why}
 
 
 @pytest.mark.gpu

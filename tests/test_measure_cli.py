@@ -14,7 +14,7 @@ from impbench.results import load_result
 
 @pytest.mark.parametrize("args,needle", [
     (["run", "--model", "gemma-4", "--pp", "512"], "use `impbench plan` for the others"),
-    (["run", "--model", "qwen3.6", "--pp", "512"], "sliding-window or linear-attention"),
+    (["run", "--model", "tiny-gemma4", "--pp", "512"], "sliding-window layers"),
     (["run", "--model", "tiny", "--pp", "0"], "--pp must be between 1 and"),
     (["run", "--model", "tiny", "--pp", "64", "--chunk", "24"], "multiple of 16"),
     (["run", "--model", "tiny", "--pp", "64", "--reps", "0"], "--reps must be a whole number >= 1"),
@@ -86,6 +86,31 @@ def test_the_default_b_arm_is_graph_with_the_small_n_guard(capsys, monkeypatch, 
     code, out, _ = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64", "--reps", "3", "--out", str(tmp_path / "r.json"))
     assert code == 0 and "A = eager/cublas, B = graph/small-n" in out
     assert [arm.label() for arm in load_result(tmp_path / "r.json").arm_specs] == ["eager/cublas", "graph/small-n"]
+
+
+def test_the_seed_arm_is_a_guard_of_every_arm_command(capsys, monkeypatch, tmp_path):
+    """guard=seed (the original engine's capture GEMM on every shape) parses like any guard, in --a/--b,
+    --arm and --guard, and is named in the label and the result; a bad guard name lists it."""
+    from impbench.arms import ArmSpec, parse_arm
+    from impbench.errors import InputError
+
+    arm = parse_arm("mode=graph,guard=seed")
+    assert arm == ArmSpec("graph", "seed") and arm.label() == "graph/seed" and ArmSpec.from_dict(arm.to_dict()) == arm
+    assert parse_arm("mode=graph", graph_guard="seed") == arm and parse_arm("mode=eager", graph_guard="seed").guard == "cublas"
+    with pytest.raises(InputError, match="accepted: cublas, tight, small-n, permissive, seed"):
+        parse_arm("guard=seeds")
+    FakeGpu(monkeypatch)
+    code, out, _ = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64", "--reps", "3", "--a", "mode=eager",
+                           "--b", "mode=graph,guard=seed", "--out", str(tmp_path / "r.json"))  # fmt: skip
+    assert code == 0 and "A = eager/cublas, B = graph/seed" in out
+    assert [a.label() for a in load_result(tmp_path / "r.json").arm_specs] == ["eager/cublas", "graph/seed"]
+    code, out, _ = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64", "--reps", "3", "--guard", "seed")
+    assert code == 0 and "A = eager/cublas, B = graph/seed" in out
+    code, out, _ = run_cli(capsys, "sweep", "--model", "tiny", "--pp", "64", "--reps", "3", "--arm", "mode=eager",
+                           "--arm", "mode=graph,guard=seed", "--arm", "mode=graph,guard=tight")  # fmt: skip
+    assert code == 0 and "graph/seed" in out and "graph/tight" in out
+    code, _, err = run_cli(capsys, "ab", "--model", "tiny", "--b", "guard=loose")
+    assert code == 2 and "seed" in err
 
 
 def _ab(capsys, path, *extra):

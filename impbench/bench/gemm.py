@@ -1,9 +1,14 @@
 """`impbench gemm`: our dense FP16 GEMM against cuBLAS (`cupy.matmul`) on the models' dense shapes.
 
+Shapes: every dense GEMM of a preset as the plan lists it (impbench.plan.dense_gemm_shapes; for Qwen3.6
+the linear-attention projections with in_proj_b / in_proj_a at N=32, the gated q/k/v projection, the
+router, the shared expert and its N=1 gate, the lm_head), each at every M of --m, plus --shape entries.
+
 Per shape, on the shared timing loop (bench.timing): the variant the guard chooses and cuBLAS are
 timed interleaved, every launch on the next of several input sets larger than the L2, behind one spin
 per rep; extra variants (`--variants`, calibration) are timed beside them, each with its own error
-against cuBLAS, so one that computes garbage cannot look fast.
+against cuBLAS, so one that computes garbage cannot look fast. `--guard seed` times the original
+engine's capture kernel (mma_128x128) on every shape; the guards column names every guard's path.
 """
 
 from __future__ import annotations
@@ -56,11 +61,13 @@ def parse_ms(text: str) -> tuple[int, ...]:
 
 
 def model_shapes(model: str) -> list[tuple[str, int, int]]:
-    """(op, N, K) of every dense GEMM of a preset; unknown name -> InputError naming the accepted ones."""
+    """("preset:op", N, K) of every dense GEMM of a preset, named by the preset's full name whichever alias
+    was given; unknown name -> InputError naming the accepted ones."""
     from impbench.plan import dense_gemm_shapes
     from impbench.presets import get_preset
 
-    return [(s.op, s.n, s.k) for s in dense_gemm_shapes(get_preset(model))]
+    preset = get_preset(model)
+    return [(f"{preset.name}:{s.op}", s.n, s.k) for s in dense_gemm_shapes(preset)]
 
 
 def all_models() -> list[str]:
@@ -79,7 +86,7 @@ def build_cases(models, shapes, ms) -> list[GemmCase]:
         for model in models or all_models():
             for op, n, k in model_shapes(model):
                 for m in ms:
-                    merged.setdefault((m, n, k), []).append(f"{model}:{op}")
+                    merged.setdefault((m, n, k), []).append(op)
     return [GemmCase(m, n, k, tuple(dict.fromkeys(ops))) for (m, n, k), ops in merged.items()]
 
 

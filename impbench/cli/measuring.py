@@ -128,7 +128,7 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
 @click.option("--guard", type=click.Choice(GUARDS), default=None,
               help="Dense GEMM guard of a graph arm whose SPEC names none. Default: small-n.")
 @click.option("--a", "spec_a", default="mode=eager", show_default=True, metavar="SPEC",
-              help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive, chunk=N.")
+              help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive|seed, chunk=N.")
 @click.option("--b", "spec_b", default="mode=graph", show_default=True, metavar="SPEC",
               help="Arm B, as --a (default guard of a graph arm: small-n).")
 @comparison_options

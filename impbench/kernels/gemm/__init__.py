@@ -19,8 +19,10 @@ to its buffers, as every prepared launcher is.
 Guards (GUARDS):
 - `tight`: only shapes with M >= 128 and N >= 128, on a large (128-row, >= 128-column) tile; every
   other shape declines to cuBLAS (None), which under capture means capture failure.
-- `permissive`: every shape, always on a large tile: the original engine's behaviour, which put
-  M=512 N=32 K=2048 on 4 blocks with 75% of the MMA work on padding.
+- `permissive`: every shape, always on a large tile of any family (the fastest large tile by the model).
+- `seed`: every shape on `mma_128x128`, the original engine's capture kernel (one 128x128x32 tile, 4 warps
+  of 64x64), which put M=512 N=32 K=2048 on 4 blocks with 75% of the MMA work on padding; not narrowed
+  by IMPBENCH_GEMM_VARIANTS, so the seed arm stays what it says.
 - `small-n`: every shape, on the variant with the lowest modelled time among all of them (small
   tiles and split-K included), so the shapes tight declines get the small-N variants.
 

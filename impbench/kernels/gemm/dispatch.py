@@ -3,7 +3,8 @@
 choose_variant(m, n, k, guard) applies, in order:
 1. the guard (`declines`): tight sends every shape smaller than a large tile to cuBLAS (None);
 2. the candidates, the same for every shape (`candidates`): families the GPU has (`family_usable`),
-   tiles the guard allows (`tile_allowed`), names IMPBENCH_GEMM_VARIANTS allows;
+   tiles the guard allows (`tile_allowed`), names IMPBENCH_GEMM_VARIANTS allows; a pinned guard
+   (seed: the original engine's kernel) has its one variant as the only candidate (`pinned_variant`);
 3. the shape rules (`launchable`, `wide_enough_for_tma`, `within_tsk_fit`);
 4. the fastest by the time model (`estimate_us`), ties broken by name.
 The time models' fitted constants sit in TimeModelFit objects that name the GPU and the sweeps they were
@@ -14,7 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from impbench.kernels.gemm.variants import LARGE_TILE, MAX_GRID_Y, VARIANTS, Variant
+from impbench.kernels.gemm.variants import (
+    LARGE_TILE,
+    MAX_GRID_Y,
+    SEED_VARIANT,
+    VARIANTS,
+    Variant,
+)
 
 CUBLAS = "cublas"  # the path of a declined shape
 
@@ -46,21 +53,24 @@ class Guard:
     accepts_small: bool  # shapes with M or N below one large tile
     small_tiles: bool  # may use tiles smaller than 128x128, split-K and the tsk family
     description: str
+    pinned: str = ""  # the one variant every shape runs on (a fixed configuration, no choice); "": chosen
 
 
 GUARDS: dict[str, Guard] = {
     p.name: p
     for p in (
         Guard("tight", False, False, "large tile only where M >= 128 and N >= 128; else cuBLAS"),
-        Guard("permissive", True, False, "large tile for every shape (the original engine's kernel)"),
+        Guard("permissive", True, False, "a large tile (128x128 or wider, any family) for every shape"),
         Guard("small-n", True, True, "tight, plus small-tile / split-K variants for the rest"),
+        Guard("seed", True, False, f"{SEED_VARIANT} for every shape: the original engine's capture GEMM",
+              pinned=SEED_VARIANT),
     )
-}
+}  # fmt: skip
 DEFAULT_GUARD = "small-n"
 
 
 def get_guard(guard) -> Guard:
-    """A guard by name (tight, permissive, small-n); `cublas` takes no shape and is handled by choose_variant."""
+    """A guard by name (tight, permissive, small-n, seed); `cublas` takes no shape and is handled by choose_variant."""
     if isinstance(guard, Guard):
         return guard
     found = GUARDS.get(guard)
@@ -82,7 +92,7 @@ def declines(guard: Guard, m: int, n: int) -> bool:
 
     It is the large-tile engine made safe: a small shape on a 128x128 tile wastes most of its MMA work
     on padding (M=512 N=32 K=2048 on 4 blocks, 75% padding), so tight hands it to cuBLAS instead, which
-    under a CUDA-graph capture means the capture fails. permissive and small-n take every shape."""
+    under a CUDA-graph capture means the capture fails. permissive, small-n and seed take every shape."""
     return not guard.accepts_small and (m < LARGE_TILE or n < LARGE_TILE)
 
 
@@ -96,7 +106,7 @@ def family_usable(variant: Variant, device: DeviceInfo, portable: bool = False) 
 
 
 def tile_allowed(variant: Variant, guard: Guard) -> bool:
-    """tight and permissive use large tiles only (as the original engine did); small-n any tile.
+    """tight and permissive use large tiles only (the original engine's tile size); small-n any tile.
 
     small-n exists for the shapes a large tile wastes: small tiles, split-K and the tsk family fill the
     GPU on N=32 or on a 128-expert router where one 128x128 tile per 4 CTAs would not."""
@@ -123,14 +133,29 @@ def within_tsk_fit(variant: Variant, n: int) -> bool:
     return variant.family != "tsk" or n <= TSK_FIT.max_n
 
 
+def pinned_variant(guard: Guard) -> Variant | None:
+    """The one variant a pinned guard runs every shape on, or None where the guard chooses.
+
+    seed pins mma_128x128, the original engine's capture kernel (one 128x128x32 tile, 4 warps of 64x64),
+    on every shape, so that an arm can run the configuration whose N=32 shapes made capture slower. It is a
+    configuration, not a choice: IMPBENCH_GEMM_VARIANTS, which narrows what the other guards choose from,
+    does not apply to it (the names are still checked), or an experiment's setting would silently turn
+    the seed arm into something else."""
+    return VARIANTS[guard.pinned] if guard.pinned else None
+
+
 def candidates(guard, device: DeviceInfo | None = None, portable: bool = False) -> list[Variant]:
     """The variants `guard` may pick on `device` whatever the shape: usable families, allowed tiles, and
-    the names IMPBENCH_GEMM_VARIANTS lists where it is set (experiments; impbench.env checks the names)."""
+    the names IMPBENCH_GEMM_VARIANTS lists where it is set (experiments; impbench.env checks the names);
+    a pinned guard's one variant where the GPU can run it."""
     from impbench import env
 
     rule = get_guard(guard)
     device = device or _current_device()
     allowed = set(env.gemm_variants()) or set(VARIANTS)
+    pinned = pinned_variant(rule)
+    if pinned is not None:
+        return [pinned] if family_usable(pinned, device, portable) else []
     return [
         v for v in VARIANTS.values()
         if v.name in allowed and family_usable(v, device, portable) and tile_allowed(v, rule)

@@ -7,8 +7,8 @@ IMPGEMM_* macro, which static_asserts them against the kernel's own config struc
 disagrees with the CUDA code does not compile.
 
 Every row is a variant the dispatch picks on some preset shape (tests/test_gemm.py checks that the
-table holds nothing else). Its time-model constants were fitted together with the family fits in
-impbench.kernels.gemm.dispatch, on the GPU named there. No cupy here: the dispatch, the plan and the
+table holds nothing else; guard seed picks SEED_VARIANT on every shape). Its time-model constants were
+fitted together with the family fits in impbench.kernels.gemm.dispatch, on the GPU named there. No cupy here: the dispatch, the plan and the
 CPU tests read the table on machines without a GPU.
 """
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 FAMILY = "gemm_fp16"  # the kernel source (kernels_cu/gemm_fp16.cu) and compile-cache family
 LARGE_TILE = 128  # rows and columns of the smallest tile the large-tile guards (tight, permissive) use
+SEED_VARIANT = "mma_128x128"  # the original engine's capture kernel: guard seed runs every shape on it
 MAX_GRID_Y = 65535  # CUDA's grid y limit: mma and wgmma put the N tiles there
 H100_SMS = 132  # a persistent tma grid's default size (Variant.grid); launches pass the device's clusters
 
@@ -164,7 +165,8 @@ def _tsk(bm, bn, stages, split_k, chunks, regs, fixed_us=0.0) -> Variant:
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # mma.sync, sm_80+: the only family without wgmma. A block of WM x WN x S warps; split-K (S > 1) inside
     # the block for small-M / small-N shapes; deeper pipelines (s8) for small grids bound by load latency.
-    # mma_128x128 is the original engine's capture tile (one 128x128x32 tile, 4 warps of 64x64).
+    # mma_128x128 is the original engine's capture tile (one 128x128x32 tile, 4 warps of 64x64): SEED_VARIANT,
+    # which guard seed pins for every shape.
     #     BM   BN   BK  WM,WN  S stages regs  FLOP/clk fixed_us iter_us
     _mma(128, 128,  32, (2, 2), 1, 4,  241,   1300.0,  6.25,   0.50),
     _mma( 64, 128,  32, (2, 2), 1, 4,  167,   1050.0,  6.00,   0.35),
