@@ -2,11 +2,17 @@
 
 Error bound: inputs are FP16 and the reference sees exactly those FP16 values in float64, so the
 only errors are the kernel's own roundings: P rounded to FP16 before P.V and the output rounded to
-FP16, each at most half an ulp (2^-11 ~ 4.9e-4 relative), plus FP32 accumulation (~1e-6). Measured
-as ||out - ref|| / ||ref|| that is a few 1e-4; the bound 2e-3 leaves a 4x margin over one FP16 ulp
-and still fails on any real bug (a missed key, a wrong mask or head changes the result by > 1e-2).
+FP16, each at most half an ulp (2^-11 ~ 4.9e-4 relative), plus FP32 accumulation (~1e-6; also the
+sum of the two halves' partial scores at head dim 512). Measured as ||out - ref|| / ||ref|| that is
+a few 1e-4; the bound 2e-3 leaves a 4x margin over one FP16 ulp and still fails on any real bug (a
+missed key, a wrong mask, window or head changes the result by > 1e-2).
+
+Poison: outputs start as NaN, cache rows past the chunk are NaN, and with a sliding window so are
+the rows of every key tile wholly below the window of the chunk's first query: a kernel that loads
+such a tile instead of skipping it multiplies NaN V rows by zero probabilities and fails.
 """
 
+import json
 import math
 import os
 import subprocess
@@ -24,52 +30,92 @@ from impbench.kernels.attention import (
     heads_per_block,
     prepare_variant,
     smem_bytes,
+    supports,
 )
 from impbench.reference import causal_attention
 
 REL_ERR = 2e-3
+SKIP_TILE = 64  # the largest key tile of any kernel: rows below a multiple of it under the window are never loaded
 
 
-def _inputs(tokens, heads, kv_heads, dim, pos, max_len, seed):
-    """FP16 q and a cache whose rows 0 .. pos+T-1 are random and every later row is NaN."""
+def _scale(dim, kind="rsqrt"):
+    """The softmax scale: 1 / sqrt(D) (Qwen) or 1.0 (Gemma-4)."""
+    return 1.0 if kind == "one" else 1.0 / math.sqrt(dim)
+
+
+def _inputs(tokens, heads, kv_heads, dim, pos, max_len, seed, scale=None, window=0):
+    """FP16 q and a cache whose rows 0 .. pos+T-1 are random and every later row is NaN; with a window,
+    the rows of key tiles wholly below the first query's window are NaN too. q is drawn so that the
+    scores q.k * scale are ~ N(0, 4) (a peaked softmax) at either scale."""
     rng = np.random.default_rng(seed)
-    q = (2.0 * rng.standard_normal((tokens, heads, dim))).astype(np.float16)  # scores ~ N(0, 4): peaked softmax
+    scale = _scale(dim) if scale is None else scale
+    q = (2.0 / (scale * math.sqrt(dim)) * rng.standard_normal((tokens, heads, dim))).astype(np.float16)
     k = np.full((max_len, kv_heads, dim), np.nan, dtype=np.float16)
     v = np.full_like(k, np.nan)
     k[: pos + tokens] = rng.standard_normal((pos + tokens, kv_heads, dim))
     v[: pos + tokens] = rng.standard_normal((pos + tokens, kv_heads, dim))
+    if window:
+        skipped = max(0, pos - window + 1) // SKIP_TILE * SKIP_TILE
+        k[:skipped] = np.nan
+        v[:skipped] = np.nan
     return q, k, v
 
 
-def _reference(q, k, v, pos):
+def _reference(q, k, v, pos, scale=None, window=0):
+    """float64 reference; rows it never sees (poisoned, outside every window) read as 0."""
     end = pos + q.shape[0]
     f64 = np.float64
-    return causal_attention(q.astype(f64), k[:end].astype(f64), v[:end].astype(f64), pos, 1.0 / math.sqrt(q.shape[-1]))
+    scale = _scale(q.shape[-1]) if scale is None else scale
+    k64, v64 = np.nan_to_num(k[:end].astype(f64)), np.nan_to_num(v[:end].astype(f64))
+    return causal_attention(q.astype(f64), k64, v64, pos, scale, window or None)
 
 
 def _check(out, ref):
-    assert np.isfinite(out).all(), f"{np.count_nonzero(~np.isfinite(out))} non-finite outputs (unwritten or leaked NaN)"
-    rel_err = np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref)
-    assert rel_err <= REL_ERR, rel_err
+    """Within REL_ERR overall; on failure, say where: non-finite outputs, the worst (token, head) row."""
+    bad = ~np.isfinite(out)
+    if bad.any():
+        t, h, _ = np.argwhere(bad)[0]
+        rows = np.unique(np.argwhere(bad)[:, :2], axis=0)
+        raise AssertionError(f"{bad.sum()} non-finite outputs (unwritten or leaked NaN) in {len(rows)} (token, head) "
+                             f"rows of {out.shape[0]} x {out.shape[1]}; first at token {t}, head {h}")  # fmt: skip
+    diff = out.astype(np.float64) - ref
+    rel_err = np.linalg.norm(diff) / np.linalg.norm(ref)
+    row_err = np.linalg.norm(diff, axis=-1) / np.maximum(np.linalg.norm(ref, axis=-1), 1e-30)
+    t, h = np.unravel_index(np.argmax(row_err), row_err.shape)
+    assert rel_err <= REL_ERR, (f"rel-err {rel_err:.3g} > {REL_ERR}; worst row token {t}, head {h}: rel-err "
+                                f"{row_err[t, h]:.3g}, max |diff| {np.abs(diff).max():.3g}; "
+                                f"{np.count_nonzero(row_err > REL_ERR)} rows over the bound")  # fmt: skip
 
 
-def _require(variant):
-    """Every variant runs on a Hopper device (the family is built for sm_90a there); elsewhere only mma."""
+def _require(variant, dim=128):
+    """Every variant runs on a Hopper device (the family is built for sm_90a there); elsewhere only mma.
+    wgmma2 has no head-dim-512 kernel."""
     from impbench.kernels.attention import default_variant
 
+    if not supports(dim, variant):
+        pytest.skip(f"{variant} has no head_dim {dim} kernel")
     if variant != "mma" and default_variant() != "wgmma":
         pytest.skip("the wgmma kernels need a compute-capability-9.0 device")
 
 
-def _run(variant, q, k, v, pos, max_len=None):
+def _run(variant, q, k, v, pos, scale=None, window=0):
     """Launch `variant` on fresh device copies, output poisoned with NaN; return it on the host."""
     import cupy
 
     out = cupy.full(q.shape, cupy.nan, dtype=cupy.float16)
     pos_d = cupy.array([pos], dtype=cupy.int32)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    prepare_variant(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), pos_d, out, scale, variant)()
+    scale = _scale(q.shape[-1]) if scale is None else scale
+    prepare_variant(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), pos_d, out, scale, variant, window)()
     return out.get()
+
+
+def _case(variant, tokens, heads, kv_heads, dim, pos, window=0, scale_kind="rsqrt", slack=37, seed=None):
+    """Fresh inputs, the kernel and the reference for one shape; asserts within REL_ERR."""
+    _require(variant, dim)
+    scale = _scale(dim, scale_kind)
+    seed = tokens + pos + dim + window if seed is None else seed
+    q, k, v = _inputs(tokens, heads, kv_heads, dim, pos, pos + tokens + slack, seed, scale, window)
+    _check(_run(variant, q, k, v, pos, scale, window), _reference(q, k, v, pos, scale, window))
 
 
 @pytest.mark.gpu
@@ -89,9 +135,58 @@ def _run(variant, q, k, v, pos, max_len=None):
     ],
 )
 def test_matches_float64_reference(variant, tokens, heads, kv_heads, dim, pos):
-    _require(variant)
-    q, k, v = _inputs(tokens, heads, kv_heads, dim, pos, max_len=pos + tokens + 37, seed=tokens + pos + dim)
-    _check(_run(variant, q, k, v, pos), _reference(q, k, v, pos))
+    _case(variant, tokens, heads, kv_heads, dim, pos)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    "tokens,heads,kv_heads,dim,pos,window,scale_kind",
+    [
+        (300, 16, 8, 256, 0, 100, "one"),  # Gemma-4 sliding heads (group 2), window < prompt, scale 1.0
+        (300, 16, 2, 256, 0, 64, "rsqrt"),  # group 8, window of exactly one 64-key tile
+        (200, 16, 8, 256, 150, 100, "one"),  # window crosses the chunk boundary into the cached prefix
+        (77, 16, 8, 256, 1500, 1024, "one"),  # Gemma-4's window 1024, prefix 1500: first 7 tiles skipped
+        (130, 16, 2, 256, 700, 200, "rsqrt"),  # prefix longer than the window: early tiles skipped
+        (96, 4, 2, 256, 40, 1, "one"),  # window 1: each query sees only itself
+        (150, 32, 4, 128, 300, 200, "rsqrt"),  # D 128 (Q in registers, 64-key tiles, 8 heads a block)
+        (130, 8, 8, 64, 500, 70, "one"),  # D 64, MHA
+        (100, 16, 2, 512, 120, 90, "one"),  # D 512 takes a window too
+        (45, 9, 3, 256, 70, 33, "rsqrt"),  # group 3: a row of the wgmma block unused
+    ],
+)
+def test_sliding_window_matches_float64_reference(variant, tokens, heads, kv_heads, dim, pos, window, scale_kind):
+    """Key j visible to query i iff i - window < j <= i; tiles wholly below the window never loaded."""
+    _case(variant, tokens, heads, kv_heads, dim, pos, window, scale_kind)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    "tokens,heads,kv_heads,pos,scale_kind",
+    [
+        (200, 16, 2, 0, "one"),  # Gemma-4 full layers: 16 heads over 2 KV heads (group 8), scale 1.0
+        (130, 16, 8, 0, "rsqrt"),  # group 2
+        (150, 16, 2, 333, "rsqrt"),  # a prefix in the cache
+        (77, 16, 8, 1000, "one"),
+        (1, 16, 2, 50, "one"),  # one query
+        (64, 12, 4, 64, "one"),  # group 3: 21 queries x 3 heads per wgmma block, one row unused
+        (33, 2, 2, 17, "rsqrt"),  # MHA, ragged
+    ],
+)
+def test_head_dim_512_matches_float64_reference(variant, tokens, heads, kv_heads, pos, scale_kind):
+    """Head dim 512: two warpgroups (wgmma) or two warps (mma) split each row's output columns."""
+    _case(variant, tokens, heads, kv_heads, 512, pos, scale_kind=scale_kind)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind,pos", [("sliding", 0), ("sliding", 512), ("sliding", 1536), ("full", 0), ("full", 512)])
+def test_gemma4_shapes_match_float64_reference(variant, kind, pos):
+    """Gemma-4's chunk of 512: sliding layers (16 / 8 heads, D 256, window 1024), full layers (16 / 2
+    heads, D 512), scale 1.0, at prefixes where the window is whole, crosses the chunk and skips tiles."""
+    heads, kv_heads, dim, window = (16, 8, 256, 1024) if kind == "sliding" else (16, 2, 512, 0)
+    _case(variant, 512, heads, kv_heads, dim, pos, window, "one", slack=64)
 
 
 @pytest.mark.gpu
@@ -99,38 +194,39 @@ def test_matches_float64_reference(variant, tokens, heads, kv_heads, dim, pos):
 @pytest.mark.parametrize("pos", [0, 512, 1536])
 def test_engine_shape_matches_float64_reference(variant, pos):
     """Qwen3-Coder's chunk: T 512, 32 query heads over 4 KV heads, D 128, at the engine's prefixes."""
-    _require(variant)
-    q, k, v = _inputs(512, 32, 4, 128, pos, max_len=2048 + 64, seed=pos)
-    _check(_run(variant, q, k, v, pos), _reference(q, k, v, pos))
+    _case(variant, 512, 32, 4, 128, pos, slack=2048 + 64 - 512 - pos, seed=pos)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("seed", range(8))
 def test_random_shapes_match_float64_reference(variant, seed):
-    """Random T (ragged), prefix, GQA layout, head size and cache slack, fresh inputs per seed."""
-    _require(variant)
+    """Random T (ragged), prefix, GQA layout, head size, cache slack, scale and window (none half the
+    time), fresh inputs per seed."""
     rng = np.random.default_rng(7000 + seed)
     heads, kv_heads = [(32, 4), (8, 8), (12, 4), (6, 2), (16, 1), (10, 5)][int(rng.integers(6))]
     dim = HEAD_DIMS[seed % len(HEAD_DIMS)]
     tokens, pos = int(rng.integers(1, 320)), int(rng.integers(0, 700))
-    q, k, v = _inputs(tokens, heads, kv_heads, dim, pos, max_len=pos + tokens + int(rng.integers(0, 70)), seed=seed)
-    _check(_run(variant, q, k, v, pos), _reference(q, k, v, pos))
+    window = int(rng.integers(1, 400)) if rng.random() < 0.5 else 0
+    scale_kind = "one" if rng.random() < 0.5 else "rsqrt"
+    _case(variant, tokens, heads, kv_heads, dim, pos, window, scale_kind, slack=int(rng.integers(0, 70)), seed=seed)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("tokens,heads,kv_heads", [(96, 8, 2), (512, 32, 4)])
-def test_one_global_mode_graph_serves_every_position(variant, tokens, heads, kv_heads):
+@pytest.mark.parametrize("tokens,heads,kv_heads,dim,window,scale_kind",
+                         [(96, 8, 2, 128, 0, "rsqrt"), (512, 32, 4, 128, 0, "rsqrt"),
+                          (256, 16, 8, 256, 300, "one"), (128, 16, 2, 512, 0, "one")])  # fmt: skip
+def test_one_global_mode_graph_serves_every_position(variant, tokens, heads, kv_heads, dim, window, scale_kind):
     """Captured once in global mode, then replayed after only the device pos changes: each replay
-    gives that pos's result."""
+    gives that pos's result (with a window: the skipped tiles move with pos)."""
     import cupy
     from cupy.cuda import runtime
 
     from impbench.kernels import load_module
 
-    _require(variant)
-    dim, max_len = 128, 1024 + tokens
+    _require(variant, dim)
+    max_len, scale = 1024 + tokens, _scale(dim, scale_kind)
     load_module("attention")  # compile outside the capture, as the engine does
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
@@ -138,13 +234,13 @@ def test_one_global_mode_graph_serves_every_position(variant, tokens, heads, kv_
         k_d = cupy.empty((max_len, kv_heads, dim), dtype=cupy.float16)
         v_d, out = cupy.empty_like(k_d), cupy.empty_like(q_d)
         pos_d = cupy.zeros(1, dtype=cupy.int32)
-        launch = prepare_variant(q_d, k_d, v_d, pos_d, out, 1.0 / math.sqrt(dim), variant)
+        launch = prepare_variant(q_d, k_d, v_d, pos_d, out, scale, variant, window)
         stream.synchronize()
         stream.begin_capture(mode=runtime.streamCaptureModeGlobal)
         launch()
         graph = stream.end_capture()
-        for pos in (0, 200, 37, 512):
-            q, k, v = _inputs(tokens, heads, kv_heads, dim, pos, max_len, seed=pos)
+        for pos in (0, 200, 37, 512, 1024):
+            q, k, v = _inputs(tokens, heads, kv_heads, dim, pos, max_len, seed=pos, scale=scale, window=window)
             q_d.set(q, stream=stream)
             k_d.set(k, stream=stream)
             v_d.set(v, stream=stream)
@@ -152,7 +248,7 @@ def test_one_global_mode_graph_serves_every_position(variant, tokens, heads, kv_
             out.fill(cupy.nan)
             graph.launch(stream=stream)
             stream.synchronize()
-            _check(out.get(), _reference(q, k, v, pos))
+            _check(out.get(), _reference(q, k, v, pos, scale, window))
 
 
 FIRST_LAUNCH_IN_CAPTURE = """
@@ -214,12 +310,23 @@ def test_rejects_bad_shapes_naming_them():
         call(out_shape=(4, 4, 128))
     with pytest.raises(ValueError, match="fewer than the chunk"):
         call(q_shape=(32, 4, 64))
+    q, kv = cupy.zeros((4, 4, 512), dtype=cupy.float16), cupy.zeros((16, 2, 512), dtype=cupy.float16)
+    pos = cupy.zeros(1, dtype=cupy.int32)
+    with pytest.raises(ValueError, match="'wgmma2' has no head_dim 512 kernel"):
+        prepare_variant(q, kv, kv, pos, q.copy(), 1.0, "wgmma2")
+    for window in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="window must be a whole number"):
+            prepare_variant(q, kv, kv, pos, q.copy(), 1.0, "mma", window)
 
 
 def test_causal_flops():
     # T = 2 at pos 3: contexts 4 and 5
     assert causal_flops(2, 3, heads=1, head_dim=1) == 4 * (4 + 5)
     assert causal_flops(512, 1536, 32, 128) == 4 * 512 * (1536 + 256.5) * 128 * 32
+    # window 4, T = 3 at pos 2: queries 2, 3, 4 see 3, 4, 4 keys
+    assert causal_flops(3, 2, heads=1, head_dim=1, window=4) == 4 * (3 + 4 + 4)
+    assert causal_flops(512, 1536, 16, 256, window=1024) == 4 * 512 * 1024 * 256 * 16
+    assert causal_flops(100, 0, 2, 64, window=1000) == causal_flops(100, 0, 2, 64)
 
 
 def test_wgmma_block_geometry():
@@ -234,10 +341,79 @@ def test_wgmma_block_geometry():
     assert heads_per_block(5 * 67, 5, rows=128) == 67
     for dim in HEAD_DIMS:
         for variant in VARIANTS:
-            assert smem_bytes(dim, variant) <= 227 * 1024, (dim, variant)
+            if supports(dim, variant):
+                assert smem_bytes(dim, variant) <= 227 * 1024, (dim, variant)
+        assert smem_bytes(dim, "mma") <= 99 * 1024, dim  # the portable kernel fits sm_89 / sm_120 too
+    assert not supports(512, "wgmma2") and supports(512, "wgmma") and supports(512, "mma")
+    with pytest.raises(ValueError, match="'wgmma2' has no head_dim 512 kernel"):
+        smem_bytes(512, "wgmma2")
+    # wgmma, D 512: per warpgroup a 64 x 256 Q half, two K and two V 32 x 256 half tiles and two
+    # 64 x 32 FP32 partial-S tiles, + alignment: within the 227 KiB a block may have
+    assert smem_bytes(512, "wgmma") == 2 * (64 * 256 * 2 + 4 * 32 * 256 * 2 + 2 * 64 * 32 * 4) + 1024 <= 227 * 1024
     # wgmma, D 128: Q 64 x 128 + 3 stages of 64-key K and V tiles + alignment; two blocks (each with
     # 1 KiB reserved by the driver) fill the SM's 228 KiB
     assert smem_bytes(128, "wgmma") == 64 * 256 + 3 * 2 * 64 * 256 + 1024
     assert 2 * (smem_bytes(128, "wgmma") + 1024) <= 228 * 1024
     with pytest.raises(ValueError, match="variant must be one of"):
         smem_bytes(128, "tma")
+
+
+# ---- `impbench attn` -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,needle", [(["--pp", "x"], "--pp takes comma-separated"), (["--pp", "0"], "--pp must be between"),
+                                         (["--prefix", "half"], "--prefix takes comma-separated"),
+                                         (["--prefix", ""], "--prefix takes comma-separated"),
+                                         (["--prefix", "99999999"], "--prefix must be at most"),
+                                         (["--reps", "0"], "--reps must be"),
+                                         (["--variant", "tma"], "unknown variant 'tma'"),
+                                         (["--variant", "wgmma2"], "variant wgmma2 has no head_dim 512 kernel"),
+                                         (["--model", "nope"], "unknown model 'nope'"),
+                                         (["--out", "t.json"], "gets its JSON beside it, at this very path")])  # fmt: skip
+def test_attn_bench_bad_input_is_exit_2_in_one_line(capsys, args, needle):
+    """Every input error ends before any GPU work: exit 2, one line on stderr, nothing on stdout."""
+    from cli_util import run_cli
+
+    code, out, err = run_cli(capsys, "attn", *args)
+    assert code == 2 and not out and needle in err and err.count("\n") == 1, (code, out, err)
+
+
+def test_attn_bench_layer_kinds_prefixes_and_floor():
+    from impbench.bench.attention import layer_kinds, parse_prefixes, plan_floor, prefix_tokens
+    from impbench.gpus import GPUS
+    from impbench.presets import get_preset
+
+    gemma = get_preset("gemma-4")
+    sliding, full = layer_kinds(gemma)
+    assert (sliding.kind, sliding.heads, sliding.kv_heads, sliding.head_dim, sliding.window, sliding.scale) == (
+        "sliding", 16, 8, 256, 1024, 1.0)
+    assert (full.kind, full.heads, full.kv_heads, full.head_dim, full.window, full.scale) == ("full", 16, 2, 512, 0, 1.0)
+    assert sliding.label == "sliding D256 W1024 16/8" and full.label == "full D512 16/2"
+    [qwen] = layer_kinds(get_preset("qwen3-coder"))
+    assert (qwen.kind, qwen.head_dim, qwen.window) == ("full", 128, 0) and qwen.scale == pytest.approx(128**-0.5)
+    assert parse_prefixes("0, chunk,512,0") == [0, "chunk", 512]
+    assert prefix_tokens("chunk", 2048) == 2048 and prefix_tokens(300, 2048) == 300
+    # the plan's attention op: at T 4096 after nothing, the sliding layer's pairs are those of causal_flops
+    h100 = GPUS["h100"]
+    floor, bound, flops, _ = plan_floor(gemma, sliding, 0, 4096, h100)
+    assert flops == causal_flops(4096, 0, 16, 256, window=1024) and bound == "compute"
+    assert floor == pytest.approx(flops / h100.fp16_flops_per_s * 1e6)
+    _, _, flops, _ = plan_floor(gemma, full, 4096, 4096, h100)
+    assert flops == causal_flops(4096, 4096, 16, 512)
+
+
+@pytest.mark.gpu
+def test_attn_bench_times_both_gemma4_layer_kinds(capsys, tmp_path):
+    from cli_util import run_cli
+
+    code, out, err = run_cli(capsys, "attn", "--model", "gemma-4", "--pp", "128", "--prefix", "0,chunk", "--reps", "3",
+                             "--out", str(tmp_path / "a.md"))  # fmt: skip
+    assert code == 0, err
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert [(r["kind"], r["tokens"], r["prefix"]) for r in rows] == [
+        ("sliding", 128, 0), ("sliding", 128, 128), ("full", 128, 0), ("full", 128, 128)]
+    for r in rows:
+        assert r["ours_us"] > 0 and r["ours_graph_us"] > 0 and r["floor_us"] > 0
+        # SDPA runs where torch imports; then ours matches it to FP16 rounding
+        assert r["sdpa_us"] is None or (r["sdpa_us"] > 0 and r["sdpa_backend"] and r["rel_err"] < 5e-3), r
+    assert "SDPA" in out and "floor: the plan's attention op" in out

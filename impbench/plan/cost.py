@@ -276,6 +276,8 @@ def _layer_ops(preset: ModelPreset, layer_type: str) -> list[_Op]:
             _gemm(p, "in_proj_a", lt, hv, h, la),
             _small("conv1d", lt, conv * FP16, conv * FP16, 2 * conv * p.linear_conv_kernel + 4 * conv,
                    fixed_bytes=conv * p.linear_conv_kernel * FP16),
+            # the conv's carried inputs: the chunk's last K - 1 rows of in_proj_qkv copied for the next chunk
+            _small("conv_state", lt, 0.0, 0.0, 0.0, fixed_bytes=2 * (p.linear_conv_kernel - 1) * conv * FP16),
             _gdn_core(p),
             _small("gated_norm", lt, 2 * vd * FP16, vd * FP16, 8 * vd),
             _gemm(p, "out_proj", lt, h, vd, la),
@@ -329,6 +331,16 @@ def _layer_ops(preset: ModelPreset, layer_type: str) -> list[_Op]:
         # post-norms of both branches, their sum, the block's post norm and the residual add
         ops.append(_small("post_ffn_norms", lt, 3 * h * FP16, h * FP16, 20 * h, fixed_bytes=3 * h * FP16))
     return ops
+
+
+def op_cost(preset: ModelPreset, op: str, layer_type: str, start: int, length: int) -> tuple[float, float]:
+    """(FLOPs, bytes moved) the plan counts for one call of `op` in a `layer_type` layer, on a chunk of
+    `length` tokens after `start` (a kernel benchmark's floor is the GPU's floor of these)."""
+    for candidate in _layer_ops(preset, layer_type):
+        if candidate.op == op:
+            flops, moved, _ = candidate.cost(start, length, True)
+            return flops, moved
+    raise ValueError(f"the plan has no op {op!r} in {layer_type} layers of {preset.name}")
 
 
 def _model_tail(preset: ModelPreset) -> list[_Op]:
