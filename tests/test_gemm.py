@@ -374,7 +374,7 @@ def _error(out, ref) -> str | None:
         first = tuple(int(i) for i in cupy.argwhere(nan)[0])
         return f"{int(nan.sum())} outputs unwritten (NaN), first at (row, col) {first}"
     excess = cupy.abs(out.astype(cupy.float64) - ref) / (1 + cupy.abs(ref))
-    row, col = (int(i) for i in cupy.unravel_index(int(excess.argmax()), excess.shape))
+    row, col = divmod(int(excess.argmax()), excess.shape[1])  # cupy.unravel_index refuses a Python int under NumPy 2
     worst = float(excess[row, col])
     return None if worst <= TOL else (f"max |out - ref| / (1 + |ref|) = {worst:.2e} > {TOL} at (row, col) ({row}, {col}): "
                                       f"out {float(out[row, col]):.5g}, ref {float(ref[row, col]):.5g}")  # fmt: skip
