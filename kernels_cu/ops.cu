@@ -1,6 +1,9 @@
-// Small memory-bound ops of the Qwen3-MoE prefill: embedding gather, RMSNorm, fused residual add +
-// RMSNorm, elementwise add, and the attention prologue (per-head q/k RMSNorm, NeoX RoPE, KV append)
-// in two forms: narrow (any even D <= 64 or multiple of 64) and 16-byte (D = 16..256, power of two).
+// Small memory-bound ops of the prefill: embedding gather, RMSNorm, fused residual add + RMSNorm,
+// elementwise add, and the attention prologue (per-head q/k RMSNorm, NeoX RoPE over all or the first
+// R dims, KV append) in two forms: narrow (any even D <= 64 or multiple of 64, R = D) and 16-byte
+// (D = 16..256, power of two). For the Qwen3.5/3.6 hybrid also: the linear layers' causal conv1d with
+// its q/k/v, decay and write-strength prep, the conv-state carry and the gated RMSNorm; the full
+// layers' sigmoid output gate; and the gated activation of a dense (shared-expert) MLP.
 //
 // Shared rules: FP16 storage (half_t bit patterns), FP32 math, one rounding per output element.
 // Every kernel is capture-safe (the grid depends only on static shapes; the chunk position is read
@@ -109,8 +112,8 @@ template <int VP>
 __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,
                                               const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,
                                               half_t *__restrict__ q_out, half_t *__restrict__ k_cache,
-                                              half_t *__restrict__ v_cache, int head_dim, int q_heads, int kv_heads,
-                                              int max_len, float eps, double log2_theta, int qk_norm) {
+                                              half_t *__restrict__ v_cache, int row_stride, int head_dim, int q_heads,
+                                              int kv_heads, int max_len, float eps, double log2_theta, int qk_norm) {
     constexpr int HPW = QKV_HEADS_PER_WARP;
     __shared__ double inv_freq[256];  // D/2 <= 256
     const int token = blockIdx.x;
@@ -119,7 +122,7 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
     const bool active = lane * VP < half_dim;
     const int first = lane * VP;  // element index inside the first half
     const int heads = q_heads + 2 * kv_heads;
-    const half_t *row = qkv + (size_t)token * heads * head_dim;
+    const half_t *row = qkv + (size_t)token * row_stride;
 
     float a[HPW][VP], b[HPW][VP];  // first-half and second-half elements of this lane, per head
 #pragma unroll
@@ -208,21 +211,31 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
 // memory with the narrow kernel's exact math (FP64 angle reduced mod 2*pi, then sincosf), so both
 // forms rotate by the same values. Why: the narrow form moves 2-8 bytes per lane per load, waits on
 // the norm weights after each head's reduction and recomputes sincos in every warp.
-template <int L, int S>
+//
+// Partial rotary (Qwen3.6: R = 64 of D = 256): only the first R dims rotate, as rotate-half over R --
+// pair (i, i + R/2) at inv_freq theta^(-2i/R) -- so chunk c < R/8 pairs with chunk c ^ (R/16) (R/8 a
+// power of two >= 2) and chunks from R/8 on pass through after the norm. PARTIAL = false is R = D with
+// R a compile-time constant: the runtime R cost 5-7 registers, one block a SM fewer at qwen3-coder's
+// 160-thread blocks.
+template <int L, int S, bool PARTIAL>
 __device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,
                                                    const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,
                                                    half_t *__restrict__ q_out, half_t *__restrict__ k_cache,
-                                                   half_t *__restrict__ v_cache, int q_heads, int kv_heads, int max_len,
-                                                   float eps, double log2_theta, int qk_norm) {
+                                                   half_t *__restrict__ v_cache, int row_stride, int rot_chunks_arg,
+                                                   int q_heads, int kv_heads, int max_len, float eps, double log2_theta,
+                                                   int qk_norm) {
     constexpr int G = 32 / L, HPW = G * S, D = 8 * L, HALF = D / 2;
+    const int rot_chunks = PARTIAL ? rot_chunks_arg : L;  // R / 8
     __shared__ float2 rope_cs[HALF];
     const int token = blockIdx.x;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane % L, group = lane / L;
-    const bool second = sub >= L / 2;
-    const int pair0 = 8 * (sub % (L / 2));  // first RoPE pair of this lane's chunk
+    const int rot_half = rot_chunks >> 1;  // partner distance in chunks: R / 16
+    const bool rotated = !PARTIAL || sub < rot_chunks;
+    const bool second = (sub & rot_half) != 0;
+    const int pair0 = 8 * (sub & (rot_half - 1));  // first RoPE pair of this lane's chunk (read, unused, past R)
     const int heads = q_heads + 2 * kv_heads;
-    const half_t *row = qkv + (size_t)token * heads * D;
+    const half_t *row = qkv + (size_t)token * row_stride;
 
     u32x4 raw[S];
 #pragma unroll
@@ -233,14 +246,14 @@ __device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qk
     u32x4 wq_own{}, wq_par{}, wk_own{}, wk_par{};
     if (qk_norm) {
         wq_own = ld16_nc(q_norm_w + sub * 8);
-        wq_par = ld16_nc(q_norm_w + (sub ^ (L / 2)) * 8);
+        wq_par = ld16_nc(q_norm_w + (sub ^ rot_half) * 8);
         wk_own = ld16_nc(k_norm_w + sub * 8);
-        wk_par = ld16_nc(k_norm_w + (sub ^ (L / 2)) * 8);
+        wk_par = ld16_nc(k_norm_w + (sub ^ rot_half) * 8);
     }
     const int position = pos[0] + token;
     const bool in_cache = position >= 0 && position < max_len;
-    for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
-        const double inv_freq = exp2(-(double)(2 * i) / (double)D * log2_theta);
+    for (int i = threadIdx.x; i < rot_chunks * 4; i += blockDim.x) {  // the R/2 pairs
+        const double inv_freq = exp2(-(double)(2 * i) / (double)(rot_chunks * 8) * log2_theta);
         const double angle = (double)position * inv_freq;
         const double turns = rint(angle * 0.15915494309189535);  // 1 / (2 pi)
         const double reduced = fma(-turns, 2.4492935982947064e-16, fma(-turns, 6.283185307179586, angle));
@@ -261,10 +274,10 @@ __device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qk
     for (int s = 0; s < S; ++s) {
         const int head = warp * HPW + s * G + group;  // uniform over the L lanes of a head only
         u32x4 par;  // every lane shuffles, whatever its head
-        par.x = __shfl_xor_sync(0xffffffffu, raw[s].x, L / 2);
-        par.y = __shfl_xor_sync(0xffffffffu, raw[s].y, L / 2);
-        par.z = __shfl_xor_sync(0xffffffffu, raw[s].z, L / 2);
-        par.w = __shfl_xor_sync(0xffffffffu, raw[s].w, L / 2);
+        par.x = __shfl_xor_sync(0xffffffffu, raw[s].x, rot_half);
+        par.y = __shfl_xor_sync(0xffffffffu, raw[s].y, rot_half);
+        par.z = __shfl_xor_sync(0xffffffffu, raw[s].z, rot_half);
+        par.w = __shfl_xor_sync(0xffffffffu, raw[s].w, rot_half);
         float own[8], other[8];
         unpack8(raw[s], own);
         unpack8(par, other);
@@ -297,7 +310,9 @@ __device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qk
         float out[8];  // first half: a cos - b sin; second half: b cos + a sin (own = b, other = a)
 #pragma unroll
         for (int i = 0; i < 8; ++i)
-            out[i] = second ? own[i] * cos_v[i] + other[i] * sin_v[i] : own[i] * cos_v[i] - other[i] * sin_v[i];
+            out[i] = !rotated ? own[i]
+                     : second ? own[i] * cos_v[i] + other[i] * sin_v[i]
+                              : own[i] * cos_v[i] - other[i] * sin_v[i];
         if (is_q) {
             *reinterpret_cast<u32x4 *>(q_out + ((size_t)token * q_heads + head) * D + sub * 8) = pack8(out);
         } else if (in_cache) {
@@ -377,6 +392,209 @@ __device__ __forceinline__ void add_rmsnorm_impl(const half_t *__restrict__ x, h
     }
 }
 
+// ---- Qwen3.5/3.6 hybrid layers -------------------------------------------------------------------
+
+// The elementwise activations run once per FP16 output, so they use the approximate MUFU exp2 and
+// reciprocal with denormals flushed (a few FP32 ulp, far below an FP16 rounding): IEEE division and
+// expf, with their range checks and slow paths, made conv_prep's 64 SiLUs a thread cost about as much
+// issue time as its memory. 1 + e^-x overflowing to inf gives rcp 0, the limit.
+__device__ __forceinline__ float ex2_fast(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float rcp_fast(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+constexpr float LOG2E = 1.4426950408889634f;
+__device__ __forceinline__ float sigmoid_f(float x) { return rcp_fast(1.0f + ex2_fast(-LOG2E * x)); }
+__device__ __forceinline__ float silu_f(float x) { return x * sigmoid_f(x); }
+// GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
+__device__ __forceinline__ float gelu_tanh_f(float x) {
+    return x * sigmoid_f(1.5957691216057308f * fmaf(0.044715f * x, x * x, x));
+}
+// log(1 + e^x) without overflow or cancellation at either end (FP32 outputs: the accurate expf)
+__device__ __forceinline__ float softplus_f(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+
+// Sum over aligned groups of `lanes` lanes (a power of two <= 32; 1: no shuffle). Every lane of the
+// warp must call it; each lane of a group gets the same bits.
+__device__ __forceinline__ float group_sum(float v, int lanes) {
+    for (int offset = lanes >> 1; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+constexpr int CONV_TAPS = 4;    // the conv width the kernels are built for (Qwen3.5/3.6: linear_conv_kernel 4)
+constexpr int CONV_TOKENS = 8;  // tokens per thread of conv_prep
+
+// The linear layer's prologue, one launch: causal depthwise conv (K taps, no bias) over the raw
+// in_proj_qkv output with the K - 1 rows of the previous chunk in front, SiLU, then per head
+// q = l2norm / sqrt(dk), k = l2norm, v as is; and g = -exp(A_log) softplus(a + dt_bias), beta =
+// sigmoid(b). Thread = one 16-byte chunk (8 channels) of TT consecutive tokens: it loads the TT + K - 1
+// rows it needs, all before any math, and its 8 x K taps, so each input is read once from DRAM
+// (the K - 1 halo rows again from L2 by the next token tile). A warp spans 256 channels, so a head of
+// dk = 8 * 2^n <= 256 channels is an aligned group of dk / 8 lanes and its l2 norm is one group_sum;
+// the q | k | v boundaries are multiples of dk, so each group is all q, all k or all v. Grid:
+// (chunks / blockDim, ceil(T / TT)); the g/beta pairs of a token tile are spread over its blocks.
+template <int K, int TT>
+__device__ __forceinline__ void conv_prep_impl(const half_t *__restrict__ mixed, int mixed_stride,
+                                               const half_t *__restrict__ conv_w, const half_t *__restrict__ conv_state,
+                                               const half_t *__restrict__ a, int a_stride, const half_t *__restrict__ b,
+                                               int b_stride, const float *__restrict__ a_log,
+                                               const float *__restrict__ dt_bias, half_t *__restrict__ q,
+                                               half_t *__restrict__ k, half_t *__restrict__ v, float *__restrict__ g,
+                                               float *__restrict__ beta, int tokens, int key_heads, int value_heads,
+                                               int key_dim, int value_dim, float eps, float q_scale) {
+    const int key_width = key_heads * key_dim, value_width = value_heads * value_dim;
+    const int channels = 2 * key_width + value_width;
+    const int chunk = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t0 = blockIdx.y * TT;
+    const bool live = chunk < (channels >> 3);
+
+    u32x4 raw[TT + K - 1];  // rows t0 .. t0 + TT + K - 2 of concat(conv_state, mixed)
+#pragma unroll
+    for (int i = 0; i < TT + K - 1; ++i) {
+        const int p = t0 + i;
+        raw[i] = u32x4{0u, 0u, 0u, 0u};
+        if (live && p < tokens + K - 1)
+            raw[i] = ld16_nc(p < K - 1 ? conv_state + (size_t)p * channels + chunk * 8
+                                       : mixed + (size_t)(p - (K - 1)) * mixed_stride + chunk * 8);
+    }
+    u32x4 w_raw[K];  // channel e, tap j at half e * K + j
+#pragma unroll
+    for (int j = 0; j < K; ++j) w_raw[j] = live ? ld16_nc(conv_w + (size_t)chunk * 8 * K + j * 8) : u32x4{0u, 0u, 0u, 0u};
+
+    const int tile_tokens = min(TT, tokens - t0);
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < tile_tokens * value_heads; idx += gridDim.x * blockDim.x) {
+        const int t = t0 + idx / value_heads, h = idx % value_heads;
+        const float av = h2f(a[(size_t)t * a_stride + h]) + dt_bias[h];
+        g[(size_t)t * value_heads + h] = -expf(a_log[h]) * softplus_f(av);
+        beta[(size_t)t * value_heads + h] = 1.0f / (1.0f + expf(-h2f(b[(size_t)t * b_stride + h])));
+    }
+
+    float w[8 * K];
+#pragma unroll
+    for (int j = 0; j < K; ++j) unpack8(w_raw[j], w + 8 * j);
+    const int c0 = chunk * 8;
+    const int region = c0 < key_width ? 0 : (c0 < 2 * key_width ? 1 : 2);  // q, k, v
+    half_t *dst = region == 0 ? q + c0 : (region == 1 ? k + (c0 - key_width) : v + (c0 - 2 * key_width));
+    const int dst_stride = region == 2 ? value_width : key_width;
+    float win[K][8];  // rows i .. i + K - 1 in FP32: each row converted once
+#pragma unroll
+    for (int j = 1; j < K; ++j) unpack8(raw[j - 1], win[j]);
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+#pragma unroll
+        for (int j = 0; j + 1 < K; ++j)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) win[j][e] = win[j + 1][e];
+        unpack8(raw[i + K - 1], win[K - 1]);
+        float y[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            y[e] = 0.0f;
+#pragma unroll
+            for (int j = 0; j < K; ++j) y[e] = fmaf(w[e * K + j], win[j][e], y[e]);
+        }
+        float sq = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            y[e] = silu_f(y[e]);
+            sq = fmaf(y[e], y[e], sq);
+        }
+        sq = group_sum(sq, key_dim >> 3);  // every lane: the v lanes' sums go unused
+        const float scale = region == 2 ? 1.0f : rsqrtf(sq + eps) * (region == 0 ? q_scale : 1.0f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) y[e] *= scale;
+        if (live && i < tile_tokens) *reinterpret_cast<u32x4 *>(dst + (size_t)(t0 + i) * dst_stride) = pack8(y);
+    }
+}
+
+// conv_state <- the last K - 1 rows of concat(conv_state, mixed). One thread per 16-byte column chunk
+// reads all K - 1 source rows before writing any, so an in-place shift (T < K - 1 reads state rows
+// that it also writes) never reads a row another thread already overwrote.
+template <int K>
+__device__ __forceinline__ void conv_state_update_impl(const half_t *__restrict__ mixed, int mixed_stride,
+                                                       half_t *conv_state, int tokens, int channels) {
+    const int chunk = blockIdx.x * blockDim.x + threadIdx.x;
+    if (chunk >= (channels >> 3)) return;
+    u32x4 rows[K - 1];
+#pragma unroll
+    for (int r = 0; r < K - 1; ++r) {
+        const int p = tokens + r;  // row of concat(conv_state, mixed)
+        rows[r] = p < K - 1 ? ld16(conv_state + (size_t)p * channels + chunk * 8)
+                            : ld16_nc(mixed + (size_t)(p - (K - 1)) * mixed_stride + chunk * 8);
+    }
+#pragma unroll
+    for (int r = 0; r < K - 1; ++r) *reinterpret_cast<u32x4 *>(conv_state + (size_t)r * channels + chunk * 8) = rows[r];
+}
+
+// out = w * rmsnorm(o) * silu(z) per (token, head) of D channels, over a flat [T, H * D] grid of
+// 16-byte chunks: a head is an aligned group of D / 8 lanes (D = 8 * 2^n <= 256), its sum of squares
+// one group_sum. One chunk per thread; the tail warp's spare lanes still shuffle. out may alias o
+// (each lane reads its chunk before writing it).
+__device__ __forceinline__ void gated_rmsnorm_impl(const half_t *o, const half_t *__restrict__ z, int z_stride,
+                                                   const half_t *__restrict__ weight, half_t *out, int tokens,
+                                                   int width, int head_dim, float eps) {
+    const int row_chunks = width >> 3;
+    const int chunk = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = chunk / row_chunks, col = (chunk - t * row_chunks) * 8;
+    const bool live = t < tokens;
+    u32x4 o_raw{0u, 0u, 0u, 0u}, z_raw{0u, 0u, 0u, 0u}, w_raw{0u, 0u, 0u, 0u};
+    if (live) {
+        o_raw = ld16(o + (size_t)chunk * 8);
+        z_raw = ld16_nc(z + (size_t)t * z_stride + col);
+        w_raw = ld16_nc(weight + col % head_dim);
+    }
+    float x[8], zf[8], wf[8];
+    unpack8(o_raw, x);
+    float sq = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sq = fmaf(x[e], x[e], sq);
+    const float inv = rsqrtf(group_sum(sq, head_dim >> 3) / (float)head_dim + eps);
+    if (!live) return;
+    unpack8(z_raw, zf);
+    unpack8(w_raw, wf);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = x[e] * inv * wf[e] * silu_f(zf[e]);
+    *reinterpret_cast<u32x4 *>(out + (size_t)chunk * 8) = pack8(x);
+}
+
+// out = attn * sigmoid(gate) elementwise over [T, W], one 16-byte chunk per thread; gate's rows may be
+// spaced wider than W (the gate columns of the q projection's output). out may alias attn.
+__device__ __forceinline__ void attn_gate_impl(const half_t *attn, const half_t *__restrict__ gate, int gate_stride,
+                                               half_t *out, int tokens, int width) {
+    const int row_chunks = width >> 3;
+    const int chunk = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = chunk / row_chunks, col = (chunk - t * row_chunks) * 8;
+    if (t >= tokens) return;
+    float x[8], gf[8];
+    unpack8(ld16(attn + (size_t)chunk * 8), x);
+    unpack8(ld16_nc(gate + (size_t)t * gate_stride + col), gf);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] *= sigmoid_f(gf[e]);
+    *reinterpret_cast<u32x4 *>(out + (size_t)chunk * 8) = pack8(x);
+}
+
+// out[t, :] = act(gate_up[t, :S]) * gate_up[t, S:] over [T, S], one 16-byte chunk per thread.
+constexpr int ACT_SILU = 0, ACT_GELU_TANH = 1;
+template <int ACT>
+__device__ __forceinline__ void gated_act_impl(const half_t *__restrict__ gate_up, int gate_up_stride,
+                                               half_t *__restrict__ out, int tokens, int inter) {
+    const int row_chunks = inter >> 3;
+    const int chunk = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = chunk / row_chunks, col = (chunk - t * row_chunks) * 8;
+    if (t >= tokens) return;
+    const half_t *row = gate_up + (size_t)t * gate_up_stride + col;
+    float gf[8], up[8];
+    unpack8(ld16_nc(row), gf);
+    unpack8(ld16_nc(row + inter), up);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) gf[e] = (ACT == ACT_SILU ? silu_f(gf[e]) : gelu_tanh_f(gf[e])) * up[e];
+    *reinterpret_cast<u32x4 *>(out + (size_t)t * inter + col) = pack8(gf);
+}
+
 }  // namespace
 
 extern "C" {
@@ -435,10 +653,11 @@ __global__ void add_f16(const half_t *a, const half_t *b, half_t *out, long long
     __global__ void qkv_post_vp##VP(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,            \
                                     const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,              \
                                     half_t *__restrict__ q_out, half_t *__restrict__ k_cache,                      \
-                                    half_t *__restrict__ v_cache, int head_dim, int q_heads, int kv_heads,         \
-                                    int max_len, float eps, double log2_theta, int qk_norm) { pdl_entry();                      \
-        qkv_post_impl<VP>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, head_dim, q_heads, kv_heads,      \
-                          max_len, eps, log2_theta, qk_norm);                                                      \
+                                    half_t *__restrict__ v_cache, int row_stride, int head_dim, int q_heads,       \
+                                    int kv_heads, int max_len, float eps, double log2_theta, int qk_norm) {        \
+        pdl_entry();                                                                                               \
+        qkv_post_impl<VP>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, row_stride, head_dim, q_heads,    \
+                          kv_heads, max_len, eps, log2_theta, qk_norm);                                            \
     }
 QKV_POST(1)
 QKV_POST(2)
@@ -447,30 +666,81 @@ QKV_POST(8)
 #undef QKV_POST
 
 // qkv_post_l{L}_s{S}: see qkv_post_wide_impl. Grid: one block per token; block: ceil(heads / (32 / L * S)) warps.
-#define QKV_POST_WIDE(L, S)                                                                                        \
-    __global__ void qkv_post_l##L##_s##S(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,      \
-                                         const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,         \
-                                         half_t *__restrict__ q_out, half_t *__restrict__ k_cache,                 \
-                                         half_t *__restrict__ v_cache, int q_heads, int kv_heads, int max_len,     \
-                                         float eps, double log2_theta, int qk_norm) { pdl_entry();                              \
-        qkv_post_wide_impl<L, S>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, q_heads, kv_heads,         \
-                                 max_len, eps, log2_theta, qk_norm);                                               \
+// qkv_post_l{L}_s{S}_partial: the same with R < D (rot_chunks = R / 8 < L); never for L = 2, where R >= 16 = D.
+#define QKV_POST_WIDE(L, S, PARTIAL, SUFFIX)                                                                       \
+    __global__ void qkv_post_l##L##_s##S##SUFFIX(                                                                 \
+        const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w, const half_t *__restrict__ k_norm_w,  \
+        const int *__restrict__ pos, half_t *__restrict__ q_out, half_t *__restrict__ k_cache,                     \
+        half_t *__restrict__ v_cache, int row_stride, int rot_chunks, int q_heads, int kv_heads, int max_len,      \
+        float eps, double log2_theta, int qk_norm) {                                                               \
+        pdl_entry();                                                                                               \
+        qkv_post_wide_impl<L, S, PARTIAL>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, row_stride,       \
+                                          rot_chunks, q_heads, kv_heads, max_len, eps, log2_theta, qk_norm);       \
     }
-QKV_POST_WIDE(2, 2)
-QKV_POST_WIDE(2, 4)
-QKV_POST_WIDE(4, 2)
-QKV_POST_WIDE(4, 4)
-QKV_POST_WIDE(8, 2)
-QKV_POST_WIDE(8, 4)
-QKV_POST_WIDE(16, 2)
-QKV_POST_WIDE(16, 4)
-QKV_POST_WIDE(32, 2)
-QKV_POST_WIDE(32, 4)
-QKV_POST_WIDE(2, 8)
-QKV_POST_WIDE(4, 8)
-QKV_POST_WIDE(8, 8)
-QKV_POST_WIDE(16, 8)
-QKV_POST_WIDE(32, 8)
+#define QKV_POST_WIDE_BOTH(L, S) QKV_POST_WIDE(L, S, false, ) QKV_POST_WIDE(L, S, true, _partial)
+QKV_POST_WIDE(2, 2, false, )
+QKV_POST_WIDE(2, 4, false, )
+QKV_POST_WIDE(2, 8, false, )
+QKV_POST_WIDE_BOTH(4, 2)
+QKV_POST_WIDE_BOTH(4, 4)
+QKV_POST_WIDE_BOTH(4, 8)
+QKV_POST_WIDE_BOTH(8, 2)
+QKV_POST_WIDE_BOTH(8, 4)
+QKV_POST_WIDE_BOTH(8, 8)
+QKV_POST_WIDE_BOTH(16, 2)
+QKV_POST_WIDE_BOTH(16, 4)
+QKV_POST_WIDE_BOTH(16, 8)
+QKV_POST_WIDE_BOTH(32, 2)
+QKV_POST_WIDE_BOTH(32, 4)
+QKV_POST_WIDE_BOTH(32, 8)
+#undef QKV_POST_WIDE_BOTH
 #undef QKV_POST_WIDE
+
+// conv_prep_k4: see conv_prep_impl. Grid (ceil(C / 8 / blockDim), ceil(T / CONV_TOKENS)); blockDim a
+// multiple of 32, at most 128.
+__global__ void __launch_bounds__(128) conv_prep_k4(
+    const half_t *__restrict__ mixed, int mixed_stride, const half_t *__restrict__ conv_w,
+    const half_t *__restrict__ conv_state, const half_t *__restrict__ a, int a_stride, const half_t *__restrict__ b,
+    int b_stride, const float *__restrict__ a_log, const float *__restrict__ dt_bias, half_t *__restrict__ q,
+    half_t *__restrict__ k, half_t *__restrict__ v, float *__restrict__ g, float *__restrict__ beta, int tokens,
+    int key_heads, int value_heads, int key_dim, int value_dim, float eps, float q_scale) {
+    pdl_entry();
+    conv_prep_impl<CONV_TAPS, CONV_TOKENS>(mixed, mixed_stride, conv_w, conv_state, a, a_stride, b, b_stride, a_log,
+                                           dt_bias, q, k, v, g, beta, tokens, key_heads, value_heads, key_dim,
+                                           value_dim, eps, q_scale);
+}
+
+// conv_state_update_k4: see conv_state_update_impl. Grid: ceil(C / 8 / blockDim).
+__global__ void conv_state_update_k4(const half_t *__restrict__ mixed, int mixed_stride, half_t *conv_state,
+                                     int tokens, int channels) {
+    pdl_entry();
+    conv_state_update_impl<CONV_TAPS>(mixed, mixed_stride, conv_state, tokens, channels);
+}
+
+// gated_rmsnorm_f16: see gated_rmsnorm_impl. Grid: ceil(T * W / 8 / blockDim).
+__global__ void gated_rmsnorm_f16(const half_t *o, const half_t *__restrict__ z, int z_stride,
+                                  const half_t *__restrict__ weight, half_t *out, int tokens, int width, int head_dim,
+                                  float eps) {
+    pdl_entry();
+    gated_rmsnorm_impl(o, z, z_stride, weight, out, tokens, width, head_dim, eps);
+}
+
+// attn_gate_f16: see attn_gate_impl. Grid: ceil(T * W / 8 / blockDim).
+__global__ void attn_gate_f16(const half_t *attn, const half_t *__restrict__ gate, int gate_stride, half_t *out,
+                              int tokens, int width) {
+    pdl_entry();
+    attn_gate_impl(attn, gate, gate_stride, out, tokens, width);
+}
+
+// gated_act_{silu,gelu_tanh}: see gated_act_impl. Grid: ceil(T * S / 8 / blockDim).
+#define GATED_ACT(NAME, ACT)                                                                                     \
+    __global__ void gated_act_##NAME(const half_t *__restrict__ gate_up, int gate_up_stride,                    \
+                                     half_t *__restrict__ out, int tokens, int inter) {                           \
+        pdl_entry();                                                                                             \
+        gated_act_impl<ACT>(gate_up, gate_up_stride, out, tokens, inter);                                        \
+    }
+GATED_ACT(silu, ACT_SILU)
+GATED_ACT(gelu_tanh, ACT_GELU_TANH)
+#undef GATED_ACT
 
 }  // extern "C"

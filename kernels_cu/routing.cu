@@ -1,5 +1,6 @@
 // MoE routing: router softmax + top-k, the expert permutation (histogram, offsets, stable scatter),
-// and the weighted un-permute (combine) with the residual add.
+// and the weighted un-permute (combine) with the residual add and, optionally, a shared expert's
+// output scaled by the sigmoid of its gate (Qwen3.5/3.6).
 //
 // Layouts shared with the expert GEMMs and the engine (R = T * k permuted rows):
 //   topk_ids int32 [T, k], topk_weights fp32 [T, k]
@@ -257,9 +258,31 @@ __device__ __forceinline__ void load_combine_rows(const int *__restrict__ token_
     __syncthreads();
 }
 
-// One 16-byte chunk of a combined row: residual + sum_j w_j * y[row_j], FP32, j in order, one rounding.
+// The shared expert's part of token `token`: its row (null: none) and the sigmoid of its gate (null
+// gate: 1). Every thread reads the one gate value (a broadcast load).
+struct SharedRow {
+    const half_t *row;
+    float scale;
+};
+__device__ __forceinline__ SharedRow shared_row(const half_t *__restrict__ shared, int shared_stride,
+                                                const half_t *__restrict__ shared_gate, int gate_stride, int token) {
+    SharedRow r{nullptr, 1.0f};
+    if (shared) {
+        r.row = shared + (size_t)token * shared_stride;
+        if (shared_gate) r.scale = 1.0f / (1.0f + expf(-h2f(shared_gate[(size_t)token * gate_stride])));
+    }
+    return r;
+}
+
+__device__ __forceinline__ u32x4 shared_chunk(const SharedRow &sh, int chunk) {
+    return sh.row ? ld16_nc(sh.row + chunk * 8) : u32x4{0u, 0u, 0u, 0u};
+}
+
+// One 16-byte chunk of a combined row: residual + sum_j w_j * y[row_j] (+ scale * shared), FP32, j in
+// order then the shared row, one rounding. sh_raw: the shared row's chunk, loaded early by the caller.
 __device__ __forceinline__ u32x4 combine_chunk(const half_t *__restrict__ y, const int *row_of,
-                                               const float *weight_of, int k, int hidden, int chunk, u32x4 res_raw) {
+                                               const float *weight_of, int k, int hidden, int chunk, u32x4 res_raw,
+                                               const SharedRow &sh, u32x4 sh_raw) {
     float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     for (int j0 = 0; j0 < k; j0 += 8) {
         u32x4 loaded[8];
@@ -280,6 +303,12 @@ __device__ __forceinline__ u32x4 combine_chunk(const half_t *__restrict__ y, con
             }
         }
     }
+    if (sh.row) {
+        float f[8];
+        unpack8(sh_raw, f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[i] = fmaf(sh.scale, f[i], acc[i]);
+    }
     float res[8];
     unpack8(res_raw, res);
 #pragma unroll
@@ -293,7 +322,9 @@ template <int C>
 __device__ __forceinline__ void combine_rmsnorm_impl(const half_t *__restrict__ y, const int *__restrict__ token_rows,
                                                      const half_t *residual, half_t *out,
                                                      const float *__restrict__ topk_weights, int has_weights, int rows,
-                                                     int k, int hidden, const half_t *__restrict__ norm_w,
+                                                     int k, int hidden, const half_t *__restrict__ shared,
+                                                     int shared_stride, const half_t *__restrict__ shared_gate,
+                                                     int gate_stride, const half_t *__restrict__ norm_w,
                                                      half_t *__restrict__ normed, float eps) {
     __shared__ int row_of[32];
     __shared__ float weight_of[32];
@@ -301,13 +332,15 @@ __device__ __forceinline__ void combine_rmsnorm_impl(const half_t *__restrict__ 
     const int token = blockIdx.x, chunks = hidden >> 3;
     const u32x4 *res_row = reinterpret_cast<const u32x4 *>(residual + (size_t)token * hidden);
     u32x4 *out_row = reinterpret_cast<u32x4 *>(out + (size_t)token * hidden);
-    u32x4 w_raw[C], done[C];
+    const SharedRow sh = shared_row(shared, shared_stride, shared_gate, gate_stride, token);
+    u32x4 w_raw[C], done[C], sh_raw[C];
 #pragma unroll
-    for (int c = 0; c < C; ++c) {  // residual and weights first: independent of the row ids
+    for (int c = 0; c < C; ++c) {  // residual, shared row and weights first: independent of the row ids
         const int chunk = threadIdx.x + c * blockDim.x;
         if (chunk < chunks) {
             w_raw[c] = ld16_nc(norm_w + chunk * 8);
             done[c] = ld16(res_row + chunk);
+            sh_raw[c] = shared_chunk(sh, chunk);
         }
     }
     load_combine_rows(token_rows, topk_weights, has_weights, rows, k, token, row_of, weight_of);
@@ -316,7 +349,7 @@ __device__ __forceinline__ void combine_rmsnorm_impl(const half_t *__restrict__ 
     for (int c = 0; c < C; ++c) {
         const int chunk = threadIdx.x + c * blockDim.x;
         if (chunk < chunks) {
-            done[c] = combine_chunk(y, row_of, weight_of, k, hidden, chunk, done[c]);
+            done[c] = combine_chunk(y, row_of, weight_of, k, hidden, chunk, done[c], sh, sh_raw[c]);
             out_row[chunk] = done[c];
             float x[8];
             unpack8(done[c], x);
@@ -450,18 +483,23 @@ __global__ void __launch_bounds__(PERM_THREADS)
 // when has_weights == 0 (rows already scaled by the down GEMM). One block per token, each thread a
 // 16-byte chunk of H; the k row ids go through shared memory once. The k row loads of a chunk are
 // issued 8 at a time before any is added, to keep 8 loads in flight per thread. out may alias
-// residual: each thread reads its residual chunk before writing the same chunk.
+// residual: each thread reads its residual chunk before writing the same chunk. With `shared` (rows
+// shared_stride halves apart) the token's shared-expert row is added too, scaled by sigmoid of
+// shared_gate[t * gate_stride] (null: by 1); null `shared`: none.
 __global__ void __launch_bounds__(COMBINE_THREADS, 4) combine_f16(const half_t *__restrict__ y, const int *__restrict__ token_rows,
                             const half_t *residual, half_t *out, const float *__restrict__ topk_weights,
-                            int has_weights, int rows, int k, int hidden) { pdl_entry();
+                            int has_weights, int rows, int k, int hidden, const half_t *__restrict__ shared,
+                            int shared_stride, const half_t *__restrict__ shared_gate, int gate_stride) { pdl_entry();
     __shared__ int row_of[32];
     __shared__ float weight_of[32];
     const int token = blockIdx.x, chunks = hidden >> 3;
+    const SharedRow sh = shared_row(shared, shared_stride, shared_gate, gate_stride, token);
     load_combine_rows(token_rows, topk_weights, has_weights, rows, k, token, row_of, weight_of);
     const u32x4 *res_row = reinterpret_cast<const u32x4 *>(residual + (size_t)token * hidden);
     u32x4 *out_row = reinterpret_cast<u32x4 *>(out + (size_t)token * hidden);
     for (int chunk = threadIdx.x; chunk < chunks; chunk += blockDim.x)
-        out_row[chunk] = combine_chunk(y, row_of, weight_of, k, hidden, chunk, ld16(res_row + chunk));
+        out_row[chunk] = combine_chunk(y, row_of, weight_of, k, hidden, chunk, ld16(res_row + chunk), sh,
+                                       shared_chunk(sh, chunk));
 }
 
 // combine_rmsnorm_f16_c{C}: combine_f16, then normed[t] = RMSNorm(out[t]) * norm_w over the rounded FP16
@@ -473,9 +511,11 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 4) combine_f16(const half_t *
     __global__ void __launch_bounds__(COMBINE_THREADS, 4 / C) combine_rmsnorm_f16_c##C(                                \
         const half_t *__restrict__ y, const int *__restrict__ token_rows, const half_t *residual, half_t *out,      \
         const float *__restrict__ topk_weights, int has_weights, int rows, int k, int hidden,                       \
-        const half_t *__restrict__ norm_w, half_t *__restrict__ normed, float eps) { pdl_entry();                                \
-        combine_rmsnorm_impl<C>(y, token_rows, residual, out, topk_weights, has_weights, rows, k, hidden, norm_w,   \
-                                normed, eps);                                                                       \
+        const half_t *__restrict__ shared, int shared_stride, const half_t *__restrict__ shared_gate,               \
+        int gate_stride, const half_t *__restrict__ norm_w, half_t *__restrict__ normed, float eps) {               \
+        pdl_entry();                                                                                                \
+        combine_rmsnorm_impl<C>(y, token_rows, residual, out, topk_weights, has_weights, rows, k, hidden, shared,   \
+                                shared_stride, shared_gate, gate_stride, norm_w, normed, eps);                      \
     }
 COMBINE_RMSNORM(1)
 COMBINE_RMSNORM(2)

@@ -1,13 +1,24 @@
 """kernels/ops: float64 NumPy oracles (reused by the reference forward), wrapper checks, and on the GPU
-every kernel against its oracle, fully written outputs, bit-exact reruns and global-mode capture."""
+every kernel against its oracle, fully written outputs, bit-exact reruns and global-mode capture. The
+Qwen3.5/3.6 hybrid's ops (conv1d prep and conv state, gated norm, partial-rotary qkv_post on a column
+slice, output gate, gated activation) are checked against impbench.reference at both the real and the
+tiny model's shapes."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from capture_util import capture_global
+
 from impbench.kernels import ops
+from impbench.presets import get_preset
+from impbench.reference import blocks, gated_delta
 
 REL_ERR_FP16 = 2e-3
+# Hybrid ops: max |out - ref| over max |ref|. One FP16 rounding is 2^-11 = 4.9e-4 of a value; the FP32
+# math (approximate exp2 and reciprocal in the activations: ~1e-6) adds nothing visible.
+MAX_ERR_FP16 = 2e-3
+HYBRID_MODELS = ("qwen3.6", "tiny-qwen3.6")  # the real shapes and the tiny preset the engine tests run
 
 
 # -- float64 oracles -------------------------------------------------------------------------
@@ -57,6 +68,46 @@ def rel_err(out, ref) -> float:
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
+def assert_close(name, out, ref, bound=MAX_ERR_FP16):
+    """max |out - ref| <= bound * max |ref|, every value finite; a failure names the worst element."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    assert out.shape == ref.shape, f"{name}: shape {out.shape}, reference {ref.shape}"
+    bad = np.argwhere(~np.isfinite(out))
+    assert not bad.size, f"{name}: {len(bad)} non-finite values (unwritten?), first at {tuple(bad[0])}"
+    err = np.abs(out - ref)
+    where = np.unravel_index(np.argmax(err), err.shape)
+    scale = float(np.abs(ref).max())
+    assert err[where] <= bound * scale, (
+        f"{name}: max error {err[where]:.3g} = {err[where] / scale:.3g} of max |ref| {scale:.3g} (bound {bound}) at "
+        f"{tuple(int(i) for i in where)}: got {out[where]:.6g}, want {ref[where]:.6g}"
+    )
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+class DeviceLike:
+    """What the wrappers' checks read of a cupy array (dtype, shape, strides, contiguity, address), over a
+    NumPy array: argument errors are tested on a machine without a GPU. Slicing keeps the offset."""
+
+    __module__ = "cupy.test_fake"  # check_array tells device arrays by their type's module
+
+    def __init__(self, host, base=None, ptr0=0x100000):
+        self._host, self._base, self._ptr0 = host, host if base is None else base, ptr0
+        self.shape, self.dtype, self.strides, self.ndim, self.size = host.shape, host.dtype, host.strides, host.ndim, host.size
+        self.flags = SimpleNamespace(c_contiguous=host.flags.c_contiguous)
+        offset = host.__array_interface__["data"][0] - self._base.__array_interface__["data"][0]
+        self.data = SimpleNamespace(ptr=ptr0 + offset)
+
+    def __getitem__(self, key):
+        return DeviceLike(self._host[key], self._base, self._ptr0)
+
+
+def fake(shape, dtype=np.float16):
+    return DeviceLike(np.zeros(shape, dtype))
+
+
 # -- CPU: oracles and wrapper checks ---------------------------------------------------------
 
 
@@ -99,12 +150,114 @@ def test_qkv_post_ref_splits_columns_q_k_v():
             np.zeros((4, 8), np.float16), np.zeros((4, 8), np.float16), np.zeros(8, np.float16), 1e-6, np.zeros((4, 8), np.float16)
         ),
         lambda: ops.add(np.zeros(8, np.float16), np.zeros(8, np.float16), np.zeros(8, np.float16)),
+        lambda: ops.conv_state_update(np.zeros((4, 64), np.float16), np.zeros((3, 64), np.float16)),
+        lambda: ops.gated_rmsnorm(np.zeros((4, 2, 32), np.float16), np.zeros((4, 64), np.float16), np.zeros(32, np.float16),
+                                  1e-6, np.zeros((4, 64), np.float16)),
+        lambda: ops.attn_gate(np.zeros((4, 2, 32), np.float16), np.zeros((4, 64), np.float16), np.zeros((4, 64), np.float16)),
+        lambda: ops.gated_act(np.zeros((4, 64), np.float16), np.zeros((4, 32), np.float16)),
     ],
-    ids=["embed", "rmsnorm", "add_rmsnorm", "add"],
+    ids=["embed", "rmsnorm", "add_rmsnorm", "add", "conv_state_update", "gated_rmsnorm", "attn_gate", "gated_act"],
 )
 def test_host_arrays_are_rejected_with_value_error(call):
     with pytest.raises(ValueError, match="cupy device array"):
         call()
+
+
+# -- CPU: the hybrid ops' argument checks (DeviceLike stands in for device arrays) -------------------
+
+
+def _conv_args(tokens=5, hk=2, hv=4, dk=32, dv=32, **over):
+    """conv_prep's arguments at the tiny shapes, any of them replaced by keyword."""
+    channels = 2 * hk * dk + hv * dv
+    args = {"mixed": fake((tokens, channels)), "conv_weight": fake((channels, 4)), "conv_state": fake((3, channels)),
+            "a": fake((tokens, hv)), "b": fake((tokens, hv)), "a_log": fake((hv,), np.float32), "dt_bias": fake((hv,), np.float32),
+            "q": fake((tokens, hk, dk)), "k": fake((tokens, hk, dk)), "v": fake((tokens, hv, dv)),
+            "g": fake((tokens, hv), np.float32), "beta": fake((tokens, hv), np.float32)}  # fmt: skip
+    args.update(over)
+    return args
+
+
+def _one_line_error(call, match):
+    with pytest.raises(ValueError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"conv_weight": fake((256, 3))}, r"conv_weight must have shape \(256, 4\)"),
+        ({"mixed": fake((5, 264))}, r"mixed must have shape \(5, 256\)"),
+        ({"mixed": fake((5, 260))[:, :256]}, "mixed must have 16-byte aligned rows"),
+        ({"mixed": fake((5, 512))[:, ::2]}, "mixed must have contiguous columns"),
+        ({"conv_state": fake((4, 256))}, r"conv_state must have shape \(3, 256\)"),
+        ({"g": fake((5, 4))}, "g must have dtype float32"),
+        ({"beta": fake((5, 3), np.float32)}, "beta must have shape"),
+        ({"a_log": fake((4,))}, "a_log must have dtype float32"),
+        ({"b": fake((5, 5))}, r"b must have shape \(5, 4\)"),
+        ({"q": fake((5, 2, 48)), "k": fake((5, 2, 48))}, "key head dim"),
+        ({"v": fake((6, 4, 32))}, "disagree on tokens"),
+        ({"k": fake((5, 2, 16))}, "k must have shape"),
+        ({"q": fake((5, 2, 32)).__getitem__(slice(None, None, -1))}, "q must be C-contiguous"),
+    ],
+)  # fmt: skip
+def test_conv_prep_rejects_bad_arguments_in_one_line(over, match):
+    _one_line_error(lambda: ops.conv_prep(**_conv_args(**over)), match)
+
+
+def test_conv_prep_takes_column_slices_for_mixed_a_and_b(monkeypatch):
+    # mixed from a wider qkvz buffer, a and b from one [T, 2 Hv] buffer: the checks pass, the strides go to the kernel
+    monkeypatch.setattr(ops, "_kernel", lambda name: name)
+    ba = fake((5, 8))
+    args = _conv_args(mixed=fake((5, 256 + 128))[:, :256], b=ba[:, :4], a=ba[:, 4:])
+    name, grid, block, kargs = ops._plan_conv_prep(**args)
+    assert name == "conv_prep_k4" and grid == (1, 1) and block == (32,)
+    assert (int(kargs[1]), int(kargs[5]), int(kargs[7])) == (384, 8, 8)  # mixed, a, b row strides in halves
+    assert kargs[4].data.ptr == kargs[6].data.ptr + 8  # a starts 4 halves after b
+
+
+def test_conv_state_update_rejects_bad_arguments_in_one_line():
+    _one_line_error(lambda: ops.conv_state_update(fake((5, 256)), fake((4, 256))), r"conv_state must be \[3, C\]")
+    _one_line_error(lambda: ops.conv_state_update(fake((5, 264)), fake((3, 256))), r"mixed must have shape \(5, 256\)")
+    _one_line_error(lambda: ops.conv_state_update(fake((256,)), fake((3, 256))), "mixed must be 2-D")
+    _one_line_error(lambda: ops.conv_state_update(fake((5, 256)), fake((3, 256), np.float32)), "conv_state must have dtype float16")
+
+
+def test_gated_rmsnorm_attn_gate_and_gated_act_reject_bad_arguments_in_one_line():
+    _one_line_error(lambda: ops.gated_rmsnorm(fake((4, 2, 48)), fake((4, 96)), fake((48,)), 1e-6, fake((4, 96))), "head dim")
+    _one_line_error(lambda: ops.gated_rmsnorm(fake((4, 2, 32)), fake((4, 32)), fake((32,)), 1e-6, fake((4, 64))),
+                    r"z must have shape \(4, 64\)")  # fmt: skip
+    _one_line_error(lambda: ops.gated_rmsnorm(fake((4, 2, 32)), fake((4, 64)), fake((64,)), 1e-6, fake((4, 64))),
+                    r"weight must have shape \(32,\)")  # fmt: skip
+    _one_line_error(lambda: ops.attn_gate(fake((4, 2, 32)), fake((4, 128))[:, ::2], fake((4, 64))), "gate must have contiguous columns")
+    _one_line_error(lambda: ops.attn_gate(fake((4, 2, 32)), fake((4, 64)), fake((4, 2, 32))), r"out must have shape \(4, 64\)")
+    _one_line_error(lambda: ops.gated_act(fake((4, 64)), fake((4, 32)), "relu"), "activation must be one of")
+    _one_line_error(lambda: ops.gated_act(fake((4, 60)), fake((4, 32))), r"gate_up must have shape \(4, 64\)")
+    _one_line_error(lambda: ops.gated_act(fake((4, 64)), fake((4, 32), np.float32)), "out must have dtype float16")
+    overlapping = DeviceLike(np.lib.stride_tricks.as_strided(np.zeros(4096, np.float16), (4, 64), (32, 2)))
+    _one_line_error(lambda: ops.gated_act(overlapping, fake((4, 32))), "gate_up rows must not overlap")
+
+
+def test_qkv_post_rotary_dim_checks_in_one_line():
+    tokens, hq, hkv, dim = 3, 4, 1, 64
+    qkv = fake((tokens, (2 * hq + 2 * hkv) * dim))[:, : (hq + 2 * hkv) * dim]  # a column slice: accepted
+    args = (qkv, fake((dim,)), fake((dim,)), 1e-6, 1e7, fake((1,), np.int32), fake((tokens, hq, dim)),
+            fake((16, hkv, dim)), fake((16, hkv, dim)))  # fmt: skip
+    _one_line_error(lambda: ops.qkv_post(*args, rotary_dim=15), "rotary_dim must be even")
+    _one_line_error(lambda: ops.qkv_post(*args, rotary_dim=66), "rotary_dim must be even and in")
+    _one_line_error(lambda: ops.qkv_post(*args, rotary_dim=8), "needs the 16-byte form")
+    _one_line_error(lambda: ops.qkv_post(*args, rotary_dim=16, form="narrow"), "needs the 16-byte form")
+    _one_line_error(lambda: ops.qkv_post(*args, rotary_dim=48, form="wide"), "16-byte form needs")
+    _one_line_error(lambda: ops.qkv_post(fake((tokens, (hq + 2 * hkv) * dim - 64)), *args[1:]), "qkv must have shape")
+    cols = (hq + 2 * hkv) * 128  # the narrow form at D = 128 reads pairs: an odd row stride is refused
+    wide_args = (fake((128,)), fake((128,)), 1e-6, 1e7, fake((1,), np.int32), fake((tokens, hq, 128)), fake((16, hkv, 128)),
+                 fake((16, hkv, 128)))  # fmt: skip
+    _one_line_error(lambda: ops.qkv_post(fake((tokens, cols + 1))[:, :cols], *wide_args), "row stride")
+
+
+def test_rotating_chunks_of_the_16_byte_form():
+    assert ops._rot_chunks(256, 64) == 8 and ops._rot_chunks(64, 16) == 2 and ops._rot_chunks(128, 128) == 16
+    assert ops._rot_chunks(64, 8) is None and ops._rot_chunks(64, 24) is None and ops._rot_chunks(256, 96) is None
 
 
 # -- GPU -------------------------------------------------------------------------------------
@@ -384,3 +537,268 @@ def test_global_capture_replays_with_new_ids_and_position(prepared):
             assert rel_err(k_cache.get()[rows], k_ref) <= REL_ERR_FP16
             np.testing.assert_array_equal(v_cache.get()[rows], v_ref.astype(np.float16))
             assert np.isnan(k_cache.get()[chunk_pos + tokens :]).all()
+
+
+# -- GPU: the Qwen3.5/3.6 hybrid's ops ---------------------------------------------------------------
+
+
+def _linear_dims(model):
+    p = get_preset(model)
+    return p.linear_num_key_heads, p.linear_num_value_heads, p.linear_key_head_dim, p.linear_value_head_dim
+
+
+def _conv_case(rng, model, tokens, strided=False):
+    """Fresh inputs of conv_prep (host float16/float32 copies in `h`) and poisoned outputs. `strided`: mixed is
+    the first C columns of a wider [T, C + Hv dv] qkvz buffer and b, a the two halves of one [T, 2 Hv] buffer."""
+    cp = _cp()
+    hk, hv, dk, dv = _linear_dims(model)
+    channels, taps = 2 * hk * dk + hv * dv, get_preset(model).linear_conv_kernel
+    h = {"mixed": rng.standard_normal((tokens, channels)).astype(np.float16),
+         "conv_weight": (0.3 * rng.standard_normal((channels, taps))).astype(np.float16),
+         "conv_state": rng.standard_normal((taps - 1, channels)).astype(np.float16),
+         "a": (2 * rng.standard_normal((tokens, hv))).astype(np.float16),
+         "b": (2 * rng.standard_normal((tokens, hv))).astype(np.float16),
+         "a_log": np.log(rng.uniform(1.0, 16.0, hv)).astype(np.float32), "dt_bias": rng.standard_normal(hv).astype(np.float32)}  # fmt: skip
+    d = {name: cp.asarray(value) for name, value in h.items()}
+    if strided:
+        wide = cp.asarray(rng.standard_normal((tokens, channels + hv * dv)).astype(np.float16))
+        wide[:, :channels] = d["mixed"]
+        ba = cp.empty((tokens, 2 * hv), cp.float16)
+        ba[:, :hv], ba[:, hv:] = d["b"], d["a"]
+        d.update(mixed=wide[:, :channels], b=ba[:, :hv], a=ba[:, hv:])
+    out = {"q": _nan_f16((tokens, hk, dk)), "k": _nan_f16((tokens, hk, dk)), "v": _nan_f16((tokens, hv, dv)),
+           "g": cp.full((tokens, hv), cp.nan, cp.float32), "beta": cp.full((tokens, hv), cp.nan, cp.float32)}  # fmt: skip
+    return h, d, out
+
+
+def _conv_prep(d, out, state=None, rows=slice(None)):
+    ops.conv_prep(d["mixed"][rows], d["conv_weight"], d["conv_state"] if state is None else state, d["a"][rows], d["b"][rows],
+                  d["a_log"], d["dt_bias"], out["q"], out["k"], out["v"], out["g"], out["beta"], 1e-6)  # fmt: skip
+
+
+def _conv_prep_ref(h, model, state=None):
+    """(q, k, v, g, beta, new state) in float64 from impbench.reference.gated_delta."""
+    hk, hv, dk, dv = _linear_dims(model)
+    f64 = {name: np.asarray(value, np.float64) for name, value in h.items()}
+    tokens = f64["mixed"].shape[0]
+    x, new_state = gated_delta.causal_conv1d(f64["mixed"], f64["conv_weight"], f64["conv_state"] if state is None else state)
+    q = gated_delta.l2norm(x[:, : hk * dk].reshape(tokens, hk, dk)) / np.sqrt(dk)
+    k = gated_delta.l2norm(x[:, hk * dk : 2 * hk * dk].reshape(tokens, hk, dk))
+    v = x[:, 2 * hk * dk :].reshape(tokens, hv, dv)
+    g, beta = gated_delta.decay_and_beta(f64["a"], f64["b"], f64["a_log"], f64["dt_bias"])
+    return q, k, v, g, beta, new_state
+
+
+def _assert_conv_outputs(out, ref, what=""):
+    q, k, v, g, beta, _ = ref
+    for name, want in (("q", q), ("k", k), ("v", v)):
+        assert_close(f"{what}{name}", out[name].get(), want)
+    # g and beta are stored in FP32: a few FP32 ulp of the accurate expf / log1pf
+    np.testing.assert_allclose(out["g"].get(), g, rtol=1e-5, atol=1e-7, err_msg=f"{what}g")
+    np.testing.assert_allclose(out["beta"].get(), beta, rtol=1e-5, atol=1e-7, err_msg=f"{what}beta")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("tokens", [1, 2, 5, 64, 300])
+@pytest.mark.parametrize("model", HYBRID_MODELS)
+def test_conv_prep_matches_the_float64_reference(model, tokens, strided):
+    rng = np.random.default_rng(tokens + 7 * strided + len(model))
+    h, d, out = _conv_case(rng, model, tokens, strided)
+    state_bits = d["conv_state"].get().view(np.uint16)
+    _conv_prep(d, out)
+    _assert_conv_outputs(out, _conv_prep_ref(h, model))
+    np.testing.assert_array_equal(d["conv_state"].get().view(np.uint16), state_bits)  # only read
+    # prepared == direct, bit for bit
+    again = {name: arr.copy() for name, arr in out.items()}
+    for arr in again.values():
+        arr.fill(np.nan)
+    ops.prepare(ops.conv_prep, d["mixed"], d["conv_weight"], d["conv_state"], d["a"], d["b"], d["a_log"], d["dt_bias"],
+                again["q"], again["k"], again["v"], again["g"], again["beta"], 1e-6)()  # fmt: skip
+    for name in out:
+        np.testing.assert_array_equal(again[name].get(), out[name].get(), err_msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 2, 3, 5, 64])
+@pytest.mark.parametrize("model", HYBRID_MODELS)
+def test_conv_state_update_keeps_the_last_rows(model, tokens):
+    cp, rng = _cp(), np.random.default_rng(tokens)
+    h, d, _ = _conv_case(rng, model, tokens, strided=True)
+    ops.conv_state_update(d["mixed"], d["conv_state"])
+    want = np.concatenate([h["conv_state"], h["mixed"]])[-(h["conv_state"].shape[0]) :]  # also when T < K - 1
+    np.testing.assert_array_equal(d["conv_state"].get().view(np.uint16), want.view(np.uint16))
+    assert cp.isfinite(d["conv_state"]).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("split", [1, 2, 3, 37])
+@pytest.mark.parametrize("model", HYBRID_MODELS)
+def test_conv_prep_in_two_chunks_with_the_state_update_equals_one_chunk(model, split):
+    cp, tokens = _cp(), 45
+    h, d, whole = _conv_case(np.random.default_rng(split), model, tokens)
+    state0 = d["conv_state"].copy()
+    _conv_prep(d, whole)
+    _assert_conv_outputs(whole, _conv_prep_ref(h, model), "one chunk: ")
+    parts = []
+    state = state0.copy()
+    for rows in (slice(0, split), slice(split, tokens)):
+        n = rows.stop - rows.start
+        out = {"q": _nan_f16((n,) + whole["q"].shape[1:]), "k": _nan_f16((n,) + whole["k"].shape[1:]),
+               "v": _nan_f16((n,) + whole["v"].shape[1:]), "g": cp.full((n, whole["g"].shape[1]), cp.nan, cp.float32),
+               "beta": cp.full((n, whole["g"].shape[1]), cp.nan, cp.float32)}  # fmt: skip
+        _conv_prep(d, out, state, rows)
+        ops.conv_state_update(d["mixed"][rows], state)
+        parts.append(out)
+    for name in whole:  # the same per-token math on the same FP16 rows: the same bits
+        chunked = np.concatenate([part[name].get() for part in parts])
+        np.testing.assert_array_equal(chunked, whole[name].get(), err_msg=f"{name}, chunks of {split} and {tokens - split}")
+    want = np.concatenate([h["conv_state"], h["mixed"]])[-3:]
+    np.testing.assert_array_equal(state.get().view(np.uint16), want.view(np.uint16))
+    np.testing.assert_array_equal(state0.get().view(np.uint16), h["conv_state"].view(np.uint16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prepared", [False, True])
+def test_global_capture_of_the_conv_prologue_carries_the_state_across_chunks(prepared):
+    cp, model, tokens, chunks = _cp(), "tiny-qwen3.6", 24, 3
+    rng = np.random.default_rng(30)
+    h, d, out = _conv_case(rng, model, tokens)
+    d["conv_state"].fill(0)  # the prompt's start
+    calls = [(ops.conv_prep, (d["mixed"], d["conv_weight"], d["conv_state"], d["a"], d["b"], d["a_log"], d["dt_bias"],
+                              out["q"], out["k"], out["v"], out["g"], out["beta"], 1e-6)),
+             (ops.conv_state_update, (d["mixed"], d["conv_state"]))]  # fmt: skip
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        graph = capture_global(stream, calls, ops.prepare if prepared else None)
+        state = np.zeros_like(h["conv_state"], np.float64)
+        for chunk in range(chunks):
+            fresh = dict(h, mixed=rng.standard_normal(h["mixed"].shape).astype(np.float16),
+                         a=rng.standard_normal(h["a"].shape).astype(np.float16), b=rng.standard_normal(h["b"].shape).astype(np.float16))  # fmt: skip
+            for name in ("mixed", "a", "b"):
+                d[name].set(fresh[name], stream=stream)
+            for arr in out.values():
+                arr.fill(cp.nan)
+            graph.launch(stream=stream)
+            stream.synchronize()
+            ref = _conv_prep_ref(fresh, model, state)
+            _assert_conv_outputs(out, ref, f"chunk {chunk}: ")
+            state = ref[-1]
+            np.testing.assert_array_equal(d["conv_state"].get(), state.astype(np.float16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("tokens", [1, 7, 300])
+@pytest.mark.parametrize("model", HYBRID_MODELS)
+def test_gated_rmsnorm_matches_the_float64_reference(model, tokens, in_place):
+    cp, rng = _cp(), np.random.default_rng(tokens + 3 * in_place)
+    _, hv, _, dv = _linear_dims(model)
+    o_h = rng.standard_normal((tokens, hv, dv)).astype(np.float16)
+    z_wide = rng.standard_normal((tokens, 2 * hv * dv)).astype(np.float16)  # z: a column slice, as of a fused qkvz output
+    w_h = (1.0 + 0.1 * rng.standard_normal(dv)).astype(np.float16)
+    o, z = cp.asarray(o_h), cp.asarray(z_wide)[:, hv * dv :]
+    out = o.reshape(tokens, hv * dv) if in_place else _nan_f16((tokens, hv * dv))
+    ops.prepare(ops.gated_rmsnorm, o, z, cp.asarray(w_h), 1e-6, out)()
+    ref = gated_delta.gated_rmsnorm(o_h.astype(np.float64), z_wide[:, hv * dv :].astype(np.float64).reshape(tokens, hv, dv),
+                                    w_h.astype(np.float64), 1e-6)  # fmt: skip
+    assert_close("gated_rmsnorm", out.get(), ref.reshape(tokens, -1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("tokens", [1, 9, 300])
+@pytest.mark.parametrize("model", HYBRID_MODELS)
+def test_attn_gate_matches_the_float64_reference(model, tokens, in_place):
+    cp, rng = _cp(), np.random.default_rng(tokens + 5 * in_place)
+    heads, kv_heads, dim = get_preset(model).attention_dims("full")
+    attn_h = rng.standard_normal((tokens, heads, dim)).astype(np.float16)
+    proj = rng.standard_normal((tokens, (2 * heads + 2 * kv_heads) * dim)).astype(np.float16)  # [q | k | v | gate]
+    gate = cp.asarray(proj)[:, (heads + 2 * kv_heads) * dim :]
+    attn = cp.asarray(attn_h)
+    out = attn.reshape(tokens, -1) if in_place else _nan_f16((tokens, heads * dim))
+    ops.prepare(ops.attn_gate, attn, gate, out)()
+    ref = attn_h.astype(np.float64).reshape(tokens, -1) * sigmoid(proj[:, (heads + 2 * kv_heads) * dim :])
+    assert_close("attn_gate", out.get(), ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", ops.ACTIVATIONS)
+@pytest.mark.parametrize("tokens", [1, 33, 300])
+@pytest.mark.parametrize("model", HYBRID_MODELS)
+def test_gated_act_matches_the_float64_reference(model, tokens, activation):
+    cp, rng = _cp(), np.random.default_rng(tokens + len(activation))
+    inter = get_preset(model).shared_expert_intermediate_size
+    gate_up_h = (2 * rng.standard_normal((tokens, 2 * inter))).astype(np.float16)
+    out = _nan_f16((tokens, inter))
+    ops.prepare(ops.gated_act, cp.asarray(gate_up_h), out, activation)()
+    x = gate_up_h.astype(np.float64)
+    ref = blocks.ACTIVATIONS[activation](x[:, :inter]) * x[:, inter:]
+    assert_close(f"gated_act {activation}", out.get(), ref)
+    wide = cp.asarray(np.concatenate([gate_up_h, gate_up_h[:, :8]], axis=1))  # rows spaced wider: same bits
+    again = _nan_f16((tokens, inter))
+    ops.gated_act(wide[:, : 2 * inter], again, activation)
+    np.testing.assert_array_equal(again.get().view(np.uint16), out.get().view(np.uint16))
+
+
+def _partial_rope_ref(qkv, q_norm_w, k_norm_w, eps, theta, pos, q_heads, kv_heads, dim, rotary):
+    """(q, k, v) float64 of the gated full attention's prologue: per-head RMSNorm by the given scale, then
+    impbench.reference.blocks.rope over the first `rotary` dims (as reference.qwen3_5_moe.full_sublayer)."""
+    tokens = qkv.shape[0]
+    x = np.asarray(qkv, np.float64).reshape(tokens, q_heads + 2 * kv_heads, dim)
+    q = blocks.rms_norm(x[:, :q_heads], np.asarray(q_norm_w, np.float64), eps)
+    k = blocks.rms_norm(x[:, q_heads : q_heads + kv_heads], np.asarray(k_norm_w, np.float64), eps)
+    positions = pos + np.arange(tokens)
+
+    def rotate(y):
+        return np.concatenate([blocks.rope(y[..., :rotary], positions, theta), y[..., rotary:]], axis=-1)
+
+    return rotate(q), rotate(k), x[:, q_heads + kv_heads :]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("form,steps", [("auto", 4), ("wide", 2), ("wide", 8)])
+@pytest.mark.parametrize("tokens,pos", [(1, 0), (37, 5), (300, 1000)])
+@pytest.mark.parametrize("model", HYBRID_MODELS)
+def test_qkv_post_partial_rotary_on_a_column_slice_of_the_gated_projection(model, tokens, pos, form, steps):
+    cp, rng = _cp(), np.random.default_rng(tokens + pos + steps)
+    p = get_preset(model)
+    heads, kv_heads, dim = p.attention_dims("full")
+    rotary, theta = int(dim * p.partial_rotary_factor), p.rope_theta
+    width = (heads + 2 * kv_heads) * dim
+    proj_h = (2 * rng.standard_normal((tokens, width + heads * dim))).astype(np.float16)  # [q | k | v | gate]
+    qkv = cp.asarray(proj_h)[:, :width]
+    norm_h = [(1.0 + 0.2 * rng.standard_normal(dim)).astype(np.float16) for _ in range(2)]  # the scale itself (1 + w folded)
+    max_len = pos + tokens + 9
+    q_out, k_cache, v_cache = _nan_f16((tokens, heads, dim)), _nan_f16((max_len, kv_heads, dim)), _nan_f16((max_len, kv_heads, dim))
+    ops.prepare(ops.qkv_post, qkv, cp.asarray(norm_h[0]), cp.asarray(norm_h[1]), p.rms_norm_eps, theta, cp.asarray([pos], cp.int32),
+                q_out, k_cache, v_cache, form=form, steps=steps, rotary_dim=rotary)()  # fmt: skip
+    q_ref, k_ref, v_ref = _partial_rope_ref(proj_h[:, :width], *norm_h, p.rms_norm_eps, theta, pos, heads, kv_heads, dim, rotary)
+    rows = slice(pos, pos + tokens)
+    assert_close("q", q_out.get(), q_ref)
+    assert_close("k", k_cache.get()[rows], k_ref)
+    np.testing.assert_array_equal(v_cache.get()[rows], v_ref.astype(np.float16))  # v is copied
+    untouched = np.ones(max_len, bool)
+    untouched[rows] = False
+    assert np.isnan(k_cache.get()[untouched]).all() and np.isnan(v_cache.get()[untouched]).all()
+    # the pass-through dims are the normed values, not rotated: position 0 rotates nothing at all
+    np.testing.assert_array_equal(proj_h[:, :width], qkv.get())  # the input is only read
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("form", ["wide", "narrow"])
+def test_qkv_post_full_rotary_on_a_strided_qkv_equals_the_contiguous_one(form):
+    # rotary_dim = D (qwen3-coder's shapes): a column slice gives the same bits as the same values contiguous
+    cp, rng = _cp(), np.random.default_rng(31)
+    tokens, heads, kv_heads, dim, pos = 40, 32, 4, 128, 77
+    width = (heads + 2 * kv_heads) * dim
+    wide = cp.asarray((2 * rng.standard_normal((tokens, width + 64))).astype(np.float16))
+    qn, kn = (_rand_f16(rng, (dim,)) for _ in range(2))
+    outs = []
+    for qkv in (wide[:, :width], cp.ascontiguousarray(wide[:, :width])):
+        q_out, k_cache, v_cache = _nan_f16((tokens, heads, dim)), _nan_f16((pos + tokens, kv_heads, dim)), _nan_f16((pos + tokens, kv_heads, dim))
+        ops.qkv_post(qkv, qn, kn, 1e-6, 1e6, cp.asarray([pos], cp.int32), q_out, k_cache, v_cache, form=form, rotary_dim=dim)
+        outs.append([a.get().view(np.uint16) for a in (q_out, k_cache, v_cache)])
+    for strided, contiguous in zip(*outs):
+        np.testing.assert_array_equal(strided, contiguous)
+    _check_qkv_post(cp.ascontiguousarray(wide[:, :width]), qn, kn, pos, *(cp.asarray(a.view(np.float16)) for a in outs[0]), 1e6)

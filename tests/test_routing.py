@@ -5,9 +5,11 @@ and global-mode captures replayed with new router logits."""
 
 import numpy as np
 import pytest
-
 from capture_util import capture_global
+from test_ops import assert_close, fake, sigmoid
+
 from impbench.kernels import routing
+from impbench.presets import get_preset
 
 REL_ERR_FP16 = 2e-3
 
@@ -107,6 +109,49 @@ def test_host_arrays_are_rejected_with_value_error():
         )  # fmt: skip
 
 
+def _combine_args(tokens=4, k=2, hidden=16, **over):
+    args = {"y": fake((tokens * k, hidden)), "token_rows": fake((tokens, k), np.int32), "residual": fake((tokens, hidden)),
+            "out": fake((tokens, hidden)), "topk_weights": fake((tokens, k), np.float32), "shared": fake((tokens, hidden)),
+            "shared_gate": fake((tokens, 3))[:, 2:3]}  # fmt: skip
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"shared": fake((4, 8))}, r"shared must have shape \(4, 16\)"),
+        ({"shared": fake((4, 16), np.float32)}, "shared must have dtype float16"),
+        ({"shared": fake((4, 20))[:, :16]}, "shared must have 16-byte aligned rows"),
+        ({"shared_gate": fake((4, 2))}, r"shared_gate must have shape \(4, 1\)"),
+        ({"shared_gate": fake((4,))}, r"shared_gate must have shape \(4, 1\)"),
+        ({"shared_gate": fake((4, 1), np.float32)}, "shared_gate must have dtype float16"),
+        ({"shared": None}, "shared_gate without shared"),
+    ],
+)
+@pytest.mark.parametrize("norm", [False, True])
+def test_combine_shared_expert_arguments_fail_in_one_line(over, match, norm):
+    args = _combine_args(**over)
+    with pytest.raises(ValueError, match=match) as info:
+        if norm:
+            routing.combine_rmsnorm(args.pop("y"), args.pop("token_rows"), args.pop("residual"), args.pop("out"), fake((16,)), 1e-6,
+                                    fake((4, 16)), **args)  # fmt: skip
+        else:
+            routing.combine(**args)
+    assert "\n" not in str(info.value)
+
+
+def test_combine_passes_the_shared_rows_and_gate_strides(monkeypatch):
+    monkeypatch.setattr(routing, "_kernel", lambda name: name)
+    name, grid, block, args = routing._plan_combine(**_combine_args())
+    assert name == "combine_f16" and grid == (4,) and block == (32,)
+    assert (int(args[-3]), int(args[-1])) == (16, 3)  # shared's and shared_gate's row strides in halves
+    _, _, _, plain = routing._plan_combine(**_combine_args(shared=None, shared_gate=None))
+    assert [int(a) for a in plain[-4:]] == [0, 0, 0, 0]  # null pointers: no shared expert
+    _, _, _, ungated = routing._plan_combine(**_combine_args(shared_gate=None))
+    assert int(ungated[-2]) == 0 and ungated[-4] is not None
+
+
 def test_count_blocks_cover_every_token_and_one_thread_per_expert():
     assert [routing.count_blocks(t) for t in (1, 16, 17, 512)] == [1, 1, 2, 32]
     assert routing.MAX_EXPERTS <= routing.COUNT_THREADS  # permute_counted: thread e owns expert e
@@ -125,14 +170,14 @@ def _routing_buffers(tokens, k, experts):
     """Outputs poisoned: NaN weights, -7 ids and rows."""
     cp = _cp()
     rows = tokens * k
-    return dict(
-        topk_ids=cp.full((tokens, k), -7, cp.int32),
-        topk_weights=cp.full((tokens, k), cp.nan, cp.float32),
-        expert_offsets=cp.full(experts + 1, -7, cp.int32),
-        row_token=cp.full(rows, -7, cp.int32),
-        row_weight=cp.full(rows, cp.nan, cp.float32),
-        token_rows=cp.full((tokens, k), -7, cp.int32),
-    )
+    return {
+        "topk_ids": cp.full((tokens, k), -7, cp.int32),
+        "topk_weights": cp.full((tokens, k), cp.nan, cp.float32),
+        "expert_offsets": cp.full(experts + 1, -7, cp.int32),
+        "row_token": cp.full(rows, -7, cp.int32),
+        "row_weight": cp.full(rows, cp.nan, cp.float32),
+        "token_rows": cp.full((tokens, k), -7, cp.int32),
+    }
 
 
 def _permute(b, experts):
@@ -228,7 +273,7 @@ def _random_topk(rng, tokens, k, experts, skew=0.0):
     [(1, 8, 128, 0.0), (512, 8, 128, 0.0), (2048, 8, 128, 0.0), (2048, 8, 256, 3.0), (300, 16, 512, 0.0), (77, 2, 8, 0.0), (1000, 4, 512, 8.0)],
 )
 def test_build_permutation_is_the_stable_counting_sort(tokens, k, experts, skew):
-    cp, rng = _cp(), np.random.default_rng(tokens * k + experts)
+    rng = np.random.default_rng(tokens * k + experts)
     ids, weights = _random_topk(rng, tokens, k, experts, skew)
     b = _routing_buffers(tokens, k, experts)
     b["topk_ids"].set(ids)
@@ -458,7 +503,7 @@ def test_global_capture_of_the_engine_routing_replays_with_new_router_logits(pre
     calls = [
         (routing.topk_count, (logits, k, True, b["topk_ids"], b["topk_weights"], b["token_rows"], counts)),
         (routing.permute_counted, (b["topk_ids"], b["topk_weights"], counts, b["expert_offsets"], b["row_token"],
-                                   b["row_weight"], b["token_rows"])),  # fmt: skip
+                                   b["row_weight"], b["token_rows"])),
         (routing.combine_rmsnorm, (y, b["token_rows"], residual, residual, norm_w, 1e-6, normed, b["topk_weights"])),
     ]
     stream = cp.cuda.Stream(non_blocking=True)
@@ -471,3 +516,51 @@ def test_global_capture_of_the_engine_routing_replays_with_new_router_logits(pre
             new_residual = residual.get().astype(np.float64)
             normed_ref = new_residual / np.sqrt(np.mean(new_residual**2, axis=-1, keepdims=True) + 1e-6) * norm_w.get()
             assert rel_err(normed.get(), normed_ref) <= REL_ERR_FP16
+
+
+# -- the shared expert in the combine (Qwen3.5/3.6) -----------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("tokens", [1, 77, 300])
+@pytest.mark.parametrize("model", ["qwen3.6", "tiny-qwen3.6"])
+def test_combine_and_combine_rmsnorm_add_the_shared_expert(model, tokens, gated):
+    cp, rng = _cp(), np.random.default_rng(tokens + gated)
+    p = get_preset(model)
+    hidden, k, experts = p.hidden_size, p.experts_per_token, p.num_experts
+    rows = tokens * k
+    y = cp.asarray(rng.standard_normal((rows, hidden)).astype(np.float16))
+    token_rows = cp.asarray(rng.permutation(rows).astype(np.int32).reshape(tokens, k))
+    weights = cp.asarray(rng.random((tokens, k)).astype(np.float32))
+    residual_h = (rng.standard_normal((tokens, hidden)) * 3).astype(np.float16)
+    shared_h = rng.standard_normal((tokens, hidden)).astype(np.float16)
+    logits_h = (2 * rng.standard_normal((tokens, experts + 1))).astype(np.float16)  # the gate: one more column of the router GEMM
+    shared, gate = cp.asarray(shared_h), cp.asarray(logits_h)[:, experts:] if gated else None
+    scale = sigmoid(logits_h[:, experts:]) if gated else 1.0
+    ref = combine_ref(y.get(), token_rows.get(), residual_h, weights.get()) + scale * shared_h.astype(np.float64)
+    out = cp.full((tokens, hidden), cp.nan, cp.float16)
+    routing.combine(y, token_rows, cp.asarray(residual_h), out, weights, shared, gate)
+    assert_close("combine + shared", out.get(), ref)
+    residual = cp.asarray(residual_h)  # in place, as the engine runs it
+    normed = cp.full((tokens, hidden), cp.nan, cp.float16)
+    norm_w = cp.asarray((1.0 + 0.2 * rng.standard_normal(hidden)).astype(np.float16))
+    routing.prepare(routing.combine_rmsnorm, y, token_rows, residual, residual, norm_w, 1e-6, normed, weights, shared, gate)()
+    np.testing.assert_array_equal(residual.get().view(np.uint16), out.get().view(np.uint16))  # the same combine, bit for bit
+    new_residual = residual.get().astype(np.float64)
+    normed_ref = new_residual / np.sqrt(np.mean(new_residual**2, axis=-1, keepdims=True) + 1e-6) * norm_w.get()
+    assert_close("combine_rmsnorm + shared: normed", normed.get(), normed_ref)
+
+
+@pytest.mark.gpu
+def test_combine_without_a_shared_expert_is_unchanged_by_a_zero_shared_row():
+    # the shared term is added only where given: a zero shared row gives the plain combine's bits
+    cp, rng = _cp(), np.random.default_rng(41)
+    tokens, k, hidden = 33, 8, 2048
+    y = cp.asarray(rng.standard_normal((tokens * k, hidden)).astype(np.float16))
+    token_rows = cp.asarray(rng.permutation(tokens * k).astype(np.int32).reshape(tokens, k))
+    residual = cp.asarray(rng.standard_normal((tokens, hidden)).astype(np.float16))
+    plain, with_zero = (cp.full((tokens, hidden), cp.nan, cp.float16) for _ in range(2))
+    routing.combine(y, token_rows, residual, plain)
+    routing.combine(y, token_rows, residual, with_zero, None, cp.zeros((tokens, hidden), cp.float16))
+    np.testing.assert_array_equal(plain.get().view(np.uint16), with_zero.get().view(np.uint16))

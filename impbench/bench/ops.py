@@ -6,6 +6,9 @@ in the engine where the producer just wrote them); the floor, bytes moved over t
 bandwidth (impbench.gpus); host µs per eager call through the wrapper (checks + launch) and through a
 prepared launcher (launch only). The engine's ops come first; `--variants` adds the alternative
 forms (thread counts, the narrow qkv_post, the two-launch routing the engine's fused form replaced).
+A model with Gated DeltaNet layers adds their ops (conv_prep, conv_state_update, gated_rmsnorm); one
+with an attention output gate, attn_gate (and qkv_post on its column slice, partial rotary); one with
+a shared expert, gated_act and the combines with the shared row added.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ LAUNCHES_PER_GRAPH = 200
 
 @dataclass(frozen=True)
 class Geometry:
-    """The shapes an op sees, from a preset."""
+    """The shapes an op sees, from a preset (attention: the preset's head geometry, which is the full
+    layers' for Qwen3.6); 0 / False where it has no linear layers, no output gate or no shared expert."""
 
     hidden: int
     heads: int
@@ -32,11 +36,30 @@ class Geometry:
     vocab: int
     eps: float
     theta: float
+    rotary_dim: int = 0  # 0: head_dim
+    attn_gate: bool = False  # q_proj also emits the gate: qkv_post reads a column slice, then attn_gate
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    linear_key_dim: int = 0
+    linear_value_dim: int = 0
+    shared_inter: int = 0
+    shared_gate: bool = False
+    activation: str = "silu"
 
     @classmethod
     def of(cls, preset) -> Geometry:
-        return cls(preset.hidden_size, preset.num_attention_heads, preset.num_kv_heads, preset.head_dim,
-                   preset.num_experts, preset.experts_per_token, preset.vocab_size, preset.rms_norm_eps, preset.rope_theta)  # fmt: skip
+        p = preset
+        linear = "linear" in p.layer_types
+        return cls(p.hidden_size, p.num_attention_heads, p.num_kv_heads, p.head_dim, p.num_experts, p.experts_per_token,
+                   p.vocab_size, p.rms_norm_eps, p.rope_theta, rotary_dim=int(p.head_dim * p.partial_rotary_factor),
+                   attn_gate=p.attn_output_gate,
+                   linear_key_heads=p.linear_num_key_heads if linear else 0, linear_value_heads=p.linear_num_value_heads if linear else 0,
+                   linear_key_dim=p.linear_key_head_dim if linear else 0, linear_value_dim=p.linear_value_head_dim if linear else 0,
+                   shared_inter=p.shared_expert_intermediate_size, shared_gate=p.shared_expert_gate, activation=p.activation)  # fmt: skip
+
+    @property
+    def conv_channels(self) -> int:
+        return 2 * self.linear_key_heads * self.linear_key_dim + self.linear_value_heads * self.linear_value_dim
 
 
 @dataclass
@@ -83,15 +106,70 @@ def _add_rmsnorm(g: Geometry, t: int, threads: int | None = None, kperm: bool = 
 
 
 def _qkv_post(g: Geometry, t: int, form: str = "auto", steps: int = 4) -> Case:
+    """With an output gate, qkv is the [q | k | v] column slice of the projection's [q | k | v | gate] rows."""
     import cupy
 
     from impbench.kernels import ops
 
     cols = (g.heads + 2 * g.kv_heads) * g.head_dim
+    proj = _f16((t, cols + g.heads * g.head_dim)) if g.attn_gate else _f16((t, cols))
     max_len = 4 * max(t, 1024)
-    args = (_f16((t, cols)), _f16((g.head_dim,)), _f16((g.head_dim,)), g.eps, g.theta, cupy.asarray([max_len // 2], cupy.int32),
+    args = (proj[:, :cols], _f16((g.head_dim,)), _f16((g.head_dim,)), g.eps, g.theta, cupy.asarray([max_len // 2], cupy.int32),
             _f16((t, g.heads, g.head_dim)), _f16((max_len, g.kv_heads, g.head_dim)), _f16((max_len, g.kv_heads, g.head_dim)))  # fmt: skip
-    return Case(ops.prepare(ops.qkv_post, *args, form=form, steps=steps), lambda: ops.qkv_post(*args), 4 * t * cols)
+    rotary = {"rotary_dim": g.rotary_dim or g.head_dim}
+    return Case(ops.prepare(ops.qkv_post, *args, form=form, steps=steps, **rotary), lambda: ops.qkv_post(*args, **rotary),
+                4 * t * cols)  # fmt: skip
+
+
+def _conv_prep(g: Geometry, t: int) -> Case:
+    """The linear layer's prologue; mixed is the raw in_proj_qkv output, a and b one [T, 2 Hv] buffer's halves."""
+    import cupy
+
+    from impbench.kernels import ops
+
+    c, hv = g.conv_channels, g.linear_value_heads
+    ba = _f16((t, 2 * hv))
+    args = (_f16((t, c)), _f16((c, ops.CONV_TAPS), 0.3), _f16((ops.CONV_TAPS - 1, c)), ba[:, hv:], ba[:, :hv],
+            cupy.random.uniform(0.0, 2.7, hv, dtype=cupy.float32), cupy.random.standard_normal(hv, dtype=cupy.float32),
+            _f16((t, g.linear_key_heads, g.linear_key_dim)), _f16((t, g.linear_key_heads, g.linear_key_dim)),
+            _f16((t, hv, g.linear_value_dim)), cupy.empty((t, hv), cupy.float32), cupy.empty((t, hv), cupy.float32), g.eps)  # fmt: skip
+    return Case(ops.prepare(ops.conv_prep, *args), lambda: ops.conv_prep(*args), 4 * t * c + 12 * t * hv + 2 * c * (2 * ops.CONV_TAPS - 1))
+
+
+def _conv_state_update(g: Geometry, t: int) -> Case:
+    from impbench.kernels import ops
+
+    c = g.conv_channels
+    mixed, state = _f16((t, c)), _f16((ops.CONV_TAPS - 1, c))
+    return Case(ops.prepare(ops.conv_state_update, mixed, state), lambda: ops.conv_state_update(mixed, state),
+                4 * (ops.CONV_TAPS - 1) * c)  # fmt: skip
+
+
+def _gated_rmsnorm(g: Geometry, t: int) -> Case:
+    from impbench.kernels import ops
+
+    hv, dv = g.linear_value_heads, g.linear_value_dim
+    args = (_f16((t, hv, dv)), _f16((t, hv * dv)), _f16((dv,)), g.eps, _f16((t, hv * dv)))
+    return Case(ops.prepare(ops.gated_rmsnorm, *args), lambda: ops.gated_rmsnorm(*args), 6 * t * hv * dv)
+
+
+def _attn_gate(g: Geometry, t: int) -> Case:
+    """The gate read as the last Hq * D columns of the q projection's [q | k | v | gate] rows; out in place."""
+    from impbench.kernels import ops
+
+    q_cols = g.heads * g.head_dim
+    proj = _f16((t, 2 * q_cols + 2 * g.kv_heads * g.head_dim))
+    attn = _f16((t, g.heads, g.head_dim))
+    args = (attn, proj[:, proj.shape[1] - q_cols :], attn.reshape(t, q_cols))
+    return Case(ops.prepare(ops.attn_gate, *args), lambda: ops.attn_gate(*args), 6 * t * q_cols)
+
+
+def _gated_act(g: Geometry, t: int) -> Case:
+    from impbench.kernels import ops
+
+    gate_up, out = _f16((t, 2 * g.shared_inter)), _f16((t, g.shared_inter))
+    return Case(ops.prepare(ops.gated_act, gate_up, out, g.activation), lambda: ops.gated_act(gate_up, out, g.activation),
+                6 * t * g.shared_inter)  # fmt: skip
 
 
 def _routing_buffers(g: Geometry, t: int):
@@ -142,7 +220,8 @@ def _topk_then_build(g: Geometry, t: int) -> Case:
     return _routing_case(g, t, steps)
 
 
-def _combine(g: Geometry, t: int, norm: bool) -> Case:
+def _combine(g: Geometry, t: int, norm: bool, shared: bool = False) -> Case:
+    """`shared`: the shared expert's row added too, gated by a column slice of a [T, E + 1] router output."""
     import cupy
 
     from impbench.kernels import routing
@@ -150,13 +229,18 @@ def _combine(g: Geometry, t: int, norm: bool) -> Case:
     rows = t * g.top_k
     token_rows = cupy.random.permutation(rows).astype(cupy.int32).reshape(t, g.top_k)
     y, resid = _f16((rows, g.hidden)), _f16((t, g.hidden))
+    extra = {}
+    if shared:
+        extra["shared"] = _f16((t, g.hidden))
+        extra["shared_gate"] = _f16((t, g.experts + 1))[:, g.experts :] if g.shared_gate else None
+    moved = 2 * rows * g.hidden + 4 * t * g.hidden + (2 * t * g.hidden + 2 * t * g.shared_gate if shared else 0)
     if norm:
         w, normed = _f16((g.hidden,)), _f16((t, g.hidden))
         args = (y, token_rows, resid, resid, w, g.eps, normed)
-        return Case(routing.prepare(routing.combine_rmsnorm, *args), lambda: routing.combine_rmsnorm(*args),
-                    2 * rows * g.hidden + 6 * t * g.hidden)  # fmt: skip
+        return Case(routing.prepare(routing.combine_rmsnorm, *args, **extra), lambda: routing.combine_rmsnorm(*args, **extra),
+                    moved + 2 * t * g.hidden)  # fmt: skip
     args = (y, token_rows, resid, resid, None)
-    return Case(routing.prepare(routing.combine, *args), lambda: routing.combine(*args), 2 * rows * g.hidden + 4 * t * g.hidden)
+    return Case(routing.prepare(routing.combine, *args, **extra), lambda: routing.combine(*args, **extra), moved)
 
 
 def cases(geometry: Geometry, variants: bool) -> dict[str, Callable[[int], Case]]:
@@ -172,21 +256,34 @@ def cases(geometry: Geometry, variants: bool) -> dict[str, Callable[[int], Case]
     engine = {
         "embed": embed,
         "rmsnorm": lambda t: _rmsnorm(g, t),
-        "qkv_post": lambda t: _qkv_post(g, t),
+    }
+    if g.linear_value_heads:  # Gated DeltaNet layers
+        engine.update({"conv_prep": lambda t: _conv_prep(g, t), "conv_state_update": lambda t: _conv_state_update(g, t),
+                       "gated_rmsnorm": lambda t: _gated_rmsnorm(g, t)})  # fmt: skip
+    engine["qkv_post"] = lambda t: _qkv_post(g, t)
+    if g.attn_gate:
+        engine["attn_gate"] = lambda t: _attn_gate(g, t)
+    engine.update({
         "add_rmsnorm": lambda t: _add_rmsnorm(g, t),
         "add_rmsnorm+kperm": lambda t: _add_rmsnorm(g, t, kperm=True),
         "topk_count+permute_counted": lambda t: _topk_permute(g, t),
-        "combine_rmsnorm": lambda t: _combine(g, t, norm=True),
-        "combine": lambda t: _combine(g, t, norm=False),
-    }
+    })  # fmt: skip
+    if g.shared_inter:  # the shared expert: its activation, and its row in the combine
+        engine.update({"gated_act": lambda t: _gated_act(g, t),
+                       "combine_rmsnorm+shared": lambda t: _combine(g, t, norm=True, shared=True),
+                       "combine+shared": lambda t: _combine(g, t, norm=False, shared=True)})  # fmt: skip
+    else:
+        engine.update({"combine_rmsnorm": lambda t: _combine(g, t, norm=True), "combine": lambda t: _combine(g, t, norm=False)})
     if not variants:
         return engine
-    return {**engine,
-            "rmsnorm/64thr": lambda t: _rmsnorm(g, t, 64), "rmsnorm/256thr": lambda t: _rmsnorm(g, t, 256),
-            "add_rmsnorm/64thr": lambda t: _add_rmsnorm(g, t, 64), "add_rmsnorm/256thr": lambda t: _add_rmsnorm(g, t, 256),
-            "qkv_post/narrow": lambda t: _qkv_post(g, t, "narrow"), "qkv_post/wide_s2": lambda t: _qkv_post(g, t, "wide", 2),
-            "qkv_post/wide_s8": lambda t: _qkv_post(g, t, "wide", 8),
-            "topk_softmax+build_permutation": lambda t: _topk_then_build(g, t)}  # fmt: skip
+    others = {"rmsnorm/64thr": lambda t: _rmsnorm(g, t, 64), "rmsnorm/256thr": lambda t: _rmsnorm(g, t, 256),
+              "add_rmsnorm/64thr": lambda t: _add_rmsnorm(g, t, 64), "add_rmsnorm/256thr": lambda t: _add_rmsnorm(g, t, 256),
+              "qkv_post/narrow": lambda t: _qkv_post(g, t, "narrow"), "qkv_post/wide_s2": lambda t: _qkv_post(g, t, "wide", 2),
+              "qkv_post/wide_s8": lambda t: _qkv_post(g, t, "wide", 8),
+              "topk_softmax+build_permutation": lambda t: _topk_then_build(g, t)}  # fmt: skip
+    if g.rotary_dim and g.rotary_dim != g.head_dim:
+        del others["qkv_post/narrow"]  # rotates all D dims only
+    return {**engine, **others}
 
 
 def time_op(make: Callable[[int], Case], tokens: int) -> dict:

@@ -1,9 +1,13 @@
 """Wrappers for kernels_cu/ops.cu: embedding, RMSNorm, residual add + RMSNorm (optionally also in the kperm
-order of the wgp MoE kernels), add, q/k norm + RoPE + KV append.
+order of the wgp MoE kernels), add, q/k norm + RoPE (all or the first R dims) + KV append; and for the
+Qwen3.5/3.6 hybrid the linear layers' conv1d prep and conv-state carry and gated RMSNorm, the full
+layers' sigmoid output gate, and the gated activation of a dense (shared-expert) MLP.
 
 Every wrapper checks dtypes, shapes, contiguity and 16-byte alignment (ValueError naming them), then
 launches on the current stream. None allocates, synchronizes or reads device memory on the host, so
-each is capture-safe; the chunk position is a device array read by the kernel.
+each is capture-safe; the chunk position is a device array read by the kernel. Inputs documented as
+"rows may be spaced wider" accept a column slice of a wider buffer (unit column stride, any row stride
+that keeps 16-byte rows aligned): what a fused projection's output gives.
 
 `prepare(op, *args)` does the checks once and returns a no-argument launcher, for replaying a
 prepared launch list eagerly with the least host time per launch.
@@ -16,9 +20,9 @@ import math
 
 import numpy as np
 
-from impbench.kernels.modules import get_function
 from impbench.kernels.checks import check_array
-from impbench.kernels.moe import KPERM_BLOCK  # the order the wgp expert GEMMs read (out_kperm)
+from impbench.kernels.modules import get_function
+from impbench.kernels.moe import KPERM_BLOCK
 
 FAMILY = "ops"
 ROW_CHUNKS = (1, 2, 4, 8)  # 16-byte chunks per thread the row kernels are built for (kernels_cu/ops.cu)
@@ -30,6 +34,12 @@ QKV_WIDE_LANES = (2, 4, 8, 16, 32)  # lanes per head of the 16-byte form: head_d
 QKV_WIDE_STEPS = (2, 4, 8)  # heads each lane handles in the 16-byte form
 QKV_WIDE_DEFAULT_STEPS = 4
 MAX_HIDDEN = 8 * ROW_CHUNKS[-1] * MAX_ROW_THREADS  # 8192 halves
+CONV_TAPS = 4  # the conv width conv_prep / conv_state_update are built for (kernels_cu/ops.cu CONV_TAPS)
+CONV_TOKENS = 8  # tokens per thread of conv_prep
+CONV_THREADS = 128  # conv_prep's __launch_bounds__
+ELEMENTWISE_THREADS = 256  # gated_rmsnorm, attn_gate, gated_act, conv_state_update: one 16-byte chunk a thread
+GROUP_DIMS = tuple(8 * 2**n for n in range(6))  # head dims reduced by one lane group: 8 .. 256
+ACTIVATIONS = ("silu", "gelu_tanh")  # gated_act's, as kernels_cu/ops.cu names its entry points
 
 
 def _kernel(name: str):
@@ -49,6 +59,34 @@ def _check_hidden(name: str, hidden: int) -> None:
 def _check_tokens(name: str, tokens: int, arr) -> None:
     if tokens < 1:
         raise ValueError(f"{name}: {tuple(arr.shape)} has no tokens")
+
+
+def check_rows(name: str, arr, dtype, shape: tuple, vector: bool = True) -> int:
+    """Check a 2-D device array whose rows may be spaced wider than they are (a column slice of a wider
+    buffer): dtype, exact shape, unit column stride, non-overlapping rows; with `vector`, 16-byte rows
+    (start and row stride). Returns the row stride in elements."""
+    if not hasattr(arr, "data") or not hasattr(arr, "strides") or type(arr).__module__.split(".")[0] != "cupy":
+        raise ValueError(f"{name} must be a cupy device array, got {type(arr).__name__}")
+    if arr.dtype != np.dtype(dtype):
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {arr.dtype.name}")
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}")
+    rows, width = shape
+    item = arr.dtype.itemsize
+    row_bytes, col_bytes = arr.strides
+    if width > 1 and col_bytes != item:
+        raise ValueError(f"{name} must have contiguous columns (a column slice at most), got strides {arr.strides}")
+    stride = row_bytes // item if rows > 1 else width
+    if rows > 1 and (row_bytes % item or stride < width):
+        raise ValueError(f"{name} rows must not overlap, got strides {arr.strides} for shape {tuple(arr.shape)}")
+    if vector and (arr.data.ptr % 16 or (stride * item) % 16):
+        raise ValueError(f"{name} must have 16-byte aligned rows, got address {arr.data.ptr:#x} and strides {arr.strides}")
+    return stride
+
+
+def _chunk_grid(elements: int) -> tuple[int]:
+    """The grid of an elementwise kernel with one 16-byte chunk (8 halves) a thread."""
+    return (-(-elements // (8 * ELEMENTWISE_THREADS)),)
 
 
 def _row_threads(hidden: int) -> int:
@@ -100,6 +138,7 @@ def _plan_rmsnorm(x, weight, eps, out, threads=None):
 
 
 def _plan_add_rmsnorm(x, residual, weight, eps, out, threads=None, out_kperm=None):
+    # out_kperm: the order the wgp expert GEMMs read (KPERM_BLOCK-wide blocks)
     check_array("x", x, np.float16, ndim=2)
     tokens, hidden = x.shape
     check_array("residual", residual, np.float16, shape=(tokens, hidden))
@@ -143,8 +182,17 @@ def qkv_wide_lanes(head_dim: int, arrays) -> int | None:
     return lanes
 
 
+def _rot_chunks(head_dim: int, rotary_dim: int) -> int | None:
+    """16-byte chunks of a head that rotate in the 16-byte form (R / 8: a power of two >= 2), or None
+    where that form cannot rotate only `rotary_dim` dims."""
+    chunks = rotary_dim // 8
+    if rotary_dim == head_dim or (rotary_dim % 8 == 0 and chunks >= 2 and chunks & (chunks - 1) == 0):
+        return chunks
+    return None
+
+
 def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm=True,
-                   form="auto", steps=QKV_WIDE_DEFAULT_STEPS):
+                   form="auto", steps=QKV_WIDE_DEFAULT_STEPS, rotary_dim=None):
     check_array("q_out", q_out, np.float16, ndim=3)
     tokens, q_heads, head_dim = q_out.shape
     check_array("k_cache", k_cache, np.float16, ndim=3)
@@ -152,7 +200,7 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
     if k_cache.shape[2] != head_dim:
         raise ValueError(f"k_cache {tuple(k_cache.shape)} and q_out {tuple(q_out.shape)} disagree on head_dim")
     check_array("v_cache", v_cache, np.float16, shape=k_cache.shape)
-    check_array("qkv", qkv, np.float16, shape=(tokens, (q_heads + 2 * kv_heads) * head_dim))
+    row_stride = check_rows("qkv", qkv, np.float16, (tokens, (q_heads + 2 * kv_heads) * head_dim), vector=False)
     check_array("pos", pos, np.int32, shape=(1,))
     _check_tokens("qkv_post", tokens, q_out)
     if head_dim % 2 or not (head_dim <= 64 or head_dim % 64 == 0) or head_dim > 512:
@@ -162,12 +210,17 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
         raise ValueError(f"qkv_post: at most {MAX_QKV_HEADS} q + k + v heads, got {q_heads} + 2 * {kv_heads}")
     if not rope_theta > 0:
         raise ValueError(f"qkv_post: rope_theta must be > 0, got {rope_theta}")
+    rotary_dim = head_dim if rotary_dim is None else rotary_dim
+    if rotary_dim % 2 or not 2 <= rotary_dim <= head_dim:
+        raise ValueError(f"qkv_post: rotary_dim must be even and in [2, head_dim={head_dim}], got {rotary_dim}")
     if qk_norm:
         check_array("q_norm_w", q_norm_w, np.float16, shape=(head_dim,))
         check_array("k_norm_w", k_norm_w, np.float16, shape=(head_dim,))
     pairs_per_lane = max(1, head_dim // 64)
     for name, arr in (("qkv", qkv), ("q_out", q_out), ("k_cache", k_cache), ("v_cache", v_cache)):
         _check_aligned(name, arr, 2 * pairs_per_lane)
+    if row_stride % pairs_per_lane:
+        raise ValueError(f"qkv_post: qkv's row stride ({row_stride} halves) must be a multiple of {pairs_per_lane}")
     if qk_norm:
         _check_aligned("q_norm_w", q_norm_w, 2 * pairs_per_lane)
         _check_aligned("k_norm_w", k_norm_w, 2 * pairs_per_lane)
@@ -176,24 +229,136 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
     if form not in ("auto", "wide", "narrow") or steps not in QKV_WIDE_STEPS:
         raise ValueError(f"qkv_post: form must be auto, wide or narrow and steps one of {QKV_WIDE_STEPS}; got {form!r}, {steps}")
     lanes = qkv_wide_lanes(head_dim, (qkv, q_norm_w, k_norm_w, q_out, k_cache, v_cache)) if form != "narrow" else None
+    rot_chunks = _rot_chunks(head_dim, rotary_dim)
+    if lanes is not None and (row_stride % 8 or rot_chunks is None):
+        lanes = None
     if form == "wide" and lanes is None:
-        raise ValueError(f"qkv_post: the 16-byte form needs head_dim in {[8 * n for n in QKV_WIDE_LANES]} and 16-byte aligned arrays")
-    if lanes is not None:
-        heads_per_warp = 32 // lanes * steps
-        warps = -(-heads // heads_per_warp)
-        if warps <= 32:
-            args = (
-                qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, np.int32(q_heads), np.int32(kv_heads),
-                np.int32(max_len), np.float32(eps), np.float64(math.log2(rope_theta)), np.int32(bool(qk_norm)),
-            )  # fmt: skip
-            return _kernel(f"qkv_post_l{lanes}_s{steps}"), (tokens,), (32 * warps,), args
+        raise ValueError(f"qkv_post: the 16-byte form needs head_dim in {[8 * n for n in QKV_WIDE_LANES]}, 16-byte aligned "
+                         f"arrays and rows, and rotary_dim = head_dim or 8 * a power of two >= 16; got head_dim {head_dim}, "
+                         f"rotary_dim {rotary_dim}")  # fmt: skip
+    heads_per_warp = 0 if lanes is None else 32 // lanes * steps
+    if lanes is not None and -(-heads // heads_per_warp) <= 32:
+        args = (
+            qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, np.int32(row_stride), np.int32(rot_chunks),
+            np.int32(q_heads), np.int32(kv_heads), np.int32(max_len), np.float32(eps),
+            np.float64(math.log2(rope_theta)), np.int32(bool(qk_norm)),
+        )  # fmt: skip
+        name = f"qkv_post_l{lanes}_s{steps}" + ("_partial" if rotary_dim < head_dim else "")
+        return _kernel(name), (tokens,), (32 * -(-heads // heads_per_warp),), args
+    if rotary_dim != head_dim:
+        raise ValueError(f"qkv_post: rotary_dim {rotary_dim} < head_dim {head_dim} needs the 16-byte form (head_dim in "
+                         f"{[8 * n for n in QKV_WIDE_LANES]}, rotary_dim 8 * a power of two >= 16, 16-byte aligned arrays and rows)")  # fmt: skip
     args = (
-        qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache,
+        qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, np.int32(row_stride),
         np.int32(head_dim), np.int32(q_heads), np.int32(kv_heads), np.int32(max_len),
         np.float32(eps), np.float64(math.log2(rope_theta)), np.int32(bool(qk_norm)),
     )  # fmt: skip
     warps = -(-heads // QKV_HEADS_PER_WARP)
     return _kernel(f"qkv_post_vp{pairs_per_lane}"), (tokens,), (32 * warps,), args
+
+
+def _tokens_of(name: str, arr) -> int:
+    """T of a 2-D [T, ...] input whose shape the other arguments do not give."""
+    shape = tuple(getattr(arr, "shape", ()))
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D [T, columns], got shape {shape}")
+    return shape[0]
+
+
+def _plan_conv_prep(mixed, conv_weight, conv_state, a, b, a_log, dt_bias, q, k, v, g, beta, eps=1e-6):
+    check_array("q", q, np.float16, ndim=3)
+    tokens, key_heads, key_dim = q.shape
+    check_array("k", k, np.float16, shape=q.shape)
+    check_array("v", v, np.float16, ndim=3)
+    _, value_heads, value_dim = v.shape
+    if v.shape[0] != tokens:
+        raise ValueError(f"conv_prep: v {tuple(v.shape)} and q {tuple(q.shape)} disagree on tokens")
+    _check_tokens("conv_prep", tokens, q)
+    if key_dim not in GROUP_DIMS or value_dim % 8 or key_heads < 1 or value_heads < 1:
+        raise ValueError(f"conv_prep: need key head dim in {GROUP_DIMS} and value head dim a multiple of 8; "
+                         f"got q {tuple(q.shape)}, v {tuple(v.shape)}")  # fmt: skip
+    channels = 2 * key_heads * key_dim + value_heads * value_dim
+    mixed_stride = check_rows("mixed", mixed, np.float16, (tokens, channels))
+    check_array("conv_weight", conv_weight, np.float16, ndim=2)
+    if tuple(conv_weight.shape) != (channels, CONV_TAPS):
+        raise ValueError(f"conv_weight must have shape ({channels}, {CONV_TAPS}) (channels 2 Hk dk + Hv dv; {CONV_TAPS} taps, "
+                         f"the one conv width built), got {tuple(conv_weight.shape)}")  # fmt: skip
+    check_array("conv_state", conv_state, np.float16, shape=(CONV_TAPS - 1, channels))
+    a_stride = check_rows("a", a, np.float16, (tokens, value_heads), vector=False)
+    b_stride = check_rows("b", b, np.float16, (tokens, value_heads), vector=False)
+    check_array("a_log", a_log, np.float32, shape=(value_heads,))
+    check_array("dt_bias", dt_bias, np.float32, shape=(value_heads,))
+    check_array("g", g, np.float32, shape=(tokens, value_heads))
+    check_array("beta", beta, np.float32, shape=(tokens, value_heads))
+    for name, arr in (("conv_weight", conv_weight), ("conv_state", conv_state), ("q", q), ("k", k), ("v", v)):
+        _check_aligned(name, arr)
+    chunks = channels // 8
+    threads = min(CONV_THREADS, -(-chunks // 32) * 32)
+    grid = (-(-chunks // threads), -(-tokens // CONV_TOKENS))
+    args = (
+        mixed, np.int32(mixed_stride), conv_weight, conv_state, a, np.int32(a_stride), b, np.int32(b_stride), a_log,
+        dt_bias, q, k, v, g, beta, np.int32(tokens), np.int32(key_heads), np.int32(value_heads), np.int32(key_dim),
+        np.int32(value_dim), np.float32(eps), np.float32(1.0 / math.sqrt(key_dim)),
+    )  # fmt: skip
+    return _kernel(f"conv_prep_k{CONV_TAPS}"), grid, (threads,), args
+
+
+def _plan_conv_state_update(mixed, conv_state):
+    check_array("conv_state", conv_state, np.float16, ndim=2)
+    taps, channels = conv_state.shape[0] + 1, conv_state.shape[1]
+    if taps != CONV_TAPS or channels % 8 or channels < 8:
+        raise ValueError(f"conv_state must be [{CONV_TAPS - 1}, C] with C a multiple of 8, got {tuple(conv_state.shape)}")
+    tokens = _tokens_of("mixed", mixed)
+    mixed_stride = check_rows("mixed", mixed, np.float16, (tokens, channels))
+    _check_tokens("conv_state_update", tokens, mixed)
+    _check_aligned("conv_state", conv_state)
+    args = (mixed, np.int32(mixed_stride), conv_state, np.int32(tokens), np.int32(channels))
+    return _kernel(f"conv_state_update_k{CONV_TAPS}"), _chunk_grid(channels), (ELEMENTWISE_THREADS,), args
+
+
+def _plan_gated_rmsnorm(o, z, weight, eps, out):
+    check_array("o", o, np.float16, ndim=3)
+    tokens, heads, head_dim = o.shape
+    _check_tokens("gated_rmsnorm", tokens, o)
+    if head_dim not in GROUP_DIMS:
+        raise ValueError(f"gated_rmsnorm: head dim must be one of {GROUP_DIMS}, got o {tuple(o.shape)}")
+    width = heads * head_dim
+    z_stride = check_rows("z", z, np.float16, (tokens, width))
+    check_array("weight", weight, np.float16, shape=(head_dim,))
+    check_array("out", out, np.float16, shape=(tokens, width))
+    for name, arr in (("o", o), ("weight", weight), ("out", out)):
+        _check_aligned(name, arr)
+    args = (o, z, np.int32(z_stride), weight, out, np.int32(tokens), np.int32(width), np.int32(head_dim), np.float32(eps))
+    return _kernel("gated_rmsnorm_f16"), _chunk_grid(tokens * width), (ELEMENTWISE_THREADS,), args
+
+
+def _plan_attn_gate(attn, gate, out):
+    check_array("attn", attn, np.float16, ndim=3)
+    tokens, heads, head_dim = attn.shape
+    _check_tokens("attn_gate", tokens, attn)
+    width = heads * head_dim
+    if width % 8 or width < 8:
+        raise ValueError(f"attn_gate: heads * head_dim must be a multiple of 8, got attn {tuple(attn.shape)}")
+    gate_stride = check_rows("gate", gate, np.float16, (tokens, width))
+    check_array("out", out, np.float16, shape=(tokens, width))
+    _check_aligned("attn", attn)
+    _check_aligned("out", out)
+    args = (attn, gate, np.int32(gate_stride), out, np.int32(tokens), np.int32(width))
+    return _kernel("attn_gate_f16"), _chunk_grid(tokens * width), (ELEMENTWISE_THREADS,), args
+
+
+def _plan_gated_act(gate_up, out, activation="silu"):
+    check_array("out", out, np.float16, ndim=2)
+    tokens, inter = out.shape
+    _check_tokens("gated_act", tokens, out)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"gated_act: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if inter % 8 or inter < 8:
+        raise ValueError(f"gated_act: the intermediate size must be a multiple of 8, got out {tuple(out.shape)}")
+    stride = check_rows("gate_up", gate_up, np.float16, (tokens, 2 * inter))
+    _check_aligned("out", out)
+    args = (gate_up, np.int32(stride), out, np.int32(tokens), np.int32(inter))
+    return _kernel(f"gated_act_{activation}"), _chunk_grid(tokens * inter), (ELEMENTWISE_THREADS,), args
 
 
 # -- public ops ---------------------------------------------------------------------------------
@@ -225,22 +390,71 @@ def add(a, b, out) -> None:
 
 
 def qkv_post(qkv, q_norm_w, k_norm_w, eps: float, rope_theta: float, pos, q_out, k_cache, v_cache, qk_norm: bool = True,
-             form: str = "auto", steps: int = QKV_WIDE_DEFAULT_STEPS) -> None:
+             form: str = "auto", steps: int = QKV_WIDE_DEFAULT_STEPS, rotary_dim: int | None = None) -> None:
     """Attention prologue of one chunk: per-head RMSNorm of q and k (skipped when qk_norm is False),
-    NeoX RoPE (rotate-half, inv_freq = theta^(-2i/D)) at position pos[0] + t, q to q_out, k and v
-    appended to the caches at row pos[0] + t (rows outside [0, max_len) are not written).
+    NeoX RoPE at position pos[0] + t, q to q_out, k and v appended to the caches at row pos[0] + t
+    (rows outside [0, max_len) are not written). RoPE rotates the first R = rotary_dim dims (default
+    D) as rotate-half over R: pairs (i, i + R/2), inv_freq = theta^(-2i/R); dims R..D pass through.
 
-    qkv fp16 [T, (Hq + 2*Hkv) * D] with columns [q heads | k heads | v heads]; q_norm_w, k_norm_w
-    fp16 [D] (may be None when qk_norm is False); pos int32 [1] on the device; q_out fp16 [T, Hq, D];
-    k_cache, v_cache fp16 [max_len, Hkv, D].
+    qkv fp16 [T, (Hq + 2*Hkv) * D] with columns [q heads | k heads | v heads]; its rows may be spaced
+    wider (a column slice, e.g. without the output-gate columns that follow); q_norm_w, k_norm_w fp16
+    [D], the scale itself (may be None when qk_norm is False); pos int32 [1] on the device; q_out fp16
+    [T, Hq, D]; k_cache, v_cache fp16 [max_len, Hkv, D].
 
     form "auto" runs the 16-byte form (one 16-byte chunk of a head per lane, `steps` heads per lane)
-    where D is 8 * a power of two up to 256 and every array is 16-byte aligned, else the narrow form;
-    "wide" / "narrow" force one (for tests and timing). Both rotate by the same cos/sin bits.
+    where D is 8 * a power of two up to 256, every array and qkv's rows are 16-byte aligned and R is D
+    or 8 * a power of two >= 16, else the narrow form (R = D only); "wide" / "narrow" force one (for
+    tests and timing). Both rotate by the same cos/sin bits.
     """
     kernel, grid, block, args = _plan_qkv_post(
-        qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm, form, steps
+        qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm, form, steps, rotary_dim
     )
+    kernel(grid, block, args)
+
+
+def conv_prep(mixed, conv_weight, conv_state, a, b, a_log, dt_bias, q, k, v, g, beta, eps: float = 1e-6) -> None:
+    """The linear (Gated DeltaNet) layer's prologue of one chunk, one launch: x = silu(causal depthwise
+    conv1d of mixed, K = 4 taps, no bias, with conv_state's K - 1 rows before the chunk's first), then
+    q = l2norm(x_q) / sqrt(dk), k = l2norm(x_k) per head (x / sqrt(sum x^2 + eps)), v = x_v; and
+    g = -exp(a_log) * softplus(a + dt_bias), beta = sigmoid(b). FP32 math; conv_state is only read.
+
+    mixed fp16 [T, C] (rows may be spaced wider), C = 2 Hk dk + Hv dv, columns [q | k | v];
+    conv_weight fp16 [C, 4]; conv_state fp16 [3, C]: the last 3 raw rows of the previous chunk (zeros
+    at the prompt's start); a, b fp16 [T, Hv] (rows may be spaced wider); a_log, dt_bias fp32 [Hv];
+    out: q, k fp16 [T, Hk, dk] (dk = 8 * 2^n <= 256), v fp16 [T, Hv, dv] (dv % 8 == 0), g, beta fp32 [T, Hv].
+    """
+    kernel, grid, block, args = _plan_conv_prep(mixed, conv_weight, conv_state, a, b, a_log, dt_bias, q, k, v, g, beta, eps)
+    kernel(grid, block, args)
+
+
+def conv_state_update(mixed, conv_state) -> None:
+    """conv_state <- the last K - 1 = 3 rows of concat(conv_state, mixed) (also when T < 3): the carry
+    to the next chunk, launched after conv_prep on the same stream. mixed fp16 [T, C] (rows may be
+    spaced wider), conv_state fp16 [3, C]."""
+    kernel, grid, block, args = _plan_conv_state_update(mixed, conv_state)
+    kernel(grid, block, args)
+
+
+def gated_rmsnorm(o, z, weight, eps: float, out) -> None:
+    """out = weight * rmsnorm(o) * silu(z) per (token, head), FP32 math, one rounding (the linear layer's
+    gated norm: plain weight, not 1 + w). o fp16 [T, Hv, dv] (dv = 8 * 2^n <= 256); z fp16 [T, Hv * dv]
+    (rows may be spaced wider); weight fp16 [dv]; out fp16 [T, Hv * dv], may alias o."""
+    kernel, grid, block, args = _plan_gated_rmsnorm(o, z, weight, eps, out)
+    kernel(grid, block, args)
+
+
+def attn_gate(attn, gate, out) -> None:
+    """out[t, h * D + d] = attn[t, h, d] * sigmoid(gate[t, h * D + d]): the gated attention's output gate.
+    attn fp16 [T, Hq, D]; gate fp16 [T, Hq * D] (rows may be spaced wider: the gate columns of the q
+    projection); out fp16 [T, Hq * D], may alias attn."""
+    kernel, grid, block, args = _plan_attn_gate(attn, gate, out)
+    kernel(grid, block, args)
+
+
+def gated_act(gate_up, out, activation: str = "silu") -> None:
+    """out = act(gate) * up of a dense gated MLP (the shared expert), act "silu" or "gelu_tanh", FP32 math.
+    gate_up fp16 [T, 2S]: the gate columns then the up columns (rows may be spaced wider); out fp16 [T, S]."""
+    kernel, grid, block, args = _plan_gated_act(gate_up, out, activation)
     kernel(grid, block, args)
 
 
@@ -250,6 +464,11 @@ _PLANS = {
     add_rmsnorm: _plan_add_rmsnorm,
     add: _plan_add,
     qkv_post: _plan_qkv_post,
+    conv_prep: _plan_conv_prep,
+    conv_state_update: _plan_conv_state_update,
+    gated_rmsnorm: _plan_gated_rmsnorm,
+    attn_gate: _plan_attn_gate,
+    gated_act: _plan_gated_act,
 }
 
 

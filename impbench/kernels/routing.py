@@ -10,7 +10,8 @@ Rows of one expert are in increasing (t, j) order; every kernel is deterministic
 The engine runs topk_count + permute_counted (top-k, then the permutation spread over every block
 instead of a few: same outputs as topk_softmax + build_permutation) and combine_rmsnorm (combine,
 then the next layer's RMSNorm of the new residual). topk_softmax, build_permutation and combine
-remain for other callers and as references.
+remain for other callers and as references. Both combines optionally add a shared expert's output
+scaled by the sigmoid of its N=1 gate (Qwen3.5/3.6) in the same pass.
 
 Wrappers check dtypes, shapes and contiguity (ValueError naming them) and launch on the current
 stream without allocating, synchronizing or reading device memory: each is capture-safe. The one
@@ -24,8 +25,9 @@ import functools
 
 import numpy as np
 
-from impbench.kernels.modules import get_function
 from impbench.kernels.checks import check_array
+from impbench.kernels.modules import get_function
+from impbench.kernels.ops import check_rows
 
 FAMILY = "routing"
 MAX_EXPERTS = 512
@@ -88,7 +90,21 @@ def _plan_build_permutation(topk_ids, topk_weights, num_experts: int, expert_off
     return _kernel("build_permutation_i32"), (grid,), (PERM_THREADS,), args
 
 
-def _plan_combine(y, token_rows, residual, out, topk_weights=None):
+def _shared_args(shared, shared_gate, tokens: int, hidden: int) -> tuple:
+    """Kernel arguments (shared, shared_stride, shared_gate, gate_stride) of the optional shared expert;
+    null pointers where absent."""
+    if shared is None:
+        if shared_gate is not None:
+            raise ValueError("combine: shared_gate without shared: pass the shared expert's output too")
+        return np.uint64(0), np.int32(0), np.uint64(0), np.int32(0)
+    stride = check_rows("shared", shared, np.float16, (tokens, hidden))
+    if shared_gate is None:
+        return shared, np.int32(stride), np.uint64(0), np.int32(0)
+    gate_stride = check_rows("shared_gate", shared_gate, np.float16, (tokens, 1), vector=False)
+    return shared, np.int32(stride), shared_gate, np.int32(gate_stride)
+
+
+def _plan_combine(y, token_rows, residual, out, topk_weights=None, shared=None, shared_gate=None):
     check_array("token_rows", token_rows, np.int32, ndim=2)
     tokens, k = token_rows.shape
     if not 1 <= k <= 32 or tokens < 1:
@@ -111,7 +127,8 @@ def _plan_combine(y, token_rows, residual, out, topk_weights=None):
         check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
         weights, has_weights = topk_weights, 1
     threads = min(COMBINE_THREADS, max(32, -(-(hidden // 8) // 32) * 32))
-    args = (y, token_rows, residual, out, weights, np.int32(has_weights), np.int32(y.shape[0]), np.int32(k), np.int32(hidden))
+    args = (y, token_rows, residual, out, weights, np.int32(has_weights), np.int32(y.shape[0]), np.int32(k), np.int32(hidden),
+            *_shared_args(shared, shared_gate, tokens, hidden))  # fmt: skip
     return _kernel("combine_f16"), (tokens,), (threads,), args
 
 
@@ -149,8 +166,9 @@ def _plan_permute_counted(topk_ids, topk_weights, block_counts, expert_offsets, 
     return _kernel("permute_counted_i32"), (count_blocks(tokens),), (COUNT_THREADS,), args
 
 
-def _plan_combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps, normed, topk_weights=None):
-    kernel, grid, block, args = _plan_combine(y, token_rows, residual, out, topk_weights)
+def _plan_combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps, normed, topk_weights=None, shared=None,
+                          shared_gate=None):  # fmt: skip
+    _, grid, block, args = _plan_combine(y, token_rows, residual, out, topk_weights, shared, shared_gate)
     tokens, hidden = residual.shape
     check_array("norm_weight", norm_weight, np.float16, shape=(hidden,))
     check_array("normed", normed, np.float16, shape=(tokens, hidden))
@@ -186,13 +204,16 @@ def build_permutation(topk_ids, topk_weights, num_experts: int, expert_offsets, 
     kernel(grid, block, args)
 
 
-def combine(y, token_rows, residual, out, topk_weights=None) -> None:
-    """out[t] = residual[t] + sum_j w[t, j] * y[token_rows[t, j]], FP32, j in order 0..k-1, one rounding.
+def combine(y, token_rows, residual, out, topk_weights=None, shared=None, shared_gate=None) -> None:
+    """out[t] = residual[t] + sum_j w[t, j] * y[token_rows[t, j]] (+ sigmoid(shared_gate[t]) * shared[t]),
+    FP32, j in order 0..k-1 then the shared row, one rounding.
 
     y fp16 [R, H]; token_rows int32 [T, k]; residual, out fp16 [T, H] (out may be residual);
-    topk_weights fp32 [T, k], or None when the rows of y are already scaled by their router weight.
+    topk_weights fp32 [T, k], or None when the rows of y are already scaled by their router weight;
+    shared fp16 [T, H] (the shared expert's output; rows may be spaced wider) or None; shared_gate fp16
+    [T, 1] (its gate logit, e.g. a column slice of a wider GEMM output) or None for an ungated shared expert.
     """
-    kernel, grid, block, args = _plan_combine(y, token_rows, residual, out, topk_weights)
+    kernel, grid, block, args = _plan_combine(y, token_rows, residual, out, topk_weights, shared, shared_gate)
     kernel(grid, block, args)
 
 
@@ -214,11 +235,13 @@ def permute_counted(topk_ids, topk_weights, block_counts, expert_offsets, row_to
     kernel(grid, block, args)
 
 
-def combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps: float, normed, topk_weights=None) -> None:
-    """combine(y, token_rows, residual, out, topk_weights), then normed = rmsnorm(out, norm_weight, eps) of the
-    FP16 row just stored: the next layer's attention norm in the same launch. H <= 8192; norm_weight fp16
-    [H], normed fp16 [T, H]."""
-    kernel, grid, block, args = _plan_combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps, normed, topk_weights)
+def combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps: float, normed, topk_weights=None, shared=None,
+                    shared_gate=None) -> None:  # fmt: skip
+    """combine(y, token_rows, residual, out, topk_weights, shared, shared_gate), then normed = rmsnorm(out,
+    norm_weight, eps) of the FP16 row just stored: the next layer's attention norm in the same launch.
+    H <= 8192; norm_weight fp16 [H], normed fp16 [T, H]."""
+    kernel, grid, block, args = _plan_combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps, normed, topk_weights,
+                                                      shared, shared_gate)  # fmt: skip
     kernel(grid, block, args)
 
 
