@@ -1,4 +1,4 @@
-"""The kernel benchmarks: `gemm`, `moe`, `ops`."""
+"""The kernel benchmarks: `gemm`, `moe`, `ops`, `attn`, `gdn`."""
 
 from __future__ import annotations
 
@@ -125,3 +125,64 @@ def ops(model, pp_list, variants, fmt, out, force) -> None:
     _bench("ops", fmt, out, force, lambda meta: run_ops_bench(preset, token_counts, variants, meta, progress=progress))
 
 
+@cli.command()
+@click.option("--model", "-m", "model", metavar="NAME", default="gemma-4", show_default=True,
+              help="Preset whose attention layer kinds (heads, head dim, sliding window, scale) to time.")
+@click.option("--pp", "pp_list", default="1024,2048,4096", show_default=True, metavar="LIST",
+              help="Chunk lengths T in tokens, comma-separated.")
+@click.option("--prefix", "prefix_list", default="0,chunk", show_default=True, metavar="LIST",
+              help="Keys already in the cache before the chunk, comma-separated: tokens, or 'chunk' (one chunk: T).")
+@click.option("--reps", type=int, default=30, show_default=True, help="Timed repetitions per case (median reported).")
+@click.option("--variant", default=None, metavar="NAME",
+              help="Our kernel variant (wgmma, wgmma2, mma). Default: the one the engine runs here.")
+@FORMAT
+@BENCH_OUT
+@FORCE
+def attn(model, pp_list, prefix_list, reps, variant, fmt, out, force) -> None:  # fmt: skip
+    """Time our attention kernel on each attention layer kind of a model against PyTorch's SDPA.
+
+    Per layer kind (sliding window / full), T and prefix: device µs of ours from CUDA events (and per
+    launch of a replayed graph), torch's scaled_dot_product_attention on the same FP16 values in the
+    same event loop (which backend ran; not timed where torch does not import), SDPA / ours, the plan
+    floor of the attention op and ours against it, and ours' relative error against SDPA.
+    """
+    from impbench.bench.attention import check_variant, layer_kinds, parse_prefixes, run_attention_bench
+    from impbench.bench.timing import check_reps
+    from impbench.presets import get_preset
+
+    preset = get_preset(model)
+    token_counts = parse_prompt_lengths(pp_list)
+    prefixes = parse_prefixes(prefix_list)
+    check_reps(reps)
+    check_variant(variant, layer_kinds(preset))
+    _bench("attn", fmt, out, force,
+           lambda meta: run_attention_bench(preset, token_counts, prefixes, reps, variant, meta, progress=progress))  # fmt: skip
+
+
+@cli.command()
+@click.option("--model", "-m", "model", metavar="NAME", default="qwen3.6", show_default=True,
+              help="Preset whose Gated DeltaNet geometry (key and value heads, head dims) the rule runs at.")
+@click.option("--pp", "pp_list", default="512,1024,2048", show_default=True, metavar="LIST",
+              help="Chunk lengths T in tokens, comma-separated.")
+@click.option("--reps", type=int, default=15, show_default=True,
+              help="Timed replays of each CUDA graph (median of µs per call reported).")
+@FORMAT
+@BENCH_OUT
+@FORCE
+def gdn(model, pp_list, reps, fmt, out, force) -> None:
+    """Time our chunked gated delta rule (both kernels, one layer, one chunk) against flash-linear-attention's
+    Triton chunk_gated_delta_rule, both as device time of a replayed CUDA graph, in one call on one GPU.
+
+    Per T: µs per call of each over rotating input sets larger than L2 (cold) and over one set (hot),
+    FLA/ours, the plan's floor of the op, ours against the float64 reference and FLA's output and final
+    state against ours. Without torch or fla-core the FLA columns stay empty and one line says why.
+    """
+    from impbench.bench.gated_delta import GdnShape, run_gdn_bench
+    from impbench.bench.timing import check_reps
+    from impbench.presets import get_preset
+
+    preset = get_preset(model)
+    GdnShape.of(preset)  # a model without Gated DeltaNet layers or an unbuilt geometry: exit 2 here
+    token_counts = parse_prompt_lengths(pp_list)
+    check_reps(reps)
+    _bench("gdn", fmt, out, force, lambda meta: run_gdn_bench(preset, token_counts, reps, meta, progress=progress))

@@ -14,9 +14,11 @@ under uniform routing, E * (1 - (1 - k/E)^M) distinct experts in expectation. Re
 which touches fewer experts and moves fewer bytes; the uniform figure is the usual planning number.
 Gated DeltaNet's core is counted as the chunked (WY) form a GPU kernel computes (gdn_chunk_flops:
 every product of impbench.reference.gated_delta's chunked algorithm, in chunks of 64 tokens, about
-1.6x the recurrence's 7 * dk * dv per token and value head at dk = dv = 128), with the fp32 state
-of every WY chunk written and read back once (flash-linear-attention's kernels keep one state per
-chunk in memory between their passes).
+1.6x the recurrence's 7 * dk * dv per token and value head at dk = dv = 128); its bytes are q, k, v,
+decay and write strength read, the output written, and the fp32 state read and written once per prefill
+chunk: a kernel that carries the state across its WY chunks on chip (ours, kernels_cu/gated_delta.cu)
+needs no more. flash-linear-attention's kernels also store the state of every WY chunk between their
+passes (2 x 2 MB per 64 tokens and layer at Qwen3.6's 32 x 128 x 128): that is their cost, not the floor's.
 """
 
 from __future__ import annotations
@@ -256,8 +258,7 @@ def _gdn_core(preset: ModelPreset) -> _Op:
     def cost(start: int, length: int, last: bool) -> tuple[float, float, float]:
         written = length * preset.linear_value_dim * FP16
         read = length * (preset.linear_conv_dim * FP16 + 2 * hv * FP32)  # q, k, v; decay g and beta in fp32
-        states = 2 * state_bytes * -(-length // GDN_CHUNK)  # every WY chunk's state out and back in
-        return hv * gdn_chunk_flops(length, dk, dv), read + written + states + 2 * state_bytes, written
+        return hv * gdn_chunk_flops(length, dk, dv), read + written + 2 * state_bytes, written  # state in and out
 
     return _Op("gated_delta_rule", "linear_attention", "linear", cost)
 
