@@ -57,6 +57,7 @@
 // Earlier variants and their measurements: git history and docs/notes/moe.md.
 #include "common.cuh"
 #include "hopper_async.cuh"
+#include "nvfp4_tiles.cuh"
 
 namespace impmoe {
 
@@ -105,12 +106,6 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void *gmem, int sr
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
 }
 
-__device__ __forceinline__ unsigned hmul2(unsigned a, unsigned b) {
-    unsigned d;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-    return d;
-}
-
 // SiLU with the fast division (one MUFU.RCP, no IEEE slow path): within 2 ulp in FP32, far below the
 // FP16 rounding of the output; a gate below about -87 gives -0 as the exact quotient rounds to.
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
@@ -119,24 +114,6 @@ __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __e
 __device__ __forceinline__ unsigned e4m3_pair(unsigned bb) {
     unsigned d;
     asm("{ .reg .b16 t; cvt.u16.u32 t, %1; cvt.rn.f16x2.e4m3x2 %0, t; }" : "=r"(d) : "r"(bb));
-    return d;
-}
-
-// The decode: byte [s 0 0 e e m 0 0] is the e4m3 encoding of (E2M1 value [s e e m]) / 64, so the four
-// high nibbles of q become four e4m3 bytes with 3 logic ops (the low nibbles with 4) and the hardware
-// e4m3x2 -> f16x2 conversion makes each byte pair a half2: pairs (1,3), (5,7) from the high nibbles,
-// (0,2), (4,6) from the low ones.
-__device__ __forceinline__ unsigned e2m1_hi_as_e4m3(unsigned q) { return (q & 0x80808080u) | ((q >> 2) & 0x1C1C1C1Cu); }
-__device__ __forceinline__ unsigned e2m1_lo_as_e4m3(unsigned q) {
-    return ((q << 4) & 0x80808080u) | ((q << 2) & 0x1C1C1C1Cu);
-}
-template <bool HIGH>
-__device__ __forceinline__ unsigned e4m3x2_half(unsigned v) {  // bytes 0-1 (or 2-3) of v -> half2
-    unsigned d;
-    if (HIGH)
-        asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, hi; }" : "=r"(d) : "r"(v));
-    else
-        asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, lo; }" : "=r"(d) : "r"(v));
     return d;
 }
 

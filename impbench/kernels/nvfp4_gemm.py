@@ -1,0 +1,209 @@
+"""Wrapper of kernels_cu/nvfp4_gemm.cu: the dense NVFP4 x FP16 GEMM of the NVFP4 projections (Hopper only).
+
+out fp16 [M, N] = a fp16 [M, K] . dequant(W)^T with W in the ModelOpt NVFP4 layout (impbench/nvfp4.py):
+codes uint8 [N, K/2] (or the [1, N, K/2] of engine.weights.Nvfp4Linear), e4m3 block scales uint8 [N, K/16]
+(or [1, N, K/16]) and scale2 fp32 [1], which only the kernel reads. K a multiple of 64, at least 128; M >= 0.
+
+`prepare` checks the arguments once, encodes the two TMA tensor maps on the host and returns a no-argument
+launcher (impbench.kernels.driver): nothing is allocated, synchronized or read from the device, so a captured
+graph replays it for every chunk of the same length. The kernel is wgmma (compute capability 9.0); on any
+other GPU `prepare` raises ValueError.
+
+VARIANTS is the one table of the kernel's entry points (the .cu declares the same rows; tests check) and
+`choose_variant` the one rule that picks a row per shape: the fastest by `modelled_us`, whose per-variant
+efficiencies are predictions (docs/notes/nvfp4_gemm.md) until a lent GPU measures them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from impbench.kernels import driver
+from impbench.kernels.checks import check_array
+from impbench.kernels.modules import get_function
+
+FAMILY = "nvfp4_gemm"
+HOPPER_CC = 90
+THREADS = 384  # a producer warpgroup and two consumer warpgroups
+BK = 128  # K per pipeline stage
+K_MULTIPLE = 64  # whole 4-byte scale pieces (the kernel copies a stage's 8 scale bytes of a row as two)
+MIN_K = 128  # a codes row at least as wide as the 64-byte TMA box
+H100_SMS = 132  # the plan's SM count where no GPU is usable
+
+# CUtensorMapDataType of the codes (driver.py names the FP16 one)
+_UINT8 = 0
+
+# The time model (modelled_us). Clock and tensor rate: H100 / H200 under load (docs/DESIGN.md, Facts); 989.4
+# TFLOP/s dense FP16 = 132 SMs x 4096 FLOP per clock at 1830 MHz.
+SM_MHZ = 1980.0
+FLOP_PER_SM_CLOCK = 4096
+FILL_US = 1.5  # a launch's first stages in flight before the first wgmma (predicted)
+TILE_END_US = 0.5  # persistent: a tile's stores, while the producer already loads the next one (predicted)
+SPLIT_END_US = 1.5  # split-K: partials through distributed shared memory, two cluster barriers (predicted)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One entry point nvfp4_gemm_<name> of kernels_cu/nvfp4_gemm.cu (its NVFP4_GEMM_ENTRY row)."""
+
+    name: str
+    m64_tiles: int  # MT: m64 weight tiles per consumer warpgroup; a tile is 128 * MT weight rows
+    tokens: int  # BT: token rows of a tile (the wgmma N)
+    stages: int  # pipeline stages of BK = 128
+    split: int  # blocks of a cluster sharing one tile's K (1: persistent, one block per SM)
+    efficiency: float  # predicted share of the FP16 tensor peak inside a tile's K loop (docs/notes/nvfp4_gemm.md)
+
+    @property
+    def weight_rows(self) -> int:
+        return 128 * self.m64_tiles
+
+    @property
+    def kernel_name(self) -> str:
+        return f"nvfp4_gemm_{self.name}"
+
+    @property
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory: stages of token tile (BT x 256 bytes), codes (64 bytes a weight row) and
+        scales (8 bytes a row), plus 1024 bytes of alignment slack (impfp4::Shape)."""
+        return self.stages * (self.tokens * 256 + self.weight_rows * 72) + 1024
+
+    def tiles(self, m: int, n: int) -> int:
+        return math.ceil(m / self.tokens) * math.ceil(n / self.weight_rows)
+
+    def grid(self, m: int, n: int, sms: int) -> int:
+        """Blocks of a launch: split-K one cluster per tile; persistent at most one block per SM."""
+        tiles = self.tiles(m, n)
+        return tiles * self.split if self.split > 1 else min(tiles, sms)
+
+
+# The efficiencies come from the shared-memory bytes and issue slots a stage needs against its wgmma time
+# (docs/notes/nvfp4_gemm.md): 256 x 128 tiles need the fewest bytes per FLOP; 128-row tiles re-read each
+# token tile twice as often; the decode costs the same per weight byte in every variant.
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("w256t128", 2, 128, 4, 1, 0.82),  # large M: the main tile
+        Variant("w256t128k2", 2, 128, 4, 2, 0.82),  # split-K 2: fills the SMs where 256 x 128 tiles are few
+        Variant("w256t128k4", 2, 128, 4, 4, 0.82),  # split-K 4: the same for fewer tiles (M <= 512, o_proj)
+        Variant("w128t192", 1, 192, 3, 1, 0.75),  # one round of tiles at M ~ 512 on N = 5120
+        Variant("w128t128k4", 1, 128, 5, 4, 0.71),  # small M on narrow N: the most blocks
+    )
+}
+
+
+def modelled_us(variant: Variant, m: int, n: int, k: int, sms: int = H100_SMS) -> float:
+    """Predicted µs of `variant` on an [M, K] x [N, K] problem: FILL_US, then whole rounds of blocks over the
+    SMs (one block per SM), each a tile's K stages (split-K: its share) at the variant's efficiency plus the
+    tile's end (stores, or the split-K reduction)."""
+    stages = math.ceil(k / BK)
+    if variant.split == 1:
+        rounds, k_stages, end_us = math.ceil(variant.tiles(m, n) / sms), stages, TILE_END_US
+    else:  # clusters of `split` blocks: whole clusters per round
+        per_round = (sms // variant.split) * variant.split
+        rounds = math.ceil(variant.tiles(m, n) * variant.split / per_round)
+        k_stages, end_us = math.ceil(stages / variant.split), SPLIT_END_US
+    flops = 2.0 * variant.weight_rows * variant.tokens * BK * k_stages
+    tile_us = flops / (FLOP_PER_SM_CLOCK * SM_MHZ * variant.efficiency) + end_us
+    return FILL_US + rounds * tile_us
+
+
+def choose_variant(m: int, n: int, k: int, sms: int = H100_SMS) -> str:
+    """The variant for an [M, K] x [N, K] problem on a GPU of `sms` SMs: the fastest by modelled_us (ties: the
+    first in VARIANTS). It trades the decode's cost per token (fewer, larger tiles) against filling the SMs
+    (more tiles or split-K) and the last, partial round of tiles."""
+    return min(VARIANTS.values(), key=lambda v: modelled_us(v, max(m, 1), n, k, sms)).name
+
+
+def cannot_run(variant: str, device_cc: int | None = None) -> str | None:
+    """Why `variant` cannot run on a GPU of compute capability `device_cc` (default: the current one), or None."""
+    if variant not in VARIANTS:
+        return f"unknown NVFP4 GEMM variant {variant!r}; accepted: {', '.join(VARIANTS)}"
+    cc = _current_cc() if device_cc is None else device_cc
+    if cc != HOPPER_CC:
+        return f"the dense NVFP4 GEMM uses wgmma and runs on compute capability 9.0 (Hopper) only; this GPU is {cc // 10}.{cc % 10}"
+    return None
+
+
+def prepare(a, codes, scale, scale2, out, variant: str | None = None, max_ctas: int | None = None):
+    """Check out[M, N] = a[M, K] . dequant(codes, scale, scale2)^T once; return a no-argument callable that
+    launches it on the current stream. `variant`: a name of VARIANTS, or None for choose_variant's.
+    `max_ctas`: a lower cap on a persistent grid (tests: many tiles per block)."""
+    m, n, k = _check_args(a, codes, scale, scale2, out)
+    name = variant or choose_variant(m, n, k, _device_sms())
+    reason = cannot_run(name)
+    if reason:
+        raise ValueError(f"nvfp4_gemm: {reason}")
+    if m == 0:
+        return lambda: None
+    spec = VARIANTS[name]
+    sms = _device_sms() if max_ctas is None else max(1, min(max_ctas, _device_sms()))
+    map_a = driver.TensorMap(a.data.ptr, driver.FLOAT16, (k, m), (2 * k,), (64, spec.tokens), driver.SWIZZLE_128B,
+                             driver.L2_PROMOTION_256B, keep=a)  # fmt: skip
+    map_w = driver.TensorMap(codes.data.ptr, _UINT8, (k // 2, n), (k // 2,), (64, spec.weight_rows), 0,
+                             driver.L2_PROMOTION_256B, keep=codes)  # fmt: skip
+    args = [map_a, map_w, scale, scale2, out, ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
+    function = _kernel(spec).kernel.ptr
+    return driver.launcher(function, (spec.grid(m, n, sms), 1, 1), (THREADS, 1, 1), spec.smem_bytes, args)
+
+
+def prewarm() -> None:
+    """Compile the family and fetch every variant (raising its shared-memory limit), outside any capture."""
+    for spec in VARIANTS.values():
+        _kernel(spec)
+
+
+def _kernel(spec: Variant):
+    return get_function(FAMILY, spec.kernel_name, max_dynamic_smem=spec.smem_bytes)
+
+
+def _weight_2d(name: str, arr, dtype) -> tuple[int, int]:
+    """The [rows, cols] of a weight array given as [rows, cols] or [1, rows, cols]."""
+    check_array(name, arr, dtype)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        return int(arr.shape[1]), int(arr.shape[2])
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be [N, cols] or [1, N, cols], got shape {tuple(arr.shape)}")
+    return int(arr.shape[0]), int(arr.shape[1])
+
+
+def _check_args(a, codes, scale, scale2, out) -> tuple[int, int, int]:
+    check_array("a", a, np.float16, ndim=2)
+    m, k = (int(d) for d in a.shape)
+    if k < MIN_K or k % K_MULTIPLE:
+        raise ValueError(f"nvfp4_gemm: K must be a multiple of {K_MULTIPLE} and at least {MIN_K}, got a {tuple(a.shape)}")
+    n, half_k = _weight_2d("codes", codes, np.uint8)
+    if half_k != k // 2:
+        raise ValueError(f"nvfp4_gemm: codes {tuple(codes.shape)} hold K = {2 * half_k}, a {tuple(a.shape)} has K = {k}")
+    if n < 1:
+        raise ValueError(f"nvfp4_gemm: codes {tuple(codes.shape)} have no rows (N = 0)")
+    if _weight_2d("scale", scale, np.uint8) != (n, k // 16):
+        raise ValueError(f"nvfp4_gemm: scale must be [N, K/16] = [{n}, {k // 16}] (or [1, {n}, {k // 16}]), got {tuple(scale.shape)}")
+    check_array("scale2", scale2, np.float32, shape=(1,))
+    check_array("out", out, np.float16, shape=(m, n))
+    for name, arr, align in (("a", a, 16), ("codes", codes, 16), ("scale", scale, 4), ("scale2", scale2, 4), ("out", out, 2)):
+        if arr.data.ptr % align:  # TMA sources 16 bytes, the scale copies 4
+            raise ValueError(f"nvfp4_gemm: {name} {tuple(arr.shape)} must start {align}-byte aligned, got address {arr.data.ptr:#x}")
+    return m, n, k
+
+
+@functools.cache
+def _current_cc() -> int:
+    from impbench import device
+
+    return device.compute_capability()
+
+
+@functools.cache
+def _device_sms() -> int:
+    from impbench import device
+
+    if not device.cuda_available():  # plan with the H100
+        return H100_SMS
+    import cupy
+
+    return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
