@@ -8,7 +8,10 @@
 # ops (impbench ops), run (impbench run, qwen3-coder pp 1024 graph/small-n), ab (the A/A check:
 # eager against eager at pp 512,1024,2048, 10 reps), gate (the CI gate end to end: qwen3-coder, two copies of
 # the graph arm, then one with a planted 200 us per layer; the first must pass, the second fail with
-# exit 1), sweep (scenarios/sweeps/ci.toml).
+# exit 1), sweep (scenarios/sweeps/ci.toml), gdn (impbench gdn against flash-linear-attention, whose wheels
+# travel in .whl: carry it), attn (impbench attn, Gemma-4's attention kernels against PyTorch SDPA), gemm36
+# (impbench gemm on Qwen3.6's shapes), run36 (impbench run, qwen3.6 pp 1024 graph/small-n, profile), ab36
+# (impbench ab, qwen3.6 pp 512,1024,2048, A = eager, B = graph with the seed, tight and small-n guards).
 # BEFORE=<folder>: a checkout of another commit; the benchmark stages run there too, on the same
 # machine and in the same call, so before and after compare like for like (AFTER=0: there only).
 # Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
@@ -21,6 +24,12 @@ WORK=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 has() { [[ " $STAGES " == *" $1 "* ]]; }
+# wheels carried in .whl (flash-linear-attention and its einops) go to a side folder on the path
+if ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 summary="$WORK/summary.txt"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu,power.draw --format=csv,noheader | tee "$summary"
 
@@ -29,7 +38,7 @@ bench() {
   local tree=$1 tag=$2 log="$WORK/$2"
   mkdir -p "$log"
   # from inside the tree: `python3 -m` puts the working folder first on the path, before PYTHONPATH
-  local impbench="env PYTHONPATH=$tree python3 -m impbench"
+  local impbench="env PYTHONPATH=$tree${PYTHONPATH#$PWD} python3 -m impbench"
   pushd "$tree" > /dev/null
   if has gemm; then
     timeout ${GEMM_TIMEOUT:-240} $impbench gemm --reps 50 --out "$log/gemm.md" > "$log/gemm.log" 2>&1
@@ -54,7 +63,7 @@ bench() {
 }
 
 if has tests; then
-  timeout ${TEST_TIMEOUT:-270} env PYTHONPATH=$PWD python3 -m pytest -q -m gpu -p no:cacheprovider --durations=15 \
+  timeout ${TEST_TIMEOUT:-270} python3 -m pytest -q -m gpu -p no:cacheprovider --durations=15 \
     > "$WORK/tests_gpu.log" 2>&1
   echo "GPU tests: $(tail -1 "$WORK/tests_gpu.log")" >> "$summary"
 fi
@@ -65,23 +74,48 @@ if [ -n "${BEFORE:-}" ]; then
   bench "$(cd "$BEFORE" && pwd)" before
 fi
 if has ab; then
-  timeout ${AB_TIMEOUT:-200} env PYTHONPATH=$PWD python3 -m impbench ab --model qwen3-coder --a mode=eager --b mode=eager \
+  timeout ${AB_TIMEOUT:-200} python3 -m impbench ab --model qwen3-coder --a mode=eager --b mode=eager \
     --pp 512,1024,2048 --reps 10 --out "$WORK/ab_aa.json" > "$WORK/ab_aa.md" 2> "$WORK/ab_aa.err"
   echo "A/A ab rc=$?" >> "$summary"
   grep -E "^\| qwen3.* B " "$WORK/ab_aa.md" >> "$summary"
 fi
 if has gate; then
   for plant in 0 200; do
-    timeout ${GATE_TIMEOUT:-150} env PYTHONPATH=$PWD python3 -m impbench sweep --model qwen3-coder --pp 1024 --reps 6 \
+    timeout ${GATE_TIMEOUT:-150} python3 -m impbench sweep --model qwen3-coder --pp 1024 --reps 6 \
       --arm mode=graph --arm "mode=graph,delay_us=$plant" --fail-on slower --threshold 1 \
       --out "$WORK/gate_delay$plant.json" > "$WORK/gate_delay$plant.md" 2> "$WORK/gate_delay$plant.err"
     echo "gate delay_us=$plant rc=$? (expect $([ $plant = 0 ] && echo 0 || echo 1)): $(grep -h 'gate ' "$WORK/gate_delay$plant.err")" >> "$summary"
   done
 fi
 if has sweep; then
-  timeout 500 env PYTHONPATH=$PWD python3 -m impbench sweep ci --out "$WORK/sweep_ci.json" > "$WORK/sweep_ci.md" \
+  timeout 500 python3 -m impbench sweep ci --out "$WORK/sweep_ci.json" > "$WORK/sweep_ci.md" \
     2> "$WORK/sweep_ci.err"
   echo "sweep ci rc=$?" >> "$summary"
+fi
+if has gdn; then
+  timeout 300 python3 -m impbench gdn --pp 512,1024,2048 --out "$WORK/gdn.md" > "$WORK/gdn.log" 2>&1
+  echo "gdn rc=$?" >> "$summary"; tail -8 "$WORK/gdn.md" >> "$summary" 2>/dev/null
+fi
+if has attn; then
+  timeout 300 python3 -m impbench attn --model gemma-4 --pp 1024,2048,4096 --out "$WORK/attn.md" > "$WORK/attn.log" 2>&1
+  echo "attn rc=$?" >> "$summary"; grep -E "^\|" "$WORK/attn.md" >> "$summary" 2>/dev/null
+fi
+if has gemm36; then
+  timeout 240 python3 -m impbench gemm --model qwen3.6 --reps 50 --out "$WORK/gemm_qwen3.6.md" > "$WORK/gemm36.log" 2>&1
+  echo "gemm qwen3.6 rc=$? $(grep -h 'geomean' "$WORK/gemm_qwen3.6.md" 2>/dev/null)" >> "$summary"
+fi
+if has run36; then
+  timeout 300 python3 -m impbench run --model qwen3.6 --pp 1024 --mode graph --guard small-n --reps 10 --profile \
+    > "$WORK/run_qwen3.6.md" 2> "$WORK/run_qwen3.6.err"
+  echo "run qwen3.6 rc=$? $(grep -m1 -E 'qwen3.6.*(tok/s|of )|^- median' "$WORK/run_qwen3.6.md")" >> "$summary"
+fi
+if has ab36; then
+  for guard in ${AB36_GUARDS:-seed tight small-n}; do
+    timeout ${AB36_TIMEOUT:-400} python3 -m impbench ab --model qwen3.6 --pp 512,1024,2048 --reps ${AB36_REPS:-10} \
+      --b "mode=graph,guard=$guard" --out "$WORK/ab_qwen3.6_$guard.json" > "$WORK/ab_qwen3.6_$guard.md" 2> "$WORK/ab_qwen3.6_$guard.err"
+    echo "ab qwen3.6 graph/$guard rc=$?" >> "$summary"
+    grep -E "^\| qwen3.6" "$WORK/ab_qwen3.6_$guard.md" | head -3 >> "$summary"
+  done
 fi
 cp "$summary" "$OUT/summary.txt"
 tar czf "$OUT/check.tgz" -C "$WORK" .

@@ -9,7 +9,7 @@ import pytest
 from impbench.errors import InputError
 
 
-@pytest.mark.parametrize("model", ["gemma-4", "qwen3.6"])
+@pytest.mark.parametrize("model", ["gemma-4", "tiny-gemma4"])
 def test_engine_rejects_plan_only_models_with_one_line(model):
     from impbench.engine.core import check_supported
     from impbench.presets import get_preset
@@ -22,26 +22,26 @@ def test_engine_accepts_full_attention_presets():
     from impbench.engine.core import check_supported
     from impbench.presets import get_preset
 
-    for model in ("qwen3-coder", "qwen3-modelopt", "tiny"):
+    for model in ("qwen3-coder", "qwen3-modelopt", "tiny", "qwen3.6", "tiny-qwen3.6"):
         check_supported(get_preset(model))
 
 
-def _tiny(nvfp4_attention=False):
+def _tiny(nvfp4_attention=False, model="tiny"):
     import dataclasses
 
     from impbench.presets import get_preset
 
-    preset = get_preset("tiny")
+    preset = get_preset(model)
     if nvfp4_attention:  # as qwen3-modelopt stores q/k/v/o
         preset = dataclasses.replace(preset, nvfp4_tensors=("experts", "attention"))
     return preset
 
 
-def _engine(prompt_tokens=80, chunk=32, prewarm=True, seed=None, nvfp4_attention=False):
+def _engine(prompt_tokens=80, chunk=32, prewarm=True, seed=None, nvfp4_attention=False, model="tiny"):
     from impbench.engine import Engine
 
     seed = random.randrange(1 << 20) if seed is None else seed
-    return Engine(_tiny(nvfp4_attention), prompt_tokens, chunk, seed=seed, prewarm=prewarm)
+    return Engine(_tiny(nvfp4_attention, model), prompt_tokens, chunk, seed=seed, prewarm=prewarm)
 
 
 def _poison_logits(engine):
@@ -67,7 +67,7 @@ def test_engine_matches_the_float64_reference_sublayer_by_sublayer(guard, nvfp4_
     engine = _engine(prompt_tokens, chunk, nvfp4_attention=nvfp4_attention)
     trace = engine.trace_layers(prompt_tokens, chunk, guard)
     assert len(trace) == 3 * engine.preset.num_layers
-    weights = reference_weights(engine.weights)
+    weights = reference_weights(engine.weights, engine.preset)
     errors = sublayer_errors(engine.preset, weights, trace)
     assert max(errors.values()) <= SUBLAYER_REL_ERR, errors
     for plant in PLANTS:  # the same comparison against a reference with one error built in fails
@@ -105,19 +105,63 @@ def test_eager_and_graph_logits_are_bit_identical(nvfp4_attention):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("guard,nvfp4_attention", [("cublas", False), ("small-n", False), ("seed", True)])
+def test_the_hybrid_engine_matches_the_float64_reference_sublayer_by_sublayer(guard, nvfp4_attention):
+    """tiny-qwen3.6: Gated DeltaNet and gated attention layers, a shared expert; three chunks of 32 (two WY
+    chunks' worth of state carried through the conv and the recurrence), the last one short."""
+    from impbench.engine.weights import reference_weights
+    from impbench.reference import qwen3_5_moe
+
+    prompt_tokens, chunk = 80, 32
+    engine = _engine(prompt_tokens, chunk, nvfp4_attention=nvfp4_attention, model="tiny-qwen3.6")
+    trace = engine.trace_layers(prompt_tokens, chunk, guard)
+    assert len(trace) == 3 * engine.preset.num_layers
+    weights = reference_weights(engine.weights, engine.preset)
+    errors = qwen3_5_moe.sublayer_errors(engine.preset, weights, trace)
+    assert max(errors.values()) <= SUBLAYER_REL_ERR, errors
+    for plant in qwen3_5_moe.PLANTS:
+        planted = qwen3_5_moe.sublayer_errors(engine.preset, weights, trace, plants=(plant,))
+        assert max(planted.values()) > 2 * SUBLAYER_REL_ERR, (plant, planted)
+    _poison_logits(engine)
+    engine.prefill(prompt_tokens, chunk, mode="eager", guard=guard)
+    logits = engine.logits()
+    assert np.isfinite(logits).all()
+    ids = engine.buffers.prompt_ids.get()[:prompt_tokens]
+    ref = qwen3_5_moe.reference_forward(engine.preset, weights, ids, chunk_size=chunk)
+    assert np.linalg.norm(logits - ref) / np.linalg.norm(ref) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("guard", ["small-n", "seed"])
+def test_the_hybrid_engine_is_bit_identical_eager_and_graph_and_restarts_its_state(guard):
+    prompt_tokens, chunk = 96, 32
+    engine = _engine(prompt_tokens, chunk, model="tiny-qwen3.6")
+    _poison_logits(engine)
+    engine.prefill(prompt_tokens, chunk, mode="eager", guard=guard)
+    eager = engine.logits()
+    for _ in range(2):  # the second prefill replays the graph: the states must start from zero again
+        _poison_logits(engine)
+        stats = engine.prefill(prompt_tokens, chunk, mode="graph", guard=guard)
+        assert engine.capture_status(chunk, guard).captured, engine.capture_status(chunk, guard).label()
+        assert stats.graph_replays == 2
+        np.testing.assert_array_equal(eager, engine.logits())
+
+
+@pytest.mark.gpu
 def test_launch_list_fuses_the_small_ops_and_every_op_has_a_plan_floor():
     from impbench.plan import op_floors_us, plan_prefill
     from impbench.prefill import PrefillSpec
 
     prompt_tokens, chunk = 64, 32
-    engine = _engine(prompt_tokens, chunk)
-    layers = engine.preset.num_layers
-    ops = [launch.op for launch in engine.launch_list(chunk, last=True, guard="permissive").launches]
-    assert ops.count("attn_norm") == 1 and ops.count("combine+attn_norm") == layers - 1 and ops.count("combine") == 1
-    assert ops.count("topk") == ops.count("permute") == layers
-    calls = {op: ops.count(op) for op in ops}
-    floors = op_floors_us(plan_prefill(engine.preset, PrefillSpec(chunk, chunk)), calls)
-    assert set(floors) == set(calls), set(calls) - set(floors)
+    for model, combine in (("tiny", "combine"), ("tiny-qwen3.6", "combine+shared_combine")):
+        engine = _engine(prompt_tokens, chunk, model=model)
+        layers = engine.preset.num_layers
+        ops = [launch.op for launch in engine.launch_list(chunk, last=True, guard="permissive").launches]
+        assert ops.count("attn_norm") == 1 and ops.count(combine + "+attn_norm") == layers - 1 and ops.count(combine) == 1
+        assert ops.count("topk") == ops.count("permute") == layers
+        calls = {op: ops.count(op) for op in ops}
+        floors = op_floors_us(plan_prefill(engine.preset, PrefillSpec(chunk, chunk)), calls)
+        assert set(floors) == set(calls), set(calls) - set(floors)
 
 
 @pytest.mark.gpu

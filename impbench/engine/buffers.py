@@ -13,45 +13,93 @@ from __future__ import annotations
 import numpy as np
 
 
+def layer_slots(preset) -> list[int]:
+    """Each layer's index among the layers that keep the same kind of state: the KV cache rows of
+    softmax-attention layers, the conv and recurrent states of linear (Gated DeltaNet) layers."""
+    seen = {"linear": 0, "attention": 0}
+    slots = []
+    for kind in preset.layer_types:
+        family = "linear" if kind == "linear" else "attention"
+        slots.append(seen[family])
+        seen[family] += 1
+    return slots
+
+
 def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Name -> (shape, dtype) of every activation, cache and routing buffer."""
-    hidden, dim = preset.hidden_size, preset.head_dim
-    heads, kv_heads = preset.num_attention_heads, preset.num_kv_heads
-    experts, top_k = preset.num_experts, preset.experts_per_token
-    rows = chunk_tokens * top_k
+    p, t = preset, chunk_tokens
+    hidden = p.hidden_size
+    experts, top_k = p.num_experts, p.experts_per_token
+    rows = t * top_k
     f16, i32, f32 = np.dtype(np.float16), np.dtype(np.int32), np.dtype(np.float32)
-    return {
+    attention_layers = sum(kind != "linear" for kind in p.layer_types)
+    specs = {
         # prompt and chunk inputs
         "prompt_ids": ((max_tokens,), i32),
-        "ids": ((chunk_tokens,), i32),
+        "ids": ((t,), i32),
         "pos": ((1,), i32),
-        # attention block
-        "resid": ((chunk_tokens, hidden), f16),
-        "normed": ((chunk_tokens, hidden), f16),
-        "normed_kp": ((chunk_tokens, hidden), f16),  # ffn_norm output in kperm order (wgp expert GEMMs)
-        "qkv": ((chunk_tokens, (heads + 2 * kv_heads) * dim), f16),
-        "q": ((chunk_tokens, heads, dim), f16),
-        "attn": ((chunk_tokens, heads, dim), f16),
-        "attn_proj": ((chunk_tokens, hidden), f16),
-        "k_cache": ((preset.num_layers, max_tokens, kv_heads, dim), f16),
-        "v_cache": ((preset.num_layers, max_tokens, kv_heads, dim), f16),
+        # residual stream
+        "resid": ((t, hidden), f16),
+        "normed": ((t, hidden), f16),
+        "normed_kp": ((t, hidden), f16),  # ffn_norm output in kperm order (wgp expert GEMMs)
+        "attn_proj": ((t, hidden), f16),
         # routing
-        "router_logits": ((chunk_tokens, experts), f16),
-        "topk_ids": ((chunk_tokens, top_k), i32),
-        "topk_weights": ((chunk_tokens, top_k), f32),
+        "router_logits": ((t, experts), f16),
+        "topk_ids": ((t, top_k), i32),
+        "topk_weights": ((t, top_k), f32),
         "expert_offsets": ((experts + 1,), i32),
-        "dense_offsets": ((chunk_tokens + 1, 2), i32),  # row m = [0, m]: NVFP4 dense projections
+        "dense_offsets": ((t + 1, 2), i32),  # row m = [0, m]: NVFP4 dense projections
         "row_token": ((rows,), i32),
         "row_weight": ((rows,), f32),
-        "token_rows": ((chunk_tokens, top_k), i32),
-        "route_counts": ((-(-chunk_tokens // 16), experts), i32),  # topk_count -> permute_counted (kernels/routing.py)
+        "token_rows": ((t, top_k), i32),
+        "route_counts": ((-(-t // 16), experts), i32),  # topk_count -> permute_counted (kernels/routing.py)
         # experts
-        "expert_act": ((rows, preset.moe_intermediate_size), f16),
+        "expert_act": ((rows, p.moe_intermediate_size), f16),
         "expert_out": ((rows, hidden), f16),
         # last token
         "last_normed": ((1, hidden), f16),
-        "logits": ((1, preset.vocab_size), f16),
+        "logits": ((1, p.vocab_size), f16),
     }
+    if attention_layers:
+        heads, kv_heads, dim = p.attention_dims("full")
+        specs.update({
+            "qkv": ((t, p.qkv_width("full")), f16),  # q, k, v heads (then the gate heads of a gated attention)
+            "q": ((t, heads, dim), f16),
+            "attn": ((t, heads, dim), f16),
+            "k_cache": ((attention_layers, max_tokens, kv_heads, dim), f16),
+            "v_cache": ((attention_layers, max_tokens, kv_heads, dim), f16),
+        })  # fmt: skip
+    linear_layers = p.layer_types.count("linear")
+    if linear_layers:
+        from impbench.kernels.gated_delta import workspace_specs
+
+        hk, hv = p.linear_num_key_heads, p.linear_num_value_heads
+        dk, dv, channels = p.linear_key_head_dim, p.linear_value_head_dim, p.linear_conv_dim
+        specs.update({
+            "conv_state": ((linear_layers, p.linear_conv_kernel - 1, channels), f16),  # the last raw conv inputs
+            "gdn_state": ((linear_layers, hv, dk, dv), f32),  # the recurrent state S of every value head
+            "mixed": ((t, channels), f16),  # in_proj_qkv output, the conv's input
+            "lin_z": ((t, hv * dv), f16),
+            "lin_a": ((t, hv), f16),
+            "lin_b": ((t, hv), f16),
+            "lin_q": ((t, hk, dk), f16),
+            "lin_k": ((t, hk, dk), f16),
+            "lin_v": ((t, hv, dv), f16),
+            "lin_g": ((t, hv), f32),
+            "lin_beta": ((t, hv), f32),
+            "gdn_out": ((t, hv, dv), f16),
+            "gated": ((t, hv * dv), f16),  # gated norm output, out_proj's input
+        })  # fmt: skip
+        specs.update({f"gdn_{name}": spec for name, spec in workspace_specs(t, hv, dk, dv).items()})
+    if p.shared_expert_intermediate_size:
+        s = p.shared_expert_intermediate_size
+        specs.update({
+            "shared_gate_up": ((t, 2 * s), f16),
+            "shared_act": ((t, s), f16),
+            "shared_out": ((t, hidden), f16),
+            "shared_gate": ((t, 1), f16),
+        })  # fmt: skip
+    return specs
 
 
 class BufferAllocationError(RuntimeError):

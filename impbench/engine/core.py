@@ -18,25 +18,28 @@ from impbench.engine.weights import generate_weights
 from impbench.errors import InputError
 from impbench.prefill import Chunk, chunk_spans
 
-KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "ops", "routing", "attention", "bench")
+KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "nvfp4_gemm", "ops", "routing", "attention", "gated_delta", "bench")
 ENGINE_NVFP4 = {"experts", "attention"}  # tensor groups the engine can store as NVFP4
+LAYER_FIRST_OPS = ("qkv_proj", "in_proj_qkv")  # the first op of a full / a linear layer
+
+
+ENGINE_ARCHITECTURES = ("qwen3_moe", "qwen3_5_moe")
 
 
 def check_supported(preset) -> None:
-    """The engine runs full-attention Qwen3-MoE models; the others are plan-only (impbench plan)."""
+    """The engine runs Qwen3-MoE (full attention) and Qwen3.5 / 3.6 hybrid (Gated DeltaNet + gated full
+    attention, shared expert) models; Gemma-4 (sliding-window layers) is plan-only (impbench plan)."""
     problems = []
-    if preset.architecture != "qwen3_moe":
+    if preset.architecture not in ENGINE_ARCHITECTURES:
         problems.append(f"architecture {preset.architecture}")
-    if any(kind != "full" for kind in preset.layer_types):
-        problems.append("sliding-window or linear-attention layers")
-    if preset.shared_expert_intermediate_size:
-        problems.append("a shared expert")
+    if "sliding" in preset.layer_types:
+        problems.append("sliding-window layers")
     if "experts" not in preset.nvfp4_tensors or set(preset.nvfp4_tensors) - ENGINE_NVFP4:
         problems.append(f"NVFP4 groups {', '.join(preset.nvfp4_tensors)}")
     if problems:
         raise InputError(
-            f"model {preset.name} has {'; '.join(problems)}: the engine runs full-attention qwen3_moe "
-            "models with NVFP4 experts (qwen3-coder, qwen3-modelopt, tiny); use `impbench plan` for the others"
+            f"model {preset.name} has {'; '.join(problems)}: the engine runs qwen3_moe and qwen3_5_moe models with "
+            "NVFP4 experts (qwen3-coder, qwen3-modelopt, qwen3.6, tiny, tiny-qwen3.6); use `impbench plan` for the others"
         )
 
 
@@ -65,7 +68,7 @@ class Engine:
     def __init__(self, preset, max_tokens: int, max_chunk: int, seed: int = 0, prewarm: bool = True):
         import cupy
 
-        from impbench.kernels import attention, load_module, moe
+        from impbench.kernels import attention, gated_delta, load_module, moe, nvfp4_gemm
 
         check_supported(preset)
         self.preset = preset
@@ -78,7 +81,7 @@ class Engine:
         for family in KERNEL_FAMILIES:  # compile outside any capture, in both modes
             load_module(family)
         # shared-memory limits; GEMM kernels are fetched as a launch list is built (with prewarm: before capture)
-        for prewarm_kernels in (moe.prewarm, attention.prewarm):
+        for prewarm_kernels in (moe.prewarm, attention.prewarm, gated_delta.prewarm, nvfp4_gemm.prewarm):
             prewarm_kernels()
         with self.stream:
             self.weights = generate_weights(preset, seed)
@@ -107,6 +110,9 @@ class Engine:
         self.current_op = "chunk_inputs"
         b.pos.fill(chunk.start)
         b.ids[: chunk.length] = b.prompt_ids[chunk.start : chunk.start + chunk.length]
+        if chunk.start == 0 and "linear" in self.preset.layer_types:  # a new prompt: no conv inputs, zero state
+            b.conv_state.fill(0)
+            b.gdn_state.fill(0)
 
     # -- one prefill -----------------------------------------------------------------------------
     def prefill(
@@ -172,13 +178,17 @@ class Engine:
 
     def trace_layers(self, prompt_tokens: int, chunk_size: int, guard: str = "cublas") -> list[dict]:
         """One eager prefill, stopping after each op to copy what a sublayer comparison reads
-        (impbench.reference.sublayer_errors): per chunk and layer the layer's input x, the attention
-        output attn (O projection, before the add), the residual h after it, the router logits, and the
-        MoE output moe (each token's expert rows summed on the host in float64). Tests only: it
-        synchronizes after every op."""
+        (impbench.reference.*.sublayer_errors): per chunk and layer the layer's input x, the token mixer's
+        output attn (O / out projection, before the add), the residual h after it, the router logits, and the
+        MoE output moe (each token's expert rows summed on the host in float64, plus the shared expert
+        scaled by its gate). Tests only: it synchronizes after every op."""
         import numpy as np
 
         b = self.buffers
+
+        def host(array):
+            return array.get().astype(np.float64)
+
         records: list[dict] = []
         with self.stream:
             for chunk in chunk_spans(prompt_tokens, chunk_size):
@@ -186,21 +196,25 @@ class Engine:
                 t = chunk.length
                 record: dict = {}
                 for launch in self.launch_list(t, chunk.last, guard).launches:
-                    if launch.op == "qkv_proj":  # a layer starts: its input is the residual stream now
-                        record = {"start": chunk.start, "layer": len(records) % self.preset.num_layers,
-                                  "x": b.resid[:t].get().astype(np.float64)}  # fmt: skip
+                    if launch.op in LAYER_FIRST_OPS:  # a layer starts: its input is the residual stream now
+                        record = {"start": chunk.start, "layer": len(records) % self.preset.num_layers, "x": host(b.resid[:t])}
                         records.append(record)
+                    elif launch.op.startswith("combine"):  # before it adds them: the experts' output
+                        rows = host(b.expert_out[: t * self.preset.experts_per_token])
+                        record["moe"] = rows[b.token_rows[:t].get()].sum(axis=1)
+                        if "shared_combine" in launch.op:
+                            gate = 1.0
+                            if self.weights.layers[record["layer"]].shared.gate is not None:
+                                gate = 1.0 / (1.0 + np.exp(-host(b.shared_gate[:t])))
+                            record["moe"] += gate * host(b.shared_out[:t])
                     self.current_op = launch.op
                     launch.fn()
-                    if launch.op == "o_proj":
-                        record["attn"] = b.attn_proj[:t].get().astype(np.float64)
+                    if launch.op in ("o_proj", "out_proj"):
+                        record["attn"] = host(b.attn_proj[:t])
                     elif launch.op == "ffn_norm":
-                        record["h"] = b.resid[:t].get().astype(np.float64)
+                        record["h"] = host(b.resid[:t])
                     elif launch.op == "router":
-                        record["router_logits"] = b.router_logits[:t].get().astype(np.float64)
-                    elif launch.op == "moe_down":
-                        rows = b.expert_out[: t * self.preset.experts_per_token].get().astype(np.float64)
-                        record["moe"] = rows[b.token_rows[:t].get()].sum(axis=1)
+                        record["router_logits"] = host(b.router_logits[:t])
             self.stream.synchronize()
         return records
 

@@ -1,4 +1,6 @@
-"""The launch sequence of one prefill chunk (Qwen3-MoE architecture), built once per chunk length.
+"""The launch sequence of one prefill chunk, built once per chunk length: Qwen3-MoE layers (full
+attention + routed experts) and Qwen3.5 / 3.6 hybrid layers (Gated DeltaNet or gated full attention,
+routed experts plus a gated shared expert).
 
 Small ops: each layer's combine also writes the next layer's attention norm ("combine+attn_norm";
 layer 0's norm follows the embedding, the last layer's combine is plain), and the router top-k
@@ -18,8 +20,13 @@ import functools
 from collections import Counter
 from dataclasses import dataclass
 
+from impbench.engine.buffers import layer_slots
+
 CUBLAS = "cublas"
-NVFP4 = "nvfp4"  # a dense projection stored as NVFP4, through the grouped kernel with one expert
+# A dense projection stored as NVFP4 runs on the dense NVFP4 GEMM (kernels/nvfp4_gemm.py) in every mode and
+# under every guard (it is capture-safe); off Hopper, where that kernel has no build, on the grouped expert
+# kernel with one expert (NVFP4_GROUPED).
+NVFP4_GROUPED = "nvfp4_grouped"
 
 
 @dataclass
@@ -67,72 +74,162 @@ def _delay(delay_us: float):
     return functools.partial(get_function("bench", "bench_delay"), (1,), (1,), (cupy.int64(round(1000 * delay_us)),))
 
 
+class _Builder:
+    """Appends the launches of one chunk of `length` tokens, sublayer by sublayer."""
+
+    def __init__(self, preset, weights, buffers, length: int, guard: str):
+        self.p, self.w, self.b, self.t, self.guard = preset, weights, buffers, length, guard
+        self.launches: list[Launch] = []
+        self.paths: Counter = Counter()
+
+    def add(self, op, fn) -> None:
+        from impbench.kernels.driver import packed
+
+        self.launches.append(Launch(op, packed(fn)))
+
+    def dense(self, op, a, w, out) -> None:
+        from impbench.engine.weights import Nvfp4Linear
+        from impbench.kernels import gemm, moe, nvfp4_gemm
+
+        if isinstance(w, Nvfp4Linear):
+            m, n, k = a.shape[0], out.shape[1], a.shape[1]
+            variant = nvfp4_gemm.choose_variant(m, n, k, nvfp4_gemm.device_sms())
+            if nvfp4_gemm.cannot_run(variant) is None:
+                path, fn = f"nvfp4_{variant}", nvfp4_gemm.prepare(a, w.codes, w.scale, w.scale2, out, variant)
+            else:
+                offsets = self.b.dense_offsets[m]  # [0, M]: every row belongs to the one "expert"
+                path, fn = NVFP4_GROUPED, moe.prepare(moe.moe_down, a, offsets, w.codes, w.scale, w.scale2, out)
+        else:
+            variant = gemm.choose_variant(a.shape[0], w.shape[0], w.shape[1], self.guard)
+            path = variant or CUBLAS
+            fn = gemm.prepare(a, w, out, variant) if variant else _cublas(a, w, out)
+        self.paths[path] += 1
+        self.add(op, fn)
+
+    # -- token mixers: each leaves its output, before the residual add, in attn_proj --------------------
+    def attention(self, layer, slot: int) -> None:
+        """Full softmax attention: fused q/k/v projection, q/k norm + RoPE + cache append, attention, (the
+        sigmoid output gate of a gated attention,) O projection."""
+        from impbench.kernels import attention, ops
+
+        p, b, t, a = self.p, self.b, self.t, layer.attention
+        heads, kv_heads, dim = p.attention_dims("full")
+        k_cache, v_cache = b.k_cache[slot], b.v_cache[slot]
+        self.dense("qkv_proj", b.normed[:t], a.wqkv, b.qkv[:t])
+        qkv_width = (heads + 2 * kv_heads) * dim  # the gate heads, where there are any, follow
+        rotary = int(dim * p.partial_rotary_factor)
+        self.add("qkv_post", ops.prepare(ops.qkv_post, b.qkv[:t, :qkv_width], a.q_norm, a.k_norm, p.rms_norm_eps,
+                                         p.rope_theta, b.pos, b.q[:t], k_cache, v_cache, qk_norm=p.qk_norm,
+                                         rotary_dim=rotary))  # fmt: skip
+        self.add("attention", attention.prepare(b.q[:t], k_cache, v_cache, b.pos, b.attn[:t], p.softmax_scale("full")))
+        attn = b.attn[:t].reshape(t, -1)
+        if p.attn_output_gate:
+            self.add("attn_gate", ops.prepare(ops.attn_gate, b.attn[:t], b.qkv[:t, qkv_width:], attn))
+        self.dense("o_proj", attn, a.wo, b.attn_proj[:t])
+
+    def linear_attention(self, layer, slot: int) -> None:
+        """Gated DeltaNet: four projections, the causal conv with its carried state (+ SiLU, q/k L2 norm,
+        decay and write strength), the chunked gated delta rule with its carried state, the gated norm,
+        the output projection."""
+        from impbench.kernels import gated_delta, ops
+
+        p, b, t, lw = self.p, self.b, self.t, layer.linear
+        normed = b.normed[:t]
+        self.dense("in_proj_qkv", normed, lw.in_proj_qkv, b.mixed[:t])
+        self.dense("in_proj_z", normed, lw.in_proj_z, b.lin_z[:t])
+        self.dense("in_proj_b", normed, lw.in_proj_b, b.lin_b[:t])
+        self.dense("in_proj_a", normed, lw.in_proj_a, b.lin_a[:t])
+        q, k, v, g, beta = b.lin_q[:t], b.lin_k[:t], b.lin_v[:t], b.lin_g[:t], b.lin_beta[:t]
+        self.add("conv1d", ops.prepare(ops.conv_prep, b.mixed[:t], lw.conv, b.conv_state[slot], b.lin_a[:t], b.lin_b[:t],
+                                       lw.a_log, lw.dt_bias, q, k, v, g, beta, L2_EPS))  # fmt: skip
+        self.add("conv_state", ops.prepare(ops.conv_state_update, b.mixed[:t], b.conv_state[slot]))
+        work = gated_delta.workspace_from(b, "gdn_")
+        self.add("gated_delta_rule", gated_delta.prepare(q, k, v, g, beta, b.gdn_state[slot], b.gdn_out[:t], work))
+        self.add("gated_norm", ops.prepare(ops.gated_rmsnorm, b.gdn_out[:t], b.lin_z[:t], lw.gated_norm, p.rms_norm_eps,
+                                           b.gated[:t]))  # fmt: skip
+        self.dense("out_proj", b.gated[:t], lw.out_proj, b.attn_proj[:t])
+
+    # -- the MoE block ---------------------------------------------------------------------------
+    def experts(self, layer) -> None:
+        """ffn_norm (with the residual add), router, top-k, permutation, the two grouped expert GEMMs, and
+        the shared expert where the model has one. The combine that sums them follows (`combine`)."""
+        from impbench.kernels import moe, ops, routing
+
+        p, b, t = self.p, self.b, self.t
+        expert = self.w.expert_variant  # the experts are stored as it reads them
+        kperm = moe.VARIANTS[expert].kperm
+        rows = t * p.experts_per_token
+        row_token, row_weight = b.row_token[:rows], b.row_weight[:rows]
+        topk_ids, topk_weights, token_rows = b.topk_ids[:t], b.topk_weights[:t], b.token_rows[:t]
+        normed = b.normed[:t]
+        kp_out = b.normed_kp[:t] if kperm else None  # the wgp expert GEMMs' x, written by the same launch
+        self.add("ffn_norm", ops.prepare(ops.add_rmsnorm, b.attn_proj[:t], b.resid[:t], layer.ffn_norm, p.rms_norm_eps,
+                                         normed, out_kperm=kp_out))  # fmt: skip
+        self.dense("router", normed, layer.router, b.router_logits[:t])
+        counts = b.route_counts[: routing.count_blocks(t)]
+        self.add("topk", routing.prepare(routing.topk_count, b.router_logits[:t], p.experts_per_token, p.norm_topk_prob,
+                                         topk_ids, topk_weights, token_rows, counts))  # fmt: skip
+        self.add("permute", routing.prepare(routing.permute_counted, topk_ids, topk_weights, counts, b.expert_offsets,
+                                            row_token, row_weight, token_rows))  # fmt: skip
+        # wgp reads x K-permuted (ffn_norm wrote it) and passes h to down in that order
+        x_moe = kp_out if kperm else normed
+        self.add("moe_gate_up", moe.prepare(moe.moe_gate_up, x_moe, row_token, b.expert_offsets, layer.w13,
+                                            layer.w13_scale, layer.w13_scale2, b.expert_act[:rows], variant=expert))  # fmt: skip
+        self.add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,
+                                         layer.w2_scale2, b.expert_out[:rows], row_weight=row_weight, variant=expert))  # fmt: skip
+        if layer.shared is not None:
+            s = layer.shared
+            self.dense("shared_gate_up", normed, s.w13, b.shared_gate_up[:t])
+            self.add("shared_act", ops.prepare(ops.gated_act, b.shared_gate_up[:t], b.shared_act[:t], p.activation))
+            self.dense("shared_down", b.shared_act[:t], s.w2, b.shared_out[:t])
+            if s.gate is not None:
+                self.dense("shared_expert_gate", normed, s.gate, b.shared_gate[:t])
+
+    def combine(self, layer, next_norm) -> None:
+        """resid += the token's expert rows (+ the gated shared expert); fused with the next layer's
+        attention norm where there is a next layer."""
+        from impbench.kernels import routing
+
+        p, b, t = self.p, self.b, self.t
+        rows = t * p.experts_per_token
+        shared = {}
+        name = "combine"
+        if layer.shared is not None:
+            gate = b.shared_gate[:t] if layer.shared.gate is not None else None
+            shared = {"shared": b.shared_out[:t], "shared_gate": gate}
+            name += "+shared_combine"
+        expert_out, token_rows, resid = b.expert_out[:rows], b.token_rows[:t], b.resid[:t]
+        if next_norm is not None:  # the residual's next reader is the next layer's attn_norm: fused
+            self.add(name + "+attn_norm", routing.prepare(routing.combine_rmsnorm, expert_out, token_rows, resid, resid,
+                                                          next_norm, p.rms_norm_eps, b.normed[:t], **shared))  # fmt: skip
+        else:
+            self.add(name, routing.prepare(routing.combine, expert_out, token_rows, resid, resid, None, **shared))
+
+
+L2_EPS = 1e-6  # the q / k L2 norm of a Gated DeltaNet layer (flash-linear-attention's l2norm)
+
+
 def build_launches(preset, weights, buffers, length: int, last: bool, guard: str, delay_us: float = 0.0) -> LaunchList:
     """Every launch of one chunk of `length` tokens; `guard` picks the dense GEMM path (impbench.arms);
     `delay_us` > 0 plants a wait of that many µs after every layer (tests of the CI gate)."""
-    from impbench.engine.weights import Nvfp4Linear
-    from impbench.kernels import attention, gemm, moe, ops, routing
-    from impbench.kernels.driver import packed
+    from impbench.kernels import ops
 
-    b, p, t = buffers, preset, length
-    eps, theta = p.rms_norm_eps, p.rope_theta
-    resid, normed = b.resid[:t], b.normed[:t]
-    rows = t * p.experts_per_token
-    row_token, row_weight = b.row_token[:rows], b.row_weight[:rows]
-    topk_ids, topk_weights, token_rows = b.topk_ids[:t], b.topk_weights[:t], b.token_rows[:t]
-    scale = 1.0 / float(p.head_dim) ** 0.5
-
-    launches: list[Launch] = []
-    paths: Counter = Counter()
-
-    def add(op, fn):
-        launches.append(Launch(op, packed(fn)))
-
-    def dense(op, a, w, out):
-        if isinstance(w, Nvfp4Linear):
-            offsets = b.dense_offsets[a.shape[0]]  # [0, M]: every row belongs to the one "expert"
-            path, fn = NVFP4, moe.prepare(moe.moe_down, a, offsets, w.codes, w.scale, w.scale2, out)
-        else:
-            variant = gemm.choose_variant(a.shape[0], w.shape[0], w.shape[1], guard)
-            path = variant or CUBLAS
-            fn = gemm.prepare(a, w, out, variant) if variant else _cublas(a, w, out)
-        paths[path] += 1
-        add(op, fn)
-
+    p, b, t = preset, buffers, length
+    build = _Builder(preset, weights, buffers, length, guard)
     layers = weights.layers
-    expert = weights.expert_variant  # the experts are stored as it reads them
-    kperm = moe.VARIANTS[expert].kperm
-    add("embed", ops.prepare(ops.embed, b.ids[:t], weights.embed, resid))
-    add("attn_norm", ops.prepare(ops.rmsnorm, resid, layers[0].attn_norm, eps, normed))  # later layers': in combine
-    for index, layer in enumerate(layers):
-        k_cache, v_cache = b.k_cache[index], b.v_cache[index]
-        dense("qkv_proj", normed, layer.wqkv, b.qkv[:t])
-        add("qkv_post", ops.prepare(ops.qkv_post, b.qkv[:t], layer.q_norm, layer.k_norm, eps, theta, b.pos,
-                                    b.q[:t], k_cache, v_cache, qk_norm=p.qk_norm))  # fmt: skip
-        add("attention", attention.prepare(b.q[:t], k_cache, v_cache, b.pos, b.attn[:t], scale))
-        dense("o_proj", b.attn[:t].reshape(t, -1), layer.wo, b.attn_proj[:t])
-        kp_out = b.normed_kp[:t] if kperm else None  # the wgp expert GEMMs' x, written by the same launch
-        add("ffn_norm", ops.prepare(ops.add_rmsnorm, b.attn_proj[:t], resid, layer.ffn_norm, eps, normed, out_kperm=kp_out))
-        dense("router", normed, layer.router, b.router_logits[:t])
-        counts = b.route_counts[: routing.count_blocks(t)]
-        add("topk", routing.prepare(routing.topk_count, b.router_logits[:t], p.experts_per_token, p.norm_topk_prob,
-                                    topk_ids, topk_weights, token_rows, counts))  # fmt: skip
-        add("permute", routing.prepare(routing.permute_counted, topk_ids, topk_weights, counts, b.expert_offsets,
-                                       row_token, row_weight, token_rows))  # fmt: skip
-        # wgp reads x K-permuted (ffn_norm wrote it) and passes h to down in that order
-        x_moe = kp_out if kperm else normed
-        add("moe_gate_up", moe.prepare(moe.moe_gate_up, x_moe, row_token, b.expert_offsets, layer.w13,
-                                       layer.w13_scale, layer.w13_scale2, b.expert_act[:rows], variant=expert))  # fmt: skip
-        add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,
-                                    layer.w2_scale2, b.expert_out[:rows], row_weight=row_weight, variant=expert))  # fmt: skip
-        if delay_us:
-            add("delay", _delay(delay_us))
-        if index + 1 < len(layers):  # the residual's next reader is the next layer's attn_norm: fused
-            add("combine+attn_norm", routing.prepare(routing.combine_rmsnorm, b.expert_out[:rows], token_rows, resid,
-                                                     resid, layers[index + 1].attn_norm, eps, normed))  # fmt: skip
+    build.add("embed", ops.prepare(ops.embed, b.ids[:t], weights.embed, b.resid[:t]))
+    build.add("attn_norm", ops.prepare(ops.rmsnorm, b.resid[:t], layers[0].attn_norm, p.rms_norm_eps, b.normed[:t]))
+    for index, (layer, slot) in enumerate(zip(layers, layer_slots(p))):
+        if layer.kind == "linear":
+            build.linear_attention(layer, slot)
         else:
-            add("combine", routing.prepare(routing.combine, b.expert_out[:rows], token_rows, resid, resid, None))
+            build.attention(layer, slot)
+        build.experts(layer)
+        if delay_us:
+            build.add("delay", _delay(delay_us))
+        build.combine(layer, layers[index + 1].attn_norm if index + 1 < len(layers) else None)
     if last:
-        add("final_norm", ops.prepare(ops.rmsnorm, resid[t - 1 : t], weights.final_norm, eps, b.last_normed))
-        dense("lm_head", b.last_normed, weights.lm_head, b.logits)
-    return LaunchList(launches, paths)
+        build.add("final_norm", ops.prepare(ops.rmsnorm, b.resid[t - 1 : t], weights.final_norm, p.rms_norm_eps,
+                                            b.last_normed))  # fmt: skip
+        build.dense("lm_head", b.last_normed, weights.lm_head, b.logits)
+    return LaunchList(build.launches, build.paths)

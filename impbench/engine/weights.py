@@ -3,6 +3,12 @@
 Dense tensors are FP16 (nn.Linear layout [N, K]); expert weights are NVFP4 in the ModelOpt layout
 (impbench.nvfp4). Values are random with realistic scales (std 0.02 linears, norms near 1) so
 activations stay in FP16 range through every layer, as in a trained model.
+
+Two choices of storage a real engine would also make at load time: RMSNorm weights are stored as the
+scale the kernel multiplies by (Qwen3.6's checkpoints hold w around 0 for a scale of 1 + w: the engine
+stores 1 + w, so one norm kernel serves every model), and a gated attention's q_proj rows are stored
+as [q heads | k heads | v heads | gate heads] instead of per head [q | gate], so q, k and v are one
+contiguous slice for qkv_post and the gate another. reference_weights undoes both.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LINEAR_STD = 0.02
+from impbench.reference.blocks import LINEAR_STD
 
 
 @dataclass
@@ -31,12 +37,43 @@ class Nvfp4Linear:
 
 
 @dataclass
-class LayerWeights:
-    attn_norm: object  # fp16 [H]
-    wqkv: object  # fp16 [(Hq + 2 Hkv) D, H]: q heads, then k heads, then v heads (or Nvfp4Linear)
+class AttentionWeights:
+    """A softmax-attention layer's projections and q/k norms."""
+
+    wqkv: object  # fp16 [(Hq + 2 Hkv) D (+ Hq D gate rows), H]: q heads, k heads, v heads (, gate heads) (or Nvfp4Linear)
     q_norm: object  # fp16 [D]
     k_norm: object  # fp16 [D]
     wo: object  # fp16 [H, Hq D] (or Nvfp4Linear)
+
+
+@dataclass
+class LinearAttentionWeights:
+    """A Gated DeltaNet layer (Qwen3.5 / 3.6): projections, conv, decay parameters, gated norm."""
+
+    in_proj_qkv: object  # fp16 [2 Hk dk + Hv dv, H]: q, k, v channels
+    in_proj_z: object  # fp16 [Hv dv, H]
+    in_proj_b: object  # fp16 [Hv, H]
+    in_proj_a: object  # fp16 [Hv, H]
+    conv: object  # fp16 [channels, K]
+    a_log: object  # fp32 [Hv]
+    dt_bias: object  # fp32 [Hv]
+    gated_norm: object  # fp16 [dv] (plain w)
+    out_proj: object  # fp16 [H, Hv dv]
+
+
+@dataclass
+class SharedExpertWeights:
+    """The shared expert beside the routed ones (Qwen3.5 / 3.6), FP16, and its N=1 gate."""
+
+    w13: object  # fp16 [2 S, H]: gate rows, then up rows
+    w2: object  # fp16 [H, S]
+    gate: object  # fp16 [1, H], or None where the shared expert is not gated
+
+
+@dataclass
+class LayerWeights:
+    kind: str  # the preset's layer type: "full" or "linear"
+    attn_norm: object  # fp16 [H]
     ffn_norm: object  # fp16 [H]
     router: object  # fp16 [E, H]
     w13: object  # NVFP4 codes uint8 [E, 2I, H/2]: gate rows, then up rows
@@ -45,6 +82,9 @@ class LayerWeights:
     w2: object  # uint8 [E, H, I/2]
     w2_scale: object  # uint8 [E, H, I/16]
     w2_scale2: object  # fp32 [E]
+    attention: AttentionWeights | None = None  # full layers
+    linear: LinearAttentionWeights | None = None  # linear layers
+    shared: SharedExpertWeights | None = None  # models with a shared expert
 
 
 @dataclass
@@ -63,6 +103,7 @@ def _normal_fp16(rng, shape, std):
 
 
 def _norm_fp16(rng, size):
+    """A norm's scale: 1 + 0.1 N(0, 1) (for a (1 + w) norm, w = 0.1 N(0, 1), as the reference draws it)."""
     import cupy
 
     return (1.0 + 0.1 * rng.standard_normal((size,), dtype=cupy.float32)).astype(cupy.float16)
@@ -77,6 +118,40 @@ def _linear(rng, n: int, k: int, nvfp4: bool, seed: int):
     return _normal_fp16(rng, (n, k), LINEAR_STD)
 
 
+def _attention(rng, p, nvfp4: bool, seed: int) -> AttentionWeights:
+    heads, kv_heads, dim = p.attention_dims("full")
+    return AttentionWeights(
+        wqkv=_linear(rng, p.qkv_width("full"), p.hidden_size, nvfp4, seed),
+        q_norm=_norm_fp16(rng, dim),
+        k_norm=_norm_fp16(rng, dim),
+        wo=_linear(rng, p.hidden_size, heads * dim, nvfp4, seed + 1),
+    )
+
+
+def _linear_attention(rng, p) -> LinearAttentionWeights:
+    import cupy
+
+    h, hv, dv = p.hidden_size, p.linear_num_value_heads, p.linear_value_head_dim
+    a_log = cupy.log(rng.uniform(1.0, 16.0, size=hv, dtype=cupy.float64)).astype(cupy.float32)
+    return LinearAttentionWeights(
+        in_proj_qkv=_normal_fp16(rng, (p.linear_conv_dim, h), LINEAR_STD),
+        in_proj_z=_normal_fp16(rng, (hv * dv, h), LINEAR_STD),
+        in_proj_b=_normal_fp16(rng, (hv, h), LINEAR_STD),
+        in_proj_a=_normal_fp16(rng, (hv, h), LINEAR_STD),
+        conv=_normal_fp16(rng, (p.linear_conv_dim, p.linear_conv_kernel), 0.3),
+        a_log=a_log,
+        dt_bias=rng.standard_normal(hv, dtype=cupy.float32),
+        gated_norm=_norm_fp16(rng, dv),
+        out_proj=_normal_fp16(rng, (h, hv * dv), LINEAR_STD),
+    )
+
+
+def _shared_expert(rng, p) -> SharedExpertWeights:
+    h, s = p.hidden_size, p.shared_expert_intermediate_size
+    gate = _normal_fp16(rng, (1, h), LINEAR_STD) if p.shared_expert_gate else None
+    return SharedExpertWeights(_normal_fp16(rng, (2 * s, h), LINEAR_STD), _normal_fp16(rng, (h, s), LINEAR_STD), gate)
+
+
 def generate_weights(preset, seed: int = 0) -> ModelWeights:
     """Every weight of `preset` (all of its layers) allocated and filled on the current device."""
     import cupy
@@ -85,28 +160,23 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
     from impbench.nvfp4 import generate_experts_gpu
 
     rng = cupy.random.default_rng(seed)
-    hidden, dim = preset.hidden_size, preset.head_dim
-    q_rows, kv_rows = preset.num_attention_heads * dim, preset.num_kv_heads * dim
-    experts, inter = preset.num_experts, preset.moe_intermediate_size
-    attn_nvfp4 = "attention" in preset.nvfp4_tensors
+    p = preset
+    hidden, experts, inter = p.hidden_size, p.num_experts, p.moe_intermediate_size
+    attn_nvfp4 = "attention" in p.nvfp4_tensors
     # the engine can store the expert weights and write x in whichever layout the chosen variant reads
     expert_variant = moe.choose_variant(hidden, inter, tiled=True, kperm=True)
     tiled = moe.VARIANTS[expert_variant].tiled
     layers = []
-    for index in range(preset.num_layers):
+    for index, kind in enumerate(p.layer_types):
         w13, w13_scale, w13_scale2 = generate_experts_gpu(experts, 2 * inter, hidden, seed=seed * 1000 + 2 * index)
         w2, w2_scale, w2_scale2 = generate_experts_gpu(experts, hidden, inter, seed=seed * 1000 + 2 * index + 1)
         if tiled:
             w13, w13_scale = moe.tile_experts(w13, w13_scale, gate_up=True)
             w2, w2_scale = moe.tile_experts(w2, w2_scale, gate_up=False)
-        attn_seed = 7919 + seed * 1000 + 2 * index
         layers.append(
             LayerWeights(
+                kind=kind,
                 attn_norm=_norm_fp16(rng, hidden),
-                wqkv=_linear(rng, q_rows + 2 * kv_rows, hidden, attn_nvfp4, attn_seed),
-                q_norm=_norm_fp16(rng, dim),
-                k_norm=_norm_fp16(rng, dim),
-                wo=_linear(rng, hidden, q_rows, attn_nvfp4, attn_seed + 1),
                 ffn_norm=_norm_fp16(rng, hidden),
                 router=_normal_fp16(rng, (experts, hidden), LINEAR_STD),
                 w13=w13,
@@ -115,10 +185,13 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
                 w2=w2,
                 w2_scale=w2_scale,
                 w2_scale2=w2_scale2,
+                attention=_attention(rng, p, attn_nvfp4, 7919 + seed * 1000 + 2 * index) if kind == "full" else None,
+                linear=_linear_attention(rng, p) if kind == "linear" else None,
+                shared=_shared_expert(rng, p) if p.shared_expert_intermediate_size else None,
             )
         )
-    embed = _normal_fp16(rng, (preset.vocab_size, hidden), 1.0)
-    lm_head = embed if preset.tie_word_embeddings else _normal_fp16(rng, (preset.vocab_size, hidden), LINEAR_STD)
+    embed = _normal_fp16(rng, (p.vocab_size, hidden), 1.0)
+    lm_head = embed if p.tie_word_embeddings else _normal_fp16(rng, (p.vocab_size, hidden), LINEAR_STD)
     return ModelWeights(embed=embed, layers=layers, final_norm=_norm_fp16(rng, hidden), lm_head=lm_head,
                         expert_variant=expert_variant)  # fmt: skip
 
@@ -135,21 +208,53 @@ def _experts_float64(codes, scale, scale2, tiled_gate_up: bool | None = None) ->
     return np.stack([dequantize(codes[e], scale[e], scale2[e]) for e in range(codes.shape[0])]).astype(np.float64)
 
 
-def reference_weights(weights: ModelWeights) -> dict:
-    """The same weights as float64 NumPy arrays under impbench.reference's keys (experts dequantized)."""
+def _host(tensor) -> np.ndarray:
+    return tensor.float64() if isinstance(tensor, Nvfp4Linear) else tensor.get().astype(np.float64)
+
+
+def _attention_reference(p, a: AttentionWeights) -> dict:
+    """The reference's names and layouts of an attention layer: qwen3_moe's fused wqkv, or qwen3_5_moe's
+    q_proj (per head [q | gate]), k_proj and v_proj."""
+    wqkv = _host(a.wqkv)
+    ref = {"q_norm": _host(a.q_norm), "k_norm": _host(a.k_norm)}
+    if not p.attn_output_gate:
+        return {**ref, "wqkv": wqkv, "wo": _host(a.wo)}
+    heads, kv_heads, dim = p.attention_dims("full")
+    q, kv = heads * dim, kv_heads * dim
+    queries, gates = wqkv[:q].reshape(heads, dim, -1), wqkv[q + 2 * kv :].reshape(heads, dim, -1)
+    q_proj = np.concatenate([queries, gates], axis=1).reshape(2 * q, -1)
+    return {**ref, "q_proj": q_proj, "k_proj": wqkv[q : q + kv], "v_proj": wqkv[q + kv : q + 2 * kv], "o_proj": _host(a.wo)}
+
+
+def reference_weights(weights: ModelWeights, preset) -> dict:
+    """The same weights as float64 NumPy arrays under the keys of the preset's reference module
+    (impbench.reference.qwen3_moe or qwen3_5_moe): experts dequantized, norms back to the stored
+    convention (w where the model scales by 1 + w), q_proj back to its per-head layout."""
+    from dataclasses import fields
+
     from impbench.kernels import moe
 
-    ref = {
-        "embed": weights.embed.get().astype(np.float64),
-        "final_norm": weights.final_norm.get().astype(np.float64),
-        "lm_head": weights.lm_head.get().astype(np.float64),
-    }
+    offset = preset.norm_weight_offset
+
+    def norm(tensor) -> np.ndarray:
+        return _host(tensor) - offset
+
+    ref = {"embed": _host(weights.embed), "final_norm": norm(weights.final_norm), "lm_head": _host(weights.lm_head)}
     tiled = moe.VARIANTS[weights.expert_variant].tiled
     for index, layer in enumerate(weights.layers):
-        prefix = f"layers.{index}."
-        for name in ("attn_norm", "wqkv", "q_norm", "k_norm", "wo", "ffn_norm", "router"):
-            tensor = getattr(layer, name)
-            ref[prefix + name] = tensor.float64() if isinstance(tensor, Nvfp4Linear) else tensor.get().astype(np.float64)
-        ref[prefix + "w13"] = _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2, True if tiled else None)
-        ref[prefix + "w2"] = _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2, False if tiled else None)
+        layer_ref = {"attn_norm": norm(layer.attn_norm), "ffn_norm": norm(layer.ffn_norm), "router": _host(layer.router),
+                     "w13": _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2, True if tiled else None),
+                     "w2": _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2, False if tiled else None)}  # fmt: skip
+        if layer.attention is not None:
+            attention = _attention_reference(preset, layer.attention)
+            attention["q_norm"] -= offset
+            attention["k_norm"] -= offset
+            layer_ref.update(attention)
+        if layer.linear is not None:
+            layer_ref.update({f.name: _host(getattr(layer.linear, f.name)) for f in fields(layer.linear)})
+        if layer.shared is not None:
+            layer_ref.update(shared_w13=_host(layer.shared.w13), shared_w2=_host(layer.shared.w2))
+            if layer.shared.gate is not None:
+                layer_ref["shared_gate"] = _host(layer.shared.gate)
+        ref.update({f"layers.{index}.{name}": value for name, value in layer_ref.items()})
     return ref

@@ -134,14 +134,14 @@ def prepare(a, codes, scale, scale2, out, variant: str | None = None, max_ctas: 
     launches it on the current stream. `variant`: a name of VARIANTS, or None for choose_variant's.
     `max_ctas`: a lower cap on a persistent grid (tests: many tiles per block)."""
     m, n, k = _check_args(a, codes, scale, scale2, out)
-    name = variant or choose_variant(m, n, k, _device_sms())
+    name = variant or choose_variant(m, n, k, device_sms())
     reason = cannot_run(name)
     if reason:
         raise ValueError(f"nvfp4_gemm: {reason}")
     if m == 0:
         return lambda: None
     spec = VARIANTS[name]
-    sms = _device_sms() if max_ctas is None else max(1, min(max_ctas, _device_sms()))
+    sms = device_sms() if max_ctas is None else max(1, min(max_ctas, device_sms()))
     map_a = driver.TensorMap(a.data.ptr, driver.FLOAT16, (k, m), (2 * k,), (64, spec.tokens), driver.SWIZZLE_128B,
                              driver.L2_PROMOTION_256B, keep=a)  # fmt: skip
     map_w = driver.TensorMap(codes.data.ptr, _UINT8, (k // 2, n), (k // 2,), (64, spec.weight_rows), 0,
@@ -199,7 +199,7 @@ def _current_cc() -> int:
 
 
 @functools.cache
-def _device_sms() -> int:
+def device_sms() -> int:
     from impbench import device
 
     if not device.cuda_available():  # plan with the H100

@@ -15,3 +15,10 @@ from impbench.reference.qwen3_moe import (  # noqa: F401
     reference_trace,
     sublayer_errors,
 )
+
+
+def for_preset(preset):
+    """The reference module of a preset's architecture: qwen3_moe, qwen3_5_moe or gemma4."""
+    import importlib
+
+    return importlib.import_module(f"impbench.reference.{preset.architecture}")

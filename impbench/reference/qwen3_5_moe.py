@@ -40,21 +40,32 @@ from impbench.reference.gated_delta import (
 )
 
 
-def _norm(p, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+# Errors a test plants to show the engine's sublayer comparison can fail (tests/test_reference_gated_delta.py
+# shows that each moves its sublayer by far more than the engine's FP16 error).
+PLANTS = ("rope_all_dims", "norm_without_offset", "no_attn_gate", "conv_state_dropped", "delta_state_dropped",
+          "ungated_shared_expert")  # fmt: skip
+
+
+def _norm(p, x: np.ndarray, weight: np.ndarray, plants: frozenset = frozenset()) -> np.ndarray:
     """The model's RMSNorm: scale by offset + w (offset 1: its weights are stored around 0)."""
-    return rms_norm(x, p.norm_weight_offset + weight, p.rms_norm_eps)
+    offset = 0.0 if "norm_without_offset" in plants else p.norm_weight_offset
+    return rms_norm(x, offset + weight, p.rms_norm_eps)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def linear_sublayer(p, w: dict, x: np.ndarray, state: dict) -> np.ndarray:
+def linear_sublayer(p, w: dict, x: np.ndarray, state: dict, plants: frozenset = frozenset()) -> np.ndarray:
     """The Gated DeltaNet block of one layer for the chunk x [T, H]: its output before the residual add.
     `state` holds "conv" [K - 1, channels] and "s" [Hv, dk, dv] (None at the prompt's start); updated."""
     tokens = x.shape[0]
     hk, hv, dk, dv = p.linear_num_key_heads, p.linear_num_value_heads, p.linear_key_head_dim, p.linear_value_head_dim
-    xn = _norm(p, x, w["attn_norm"])
+    if "conv_state_dropped" in plants:
+        state.pop("conv", None)
+    if "delta_state_dropped" in plants:
+        state.pop("s", None)
+    xn = _norm(p, x, w["attn_norm"], plants)
     mixed, state["conv"] = causal_conv1d(xn @ w["in_proj_qkv"].T, w["conv"], state.get("conv"))
     q = l2norm(mixed[:, : hk * dk].reshape(tokens, hk, dk)) / np.sqrt(dk)
     k = l2norm(mixed[:, hk * dk : 2 * hk * dk].reshape(tokens, hk, dk))
@@ -65,33 +76,40 @@ def linear_sublayer(p, w: dict, x: np.ndarray, state: dict) -> np.ndarray:
     return gated_rmsnorm(o, z, w["gated_norm"], p.rms_norm_eps).reshape(tokens, -1) @ w["out_proj"].T
 
 
-def full_sublayer(p, w: dict, x: np.ndarray, start: int, k_cache: np.ndarray, v_cache: np.ndarray) -> np.ndarray:
+def full_sublayer(p, w: dict, x: np.ndarray, start: int, k_cache: np.ndarray, v_cache: np.ndarray,
+                  plants: frozenset = frozenset()) -> np.ndarray:  # fmt: skip
     """The gated attention block of one full layer for the chunk x [T, H] at positions start..: its output
     before the residual add. Writes the chunk's K and V into k_cache, v_cache [S, Hkv, D]."""
     tokens, heads, kv_heads, dim = x.shape[0], p.num_attention_heads, p.num_kv_heads, p.head_dim
     end = start + tokens
     positions = np.arange(start, end)
-    rotary = int(dim * p.partial_rotary_factor)
-    xn = _norm(p, x, w["attn_norm"])
+    rotary = dim if "rope_all_dims" in plants else int(dim * p.partial_rotary_factor)
+    xn = _norm(p, x, w["attn_norm"], plants)
     q_gate = (xn @ w["q_proj"].T).reshape(tokens, heads, 2 * dim)
     q, gate = q_gate[..., :dim], q_gate[..., dim:]
-    q = _norm(p, q, w["q_norm"])
-    k = _norm(p, (xn @ w["k_proj"].T).reshape(tokens, kv_heads, dim), w["k_norm"])
+    q = _norm(p, q, w["q_norm"], plants)
+    k = _norm(p, (xn @ w["k_proj"].T).reshape(tokens, kv_heads, dim), w["k_norm"], plants)
     v = (xn @ w["v_proj"].T).reshape(tokens, kv_heads, dim)
     q = np.concatenate([rope(q[..., :rotary], positions, p.rope_theta), q[..., rotary:]], axis=-1)
     k = np.concatenate([rope(k[..., :rotary], positions, p.rope_theta), k[..., rotary:]], axis=-1)
     k_cache[start:end], v_cache[start:end] = k, v
-    attn = causal_attention(q, k_cache[:end], v_cache[:end], start, 1.0 / np.sqrt(dim)) * _sigmoid(gate)
+    attn = causal_attention(q, k_cache[:end], v_cache[:end], start, 1.0 / np.sqrt(dim))
+    if "no_attn_gate" not in plants:
+        attn = attn * _sigmoid(gate)
     return attn.reshape(tokens, -1) @ w["o_proj"].T
 
 
-def moe_sublayer(p, w: dict, h: np.ndarray) -> np.ndarray:
-    """Routed experts plus the shared expert scaled by sigmoid(gate), on RMSNorm(h): the block's output."""
-    hn = _norm(p, h, w["ffn_norm"])
-    ids, weights = route(hn @ w["router"].T, p.experts_per_token, p.norm_topk_prob)
+def moe_sublayer(p, w: dict, h: np.ndarray, router_logits: np.ndarray | None = None,
+                 plants: frozenset = frozenset()) -> np.ndarray:  # fmt: skip
+    """Routed experts plus the shared expert scaled by sigmoid(gate), on RMSNorm(h): the block's output. The
+    routing comes from `router_logits` where given (another implementation's, so near-ties route the same)."""
+    hn = _norm(p, h, w["ffn_norm"], plants)
+    logits = hn @ w["router"].T if router_logits is None else router_logits
+    ids, weights = route(logits, p.experts_per_token, p.norm_topk_prob)
     routed = moe(hn, ids, weights, w["w13"], w["w2"])
     shared = gated_mlp(hn, w["shared_w13"], w["shared_w2"])
-    return routed + (_sigmoid(hn @ w["shared_gate"].T) if p.shared_expert_gate else 1.0) * shared
+    gated = p.shared_expert_gate and "ungated_shared_expert" not in plants
+    return routed + (_sigmoid(hn @ w["shared_gate"].T) if gated else 1.0) * shared
 
 
 def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0) -> np.ndarray:
@@ -150,3 +168,60 @@ def random_weights(preset, seed: int = 0) -> dict:
                          k_norm=norm(d), o_proj=linear(h, heads * d))  # fmt: skip
         weights.update({f"layers.{i}.{name}": value for name, value in layer.items()})
     return weights
+
+
+def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict[str, float]:
+    """The largest relative error ||got - ref|| / ||ref|| of each sublayer kind ("linear", "full", "moe") over a
+    trace's chunks and layers (impbench.engine.Engine.trace_layers), ref computed here (with `plants` built in)
+    from the trace's own inputs: each layer's conv and recurrent state, or KV cache, is carried from the
+    trace's earlier chunks through this reference, so a state the engine fails to carry shows."""
+    p = preset
+    plants = frozenset(plants)
+    tokens = max(r["start"] + r["x"].shape[0] for r in trace)
+    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
+    v_cache = np.zeros_like(k_cache)
+    states = [{} for _ in range(p.num_layers)]
+    worst = {kind: 0.0 for kind in (*sorted(set(p.layer_types)), "moe")}
+    for r in trace:
+        i = r["layer"]
+        w, kind = layer_weights(weights, i), p.layer_types[i]
+        x, h = np.asarray(r["x"], np.float64), np.asarray(r["h"], np.float64)
+        if kind == "linear":
+            mixer = linear_sublayer(p, w, x, states[i], plants)
+        else:
+            mixer = full_sublayer(p, w, x, r["start"], k_cache[i], v_cache[i], plants)
+        out = moe_sublayer(p, w, h, np.asarray(r["router_logits"], np.float64), plants)
+        worst[kind] = max(worst[kind], _rel_err(np.asarray(r["attn"], np.float64), mixer))
+        worst["moe"] = max(worst["moe"], _rel_err(np.asarray(r["moe"], np.float64), out))
+    return worst
+
+
+def reference_trace(preset, weights: dict, token_ids, chunk_size: int = 0, plants=()) -> list[dict]:
+    """What Engine.trace_layers records, computed here: per chunk and layer x, attn, h, router_logits, moe."""
+    p = preset
+    plants = frozenset(plants)
+    ids = np.asarray(token_ids, dtype=np.int64)
+    tokens = ids.shape[0]
+    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
+    v_cache = np.zeros_like(k_cache)
+    states = [{} for _ in range(p.num_layers)]
+    size = chunk_size or tokens
+    records = []
+    for start in range(0, tokens, size):
+        x = weights["embed"][ids[start : start + size]]
+        for i, kind in enumerate(p.layer_types):
+            w = layer_weights(weights, i)
+            if kind == "linear":
+                mixer = linear_sublayer(p, w, x, states[i], plants)
+            else:
+                mixer = full_sublayer(p, w, x, start, k_cache[i], v_cache[i], plants)
+            h = x + mixer
+            logits = _norm(p, h, w["ffn_norm"], plants) @ w["router"].T
+            out = moe_sublayer(p, w, h, logits, plants)
+            records.append({"start": start, "layer": i, "x": x, "attn": mixer, "h": h, "router_logits": logits, "moe": out})
+            x = h + out
+    return records
