@@ -4,6 +4,9 @@ Shapes: every dense GEMM of a preset as the plan lists it (impbench.plan.dense_g
 the linear-attention projections with in_proj_b / in_proj_a at N=32, the gated q/k/v projection, the
 router, the shared expert and its N=1 gate, the lm_head), each at every M of --m, plus --shape entries.
 
+Projections a preset stores as NVFP4 (qwen3-modelopt's attention) get a second row: the dense NVFP4 GEMM
+(impbench.kernels.nvfp4_gemm) against cuBLAS FP16 on the same weights dequantized (bench.nvfp4_gemm).
+
 Per shape, on the shared timing loop (bench.timing): the variant the guard chooses and cuBLAS are
 timed interleaved, every launch on the next of several input sets larger than the L2, behind one spin
 per rep; extra variants (`--variants`, calibration) are timed beside them, each with its own error
@@ -60,14 +63,15 @@ def parse_ms(text: str) -> tuple[int, ...]:
     return ms
 
 
-def model_shapes(model: str) -> list[tuple[str, int, int]]:
-    """("preset:op", N, K) of every dense GEMM of a preset, named by the preset's full name whichever alias
-    was given; unknown name -> InputError naming the accepted ones."""
+def model_shapes(model: str, nvfp4: bool = False) -> list[tuple[str, int, int]]:
+    """("preset:op", N, K) of every dense GEMM of a preset (with `nvfp4`: only those the preset stores as
+    NVFP4), named by the preset's full name whichever alias was given; unknown name -> InputError naming
+    the accepted ones."""
     from impbench.plan import dense_gemm_shapes
     from impbench.presets import get_preset
 
     preset = get_preset(model)
-    return [(f"{preset.name}:{s.op}", s.n, s.k) for s in dense_gemm_shapes(preset)]
+    return [(f"{preset.name}:{s.op}", s.n, s.k) for s in dense_gemm_shapes(preset) if s.nvfp4 or not nvfp4]
 
 
 def all_models() -> list[str]:
@@ -88,6 +92,32 @@ def build_cases(models, shapes, ms) -> list[GemmCase]:
                 for m in ms:
                     merged.setdefault((m, n, k), []).append(op)
     return [GemmCase(m, n, k, tuple(dict.fromkeys(ops))) for (m, n, k), ops in merged.items()]
+
+
+def nvfp4_cases(models, ms) -> list[GemmCase]:
+    """One case per distinct (M, N, K) of the projections the models store as NVFP4, at every M."""
+    merged: dict[tuple[int, int, int], list[str]] = {}
+    for model in models or all_models():
+        for op, n, k in model_shapes(model, nvfp4=True):
+            for m in ms:
+                merged.setdefault((m, n, k), []).append(op)
+    return [GemmCase(m, n, k, tuple(dict.fromkeys(ops))) for (m, n, k), ops in merged.items()]
+
+
+def time_nvfp4_case(case: GemmCase, reps: int) -> dict:
+    """One NVFP4 projection shape: the dense NVFP4 GEMM against cuBLAS FP16 on the dequantized weights, as a
+    row of this report (variant "nvfp4 <name>"; the floor is of the NVFP4 bytes)."""
+    from impbench.bench.nvfp4_gemm import time_nvfp4_dense
+
+    r = time_nvfp4_dense(case.m, case.n, case.k, reps, ("all",))
+    flop = 2.0 * case.m * case.n * case.k
+    return {"shape": case.label, "m": case.m, "n": case.n, "k": case.k, "ops": ", ".join(case.ops) + " (NVFP4)",
+            "variant": f"nvfp4 {r['variant']}", "guard": "-", "ours_us": r["ours_us"], "cublas_us": r["cublas_us"],
+            "ratio": r["cublas_us"] / r["ours_us"], "ours_tflops": flop / r["ours_us"] / 1e6,
+            "cublas_tflops": flop / r["cublas_us"] / 1e6, "rel_err": r["rel_err"], "floor_us": r["floor_us"],
+            "guards": "every guard (capture-safe)", "variants": r["others"],
+            "others": ", ".join(f"{v} {o['us']:.1f}{'' if o['rel_err'] <= 2e-3 else ' (WRONG)'}"
+                                for v, o in sorted(r["others"].items(), key=lambda kv: kv[1]["us"])) or "-"}  # fmt: skip
 
 
 # ---- timing ---------------------------------------------------------------------------------
@@ -153,12 +183,17 @@ COLUMNS = [
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
-    ratios = [(r["ratio"], r) for r in rows if r["ratio"]]
-    if not ratios:
-        return ["no shape ran on our kernel"]
-    geomean = math.exp(sum(math.log(x) for x, _ in ratios) / len(ratios))
-    low, worst = min(ratios, key=lambda item: item[0])
-    return [f"geomean cuBLAS/ours over {len(ratios)} shapes: {geomean:.3f}; lowest {low:.3f} at {worst['shape']} ({worst['ops']})"]
+    lines = []
+    for what, part in (("FP16", [r for r in rows if not r["variant"].startswith("nvfp4")]),
+                       ("NVFP4 (cuBLAS FP16 on the dequantized weights)", [r for r in rows if r["variant"].startswith("nvfp4")])):  # fmt: skip
+        ratios = [(r["ratio"], r) for r in part if r["ratio"]]
+        if not ratios:
+            continue
+        geomean = math.exp(sum(math.log(x) for x, _ in ratios) / len(ratios))
+        low, worst = min(ratios, key=lambda item: item[0])
+        lines.append(f"{what}: geomean cuBLAS/ours over {len(ratios)} shapes: {geomean:.3f}; lowest {low:.3f} at "
+                     f"{worst['shape']} ({worst['ops']})")  # fmt: skip
+    return lines or ["no shape ran on our kernel"]
 
 
 def run_gemm_bench(models, shapes, ms, reps: int, guard: str, variants=(), metadata: dict | None = None,
@@ -174,12 +209,14 @@ def run_gemm_bench(models, shapes, ms, reps: int, guard: str, variants=(), metad
     for name in variants:
         if name not in gemm.VARIANTS:
             raise InputError(f"unknown variant {name!r}; accepted: all, {', '.join(gemm.VARIANTS)}")
-    cases = build_cases(models, shapes, ms)
+    cases = [(case, time_case) for case in build_cases(models, shapes, ms)]
+    if device.compute_capability() == 90:  # the dense NVFP4 GEMM is built for Hopper only
+        cases += [(case, None) for case in nvfp4_cases(models, ms)] if models or not shapes else []
     rows = []
     with no_pdl(), Telemetry(pci_bus_id=device.pci_bus_id()) as telemetry:  # each launch alone, as cuBLAS's are
-        for case in cases:
+        for case, timer in cases:
             with telemetry.sample() as sampler:
-                row = time_case(case, guard, reps, variants)
+                row = time_case(case, guard, reps, variants) if timer else time_nvfp4_case(case, reps)
             row["sm_mhz"] = sampler.result.sm_mhz_median
             rows.append(row)
             if progress:
