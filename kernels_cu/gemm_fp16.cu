@@ -720,21 +720,6 @@ __device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const TmaMap
         "l"(map), "r"(c0), "r"(c1), "r"(mbar), "h"(mask)
         : "memory");
 }
-__device__ __forceinline__ unsigned cluster_rank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-// Every thread of every CTA in the cluster; release/acquire orders shared-memory traffic across it.
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
-}
-// The shared::cluster address of shared::cta address `addr` in the CTA of rank `rank`.
-__device__ __forceinline__ unsigned cluster_addr(unsigned addr, unsigned rank) {
-    unsigned r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
-    return r;
-}
 __device__ __forceinline__ void mbar_arrive_remote(unsigned cluster_address) {
     asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_address) : "memory");
 }
@@ -758,9 +743,6 @@ __device__ __forceinline__ void ld_shared_v4(unsigned addr, unsigned (&v)[4]) {
 __device__ __forceinline__ void st_global_v4(void *p, const unsigned (&v)[4]) {
     asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3])
                  : "memory");
-}
-__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 template <int BN, int STAGES, int CS, bool SPLIT, bool STORE_WARPS = false>

@@ -1,6 +1,6 @@
-// Hopper (sm_90) asynchronous primitives shared by gemm_fp16.cu, moe_nvfp4.cu and attention.cu:
-// mbarriers in shared memory, TMA 2D tile loads that complete on them, and the wgmma fences, groups
-// and shared-memory descriptor. Only instantiated inside the sm_90a code paths of those files;
+// Hopper (sm_90) asynchronous primitives shared by gemm_fp16.cu, moe_nvfp4.cu, nvfp4_gemm.cu and attention.cu:
+// mbarriers in shared memory, TMA 2D tile loads that complete on them, the wgmma fences, groups
+// and shared-memory descriptor, named barriers and cluster primitives. Only instantiated inside the sm_90a code paths of those files;
 // elsewhere nothing here is emitted.
 #pragma once
 
@@ -113,6 +113,26 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
     d |= (unsigned long long)(1024 >> 4) << 32;        // stride byte offset: next 8-row group
     d |= (unsigned long long)1 << 62;                  // 128-byte swizzle
     return d;
+}
+
+// Named barrier `id` over `threads` threads (whole warps): a subset of the block waits for itself only.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Clusters: this CTA's rank, a barrier over every thread of every CTA (release/acquire orders shared-memory
+// traffic across it), and the shared::cluster address of shared::cta address `addr` in the CTA of rank `rank`.
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+__device__ __forceinline__ unsigned cluster_addr(unsigned addr, unsigned rank) {
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+    return r;
 }
 
 }  // namespace impasync

@@ -101,16 +101,12 @@ def test_the_hybrid_model_is_causal(hybrid):
     assert np.abs(a[50:] - b[50:]).max() > 1e-3
 
 
-def test_the_trace_is_the_forward_and_each_plant_shows_in_its_sublayer(hybrid):
+def test_each_plant_shows_in_its_sublayer(hybrid):
     """What the engine's sublayer comparison (tests/test_engine.py) reads: the trace recomputed from its own
     inputs has no error, and each planted error moves the sublayer it lives in by far more than FP16 noise."""
     preset, weights = hybrid
     ids = np.random.default_rng(3).integers(0, preset.vocab_size, 80)
     trace = qwen3_5_moe.reference_trace(preset, weights, ids, 32)
-    last = [r for r in trace if r["layer"] == preset.num_layers - 1]
-    hidden = np.concatenate([r["h"] + r["moe"] for r in last])
-    final = qwen3_5_moe.reference_hidden(preset, weights, ids, 32)
-    np.testing.assert_allclose(final, qwen3_5_moe._norm(preset, hidden, weights["final_norm"]), rtol=1e-12, atol=1e-12)
     assert max(qwen3_5_moe.sublayer_errors(preset, weights, trace).values()) < 1e-12
     where = {"rope_all_dims": "full", "no_attn_gate": "full", "conv_state_dropped": "linear",
              "delta_state_dropped": "linear", "ungated_shared_expert": "moe", "norm_without_offset": "moe"}  # fmt: skip

@@ -112,32 +112,17 @@ def moe_sublayer(p, w: dict, h: np.ndarray, router_logits: np.ndarray | None = N
     return routed + (_sigmoid(hn @ w["shared_gate"].T) if gated else 1.0) * shared
 
 
-def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0) -> np.ndarray:
-    """Final-normed hidden states [T, H] of every prompt token, prefilled in chunks of `chunk_size` (0: one)."""
+def reference_hidden(preset, weights: dict, token_ids, chunk_size: int = 0, plants=()) -> np.ndarray:
+    """Final-normed hidden states [T, H] of every prompt token, prefilled in chunks of `chunk_size` (0: one);
+    `plants` names PLANTS errors to build in."""
     p = preset
-    ids = np.asarray(token_ids, dtype=np.int64)
-    tokens = ids.shape[0]
-    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
-    v_cache = np.zeros_like(k_cache)
-    states = [{} for _ in range(p.num_layers)]
-    size = chunk_size or tokens
-    hidden = []
-    for start in range(0, tokens, size):
-        x = weights["embed"][ids[start : start + size]]
-        for i, kind in enumerate(p.layer_types):
-            w = layer_weights(weights, i)
-            if kind == "linear":
-                h = x + linear_sublayer(p, w, x, states[i])
-            else:
-                h = x + full_sublayer(p, w, x, start, k_cache[i], v_cache[i])
-            x = h + moe_sublayer(p, w, h)
-        hidden.append(_norm(p, x, weights["final_norm"]))
-    return np.concatenate(hidden)
+    last = [r for r in reference_trace(p, weights, token_ids, chunk_size, plants) if r["layer"] == p.num_layers - 1]
+    return np.concatenate([_norm(p, r["h"] + r["moe"], weights["final_norm"], frozenset(plants)) for r in last])
 
 
-def reference_forward(preset, weights: dict, token_ids, chunk_size: int = 0) -> np.ndarray:
+def reference_forward(preset, weights: dict, token_ids, chunk_size: int = 0, plants=()) -> np.ndarray:
     """Logits float64 [V] of the last prompt token."""
-    return weights["lm_head"] @ reference_hidden(preset, weights, token_ids, chunk_size)[-1]
+    return weights["lm_head"] @ reference_hidden(preset, weights, token_ids, chunk_size, plants)[-1]
 
 
 def random_weights(preset, seed: int = 0) -> dict:
