@@ -44,7 +44,7 @@ class Scenario:
 def resolve_path(text: str) -> Path:
     """A scenario path as given, else a packaged scenario of that name."""
     path = Path(text)
-    if path.exists() or path.suffix:
+    if path.exists() or path.suffix == ".toml" or len(path.parts) > 1:  # "qwen3.6" is a name, not a path
         return path
     packaged = resources.sweeps_dir() / f"{text}.toml"
     if packaged.is_file():

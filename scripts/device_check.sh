@@ -10,8 +10,8 @@
 # the graph arm, then one with a planted 200 us per layer; the first must pass, the second fail with
 # exit 1), sweep (scenarios/sweeps/ci.toml), gdn (impbench gdn against flash-linear-attention, whose wheels
 # travel in .whl: carry it), attn (impbench attn, Gemma-4's attention kernels against PyTorch SDPA), gemm36
-# (impbench gemm on Qwen3.6's shapes), run36 (impbench run, qwen3.6 pp 1024 graph/small-n, profile), ab36
-# (impbench ab, qwen3.6 pp 512,1024,2048, A = eager, B = graph with the seed, tight and small-n guards).
+# (impbench gemm on Qwen3.6's shapes), run36 (impbench run, qwen3.6 pp 1024 graph/small-n, profile), sweep36
+# (scenarios/sweeps/qwen3.6.toml: pp 512,1024,2048, eager against graph with the seed, tight and small-n guards).
 # BEFORE=<folder>: a checkout of another commit; the benchmark stages run there too, on the same
 # machine and in the same call, so before and after compare like for like (AFTER=0: there only).
 # Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
@@ -91,6 +91,7 @@ if has sweep; then
   timeout 500 python3 -m impbench sweep ci --out "$WORK/sweep_ci.json" > "$WORK/sweep_ci.md" \
     2> "$WORK/sweep_ci.err"
   echo "sweep ci rc=$?" >> "$summary"
+  grep -E "^\| qwen3" "$WORK/sweep_ci.md" | head -30 >> "$summary"
 fi
 if has gdn; then
   timeout 300 python3 -m impbench gdn --pp 512,1024,2048 --out "$WORK/gdn.md" > "$WORK/gdn.log" 2>&1
@@ -109,13 +110,11 @@ if has run36; then
     > "$WORK/run_qwen3.6.md" 2> "$WORK/run_qwen3.6.err"
   echo "run qwen3.6 rc=$? $(grep -m1 -E 'qwen3.6.*(tok/s|of )|^- median' "$WORK/run_qwen3.6.md")" >> "$summary"
 fi
-if has ab36; then
-  for guard in ${AB36_GUARDS:-seed tight small-n}; do
-    timeout ${AB36_TIMEOUT:-400} python3 -m impbench ab --model qwen3.6 --pp 512,1024,2048 --reps ${AB36_REPS:-10} \
-      --b "mode=graph,guard=$guard" --out "$WORK/ab_qwen3.6_$guard.json" > "$WORK/ab_qwen3.6_$guard.md" 2> "$WORK/ab_qwen3.6_$guard.err"
-    echo "ab qwen3.6 graph/$guard rc=$?" >> "$summary"
-    grep -E "^\| qwen3.6" "$WORK/ab_qwen3.6_$guard.md" | head -3 >> "$summary"
-  done
+if has sweep36; then
+  timeout ${SWEEP36_TIMEOUT:-500} python3 -m impbench sweep qwen3.6 --out "$WORK/ab_qwen3.6.json" \
+    > "$WORK/ab_qwen3.6.md" 2> "$WORK/ab_qwen3.6.err"
+  echo "sweep qwen3.6 rc=$?" >> "$summary"
+  grep -E "^\| qwen3.6" "$WORK/ab_qwen3.6.md" | head -12 >> "$summary"
 fi
 cp "$summary" "$OUT/summary.txt"
 tar czf "$OUT/check.tgz" -C "$WORK" .
