@@ -131,16 +131,18 @@ def _attention(rng, p, nvfp4: bool, seed: int) -> AttentionWeights:
 def _linear_attention(rng, p) -> LinearAttentionWeights:
     import cupy
 
+    from impbench.reference.gated_delta import draw_decay_parameters
+
     h, hv, dv = p.hidden_size, p.linear_num_value_heads, p.linear_value_head_dim
-    a_log = cupy.log(rng.uniform(1.0, 16.0, size=hv, dtype=cupy.float64)).astype(cupy.float32)
+    a_log, dt_bias = draw_decay_parameters(np.random.default_rng(int(rng.integers(0, 1 << 31))), hv)
     return LinearAttentionWeights(
         in_proj_qkv=_normal_fp16(rng, (p.linear_conv_dim, h), LINEAR_STD),
         in_proj_z=_normal_fp16(rng, (hv * dv, h), LINEAR_STD),
         in_proj_b=_normal_fp16(rng, (hv, h), LINEAR_STD),
         in_proj_a=_normal_fp16(rng, (hv, h), LINEAR_STD),
         conv=_normal_fp16(rng, (p.linear_conv_dim, p.linear_conv_kernel), 0.3),
-        a_log=a_log,
-        dt_bias=rng.standard_normal(hv, dtype=cupy.float32),
+        a_log=cupy.asarray(a_log, dtype=cupy.float32),
+        dt_bias=cupy.asarray(dt_bias, dtype=cupy.float32),
         gated_norm=_norm_fp16(rng, dv),
         out_proj=_normal_fp16(rng, (h, hv * dv), LINEAR_STD),
     )

@@ -33,6 +33,14 @@ def softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x)
 
 
+def draw_decay_parameters(rng: np.random.Generator, heads: int) -> tuple[np.ndarray, np.ndarray]:
+    """(A_log, dt_bias) [heads] as Gated DeltaNet layers initialise them (Mamba's rule): A ~ U(1, 16) and a step
+    dt ~ log-uniform in [1e-3, 1e-1] stored through the inverse softplus, so that -exp(A_log) softplus(dt_bias)
+    is -0.001 to -1.6 per token: a state that outlives a prefill chunk, as in a trained model."""
+    dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), heads))
+    return np.log(rng.uniform(1.0, 16.0, heads)), dt + np.log(-np.expm1(-dt))
+
+
 def decay_and_beta(a: np.ndarray, b: np.ndarray, a_log: np.ndarray, dt_bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """g = -exp(A_log) * softplus(a + dt_bias) (log decay, <= 0) and beta = sigmoid(b), both [T, heads]."""
     return -np.exp(a_log) * softplus(a + dt_bias), 1.0 / (1.0 + np.exp(-b))

@@ -34,6 +34,7 @@ from impbench.reference.blocks import (
 from impbench.reference.gated_delta import (
     causal_conv1d,
     decay_and_beta,
+    draw_decay_parameters,
     gated_delta_chunked,
     gated_rmsnorm,
     l2norm,
@@ -127,7 +128,8 @@ def reference_forward(preset, weights: dict, token_ids, chunk_size: int = 0, pla
 
 def random_weights(preset, seed: int = 0) -> dict:
     """Random float64 weights with realistic scales: linears std 0.02, (1 + w) norms with w ~ 0.1 N(0, 1),
-    the gated norm's w near 1, embedding std 1, A_log and dt_bias so that decays spread over (0, 1)."""
+    the gated norm's w near 1, embedding std 1, A_log and dt_bias as the layers initialise them
+    (draw_decay_parameters)."""
     p = preset
     draw = Draw(seed)
     rng, linear = draw.rng, draw.linear
@@ -145,7 +147,7 @@ def random_weights(preset, seed: int = 0) -> dict:
             hv, dv = p.linear_num_value_heads, p.linear_value_head_dim
             layer.update(in_proj_qkv=linear(p.linear_conv_dim, h), in_proj_z=linear(hv * dv, h), in_proj_b=linear(hv, h),
                          in_proj_a=linear(hv, h), conv=0.3 * rng.standard_normal((p.linear_conv_dim, p.linear_conv_kernel)),
-                         a_log=np.log(rng.uniform(1.0, 16.0, hv)), dt_bias=rng.standard_normal(hv),
+                         **dict(zip(("a_log", "dt_bias"), draw_decay_parameters(rng, hv))),
                          gated_norm=draw.norm(dv), out_proj=linear(h, hv * dv))  # fmt: skip
         else:
             heads, kv, d = p.num_attention_heads, p.num_kv_heads, p.head_dim
