@@ -138,7 +138,7 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
     }
     for (int i = threadIdx.x; i < half_dim; i += blockDim.x)
         inv_freq[i] = exp2(-(double)(2 * i) / (double)head_dim * log2_theta);
-    const int position = pos[0] + token;
+    const int position = ld_i32(pos) + token;
     const bool in_cache = position >= 0 && position < max_len;
     __syncthreads();
     float cos_v[VP], sin_v[VP];
@@ -241,16 +241,17 @@ __device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qk
 #pragma unroll
     for (int s = 0; s < S; ++s) {
         const int head = warp * HPW + s * G + group;
-        raw[s] = head < heads ? ld16_nc(row + head * D + sub * 8) : u32x4{0u, 0u, 0u, 0u};
+        raw[s] = head < heads ? ld16(row + head * D + sub * 8) : u32x4{0u, 0u, 0u, 0u};
     }
+    // coherent loads only: ptxas moved this kernel's ld.global.nc above griddepcontrol.wait (see ld16)
     u32x4 wq_own{}, wq_par{}, wk_own{}, wk_par{};
     if (qk_norm) {
-        wq_own = ld16_nc(q_norm_w + sub * 8);
-        wq_par = ld16_nc(q_norm_w + (sub ^ rot_half) * 8);
-        wk_own = ld16_nc(k_norm_w + sub * 8);
-        wk_par = ld16_nc(k_norm_w + (sub ^ rot_half) * 8);
+        wq_own = ld16(q_norm_w + sub * 8);
+        wq_par = ld16(q_norm_w + (sub ^ rot_half) * 8);
+        wk_own = ld16(k_norm_w + sub * 8);
+        wk_par = ld16(k_norm_w + (sub ^ rot_half) * 8);
     }
-    const int position = pos[0] + token;
+    const int position = ld_i32(pos) + token;
     const bool in_cache = position >= 0 && position < max_len;
     for (int i = threadIdx.x; i < rot_chunks * 4; i += blockDim.x) {  // the R/2 pairs
         const double inv_freq = exp2(-(double)(2 * i) / (double)(rot_chunks * 8) * log2_theta);

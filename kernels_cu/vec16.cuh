@@ -11,14 +11,26 @@ struct alignas(16) u32x4 {
 
 // Explicit 16-byte global loads: the compiler splits a struct load through a pointer that may alias
 // a store (residual, in-place outputs) into four 4-byte loads. `nc`: read-only for the whole kernel.
+// Under programmatic dependent launch a kernel runs while the previous one still writes, until its
+// griddepcontrol.wait (pdl_entry): ptxas schedules ld.global.nc -- "read-only for the whole kernel" --
+// before that wait where it likes (qkv_post's were: eager runs disagreed, the seed arm read NaN), so
+// `nc` is for weights, and tests/test_kernels_compile.py checks that no kernel loads before the wait.
+// volatile keeps the compiler from moving these asms (which it sees reading no memory) likewise.
 __device__ __forceinline__ u32x4 ld16(const void *p) {
     u32x4 v;
-    asm("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
 __device__ __forceinline__ u32x4 ld16_nc(const void *p) {
     u32x4 v;
-    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+// A 4-byte coherent load, for a device scalar (the chunk's position) read where a `const __restrict__`
+// read would become ld.global.nc, which ptxas may schedule before griddepcontrol.wait.
+__device__ __forceinline__ int ld_i32(const int *p) {
+    int v;
+    asm volatile("ld.global.u32 %0, [%1];" : "=r"(v) : "l"(p));
     return v;
 }
 struct alignas(8) u32x2 {  // 8-byte pairs (ops.cu head-dim pairs)

@@ -29,6 +29,37 @@ def test_kernel_family_compiles(family, arch, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert cubin.stat().st_size > 0
+    if arch == "sm_90a" and shutil.which("cuobjdump"):
+        early = loads_before_the_wait(cubin)
+        assert not early, f"{family}: global memory accessed before griddepcontrol.wait: {early}"
+
+
+# SASS of a global memory access: loads (LDG, and LD.E of generic addresses), cp.async (LDGSTS), TMA
+# (UTMALDG), stores and atomics.
+GLOBAL_ACCESS = ("LDG", "LD.E", "LDGSTS", "UTMALDG", "STG", "ATOM", "RED")
+
+
+def loads_before_the_wait(cubin) -> dict[str, list[str]]:
+    """Kernels whose machine code touches global memory before griddepcontrol.wait (ACQBULK), with those
+    instructions. Under programmatic dependent launch (impbench/kernels/driver.py) a kernel starts while
+    the previous one still writes; pdl_entry() waits first, but ptxas scheduled ld.global.nc loads of
+    qkv_post above the wait (kernels_cu/vec16.cuh), and that read the previous GEMM's output early."""
+    sass = subprocess.run(["cuobjdump", "--dump-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    early: dict[str, list[str]] = {}
+    for function in sass.split("Function : ")[1:]:
+        name, body = function.split("\n", 1)
+        if "ACQBULK" not in body:
+            continue
+        before = [line.split(";")[0].split("*/")[-1].strip() for line in body.split("ACQBULK")[0].splitlines()]
+        hits = [ins for ins in before if ins and _opcode(ins).startswith(GLOBAL_ACCESS)]
+        if hits:
+            early[name.strip()] = hits
+    return early
+
+
+def _opcode(instruction: str) -> str:
+    words = instruction.split()
+    return words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
 
 
 def test_every_family_is_compiled_for_hopper():
