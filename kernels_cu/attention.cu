@@ -98,17 +98,7 @@ __device__ __forceinline__ int window_lo(int query, int window) {
     return window > 0 ? query - window + 1 : NO_WINDOW_LO;
 }
 
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 
-__device__ __forceinline__ unsigned dynamic_smem_bytes() {
-    unsigned bytes;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
-    return bytes;
-}
 
 // ROWS rows of D halves, global row stride `row_stride` halves, into shared rows of STRIDE halves.
 // Rows >= rows_valid are zero-filled (cp.async with 0 source bytes reads nothing).

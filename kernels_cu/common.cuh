@@ -40,6 +40,20 @@ __device__ __forceinline__ void pdl_entry() {
 #endif
 }
 
+// 2^x on the MUFU unit (approximate, denormals flushed), and log2(e) to feed it e^x; the bytes of dynamic
+// shared memory this launch got (kernels that need a minimum trap below it).
+constexpr float LOG2E = 1.4426950408889634f;
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ unsigned dynamic_smem_bytes() {
+    unsigned bytes;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
+    return bytes;
+}
+
 // Shared-memory address for PTX operands.
 __device__ __forceinline__ unsigned smem_u32(const void *p) {
     unsigned addr;

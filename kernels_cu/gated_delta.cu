@@ -56,19 +56,8 @@ constexpr int STATE_THREADS = 32 * STATE_WARPS;
 constexpr int LDC = CHUNK + 8;  // halves per shared row of a 64-column tile (A, T, Aqk)
 constexpr int LDV = BV + 8;     // halves per shared row of a 32-column tile (S, R, v', V)
 constexpr int DIAG_LD = 17;     // floats per row of a 16x16 FP32 diagonal block of A
-constexpr float LOG2E = 1.4426950408889634f;
 
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 
-__device__ __forceinline__ unsigned dynamic_smem_bytes() {
-    unsigned bytes;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
-    return bytes;
-}
 
 // Per-lane fragment addressing of ldmatrix for mma.sync m16n8k16 (PTX ISA fragment layouts):
 //  A from a row-major [m][k] tile: ldmatrix_x4 at (row a_row, col a_col);

@@ -399,18 +399,12 @@ __device__ __forceinline__ void add_rmsnorm_impl(const half_t *__restrict__ x, h
 // reciprocal with denormals flushed (a few FP32 ulp, far below an FP16 rounding): IEEE division and
 // expf, with their range checks and slow paths, made conv_prep's 64 SiLUs a thread cost about as much
 // issue time as its memory. 1 + e^-x overflowing to inf gives rcp 0, the limit.
-__device__ __forceinline__ float ex2_fast(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 __device__ __forceinline__ float rcp_fast(float x) {
     float y;
     asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
-constexpr float LOG2E = 1.4426950408889634f;
-__device__ __forceinline__ float sigmoid_f(float x) { return rcp_fast(1.0f + ex2_fast(-LOG2E * x)); }
+__device__ __forceinline__ float sigmoid_f(float x) { return rcp_fast(1.0f + fast_exp2(-LOG2E * x)); }
 __device__ __forceinline__ float silu_f(float x) { return x * sigmoid_f(x); }
 // GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
 __device__ __forceinline__ float gelu_tanh_f(float x) {
