@@ -1,4 +1,4 @@
-"""An arm of a measurement: how a prefill runs (mode, dense-GEMM guard, chunk size), parsed from a SPEC.
+"""An arm of a measurement: how a prefill runs (mode, dense-GEMM guard, chunk size, prewarm), parsed from a SPEC.
 
 SPEC is `key=value` pairs separated by commas, e.g. `mode=graph,guard=permissive,chunk=256`.
 - mode: `eager` (every kernel launched from Python) or `graph` (each non-last chunk replays one
@@ -11,6 +11,11 @@ SPEC is `key=value` pairs separated by commas, e.g. `mode=graph,guard=permissive
   one 128x128x32 tile of 4 warps, no split-K, no cuBLAS; the configuration whose N=32 shapes made
   capture slower on Qwen3.6).
 - chunk: prefill chunk in tokens (0 = one chunk; default: the model preset's).
+- prewarm: `on` (every buffer allocated when the engine is built) or `off` (each buffer allocated on
+  its first use, as the original baseline engine did: the arm's cold prefill pays the allocations, and a
+  graph arm's capture fails on the first one and runs eager). Unset, the arm takes the command's
+  (`--no-prewarm`); an arm that sets it wins. Arms of one row that differ get one engine each, the
+  second built on the first's weights (impbench.measure.row_engines).
 - delay_us: a planted slowdown, for testing a CI gate only: a kernel that waits this many µs after
   every layer (kernels_cu/bench.cu bench_delay), eager and captured alike. 0 (the default) adds none.
 
@@ -31,7 +36,8 @@ from impbench.prefill import check_chunk_tokens
 MODES = ("eager", "graph")
 GUARDS = ("cublas", "tight", "small-n", "permissive", "seed")
 DEFAULT_GUARD = {"eager": "cublas", "graph": "small-n"}
-KEYS = ("mode", "guard", "chunk", "delay_us")
+PREWARMS = ("on", "off")
+KEYS = ("mode", "guard", "chunk", "prewarm", "delay_us")
 MAX_DELAY_US = 10_000.0
 
 
@@ -43,6 +49,7 @@ class ArmSpec:
     guard: str = ""
     chunk: int | None = None  # None: the preset's chunk size
     delay_us: float = 0.0  # planted slowdown per layer (CI gate tests only)
+    prewarm: str = ""  # "on" / "off"; "" takes the command's (Protocol.prewarm)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,20 +62,31 @@ class ArmSpec:
             check_chunk_tokens(self.chunk, "chunk")
         if not (isinstance(self.delay_us, (int, float)) and 0 <= self.delay_us <= MAX_DELAY_US):
             raise InputError(f"delay_us must be a number of µs in [0, {MAX_DELAY_US:g}], got {self.delay_us!r}")
+        if self.prewarm and self.prewarm not in PREWARMS:
+            raise InputError(f"unknown prewarm {self.prewarm!r} in an arm; accepted: {', '.join(PREWARMS)}")
+
+    def prewarmed(self, default: bool = True) -> bool:
+        """Whether this arm's engine allocates every buffer up front; `default` where the arm does not say."""
+        return default if not self.prewarm else self.prewarm == "on"
 
     def label(self) -> str:
         text = f"{self.mode}/{self.guard}"
         if self.chunk is not None:
             text += f"/chunk={self.chunk}"
+        if self.prewarm:  # set only by a SPEC, so the labels of every earlier arm are unchanged
+            text += f"/prewarm={self.prewarm}"
         return text if not self.delay_us else f"{text}/delay={self.delay_us:g}us"
 
     def to_dict(self) -> dict:
         data = {"mode": self.mode, "guard": self.guard, "chunk": self.chunk}
+        if self.prewarm:  # an explicit "on" too: under --no-prewarm it is what tells the arm apart
+            data["prewarm"] = self.prewarm
         return data if not self.delay_us else {**data, "delay_us": self.delay_us}
 
     @classmethod
     def from_dict(cls, data: dict) -> ArmSpec:
-        return cls(data["mode"], data.get("guard") or "", data.get("chunk"), float(data.get("delay_us") or 0.0))
+        return cls(data["mode"], data.get("guard") or "", data.get("chunk"), float(data.get("delay_us") or 0.0),
+                   data.get("prewarm") or "")  # fmt: skip
 
 
 def parse_arm(spec: str, base: ArmSpec | None = None, graph_guard: str | None = None) -> ArmSpec:

@@ -7,6 +7,11 @@ shared by every arm; run each arm once cold (compile, capture, first touch), tim
 throttled are flagged (telemetry.flag_reps); the verdict is computed with and without them. After
 every row the result is handed to `on_row` (the result file's writer), so an interrupted run keeps
 its finished rows and a rerun resumes.
+
+Where the arms of a row differ in prewarm (an arm's `prewarm=on|off` wins over Protocol.prewarm,
+`--no-prewarm`), the row gets one engine per prewarm, the second built on the first's weights so they
+are not held twice; both live through the row, since reps interleave. A prewarm=off engine's first
+prefill is the cold run of the first arm on it, so that cold time is where its buffers are allocated.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from impbench import device
@@ -41,7 +47,7 @@ class Protocol:
     tolerance_pct: float = TOLERANCE_PCT
     interval_ms: float = INTERVAL_MS
     seed: int = 0
-    prewarm: bool = True
+    prewarm: bool = True  # for arms whose SPEC does not set prewarm
     auto: AutoStop | None = None  # --reps auto: stop on the delta's interval (impbench.stopping)
     cooldown_s: float = 5.0  # before flagged reps are measured again
     max_reruns: int = 2  # rounds of re-measuring flagged reps, per row
@@ -72,13 +78,43 @@ def arm_names(count: int) -> list[str]:
     return [chr(ord("A") + i) for i in range(count)]
 
 
-def build_engine(preset, prompt_tokens: int, arms: list[ArmSpec], seed: int = 0, prewarm: bool = True):
-    """One engine shared by all arms: buffers sized for the largest chunk any arm uses."""
+def build_engine(preset, prompt_tokens: int, arms: list[ArmSpec], seed: int = 0, prewarm: bool = True, weights=None):
+    """One engine shared by `arms`: buffers sized for the largest chunk any of them uses; on `weights`
+    (another engine's, of the same preset and seed) where given, else on freshly generated ones."""
     from impbench.engine import Engine
 
     sizes = [chunk_for(arm, preset) for arm in arms]
     max_chunk = 0 if 0 in sizes else max(sizes)
-    return Engine(preset, prompt_tokens, max_chunk, seed=seed, prewarm=prewarm)
+    return Engine(preset, prompt_tokens, max_chunk, seed=seed, prewarm=prewarm, weights=weights)
+
+
+@contextmanager
+def row_engines(preset, prompt_tokens: int, arms: dict[str, ArmSpec], protocol: Protocol,
+                progress: Progress | None = None) -> Iterator[dict]:  # fmt: skip
+    """Each arm's engine for one row, by arm name: one engine per distinct prewarm among the arms (in
+    arm order), every one after the first built on the first's weights. On leaving, even by an error,
+    every engine is dropped and its memory returned before the next row builds its own."""
+    say = progress or (lambda line: None)
+    wanted = {name: arm.prewarmed(protocol.prewarm) for name, arm in arms.items()}
+    built: dict[bool, object] = {}
+    by_arm: dict[str, object] = {}
+    try:
+        for prewarm in dict.fromkeys(wanted.values()):
+            users = [arm for name, arm in arms.items() if wanted[name] == prewarm]
+            if not built:
+                say(f"{preset.name} pp={prompt_tokens}: building the engine ({preset.num_layers} layers)")
+            else:
+                say(f"{preset.name} pp={prompt_tokens}: building a second engine for the prewarm={'on' if prewarm else 'off'} "
+                    "arms, on the first's weights")  # fmt: skip
+            # no local name holds an engine or its weights, so clearing `built` frees them
+            built[prewarm] = build_engine(preset, prompt_tokens, users, seed=protocol.seed, prewarm=prewarm,
+                                          weights=next((engine.weights for engine in built.values()), None))  # fmt: skip
+        by_arm.update({name: built[prewarm] for name, prewarm in wanted.items()})
+        yield by_arm
+    finally:
+        by_arm.clear()  # the caller's name for this dict then holds no engine either
+        built.clear()
+        free_device_memory()
 
 
 def chunk_for(arm: ArmSpec, preset) -> int:
@@ -113,8 +149,8 @@ class _Rounds:
     """The measured reps of one row: rounds of every arm in interleaved order (A B C, then C B A, ...),
     rep i of every arm forming pair i; flagged pairs move to `discarded`."""
 
-    def __init__(self, engine, prompt_tokens: int, arms: dict[str, ArmSpec], telemetry, say, where: str):
-        self.engine, self.prompt_tokens, self.arms, self.telemetry = engine, prompt_tokens, arms, telemetry
+    def __init__(self, engines: dict, prompt_tokens: int, arms: dict[str, ArmSpec], telemetry, say, where: str):
+        self.engines, self.prompt_tokens, self.arms, self.telemetry = engines, prompt_tokens, arms, telemetry
         self.say, self.where = say, where
         self.reps: dict[str, list[Rep]] = {name: [] for name in arms}
         self.discarded: dict[str, list[Rep]] = {name: [] for name in arms}
@@ -125,7 +161,7 @@ class _Rounds:
         # the order continues where the last call stopped, so reruns keep the forward/backward alternation
         order = interleaved_order(self.done + rounds, tuple(self.arms))[self.done * len(self.arms):]
         for name in order:
-            rep, self.paths[name] = time_prefill(self.engine, self.prompt_tokens, self.arms[name], self.telemetry)
+            rep, self.paths[name] = time_prefill(self.engines[name], self.prompt_tokens, self.arms[name], self.telemetry)
             self.reps[name].append(rep)
             count = f"{len(self.reps[name])}/{total}" if total else f"{len(self.reps[name])}"
             self.say(f"{self.where}: rep {count} {name} {rep.tok_s:,.0f} tok/s")
@@ -146,20 +182,36 @@ class _Rounds:
         return len(drop)
 
 
-def measure_arms(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], protocol: Protocol,
+def cold_note(arm: ArmSpec, engine_owner: str | None, protocol: Protocol) -> str:
+    """What an arm's cold time holds beyond compile and capture: a prewarm=off engine allocates its
+    buffers in its first prefill, the cold run of `engine_owner` (None: this arm's own)."""
+    if arm.prewarmed(protocol.prewarm):
+        return ""
+    if engine_owner is None:
+        return " (first prefill on its prewarm=off engine: its buffers are allocated here, on first use)"
+    return f" (its engine's buffers were allocated in {engine_owner}'s cold run)"
+
+
+def measure_arms(engines, preset, prompt_tokens: int, arms: dict[str, ArmSpec], protocol: Protocol,
                  telemetry: Telemetry, progress: Progress | None = None) -> tuple[list[ArmResult], str]:  # fmt: skip
-    """Cold run, warm-up and interleaved reps of every arm on one engine: an ArmResult per arm in order,
-    and what stopped the reps (stopping.FIXED or, with protocol.auto, the rule that fired)."""
+    """Cold run, warm-up and interleaved reps of every arm on its engine (`engines`: one shared by every
+    arm, or each arm's by name, as row_engines gives them): an ArmResult per arm in order, and what
+    stopped the reps (stopping.FIXED or, with protocol.auto, the rule that fired). The cold runs come
+    first, so each engine's first prefill is the cold run of its first arm."""
     say = progress or (lambda line: None)
     where = f"{preset.name} pp={prompt_tokens}"
-    cold, paths = {}, {}
+    engines = engines if isinstance(engines, dict) else dict.fromkeys(arms, engines)
+    cold, paths, owner = {}, {}, {}
     for name, arm in arms.items():
+        engine = engines[name]
         cold[name], paths[name] = time_prefill(engine, prompt_tokens, arm, telemetry)
-        say(f"{where}: {name} {arm.label()} cold {cold[name].wall_ms:.1f} ms")
+        note = cold_note(arm, owner.get(id(engine)), protocol)
+        owner.setdefault(id(engine), name)
+        say(f"{where}: {name} {arm.label()} cold {cold[name].wall_ms:.1f} ms{note}")
     for _ in range(protocol.warmup):
-        for arm in arms.values():
-            time_prefill(engine, prompt_tokens, arm)
-    rounds = _Rounds(engine, prompt_tokens, arms, telemetry, say, where)
+        for name, arm in arms.items():
+            time_prefill(engines[name], prompt_tokens, arm)
+    rounds = _Rounds(engines, prompt_tokens, arms, telemetry, say, where)
     if protocol.auto is None:
         stopped_by, wanted = FIXED, protocol.reps
         rounds.run(protocol.reps, protocol.reps)
@@ -179,7 +231,7 @@ def measure_arms(engine, preset, prompt_tokens: int, arms: dict[str, ArmSpec], p
         rounds.run(wanted - len(rounds.reps[next(iter(arms))]))
     paths.update(rounds.paths)
     results = [ArmResult(name=name, spec=arm, reps=rounds.reps[name], cold=cold[name], chunk_size=chunk_for(arm, preset),
-                         capture=capture_of(engine, arm), gemm_paths=dict(paths[name]), discarded=rounds.discarded[name])
+                         capture=capture_of(engines[name], arm), gemm_paths=dict(paths[name]), discarded=rounds.discarded[name])
                for name, arm in arms.items()]  # fmt: skip
     return results, stopped_by
 
@@ -214,8 +266,8 @@ def free_device_memory() -> None:
 def measure(result: Result, presets: list, prompt_lengths: list[int], arms: list[ArmSpec], protocol: Protocol,
             profile: bool = False, progress: Progress | None = None,
             on_row: Callable[[Result], None] | None = None) -> Result:  # fmt: skip
-    """Every (model, pp) row not already in `result`: one engine each, shared by every arm; `on_row` sees
-    the growing result after each row."""
+    """Every (model, pp) row not already in `result`: one engine each, shared by every arm (two where the
+    arms differ in prewarm: row_engines); `on_row` sees the growing result after each row."""
     named = dict(zip(arm_names(len(arms)), arms))
     done = result.done()
     with Telemetry(pci_bus_id=device.pci_bus_id(), interval_ms=protocol.interval_ms) as telemetry:
@@ -225,20 +277,14 @@ def measure(result: Result, presets: list, prompt_lengths: list[int], arms: list
             for prompt_tokens in prompt_lengths:
                 if (preset.name, prompt_tokens, None) in done:
                     continue
-                if progress:
-                    progress(f"{preset.name} pp={prompt_tokens}: building the engine ({preset.num_layers} layers)")
-                engine = build_engine(preset, prompt_tokens, arms, seed=protocol.seed, prewarm=protocol.prewarm)
-                try:
-                    measured, stopped_by = measure_arms(engine, preset, prompt_tokens, named, protocol, telemetry, progress)
+                with row_engines(preset, prompt_tokens, named, protocol, progress) as engines:
+                    measured, stopped_by = measure_arms(engines, preset, prompt_tokens, named, protocol, telemetry, progress)
                     plan = plan_floor(preset, prompt_tokens, arms[0])
                     row = Row(preset.name, prompt_tokens, measured,
                               floor_tok_s=None if plan is None else plan.floor_tok_s,
                               floor_gpu=None if plan is None else plan.gpu.name, stopped_by=stopped_by)  # fmt: skip
                     if profile:
-                        row.profile = profile_row(engine, preset, prompt_tokens, arms[0], plan)
-                finally:
-                    del engine
-                    free_device_memory()
+                        row.profile = profile_row(engines["A"], preset, prompt_tokens, arms[0], plan)
                 result.rows.append(row)
                 if on_row:
                     on_row(result)

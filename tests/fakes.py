@@ -4,6 +4,10 @@ and the printers run end to end on a machine without a GPU)."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from impbench.arms import ArmSpec
@@ -63,12 +67,36 @@ def make_result(rows=None, metadata=None, command="ab"):
     return Result(command, rows, dict(metadata or METADATA), settings)
 
 
+class FakeWeights:
+    """Stands in for engine.weights.ModelWeights: only its identity matters (shared or not)."""
+
+
+@dataclass(eq=False)
+class BuiltEngine:
+    """What FakeGpu records of an engine it built; it holds no reference to the engine, which the
+    measurement must be able to drop."""
+
+    prompt_tokens: int
+    prewarm: bool
+    weights: FakeWeights
+    arms: list
+    prefills: list = field(default_factory=list)  # the arm label of every prefill it ran, in order
+
+
+class FakeEngine:
+    def __init__(self, preset, record: BuiltEngine):
+        self.preset, self.prompt_tokens, self.weights, self.record = preset, record.prompt_tokens, record.weights, record
+
+
 class FakeGpu:
     """Stands in for the device under the CLI: each prefill's tok/s is drawn from `tok_s(model, pp, arm)`
     (a median) with `noise` relative Gaussian noise, and its telemetry from `clock(model, pp, arm, n)`
     ((SM MHz, clock-event reason bits) of the n-th prefill of the row, default a steady 1980 MHz);
     `interrupt_after` rows, a KeyboardInterrupt. The measurement protocol itself (impbench.measure:
-    interleaving, --reps auto, discarded flagged reps) runs for real."""
+    interleaving, --reps auto, discarded flagged reps, one engine per prewarm in a row) runs for real.
+    `engines` records every engine built (BuiltEngine: prompt_tokens, prewarm, weights, arms and the labels
+    of the prefills it ran, in order); `alive_at_free` what each free_device_memory call found still
+    referenced (one bool per engine built so far)."""
 
     def __init__(self, monkeypatch, noise: float = 0.005, interrupt_after: int | None = None, seed: int | None = None):
         from impbench import device, measure, metadata
@@ -77,6 +105,9 @@ class FakeGpu:
         self.rng = np.random.default_rng(seed)
         self.rows_measured: list[tuple[str, int]] = []
         self.prefills = 0
+        self.engines: list[BuiltEngine] = []
+        self._engine_refs: list[weakref.ref] = []
+        self.alive_at_free: list[list[bool]] = []
         self.tok_s = lambda model, pp, arm: 20_000.0
         self.clock = lambda model, pp, arm, n: (1980, 0)
         monkeypatch.setattr(device, "require_cuda", lambda: None)
@@ -87,19 +118,27 @@ class FakeGpu:
         monkeypatch.setattr(measure, "capture_of", lambda engine, arm: CaptureStatus(CAPTURED if arm.mode == "graph" else EAGER,
                                                                                      kernels=100 if arm.mode == "graph" else 0))
         monkeypatch.setattr(measure, "plan_floor", lambda preset, pp, arm: None)
-        monkeypatch.setattr(measure, "free_device_memory", lambda: None)
+        monkeypatch.setattr(measure, "free_device_memory", self._free)
 
-    def _engine(self, preset, prompt_tokens, arms, seed=0, prewarm=True):
-        if self.interrupt_after is not None and len(self.rows_measured) >= self.interrupt_after:
-            raise KeyboardInterrupt
-        self.rows_measured.append((preset.name, prompt_tokens))
-        self.prefills = 0
-        engine = type("FakeEngine", (), {})()
-        engine.preset, engine.prompt_tokens = preset, prompt_tokens
+    def _engine(self, preset, prompt_tokens, arms, seed=0, prewarm=True, weights=None):
+        if weights is None:  # a row's first engine; a second one (another prewarm) shares its weights
+            if self.interrupt_after is not None and len(self.rows_measured) >= self.interrupt_after:
+                raise KeyboardInterrupt
+            self.rows_measured.append((preset.name, prompt_tokens))
+            self.prefills = 0
+        record = BuiltEngine(prompt_tokens, prewarm, FakeWeights() if weights is None else weights, list(arms))
+        engine = FakeEngine(preset, record)
+        self.engines.append(record)
+        self._engine_refs.append(weakref.ref(engine))
         return engine
+
+    def _free(self):
+        gc.collect()
+        self.alive_at_free.append([ref() is not None for ref in self._engine_refs])
 
     def _prefill(self, engine, prompt_tokens, arm, telemetry=None):
         preset = engine.preset
+        engine.record.prefills.append(arm.label())
         tok_s = float(self.tok_s(preset.name, prompt_tokens, arm) * (1 + self.noise * self.rng.standard_normal()))
         sm_mhz, reasons = self.clock(preset.name, prompt_tokens, arm, self.prefills)
         self.prefills += 1

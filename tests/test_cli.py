@@ -1,4 +1,5 @@
-"""CLI: `impbench models` and `impbench plan`; every bad input is exit code 2 and one stderr line."""
+"""CLI: `impbench models` and `impbench plan`, and the arm SPECs of run / ab / sweep; every bad input is exit
+code 2 and one stderr line."""
 
 import json
 import subprocess
@@ -91,3 +92,32 @@ def test_python_m_impbench_exit_code_and_single_line():
     ok = subprocess.run([sys.executable, "-m", "impbench", "plan", "-m", "tiny", "--pp", "64", "--format", "csv"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and ok.stdout.startswith("section,op,")
+
+
+def test_prewarm_is_an_arm_key_named_only_where_a_spec_sets_it():
+    """prewarm=on|off parses over a base like any key; an arm that does not set it takes the command's
+    (--no-prewarm) and keeps the label and result dict of before; a set one round-trips."""
+    from impbench.arms import KEYS, ArmSpec, parse_arm
+    from impbench.errors import InputError
+
+    assert "prewarm" in KEYS
+    off = parse_arm("mode=eager,prewarm=off")
+    assert off == ArmSpec("eager", prewarm="off") and off.label() == "eager/cublas/prewarm=off"
+    assert off.to_dict() == {"mode": "eager", "guard": "cublas", "chunk": None, "prewarm": "off"}
+    on = parse_arm("mode=graph,chunk=512,prewarm=on,delay_us=5")
+    assert on.label() == "graph/small-n/chunk=512/prewarm=on/delay=5us"
+    for arm in (off, on):
+        assert ArmSpec.from_dict(arm.to_dict()) == arm
+    plain = parse_arm("mode=graph")
+    assert plain.label() == "graph/small-n" and plain.to_dict() == {"mode": "graph", "guard": "small-n", "chunk": None}
+    assert ArmSpec.from_dict({"mode": "graph", "guard": "small-n", "chunk": None}) == plain  # a result file of before
+    assert (plain.prewarmed(True), plain.prewarmed(False)) == (True, False)
+    assert (off.prewarmed(True), on.prewarmed(False)) == (False, True)  # the arm's key wins
+    assert parse_arm("mode=graph", base=ArmSpec(prewarm="off")).prewarm == "off"
+    for bad in ("prewarm=maybe", "prewarm=OFF", "mode=eager,prewarm=0"):
+        with pytest.raises(InputError, match=r"unknown prewarm .* in an arm; accepted: on, off"):
+            parse_arm(bad)
+    with pytest.raises(InputError, match="accepted: on, off"):
+        ArmSpec.from_dict({"mode": "eager", "prewarm": True})
+    with pytest.raises(InputError, match="names prewarm twice"):
+        parse_arm("prewarm=on,prewarm=off")

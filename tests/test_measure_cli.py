@@ -35,6 +35,8 @@ from impbench.results import load_result
     (["ab", "--model", "tiny", "--b", "chunk=-16"], "chunk must be 0 (the whole prompt in one chunk) or a positive multiple"),
     (["ab", "--model", "tiny", "--b", "chunk=²"], "chunk must be a whole number of tokens"),
     (["ab", "--model", "tiny", "--b", "mode=graph,mode=eager"], "names mode twice"),
+    (["ab", "--model", "tiny", "--a", "mode=eager,prewarm=maybe"], "unknown prewarm 'maybe' in an arm; accepted: on, off"),
+    (["sweep", "--model", "tiny", "--arm", "mode=eager", "--arm", "prewarm=no"], "unknown prewarm 'no' in an arm; accepted: on, off"),
     (["ab", "--model", "tiny,gemma-4"], "gemma-4-26b-a4b has architecture gemma4"),
     (["ab", "--model", "tiny", "--model-config", "x.json"], "give --model or --model-config, not both"),
     (["ab", "--model", "tiny", "--name", "mine"], "--name names a --model-config model"),
@@ -298,3 +300,124 @@ def test_a_planted_delay_is_an_arm_key_and_named_in_the_label(capsys, monkeypatc
         fake = FakeGpu(monkeypatch)
         code, _, err = run_cli(capsys, "ab", "--model", "tiny", "--b", f"mode=graph,{bad}")
         assert code == 2 and "delay_us must be" in err and not fake.rows_measured
+
+
+# ---- prewarm as an arm key (CPU, fake engines) -----------------------------------------------------------
+
+
+def test_a_row_of_mixed_prewarm_builds_two_engines_on_one_set_of_weights_and_frees_both(capsys, monkeypatch, tmp_path):
+    """The original A/B replayed: A eager without prewarm, B graph with it. Each row builds A's engine, then
+    B's on A's weights; every prefill of an arm runs on its own engine, the prewarm=off engine's first one
+    being A's cold run; both engines are gone when the row's memory is freed; the key round-trips."""
+    path = tmp_path / "ab.json"
+    fake = FakeGpu(monkeypatch)
+    args = ["ab", "--model", "tiny", "--pp", "64,80", "--reps", "3", "--a", "mode=eager,prewarm=off", "--out", str(path)]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "A = eager/cublas/prewarm=off, B = graph/small-n" in out and "| A eager/cublas/prewarm=off" in out
+    assert fake.rows_measured == [("tiny-moe", 64), ("tiny-moe", 80)]
+    assert [(e.prompt_tokens, e.prewarm, [a.label() for a in e.arms]) for e in fake.engines] == [
+        (64, False, ["eager/cublas/prewarm=off"]), (64, True, ["graph/small-n"]),
+        (80, False, ["eager/cublas/prewarm=off"]), (80, True, ["graph/small-n"])]  # fmt: skip
+    first, second, third, _ = fake.engines
+    assert second.weights is first.weights and third.weights is not first.weights  # shared in a row, not across
+    assert fake.alive_at_free == [[False, False], [False, False, False, False]]
+    for engine, label in zip(fake.engines, ["eager/cublas/prewarm=off", "graph/small-n"] * 2):
+        assert engine.prefills == [label] * (1 + 2 + 3)  # cold, --warmup 2, --reps 3: no arm strays onto the other engine
+    assert err.count("building a second engine for the prewarm=on arms, on the first's weights") == 2
+    assert err.count("A eager/cublas/prewarm=off cold") == 2
+    assert err.count("(first prefill on its prewarm=off engine: its buffers are allocated here, on first use)") == 2
+    saved = json.loads(path.read_text())
+    assert [arm.get("prewarm") for arm in saved["settings"]["arms"]] == ["off", None]
+    assert [arm["spec"].get("prewarm") for arm in saved["rows"][0]["arms"]] == ["off", None]
+    result = load_result(path)
+    assert [a.label() for a in result.arm_specs] == ["eager/cublas/prewarm=off", "graph/small-n"]
+    assert [a.label for a in result.rows[1].arms] == ["eager/cublas/prewarm=off", "graph/small-n"]
+    fake = FakeGpu(monkeypatch)
+    code, _, err = run_cli(capsys, *args)  # same settings, read back from the file: resumes, measures nothing
+    assert code == 0 and "resuming" in err and not fake.rows_measured and not fake.engines
+
+
+@pytest.mark.parametrize("extra,prewarm", [((), True), (("--no-prewarm",), False)])
+def test_a_row_whose_arms_do_not_set_prewarm_builds_one_engine_as_before(capsys, monkeypatch, extra, prewarm):
+    fake = FakeGpu(monkeypatch)
+    code, out, err = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64", "--reps", "3", *extra)
+    assert code == 0 and "A = eager/cublas, B = graph/small-n" in out and "second engine" not in err
+    (engine,) = fake.engines
+    assert engine.prewarm is prewarm and [a.label() for a in engine.arms] == ["eager/cublas", "graph/small-n"]
+    assert engine.prefills[:2] == ["eager/cublas", "graph/small-n"]  # the cold runs, in arm order
+    assert fake.alive_at_free == [[False]]
+
+
+def test_an_arm_s_prewarm_wins_over_no_prewarm_and_a_shared_engine_says_who_allocated(capsys, monkeypatch):
+    """Under --no-prewarm an arm's prewarm=on gets an engine of its own; arms left to the command share the
+    prewarm=off one, whose buffers the first arm's cold run allocates (the later arm's cold line says so)."""
+    fake = FakeGpu(monkeypatch)
+    code, _, err = run_cli(capsys, "sweep", "--model", "tiny", "--pp", "64", "--reps", "3", "--no-prewarm",
+                             "--arm", "mode=eager", "--arm", "mode=graph,prewarm=on", "--arm", "mode=graph,guard=tight")  # fmt: skip
+    assert code == 0, err
+    off, on = fake.engines
+    assert (off.prewarm, on.prewarm) == (False, True) and on.weights is off.weights
+    assert [a.label() for a in off.arms] == ["eager/cublas", "graph/tight"] and [a.label() for a in on.arms] == [
+        "graph/small-n/prewarm=on"]  # fmt: skip
+    assert off.prefills[:2] == ["eager/cublas", "graph/tight"] and on.prefills[0] == "graph/small-n/prewarm=on"
+    assert "A eager/cublas cold" in err and "first prefill on its prewarm=off engine" in err
+    assert "C graph/tight cold" in err and "(its engine's buffers were allocated in A's cold run)" in err
+    assert fake.alive_at_free == [[False, False]]
+
+
+def test_a_second_engine_that_fails_to_build_frees_the_first(capsys, monkeypatch):
+    from impbench import measure
+    from impbench.errors import InputError
+
+    fake = FakeGpu(monkeypatch)
+    build = measure.build_engine
+
+    def second_does_not_fit(preset, prompt_tokens, arms, seed=0, prewarm=True, weights=None):
+        if weights is not None:
+            raise InputError("tiny-moe at 64 prompt tokens needs about 9 GB of GPU memory but 1 GB are free")
+        return build(preset, prompt_tokens, arms, seed, prewarm, weights)
+
+    monkeypatch.setattr(measure, "build_engine", second_does_not_fit)
+    code, _, err = run_cli(capsys, "ab", "--model", "tiny", "--pp", "64", "--reps", "3", "--b", "mode=graph,prewarm=off")
+    assert code == 2 and "needs about 9 GB" in err and err.count("\n") > 1  # progress lines, then the one error line
+    assert len(fake.engines) == 1 and fake.alive_at_free == [[False]]
+
+
+@pytest.mark.gpu
+def test_a_second_engine_on_shared_weights_computes_the_same_logits():
+    import numpy as np
+
+    from impbench import measure
+    from impbench.arms import ArmSpec
+    from impbench.presets import get_preset
+
+    tiny, arm = get_preset("tiny"), ArmSpec("eager")
+    first = measure.build_engine(tiny, 96, [arm], prewarm=True)
+    second = measure.build_engine(tiny, 96, [arm], prewarm=False, weights=first.weights)
+    assert second.weights is first.weights and not second.prewarm
+    logits = []
+    for engine in (first, second):
+        engine.buffers.logits.fill(float("nan"))  # poisoned: a prefill that writes nothing cannot pass
+        measure.time_prefill(engine, 96, arm)
+        logits.append(engine.logits())
+    bad = np.flatnonzero(~np.isfinite(logits[0]) | (logits[0] != logits[1]))
+    assert bad.size == 0, f"{bad.size} logits differ or are not finite, first at {bad[:5]}: {logits[0][bad[:5]]} vs {logits[1][bad[:5]]}"
+
+
+@pytest.mark.gpu
+def test_ab_tiny_replays_the_original_pair_on_two_engines(tmp_path, capsys):
+    """A eager without prewarm, B graph with it: B's own (prewarmed) engine captures; A's cold run is its
+    engine's first prefill and pays the allocations."""
+    from impbench.capture import CAPTURED, EAGER
+
+    out_path = tmp_path / "ab.json"
+    code, out, err = run_cli(capsys, "ab", "--model", "tiny", "--pp", "96", "--reps", "3", "--warmup", "1",
+                             "--a", "mode=eager,prewarm=off", "--b", "mode=graph,guard=permissive", "--out", str(out_path))  # fmt: skip
+    assert code == 0, err
+    assert "building a second engine for the prewarm=on arms" in err and "first prefill on its prewarm=off engine" in err
+    assert "A = eager/cublas/prewarm=off, B = graph/permissive" in out
+    (row,) = load_result(out_path).rows
+    a, b = row.arms
+    assert a.spec.prewarm == "off" and a.capture.status == EAGER and b.capture.status == CAPTURED, (a.capture, b.capture)
+    assert a.cold.wall_ms > a.warm_ms, f"A cold {a.cold.wall_ms:.2f} ms, warm {a.warm_ms:.2f} ms"

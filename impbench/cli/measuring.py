@@ -128,7 +128,7 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
 @click.option("--guard", type=click.Choice(GUARDS), default=None,
               help="Dense GEMM guard of a graph arm whose SPEC names none. Default: small-n.")
 @click.option("--a", "spec_a", default="mode=eager", show_default=True, metavar="SPEC",
-              help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive|seed, chunk=N.")
+              help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive|seed, chunk=N, prewarm=on|off.")
 @click.option("--b", "spec_b", default="mode=graph", show_default=True, metavar="SPEC",
               help="Arm B, as --a (default guard of a graph arm: small-n).")
 @comparison_options
@@ -162,7 +162,7 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
 @click.option("--model", "-m", "models", default=None, metavar="LIST", help="Presets, comma-separated (overrides the scenario).")
 @click.option("--pp", "pp_list", default=None, metavar="LIST", help="Prompt lengths in tokens, comma-separated (overrides).")
 @click.option("--arm", "arm_specs", multiple=True, metavar="SPEC",
-              help="An arm (repeatable, at least two; the first is the baseline): mode=eager|graph,guard=...,chunk=N.")
+              help="An arm (repeatable, at least two; the first is the baseline): mode=eager|graph,guard=...,chunk=N,prewarm=on|off.")
 @click.option("--reps", type=RepsType(), default=None,
               help="Measured prefills per arm (>= 3), or `auto` (as in ab). [default: the scenario's, else 5]")
 @click.option("--warmup", type=int, default=None, help="Unrecorded prefills per arm after the cold run. [default: the scenario's, else 1]")

@@ -81,7 +81,8 @@ def parse_prompt_lengths(text: str, option: str = "--pp") -> list[int]:
 SEED = click.option("--seed", type=int, default=None, metavar="N", help="Seed of the synthetic weights and prompt. [default: 0]")
 NO_PREWARM = click.option("--no-prewarm", is_flag=True,
                            help="Allocate buffers on first use, as the original engine did: graph capture then fails "
-                                "on the allocation and the arm falls back to eager (shown on purpose).")  # fmt: skip
+                                "on the allocation and the arm falls back to eager (shown on purpose). The default for arms whose "
+                                "SPEC does not set prewarm=on|off; an arm's key wins.")  # fmt: skip
 TOLERANCE = click.option("--tolerance", type=float, default=None, metavar="PCT",
                           help="Flag a rep whose median SM clock is further than PCT % from the run's median. [default: 5]")
 OUT = click.option("--out", type=click.Path(), default=None, metavar="PATH",

@@ -62,10 +62,11 @@ class Engine:
     """One model preset, built for prompts up to `max_tokens` in chunks of at most `max_chunk` tokens.
 
     Buffers are sized for the largest chunk, so arms with different chunk sizes share one engine.
-    `max_chunk` 0 means one chunk of the whole prompt.
+    `max_chunk` 0 means one chunk of the whole prompt. `weights`: another engine's (same preset and
+    seed), shared instead of generated, so a second engine of one row costs only its buffers.
     """
 
-    def __init__(self, preset, max_tokens: int, max_chunk: int, seed: int = 0, prewarm: bool = True):
+    def __init__(self, preset, max_tokens: int, max_chunk: int, seed: int = 0, prewarm: bool = True, weights=None):
         import cupy
 
         from impbench.kernels import attention, gated_delta, load_module, moe, nvfp4_gemm
@@ -74,7 +75,11 @@ class Engine:
         self.preset = preset
         self.max_tokens = max_tokens
         self.chunk_tokens = min(max_chunk, max_tokens) if max_chunk > 0 else max_tokens
-        check_fits(preset, self.chunk_tokens, max_tokens, free_device_bytes())  # before anything is allocated
+        if weights is not None and len(weights.layers) != preset.num_layers:
+            raise ValueError(f"shared weights have {len(weights.layers)} layers, {preset.name} has {preset.num_layers}")
+        # before anything is allocated; shared weights are resident already, so only the buffers must fit
+        resident_bytes = 0.0 if weights is None else float(sum(preset.weight_bytes().values()))
+        check_fits(preset, self.chunk_tokens, max_tokens, free_device_bytes() + resident_bytes)
         self.prewarm = prewarm
         self.current_op = ""
         self.stream = cupy.cuda.Stream(non_blocking=True)
@@ -84,7 +89,7 @@ class Engine:
         for prewarm_kernels in (moe.prewarm, attention.prewarm, gated_delta.prewarm, nvfp4_gemm.prewarm):
             prewarm_kernels()
         with self.stream:
-            self.weights = generate_weights(preset, seed)
+            self.weights = generate_weights(preset, seed) if weights is None else weights
             self.buffers = Buffers(buffer_specs(preset, self.chunk_tokens, max_tokens), prewarm=prewarm)
             rng = cupy.random.default_rng(seed + 1)
             prompt = rng.integers(0, preset.vocab_size, size=max_tokens, dtype=cupy.int32)
