@@ -284,6 +284,23 @@ __device__ __forceinline__ void gated_delta_prep(const half_t *__restrict__ q, c
 // ---------------------------------------------------------------------------------------------
 // Kernel 2: the state pass.
 
+// acc += L[16 rg .. 16 rg + 15, :] x B[:, 16 ch .. 16 ch + 15] for a 64-row L that is zero above its diagonal
+// 16x16 blocks (T, Aqk: LDC halves a row) and a 64-row B of LDV halves a row: row block rg reads only column
+// blocks 0..rg of L and row blocks 0..rg of B.
+__device__ __forceinline__ void lower_times(float (&acc)[2][4], const half_t *l, const half_t *b_rows, int rg, int ch,
+                                            const Lanes &ln) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        if (kk <= rg) {
+            unsigned a[4], b[4];
+            ldmatrix_x4(a[0], a[1], a[2], a[3], l + (16 * rg + ln.a_row) * LDC + 16 * kk + ln.a_col);
+            ldmatrix_x4_trans(b[0], b[1], b[2], b[3], b_rows + (16 * kk + ln.a_row) * LDV + 16 * ch + ln.a_col);
+            mma_16816(acc[0], a, b);
+            mma_16816(acc[1], a, b + 2);
+        }
+    }
+}
+
 template <int DK>
 struct StateGeometry {
     static constexpr int LD = DK + 8;  // halves per shared Q / K row
@@ -430,16 +447,7 @@ __device__ __forceinline__ void gated_delta_state(const half_t *__restrict__ q, 
         // the K S -> R path; S is rewritten only after the next barrier)
         float vn[2][4], os[2][4];
         zero(vn[0]), zero(vn[1]), zero(os[0]), zero(os[1]);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            if (kk <= rg) {
-                unsigned a[4], b[4];
-                ldmatrix_x4(a[0], a[1], a[2], a[3], s.t + (16 * rg + ln.a_row) * LDC + 16 * kk + ln.a_col);
-                ldmatrix_x4_trans(b[0], b[1], b[2], b[3], sR + (16 * kk + ln.a_row) * LDV + 16 * ch + ln.a_col);
-                mma_16816(vn[0], a, b);
-                mma_16816(vn[1], a, b + 2);
-            }
-        }
+        lower_times(vn, s.t, sR, rg, ch, ln);
 #pragma unroll
         for (int kk = 0; kk < DK / 16; ++kk) {
             unsigned a[4], b[4];
@@ -464,16 +472,7 @@ __device__ __forceinline__ void gated_delta_state(const half_t *__restrict__ q, 
         __syncthreads();  // v' complete; every warp is done reading S
 
         // o += Aqk v' (Aqk is zero above its diagonal), then the rows that exist to `out`
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            if (kk <= rg) {
-                unsigned a[4], b[4];
-                ldmatrix_x4(a[0], a[1], a[2], a[3], s.aqk + (16 * rg + ln.a_row) * LDC + 16 * kk + ln.a_col);
-                ldmatrix_x4_trans(b[0], b[1], b[2], b[3], sVn + (16 * kk + ln.a_row) * LDV + 16 * ch + ln.a_col);
-                mma_16816(os[0], a, b);
-                mma_16816(os[1], a, b + 2);
-            }
-        }
+        lower_times(os, s.aqk, sVn, rg, ch, ln);
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
             const int col = dv0 + 16 * ch + 8 * nt + ln.tc;
