@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from impbench.engine.buffers import Buffers, buffer_specs
-from impbench.engine.memory import check_fits, free_device_bytes
 from impbench.engine.forward import LaunchList, build_launches
+from impbench.engine.memory import check_fits, free_device_bytes
 from impbench.engine.weights import generate_weights
 from impbench.errors import InputError
 from impbench.prefill import Chunk, chunk_spans

@@ -119,7 +119,7 @@ def _linear(rng, n: int, k: int, nvfp4: bool, seed: int):
 
 
 def _attention(rng, p, nvfp4: bool, seed: int) -> AttentionWeights:
-    heads, kv_heads, dim = p.attention_dims("full")
+    heads, _, dim = p.attention_dims("full")
     return AttentionWeights(
         wqkv=_linear(rng, p.qkv_width("full"), p.hidden_size, nvfp4, seed),
         q_norm=_norm_fp16(rng, dim),

@@ -40,7 +40,6 @@ from impbench.reference.gated_delta import (
     l2norm,
 )
 
-
 # Errors a test plants to show the engine's sublayer comparison can fail (tests/test_reference_gated_delta.py
 # shows that each moves its sublayer by far more than the engine's FP16 error).
 PLANTS = ("rope_all_dims", "norm_without_offset", "no_attn_gate", "conv_state_dropped", "delta_state_dropped",
