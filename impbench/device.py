@@ -33,6 +33,13 @@ def compute_capability() -> int:
     return int(cupy.cuda.Device().compute_capability)
 
 
+def sm_count() -> int:
+    """Streaming multiprocessors of the current CUDA device: 132 on an H100 SXM or an H200."""
+    import cupy
+
+    return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+
+
 def pci_bus_id() -> str:
     """The PCI bus id of the current CUDA device: NVML then reads the same card CUDA uses."""
     import cupy

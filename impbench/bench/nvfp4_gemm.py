@@ -51,7 +51,7 @@ def _time(m: int, n: int, k: int, reps: int, variants, seed: int) -> dict:
     from impbench.kernels import nvfp4_gemm
     from impbench.kernels.driver import no_pdl
 
-    variant = nvfp4_gemm.choose_variant(m, n, k, int(cupy.cuda.Device().attributes["MultiProcessorCount"]))
+    variant = nvfp4_gemm.choose_variant(m, n, k, nvfp4_gemm.device_sms())
     timed = [variant] + [v for v in dict.fromkeys(variants) if v != variant]
     nvfp4_gemm.prewarm()
 
