@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from impbench.kernels.checks import check_array
+from impbench.kernels.checks import check_array, check_rows
 from impbench.kernels.modules import get_function
 from impbench.kernels.moe import KPERM_BLOCK
 
@@ -59,29 +59,6 @@ def _check_hidden(name: str, hidden: int) -> None:
 def _check_tokens(name: str, tokens: int, arr) -> None:
     if tokens < 1:
         raise ValueError(f"{name}: {tuple(arr.shape)} has no tokens")
-
-
-def check_rows(name: str, arr, dtype, shape: tuple, vector: bool = True) -> int:
-    """Check a 2-D device array whose rows may be spaced wider than they are (a column slice of a wider
-    buffer): dtype, exact shape, unit column stride, non-overlapping rows; with `vector`, 16-byte rows
-    (start and row stride). Returns the row stride in elements."""
-    if not hasattr(arr, "data") or not hasattr(arr, "strides") or type(arr).__module__.split(".")[0] != "cupy":
-        raise ValueError(f"{name} must be a cupy device array, got {type(arr).__name__}")
-    if arr.dtype != np.dtype(dtype):
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {arr.dtype.name}")
-    if tuple(arr.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}")
-    rows, width = shape
-    item = arr.dtype.itemsize
-    row_bytes, col_bytes = arr.strides
-    if width > 1 and col_bytes != item:
-        raise ValueError(f"{name} must have contiguous columns (a column slice at most), got strides {arr.strides}")
-    stride = row_bytes // item if rows > 1 else width
-    if rows > 1 and (row_bytes % item or stride < width):
-        raise ValueError(f"{name} rows must not overlap, got strides {arr.strides} for shape {tuple(arr.shape)}")
-    if vector and (arr.data.ptr % 16 or (stride * item) % 16):
-        raise ValueError(f"{name} must have 16-byte aligned rows, got address {arr.data.ptr:#x} and strides {arr.strides}")
-    return stride
 
 
 def _chunk_grid(elements: int) -> tuple[int]:

@@ -25,9 +25,8 @@ import functools
 
 import numpy as np
 
-from impbench.kernels.checks import check_array
+from impbench.kernels.checks import check_array, check_rows
 from impbench.kernels.modules import get_function
-from impbench.kernels.ops import check_rows
 
 FAMILY = "routing"
 MAX_EXPERTS = 512
