@@ -194,13 +194,12 @@ def cold_note(arm: ArmSpec, engine_owner: str | None, protocol: Protocol) -> str
 
 def measure_arms(engines, preset, prompt_tokens: int, arms: dict[str, ArmSpec], protocol: Protocol,
                  telemetry: Telemetry, progress: Progress | None = None) -> tuple[list[ArmResult], str]:  # fmt: skip
-    """Cold run, warm-up and interleaved reps of every arm on its engine (`engines`: one shared by every
-    arm, or each arm's by name, as row_engines gives them): an ArmResult per arm in order, and what
+    """Cold run, warm-up and interleaved reps of every arm on its engine (`engines`: each arm's by name, as
+    row_engines gives them): an ArmResult per arm in order, and what
     stopped the reps (stopping.FIXED or, with protocol.auto, the rule that fired). The cold runs come
     first, so each engine's first prefill is the cold run of its first arm."""
     say = progress or (lambda line: None)
     where = f"{preset.name} pp={prompt_tokens}"
-    engines = engines if isinstance(engines, dict) else dict.fromkeys(arms, engines)
     cold, paths, owner = {}, {}, {}
     for name, arm in arms.items():
         engine = engines[name]
