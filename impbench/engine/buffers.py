@@ -13,6 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 
+GDN_WORKSPACE = "gdn_"  # name prefix of the gated delta rule's workspace buffers (kernels/gated_delta.py)
+
+
 def layer_slots(preset) -> list[int]:
     """Each layer's index among the layers that keep the same kind of state: the KV cache rows of
     softmax-attention layers, the conv and recurrent states of linear (Gated DeltaNet) layers."""
@@ -90,7 +93,7 @@ def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[
             "gdn_out": ((t, hv, dv), f16),
             "gated": ((t, hv * dv), f16),  # gated norm output, out_proj's input
         })  # fmt: skip
-        specs.update({f"gdn_{name}": spec for name, spec in workspace_specs(t, hv, dk, dv).items()})
+        specs.update({GDN_WORKSPACE + name: spec for name, spec in workspace_specs(t, hv, dk, dv).items()})
     if p.shared_expert_intermediate_size:
         s = p.shared_expert_intermediate_size
         specs.update({

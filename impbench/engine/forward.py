@@ -20,7 +20,7 @@ import functools
 from collections import Counter
 from dataclasses import dataclass
 
-from impbench.engine.buffers import layer_slots
+from impbench.engine.buffers import GDN_WORKSPACE, layer_slots
 
 CUBLAS = "cublas"
 # A dense projection stored as NVFP4 runs on the dense NVFP4 GEMM (kernels/nvfp4_gemm.py) in every mode and
@@ -143,7 +143,7 @@ class _Builder:
         self.add("conv1d", ops.prepare(ops.conv_prep, b.mixed[:t], lw.conv, b.conv_state[slot], b.lin_a[:t], b.lin_b[:t],
                                        lw.a_log, lw.dt_bias, q, k, v, g, beta, L2_EPS))  # fmt: skip
         self.add("conv_state", ops.prepare(ops.conv_state_update, b.mixed[:t], b.conv_state[slot]))
-        work = gated_delta.workspace_from(b, "gdn_")
+        work = gated_delta.workspace_from(b, GDN_WORKSPACE)
         self.add("gated_delta_rule", gated_delta.prepare(q, k, v, g, beta, b.gdn_state[slot], b.gdn_out[:t], work))
         self.add("gated_norm", ops.prepare(ops.gated_rmsnorm, b.gdn_out[:t], b.lin_z[:t], lw.gated_norm, p.rms_norm_eps,
                                            b.gated[:t]))  # fmt: skip
