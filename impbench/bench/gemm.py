@@ -104,6 +104,13 @@ def nvfp4_cases(models, ms) -> list[GemmCase]:
     return [GemmCase(m, n, k, tuple(dict.fromkeys(ops))) for (m, n, k), ops in merged.items()]
 
 
+def others_text(others: dict) -> str:
+    """The "other variants" column: each variant's µs, fastest first, WRONG where its error against cuBLAS
+    passes 2e-3 (so one that computes garbage cannot look fast)."""
+    return ", ".join(f"{v} {o['us']:.1f}{'' if o['rel_err'] <= 2e-3 else ' (WRONG)'}"
+                     for v, o in sorted(others.items(), key=lambda kv: kv[1]["us"])) or "-"  # fmt: skip
+
+
 def time_nvfp4_case(case: GemmCase, reps: int) -> dict:
     """One NVFP4 projection shape: the dense NVFP4 GEMM against cuBLAS FP16 on the dequantized weights, as a
     row of this report (variant "nvfp4 <name>"; the floor is of the NVFP4 bytes)."""
@@ -116,8 +123,7 @@ def time_nvfp4_case(case: GemmCase, reps: int) -> dict:
             "ratio": r["cublas_us"] / r["ours_us"], "ours_tflops": flop / r["ours_us"] / 1e6,
             "cublas_tflops": flop / r["cublas_us"] / 1e6, "rel_err": r["rel_err"], "floor_us": r["floor_us"],
             "guards": "every guard (capture-safe)", "variants": r["others"],
-            "others": ", ".join(f"{v} {o['us']:.1f}{'' if o['rel_err'] <= 2e-3 else ' (WRONG)'}"
-                                for v, o in sorted(r["others"].items(), key=lambda kv: kv[1]["us"])) or "-"}  # fmt: skip
+            "others": others_text(r["others"])}  # fmt: skip
 
 
 # ---- timing ---------------------------------------------------------------------------------
@@ -166,8 +172,7 @@ def time_case(case: GemmCase, guard: str, reps: int, extra_variants=()) -> dict:
            "ours_tflops": flop / ours_us / 1e6 if ours_us else None, "cublas_tflops": flop / cublas_us / 1e6,
            "rel_err": rel_err(outs[variant][0], outs[gemm.CUBLAS][0]) if variant else None,
            "guards": ", ".join(f"{g}: {v}" for g, v in guards.items()), "variants": extra,
-           "others": ", ".join(f"{v} {o['us']:.1f}{'' if o['rel_err'] <= 2e-3 else ' (WRONG)'}"
-                               for v, o in sorted(extra.items(), key=lambda kv: kv[1]["us"])) or "-"}  # fmt: skip
+           "others": others_text(extra)}  # fmt: skip
     del a_sets, w_sets, outs, launchers
     cupy.get_default_memory_pool().free_all_blocks()
     return row
