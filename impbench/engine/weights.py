@@ -216,9 +216,9 @@ def _host(tensor) -> np.ndarray:
 
 def _attention_reference(p, a: AttentionWeights) -> dict:
     """The reference's names and layouts of an attention layer: qwen3_moe's fused wqkv, or qwen3_5_moe's
-    q_proj (per head [q | gate]), k_proj and v_proj."""
+    q_proj (per head [q | gate]), k_proj and v_proj; q/k norms back to the stored convention, as every norm."""
     wqkv = _host(a.wqkv)
-    ref = {"q_norm": _host(a.q_norm), "k_norm": _host(a.k_norm)}
+    ref = {"q_norm": _host(a.q_norm) - p.norm_weight_offset, "k_norm": _host(a.k_norm) - p.norm_weight_offset}
     if not p.attn_output_gate:
         return {**ref, "wqkv": wqkv, "wo": _host(a.wo)}
     heads, kv_heads, dim = p.attention_dims("full")
@@ -248,10 +248,7 @@ def reference_weights(weights: ModelWeights, preset) -> dict:
                      "w13": _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2, True if tiled else None),
                      "w2": _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2, False if tiled else None)}  # fmt: skip
         if layer.attention is not None:
-            attention = _attention_reference(preset, layer.attention)
-            attention["q_norm"] -= offset
-            attention["k_norm"] -= offset
-            layer_ref.update(attention)
+            layer_ref.update(_attention_reference(preset, layer.attention))
         if layer.linear is not None:
             layer_ref.update({f.name: _host(getattr(layer.linear, f.name)) for f in fields(layer.linear)})
         if layer.shared is not None:
