@@ -26,6 +26,15 @@ def test_engine_accepts_the_qwen3_and_qwen3_6_presets():
         check_supported(get_preset(model))
 
 
+def test_an_engine_compiles_only_the_kernel_families_its_model_launches():
+    from impbench.engine.core import KERNEL_FAMILIES, kernel_families
+    from impbench.presets import get_preset
+
+    assert kernel_families(get_preset("qwen3-coder")) == KERNEL_FAMILIES
+    assert set(kernel_families(get_preset("qwen3-modelopt"))) - set(KERNEL_FAMILIES) == {"nvfp4_gemm"}
+    assert set(kernel_families(get_preset("qwen3.6"))) - set(KERNEL_FAMILIES) == {"gated_delta"}
+
+
 def _tiny(nvfp4_attention=False, model="tiny"):
     import dataclasses
 

@@ -18,12 +18,20 @@ from impbench.engine.weights import generate_weights
 from impbench.errors import InputError
 from impbench.prefill import Chunk, chunk_spans
 
-KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "nvfp4_gemm", "ops", "routing", "attention", "gated_delta", "bench")
+KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "ops", "routing", "attention", "bench")  # what every model runs
 ENGINE_NVFP4 = {"experts", "attention"}  # tensor groups the engine can store as NVFP4
 LAYER_FIRST_OPS = ("qkv_proj", "in_proj_qkv")  # the first op of a full / a linear layer
 
 
 ENGINE_ARCHITECTURES = ("qwen3_moe", "qwen3_5_moe")
+
+
+def kernel_families(preset) -> tuple[str, ...]:
+    """The kernel families a preset's prefill launches: every model's, plus the gated delta rule where it has
+    linear layers and the dense NVFP4 GEMM where it stores projections as NVFP4 (compiling a family takes
+    seconds on a fresh machine, so an engine compiles only its own)."""
+    extra = ("gated_delta",) * ("linear" in preset.layer_types) + ("nvfp4_gemm",) * ("attention" in preset.nvfp4_tensors)
+    return KERNEL_FAMILIES + extra
 
 
 def check_supported(preset) -> None:
@@ -83,11 +91,14 @@ class Engine:
         self.prewarm = prewarm
         self.current_op = ""
         self.stream = cupy.cuda.Stream(non_blocking=True)
-        for family in KERNEL_FAMILIES:  # compile outside any capture, in both modes
+        for family in kernel_families(preset):  # compile outside any capture, in both modes
             load_module(family)
         # shared-memory limits; GEMM kernels are fetched as a launch list is built (with prewarm: before capture)
-        for prewarm_kernels in (moe.prewarm, attention.prewarm, gated_delta.prewarm, nvfp4_gemm.prewarm):
-            prewarm_kernels()
+        prewarms = {"moe_nvfp4": moe.prewarm, "attention": attention.prewarm, "gated_delta": gated_delta.prewarm,
+                    "nvfp4_gemm": nvfp4_gemm.prewarm}  # fmt: skip
+        for family in kernel_families(preset):
+            if family in prewarms:
+                prewarms[family]()
         with self.stream:
             self.weights = generate_weights(preset, seed) if weights is None else weights
             self.buffers = Buffers(buffer_specs(preset, self.chunk_tokens, max_tokens), prewarm=prewarm)
