@@ -112,3 +112,19 @@ __device__ __forceinline__ void kperm_units(const V (&v)[4], V (&out)[4]) {
     out[3] = {__byte_perm(v[0].z, v[0].w, 0x5410), __byte_perm(v[1].z, v[1].w, 0x5410),
               __byte_perm(v[2].z, v[2].w, 0x5410), __byte_perm(v[3].z, v[3].w, 0x5410)};
 }
+
+// The elementwise activations run once per FP16 output, so they use the approximate MUFU exp2 and
+// reciprocal with denormals flushed (a few FP32 ulp, far below an FP16 rounding): IEEE division and
+// expf, with their range checks and slow paths, made conv_prep's 64 SiLUs a thread cost about as much
+// issue time as its memory. 1 + e^-x overflowing to inf gives rcp 0, the limit.
+__device__ __forceinline__ float rcp_fast(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float sigmoid_f(float x) { return rcp_fast(1.0f + fast_exp2(-LOG2E * x)); }
+__device__ __forceinline__ float silu_f(float x) { return x * sigmoid_f(x); }
+// GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
+__device__ __forceinline__ float gelu_tanh_f(float x) {
+    return x * sigmoid_f(1.5957691216057308f * fmaf(0.044715f * x, x * x, x));
+}

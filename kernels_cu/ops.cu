@@ -395,21 +395,6 @@ __device__ __forceinline__ void add_rmsnorm_impl(const half_t *__restrict__ x, h
 
 // ---- Qwen3.5/3.6 hybrid layers -------------------------------------------------------------------
 
-// The elementwise activations run once per FP16 output, so they use the approximate MUFU exp2 and
-// reciprocal with denormals flushed (a few FP32 ulp, far below an FP16 rounding): IEEE division and
-// expf, with their range checks and slow paths, made conv_prep's 64 SiLUs a thread cost about as much
-// issue time as its memory. 1 + e^-x overflowing to inf gives rcp 0, the limit.
-__device__ __forceinline__ float rcp_fast(float x) {
-    float y;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ float sigmoid_f(float x) { return rcp_fast(1.0f + fast_exp2(-LOG2E * x)); }
-__device__ __forceinline__ float silu_f(float x) { return x * sigmoid_f(x); }
-// GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
-__device__ __forceinline__ float gelu_tanh_f(float x) {
-    return x * sigmoid_f(1.5957691216057308f * fmaf(0.044715f * x, x * x, x));
-}
 // log(1 + e^x) without overflow or cancellation at either end (FP32 outputs: the accurate expf)
 __device__ __forceinline__ float softplus_f(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
