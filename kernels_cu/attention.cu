@@ -14,21 +14,21 @@
 //
 // Layouts (row-major, contiguous): q, out [T, Hq, D]; k, v [max_len, Hkv, D]; pos int32 [1].
 // Query head h reads KV head h / (Hq / Hkv). Keys at or beyond min(pos + T, max_len) are never
-// loaded (their shared-memory rows are zero-filled; the TMA kernels zero the V rows of the last tile
+// loaded (their shared-memory rows are zero-filled; the TMA kernel zeroes the V rows of the last tile
 // after it lands), so nothing past the chunk can leak in.
 //
 // Two kernel families (impbench/kernels/attention.py's VARIANTS names each kernel per head dim), for
 // D = 64, 128, 256, 512:
 //
-// 1. Hopper (sm_90a; the H100 path), wgmma.mma_async: attention_prefill_wg_d<D>, wg2_d<D>, and at
-//    D = 256 wg2r_d256 and wgr_d256 (WgGeometry). A block is WGS warpgroups and 64 WGS (query, head)
-//    rows: HB heads of one KV group x 64 WGS / HB consecutive queries (row r = query r / HB, head
-//    r % HB; Qwen3-Coder in wg_: 8 heads x 8 queries). Why: all heads of a GQA group read the same
-//    K/V, so packing them into one block streams each K/V tile from L2 once for the whole group
-//    instead of once per head, and short query tiles waste little on the causal diagonal.
-//    wg_ blocks have one warpgroup and fit two per SM (D <= 128), so two independent tile loops
-//    share each SM; wg2_ blocks pair two warpgroups on one K/V stream (half the L2 reads per row).
-//    Warpgroup g owns rows [64g, 64g + 64): S = Q K^T is one m64nBNk16 wgmma per k16 step (Q as
+// 1. Hopper (sm_90a; the H100 path), wgmma.mma_async: attention_prefill_wg_d64, wg_d128 and
+//    wg2r_d256 (WgGeometry). A block is WGS warpgroups and 64 WGS (query, head) rows: HB heads of one
+//    KV group x 64 WGS / HB consecutive queries (row r = query r / HB, head r % HB; Qwen3-Coder in
+//    wg_d128: 8 heads x 8 queries). Why: all heads of a GQA group read the same K/V, so packing them
+//    into one block streams each K/V tile from L2 once for the whole group instead of once per head,
+//    and short query tiles waste little on the causal diagonal. wg_ blocks have one warpgroup and fit
+//    two per SM (D <= 128), so two independent tile loops share each SM; wg2r_d256 pairs two
+//    warpgroups on one K/V stream (half the L2 reads per row).
+//    Warpgroup g owns rows [64g, 64g + 64): S = Q K^T is one m64n64k16 wgmma per k16 step (Q as
 //    register A fragments for D <= 128, re-read with ldmatrix before every S; from shared memory
 //    for D = 256), the online softmax runs in place on the accumulators in registers (row
 //    statistics inside the quad that holds the row), P goes from them into register A fragments,
@@ -38,7 +38,7 @@
 //    tile. Each row keeps a reference max that moves only when a tile's max exceeds it by more
 //    than 2^8 (REF_SLACK), so O is rescaled on few tiles, and a warp skips the rescale when none of
 //    its rows moved.
-//    K/V tiles of BN keys stream through STAGES shared-memory stages filled by cp.async from every
+//    K/V tiles of 64 keys stream through STAGES shared-memory stages filled by cp.async from every
 //    thread (STAGES - 1 tiles ahead, or two-slot K and V rings; WgGeometry); one __syncthreads per
 //    tile. Shared tiles are stored as D/64 column blocks of [rows][64 halves] with the 128-byte
 //    swizzle (16-byte chunk c of row r at c ^ (r & 7)), which is both the K-major layout of Q and K
@@ -47,8 +47,8 @@
 //    256 registers a thread for one warpgroup, so two warpgroups share the 64 rows and each owns
 //    half the head dimension (SplitGeometry): its halves of Q, K, V and O. Each computes the partial
 //    S of its half; the halves meet once per tile through shared memory, so both run the same
-//    softmax on the full S and their own PV. attention_prefill_wg_d512 loads K/V by cp.async;
-//    wgt_d512 by TMA; wgtc_d512 by TMA in 2-CTA clusters that multicast every tile to both.
+//    softmax on the full S and their own PV. attention_prefill_wgtc_d512 loads K/V by TMA in 2-CTA
+//    clusters that multicast every tile to both.
 //
 // 2. attention_prefill_d<D> (portable mma.sync m16n8k16, any sm_80+; the fallback): 64 queries x 1
 //    head per block, 4 warps, each warp owns 16 query rows (one m16 MMA tile) for the whole KV
@@ -340,7 +340,7 @@ ATTENTION_PREFILL(512)
 // set is on; elsewhere the entry points trap and attention.py never selects them.
 namespace {
 
-// WGS warpgroups per block, each owning 64 (query, head) rows; key tiles of BN keys; STAGES shared-
+// WGS warpgroups per block, each owning 64 (query, head) rows; key tiles of BN = 64 keys; STAGES shared-
 // memory stages of one K and one V tile each. Every wgmma is waited on by the next tile, so a stage
 // is busy only for the tile being multiplied and the tiles loading.
 // - STAGES >= 3: tile j lives in stage j % STAGES, loaded PREFETCH = STAGES - 1 tiles ahead.
@@ -350,10 +350,9 @@ namespace {
 // The variants (attention.py's VARIANTS mirrors each geometry and its shared memory):
 // - attention_prefill_wg_d<D>: WGS = 1, 4 warps; two blocks per SM at D <= 128 (D = 128: 16 + 3 x 32
 //   KiB + 1 KiB = 113 KiB each), so the two blocks' softmax and wgmma phases need not line up.
-// - attention_prefill_wg2_d<D>: WGS = 2, 128 rows; both warpgroups meet at every tile's barrier.
-// - attention_prefill_wg2r_d256: WGS = 2 with 64-key tiles in rings (Q 64 + 2 x 64 KiB): S of
-//   m64n64k16 reads Q once per 64 keys instead of per 32, half the softmax overhead per key.
-// - attention_prefill_wgr_d256: WGS = 1, 32-key rings: 97 KiB, two blocks per SM.
+// - attention_prefill_wg2r_d256: WGS = 2, 128 rows (both warpgroups meet at every tile's barrier),
+//   64-key tiles in rings (Q 64 + 2 x 64 KiB = 193 KiB, one block per SM): S as m64n64k16 from shared
+//   memory reads Q once per 64 keys.
 template <int D, int WGS, int BN_, int STAGES_>
 struct WgGeometry {
     static constexpr int ROWS = 64 * WGS;  // (query, head) rows per block
@@ -370,11 +369,11 @@ struct WgGeometry {
     // Q + STAGES x (K + V) + 1 KiB to align the base to the 1024-byte swizzle atom.
     static constexpr int SMEM_BYTES = Q_BYTES + STAGES * 2 * KV_BYTES + 1024;
     static_assert(BN % RPP == 0 && ROWS % RPP == 0, "tiles must split evenly over the block");
-    static_assert(Q_IN_REGS ? BN == 64 : (BN == 32 || BN == 64), "S wgmma: m64n64 (Q in registers), m64n32/64");
+    static_assert(BN == 64, "S wgmma: m64n64k16");
     static_assert(STAGES >= 2 && SMEM_BYTES <= 227 * 1024, "shared memory of one block");
 };
 
-// attention_prefill_wg*_d512: 64 rows (as attention_prefill_wg_d<D>) and two warpgroups that split the
+// attention_prefill_wgtc_d512: 64 rows (as attention_prefill_wg_d<D>) and two warpgroups that split the
 // head dimension. Warpgroup g owns columns [g DH, g DH + DH) of Q, K, V and O: 64 x 256 FP32 outputs are
 // 128 registers a thread, where one warpgroup with all 512 columns would need 256. Each warpgroup
 // loads, multiplies and stores its own half; S = Q K^T is the sum of the two halves' partial
@@ -447,7 +446,7 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[R], const unsigned (&a)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TRANS_B));
 }
 
-// D(64 x 32) += A(64 x 16) * B(16 x 32), both K-major in shared memory (S of D >= 256).
+// D(64 x 32) += A(64 x 16) * B(16 x 32), both K-major in shared memory (partial S of wgtc_d512).
 template <int R>
 __device__ __forceinline__ void wgmma_ss_n32(float (&d)[R], unsigned long long da, unsigned long long db,
                                              int accumulate = 1) {
@@ -715,8 +714,6 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
             const unsigned q_desc_addr = sQ_addr + (ks >> 2) * Q_BLOCK + wg * 64 * 128 + (ks & 3) * 32;
             if constexpr (G::Q_IN_REGS)
                 wgmma_rs_n64<0>(s, qf[ks], sw128_desc(k_desc_addr, 16), ks > 0);
-            else if constexpr (BN == 32)
-                wgmma_ss_n32(s, sw128_desc(q_desc_addr, 16), sw128_desc(k_desc_addr, 16), ks > 0);
             else
                 wgmma_ss_n64(s, sw128_desc(q_desc_addr, 16), sw128_desc(k_desc_addr, 16), ks > 0);
         }
@@ -831,219 +828,20 @@ __device__ __forceinline__ void ld_shared_f32x4(unsigned addr, float &a, float &
     asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(a), "=f"(b), "=f"(c), "=f"(d) : "r"(addr) : "memory");
 }
 
-// The D = 512 kernel (SplitGeometry). Per tile j of warpgroup g: wait for K_{j+1} and V_j, load K_{j+2}
-// and V_{j+1} into the slots S_j and PV_{j-1} freed, issue S_{j+1} (its half of the head dimension),
-// issue PV_j (its half of the output columns), wait for S_{j+1}, add the other warpgroup's partial
-// S_{j+1} and run the softmax while PV_j executes, wait for PV_j. K and V sit in separate two-slot
-// rings so that every load is issued one whole tile before it is needed.
-template <int D>
-__device__ __forceinline__ void attention_wg_split_body(const half_t *__restrict__ q, const half_t *__restrict__ k,
-                                                        const half_t *__restrict__ v, const int *__restrict__ pos_ptr,
-                                                        half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
-                                                        float scale_log2, int HB, int window) {
-    using G = SplitGeometry<D>;
-    constexpr int BN = G::BN, DH = G::DH, CPR = G::CPR, RPP = G::RPP;
-    constexpr int S_REGS = BN / 2, O_REGS = DH / 2;
-    constexpr unsigned KV_BLOCK = BN * 128;  // bytes of one 64-wide column block of a K/V half tile
-    constexpr unsigned Q_BLOCK = 64 * 128;   // ... of the Q half tile
-
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    if (dynamic_smem_bytes() < (unsigned)G::SMEM_BYTES) __trap();  // wrapper and kernel disagree
-    const unsigned raw_addr = smem_u32(smem_raw);
-    unsigned char *smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
-
-    const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, t = tid & 127, wq = t >> 5;
-    unsigned char *sQ = smem + wg * G::WG_BYTES;  // this warpgroup's region: Q, K slots, V slots, partial S
-    unsigned char *sK = sQ + G::Q_BYTES, *sV = sK + 2 * G::KV_BYTES;
-    const unsigned sQ_addr = smem_u32(sQ), sK_addr = smem_u32(sK), sV_addr = smem_u32(sV);
-    const unsigned sX_addr = sV_addr + 2 * G::KV_BYTES;
-    const unsigned sX_other = wg == 0 ? sX_addr + G::WG_BYTES : sX_addr - G::WG_BYTES;
-
-    const int group = Hq / Hkv;
-    const int QB = 64 / HB;                                  // queries per block
-    const int head0 = blockIdx.x * HB;                       // first query head of the block
-    const int kv_head = head0 / group;
-    const int t0 = (gridDim.y - 1 - blockIdx.y) * QB;        // longest sweeps first
-    const int pos = *pos_ptr;
-    const int q_valid = min(QB, T - t0);
-    const int kv_end = min(pos + t0 + q_valid, max_len);     // keys this block may touch: [0, kv_end)
-    const int j0 = first_tile(pos + t0, window, kv_end, BN); // tile j of the loop is key tile j0 + j
-    const int n_tiles = (kv_end + BN - 1) / BN - j0;         // >= 1, the same for both warpgroups
-    const long q_row = (long)Hq * D, kv_row = (long)Hkv * D;
-
-    // Copy geometry: thread t copies 16-byte chunk c of its half row in rows r_first + RPP * it, to
-    // column block c / 8, swizzled chunk (c % 8) ^ (row % 8).
-    const int c = t % CPR, r_first = t / CPR;
-    auto soff = [&](int r, unsigned block_bytes) -> unsigned {
-        return (c >> 3) * block_bytes + r * 128 + (((c & 7) ^ (r & 7)) << 4);
-    };
-    const long col = (long)kv_head * D + wg * DH + c * 8;
-    auto load_half_tile = [&](const half_t *src, unsigned char *slots, int jt) {  // nothing past the last tile
-        if (jt < n_tiles) {
-            const int n0 = (j0 + jt) * BN;
-            unsigned char *dst = slots + (jt & 1) * G::KV_BYTES;
-#pragma unroll
-            for (int it = 0; it < BN / RPP; ++it) {
-                const int r = r_first + it * RPP, key = n0 + r;
-                const bool ok = key < kv_end;
-                cp_async16(dst + soff(r, KV_BLOCK), src + (ok ? key * kv_row + col : col), ok ? 16 : 0);
-            }
-        }
-    };
-    auto load_k = [&](int jt) { load_half_tile(k, sK, jt); };
-    auto load_v = [&](int jt) { load_half_tile(v, sV, jt); };
-
-#pragma unroll
-    for (int it = 0; it < 64 / RPP; ++it) {  // Q rows: (query t0 + r / HB, head head0 + r % HB), this half
-        const int r = r_first + it * RPP, qi = r / HB, tq = t0 + qi;
-        const bool ok = qi < QB && tq < T;
-        const half_t *src = ok ? q + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + wg * DH + c * 8 : q;
-        cp_async16(sQ + soff(r, Q_BLOCK), src, ok ? 16 : 0);
-    }
-    load_k(0);
-    cp_async_commit();  // group: Q, K_0
-    load_k(1);
-    load_v(0);
-    cp_async_commit();  // group: K_1, V_0
-
-    // This thread's two accumulator rows (R0, R0 + 8 of the 64) and their visible keys [lo, lim]; the
-    // thread of the same index in the other warpgroup holds the same rows and keys.
-    const int R0 = wq * 16 + (lane >> 2);
-    const RowLimits rows{min(pos + t0 + R0 / HB, kv_end - 1), min(pos + t0 + (R0 + 8) / HB, kv_end - 1),
-                         window_lo(pos + t0 + R0 / HB, window), window_lo(pos + t0 + (R0 + 8) / HB, window)};
-
-    unsigned p[BN / 16][4];       // P fragments of the next PV
-    float o[O_REGS], s[S_REGS];  // O half; partial S, then full S, then (in place) probabilities
-#pragma unroll
-    for (int i = 0; i < O_REGS; ++i) o[i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < S_REGS; ++i) s[i] = 0.f;
-    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
-    float alpha0 = 1.f, alpha1 = 1.f;
-
-    auto issue_s = [&](int jt) {  // partial S_jt over this half of the head dimension, one wgmma group
-        const unsigned k_addr = sK_addr + (jt & 1) * G::KV_BYTES;
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < DH / 16; ++ks)  // k16 step ks: column block ks / 4, 32 bytes in per step
-            wgmma_ss_n32(s, sw128_desc(sQ_addr + (ks >> 2) * Q_BLOCK + (ks & 3) * 32, 16),
-                         sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
-        wgmma_commit();
-    };
-    // s = this partial S_jt + the other warpgroup's (a + b == b + a exactly, so both warpgroups hold
-    // the same S). Layout [S_REGS / 4][128 threads][4 floats]: each warp's 16-byte accesses are contiguous.
-    auto full_s = [&](int jt) {
-        const unsigned buf = (jt & 1) * G::X_BYTES + t * 16;
-#pragma unroll
-        for (int i = 0; i < S_REGS / 4; ++i)
-            st_shared_f32x4(sX_addr + buf + i * 2048, s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]);
-        asm volatile("bar.sync 3, 256;\n" ::: "memory");  // both warpgroups' partials written
-#pragma unroll
-        for (int i = 0; i < S_REGS / 4; ++i) {
-            float b[4];
-            ld_shared_f32x4(sX_other + buf + i * 2048, b[0], b[1], b[2], b[3]);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[4 * i + e] += b[e];
-        }
-    };
-    // In place, as attention_wg_body's: s holds the probabilities until the next iteration packs them.
-    auto softmax = [&](int jt) {
-        full_s(jt);
-        softmax_step<BN>(s, (j0 + jt) * BN, lane, rows, scale_log2, m0, m1, l0, l1, alpha0, alpha1);
-    };
-    auto pv = [&](int jt) {  // O = alpha O + P_jt V_jt on this half of the columns, one wgmma group
-        rescale_o(o, alpha0, alpha1);
-        const unsigned v_addr = sV_addr + (jt & 1) * G::KV_BYTES;
-        fence_regs(o);
-        fence_regs(p);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) pv_step<DH>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
-        wgmma_commit();
-    };
-    auto wait_pv = [&]() {  // the last PV group done: O and the P registers are free
-        wgmma_wait<0>();
-        fence_regs(o);
-        fence_regs(p);
-    };
-
-    // Prologue: S_0 and its softmax.
-    cp_async_wait<1>();  // Q and K_0 landed
-    fence_proxy_async();
-    warpgroup_bar(wg);
-    issue_s(0);
-    wgmma_wait<0>();
-    fence_regs(s);
-    softmax(0);
-
-    // PV_j is waited for at the top of the next iteration (see attention_wg_body: a wait after the
-    // softmax would run before it).
-    for (int j = 0; j + 1 < n_tiles; ++j) {
-        // K_{j+1} and V_j landed. After the barrier every thread of the warpgroup is past S_j and
-        // PV_{j-1} (waited for here), so K slot j % 2 and V slot (j + 1) % 2 are free.
-        wait_pv();
-        cp_async_wait<0>();
-        fence_proxy_async();
-        warpgroup_bar(wg);
-        fence_regs(s);
-        pack_probs<BN>(s, p);  // P_j from the softmax of the previous iteration
-        issue_s(j + 1);
-        load_k(j + 2);
-        load_v(j + 1);
-        cp_async_commit();
-        pv(j);
-        wgmma_wait<1>();  // S_{j+1} done; PV_j runs under the exchange and the softmax
-        fence_regs(s);
-        softmax(j + 1);
-    }
-    // The last tile: V_{n-1} came with the last group.
-    wait_pv();
-    cp_async_wait<0>();
-    fence_proxy_async();
-    warpgroup_bar(wg);
-    pack_probs<BN>(s, p);
-    pv(n_tiles - 1);
-    wait_pv();
-
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-
-    // Stage this warpgroup's 64 x DH outputs in its own Q half (its S wgmmas, the only readers, are
-    // complete), then store 16-byte chunks of the rows that exist.
-    const int R1 = R0 + 8, cq = (lane & 3) * 4;
-#pragma unroll
-    for (int i = 0; i < DH / 8; ++i) {
-        const unsigned blk = (i >> 3) * Q_BLOCK, ch = i & 7;
-        *reinterpret_cast<half2_t *>(sQ + blk + R0 * 128 + ((ch ^ (R0 & 7)) << 4) + cq) =
-            pack_half2(o[4 * i] * inv0, o[4 * i + 1] * inv0);
-        *reinterpret_cast<half2_t *>(sQ + blk + R1 * 128 + ((ch ^ (R1 & 7)) << 4) + cq) =
-            pack_half2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
-    }
-    warpgroup_bar(wg);
-#pragma unroll
-    for (int it = 0; it < 64 * CPR / 128; ++it) {
-        const int i = t + it * 128;
-        const int r = i / CPR, cc = i % CPR, qi = r / HB, tq = t0 + qi;
-        if (qi < QB && tq < T)
-            *reinterpret_cast<uint4 *>(out + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + wg * DH + cc * 8) =
-                *reinterpret_cast<const uint4 *>(sQ + (cc >> 3) * Q_BLOCK + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
-    }
-}
-
-
-// ---- D = 512 with TMA loads: attention_prefill_wgt_d512 (CS = 1), attention_prefill_wgtc_d512 (CS = 2) ----
-// The split kernel's geometry, shared-memory layout and tile loop (SplitGeometry, two warpgroups that
-// split the head dimension of 64 rows), with every K and V half tile brought in by the TMA unit
-// instead of 16 cp.async per thread: one thread issues a 3-D box (64 columns x 32 keys x 4 column
-// blocks of the half) that lands in the 128-byte-swizzled layout the wgmma descriptors read, and
-// completes on the slot's `full` mbarrier. A slot is handed back through its `empty` mbarrier by
-// each warp that read it, once the wgmma that read it completed.
-// CS = 2: clusters of two CTAs on adjacent query blocks of one head group. CTA r loads half r of
-// every K and V tile for both CTAs (multicast), so each tile crosses from L2 once per pair: half the
-// L2 -> SM traffic of CS = 1 at the same 64 rows a CTA (the register file holds no more at D 512).
+// ---- D = 512: attention_prefill_wgtc_d512 ----
+// SplitGeometry: two warpgroups split the head dimension of 64 rows. Per tile j of warpgroup g: issue
+// S_{j+1} (its half of the head dimension), issue PV_j (its half of the output columns), wait for
+// S_{j+1}, add the other warpgroup's partial S_{j+1} and run the softmax while PV_j executes; PV_j is
+// waited for at the top of the next iteration (see attention_wg_body). K and V sit in separate
+// two-slot rings so that every load is issued one whole tile before it is needed: K_{j+2} into the
+// slot S_j freed, V_{j+1} into the one PV_{j-1} freed. Every K and V half tile comes in by the TMA
+// unit: one thread issues a 3-D box (64 columns x 32 keys x 4 column blocks of the half) that lands
+// in the 128-byte-swizzled layout the wgmma descriptors read, and completes on the slot's `full`
+// mbarrier. A slot is handed back through its `empty` mbarrier by each warp that read it, once the
+// wgmma that read it completed.
+// Clusters of two CTAs on adjacent query blocks of one head group: CTA r loads half r of every K and V
+// tile for both CTAs (multicast), so each tile crosses from L2 once per pair: half the L2 -> SM
+// traffic of one CTA per tile at the same 64 rows a CTA (the register file holds no more at D 512).
 // Both CTAs sweep the union of their key ranges (a tile either one needs); rows mask what they do not
 // see. Keys at or past the union's end are in the cache (not zero-filled by the TMA unit, which
 // zero-fills only past max_len), so the last tile's V rows there are zeroed in shared memory before
@@ -1076,18 +874,16 @@ __device__ __forceinline__ KeyRange key_range(int t0, int QB, int T, int pos, in
     return {j0, (kv_end + bn - 1) / bn - j0, kv_end};
 }
 
-template <int CS>
-__device__ __forceinline__ void attention_wg_tma_body(const TmaMap &map_k, const TmaMap &map_v,
-                                                      const half_t *__restrict__ q, const int *__restrict__ pos_ptr,
-                                                      half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
-                                                      float scale_log2, int HB, int window) {
+__device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, const TmaMap &map_v,
+                                                       const half_t *__restrict__ q, const int *__restrict__ pos_ptr,
+                                                       half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
+                                                       float scale_log2, int HB, int window) {
     constexpr int D = 512;
     using G = SplitGeometry<D>;
     constexpr int BN = G::BN, DH = G::DH, CPR = G::CPR, RPP = G::RPP;
     constexpr int S_REGS = BN / 2, O_REGS = DH / 2;
     constexpr unsigned KV_BLOCK = BN * 128;  // bytes of one 64-wide column block of a K/V half tile
     constexpr unsigned Q_BLOCK = 64 * 128;   // ... of the Q half tile
-    static_assert(CS == 1 || CS == 2, "one CTA, or a pair sharing every tile");
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // mbarriers, per warpgroup g and slot s: full K 2g + s, full V 4 + 2g + s, empty K 8 + 2g + s,
@@ -1109,8 +905,7 @@ __device__ __forceinline__ void attention_wg_tma_body(const TmaMap &map_k, const
     auto empty_k = [&](int s) { return bar0 + 8 * (8 + 2 * wg + s); };
     auto empty_v = [&](int s) { return bar0 + 8 * (12 + 2 * wg + s); };
 
-    const unsigned rank = CS > 1 ? cluster_rank() : 0u;
-    const bool loader = (CS == 1 || wg == (int)rank) && t == 0;  // issues this half's tiles (for the pair)
+    const bool loader = wg == (int)cluster_rank() && t == 0;  // issues this half's tiles for the pair
 
     const int group = Hq / Hkv;
     const int QB = 64 / HB;                                  // queries per block
@@ -1119,29 +914,24 @@ __device__ __forceinline__ void attention_wg_tma_body(const TmaMap &map_k, const
     const int t0 = (gridDim.y - 1 - blockIdx.y) * QB;        // longest sweeps first
     const int pos = *pos_ptr;
     const long q_row = (long)Hq * D;
-    // The tiles this CTA sweeps: its own, or with a partner (blockIdx.y ^ 1) the union of both ranges.
+    // The tiles this CTA sweeps: the union of its own range and its partner's (blockIdx.y ^ 1).
     const KeyRange own = key_range(t0, QB, T, pos, max_len, window, BN);
+    const KeyRange other = key_range((gridDim.y - 1 - (blockIdx.y ^ 1)) * QB, QB, T, pos, max_len, window, BN);
     KeyRange sweep = own;
-    if constexpr (CS > 1) {
-        const KeyRange other = key_range((gridDim.y - 1 - (blockIdx.y ^ 1)) * QB, QB, T, pos, max_len, window, BN);
-        if (own.n_tiles == 0) {
-            sweep = other;
-        } else if (other.n_tiles > 0) {
-            const int j0 = min(own.j0, other.j0), kv_end = max(own.kv_end, other.kv_end);
-            sweep = {j0, (kv_end + BN - 1) / BN - j0, kv_end};
-        }
+    if (own.n_tiles == 0) {
+        sweep = other;
+    } else if (other.n_tiles > 0) {
+        const int j0 = min(own.j0, other.j0), kv_end = max(own.kv_end, other.kv_end);
+        sweep = {j0, (kv_end + BN - 1) / BN - j0, kv_end};
     }
     const int j0 = sweep.j0, n_tiles = sweep.n_tiles, kv_end = sweep.kv_end;  // n_tiles >= 1
 
     if (tid == 0) {
-        for (int i = 0; i < 8; ++i) mbar_init(bar0 + 8 * i, 1);       // full: the arming thread's arrive.expect_tx
-        for (int i = 8; i < 16; ++i) mbar_init(bar0 + 8 * i, 4 * CS);  // empty: the 4 warps of half g of each CTA
+        for (int i = 0; i < 8; ++i) mbar_init(bar0 + 8 * i, 1);   // full: the arming thread's arrive.expect_tx
+        for (int i = 8; i < 16; ++i) mbar_init(bar0 + 8 * i, 8);  // empty: the 4 warps of half g of both CTAs
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    if constexpr (CS > 1)
-        cluster_sync();  // the partner's barriers exist before anything lands in them or arrives on them
-    else
-        __syncthreads();
+    cluster_sync();  // the partner's barriers exist before anything lands in them or arrives on them
 
     // Thread 0 of the warpgroup arms this CTA's full barrier of a slot for its next tile (the bytes may
     // land before or after: the phase completes once both happened); the loader issues the tile into
@@ -1150,19 +940,11 @@ __device__ __forceinline__ void attention_wg_tma_body(const TmaMap &map_k, const
     auto arm = [&](unsigned full) {
         if (t == 0) mbar_expect_tx(full, G::KV_BYTES);
     };
-    auto load = [&](const TmaMap *map, unsigned slot, int jt, unsigned full) {
-        if constexpr (CS > 1)
-            tma_load_3d_multicast(slot, map, 0, (j0 + jt) * BN, col_block, full, (unsigned short)0x3);
-        else
-            tma_load_3d(slot, map, 0, (j0 + jt) * BN, col_block, full);
+    auto load = [&](const TmaMap *map, unsigned slot, int jt, unsigned full) {  // into both CTAs
+        tma_load_3d_multicast(slot, map, 0, (j0 + jt) * BN, col_block, full, (unsigned short)0x3);
     };
-    auto release = [&](unsigned empty) {
-        if (lane == 0) {
-            if constexpr (CS > 1)
-                mbar_arrive_cluster(cluster_addr(empty, (unsigned)wg));
-            else
-                mbar_arrive(empty);
-        }
+    auto release = [&](unsigned empty) {  // on the barrier of the CTA that loads half wg
+        if (lane == 0) mbar_arrive_cluster(cluster_addr(empty, (unsigned)wg));
     };
     auto wait_full = [&](unsigned full, int jt) { mbar_wait_cluster(full, (jt >> 1) & 1); };  // use jt / 2 of the slot
 
@@ -1212,7 +994,10 @@ __device__ __forceinline__ void attention_wg_tma_body(const TmaMap &map_k, const
                          sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
         wgmma_commit();
     };
-    auto softmax = [&](int jt) {  // the exchange and softmax of attention_wg_split_body
+    // s = this partial S_jt + the other warpgroup's (a + b == b + a exactly, so both warpgroups hold
+    // the same S), then the softmax in place: s holds the probabilities until the next iteration packs
+    // them. Layout [S_REGS / 4][128 threads][4 floats]: each warp's 16-byte accesses are contiguous.
+    auto softmax = [&](int jt) {
         const unsigned buf = (jt & 1) * G::X_BYTES + t * 16;
 #pragma unroll
         for (int i = 0; i < S_REGS / 4; ++i)
@@ -1327,7 +1112,7 @@ __device__ __forceinline__ void attention_wg_tma_body(const TmaMap &map_k, const
             *reinterpret_cast<uint4 *>(out + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + wg * DH + cc * 8) =
                 *reinterpret_cast<const uint4 *>(sQ + (cc >> 3) * Q_BLOCK + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
     }
-    if constexpr (CS > 1) cluster_sync();  // no CTA leaves while its partner may still arrive on its barriers
+    cluster_sync();  // no CTA leaves while its partner may still arrive on its barriers
 }
 
 }  // namespace
@@ -1352,47 +1137,24 @@ __device__ __forceinline__ void attention_wg_tma_body(const TmaMap &map_k, const
 //                   entry point                  D  warpgroups  key tile  stages
 ATTENTION_PREFILL_WG(attention_prefill_wg_d64,    64,   1,       64,       4)
 ATTENTION_PREFILL_WG(attention_prefill_wg_d128,  128,   1,       64,       3)
-ATTENTION_PREFILL_WG(attention_prefill_wg_d256,  256,   1,       32,       3)
-ATTENTION_PREFILL_WG(attention_prefill_wgr_d256, 256,   1,       32,       2)
-ATTENTION_PREFILL_WG(attention_prefill_wg2_d64,   64,   2,       64,       4)
-ATTENTION_PREFILL_WG(attention_prefill_wg2_d128, 128,   2,       64,       4)
-ATTENTION_PREFILL_WG(attention_prefill_wg2_d256, 256,   2,       32,       3)
 ATTENTION_PREFILL_WG(attention_prefill_wg2r_d256, 256,  2,       64,       2)
 
-// D = 512: grid (Hq / HB, ceil(T / (64 / HB))), block 256 (two warpgroups on one 64-row tile),
-// dynamic shared memory SplitGeometry<512>::SMEM_BYTES; arguments as above.
-extern "C" __global__ void __launch_bounds__(256, 1) attention_prefill_wg_d512(
-    const half_t *q, const half_t *k, const half_t *v, const int *pos, half_t *out, int T, int Hq, int Hkv,
-    int max_len, float scale_log2, int HB, int window) {
+// D = 512: grid (Hq / HB, 2 ceil(ceil(T / (64 / HB)) / 2)) (whole clusters of two along y), block 256
+// (two warpgroups on one 64-row tile), dynamic shared memory SplitGeometry<512>::SMEM_BYTES; arguments
+// as above with the tensor maps of k and v first (3-D: 64 halves x key x 64-wide column block of every
+// head, 128-byte swizzle; attention.py encodes them) instead of k and v.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ATTENTION_WGTC_ATTRS __launch_bounds__(256, 1) __cluster_dims__(1, 2, 1)
+#else
+#define ATTENTION_WGTC_ATTRS
+#endif
+extern "C" __global__ void ATTENTION_WGTC_ATTRS attention_prefill_wgtc_d512(
+    const __grid_constant__ impasync::TmaMap map_k, const __grid_constant__ impasync::TmaMap map_v, const half_t *q,
+    const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len, float scale_log2, int HB, int window) {
     pdl_entry();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    attention_wg_split_body<512>(q, k, v, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window);
+    attention_wg_pair_body(map_k, map_v, q, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window);
 #else
     __trap();
 #endif
 }
-
-// D = 512 with TMA loads: the split kernel's grid and block (CS = 2: grid y even, clusters of two
-// along y), arguments as above with the tensor maps of k and v first (3-D: 64 halves x key x 64-wide
-// column block of every head, 128-byte swizzle; attention.py encodes them) instead of k and v.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define ATTENTION_PREFILL_WGT(NAME, CS, CLUSTER_ATTR)                                                         \
-    extern "C" __global__ void __launch_bounds__(256, 1) CLUSTER_ATTR NAME(                                 \
-        const __grid_constant__ impasync::TmaMap map_k, const __grid_constant__ impasync::TmaMap map_v,    \
-        const half_t *q, const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len, float scale_log2, \
-        int HB, int window) {                                                                              \
-        pdl_entry();                                                                                       \
-        attention_wg_tma_body<CS>(map_k, map_v, q, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window); \
-    }
-#else
-#define ATTENTION_PREFILL_WGT(NAME, CS, CLUSTER_ATTR)                                                         \
-    extern "C" __global__ void NAME(const __grid_constant__ impasync::TmaMap map_k,                         \
-                                    const __grid_constant__ impasync::TmaMap map_v, const half_t *q,        \
-                                    const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len,       \
-                                    float scale_log2, int HB, int window) {                                 \
-        pdl_entry();                                                                                       \
-        __trap();                                                                                          \
-    }
-#endif
-ATTENTION_PREFILL_WGT(attention_prefill_wgt_d512, 1, )
-ATTENTION_PREFILL_WGT(attention_prefill_wgtc_d512, 2, __cluster_dims__(1, 2, 1))

@@ -92,7 +92,7 @@ def _check(out, ref):
 
 def _require(variant, dim=128):
     """Every variant runs on a Hopper device (the family is built for sm_90a there); elsewhere only mma.
-    The candidate tilings wgmma2r and wgmmar exist at head dims 256 and 512 only."""
+    A candidate variant may cover only some head dims."""
     from impbench.kernels.attention import default_variant
 
     if not supports(dim, variant):
@@ -198,7 +198,7 @@ def test_gemma4_shapes_match_float64_reference(variant, kind, pos):
 @pytest.mark.parametrize("tokens,pos", [(1, 0), (1, 32), (2, 63), (33, 31), (65, 64), (130, 97)])
 def test_key_tile_counts_match_float64_reference(variant, dim, heads, kv_heads, tokens, pos):
     """Blocks that sweep 1, 2, 3 ... key tiles of 32 or 64, ending inside a tile or on its edge: each
-    parity of the two-slot K/V rings (wgmma2r, wgmmar, D 512) ends the sweep, and the last, partial
+    parity of the two-slot K/V rings (wgmma at D 256 and 512) ends the sweep, and the last, partial
     tile reads zeros, not the NaN rows past the chunk."""
     _case(variant, tokens, heads, kv_heads, dim, pos, scale_kind="one", slack=70)
 
@@ -344,8 +344,6 @@ def test_rejects_bad_shapes_naming_them():
         call(q_shape=(32, 4, 64))
     q, kv = cupy.zeros((4, 4, 128), dtype=cupy.float16), cupy.zeros((16, 2, 128), dtype=cupy.float16)
     pos = cupy.zeros(1, dtype=cupy.int32)
-    with pytest.raises(ValueError, match="'wgmma2r' has no head_dim 128 kernel"):
-        prepare_variant(q, kv, kv, pos, q.copy(), 1.0, "wgmma2r")
     for window in (-1, True, 2.5):
         with pytest.raises(ValueError, match="window must be a whole number"):
             prepare_variant(q, kv, kv, pos, q.copy(), 1.0, "mma", window)
@@ -361,10 +359,15 @@ def test_causal_flops():
     assert causal_flops(100, 0, 2, 64, window=1000) == causal_flops(100, 0, 2, 64)
 
 
-def test_wgmma_block_geometry():
+# A candidate variant with a kernel at head dim 256 only, as the Gemma-4 candidates were.
+D256_ONLY = {256: VARIANTS["wgmma"][256]}
+
+
+def test_wgmma_block_geometry(monkeypatch):
     # all heads of a GQA group in one block where the group fits in its rows
     assert heads_per_block(32, 4) == 8  # Qwen3-Coder: 8 heads x 8 queries in 64 rows
-    assert heads_per_block(32, 4, rows=128) == 8  # wgmma2: 8 heads x 16 queries
+    assert heads_per_block(32, 4, rows=128) == 8  # a 128-row block: 8 heads x 16 queries
+    assert heads_per_block(16, 8, rows=128) == 2  # Gemma-4 sliding (wgmma, D 256): 2 heads x 64 queries
     assert heads_per_block(8, 8) == 1  # MHA: 64 queries of one head
     assert heads_per_block(12, 4) == 3  # 21 queries x 3 heads, one row unused
     assert heads_per_block(256, 1) == 64
@@ -376,10 +379,11 @@ def test_wgmma_block_geometry():
             if supports(dim, variant):
                 assert smem_bytes(dim, variant) <= 227 * 1024, (dim, variant)
         assert smem_bytes(dim, "mma") <= 99 * 1024, dim  # the portable kernel fits sm_89 / sm_120 too
-    assert all(supports(d, v) for d in (256, 512) for v in VARIANTS)  # `impbench attn --model gemma-4 --variant V`
-    assert not supports(128, "wgmma2r") and not supports(64, "wgmmar")
-    with pytest.raises(ValueError, match="'wgmma2r' has no head_dim 128 kernel"):
-        smem_bytes(128, "wgmma2r")
+    assert all(supports(d, v) for d in HEAD_DIMS for v in VARIANTS)
+    monkeypatch.setitem(VARIANTS, "d256only", D256_ONLY)
+    assert supports(256, "d256only") and not supports(128, "d256only")
+    with pytest.raises(ValueError, match="'d256only' has no head_dim 128 kernel; use one of wgmma, mma"):
+        smem_bytes(128, "d256only")
     # wgmma, D 512: per warpgroup a 64 x 256 Q half, two K and two V 32 x 256 half tiles and two
     # 64 x 32 FP32 partial-S tiles, + alignment: within the 227 KiB a block may have
     assert smem_bytes(512, "wgmma") == 2 * (64 * 256 * 2 + 4 * 32 * 256 * 2 + 2 * 64 * 32 * 4) + 1024 <= 227 * 1024
@@ -387,17 +391,13 @@ def test_wgmma_block_geometry():
     # 1 KiB reserved by the driver) fill the SM's 228 KiB
     assert smem_bytes(128, "wgmma") == 64 * 256 + 3 * 2 * 64 * 256 + 1024
     assert 2 * (smem_bytes(128, "wgmma") + 1024) <= 228 * 1024
-    # D 256 rings: 128 rows, 64-key K and V slots (two each); 64 rows, 32-key slots, two blocks per SM
-    assert smem_bytes(256, "wgmma2r") == 128 * 512 + 2 * 2 * 64 * 512 + 1024
-    assert smem_bytes(256, "wgmmar") == 64 * 512 + 2 * 2 * 32 * 512 + 1024
-    assert 2 * (smem_bytes(256, "wgmmar") + 1024) <= 228 * 1024
+    # wgmma, D 256: 128 rows, 64-key K and V tiles in two-slot rings, one block per SM
+    assert smem_bytes(256, "wgmma") == 128 * 512 + 2 * 2 * 64 * 512 + 1024
     # every kernel of the family is one entry point; a variant's geometry names it
-    assert tiling(256, "wgmma2r").kernel == "attention_prefill_wg2r_d256" and tiling(256, "wgmma2r").threads == 256
-    assert tiling(512, "wgmma2").kernel == "attention_prefill_wg_d512"
-    # D 512 with TMA loads (one CTA; 2-CTA clusters): the split kernel's shared memory, maps instead of cp.async
-    assert (tiling(512, "wgmmar").tma, tiling(512, "wgmmar").cluster) == (True, 1)
-    assert (tiling(512, "wgmma2r").tma, tiling(512, "wgmma2r").cluster) == (True, 2)
-    assert {smem_bytes(512, v) for v in VARIANTS if v != "mma"} == {smem_bytes(512, "wgmma")}
+    assert tiling(256, "wgmma").kernel == "attention_prefill_wg2r_d256" and tiling(256, "wgmma").threads == 256
+    assert tiling(512, "wgmma").kernel == "attention_prefill_wgtc_d512" and tiling(512, "wgmma").threads == 256
+    # D 512: K/V by TMA in 2-CTA clusters (tensor maps instead of the cache pointers)
+    assert (tiling(512, "wgmma").tma, tiling(512, "wgmma").cluster) == (True, 2)
     with pytest.raises(ValueError, match="variant must be one of"):
         smem_bytes(128, "tma")
 
@@ -411,13 +411,15 @@ def test_wgmma_block_geometry():
                                          (["--prefix", "99999999"], "--prefix must be at most"),
                                          (["--reps", "0"], "--reps must be"),
                                          (["--variant", "tma"], "unknown variant 'tma'"),
-                                         (["--model", "qwen3-coder", "--variant", "wgmma2r"],
-                                          "variant wgmma2r has no head_dim 128 kernel"),
+                                         (["--model", "qwen3-coder", "--variant", "d256only"],
+                                          "variant d256only has no head_dim 128 kernel"),
                                          (["--model", "nope"], "unknown model 'nope'"),
                                          (["--out", "t.json"], "gets its JSON beside it, at this very path")])  # fmt: skip
-def test_attn_bench_bad_input_is_exit_2_in_one_line(capsys, args, needle):
+def test_attn_bench_bad_input_is_exit_2_in_one_line(capsys, monkeypatch, args, needle):
     """Every input error ends before any GPU work: exit 2, one line on stderr, nothing on stdout."""
     from cli_util import run_cli
+
+    monkeypatch.setitem(VARIANTS, "d256only", D256_ONLY)
 
     code, out, err = run_cli(capsys, "attn", *args)
     assert code == 2 and not out and needle in err and err.count("\n") == 1, (code, out, err)

@@ -26,8 +26,8 @@ class Tiling:
     into the rows), "split" (SplitGeometry, head dim 512: two warpgroups split the head dimension of
     64 rows) or "mma" (Geometry: the portable kernel, `rows` queries of one head per block).
     stages: shared-memory stages of one K and one V tile (wgmma, 2: K and V in two-slot rings).
-    tma: K and V come in by the TMA unit through tensor maps passed by value (split only); cluster:
-    CTAs per cluster (2: a pair on adjacent query blocks, each loading half of every tile for both).
+    tma: K and V come in by the TMA unit through tensor maps passed by value (split); cluster: CTAs
+    per cluster (2: a pair on adjacent query blocks, each loading half of every tile for both).
     """
 
     kernel: str
@@ -58,28 +58,19 @@ def _wg(prefix: str, head_dim: int, rows: int, block_n: int, stages: int) -> Til
     return Tiling(f"attention_prefill_{prefix}_d{head_dim}", "wgmma", head_dim, rows, block_n, stages)
 
 
-_SPLIT = Tiling("attention_prefill_wg_d512", "split", 512, 64, 32, 2)
-_SPLIT_TMA = Tiling("attention_prefill_wgt_d512", "split", 512, 64, 32, 2, tma=True)
 _SPLIT_PAIRS = Tiling("attention_prefill_wgtc_d512", "split", 512, 64, 32, 2, tma=True, cluster=2)
 
-# Every variant's kernel per head dim; mma runs on any sm_80+, the others on cc 9.0 (sm_90a). Every
-# Hopper variant has a head-dim 256 and a 512 kernel, so `impbench attn --model gemma-4 --variant V`
-# times one candidate of each Gemma-4 layer kind (docs/notes/attention.md).
-# - wgmma (the default on cc 9.0): 64-row blocks, one warpgroup, two blocks per SM at D <= 128; D 512:
-#   two warpgroups split the head dimension of 64 rows, K/V by cp.async.
-# - wgmma2: 128-row blocks, two warpgroups on one K/V stream (half the L2 reads per row); D 512 as wgmma.
-# - wgmma2r: D 256 in 128-row blocks with 64-key tiles in K/V rings (S as m64n64k16); D 512 with
-#   TMA loads in 2-CTA clusters, each tile multicast to both (half the L2 reads of wgmma).
-# - wgmmar: D 256 in 64-row blocks with 32-key K/V rings (97 KiB, two blocks per SM); D 512 with TMA
-#   loads, one CTA.
+# Every variant's kernel per head dim; mma runs on any sm_80+, wgmma on cc 9.0 (sm_90a). A variant may
+# cover only some head dims (a candidate tiling; supports()). Measured choices: docs/notes/attention.md.
+# - wgmma (the default on cc 9.0): D <= 128 in 64-row blocks, one warpgroup, two blocks per SM; D 256 in
+#   128-row blocks (two warpgroups on one K/V stream) with 64-key tiles in K/V rings (S as m64n64k16);
+#   D 512: two warpgroups split the head dimension of 64 rows, K/V by TMA in 2-CTA clusters, each tile
+#   multicast to both.
 # - mma: 64 queries of one head per block (32 queries and 16-key tiles at D 512, within the 99 KiB
 #   of shared memory of sm_89 / sm_120).
 VARIANTS: dict[str, dict[int, Tiling]] = {
-    "wgmma": {64: _wg("wg", 64, 64, 64, 4), 128: _wg("wg", 128, 64, 64, 3), 256: _wg("wg", 256, 64, 32, 3), 512: _SPLIT},
-    "wgmma2": {64: _wg("wg2", 64, 128, 64, 4), 128: _wg("wg2", 128, 128, 64, 4), 256: _wg("wg2", 256, 128, 32, 3),
-               512: _SPLIT},
-    "wgmma2r": {256: _wg("wg2r", 256, 128, 64, 2), 512: _SPLIT_PAIRS},
-    "wgmmar": {256: _wg("wgr", 256, 64, 32, 2), 512: _SPLIT_TMA},
+    "wgmma": {64: _wg("wg", 64, 64, 64, 4), 128: _wg("wg", 128, 64, 64, 3), 256: _wg("wg2r", 256, 128, 64, 2),
+              512: _SPLIT_PAIRS},
     "mma": {d: Tiling(f"attention_prefill_d{d}", "mma", d, 32 if d == 512 else 64,
                       16 if d == 512 else 32 if d == 256 else 64, 2) for d in HEAD_DIMS},
 }  # fmt: skip
@@ -126,7 +117,7 @@ def smem_bytes(head_dim: int, variant: str | None = None) -> int:
 
 
 def threads_per_block(head_dim: int, variant: str) -> int:
-    """Block size: 4 warps (mma), 128 per warpgroup (wgmma; two warpgroups at head dim 512)."""
+    """Block size: 4 warps (mma), 128 per warpgroup (wgmma; two warpgroups at head dims 256 and 512)."""
     return tiling(head_dim, variant).threads
 
 
