@@ -14,35 +14,41 @@
 //
 // Layouts (row-major, contiguous): q, out [T, Hq, D]; k, v [max_len, Hkv, D]; pos int32 [1].
 // Query head h reads KV head h / (Hq / Hkv). Keys at or beyond min(pos + T, max_len) are never
-// loaded (their shared-memory rows are zero-filled), so nothing past the chunk can leak in.
+// loaded (their shared-memory rows are zero-filled; the TMA kernel zeroes the V rows of the last tile
+// after it lands), so nothing past the chunk can leak in.
 //
-// Two kernel families (impbench/kernels/attention.py picks one per device), for D = 64, 128, 256, 512:
+// Two kernel families (impbench/kernels/attention.py's VARIANTS names each kernel per head dim), for
+// D = 64, 128, 256, 512:
 //
-// 1. attention_prefill_wg_d<D> (Hopper, sm_90a; the H100 path) and attention_prefill_wg2_d<D>:
-//    wgmma.mma_async. A block is WGS warpgroups (1 for wg_, 2 for wg2_) and 64 WGS (query, head)
-//    rows: HB heads of one KV group x 64 WGS / HB consecutive queries (row r = query r / HB, head
-//    r % HB; Qwen3-Coder in wg_: 8 heads x 8 queries). Why: all heads of a GQA group read the same
-//    K/V, so packing them into one block streams each K/V tile from L2 once for the whole group
-//    instead of once per head, and short query tiles waste little on the causal diagonal.
-//    wg_ blocks have one warpgroup and fit two per SM (D <= 128), so two independent tile loops
-//    share each SM; wg2_ blocks pair two warpgroups on one K/V stream.
-//    Warpgroup g owns rows [64g, 64g + 64): S = Q K^T is one m64nBNk16 wgmma per k16 step (Q as
+// 1. Hopper (sm_90a; the H100 path), wgmma.mma_async: attention_prefill_wg_d64, wg_d128 and
+//    wg2r_d256 (WgGeometry). A block is WGS warpgroups and 64 WGS (query, head) rows: HB heads of one
+//    KV group x 64 WGS / HB consecutive queries (row r = query r / HB, head r % HB; Qwen3-Coder in
+//    wg_d128: 8 heads x 8 queries). Why: all heads of a GQA group read the same K/V, so packing them
+//    into one block streams each K/V tile from L2 once for the whole group instead of once per head,
+//    and short query tiles waste little on the causal diagonal. wg_ blocks have one warpgroup and fit
+//    two per SM (D <= 128), so two independent tile loops share each SM; wg2r_d256 pairs two
+//    warpgroups on one K/V stream (half the L2 reads per row).
+//    Warpgroup g owns rows [64g, 64g + 64): S = Q K^T is one m64n64k16 wgmma per k16 step (Q as
 //    register A fragments for D <= 128, re-read with ldmatrix before every S; from shared memory
-//    for D = 256), the online softmax runs on the accumulators in registers (row statistics inside
-//    the quad that holds the row), P goes from the softmax straight into register A fragments, and
-//    O += P V is an m64nDk16 wgmma per 16 keys with V read N-major (trans-b) from the same tile
-//    layout as K. Per tile j: issue S_{j+1}, rescale O, issue PV_j, wait for S_{j+1}, run its
-//    softmax while PV_j executes, wait for PV_j (FlashAttention-3's intra-warpgroup overlap).
-//    K/V tiles of BN keys (64; 32 for D = 256) stream through STAGES shared-memory stages filled by
-//    cp.async from every thread, STAGES - 1 tiles ahead; one __syncthreads per tile. Shared tiles
-//    are stored as D/64 column blocks of [rows][64 halves] with the 128-byte swizzle (16-byte chunk
-//    c of row r at c ^ (r & 7)), which is both the K-major layout of Q and K and the N-major layout
-//    of V. Blocks of the last query tiles (the longest KV sweeps) are scheduled first.
-//    D = 512 (attention_prefill_wg_d512, Gemma-4's full layers; FlashAttention stops at 256): 64
-//    rows x 512 FP32 outputs are 256 registers a thread for one warpgroup, so two warpgroups share
-//    the 64 rows and each owns half the head dimension (SplitGeometry): its halves of Q, K, V and O.
-//    Each computes the partial S of its half; the halves meet once per tile through shared memory,
-//    so both run the same softmax on the full S and their own PV.
+//    for D = 256), the online softmax runs in place on the accumulators in registers (row
+//    statistics inside the quad that holds the row), P goes from them into register A fragments,
+//    and O += P V is an m64nDk16 wgmma per 16 keys with V read N-major (trans-b) from the same tile
+//    layout as K. Per tile j: issue S_{j+1} and PV_j, wait for S_{j+1}, run its softmax while PV_j
+//    executes (FlashAttention-3's intra-warpgroup overlap), wait for PV_j at the top of the next
+//    tile. Each row keeps a reference max that moves only when a tile's max exceeds it by more
+//    than 2^8 (REF_SLACK), so O is rescaled on few tiles, and a warp skips the rescale when none of
+//    its rows moved.
+//    K/V tiles of 64 keys stream through STAGES shared-memory stages filled by cp.async from every
+//    thread (STAGES - 1 tiles ahead, or two-slot K and V rings; WgGeometry); one __syncthreads per
+//    tile. Shared tiles are stored as D/64 column blocks of [rows][64 halves] with the 128-byte
+//    swizzle (16-byte chunk c of row r at c ^ (r & 7)), which is both the K-major layout of Q and K
+//    and the N-major layout of V. Blocks of the last query tiles (the longest KV sweeps) run first.
+//    D = 512 (Gemma-4's full layers; FlashAttention stops at 256): 64 rows x 512 FP32 outputs are
+//    256 registers a thread for one warpgroup, so two warpgroups share the 64 rows and each owns
+//    half the head dimension (SplitGeometry): its halves of Q, K, V and O. Each computes the partial
+//    S of its half; the halves meet once per tile through shared memory, so both run the same
+//    softmax on the full S and their own PV. attention_prefill_wgtc_d512 loads K/V by TMA in 2-CTA
+//    clusters that multicast every tile to both.
 //
 // 2. attention_prefill_d<D> (portable mma.sync m16n8k16, any sm_80+; the fallback): 64 queries x 1
 //    head per block, 4 warps, each warp owns 16 query rows (one m16 MMA tile) for the whole KV
@@ -330,37 +336,45 @@ ATTENTION_PREFILL(256)
 ATTENTION_PREFILL(512)
 
 // ---------------------------------------------------------------------------------------------
-// Hopper family: attention_prefill_wg_d<D>, attention_prefill_wg2_d<D> (see the header). Compiled only
-// where the sm_90a feature set is on; elsewhere the entry points trap and attention.py never selects them.
+// Hopper family: attention_prefill_wg*_d<D> (see the header). Compiled only where the sm_90a feature
+// set is on; elsewhere the entry points trap and attention.py never selects them.
 namespace {
 
-// WGS warpgroups per block, each owning 64 (query, head) rows. WGS = 1 (attention_prefill_wg_*, the
-// default): 4 warps, two blocks per SM (D <= 128), so the two blocks' softmax and wgmma phases need
-// not line up. WGS = 2 (attention_prefill_wg2_*): the 128-row block measured first; its two
-// warpgroups meet at every tile's barrier.
-// Every wgmma is waited on inside its tile, so a stage is busy only for the tile being multiplied and
-// the tiles loading: PREFETCH = STAGES - 1 tiles are loaded ahead.
-template <int D, int WGS>
+// WGS warpgroups per block, each owning 64 (query, head) rows; key tiles of BN = 64 keys; STAGES shared-
+// memory stages of one K and one V tile each. Every wgmma is waited on by the next tile, so a stage
+// is busy only for the tile being multiplied and the tiles loading.
+// - STAGES >= 3: tile j lives in stage j % STAGES, loaded PREFETCH = STAGES - 1 tiles ahead.
+// - STAGES = 2 (RING): the K halves of the stages form one two-slot ring and the V halves another:
+//   K_{j+2} goes into the slot S_j freed and V_{j+1} into the one PV_{j-1} freed, so every load is
+//   still issued a whole tile before it is needed, in two thirds of the memory of three stages.
+// The variants (attention.py's VARIANTS mirrors each geometry and its shared memory):
+// - attention_prefill_wg_d<D>: WGS = 1, 4 warps; two blocks per SM at D <= 128 (D = 128: 16 + 3 x 32
+//   KiB + 1 KiB = 113 KiB each), so the two blocks' softmax and wgmma phases need not line up.
+// - attention_prefill_wg2r_d256: WGS = 2, 128 rows (both warpgroups meet at every tile's barrier),
+//   64-key tiles in rings (Q 64 + 2 x 64 KiB = 193 KiB, one block per SM): S as m64n64k16 from shared
+//   memory reads Q once per 64 keys.
+template <int D, int WGS, int BN_, int STAGES_>
 struct WgGeometry {
     static constexpr int ROWS = 64 * WGS;  // (query, head) rows per block
     static constexpr int THREADS = 128 * WGS;
-    static constexpr int BN = D >= 256 ? 32 : 64;  // keys per tile (D = 256: keeps O + S in registers)
-    // D = 128, WGS = 1: 16 + 3 x 32 KiB + 1 KiB = 113 KiB, two blocks fill the SM's 228 KiB.
-    static constexpr int STAGES = (WGS == 1 && D == 64) || (WGS == 2 && D <= 128) ? 4 : 3;
+    static constexpr int BN = BN_;         // keys per tile
+    static constexpr int STAGES = STAGES_;
+    static constexpr bool RING = STAGES == 2;
     static constexpr int PREFETCH = STAGES - 1;
     static constexpr bool Q_IN_REGS = D <= 128;       // D = 256: Q stays in shared memory (A descriptor)
     static constexpr int CPR = D / 8;                 // 16-byte chunks per row
     static constexpr int RPP = THREADS / CPR;         // rows per pass of a block-wide copy
     static constexpr int Q_BYTES = ROWS * D * 2;
     static constexpr int KV_BYTES = BN * D * 2;       // K (or V) of one stage
-    // Q + STAGES x (K + V) + 1 KiB to align the base to the 1024-byte swizzle atom. attention.py
-    // computes the same number.
+    // Q + STAGES x (K + V) + 1 KiB to align the base to the 1024-byte swizzle atom.
     static constexpr int SMEM_BYTES = Q_BYTES + STAGES * 2 * KV_BYTES + 1024;
     static_assert(BN % RPP == 0 && ROWS % RPP == 0, "tiles must split evenly over the block");
+    static_assert(BN == 64, "S wgmma: m64n64k16");
+    static_assert(STAGES >= 2 && SMEM_BYTES <= 227 * 1024, "shared memory of one block");
 };
 
-// attention_prefill_wg_d512: 64 rows (as WgGeometry<D, 1>) and two warpgroups that split the head
-// dimension. Warpgroup g owns columns [g DH, g DH + DH) of Q, K, V and O: 64 x 256 FP32 outputs are
+// attention_prefill_wgtc_d512: 64 rows (as attention_prefill_wg_d<D>) and two warpgroups that split the
+// head dimension. Warpgroup g owns columns [g DH, g DH + DH) of Q, K, V and O: 64 x 256 FP32 outputs are
 // 128 registers a thread, where one warpgroup with all 512 columns would need 256. Each warpgroup
 // loads, multiplies and stores its own half; S = Q K^T is the sum of the two halves' partial
 // products, exchanged through shared memory once per tile, so both softmaxes see the same full S.
@@ -432,10 +446,11 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[R], const unsigned (&a)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TRANS_B));
 }
 
-// D(64 x 32) += A(64 x 16) * B(16 x 32), both K-major in shared memory (S of D = 256).
-template <int OFF = 0, int R>
+// D(64 x 32) += A(64 x 16) * B(16 x 32), both K-major in shared memory (partial S of wgtc_d512).
+template <int R>
 __device__ __forceinline__ void wgmma_ss_n32(float (&d)[R], unsigned long long da, unsigned long long db,
                                              int accumulate = 1) {
+    constexpr int OFF = 0;
     static_assert(OFF + 16 <= R, "accumulators out of range");
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
@@ -443,6 +458,22 @@ __device__ __forceinline__ void wgmma_ss_n32(float (&d)[R], unsigned long long d
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
         "%16, %17, p, 1, 1, 0, 0;\n}\n"
         : WG_F8(0), WG_F8(8)
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// D(64 x 64) += A(64 x 16) * B(16 x 64), both K-major in shared memory (S of wg2r_d256).
+template <int R>
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[R], unsigned long long da, unsigned long long db,
+                                             int accumulate = 1) {
+    constexpr int OFF = 0;
+    static_assert(OFF + 32 <= R, "accumulators out of range");
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : WG_F8(0), WG_F8(8), WG_F8(16), WG_F8(24)
         : "l"(da), "l"(db), "r"(accumulate));
 }
 #undef WG_F8
@@ -466,12 +497,19 @@ struct RowLimits {
     int lim0, lim1, lo0, lo1;
 };
 
+// How far (log2 units) a tile's row max may exceed the row's reference max before the reference moves.
+// Probabilities are then at most 2^8 = 256 (FP16 keeps its relative precision there, the FP32 sums
+// and outputs have room to spare) and the result is exact for any reference, as O and l share it. So
+// O needs a rescale only on the few tiles where some row's max jumps, not on every tile.
+constexpr float REF_SLACK = 8.f;
+
 // One online-softmax step on this thread's scores x of key tile [n0, n0 + BN) in the wgmma (and
 // m16n8) accumulator layout: x[4i + e] is row r (e < 2) or r + 8, key n0 + 8i + 2 (lane & 3) + (e & 1).
-// Masks keys outside each row's [lo, lim] (only on tiles that cross a limit), updates the running
-// max m (log2 domain) and the per-lane partial sums l, sets the O rescale alpha, and leaves the
-// probabilities in x. A row may see no key of a tile (its window starts later), so its max can still
-// be -inf: it then subtracts 0 instead, so exp2(-inf) = 0 gives P and alpha, never -inf - -inf.
+// Masks keys outside each row's [lo, lim] (only on tiles that cross a limit), moves the row's
+// reference max m (log2 domain) only when the tile's max exceeds it by more than REF_SLACK, updates
+// the per-lane partial sums l, sets the O rescale alpha (exactly 1 where m stayed), and leaves the
+// probabilities in x. A row may see no key yet (its window starts later), so m can still be -inf:
+// it then subtracts 0 instead, so exp2(-inf) = 0 gives P, never -inf - -inf.
 template <int BN>
 __device__ __forceinline__ void softmax_step(float (&x)[BN / 2], int n0, int lane, const RowLimits &rows,
                                              float scale_log2, float &m0, float &m1, float &l0, float &l1,
@@ -487,19 +525,23 @@ __device__ __forceinline__ void softmax_step(float (&x)[BN / 2], int n0, int lan
             x[4 * i + 3] = key + 1 > rows.lim1 || key + 1 < rows.lo1 ? NEG_INF : x[4 * i + 3];
         }
     }
-    float mx0 = m0, mx1 = m1;
+    float mx0 = NEG_INF, mx1 = NEG_INF;
 #pragma unroll
     for (int i = 0; i < BN / 8; ++i) {
-        mx0 = fmaxf(mx0, fmaxf(x[4 * i], x[4 * i + 1]) * scale_log2);
-        mx1 = fmaxf(mx1, fmaxf(x[4 * i + 2], x[4 * i + 3]) * scale_log2);
+        mx0 = fmaxf(mx0, fmaxf(x[4 * i], x[4 * i + 1]));
+        mx1 = fmaxf(mx1, fmaxf(x[4 * i + 2], x[4 * i + 3]));
     }
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float b0 = mx0 == NEG_INF ? 0.f : mx0, b1 = mx1 == NEG_INF ? 0.f : mx1;
-    alpha0 = fast_exp2(m0 - b0), alpha1 = fast_exp2(m1 - b1);
-    m0 = mx0, m1 = mx1;
+    mx0 *= scale_log2, mx1 *= scale_log2;  // scale > 0: the max of the scaled scores
+    // -inf + slack = -inf: the first key a row sees always sets its reference.
+    const bool up0 = mx0 > m0 + REF_SLACK, up1 = mx1 > m1 + REF_SLACK;
+    const float r0 = up0 ? mx0 : m0, r1 = up1 ? mx1 : m1;
+    const float b0 = r0 == NEG_INF ? 0.f : r0, b1 = r1 == NEG_INF ? 0.f : r1;
+    alpha0 = up0 ? fast_exp2(m0 - b0) : 1.f, alpha1 = up1 ? fast_exp2(m1 - b1) : 1.f;
+    m0 = r0, m1 = r1;
     float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
     for (int i = 0; i < BN / 8; ++i) {
@@ -514,6 +556,19 @@ __device__ __forceinline__ void softmax_step(float (&x)[BN / 2], int n0, int lan
     l1 = l1 * alpha1 + sum1;
 }
 
+// O *= alpha per row (accumulator layout as softmax_step), skipped by a whole warp when none of its
+// rows moved its reference max (every alpha exactly 1): the common case after the first tiles.
+template <int R>
+__device__ __forceinline__ void rescale_o(float (&o)[R], float alpha0, float alpha1) {
+    if (__any_sync(0xffffffffu, alpha0 != 1.f || alpha1 != 1.f)) {
+#pragma unroll
+        for (int i = 0; i < R / 4; ++i) {
+            o[4 * i] *= alpha0, o[4 * i + 1] *= alpha0;
+            o[4 * i + 2] *= alpha1, o[4 * i + 3] *= alpha1;
+        }
+    }
+}
+
 // The probabilities of keys 16kk .. 16kk + 15 are the A fragment of k16 step kk.
 template <int BN>
 __device__ __forceinline__ void pack_probs(const float (&x)[BN / 2], unsigned (&p)[BN / 16][4]) {
@@ -526,18 +581,27 @@ __device__ __forceinline__ void pack_probs(const float (&x)[BN / 2], unsigned (&
     }
 }
 
-// The Hopper kernel (see the header). Tile j of a warpgroup: wait for K/V tile j + 1, issue S_{j+1} =
-// Q K_{j+1}^T, rescale O by the softmax of tile j, issue PV_j, wait for S_{j+1}, run the softmax of
-// tile j + 1 while PV_j executes, wait for PV_j, pack P_{j+1}. The tensor cores see S_{j+1} and PV_j
-// back to back and the softmax hides behind PV (the order of FlashAttention-3's intra-warpgroup
-// overlap). Each tile ends with every wgmma waited on (ptxas serializes wgmmas whose accumulators are
-// touched while an older group may still be pending).
-template <int D, int WGS>
+// This warpgroup's 128 threads (named barriers 1 and 2; immediates keep the barrier count known).
+__device__ __forceinline__ void warpgroup_bar(int wg) {
+    if (wg == 0)
+        asm volatile("bar.sync 1, 128;\n" ::: "memory");
+    else
+        asm volatile("bar.sync 2, 128;\n" ::: "memory");
+}
+
+// The Hopper kernel (see the header). Iteration j of a warpgroup: wait for PV_{j-1} and for K/V of
+// tile j + 1, issue S_{j+1} = Q K_{j+1}^T, load the tiles that freed stages take, pack P_j, rescale O,
+// issue PV_j, wait for S_{j+1}, run the softmax of tile j + 1 while PV_j executes (the order of
+// FlashAttention-3's intra-warpgroup overlap: the tensor cores see S_{j+1} and PV_j back to back).
+// PV_j is waited for at the top of the next iteration, not after the softmax: ptxas schedules a
+// wgmma wait at the top of its basic block, so a wait placed after the softmax ran before it and
+// the softmax never overlapped PV (SASS of a5be2a2: WARPGROUP.DEPBAR ahead of every MUFU.EX2).
+template <int D, int WGS, int BN_, int STAGES_>
 __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, const half_t *__restrict__ k,
                                                   const half_t *__restrict__ v, const int *__restrict__ pos_ptr,
                                                   half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
                                                   float scale_log2, int HB, int window) {
-    using G = WgGeometry<D, WGS>;
+    using G = WgGeometry<D, WGS, BN_, STAGES_>;
     constexpr int BN = G::BN, ST = G::STAGES, PF = G::PREFETCH, CPR = G::CPR, RPP = G::RPP;
     constexpr int S_REGS = BN / 2, O_REGS = D / 2;
     constexpr unsigned KV_BLOCK = BN * 128;       // bytes of one 64-wide column block of a K/V tile
@@ -576,20 +640,20 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     const unsigned kv_soff = (c >> 3) * KV_BLOCK, q_soff = (c >> 3) * Q_BLOCK;
     const half_t *k_src = k + (long)kv_head * D + c * 8, *v_src = v + (long)kv_head * D + c * 8;
 
-    auto load_kv = [&](int j) {  // tile j into stage j % ST, one commit group (empty past the end)
+    // K (V: is_v) of tile j into its stage (ring: slot) j % ST; nothing past the last tile. Keys at or
+    // past kv_end are zero-filled.
+    auto load_tile = [&](int j, bool is_v) {
         if (j < n_tiles) {
             const int n0 = (j0 + j) * BN;
-            unsigned char *dk = sKV + (j % ST) * 2 * G::KV_BYTES + kv_soff;
+            unsigned char *dst = sKV + (j % ST) * 2 * G::KV_BYTES + (is_v ? G::KV_BYTES : 0) + kv_soff;
+            const half_t *src = is_v ? v_src : k_src;
 #pragma unroll
             for (int it = 0; it < BN / RPP; ++it) {
                 const int key = n0 + r_first + it * RPP;
                 const bool ok = key < kv_end;
-                const long g = ok ? key * kv_row : 0;
-                cp_async16(dk + soff(it), k_src + g, ok ? 16 : 0);
-                cp_async16(dk + G::KV_BYTES + soff(it), v_src + g, ok ? 16 : 0);
+                cp_async16(dst + soff(it), src + (ok ? key * kv_row : 0), ok ? 16 : 0);
             }
         }
-        cp_async_commit();
     };
 
 #pragma unroll
@@ -599,8 +663,20 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
         const half_t *src = ok ? q + (long)t * q_row + (long)(head0 + r - qi * HB) * D + c * 8 : q;
         cp_async16(sQ + q_soff + soff(it), src, ok ? 16 : 0);
     }
+    if constexpr (G::RING) {
+        load_tile(0, false);
+        cp_async_commit();  // group: Q, K_0
+        load_tile(1, false);
+        load_tile(0, true);
+        cp_async_commit();  // group: K_1, V_0
+    } else {
 #pragma unroll
-    for (int j = 0; j < PF; ++j) load_kv(j);  // tiles 0 .. PF - 1; Q joins tile 0's group
+        for (int j = 0; j < PF; ++j) {  // tiles 0 .. PF - 1, one group each; Q joins tile 0's
+            load_tile(j, false);
+            load_tile(j, true);
+            cp_async_commit();
+        }
+    }
 
     // This thread's two accumulator rows (block rows R0, R0 + 8) and their visible keys [lo, lim].
     const int R0 = wg * 64 + wq * 16 + (lane >> 2);
@@ -609,13 +685,13 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
 
     unsigned qf[G::Q_IN_REGS ? D / 16 : 1][4];  // Q A fragments, re-read for every S (see issue_s)
     unsigned p[BN / 16][4];                     // P fragments of the next PV
-    float o[O_REGS], s[S_REGS], x[S_REGS];      // O; S; masked scores, then probabilities
+    float o[O_REGS], s[S_REGS];                 // O; S, then (softmax in place) probabilities
 #pragma unroll
     for (int i = 0; i < O_REGS; ++i) o[i] = 0.f;
 #pragma unroll
     for (int i = 0; i < S_REGS; ++i) s[i] = 0.f;
-    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;  // running max (log2 domain) and partial sums
-    float alpha0 = 0.f, alpha1 = 0.f;                      // O rescale of the tile whose P is in p
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;  // reference max (log2 domain) and partial sums
+    float alpha0 = 1.f, alpha1 = 1.f;                      // O rescale of the tile whose P is in s
 
     // S_jt = Q K_jt^T (64 rows x BN keys per warpgroup) into s, committed as one wgmma group. The Q
     // fragments are re-read each time: kept in registers across loop iterations, ptxas 13.0 gave
@@ -635,44 +711,23 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
             const unsigned k_desc_addr = k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32;
-            if constexpr (G::Q_IN_REGS) {
-                static_assert(BN == 64, "register-A S wgmma is m64n64k16");
+            const unsigned q_desc_addr = sQ_addr + (ks >> 2) * Q_BLOCK + wg * 64 * 128 + (ks & 3) * 32;
+            if constexpr (G::Q_IN_REGS)
                 wgmma_rs_n64<0>(s, qf[ks], sw128_desc(k_desc_addr, 16), ks > 0);
-            } else {
-                static_assert(BN == 32, "shared-A S wgmma is m64n32k16");
-                const unsigned q_desc_addr = sQ_addr + (ks >> 2) * Q_BLOCK + wg * 64 * 128 + (ks & 3) * 32;
-                wgmma_ss_n32(s, sw128_desc(q_desc_addr, 16), sw128_desc(k_desc_addr, 16), ks > 0);
-            }
+            else
+                wgmma_ss_n64(s, sw128_desc(q_desc_addr, 16), sw128_desc(k_desc_addr, 16), ks > 0);
         }
         wgmma_commit();
     };
 
-    // Softmax of the complete S of tile jt: reads s (never writes it: registers a wgmma owns are
-    // defined only by wgmma, else ptxas serializes, C7515), leaves the probabilities in x and the O
-    // rescale in alpha.
+    // Softmax of the complete S of tile jt, in place: s holds the probabilities until the next
+    // iteration packs them, before its S is issued (a write to wgmma accumulators is safe only while
+    // no wgmma group that owns them is pending; ptxas serializes otherwise, C7515). Sets alpha.
     auto softmax = [&](int jt) {
-#pragma unroll
-        for (int i = 0; i < S_REGS; ++i) x[i] = s[i];
-        softmax_step<BN>(x, (j0 + jt) * BN, lane, rows, scale_log2, m0, m1, l0, l1, alpha0, alpha1);
+        softmax_step<BN>(s, (j0 + jt) * BN, lane, rows, scale_log2, m0, m1, l0, l1, alpha0, alpha1);
     };
-    auto pack_p = [&]() { pack_probs<BN>(x, p); };
-
-    // Prologue: S_0 and its softmax.
-    cp_async_wait<PF - 1>();  // tile 0 and Q landed
-    fence_proxy_async();
-    __syncthreads();
-    issue_s(0);
-    wgmma_wait<0>();
-    fence_regs(s);
-    softmax(0);
-    pack_p();
-
     auto pv = [&](int jt) {  // O = alpha O + P_jt V_jt, committed as one wgmma group
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i) {
-            o[4 * i] *= alpha0, o[4 * i + 1] *= alpha0;
-            o[4 * i + 2] *= alpha1, o[4 * i + 3] *= alpha1;
-        }
+        rescale_o(o, alpha0, alpha1);
         const unsigned v_addr = sKV_addr + (jt % ST) * 2 * G::KV_BYTES + G::KV_BYTES;
         fence_regs(o);
         fence_regs(p);
@@ -681,31 +736,59 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
         for (int kk = 0; kk < BN / 16; ++kk) pv_step<D>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
         wgmma_commit();
     };
+    auto wait_pv = [&]() {  // every wgmma group done: O and the P registers are free
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(p);
+    };
 
-    // Every tile but the last: S of the next tile is issued unconditionally, so each wait below retires
-    // a known group on every path (with S conditional, ptxas could not tell and serialized, C7514).
+    // Prologue: S_0 and its softmax.
+    cp_async_wait<G::RING ? 1 : PF - 1>();  // Q and K_0 (and V_0 unless RING) landed
+    fence_proxy_async();
+    __syncthreads();
+    issue_s(0);
+    wgmma_wait<0>();
+    fence_regs(s);
+    softmax(0);
+
+    // Every tile but the last: S of the next tile is issued unconditionally, so each wait retires a
+    // known group on every path (with S conditional, ptxas could not tell and serialized, C7514).
     for (int j = 0; j + 1 < n_tiles; ++j) {
-        // Pending before: tiles j + 1 .. j + PF - 1. Wait for tile j + 1 and pass the barrier: after it
-        // every warpgroup has finished tile j - 1, so stage (j - 1) % ST = (j + PF) % ST is free.
-        cp_async_wait<PF - 2>();
+        // Pending before: PV_{j-1}; loads. After the barrier every warpgroup is past S_j and PV_{j-1}.
+        wait_pv();
+        if constexpr (G::RING)
+            cp_async_wait<0>();  // K_{j+1} and V_j landed (the group of the previous iteration)
+        else
+            cp_async_wait<PF - 2>();  // tile j + 1 landed
         fence_proxy_async();
         __syncthreads();
-        load_kv(j + PF);
+        fence_regs(s);  // the probabilities of tile j stay in s until packed below
+        pack_probs<BN>(s, p);
         issue_s(j + 1);
+        if constexpr (G::RING) {
+            load_tile(j + 2, false);  // into the K slot S_j freed
+            load_tile(j + 1, true);   // into the V slot PV_{j-1} freed
+        } else {
+            load_tile(j + PF, false);  // into stage (j - 1) % ST, which tile j - 1 freed
+            load_tile(j + PF, true);
+        }
+        cp_async_commit();  // empty groups past the end keep the count uniform
         pv(j);
         wgmma_wait<1>();  // S_{j+1} done; PV_j runs under the softmax
         fence_regs(s);
         softmax(j + 1);
-        wgmma_wait<0>();  // PV_j done: its P registers are free
-        fence_regs(o);
-        fence_regs(p);
-        pack_p();
     }
-    // The last tile (its K/V landed before the last barrier above, or the prologue's).
+    // The last tile. RING: its V came with the last group; otherwise it landed before the last
+    // barrier above (or the prologue's).
+    wait_pv();
+    if constexpr (G::RING) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
+    }
+    pack_probs<BN>(s, p);
     pv(n_tiles - 1);
-    wgmma_wait<0>();
-    fence_regs(o);
-    fence_regs(p);
+    wait_pv();
     cp_async_wait<0>();  // only empty groups can remain; keep the count tidy before exit
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -726,10 +809,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
         *reinterpret_cast<half2_t *>(sQ + blk + R1 * 128 + ((ch ^ (R1 & 7)) << 4) + cq) =
             pack_half2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
     }
-    if (wg == 0)  // this warpgroup's 128 threads (named barriers 1 and 2; immediates keep the count at 3)
-        asm volatile("bar.sync 1, 128;\n" ::: "memory");
-    else
-        asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    warpgroup_bar(wg);
 #pragma unroll
     for (int it = 0; it < 64 * CPR / 128; ++it) {
         const int i = (tid & 127) + it * 128;
@@ -741,14 +821,6 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     }
 }
 
-// This warpgroup's 128 threads (named barriers 1 and 2; immediates keep the barrier count known).
-__device__ __forceinline__ void warpgroup_bar(int wg) {
-    if (wg == 0)
-        asm volatile("bar.sync 1, 128;\n" ::: "memory");
-    else
-        asm volatile("bar.sync 2, 128;\n" ::: "memory");
-}
-
 __device__ __forceinline__ void st_shared_f32x4(unsigned addr, float a, float b, float c, float d) {
     asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
 }
@@ -756,16 +828,57 @@ __device__ __forceinline__ void ld_shared_f32x4(unsigned addr, float &a, float &
     asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(a), "=f"(b), "=f"(c), "=f"(d) : "r"(addr) : "memory");
 }
 
-// The D = 512 kernel (SplitGeometry). Per tile j of warpgroup g: wait for K_{j+1} and V_j, load K_{j+2}
-// and V_{j+1} into the slots S_j and PV_{j-1} freed, issue S_{j+1} (its half of the head dimension),
-// issue PV_j (its half of the output columns), wait for S_{j+1}, add the other warpgroup's partial
-// S_{j+1} and run the softmax while PV_j executes, wait for PV_j. K and V sit in separate two-slot
-// rings so that every load is issued one whole tile before it is needed.
-template <int D>
-__device__ __forceinline__ void attention_wg_split_body(const half_t *__restrict__ q, const half_t *__restrict__ k,
-                                                        const half_t *__restrict__ v, const int *__restrict__ pos_ptr,
-                                                        half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
-                                                        float scale_log2, int HB, int window) {
+// ---- D = 512: attention_prefill_wgtc_d512 ----
+// SplitGeometry: two warpgroups split the head dimension of 64 rows. Per tile j of warpgroup g: issue
+// S_{j+1} (its half of the head dimension), issue PV_j (its half of the output columns), wait for
+// S_{j+1}, add the other warpgroup's partial S_{j+1} and run the softmax while PV_j executes; PV_j is
+// waited for at the top of the next iteration (see attention_wg_body). K and V sit in separate
+// two-slot rings so that every load is issued one whole tile before it is needed: K_{j+2} into the
+// slot S_j freed, V_{j+1} into the one PV_{j-1} freed. Every K and V half tile comes in by the TMA
+// unit: one thread issues a 3-D box (64 columns x 32 keys x 4 column blocks of the half) that lands
+// in the 128-byte-swizzled layout the wgmma descriptors read, and completes on the slot's `full`
+// mbarrier. A slot is handed back through its `empty` mbarrier by each warp that read it, once the
+// wgmma that read it completed.
+// Clusters of two CTAs on adjacent query blocks of one head group: CTA r loads half r of every K and V
+// tile for both CTAs (multicast), so each tile crosses from L2 once per pair: half the L2 -> SM
+// traffic of one CTA per tile at the same 64 rows a CTA (the register file holds no more at D 512).
+// Both CTAs sweep the union of their key ranges (a tile either one needs); rows mask what they do not
+// see. Keys at or past the union's end are in the cache (not zero-filled by the TMA unit, which
+// zero-fills only past max_len), so the last tile's V rows there are zeroed in shared memory before
+// its PV: they may hold anything, and 0 x NaN would leak.
+
+// The same box written to the same shared offset of both CTAs of the cluster, completing on each one's
+// mbarrier at the same offset.
+__device__ __forceinline__ void tma_load_3d_multicast(unsigned dst, const TmaMap *map, int c0, int c1, int c2,
+                                                      unsigned mbar, unsigned short mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster "
+        "[%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(mbar), "h"(mask)
+        : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_cluster(unsigned cluster_address) {
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_address) : "memory");
+}
+
+// Key tiles [j0, j0 + n_tiles) of BN keys that a block of queries [t0, t0 + QB) sweeps, and its key
+// end; none (n_tiles = 0) for a block wholly past the chunk (the padding CTA of an odd cluster grid).
+struct KeyRange {
+    int j0, n_tiles, kv_end;
+};
+__device__ __forceinline__ KeyRange key_range(int t0, int QB, int T, int pos, int max_len, int window, int bn) {
+    const int q_valid = min(QB, T - t0);
+    if (q_valid <= 0) return {0, 0, 0};
+    const int kv_end = min(pos + t0 + q_valid, max_len);
+    const int j0 = first_tile(pos + t0, window, kv_end, bn);
+    return {j0, (kv_end + bn - 1) / bn - j0, kv_end};
+}
+
+__device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, const TmaMap &map_v,
+                                                       const half_t *__restrict__ q, const int *__restrict__ pos_ptr,
+                                                       half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
+                                                       float scale_log2, int HB, int window) {
+    constexpr int D = 512;
     using G = SplitGeometry<D>;
     constexpr int BN = G::BN, DH = G::DH, CPR = G::CPR, RPP = G::RPP;
     constexpr int S_REGS = BN / 2, O_REGS = DH / 2;
@@ -773,16 +886,26 @@ __device__ __forceinline__ void attention_wg_split_body(const half_t *__restrict
     constexpr unsigned Q_BLOCK = 64 * 128;   // ... of the Q half tile
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
+    // mbarriers, per warpgroup g and slot s: full K 2g + s, full V 4 + 2g + s, empty K 8 + 2g + s,
+    // empty V 12 + 2g + s. The empty barriers of half g that count are those of the CTA that loads it.
+    __shared__ __align__(8) unsigned long long bars[16];
     if (dynamic_smem_bytes() < (unsigned)G::SMEM_BYTES) __trap();  // wrapper and kernel disagree
+    // Same offset in both CTAs of a cluster (same kernel, same static shared memory): multicast needs it.
     const unsigned raw_addr = smem_u32(smem_raw);
     unsigned char *smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
 
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, t = tid & 127, wq = t >> 5;
     unsigned char *sQ = smem + wg * G::WG_BYTES;  // this warpgroup's region: Q, K slots, V slots, partial S
-    unsigned char *sK = sQ + G::Q_BYTES, *sV = sK + 2 * G::KV_BYTES;
-    const unsigned sQ_addr = smem_u32(sQ), sK_addr = smem_u32(sK), sV_addr = smem_u32(sV);
+    const unsigned sQ_addr = smem_u32(sQ), sK_addr = sQ_addr + G::Q_BYTES, sV_addr = sK_addr + 2 * G::KV_BYTES;
     const unsigned sX_addr = sV_addr + 2 * G::KV_BYTES;
     const unsigned sX_other = wg == 0 ? sX_addr + G::WG_BYTES : sX_addr - G::WG_BYTES;
+    const unsigned bar0 = smem_u32(&bars[0]);
+    auto full_k = [&](int s) { return bar0 + 8 * (2 * wg + s); };
+    auto full_v = [&](int s) { return bar0 + 8 * (4 + 2 * wg + s); };
+    auto empty_k = [&](int s) { return bar0 + 8 * (8 + 2 * wg + s); };
+    auto empty_v = [&](int s) { return bar0 + 8 * (12 + 2 * wg + s); };
+
+    const bool loader = wg == (int)cluster_rank() && t == 0;  // issues this half's tiles for the pair
 
     const int group = Hq / Hkv;
     const int QB = 64 / HB;                                  // queries per block
@@ -790,61 +913,77 @@ __device__ __forceinline__ void attention_wg_split_body(const half_t *__restrict
     const int kv_head = head0 / group;
     const int t0 = (gridDim.y - 1 - blockIdx.y) * QB;        // longest sweeps first
     const int pos = *pos_ptr;
-    const int q_valid = min(QB, T - t0);
-    const int kv_end = min(pos + t0 + q_valid, max_len);     // keys this block may touch: [0, kv_end)
-    const int j0 = first_tile(pos + t0, window, kv_end, BN); // tile j of the loop is key tile j0 + j
-    const int n_tiles = (kv_end + BN - 1) / BN - j0;         // >= 1, the same for both warpgroups
-    const long q_row = (long)Hq * D, kv_row = (long)Hkv * D;
+    const long q_row = (long)Hq * D;
+    // The tiles this CTA sweeps: the union of its own range and its partner's (blockIdx.y ^ 1).
+    const KeyRange own = key_range(t0, QB, T, pos, max_len, window, BN);
+    const KeyRange other = key_range((gridDim.y - 1 - (blockIdx.y ^ 1)) * QB, QB, T, pos, max_len, window, BN);
+    KeyRange sweep = own;
+    if (own.n_tiles == 0) {
+        sweep = other;
+    } else if (other.n_tiles > 0) {
+        const int j0 = min(own.j0, other.j0), kv_end = max(own.kv_end, other.kv_end);
+        sweep = {j0, (kv_end + BN - 1) / BN - j0, kv_end};
+    }
+    const int j0 = sweep.j0, n_tiles = sweep.n_tiles, kv_end = sweep.kv_end;  // n_tiles >= 1
 
-    // Copy geometry: thread t copies 16-byte chunk c of its half row in rows r_first + RPP * it, to
-    // column block c / 8, swizzled chunk (c % 8) ^ (row % 8).
+    if (tid == 0) {
+        for (int i = 0; i < 8; ++i) mbar_init(bar0 + 8 * i, 1);   // full: the arming thread's arrive.expect_tx
+        for (int i = 8; i < 16; ++i) mbar_init(bar0 + 8 * i, 8);  // empty: the 4 warps of half g of both CTAs
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    cluster_sync();  // the partner's barriers exist before anything lands in them or arrives on them
+
+    // Thread 0 of the warpgroup arms this CTA's full barrier of a slot for its next tile (the bytes may
+    // land before or after: the phase completes once both happened); the loader issues the tile into
+    // the slot of every CTA that sweeps it; each warp hands a slot it read back to the loader's CTA.
+    const int col_block = kv_head * (D / 64) + wg * (DH / 64);  // first 64-column block of this half
+    auto arm = [&](unsigned full) {
+        if (t == 0) mbar_expect_tx(full, G::KV_BYTES);
+    };
+    auto load = [&](const TmaMap *map, unsigned slot, int jt, unsigned full) {  // into both CTAs
+        tma_load_3d_multicast(slot, map, 0, (j0 + jt) * BN, col_block, full, (unsigned short)0x3);
+    };
+    auto release = [&](unsigned empty) {  // on the barrier of the CTA that loads half wg
+        if (lane == 0) mbar_arrive_cluster(cluster_addr(empty, (unsigned)wg));
+    };
+    auto wait_full = [&](unsigned full, int jt) { mbar_wait_cluster(full, (jt >> 1) & 1); };  // use jt / 2 of the slot
+
+    // Q rows (query t0 + r / HB, head head0 + r % HB), this half, by cp.async (once per block).
     const int c = t % CPR, r_first = t / CPR;
-    auto soff = [&](int r, unsigned block_bytes) -> unsigned {
-        return (c >> 3) * block_bytes + r * 128 + (((c & 7) ^ (r & 7)) << 4);
-    };
-    const long col = (long)kv_head * D + wg * DH + c * 8;
-    auto load_half_tile = [&](const half_t *src, unsigned char *slots, int jt) {  // nothing past the last tile
-        if (jt < n_tiles) {
-            const int n0 = (j0 + jt) * BN;
-            unsigned char *dst = slots + (jt & 1) * G::KV_BYTES;
 #pragma unroll
-            for (int it = 0; it < BN / RPP; ++it) {
-                const int r = r_first + it * RPP, key = n0 + r;
-                const bool ok = key < kv_end;
-                cp_async16(dst + soff(r, KV_BLOCK), src + (ok ? key * kv_row + col : col), ok ? 16 : 0);
-            }
-        }
-    };
-    auto load_k = [&](int jt) { load_half_tile(k, sK, jt); };
-    auto load_v = [&](int jt) { load_half_tile(v, sV, jt); };
-
-#pragma unroll
-    for (int it = 0; it < 64 / RPP; ++it) {  // Q rows: (query t0 + r / HB, head head0 + r % HB), this half
+    for (int it = 0; it < 64 / RPP; ++it) {
         const int r = r_first + it * RPP, qi = r / HB, tq = t0 + qi;
         const bool ok = qi < QB && tq < T;
         const half_t *src = ok ? q + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + wg * DH + c * 8 : q;
-        cp_async16(sQ + soff(r, Q_BLOCK), src, ok ? 16 : 0);
+        cp_async16(sQ + (c >> 3) * Q_BLOCK + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, ok ? 16 : 0);
     }
-    load_k(0);
-    cp_async_commit();  // group: Q, K_0
-    load_k(1);
-    load_v(0);
-    cp_async_commit();  // group: K_1, V_0
+    cp_async_commit();
+    arm(full_k(0));
+    if (n_tiles > 1) arm(full_k(1));
+    arm(full_v(0));
+    if (loader) {
+        tma_prefetch_map(&map_k);
+        tma_prefetch_map(&map_v);
+        load(&map_k, sK_addr, 0, full_k(0));
+        if (n_tiles > 1) load(&map_k, sK_addr + G::KV_BYTES, 1, full_k(1));
+        load(&map_v, sV_addr, 0, full_v(0));
+    }
 
-    // This thread's two accumulator rows (R0, R0 + 8 of the 64) and their visible keys [lo, lim]; the
-    // thread of the same index in the other warpgroup holds the same rows and keys.
+    // This thread's two accumulator rows (R0, R0 + 8 of the 64) and their visible keys [lo, lim]. A
+    // padding CTA (no rows in the chunk) sees no key and stores nothing.
     const int R0 = wq * 16 + (lane >> 2);
-    const RowLimits rows{min(pos + t0 + R0 / HB, kv_end - 1), min(pos + t0 + (R0 + 8) / HB, kv_end - 1),
+    const int own_end = own.n_tiles > 0 ? own.kv_end : 0;
+    const RowLimits rows{min(pos + t0 + R0 / HB, own_end - 1), min(pos + t0 + (R0 + 8) / HB, own_end - 1),
                          window_lo(pos + t0 + R0 / HB, window), window_lo(pos + t0 + (R0 + 8) / HB, window)};
 
-    unsigned p[BN / 16][4];                 // P fragments of the next PV
-    float o[O_REGS], s[S_REGS], x[S_REGS];  // O half; partial S; full S, then probabilities
+    unsigned p[BN / 16][4];       // P fragments of the next PV
+    float o[O_REGS], s[S_REGS];  // O half; partial S, then full S, then (in place) probabilities
 #pragma unroll
     for (int i = 0; i < O_REGS; ++i) o[i] = 0.f;
 #pragma unroll
     for (int i = 0; i < S_REGS; ++i) s[i] = 0.f;
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
-    float alpha0 = 0.f, alpha1 = 0.f;
+    float alpha0 = 1.f, alpha1 = 1.f;
 
     auto issue_s = [&](int jt) {  // partial S_jt over this half of the head dimension, one wgmma group
         const unsigned k_addr = sK_addr + (jt & 1) * G::KV_BYTES;
@@ -855,9 +994,10 @@ __device__ __forceinline__ void attention_wg_split_body(const half_t *__restrict
                          sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
         wgmma_commit();
     };
-    // x = this partial S_jt + the other warpgroup's (a + b == b + a exactly, so both warpgroups hold
-    // the same x). Layout [S_REGS / 4][128 threads][4 floats]: each warp's 16-byte accesses are contiguous.
-    auto full_s = [&](int jt) {
+    // s = this partial S_jt + the other warpgroup's (a + b == b + a exactly, so both warpgroups hold
+    // the same S), then the softmax in place: s holds the probabilities until the next iteration packs
+    // them. Layout [S_REGS / 4][128 threads][4 floats]: each warp's 16-byte accesses are contiguous.
+    auto softmax = [&](int jt) {
         const unsigned buf = (jt & 1) * G::X_BYTES + t * 16;
 #pragma unroll
         for (int i = 0; i < S_REGS / 4; ++i)
@@ -865,21 +1005,15 @@ __device__ __forceinline__ void attention_wg_split_body(const half_t *__restrict
         asm volatile("bar.sync 3, 256;\n" ::: "memory");  // both warpgroups' partials written
 #pragma unroll
         for (int i = 0; i < S_REGS / 4; ++i) {
-            ld_shared_f32x4(sX_other + buf + i * 2048, x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]);
+            float b[4];
+            ld_shared_f32x4(sX_other + buf + i * 2048, b[0], b[1], b[2], b[3]);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) x[4 * i + e] += s[4 * i + e];
+            for (int e = 0; e < 4; ++e) s[4 * i + e] += b[e];
         }
-    };
-    auto softmax = [&](int jt) {
-        full_s(jt);
-        softmax_step<BN>(x, (j0 + jt) * BN, lane, rows, scale_log2, m0, m1, l0, l1, alpha0, alpha1);
+        softmax_step<BN>(s, (j0 + jt) * BN, lane, rows, scale_log2, m0, m1, l0, l1, alpha0, alpha1);
     };
     auto pv = [&](int jt) {  // O = alpha O + P_jt V_jt on this half of the columns, one wgmma group
-#pragma unroll
-        for (int i = 0; i < DH / 8; ++i) {
-            o[4 * i] *= alpha0, o[4 * i + 1] *= alpha0;
-            o[4 * i + 2] *= alpha1, o[4 * i + 3] *= alpha1;
-        }
+        rescale_o(o, alpha0, alpha1);
         const unsigned v_addr = sV_addr + (jt & 1) * G::KV_BYTES;
         fence_regs(o);
         fence_regs(p);
@@ -888,44 +1022,69 @@ __device__ __forceinline__ void attention_wg_split_body(const half_t *__restrict
         for (int kk = 0; kk < BN / 16; ++kk) pv_step<DH>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
         wgmma_commit();
     };
+    auto wait_pv = [&]() {
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(p);
+    };
 
-    // Prologue: S_0 and its softmax.
-    cp_async_wait<1>();  // Q and K_0 landed
+    // Prologue: S_0 and its softmax. A tile's K slot is handed back once its S completed, its V slot
+    // once its PV did, and only where a later tile is loaded into it (tile + 2 < n_tiles).
+    cp_async_wait<0>();  // Q landed
     fence_proxy_async();
     warpgroup_bar(wg);
+    wait_full(full_k(0), 0);
     issue_s(0);
     wgmma_wait<0>();
     fence_regs(s);
+    if (2 < n_tiles) release(empty_k(0));
     softmax(0);
-    pack_probs<BN>(x, p);
 
+    // Iteration j: the loads of K_{j+2} and V_{j+1}, S_{j+1} and PV_j; PV_j is waited for at the top of
+    // the next iteration (see attention_wg_body).
     for (int j = 0; j + 1 < n_tiles; ++j) {
-        // K_{j+1} and V_j landed. After the barrier every thread of the warpgroup is past S_j and
-        // PV_{j-1}, so K slot j % 2 and V slot (j + 1) % 2 are free.
-        cp_async_wait<0>();
-        fence_proxy_async();
-        warpgroup_bar(wg);
-        load_k(j + 2);
-        load_v(j + 1);
-        cp_async_commit();
+        wait_pv();
+        if (j >= 1) release(empty_v((j - 1) & 1));  // V_{j-1} read (j + 1 < n_tiles: V_{j+1} goes there)
+        if (j + 2 < n_tiles) arm(full_k(j & 1));
+        arm(full_v((j + 1) & 1));
+        if (loader) {
+            if (j + 2 < n_tiles) {  // into the K slot of tile j, once every CTA's S_j read it
+                mbar_wait_cluster(empty_k(j & 1), (j >> 1) & 1);
+                load(&map_k, sK_addr + (j & 1) * G::KV_BYTES, j + 2, full_k(j & 1));
+            }
+            if (j >= 1)  // into the V slot of tile j - 1, once every CTA's PV_{j-1} read it
+                mbar_wait_cluster(empty_v((j + 1) & 1), ((j - 1) >> 1) & 1);
+            load(&map_v, sV_addr + ((j + 1) & 1) * G::KV_BYTES, j + 1, full_v((j + 1) & 1));
+        }
+        fence_regs(s);
+        pack_probs<BN>(s, p);  // P_j from the softmax of the previous iteration
+        wait_full(full_k((j + 1) & 1), j + 1);
         issue_s(j + 1);
+        wait_full(full_v(j & 1), j);
         pv(j);
         wgmma_wait<1>();  // S_{j+1} done; PV_j runs under the exchange and the softmax
         fence_regs(s);
+        if (j + 3 < n_tiles) release(empty_k((j + 1) & 1));
         softmax(j + 1);
-        wgmma_wait<0>();  // PV_j done: its P registers are free
-        fence_regs(o);
-        fence_regs(p);
-        pack_probs<BN>(x, p);
     }
-    // The last tile: V_{n-1} came with the last group.
-    cp_async_wait<0>();
-    fence_proxy_async();
-    warpgroup_bar(wg);
-    pv(n_tiles - 1);
-    wgmma_wait<0>();
-    fence_regs(o);
-    fence_regs(p);
+    // The last tile: zero its V rows at or past the swept range's end (see above), then its PV.
+    const int last = n_tiles - 1;
+    wait_pv();
+    wait_full(full_v(last & 1), last);
+    const int n_last = (j0 + last) * BN;
+    if (kv_end - n_last < BN) {
+        const unsigned slot = sV_addr + (last & 1) * G::KV_BYTES;
+        for (int i = t; i < (n_last + BN - kv_end) * (DH / 8); i += 128) {  // 16-byte chunks of those rows
+            const int r = kv_end - n_last + i / (DH / 8), ch = i % (DH / 8);
+            st_shared_f32x4(slot + (ch >> 3) * KV_BLOCK + r * 128 + (ch & 7) * 16, 0.f, 0.f, 0.f, 0.f);
+        }
+        fence_proxy_async();
+        warpgroup_bar(wg);
+    }
+    fence_regs(s);
+    pack_probs<BN>(s, p);
+    pv(last);
+    wait_pv();
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -953,40 +1112,48 @@ __device__ __forceinline__ void attention_wg_split_body(const half_t *__restrict
             *reinterpret_cast<uint4 *>(out + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + wg * DH + cc * 8) =
                 *reinterpret_cast<const uint4 *>(sQ + (cc >> 3) * Q_BLOCK + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
     }
+    cluster_sync();  // no CTA leaves while its partner may still arrive on its barriers
 }
 
 }  // namespace
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// grid (Hq / HB, ceil(T / (64 WGS / HB))), block 128 WGS, dynamic shared memory WgGeometry<D, WGS>::SMEM_BYTES;
-// HB = heads per block, a divisor of Hq / Hkv that fits in the block's 64 WGS rows (attention.py picks it). scale_log2 = softmax_scale * log2(e).
+// grid (Hq / HB, ceil(T / (64 WGS / HB))), block 128 WGS, dynamic shared memory
+// WgGeometry<D, WGS, BN, STAGES>::SMEM_BYTES; HB = heads per block, a divisor of Hq / Hkv that fits in
+// the block's 64 WGS rows (attention.py picks it). scale_log2 = softmax_scale * log2(e).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define ATTENTION_WG_BODY(WGS, D) attention_wg_body<D, WGS>(q, k, v, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window)
+#define ATTENTION_WG_BODY(D, WGS, BN, STAGES) \
+    attention_wg_body<D, WGS, BN, STAGES>(q, k, v, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window)
 #else
-#define ATTENTION_WG_BODY(WGS, D) __trap()
+#define ATTENTION_WG_BODY(D, WGS, BN, STAGES) __trap()
 #endif
-#define ATTENTION_PREFILL_WG(NAME, WGS, D)                                                                 \
-    extern "C" __global__ void __launch_bounds__(128 * WGS, 1) NAME##D(                                    \
+#define ATTENTION_PREFILL_WG(NAME, D, WGS, BN, STAGES)                                                     \
+    extern "C" __global__ void __launch_bounds__(128 * WGS, 1) NAME(                                       \
         const half_t *q, const half_t *k, const half_t *v, const int *pos, half_t *out, int T, int Hq, int Hkv, \
         int max_len, float scale_log2, int HB, int window) { pdl_entry();                                  \
-        ATTENTION_WG_BODY(WGS, D);                                                                         \
+        ATTENTION_WG_BODY(D, WGS, BN, STAGES);                                                             \
     }
 
-ATTENTION_PREFILL_WG(attention_prefill_wg_d, 1, 64)
-ATTENTION_PREFILL_WG(attention_prefill_wg_d, 1, 128)
-ATTENTION_PREFILL_WG(attention_prefill_wg_d, 1, 256)
-ATTENTION_PREFILL_WG(attention_prefill_wg2_d, 2, 64)
-ATTENTION_PREFILL_WG(attention_prefill_wg2_d, 2, 128)
-ATTENTION_PREFILL_WG(attention_prefill_wg2_d, 2, 256)
+//                   entry point                  D  warpgroups  key tile  stages
+ATTENTION_PREFILL_WG(attention_prefill_wg_d64,    64,   1,       64,       4)
+ATTENTION_PREFILL_WG(attention_prefill_wg_d128,  128,   1,       64,       3)
+ATTENTION_PREFILL_WG(attention_prefill_wg2r_d256, 256,  2,       64,       2)
 
-// D = 512: grid (Hq / HB, ceil(T / (64 / HB))), block 256 (two warpgroups on one 64-row tile),
-// dynamic shared memory SplitGeometry<512>::SMEM_BYTES; arguments as above.
-extern "C" __global__ void __launch_bounds__(256, 1) attention_prefill_wg_d512(
-    const half_t *q, const half_t *k, const half_t *v, const int *pos, half_t *out, int T, int Hq, int Hkv,
-    int max_len, float scale_log2, int HB, int window) {
+// D = 512: grid (Hq / HB, 2 ceil(ceil(T / (64 / HB)) / 2)) (whole clusters of two along y), block 256
+// (two warpgroups on one 64-row tile), dynamic shared memory SplitGeometry<512>::SMEM_BYTES; arguments
+// as above with the tensor maps of k and v first (3-D: 64 halves x key x 64-wide column block of every
+// head, 128-byte swizzle; attention.py encodes them) instead of k and v.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ATTENTION_WGTC_ATTRS __launch_bounds__(256, 1) __cluster_dims__(1, 2, 1)
+#else
+#define ATTENTION_WGTC_ATTRS
+#endif
+extern "C" __global__ void ATTENTION_WGTC_ATTRS attention_prefill_wgtc_d512(
+    const __grid_constant__ impasync::TmaMap map_k, const __grid_constant__ impasync::TmaMap map_v, const half_t *q,
+    const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len, float scale_log2, int HB, int window) {
     pdl_entry();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    attention_wg_split_body<512>(q, k, v, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window);
+    attention_wg_pair_body(map_k, map_v, q, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window);
 #else
     __trap();
 #endif

@@ -134,7 +134,7 @@ def ops(model, pp_list, variants, fmt, out, force) -> None:
               help="Keys already in the cache before the chunk, comma-separated: tokens, or 'chunk' (one chunk: T).")
 @click.option("--reps", type=int, default=30, show_default=True, help="Timed repetitions per case (median reported).")
 @click.option("--variant", default=None, metavar="NAME",
-              help="Our kernel variant (wgmma, wgmma2, mma). Default: the one the engine runs here.")
+              help="Our kernel variant (wgmma, mma). Default: the one the engine runs here.")
 @FORMAT
 @BENCH_OUT
 @FORCE

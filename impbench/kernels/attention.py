@@ -10,30 +10,74 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from dataclasses import dataclass
 
-from impbench.kernels.modules import get_function
 from impbench.kernels.checks import check_array
+from impbench.kernels.modules import get_function
 
 HEAD_DIMS = (64, 128, 256, 512)
-# wgmma: Hopper (sm_90a) kernel, 64 (query, head) rows per block, two blocks per SM; wgmma2: the same
-# kernel with 128 rows (2 warpgroups) per block; mma: portable mma.sync kernel (any sm_80+).
-# Head dim 512 (Gemma-4's full layers): wgmma with two warpgroups that split the head dimension of
-# one 64-row block, and mma with two warps per 16 rows (32 queries a block, 16-key tiles, within the
-# 99 KiB of shared memory of sm_89 / sm_120); no wgmma2 (its 128 rows would need four warpgroups of
-# 128 registers a thread, too few for the 128 accumulators each holds).
-VARIANTS = ("wgmma", "wgmma2", "mma")
 
-# mma variant: 64 queries of one head per block (4 warps x 16 rows; 32 queries at head dim 512).
-BLOCK_M = 64
-THREADS = 128
-SPLIT_HEAD_DIM = 512  # the head dim whose kernels split the output columns over two warps / warpgroups
-# wgmma variants: warpgroups (64 rows, 128 threads each) per block; the heads of one KV group share it.
-WG_WARPGROUPS = {"wgmma": 1, "wgmma2": 2}
-_KERNEL_PREFIX = {"wgmma": "attention_prefill_wg_d", "wgmma2": "attention_prefill_wg2_d", "mma": "attention_prefill_d"}
+
+@dataclass(frozen=True)
+class Tiling:
+    """One kernel of the family and the block geometry its launch mirrors (kernels_cu/attention.cu).
+
+    kind: "wgmma" (WgGeometry: 64 (query, head) rows per warpgroup, the heads of one GQA group packed
+    into the rows), "split" (SplitGeometry, head dim 512: two warpgroups split the head dimension of
+    64 rows) or "mma" (Geometry: the portable kernel, `rows` queries of one head per block).
+    stages: shared-memory stages of one K and one V tile (wgmma, 2: K and V in two-slot rings).
+    tma: K and V come in by the TMA unit through tensor maps passed by value (split); cluster: CTAs
+    per cluster (2: a pair on adjacent query blocks, each loading half of every tile for both).
+    """
+
+    kernel: str
+    kind: str
+    head_dim: int
+    rows: int
+    block_n: int
+    stages: int
+    tma: bool = False
+    cluster: int = 1
+
+    @property
+    def threads(self) -> int:
+        return 128 if self.kind == "mma" else 256 if self.kind == "split" else 2 * self.rows
+
+    @property
+    def smem(self) -> int:
+        """Dynamic shared memory of a block; the kernel traps if it gets less."""
+        d, bn = self.head_dim, self.block_n
+        if self.kind == "mma":  # Q tile + two K and two V stages, rows padded by 16 bytes
+            return (self.rows + 4 * bn) * (d + 8) * 2
+        if self.kind == "split":  # per warpgroup: Q half, two K and two V half tiles, two FP32 partial-S tiles
+            return 2 * (self.rows * d + 4 * bn * d + 2 * self.rows * bn * 4) + 1024
+        return self.rows * d * 2 + self.stages * 2 * bn * d * 2 + 1024  # Q + stages x (K + V) + alignment
+
+
+def _wg(prefix: str, head_dim: int, rows: int, block_n: int, stages: int) -> Tiling:
+    return Tiling(f"attention_prefill_{prefix}_d{head_dim}", "wgmma", head_dim, rows, block_n, stages)
+
+
+_SPLIT_PAIRS = Tiling("attention_prefill_wgtc_d512", "split", 512, 64, 32, 2, tma=True, cluster=2)
+
+# Every variant's kernel per head dim; mma runs on any sm_80+, wgmma on cc 9.0 (sm_90a). A variant may
+# cover only some head dims (a candidate tiling; supports()). Measured choices: docs/notes/attention.md.
+# - wgmma (the default on cc 9.0): D <= 128 in 64-row blocks, one warpgroup, two blocks per SM; D 256 in
+#   128-row blocks (two warpgroups on one K/V stream) with 64-key tiles in K/V rings (S as m64n64k16);
+#   D 512: two warpgroups split the head dimension of 64 rows, K/V by TMA in 2-CTA clusters, each tile
+#   multicast to both.
+# - mma: 64 queries of one head per block (32 queries and 16-key tiles at D 512, within the 99 KiB
+#   of shared memory of sm_89 / sm_120).
+VARIANTS: dict[str, dict[int, Tiling]] = {
+    "wgmma": {64: _wg("wg", 64, 64, 64, 4), 128: _wg("wg", 128, 64, 64, 3), 256: _wg("wg2r", 256, 128, 64, 2),
+              512: _SPLIT_PAIRS},
+    "mma": {d: Tiling(f"attention_prefill_d{d}", "mma", d, 32 if d == 512 else 64,
+                      16 if d == 512 else 32 if d == 256 else 64, 2) for d in HEAD_DIMS},
+}  # fmt: skip
 
 
 def default_variant() -> str:
-    """The variant for the current device: wgmma where the family is built for sm_90a (cc 9.0)."""
+    """The variant prepare() runs: wgmma where the family is built for sm_90a (cc 9.0), else mma."""
     from impbench import device
 
     return "wgmma" if device.compute_capability() == 90 else "mma"
@@ -41,19 +85,24 @@ def default_variant() -> str:
 
 def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}")
 
 
 def supports(head_dim: int, variant: str) -> bool:
-    """Whether `variant` has a kernel for `head_dim` (every pair but wgmma2 at 512)."""
-    return head_dim in HEAD_DIMS and not (variant == "wgmma2" and head_dim == SPLIT_HEAD_DIM)
+    """Whether `variant` has a kernel for `head_dim`."""
+    return head_dim in VARIANTS.get(variant, {})
 
 
-def _check_head_dim(head_dim: int, variant: str) -> None:
+def tiling(head_dim: int, variant: str | None = None) -> Tiling:
+    """The kernel and block geometry of `variant` (default_variant()) at `head_dim`."""
+    variant = variant or default_variant()
+    _check_variant(variant)
     if head_dim not in HEAD_DIMS:
         raise ValueError(f"q head_dim must be one of {HEAD_DIMS}, got {head_dim}")
     if not supports(head_dim, variant):
-        raise ValueError(f"variant {variant!r} has no head_dim {head_dim} kernel; use 'wgmma' (Hopper) or 'mma'")
+        have = ", ".join(v for v in VARIANTS if supports(head_dim, v))
+        raise ValueError(f"variant {variant!r} has no head_dim {head_dim} kernel; use one of {have}")
+    return VARIANTS[variant][head_dim]
 
 
 def _check_window(window) -> int:
@@ -63,26 +112,13 @@ def _check_window(window) -> int:
 
 
 def smem_bytes(head_dim: int, variant: str | None = None) -> int:
-    """Dynamic shared memory per block of the kernel for `head_dim` (variant: default_variant()).
+    """Dynamic shared memory per block of the kernel for `head_dim` (variant: default_variant())."""
+    return tiling(head_dim, variant).smem
 
-    Mirrors Geometry<D>::SMEM_BYTES (mma: Q tile + two K and two V stages),
-    WgGeometry<D, WGS>::SMEM_BYTES (wgmma: Q tile + STAGES x (K + V) + 1 KiB alignment) and
-    SplitGeometry<512>::SMEM_BYTES (wgmma at 512: per warpgroup its Q half, two K and two V half
-    tiles and two FP32 partial-S tiles, + 1 KiB) in attention.cu; the kernels trap if they get less.
-    """
-    variant = variant or default_variant()
-    _check_variant(variant)
-    _check_head_dim(head_dim, variant)
-    block_n = 32 if head_dim >= 256 else 64
-    if variant == "mma":
-        stride = head_dim + 8
-        return (_mma_block_m(head_dim) * stride + 4 * (16 if head_dim == SPLIT_HEAD_DIM else block_n) * stride) * 2
-    if head_dim == SPLIT_HEAD_DIM:
-        half = head_dim // 2
-        return 2 * (64 * half * 2 + 4 * block_n * half * 2 + 2 * 64 * block_n * 4) + 1024
-    warpgroups = WG_WARPGROUPS[variant]
-    stages = 4 if (warpgroups == 1 and head_dim == 64) or (warpgroups == 2 and head_dim <= 128) else 3
-    return 64 * warpgroups * head_dim * 2 + stages * 2 * block_n * head_dim * 2 + 1024
+
+def threads_per_block(head_dim: int, variant: str) -> int:
+    """Block size: 4 warps (mma), 128 per warpgroup (wgmma; two warpgroups at head dims 256 and 512)."""
+    return tiling(head_dim, variant).threads
 
 
 def heads_per_block(heads: int, kv_heads: int, rows: int = 64) -> int:
@@ -95,30 +131,26 @@ def heads_per_block(heads: int, kv_heads: int, rows: int = 64) -> int:
     return max(d for d in range(1, min(group, rows) + 1) if group % d == 0)
 
 
-def _kernel_name(head_dim: int, variant: str) -> str:
-    return f"{_KERNEL_PREFIX[variant]}{head_dim}"
+def _kv_map(cache, geometry: Tiling):
+    """The tensor map a TMA kernel reads a K or V cache [max_len, Hkv, D] through: the 3-D view (64 halves,
+    key, 64-wide column block of every head), box 64 x block_n keys x the D/2 columns of one
+    warpgroup, 128-byte swizzle (the layout the kernel's wgmma descriptors read); keys past max_len
+    read as zero. Host-only: safe inside a capture."""
+    from impbench.kernels import driver
 
-
-def _mma_block_m(head_dim: int) -> int:
-    return BLOCK_M // 2 if head_dim == SPLIT_HEAD_DIM else BLOCK_M
-
-
-def threads_per_block(head_dim: int, variant: str) -> int:
-    """Block size: 4 warps (mma), 128 per warpgroup (wgmma, and two warpgroups at head dim 512)."""
-    if variant == "mma":
-        return THREADS
-    return 256 if head_dim == SPLIT_HEAD_DIM else 128 * WG_WARPGROUPS[variant]
+    max_len, kv_heads, head_dim = cache.shape
+    return driver.TensorMap(cache.data.ptr, driver.FLOAT16, (64, max_len, kv_heads * head_dim // 64),
+                            (kv_heads * head_dim * 2, 128), (64, geometry.block_n, head_dim // 128),
+                            driver.SWIZZLE_128B, driver.L2_PROMOTION_256B, keep=cache)  # fmt: skip
 
 
 def _plan(q, k_cache, v_cache, pos, out, softmax_scale: float, variant: str | None = None, window: int = 0):
-    """Check the arguments of attention_prefill; return (kernel, grid, block, args, shared bytes)."""
+    """Check the arguments of attention_prefill; return (tiling, kernel, grid, block, args, shared bytes)."""
     import numpy as np
 
     check_array("q", q, np.float16, ndim=3)
     tokens, heads, head_dim = q.shape
-    variant = variant or default_variant()
-    _check_variant(variant)
-    _check_head_dim(head_dim, variant)
+    geometry = tiling(head_dim, variant)
     window = _check_window(window)
     if tokens < 1:
         raise ValueError(f"q must hold at least one token, got shape {tuple(q.shape)}")
@@ -139,34 +171,34 @@ def _plan(q, k_cache, v_cache, pos, out, softmax_scale: float, variant: str | No
     if not (math.isfinite(softmax_scale) and softmax_scale > 0):
         raise ValueError(f"softmax_scale must be finite and > 0, got {softmax_scale}")
 
-    smem = smem_bytes(head_dim, variant)
-    kernel = get_function("attention", _kernel_name(head_dim, variant), max_dynamic_smem=smem)
-    if variant == "wgmma":
-        # ask for the largest shared-memory carveout: two 113 KiB blocks per SM (D = 128) need all of it
+    smem = geometry.smem
+    kernel = get_function("attention", geometry.kernel, max_dynamic_smem=smem)
+    if geometry.kind != "mma":
+        # the largest shared-memory carveout: two 113 KiB blocks per SM (wgmma, D = 128) need all of it
         kernel.preferred_shared_memory_carveout = 100
-    args = (
-        q,
-        k_cache,
-        v_cache,
-        pos,
-        out,
-        np.int32(tokens),
-        np.int32(heads),
-        np.int32(kv_heads),
-        np.int32(max_len),
-        np.float32(softmax_scale * math.log2(math.e)),
-    )
-    block = (threads_per_block(head_dim, variant),)
+    kv = (_kv_map(k_cache, geometry), _kv_map(v_cache, geometry)) if geometry.tma else (k_cache, v_cache)
+    args = (*kv, q, pos, out) if geometry.tma else (q, *kv, pos, out)
+    args += (np.int32(tokens), np.int32(heads), np.int32(kv_heads), np.int32(max_len),
+             np.float32(softmax_scale * math.log2(math.e)))  # fmt: skip
+    block = (geometry.threads,)
     window = 0 if window >= max_len else window  # no query of this cache is past such a window (and int32-safe)
-    if variant != "mma":
-        rows = 64 * WG_WARPGROUPS[variant]
-        per_block = heads_per_block(heads, kv_heads, rows)
-        queries = rows // per_block
-        grid = (heads // per_block, (tokens + queries - 1) // queries)
-        return kernel, grid, block, args + (np.int32(per_block), np.int32(window)), smem
-    queries = _mma_block_m(head_dim)
-    grid = (heads, (tokens + queries - 1) // queries)
-    return kernel, grid, block, args + (np.int32(window),), smem
+    if geometry.kind != "mma":
+        per_block = heads_per_block(heads, kv_heads, geometry.rows)
+        queries = geometry.rows // per_block
+        blocks = -(-tokens // queries)
+        grid = (heads // per_block, -(-blocks // geometry.cluster) * geometry.cluster)  # whole clusters along y
+        return geometry, kernel, grid, block, args + (np.int32(per_block), np.int32(window)), smem
+    grid = (heads, (tokens + geometry.rows - 1) // geometry.rows)
+    return geometry, kernel, grid, block, args + (np.int32(window),), smem
+
+
+def _launcher(geometry: Tiling, kernel, grid, block, args, smem):
+    """A no-argument launch: the RawKernel's own call, or through the driver where tensor maps go by value."""
+    if geometry.tma:
+        from impbench.kernels import driver
+
+        return driver.launcher(kernel.kernel.ptr, grid, block, smem, args)
+    return functools.partial(kernel, grid, block, args, shared_mem=smem)
 
 
 def attention_prefill(q, k_cache, v_cache, pos, out, softmax_scale: float, window: int = 0) -> None:
@@ -183,24 +215,21 @@ def attention_prefill(q, k_cache, v_cache, pos, out, softmax_scale: float, windo
 
 def prepare(q, k_cache, v_cache, pos, out, softmax_scale: float, window: int = 0):
     """Check once; return a no-argument launcher of attention_prefill (reads pos when it runs)."""
-    kernel, grid, block, args, smem = _plan(q, k_cache, v_cache, pos, out, softmax_scale, window=window)
-    return functools.partial(kernel, grid, block, args, shared_mem=smem)
+    return _launcher(*_plan(q, k_cache, v_cache, pos, out, softmax_scale, window=window))
 
 
 def prepare_variant(q, k_cache, v_cache, pos, out, softmax_scale: float, variant: str, window: int = 0):
-    """prepare() with an explicit kernel variant (tests and benchmarks run both on one device)."""
+    """prepare() with an explicit kernel variant (tests and benchmarks run several on one device)."""
     _check_variant(variant)
-    kernel, grid, block, args, smem = _plan(q, k_cache, v_cache, pos, out, softmax_scale, variant, window)
-    return functools.partial(kernel, grid, block, args, shared_mem=smem)
+    return _launcher(*_plan(q, k_cache, v_cache, pos, out, softmax_scale, variant, window))
 
 
 def prewarm() -> None:
     """Compile the family and raise every kernel's shared-memory limit outside any capture."""
     variants = VARIANTS if default_variant() == "wgmma" else ("mma",)
     for variant in variants:
-        for head_dim in HEAD_DIMS:
-            if supports(head_dim, variant):
-                get_function("attention", _kernel_name(head_dim, variant), max_dynamic_smem=smem_bytes(head_dim, variant))
+        for geometry in VARIANTS[variant].values():
+            get_function("attention", geometry.kernel, max_dynamic_smem=geometry.smem)
 
 
 def causal_flops(tokens: int, pos: int, heads: int, head_dim: int, window: int = 0) -> int:
