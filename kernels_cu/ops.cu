@@ -3,14 +3,17 @@
 // R dims, KV append) in two forms: narrow (any even D <= 64 or multiple of 64, R = D) and 16-byte
 // (D = 16..256, power of two). For the Qwen3.5/3.6 hybrid also: the linear layers' causal conv1d with
 // its q/k/v, decay and write-strength prep, the conv-state carry and the gated RMSNorm; the full
-// layers' sigmoid output gate; and the gated activation of a dense (shared-expert) MLP.
+// layers' sigmoid output gate; and the gated activation of a dense (shared-expert) MLP. For Gemma-4:
+// the prologue's weightless V norm, K = V and "proportional" RoPE (qkv_post arguments), the scaled
+// embedding, the post-attention norm fused with its residual add and the norms that read the sum
+// (post_attn_norms), and the final logit soft-cap.
 //
 // Shared rules: FP16 storage (half_t bit patterns), FP32 math, one rounding per output element.
 // Every kernel is capture-safe (the grid depends only on static shapes; the chunk position is read
 // from device memory) and deterministic: each reduction runs in one fixed order inside one block or
 // warp, with no atomics, so eager runs and graph replays give the same bits.
 //
-// Row kernels (embed, rmsnorm, add_rmsnorm): one block per token row, each thread owns C (a template
+// Row kernels (embed, rmsnorm, add_rmsnorm, post_attn_norms): one block per token row, each thread owns C (a template
 // parameter: 1, 2, 4 or 8) 16-byte chunks (8 halves) of the row, strided by blockDim.x so a warp's
 // loads are one contiguous 512-byte span. The row and its norm weights stay in registers, packed as
 // FP16 (4 registers a chunk), between the sum of squares and the scaling, so x is read once and every
@@ -102,18 +105,27 @@ struct Halves {
     }
 };
 
+// What qkv_post writes to v_cache (kernel argument v_mode): the v head as is (Qwen3); the v head under a
+// weightless RMSNorm (Gemma-4 sliding layers); or, with no v heads in qkv, the weightless RMSNorm of
+// the raw k head -- before k_norm and RoPE -- (Gemma-4 full layers, attention_k_eq_v). The norm of a k
+// head and its V share one sum of squares.
+constexpr int V_COPY = 0, V_NORM = 1, V_FROM_K = 2;
+
 // One block per token; warp w handles heads [w*HPW, w*HPW + HPW) of [q heads | k heads | v heads]
-// and issues all their loads before any math, so each block waits for memory once. cos/sin depend
-// only on (position, pair index): inv_freq is tabled per block in double, each thread forms its VP
-// angles in double and reduces them mod 2*pi there (angles reach ~1e5 rad at long prompts, where an
-// FP32 angle would be off by ~1e-2), then takes sincosf of the reduced FP32 angle. Doing the whole
-// sincos in FP64 made FP64 throughput the bottleneck (all blocks are resident at once).
+// (no v heads with V_FROM_K) and issues all their loads before any math, so each block waits for
+// memory once. cos/sin depend only on (position, pair index): inv_freq is tabled per block in double,
+// each thread forms its VP angles in double and reduces them mod 2*pi there (angles reach ~1e5 rad at
+// long prompts, where an FP32 angle would be off by ~1e-2), then takes sincosf of the reduced FP32
+// angle. Doing the whole sincos in FP64 made FP64 throughput the bottleneck (all blocks are resident
+// at once). Pairs from rope_pairs on (Gemma-4's "proportional" RoPE: frequency 0) keep cos 1, sin 0
+// and skip the sincos: x * 1 - y * 0 is x exactly, so they pass through unchanged.
 template <int VP>
 __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,
                                               const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,
                                               half_t *__restrict__ q_out, half_t *__restrict__ k_cache,
                                               half_t *__restrict__ v_cache, int row_stride, int head_dim, int q_heads,
-                                              int kv_heads, int max_len, float eps, double log2_theta, int qk_norm) {
+                                              int kv_heads, int max_len, float eps, double log2_theta, int qk_norm,
+                                              int rope_pairs, int v_mode) {
     constexpr int HPW = QKV_HEADS_PER_WARP;
     __shared__ double inv_freq[256];  // D/2 <= 256
     const int token = blockIdx.x;
@@ -121,7 +133,7 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
     const int half_dim = head_dim >> 1;
     const bool active = lane * VP < half_dim;
     const int first = lane * VP;  // element index inside the first half
-    const int heads = q_heads + 2 * kv_heads;
+    const int heads = q_heads + (v_mode == V_FROM_K ? 1 : 2) * kv_heads;
     const half_t *row = qkv + (size_t)token * row_stride;
 
     float a[HPW][VP], b[HPW][VP];  // first-half and second-half elements of this lane, per head
@@ -136,7 +148,18 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
             for (int i = 0; i < VP; ++i) a[h][i] = b[h][i] = 0.0f;
         }
     }
-    for (int i = threadIdx.x; i < half_dim; i += blockDim.x)
+    // D = 512: this lane's 16-byte chunks of both norm weights, loaded with the row (as the 16-byte form
+    // does) rather than after each head's reduction: one memory wait a head fewer
+    u32x4 w_pre[4] = {};
+    if constexpr (VP == 8) {
+        if (qk_norm) {
+            w_pre[0] = ld16(q_norm_w + first);
+            w_pre[1] = ld16(q_norm_w + half_dim + first);
+            w_pre[2] = ld16(k_norm_w + first);
+            w_pre[3] = ld16(k_norm_w + half_dim + first);
+        }
+    }
+    for (int i = threadIdx.x; i < min(half_dim, rope_pairs); i += blockDim.x)
         inv_freq[i] = exp2(-(double)(2 * i) / (double)head_dim * log2_theta);
     const int position = ld_i32(pos) + token;
     const bool in_cache = position >= 0 && position < max_len;
@@ -146,7 +169,7 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
     for (int i = 0; i < VP; ++i) {
         cos_v[i] = 1.0f;
         sin_v[i] = 0.0f;
-        if (active) {
+        if (active && first + i < rope_pairs) {
             const double angle = (double)position * inv_freq[first + i];
             const double turns = rint(angle * 0.15915494309189535);  // 1 / (2 pi)
             const double reduced = fma(-turns, 2.4492935982947064e-16, fma(-turns, 6.283185307179586, angle));
@@ -158,12 +181,8 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
     for (int h = 0; h < HPW; ++h) {
         const int head = warp * HPW + h;  // warp-uniform
         if (head >= heads) break;
-        half_t *dst;
-        if (head < q_heads) {
-            dst = q_out + ((size_t)token * q_heads + head) * head_dim;
-        } else if (head < q_heads + kv_heads) {
-            dst = k_cache + ((size_t)position * kv_heads + (head - q_heads)) * head_dim;
-        } else {
+        const bool is_q = head < q_heads, is_k = !is_q && head < q_heads + kv_heads;
+        if (!is_q && !is_k && v_mode == V_COPY) {
             if (active && in_cache) {  // v: straight copy into the cache
                 half_t *v_dst = v_cache + ((size_t)position * kv_heads + (head - q_heads - kv_heads)) * head_dim;
                 Halves<VP>::store(v_dst + first, a[h]);
@@ -171,16 +190,38 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
             }
             continue;
         }
-        if (qk_norm) {
+        float inv = 1.0f;  // rsqrt(mean(x^2) + eps) of the raw head
+        if (qk_norm || v_mode != V_COPY) {
             float sq = 0.0f;
 #pragma unroll
             for (int i = 0; i < VP; ++i) sq += a[h][i] * a[h][i] + b[h][i] * b[h][i];
-            const float inv = rsqrtf(warp_sum(sq) / (float)head_dim + eps);
-            const half_t *w = head < q_heads ? q_norm_w : k_norm_w;
+            inv = rsqrtf(warp_sum(sq) / (float)head_dim + eps);
+        }
+        if (!is_q && active && in_cache && v_mode == (is_k ? V_FROM_K : V_NORM)) {  // V: the weightless norm
+            float va[VP], vb[VP];
+#pragma unroll
+            for (int i = 0; i < VP; ++i) {
+                va[i] = a[h][i] * inv;
+                vb[i] = b[h][i] * inv;
+            }
+            half_t *v_dst = v_cache + ((size_t)position * kv_heads + (head - q_heads - (is_k ? 0 : kv_heads))) * head_dim;
+            Halves<VP>::store(v_dst + first, va);
+            Halves<VP>::store(v_dst + half_dim + first, vb);
+        }
+        if (!is_q && !is_k) continue;
+        half_t *dst = is_q ? q_out + ((size_t)token * q_heads + head) * head_dim
+                           : k_cache + ((size_t)position * kv_heads + (head - q_heads)) * head_dim;
+        if (qk_norm) {
+            const half_t *w = is_q ? q_norm_w : k_norm_w;
             if (active) {
                 float wa[VP], wb[VP];
-                Halves<VP>::load(w + first, wa);
-                Halves<VP>::load(w + half_dim + first, wb);
+                if constexpr (VP == 8) {
+                    unpack8(w_pre[is_q ? 0 : 2], wa);
+                    unpack8(w_pre[is_q ? 1 : 3], wb);
+                } else {
+                    Halves<VP>::load(w + first, wa);
+                    Halves<VP>::load(w + half_dim + first, wb);
+                }
 #pragma unroll
                 for (int i = 0; i < VP; ++i) {
                     a[h][i] = a[h][i] * inv * wa[i];
@@ -188,7 +229,7 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
                 }
             }
         }
-        if (active && (head < q_heads || in_cache)) {
+        if (active && (is_q || in_cache)) {
             float ra[VP], rb[VP];
 #pragma unroll
             for (int i = 0; i < VP; ++i) {
@@ -217,13 +258,18 @@ __device__ __forceinline__ void qkv_post_impl(const half_t *__restrict__ qkv, co
 // power of two >= 2) and chunks from R/8 on pass through after the norm. PARTIAL = false is R = D with
 // R a compile-time constant: the runtime R cost 5-7 registers, one block a SM fewer at qwen3-coder's
 // 160-thread blocks.
+//
+// Gemma-4: "proportional" RoPE (R = D, but only pairs i < rope_pairs rotate, still at theta^(-2i/D))
+// tables cos 1, sin 0 for the other pairs, which then pass through exactly (x * 1 - y * 0 = x), so it
+// costs the per-head math nothing; v_mode (V_NORM, V_FROM_K) takes the sum of squares the q/k norm
+// already forms (see qkv_post_impl).
 template <int L, int S, bool PARTIAL>
 __device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,
                                                    const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,
                                                    half_t *__restrict__ q_out, half_t *__restrict__ k_cache,
                                                    half_t *__restrict__ v_cache, int row_stride, int rot_chunks_arg,
                                                    int q_heads, int kv_heads, int max_len, float eps, double log2_theta,
-                                                   int qk_norm) {
+                                                   int qk_norm, int rope_pairs, int v_mode) {
     constexpr int G = 32 / L, HPW = G * S, D = 8 * L, HALF = D / 2;
     const int rot_chunks = PARTIAL ? rot_chunks_arg : L;  // R / 8
     __shared__ float2 rope_cs[HALF];
@@ -234,7 +280,7 @@ __device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qk
     const bool rotated = !PARTIAL || sub < rot_chunks;
     const bool second = (sub & rot_half) != 0;
     const int pair0 = 8 * (sub & (rot_half - 1));  // first RoPE pair of this lane's chunk (read, unused, past R)
-    const int heads = q_heads + 2 * kv_heads;
+    const int heads = q_heads + (v_mode == V_FROM_K ? 1 : 2) * kv_heads;
     const half_t *row = qkv + (size_t)token * row_stride;
 
     u32x4 raw[S];
@@ -254,6 +300,10 @@ __device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qk
     const int position = ld_i32(pos) + token;
     const bool in_cache = position >= 0 && position < max_len;
     for (int i = threadIdx.x; i < rot_chunks * 4; i += blockDim.x) {  // the R/2 pairs
+        if (i >= rope_pairs) {  // frequency 0
+            rope_cs[i] = make_float2(1.0f, 0.0f);
+            continue;
+        }
         const double inv_freq = exp2(-(double)(2 * i) / (double)(rot_chunks * 8) * log2_theta);
         const double angle = (double)position * inv_freq;
         const double turns = rint(angle * 0.15915494309189535);  // 1 / (2 pi)
@@ -283,30 +333,39 @@ __device__ __forceinline__ void qkv_post_wide_impl(const half_t *__restrict__ qk
         unpack8(raw[s], own);
         unpack8(par, other);
         const bool is_q = head < q_heads, is_k = !is_q && head < q_heads + kv_heads;
-        if (qk_norm) {
+        float inv = 1.0f;  // rsqrt(mean(x^2) + eps) of the raw head
+        if (qk_norm || v_mode != V_COPY) {  // every lane shuffles, whatever its head
             float sq = 0.0f;
 #pragma unroll
             for (int i = 0; i < 8; ++i) sq += own[i] * own[i];
 #pragma unroll
             for (int offset = L / 2; offset > 0; offset >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, offset);
-            if (is_q || is_k) {
-                const float inv = rsqrtf(sq / (float)D + eps);
-                float w_own[8], w_par[8];
-                unpack8(is_q ? wq_own : wk_own, w_own);
-                unpack8(is_q ? wq_par : wk_par, w_par);
-#pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                    own[i] = own[i] * inv * w_own[i];
-                    other[i] = other[i] * inv * w_par[i];
-                }
-            }
+            inv = rsqrtf(sq / (float)D + eps);
         }
         if (head >= heads) continue;
-        if (!is_q && !is_k) {  // v: straight copy into the cache
-            if (in_cache)
-                *reinterpret_cast<u32x4 *>(v_cache + ((size_t)position * kv_heads + (head - q_heads - kv_heads)) * D +
-                                           sub * 8) = raw[s];
-            continue;
+        if ((!is_q && !is_k) || (is_k && v_mode == V_FROM_K)) {  // V: the v head, or the raw k head
+            if (in_cache) {
+                u32x4 v = raw[s];  // V_COPY: straight copy
+                if (v_mode != V_COPY) {
+                    float y[8];
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) y[i] = own[i] * inv;
+                    v = pack8(y);
+                }
+                const int kv = head - q_heads - (is_k ? 0 : kv_heads);
+                *reinterpret_cast<u32x4 *>(v_cache + ((size_t)position * kv_heads + kv) * D + sub * 8) = v;
+            }
+            if (!is_k) continue;
+        }
+        if (qk_norm) {
+            float w_own[8], w_par[8];
+            unpack8(is_q ? wq_own : wk_own, w_own);
+            unpack8(is_q ? wq_par : wk_par, w_par);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                own[i] = own[i] * inv * w_own[i];
+                other[i] = other[i] * inv * w_par[i];
+            }
         }
         float out[8];  // first half: a cos - b sin; second half: b cos + a sin (own = b, other = a)
 #pragma unroll
@@ -390,6 +449,94 @@ __device__ __forceinline__ void add_rmsnorm_impl(const half_t *__restrict__ x, h
         const u32x4 *o_row = reinterpret_cast<const u32x4 *>(out + (size_t)blockIdx.x * hidden);
         u32x4 *k_row = reinterpret_cast<u32x4 *>(out_kp + (size_t)blockIdx.x * hidden);
         for (int g = threadIdx.x; g < chunks / 4; g += blockDim.x) kperm_group(o_row + (g >> 2) * 16, k_row + (g >> 2) * 16, g & 3);
+    }
+}
+
+// Gemma-4's post-attention sandwich, one launch: a = RMSNorm(x) * w0 (the attention block's output,
+// stored over x, which the engine's trace reads), residual <- h = residual + a (a enters the sum in
+// FP32, so h is rounded once, as the residual stream is stored), then outs[j] = RMSNorm(h) * w[j + 1]
+// for the n_out (1..3) norms that read h: pre-MLP, pre-MoE, the router's prenorm (its scale folded
+// into the weight). h's rms is taken once, from the rounded h as add_rmsnorm's is, so each out is what
+// a separate rmsnorm of the stored residual gives. Two block sums, each with its own scratch
+// (block_sum does not reset it). The outs' weights are loaded after the first sum, once x, residual
+// and w0 are dead: before it, they would raise the registers held across it from 12 C to 24 C; here
+// their L2 round trip overlaps the stores and the second sum. x is read and written by the same
+// thread (in place); no other argument may alias it.
+template <int C>
+__device__ __forceinline__ void post_attn_norms_impl(half_t *x, half_t *__restrict__ residual,
+                                                     const half_t *__restrict__ w0, const half_t *__restrict__ w1,
+                                                     const half_t *__restrict__ w2, const half_t *__restrict__ w3,
+                                                     half_t *__restrict__ out1, half_t *__restrict__ out2,
+                                                     half_t *__restrict__ out3, int n_out, int hidden, float eps) {
+    __shared__ float scratch_a[32], scratch_h[32];
+    const int chunks = hidden >> 3;
+    const size_t row0 = (size_t)blockIdx.x * hidden;
+    u32x4 *x_row = reinterpret_cast<u32x4 *>(x + row0);
+    u32x4 *r_row = reinterpret_cast<u32x4 *>(residual + row0);
+    u32x4 raw[C], r_raw[C], w_raw[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) {  // every load of the row issued before the first sum
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            raw[c] = ld16(x_row + chunk);
+            r_raw[c] = ld16(r_row + chunk);
+        }
+    }
+    load_weight_chunks<C>(w0, w_raw, chunks);
+    float sq = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        if (threadIdx.x + c * blockDim.x < chunks) {
+            float v[8];
+            unpack8(raw[c], v);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) sq += v[i] * v[i];
+        }
+    }
+    const float inv_a = rsqrtf(block_sum(sq, scratch_a) / (float)hidden + eps);
+    float sq_h = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {  // raw[c] <- h, the rounded sum
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float v[8], w[8], r[8];
+            unpack8(raw[c], v);
+            unpack8(w_raw[c], w);
+            unpack8(r_raw[c], r);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                v[i] = v[i] * inv_a * w[i];
+                r[i] += v[i];
+            }
+            x_row[chunk] = pack8(v);
+            raw[c] = pack8(r);
+            r_row[chunk] = raw[c];
+            unpack8(raw[c], r);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) sq_h += r[i] * r[i];
+        }
+    }
+    u32x4 wj_raw[3][C];
+#pragma unroll
+    for (int j = 0; j < 3; ++j)
+        if (j < n_out) load_weight_chunks<C>(j == 0 ? w1 : (j == 1 ? w2 : w3), wj_raw[j], chunks);
+    const float inv_h = rsqrtf(block_sum(sq_h, scratch_h) / (float)hidden + eps);
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+        if (j >= n_out) break;
+        u32x4 *o_row = reinterpret_cast<u32x4 *>((j == 0 ? out1 : (j == 1 ? out2 : out3)) + row0);
+#pragma unroll
+        for (int c = 0; c < C; ++c) {
+            const int chunk = threadIdx.x + c * blockDim.x;
+            if (chunk < chunks) {
+                float v[8], w[8];
+                unpack8(raw[c], v);
+                unpack8(wj_raw[j][c], w);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) v[i] = v[i] * inv_h * w[i];
+                o_row[chunk] = pack8(v);
+            }
+        }
     }
 }
 
@@ -579,9 +726,10 @@ __device__ __forceinline__ void gated_act_impl(const half_t *__restrict__ gate_u
 
 extern "C" {
 
-// out[t, :] = table[ids[t], :]; ids outside [0, vocab) give a zero row (no out-of-bounds read).
+// out[t, :] = table[ids[t], :] * scale (FP32 product, one rounding; scale 1 copies the bits, Gemma-4
+// scales by sqrt(H)); ids outside [0, vocab) give a zero row (no out-of-bounds read).
 __global__ void embed_f16(const int *__restrict__ ids, const half_t *__restrict__ table, half_t *__restrict__ out,
-                          int vocab, int hidden) { pdl_entry();
+                          int vocab, int hidden, float scale) { pdl_entry();
     const int token = blockIdx.x, chunks = hidden >> 3;
     const int id = ids[token];
     const bool valid = id >= 0 && id < vocab;
@@ -590,11 +738,19 @@ __global__ void embed_f16(const int *__restrict__ ids, const half_t *__restrict_
     for (int chunk = threadIdx.x; chunk < chunks; chunk += blockDim.x) {
         u32x4 v = {0u, 0u, 0u, 0u};
         if (valid) v = ld16_nc(src + chunk);
+        if (scale != 1.0f) {  // uniform over the launch
+            float f[8];
+            unpack8(v, f);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) f[i] *= scale;
+            v = pack8(f);
+        }
         dst[chunk] = v;
     }
 }
 
-// rmsnorm_f16_c{C}, add_rmsnorm_f16_c{C}: C chunks per thread (see the header). One block per row.
+// rmsnorm_f16_c{C}, add_rmsnorm_f16_c{C}, post_attn_norms_f16_c{C}: C chunks per thread (see the header).
+// One block per row.
 #define ROW_KERNELS(C)                                                                                             \
     __global__ void __launch_bounds__(ROW_THREADS)                                                                 \
         rmsnorm_f16_c##C(const half_t *__restrict__ x, const half_t *__restrict__ weight, half_t *__restrict__ out, \
@@ -606,6 +762,13 @@ __global__ void embed_f16(const int *__restrict__ ids, const half_t *__restrict_
                              const half_t *__restrict__ weight, half_t *__restrict__ out, half_t *__restrict__ out_kp, \
                              int hidden, float eps) { pdl_entry();                                                  \
         add_rmsnorm_impl<C>(x, residual, weight, out, out_kp, hidden, eps);                                        \
+    }                                                                                                              \
+    __global__ void __launch_bounds__(ROW_THREADS) post_attn_norms_f16_c##C(                                      \
+        half_t *x, half_t *__restrict__ residual, const half_t *__restrict__ w0, const half_t *__restrict__ w1,    \
+        const half_t *__restrict__ w2, const half_t *__restrict__ w3, half_t *__restrict__ out1,                   \
+        half_t *__restrict__ out2, half_t *__restrict__ out3, int n_out, int hidden, float eps) {                  \
+        pdl_entry();                                                                                               \
+        post_attn_norms_impl<C>(x, residual, w0, w1, w2, w3, out1, out2, out3, n_out, hidden, eps);                \
     }
 ROW_KERNELS(1)
 ROW_KERNELS(2)
@@ -628,16 +791,32 @@ __global__ void add_f16(const half_t *a, const half_t *b, half_t *out, long long
     }
 }
 
+// out = cap * tanh(x / cap) elementwise over n halves (n % 8 == 0): Gemma-4's final logit soft-capping
+// (the last token's [1, V] logits). The accurate tanhf: it runs once a prompt, and the approximate MUFU
+// tanh's ~2^-11 relative error would be a whole FP16 rounding. out may alias x.
+__global__ void softcap_f16(const half_t *x, half_t *out, long long n, float cap, float inv_cap) { pdl_entry();
+    const long long chunks = n >> 3;
+    for (long long chunk = (long long)blockIdx.x * blockDim.x + threadIdx.x; chunk < chunks;
+         chunk += (long long)gridDim.x * blockDim.x) {
+        float v[8];
+        unpack8(ld16(reinterpret_cast<const u32x4 *>(x) + chunk), v);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = cap * tanhf(v[i] * inv_cap);
+        reinterpret_cast<u32x4 *>(out)[chunk] = pack8(v);
+    }
+}
+
 // qkv_post_vp{1,2,4,8}: see qkv_post_impl. Grid: one block per token; block: ceil(heads / 4) warps.
 #define QKV_POST(VP)                                                                                               \
     __global__ void qkv_post_vp##VP(const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w,            \
                                     const half_t *__restrict__ k_norm_w, const int *__restrict__ pos,              \
                                     half_t *__restrict__ q_out, half_t *__restrict__ k_cache,                      \
                                     half_t *__restrict__ v_cache, int row_stride, int head_dim, int q_heads,       \
-                                    int kv_heads, int max_len, float eps, double log2_theta, int qk_norm) {        \
+                                    int kv_heads, int max_len, float eps, double log2_theta, int qk_norm,          \
+                                    int rope_pairs, int v_mode) {                                                  \
         pdl_entry();                                                                                               \
         qkv_post_impl<VP>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, row_stride, head_dim, q_heads,    \
-                          kv_heads, max_len, eps, log2_theta, qk_norm);                                            \
+                          kv_heads, max_len, eps, log2_theta, qk_norm, rope_pairs, v_mode);                        \
     }
 QKV_POST(1)
 QKV_POST(2)
@@ -652,10 +831,11 @@ QKV_POST(8)
         const half_t *__restrict__ qkv, const half_t *__restrict__ q_norm_w, const half_t *__restrict__ k_norm_w,  \
         const int *__restrict__ pos, half_t *__restrict__ q_out, half_t *__restrict__ k_cache,                     \
         half_t *__restrict__ v_cache, int row_stride, int rot_chunks, int q_heads, int kv_heads, int max_len,      \
-        float eps, double log2_theta, int qk_norm) {                                                               \
+        float eps, double log2_theta, int qk_norm, int rope_pairs, int v_mode) {                                   \
         pdl_entry();                                                                                               \
         qkv_post_wide_impl<L, S, PARTIAL>(qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, row_stride,       \
-                                          rot_chunks, q_heads, kv_heads, max_len, eps, log2_theta, qk_norm);       \
+                                          rot_chunks, q_heads, kv_heads, max_len, eps, log2_theta, qk_norm,        \
+                                          rope_pairs, v_mode);                                                     \
     }
 #define QKV_POST_WIDE_BOTH(L, S) QKV_POST_WIDE(L, S, false, ) QKV_POST_WIDE(L, S, true, _partial)
 QKV_POST_WIDE(2, 2, false, )

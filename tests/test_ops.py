@@ -1,8 +1,9 @@
 """kernels/ops: float64 NumPy oracles (reused by the reference forward), wrapper checks, and on the GPU
 every kernel against its oracle, fully written outputs, bit-exact reruns and global-mode capture. The
 Qwen3.5/3.6 hybrid's ops (conv1d prep and conv state, gated norm, partial-rotary qkv_post on a column
-slice, output gate, gated activation) are checked against impbench.reference at both the real and the
-tiny model's shapes."""
+slice, output gate, gated activation) and Gemma-4's (qkv_post with V norm, K = V and proportional RoPE,
+the post-attention norms, the scaled embedding, the logit soft-cap) are checked against
+impbench.reference at both the real and the tiny model's shapes."""
 
 from types import SimpleNamespace
 
@@ -19,6 +20,7 @@ REL_ERR_FP16 = 2e-3
 # math (approximate exp2 and reciprocal in the activations: ~1e-6) adds nothing visible.
 MAX_ERR_FP16 = 2e-3
 HYBRID_MODELS = ("qwen3.6", "tiny-qwen3.6")  # the real shapes and the tiny preset the engine tests run
+GEMMA_MODELS = ("gemma-4-26b-a4b", "tiny-gemma4")
 
 
 # -- float64 oracles -------------------------------------------------------------------------
@@ -83,6 +85,16 @@ def assert_close(name, out, ref, bound=MAX_ERR_FP16):
     )
 
 
+def assert_within_ulp(name, out, want, slack=0.0):
+    """FP16 out within one FP16 ulp of FP16 want (the same value but for a last-bit rounding tie), plus `slack`
+    (an absolute bound, array or scalar: an operand's FP32 error where a sum cancels) everywhere."""
+    out, want = np.asarray(out, np.float16), np.asarray(want, np.float16)
+    err = np.abs(out.astype(np.float64) - want)
+    ulp = np.spacing(np.abs(want)).astype(np.float64) + slack
+    bad = np.argwhere(~(err <= ulp))
+    assert not bad.size, f"{name}: {len(bad)} values off by more than an FP16 ulp, first at {tuple(bad[0])}"
+
+
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
@@ -104,8 +116,13 @@ class DeviceLike:
         return DeviceLike(self._host[key], self._base, self._ptr0)
 
 
-def fake(shape, dtype=np.float16):
-    return DeviceLike(np.zeros(shape, dtype))
+def fake(shape, dtype=np.float16, ptr=0x100000):
+    return DeviceLike(np.zeros(shape, dtype), ptr0=ptr)
+
+
+def fakes(*shapes, dtype=np.float16):
+    """Fakes at distinct addresses (1 MiB apart), for the checks that tell buffers apart by address."""
+    return [fake(shape, dtype, 0x100000 * (i + 1)) for i, shape in enumerate(shapes)]
 
 
 # -- CPU: oracles and wrapper checks ---------------------------------------------------------
@@ -155,8 +172,12 @@ def test_qkv_post_ref_splits_columns_q_k_v():
                                   1e-6, np.zeros((4, 64), np.float16)),
         lambda: ops.attn_gate(np.zeros((4, 2, 32), np.float16), np.zeros((4, 64), np.float16), np.zeros((4, 64), np.float16)),
         lambda: ops.gated_act(np.zeros((4, 64), np.float16), np.zeros((4, 32), np.float16)),
+        lambda: ops.post_attn_norms(np.zeros((4, 8), np.float16), np.zeros((4, 8), np.float16),
+                                    [np.zeros(8, np.float16)] * 2, 1e-6, [np.zeros((4, 8), np.float16)]),
+        lambda: ops.softcap(np.zeros((1, 64), np.float16), 30.0, np.zeros((1, 64), np.float16)),
     ],
-    ids=["embed", "rmsnorm", "add_rmsnorm", "add", "conv_state_update", "gated_rmsnorm", "attn_gate", "gated_act"],
+    ids=["embed", "rmsnorm", "add_rmsnorm", "add", "conv_state_update", "gated_rmsnorm", "attn_gate", "gated_act",
+         "post_attn_norms", "softcap"],
 )
 def test_host_arrays_are_rejected_with_value_error(call):
     with pytest.raises(ValueError, match="cupy device array"):
@@ -253,6 +274,98 @@ def test_qkv_post_rotary_dim_checks_in_one_line():
     wide_args = (fake((128,)), fake((128,)), 1e-6, 1e7, fake((1,), np.int32), fake((tokens, hq, 128)), fake((16, hkv, 128)),
                  fake((16, hkv, 128)))  # fmt: skip
     _one_line_error(lambda: ops.qkv_post(fake((tokens, cols + 1))[:, :cols], *wide_args), "row stride")
+
+
+def _gemma_qkv_args(model, kind, tokens=3, max_len=16, k_eq_v=None):
+    """qkv_post's positional arguments at a Gemma-4 preset's shapes (fakes at distinct addresses), and its kwargs."""
+    p = get_preset(model)
+    heads, kv_heads, dim = p.attention_dims(kind)
+    k_eq_v = not p.has_v_proj(kind) if k_eq_v is None else k_eq_v
+    cols = (heads + (1 if k_eq_v else 2) * kv_heads) * dim
+    qkv, qn, kn, pos, q_out, k_cache, v_cache = fakes((tokens, cols), (dim,), (dim,), (8,), (tokens, heads, dim),
+                                                     (max_len, kv_heads, dim), (max_len, kv_heads, dim))  # fmt: skip
+    pos = fake((1,), np.int32, 0x4000000)
+    kwargs = {"v_norm": True, "k_eq_v": k_eq_v}
+    if kind == "full":
+        kwargs["rope_pairs"] = int(dim // 2 * p.full_partial_rotary_factor)
+    theta = p.full_rope_theta if kind == "full" else p.rope_theta
+    return (qkv, qn, kn, p.rms_norm_eps, theta, pos, q_out, k_cache, v_cache), kwargs
+
+
+def test_qkv_post_gemma_options_check_in_one_line(monkeypatch):
+    monkeypatch.setattr(ops, "_kernel", lambda name: name)
+    args, kw = _gemma_qkv_args("tiny-gemma4", "full")  # D 128, 4 q heads, 1 kv head, K = V
+    _one_line_error(lambda: ops.qkv_post(*args, **kw, rotary_dim=64), "cannot be combined with rotary_dim 64")
+    _one_line_error(lambda: ops.qkv_post(*args, **dict(kw, rope_pairs=65)), r"rope_pairs must be an integer in \[0, head_dim/2=64\]")
+    _one_line_error(lambda: ops.qkv_post(*args, **dict(kw, rope_pairs=-1)), "rope_pairs must be an integer")
+    _one_line_error(lambda: ops.qkv_post(*args, **dict(kw, rope_pairs=16.0)), "rope_pairs must be an integer")
+    # K = V: qkv holds q and k heads only; with v heads too it is the wrong shape, and the other way round
+    _one_line_error(lambda: ops.qkv_post(fake((3, 6 * 128)), *args[1:], **kw), r"qkv must have shape \(3, 640\)")
+    _one_line_error(lambda: ops.qkv_post(*args, **dict(kw, k_eq_v=False)), r"qkv must have shape \(3, 768\)")
+    many = (fake((3, (120 + 5) * 64)), fake((64,)), fake((64,)), 1e-6, 1e4, fake((1,), np.int32), fake((3, 120, 64)),
+            fake((8, 5, 64)), fake((8, 5, 64)))  # fmt: skip
+    ops._plan_qkv_post(*many, k_eq_v=True)  # 125 heads without v heads fit one block
+    _one_line_error(lambda: ops.qkv_post(fake((3, 130 * 64)), *many[1:]), r"at most 128 q \+ k \+ v heads, got 120 \+ 5 \+ 5")
+
+
+def test_plans_take_the_gemma4_shapes(monkeypatch):
+    # the kernel each Gemma-4 layer kind gets, without a GPU: sliding D 256 (16 + 8 + 8 heads) in the 16-byte form,
+    # full D 512 with K = V (16 + 2 heads) in the narrow one (16-byte loads there too), and the tiny preset's
+    monkeypatch.setattr(ops, "_kernel", lambda name: name)
+    want = {("gemma-4-26b-a4b", "sliding"): ("qkv_post_l32_s4", 256, 128, ops.V_NORM),
+            ("gemma-4-26b-a4b", "full"): ("qkv_post_vp8", 160, 64, ops.V_FROM_K),
+            ("tiny-gemma4", "sliding"): ("qkv_post_l8_s4", 32, 32, ops.V_NORM),
+            ("tiny-gemma4", "full"): ("qkv_post_l16_s4", 32, 16, ops.V_FROM_K)}  # fmt: skip
+    for (model, kind), (name, threads, pairs, v_mode) in want.items():
+        args, kw = _gemma_qkv_args(model, kind, tokens=5)
+        kernel, grid, block, kargs = ops._plan_qkv_post(*args, **kw)
+        assert (kernel, grid, block) == (name, (5,), (threads,)), (model, kind)
+        assert (int(kargs[-2]), int(kargs[-1])) == (pairs, v_mode), (model, kind)
+        for form in ("narrow", "wide") if kind == "sliding" else ("narrow",):
+            assert ops._plan_qkv_post(*args, **kw, form=form)[0].startswith("qkv_post_"), (model, kind, form)
+    args, kw = _gemma_qkv_args("gemma-4-26b-a4b", "full")
+    _one_line_error(lambda: ops._plan_qkv_post(*args, **kw, form="wide"), "16-byte form needs head_dim in")
+    # the defaults keep a plain copy of v and every pair rotating
+    args, _ = _gemma_qkv_args("gemma-4-26b-a4b", "sliding")
+    kargs = ops._plan_qkv_post(*args)[3]
+    assert (int(kargs[-2]), int(kargs[-1])) == (128, ops.V_COPY)
+    for model, chunks, threads in (("gemma-4-26b-a4b", 4, 128), ("tiny-gemma4", 1, 32)):
+        hidden, tokens = get_preset(model).hidden_size, 7
+        x, resid, o1, o2, o3, w0, w1, w2, w3 = fakes(*[(tokens, hidden)] * 5, *[(hidden,)] * 4)
+        kernel, grid, block, kargs = ops._plan_post_attn_norms(x, resid, (w0, w1, w2, w3), 1e-6, (o1, o2, o3))
+        assert (kernel, grid, block) == (f"post_attn_norms_f16_c{chunks}", (tokens,), (threads,)), model
+        assert int(kargs[9]) == 3 and kargs[2] is w0 and kargs[6] is o1 and kargs[8] is o3
+        kargs = ops._plan_post_attn_norms(x, resid, (w0, w1), 1e-6, (o1,))[3]
+        assert int(kargs[9]) == 1 and int(kargs[4]) == int(kargs[5]) == int(kargs[7]) == int(kargs[8]) == 0  # null: unread
+        table, out = fakes((512, hidden), (tokens, hidden))
+        kernel, grid, block, kargs = ops._plan_embed(fake((tokens,), np.int32, 0x4000000), table, out, hidden**0.5)
+        assert (kernel, grid, block) == ("embed_f16", (tokens,), (threads,)) and float(kargs[-1]) == np.float32(hidden**0.5)
+    logits = fake((1, 262144))
+    assert ops._plan_softcap(logits, 30.0, logits)[:3] == ("softcap_f16", (128,), (256,))  # in place
+
+
+def test_post_attn_norms_softcap_and_embed_scale_check_in_one_line():
+    t, h = 4, 64
+    x, resid, o1, o2, o3, w0, w1, w2, w3 = fakes(*[(t, h)] * 5, *[(h,)] * 4)
+    _one_line_error(lambda: ops.post_attn_norms(x, resid, (w0,), 1e-6, ()), "need 2 to 4 weights and one out per weight")
+    _one_line_error(lambda: ops.post_attn_norms(x, resid, (w0, w1, w2), 1e-6, (o1,)), "got 3 weights, 1 outs")
+    _one_line_error(lambda: ops.post_attn_norms(x, resid, (w0, w1, w2, w3, w3), 1e-6, (o1, o2, o3, o3)), "need 2 to 4 weights")
+    _one_line_error(lambda: ops.post_attn_norms(x, resid, (w0, fake((32,))), 1e-6, (o1,)), r"weights\[1\] must have shape \(64,\)")
+    _one_line_error(lambda: ops.post_attn_norms(x, resid, (w0, w1, w2), 1e-6, (o1, fake((t, 32)))), r"outs\[1\] must have shape")
+    _one_line_error(lambda: ops.post_attn_norms(x, fake((t + 1, h)), (w0, w1), 1e-6, (o1,)), r"residual must have shape \(4, 64\)")
+    _one_line_error(lambda: ops.post_attn_norms(x, resid, (w0, w1), 1e-6, (x,)), r"outs\[0\] and x are the same buffer")
+    _one_line_error(lambda: ops.post_attn_norms(x, resid, (w0, w1, w2), 1e-6, (o1, o1)), r"outs\[1\] and outs\[0\] are the same")
+    _one_line_error(lambda: ops.post_attn_norms(fake((t, 12)), fake((t, 12)), (fake((12,)),) * 2, 1e-6, (fake((t, 12)),)),
+                    "hidden size must be a multiple of 8")  # fmt: skip
+    _one_line_error(lambda: ops.post_attn_norms(x, resid, (w0, w1), 1e-6, (fake((t, h), np.float32),)),
+                    r"outs\[0\] must have dtype float16")  # fmt: skip
+    _one_line_error(lambda: ops.softcap(x, 0.0, x), "cap must be finite and > 0")
+    _one_line_error(lambda: ops.softcap(x, float("inf"), x), "cap must be finite and > 0")
+    _one_line_error(lambda: ops.softcap(x, 30.0, o1[:2]), r"out must have shape \(4, 64\)")
+    _one_line_error(lambda: ops.softcap(fake((1, 12)), 30.0, fake((1, 12))), "positive multiple of 8")
+    _one_line_error(lambda: ops.softcap(x, 30.0, fake((t, h), np.float32)), "out must have dtype float16")
+    ids, table = fake((t,), np.int32, 0x4000000), fake((16, h))
+    _one_line_error(lambda: ops.embed(ids, table, o1, float("nan")), "scale must be finite")
 
 
 def test_rotating_chunks_of_the_16_byte_form():
@@ -802,3 +915,191 @@ def test_qkv_post_full_rotary_on_a_strided_qkv_equals_the_contiguous_one(form):
     for strided, contiguous in zip(*outs):
         np.testing.assert_array_equal(strided, contiguous)
     _check_qkv_post(cp.ascontiguousarray(wide[:, :width]), qn, kn, pos, *(cp.asarray(a.view(np.float16)) for a in outs[0]), 1e6)
+
+
+# -- GPU: Gemma-4's ops -------------------------------------------------------------------------------
+
+
+def _gemma_attention_ref(qkv, q_norm_w, k_norm_w, p, kind, pos, qk_norm=True, rope_pairs="preset"):
+    """(q, k, v) float64 of a Gemma-4 attention prologue as impbench.reference.gemma4.attention_sublayer forms
+    them from the projections: q, k RMS-normed by their weights, V the weightless RMSNorm of the v projection or,
+    without one (K = V), of the raw k projection; RoPE by blocks.rope with the full layers' rotated pairs."""
+    heads, kv_heads, dim = p.attention_dims(kind)
+    tokens, eps = qkv.shape[0], p.rms_norm_eps
+    x = np.asarray(qkv, np.float64).reshape(tokens, -1, dim)
+    raw_q, raw_k = x[:, :heads], x[:, heads : heads + kv_heads]
+    raw_v = raw_k if not p.has_v_proj(kind) else x[:, heads + kv_heads :]
+    q = blocks.rms_norm(raw_q, np.asarray(q_norm_w, np.float64), eps) if qk_norm else raw_q
+    k = blocks.rms_norm(raw_k, np.asarray(k_norm_w, np.float64), eps) if qk_norm else raw_k
+    v = blocks.rms_norm(raw_v, np.ones(dim), eps)
+    theta, pairs = p.rope_theta, None
+    if kind == "full":
+        theta, pairs = p.full_rope_theta, int(dim // 2 * p.full_partial_rotary_factor)
+    if rope_pairs != "preset":
+        pairs = rope_pairs
+    positions = pos + np.arange(tokens)
+    return blocks.rope(q, positions, theta, rotated_pairs=pairs), blocks.rope(k, positions, theta, rotated_pairs=pairs), v
+
+
+def _gemma_qkv_case(rng, p, kind, tokens, max_len):
+    heads, kv_heads, dim = p.attention_dims(kind)
+    v_heads = kv_heads if p.has_v_proj(kind) else 0
+    qkv_h = (2 * rng.standard_normal((tokens, (heads + kv_heads + v_heads) * dim))).astype(np.float16)
+    norm_h = [(1.0 + 0.2 * rng.standard_normal(dim)).astype(np.float16) for _ in range(2)]
+    outs = _nan_f16((tokens, heads, dim)), _nan_f16((max_len, kv_heads, dim)), _nan_f16((max_len, kv_heads, dim))
+    return qkv_h, norm_h, outs
+
+
+def _assert_cache_rows(name, cache, rows, ref):
+    assert_close(name, cache[rows], ref)
+    untouched = np.ones(cache.shape[0], bool)
+    untouched[rows] = False
+    assert np.isnan(cache[untouched]).all(), f"{name}: rows outside the chunk written"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("form,steps", [("auto", 4), ("wide", 8), ("narrow", 4)])
+@pytest.mark.parametrize("tokens,pos", [(1, 0), (37, 5), (300, 1000), (7, 20000)])
+@pytest.mark.parametrize("kind", ["sliding", "full"])
+@pytest.mark.parametrize("model", GEMMA_MODELS)
+def test_qkv_post_gemma4_matches_the_reference(model, kind, tokens, pos, form, steps):
+    # sliding: V = weightless norm of the v head, RoPE over every pair; full: K = V (V the weightless norm of the
+    # raw k head), proportional RoPE (the first quarter of the pairs). D 512 has only the narrow form.
+    cp, rng = _cp(), np.random.default_rng(tokens + pos + steps + len(model) + len(kind))
+    p = get_preset(model)
+    dim = p.attention_dims(kind)[2]
+    max_len = pos + tokens + 9
+    qkv_h, norm_h, (q_out, k_cache, v_cache) = _gemma_qkv_case(rng, p, kind, tokens, max_len)
+    qkv = cp.asarray(qkv_h)
+    k_eq_v = not p.has_v_proj(kind)
+    theta, rope = p.rope_theta, {}
+    if kind == "full":
+        theta, rope = p.full_rope_theta, {"rope_pairs": int(dim // 2 * p.full_partial_rotary_factor)}
+    args = (qkv, cp.asarray(norm_h[0]), cp.asarray(norm_h[1]), p.rms_norm_eps, theta, cp.asarray([pos], cp.int32), q_out,
+            k_cache, v_cache)  # fmt: skip
+    kwargs = dict(form=form, steps=steps, v_norm=True, k_eq_v=k_eq_v, **rope)
+    if form == "wide" and dim > 256:
+        with pytest.raises(ValueError, match="16-byte form"):
+            ops.prepare(ops.qkv_post, *args, **kwargs)
+        return
+    ops.prepare(ops.qkv_post, *args, **kwargs)()
+    q_ref, k_ref, v_ref = _gemma_attention_ref(qkv_h, *norm_h, p, kind, pos)
+    rows = slice(pos, pos + tokens)
+    assert_close("q", q_out.get(), q_ref)
+    _assert_cache_rows("k", k_cache.get(), rows, k_ref)
+    _assert_cache_rows("v", v_cache.get(), rows, v_ref)
+    np.testing.assert_array_equal(qkv.get(), qkv_h)  # the input is only read
+    if kind == "full":  # the pairs from rope_pairs on pass through: the same bits as at position 0, where none rotates
+        pairs = rope["rope_pairs"]
+        still = np.r_[pairs : dim // 2, dim // 2 + pairs : dim]
+        at_pos = q_out.get()[..., still]
+        ops.qkv_post(*args[:5], cp.asarray([0], cp.int32), *args[6:], **kwargs)
+        np.testing.assert_array_equal(at_pos.view(np.uint16), q_out.get()[..., still].view(np.uint16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qk_norm", [True, False])
+@pytest.mark.parametrize("form", ["wide", "narrow"])
+@pytest.mark.parametrize("kind", ["sliding", "full"])
+def test_qkv_post_gemma4_options_at_other_head_dims_and_without_qk_norm(kind, form, qk_norm):
+    # the Gemma options are independent of the preset: a D 128 head, 8 q heads and 2 kv heads, V normed or K = V,
+    # with and without the q/k norm, all pairs or the first 16 rotating, both forms
+    cp, rng = _cp(), np.random.default_rng(11 + qk_norm + 2 * len(form))
+    p = SimpleNamespace(attention_dims=lambda kind: (8, 2, 128), has_v_proj=lambda kind: kind == "sliding", rms_norm_eps=1e-6,
+                        rope_theta=1e4, full_rope_theta=1e6, full_partial_rotary_factor=0.125)  # fmt: skip
+    tokens, pos = 45, 300
+    qkv_h, norm_h, (q_out, k_cache, v_cache) = _gemma_qkv_case(rng, p, kind, tokens, pos + tokens)
+    theta = 1e6 if kind == "full" else 1e4
+    rope = {"rope_pairs": 8} if kind == "full" else {}
+    ops.qkv_post(cp.asarray(qkv_h), cp.asarray(norm_h[0]) if qk_norm else None, cp.asarray(norm_h[1]) if qk_norm else None,
+                 1e-6, theta, cp.asarray([pos], cp.int32), q_out, k_cache, v_cache, qk_norm=qk_norm, form=form, v_norm=True,
+                 k_eq_v=kind == "full", **rope)  # fmt: skip
+    q_ref, k_ref, v_ref = _gemma_attention_ref(qkv_h, *norm_h, p, kind, pos, qk_norm=qk_norm)
+    assert_close("q", q_out.get(), q_ref)
+    _assert_cache_rows("k", k_cache.get(), slice(pos, None), k_ref)
+    _assert_cache_rows("v", v_cache.get(), slice(pos, None), v_ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("form", ["wide", "narrow"])
+def test_qkv_post_rope_pairs_half_the_head_is_the_default_and_zero_rotates_nothing(form):
+    cp = _cp()
+    tokens, heads, kv_heads, dim, pos = 20, 8, 2, 64, 500
+    outs = {}
+    for pairs in (None, dim // 2, 0):
+        qkv, qn, kn, q_out, k_cache, v_cache = _qkv_case(np.random.default_rng(13), tokens, heads, kv_heads, dim, pos + tokens)
+        ops.qkv_post(qkv, qn, kn, 1e-6, 1e4, cp.asarray([pos], cp.int32), q_out, k_cache, v_cache, form=form, rope_pairs=pairs)
+        outs[pairs] = [a.get() for a in (q_out, k_cache[pos:], v_cache[pos:])]
+        if pairs is None:  # the plain path, checked as the Qwen3 prologue is
+            _check_qkv_post(qkv, qn, kn, pos, q_out, k_cache, v_cache, 1e4)
+    for default, full in zip(outs[None], outs[dim // 2]):
+        np.testing.assert_array_equal(default.view(np.uint16), full.view(np.uint16))
+    x = qkv.get().astype(np.float64).reshape(tokens, heads + 2 * kv_heads, dim)  # rope_pairs 0: normed, unrotated
+    assert_close("q, no pair rotating", outs[0][0], rmsnorm_ref(x[:, :heads], qn.get(), 1e-6))
+    assert_close("k, no pair rotating", outs[0][1], rmsnorm_ref(x[:, heads : heads + kv_heads], kn.get(), 1e-6))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 37, 300])
+@pytest.mark.parametrize("n_out", [1, 2, 3])
+@pytest.mark.parametrize("model", GEMMA_MODELS)
+def test_post_attn_norms_matches_the_float64_reference(model, n_out, tokens):
+    cp, rng = _cp(), np.random.default_rng(tokens + 10 * n_out + len(model))
+    p = get_preset(model)
+    hidden, eps = p.hidden_size, p.rms_norm_eps
+    x_h = (3 * rng.standard_normal((tokens, hidden))).astype(np.float16)  # the O projection's output
+    resid_h = (53 * rng.standard_normal((tokens, hidden))).astype(np.float16)  # the stream: rms ~ sqrt(H) embeddings
+    w_h = [(1.0 + 0.1 * rng.standard_normal(hidden)).astype(np.float16) for _ in range(n_out + 1)]
+    w_h[-1] = (w_h[-1] * hidden**-0.5).astype(np.float16)  # the router prenorm's weight: router_scale * H^-1/2
+    x, resid = cp.asarray(x_h), cp.asarray(resid_h)
+    outs = [_nan_f16((tokens, hidden)) for _ in range(n_out)]
+    ops.prepare(ops.post_attn_norms, x, resid, [cp.asarray(w) for w in w_h], eps, outs)()
+    a = blocks.rms_norm(x_h.astype(np.float64), w_h[0].astype(np.float64), eps)
+    h = (resid_h.astype(np.float64) + a).astype(np.float16)
+    assert_close("x <- a", x.get(), a)
+    assert_close("residual <- h", resid.get(), h)
+    # the FP32 a enters the sum, rounded once: an FP16 ulp from the rounded float64 sum at most (a last-bit tie),
+    # plus a's own FP32 error (~1e-6 of it) where the sum cancels
+    assert_within_ulp("residual <- h", resid.get(), h, 1e-5 * np.abs(a))
+    for j, out in enumerate(outs):
+        assert_close(f"outs[{j}]", out.get(), blocks.rms_norm(h.astype(np.float64), w_h[j + 1].astype(np.float64), eps))
+    # prepared == direct, bit for bit
+    x2, resid2 = cp.asarray(x_h), cp.asarray(resid_h)
+    again = [_nan_f16((tokens, hidden)) for _ in range(n_out)]
+    ops.post_attn_norms(x2, resid2, [cp.asarray(w) for w in w_h], eps, again)
+    for got, want in zip([x2, resid2, *again], [x, resid, *outs]):
+        np.testing.assert_array_equal(got.get().view(np.uint16), want.get().view(np.uint16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("shape", [(1, 262144), (3, 40), (2, 8)])
+def test_softcap_matches_the_float64_reference(shape, in_place):
+    cp, rng = _cp(), np.random.default_rng(shape[1] + in_place)
+    cap = 30.0
+    x_h = (40 * rng.standard_normal(shape)).astype(np.float16)  # past the cap too: saturates to +-30
+    x = cp.asarray(x_h)
+    out = x if in_place else _nan_f16(shape)
+    ops.prepare(ops.softcap, x, cap, out)()
+    ref = cap * np.tanh(x_h.astype(np.float64) / cap)
+    got = out.get().astype(np.float64)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)  # one FP16 rounding (2^-11 relative) plus tanhf's ulps
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens,hidden", [(1, 2816), (37, 2816), (64, 256)])
+def test_embed_scale_multiplies_in_fp32_and_rounds_once(tokens, hidden):
+    cp, rng = _cp(), np.random.default_rng(tokens + hidden)
+    vocab = 1000
+    table = _rand_f16(rng, (vocab, hidden))
+    ids_h = rng.integers(0, vocab, tokens).astype(np.int32)
+    ids_h[0] = vocab  # out of range: a zero row, scaled or not
+    out = _nan_f16((tokens, hidden))
+    scale = hidden**0.5
+    ops.prepare(ops.embed, cp.asarray(ids_h), table, out, scale)()
+    rows = table.get().astype(np.float64)[np.minimum(ids_h, vocab - 1)] * float(np.float32(scale))
+    rows[ids_h >= vocab] = 0.0
+    assert_close("embed * scale", out.get(), rows)
+    # the FP32 product rounded once: at most an FP16 ulp from the rounded float64 product
+    assert_within_ulp("embed * scale", out.get(), rows.astype(np.float16))

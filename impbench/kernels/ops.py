@@ -1,7 +1,9 @@
-"""Wrappers for kernels_cu/ops.cu: embedding, RMSNorm, residual add + RMSNorm (optionally also in the kperm
-order of the wgp MoE kernels), add, q/k norm + RoPE (all or the first R dims) + KV append; and for the
-Qwen3.5/3.6 hybrid the linear layers' conv1d prep and conv-state carry and gated RMSNorm, the full
-layers' sigmoid output gate, and the gated activation of a dense (shared-expert) MLP.
+"""Wrappers for kernels_cu/ops.cu: embedding (optionally scaled), RMSNorm, residual add + RMSNorm (optionally
+also in the kperm order of the wgp MoE kernels), add, q/k norm + RoPE (all or the first R dims) + KV append;
+for the Qwen3.5/3.6 hybrid the linear layers' conv1d prep and conv-state carry and gated RMSNorm, the full
+layers' sigmoid output gate, and the gated activation of a dense (shared-expert) MLP; for Gemma-4 the
+attention prologue's V norm, K = V and proportional RoPE (qkv_post options), the post-attention norm
+with its residual add and the norms that read the sum (post_attn_norms), and the logit soft-cap.
 
 Every wrapper checks dtypes, shapes, contiguity and 16-byte alignment (ValueError naming them), then
 launches on the current stream. None allocates, synchronizes or reads device memory on the host, so
@@ -40,6 +42,9 @@ CONV_THREADS = 128  # conv_prep's __launch_bounds__
 ELEMENTWISE_THREADS = 256  # gated_rmsnorm, attn_gate, gated_act, conv_state_update: one 16-byte chunk a thread
 GROUP_DIMS = tuple(8 * 2**n for n in range(6))  # head dims reduced by one lane group: 8 .. 256
 ACTIVATIONS = ("silu", "gelu_tanh")  # gated_act's, as kernels_cu/ops.cu names its entry points
+V_COPY, V_NORM, V_FROM_K = 0, 1, 2  # qkv_post's v_mode (kernels_cu/ops.cu)
+MAX_POST_ATTN_OUTS = 3  # post_attn_norms: norms of h after the post-attention norm
+SOFTCAP_THREADS = 256
 
 
 def _kernel(name: str):
@@ -87,7 +92,7 @@ def _row_launch(name: str, hidden: int, threads: int | None = None):
 # -- launch plans: (kernel, grid, block, args) after every check ---------------------------------
 
 
-def _plan_embed(token_ids, table, out):
+def _plan_embed(token_ids, table, out, scale=1.0):
     check_array("token_ids", token_ids, np.int32, ndim=1)
     check_array("table", table, np.float16, ndim=2)
     tokens, (vocab, hidden) = token_ids.shape[0], table.shape
@@ -96,7 +101,9 @@ def _plan_embed(token_ids, table, out):
     _check_hidden("embed", hidden)
     _check_aligned("table", table)
     _check_aligned("out", out)
-    args = (token_ids, table, out, np.int32(vocab), np.int32(hidden))
+    if not math.isfinite(scale):
+        raise ValueError(f"embed: scale must be finite, got {scale}")
+    args = (token_ids, table, out, np.int32(vocab), np.int32(hidden), np.float32(scale))
     return _kernel("embed_f16"), (tokens,), (_row_threads(hidden),), args
 
 
@@ -137,6 +144,54 @@ def _plan_add_rmsnorm(x, residual, weight, eps, out, threads=None, out_kperm=Non
     return kernel, (tokens,), block, args
 
 
+def _plan_post_attn_norms(x, residual, weights, eps, outs, threads=None):
+    check_array("x", x, np.float16, ndim=2)
+    tokens, hidden = x.shape
+    check_array("residual", residual, np.float16, shape=(tokens, hidden))
+    weights, outs = list(weights), list(outs)
+    if not 2 <= len(weights) <= 1 + MAX_POST_ATTN_OUTS or len(outs) != len(weights) - 1:
+        raise ValueError(f"post_attn_norms: need 2 to {1 + MAX_POST_ATTN_OUTS} weights and one out per weight after the "
+                         f"first; got {len(weights)} weights, {len(outs)} outs")  # fmt: skip
+    _check_tokens("post_attn_norms", tokens, x)
+    _check_hidden("post_attn_norms", hidden)
+    arrays = {"x": x, "residual": residual}
+    for j, weight in enumerate(weights):
+        check_array(f"weights[{j}]", weight, np.float16, shape=(hidden,))
+        arrays[f"weights[{j}]"] = weight
+    for j, out in enumerate(outs):
+        check_array(f"outs[{j}]", out, np.float16, shape=(tokens, hidden))
+        arrays[f"outs[{j}]"] = out
+    for name, arr in arrays.items():
+        _check_aligned(name, arr)
+    written = [("x", x), ("residual", residual)] + [(f"outs[{j}]", out) for j, out in enumerate(outs)]
+    starts = {}
+    for name, arr in written:  # same-shape rows: distinct outputs start at distinct addresses
+        if arr.data.ptr in starts:
+            raise ValueError(f"post_attn_norms: {name} and {starts[arr.data.ptr]} are the same buffer")
+        starts[arr.data.ptr] = name
+    null = np.uint64(0)  # never read: j >= n_out
+    ws = weights[1:] + [null] * (1 + MAX_POST_ATTN_OUTS - len(weights))
+    os_ = outs + [null] * (MAX_POST_ATTN_OUTS - len(outs))
+    args = (x, residual, weights[0], *ws, *os_, np.int32(len(outs)), np.int32(hidden), np.float32(eps))
+    kernel, block = _row_launch("post_attn_norms", hidden, threads)
+    return kernel, (tokens,), block, args
+
+
+def _plan_softcap(x, cap, out):
+    check_array("x", x, np.float16)
+    check_array("out", out, np.float16, shape=x.shape)
+    if x.size % 8 or x.size == 0:
+        raise ValueError(f"softcap: element count must be a positive multiple of 8, got shape {tuple(x.shape)}")
+    if not (math.isfinite(cap) and cap > 0):
+        raise ValueError(f"softcap: cap must be finite and > 0, got {cap}")
+    _check_aligned("x", x)
+    _check_aligned("out", out)
+    chunks = x.size // 8
+    grid = max(1, min(-(-chunks // SOFTCAP_THREADS), 132 * 16))
+    args = (x, out, np.int64(x.size), np.float32(cap), np.float32(1.0 / cap))
+    return _kernel("softcap_f16"), (grid,), (SOFTCAP_THREADS,), args
+
+
 def _plan_add(a, b, out):
     check_array("a", a, np.float16)
     check_array("b", b, np.float16, shape=a.shape)
@@ -169,7 +224,7 @@ def _rot_chunks(head_dim: int, rotary_dim: int) -> int | None:
 
 
 def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm=True,
-                   form="auto", steps=QKV_WIDE_DEFAULT_STEPS, rotary_dim=None):
+                   form="auto", steps=QKV_WIDE_DEFAULT_STEPS, rotary_dim=None, v_norm=False, k_eq_v=False, rope_pairs=None):
     check_array("q_out", q_out, np.float16, ndim=3)
     tokens, q_heads, head_dim = q_out.shape
     check_array("k_cache", k_cache, np.float16, ndim=3)
@@ -177,19 +232,28 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
     if k_cache.shape[2] != head_dim:
         raise ValueError(f"k_cache {tuple(k_cache.shape)} and q_out {tuple(q_out.shape)} disagree on head_dim")
     check_array("v_cache", v_cache, np.float16, shape=k_cache.shape)
-    row_stride = check_rows("qkv", qkv, np.float16, (tokens, (q_heads + 2 * kv_heads) * head_dim), vector=False)
+    v_heads = 0 if k_eq_v else kv_heads  # k_eq_v: no v heads, V is the normed raw k
+    v_mode = V_FROM_K if k_eq_v else (V_NORM if v_norm else V_COPY)
+    row_stride = check_rows("qkv", qkv, np.float16, (tokens, (q_heads + kv_heads + v_heads) * head_dim), vector=False)
     check_array("pos", pos, np.int32, shape=(1,))
     _check_tokens("qkv_post", tokens, q_out)
     if head_dim % 2 or not (head_dim <= 64 or head_dim % 64 == 0) or head_dim > 512:
         raise ValueError(f"qkv_post: head_dim must be even and <= 64, or a multiple of 64 up to 512; got {head_dim}")
-    heads = q_heads + 2 * kv_heads
+    heads = q_heads + kv_heads + v_heads
     if heads > MAX_QKV_HEADS:
-        raise ValueError(f"qkv_post: at most {MAX_QKV_HEADS} q + k + v heads, got {q_heads} + 2 * {kv_heads}")
+        raise ValueError(f"qkv_post: at most {MAX_QKV_HEADS} q + k + v heads, got {q_heads} + {kv_heads} + {v_heads}")
     if not rope_theta > 0:
         raise ValueError(f"qkv_post: rope_theta must be > 0, got {rope_theta}")
     rotary_dim = head_dim if rotary_dim is None else rotary_dim
     if rotary_dim % 2 or not 2 <= rotary_dim <= head_dim:
         raise ValueError(f"qkv_post: rotary_dim must be even and in [2, head_dim={head_dim}], got {rotary_dim}")
+    if rope_pairs is not None:
+        if rotary_dim != head_dim:
+            raise ValueError(f"qkv_post: rope_pairs ({rope_pairs}) rotates within the whole head; it cannot be combined with "
+                             f"rotary_dim {rotary_dim} < head_dim {head_dim}")  # fmt: skip
+        if not isinstance(rope_pairs, (int, np.integer)) or isinstance(rope_pairs, bool) or not 0 <= rope_pairs <= head_dim // 2:
+            raise ValueError(f"qkv_post: rope_pairs must be an integer in [0, head_dim/2={head_dim // 2}], got {rope_pairs}")
+    pairs = rotary_dim // 2 if rope_pairs is None else int(rope_pairs)  # pairs that rotate; the rest pass through
     if qk_norm:
         check_array("q_norm_w", q_norm_w, np.float16, shape=(head_dim,))
         check_array("k_norm_w", k_norm_w, np.float16, shape=(head_dim,))
@@ -218,7 +282,7 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
         args = (
             qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, np.int32(row_stride), np.int32(rot_chunks),
             np.int32(q_heads), np.int32(kv_heads), np.int32(max_len), np.float32(eps),
-            np.float64(math.log2(rope_theta)), np.int32(bool(qk_norm)),
+            np.float64(math.log2(rope_theta)), np.int32(bool(qk_norm)), np.int32(pairs), np.int32(v_mode),
         )  # fmt: skip
         name = f"qkv_post_l{lanes}_s{steps}" + ("_partial" if rotary_dim < head_dim else "")
         return _kernel(name), (tokens,), (32 * -(-heads // heads_per_warp),), args
@@ -228,7 +292,7 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
     args = (
         qkv, q_norm_w, k_norm_w, pos, q_out, k_cache, v_cache, np.int32(row_stride),
         np.int32(head_dim), np.int32(q_heads), np.int32(kv_heads), np.int32(max_len),
-        np.float32(eps), np.float64(math.log2(rope_theta)), np.int32(bool(qk_norm)),
+        np.float32(eps), np.float64(math.log2(rope_theta)), np.int32(bool(qk_norm)), np.int32(pairs), np.int32(v_mode),
     )  # fmt: skip
     warps = -(-heads // QKV_HEADS_PER_WARP)
     return _kernel(f"qkv_post_vp{pairs_per_lane}"), (tokens,), (32 * warps,), args
@@ -341,9 +405,10 @@ def _plan_gated_act(gate_up, out, activation="silu"):
 # -- public ops ---------------------------------------------------------------------------------
 
 
-def embed(token_ids, table, out) -> None:
-    """out[t] = table[token_ids[t]] (ids outside [0, V) give a zero row). token_ids int32 [T], table fp16 [V, H], out fp16 [T, H]."""
-    kernel, grid, block, args = _plan_embed(token_ids, table, out)
+def embed(token_ids, table, out, scale: float = 1.0) -> None:
+    """out[t] = table[token_ids[t]] * scale (ids outside [0, V) give a zero row): the product in FP32, rounded once
+    (scale 1: the row's bits; Gemma-4: sqrt(H)). token_ids int32 [T], table fp16 [V, H], out fp16 [T, H]."""
+    kernel, grid, block, args = _plan_embed(token_ids, table, out, scale)
     kernel(grid, block, args)
 
 
@@ -360,6 +425,23 @@ def add_rmsnorm(x, residual, weight, eps: float, out, out_kperm=None) -> None:
     kernel(grid, block, args)
 
 
+def post_attn_norms(x, residual, weights, eps: float, outs) -> None:
+    """Gemma-4's norms around the post-attention residual add, one launch: a = rmsnorm(x) * weights[0], stored
+    over x; residual += a (the FP32 sum rounded once to FP16); then outs[j] = rmsnorm(residual) * weights[j + 1]
+    for each further weight (1 to 3: pre-MLP, pre-MoE, the router's prenorm with its scale folded into the
+    weight). h's rms is taken from the stored FP16 residual, as add_rmsnorm's. x, residual, outs[j] fp16 [T, H]
+    (distinct buffers); weights[j] fp16 [H]; every norm x * rsqrt(mean(x^2) + eps) * w in FP32."""
+    kernel, grid, block, args = _plan_post_attn_norms(x, residual, weights, eps, outs)
+    kernel(grid, block, args)
+
+
+def softcap(x, cap: float, out) -> None:
+    """out = cap * tanh(x / cap) elementwise in FP32 (accurate tanhf), rounded once: Gemma-4's final logit
+    soft-capping. x, out fp16 of one shape (e.g. the last token's logits [1, V]), size % 8 == 0; out may be x."""
+    kernel, grid, block, args = _plan_softcap(x, cap, out)
+    kernel(grid, block, args)
+
+
 def add(a, b, out) -> None:
     """out = a + b (FP32 add, one rounding); any shape, size % 8 == 0; out may alias a or b."""
     kernel, grid, block, args = _plan_add(a, b, out)
@@ -367,7 +449,8 @@ def add(a, b, out) -> None:
 
 
 def qkv_post(qkv, q_norm_w, k_norm_w, eps: float, rope_theta: float, pos, q_out, k_cache, v_cache, qk_norm: bool = True,
-             form: str = "auto", steps: int = QKV_WIDE_DEFAULT_STEPS, rotary_dim: int | None = None) -> None:
+             form: str = "auto", steps: int = QKV_WIDE_DEFAULT_STEPS, rotary_dim: int | None = None, v_norm: bool = False,
+             k_eq_v: bool = False, rope_pairs: int | None = None) -> None:
     """Attention prologue of one chunk: per-head RMSNorm of q and k (skipped when qk_norm is False),
     NeoX RoPE at position pos[0] + t, q to q_out, k and v appended to the caches at row pos[0] + t
     (rows outside [0, max_len) are not written). RoPE rotates the first R = rotary_dim dims (default
@@ -378,13 +461,20 @@ def qkv_post(qkv, q_norm_w, k_norm_w, eps: float, rope_theta: float, pos, q_out,
     [D], the scale itself (may be None when qk_norm is False); pos int32 [1] on the device; q_out fp16
     [T, Hq, D]; k_cache, v_cache fp16 [max_len, Hkv, D].
 
+    Gemma-4: v_norm writes the v head under a weightless RMSNorm (x * rsqrt(mean(x^2) + eps)) instead of
+    a copy; k_eq_v (implies v_norm) takes qkv fp16 [T, (Hq + Hkv) * D], columns [q heads | k heads], and
+    writes the weightless RMSNorm of the raw k head (before k_norm and RoPE) as V; rope_pairs = P
+    ("proportional" RoPE) rotates only pairs (i, i + D/2) with i < P, at inv_freq theta^(-2i/D) still,
+    and passes the others through (None: all D/2; not with rotary_dim < D).
+
     form "auto" runs the 16-byte form (one 16-byte chunk of a head per lane, `steps` heads per lane)
     where D is 8 * a power of two up to 256, every array and qkv's rows are 16-byte aligned and R is D
-    or 8 * a power of two >= 16, else the narrow form (R = D only); "wide" / "narrow" force one (for
-    tests and timing). Both rotate by the same cos/sin bits.
+    or 8 * a power of two >= 16, else the narrow form (R = D only; at D = 512 its lanes also move 16
+    bytes a load); "wide" / "narrow" force one (for tests and timing). Both rotate by the same cos/sin bits.
     """
     kernel, grid, block, args = _plan_qkv_post(
-        qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm, form, steps, rotary_dim
+        qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache, v_cache, qk_norm, form, steps, rotary_dim,
+        v_norm, k_eq_v, rope_pairs,
     )
     kernel(grid, block, args)
 
@@ -439,6 +529,8 @@ _PLANS = {
     embed: _plan_embed,
     rmsnorm: _plan_rmsnorm,
     add_rmsnorm: _plan_add_rmsnorm,
+    post_attn_norms: _plan_post_attn_norms,
+    softcap: _plan_softcap,
     add: _plan_add,
     qkv_post: _plan_qkv_post,
     conv_prep: _plan_conv_prep,
