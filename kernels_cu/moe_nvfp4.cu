@@ -5,7 +5,8 @@
 // Grouped NVFP4 MoE expert GEMMs for GPUs without FP4 tensor cores (Hopper, Ada, consumer Blackwell):
 // the weights are dequantized to FP16 in registers and multiplied in FP16 with FP32 accumulation.
 //
-//   moe_nvfp4_gate_up: out[r, :I] = SiLU(x[row_token[r]] . gate_e^T) * (x[row_token[r]] . up_e^T)
+//   moe_nvfp4_gate_up: out[r, :I] = act(x[row_token[r]] . gate_e^T) * (x[row_token[r]] . up_e^T)
+//                      act = SiLU (activation 0) or GELU, tanh form (1): common.cuh silu_f / gelu_tanh_f
 //   moe_nvfp4_down:    out[r, :H] = (h[r] . down_e^T) * row_weight[r]      (row_weight optional)
 // for every permuted row r of every expert e, rows of e = expert_offsets[e] .. expert_offsets[e+1]-1.
 // Weights in the ModelOpt NVFP4 layout, stacked over experts (impbench/nvfp4.py): codes uint8
@@ -14,7 +15,7 @@
 // Tile geometry. One launch covers every expert; a block of 8 warps computes
 //   token tile  = up to BT = 64 consecutive permuted rows of ONE expert (a tile never straddles two)
 //   x weight tile = 256 rows of that expert's weight (gate_up: 128 gate rows + the matching 128 up rows,
-//                   so the SiLU * up epilogue has both operands of an output in one thread; down: 256
+//                   so the act(gate) * up epilogue has both operands of an output in one thread; down: 256
 //                   output columns),
 // over K in stages of BK = 128 (3-stage pipeline). Each warp owns 32 of the 256 weight rows for all the
 // tile's tokens (gate_up: 16 gate + the matching 16 up rows): it copies its share of every stage (codes,
@@ -106,9 +107,11 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void *gmem, int sr
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
 }
 
-// SiLU with the fast division (one MUFU.RCP, no IEEE slow path): within 2 ulp in FP32, far below the
-// FP16 rounding of the output; a gate below about -87 gives -0 as the exact quotient rounds to.
-__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
+// The gate_up epilogue's activation of the gate, `act` a kernel argument (uniform over the grid, so the
+// branch never diverges): 0 SiLU (Qwen3), 1 GELU with the tanh form (Gemma-4); impbench/kernels/moe.py
+// ACTIVATIONS lists them in this order. common.cuh's MUFU forms: a few FP32 ulp, far below the FP16
+// rounding of the output.
+__device__ __forceinline__ float gate_act(float gate, int act) { return act ? gelu_tanh_f(gate) : silu_f(gate); }
 
 // e4m3 byte b (replicated into both bytes of a 16-bit value) -> half2(b, b); exact.
 __device__ __forceinline__ unsigned e4m3_pair(unsigned bb) {
@@ -185,6 +188,7 @@ struct Ctx {
     const float *s_rw;              // shared: router weight of each token (1 without)
     Tile tile;
     int n0, k, kb, ks, n_out;
+    int act;                        // gate_up: the activation of the gate (gate_act)
     unsigned code_off, scale_off, valid;
 };
 
@@ -368,7 +372,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
                     for (int mt = 0; mt < MT / 2; ++mt) {
                         const float gate = acc[mt][nt][c] * f, up = acc[mt + MT / 2][nt][c] * f;
                         so[tok * STRIDE + (warp * (MT / 2) + mt) * 16 + (c >> 1) * 8 + g] =
-                            f2h(silu(gate) * up);
+                            f2h(gate_act(gate, cx.act) * up);
                     }
                 } else {
 #pragma unroll
@@ -398,7 +402,7 @@ __device__ __noinline__ void moe_tile(const Ctx &cx) {
 //
 // Roles: warp w (0..7), warpgroup wg = w / 4. Block rows 128 * mt + 16 * w + {g, g + 8}: m64 tile mt of
 // warpgroup wg = block rows 128 * mt + 64 * wg + [0, 64). gate_up: mt 0 = gate, mt 1 = the matching up
-// rows, so SiLU(gate) * up pairs accumulators of one thread; down: mt 0 / 1 = output columns
+// rows, so act(gate) * up pairs accumulators of one thread; down: mt 0 / 1 = output columns
 // n0 + [0, 128) / [128, 256). Per thread 2 x 4 * NTA FP32 accumulators (the mma.sync C layout per n8).
 // The A register fragment of wgmma m64nNk16 is, per warp, the m16n8k16 A fragment of its 16 rows, so
 // each k16 step s = 2i + p of a stage takes the same (nibble pair, scale) registers as the mma.sync
@@ -818,7 +822,7 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
             const int tok = nt * 8 + 2 * t + (c & 1), col = 16 * warp + (c >> 1) * 8 + g;
             if (GATE_UP) {
                 const float gate = acc[0][4 * nt + c] * f, up = acc[1][4 * nt + c] * f;
-                so[tok * STRIDE + (V::kperm ? kperm_slot(col) : col)] = f2h(silu(gate) * up);
+                so[tok * STRIDE + (V::kperm ? kperm_slot(col) : col)] = f2h(gate_act(gate, cx.act) * up);
             } else {
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt)
@@ -850,7 +854,8 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
                                          const int *__restrict__ offsets, const unsigned char *__restrict__ w,
                                          const unsigned char *__restrict__ w_scale,
                                          const float *__restrict__ w_scale2, const float *__restrict__ row_weight,
-                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles) {
+                                         half_t *__restrict__ out, int num_experts, int k, int n_out, int n_tiles,
+                                         int act) {
     static_assert(WARPS * MT == ROWS / 16 && MT % 2 == 0, "256 weight rows per block, gate/up in pairs");
     static_assert(V::wgmma || !V::kperm, "the mma.sync loop reads natural-order activations");
     static_assert(!V::tiled || V::kperm, "tile-major weights complete on the kperm loop's mbarriers");
@@ -912,7 +917,7 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
     cx.x = x, cx.w_scale2 = w_scale2, cx.out = out, cx.wq = wq, cx.wsc = wsc, cx.s_src = s_src, cx.s_rw = s_rw;
     cx.row_token = GATE_UP ? row_token : nullptr, cx.bars = smem_u32(s_bars);
     cx.tile = tile, cx.n0 = n0, cx.k = k, cx.kb = kb, cx.ks = ks, cx.n_out = n_out;
-    cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid;
+    cx.code_off = code_off, cx.scale_off = scale_off, cx.valid = valid, cx.act = act;
     if constexpr (V::wgmma) {
 #if IMPMOE_HAS_WGMMA
         switch (nt_act) {
@@ -948,7 +953,8 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
 // 256 weight rows each; dynamic shared memory impmoe::SMEM_BYTES for cvt, impmoe::wg::WQ_SMEM for the
 // wgmma variants).
 // gate_up: x fp16 [T, H]; row_token int32 [R]; offsets int32 [E+1]; w13 [E, 2I, H/2]; w13_scale
-// [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128).
+// [E, 2I, H/16]; w13_scale2 fp32 [E]; out fp16 [R, I]; grid slots * n_tiles, n_tiles = ceil(I/128);
+// activation: 0 SiLU, 1 GELU (tanh form) of the gate (gate_act).
 // down: h fp16 [R, I]; w2 [E, H, I/2]; w2_scale [E, H, I/16]; w2_scale2 fp32 [E]; row_weight fp32 [R]
 // or null; out fp16 [R, H]; grid slots * n_tiles, n_tiles = ceil(H/256).
 // kperm variants take x / h K-permuted (K % 128 == 0) and gate_up writes out so; tiled ones take w13 / w2
@@ -958,16 +964,16 @@ __device__ __forceinline__ void moe_body(const half_t *__restrict__ x, const int
         moe_nvfp4_gate_up##SUFFIX(const half_t *x, const int *row_token, const int *offsets,                 \
                                   const unsigned char *w13, const unsigned char *w13_scale,                  \
                                   const float *w13_scale2, half_t *out, int num_experts, int hidden,         \
-                                  int inter, int n_tiles) { pdl_entry();                                     \
+                                  int inter, int n_tiles, int activation) { pdl_entry();                     \
         impmoe::moe_body<true, impmoe::VARIANT>(x, row_token, offsets, w13, w13_scale, w13_scale2, nullptr,   \
-                                                out, num_experts, hidden, inter, n_tiles);                    \
+                                                out, num_experts, hidden, inter, n_tiles, activation);        \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(32 * impmoe::WARPS, 2)                                       \
         moe_nvfp4_down##SUFFIX(const half_t *h, const int *offsets, const unsigned char *w2,                 \
                                const unsigned char *w2_scale, const float *w2_scale2, const float *row_weight, \
                                half_t *out, int num_experts, int inter, int hidden, int n_tiles) { pdl_entry(); \
         impmoe::moe_body<false, impmoe::VARIANT>(h, nullptr, offsets, w2, w2_scale, w2_scale2, row_weight,    \
-                                                 out, num_experts, inter, hidden, n_tiles);                   \
+                                                 out, num_experts, inter, hidden, n_tiles, 0);                \
     }
 
 MOE_ENTRY(_cvt, VariantCvt)

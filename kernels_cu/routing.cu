@@ -15,6 +15,9 @@
 // RMSNorm of the new residual). A one-launch form whose last block (by an atomic ticket) built the
 // whole permutation measured slower than these two launches (9.0 vs 7.7 us at T=512 on the H100,
 // docs/notes/ops.md): one SM's serial phases cost more than a launch.
+// Gemma-4 multiplies each chosen expert's weight by a per-expert scale (topk's expert_scale) and ends
+// its feed-forward block with post_ffn_norms instead of a combine: the expert rows summed, the norms
+// of both branches and of their sum, the residual add and the layer scalar, in one launch.
 #include "common.cuh"
 #include "vec16.cuh"
 
@@ -46,11 +49,12 @@ __device__ __forceinline__ float key_logit(unsigned key) {
 }
 
 // One token's top-k with one warp (all 32 lanes call it); lane j < k writes selection j and returns
-// its expert id (other lanes return -1).
+// its expert id (other lanes return -1). expert_scale (fp32 [E], null: none) multiplies each chosen
+// expert's weight after the softmax and the renormalisation (Gemma-4's router).
 template <int NPL>
 __device__ __forceinline__ int topk_token(const half_t *__restrict__ logits, int token, int experts, int k,
                                            int renormalize, int *__restrict__ topk_ids,
-                                           float *__restrict__ topk_weights) {
+                                           float *__restrict__ topk_weights, const float *expert_scale) {
     const int lane = threadIdx.x & 31;
     const half_t *row = logits + (size_t)token * experts;
     unsigned key[NPL];  // 0 = no expert (below every real key)
@@ -90,8 +94,10 @@ __device__ __forceinline__ int topk_token(const half_t *__restrict__ logits, int
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) denom += __shfl_xor_sync(FULL, denom, offset);
     if (lane < k) {
+        float weight = my_p / denom;
+        if (expert_scale) weight *= expert_scale[my_id];
         topk_ids[(size_t)token * k + lane] = my_id;
-        topk_weights[(size_t)token * k + lane] = my_p / denom;
+        topk_weights[(size_t)token * k + lane] = weight;
     }
     return lane < k ? my_id : -1;
 }
@@ -99,10 +105,10 @@ __device__ __forceinline__ int topk_token(const half_t *__restrict__ logits, int
 template <int NPL>
 __device__ __forceinline__ void topk_softmax_impl(const half_t *__restrict__ logits, int tokens, int experts, int k,
                                                   int renormalize, int *__restrict__ topk_ids,
-                                                  float *__restrict__ topk_weights) {
+                                                  float *__restrict__ topk_weights, const float *expert_scale) {
     const int token = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (token >= tokens) return;  // whole warps only
-    topk_token<NPL>(logits, token, experts, k, renormalize, topk_ids, topk_weights);
+    topk_token<NPL>(logits, token, experts, k, renormalize, topk_ids, topk_weights, expert_scale);
 }
 
 // Stable counting sort of the R = T*k (t, j) items by expert. Block b owns experts
@@ -278,18 +284,24 @@ __device__ __forceinline__ u32x4 shared_chunk(const SharedRow &sh, int chunk) {
     return sh.row ? ld16_nc(sh.row + chunk * 8) : u32x4{0u, 0u, 0u, 0u};
 }
 
-// One 16-byte chunk of a combined row: residual + sum_j w_j * y[row_j] (+ scale * shared), FP32, j in
-// order then the shared row, one rounding. sh_raw: the shared row's chunk, loaded early by the caller.
-__device__ __forceinline__ u32x4 combine_chunk(const half_t *__restrict__ y, const int *row_of,
-                                               const float *weight_of, int k, int hidden, int chunk, u32x4 res_raw,
-                                               const SharedRow &sh, u32x4 sh_raw) {
-    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+// acc = sum_j w_j * y[row_j] over one 16-byte chunk, FP32 from 0, j in order (a bad row adds nothing).
+// The k row loads are issued 8 at a time before any is added. NC: the rows are loaded with ld.global.nc
+// (combine's: the rows' addresses come through shared memory after pdl_entry, so no load can move above
+// its wait), else coherent (post_ffn_norms).
+template <bool NC>
+__device__ __forceinline__ void sum_rows_chunk(const half_t *__restrict__ y, const int *row_of, const float *weight_of,
+                                               int k, int hidden, int chunk, float acc[8]) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
     for (int j0 = 0; j0 < k; j0 += 8) {
         u32x4 loaded[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const int r = (j0 + j < k) ? row_of[j0 + j] : -1;
-            if (r >= 0) loaded[j] = ld16_nc(y + (size_t)r * hidden + chunk * 8);
+            if (r >= 0) {
+                const half_t *src = y + (size_t)r * hidden + chunk * 8;
+                loaded[j] = NC ? ld16_nc(src) : ld16(src);
+            }
         }
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
@@ -303,6 +315,15 @@ __device__ __forceinline__ u32x4 combine_chunk(const half_t *__restrict__ y, con
             }
         }
     }
+}
+
+// One 16-byte chunk of a combined row: residual + sum_j w_j * y[row_j] (+ scale * shared), FP32, j in
+// order then the shared row, one rounding. sh_raw: the shared row's chunk, loaded early by the caller.
+__device__ __forceinline__ u32x4 combine_chunk(const half_t *__restrict__ y, const int *row_of,
+                                               const float *weight_of, int k, int hidden, int chunk, u32x4 res_raw,
+                                               const SharedRow &sh, u32x4 sh_raw) {
+    float acc[8];
+    sum_rows_chunk<true>(y, row_of, weight_of, k, hidden, chunk, acc);
     if (sh.row) {
         float f[8];
         unpack8(sh_raw, f);
@@ -372,6 +393,127 @@ __device__ __forceinline__ void combine_rmsnorm_impl(const half_t *__restrict__ 
     }
 }
 
+// Two sums over the block at once, each as block_sum (butterfly in each warp, then every warp over the
+// warp sums): every thread gets the same bits. One call per scratch array.
+__device__ __forceinline__ float2 block_sum2(float a, float b, float2 *scratch /* [32] shared */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if (warps == 1) return make_float2(a, b);
+    if (lane == 0) scratch[warp] = make_float2(a, b);
+    __syncthreads();
+    const float2 t = lane < warps ? scratch[lane] : make_float2(0.0f, 0.0f);
+    return make_float2(warp_sum(t.x), warp_sum(t.y));
+}
+
+// Gemma-4's feed-forward block after its GEMMs, one token row per block (post_ffn_norms_f16_c{C}):
+//   routed  = sum_j y[row_j]                     the token's k expert rows (already weighted), FP32, j in order
+//   s       = rmsnorm(dense, w_mlp) + rmsnorm(routed, w_moe)               FP32, neither rounded
+//   o       = rmsnorm(s, w_ffn)                  rounded to FP16 and stored over `dense` (the block's output)
+//   out     = (residual + o) * layer_scalar      from the rounded o, FP32, one rounding
+//   normed  = rmsnorm(out, next_norm)            of the rounded row, as combine_rmsnorm (where next_norm)
+// Each thread keeps its C 16-byte chunks of the row in registers between the four norms. dense, residual
+// and the rows are coherent loads (written by the kernels before); each thread reads its chunks of dense
+// and residual before it writes them, so `dense` is overwritten in place and out may alias residual.
+template <int C>
+__device__ __forceinline__ void post_ffn_norms_impl(const half_t *__restrict__ y, const int *__restrict__ token_rows,
+                                                    half_t *dense, const half_t *residual, half_t *out, int rows,
+                                                    int k, int hidden, const half_t *__restrict__ w_mlp,
+                                                    const half_t *__restrict__ w_moe, const half_t *__restrict__ w_ffn,
+                                                    float eps, float layer_scalar, const half_t *__restrict__ next_norm,
+                                                    half_t *__restrict__ normed) {
+    __shared__ int row_of[32];
+    __shared__ float weight_of[32];
+    __shared__ float2 scratch_branches[32];
+    __shared__ float scratch_sum[32], scratch_next[32];
+    const int token = blockIdx.x, chunks = hidden >> 3;
+    const size_t row0 = (size_t)token * hidden;
+    u32x4 *dense_row = reinterpret_cast<u32x4 *>(dense + row0);
+    u32x4 res_raw[C], dense_raw[C], wm_raw[C], we_raw[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) {  // dense, residual and the branch norms first: independent of the row ids
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            dense_raw[c] = ld16(dense_row + chunk);
+            res_raw[c] = ld16(residual + row0 + chunk * 8);
+            wm_raw[c] = ld16_nc(w_mlp + chunk * 8);
+            we_raw[c] = ld16_nc(w_moe + chunk * 8);
+        }
+    }
+    load_combine_rows(token_rows, nullptr, 0, rows, k, token, row_of, weight_of);  // weights 1: rows summed
+    float acc[C][8];  // routed, then s
+    float sq_routed = 0.0f, sq_dense = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            sum_rows_chunk<false>(y, row_of, weight_of, k, hidden, chunk, acc[c]);
+            float d[8];
+            unpack8(dense_raw[c], d);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                sq_routed += acc[c][i] * acc[c][i];
+                sq_dense += d[i] * d[i];
+            }
+        }
+    }
+    const float2 sq = block_sum2(sq_routed, sq_dense, scratch_branches);
+    const float inv_routed = rsqrtf(sq.x / (float)hidden + eps), inv_dense = rsqrtf(sq.y / (float)hidden + eps);
+    float sq_sum = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float d[8], wm[8], we[8];
+            unpack8(dense_raw[c], d);
+            unpack8(wm_raw[c], wm);
+            unpack8(we_raw[c], we);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                acc[c][i] = d[i] * inv_dense * wm[i] + acc[c][i] * inv_routed * we[i];
+                sq_sum += acc[c][i] * acc[c][i];
+            }
+        }
+    }
+    const float inv_sum = rsqrtf(block_sum(sq_sum, scratch_sum) / (float)hidden + eps);
+    float sq_next = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float w[8], o[8], r[8];
+            unpack8(ld16_nc(w_ffn + chunk * 8), w);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) o[i] = acc[c][i] * inv_sum * w[i];
+            const u32x4 o_raw = pack8(o);
+            dense_row[chunk] = o_raw;
+            unpack8(o_raw, o);
+            unpack8(res_raw[c], r);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) r[i] = (r[i] + o[i]) * layer_scalar;
+            res_raw[c] = pack8(r);  // the new residual row, as stored
+            reinterpret_cast<u32x4 *>(out + row0)[chunk] = res_raw[c];
+            unpack8(res_raw[c], r);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) sq_next += r[i] * r[i];
+        }
+    }
+    if (!next_norm) return;  // the whole block
+    const float inv_next = rsqrtf(block_sum(sq_next, scratch_next) / (float)hidden + eps);
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float x[8], w[8], o[8];
+            unpack8(res_raw[c], x);
+            unpack8(ld16_nc(next_norm + chunk * 8), w);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) o[i] = x[i] * inv_next * w[i];
+            reinterpret_cast<u32x4 *>(normed + row0)[chunk] = pack8(o);
+        }
+    }
+}
+
 // The permutation in two parallel launches, the engine's form: topk_count, then permute_counted.
 // Both tile the tokens in blocks of COUNT_TOKENS (one warp a token in topk_count).
 //
@@ -391,13 +533,14 @@ template <int NPL>
 __device__ __forceinline__ void topk_count_impl(const half_t *__restrict__ logits, int tokens, int experts, int k,
                                                 int renormalize, int *__restrict__ topk_ids,
                                                 float *__restrict__ topk_weights, int *__restrict__ token_rows,
-                                                int *__restrict__ block_counts) {
+                                                int *__restrict__ block_counts, const float *expert_scale) {
     __shared__ unsigned bits[COUNT_THREADS];  // expert -> tokens of this block (bit = warp) that picked it
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     if (tid < experts) bits[tid] = 0u;
     const int token = blockIdx.x * COUNT_TOKENS + warp;
     int my_id = -1;
-    if (token < tokens) my_id = topk_token<NPL>(logits, token, experts, k, renormalize, topk_ids, topk_weights);
+    if (token < tokens)
+        my_id = topk_token<NPL>(logits, token, experts, k, renormalize, topk_ids, topk_weights, expert_scale);
     __syncthreads();  // bits cleared
     if (my_id >= 0) atomicOr(&bits[my_id], 1u << warp);
     __syncthreads();
@@ -459,11 +602,13 @@ __device__ __forceinline__ void permute_counted_impl(const int *__restrict__ top
 extern "C" {
 
 // topk_softmax_n{4,8,16}: NPL = experts per lane (E <= 32 * NPL). One warp per token, 4 warps a block.
+// expert_scale fp32 [E] or null (topk_token).
 #define TOPK_SOFTMAX(NPL)                                                                                     \
     __global__ void topk_softmax_n##NPL(const half_t *__restrict__ logits, int tokens, int experts, int k,    \
                                         int renormalize, int *__restrict__ topk_ids,                          \
-                                        float *__restrict__ topk_weights) { pdl_entry();                                   \
-        topk_softmax_impl<NPL>(logits, tokens, experts, k, renormalize, topk_ids, topk_weights);              \
+                                        float *__restrict__ topk_weights, const float *expert_scale) {        \
+        pdl_entry();                                                                                          \
+        topk_softmax_impl<NPL>(logits, tokens, experts, k, renormalize, topk_ids, topk_weights, expert_scale); \
     }
 TOPK_SOFTMAX(4)
 TOPK_SOFTMAX(8)
@@ -522,14 +667,35 @@ COMBINE_RMSNORM(2)
 COMBINE_RMSNORM(4)
 #undef COMBINE_RMSNORM
 
+// post_ffn_norms_f16_c{C}: see post_ffn_norms_impl. One block per token of at most COMBINE_THREADS threads,
+// C 16-byte chunks each (routing.py: the fewest C of 1, 2, 4 that cover H / 8 with 256 threads, then threads
+// = H / 8 / C rounded up to a warp). w_mlp, w_moe, w_ffn: the post-MLP, post-MoE and post-feed-forward norm
+// weights fp16 [H]; next_norm fp16 [H] or null (then normed is not written).
+#define POST_FFN_NORMS(C)                                                                                          \
+    __global__ void __launch_bounds__(COMBINE_THREADS, 4 / C) post_ffn_norms_f16_c##C(                              \
+        const half_t *__restrict__ y, const int *__restrict__ token_rows, half_t *dense, const half_t *residual,    \
+        half_t *out, int rows, int k, int hidden, const half_t *__restrict__ w_mlp,                                 \
+        const half_t *__restrict__ w_moe, const half_t *__restrict__ w_ffn, float eps, float layer_scalar,          \
+        const half_t *__restrict__ next_norm, half_t *__restrict__ normed) {                                        \
+        pdl_entry();                                                                                                \
+        post_ffn_norms_impl<C>(y, token_rows, dense, residual, out, rows, k, hidden, w_mlp, w_moe, w_ffn, eps,      \
+                               layer_scalar, next_norm, normed);                                                    \
+    }
+POST_FFN_NORMS(1)
+POST_FFN_NORMS(2)
+POST_FFN_NORMS(4)
+#undef POST_FFN_NORMS
+
 // topk_count_n{4,8,16}: grid ceil(T / COUNT_TOKENS) blocks of COUNT_THREADS; see topk_count_impl.
+// expert_scale fp32 [E] or null (topk_token).
 #define TOPK_COUNT(NPL)                                                                                            \
     __global__ void __launch_bounds__(COUNT_THREADS) topk_count_n##NPL(                                             \
         const half_t *__restrict__ logits, int tokens, int experts, int k, int renormalize,                        \
         int *__restrict__ topk_ids, float *__restrict__ topk_weights, int *__restrict__ token_rows,                \
-        int *__restrict__ block_counts) { pdl_entry();                                                                          \
+        int *__restrict__ block_counts, const float *expert_scale) {                                               \
+        pdl_entry();                                                                                               \
         topk_count_impl<NPL>(logits, tokens, experts, k, renormalize, topk_ids, topk_weights, token_rows,          \
-                             block_counts);                                                                        \
+                             block_counts, expert_scale);                                                          \
     }
 TOPK_COUNT(4)
 TOPK_COUNT(8)

@@ -7,9 +7,11 @@ explicit-variant checks, prewarm's kernels, the kperm and tile-major layouts, be
 
 import numpy as np
 import pytest
+from test_ops import fake
 
 from impbench import nvfp4
 from impbench.kernels import moe
+from impbench.reference.blocks import ACTIVATIONS
 
 # Bound on ||out - ref|| / ||ref|| (Frobenius norms, ref in float64 from the same NVFP4 codes and FP16
 # inputs). The kernels dequantize exactly and accumulate in FP32; what remains is the FP16 rounding of the
@@ -47,14 +49,15 @@ def _host_experts(rng, experts, n, k):
     return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]), np.array([p[2] for p in parts], np.float32)
 
 
-def _ref_gate_up(x, row_token, offsets, w13_deq):
+def _ref_gate_up(x, row_token, offsets, w13_deq, activation="silu"):
     inter = w13_deq.shape[1] // 2
+    act = ACTIVATIONS[activation]  # float64 silu / gelu_tanh of the reference models
     out = np.zeros((row_token.shape[0], inter))
     for e in range(offsets.shape[0] - 1):
         rows = slice(offsets[e], offsets[e + 1])
         xe = x[row_token[rows]].astype(np.float64)
         gate, up = xe @ w13_deq[e, :inter].T, xe @ w13_deq[e, inter:].T
-        out[rows] = gate / (1.0 + np.exp(-gate)) * up
+        out[rows] = act(gate) * up
     return out
 
 
@@ -125,9 +128,11 @@ class Problem:
         self.act.fill(cupy.nan)
         self.out.fill(cupy.nan)
 
-    def launch(self, weighted=True, variant=None):
+    def launch(self, weighted=True, variant=None, activation="silu"):
         """Both GEMMs with `variant` (None: the wrappers' choice for natural-order arrays), each array in
-        the layout the variant reads (check() restores gate_up's output to natural order)."""
+        the layout the variant reads (check() restores gate_up's output to natural order); gate_up with
+        `activation` (check() uses the same)."""
+        self.activation = activation
         hidden, inter = self.x.shape[1], self.h.shape[1]
         _skip_where_this_gpu_lacks(variant)
         spec = moe.VARIANTS[variant or moe.choose_variant(hidden, inter, tiled=False, kperm=False)]
@@ -140,7 +145,7 @@ class Problem:
             if not hasattr(self, "w13_tiled"):
                 self.w13_tiled, self.w2_tiled = moe.tiled_weight(w13, True), moe.tiled_weight(w2, False)
             w13, w2 = self.w13_tiled, self.w2_tiled
-        moe.moe_gate_up(x, self.row_token, self.offsets, *w13, self.act, variant=variant)
+        moe.moe_gate_up(x, self.row_token, self.offsets, *w13, self.act, variant=variant, activation=activation)
         moe.moe_down(h, self.offsets, *w2, self.out, row_weight=self.row_weight if weighted else None,
                      variant=variant)  # fmt: skip
 
@@ -152,7 +157,7 @@ class Problem:
         act = self.act.get()
         if self.kperm:
             act = moe.from_kperm(act)
-        err_up = _rel_err(act, _ref_gate_up(self.x_host, row_token, offsets, self.w13_deq))
+        err_up = _rel_err(act, _ref_gate_up(self.x_host, row_token, offsets, self.w13_deq, self.activation))
         err_down = _rel_err(self.out.get(), _ref_down(self.h_host, offsets, self.w2_deq, row_weight if weighted else None))
         assert err_up <= REL_ERR and err_down <= REL_ERR, (err_up, err_down)
         return err_up, err_down
@@ -261,6 +266,46 @@ def test_graph_captured_in_global_mode_follows_new_offsets(variant):
             stream.synchronize()
             graph.launch(stream=stream)
             problem.check()
+
+
+GELU_SHAPES = [  # experts, hidden H, intermediate I, tokens, top-k, GPU-generated weights
+    (8, 2816, 704, 96, 8, True),  # Gemma-4 26B-A4B's experts (I % 128 == 64: wgq on Hopper, cvt elsewhere)
+    (8, 256, 64, 50, 2, False),  # tiny-gemma4's
+    (5, 512, 256, 45, 4, False),  # H and I multiples of 256: every variant's epilogue
+]
+GELU_CASES = [(v, *shape) for v in moe.VARIANTS for shape in GELU_SHAPES if _hopper_fits(v, shape[1], shape[2])]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["random", "one_expert"])
+@pytest.mark.parametrize("variant,experts,hidden,inter,tokens,top_k,gpu_weights", GELU_CASES)
+def test_gate_up_with_gelu_tanh_matches_reference(kind, variant, experts, hidden, inter, tokens, top_k, gpu_weights):
+    # Gemma-4's experts: act(gate) = GELU, tanh form; outputs poisoned, fresh inputs per case
+    problem = Problem(experts, hidden, inter, tokens, top_k, seed=hidden + inter + len(kind), gpu_weights=gpu_weights)
+    problem.route(kind)
+    problem.poison()
+    problem.launch(variant=variant, activation="gelu_tanh")
+    problem.check()
+
+
+@pytest.mark.gpu
+def test_gate_up_activation_default_is_silu_and_gelu_differs():
+    import cupy
+
+    p = Problem(4, 256, 128, 40, 2, seed=17).route("random")
+    p.poison()
+    moe.moe_gate_up(p.x, p.row_token, p.offsets, *p.w13, p.act)
+    silu = p.act.get()
+    p.poison()
+    moe.prepare(moe.moe_gate_up, p.x, p.row_token, p.offsets, *p.w13, p.act, activation="silu")()
+    np.testing.assert_array_equal(silu.view(np.uint16), p.act.get().view(np.uint16))
+    p.poison()
+    moe.prepare(moe.moe_gate_up, p.x, p.row_token, p.offsets, *p.w13, p.act, activation="gelu_tanh")()
+    cupy.cuda.get_current_stream().synchronize()
+    gelu = p.act.get()
+    offsets, row_token, _ = p.routing
+    assert _rel_err(gelu, _ref_gate_up(p.x_host, row_token, offsets, p.w13_deq, "gelu_tanh")) <= REL_ERR
+    assert _rel_err(gelu, _ref_gate_up(p.x_host, row_token, offsets, p.w13_deq, "silu")) > 10 * REL_ERR
 
 
 @pytest.mark.gpu
@@ -522,3 +567,33 @@ def test_prewarm_fetches_only_what_the_rule_can_choose(monkeypatch, cc, fetched)
     monkeypatch.setattr(moe, "_kernel", lambda op, variant: calls.append((op, variant)))
     moe.prewarm()
     assert sorted(calls) == sorted((op, v) for v in fetched for op in ("gate_up", "down"))
+
+
+# ---- the gate_up activation (CPU) -----------------------------------------------------------------
+
+
+def _gate_up_fakes(tokens=16, hidden=256, inter=64, experts=4, top_k=2):
+    rows = tokens * top_k
+    return (fake((tokens, hidden)), fake((rows,), np.int32), fake((experts + 1,), np.int32), fake((experts, 2 * inter, hidden // 2), np.uint8),
+            fake((experts, 2 * inter, hidden // 16), np.uint8), fake((experts,), np.float32), fake((rows, inter)))  # fmt: skip
+
+
+def test_gate_up_activation_is_checked_in_one_line():
+    with pytest.raises(ValueError, match=r"moe_gate_up: activation must be one of \('silu', 'gelu_tanh'\), got 'gelu'") as info:
+        moe.moe_gate_up(*_gate_up_fakes(), activation="gelu")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        moe.prepare(moe.moe_gate_up, *_gate_up_fakes(), variant="cvt", activation="relu")
+
+
+@pytest.mark.parametrize("activation,index", [(None, 0), ("silu", 0), ("gelu_tanh", 1)])
+def test_gate_up_passes_the_activation_as_its_last_argument(monkeypatch, activation, index):
+    # kernels_cu/moe_nvfp4.cu gate_act: 0 SiLU, 1 GELU (tanh form); the default keeps SiLU
+    monkeypatch.setattr(moe, "_current_cc", lambda: 90)
+    monkeypatch.setattr(moe, "_kernel", lambda op, variant: (op, variant))
+    extra = {} if activation is None else {"activation": activation}
+    kernel, _, block, args, _ = moe._plan_gate_up(*_gate_up_fakes(hidden=2816, inter=704), **extra)
+    assert kernel == ("gate_up", "wgq") and block == (moe.THREADS,)  # Gemma-4's shape on Hopper
+    assert len(args) == 12 and isinstance(args[-1], np.int32) and int(args[-1]) == index
+    assert int(args[-2]) == 6  # n_tiles: ceil(704 / 128), the last tile 64 columns wide
+    assert moe.ACTIVATIONS.index("gelu_tanh") == 1

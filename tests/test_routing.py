@@ -1,7 +1,8 @@
 """kernels/routing: float64 NumPy oracles (reused by the reference forward), wrapper checks, and on the
 GPU top-k, the permutation (exact, stable, deterministic) and combine against the oracles, the
 engine's forms (topk_count + permute_counted, combine_rmsnorm) against the reference ones, edge cases
-and global-mode captures replayed with new router logits."""
+and global-mode captures replayed with new router logits; Gemma-4's per-expert weight scales in the
+top-k and its post_ffn_norms against float64."""
 
 import numpy as np
 import pytest
@@ -17,8 +18,9 @@ REL_ERR_FP16 = 2e-3
 # -- float64 oracles -------------------------------------------------------------------------
 
 
-def topk_softmax_ref(logits, k, renormalize):
-    """(ids int32 [T, k] largest first, ties to the lower expert id; weights float64 [T, k])."""
+def topk_softmax_ref(logits, k, renormalize, expert_scale=None):
+    """(ids int32 [T, k] largest first, ties to the lower expert id; weights float64 [T, k]), each weight
+    times expert_scale[its id] where given (after the renormalisation)."""
     x = np.asarray(logits, dtype=np.float64)
     probs = np.exp(x - x.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
@@ -26,6 +28,8 @@ def topk_softmax_ref(logits, k, renormalize):
     weights = np.take_along_axis(probs, ids, axis=1)
     if renormalize:
         weights = weights / weights.sum(axis=1, keepdims=True)
+    if expert_scale is not None:
+        weights = weights * np.asarray(expert_scale, np.float64)[ids]
     return ids.astype(np.int32), weights
 
 
@@ -47,6 +51,19 @@ def combine_ref(y, token_rows, residual, topk_weights=None):
     gathered = np.asarray(y, dtype=np.float64)[np.asarray(token_rows)]  # [T, k, H]
     weights = np.ones(token_rows.shape) if topk_weights is None else np.asarray(topk_weights, np.float64)
     return np.asarray(residual, np.float64) + (weights[..., None] * gathered).sum(axis=1)
+
+
+def rmsnorm64(x, weight, eps=1e-6):
+    x = np.asarray(x, np.float64)
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * np.asarray(weight, np.float64)
+
+
+def post_ffn_norms_ref(y, token_rows, dense, residual, norm_weights, eps, layer_scalar):
+    """Gemma-4's block output o = rmsnorm(rmsnorm(dense, w0) + rmsnorm(sum_j y[token_rows[:, j]], w1), w2) and the
+    new residual (residual + o) * layer_scalar, float64 [T, H] each."""
+    routed = np.asarray(y, np.float64)[np.asarray(token_rows)].sum(axis=1)
+    o = rmsnorm64(rmsnorm64(dense, norm_weights[0], eps) + rmsnorm64(routed, norm_weights[1], eps), norm_weights[2], eps)
+    return o, (np.asarray(residual, np.float64) + o) * layer_scalar
 
 
 def rel_err(out, ref) -> float:
@@ -107,6 +124,11 @@ def test_host_arrays_are_rejected_with_value_error():
             np.zeros((8, 16), np.float16), ids, np.zeros((4, 16), np.float16), np.zeros((4, 16), np.float16),
             np.zeros(16, np.float16), 1e-6, np.zeros((4, 16), np.float16),
         )  # fmt: skip
+    with pytest.raises(ValueError, match="cupy device array"):
+        routing.post_ffn_norms(
+            np.zeros((8, 16), np.float16), ids, np.zeros((4, 16), np.float16), np.zeros((4, 16), np.float16),
+            [np.zeros(16, np.float16)] * 3, 1e-6, 1.0, np.zeros((4, 16), np.float16),
+        )  # fmt: skip
 
 
 def _combine_args(tokens=4, k=2, hidden=16, **over):
@@ -155,6 +177,105 @@ def test_combine_passes_the_shared_rows_and_gate_strides(monkeypatch):
 def test_count_blocks_cover_every_token_and_one_thread_per_expert():
     assert [routing.count_blocks(t) for t in (1, 16, 17, 512)] == [1, 1, 2, 32]
     assert routing.MAX_EXPERTS <= routing.COUNT_THREADS  # permute_counted: thread e owns expert e
+
+
+def test_post_ffn_norms_ref_norms_each_branch_then_the_sum():
+    rng = np.random.default_rng(5)
+    tokens, k, hidden = 3, 2, 16
+    y = rng.standard_normal((tokens * k, hidden))
+    token_rows = rng.permutation(tokens * k).reshape(tokens, k)
+    dense, residual = rng.standard_normal((tokens, hidden)) * 4, rng.standard_normal((tokens, hidden))
+    ones = np.ones(hidden)
+    o, new = post_ffn_norms_ref(y, token_rows, dense, residual, (ones, ones, 2 * ones), 0.0, 0.5)
+    np.testing.assert_allclose(np.sqrt(np.mean(o**2, axis=-1)), 2.0, rtol=1e-12)  # unit rms times w2
+    routed = y[token_rows[1, 0]] + y[token_rows[1, 1]]
+    s = dense[1] / np.sqrt(np.mean(dense[1] ** 2)) + routed / np.sqrt(np.mean(routed**2))
+    np.testing.assert_allclose(o[1], 2 * s / np.sqrt(np.mean(s**2)), rtol=1e-12)
+    np.testing.assert_allclose(new, (residual + o) * 0.5, rtol=1e-12)
+
+
+def _post_ffn_args(tokens=4, k=2, hidden=16, **over):
+    args = {"y": fake((tokens * k, hidden)), "token_rows": fake((tokens, k), np.int32), "dense": fake((tokens, hidden), ptr=0x200000),
+            "residual": fake((tokens, hidden)), "norm_weights": tuple(fake((hidden,)) for _ in range(3)), "eps": 1e-6,
+            "layer_scalar": 0.75, "out": fake((tokens, hidden)), "next_norm": fake((hidden,)),
+            "normed": fake((tokens, hidden))}  # fmt: skip
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"token_rows": fake((4, 33), np.int32)}, r"post_ffn_norms: token_rows must be \[T >= 1, 1 <= k <= 32\]"),
+        ({"dense": fake((4, 16), np.float32)}, "dense must have dtype float16"),
+        ({"residual": fake((4, 8))}, r"residual must have shape \(4, 16\)"),
+        ({"out": fake((3, 16))}, r"out must have shape \(4, 16\)"),
+        ({"y": fake((8, 24))}, "disagree on hidden size"),
+        ({"dense": fake((4, 12)), "residual": fake((4, 12)), "out": fake((4, 12)), "y": fake((8, 12))}, "multiple of 8"),
+        ({"norm_weights": (fake((16,)), fake((16,)))}, "norm_weights must be three fp16"),
+        ({"norm_weights": None}, "norm_weights must be three fp16"),
+        ({"norm_weights": (fake((16,)), fake((8,)), fake((16,)))}, r"norm_weights\[1\] must have shape \(16,\)"),
+        ({"norm_weights": (fake((16,)), fake((16,)), fake((16,), np.float32))}, r"norm_weights\[2\] must have dtype float16"),
+        ({"normed": None}, "next_norm and normed go together"),
+        ({"next_norm": None}, "next_norm and normed go together"),
+        ({"next_norm": fake((8,))}, r"next_norm must have shape \(16,\)"),
+        ({"normed": fake((4, 8))}, r"normed must have shape \(4, 16\)"),
+        ({"layer_scalar": float("nan")}, "layer_scalar must be a finite number"),
+        ({"residual": fake((4, 20))[:, 2:18]}, "residual must be C-contiguous"),
+        ({"y": fake((8, 16), ptr=0x100008)}, "y must start on a 16-byte boundary"),
+        ({"norm_weights": (fake((16,)), fake((16,)), fake((16,), ptr=0x100004))}, r"norm_weights\[2\] must start on a 16-byte"),
+    ],
+)
+def test_post_ffn_norms_arguments_fail_in_one_line(over, match):
+    with pytest.raises(ValueError, match=match) as info:
+        routing.post_ffn_norms(**_post_ffn_args(**over))
+    assert "\n" not in str(info.value)
+
+
+def test_post_ffn_norms_rejects_out_over_dense():
+    args = _post_ffn_args()
+    with pytest.raises(ValueError, match="out must not be dense"):
+        routing.post_ffn_norms(**{**args, "out": args["dense"]})
+
+
+@pytest.mark.parametrize(
+    "hidden,chunks,threads", [(8, 1, 32), (24, 1, 32), (256, 1, 32), (2048, 1, 256), (2816, 2, 192), (4104, 4, 160), (8192, 4, 256)]
+)
+def test_post_ffn_norms_spreads_the_chunks_over_the_block(monkeypatch, hidden, chunks, threads):
+    # Gemma-4's H 2816 is 352 chunks: 2 a thread over 192 threads (the last 16 threads one each)
+    monkeypatch.setattr(routing, "_kernel", lambda name: name)
+    name, grid, block, args = routing._plan_post_ffn_norms(**_post_ffn_args(tokens=3, k=8, hidden=hidden))
+    assert name == f"post_ffn_norms_f16_c{chunks}" and grid == (3,) and block == (threads,)
+    assert chunks * threads >= hidden // 8 and threads % 32 == 0 and threads <= routing.COMBINE_THREADS
+    assert isinstance(args[-3], np.float32) and float(args[-3]) == 0.75  # layer_scalar, FP32
+    assert (int(args[5]), int(args[6]), int(args[7])) == (24, 8, hidden)  # rows of y, k, H
+    _, _, _, plain = routing._plan_post_ffn_norms(**_post_ffn_args(hidden=hidden, next_norm=None, normed=None))
+    assert [int(a) for a in plain[-2:]] == [0, 0]  # null next_norm / normed: no next-layer norm
+
+
+def test_post_ffn_norms_takes_a_stacked_norm_array(monkeypatch):
+    monkeypatch.setattr(routing, "_kernel", lambda name: name)
+    stacked = fake((3, 16))
+    _, _, _, args = routing._plan_post_ffn_norms(**_post_ffn_args(norm_weights=stacked))
+    assert [a.data.ptr for a in args[8:11]] == [stacked.data.ptr + 32 * i for i in range(3)]
+
+
+@pytest.mark.parametrize("count", [False, True])
+def test_expert_scale_is_checked_and_passed_last(monkeypatch, count):
+    monkeypatch.setattr(routing, "_kernel", lambda name: name)
+    logits, ids, weights = fake((40, 8)), fake((40, 2), np.int32), fake((40, 2), np.float32)
+    extra = (fake((40, 2), np.int32), fake((3, 8), np.int32)) if count else ()
+    plan = routing._plan_topk_count if count else routing._plan_topk_softmax
+    scale = fake((8,), np.float32)
+    name, _, _, args = plan(logits, 2, True, ids, weights, *extra, expert_scale=scale)
+    assert name == ("topk_count_n4" if count else "topk_softmax_n4") and args[-1] is scale
+    assert args[5] is ids and args[6] is weights and len(args) == (10 if count else 8)
+    _, _, _, plain = plan(logits, 2, True, ids, weights, *extra)
+    assert int(plain[-1]) == 0  # null: no per-expert scale
+    for bad, match in ((fake((9,), np.float32), r"expert_scale must have shape \(8,\)"), (fake((8,)), "expert_scale must have dtype float32")):
+        with pytest.raises(ValueError, match=match) as info:
+            plan(logits, 2, True, ids, weights, *extra, expert_scale=bad)
+        assert "\n" not in str(info.value)
 
 
 # -- GPU -------------------------------------------------------------------------------------
@@ -564,3 +685,105 @@ def test_combine_without_a_shared_expert_is_unchanged_by_a_zero_shared_row():
     routing.combine(y, token_rows, residual, plain)
     routing.combine(y, token_rows, residual, with_zero, None, cp.zeros((tokens, hidden), cp.float16))
     np.testing.assert_array_equal(plain.get().view(np.uint16), with_zero.get().view(np.uint16))
+
+
+# -- Gemma-4: per-expert weight scales in the top-k, post_ffn_norms --------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "tokens,experts,k,renormalize", [(1, 128, 8, True), (77, 128, 8, True), (300, 128, 8, False), (50, 8, 2, True), (33, 512, 16, True)]
+)
+def test_topk_expert_scale_multiplies_each_chosen_weight(tokens, experts, k, renormalize):
+    cp, rng = _cp(), np.random.default_rng(tokens * 3 + experts + k)
+    logits_h = (rng.standard_normal((tokens, experts)) * 2).astype(np.float16)
+    scale_h = np.exp(0.3 * rng.standard_normal(experts)).astype(np.float32)  # as the engine's weights draw them
+    logits, scale = cp.asarray(logits_h), cp.asarray(scale_h)
+    ids, weights = topk_softmax_ref(logits_h, k, renormalize, scale_h)
+    apart = _routing_buffers(tokens, k, experts)
+    routing.topk_softmax(logits, k, renormalize, apart["topk_ids"], apart["topk_weights"], expert_scale=scale)
+    np.testing.assert_array_equal(apart["topk_ids"].get(), ids)
+    np.testing.assert_allclose(apart["topk_weights"].get(), weights, rtol=1e-5)
+    fused = _routing_buffers(tokens, k, experts)
+    counts = cp.full((routing.count_blocks(tokens), experts), -7, cp.int32)
+    routing.prepare(routing.topk_count, logits, k, renormalize, fused["topk_ids"], fused["topk_weights"], fused["token_rows"],
+                    counts, expert_scale=scale)()  # fmt: skip
+    routing.permute_counted(fused["topk_ids"], fused["topk_weights"], counts, fused["expert_offsets"], fused["row_token"],
+                            fused["row_weight"], fused["token_rows"])  # fmt: skip
+    got = _host(fused)
+    for name in ("topk_ids", "topk_weights"):  # the same top-k code: bit for bit
+        np.testing.assert_array_equal(got[name].view(np.uint32), apart[name].get().view(np.uint32), err_msg=name)
+    _assert_permutation(got, experts)  # row_weight: the scaled weights, for moe_down
+    plain = _routing_buffers(tokens, k, experts)
+    routing.topk_softmax(logits, k, renormalize, plain["topk_ids"], plain["topk_weights"])  # None: unscaled, as before
+    _, unscaled = topk_softmax_ref(logits_h, k, renormalize)
+    np.testing.assert_allclose(plain["topk_weights"].get(), unscaled, rtol=1e-5)
+
+
+def _post_ffn_problem(rng, tokens, k, hidden, spare_rows=3):
+    """Host inputs of post_ffn_norms: expert rows (weighted, small), a permutation, the dense MLP's output,
+    the residual stream, the three norms and the next layer's input norm (1 + 0.2 N(0, 1) each)."""
+    rows = tokens * k + spare_rows  # y may have spare rows (a buffer sized for the largest chunk)
+    y = (0.3 * rng.standard_normal((rows, hidden))).astype(np.float16)
+    token_rows = rng.permutation(tokens * k).astype(np.int32).reshape(tokens, k)
+    dense = (0.5 * rng.standard_normal((tokens, hidden))).astype(np.float16)
+    residual = (3 * rng.standard_normal((tokens, hidden))).astype(np.float16)
+    norms = [(1.0 + 0.2 * rng.standard_normal(hidden)).astype(np.float16) for _ in range(4)]
+    return y, token_rows, dense, residual, norms[:3], norms[3]
+
+
+def _assert_post_ffn_norms(dense_out, out, normed, host, eps, scalar):
+    y, token_rows, dense, residual, norms, next_norm = host
+    o_ref, new_ref = post_ffn_norms_ref(y, token_rows, dense, residual, norms, eps, scalar)
+    assert rel_err(dense_out, o_ref) <= REL_ERR_FP16  # the block's output, stored over dense
+    assert rel_err(out, new_ref) <= REL_ERR_FP16
+    # the new residual from the stored (rounded) output, FP32, one FP16 rounding: what the engine trace records
+    from_stored = (residual.astype(np.float64) + dense_out.astype(np.float64)) * float(np.float32(scalar))
+    np.testing.assert_allclose(out.astype(np.float64), from_stored, rtol=2**-11 * 1.01, atol=2**-24)
+    if normed is not None:  # the next layer's input norm of the FP16 row stored, as combine_rmsnorm
+        assert np.isfinite(normed).all()
+        assert rel_err(normed, rmsnorm64(out, next_norm, eps)) <= REL_ERR_FP16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(
+    "tokens,k,hidden",
+    [(1, 8, 2816), (77, 8, 2816), (300, 2, 256), (5, 4, 8192), (3, 2, 24), (64, 8, 2048), (9, 3, 4104), (7, 16, 8), (40, 32, 512)],
+)
+def test_post_ffn_norms_matches_float64(tokens, k, hidden, fused):
+    # in place on the residual, as the engine runs it; H 2816 (Gemma-4: 352 chunks, 2 a thread of 192)
+    cp, rng = _cp(), np.random.default_rng(tokens * 7 + hidden + k + fused)
+    host = _post_ffn_problem(rng, tokens, k, hidden)
+    y_h, token_rows_h, dense_h, residual_h, norms_h, next_h = host
+    scalar, eps = float(0.5 + rng.random()), 1e-6
+    dense, residual = cp.asarray(dense_h), cp.asarray(residual_h)
+    normed = cp.full((tokens, hidden), cp.nan, cp.float16) if fused else None
+    next_norm = cp.asarray(next_h) if fused else None
+    routing.post_ffn_norms(cp.asarray(y_h), cp.asarray(token_rows_h), dense, residual, [cp.asarray(w) for w in norms_h], eps,
+                           scalar, residual, next_norm=next_norm, normed=normed)  # fmt: skip
+    _assert_post_ffn_norms(dense.get(), residual.get(), None if normed is None else normed.get(), host, eps, scalar)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["gemma-4-26b-a4b", "tiny-gemma4"])
+def test_post_ffn_norms_into_a_separate_output_is_deterministic(model):
+    # the preset's H and k; out apart from the residual (poisoned), prepared, run twice: the same bits
+    cp, rng = _cp(), np.random.default_rng(len(model))
+    p = get_preset(model)
+    tokens, k, hidden = 130, p.experts_per_token, p.hidden_size
+    host = _post_ffn_problem(rng, tokens, k, hidden)
+    y_h, token_rows_h, dense_h, residual_h, norms_h, next_h = host
+    y, token_rows, residual = cp.asarray(y_h), cp.asarray(token_rows_h), cp.asarray(residual_h)
+    norms, next_norm = cp.asarray(np.stack(norms_h)), cp.asarray(next_h)  # a stacked [3, H] array works too
+    results = []
+    for _ in range(2):
+        dense = cp.asarray(dense_h)
+        out, normed = (cp.full((tokens, hidden), cp.nan, cp.float16) for _ in range(2))
+        routing.prepare(routing.post_ffn_norms, y, token_rows, dense, residual, norms, p.rms_norm_eps, 1.25, out,
+                        next_norm=next_norm, normed=normed)()  # fmt: skip
+        results.append([a.get() for a in (dense, out, normed)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))
+    np.testing.assert_array_equal(residual.get().view(np.uint16), residual_h.view(np.uint16))  # only read
+    _assert_post_ffn_norms(*results[0], host, p.rms_norm_eps, 1.25)

@@ -47,6 +47,9 @@ TILE_ROWS = 256  # weight rows per block: gate_up 128 gate + the 128 matching up
 GATE_UP_COLS = 128  # output columns per block (128 gate + 128 up weight rows)
 DOWN_COLS = 256
 K_MULTIPLE = 64  # K (H for gate_up, I for down) must be a multiple: whole 16-value scale words per copy
+# gate_up's activation of the gate, by the index its kernels take (kernels_cu/moe_nvfp4.cu gate_act): a preset's
+# `activation` (Qwen3 SiLU, Gemma-4 GELU with the tanh form)
+ACTIVATIONS = ("silu", "gelu_tanh")
 
 
 @dataclass(frozen=True)
@@ -255,7 +258,9 @@ def _check_dims(op: str, hidden: int, inter: int) -> None:
         )
 
 
-def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=None):
+def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant=None, activation="silu"):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"moe_gate_up: activation must be one of {ACTIVATIONS}, got {activation!r}")
     check_array("x", x, np.float16, ndim=2)
     check_array("row_token", row_token, np.int32, ndim=1)
     check_array("expert_offsets", expert_offsets, np.int32, ndim=1)
@@ -279,7 +284,8 @@ def _plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
     n_tiles = -(-inter // GATE_UP_COLS)
     grid = (token_tiles(rows, experts) * n_tiles,)
     args = (x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out,
-            np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles))  # fmt: skip
+            np.int32(experts), np.int32(hidden), np.int32(inter), np.int32(n_tiles),
+            np.int32(ACTIVATIONS.index(activation)))  # fmt: skip
     return _kernel("gate_up", variant), grid, (THREADS,), args, VARIANTS[variant].smem_bytes
 
 
@@ -317,12 +323,14 @@ def _launcher(plan):
     return functools.partial(kernel, grid, block, args, shared_mem=smem)
 
 
-def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant: str | None = None) -> None:
-    """out[r] = SiLU(x[row_token[r]] . gate_e^T) * (x[row_token[r]] . up_e^T) for every permuted row r,
-    e its expert. x fp16 [T, H]; out fp16 [R, I]; FP32 accumulation, one FP16 rounding. `variant`: a name
-    of VARIANTS (ValueError where cannot_run), or None: choose_variant's for arrays in natural order. Where
-    the variant is kperm, x and out are in kperm order; where it is tiled, w13 is tile-major."""
-    _launcher(_plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant))()
+def moe_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant: str | None = None,
+                activation: str = "silu") -> None:  # fmt: skip
+    """out[r] = act(x[row_token[r]] . gate_e^T) * (x[row_token[r]] . up_e^T) for every permuted row r,
+    e its expert, act SiLU or (activation "gelu_tanh") GELU with the tanh form. x fp16 [T, H]; out fp16
+    [R, I]; FP32 accumulation, one FP16 rounding. `variant`: a name of VARIANTS (ValueError where
+    cannot_run), or None: choose_variant's for arrays in natural order. Where the variant is kperm, x and
+    out are in kperm order; where it is tiled, w13 is tile-major."""
+    _launcher(_plan_gate_up(x, row_token, expert_offsets, w13, w13_scale, w13_scale2, out, variant, activation))()
 
 
 def moe_down(h, expert_offsets, w2, w2_scale, w2_scale2, out, row_weight=None, variant: str | None = None) -> None:

@@ -11,7 +11,10 @@ The engine runs topk_count + permute_counted (top-k, then the permutation spread
 instead of a few: same outputs as topk_softmax + build_permutation) and combine_rmsnorm (combine,
 then the next layer's RMSNorm of the new residual). topk_softmax, build_permutation and combine
 remain for other callers and as references. Both combines optionally add a shared expert's output
-scaled by the sigmoid of its N=1 gate (Qwen3.5/3.6) in the same pass.
+scaled by the sigmoid of its N=1 gate (Qwen3.5/3.6) in the same pass. Gemma-4's router multiplies each
+chosen expert's weight by a per-expert scale (the top-k's expert_scale), and its feed-forward block
+ends in post_ffn_norms (the expert rows summed, three norms, the residual add and the layer scalar, and
+optionally the next layer's input norm) instead of a combine.
 
 Wrappers check dtypes, shapes and contiguity (ValueError naming them) and launch on the current
 stream without allocating, synchronizing or reading device memory: each is capture-safe. The one
@@ -45,7 +48,15 @@ def _kernel(name: str):
     return get_function(FAMILY, name)
 
 
-def _plan_topk_softmax(logits, k: int, renormalize: bool, topk_ids, topk_weights):
+def _expert_scale_arg(expert_scale, experts: int):
+    """The kernel argument of the optional per-expert weight scale fp32 [E]: the array, or a null pointer."""
+    if expert_scale is None:
+        return np.uint64(0)
+    check_array("expert_scale", expert_scale, np.float32, shape=(experts,))
+    return expert_scale
+
+
+def _plan_topk_softmax(logits, k: int, renormalize: bool, topk_ids, topk_weights, expert_scale=None):
     check_array("logits", logits, np.float16, ndim=2)
     tokens, experts = logits.shape
     if not 1 <= experts <= MAX_EXPERTS:
@@ -56,9 +67,11 @@ def _plan_topk_softmax(logits, k: int, renormalize: bool, topk_ids, topk_weights
         raise ValueError(f"topk_softmax: logits {tuple(logits.shape)} has no tokens")
     check_array("topk_ids", topk_ids, np.int32, shape=(tokens, k))
     check_array("topk_weights", topk_weights, np.float32, shape=(tokens, k))
+    scale = _expert_scale_arg(expert_scale, experts)
     per_lane = next(n for n in (4, 8, 16) if experts <= 32 * n)
     grid = -(-tokens // TOPK_WARPS_PER_BLOCK)
-    args = (logits, np.int32(tokens), np.int32(experts), np.int32(k), np.int32(bool(renormalize)), topk_ids, topk_weights)
+    args = (logits, np.int32(tokens), np.int32(experts), np.int32(k), np.int32(bool(renormalize)), topk_ids, topk_weights,
+            scale)  # fmt: skip
     return _kernel(f"topk_softmax_n{per_lane}"), (grid,), (32 * TOPK_WARPS_PER_BLOCK,), args
 
 
@@ -136,13 +149,15 @@ def count_blocks(tokens: int) -> int:
     return -(-tokens // COUNT_TOKENS)
 
 
-def _plan_topk_count(logits, k: int, renormalize: bool, topk_ids, topk_weights, token_rows, block_counts):
-    _, _, _, topk_args = _plan_topk_softmax(logits, k, renormalize, topk_ids, topk_weights)
+def _plan_topk_count(logits, k: int, renormalize: bool, topk_ids, topk_weights, token_rows, block_counts,
+                     expert_scale=None):  # fmt: skip
+    _, _, _, topk_args = _plan_topk_softmax(logits, k, renormalize, topk_ids, topk_weights, expert_scale)
     tokens, experts = logits.shape
     check_array("token_rows", token_rows, np.int32, shape=(tokens, k))
     check_array("block_counts", block_counts, np.int32, shape=(count_blocks(tokens), experts))
     per_lane = next(n for n in (4, 8, 16) if experts <= 32 * n)
-    args = topk_args[:-2] + (topk_ids, topk_weights, token_rows, block_counts)
+    # (logits, tokens, experts, k, renormalize), then the outputs, then expert_scale (null: none)
+    args = topk_args[:5] + (topk_ids, topk_weights, token_rows, block_counts, topk_args[-1])
     return _kernel(f"topk_count_n{per_lane}"), (count_blocks(tokens),), (COUNT_THREADS,), args
 
 
@@ -182,11 +197,62 @@ def _plan_combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps, normed
     return _kernel(f"combine_rmsnorm_f16_c{chunks}"), grid, block, args
 
 
-def topk_softmax(logits, k: int, renormalize: bool, topk_ids, topk_weights) -> None:
+def _plan_post_ffn_norms(y, token_rows, dense, residual, norm_weights, eps, layer_scalar, out, next_norm=None,
+                         normed=None):  # fmt: skip
+    check_array("token_rows", token_rows, np.int32, ndim=2)
+    tokens, k = token_rows.shape
+    if not 1 <= k <= 32 or tokens < 1:
+        raise ValueError(f"post_ffn_norms: token_rows must be [T >= 1, 1 <= k <= 32], got {tuple(token_rows.shape)}")
+    check_array("dense", dense, np.float16, ndim=2)
+    hidden = dense.shape[1]
+    check_array("dense", dense, np.float16, shape=(tokens, hidden))
+    check_array("residual", residual, np.float16, shape=(tokens, hidden))
+    check_array("out", out, np.float16, shape=(tokens, hidden))
+    check_array("y", y, np.float16, ndim=2)
+    if y.shape[1] != hidden:
+        raise ValueError(f"post_ffn_norms: y {tuple(y.shape)} and dense {tuple(dense.shape)} disagree on hidden size")
+    if hidden % 8 or not 8 <= hidden <= MAX_COMBINE_NORM_HIDDEN:
+        raise ValueError(f"post_ffn_norms: hidden size must be a multiple of 8 in [8, {MAX_COMBINE_NORM_HIDDEN}], got dense {tuple(dense.shape)}")
+    try:
+        norms = tuple(norm_weights)
+    except TypeError:
+        norms = ()
+    if len(norms) != 3:
+        raise ValueError("post_ffn_norms: norm_weights must be three fp16 [H] arrays: the post-MLP, post-MoE and post-feed-forward norms")
+    for i, w in enumerate(norms):
+        check_array(f"norm_weights[{i}]", w, np.float16, shape=(hidden,))
+    if (next_norm is None) != (normed is None):
+        raise ValueError("post_ffn_norms: next_norm and normed go together: pass both or neither")
+    if next_norm is not None:
+        check_array("next_norm", next_norm, np.float16, shape=(hidden,))
+        check_array("normed", normed, np.float16, shape=(tokens, hidden))
+    if out.data.ptr == dense.data.ptr:
+        raise ValueError("post_ffn_norms: out must not be dense (dense receives the block's output, out the new residual)")
+    if not np.isfinite(layer_scalar):
+        raise ValueError(f"post_ffn_norms: layer_scalar must be a finite number, got {layer_scalar!r}")
+    arrays = {"y": y, "dense": dense, "residual": residual, "out": out, **{f"norm_weights[{i}]": w for i, w in enumerate(norms)}}
+    if next_norm is not None:
+        arrays.update(next_norm=next_norm, normed=normed)
+    for name, arr in arrays.items():
+        if arr.data.ptr % 16:
+            raise ValueError(f"{name} must start on a 16-byte boundary, got address {arr.data.ptr:#x}")
+    chunks = hidden // 8
+    per_thread = next(c for c in COMBINE_CHUNKS if chunks <= c * COMBINE_THREADS)
+    per_block = -(-chunks // per_thread)  # the chunks spread evenly: ceil(H / 8 / C) threads, rounded up to a warp
+    threads = -(-per_block // 32) * 32
+    null = np.uint64(0)
+    args = (y, token_rows, dense, residual, out, np.int32(y.shape[0]), np.int32(k), np.int32(hidden), *norms,
+            np.float32(eps), np.float32(layer_scalar), null if next_norm is None else next_norm,
+            null if normed is None else normed)  # fmt: skip
+    return _kernel(f"post_ffn_norms_f16_c{per_thread}"), (tokens,), (threads,), args
+
+
+def topk_softmax(logits, k: int, renormalize: bool, topk_ids, topk_weights, expert_scale=None) -> None:
     """Router: softmax over E in FP32, the k largest (ties to the lower expert id), weights renormalised
-    to sum 1 when `renormalize` (Qwen3 norm_topk_prob). logits fp16 [T, E] (E <= 512), k <= 16,
-    topk_ids int32 [T, k] (largest first), topk_weights fp32 [T, k]."""
-    kernel, grid, block, args = _plan_topk_softmax(logits, k, renormalize, topk_ids, topk_weights)
+    to sum 1 when `renormalize` (Qwen3 norm_topk_prob), then each multiplied by expert_scale[its expert]
+    where given (Gemma-4). logits fp16 [T, E] (E <= 512), k <= 16, topk_ids int32 [T, k] (largest first),
+    topk_weights fp32 [T, k], expert_scale fp32 [E] or None."""
+    kernel, grid, block, args = _plan_topk_softmax(logits, k, renormalize, topk_ids, topk_weights, expert_scale)
     kernel(grid, block, args)
 
 
@@ -216,11 +282,13 @@ def combine(y, token_rows, residual, out, topk_weights=None, shared=None, shared
     kernel(grid, block, args)
 
 
-def topk_count(logits, k: int, renormalize: bool, topk_ids, topk_weights, token_rows, block_counts) -> None:
-    """topk_softmax (same outputs, bit for bit), plus the first half of the permutation for
-    permute_counted: per block of COUNT_TOKENS tokens, block_counts int32 [ceil(T / 16), E] gets each
-    expert's count, and token_rows [T, k] each (t, j)'s rank among the block's rows of its expert."""
-    kernel, grid, block, args = _plan_topk_count(logits, k, renormalize, topk_ids, topk_weights, token_rows, block_counts)
+def topk_count(logits, k: int, renormalize: bool, topk_ids, topk_weights, token_rows, block_counts,
+               expert_scale=None) -> None:  # fmt: skip
+    """topk_softmax (same outputs, bit for bit, expert_scale included), plus the first half of the
+    permutation for permute_counted: per block of COUNT_TOKENS tokens, block_counts int32 [ceil(T / 16), E]
+    gets each expert's count, and token_rows [T, k] each (t, j)'s rank among the block's rows of its expert."""
+    kernel, grid, block, args = _plan_topk_count(logits, k, renormalize, topk_ids, topk_weights, token_rows, block_counts,
+                                                 expert_scale)  # fmt: skip
     kernel(grid, block, args)
 
 
@@ -244,6 +312,22 @@ def combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps: float, norme
     kernel(grid, block, args)
 
 
+def post_ffn_norms(y, token_rows, dense, residual, norm_weights, eps: float, layer_scalar: float, out, next_norm=None,
+                   normed=None) -> None:  # fmt: skip
+    """Gemma-4's feed-forward block after its GEMMs, per token t (FP32 throughout):
+        routed = sum_j y[token_rows[t, j]]   (the expert rows, already weighted by moe_down's row_weight; j in order)
+        o = rmsnorm(rmsnorm(dense[t], norm_weights[0]) + rmsnorm(routed, norm_weights[1]), norm_weights[2])
+    o is rounded to FP16 and stored over dense[t] (the block's output); out[t] = (residual[t] + o) *
+    layer_scalar, one rounding; with next_norm, normed[t] = rmsnorm(out[t], next_norm) of the FP16 row just
+    stored (the next layer's input norm). y fp16 [R, H]; token_rows int32 [T, k]; dense, residual, out fp16
+    [T, H] (out may be residual, not dense); norm_weights: three fp16 [H] (post-MLP, post-MoE,
+    post-feed-forward); layer_scalar a float (FP32); next_norm fp16 [H] and normed fp16 [T, H], or both None.
+    H a multiple of 8, <= 8192."""
+    kernel, grid, block, args = _plan_post_ffn_norms(y, token_rows, dense, residual, norm_weights, eps, layer_scalar, out,
+                                                     next_norm, normed)  # fmt: skip
+    kernel(grid, block, args)
+
+
 _PLANS = {
     topk_softmax: _plan_topk_softmax,
     build_permutation: _plan_build_permutation,
@@ -251,6 +335,7 @@ _PLANS = {
     combine_rmsnorm: _plan_combine_rmsnorm,
     topk_count: _plan_topk_count,
     permute_counted: _plan_permute_counted,
+    post_ffn_norms: _plan_post_ffn_norms,
 }
 
 
