@@ -11,7 +11,8 @@
 # exit 1), sweep (scenarios/sweeps/ci.toml), gdn (impbench gdn against flash-linear-attention, whose wheels
 # travel in .whl: carry it), attn (impbench attn, Gemma-4's attention kernels against PyTorch SDPA), gemm36
 # (impbench gemm on Qwen3.6's shapes), run36 (impbench run, qwen3.6 pp 1024 graph/small-n, profile), sweep36
-# (scenarios/sweeps/qwen3.6.toml: pp 512,1024,2048, eager against graph with the seed, tight and small-n guards).
+# (scenarios/sweeps/qwen3.6.toml: pp 512,1024,2048, eager against graph with the seed, tight and small-n guards),
+# rung4 (impbench run, gemma-4 pp 2048 eager, profile), sweepg4 (scenarios/sweeps/gemma-4.toml).
 # BEFORE=<folder>: a checkout of another commit; the benchmark stages run there too, on the same
 # machine and in the same call, so before and after compare like for like (AFTER=0: there only).
 # Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
@@ -115,6 +116,17 @@ if has sweep36; then
     > "$WORK/ab_qwen3.6.md" 2> "$WORK/ab_qwen3.6.err"
   echo "sweep qwen3.6 rc=$?" >> "$summary"
   grep -E "^\| qwen3.6" "$WORK/ab_qwen3.6.md" | head -12 >> "$summary"
+fi
+if has rung4; then
+  timeout 300 python3 -m impbench run --model gemma-4 --pp 2048 --mode eager --reps 10 --profile \
+    > "$WORK/run_gemma-4.md" 2> "$WORK/run_gemma-4.err"
+  echo "run gemma-4 rc=$? $(grep -m1 -E 'gemma.*(tok/s|of )|^- median' "$WORK/run_gemma-4.md")" >> "$summary"
+fi
+if has sweepg4; then
+  timeout ${SWEEPG4_TIMEOUT:-500} python3 -m impbench sweep gemma-4 --out "$WORK/ab_gemma-4.json" \
+    > "$WORK/ab_gemma-4.md" 2> "$WORK/ab_gemma-4.err"
+  echo "sweep gemma-4 rc=$?" >> "$summary"
+  grep -E "^\| gemma" "$WORK/ab_gemma-4.md" | head -24 >> "$summary"
 fi
 cp "$summary" "$OUT/summary.txt"
 tar czf "$OUT/check.tgz" -C "$WORK" .

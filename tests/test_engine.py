@@ -9,20 +9,22 @@ import pytest
 from impbench.errors import InputError
 
 
-@pytest.mark.parametrize("model", ["gemma-4", "tiny-gemma4"])
-def test_engine_rejects_plan_only_models_with_one_line(model):
+@pytest.mark.parametrize("groups", [("attention",), ("experts", "lm_head")])
+def test_engine_rejects_nvfp4_groups_it_cannot_store_with_one_line(groups):
+    import dataclasses
+
     from impbench.engine.core import check_supported
     from impbench.presets import get_preset
 
     with pytest.raises(InputError, match="impbench plan"):
-        check_supported(get_preset(model))
+        check_supported(dataclasses.replace(get_preset("tiny"), nvfp4_tensors=groups))
 
 
-def test_engine_accepts_the_qwen3_and_qwen3_6_presets():
+def test_engine_accepts_every_preset():
     from impbench.engine.core import check_supported
     from impbench.presets import get_preset
 
-    for model in ("qwen3-coder", "qwen3-modelopt", "tiny", "qwen3.6", "tiny-qwen3.6"):
+    for model in ("qwen3-coder", "qwen3-modelopt", "tiny", "qwen3.6", "tiny-qwen3.6", "gemma-4", "tiny-gemma4"):
         check_supported(get_preset(model))
 
 
@@ -69,10 +71,12 @@ SUBLAYER_REL_ERR = 2e-2
 @pytest.mark.parametrize("model,guard,nvfp4_attention", [
     ("tiny", "cublas", False), ("tiny", "permissive", False), ("tiny", "tight", True), ("tiny", "small-n", False),
     ("tiny-qwen3.6", "cublas", False), ("tiny-qwen3.6", "small-n", False), ("tiny-qwen3.6", "seed", True),
+    ("tiny-gemma4", "cublas", False), ("tiny-gemma4", "small-n", False),
 ])  # fmt: skip
 def test_engine_matches_the_float64_reference_sublayer_by_sublayer(model, guard, nvfp4_attention):
-    """Three chunks of 32, the last one short: the KV cache, and in tiny-qwen3.6's Gated DeltaNet layers the
-    conv inputs and the recurrent state, carried across two chunk boundaries."""
+    """Three chunks of 32, the last one short: the KV cache, in tiny-qwen3.6's Gated DeltaNet layers the
+    conv inputs and the recurrent state, carried across two chunk boundaries; in tiny-gemma4 the sliding
+    window (24 keys) reaches back across them."""
     from impbench.engine.weights import reference_weights
     from impbench.reference import for_preset
 
@@ -100,7 +104,7 @@ def test_engine_matches_the_float64_reference_sublayer_by_sublayer(model, guard,
 @pytest.mark.gpu
 @pytest.mark.parametrize("model,guard,nvfp4_attention", [
     ("tiny", "permissive", False), ("tiny", "permissive", True), ("tiny", "seed", False),
-    ("tiny-qwen3.6", "small-n", False), ("tiny-qwen3.6", "seed", False),
+    ("tiny-qwen3.6", "small-n", False), ("tiny-qwen3.6", "seed", False), ("tiny-gemma4", "small-n", False),
 ])  # fmt: skip
 def test_eager_and_graph_logits_are_bit_identical(model, guard, nvfp4_attention):
     """Every kernel is launched with programmatic dependent launch; a kernel that reads its input before the
@@ -126,7 +130,8 @@ def test_launch_list_fuses_the_small_ops_and_every_op_has_a_plan_floor():
     from impbench.prefill import PrefillSpec
 
     prompt_tokens, chunk = 64, 32
-    for model, combine in (("tiny", "combine"), ("tiny-qwen3.6", "combine+shared_combine")):
+    for model, combine in (("tiny", "combine"), ("tiny-qwen3.6", "combine+shared_combine"),
+                           ("tiny-gemma4", "combine+post_ffn_norms")):
         engine = _engine(prompt_tokens, chunk, model=model)
         layers = engine.preset.num_layers
         ops = [launch.op for launch in engine.launch_list(chunk, last=True, guard="permissive").launches]

@@ -18,14 +18,26 @@ GDN_WORKSPACE = "gdn_"  # name prefix of the gated delta rule's workspace buffer
 
 def layer_slots(preset) -> list[int]:
     """Each layer's index among the layers that keep the same kind of state: the KV cache rows of
-    softmax-attention layers, the conv and recurrent states of linear (Gated DeltaNet) layers."""
-    seen = {"linear": 0, "attention": 0}
+    full-attention layers, of sliding-window layers (their own caches: another head geometry in
+    Gemma-4), and the conv and recurrent states of linear (Gated DeltaNet) layers."""
+    seen: dict[str, int] = {}
     slots = []
     for kind in preset.layer_types:
-        family = "linear" if kind == "linear" else "attention"
-        slots.append(seen[family])
-        seen[family] += 1
+        slots.append(seen.get(kind, 0))
+        seen[kind] = slots[-1] + 1
     return slots
+
+
+def cache_names(kind: str) -> tuple[str, str]:
+    """The K and V cache buffers of a layer kind with softmax attention."""
+    suffix = "" if kind == "full" else f"_{kind}"
+    return f"k_cache{suffix}", f"v_cache{suffix}"
+
+
+def flat_view(buffer, *shape):
+    """The first prod(shape) elements of a flat buffer as a contiguous array of that shape (one buffer
+    serves layer kinds of different head geometry)."""
+    return buffer[: int(np.prod(shape))].reshape(shape)
 
 
 def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -35,7 +47,7 @@ def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[
     experts, top_k = p.num_experts, p.experts_per_token
     rows = t * top_k
     f16, i32, f32 = np.dtype(np.float16), np.dtype(np.int32), np.dtype(np.float32)
-    attention_layers = sum(kind != "linear" for kind in p.layer_types)
+    attention_kinds = sorted(set(p.layer_types) - {"linear"})
     specs = {
         # prompt and chunk inputs
         "prompt_ids": ((max_tokens,), i32),
@@ -63,15 +75,18 @@ def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[
         "last_normed": ((1, hidden), f16),
         "logits": ((1, p.vocab_size), f16),
     }
-    if attention_layers:
-        heads, kv_heads, dim = p.attention_dims("full")
+    if attention_kinds:
+        # q, attention output and the fused projection: flat, viewed per layer kind (flat_view)
+        dims = [p.attention_dims(kind) for kind in attention_kinds]
         specs.update({
-            "qkv": ((t, p.qkv_width("full")), f16),  # q, k, v heads (then the gate heads of a gated attention)
-            "q": ((t, heads, dim), f16),
-            "attn": ((t, heads, dim), f16),
-            "k_cache": ((attention_layers, max_tokens, kv_heads, dim), f16),
-            "v_cache": ((attention_layers, max_tokens, kv_heads, dim), f16),
+            "qkv": ((t * max(p.qkv_width(kind) for kind in attention_kinds),), f16),  # q, k, v (, gate) heads
+            "q": ((t * max(heads * dim for heads, _, dim in dims),), f16),
+            "attn": ((t * max(heads * dim for heads, _, dim in dims),), f16),
         })  # fmt: skip
+        for kind, (heads, kv_heads, dim) in zip(attention_kinds, dims):
+            layers = p.layer_types.count(kind)
+            for name in cache_names(kind):
+                specs[name] = ((layers, max_tokens, kv_heads, dim), f16)
     linear_layers = p.layer_types.count("linear")
     if linear_layers:
         from impbench.kernels.gated_delta import workspace_specs
@@ -101,6 +116,15 @@ def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[
             "shared_act": ((t, s), f16),
             "shared_out": ((t, hidden), f16),
             "shared_gate": ((t, 1), f16),
+        })  # fmt: skip
+    if p.architecture == "gemma4":
+        f = p.dense_intermediate_size
+        specs.update({
+            "normed_mlp": ((t, hidden), f16),  # the dense MLP's input (pre-MLP norm)
+            "normed_router": ((t, hidden), f16),  # the router's input (its prenorm and scales)
+            "mlp_gate_up": ((t, 2 * f), f16),
+            "mlp_act": ((t, f), f16),
+            "mlp_out": ((t, hidden), f16),  # the dense MLP's output, then the feed-forward block's (post_ffn_norms)
         })  # fmt: skip
     return specs
 

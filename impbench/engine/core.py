@@ -23,7 +23,7 @@ ENGINE_NVFP4 = {"experts", "attention"}  # tensor groups the engine can store as
 LAYER_FIRST_OPS = ("qkv_proj", "in_proj_qkv")  # the first op of a full / a linear layer
 
 
-ENGINE_ARCHITECTURES = ("qwen3_moe", "qwen3_5_moe")
+ENGINE_ARCHITECTURES = ("qwen3_moe", "qwen3_5_moe", "gemma4")
 
 
 def kernel_families(preset) -> tuple[str, ...]:
@@ -35,19 +35,18 @@ def kernel_families(preset) -> tuple[str, ...]:
 
 
 def check_supported(preset) -> None:
-    """The engine runs Qwen3-MoE (full attention) and Qwen3.5 / 3.6 hybrid (Gated DeltaNet + gated full
-    attention, shared expert) models; Gemma-4 (sliding-window layers) is plan-only (impbench plan)."""
+    """The engine runs Qwen3-MoE (full attention), Qwen3.5 / 3.6 hybrid (Gated DeltaNet + gated full
+    attention, shared expert) and Gemma-4 MoE (sliding-window + full attention, dense MLP beside the
+    experts) models with NVFP4 experts; anything else is plan-only (impbench plan)."""
     problems = []
     if preset.architecture not in ENGINE_ARCHITECTURES:
         problems.append(f"architecture {preset.architecture}")
-    if "sliding" in preset.layer_types:
-        problems.append("sliding-window layers")
     if "experts" not in preset.nvfp4_tensors or set(preset.nvfp4_tensors) - ENGINE_NVFP4:
         problems.append(f"NVFP4 groups {', '.join(preset.nvfp4_tensors)}")
     if problems:
         raise InputError(
-            f"model {preset.name} has {'; '.join(problems)}: the engine runs qwen3_moe and qwen3_5_moe models with "
-            "NVFP4 experts (qwen3-coder, qwen3-modelopt, qwen3.6, tiny, tiny-qwen3.6); use `impbench plan` for the others"
+            f"model {preset.name} has {'; '.join(problems)}: the engine runs {', '.join(ENGINE_ARCHITECTURES)} models "
+            "with NVFP4 experts (and optionally NVFP4 attention projections); use `impbench plan` for the others"
         )
 
 
@@ -195,12 +194,16 @@ class Engine:
     def trace_layers(self, prompt_tokens: int, chunk_size: int, guard: str = "cublas") -> list[dict]:
         """One eager prefill, stopping after each op to copy what a sublayer comparison reads
         (impbench.reference.*.sublayer_errors): per chunk and layer the layer's input x, the token mixer's
-        output attn (O / out projection, before the add), the residual h after it, the router logits, and the
-        MoE output moe (each token's expert rows summed on the host in float64, plus the shared expert
-        scaled by its gate). Tests only: it synchronizes after every op."""
+        output attn, the residual h after it, the router logits, and the MoE (feed-forward) output moe.
+        qwen3 / qwen3.6: attn is the O / out projection before the add; moe is each token's expert rows summed
+        on the host in float64, plus the shared expert scaled by its gate. gemma4 (whose norms are fused with
+        the adds, reference.gemma4 says where): attn is the normed O projection "ffn_norm" stores over its
+        input, moe the block output "post_ffn_norms" stores over the dense MLP's. Tests only: it
+        synchronizes after every op."""
         import numpy as np
 
         b = self.buffers
+        gemma = self.preset.architecture == "gemma4"
 
         def host(array):
             return array.get().astype(np.float64)
@@ -215,24 +218,35 @@ class Engine:
                     if launch.op in LAYER_FIRST_OPS:  # a layer starts: its input is the residual stream now
                         record = {"start": chunk.start, "layer": len(records) % self.preset.num_layers, "x": host(b.resid[:t])}
                         records.append(record)
-                    elif launch.op.startswith("combine"):  # before it adds them: the experts' output
-                        rows = host(b.expert_out[: t * self.preset.experts_per_token])
-                        record["moe"] = rows[b.token_rows[:t].get()].sum(axis=1)
-                        if "shared_combine" in launch.op:
-                            gate = 1.0
-                            if self.weights.layers[record["layer"]].shared.gate is not None:
-                                gate = 1.0 / (1.0 + np.exp(-host(b.shared_gate[:t])))
-                            record["moe"] += gate * host(b.shared_out[:t])
+                    elif launch.op.startswith("combine") and not gemma:  # before it adds them: the experts' output
+                        record["moe"] = self._traced_moe(record["layer"], launch.op, t)
                     self.current_op = launch.op
                     launch.fn()
-                    if launch.op in ("o_proj", "out_proj"):
+                    if launch.op in ("o_proj", "out_proj") and not gemma:
                         record["attn"] = host(b.attn_proj[:t])
                     elif launch.op == "ffn_norm":
                         record["h"] = host(b.resid[:t])
+                        if gemma:
+                            record["attn"] = host(b.attn_proj[:t])
                     elif launch.op == "router":
                         record["router_logits"] = host(b.router_logits[:t])
+                    elif "post_ffn_norms" in launch.op:
+                        record["moe"] = host(b.mlp_out[:t])
             self.stream.synchronize()
         return records
+
+    def _traced_moe(self, layer: int, op: str, t: int):
+        """qwen3 / qwen3.6's MoE output as a combine op is about to add it (float64, host)."""
+        import numpy as np
+
+        b = self.buffers
+        moe = b.expert_out[: t * self.preset.experts_per_token].get().astype(np.float64)[b.token_rows[:t].get()].sum(axis=1)
+        if "shared_combine" in op:
+            gate = 1.0
+            if self.weights.layers[layer].shared.gate is not None:
+                gate = 1.0 / (1.0 + np.exp(-b.shared_gate[:t].get().astype(np.float64)))
+            moe += gate * b.shared_out[:t].get().astype(np.float64)
+        return moe
 
     def capture_status(self, chunk_size: int, guard: str, delay_us: float = 0.0):
         """The capture.CaptureStatus of the graph for this chunk size and guard, or None if none was tried."""

@@ -1,12 +1,16 @@
 """The launch sequence of one prefill chunk, built once per chunk length: Qwen3-MoE layers (full
-attention + routed experts) and Qwen3.5 / 3.6 hybrid layers (Gated DeltaNet or gated full attention,
-routed experts plus a gated shared expert).
+attention + routed experts), Qwen3.5 / 3.6 hybrid layers (Gated DeltaNet or gated full attention,
+routed experts plus a gated shared expert) and Gemma-4 layers (sliding-window or full attention with
+sandwich norms, a dense GeGLU MLP beside the routed experts).
 
 Small ops: each layer's combine also writes the next layer's attention norm ("combine+attn_norm";
 layer 0's norm follows the embedding, the last layer's combine is plain), and the router top-k
 leaves per-block expert counts so that the permutation runs on every block at once (topk_count,
 permute_counted). A fused op's name joins the plan's op names with "+", so `impbench run --profile`
-can sum their floors (plan.op_floors_us).
+can sum their floors (plan.op_floors_us). Gemma-4's norms ride on the same two places: "ffn_norm" is
+the post-attention norm with its add and the three norms the feed-forward branches read (dense MLP,
+experts, router); "combine+post_ffn_norms(+attn_norm)" sums the expert rows, norms both branches, their
+sum, adds, scales by the layer scalar and writes the next layer's input norm.
 
 Every launch is prepared up front: arguments checked, views sliced, GEMM path and tile variant
 decided, kernel fetched. What remains is a list of (op name, no-argument launcher), so replaying it
@@ -20,7 +24,7 @@ import functools
 from collections import Counter
 from dataclasses import dataclass
 
-from impbench.engine.buffers import GDN_WORKSPACE, layer_slots
+from impbench.engine.buffers import GDN_WORKSPACE, cache_names, flat_view, layer_slots
 
 CUBLAS = "cublas"
 # A dense projection stored as NVFP4 runs on the dense NVFP4 GEMM (kernels/nvfp4_gemm.py) in every mode and
@@ -108,23 +112,31 @@ class _Builder:
 
     # -- token mixers: each leaves its output, before the residual add, in attn_proj --------------------
     def attention(self, layer, slot: int) -> None:
-        """Full softmax attention: fused q/k/v projection, q/k norm + RoPE + cache append, attention, (the
-        sigmoid output gate of a gated attention,) O projection."""
+        """Softmax attention, full or sliding-window: fused q/k/v projection, q/k norm + RoPE (+ Gemma-4's V
+        norm) + cache append, attention, (the sigmoid output gate of a gated attention,) O projection."""
         from impbench.kernels import attention, ops
 
-        p, b, t, a = self.p, self.b, self.t, layer.attention
-        heads, kv_heads, dim = p.attention_dims("full")
-        k_cache, v_cache = b.k_cache[slot], b.v_cache[slot]
-        self.dense("qkv_proj", b.normed[:t], a.wqkv, b.qkv[:t])
-        qkv_width = (heads + 2 * kv_heads) * dim  # the gate heads, where there are any, follow
-        rotary = int(dim * p.partial_rotary_factor)
-        self.add("qkv_post", ops.prepare(ops.qkv_post, b.qkv[:t, :qkv_width], a.q_norm, a.k_norm, p.rms_norm_eps,
-                                         p.rope_theta, b.pos, b.q[:t], k_cache, v_cache, qk_norm=p.qk_norm,
-                                         rotary_dim=rotary))  # fmt: skip
-        self.add("attention", attention.prepare(b.q[:t], k_cache, v_cache, b.pos, b.attn[:t], p.softmax_scale("full")))
-        attn = b.attn[:t].reshape(t, -1)
+        p, b, t, a, kind = self.p, self.b, self.t, layer.attention, layer.kind
+        heads, kv_heads, dim = p.attention_dims(kind)
+        k_name, v_name = cache_names(kind)
+        k_cache, v_cache = getattr(b, k_name)[slot], getattr(b, v_name)[slot]
+        width = p.qkv_width(kind)
+        qkv = flat_view(b.qkv, t, width)
+        q, out = flat_view(b.q, t, heads, dim), flat_view(b.attn, t, heads, dim)
+        self.dense("qkv_proj", b.normed[:t], a.wqkv, qkv)
+        k_eq_v = not p.has_v_proj(kind)
+        qkv_width = (heads + (1 if k_eq_v else 2) * kv_heads) * dim  # the gate heads, where there are any, follow
+        theta, rope = p.rope_theta, {"rotary_dim": int(dim * p.partial_rotary_factor)}
+        if kind == "full" and p.full_rope_theta:  # Gemma-4: "proportional" RoPE, its own base
+            theta, rope = p.full_rope_theta, {"rope_pairs": int(dim // 2 * p.full_partial_rotary_factor)}
+        gemma = {"v_norm": True, "k_eq_v": k_eq_v} if p.architecture == "gemma4" else {}
+        self.add("qkv_post", ops.prepare(ops.qkv_post, qkv[:, :qkv_width], a.q_norm, a.k_norm, p.rms_norm_eps, theta,
+                                         b.pos, q, k_cache, v_cache, qk_norm=p.qk_norm, **rope, **gemma))  # fmt: skip
+        window = p.sliding_window if kind == "sliding" else 0
+        self.add("attention", attention.prepare(q, k_cache, v_cache, b.pos, out, p.softmax_scale(kind), window=window))
+        attn = out.reshape(t, -1)
         if p.attn_output_gate:
-            self.add("attn_gate", ops.prepare(ops.attn_gate, b.attn[:t], b.qkv[:t, qkv_width:], attn))
+            self.add("attn_gate", ops.prepare(ops.attn_gate, out, qkv[:, qkv_width:], attn))
         self.dense("o_proj", attn, a.wo, b.attn_proj[:t])
 
     def linear_attention(self, layer, slot: int) -> None:
@@ -185,6 +197,50 @@ class _Builder:
             if s.gate is not None:
                 self.dense("shared_expert_gate", normed, s.gate, b.shared_gate[:t])
 
+    def gemma_ffn(self, layer) -> None:
+        """Gemma-4's feed-forward block up to its sum: the norms after attention (with the residual add), the
+        dense GeGLU MLP, and the routed experts with the router's prenorm and per-expert scales."""
+        from impbench.kernels import moe, ops, routing
+
+        p, b, t, n = self.p, self.b, self.t, layer.sandwich
+        rows = t * p.experts_per_token
+        row_token, row_weight = b.row_token[:rows], b.row_weight[:rows]
+        topk_ids, topk_weights, token_rows = b.topk_ids[:t], b.topk_weights[:t], b.token_rows[:t]
+        normed = b.normed[:t]  # the experts' input
+        self.add("ffn_norm", ops.prepare(ops.post_attn_norms, b.attn_proj[:t], b.resid[:t],
+                                         (n.post_attn, n.pre_mlp, n.pre_moe, n.router_prenorm), p.rms_norm_eps,
+                                         (b.normed_mlp[:t], normed, b.normed_router[:t])))  # fmt: skip
+        self.dense("mlp_gate_up", b.normed_mlp[:t], layer.mlp.w13, b.mlp_gate_up[:t])
+        self.add("mlp_act", ops.prepare(ops.gated_act, b.mlp_gate_up[:t], b.mlp_act[:t], p.activation))
+        self.dense("mlp_down", b.mlp_act[:t], layer.mlp.w2, b.mlp_out[:t])
+        self.dense("router", b.normed_router[:t], layer.router, b.router_logits[:t])
+        counts = b.route_counts[: routing.count_blocks(t)]
+        self.add("topk", routing.prepare(routing.topk_count, b.router_logits[:t], p.experts_per_token, p.norm_topk_prob,
+                                         topk_ids, topk_weights, token_rows, counts, expert_scale=n.expert_scale))  # fmt: skip
+        self.add("permute", routing.prepare(routing.permute_counted, topk_ids, topk_weights, counts, b.expert_offsets,
+                                            row_token, row_weight, token_rows))  # fmt: skip
+        expert = self.w.expert_variant
+        self.add("moe_gate_up", moe.prepare(moe.moe_gate_up, normed, row_token, b.expert_offsets, layer.w13,
+                                            layer.w13_scale, layer.w13_scale2, b.expert_act[:rows], variant=expert,
+                                            activation=p.activation))  # fmt: skip
+        self.add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,
+                                         layer.w2_scale2, b.expert_out[:rows], row_weight=row_weight, variant=expert))  # fmt: skip
+
+    def gemma_combine(self, layer, next_norm) -> None:
+        """resid = (resid + post_ffn_norm(post_mlp_norm(dense) + post_moe_norm(expert rows summed))) * the layer
+        scalar; the block's output is also stored over the dense MLP's (the engine trace reads it there); fused
+        with the next layer's input norm where there is a next layer."""
+        from impbench.kernels import routing
+
+        p, b, t, n = self.p, self.b, self.t, layer.sandwich
+        rows = t * p.experts_per_token
+        norms = (n.post_mlp, n.post_moe, n.post_ffn)
+        name = "combine+post_ffn_norms" + ("+attn_norm" if next_norm is not None else "")
+        normed = b.normed[:t] if next_norm is not None else None
+        self.add(name, routing.prepare(routing.post_ffn_norms, b.expert_out[:rows], b.token_rows[:t], b.mlp_out[:t],
+                                       b.resid[:t], norms, p.rms_norm_eps, n.layer_scalar, b.resid[:t],
+                                       next_norm=next_norm, normed=normed))  # fmt: skip
+
     def combine(self, layer, next_norm) -> None:
         """resid += the token's expert rows (+ the gated shared expert); fused with the next layer's
         attention norm where there is a next layer."""
@@ -217,19 +273,24 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
     p, b, t = preset, buffers, length
     build = _Builder(preset, weights, buffers, length, guard)
     layers = weights.layers
-    build.add("embed", ops.prepare(ops.embed, b.ids[:t], weights.embed, b.resid[:t]))
+    gemma = p.architecture == "gemma4"
+    embed_scale = {"scale": p.hidden_size**0.5} if gemma else {}  # Gemma-4 scales its (tied) embedding by sqrt(H)
+    build.add("embed", ops.prepare(ops.embed, b.ids[:t], weights.embed, b.resid[:t], **embed_scale))
     build.add("attn_norm", ops.prepare(ops.rmsnorm, b.resid[:t], layers[0].attn_norm, p.rms_norm_eps, b.normed[:t]))
     for index, (layer, slot) in enumerate(zip(layers, layer_slots(p))):
         if layer.kind == "linear":
             build.linear_attention(layer, slot)
         else:
             build.attention(layer, slot)
-        build.experts(layer)
+        ffn, combine = (build.gemma_ffn, build.gemma_combine) if gemma else (build.experts, build.combine)
+        ffn(layer)
         if delay_us:
             build.add("delay", _delay(delay_us))
-        build.combine(layer, layers[index + 1].attn_norm if index + 1 < len(layers) else None)
+        combine(layer, layers[index + 1].attn_norm if index + 1 < len(layers) else None)
     if last:
         build.add("final_norm", ops.prepare(ops.rmsnorm, b.resid[t - 1 : t], weights.final_norm, p.rms_norm_eps,
                                             b.last_normed))  # fmt: skip
         build.dense("lm_head", b.last_normed, weights.lm_head, b.logits)
+        if p.final_logit_softcapping:
+            build.add("softcap", ops.prepare(ops.softcap, b.logits, p.final_logit_softcapping, b.logits))
     return LaunchList(build.launches, build.paths)

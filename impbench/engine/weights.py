@@ -8,7 +8,10 @@ Two choices of storage a real engine would also make at load time: RMSNorm weigh
 scale the kernel multiplies by (Qwen3.6's checkpoints hold w around 0 for a scale of 1 + w: the engine
 stores 1 + w, so one norm kernel serves every model), and a gated attention's q_proj rows are stored
 as [q heads | k heads | v heads | gate heads] instead of per head [q | gate], so q, k and v are one
-contiguous slice for qkv_post and the gate another. reference_weights undoes both.
+contiguous slice for qkv_post and the gate another. Gemma-4's router reads h through a weightless
+RMSNorm times a learned scale times H^-1/2: the engine stores that product as one norm weight, so the
+router's prenorm is one more output of the norm kernel after the attention block. reference_weights
+undoes all three.
 """
 
 from __future__ import annotations
@@ -71,10 +74,33 @@ class SharedExpertWeights:
 
 
 @dataclass
+class DenseMlpWeights:
+    """Gemma-4's dense GeGLU MLP beside the routed experts, FP16."""
+
+    w13: object  # fp16 [2 F, H]: gate rows, then up rows
+    w2: object  # fp16 [H, F]
+
+
+@dataclass
+class SandwichNorms:
+    """Gemma-4's norms around its attention and feed-forward blocks (plain w), and its router's scales."""
+
+    post_attn: object  # fp16 [H]
+    pre_mlp: object  # fp16 [H]
+    pre_moe: object  # fp16 [H]
+    router_prenorm: object  # fp16 [H]: the router's learned per-channel scale times H^-1/2
+    post_mlp: object  # fp16 [H]
+    post_moe: object  # fp16 [H]
+    post_ffn: object  # fp16 [H]
+    expert_scale: object  # fp32 [E]: each chosen expert's routing weight is multiplied by its scale
+    layer_scalar: float  # the layer's output is multiplied by it (a float32 value)
+
+
+@dataclass
 class LayerWeights:
-    kind: str  # the preset's layer type: "full" or "linear"
-    attn_norm: object  # fp16 [H]
-    ffn_norm: object  # fp16 [H]
+    kind: str  # the preset's layer type: "full", "sliding" or "linear"
+    attn_norm: object  # fp16 [H] (Gemma-4: the input norm)
+    ffn_norm: object  # fp16 [H]; None in Gemma-4, whose norms after the attention block are in `sandwich`
     router: object  # fp16 [E, H]
     w13: object  # NVFP4 codes uint8 [E, 2I, H/2]: gate rows, then up rows
     w13_scale: object  # e4m3 bits uint8 [E, 2I, H/16]
@@ -85,6 +111,8 @@ class LayerWeights:
     attention: AttentionWeights | None = None  # full layers
     linear: LinearAttentionWeights | None = None  # linear layers
     shared: SharedExpertWeights | None = None  # models with a shared expert
+    mlp: DenseMlpWeights | None = None  # Gemma-4
+    sandwich: SandwichNorms | None = None  # Gemma-4
 
 
 @dataclass
@@ -118,10 +146,10 @@ def _linear(rng, n: int, k: int, nvfp4: bool, seed: int):
     return _normal_fp16(rng, (n, k), LINEAR_STD)
 
 
-def _attention(rng, p, nvfp4: bool, seed: int) -> AttentionWeights:
-    heads, _, dim = p.attention_dims("full")
+def _attention(rng, p, kind: str, nvfp4: bool, seed: int) -> AttentionWeights:
+    heads, _, dim = p.attention_dims(kind)
     return AttentionWeights(
-        wqkv=_linear(rng, p.qkv_width("full"), p.hidden_size, nvfp4, seed),
+        wqkv=_linear(rng, p.qkv_width(kind), p.hidden_size, nvfp4, seed),
         q_norm=_norm_fp16(rng, dim),
         k_norm=_norm_fp16(rng, dim),
         wo=_linear(rng, p.hidden_size, heads * dim, nvfp4, seed + 1),
@@ -154,6 +182,24 @@ def _shared_expert(rng, p) -> SharedExpertWeights:
     return SharedExpertWeights(_normal_fp16(rng, (2 * s, h), LINEAR_STD), _normal_fp16(rng, (h, s), LINEAR_STD), gate)
 
 
+def _sandwich(rng, p) -> SandwichNorms:
+    import cupy
+
+    h = p.hidden_size
+    norms = {name: _norm_fp16(rng, h) for name in ("post_attn", "pre_mlp", "pre_moe", "post_mlp", "post_moe", "post_ffn")}
+    router_scale = 1.0 + 0.1 * rng.standard_normal((h,), dtype=cupy.float32)
+    # spread as the reference draws them (reference.gemma4.random_weights): a missing scale must show
+    expert_scale = cupy.exp(0.3 * rng.standard_normal((p.num_experts,), dtype=cupy.float32))
+    scalar = float(np.float32(1.0 + 0.1 * float(rng.standard_normal(()))))
+    return SandwichNorms(**norms, router_prenorm=(router_scale * h**-0.5).astype(cupy.float16),
+                         expert_scale=expert_scale.astype(cupy.float32), layer_scalar=scalar)  # fmt: skip
+
+
+def _dense_mlp(rng, p) -> DenseMlpWeights:
+    h, f = p.hidden_size, p.dense_intermediate_size
+    return DenseMlpWeights(_normal_fp16(rng, (2 * f, h), LINEAR_STD), _normal_fp16(rng, (h, f), LINEAR_STD))
+
+
 def generate_weights(preset, seed: int = 0) -> ModelWeights:
     """Every weight of `preset` (all of its layers) allocated and filled on the current device."""
     import cupy
@@ -165,8 +211,10 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
     p = preset
     hidden, experts, inter = p.hidden_size, p.num_experts, p.moe_intermediate_size
     attn_nvfp4 = "attention" in p.nvfp4_tensors
-    # the engine can store the expert weights and write x in whichever layout the chosen variant reads
-    expert_variant = moe.choose_variant(hidden, inter, tiled=True, kperm=True)
+    gemma = p.architecture == "gemma4"
+    # the engine can store the expert weights and write x in whichever layout the chosen variant reads (Gemma-4's
+    # pre-MoE norm is one of four outputs of the norm after attention, which writes natural order only)
+    expert_variant = moe.choose_variant(hidden, inter, tiled=True, kperm=not gemma)
     tiled = moe.VARIANTS[expert_variant].tiled
     layers = []
     for index, kind in enumerate(p.layer_types):
@@ -179,7 +227,7 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
             LayerWeights(
                 kind=kind,
                 attn_norm=_norm_fp16(rng, hidden),
-                ffn_norm=_norm_fp16(rng, hidden),
+                ffn_norm=None if gemma else _norm_fp16(rng, hidden),
                 router=_normal_fp16(rng, (experts, hidden), LINEAR_STD),
                 w13=w13,
                 w13_scale=w13_scale,
@@ -187,9 +235,11 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
                 w2=w2,
                 w2_scale=w2_scale,
                 w2_scale2=w2_scale2,
-                attention=_attention(rng, p, attn_nvfp4, 7919 + seed * 1000 + 2 * index) if kind == "full" else None,
+                attention=None if kind == "linear" else _attention(rng, p, kind, attn_nvfp4, 7919 + seed * 1000 + 2 * index),
                 linear=_linear_attention(rng, p) if kind == "linear" else None,
                 shared=_shared_expert(rng, p) if p.shared_expert_intermediate_size else None,
+                mlp=_dense_mlp(rng, p) if p.dense_intermediate_size else None,
+                sandwich=_sandwich(rng, p) if gemma else None,
             )
         )
     embed = _normal_fp16(rng, (p.vocab_size, hidden), 1.0)
@@ -214,24 +264,42 @@ def _host(tensor) -> np.ndarray:
     return tensor.float64() if isinstance(tensor, Nvfp4Linear) else tensor.get().astype(np.float64)
 
 
-def _attention_reference(p, a: AttentionWeights) -> dict:
+def _attention_reference(p, kind: str, a: AttentionWeights) -> dict:
     """The reference's names and layouts of an attention layer: qwen3_moe's fused wqkv, or qwen3_5_moe's
-    q_proj (per head [q | gate]), k_proj and v_proj; q/k norms back to the stored convention, as every norm."""
+    q_proj (per head [q | gate]), k_proj and v_proj, or gemma4's q_proj, k_proj (and v_proj where the
+    layer has one); q/k norms back to the stored convention, as every norm."""
     wqkv = _host(a.wqkv)
     ref = {"q_norm": _host(a.q_norm) - p.norm_weight_offset, "k_norm": _host(a.k_norm) - p.norm_weight_offset}
+    heads, kv_heads, dim = p.attention_dims(kind)
+    if p.architecture == "gemma4":
+        q, kv = heads * dim, kv_heads * dim
+        ref.update(q_proj=wqkv[:q], k_proj=wqkv[q : q + kv], o_proj=_host(a.wo))
+        if p.has_v_proj(kind):
+            ref["v_proj"] = wqkv[q + kv : q + 2 * kv]
+        return ref
     if not p.attn_output_gate:
         return {**ref, "wqkv": wqkv, "wo": _host(a.wo)}
-    heads, kv_heads, dim = p.attention_dims("full")
     q, kv = heads * dim, kv_heads * dim
     queries, gates = wqkv[:q].reshape(heads, dim, -1), wqkv[q + 2 * kv :].reshape(heads, dim, -1)
     q_proj = np.concatenate([queries, gates], axis=1).reshape(2 * q, -1)
     return {**ref, "q_proj": q_proj, "k_proj": wqkv[q : q + kv], "v_proj": wqkv[q + kv : q + 2 * kv], "o_proj": _host(a.wo)}
 
 
+def _gemma4_reference(p, layer: LayerWeights) -> dict:
+    """reference.gemma4's names for the norms, the dense MLP and the router scales of one layer."""
+    n = layer.sandwich
+    return {"input_norm": _host(layer.attn_norm), "post_attn_norm": _host(n.post_attn), "pre_mlp_norm": _host(n.pre_mlp),
+            "post_mlp_norm": _host(n.post_mlp), "pre_moe_norm": _host(n.pre_moe), "post_moe_norm": _host(n.post_moe),
+            "post_ffn_norm": _host(n.post_ffn), "router_scale": _host(n.router_prenorm) * p.hidden_size**0.5,
+            "expert_scale": _host(n.expert_scale), "layer_scalar": np.array(n.layer_scalar),
+            "mlp_gate_up": _host(layer.mlp.w13), "mlp_down": _host(layer.mlp.w2)}  # fmt: skip
+
+
 def reference_weights(weights: ModelWeights, preset) -> dict:
     """The same weights as float64 NumPy arrays under the keys of the preset's reference module
-    (impbench.reference.qwen3_moe or qwen3_5_moe): experts dequantized, norms back to the stored
-    convention (w where the model scales by 1 + w), q_proj back to its per-head layout."""
+    (impbench.reference.qwen3_moe, qwen3_5_moe or gemma4): experts dequantized, norms back to the stored
+    convention (w where the model scales by 1 + w), q_proj back to its per-head layout, Gemma-4's router
+    prenorm weight back to its learned scale."""
     from dataclasses import fields
 
     from impbench.kernels import moe
@@ -244,11 +312,15 @@ def reference_weights(weights: ModelWeights, preset) -> dict:
     ref = {"embed": _host(weights.embed), "final_norm": norm(weights.final_norm), "lm_head": _host(weights.lm_head)}
     tiled = moe.VARIANTS[weights.expert_variant].tiled
     for index, layer in enumerate(weights.layers):
-        layer_ref = {"attn_norm": norm(layer.attn_norm), "ffn_norm": norm(layer.ffn_norm), "router": _host(layer.router),
+        layer_ref = {"router": _host(layer.router),
                      "w13": _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2, True if tiled else None),
                      "w2": _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2, False if tiled else None)}  # fmt: skip
+        if layer.sandwich is not None:
+            layer_ref.update(_gemma4_reference(preset, layer))
+        else:
+            layer_ref.update(attn_norm=norm(layer.attn_norm), ffn_norm=norm(layer.ffn_norm))
         if layer.attention is not None:
-            layer_ref.update(_attention_reference(preset, layer.attention))
+            layer_ref.update(_attention_reference(preset, layer.kind, layer.attention))
         if layer.linear is not None:
             layer_ref.update({f.name: _host(getattr(layer.linear, f.name)) for f in fields(layer.linear)})
         if layer.shared is not None:

@@ -345,11 +345,14 @@ def op_cost(preset: ModelPreset, op: str, layer_type: str, start: int, length: i
 
 
 def _model_tail(preset: ModelPreset) -> list[_Op]:
-    h = preset.hidden_size
-    return [
+    h, v = preset.hidden_size, preset.vocab_size
+    ops = [
         _small("final_norm", "model", h * FP16, h * FP16, 4 * h, fixed_bytes=h * FP16, last_only=True),
-        _gemm(preset, "lm_head", "model", preset.vocab_size, h, "lm_head", last_only=True),
+        _gemm(preset, "lm_head", "model", v, h, "lm_head", last_only=True),
     ]
+    if preset.final_logit_softcapping:  # cap * tanh(logits / cap), in place
+        ops.append(_small("softcap", "model", v * FP16, v * FP16, 4 * v, last_only=True))
+    return ops
 
 
 def _model_head(preset: ModelPreset) -> list[_Op]:
