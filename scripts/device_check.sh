@@ -21,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/impbench-check}
 STAGES=${STAGES:-"tests gemm moe ops run"}
-WORK=$(mktemp -d)
+WORK=${WORK:-$(mktemp -d)}  # a caller may name it, to pack what a timed-out check left
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 has() { [[ " $STAGES " == *" $1 "* ]]; }
