@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import median
@@ -293,12 +294,18 @@ class RepSampler:
 def flag_reps(reps: Sequence[RepTelemetry], tolerance_pct: float = TOLERANCE_PCT) -> list[str | None]:
     """Why each rep is flagged, or None: its median SM clock is more than tolerance_pct off the run's
     median (the median of the reps' SM medians, over every rep passed: pass both arms of one row),
-    or it saw a thermal/power throttle reason. Reps without readings are never flagged.
+    or it saw a thermal/power throttle reason that most reps did not. A reason more than half the reps
+    saw is the workload's steady state (a prefill that holds the card at its power cap, as Gemma-4's does
+    on an H100), not a disturbance of some reps: flagging it would discard every rep, so there only the
+    clock decides (the report's throttle column still shows the reason). Reps without readings are never
+    flagged.
     """
     if tolerance_pct < 0:
         raise ValueError(f"tolerance_pct must be >= 0, got {tolerance_pct}")
     rep_medians = [rep.sm_mhz_median for rep in reps]
     run_median = _median([m for m in rep_medians if m is not None])
+    seen = Counter(reason for rep in reps for reason in set(rep.throttle_reasons or ()))
+    steady = {reason for reason, count in seen.items() if 2 * count > len(reps)}
     flags: list[str | None] = []
     for rep, rep_median in zip(reps, rep_medians, strict=True):
         why = []
@@ -309,7 +316,8 @@ def flag_reps(reps: Sequence[RepTelemetry], tolerance_pct: float = TOLERANCE_PCT
                     f"SM clock median {rep_median:.0f} MHz is {off_pct:+.1f}% off the run median "
                     f"{run_median:.0f} MHz (tolerance {tolerance_pct:g}%)"
                 )
-        if rep.throttle_reasons:
-            why.append("throttled: " + ", ".join(rep.throttle_reasons))
+        rare = [reason for reason in rep.throttle_reasons or () if reason not in steady]
+        if rare:
+            why.append("throttled: " + ", ".join(rare))
         flags.append("; ".join(why) or None)
     return flags

@@ -137,6 +137,17 @@ def test_flag_reps_by_clock_and_by_throttle():
     assert flags[10] is None  # gpu_idle is not throttling
 
 
+def test_a_throttle_reason_most_reps_saw_is_the_steady_state_and_only_the_clock_flags():
+    capped = 0x4  # sw_power_cap
+    reps = [_rep([1935], reasons=capped)] * 6 + [_rep([1710], reasons=capped), _rep([1935]), _rep([1935], reasons=0x20)]
+    flags = flag_reps(reps)
+    assert flags[:6] == [None] * 6 and flags[7] is None
+    assert flags[6].startswith("SM clock median 1710 MHz") and "throttled" not in flags[6]
+    assert flags[8] == "throttled: sw_thermal"  # one rep's reason is still a disturbance
+    # at exactly half it is not the steady state
+    assert all(flag == "throttled: sw_power_cap" for flag in flag_reps([_rep([1980], reasons=capped), _rep([1980])])[:1])
+
+
 def test_flag_tolerance_is_an_option():
     reps = [_rep([2000])] * 4 + [_rep([1920])]  # 4% below the run median
     assert flag_reps(reps)[-1] is None
