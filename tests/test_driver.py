@@ -62,6 +62,14 @@ def test_pdl_is_off_inside_no_pdl_and_with_the_environment_switch(monkeypatch):
         driver.pdl_enabled()
 
 
+def test_the_engines_dense_gemms_launch_with_pdl_only_when_asked_for_all(monkeypatch):
+    from impbench import env
+
+    for value, kernels, gemms in (("", True, False), ("on", True, False), ("all", True, True), ("off", False, False)):
+        monkeypatch.setenv("IMPBENCH_PDL", value)
+        assert (env.pdl(), env.gemm_pdl()) == (kernels, gemms), value
+
+
 @pytest.mark.gpu
 def test_chain_of_programmatic_launches_reads_finished_outputs():
     # 40 dependent adds, each launched with programmatic serialization where the device has it: a kernel
