@@ -461,13 +461,15 @@ __device__ __forceinline__ void add_rmsnorm_impl(const half_t *__restrict__ x, h
 // (block_sum does not reset it). The outs' weights are loaded after the first sum, once x, residual
 // and w0 are dead: before it, they would raise the registers held across it from 12 C to 24 C; here
 // their L2 round trip overlaps the stores and the second sum. x is read and written by the same
-// thread (in place); no other argument may alias it.
+// thread (in place); no other argument may alias it. With out_kp, the block then also writes out2 (the
+// pre-MoE norm) in kperm order there, as add_rmsnorm does for the wgp / wgb expert GEMMs.
 template <int C>
 __device__ __forceinline__ void post_attn_norms_impl(half_t *x, half_t *__restrict__ residual,
                                                      const half_t *__restrict__ w0, const half_t *__restrict__ w1,
                                                      const half_t *__restrict__ w2, const half_t *__restrict__ w3,
                                                      half_t *__restrict__ out1, half_t *__restrict__ out2,
-                                                     half_t *__restrict__ out3, int n_out, int hidden, float eps) {
+                                                     half_t *__restrict__ out3, half_t *__restrict__ out_kp, int n_out,
+                                                     int hidden, float eps) {
     __shared__ float scratch_a[32], scratch_h[32];
     const int chunks = hidden >> 3;
     const size_t row0 = (size_t)blockIdx.x * hidden;
@@ -537,6 +539,12 @@ __device__ __forceinline__ void post_attn_norms_impl(half_t *x, half_t *__restri
                 o_row[chunk] = pack8(v);
             }
         }
+    }
+    if (out_kp) {
+        __syncthreads();  // the block's out2 row is written (and visible to the block)
+        const u32x4 *o_row = reinterpret_cast<const u32x4 *>(out2 + row0);
+        u32x4 *k_row = reinterpret_cast<u32x4 *>(out_kp + row0);
+        for (int g = threadIdx.x; g < chunks / 4; g += blockDim.x) kperm_group(o_row + (g >> 2) * 16, k_row + (g >> 2) * 16, g & 3);
     }
 }
 
@@ -766,9 +774,10 @@ __global__ void embed_f16(const int *__restrict__ ids, const half_t *__restrict_
     __global__ void __launch_bounds__(ROW_THREADS) post_attn_norms_f16_c##C(                                      \
         half_t *x, half_t *__restrict__ residual, const half_t *__restrict__ w0, const half_t *__restrict__ w1,    \
         const half_t *__restrict__ w2, const half_t *__restrict__ w3, half_t *__restrict__ out1,                   \
-        half_t *__restrict__ out2, half_t *__restrict__ out3, int n_out, int hidden, float eps) {                  \
+        half_t *__restrict__ out2, half_t *__restrict__ out3, half_t *__restrict__ out_kp, int n_out, int hidden,  \
+        float eps) {                                                                                               \
         pdl_entry();                                                                                               \
-        post_attn_norms_impl<C>(x, residual, w0, w1, w2, w3, out1, out2, out3, n_out, hidden, eps);                \
+        post_attn_norms_impl<C>(x, residual, w0, w1, w2, w3, out1, out2, out3, out_kp, n_out, hidden, eps);        \
     }
 ROW_KERNELS(1)
 ROW_KERNELS(2)

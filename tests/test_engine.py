@@ -28,6 +28,12 @@ def test_engine_accepts_every_preset():
         check_supported(get_preset(model))
 
 
+def test_experts_are_stored_padded_to_whole_tiles_only_where_that_adds_an_eighth_or_less():
+    from impbench.engine.weights import expert_width
+
+    assert [expert_width(_tiny(model=m)) for m in ("gemma-4", "qwen3-coder", "tiny-gemma4", PADDED_EXPERTS)] == [768, 768, 64, 256]
+
+
 def test_an_engine_compiles_only_the_kernel_families_its_model_launches():
     from impbench.engine.core import KERNEL_FAMILIES, kernel_families
     from impbench.presets import get_preset
@@ -37,11 +43,18 @@ def test_an_engine_compiles_only_the_kernel_families_its_model_launches():
     assert set(kernel_families(get_preset("qwen3.6"))) - set(KERNEL_FAMILIES) == {"gated_delta"}
 
 
+# a test-only variant: tiny-gemma4 with I = 240, which the engine stores padded to 256 (weights.expert_width), so
+# its experts run on the tile-major K-permuted kernel (wgb on Hopper) as gemma-4's (704 -> 768) do
+PADDED_EXPERTS = "tiny-gemma4/i240"
+
+
 def _tiny(nvfp4_attention=False, model="tiny"):
     import dataclasses
 
     from impbench.presets import get_preset
 
+    if model == PADDED_EXPERTS:
+        return dataclasses.replace(get_preset("tiny-gemma4"), moe_intermediate_size=240)
     preset = get_preset(model)
     if nvfp4_attention:  # as qwen3-modelopt stores q/k/v/o
         preset = dataclasses.replace(preset, nvfp4_tensors=("experts", "attention"))
@@ -71,7 +84,7 @@ SUBLAYER_REL_ERR = 2e-2
 @pytest.mark.parametrize("model,guard,nvfp4_attention", [
     ("tiny", "cublas", False), ("tiny", "permissive", False), ("tiny", "tight", True), ("tiny", "small-n", False),
     ("tiny-qwen3.6", "cublas", False), ("tiny-qwen3.6", "small-n", False), ("tiny-qwen3.6", "seed", True),
-    ("tiny-gemma4", "cublas", False), ("tiny-gemma4", "small-n", False),
+    ("tiny-gemma4", "cublas", False), ("tiny-gemma4", "small-n", False), (PADDED_EXPERTS, "small-n", False),
 ])  # fmt: skip
 def test_engine_matches_the_float64_reference_sublayer_by_sublayer(model, guard, nvfp4_attention):
     """Three chunks of 32, the last one short: the KV cache, in tiny-qwen3.6's Gated DeltaNet layers the
@@ -105,6 +118,7 @@ def test_engine_matches_the_float64_reference_sublayer_by_sublayer(model, guard,
 @pytest.mark.parametrize("model,guard,nvfp4_attention", [
     ("tiny", "permissive", False), ("tiny", "permissive", True), ("tiny", "seed", False),
     ("tiny-qwen3.6", "small-n", False), ("tiny-qwen3.6", "seed", False), ("tiny-gemma4", "small-n", False),
+    (PADDED_EXPERTS, "small-n", False),
 ])  # fmt: skip
 def test_eager_and_graph_logits_are_bit_identical(model, guard, nvfp4_attention):
     """Every kernel is launched with programmatic dependent launch; a kernel that reads its input before the

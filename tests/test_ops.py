@@ -1063,12 +1063,17 @@ def test_post_attn_norms_matches_the_float64_reference(model, n_out, tokens):
     assert_within_ulp("residual <- h", resid.get(), h, 1e-5 * np.abs(a))
     for j, out in enumerate(outs):
         assert_close(f"outs[{j}]", out.get(), blocks.rms_norm(h.astype(np.float64), w_h[j + 1].astype(np.float64), eps))
-    # prepared == direct, bit for bit
+    # prepared == direct, bit for bit; with out_kperm (two outs or more) the pre-MoE out also in kperm order
     x2, resid2 = cp.asarray(x_h), cp.asarray(resid_h)
     again = [_nan_f16((tokens, hidden)) for _ in range(n_out)]
-    ops.post_attn_norms(x2, resid2, [cp.asarray(w) for w in w_h], eps, again)
+    kp = _nan_f16((tokens, hidden)) if n_out >= 2 else None
+    ops.post_attn_norms(x2, resid2, [cp.asarray(w) for w in w_h], eps, again, out_kperm=kp)
     for got, want in zip([x2, resid2, *again], [x, resid, *outs]):
         np.testing.assert_array_equal(got.get().view(np.uint16), want.get().view(np.uint16))
+    if kp is not None:
+        from impbench.kernels import moe
+
+        np.testing.assert_array_equal(kp.get().view(np.uint16), moe.to_kperm(outs[1].get()).view(np.uint16))
 
 
 @pytest.mark.gpu

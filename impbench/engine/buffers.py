@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from impbench.engine.weights import expert_width
+
 
 GDN_WORKSPACE = "gdn_"  # name prefix of the gated delta rule's workspace buffers (kernels/gated_delta.py)
 
@@ -69,7 +71,7 @@ def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[
         "token_rows": ((t, top_k), i32),
         "route_counts": ((-(-t // 16), experts), i32),  # topk_count -> permute_counted (kernels/routing.py)
         # experts
-        "expert_act": ((rows, p.moe_intermediate_size), f16),
+        "expert_act": ((rows, expert_width(p)), f16),
         "expert_out": ((rows, hidden), f16),
         # last token
         "last_normed": ((1, hidden), f16),

@@ -218,10 +218,14 @@ class _Builder:
         rows = t * p.experts_per_token
         row_token, row_weight = b.row_token[:rows], b.row_weight[:rows]
         topk_ids, topk_weights, token_rows = b.topk_ids[:t], b.topk_weights[:t], b.token_rows[:t]
-        normed = b.normed[:t]  # the experts' input
+        expert = self.w.expert_variant
+        kperm = moe.VARIANTS[expert].kperm
+        normed = b.normed[:t]
+        x_moe = b.normed_kp[:t] if kperm else normed  # the experts' input, in the order their kernel reads
         self.add("ffn_norm", ops.prepare(ops.post_attn_norms, b.attn_proj[:t], b.resid[:t],
                                          (n.post_attn, n.pre_mlp, n.pre_moe, n.router_prenorm), p.rms_norm_eps,
-                                         (b.normed_mlp[:t], normed, b.normed_router[:t])))  # fmt: skip
+                                         (b.normed_mlp[:t], normed, b.normed_router[:t]),
+                                         out_kperm=x_moe if kperm else None))  # fmt: skip
         self.dense("mlp_gate_up", b.normed_mlp[:t], layer.mlp.w13, b.mlp_gate_up[:t])
         self.add("mlp_act", ops.prepare(ops.gated_act, b.mlp_gate_up[:t], b.mlp_act[:t], p.activation))
         self.dense("mlp_down", b.mlp_act[:t], layer.mlp.w2, b.mlp_out[:t])
@@ -231,8 +235,7 @@ class _Builder:
                                          topk_ids, topk_weights, token_rows, counts, expert_scale=n.expert_scale))  # fmt: skip
         self.add("permute", routing.prepare(routing.permute_counted, topk_ids, topk_weights, counts, b.expert_offsets,
                                             row_token, row_weight, token_rows))  # fmt: skip
-        expert = self.w.expert_variant
-        self.add("moe_gate_up", moe.prepare(moe.moe_gate_up, normed, row_token, b.expert_offsets, layer.w13,
+        self.add("moe_gate_up", moe.prepare(moe.moe_gate_up, x_moe, row_token, b.expert_offsets, layer.w13,
                                             layer.w13_scale, layer.w13_scale2, b.expert_act[:rows], variant=expert,
                                             activation=p.activation))  # fmt: skip
         self.add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,

@@ -200,6 +200,26 @@ def _dense_mlp(rng, p) -> DenseMlpWeights:
     return DenseMlpWeights(_normal_fp16(rng, (2 * f, h), LINEAR_STD), _normal_fp16(rng, (h, f), LINEAR_STD))
 
 
+def expert_width(preset) -> int:
+    """The intermediate width the engine stores the experts with: I, or I rounded up to whole moe.TILE_K where
+    that adds at most an eighth (Gemma-4: 704 -> 768), so that the tile-major K-permuted expert kernels (wgb)
+    run the layer instead of wgq, which takes any multiple of 64. The padding's gate / up rows and down
+    columns are zero: the layer computes the same output with 9% more MMA work (the plan's floor counts I)."""
+    from impbench.kernels.moe import TILE_K
+
+    inter = preset.moe_intermediate_size
+    padded = -(-inter // TILE_K) * TILE_K
+    return padded if preset.hidden_size % TILE_K == 0 and 8 * (padded - inter) <= inter else inter
+
+
+def _zero_padding(w13, w2, inter: int, width: int) -> None:
+    """Zero the codes of the padding (expert_width): gate rows inter.., up rows width + inter.., down columns inter..
+    (e2m1 code 0 is +0, whatever the block scale)."""
+    w13[:, inter:width] = 0
+    w13[:, width + inter :] = 0
+    w2[:, :, inter // 2 :] = 0
+
+
 def generate_weights(preset, seed: int = 0) -> ModelWeights:
     """Every weight of `preset` (all of its layers) allocated and filled on the current device."""
     import cupy
@@ -209,17 +229,18 @@ def generate_weights(preset, seed: int = 0) -> ModelWeights:
 
     rng = cupy.random.default_rng(seed)
     p = preset
-    hidden, experts, inter = p.hidden_size, p.num_experts, p.moe_intermediate_size
+    hidden, experts, inter = p.hidden_size, p.num_experts, expert_width(p)
     attn_nvfp4 = "attention" in p.nvfp4_tensors
     gemma = p.architecture == "gemma4"
-    # the engine can store the expert weights and write x in whichever layout the chosen variant reads (Gemma-4's
-    # pre-MoE norm is one of four outputs of the norm after attention, which writes natural order only)
-    expert_variant = moe.choose_variant(hidden, inter, tiled=True, kperm=not gemma)
+    # the engine can store the expert weights and write x in whichever layout the chosen variant reads
+    expert_variant = moe.choose_variant(hidden, inter, tiled=True, kperm=True)
     tiled = moe.VARIANTS[expert_variant].tiled
     layers = []
     for index, kind in enumerate(p.layer_types):
         w13, w13_scale, w13_scale2 = generate_experts_gpu(experts, 2 * inter, hidden, seed=seed * 1000 + 2 * index)
         w2, w2_scale, w2_scale2 = generate_experts_gpu(experts, hidden, inter, seed=seed * 1000 + 2 * index + 1)
+        if inter != p.moe_intermediate_size:
+            _zero_padding(w13, w2, p.moe_intermediate_size, inter)
         if tiled:
             w13, w13_scale = moe.tile_experts(w13, w13_scale, gate_up=True)
             w2, w2_scale = moe.tile_experts(w2, w2_scale, gate_up=False)
@@ -311,10 +332,12 @@ def reference_weights(weights: ModelWeights, preset) -> dict:
 
     ref = {"embed": _host(weights.embed), "final_norm": norm(weights.final_norm), "lm_head": _host(weights.lm_head)}
     tiled = moe.VARIANTS[weights.expert_variant].tiled
+    inter, width = preset.moe_intermediate_size, expert_width(preset)
     for index, layer in enumerate(weights.layers):
-        layer_ref = {"router": _host(layer.router),
-                     "w13": _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2, True if tiled else None),
-                     "w2": _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2, False if tiled else None)}  # fmt: skip
+        w13 = _experts_float64(layer.w13, layer.w13_scale, layer.w13_scale2, True if tiled else None)
+        w2 = _experts_float64(layer.w2, layer.w2_scale, layer.w2_scale2, False if tiled else None)
+        layer_ref = {"router": _host(layer.router),  # the padding (expert_width) cut off
+                     "w13": np.concatenate([w13[:, :inter], w13[:, width : width + inter]], axis=1), "w2": w2[:, :, :inter]}  # fmt: skip
         if layer.sandwich is not None:
             layer_ref.update(_gemma4_reference(preset, layer))
         else:

@@ -144,7 +144,8 @@ def _plan_add_rmsnorm(x, residual, weight, eps, out, threads=None, out_kperm=Non
     return kernel, (tokens,), block, args
 
 
-def _plan_post_attn_norms(x, residual, weights, eps, outs, threads=None):
+def _plan_post_attn_norms(x, residual, weights, eps, outs, threads=None, out_kperm=None):
+    # out_kperm: outs[1] (the pre-MoE norm) also in the order the wgp / wgb expert GEMMs read
     check_array("x", x, np.float16, ndim=2)
     tokens, hidden = x.shape
     check_array("residual", residual, np.float16, shape=(tokens, hidden))
@@ -164,6 +165,13 @@ def _plan_post_attn_norms(x, residual, weights, eps, outs, threads=None):
     for name, arr in arrays.items():
         _check_aligned(name, arr)
     written = [("x", x), ("residual", residual)] + [(f"outs[{j}]", out) for j, out in enumerate(outs)]
+    if out_kperm is not None:
+        check_array("out_kperm", out_kperm, np.float16, shape=(tokens, hidden))
+        if len(outs) < 2 or hidden % KPERM_BLOCK:
+            raise ValueError(f"post_attn_norms: out_kperm copies outs[1]: needs two outs or more and a hidden size that is "
+                             f"a multiple of {KPERM_BLOCK}; got {len(outs)} outs, hidden {hidden}")  # fmt: skip
+        _check_aligned("out_kperm", out_kperm)
+        written.append(("out_kperm", out_kperm))
     starts = {}
     for name, arr in written:  # same-shape rows: distinct outputs start at distinct addresses
         if arr.data.ptr in starts:
@@ -172,7 +180,8 @@ def _plan_post_attn_norms(x, residual, weights, eps, outs, threads=None):
     null = np.uint64(0)  # never read: j >= n_out
     ws = weights[1:] + [null] * (1 + MAX_POST_ATTN_OUTS - len(weights))
     os_ = outs + [null] * (MAX_POST_ATTN_OUTS - len(outs))
-    args = (x, residual, weights[0], *ws, *os_, np.int32(len(outs)), np.int32(hidden), np.float32(eps))
+    kp = out_kperm if out_kperm is not None else null
+    args = (x, residual, weights[0], *ws, *os_, kp, np.int32(len(outs)), np.int32(hidden), np.float32(eps))
     kernel, block = _row_launch("post_attn_norms", hidden, threads)
     return kernel, (tokens,), block, args
 
@@ -425,13 +434,14 @@ def add_rmsnorm(x, residual, weight, eps: float, out, out_kperm=None) -> None:
     kernel(grid, block, args)
 
 
-def post_attn_norms(x, residual, weights, eps: float, outs) -> None:
+def post_attn_norms(x, residual, weights, eps: float, outs, out_kperm=None) -> None:
     """Gemma-4's norms around the post-attention residual add, one launch: a = rmsnorm(x) * weights[0], stored
     over x; residual += a (the FP32 sum rounded once to FP16); then outs[j] = rmsnorm(residual) * weights[j + 1]
     for each further weight (1 to 3: pre-MLP, pre-MoE, the router's prenorm with its scale folded into the
     weight). h's rms is taken from the stored FP16 residual, as add_rmsnorm's. x, residual, outs[j] fp16 [T, H]
-    (distinct buffers); weights[j] fp16 [H]; every norm x * rsqrt(mean(x^2) + eps) * w in FP32."""
-    kernel, grid, block, args = _plan_post_attn_norms(x, residual, weights, eps, outs)
+    (distinct buffers); weights[j] fp16 [H]; every norm x * rsqrt(mean(x^2) + eps) * w in FP32. out_kperm: outs[1]
+    also in kperm order (moe.to_kperm), the input of the wgp / wgb expert GEMMs (H % 128 == 0)."""
+    kernel, grid, block, args = _plan_post_attn_norms(x, residual, weights, eps, outs, out_kperm=out_kperm)
     kernel(grid, block, args)
 
 
