@@ -116,11 +116,17 @@ def _shared_args(shared, shared_gate, tokens: int, hidden: int) -> tuple:
     return shared, np.int32(stride), shared_gate, np.int32(gate_stride)
 
 
-def _plan_combine(y, token_rows, residual, out, topk_weights=None, shared=None, shared_gate=None):
+def _token_rows_shape(op: str, token_rows) -> tuple[int, int]:
+    """(T, k) of a combine's token_rows [T, k] (each token's k expert rows)."""
     check_array("token_rows", token_rows, np.int32, ndim=2)
     tokens, k = token_rows.shape
     if not 1 <= k <= 32 or tokens < 1:
-        raise ValueError(f"combine: token_rows must be [T >= 1, 1 <= k <= 32], got {tuple(token_rows.shape)}")
+        raise ValueError(f"{op}: token_rows must be [T >= 1, 1 <= k <= 32], got {tuple(token_rows.shape)}")
+    return tokens, k
+
+
+def _plan_combine(y, token_rows, residual, out, topk_weights=None, shared=None, shared_gate=None):
+    tokens, k = _token_rows_shape("combine", token_rows)
     check_array("residual", residual, np.float16, ndim=2)
     hidden = residual.shape[1]
     check_array("residual", residual, np.float16, shape=(tokens, hidden))
@@ -199,10 +205,7 @@ def _plan_combine_rmsnorm(y, token_rows, residual, out, norm_weight, eps, normed
 
 def _plan_post_ffn_norms(y, token_rows, dense, residual, norm_weights, eps, layer_scalar, out, next_norm=None,
                          normed=None):  # fmt: skip
-    check_array("token_rows", token_rows, np.int32, ndim=2)
-    tokens, k = token_rows.shape
-    if not 1 <= k <= 32 or tokens < 1:
-        raise ValueError(f"post_ffn_norms: token_rows must be [T >= 1, 1 <= k <= 32], got {tuple(token_rows.shape)}")
+    tokens, k = _token_rows_shape("post_ffn_norms", token_rows)
     check_array("dense", dense, np.float16, ndim=2)
     hidden = dense.shape[1]
     check_array("dense", dense, np.float16, shape=(tokens, hidden))
