@@ -6,12 +6,12 @@ tokens), and its permutation (expert_offsets, row_token, row_weight) uploaded. W
 NVFP4 (impbench.nvfp4.generate_experts_gpu) with the preset's expert shapes; one layer, whose weights
 (hundreds of MB) stream from DRAM in every launch, so one input set suffices.
 
-Per GEMM (gate_up with its SiLU*up epilogue, down with the router-weight scale): device time from the
+Per GEMM (gate_up with its act(gate)*up epilogue, the preset's activation; down with the router-weight scale): device time from the
 shared timing loop (bench.timing), every variant interleaved; the floor max(bytes / peak HBM
 bandwidth, FLOPs / peak FP16 rate) of the GPU (impbench.gpus), bytes = NVFP4 weights of every expert
 with rows + activations read + outputs written; the share of the device-to-device copy bandwidth
 measured in the same run; and as a reference the same GEMMs with FP16-dequantized weights through
-cuBLAS, one expert at a time (GEMMs only: no gather, SiLU or scaling), which also checks our output.
+cuBLAS, one expert at a time (GEMMs only: no gather, activation or scaling), which also checks our output.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from impbench.bench.accuracy import rel_err
+from impbench.reference.blocks import ACTIVATIONS
 from impbench.bench.report import BenchReport, Column, below_floor_lines, fixed, sci
 from impbench.bench.timing import SPIN_US, copy_gbs, cublas_tflops, host_us, median_us, time_interleaved
 from impbench.errors import InputError
@@ -37,10 +38,12 @@ class MoeShapes:
     top_k: int
     hidden: int
     inter: int
+    activation: str = "silu"  # of the gate in gate_up's epilogue (Gemma-4: gelu_tanh)
 
     @classmethod
     def from_preset(cls, preset) -> MoeShapes:
-        return cls(preset.name, preset.num_experts, preset.experts_per_token, preset.hidden_size, preset.moe_intermediate_size)
+        return cls(preset.name, preset.num_experts, preset.experts_per_token, preset.hidden_size, preset.moe_intermediate_size,
+                   preset.activation)  # fmt: skip
 
     def gemms(self) -> dict[str, tuple[int, int]]:
         """op -> (N weight rows per expert, K)."""
@@ -153,7 +156,8 @@ class Layer:
         if op == "gate_up":
             out = self.act if default else self.act_v
             w13 = self.w13_tiled if tiled else self.w13
-            moe.moe_gate_up(self.x_kp if kperm else self.x, self.row_token, self.offsets, *w13, out, variant=variant)
+            moe.moe_gate_up(self.x_kp if kperm else self.x, self.row_token, self.offsets, *w13, out, variant=variant,
+                            activation=self.shapes.activation)
         else:
             out = self.out if default else self.out_v
             h = self.act_kp if kperm else self.act_nat
@@ -199,7 +203,8 @@ class Layer:
         inter = self.shapes.inter
         up32 = self.ref_up.astype(cupy.float32)
         gate, up = up32[:, :inter], up32[:, inter:]
-        ref = {"gate_up": gate / (1.0 + cupy.exp(-gate)) * up, "down": self.ref_down.astype(cupy.float32) * self.row_weight[:, None]}
+        act = ACTIVATIONS[self.shapes.activation](gate)  # NumPy ufuncs: on CuPy arrays they run on the GPU
+        ref = {"gate_up": act * up, "down": self.ref_down.astype(cupy.float32) * self.row_weight[:, None]}
         errors = {}
         for variant in variants:
             default = variant == self.primary

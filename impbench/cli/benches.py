@@ -81,7 +81,7 @@ def gemm(models, shapes, ms, reps, guard, variants, fmt, out, force) -> None:  #
 @BENCH_OUT
 @FORCE
 def moe(model, pp, routings, reps, variant, variants, fmt, out, force) -> None:  # fmt: skip
-    """Time the grouped NVFP4 expert GEMMs (gate_up + SiLU*up, down x router weight) of one chunk.
+    """Time the grouped NVFP4 expert GEMMs (gate_up + act(gate)*up with the preset's activation, down x router weight) of one chunk.
 
     Per GEMM: µs (median of CUDA events), weight GB/s and share of the copy bandwidth measured in the
     same run, TFLOP/s, the floor max(bytes / peak HBM bandwidth, FLOPs / peak FP16 rate), and as a
