@@ -334,9 +334,13 @@ def test_plans_take_the_gemma4_shapes(monkeypatch):
         x, resid, o1, o2, o3, w0, w1, w2, w3 = fakes(*[(tokens, hidden)] * 5, *[(hidden,)] * 4)
         kernel, grid, block, kargs = ops._plan_post_attn_norms(x, resid, (w0, w1, w2, w3), 1e-6, (o1, o2, o3))
         assert (kernel, grid, block) == (f"post_attn_norms_f16_c{chunks}", (tokens,), (threads,)), model
-        assert int(kargs[9]) == 3 and kargs[2] is w0 and kargs[6] is o1 and kargs[8] is o3
+        assert int(kargs[10]) == 3 and kargs[2] is w0 and kargs[6] is o1 and kargs[8] is o3 and int(kargs[9]) == 0
         kargs = ops._plan_post_attn_norms(x, resid, (w0, w1), 1e-6, (o1,))[3]
-        assert int(kargs[9]) == 1 and int(kargs[4]) == int(kargs[5]) == int(kargs[7]) == int(kargs[8]) == 0  # null: unread
+        assert int(kargs[10]) == 1 and int(kargs[4]) == int(kargs[5]) == int(kargs[7]) == int(kargs[8]) == int(kargs[9]) == 0  # null: unread
+        kp = fake((tokens, hidden), np.float16, 0x100000 * 20)  # the pre-MoE out (outs[1]) in kperm order too
+        assert ops._plan_post_attn_norms(x, resid, (w0, w1, w2, w3), 1e-6, (o1, o2, o3), out_kperm=kp)[3][9] is kp
+        _one_line_error(lambda: ops._plan_post_attn_norms(x, resid, (w0, w1), 1e-6, (o1,), out_kperm=kp),
+                        "out_kperm copies outs[1]")
         table, out = fakes((512, hidden), (tokens, hidden))
         kernel, grid, block, kargs = ops._plan_embed(fake((tokens,), np.int32, 0x4000000), table, out, hidden**0.5)
         assert (kernel, grid, block) == ("embed_f16", (tokens,), (threads,)) and float(kargs[-1]) == np.float32(hidden**0.5)
