@@ -340,7 +340,7 @@ def test_plans_take_the_gemma4_shapes(monkeypatch):
         kp = fake((tokens, hidden), np.float16, 0x100000 * 20)  # the pre-MoE out (outs[1]) in kperm order too
         assert ops._plan_post_attn_norms(x, resid, (w0, w1, w2, w3), 1e-6, (o1, o2, o3), out_kperm=kp)[3][9] is kp
         _one_line_error(lambda: ops._plan_post_attn_norms(x, resid, (w0, w1), 1e-6, (o1,), out_kperm=kp),
-                        "out_kperm copies outs[1]")
+                        r"out_kperm copies outs\[1\]: needs two outs")
         table, out = fakes((512, hidden), (tokens, hidden))
         kernel, grid, block, kargs = ops._plan_embed(fake((tokens,), np.int32, 0x4000000), table, out, hidden**0.5)
         assert (kernel, grid, block) == ("embed_f16", (tokens,), (threads,)) and float(kargs[-1]) == np.float32(hidden**0.5)
