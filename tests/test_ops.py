@@ -292,6 +292,17 @@ def _gemma_qkv_args(model, kind, tokens=3, max_len=16, k_eq_v=None):
     return (qkv, qn, kn, p.rms_norm_eps, theta, pos, q_out, k_cache, v_cache), kwargs
 
 
+@pytest.mark.parametrize("head_dim", [66, 192, 320, 384, 448, 576])
+def test_qkv_post_rejects_head_dims_it_has_no_kernel_for_in_one_line(head_dim):
+    tokens, heads, kv_heads, max_len = 3, 4, 2, 16
+    qkv, qn, kn, q_out, k_cache, v_cache = fakes((tokens, (heads + 2 * kv_heads) * head_dim), (head_dim,), (head_dim,),
+                                                 (tokens, heads, head_dim), (max_len, kv_heads, head_dim),
+                                                 (max_len, kv_heads, head_dim))  # fmt: skip
+    pos = fake((1,), np.int32, 0x4000000)
+    _one_line_error(lambda: ops._plan_qkv_post(qkv, qn, kn, 1e-6, 1e4, pos, q_out, k_cache, v_cache),
+                    "head_dim must be even and <= 64, or one of 128, 256, 512")
+
+
 def test_qkv_post_gemma_options_check_in_one_line(monkeypatch):
     monkeypatch.setattr(ops, "_kernel", lambda name: name)
     args, kw = _gemma_qkv_args("tiny-gemma4", "full")  # D 128, 4 q heads, 1 kv head, K = V

@@ -32,6 +32,7 @@ MAX_ROW_THREADS = 128
 ROW_THREADS_LIMIT = 256  # the row kernels' __launch_bounds__
 QKV_HEADS_PER_WARP = 4  # kernels_cu/ops.cu, narrow form
 MAX_QKV_HEADS = 32 * QKV_HEADS_PER_WARP  # one block of at most 32 warps per token
+QKV_NARROW_PAIRS = (1, 2, 4, 8)  # rotary pairs per lane the narrow form is built for (qkv_post_vp{P}): head_dim 64 P
 QKV_WIDE_LANES = (2, 4, 8, 16, 32)  # lanes per head of the 16-byte form: head_dim = 8 * lanes
 QKV_WIDE_STEPS = (2, 4, 8)  # heads each lane handles in the 16-byte form
 QKV_WIDE_DEFAULT_STEPS = 4
@@ -246,8 +247,9 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
     row_stride = check_rows("qkv", qkv, np.float16, (tokens, (q_heads + kv_heads + v_heads) * head_dim), vector=False)
     check_array("pos", pos, np.int32, shape=(1,))
     _check_tokens("qkv_post", tokens, q_out)
-    if head_dim % 2 or not (head_dim <= 64 or head_dim % 64 == 0) or head_dim > 512:
-        raise ValueError(f"qkv_post: head_dim must be even and <= 64, or a multiple of 64 up to 512; got {head_dim}")
+    if head_dim % 2 or not (head_dim <= 64 or (head_dim % 64 == 0 and head_dim // 64 in QKV_NARROW_PAIRS)):
+        raise ValueError(f"qkv_post: head_dim must be even and <= 64, or one of "
+                         f"{', '.join(str(64 * p) for p in QKV_NARROW_PAIRS[1:])}; got {head_dim}")  # fmt: skip
     heads = q_heads + kv_heads + v_heads
     if heads > MAX_QKV_HEADS:
         raise ValueError(f"qkv_post: at most {MAX_QKV_HEADS} q + k + v heads, got {q_heads} + {kv_heads} + {v_heads}")
