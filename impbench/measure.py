@@ -181,6 +181,21 @@ class _Rounds:
             self.reps[name] = [rep for i, rep in enumerate(reps) if i not in drop]
         return len(drop)
 
+    def keep_flagged(self, wanted: int) -> int:
+        """Where re-measuring left fewer than MIN_REPS pairs (clocks that never settle: a row at the power cap
+        with many arms loses a pair to any arm's outlier), take the latest discarded pairs back, flagged, up to
+        `wanted`: the report then gives the verdict with them and says it has none without them, instead of
+        no answer at all. Returns how many pairs came back."""
+        kept = len(self.reps[next(iter(self.arms))])
+        if kept >= MIN_REPS:
+            return 0
+        back = min(wanted - kept, min(len(d) for d in self.discarded.values()))
+        for name in self.arms:
+            if back:
+                self.reps[name] += self.discarded[name][-back:]
+                self.discarded[name] = self.discarded[name][:-back]
+        return back
+
 
 def cold_note(arm: ArmSpec, engine_owner: str | None, protocol: Protocol) -> str:
     """What an arm's cold time holds beyond compile and capture: a prewarm=off engine allocates its
@@ -228,6 +243,8 @@ def measure_arms(engines, preset, prompt_tokens: int, arms: dict[str, ArmSpec], 
         say(f"{where}: {missing} flagged rep pair(s) discarded; measuring them again after {protocol.cooldown_s:g} s")
         time.sleep(protocol.cooldown_s)
         rounds.run(wanted - len(rounds.reps[next(iter(arms))]))
+    if back := rounds.keep_flagged(wanted):
+        say(f"{where}: flagged after every re-measure; {back} flagged rep pair(s) kept, marked")
     paths.update(rounds.paths)
     results = [ArmResult(name=name, spec=arm, reps=rounds.reps[name], cold=cold[name], chunk_size=chunk_for(arm, preset),
                          capture=capture_of(engines[name], arm), gemm_paths=dict(paths[name]), discarded=rounds.discarded[name])

@@ -96,3 +96,14 @@ def test_with_no_reruns_left_flagged_reps_stay_and_are_counted(monkeypatch):
     monkeypatch.setattr(measure.time, "sleep", lambda s: None)
     row = _row(fake, Protocol(reps=4, warmup=0, cooldown_s=0.0, max_reruns=1))
     assert sum(len(arm.discarded) for arm in row.arms) > 0
+
+
+def test_a_row_whose_clocks_never_settle_keeps_its_flagged_pairs_marked_instead_of_none(monkeypatch):
+    fake = FakeGpu(monkeypatch, noise=0.002, seed=6)
+    fake.clock = lambda model, pp, arm, n: (1400 if n % 2 else 1980, 0)  # every other prefill far off the median
+    monkeypatch.setattr(measure.time, "sleep", lambda s: None)
+    row = _row(fake, Protocol(reps=4, warmup=0, cooldown_s=0.0, max_reruns=1))
+    a, b = row.arms
+    assert len(a.reps) == len(b.reps) == 4  # every pair had a flagged rep: brought back rather than none
+    assert a.flagged_count + b.flagged_count >= 4 and all(rep.flag_reason for rep in a.discarded + b.discarded)
+    assert row.verdict_without_flagged(b) == "n/a"  # the report says the answer rests on flagged reps
