@@ -13,6 +13,15 @@ def test_the_packaged_ci_scenario_is_found_by_name():
     assert len(ci.arms) >= 2 and ci.path.endswith("ci.toml")
 
 
+def test_the_packaged_gemma_4_scenario_replays_the_original_pair_and_the_chunked_arms():
+    from impbench.arms import parse_arm
+
+    g = load_scenario("gemma-4")
+    assert g.models == ("gemma-4",) and g.pp == (1024, 2048, 4096) and g.tolerance == 10
+    assert [parse_arm(a).label() for a in g.arms[:2]] == ["eager/cublas/prewarm=off", "graph/small-n"]
+    assert {parse_arm(a).chunk for a in g.arms} == {None, 512, 1024}
+
+
 @pytest.mark.parametrize("text,needle", [
     ('models = ["tiny"]\nspeed = 3\n', "unknown keys ['speed']"),
     ("models = [", "not valid TOML"),
