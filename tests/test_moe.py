@@ -445,6 +445,8 @@ def test_tile_experts_puts_each_weight_where_wgb_reads_it(gate_up):
         (["moe", "--model", "qwen3-coder", "--pp", "0"], "--pp"),
         (["moe", "--model", "qwen3-coder", "--routing", "zipf"], "--routing"),
         (["moe", "--model", "qwen3-coder", "--reps", "0"], "--reps"),
+        (["moe", "--model", "gemma-4", "--inter", "740"], "--inter must be a positive multiple of 64, got 740"),
+        (["moe", "--model", "gemma-4", "--inter", "0"], "--inter"),
     ],
 )
 def test_moe_cli_bad_input_is_one_line_exit_2(args, message, capsys):

@@ -77,10 +77,13 @@ def gemm(models, shapes, ms, reps, guard, variants, fmt, out, force) -> None:  #
               help="Kernel variant reported as ours (cvt, wgq, wgp, wgb). Default: the one the engine runs here.")
 @click.option("--variants", default="", metavar="LIST",
               help="Also time these kernel variants: comma-separated names, or 'all' (every one this GPU runs).")
+@click.option("--inter", type=int, default=None, metavar="I",
+              help="Expert intermediate width instead of the preset's, a positive multiple of 64; e.g. 768 for "
+                   "Gemma-4's experts as the engine stores them (704 padded to whole 256s, which the wgb variants need).")
 @FORMAT
 @BENCH_OUT
 @FORCE
-def moe(model, pp, routings, reps, variant, variants, fmt, out, force) -> None:  # fmt: skip
+def moe(model, pp, routings, reps, variant, variants, inter, fmt, out, force) -> None:  # fmt: skip
     """Time the grouped NVFP4 expert GEMMs (gate_up + act(gate)*up with the preset's activation, down x router weight) of one chunk.
 
     Per GEMM: µs (median of CUDA events), weight GB/s and share of the copy bandwidth measured in the
@@ -93,6 +96,14 @@ def moe(model, pp, routings, reps, variant, variants, fmt, out, force) -> None: 
     from impbench.presets import get_preset
 
     shapes = MoeShapes.from_preset(get_preset(model))
+    if inter is not None:  # before any GPU work: bad input is exit 2
+        import dataclasses
+
+        from impbench.errors import InputError
+
+        if inter < 64 or inter % 64:
+            raise InputError(f"--inter must be a positive multiple of 64, got {inter}")
+        shapes = dataclasses.replace(shapes, inter=inter)
     check_prompt_tokens(pp, "--pp")
     check_reps(reps)
     names = _names(variants)
