@@ -581,6 +581,29 @@ __device__ __forceinline__ void pack_probs(const float (&x)[BN / 2], unsigned (&
     }
 }
 
+// The end of a Hopper kernel's tile loop: the row sums l0 / l1 (rows R0 and R0 + 8, spread over the
+// thread's quad) completed, then the thread's D columns of O / l staged as FP16 in those rows of a
+// 128-byte-swizzled tile at sQ whose 64-column blocks lie q_block bytes apart (the kernel's own Q rows:
+// only this warpgroup read them, and its last wgmma is complete). The caller stores the tile's rows.
+template <int D>
+__device__ __forceinline__ void stage_output_rows(const float (&o)[D / 2], float l0, float l1, unsigned char *sQ,
+                                                  unsigned q_block, int R0, int lane) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+    const int R1 = R0 + 8, cq = (lane & 3) * 4;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+        const unsigned blk = (i >> 3) * q_block, ch = i & 7;
+        *reinterpret_cast<half2_t *>(sQ + blk + R0 * 128 + ((ch ^ (R0 & 7)) << 4) + cq) =
+            pack_half2(o[4 * i] * inv0, o[4 * i + 1] * inv0);
+        *reinterpret_cast<half2_t *>(sQ + blk + R1 * 128 + ((ch ^ (R1 & 7)) << 4) + cq) =
+            pack_half2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
+    }
+}
+
 // This warpgroup's 128 threads (named barriers 1 and 2; immediates keep the barrier count known).
 __device__ __forceinline__ void warpgroup_bar(int wg) {
     if (wg == 0)
@@ -791,24 +814,9 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     wait_pv();
     cp_async_wait<0>();  // only empty groups can remain; keep the count tidy before exit
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-
-    // Stage this warpgroup's 64 x D output in its own rows of the Q tile (same swizzled layout; only
-    // this warpgroup ever read them, and its last wgmma is complete), then store 16-byte chunks of
+    // Stage this warpgroup's 64 x D output in its own rows of the Q tile, then store 16-byte chunks of
     // the rows that exist.
-    const int R1 = R0 + 8, cq = (lane & 3) * 4;
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-        const unsigned blk = (i >> 3) * Q_BLOCK, ch = i & 7;
-        *reinterpret_cast<half2_t *>(sQ + blk + R0 * 128 + ((ch ^ (R0 & 7)) << 4) + cq) =
-            pack_half2(o[4 * i] * inv0, o[4 * i + 1] * inv0);
-        *reinterpret_cast<half2_t *>(sQ + blk + R1 * 128 + ((ch ^ (R1 & 7)) << 4) + cq) =
-            pack_half2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
-    }
+    stage_output_rows<D>(o, l0, l1, sQ, Q_BLOCK, R0, lane);
     warpgroup_bar(wg);
 #pragma unroll
     for (int it = 0; it < 64 * CPR / 128; ++it) {
@@ -1086,23 +1094,9 @@ __device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, cons
     pv(last);
     wait_pv();
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-
-    // Stage this warpgroup's 64 x DH outputs in its own Q half (its S wgmmas, the only readers, are
-    // complete), then store 16-byte chunks of the rows that exist.
-    const int R1 = R0 + 8, cq = (lane & 3) * 4;
-#pragma unroll
-    for (int i = 0; i < DH / 8; ++i) {
-        const unsigned blk = (i >> 3) * Q_BLOCK, ch = i & 7;
-        *reinterpret_cast<half2_t *>(sQ + blk + R0 * 128 + ((ch ^ (R0 & 7)) << 4) + cq) =
-            pack_half2(o[4 * i] * inv0, o[4 * i + 1] * inv0);
-        *reinterpret_cast<half2_t *>(sQ + blk + R1 * 128 + ((ch ^ (R1 & 7)) << 4) + cq) =
-            pack_half2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
-    }
+    // Stage this warpgroup's 64 x DH outputs in its own Q half, then store 16-byte chunks of the rows
+    // that exist.
+    stage_output_rows<DH>(o, l0, l1, sQ, Q_BLOCK, R0, lane);
     warpgroup_bar(wg);
 #pragma unroll
     for (int it = 0; it < 64 * CPR / 128; ++it) {
