@@ -101,6 +101,18 @@ def moe(x: np.ndarray, ids: np.ndarray, weights: np.ndarray, w13: np.ndarray, w2
     return out
 
 
+def prompt_chunks(token_ids, chunk_size: int) -> list[tuple[int, np.ndarray]]:
+    """(start, token ids) of each chunk of `chunk_size` tokens of a prompt (0: the whole prompt as one)."""
+    ids = np.asarray(token_ids, dtype=np.int64)
+    size = chunk_size if chunk_size > 0 else ids.shape[0]
+    return [(start, ids[start : start + size]) for start in range(0, ids.shape[0], size)]
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    """||got - ref|| / ||ref||, the measure of every sublayer comparison."""
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
 def layer_weights(weights: dict, index: int) -> dict:
     """Layer `index`'s weights of a flat dict, without their "layers.{index}." prefix."""
     prefix = f"layers.{index}."

@@ -59,6 +59,8 @@ from impbench.reference.blocks import (
     gated_mlp,
     layer_weights,
     moe,
+    prompt_chunks,
+    rel_err,
     rms_norm,
     rope,
     route,
@@ -166,12 +168,10 @@ def reference_trace(preset, weights: dict, token_ids, chunk_size: int = 0, plant
     own cache; sliding layers read only the window, which may reach back across a chunk boundary."""
     p = preset
     plants = frozenset(plants)
-    ids = np.asarray(token_ids, dtype=np.int64)
-    caches = _caches(p, ids.shape[0])
-    size = chunk_size or ids.shape[0]
+    caches = _caches(p, len(token_ids))
     records = []
-    for start in range(0, ids.shape[0], size):
-        x = weights["embed"][ids[start : start + size]] * np.sqrt(p.hidden_size)
+    for start, ids in prompt_chunks(token_ids, chunk_size):
+        x = weights["embed"][ids] * np.sqrt(p.hidden_size)
         for i, kind in enumerate(p.layer_types):
             w = layer_weights(weights, i)
             attn = attention_sublayer(p, w, kind, x, start, *caches[i], plants)
@@ -199,9 +199,6 @@ def reference_forward(preset, weights: dict, token_ids, chunk_size: int = 0, pla
     return logits if not cap else cap * np.tanh(logits / cap)
 
 
-def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-
 
 def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict[str, float]:
     """The largest relative error ||got - ref|| / ||ref|| of each kind over a trace's chunks and layers (records
@@ -227,7 +224,7 @@ def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict
         if (start, i + 1) in records:
             pairs.append(("residual", records[start, i + 1]["x"], (r["h"] + r["moe"]) * w["layer_scalar"]))
         for name, got, ref in pairs:
-            worst[name] = max(worst[name], _rel_err(got, ref))
+            worst[name] = max(worst[name], rel_err(got, ref))
     return worst
 
 

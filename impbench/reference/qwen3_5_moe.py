@@ -27,6 +27,8 @@ from impbench.reference.blocks import (
     gated_mlp,
     layer_weights,
     moe,
+    prompt_chunks,
+    rel_err,
     rms_norm,
     rope,
     route,
@@ -156,9 +158,6 @@ def random_weights(preset, seed: int = 0) -> dict:
     return weights
 
 
-def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-
 
 def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict[str, float]:
     """The largest relative error ||got - ref|| / ||ref|| of each sublayer kind ("linear", "full", "moe") over a
@@ -181,8 +180,8 @@ def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict
         else:
             mixer = full_sublayer(p, w, x, r["start"], k_cache[i], v_cache[i], plants)
         out = moe_sublayer(p, w, h, np.asarray(r["router_logits"], np.float64), plants)
-        worst[kind] = max(worst[kind], _rel_err(np.asarray(r["attn"], np.float64), mixer))
-        worst["moe"] = max(worst["moe"], _rel_err(np.asarray(r["moe"], np.float64), out))
+        worst[kind] = max(worst[kind], rel_err(np.asarray(r["attn"], np.float64), mixer))
+        worst["moe"] = max(worst["moe"], rel_err(np.asarray(r["moe"], np.float64), out))
     return worst
 
 
@@ -190,15 +189,12 @@ def reference_trace(preset, weights: dict, token_ids, chunk_size: int = 0, plant
     """What Engine.trace_layers records, computed here: per chunk and layer x, attn, h, router_logits, moe."""
     p = preset
     plants = frozenset(plants)
-    ids = np.asarray(token_ids, dtype=np.int64)
-    tokens = ids.shape[0]
-    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
+    k_cache = np.zeros((p.num_layers, len(token_ids), p.num_kv_heads, p.head_dim))
     v_cache = np.zeros_like(k_cache)
     states = [{} for _ in range(p.num_layers)]
-    size = chunk_size or tokens
     records = []
-    for start in range(0, tokens, size):
-        x = weights["embed"][ids[start : start + size]]
+    for start, ids in prompt_chunks(token_ids, chunk_size):
+        x = weights["embed"][ids]
         for i, kind in enumerate(p.layer_types):
             w = layer_weights(weights, i)
             if kind == "linear":

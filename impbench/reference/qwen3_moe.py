@@ -17,7 +17,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from impbench.reference.blocks import Draw, causal_attention, moe, rms_norm, rope, route
+from impbench.reference.blocks import (
+    Draw,
+    causal_attention,
+    moe,
+    prompt_chunks,
+    rel_err,
+    rms_norm,
+    rope,
+    route,
+)
 
 LAYER_KEYS = ("attn_norm", "wqkv", "q_norm", "k_norm", "wo", "ffn_norm", "router", "w13", "w2")
 
@@ -116,14 +125,11 @@ def reference_trace(preset, weights: dict, token_ids, chunk_size: int = 0, plant
     attn, the residual h after it, the router logits, and the MoE output moe (all [T, ...] float64)."""
     p = preset
     plants = frozenset(plants)
-    ids = np.asarray(token_ids, dtype=np.int64)
-    tokens = ids.shape[0]
-    k_cache = np.zeros((p.num_layers, tokens, p.num_kv_heads, p.head_dim))
+    k_cache = np.zeros((p.num_layers, len(token_ids), p.num_kv_heads, p.head_dim))
     v_cache = np.zeros_like(k_cache)
-    size = chunk_size if chunk_size > 0 else tokens
     records = []
-    for start in range(0, tokens, size):
-        x = weights["embed"][ids[start : start + size]]
+    for start, ids in prompt_chunks(token_ids, chunk_size):
+        x = weights["embed"][ids]
         for i in range(p.num_layers):
             w = layer_weights(weights, i)
             attn = attention_sublayer(p, w, x, start, k_cache[i], v_cache[i], plants)
@@ -134,9 +140,6 @@ def reference_trace(preset, weights: dict, token_ids, chunk_size: int = 0, plant
             x = h + out
     return records
 
-
-def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
 def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict[str, float]:
@@ -153,6 +156,6 @@ def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict
         x, h = np.asarray(r["x"], np.float64), np.asarray(r["h"], np.float64)
         attn = attention_sublayer(p, w, x, r["start"], k_cache[r["layer"]], v_cache[r["layer"]], plants)
         out = moe_sublayer(p, w, h, np.asarray(r["router_logits"], np.float64), plants)
-        worst["attention"] = max(worst["attention"], _rel_err(np.asarray(r["attn"], np.float64), attn))
-        worst["moe"] = max(worst["moe"], _rel_err(np.asarray(r["moe"], np.float64), out))
+        worst["attention"] = max(worst["attention"], rel_err(np.asarray(r["attn"], np.float64), attn))
+        worst["moe"] = max(worst["moe"], rel_err(np.asarray(r["moe"], np.float64), out))
     return worst
