@@ -116,11 +116,11 @@ def _upload(shape: GdnShape, host: dict[str, np.ndarray]) -> InputSet:
     return InputSet(arrays, arrays["state"].copy(), out, work, nbytes)
 
 
-def _ours(s: InputSet) -> Callable[[], None]:
+def _ours(s: InputSet, kernels: str = "both") -> Callable[[], None]:
     from impbench.kernels import gated_delta
 
     a = s.arrays
-    return gated_delta.prepare(a["q"], a["k"], a["v"], a["g"], a["beta"], s.state, s.out, s.work)
+    return gated_delta.prepare(a["q"], a["k"], a["v"], a["g"], a["beta"], s.state, s.out, s.work, kernels=kernels)
 
 
 # -- flash-linear-attention ------------------------------------------------------------------------
@@ -250,8 +250,10 @@ def time_tokens(shape: GdnShape, tokens: int, reps: int, fla_ok: bool) -> tuple[
 
     cold = time_graph(launchers, LAUNCHES_PER_GRAPH, reps)
     hot = time_graph(launchers[:1], LAUNCHES_PER_GRAPH, reps)
+    prep = time_graph([_ours(s, "prep") for s in sets], LAUNCHES_PER_GRAPH, reps)  # the state pass: the rest
     row = {"model": shape.model, "tokens": tokens, "ours_us": median_us(cold), "ours_min_us": min(cold),
-           "ours_hot_us": median_us(hot), "ref_err": ref_err, "sets": len(sets), "fla_us": None, "fla_hot_us": None,
+           "ours_hot_us": median_us(hot), "prep_us": median_us(prep), "state_us": median_us(cold) - median_us(prep),
+           "ref_err": ref_err, "sets": len(sets), "fla_us": None, "fla_hot_us": None,
            "fla_o_err": None, "fla_state_err": None}  # fmt: skip
     failure = None
     if fla_ok:
@@ -268,7 +270,8 @@ def time_tokens(shape: GdnShape, tokens: int, reps: int, fla_ok: bool) -> tuple[
 COLUMNS = [
     Column("tokens", "T"), Column("ours_us", "ours µs", fixed(2)), Column("fla_us", "FLA µs", fixed(2)),
     Column("fla_over_ours", "FLA/ours", fixed(3)), Column("floor_us", "plan floor µs", fixed(2)),
-    Column("x_floor", "ours x floor", fixed(2)), Column("ours_hot_us", "ours hot µs", fixed(2)),
+    Column("x_floor", "ours x floor", fixed(2)), Column("prep_us", "prep µs", fixed(2)),
+    Column("state_us", "state pass µs", fixed(2)), Column("ours_hot_us", "ours hot µs", fixed(2)),
     Column("fla_hot_us", "FLA hot µs", fixed(2)), Column("ref_err", "ours vs f64", sci),
     Column("fla_o_err", "FLA vs ours (o)", sci), Column("fla_state_err", "FLA vs ours (S)", sci),
     Column("sm_mhz", "SM MHz", fixed(0)),
@@ -314,6 +317,7 @@ def run_gdn_bench(preset, token_counts: list[int], reps: int, metadata: dict, pr
     summary += below_floor_lines(rows, lambda r: f"T={r['tokens']}")
     return BenchReport("gdn", rows, COLUMNS, summary, metadata,
                        {"model": preset.name, "tokens": token_counts, "reps": reps, "launches_per_graph": LAUNCHES_PER_GRAPH},
-                       title=f"{preset.name} gated delta rule, one layer and one chunk (ours: both kernels), device µs "
+                       title=f"{preset.name} gated delta rule, one layer and one chunk (ours: both kernels; prep: the "
+                             "first alone, state pass: the difference), device µs "
                              f"per call from replayed CUDA graphs of {LAUNCHES_PER_GRAPH} calls (cold: rotating input "
                              "sets larger than L2; hot: one set).")  # fmt: skip

@@ -153,17 +153,21 @@ def _plan(q, k, v, g, beta, state, out, work):
     ]  # fmt: skip
 
 
-def prepare(q, k, v, g, beta, state, out, work):
+def prepare(q, k, v, g, beta, state, out, work, kernels: str = "both"):
     """Check once; return a no-argument launcher of the whole rule for this chunk (both kernels, each
-    pre-packed: impbench.kernels.driver). Shapes: q, k fp16 [T, Hk, dk] (q L2-normalised and scaled by
+    pre-packed: impbench.kernels.driver); `kernels="prep"` launches the first alone (benchmarks time
+    the two apart: the state pass is the whole minus it). Shapes: q, k fp16 [T, Hk, dk] (q L2-normalised and scaled by
     1/sqrt(dk), k L2-normalised); v fp16 [T, Hv, dv], value head h reads key head h // (Hv // Hk);
     g (log decay, <= 0) and beta fp32 [T, Hv]; state fp32 [Hv, dk, dv], the state before the chunk,
     overwritten with the state after it; out fp16 [T, Hv, dv]; work a Workspace of at least T rows.
     Any T >= 1; (dk, dv) one of GEOMETRIES. Launches on the current stream; never synchronizes."""
     from impbench.kernels.driver import packed
 
+    if kernels not in ("both", "prep"):
+        raise ValueError(f"kernels must be 'both' or 'prep', got {kernels!r}")
+    plans = _plan(q, k, v, g, beta, state, out, work)
     launches = [packed(functools.partial(kernel, grid, block, args, shared_mem=smem))
-                for kernel, grid, block, args, smem in _plan(q, k, v, g, beta, state, out, work)]  # fmt: skip
+                for kernel, grid, block, args, smem in plans[: 1 if kernels == "prep" else 2]]  # fmt: skip
 
     def launch() -> None:
         for run in launches:
