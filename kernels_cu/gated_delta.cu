@@ -28,10 +28,10 @@
 //    lives in FP32 MMA accumulators for the whole chunk loop (DK = 128: warp w owns rows 16w..16w+15),
 //    and as FP16 in shared memory as the B operand of the token-side products. Per chunk, with the next
 //    chunk's Q, K, T, Aqk, V slice and (gamma, beta) loading meanwhile (cp.async, two stages): warp w
-//    takes tokens 16(w % 4).. and value columns 16(w / 4)..; K S (k = DK), R to shared memory; v' = T R
-//    (T lower triangular: column blocks <= the warp's row block only) with Q S beside it, off the
-//    K S -> R -> v' path; v' and e^{gamma_C - gamma} v' to shared memory; o = e^gamma Q S + Aqk v' to
-//    `out`; then every warp updates its state tiles S = e^{gamma_C} S + K^T (e^{gamma_C - gamma} v')
+//    takes tokens 16(w % 4).. and value columns 16(w / 4)..; K S and Q S together (k = DK, one S
+//    fragment for both), then the next chunk's copies, R to shared memory; v' = T R (T lower
+//    triangular: column blocks <= the warp's row block only); v' and e^{gamma_C - gamma} v' to shared
+//    memory; o = e^gamma Q S + Aqk v' to `out`; then every warp updates its state tiles S = e^{gamma_C} S + K^T (e^{gamma_C - gamma} v')
 //    with K^T read by ldmatrix .trans. Three block barriers a chunk. After the last chunk the FP32 state
 //    goes back to `state`, in place: the launch never depends on where in the prompt the chunk sits, so
 //    one captured graph serves every chunk of the same length. Why this split: the per-chunk Q, K, T,
@@ -84,7 +84,8 @@ __device__ __forceinline__ void acc_to_a(const float (&lo)[4], const float (&hi)
 
 // ROWS rows of COLS halves, global rows `row_stride` halves apart, into shared rows LD halves apart.
 // Rows >= valid are zero-filled (cp.async with 0 source bytes reads nothing). LOWER: a block lower
-// triangular 64x64 tile (T, Aqk); the 16x16 blocks above the diagonal are neither loaded nor read.
+// triangular 64x64 tile (T, Aqk); the 16x16 blocks above the diagonal are zero-filled, never read from
+// global memory (a predicate, not a branch: the state pass's copies then schedule freely).
 template <int ROWS, int COLS, int LD, int THREADS, bool LOWER = false>
 __device__ __forceinline__ void load_tile(half_t *smem, const half_t *gmem, long row_stride, int valid, int tid) {
     constexpr int CPR = COLS / 8;  // 16-byte chunks per row
@@ -93,8 +94,7 @@ __device__ __forceinline__ void load_tile(half_t *smem, const half_t *gmem, long
     for (int it = 0; it < ROWS * CPR / THREADS; ++it) {
         const int i = tid + it * THREADS;
         const int r = i / CPR, c = i % CPR;
-        if (LOWER && c / 2 > r / 16) continue;
-        const bool ok = r < valid;
+        const bool ok = r < valid && !(LOWER && c / 2 > r / 16);
         cp_async16(smem + r * LD + c * 8, ok ? gmem + r * row_stride + c * 8 : gmem, ok ? 16 : 0);
     }
 }
@@ -285,19 +285,21 @@ __device__ __forceinline__ void gated_delta_prep(const half_t *__restrict__ q, c
 // Kernel 2: the state pass.
 
 // acc += L[16 rg .. 16 rg + 15, :] x B[:, 16 ch .. 16 ch + 15] for a 64-row L that is zero above its diagonal
-// 16x16 blocks (T, Aqk: LDC halves a row) and a 64-row B of LDV halves a row: row block rg reads only column
-// blocks 0..rg of L and row blocks 0..rg of B.
+// 16x16 blocks (T, Aqk: LDC halves a row) and a 64-row B of LDV halves a row. The A fragments of the
+// blocks above the diagonal are replaced by zeros (a select, not a branch: every warp's four MMAs then
+// schedule beside its other work; docs/notes/gated_delta.md has the measurement).
 __device__ __forceinline__ void lower_times(float (&acc)[2][4], const half_t *l, const half_t *b_rows, int rg, int ch,
                                             const Lanes &ln) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-        if (kk <= rg) {
-            unsigned a[4], b[4];
-            ldmatrix_x4(a[0], a[1], a[2], a[3], l + (16 * rg + ln.a_row) * LDC + 16 * kk + ln.a_col);
-            ldmatrix_x4_trans(b[0], b[1], b[2], b[3], b_rows + (16 * kk + ln.a_row) * LDV + 16 * ch + ln.a_col);
-            mma_16816(acc[0], a, b);
-            mma_16816(acc[1], a, b + 2);
-        }
+        unsigned a[4], b[4];
+        ldmatrix_x4(a[0], a[1], a[2], a[3], l + (16 * rg + ln.a_row) * LDC + 16 * kk + ln.a_col);
+        ldmatrix_x4_trans(b[0], b[1], b[2], b[3], b_rows + (16 * kk + ln.a_row) * LDV + 16 * ch + ln.a_col);
+        const bool on = kk <= rg;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[i] = on ? a[i] : 0u;
+        mma_16816(acc[0], a, b);
+        mma_16816(acc[1], a, b + 2);
     }
 }
 
@@ -412,20 +414,26 @@ __device__ __forceinline__ void gated_delta_state(const half_t *__restrict__ q, 
         const int t0 = c * CHUNK, valid = min(CHUNK, T - t0);
         cp_async_wait<0>();
         __syncthreads();  // chunk c landed, S (FP16) is the state before it, stage (c + 1) & 1 is free
-        if (c + 1 < chunks) load_chunk(c + 1, stage_at<DK>(smem_raw + ((c + 1) & 1) * G::STAGE_BYTES));
-        cp_async_commit();
 
-        // K S for 16 tokens x 16 columns (B = S stored [k][n]), even and odd k steps in two chains
-        float ks[2][4], ks_odd[2][4];
+        // K S and Q S for 16 tokens x 16 columns (B = S stored [k][n], one fragment for both products),
+        // even and odd k steps in separate chains: eight independent accumulators, four MMAs deep
+        float ks[2][4], ks_odd[2][4], os[2][4], os_odd[2][4];
         zero(ks[0]), zero(ks[1]), zero(ks_odd[0]), zero(ks_odd[1]);
+        zero(os[0]), zero(os[1]), zero(os_odd[0]), zero(os_odd[1]);
 #pragma unroll
         for (int kk = 0; kk < DK / 16; ++kk) {
-            unsigned a[4], b[4];
+            unsigned a[4], aq[4], b[4];
             ldmatrix_x4(a[0], a[1], a[2], a[3], s.k + (16 * rg + ln.a_row) * LD + 16 * kk + ln.a_col);
+            ldmatrix_x4(aq[0], aq[1], aq[2], aq[3], s.q + (16 * rg + ln.a_row) * LD + 16 * kk + ln.a_col);
             ldmatrix_x4_trans(b[0], b[1], b[2], b[3], sS + (16 * kk + ln.a_row) * LDV + 16 * ch + ln.a_col);
             mma_16816(kk % 2 ? ks_odd[0] : ks[0], a, b);
             mma_16816(kk % 2 ? ks_odd[1] : ks[1], a, b + 2);
+            mma_16816(kk % 2 ? os_odd[0] : os[0], aq, b);
+            mma_16816(kk % 2 ? os_odd[1] : os[1], aq, b + 2);
         }
+        // the next chunk's copies, issued while those MMAs run
+        if (c + 1 < chunks) load_chunk(c + 1, stage_at<DK>(smem_raw + ((c + 1) & 1) * G::STAGE_BYTES));
+        cp_async_commit();
         // R = beta (V - e^gamma K S)
         const float gam0 = s.gb[2 * i0], gam1 = s.gb[2 * i1];
         const float be0 = s.gb[2 * i0 + 1], be1 = s.gb[2 * i1 + 1];
@@ -443,21 +451,14 @@ __device__ __forceinline__ void gated_delta_state(const half_t *__restrict__ q, 
         }
         __syncthreads();  // R complete
 
-        // v' = T R over the column blocks 0..rg (T is zero above its diagonal blocks); Q S meanwhile (off
-        // the K S -> R path; S is rewritten only after the next barrier)
-        float vn[2][4], os[2][4];
-        zero(vn[0]), zero(vn[1]), zero(os[0]), zero(os[1]);
+        // v' = T R over the column blocks 0..rg (T is zero above its diagonal blocks)
+        float vn[2][4];
+        zero(vn[0]), zero(vn[1]);
         lower_times(vn, s.t, sR, rg, ch, ln);
 #pragma unroll
-        for (int kk = 0; kk < DK / 16; ++kk) {
-            unsigned a[4], b[4];
-            ldmatrix_x4(a[0], a[1], a[2], a[3], s.q + (16 * rg + ln.a_row) * LD + 16 * kk + ln.a_col);
-            ldmatrix_x4_trans(b[0], b[1], b[2], b[3], sS + (16 * kk + ln.a_row) * LDV + 16 * ch + ln.a_col);
-            mma_16816(os[0], a, b);
-            mma_16816(os[1], a, b + 2);
-        }
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) os[nt][0] *= e0, os[nt][1] *= e0, os[nt][2] *= e1, os[nt][3] *= e1;
+            for (int e = 0; e < 4; ++e) os[nt][e] = (os[nt][e] + os_odd[nt][e]) * (e < 2 ? e0 : e1);
         const float gam_last = s.gb[2 * (valid - 1)];
         const float dec0 = i0 < valid ? fast_exp2(gam_last - gam0) : 0.f;
         const float dec1 = i1 < valid ? fast_exp2(gam_last - gam1) : 0.f;
