@@ -48,6 +48,39 @@ def git_info() -> dict:
     return {"git_commit": lines[1], "git_dirty": NA if status is None else bool(status.strip())}
 
 
+def kernel_info() -> dict:
+    """kernels_digest: a digest of the kernel sources compiled (every kernels_cu/*.cu and *.cuh, so a
+    result names the code it timed even where the commit does not: a copied tree, an edited file);
+    kernels_dir: "installed", or the IMPBENCH_KERNELS_DIR folder that replaced them; impbench_env: the
+    IMPBENCH_* settings in effect ("none" where unset), since PDL and the GEMM variant list change what
+    runs."""
+    import hashlib
+
+    from impbench import resources
+
+    digest = hashlib.sha256()
+    folder = resources.kernels_dir()
+    for path in sorted([*folder.glob("*.cu"), *folder.glob("*.cuh")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    settings = sorted(f"{name}={os.environ[name]}" for name in env.KNOWN if name in os.environ)
+    return {"kernels_digest": digest.hexdigest()[:16],
+            "kernels_dir": str(folder) if env.kernels_dir() else "installed",
+            "impbench_env": " ".join(settings) or "none"}  # fmt: skip
+
+
+def source_note(metadata: dict) -> str:
+    """"" for a run of the installed kernels with no IMPBENCH_* setting; else what a report header must
+    add after the commit so the run is not read as the commit's plain code."""
+    parts = []
+    if metadata.get("kernels_dir", "installed") != "installed":
+        parts.append(f"kernels {metadata.get('kernels_digest', NA)} from {metadata['kernels_dir']}")
+    settings = metadata.get("impbench_env", "none")
+    other = [item for item in settings.split() if not item.startswith((env.KERNELS_DIR, env.GIT_COMMIT))]
+    if settings != "none" and other:
+        parts.append(" ".join(other))
+    return "".join(f" ({part})" for part in parts)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -139,6 +172,7 @@ def collect_metadata(argv: list[str] | None = None, pci_bus_id: str | None = Non
     return {
         "impbench_version": __version__,
         **git_info(),
+        **kernel_info(),
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command_line": shlex.join(argv),
         **host_info(),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from impbench.errors import InputError
+from impbench.metadata import source_note
 from impbench.results import ArmResult, Result, Row
 from impbench.stats import CONFIDENCE, SAME, Comparison, compare_arms
 
@@ -78,7 +79,7 @@ def metadata_line(metadata: dict) -> str:
     m = {**dict.fromkeys(keys, NA), **metadata}
     dirty = " (dirty)" if m.get("git_dirty") is True else ""
     return (
-        f"impbench {m['impbench_version']} @ {str(m['git_commit'])[:12]}{dirty} · GPU {m['gpu_name']}, "
+        f"impbench {m['impbench_version']} @ {str(m['git_commit'])[:12]}{dirty}{source_note(m)} · GPU {m['gpu_name']}, "
         f"driver {m['gpu_driver']}, CUDA {m['cuda_driver_version']} · CuPy {m['cupy_version']} · "
         f"CPU {m['cpu_model']} ({m['cpu_count_usable']} usable cores) · {m['time_utc']}"
     )

@@ -159,6 +159,43 @@ def test_collect_metadata_on_this_machine():
     assert metadata["cpu_count"] >= 1 and metadata["python_version"].count(".") == 2
     assert all(value is not None for value in metadata.values())
     json.dumps(metadata, allow_nan=False)  # every value serialises
+    assert len(metadata["kernels_digest"]) == 16
+
+
+def test_metadata_names_the_kernel_sources_and_the_settings_that_ran(tmp_path, monkeypatch):
+    from impbench import resources
+    from impbench.metadata import kernel_info
+
+    for name in ("IMPBENCH_KERNELS_DIR", "IMPBENCH_PDL", "IMPBENCH_GEMM_VARIANTS", "IMPBENCH_GIT_COMMIT"):
+        monkeypatch.delenv(name, raising=False)
+    installed = kernel_info()
+    assert installed["kernels_dir"] == "installed" and installed["impbench_env"] == "none"
+    for source in resources.kernels_dir().glob("*.cu*"):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    monkeypatch.setenv("IMPBENCH_KERNELS_DIR", str(tmp_path))
+    monkeypatch.setenv("IMPBENCH_PDL", "off")
+    copied = kernel_info()
+    assert copied["kernels_digest"] == installed["kernels_digest"]  # the same sources, the same digest
+    assert copied["kernels_dir"] == str(tmp_path)
+    assert copied["impbench_env"] == f"IMPBENCH_KERNELS_DIR={tmp_path} IMPBENCH_PDL=off"
+    with (tmp_path / "gated_delta.cu").open("a") as f:
+        f.write("// edited\n")
+    assert kernel_info()["kernels_digest"] != installed["kernels_digest"]
+
+
+def test_report_headers_say_when_the_run_was_not_the_commits_plain_code():
+    from impbench.bench.report import BenchReport
+    from impbench.metadata import source_note
+    from impbench.report import metadata_line
+
+    plain = {"git_commit": "a29829b", "kernels_digest": "0123abcd0123abcd", "kernels_dir": "installed",
+             "impbench_env": "IMPBENCH_GIT_COMMIT=a29829b"}  # fmt: skip
+    assert source_note(plain) == "" and "@ a29829b ·" in metadata_line(plain)
+    other = {**plain, "kernels_dir": "/tmp/k", "impbench_env": "IMPBENCH_KERNELS_DIR=/tmp/k IMPBENCH_PDL=off"}
+    note = " (kernels 0123abcd0123abcd from /tmp/k) (IMPBENCH_PDL=off)"
+    assert source_note(other) == note and f"@ a29829b{note} ·" in metadata_line(other)
+    report = BenchReport("gdn", [], [], [], other, {}, title="t.")
+    assert report.format("md").splitlines()[0] == f"t. GPU: n/a; commit a29829b{note}"
 
 
 def test_gpu_info_without_nvml_is_n_a_and_with_nvml_reads_the_card():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from impbench.errors import InputError
+from impbench.metadata import source_note
 
 FORMATS = ("md", "csv", "json")
 
@@ -74,7 +75,8 @@ class BenchReport:
             return pd.DataFrame(self.rows).to_csv(index=False)
         frame = pd.DataFrame([{c.header: c.text(row.get(c.key)) for c in self.columns} for row in self.rows])
         gpu = self.metadata.get("gpu_name", "n/a")
-        head = f"{self.title} GPU: {gpu}; commit {str(self.metadata.get('git_commit', 'n/a'))[:12]}".strip()
+        commit = str(self.metadata.get("git_commit", "n/a"))[:12] + source_note(self.metadata)
+        head = f"{self.title} GPU: {gpu}; commit {commit}".strip()
         table = frame.to_markdown(index=False, disable_numparse=True) if not frame.empty else "(no rows)"
         return "\n".join([head, "", table, "", *[f"- {line}" for line in self.summary]]) + "\n"
 
