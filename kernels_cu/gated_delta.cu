@@ -116,12 +116,14 @@ struct PrepGeometry {
 // T_IJ (I > J) of T = (I + A)^{-1} by 16x16 blocks: -sum_{K = J}^{I-1} (T_II A_IK) T_KJ, one warp. The
 // product T_II A_IK stays in registers as the A operand of the next MMA. Reads T_II and T_KJ (K < I),
 // which earlier levels wrote; writes T_IJ.
-__device__ __forceinline__ void merge_block(half_t *sT, const half_t *sA, int I, int J, const Lanes &ln) {
+template <int I, int J>
+__device__ __forceinline__ void merge_block(half_t *sT, const half_t *sA, const Lanes &ln) {
     unsigned tii[4];
     ldmatrix_x4(tii[0], tii[1], tii[2], tii[3], sT + (16 * I + ln.a_row) * LDC + 16 * I + ln.a_col);
     float z[2][4];
     zero(z[0]);
     zero(z[1]);
+#pragma unroll
     for (int kb = J; kb < I; ++kb) {
         unsigned b[4], ay[4];
         float y[2][4];
@@ -140,6 +142,29 @@ __device__ __forceinline__ void merge_block(half_t *sT, const half_t *sA, int I,
         half_t *dst = sT + (16 * I + ln.gr) * LDC + 16 * J + 8 * nt + ln.tc;
         *reinterpret_cast<half2_t *>(dst) = pack_half2(-z[nt][0], -z[nt][1]);
         *reinterpret_cast<half2_t *>(dst + 8 * LDC) = pack_half2(-z[nt][2], -z[nt][3]);
+    }
+}
+
+// K K^T and Q K^T, rows 16 W .. 16 W + 15 against the key blocks 0..W (B from K stored [n][k]); the warp
+// index W is a template argument, so the loop has no branch and its loads schedule ahead of the MMAs.
+template <int W, int DK, int LD>
+__device__ __forceinline__ void row_block_products(const half_t *sQ, const half_t *sK, const Lanes &ln,
+                                                   float (&kk)[8][4], float (&qk)[8][4]) {
+    const half_t *sKw = sK + (W * 16) * LD, *sQw = sQ + (W * 16) * LD;
+#pragma unroll
+    for (int ks = 0; ks < DK / 16; ++ks) {
+        unsigned ak[4], aq[4];
+        ldmatrix_x4(ak[0], ak[1], ak[2], ak[3], sKw + ln.a_row * LD + ks * 16 + ln.a_col);
+        ldmatrix_x4(aq[0], aq[1], aq[2], aq[3], sQw + ln.a_row * LD + ks * 16 + ln.a_col);
+#pragma unroll
+        for (int nb = 0; nb <= W; ++nb) {
+            unsigned b[4];
+            ldmatrix_x4(b[0], b[1], b[2], b[3], sK + (nb * 16 + ln.b_row) * LD + ks * 16 + ln.b_col);
+            mma_16816(kk[2 * nb], ak, b);
+            mma_16816(kk[2 * nb + 1], ak, b + 2);
+            mma_16816(qk[2 * nb], aq, b);
+            mma_16816(qk[2 * nb + 1], aq, b + 2);
+        }
     }
 }
 
@@ -197,23 +222,11 @@ __device__ __forceinline__ void gated_delta_prep(const half_t *__restrict__ q, c
     float kk[8][4], qk[8][4];
 #pragma unroll
     for (int i = 0; i < 8; ++i) zero(kk[i]), zero(qk[i]);
-    const half_t *sKw = sK + (warp * 16) * LD, *sQw = sQ + (warp * 16) * LD;
-#pragma unroll
-    for (int ks = 0; ks < DK / 16; ++ks) {
-        unsigned ak[4], aq[4];
-        ldmatrix_x4(ak[0], ak[1], ak[2], ak[3], sKw + ln.a_row * LD + ks * 16 + ln.a_col);
-        ldmatrix_x4(aq[0], aq[1], aq[2], aq[3], sQw + ln.a_row * LD + ks * 16 + ln.a_col);
-#pragma unroll
-        for (int nb = 0; nb < 4; ++nb) {
-            if (nb <= warp) {
-                unsigned b[4];
-                ldmatrix_x4(b[0], b[1], b[2], b[3], sK + (nb * 16 + ln.b_row) * LD + ks * 16 + ln.b_col);
-                mma_16816(kk[2 * nb], ak, b);
-                mma_16816(kk[2 * nb + 1], ak, b + 2);
-                mma_16816(qk[2 * nb], aq, b);
-                mma_16816(qk[2 * nb + 1], aq, b + 2);
-            }
-        }
+    switch (warp) {  // warp-uniform
+        case 0: row_block_products<0, DK, LD>(sQ, sK, ln, kk, qk); break;
+        case 1: row_block_products<1, DK, LD>(sQ, sK, ln, kk, qk); break;
+        case 2: row_block_products<2, DK, LD>(sQ, sK, ln, kk, qk); break;
+        default: row_block_products<3, DK, LD>(sQ, sK, ln, kk, qk); break;
     }
 
     // Decays and beta: A (FP16 everywhere, FP32 on the diagonal blocks) to shared memory, Aqk to the
@@ -264,11 +277,14 @@ __device__ __forceinline__ void gated_delta_prep(const half_t *__restrict__ q, c
         for (int r = 0; r < 16; ++r) col[r * LDC] = f2h(x[r]);
     }
     __syncthreads();
-    if (warp < 3) merge_block(sT, sA, warp + 1, warp, ln);  // T_10, T_21, T_32
+    if (warp == 0) merge_block<1, 0>(sT, sA, ln);
+    else if (warp == 1) merge_block<2, 1>(sT, sA, ln);
+    else if (warp == 2) merge_block<3, 2>(sT, sA, ln);
     __syncthreads();
-    if (warp < 2) merge_block(sT, sA, warp + 2, warp, ln);  // T_20, T_31
+    if (warp == 0) merge_block<2, 0>(sT, sA, ln);
+    else if (warp == 1) merge_block<3, 1>(sT, sA, ln);
     __syncthreads();
-    if (warp == 0) merge_block(sT, sA, 3, 0, ln);  // T_30
+    if (warp == 0) merge_block<3, 0>(sT, sA, ln);
     __syncthreads();
 
     // T to the workspace in 16-byte chunks, the column blocks up to the diagonal block of each row
