@@ -365,6 +365,21 @@ def compare_notes(old: Result, new: Result, rows: list[CompareRow]) -> list[str]
         before, after = old.metadata.get(key, NA), new.metadata.get(key, NA)
         if before != after:
             notes.append(f"note: {key} differs (OLD {before!r}, NEW {after!r}): the two runs are not like for like")
+    return notes + code_notes(old.metadata, new.metadata)
+
+
+def code_notes(old: dict, new: dict) -> list[str]:
+    """What the two runs compiled and how they were set (results written before metadata carried this say
+    nothing): the same kernel sources mean a change shows from host code, settings or the machine."""
+    notes = []
+    before, after = old.get("kernels_digest"), new.get("kernels_digest")
+    if before and after:
+        notes.append(f"note: both runs compiled the same kernel sources ({after}): a difference comes from host code, "
+                     "settings or the machine" if before == after
+                     else f"note: the kernel sources differ (OLD {before}, NEW {after})")  # fmt: skip
+    before, after = old.get("impbench_env"), new.get("impbench_env")
+    if before and after and before != after:
+        notes.append(f"note: the IMPBENCH_* settings differ (OLD {before!r}, NEW {after!r})")
     return notes
 
 

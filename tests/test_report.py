@@ -123,6 +123,19 @@ def test_compare_lists_one_sided_arms_and_machine_differences():
     assert frame["how"].tolist()[2:] == ["only in OLD"] * 2 + ["only in NEW"] * 2
 
 
+def test_compare_says_whether_the_kernel_sources_and_settings_changed():
+    code = {"kernels_digest": "aaaa", "kernels_dir": "installed", "impbench_env": "none"}
+    same = format_compare(make_result(metadata={**METADATA, **code}), make_result(metadata={**METADATA, **code}))
+    assert "both runs compiled the same kernel sources (aaaa)" in same and "settings differ" not in same
+    other = {**code, "kernels_digest": "bbbb", "impbench_env": "IMPBENCH_PDL=off"}
+    changed = format_compare(make_result(metadata={**METADATA, **code}), make_result(metadata={**METADATA, **other}))
+    assert "the kernel sources differ (OLD aaaa, NEW bbbb)" in changed
+    assert "the IMPBENCH_* settings differ (OLD 'none', NEW 'IMPBENCH_PDL=off')" in changed
+    # results written before the metadata carried these keys: nothing said either way
+    older = format_compare(make_result(), make_result(metadata={**METADATA, **code}))
+    assert "kernel sources" not in older and "settings differ" not in older
+
+
 def test_two_single_arm_runs_compare_unpaired_and_say_so():
     old = make_result([Row("m", 64, [make_arm("A", [100.0, 101.0, 99.0])])], command="run")
     new = make_result([Row("m", 64, [make_arm("A", [110.0, 111.0, 109.0])])], command="run")
