@@ -52,7 +52,7 @@ def kernel_info() -> dict:
     """kernels_digest: a digest of the kernel sources compiled (every kernels_cu/*.cu and *.cuh, so a
     result names the code it timed even where the commit does not: a copied tree, an edited file);
     kernels_dir: "installed", or the IMPBENCH_KERNELS_DIR folder that replaced them; impbench_env: the
-    IMPBENCH_* settings in effect ("none" where unset), since PDL and the GEMM variant list change what
+    IMPBENCH_* settings in effect, "; "-separated ("none" where none is set), since PDL and the GEMM variant list change what
     runs."""
     import hashlib
 
@@ -62,10 +62,10 @@ def kernel_info() -> dict:
     folder = resources.kernels_dir()
     for path in sorted([*folder.glob("*.cu"), *folder.glob("*.cuh")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    settings = sorted(f"{name}={os.environ[name]}" for name in env.KNOWN if name in os.environ)
+    settings = sorted(f"{name}={os.environ[name].strip()}" for name in env.KNOWN if os.environ.get(name, "").strip())
     return {"kernels_digest": digest.hexdigest()[:16],
             "kernels_dir": str(folder) if env.kernels_dir() else "installed",
-            "impbench_env": " ".join(settings) or "none"}  # fmt: skip
+            "impbench_env": "; ".join(settings) or "none"}  # fmt: skip
 
 
 def source_note(metadata: dict) -> str:
@@ -75,9 +75,9 @@ def source_note(metadata: dict) -> str:
     if metadata.get("kernels_dir", "installed") != "installed":
         parts.append(f"kernels {metadata.get('kernels_digest', NA)} from {metadata['kernels_dir']}")
     settings = metadata.get("impbench_env", "none")
-    other = [item for item in settings.split() if not item.startswith((env.KERNELS_DIR, env.GIT_COMMIT))]
+    other = [item for item in settings.split("; ") if not item.startswith((env.KERNELS_DIR, env.GIT_COMMIT))]
     if settings != "none" and other:
-        parts.append(" ".join(other))
+        parts.append("; ".join(other))
     return "".join(f" ({part})" for part in parts)
 
 

@@ -174,10 +174,11 @@ def test_metadata_names_the_kernel_sources_and_the_settings_that_ran(tmp_path, m
         (tmp_path / source.name).write_bytes(source.read_bytes())
     monkeypatch.setenv("IMPBENCH_KERNELS_DIR", str(tmp_path))
     monkeypatch.setenv("IMPBENCH_PDL", "off")
+    monkeypatch.setenv("IMPBENCH_GEMM_VARIANTS", " ")  # set but empty: not a setting
     copied = kernel_info()
     assert copied["kernels_digest"] == installed["kernels_digest"]  # the same sources, the same digest
     assert copied["kernels_dir"] == str(tmp_path)
-    assert copied["impbench_env"] == f"IMPBENCH_KERNELS_DIR={tmp_path} IMPBENCH_PDL=off"
+    assert copied["impbench_env"] == f"IMPBENCH_KERNELS_DIR={tmp_path}; IMPBENCH_PDL=off"
     with (tmp_path / "gated_delta.cu").open("a") as f:
         f.write("// edited\n")
     assert kernel_info()["kernels_digest"] != installed["kernels_digest"]
@@ -191,8 +192,8 @@ def test_report_headers_say_when_the_run_was_not_the_commits_plain_code():
     plain = {"git_commit": "a29829b", "kernels_digest": "0123abcd0123abcd", "kernels_dir": "installed",
              "impbench_env": "IMPBENCH_GIT_COMMIT=a29829b"}  # fmt: skip
     assert source_note(plain) == "" and "@ a29829b ·" in metadata_line(plain)
-    other = {**plain, "kernels_dir": "/tmp/k", "impbench_env": "IMPBENCH_KERNELS_DIR=/tmp/k IMPBENCH_PDL=off"}
-    note = " (kernels 0123abcd0123abcd from /tmp/k) (IMPBENCH_PDL=off)"
+    other = {**plain, "kernels_dir": "/tmp/a b", "impbench_env": "IMPBENCH_KERNELS_DIR=/tmp/a b; IMPBENCH_PDL=off"}
+    note = " (kernels 0123abcd0123abcd from /tmp/a b) (IMPBENCH_PDL=off)"
     assert source_note(other) == note and f"@ a29829b{note} ·" in metadata_line(other)
     report = BenchReport("gdn", [], [], [], other, {}, title="t.")
     assert report.format("md").splitlines()[0] == f"t. GPU: n/a; commit a29829b{note}"
