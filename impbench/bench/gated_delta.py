@@ -303,7 +303,8 @@ def run_gdn_bench(preset, token_counts: list[int], reps: int, metadata: dict, pr
                 failures.append(failure)
             if progress:
                 fla = "-" if row["fla_us"] is None else f"{row['fla_us']:.2f}"
-                progress(f"T={tokens}: ours {row['ours_us']:.2f} µs (hot {row['ours_hot_us']:.2f}), FLA {fla} µs, "
+                progress(f"T={tokens}: ours {row['ours_us']:.2f} µs (hot {row['ours_hot_us']:.2f}, prep "
+                         f"{row['prep_us']:.2f}), FLA {fla} µs, "
                          f"ours vs f64 {row['ref_err']:.1e}")  # fmt: skip
     summary = [f"FLA: {versions}, chunk_gated_delta_rule(scale=1.0, initial_state, output_final_state=True) on the same "
                "memory, fp16 q/k/v, fp32 g/beta/state" if versions else missing]  # fmt: skip
