@@ -68,16 +68,26 @@ def kernel_info() -> dict:
             "impbench_env": "; ".join(settings) or "none"}  # fmt: skip
 
 
+def run_settings(metadata: dict) -> str | None:
+    """The IMPBENCH_* settings that change what runs ("none" where none is set; None where the result
+    predates the record): the kernel folder's path and the commit label are left out, since the kernels'
+    digest and git_commit say those, whatever machine's paths they had."""
+    recorded = metadata.get("impbench_env")
+    if recorded is None:
+        return None
+    kept = [item for item in recorded.split("; ") if item != "none" and not item.startswith((env.KERNELS_DIR, env.GIT_COMMIT))]
+    return "; ".join(kept) or "none"
+
+
 def source_note(metadata: dict) -> str:
     """"" for a run of the installed kernels with no IMPBENCH_* setting; else what a report header must
     add after the commit so the run is not read as the commit's plain code."""
     parts = []
     if metadata.get("kernels_dir", "installed") != "installed":
         parts.append(f"kernels {metadata.get('kernels_digest', NA)} from {metadata['kernels_dir']}")
-    settings = metadata.get("impbench_env", "none")
-    other = [item for item in settings.split("; ") if not item.startswith((env.KERNELS_DIR, env.GIT_COMMIT))]
-    if settings != "none" and other:
-        parts.append("; ".join(other))
+    settings = run_settings(metadata)
+    if settings not in (None, "none"):
+        parts.append(settings)
     return "".join(f" ({part})" for part in parts)
 
 

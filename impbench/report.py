@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from impbench.errors import InputError
-from impbench.metadata import source_note
+from impbench.metadata import run_settings, source_note
 from impbench.results import ArmResult, Result, Row
 from impbench.stats import CONFIDENCE, SAME, Comparison, compare_arms
 
@@ -377,7 +377,7 @@ def code_notes(old: dict, new: dict) -> list[str]:
         notes.append(f"note: both runs compiled the same kernel sources ({after}): a difference comes from host code, "
                      "settings or the machine" if before == after
                      else f"note: the kernel sources differ (OLD {before}, NEW {after})")  # fmt: skip
-    before, after = old.get("impbench_env"), new.get("impbench_env")
+    before, after = run_settings(old), run_settings(new)
     if before and after and before != after:
         notes.append(f"note: the IMPBENCH_* settings differ (OLD {before!r}, NEW {after!r})")
     return notes

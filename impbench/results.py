@@ -23,6 +23,7 @@ from impbench.arms import ArmSpec
 from impbench.capture import EAGER, CaptureStatus
 from impbench.errors import InputError
 from impbench.files import read_json
+from impbench.metadata import run_settings
 from impbench.stats import Comparison, compare_arms, drop_flagged, summarize
 from impbench.telemetry import RepTelemetry
 
@@ -379,9 +380,14 @@ def load_result(path: str | Path) -> Result:
         raise InputError(f"{path}: not a valid impbench result: {what}") from None
 
 
+# What a merged result's one metadata block says of every row: the code that ran and how it was set.
+CODE_KEYS = {"git_commit": "commit", "kernels_digest": "kernel sources", "impbench_env": "IMPBENCH_* settings"}
+
+
 def merge_results(results: list[Result], names: list[str]) -> Result:
     """One result of several runs of the same sweep (several clusters, or GPU kinds run apart): the rows of
-    all, each (model, pp, GPU kind) from one file only; every file must hold the same command and settings.
+    all, each (model, pp, GPU kind) from one file only; every file must hold the same command and settings,
+    and the same commit, kernel sources and IMPBENCH_* settings where both files record them.
     A row measured on another machine keeps its own machine facts, so no row is read as another's."""
     first = results[0]
     merged = Result(first.command, metadata={**first.metadata, "merged_from": names}, settings=first.settings)
@@ -389,6 +395,11 @@ def merge_results(results: list[Result], names: list[str]) -> Result:
     for result, name in zip(results, names):
         if result.command != first.command or result.settings != first.settings:
             raise InputError(f"{name}: another command or other settings than {names[0]}; only runs of one sweep merge")
+        for key, what in CODE_KEYS.items():  # one metadata block for all rows: they must have run the same code
+            mine, theirs = (run_settings(m) if key == "impbench_env" else m.get(key) for m in (result.metadata, first.metadata))
+            if None not in (mine, theirs) and "n/a" not in (mine, theirs) and mine != theirs:
+                raise InputError(f"{name}: {what} {mine!r}, {names[0]} {theirs!r}; only runs of the same code and "
+                                 "settings merge")  # fmt: skip
         for row in result.rows:
             key = row.key
             if key in seen and not row.failed:

@@ -129,3 +129,29 @@ def test_results_of_several_clusters_merge_and_a_row_in_two_is_refused(capsys, t
     assert merged.metadata["merged_from"] == [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
     code, _, err = run_cli(capsys, "merge", str(tmp_path / "m2.json"), str(tmp_path / "a.json"), str(tmp_path / "a.json"))
     assert code == 2 and "is also in" in err
+
+
+def test_results_of_other_code_do_not_merge(capsys, tmp_path):
+    from fakes import METADATA, make_result, make_row
+    from test_report import _save
+
+    code_a = {**METADATA, "kernels_digest": "aaaa", "impbench_env": "none"}
+    a = make_result([make_row(pp=512)], command="sweep", metadata=code_a)
+    for other, said in (({"kernels_digest": "bbbb"}, "kernel sources 'bbbb'"),
+                        ({"git_commit": "fedcba9876543210"}, "commit 'fedcba9876543210'"),
+                        ({"impbench_env": "IMPBENCH_PDL=off"}, "IMPBENCH_* settings 'IMPBENCH_PDL=off'")):  # fmt: skip
+        b = make_result([make_row(pp=1024)], command="sweep", metadata={**code_a, **other})
+        _save(a, tmp_path / "a.json"), _save(b, tmp_path / "b.json")
+        code, _, err = run_cli(capsys, "merge", str(tmp_path / "m.json"), str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+        assert code == 2 and said in err and err.count("\n") == 1, err
+    # the same code set up apart: its own kernel folder path and commit label on each machine
+    b = make_result([make_row(pp=1024)], command="sweep",
+                    metadata={**code_a, "impbench_env": "IMPBENCH_GIT_COMMIT=0123456789abcdef; IMPBENCH_KERNELS_DIR=/x"})
+    _save(b, tmp_path / "b.json")
+    code, _, err = run_cli(capsys, "merge", str(tmp_path / "m.json"), str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--force")
+    assert code == 0, err
+    # a file from before the metadata recorded the kernels (no key) still merges
+    older = make_result([make_row(pp=1024)], command="sweep")
+    _save(older, tmp_path / "old.json")
+    code, _, err = run_cli(capsys, "merge", str(tmp_path / "m.json"), str(tmp_path / "a.json"), str(tmp_path / "old.json"), "--force")
+    assert code == 0, err

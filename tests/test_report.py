@@ -131,6 +131,9 @@ def test_compare_says_whether_the_kernel_sources_and_settings_changed():
     changed = format_compare(make_result(metadata={**METADATA, **code}), make_result(metadata={**METADATA, **other}))
     assert "the kernel sources differ (OLD aaaa, NEW bbbb)" in changed
     assert "the IMPBENCH_* settings differ (OLD 'none', NEW 'IMPBENCH_PDL=off')" in changed
+    relabelled = {**code, "impbench_env": "IMPBENCH_GIT_COMMIT=abc; IMPBENCH_KERNELS_DIR=/elsewhere"}
+    assert "settings differ" not in format_compare(make_result(metadata={**METADATA, **code}),
+                                                   make_result(metadata={**METADATA, **relabelled}))  # fmt: skip
     # results written before the metadata carried these keys: nothing said either way
     older = format_compare(make_result(), make_result(metadata={**METADATA, **code}))
     assert "kernel sources" not in older and "settings differ" not in older
