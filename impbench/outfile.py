@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from impbench.errors import InputError
-from impbench.results import Result, load_result
+from impbench.results import Result, code_difference, load_result
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -92,6 +92,10 @@ class ResultFile:
         if gpu_before != gpu_now:
             raise InputError(f"{self.option} {self.path} holds rows measured on {gpu_before!r}, not on this {gpu_now!r}: rows "
                              "of two GPUs are never one table; give another path, or --force to replace it")  # fmt: skip
+        differs = code_difference(fresh.metadata, self.previous.metadata)
+        if differs:
+            raise InputError(f"{self.option} {self.path} holds rows of other code than this run (this run's {differs} in the file): rows "
+                             "of two versions are never one table; give another path, or --force to replace it")  # fmt: skip
         self.previous.metadata = {**fresh.metadata, "resumed_from": self.previous.metadata.get("time_utc")}
         return self.previous
 

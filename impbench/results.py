@@ -380,8 +380,18 @@ def load_result(path: str | Path) -> Result:
         raise InputError(f"{path}: not a valid impbench result: {what}") from None
 
 
-# What a merged result's one metadata block says of every row: the code that ran and how it was set.
+# What a result's one metadata block says of every row: the code that ran and how it was set.
 CODE_KEYS = {"git_commit": "commit", "kernels_digest": "kernel sources", "impbench_env": "IMPBENCH_* settings"}
+
+
+def code_difference(mine: dict, theirs: dict) -> str | None:
+    """How two results' metadata differ in the code that ran ("kernel sources 'b…' against 'a…'"), or None
+    where they agree on everything both record (results from before a key was recorded say nothing)."""
+    for key, what in CODE_KEYS.items():
+        a, b = (run_settings(m) if key == "impbench_env" else m.get(key) for m in (mine, theirs))
+        if None not in (a, b) and "n/a" not in (a, b) and a != b:
+            return f"{what} {a!r} against {b!r}"
+    return None
 
 
 def merge_results(results: list[Result], names: list[str]) -> Result:
@@ -395,11 +405,9 @@ def merge_results(results: list[Result], names: list[str]) -> Result:
     for result, name in zip(results, names):
         if result.command != first.command or result.settings != first.settings:
             raise InputError(f"{name}: another command or other settings than {names[0]}; only runs of one sweep merge")
-        for key, what in CODE_KEYS.items():  # one metadata block for all rows: they must have run the same code
-            mine, theirs = (run_settings(m) if key == "impbench_env" else m.get(key) for m in (result.metadata, first.metadata))
-            if None not in (mine, theirs) and "n/a" not in (mine, theirs) and mine != theirs:
-                raise InputError(f"{name}: {what} {mine!r}, {names[0]} {theirs!r}; only runs of the same code and "
-                                 "settings merge")  # fmt: skip
+        differs = code_difference(result.metadata, first.metadata)  # one metadata block will speak for every row
+        if differs:
+            raise InputError(f"{name}: {differs} in {names[0]}; only runs of the same code and settings merge")
         for row in result.rows:
             key = row.key
             if key in seen and not row.failed:

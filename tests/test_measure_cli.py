@@ -206,6 +206,26 @@ def test_rows_of_another_gpu_are_not_resumed_into(capsys, monkeypatch, tmp_path)
     assert code == 2 and "measured on 'NVIDIA H100 80GB HBM3', not on this 'NVIDIA H200'" in err
 
 
+def test_rows_of_other_code_are_not_resumed_into(capsys, monkeypatch, tmp_path):
+    from fakes import METADATA
+
+    from impbench import metadata
+
+    path = tmp_path / "ab.json"
+    code_a = {**METADATA, "kernels_digest": "aaaa", "impbench_env": "none"}
+    FakeGpu(monkeypatch)
+    monkeypatch.setattr(metadata, "device_metadata", lambda argv=None: dict(code_a))
+    assert _ab(capsys, path)[0] == 0
+    FakeGpu(monkeypatch)  # the same code again: resumed (nothing left to measure)
+    monkeypatch.setattr(metadata, "device_metadata", lambda argv=None: dict(code_a))
+    assert _ab(capsys, path)[0] == 0
+    FakeGpu(monkeypatch)  # an edited kernel
+    monkeypatch.setattr(metadata, "device_metadata", lambda argv=None: {**code_a, "kernels_digest": "bbbb"})
+    code, _, err = _ab(capsys, path)
+    assert code == 2 and "holds rows of other code than this run (this run's kernel sources 'bbbb' against 'aaaa'" in err
+    assert err.count("\n") == 1 and [row.pp for row in load_result(path).rows] == [64, 80, 96]
+
+
 def test_sweep_takes_the_scenario_s_seed_and_reps(capsys, monkeypatch, tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text('models = ["tiny"]\npp = [64]\narms = ["mode=eager", "mode=graph"]\nreps = 4\nseed = 7\n')
