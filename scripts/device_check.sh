@@ -12,7 +12,9 @@
 # travel in .whl: carry it), attn (impbench attn, Gemma-4's attention kernels against PyTorch SDPA), gemm36
 # (impbench gemm on Qwen3.6's shapes), run36 (impbench run, qwen3.6 pp 1024 graph/small-n, profile), sweep36
 # (scenarios/sweeps/qwen3.6.toml: pp 512,1024,2048, eager against graph with the seed, tight and small-n guards),
-# rung4 (impbench run, gemma-4 pp 2048 eager, profile), sweepg4 (scenarios/sweeps/gemma-4.toml).
+# rung4 (impbench run, gemma-4 pp 2048 eager, profile), sweepg4 (scenarios/sweeps/gemma-4.toml), ncu (Nsight
+# Compute on the first NCU_COUNT launches of kernels matching NCU_KERNEL, a regex, while `impbench $NCU_ARGS`
+# runs; the clocks are left alone: --clock-control none).
 # BEFORE=<folder>: a checkout of another commit; the benchmark stages run there too, on the same
 # machine and in the same call, so before and after compare like for like (AFTER=0: there only).
 # Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
@@ -127,6 +129,15 @@ if has sweepg4; then
     > "$WORK/ab_gemma-4.md" 2> "$WORK/ab_gemma-4.err"
   echo "sweep gemma-4 rc=$?" >> "$summary"
   grep -E "^\| gemma" "$WORK/ab_gemma-4.md" | head -24 >> "$summary"
+fi
+if has ncu; then
+  timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k "regex:${NCU_KERNEL:-gated_delta}" --launch-count ${NCU_COUNT:-2} \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
+    --section WarpStateStats --section LaunchStats --section Occupancy --section SourceCounters \
+    python3 -m impbench ${NCU_ARGS:-gdn --pp 512 --reps 3} > "$WORK/ncu.txt" 2> "$WORK/ncu.err"
+  echo "ncu rc=$? ($(grep -c '^  [a-z_0-9]* (' "$WORK/ncu.txt") kernels)" >> "$summary"
+  grep -E "^  [a-z_0-9]+ \(|Duration|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Achieved Occupancy|L2 Cache Throughput|DRAM Throughput" \
+    "$WORK/ncu.txt" >> "$summary"
 fi
 cp "$summary" "$OUT/summary.txt"
 tar czf "$OUT/check.tgz" -C "$WORK" .
