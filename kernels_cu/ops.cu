@@ -45,29 +45,8 @@ template <int C>
 __device__ __forceinline__ void norm_store(const u32x4 raw[C], const u32x4 w_raw[C], half_t *__restrict__ out_row,
                                            int chunks, float eps) {
     __shared__ float scratch[32];
-    float sq = 0.0f;
-#pragma unroll
-    for (int c = 0; c < C; ++c) {
-        if (threadIdx.x + c * blockDim.x < chunks) {
-            float x[8];
-            unpack8(raw[c], x);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) sq += x[i] * x[i];
-        }
-    }
-    const float inv = rsqrtf(block_sum(sq, scratch) / (float)(chunks * 8) + eps);
-#pragma unroll
-    for (int c = 0; c < C; ++c) {
-        const int chunk = threadIdx.x + c * blockDim.x;
-        if (chunk < chunks) {
-            float x[8], w[8], y[8];
-            unpack8(raw[c], x);
-            unpack8(w_raw[c], w);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) y[i] = x[i] * inv * w[i];
-            reinterpret_cast<u32x4 *>(out_row)[chunk] = pack8(y);
-        }
-    }
+    const float inv = rsqrtf(block_sum(chunk_sum_squares<C>(raw, chunks), scratch) / (float)(chunks * 8) + eps);
+    scaled_store<C>(raw, w_raw, inv, reinterpret_cast<u32x4 *>(out_row), chunks);
 }
 
 // Per-head attention prologue, templated on VP = RoPE pairs per lane (D = 2 * 32 * VP, or D <= 64
@@ -409,6 +388,15 @@ __device__ __forceinline__ void kperm_group(const u32x4 *src, u32x4 *dst, int i)
     for (int q = 0; q < 4; ++q) dst[4 * i + q] = out[q];
 }
 
+// The block's row `row` (just written by its threads) again in kperm order at kp_row: the input of the
+// wgp / wgb expert GEMMs, without a launch of its own. chunks % 16 == 0 (hidden % 128 == 0).
+__device__ __forceinline__ void store_kperm_row(const half_t *row, half_t *kp_row, int chunks) {
+    __syncthreads();  // the block's row is written (and visible to the block)
+    const u32x4 *o_row = reinterpret_cast<const u32x4 *>(row);
+    u32x4 *k_row = reinterpret_cast<u32x4 *>(kp_row);
+    for (int g = threadIdx.x; g < chunks / 4; g += blockDim.x) kperm_group(o_row + (g >> 2) * 16, k_row + (g >> 2) * 16, g & 3);
+}
+
 // residual += x (rounded to FP16, as the residual stream is stored), then out = RMSNorm(residual).
 // The norm reads the rounded sum, so it matches what the next op sees in `residual`. With out_kp, the
 // block then also writes its out row in kperm order there (hidden % 128 == 0): the input of the wgp
@@ -444,12 +432,7 @@ __device__ __forceinline__ void add_rmsnorm_impl(const half_t *__restrict__ x, h
         }
     }
     norm_store<C>(raw, w_raw, out + (size_t)blockIdx.x * hidden, chunks, eps);
-    if (out_kp) {
-        __syncthreads();  // the block's out row is written (and visible to the block)
-        const u32x4 *o_row = reinterpret_cast<const u32x4 *>(out + (size_t)blockIdx.x * hidden);
-        u32x4 *k_row = reinterpret_cast<u32x4 *>(out_kp + (size_t)blockIdx.x * hidden);
-        for (int g = threadIdx.x; g < chunks / 4; g += blockDim.x) kperm_group(o_row + (g >> 2) * 16, k_row + (g >> 2) * 16, g & 3);
-    }
+    if (out_kp) store_kperm_row(out + (size_t)blockIdx.x * hidden, out_kp + (size_t)blockIdx.x * hidden, chunks);
 }
 
 // Gemma-4's post-attention sandwich, one launch: a = RMSNorm(x) * w0 (the attention block's output,
@@ -485,17 +468,7 @@ __device__ __forceinline__ void post_attn_norms_impl(half_t *x, half_t *__restri
         }
     }
     load_weight_chunks<C>(w0, w_raw, chunks);
-    float sq = 0.0f;
-#pragma unroll
-    for (int c = 0; c < C; ++c) {
-        if (threadIdx.x + c * blockDim.x < chunks) {
-            float v[8];
-            unpack8(raw[c], v);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) sq += v[i] * v[i];
-        }
-    }
-    const float inv_a = rsqrtf(block_sum(sq, scratch_a) / (float)hidden + eps);
+    const float inv_a = rsqrtf(block_sum(chunk_sum_squares<C>(raw, chunks), scratch_a) / (float)hidden + eps);
     float sq_h = 0.0f;
 #pragma unroll
     for (int c = 0; c < C; ++c) {  // raw[c] <- h, the rounded sum
@@ -526,26 +499,10 @@ __device__ __forceinline__ void post_attn_norms_impl(half_t *x, half_t *__restri
 #pragma unroll
     for (int j = 0; j < 3; ++j) {
         if (j >= n_out) break;
-        u32x4 *o_row = reinterpret_cast<u32x4 *>((j == 0 ? out1 : (j == 1 ? out2 : out3)) + row0);
-#pragma unroll
-        for (int c = 0; c < C; ++c) {
-            const int chunk = threadIdx.x + c * blockDim.x;
-            if (chunk < chunks) {
-                float v[8], w[8];
-                unpack8(raw[c], v);
-                unpack8(wj_raw[j][c], w);
-#pragma unroll
-                for (int i = 0; i < 8; ++i) v[i] = v[i] * inv_h * w[i];
-                o_row[chunk] = pack8(v);
-            }
-        }
+        scaled_store<C>(raw, wj_raw[j], inv_h, reinterpret_cast<u32x4 *>((j == 0 ? out1 : (j == 1 ? out2 : out3)) + row0),
+                        chunks);
     }
-    if (out_kp) {
-        __syncthreads();  // the block's out2 row is written (and visible to the block)
-        const u32x4 *o_row = reinterpret_cast<const u32x4 *>(out2 + row0);
-        u32x4 *k_row = reinterpret_cast<u32x4 *>(out_kp + row0);
-        for (int g = threadIdx.x; g < chunks / 4; g += blockDim.x) kperm_group(o_row + (g >> 2) * 16, k_row + (g >> 2) * 16, g & 3);
-    }
+    if (out_kp) store_kperm_row(out2 + row0, out_kp + row0, chunks);
 }
 
 // ---- Qwen3.5/3.6 hybrid layers -------------------------------------------------------------------

@@ -59,6 +59,41 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// The row kernels' thread layout: thread t holds chunks t + c * blockDim.x (c < C) of a row of `chunks`
+// 16-byte chunks (8 halves each). This thread's sum of squares of them, in chunk then element order.
+template <int C>
+__device__ __forceinline__ float chunk_sum_squares(const u32x4 raw[C], int chunks) {
+    float sq = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        if (threadIdx.x + c * blockDim.x < chunks) {
+            float x[8];
+            unpack8(raw[c], x);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) sq += x[i] * x[i];
+        }
+    }
+    return sq;
+}
+
+// out_row's chunks of this thread = raw * inv * w (an RMSNorm's scaling, inv its reciprocal rms).
+template <int C>
+__device__ __forceinline__ void scaled_store(const u32x4 raw[C], const u32x4 w_raw[C], float inv, u32x4 *out_row,
+                                             int chunks) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int chunk = threadIdx.x + c * blockDim.x;
+        if (chunk < chunks) {
+            float x[8], w[8], y[8];
+            unpack8(raw[c], x);
+            unpack8(w_raw[c], w);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) y[i] = x[i] * inv * w[i];
+            out_row[chunk] = pack8(y);
+        }
+    }
+}
+
 // Sum over the block in a fixed order (butterfly in each warp, then every warp over the warp sums);
 // every thread gets the same bits. blockDim.x must be a multiple of 32; one call per kernel (scratch
 // is not reset).
