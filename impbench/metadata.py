@@ -54,17 +54,11 @@ def kernel_info() -> dict:
     kernels_dir: "installed", or the IMPBENCH_KERNELS_DIR folder that replaced them; impbench_env: the
     IMPBENCH_* settings in effect, "; "-separated ("none" where none is set), since PDL and the GEMM variant list change what
     runs."""
-    import hashlib
-
     from impbench import resources
 
-    digest = hashlib.sha256()
-    folder = resources.kernels_dir()
-    for path in sorted([*folder.glob("*.cu"), *folder.glob("*.cuh")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     settings = sorted(f"{name}={os.environ[name].strip()}" for name in env.KNOWN if os.environ.get(name, "").strip())
-    return {"kernels_digest": digest.hexdigest()[:16],
-            "kernels_dir": str(folder) if env.kernels_dir() else "installed",
+    return {"kernels_digest": resources.sources_digest("*.cu", "*.cuh")[:16],
+            "kernels_dir": str(resources.kernels_dir()) if env.kernels_dir() else "installed",
             "impbench_env": "; ".join(settings) or "none"}  # fmt: skip
 
 

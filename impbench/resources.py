@@ -31,6 +31,17 @@ def kernels_dir() -> Path:
     return env.kernels_dir() or _package_dir("kernels_cu", "kernels_cu")
 
 
+def sources_digest(*patterns: str) -> str:
+    """SHA-256 (hex) over the kernel folder's files matching `patterns`, each file's name and bytes in
+    path order: what the compile cache keys headers on, and what a result records of its kernels."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(path for pattern in patterns for path in kernels_dir().glob(pattern)):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def kernel_source(family: str) -> Path:
     path = kernels_dir() / f"{family}.cu"
     if not path.is_file():

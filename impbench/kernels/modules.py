@@ -8,7 +8,6 @@ to nvcc in the compile test alike.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 
 from impbench import resources
@@ -65,10 +64,7 @@ def nvrtc_options(code: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
 def headers_digest() -> str:
     """A digest of every kernels_cu/*.cuh. CuPy's on-disk cache keys a module on its source text and
     options only, so a changed header must change the options, or a stale binary is loaded."""
-    digest = hashlib.sha256()
-    for header in sorted(resources.kernels_dir().glob("*.cuh")):
-        digest.update(header.name.encode() + b"\0" + header.read_bytes())
-    return digest.hexdigest()[:16]
+    return resources.sources_digest("*.cuh")[:16]
 
 
 def source_arch(code: str) -> str | None:
