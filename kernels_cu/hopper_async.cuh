@@ -31,6 +31,13 @@ __device__ __forceinline__ void mbar_wait_cluster(unsigned addr, unsigned parity
 __device__ __forceinline__ void mbar_arrive(unsigned addr) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
 }
+// Arrive where `pred` holds, as one predicated instruction: no branch, so that it may sit between
+// wgmma groups in flight (a branch there makes ptxas serialize them, C7513).
+__device__ __forceinline__ void mbar_arrive_if(unsigned addr, bool pred) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(addr),
+                 "r"((int)pred)
+                 : "memory");
+}
 // Arrive once this thread's earlier cp.async copies have landed.
 __device__ __forceinline__ void mbar_arrive_on_cp_async(unsigned addr) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");

@@ -3,8 +3,9 @@
 //  sm_90a; elsewhere every entry point compiles to a trap and impbench/kernels/nvfp4_gemm.py refuses it.)
 //
 // Dense NVFP4 x FP16 GEMM for Hopper: out[M, N] = a[M, K] . W[N, K]^T * scale2, W in the ModelOpt NVFP4
-// layout (impbench/nvfp4.py): codes uint8 [N, K/2] (low nibble = even k), e4m3 block scales [N, K/16], one
-// fp32 global scale2 read on the device. FP16 MMA, FP32 accumulation, one FP16 rounding of the output.
+// layout (impbench/nvfp4.py): codes uint8 [N, K/2] (low nibble = even k; here packed per stage, see Decode),
+// e4m3 block scales [N, K/16], one fp32 global scale2 read on the device. FP16 MMA, FP32 accumulation, one
+// FP16 rounding of the output.
 //
 // Tile geometry. A tile is BW = 128 * MT weight rows (output columns) x BT tokens (output rows), over K in
 // stages of BK = 128. "Swap AB": the weights are the wgmma A operand (M = weight rows), decoded into
@@ -23,11 +24,13 @@
 // (docs/notes/nvfp4_gemm.md).
 //
 // Decode. Thread (lane 4g + t) of a warp needs, for k16 step s of a stage, the codes at k 16s + {2t, 2t+1}
-// (byte 8s + t of the row) and k 16s + 8 + {2t, 2t+1} (byte 8s + 4 + t): byte t of every 4-byte word of
-// the row's 64 stage bytes. Each thread loads 16 contiguous bytes of its row (words 4t .. 4t+3) and the
-// quad exchanges bytes (quad_transpose: 8 byte permutes, 3 shuffles, 8 selects), so every code byte is read
-// from shared memory once. A byte becomes one half2 (low nibble = even k in the low half) through the e4m3
-// trick of nvfp4_tiles.cuh, times its block scale * 2^6 (an exact FP16 product); scale2 in the epilogue.
+// (byte 8s + t of the row's stage bytes in the ModelOpt layout) and k 16s + 8 + {2t, 2t+1} (byte 8s + 4 + t):
+// byte t of every 4-byte word of the row's 64 stage bytes. The codes come packed for this kernel
+// (impbench/kernels/nvfp4_gemm.py pack_codes): within each stage's 64 bytes of a row, byte 16p + 4i + t
+// moves to 16t + 4p + i, so a thread's 16 bytes are contiguous and in the order its fragments take them
+// (one 16-byte load; the quad exchanged them through shuffles before: 19 more instructions per row and
+// stage). A byte becomes one half2 (low nibble = even k in the low half) through the e4m3 trick of
+// nvfp4_tiles.cuh, times its block scale * 2^6 (an exact FP16 product); scale2 in the epilogue.
 //
 // Schedules (SPLIT):
 //   SPLIT = 1: persistent. Block b takes tiles b, b + gridDim.x, ... (token tile fastest); the producer
@@ -45,6 +48,10 @@
 namespace impfp4 {
 
 constexpr int BK = 128;            // K per stage: 64 code bytes and 8 scale bytes per weight row
+// wgmma groups (k16 steps) a consumer leaves in flight while it decodes the next step's A fragments. A stage
+// goes back to the producer once its last step is done, LAG steps into the next stage: the decode of a
+// stage's first fragments runs under the previous stage's last wgmma instead of after a drain.
+constexpr int LAG = 1;
 constexpr int THREADS = 384;       // producer warpgroup + 2 consumer warpgroups
 constexpr int SMEM_LIMIT = 232448;  // dynamic shared memory per block on sm_90 (227 KiB)
 
@@ -162,26 +169,6 @@ __device__ __forceinline__ void wgmma_tokens(float *d, const unsigned (&a)[4], u
     }
 }
 
-// q: this thread's 16 bytes of a weight row's stage (row words 4t .. 4t+3) -> z[p] = byte t of row words
-// 4p .. 4p+3: the code bytes of k16 steps 2p and 2p + 1 that its A fragments take. Thread t makes x[d] =
-// byte t ^ d of its four words, for thread t ^ d (the byte selectors sel01 / sel23 depend on t); after the
-// shuffles y[d] = z[t ^ d], and two levels of selects put it at z[d ^ t].
-__device__ __forceinline__ void quad_transpose(const uint4 &q, unsigned (&z)[4], unsigned sel01, unsigned sel23, int t) {
-    const unsigned a01 = __byte_perm(q.x, q.y, sel01), a23 = __byte_perm(q.z, q.w, sel01);
-    const unsigned b01 = __byte_perm(q.x, q.y, sel23), b23 = __byte_perm(q.z, q.w, sel23);
-    const unsigned x0 = __byte_perm(a01, a23, 0x5410), x1 = __byte_perm(a01, a23, 0x7632);
-    const unsigned x2 = __byte_perm(b01, b23, 0x5410), x3 = __byte_perm(b01, b23, 0x7632);
-    const unsigned y1 = __shfl_xor_sync(0xffffffffu, x1, 1);
-    const unsigned y2 = __shfl_xor_sync(0xffffffffu, x2, 2);
-    const unsigned y3 = __shfl_xor_sync(0xffffffffu, x3, 3);
-    const bool t1 = t & 1, t2 = t & 2;
-    const unsigned u0 = t1 ? y1 : x0, u1 = t1 ? x0 : y1, u2 = t1 ? y3 : y2, u3 = t1 ? y2 : y3;
-    z[0] = t2 ? u2 : u0;
-    z[1] = t2 ? u3 : u1;
-    z[2] = t2 ? u0 : u2;
-    z[3] = t2 ? u1 : u3;
-}
-
 // Which tiles and K stages a block works on: tiles first, first + step, ... < end; stages [c_begin, c_end).
 struct Work {
     int m_tiles, first, step, end, c_begin, c_end;
@@ -255,14 +242,13 @@ __device__ __forceinline__ void consume(const unsigned char *smem, unsigned s_ba
     using S = Shape<MT, BT, STAGES, SPLIT>;
     const int ctid = threadIdx.x - 128, c = ctid >> 7, warp = (ctid >> 5) & 3, lane = ctid & 31;
     const int g = lane >> 2, t = lane & 3;
-    const unsigned sel01 = t | (4 + t) << 4 | (t ^ 1) << 8 | (4 + (t ^ 1)) << 12;
-    const unsigned sel23 = (t ^ 2) | (4 + (t ^ 2)) << 4 | (t ^ 3) << 8 | (4 + (t ^ 3)) << 12;
     const Work w = work_of<BT, S::BW, SPLIT>(M, N, K);
     const float f = *scale2;
     // block row (output column in the tile) of this thread's m64 tile mt, half r (rows g, g + 8)
     auto row_of = [&](int mt, int r) { return 64 * (MT * c + mt) + 16 * warp + 8 * r + g; };
 
     float acc[MT][BT / 2];
+    unsigned a[8][MT][4];  // A fragments of k16 step s: a0 / a1 rows g / g+8 at k 2t; a2 / a3 at k 2t + 8
     int slot = 0;
     unsigned phase = 0;
     int m0 = 0, n0 = 0;
@@ -273,25 +259,26 @@ __device__ __forceinline__ void consume(const unsigned char *smem, unsigned s_ba
 #pragma unroll
             for (int i = 0; i < BT / 2; ++i) acc[mt][i] = 0.0f;
 
+        int held = -1;  // the previous stage's slot while its last LAG steps may still read it
         for (int kc = w.c_begin; kc < w.c_end; ++kc) {
             mbar_wait(full0 + 8 * slot, phase);
             const unsigned char *codes = smem + slot * S::STAGE_BYTES + S::X_BYTES;
             const unsigned char *scales = codes + S::C_BYTES;
             const unsigned x_addr = s_base + slot * S::STAGE_BYTES;
-            unsigned z[MT][2][4], s2[MT][2][4];  // transposed code words; half2(scale 2p, 2p + 1) * 2^6
+            unsigned z[MT][2][4], s2[MT][2][4];  // code words (bytes of steps 2p, 2p + 1); half2(scale 2p, 2p + 1) * 2^6
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
                     const int br = row_of(mt, r);
-                    quad_transpose(*reinterpret_cast<const uint4 *>(codes + br * 64 + 16 * t), z[mt][r], sel01, sel23, t);
+                    const uint4 q = *reinterpret_cast<const uint4 *>(codes + br * 64 + 16 * t);
+                    z[mt][r][0] = q.x, z[mt][r][1] = q.y, z[mt][r][2] = q.z, z[mt][r][3] = q.w;
                     const uint2 sv = *reinterpret_cast<const uint2 *>(scales + br * 8);
                     s2[mt][r][0] = hmul2(e4m3x2_half<false>(sv.x), 0x54005400u);
                     s2[mt][r][1] = hmul2(e4m3x2_half<true>(sv.x), 0x54005400u);
                     s2[mt][r][2] = hmul2(e4m3x2_half<false>(sv.y), 0x54005400u);
                     s2[mt][r][3] = hmul2(e4m3x2_half<true>(sv.y), 0x54005400u);
                 }
-            unsigned a[8][MT][4];  // A fragments of k16 step s: a0 / a1 rows g / g+8 at k 2t; a2 / a3 at k 2t + 8
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
 #pragma unroll
@@ -317,23 +304,29 @@ __device__ __forceinline__ void consume(const unsigned char *smem, unsigned s_ba
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) wgmma_tokens<BT>(acc[mt], a[s][mt], desc);
                     wgmma_commit();
-                    wgmma_wait<1>();  // step s - 1 is done: its A registers may be reused from here on
+                    wgmma_wait<LAG>();  // step s - LAG is done: its A registers may be reused from here on
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) fence_regs(acc[mt]);
-                    if (s > 0) fence_regs(a[s - 1]);
+                    fence_regs(a[(s + 8 - LAG) % 8]);  // s < LAG: a step of the previous stage
+                    if (s == LAG - 1) {  // the previous stage's last reads are done: hand it back
+                        __syncwarp();
+                        mbar_arrive_if(empty0 + 8 * max(held, 0), lane == 0 && held >= 0);
+                    }
                 }
             }
-            wgmma_wait<0>();  // the stage's last reads are done: hand it back
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) fence_regs(acc[mt]);
-            fence_regs(a[7]);
-            __syncwarp();
-            if (lane == 0) mbar_arrive(empty0 + 8 * slot);
+            held = slot;  // its last LAG steps run on under the next stage's decode
             if (++slot == STAGES) {
                 slot = 0;
                 phase ^= 1;
             }
         }
+        wgmma_wait<0>();  // the tile's last reads are done: hand the last stage back
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) fence_regs(acc[mt]);
+#pragma unroll
+        for (int i = 0; i < LAG; ++i) fence_regs(a[7 - i]);
+        __syncwarp();
+        if (lane == 0 && held >= 0) mbar_arrive(empty0 + 8 * held);
 
         if constexpr (SPLIT == 1) {  // straight from the accumulators: d[4j + e] = row g + 8 (e >> 1), token 8j + 2t + (e & 1)
 #pragma unroll
@@ -423,8 +416,9 @@ __device__ __forceinline__ void gemm_body(const TmaMap &map_a, const TmaMap &map
 // Entry points nvfp4_gemm_<name>, one per row of impbench/kernels/nvfp4_gemm.py VARIANTS (tests check the
 // two agree): MT m64 tiles per consumer warpgroup (BW = 128 MT weight rows), BT tokens, STAGES, SPLIT, and
 // the dynamic shared bytes the wrapper passes. 384 threads; grid: SPLIT 1 min(tiles, SMs), else tiles * SPLIT
-// (clusters of SPLIT). map_a: a [M, K] fp16, box 64 x BT, 128-byte swizzle; map_w: codes [N, K/2] uint8,
-// box 64 x BW, no swizzle; scale [N, K/16] uint8; scale2 fp32 [1]; out fp16 [M, N].
+// (clusters of SPLIT). map_a: a [M, K] fp16, box 64 x BT, 128-byte swizzle; map_w: packed codes uint8
+// [N, 64 ceil(K / 128)] (pack_codes), box 64 x BW, no swizzle; scale [N, K/16] uint8; scale2 fp32 [1]; out fp16
+// [M, N].
 #define IMPFP4_CLUSTER_1
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // clusters exist from sm_90 on; elsewhere the entry traps
 #define IMPFP4_CLUSTER_2 __cluster_dims__(2, 1, 1)

@@ -74,11 +74,41 @@ def test_host_arrays_are_rejected():
         ({"out": _DeviceArray((32, 255), np.float16)}, r"out must have shape \(32, 256\)"),
         ({"a": _DeviceArray((32, 512), np.float16, ptr=(1 << 20) + 8)}, "a .* must start 16-byte aligned"),
         ({"scale": _DeviceArray((256, 32), np.uint8, ptr=(1 << 20) + 2)}, "scale .* must start 4-byte aligned"),
+        ({"codes": fg.PackedCodes(_DeviceArray((256, 128), np.uint8), 256, 256)},
+         r"codes packed for \[256, 256\] hold K = 256, a \(32, 512\) has K = 512"),
+        ({"codes": fg.PackedCodes(_DeviceArray((256, 192), np.uint8), 256, 512)},
+         r"packed codes must have shape \(256, 256\)"),
     ],
 )
 def test_argument_checks_name_the_problem(change, message):
     with pytest.raises(ValueError, match=message):
         fg.prepare(**_args(**change))
+
+
+def _quad_exchange(row_stage: np.ndarray, t: int) -> np.ndarray:
+    """The 16 bytes quad lane t decodes from a 64-byte stage of a ModelOpt row, in its order: for k16 steps
+    2p and 2p + 1, byte t of row words 4p .. 4p + 3 (what the kernel's quad shuffles assembled before)."""
+    words = row_stage.reshape(16, 4)
+    return np.array([words[4 * p + i, t] for p in range(4) for i in range(4)], dtype=np.uint8)
+
+
+@pytest.mark.parametrize("k", [128, 192, 2048])
+def test_packed_codes_give_each_lane_its_bytes_contiguously(k):
+    rng = np.random.default_rng(k)
+    codes = rng.integers(0, 256, (1, 5, k // 2), dtype=np.uint8)
+    packed = fg.pack_codes(codes)
+    stages = -(-k // 128)
+    assert (packed.n, packed.k, packed.data.shape) == (5, k, (5, 64 * stages))
+    padded = np.zeros((5, 64 * stages), np.uint8)
+    padded[:, : k // 2] = codes[0]  # a last stage of 64 values reads zeros past K
+    for row in range(5):
+        for s in range(stages):
+            for t in range(4):
+                got = packed.data[row, 64 * s + 16 * t : 64 * s + 16 * t + 16]
+                assert np.array_equal(got, _quad_exchange(padded[row, 64 * s : 64 * s + 64], t)), (row, s, t)
+    assert np.array_equal(fg.pack_codes(codes[0]).data, packed.data)  # [N, K/2] and [1, N, K/2]
+    with pytest.raises(ValueError, match=r"codes must be uint8 \[N, K/2\] or \[1, N, K/2\]"):
+        fg.pack_codes(codes.astype(np.int8))
 
 
 def test_an_unknown_variant_is_named_before_any_device_call():

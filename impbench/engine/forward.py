@@ -111,7 +111,7 @@ class _Builder:
             m, n, k = a.shape[0], out.shape[1], a.shape[1]
             variant = nvfp4_gemm.choose_variant(m, n, k, nvfp4_gemm.device_sms())
             if nvfp4_gemm.cannot_run(variant) is None:
-                path, fn = f"nvfp4_{variant}", nvfp4_gemm.prepare(a, w.codes, w.scale, w.scale2, out, variant)
+                path, fn = f"nvfp4_{variant}", nvfp4_gemm.prepare(a, w.packed, w.scale, w.scale2, out, variant)
             else:
                 offsets = self.b.dense_offsets[m]  # [0, M]: every row belongs to the one "expert"
                 path, fn = NVFP4_GROUPED, moe.prepare(moe.moe_down, a, offsets, w.codes, w.scale, w.scale2, out)

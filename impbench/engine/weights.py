@@ -16,7 +16,7 @@ undoes all three.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,14 @@ class Nvfp4Linear:
     codes: object  # uint8 [1, N, K/2]
     scale: object  # uint8 e4m3 [1, N, K/16]
     scale2: object  # fp32 [1]
+
+    packed: object = field(init=False, repr=False)  # the codes in the dense NVFP4 GEMM's layout
+
+    def __post_init__(self):
+        from impbench.kernels.nvfp4_gemm import pack_codes
+
+        # here, not on first use: the engine may build its launches inside a graph capture
+        self.packed = pack_codes(self.codes)
 
     @property
     def nbytes(self) -> int:

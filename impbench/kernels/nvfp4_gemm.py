@@ -4,9 +4,11 @@ out fp16 [M, N] = a fp16 [M, K] . dequant(W)^T with W in the ModelOpt NVFP4 layo
 codes uint8 [N, K/2] (or the [1, N, K/2] of engine.weights.Nvfp4Linear), e4m3 block scales uint8 [N, K/16]
 (or [1, N, K/16]) and scale2 fp32 [1], which only the kernel reads. K a multiple of 64, at least 128; M >= 0.
 
-`prepare` checks the arguments once, encodes the two TMA tensor maps on the host and returns a no-argument
-launcher (impbench.kernels.driver): nothing is allocated, synchronized or read from the device, so a captured
-graph replays it for every chunk of the same length. The kernel is wgmma (compute capability 9.0); on any
+The kernel reads the codes packed (`pack_codes`): within each 128-value stage of a row, the 16 bytes a thread
+decodes are contiguous (docs/notes/nvfp4_gemm.md). `prepare` checks the arguments once, encodes the two TMA
+tensor maps on the host and returns a no-argument launcher (impbench.kernels.driver); given PackedCodes it
+allocates nothing and reads nothing from the device, so a captured graph replays it for every chunk of the
+same length (given ModelOpt codes it packs a copy first: call it outside a capture). The kernel is wgmma (compute capability 9.0); on any
 other GPU `prepare` raises ValueError.
 
 VARIANTS is the one table of the kernel's entry points (the .cu declares the same rows; tests check) and
@@ -42,13 +44,14 @@ _UINT8 = 0
 # TFLOP/s dense FP16 = 132 SMs x 4096 FLOP per clock at 1830 MHz.
 SM_MHZ = 1980.0
 FLOP_PER_SM_CLOCK = 4096
-# The constants below are fitted (least squares on log time) to v1's 30 measurements: five variants on
-# qwen3-modelopt's two shapes at M 512 / 1024 / 2048 (H100, ce2082c, results/nvfp4_gemm_h100.md). The
-# predictions written before that run (fill 1.5, end 0.5 / 1.5 µs, efficiencies 0.71-0.82) were 1.6-2.9x
-# too fast and made the rule pick a split-K 4 variant at 2x the best time (docs/notes/nvfp4_gemm.md).
-FILL_US = 3.3  # a launch's first stages in flight before the first wgmma
+# The constants below are fitted (least squares on log time, the fill held at most 4 µs) to v2's 30
+# measurements: five variants on qwen3-modelopt's two shapes at M 512 / 1024 / 2048 (H100, packed codes and
+# the deferred stage hand-back, docs/notes/nvfp4_gemm.md). The predictions written before v1 ran (fill 1.5,
+# end 0.5 / 1.5 µs, efficiencies 0.71-0.82) were 1.6-2.9x too fast and made the rule pick a split-K 4
+# variant at 2x the best time.
+FILL_US = 4.0  # a launch's first stages in flight before the first wgmma
 TILE_END_US = 0.0  # persistent: a tile's stores hide under the producer's loads of the next tile
-SPLIT_END_US = 5.1  # split-K: partials through distributed shared memory, two cluster barriers
+SPLIT_END_US = 5.5  # split-K: partials through distributed shared memory, two cluster barriers
 
 
 @dataclass(frozen=True)
@@ -85,17 +88,17 @@ class Variant:
         return tiles * self.split if self.split > 1 else min(tiles, sms)
 
 
-# Efficiencies: fitted with the constants above (v1 measured 0.31-0.54 of the tensor peak inside a tile's K
-# loop; predicted 0.71-0.82 from shared-memory bytes and issue slots). The split-K 4 variants fit lower than
+# Efficiencies: fitted with the constants above (v2: 0.36-0.64 of the tensor peak inside a tile's K loop, v1
+# 0.31-0.54; predicted 0.71-0.82 from shared-memory bytes and issue slots). The split-K 4 variants fit lower than
 # the split-K 2 one of the same loop: their reduction cost grows with the split, which the model lumps in.
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("w256t128", 2, 128, 4, 1, 0.49),  # large M: the main tile
-        Variant("w256t128k2", 2, 128, 4, 2, 0.49),  # split-K 2: fills the SMs where 256 x 128 tiles are few
-        Variant("w256t128k4", 2, 128, 4, 4, 0.31),  # split-K 4: the same for fewer tiles (M <= 512, o_proj)
-        Variant("w128t192", 1, 192, 3, 1, 0.54),  # one round of tiles at M ~ 512 on N = 5120
-        Variant("w128t128k4", 1, 128, 5, 4, 0.38),  # small M on narrow N: the most blocks
+        Variant("w256t128", 2, 128, 4, 1, 0.59),  # large M: the main tile
+        Variant("w256t128k2", 2, 128, 4, 2, 0.60),  # split-K 2: fills the SMs where 256 x 128 tiles are few
+        Variant("w256t128k4", 2, 128, 4, 4, 0.36),  # split-K 4: the same for fewer tiles (M <= 512, o_proj)
+        Variant("w128t192", 1, 192, 3, 1, 0.64),  # one round of tiles at M ~ 512 on N = 5120
+        Variant("w128t128k4", 1, 128, 5, 4, 0.45),  # small M on narrow N: the most blocks
     )
 }
 
@@ -133,10 +136,47 @@ def cannot_run(variant: str, device_cc: int | None = None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class PackedCodes:
+    """NVFP4 codes in the kernel's layout: uint8 [N, 64 ceil(K / 128)], each row's stage of 64 bytes (128
+    values) permuted so that byte 16p + 4i + t of the ModelOpt row goes to 16t + 4p + i: quad lane t then
+    finds the bytes of its A fragments (byte t of every 4-byte word) in one contiguous 16 bytes, in the
+    order of its k16 steps. A last stage of 64 values is zero-padded to 128."""
+
+    data: object
+    n: int
+    k: int
+
+
+def pack_codes(codes) -> PackedCodes:
+    """ModelOpt codes [N, K/2] or [1, N, K/2] (NumPy or CuPy) in the kernel's layout (PackedCodes), a new array
+    of the same module."""
+    shape = tuple(codes.shape)
+    if codes.dtype != np.uint8 or not (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
+        raise ValueError(f"codes must be uint8 [N, K/2] or [1, N, K/2], got {codes.dtype} {shape}")
+    n, half_k = shape[-2:]
+    xp = _array_module(codes)
+    stages = -(-half_k // (BK // 2))
+    rows = xp.zeros((n, stages * (BK // 2)), dtype=xp.uint8)
+    rows[:, :half_k] = codes.reshape(n, half_k)
+    # a stage's byte 16p + 4i + t, as axes (p, i, t), to position 16t + 4p + i: axes (t, p, i)
+    packed = xp.ascontiguousarray(rows.reshape(n, stages, 4, 4, 4).transpose(0, 1, 4, 2, 3).reshape(n, -1))
+    return PackedCodes(packed, n, 2 * half_k)
+
+
+def _array_module(arr):
+    if isinstance(arr, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
 def prepare(a, codes, scale, scale2, out, variant: str | None = None, max_ctas: int | None = None):
     """Check out[M, N] = a[M, K] . dequant(codes, scale, scale2)^T once; return a no-argument callable that
-    launches it on the current stream. `variant`: a name of VARIANTS, or None for choose_variant's.
-    `max_ctas`: a lower cap on a persistent grid (tests: many tiles per block)."""
+    launches it on the current stream. codes: PackedCodes (pack_codes; the engine packs each weight once), or
+    ModelOpt codes, packed here into a copy the launcher keeps. `variant`: a name of VARIANTS, or None for
+    choose_variant's. `max_ctas`: a lower cap on a persistent grid (tests: many tiles per block)."""
     m, n, k = _check_args(a, codes, scale, scale2, out)
     name = variant or choose_variant(m, n, k, device_sms())
     reason = cannot_run(name)
@@ -144,12 +184,15 @@ def prepare(a, codes, scale, scale2, out, variant: str | None = None, max_ctas: 
         raise ValueError(f"nvfp4_gemm: {reason}")
     if m == 0:
         return lambda: None
+    if not isinstance(codes, PackedCodes):
+        codes = pack_codes(codes)
     spec = VARIANTS[name]
     sms = device_sms() if max_ctas is None else max(1, min(max_ctas, device_sms()))
     map_a = driver.TensorMap(a.data.ptr, driver.FLOAT16, (k, m), (2 * k,), (64, spec.tokens), driver.SWIZZLE_128B,
                              driver.L2_PROMOTION_256B, keep=a)  # fmt: skip
-    map_w = driver.TensorMap(codes.data.ptr, _UINT8, (k // 2, n), (k // 2,), (64, spec.weight_rows), 0,
-                             driver.L2_PROMOTION_256B, keep=codes)  # fmt: skip
+    row_bytes = int(codes.data.shape[1])
+    map_w = driver.TensorMap(codes.data.data.ptr, _UINT8, (row_bytes, n), (row_bytes,), (64, spec.weight_rows), 0,
+                             driver.L2_PROMOTION_256B, keep=codes.data)  # fmt: skip
     args = [map_a, map_w, scale, scale2, out, ctypes.c_int32(m), ctypes.c_int32(n), ctypes.c_int32(k)]
     function = _kernel(spec).kernel.ptr
     return driver.launcher(function, (spec.grid(m, n, sms), 1, 1), (THREADS, 1, 1), spec.smem_bytes, args)
@@ -180,16 +223,22 @@ def _check_args(a, codes, scale, scale2, out) -> tuple[int, int, int]:
     m, k = (int(d) for d in a.shape)
     if k < MIN_K or k % K_MULTIPLE:
         raise ValueError(f"nvfp4_gemm: K must be a multiple of {K_MULTIPLE} and at least {MIN_K}, got a {tuple(a.shape)}")
-    n, half_k = _weight_2d("codes", codes, np.uint8)
-    if half_k != k // 2:
-        raise ValueError(f"nvfp4_gemm: codes {tuple(codes.shape)} hold K = {2 * half_k}, a {tuple(a.shape)} has K = {k}")
+    if isinstance(codes, PackedCodes):
+        n, k_codes, data = codes.n, codes.k, codes.data
+        check_array("packed codes", data, np.uint8, shape=(n, -(-k_codes // BK) * (BK // 2)))
+        shape_text = f"packed for [{n}, {k_codes}]"
+    else:
+        (n, half_k), data = _weight_2d("codes", codes, np.uint8), codes
+        k_codes, shape_text = 2 * half_k, str(tuple(codes.shape))
+    if k_codes != k:
+        raise ValueError(f"nvfp4_gemm: codes {shape_text} hold K = {k_codes}, a {tuple(a.shape)} has K = {k}")
     if n < 1:
-        raise ValueError(f"nvfp4_gemm: codes {tuple(codes.shape)} have no rows (N = 0)")
+        raise ValueError(f"nvfp4_gemm: codes {shape_text} have no rows (N = 0)")
     if _weight_2d("scale", scale, np.uint8) != (n, k // 16):
         raise ValueError(f"nvfp4_gemm: scale must be [N, K/16] = [{n}, {k // 16}] (or [1, {n}, {k // 16}]), got {tuple(scale.shape)}")
     check_array("scale2", scale2, np.float32, shape=(1,))
     check_array("out", out, np.float16, shape=(m, n))
-    for name, arr, align in (("a", a, 16), ("codes", codes, 16), ("scale", scale, 4), ("scale2", scale2, 4), ("out", out, 2)):
+    for name, arr, align in (("a", a, 16), ("codes", data, 16), ("scale", scale, 4), ("scale2", scale2, 4), ("out", out, 2)):
         if arr.data.ptr % align:  # TMA sources 16 bytes, the scale copies 4
             raise ValueError(f"nvfp4_gemm: {name} {tuple(arr.shape)} must start {align}-byte aligned, got address {arr.data.ptr:#x}")
     return m, n, k
