@@ -200,3 +200,15 @@ def test_an_engine_that_cannot_fit_is_refused_with_the_numbers_and_the_way_out()
     from impbench.presets import replace_layers
 
     check_fits(replace_layers(coder, layers), 512, 65536, 20e9)  # the suggested cut does fit
+
+
+def test_the_packed_nvfp4_projection_codes_are_counted():
+    from impbench.engine.memory import packed_code_bytes, required_bytes
+    from impbench.presets import get_preset
+
+    modelopt, coder = get_preset("qwen3-modelopt"), get_preset("qwen3-coder")
+    attention = modelopt.param_groups()["attention"]
+    assert packed_code_bytes(coder) == 0  # FP16 projections: no second copy
+    assert packed_code_bytes(modelopt) == 0.5 * attention and attention > 0.8e9
+    stored = sum(modelopt.weight_bytes().values())
+    assert required_bytes(modelopt, 512, 4096)["weights"] == stored + 0.5 * attention

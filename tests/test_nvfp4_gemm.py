@@ -85,11 +85,35 @@ def test_argument_checks_name_the_problem(change, message):
         fg.prepare(**_args(**change))
 
 
-def _quad_exchange(row_stage: np.ndarray, t: int) -> np.ndarray:
-    """The 16 bytes quad lane t decodes from a 64-byte stage of a ModelOpt row, in its order: for k16 steps
-    2p and 2p + 1, byte t of row words 4p .. 4p + 3 (what the kernel's quad shuffles assembled before)."""
-    words = row_stage.reshape(16, 4)
-    return np.array([words[4 * p + i, t] for p in range(4) for i in range(4)], dtype=np.uint8)
+def _byte_perm(x: int, y: int, selector: int) -> int:
+    """CUDA's __byte_perm: byte i of the result is byte (selector >> 4i) & 7 of the 8 bytes y:x."""
+    pool = (y << 32) | x
+    return sum(((pool >> (8 * ((selector >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+
+
+def _quad_exchange(row_stage: np.ndarray) -> list[bytes]:
+    """The 16 bytes each quad lane t decoded from a 64-byte stage of a ModelOpt row, as v1 of the kernel
+    assembled them: its own 16 bytes (row words 4t .. 4t+3), 8 byte permutes, 3 shuffles across the quad,
+    8 selects (the removed quad_transpose, replayed step by step)."""
+    words = [int(w) for w in row_stage.view("<u4")]
+    x = {}
+    for t in range(4):
+        q = words[4 * t : 4 * t + 4]
+        sel01 = t | (4 + t) << 4 | (t ^ 1) << 8 | (4 + (t ^ 1)) << 12
+        sel23 = (t ^ 2) | (4 + (t ^ 2)) << 4 | (t ^ 3) << 8 | (4 + (t ^ 3)) << 12
+        a01, a23 = _byte_perm(q[0], q[1], sel01), _byte_perm(q[2], q[3], sel01)
+        b01, b23 = _byte_perm(q[0], q[1], sel23), _byte_perm(q[2], q[3], sel23)
+        x[t] = (_byte_perm(a01, a23, 0x5410), _byte_perm(a01, a23, 0x7632),
+                _byte_perm(b01, b23, 0x5410), _byte_perm(b01, b23, 0x7632))  # fmt: skip
+    lanes = []
+    for t in range(4):
+        y1, y2, y3 = x[t ^ 1][1], x[t ^ 2][2], x[t ^ 3][3]  # __shfl_xor_sync by 1, 2, 3
+        t1, t2 = t & 1, t & 2
+        u0, u1 = (y1, x[t][0]) if t1 else (x[t][0], y1)
+        u2, u3 = (y3, y2) if t1 else (y2, y3)
+        z = (u2, u3, u0, u1) if t2 else (u0, u1, u2, u3)
+        lanes.append(b"".join(w.to_bytes(4, "little") for w in z))
+    return lanes
 
 
 @pytest.mark.parametrize("k", [128, 192, 2048])
@@ -104,8 +128,8 @@ def test_packed_codes_give_each_lane_its_bytes_contiguously(k):
     for row in range(5):
         for s in range(stages):
             for t in range(4):
-                got = packed.data[row, 64 * s + 16 * t : 64 * s + 16 * t + 16]
-                assert np.array_equal(got, _quad_exchange(padded[row, 64 * s : 64 * s + 64], t)), (row, s, t)
+                got = packed.data[row, 64 * s + 16 * t : 64 * s + 16 * t + 16].tobytes()
+                assert got == _quad_exchange(padded[row, 64 * s : 64 * s + 64])[t], (row, s, t)
     assert np.array_equal(fg.pack_codes(codes[0]).data, packed.data)  # [N, K/2] and [1, N, K/2]
     with pytest.raises(ValueError, match=r"codes must be uint8 \[N, K/2\] or \[1, N, K/2\]"):
         fg.pack_codes(codes.astype(np.int8))
@@ -276,14 +300,17 @@ def test_both_weight_layouts_and_repeated_launches_agree_bitwise():
 
     _skip_off_hopper()
     a, codes, scale, scale2, ref = _problem(200, 5120, 2048, seed=5)
+    packed = fg.pack_codes(codes)  # as the engine hands them over
     for variant in fg.VARIANTS:
-        first, second, flat = _poisoned(200, 5120), _poisoned(200, 5120), _poisoned(200, 5120)
+        first, second, flat, engine = (_poisoned(200, 5120) for _ in range(4))
         launch = fg.prepare(a, codes, scale, scale2, first, variant)
         launch()
         fg.prepare(a, codes, scale, scale2, second, variant)()
         fg.prepare(a, codes[0], scale[0], scale2, flat, variant)()  # [N, K/2] and [N, K/16]
+        fg.prepare(a, packed, scale, scale2, engine, variant)()
         _check(first, ref, variant)
         assert cupy.array_equal(first, second) and cupy.array_equal(first, flat), variant
+        assert cupy.array_equal(first, engine), variant
 
 
 @pytest.mark.gpu

@@ -24,9 +24,16 @@ def buffer_bytes(preset, chunk_tokens: int, max_tokens: int) -> int:
     return int(sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in specs.values()))
 
 
+def packed_code_bytes(preset) -> float:
+    """The second copy of the NVFP4 attention projections' codes that the dense NVFP4 GEMM reads
+    (engine.weights.Nvfp4Linear.packed): 0.5 B a parameter (the presets' K fill whole 128-value stages)."""
+    return 0.5 * preset.param_groups().get("attention", 0) if "attention" in preset.nvfp4_tensors else 0.0
+
+
 def required_bytes(preset, chunk_tokens: int, max_tokens: int) -> dict[str, float]:
-    """Bytes by part: weights, buffers (KV cache and activations), margin; and their total."""
-    weights = sum(preset.weight_bytes().values())
+    """Bytes by part: weights (the packed NVFP4 codes included), buffers (KV cache and activations), margin;
+    and their total."""
+    weights = sum(preset.weight_bytes().values()) + packed_code_bytes(preset)
     buffers = buffer_bytes(preset, chunk_tokens, max_tokens)
     margin = MARGIN_BYTES + MARGIN_FRACTION * (weights + buffers)
     return {"weights": weights, "buffers": buffers, "margin": margin, "total": weights + buffers + margin}

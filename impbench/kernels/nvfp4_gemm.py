@@ -175,7 +175,8 @@ def _array_module(arr):
 def prepare(a, codes, scale, scale2, out, variant: str | None = None, max_ctas: int | None = None):
     """Check out[M, N] = a[M, K] . dequant(codes, scale, scale2)^T once; return a no-argument callable that
     launches it on the current stream. codes: PackedCodes (pack_codes; the engine packs each weight once), or
-    ModelOpt codes, packed here into a copy the launcher keeps. `variant`: a name of VARIANTS, or None for
+    ModelOpt codes, packed here into a copy the launcher keeps (the current stream is synchronized once the
+    copy is made: call it outside a capture). `variant`: a name of VARIANTS, or None for
     choose_variant's. `max_ctas`: a lower cap on a persistent grid (tests: many tiles per block)."""
     m, n, k = _check_args(a, codes, scale, scale2, out)
     name = variant or choose_variant(m, n, k, device_sms())
@@ -185,7 +186,10 @@ def prepare(a, codes, scale, scale2, out, variant: str | None = None, max_ctas: 
     if m == 0:
         return lambda: None
     if not isinstance(codes, PackedCodes):
+        import cupy
+
         codes = pack_codes(codes)
+        cupy.cuda.get_current_stream().synchronize()  # the copy is whole before any stream launches on it
     spec = VARIANTS[name]
     sms = device_sms() if max_ctas is None else max(1, min(max_ctas, device_sms()))
     map_a = driver.TensorMap(a.data.ptr, driver.FLOAT16, (k, m), (2 * k,), (64, spec.tokens), driver.SWIZZLE_128B,
@@ -238,7 +242,10 @@ def _check_args(a, codes, scale, scale2, out) -> tuple[int, int, int]:
         raise ValueError(f"nvfp4_gemm: scale must be [N, K/16] = [{n}, {k // 16}] (or [1, {n}, {k // 16}]), got {tuple(scale.shape)}")
     check_array("scale2", scale2, np.float32, shape=(1,))
     check_array("out", out, np.float16, shape=(m, n))
-    for name, arr, align in (("a", a, 16), ("codes", data, 16), ("scale", scale, 4), ("scale2", scale2, 4), ("out", out, 2)):
+    aligned = (("a", a, 16), ("scale", scale, 4), ("scale2", scale2, 4), ("out", out, 2))
+    if isinstance(codes, PackedCodes):  # raw codes: the kernel reads a fresh copy
+        aligned += (("packed codes", data, 16),)
+    for name, arr, align in aligned:
         if arr.data.ptr % align:  # TMA sources 16 bytes, the scale copies 4
             raise ValueError(f"nvfp4_gemm: {name} {tuple(arr.shape)} must start {align}-byte aligned, got address {arr.data.ptr:#x}")
     return m, n, k
