@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from impbench.bench.accuracy import rel_err
-from impbench.reference.blocks import ACTIVATIONS
 from impbench.bench.report import BenchReport, Column, below_floor_lines, fixed, sci
 from impbench.bench.timing import SPIN_US, copy_gbs, cublas_tflops, host_us, median_us, time_interleaved
 from impbench.errors import InputError
+from impbench.reference.blocks import ACTIVATIONS
 
 ROUTINGS = ("uniform", "skewed")
 HOT_FACTOR = 25.0  # skewed routing: a hot expert is this many times as likely as the others

@@ -158,7 +158,6 @@ def random_weights(preset, seed: int = 0) -> dict:
     return weights
 
 
-
 def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict[str, float]:
     """The largest relative error ||got - ref|| / ||ref|| of each sublayer kind ("linear", "full", "moe") over a
     trace's chunks and layers (impbench.engine.Engine.trace_layers), ref computed here (with `plants` built in)

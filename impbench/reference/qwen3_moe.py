@@ -141,7 +141,6 @@ def reference_trace(preset, weights: dict, token_ids, chunk_size: int = 0, plant
     return records
 
 
-
 def sublayer_errors(preset, weights: dict, trace: list[dict], plants=()) -> dict[str, float]:
     """The largest relative error ||got - ref|| / ||ref|| of each sublayer kind ("attention", "moe") over a
     trace's chunks and layers, ref computed here (with `plants` built in) from the trace's own inputs."""
