@@ -16,6 +16,10 @@ SPEC is `key=value` pairs separated by commas, e.g. `mode=graph,guard=permissive
   graph arm's capture fails on the first one and runs eager). Unset, the arm takes the command's
   (`--no-prewarm`); an arm that sets it wins. Arms of one row that differ get one engine each, the
   second built on the first's weights (impbench.measure.row_engines).
+- overlap: `on` (the default) runs the branch beside the routed experts, Qwen3.6's shared expert or
+  Gemma-4's dense MLP, on a second stream from the norm they share to the combine that sums them, as vLLM
+  overlaps its shared experts; `off` runs it in line on the one stream. No effect on models without such a
+  branch (Qwen3-MoE). Shown in the label only where a SPEC sets it.
 - delay_us: a planted slowdown, for testing a CI gate only: a kernel that waits this many µs after
   every layer (kernels_cu/bench.cu bench_delay), eager and captured alike. 0 (the default) adds none.
 
@@ -37,7 +41,8 @@ MODES = ("eager", "graph")
 GUARDS = ("cublas", "tight", "small-n", "permissive", "seed")
 DEFAULT_GUARD = {"eager": "cublas", "graph": "small-n"}
 PREWARMS = ("on", "off")
-KEYS = ("mode", "guard", "chunk", "prewarm", "delay_us")
+OVERLAPS = ("on", "off")
+KEYS = ("mode", "guard", "chunk", "prewarm", "overlap", "delay_us")
 MAX_DELAY_US = 10_000.0
 
 
@@ -50,6 +55,7 @@ class ArmSpec:
     chunk: int | None = None  # None: the preset's chunk size
     delay_us: float = 0.0  # planted slowdown per layer (CI gate tests only)
     prewarm: str = ""  # "on" / "off"; "" takes the command's (Protocol.prewarm)
+    overlap: str = ""  # "on" / "off"; "" is on
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -64,10 +70,17 @@ class ArmSpec:
             raise InputError(f"delay_us must be a number of µs in [0, {MAX_DELAY_US:g}], got {self.delay_us!r}")
         if self.prewarm and self.prewarm not in PREWARMS:
             raise InputError(f"unknown prewarm {self.prewarm!r} in an arm; accepted: {', '.join(PREWARMS)}")
+        if self.overlap and self.overlap not in OVERLAPS:
+            raise InputError(f"unknown overlap {self.overlap!r} in an arm; accepted: {', '.join(OVERLAPS)}")
 
     def prewarmed(self, default: bool = True) -> bool:
         """Whether this arm's engine allocates every buffer up front; `default` where the arm does not say."""
         return default if not self.prewarm else self.prewarm == "on"
+
+    @property
+    def overlapped(self) -> bool:
+        """Whether the branch beside the routed experts runs on its own stream."""
+        return self.overlap != "off"
 
     def label(self) -> str:
         text = f"{self.mode}/{self.guard}"
@@ -75,18 +88,22 @@ class ArmSpec:
             text += f"/chunk={self.chunk}"
         if self.prewarm:  # set only by a SPEC, so the labels of every earlier arm are unchanged
             text += f"/prewarm={self.prewarm}"
+        if self.overlap:
+            text += f"/overlap={self.overlap}"
         return text if not self.delay_us else f"{text}/delay={self.delay_us:g}us"
 
     def to_dict(self) -> dict:
         data = {"mode": self.mode, "guard": self.guard, "chunk": self.chunk}
         if self.prewarm:  # an explicit "on" too: under --no-prewarm it is what tells the arm apart
             data["prewarm"] = self.prewarm
+        if self.overlap:
+            data["overlap"] = self.overlap
         return data if not self.delay_us else {**data, "delay_us": self.delay_us}
 
     @classmethod
     def from_dict(cls, data: dict) -> ArmSpec:
         return cls(data["mode"], data.get("guard") or "", data.get("chunk"), float(data.get("delay_us") or 0.0),
-                   data.get("prewarm") or "")  # fmt: skip
+                   data.get("prewarm") or "", data.get("overlap") or "")  # fmt: skip
 
 
 def parse_arm(spec: str, base: ArmSpec | None = None, graph_guard: str | None = None) -> ArmSpec:

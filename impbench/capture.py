@@ -69,8 +69,9 @@ class ChunkGraph:
         return self.status.captured
 
     @classmethod
-    def capture(cls, engine, length: int, guard: str, delay_us: float = 0.0) -> ChunkGraph:
-        """Capture the launches of one non-last chunk on the engine's stream (global mode)."""
+    def capture(cls, engine, length: int, guard: str, delay_us: float = 0.0, overlap: bool = True) -> ChunkGraph:
+        """Capture the launches of one non-last chunk on the engine's stream (global mode); with `overlap` the
+        side stream joins the capture at each fork, so its branch becomes a parallel path of the graph."""
         from cupy.cuda import runtime
 
         from impbench.engine.buffers import BufferAllocationError
@@ -81,8 +82,8 @@ class ChunkGraph:
         engine.current_op = "begin_capture"
         stream.begin_capture(mode=runtime.streamCaptureModeGlobal)
         try:
-            launches = engine.launch_list(length, last=False, guard=guard, delay_us=delay_us)
-            kernels = len(launches.launches)
+            launches = engine.launch_list(length, last=False, guard=guard, delay_us=delay_us, overlap=overlap)
+            kernels = len(launches.kernels)
             launches.run(engine)
         except BufferAllocationError as exc:
             failure = (f"allocate {exc.buffer_name}", _one_line(exc.cause))

@@ -127,7 +127,7 @@ def time_prefill(engine, prompt_tokens: int, arm: ArmSpec, telemetry: Telemetry 
     sampler = telemetry.sample().start() if telemetry is not None else None
     try:
         stats = engine.prefill(prompt_tokens, chunk_for(arm, engine.preset), mode=arm.mode, guard=arm.guard,
-                               delay_us=arm.delay_us)  # fmt: skip
+                               delay_us=arm.delay_us, overlap=arm.overlapped)  # fmt: skip
     finally:
         readings = sampler.stop() if sampler is not None else None
     rep = Rep(tok_s=prompt_tokens / stats.wall_s, wall_ms=1e3 * stats.wall_s, python_launches=stats.python_launches,
@@ -141,7 +141,7 @@ def capture_of(engine, arm: ArmSpec) -> CaptureStatus:
     """The capture status of an arm after it ran on `engine`."""
     if arm.mode != "graph":
         return CaptureStatus(EAGER)
-    status = engine.capture_status(chunk_for(arm, engine.preset), arm.guard, arm.delay_us)
+    status = engine.capture_status(chunk_for(arm, engine.preset), arm.guard, arm.delay_us, arm.overlapped)
     return CaptureStatus(ONE_CHUNK) if status is None else status
 
 

@@ -94,6 +94,26 @@ def test_python_m_impbench_exit_code_and_single_line():
     assert ok.returncode == 0 and ok.stdout.startswith("section,op,")
 
 
+def test_overlap_is_an_arm_key_on_unless_a_spec_turns_it_off():
+    """overlap=on|off: unset is on and keeps the label and result dict of before; a set one is named and
+    round-trips; anything else is refused with what is accepted."""
+    from impbench.arms import KEYS, ArmSpec, parse_arm
+    from impbench.errors import InputError
+
+    assert "overlap" in KEYS
+    plain = parse_arm("mode=graph")
+    assert plain.overlapped and plain.label() == "graph/small-n" and "overlap" not in plain.to_dict()
+    off = parse_arm("mode=eager,overlap=off")
+    assert not off.overlapped and off.label() == "eager/cublas/overlap=off"
+    on = parse_arm("mode=graph,prewarm=off,overlap=on")
+    assert on.overlapped and on.label() == "graph/small-n/prewarm=off/overlap=on"
+    for arm in (off, on):
+        assert ArmSpec.from_dict(arm.to_dict()) == arm
+    for bad in ("overlap=yes", "overlap=OFF", "overlap=1"):
+        with pytest.raises(InputError, match=r"unknown overlap .* in an arm; accepted: on, off"):
+            parse_arm(bad)
+
+
 def test_prewarm_is_an_arm_key_named_only_where_a_spec_sets_it():
     """prewarm=on|off parses over a base like any key; an arm that does not set it takes the command's
     (--no-prewarm) and keeps the label and result dict of before; a set one round-trips."""

@@ -127,15 +127,47 @@ def test_eager_and_graph_logits_are_bit_identical(model, guard, nvfp4_attention)
     prompt_tokens, chunk = 96, 32
     engine = _engine(prompt_tokens, chunk, nvfp4_attention=nvfp4_attention, model=model)
     runs = []
-    for mode in ("eager", "eager", "graph", "graph"):
+    # the branch beside the experts on its own stream and in line: the same kernels, so the same bits
+    for mode, overlap in (("eager", True), ("eager", True), ("graph", True), ("graph", True), ("eager", False),
+                          ("graph", False)):  # fmt: skip
         _poison_logits(engine)
-        stats = engine.prefill(prompt_tokens, chunk, mode=mode, guard=guard)
+        stats = engine.prefill(prompt_tokens, chunk, mode=mode, guard=guard, overlap=overlap)
         if mode == "graph":
-            assert engine.capture_status(chunk, guard).captured, engine.capture_status(chunk, guard).label()
+            status = engine.capture_status(chunk, guard, overlap=overlap)
+            assert status.captured, status.label()
+            assert status.kernels == len(engine.launch_list(chunk, False, guard, overlap=False).launches)
             assert stats.graph_replays == 2
         runs.append(engine.logits())
     for run in runs[1:]:
         np.testing.assert_array_equal(runs[0], run)
+
+
+@pytest.mark.gpu
+def test_the_branch_beside_the_experts_forks_after_its_norm_and_joins_before_the_combine():
+    """Qwen3.6's shared expert and Gemma-4's dense MLP are the only side launches; each fork is joined
+    before the combine that reads the branch's output; without overlap there is no mark and no side launch."""
+    from impbench.engine.forward import FORK, JOIN
+
+    prompt_tokens, chunk = 64, 32
+    for model, branch in (("tiny-qwen3.6", {"shared_gate_up", "shared_act", "shared_down", "shared_expert_gate"}),
+                          ("tiny-gemma4", {"mlp_gate_up", "mlp_act", "mlp_down"}), ("tiny", set())):  # fmt: skip
+        engine = _engine(prompt_tokens, chunk, model=model)
+        launches = engine.launch_list(chunk, last=True, guard="small-n").launches
+        assert {launch.op for launch in launches if launch.side} == branch
+        ops = [launch.op for launch in launches]
+        assert ops.count(FORK) == ops.count(JOIN) == (engine.preset.num_layers if branch else 0)
+        open_fork = False
+        for launch in launches:
+            if launch.op == FORK:
+                assert not open_fork and ops[ops.index(launch.op) - 1] == "ffn_norm"
+                open_fork = True
+            elif launch.op == JOIN:
+                open_fork = False
+            elif launch.op.startswith("combine"):
+                assert not open_fork, "a combine reads the branch before its join"
+            assert launch.side == (open_fork and launch.op in branch)
+        serial = engine.launch_list(chunk, last=True, guard="small-n", overlap=False).launches
+        assert not any(launch.side or launch.op in (FORK, JOIN) for launch in serial)
 
 
 @pytest.mark.gpu
@@ -148,7 +180,7 @@ def test_launch_list_fuses_the_small_ops_and_every_op_has_a_plan_floor():
                            ("tiny-gemma4", "combine+post_ffn_norms")):
         engine = _engine(prompt_tokens, chunk, model=model)
         layers = engine.preset.num_layers
-        ops = [launch.op for launch in engine.launch_list(chunk, last=True, guard="permissive").launches]
+        ops = [launch.op for launch in engine.launch_list(chunk, last=True, guard="permissive").kernels]
         assert ops.count("attn_norm") == 1 and ops.count(combine + "+attn_norm") == layers - 1 and ops.count(combine) == 1
         assert ops.count("topk") == ops.count("permute") == layers
         calls = {op: ops.count(op) for op in ops}

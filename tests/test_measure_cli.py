@@ -36,6 +36,8 @@ from impbench.results import load_result
     (["ab", "--model", "tiny", "--b", "mode=graph,mode=eager"], "names mode twice"),
     (["ab", "--model", "tiny", "--a", "mode=eager,prewarm=maybe"], "unknown prewarm 'maybe' in an arm; accepted: on, off"),
     (["sweep", "--model", "tiny", "--arm", "mode=eager", "--arm", "prewarm=no"], "unknown prewarm 'no' in an arm; accepted: on, off"),
+    (["ab", "--model", "tiny", "--b", "mode=graph,overlap=both"], "unknown overlap 'both' in an arm; accepted: on, off"),
+    (["run", "--model", "tiny", "--pp", "64", "--overlap", "yes"], "--overlap"),
     (["ab", "--model", "tiny", "--model-config", "x.json"], "give --model or --model-config, not both"),
     (["ab", "--model", "tiny", "--name", "mine"], "--name names a --model-config model"),
     (["sweep", "--model", "tiny", "--arm", "mode=eager"], "at least two arms"),

@@ -88,6 +88,8 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
               help="Dense GEMM dispatch: cublas everywhere, or our kernel per guard. Default: eager cublas, graph small-n.")
 @click.option("--chunk", type=int, default=None, metavar="TOKENS",
               help="Prefill chunk (multiple of 16; 0 = one chunk). Default: the preset's.")
+@click.option("--overlap", type=click.Choice(["on", "off"]), default=None,
+              help="The shared expert / dense MLP on a second stream beside the routed experts. Default: on.")
 @click.option("--reps", type=int, default=5, show_default=True, help="Timed prefills after the cold one and the warm-up (>= 1).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Unrecorded prefills after the cold one.")
 @TOLERANCE
@@ -98,7 +100,7 @@ def _measure(command: str, presets: list, prompt_lengths: list[int], arms: list,
 @RESULT_FORMAT
 @OUT
 @FORCE
-def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, reps, warmup, tolerance, seed,
+def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, overlap, reps, warmup, tolerance, seed,
         no_prewarm, profile, fmt, out, force) -> None:  # fmt: skip
     """Build the engine once and run its prefill in one arm: tok/s, capture status, host µs per launch,
     GEMM paths, and how far the median is from the `impbench plan` floor.
@@ -109,7 +111,7 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
     from impbench.prefill import PrefillSpec
 
     spec = PrefillSpec(prompt_tokens, chunk)
-    arm = ArmSpec(mode, guard or "", spec.chunk_tokens)
+    arm = ArmSpec(mode, guard or "", spec.chunk_tokens, overlap=overlap or "")
     protocol = protocol_from(reps, warmup, tolerance, seed, not no_prewarm, 1)
     presets = presets_from(models, model_config, name, layers)
     _measure("run", presets, [spec.prompt_tokens], [arm], protocol, out, force, fmt, layers, profile=profile)
@@ -128,7 +130,7 @@ def run(models, model_config, name, layers, prompt_tokens, mode, guard, chunk, r
 @click.option("--guard", type=click.Choice(GUARDS), default=None,
               help="Dense GEMM guard of a graph arm whose SPEC names none. Default: small-n.")
 @click.option("--a", "spec_a", default="mode=eager", show_default=True, metavar="SPEC",
-              help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive|seed, chunk=N, prewarm=on|off.")
+              help="Arm A as key=value pairs: mode=eager|graph, guard=cublas|tight|small-n|permissive|seed, chunk=N, prewarm=on|off, overlap=on|off.")
 @click.option("--b", "spec_b", default="mode=graph", show_default=True, metavar="SPEC",
               help="Arm B, as --a (default guard of a graph arm: small-n).")
 @comparison_options
@@ -162,7 +164,7 @@ def ab(models, model_config, name, layers, pp_list, reps, warmup, chunk, guard, 
 @click.option("--model", "-m", "models", default=None, metavar="LIST", help="Presets, comma-separated (overrides the scenario).")
 @click.option("--pp", "pp_list", default=None, metavar="LIST", help="Prompt lengths in tokens, comma-separated (overrides).")
 @click.option("--arm", "arm_specs", multiple=True, metavar="SPEC",
-              help="An arm (repeatable, at least two; the first is the baseline): mode=eager|graph,guard=...,chunk=N,prewarm=on|off.")
+              help="An arm (repeatable, at least two; the first is the baseline): mode=eager|graph,guard=...,chunk=N,prewarm=on|off,overlap=on|off.")
 @click.option("--reps", type=RepsType(), default=None,
               help="Measured prefills per arm (>= 3), or `auto` (as in ab). [default: the scenario's, else 5]")
 @click.option("--warmup", type=int, default=None, help="Unrecorded prefills per arm after the cold run. [default: the scenario's, else 1]")

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from impbench.engine.buffers import Buffers, buffer_specs
-from impbench.engine.forward import LaunchList, build_launches
+from impbench.engine.forward import Branch, LaunchList, build_launches
 from impbench.engine.memory import check_fits, free_device_bytes
 from impbench.engine.weights import generate_weights
 from impbench.errors import InputError
@@ -90,6 +90,9 @@ class Engine:
         self.prewarm = prewarm
         self.current_op = ""
         self.stream = cupy.cuda.Stream(non_blocking=True)
+        # the second stream of the branch beside the routed experts (forward.Branch), with its two events
+        self.branch = Branch(cupy.cuda.Stream(non_blocking=True), cupy.cuda.Event(disable_timing=True),
+                             cupy.cuda.Event(disable_timing=True))  # fmt: skip
         for family in kernel_families(preset):  # compile outside any capture, in both modes
             load_module(family)
         # shared-memory limits; GEMM kernels are fetched as a launch list is built (with prewarm: before capture)
@@ -108,14 +111,16 @@ class Engine:
             self.buffers.dense_offsets[:, 0] = 0
         self.stream.synchronize()
         self._launch_lists: dict[tuple, LaunchList] = {}
-        self._graphs: dict[tuple, object] = {}  # (chunk length, guard) -> capture.ChunkGraph
+        self._graphs: dict[tuple, object] = {}  # (chunk length, guard, delay, overlap) -> capture.ChunkGraph
 
     # -- one chunk -------------------------------------------------------------------------------
-    def launch_list(self, length: int, last: bool, guard: str, delay_us: float = 0.0) -> LaunchList:
-        key = (length, last, guard, delay_us)
+    def launch_list(self, length: int, last: bool, guard: str, delay_us: float = 0.0, overlap: bool = True) -> LaunchList:
+        """The launches of one chunk; `overlap`: the branch beside the routed experts on its own stream."""
+        key = (length, last, guard, delay_us, overlap)
         launches = self._launch_lists.get(key)
         if launches is None:
-            launches = build_launches(self.preset, self.weights, self.buffers, length, last, guard, delay_us)
+            launches = build_launches(self.preset, self.weights, self.buffers, length, last, guard, delay_us,
+                                      self.branch if overlap else None)  # fmt: skip
             self._launch_lists[key] = launches
         return launches
 
@@ -131,11 +136,13 @@ class Engine:
 
     # -- one prefill -----------------------------------------------------------------------------
     def prefill(
-        self, prompt_tokens: int, chunk_size: int, mode: str = "eager", guard: str = "cublas", delay_us: float = 0.0
+        self, prompt_tokens: int, chunk_size: int, mode: str = "eager", guard: str = "cublas", delay_us: float = 0.0,
+        overlap: bool = True,
     ) -> PrefillStats:
         """Run the chunked prefill of the first `prompt_tokens` prompt tokens and wait for it.
 
-        `guard` decides the dense GEMM path (impbench.arms.GUARDS). mode "graph": every non-last chunk is a
+        `guard` decides the dense GEMM path (impbench.arms.GUARDS); `overlap` runs the branch beside the
+        routed experts (shared expert, dense MLP) on a second stream. mode "graph": every non-last chunk is a
         replay of one CUDA graph, captured on first use; if capture fails the prefill runs eager
         and the failure is kept in `capture_status`.
         """
@@ -153,20 +160,20 @@ class Engine:
             for chunk in chunks:
                 self._set_chunk_inputs(chunk)
                 if self.prewarm:  # views, checks and kernel fetches outside any capture
-                    self.launch_list(chunk.length, chunk.last, guard, delay_us)
+                    self.launch_list(chunk.length, chunk.last, guard, delay_us, overlap)
                 graph = None
                 if mode == "graph" and not chunk.last:
-                    key = (chunk.length, guard, delay_us)
+                    key = (chunk.length, guard, delay_us, overlap)
                     graph = self._graphs.get(key)
                     if graph is None:
-                        graph = self._graphs[key] = ChunkGraph.capture(self, chunk.length, guard, delay_us)
-                launches = self.launch_list(chunk.length, chunk.last, guard, delay_us)
+                        graph = self._graphs[key] = ChunkGraph.capture(self, chunk.length, guard, delay_us, overlap)
+                launches = self.launch_list(chunk.length, chunk.last, guard, delay_us, overlap)
                 if graph is not None and graph.captured:
                     graph.replay(self.stream)
                     replays += 1
                 else:
                     launches.run(self)
-                    python_launches += len(launches.launches)
+                    python_launches += len(launches.kernels)
                 paths.update(launches.gemm_paths)
             issue_s = time.perf_counter() - start_s
             self.stream.synchronize()
@@ -176,7 +183,8 @@ class Engine:
     def profile(self, prompt_tokens: int, chunk_size: int, guard: str = "cublas") -> dict[str, list[float]]:
         """Device µs of every launch of one eager prefill, by op name (CUDA events around each launch).
 
-        Eager only: it shows where device time goes, not what launch overhead costs.
+        Eager and serial (the branch beside the experts in line): it shows where device time goes, not what
+        launch overhead or the overlap of two streams costs.
         """
         import cupy
 
@@ -214,7 +222,7 @@ class Engine:
                 self._set_chunk_inputs(chunk)
                 t = chunk.length
                 record: dict = {}
-                for launch in self.launch_list(t, chunk.last, guard).launches:
+                for launch in self.launch_list(t, chunk.last, guard).kernels:
                     if launch.op in LAYER_FIRST_OPS:  # a layer starts: its input is the residual stream now
                         record = {"start": chunk.start, "layer": len(records) % self.preset.num_layers, "x": host(b.resid[:t])}
                         records.append(record)
@@ -248,9 +256,9 @@ class Engine:
             moe += gate * b.shared_out[:t].get().astype(np.float64)
         return moe
 
-    def capture_status(self, chunk_size: int, guard: str, delay_us: float = 0.0):
+    def capture_status(self, chunk_size: int, guard: str, delay_us: float = 0.0, overlap: bool = True):
         """The capture.CaptureStatus of the graph for this chunk size and guard, or None if none was tried."""
-        graph = self._graphs.get((chunk_size, guard, delay_us))  # non-last chunks are exactly chunk_size long
+        graph = self._graphs.get((chunk_size, guard, delay_us, overlap))  # non-last chunks are exactly chunk_size long
         return None if graph is None else graph.status
 
     def logits(self):

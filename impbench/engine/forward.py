@@ -20,6 +20,7 @@ benchmark's bookkeeping.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
 from dataclasses import dataclass
@@ -37,24 +38,62 @@ NVFP4_GROUPED = "nvfp4_grouped"
 class Launch:
     op: str
     fn: object  # no-argument callable that launches the op's kernel(s) on the current stream
+    side: bool = False  # on the side stream, between a fork and a join (Branch)
+
+
+@dataclass
+class Branch:
+    """The second stream a layer's branch beside the routed experts runs on (Qwen3.6's shared expert,
+    Gemma-4's dense MLP), as vLLM overlaps its shared experts: `fork` makes the side stream wait for what
+    the main stream has issued so far, `join` makes the main stream wait for the side's work. Under
+    capture the two event waits become the graph's edges, so the branch is a parallel path of the graph."""
+
+    stream: object  # cupy.cuda.Stream
+    fork_event: object
+    join_event: object
+
+    def fork(self) -> None:
+        import cupy
+
+        self.fork_event.record(cupy.cuda.get_current_stream())
+        self.stream.wait_event(self.fork_event)
+
+    def join(self) -> None:
+        import cupy
+
+        self.join_event.record(self.stream)
+        cupy.cuda.get_current_stream().wait_event(self.join_event)
+
+
+FORK, JOIN = "fork", "join"  # the op names of a Branch's two marks: no kernel, no device time
 
 
 @dataclass
 class LaunchList:
     launches: list
     gemm_paths: Counter  # GEMM path name -> count in one pass of this list
+    branch: Branch | None = None  # where side launches go; None: every launch on the current stream
+
+    @property
+    def kernels(self) -> list[Launch]:
+        """The launches that run kernels (a branch's fork and join marks do not)."""
+        return [launch for launch in self.launches if launch.op not in (FORK, JOIN)]
 
     def run(self, tracker) -> None:
         for launch in self.launches:
             tracker.current_op = launch.op
-            launch.fn()
+            if launch.side and self.branch is not None:
+                with self.branch.stream:
+                    launch.fn()
+            else:
+                launch.fn()
 
     def run_timed(self, stream) -> list[tuple[str, object, object]]:
-        """Run with a CUDA event pair around every launch: (op, start, end) to read after a sync."""
+        """Run serially with a CUDA event pair around every launch: (op, start, end) to read after a sync."""
         import cupy
 
         marks = []
-        for launch in self.launches:
+        for launch in self.kernels:
             start, end = cupy.cuda.Event(), cupy.cuda.Event()
             start.record(stream)
             launch.fn()
@@ -81,15 +120,36 @@ def _delay(delay_us: float):
 class _Builder:
     """Appends the launches of one chunk of `length` tokens, sublayer by sublayer."""
 
-    def __init__(self, preset, weights, buffers, length: int, guard: str):
-        self.p, self.w, self.b, self.t, self.guard = preset, weights, buffers, length, guard
+    def __init__(self, preset, weights, buffers, length: int, guard: str, branch: Branch | None = None):
+        self.p, self.w, self.b, self.t, self.guard, self.branch = preset, weights, buffers, length, guard, branch
         self.launches: list[Launch] = []
         self.paths: Counter = Counter()
+        self.side = False  # True between fork() and join(): launches go to the branch's stream
 
     def add(self, op, fn) -> None:
         from impbench.kernels.driver import packed
 
-        self.launches.append(Launch(op, packed(fn)))
+        self.launches.append(Launch(op, packed(fn), self.side))
+
+    @contextlib.contextmanager
+    def beside(self):
+        """Launches added inside run on the branch's stream, beside those the main stream gets after it, until
+        join(); without a branch they run in place, in list order."""
+        if self.branch is None:
+            yield
+            return
+        self.launches.append(Launch(FORK, self.branch.fork))
+        self.side = True
+        try:
+            yield
+        finally:
+            self.side = False
+
+    def join(self) -> None:
+        """The main stream waits for the side's launches (if any were forked since the last join)."""
+        forked = next((launch.op == FORK for launch in reversed(self.launches) if launch.op in (FORK, JOIN)), False)
+        if forked:
+            self.launches.append(Launch(JOIN, self.branch.join))
 
     def dense(self, op, a, w, out) -> None:
         """A dense projection on its GEMM path, launched without PDL unless IMPBENCH_PDL=all: with it our
@@ -189,6 +249,14 @@ class _Builder:
         kp_out = b.normed_kp[:t] if kperm else None  # the wgp expert GEMMs' x, written by the same launch
         self.add("ffn_norm", ops.prepare(ops.add_rmsnorm, b.attn_proj[:t], b.resid[:t], layer.ffn_norm, p.rms_norm_eps,
                                          normed, out_kperm=kp_out))  # fmt: skip
+        if layer.shared is not None:
+            with self.beside():
+                s = layer.shared
+                self.dense("shared_gate_up", normed, s.w13, b.shared_gate_up[:t])
+                self.add("shared_act", ops.prepare(ops.gated_act, b.shared_gate_up[:t], b.shared_act[:t], p.activation))
+                self.dense("shared_down", b.shared_act[:t], s.w2, b.shared_out[:t])
+                if s.gate is not None:
+                    self.dense("shared_expert_gate", normed, s.gate, b.shared_gate[:t])
         self.dense("router", normed, layer.router, b.router_logits[:t])
         counts = b.route_counts[: routing.count_blocks(t)]
         self.add("topk", routing.prepare(routing.topk_count, b.router_logits[:t], p.experts_per_token, p.norm_topk_prob,
@@ -201,13 +269,7 @@ class _Builder:
                                             layer.w13_scale, layer.w13_scale2, b.expert_act[:rows], variant=expert))  # fmt: skip
         self.add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,
                                          layer.w2_scale2, b.expert_out[:rows], row_weight=row_weight, variant=expert))  # fmt: skip
-        if layer.shared is not None:
-            s = layer.shared
-            self.dense("shared_gate_up", normed, s.w13, b.shared_gate_up[:t])
-            self.add("shared_act", ops.prepare(ops.gated_act, b.shared_gate_up[:t], b.shared_act[:t], p.activation))
-            self.dense("shared_down", b.shared_act[:t], s.w2, b.shared_out[:t])
-            if s.gate is not None:
-                self.dense("shared_expert_gate", normed, s.gate, b.shared_gate[:t])
+        self.join()
 
     def gemma_ffn(self, layer) -> None:
         """Gemma-4's feed-forward block up to its sum: the norms after attention (with the residual add), the
@@ -226,9 +288,10 @@ class _Builder:
                                          (n.post_attn, n.pre_mlp, n.pre_moe, n.router_prenorm), p.rms_norm_eps,
                                          (b.normed_mlp[:t], normed, b.normed_router[:t]),
                                          out_kperm=x_moe if kperm else None))  # fmt: skip
-        self.dense("mlp_gate_up", b.normed_mlp[:t], layer.mlp.w13, b.mlp_gate_up[:t])
-        self.add("mlp_act", ops.prepare(ops.gated_act, b.mlp_gate_up[:t], b.mlp_act[:t], p.activation))
-        self.dense("mlp_down", b.mlp_act[:t], layer.mlp.w2, b.mlp_out[:t])
+        with self.beside():
+            self.dense("mlp_gate_up", b.normed_mlp[:t], layer.mlp.w13, b.mlp_gate_up[:t])
+            self.add("mlp_act", ops.prepare(ops.gated_act, b.mlp_gate_up[:t], b.mlp_act[:t], p.activation))
+            self.dense("mlp_down", b.mlp_act[:t], layer.mlp.w2, b.mlp_out[:t])
         self.dense("router", b.normed_router[:t], layer.router, b.router_logits[:t])
         counts = b.route_counts[: routing.count_blocks(t)]
         self.add("topk", routing.prepare(routing.topk_count, b.router_logits[:t], p.experts_per_token, p.norm_topk_prob,
@@ -240,6 +303,7 @@ class _Builder:
                                             activation=p.activation))  # fmt: skip
         self.add("moe_down", moe.prepare(moe.moe_down, b.expert_act[:rows], b.expert_offsets, layer.w2, layer.w2_scale,
                                          layer.w2_scale2, b.expert_out[:rows], row_weight=row_weight, variant=expert))  # fmt: skip
+        self.join()
 
     def gemma_combine(self, layer, next_norm) -> None:
         """resid = (resid + post_ffn_norm(post_mlp_norm(dense) + post_moe_norm(expert rows summed))) * the layer
@@ -280,13 +344,15 @@ class _Builder:
 L2_EPS = 1e-6  # the q / k L2 norm of a Gated DeltaNet layer (flash-linear-attention's l2norm)
 
 
-def build_launches(preset, weights, buffers, length: int, last: bool, guard: str, delay_us: float = 0.0) -> LaunchList:
+def build_launches(preset, weights, buffers, length: int, last: bool, guard: str, delay_us: float = 0.0,
+                   branch: Branch | None = None) -> LaunchList:  # fmt: skip
     """Every launch of one chunk of `length` tokens; `guard` picks the dense GEMM path (impbench.arms);
-    `delay_us` > 0 plants a wait of that many µs after every layer (tests of the CI gate)."""
+    `delay_us` > 0 plants a wait of that many µs after every layer (tests of the CI gate); `branch`: the
+    stream the branch beside the routed experts runs on (None: in line, on the main stream)."""
     from impbench.kernels import ops
 
     p, b, t = preset, buffers, length
-    build = _Builder(preset, weights, buffers, length, guard)
+    build = _Builder(preset, weights, buffers, length, guard, branch)
     layers = weights.layers
     gemma = p.architecture == "gemma4"
     embed_scale = {"scale": p.hidden_size**0.5} if gemma else {}  # Gemma-4 scales its (tied) embedding by sqrt(H)
@@ -308,4 +374,4 @@ def build_launches(preset, weights, buffers, length: int, last: bool, guard: str
         build.dense("lm_head", b.last_normed, weights.lm_head, b.logits)
         if p.final_logit_softcapping:
             build.add("softcap", ops.prepare(ops.softcap, b.logits, p.final_logit_softcapping, b.logits))
-    return LaunchList(build.launches, build.paths)
+    return LaunchList(build.launches, build.paths, branch)
