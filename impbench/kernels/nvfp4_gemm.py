@@ -44,14 +44,19 @@ _UINT8 = 0
 # TFLOP/s dense FP16 = 132 SMs x 4096 FLOP per clock at 1830 MHz.
 SM_MHZ = 1980.0
 FLOP_PER_SM_CLOCK = 4096
-# The constants below are fitted (least squares on log time, the fill held at most 4 µs) to v2's 30
-# measurements: five variants on qwen3-modelopt's two shapes at M 512 / 1024 / 2048 (H100, packed codes and
-# the deferred stage hand-back, docs/notes/nvfp4_gemm.md). The predictions written before v1 ran (fill 1.5,
-# end 0.5 / 1.5 µs, efficiencies 0.71-0.82) were 1.6-2.9x too fast and made the rule pick a split-K 4
-# variant at 2x the best time.
+# The constants below are fitted (least squares on log time, the fill held at most 4 µs, efficiencies at most
+# 0.95) to v2's 72 measurements: five variants on qwen3-modelopt's two shapes at M 64 / 128 / 256 / 512 / 1024
+# / 2048 (H100, docs/notes/nvfp4_gemm.md), rms error 7%. The predictions written before v1 ran (fill 1.5, end
+# 0.5 / 1.5 µs, efficiencies 0.71-0.82) were 1.6-2.9x too fast and made the rule pick a split-K 4 variant at
+# 2x the best time.
 FILL_US = 4.0  # a launch's first stages in flight before the first wgmma
 TILE_END_US = 0.0  # persistent: a tile's stores hide under the producer's loads of the next tile
-SPLIT_END_US = 5.5  # split-K: partials through distributed shared memory, two cluster barriers
+SPLIT_END_US = 7.1  # split-K: partials through distributed shared memory, two cluster barriers
+# 4-block clusters of these 200 KiB blocks resident at once on a 132-SM H100 or H200: 30, not 33, as the GPUs'
+# SMs sit in GPCs of unequal size (a cluster stays inside one). Read from the wave times: 32 clusters take two
+# rounds (o_proj at M 512: 42.9 µs against 23.0 for 16), 80 take three. Counting 33 made the rule pick split-K 4
+# there, 25% slower than split-K 2; with 30 the fit's rms error fell from 12% to 7%.
+FOUR_BLOCK_CLUSTERS_132 = 30
 
 
 @dataclass(frozen=True)
@@ -88,17 +93,17 @@ class Variant:
         return tiles * self.split if self.split > 1 else min(tiles, sms)
 
 
-# Efficiencies: fitted with the constants above (v2: 0.36-0.64 of the tensor peak inside a tile's K loop, v1
-# 0.31-0.54; predicted 0.71-0.82 from shared-memory bytes and issue slots). The split-K 4 variants fit lower than
-# the split-K 2 one of the same loop: their reduction cost grows with the split, which the model lumps in.
+# Efficiencies: fitted with the constants above (v2: 0.61-0.68 of the tensor peak inside a tile's K loop; v1
+# 0.31-0.54 under the earlier model; predicted 0.71-0.82 from shared-memory bytes and issue slots). w128t128k4
+# fits at the bound: at M <= 128 it runs faster than its whole tiles predict, which the model cannot say why.
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("w256t128", 2, 128, 4, 1, 0.59),  # large M: the main tile
-        Variant("w256t128k2", 2, 128, 4, 2, 0.60),  # split-K 2: fills the SMs where 256 x 128 tiles are few
-        Variant("w256t128k4", 2, 128, 4, 4, 0.36),  # split-K 4: the same for fewer tiles (M <= 512, o_proj)
-        Variant("w128t192", 1, 192, 3, 1, 0.64),  # one round of tiles at M ~ 512 on N = 5120
-        Variant("w128t128k4", 1, 128, 5, 4, 0.45),  # small M on narrow N: the most blocks
+        Variant("w256t128", 2, 128, 4, 1, 0.61),  # large M: the main tile
+        Variant("w256t128k2", 2, 128, 4, 2, 0.68),  # split-K 2: fills the SMs where 256 x 128 tiles are few
+        Variant("w256t128k4", 2, 128, 4, 4, 0.62),  # split-K 4: the same for fewer tiles (M <= 256)
+        Variant("w128t192", 1, 192, 3, 1, 0.66),  # one round of tiles at M ~ 512 on N = 5120
+        Variant("w128t128k4", 1, 128, 5, 4, 0.95),  # small M on narrow N: the most blocks
     )
 }
 
@@ -111,12 +116,19 @@ def modelled_us(variant: Variant, m: int, n: int, k: int, sms: int = H100_SMS) -
     if variant.split == 1:
         rounds, k_stages, end_us = math.ceil(variant.tiles(m, n) / sms), stages, TILE_END_US
     else:  # clusters of `split` blocks: whole clusters per round
-        per_round = (sms // variant.split) * variant.split
-        rounds = math.ceil(variant.tiles(m, n) * variant.split / per_round)
+        rounds = math.ceil(variant.tiles(m, n) / clusters_per_round(variant.split, sms))
         k_stages, end_us = math.ceil(stages / variant.split), SPLIT_END_US
     flops = 2.0 * variant.weight_rows * variant.tokens * BK * k_stages
     tile_us = flops / (FLOP_PER_SM_CLOCK * SM_MHZ * variant.efficiency) + end_us
     return FILL_US + rounds * tile_us
+
+
+def clusters_per_round(split: int, sms: int) -> int:
+    """Clusters of `split` blocks (one block per SM) a GPU of `sms` SMs holds at once: pairs fill every SM; of
+    4-block clusters a 132-SM Hopper holds 30 (FOUR_BLOCK_CLUSTERS_132), other SM counts in that proportion."""
+    if split < 4:
+        return max(1, sms // split)
+    return max(1, (sms // 4) * FOUR_BLOCK_CLUSTERS_132 // (H100_SMS // 4))
 
 
 def choose_variant(m: int, n: int, k: int, sms: int = H100_SMS) -> str:
