@@ -5,9 +5,9 @@ and one line instead of a silently changed measurement (an `IMPBENCH_GEMM_VARIAN
 send every GEMM to cuBLAS; `IMPBENCH_PDL=false` used to keep PDL on).
 
 - IMPBENCH_PDL: programmatic dependent launch of our kernels on compute capability >= 9.0;
-  1/on/true/yes (default: every kernel but the engine's dense GEMMs), `all` (those too), or
-  0/off/false/no. The dense GEMMs are left out because it measured faster (docs/notes/engine.md: PDL on
-  them cost the small-n arm 2.5-3% of Qwen3.6's prefill on an H100).
+  1/on/true/yes (the default) or 0/off/false/no. The dense GEMMs take part only on their input side: they
+  start early but let no successor start before they end (kernels_cu/common.cuh pdl_wait,
+  docs/notes/engine.md).
 - IMPBENCH_GEMM_VARIANTS: comma-separated GEMM variant names the dispatch may choose from
   (experiments); unset or empty means every variant. Each name must exist. (Guard seed is pinned to
   the original engine's tile and ignores it.)
@@ -33,24 +33,16 @@ KNOWN = (PDL, GEMM_VARIANTS, KERNELS_DIR, GIT_COMMIT)
 _TRUE, _FALSE = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
 
 
-PDL_ALL = "all"  # IMPBENCH_PDL value: the engine's dense GEMMs launch with PDL too
-
-
 def _pdl_value() -> str:
     value = os.environ.get(PDL, "").strip().lower()
-    if value in ("", PDL_ALL) + _TRUE + _FALSE:
+    if value in ("",) + _TRUE + _FALSE:
         return value
-    raise InputError(f"{PDL}={os.environ[PDL]!r} is not a switch; accepted: {', '.join(_TRUE + _FALSE + (PDL_ALL,))}")
+    raise InputError(f"{PDL}={os.environ[PDL]!r} is not a switch; accepted: {', '.join(_TRUE + _FALSE)}")
 
 
 def pdl() -> bool:
     """IMPBENCH_PDL: whether our kernels launch with PDL (default on)."""
     return _pdl_value() not in _FALSE
-
-
-def gemm_pdl() -> bool:
-    """IMPBENCH_PDL: whether the engine's dense GEMMs launch with PDL too (only with `all`)."""
-    return _pdl_value() == PDL_ALL
 
 
 def gemm_variants() -> tuple[str, ...]:

@@ -1296,7 +1296,7 @@ constexpr bool table_row(int threads, int smem_bytes) {
 #define IMPGEMM_MMA(NAME, BM, BN, BK, WM, WN, WK, STAGES, TABLE_THREADS, TABLE_SMEM)                     \
     extern "C" __global__ void __launch_bounds__(32 * WM * WN * WK)                                        \
         NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
-             int N, int K) { pdl_entry();                                                                              \
+             int N, int K) { pdl_wait();                                                                              \
         impgemm::gemm_mma_body<BM, BN, BK, WM, WN, WK, STAGES>(A, W, C, M, N, K);                          \
     }                                                                                                     \
     IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::MmaConfig<BM, BN, BK, WM, WN, WK, STAGES>);
@@ -1305,14 +1305,14 @@ constexpr bool table_row(int threads, int smem_bytes) {
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES, TABLE_THREADS, TABLE_SMEM)                                    \
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64), 1)                                       \
         NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
-             int N, int K) { pdl_entry();                                                                              \
+             int N, int K) { pdl_wait();                                                                              \
         impgemm::gemm_wgmma_body<BM, BN, STAGES>(A, W, C, M, N, K);                                        \
     }                                                                                                     \
     IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::WgConfig<BM, BN, STAGES>);
 #define IMPGEMM_WGMMA_WS(NAME, BN, STAGES, TABLE_THREADS, TABLE_SMEM)                                     \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                   \
         NAME(const half_t *__restrict__ A, const half_t *__restrict__ W, half_t *__restrict__ C, int M,   \
-             int N, int K) { pdl_entry();                                                                              \
+             int N, int K) { pdl_wait();                                                                              \
         impgemm::gemm_wgmma_ws_body<BN, STAGES>(A, W, C, M, N, K);                                         \
     }                                                                                                     \
     IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::WsConfig<BN, STAGES>);
@@ -1320,7 +1320,7 @@ constexpr bool table_row(int threads, int smem_bytes) {
 #define IMPGEMM_TMA_ENTRY(NAME, BN, STAGES, CS, SPLIT, STORE_WARPS, CLUSTER_ATTR, TABLE_THREADS, TABLE_SMEM) \
     extern "C" __global__ void __launch_bounds__(384, 1) CLUSTER_ATTR                                          \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
-             half_t *__restrict__ C, int M, int N, int K) { pdl_entry();                                                   \
+             half_t *__restrict__ C, int M, int N, int K) { pdl_wait();                                                   \
         impgemm::gemm_tma_body<BN, STAGES, CS, SPLIT, STORE_WARPS>(map_a, map_w, C, M, N, K);                  \
     }                                                                                                     \
     IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::TmaConfig<BN, STAGES, CS, SPLIT, STORE_WARPS>);
@@ -1336,7 +1336,7 @@ constexpr bool table_row(int threads, int smem_bytes) {
     extern "C" __global__ void __launch_bounds__(128 * (BM / 64)) __cluster_dims__(S, 1, 1)                    \
         NAME(const __grid_constant__ impgemm::TmaMap map_a, const __grid_constant__ impgemm::TmaMap map_w,     \
              const __grid_constant__ impgemm::TmaMap map_c, half_t *__restrict__ C, int M, int N, int K, int group, \
-             int c_tma) { pdl_entry();                                                                              \
+             int c_tma) { pdl_wait();                                                                              \
         impgemm::gemm_tsk_body<BM, BN, STAGES, S, CH>(map_a, map_w, C, map_c, M, N, K, group, c_tma != 0);       \
     }                                                                                                     \
     IMPGEMM_TABLE_ROW(NAME, TABLE_THREADS, TABLE_SMEM, impgemm::TskConfig<BM, BN, STAGES, S, CH>);
@@ -1344,13 +1344,13 @@ constexpr bool table_row(int threads, int smem_bytes) {
 // Without sm_90a (another GPU, or nvcc's host pass) the sm_90a variants exist with their parameter lists
 // and trap; the dispatch never picks them there.
 #define IMPGEMM_WGMMA(NAME, BM, BN, STAGES, T, S)                                                         \
-    extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) { pdl_entry();   \
+    extern "C" __global__ void NAME(const half_t *A, const half_t *W, half_t *C, int M, int N, int K) { pdl_wait();   \
         asm volatile("trap;");                                                                            \
     }
 #define IMPGEMM_WGMMA_WS(NAME, BN, STAGES, T, S) IMPGEMM_WGMMA(NAME, 128, BN, STAGES, T, S)
 #define IMPGEMM_TMA_TRAP(NAME)                                                                          \
     extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
-                                    const __grid_constant__ impgemm::TmaMap tw, half_t *C, int M, int N, int K) { pdl_entry(); \
+                                    const __grid_constant__ impgemm::TmaMap tw, half_t *C, int M, int N, int K) { pdl_wait(); \
         asm volatile("trap;");                                                                            \
     }
 #define IMPGEMM_TMA(NAME, BN, STAGES, T, S) IMPGEMM_TMA_TRAP(NAME)
@@ -1361,7 +1361,7 @@ constexpr bool table_row(int threads, int smem_bytes) {
     extern "C" __global__ void NAME(const __grid_constant__ impgemm::TmaMap ta,                                \
                                     const __grid_constant__ impgemm::TmaMap tw,                                \
                                     const __grid_constant__ impgemm::TmaMap tc, half_t *C, int M, int N, int K, \
-                                    int group, int c_tma) { pdl_entry();                                       \
+                                    int group, int c_tma) { pdl_wait();                                       \
         asm volatile("trap;");                                                                            \
     }
 #endif

@@ -432,7 +432,7 @@ __device__ __forceinline__ void gemm_body(const TmaMap &map_a, const TmaMap &map
     extern "C" __global__ void __launch_bounds__(impfp4::THREADS, 1) IMPFP4_CLUSTER_##SPLIT nvfp4_gemm_##NAME(    \
         const __grid_constant__ impasync::TmaMap map_a, const __grid_constant__ impasync::TmaMap map_w,           \
         const unsigned char *scale, const float *scale2, half_t *out, int M, int N, int K) {                       \
-        pdl_entry();                                                                                                \
+        pdl_wait();                                                                                                \
         IMPFP4_BODY(MT, BT, STAGES, SPLIT);                                                                         \
     }
 

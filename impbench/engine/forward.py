@@ -152,18 +152,8 @@ class _Builder:
             self.launches.append(Launch(JOIN, self.branch.join))
 
     def dense(self, op, a, w, out) -> None:
-        """A dense projection on its GEMM path, launched without PDL unless IMPBENCH_PDL=all: with it our
-        GEMMs cost Qwen3.6's small-n arm 2.5-3% on an H100 (docs/notes/engine.md)."""
-        from impbench import env
-        from impbench.kernels.driver import no_pdl
-
-        if env.gemm_pdl():
-            self._dense(op, a, w, out)
-        else:
-            with no_pdl():
-                self._dense(op, a, w, out)
-
-    def _dense(self, op, a, w, out) -> None:
+        """A dense projection on its GEMM path (our GEMMs with PDL on their input side only: kernels_cu/common.cuh
+        pdl_wait)."""
         from impbench.engine.weights import Nvfp4Linear
         from impbench.kernels import gemm, moe, nvfp4_gemm
 
