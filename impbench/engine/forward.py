@@ -124,7 +124,7 @@ class _Builder:
         self.p, self.w, self.b, self.t, self.guard, self.branch = preset, weights, buffers, length, guard, branch
         self.launches: list[Launch] = []
         self.paths: Counter = Counter()
-        self.side = False  # True between fork() and join(): launches go to the branch's stream
+        self.side = False  # True inside beside(): launches go to the branch's stream
 
     def add(self, op, fn) -> None:
         from impbench.kernels.driver import packed

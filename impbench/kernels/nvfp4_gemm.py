@@ -93,9 +93,10 @@ class Variant:
         return tiles * self.split if self.split > 1 else min(tiles, sms)
 
 
-# Efficiencies: fitted with the constants above (v2: 0.61-0.68 of the tensor peak inside a tile's K loop; v1
-# 0.31-0.54 under the earlier model; predicted 0.71-0.82 from shared-memory bytes and issue slots). w128t128k4
-# fits at the bound: at M <= 128 it runs faster than its whole tiles predict, which the model cannot say why.
+# Efficiencies: fitted with the constants above (v2: 0.61-0.68 of the tensor peak inside a tile's K loop but
+# w128t128k4; v1 0.31-0.54 under the earlier model; predicted 0.71-0.82 from shared-memory bytes and issue
+# slots). w128t128k4 fits at the bound: at M <= 128 it runs faster than its whole tiles predict, and the model
+# has no term that says why.
 VARIANTS = {
     v.name: v
     for v in (
