@@ -379,18 +379,7 @@ __device__ __forceinline__ void combine_rmsnorm_impl(const half_t *__restrict__ 
         }
     }
     const float inv = rsqrtf(block_sum(sq, scratch) / (float)hidden + eps);
-#pragma unroll
-    for (int c = 0; c < C; ++c) {
-        const int chunk = threadIdx.x + c * blockDim.x;
-        if (chunk < chunks) {
-            float x[8], w[8], o[8];
-            unpack8(done[c], x);
-            unpack8(w_raw[c], w);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) o[i] = x[i] * inv * w[i];
-            reinterpret_cast<u32x4 *>(normed + (size_t)token * hidden)[chunk] = pack8(o);
-        }
-    }
+    scaled_store<C>(done, w_raw, inv, reinterpret_cast<u32x4 *>(normed + (size_t)token * hidden), chunks);
 }
 
 // Two sums over the block at once, each as block_sum (butterfly in each warp, then every warp over the
