@@ -82,7 +82,7 @@ class LaunchList:
     def run(self, tracker) -> None:
         for launch in self.launches:
             tracker.current_op = launch.op
-            if launch.side and self.branch is not None:
+            if launch.side:  # only a builder with a branch marks launches side
                 with self.branch.stream:
                     launch.fn()
             else:
