@@ -65,11 +65,17 @@ struct Shape {
     static constexpr int C_BYTES = BW * (BK / 2);
     static constexpr int S_BYTES = BW * (BK / 16);
     static constexpr int STAGE_BYTES = X_BYTES + C_BYTES + S_BYTES;
-    static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024;  // + alignment slack
+    static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
+    // SPLIT = 1 epilogue: each consumer warp stages its 16 output columns for EPI_TOKENS tokens at a time, a
+    // token's 32 bytes in a row of EPI_ROW (+16: the 16-byte reads of 8 lanes spread over the banks)
+    static constexpr int EPI_TOKENS = 64, EPI_ROW = 48, EPI_WARP = EPI_TOKENS * EPI_ROW;
+    static constexpr int EPI_BYTES = SPLIT == 1 ? 8 * EPI_WARP : 0;
+    static constexpr int SMEM_BYTES = PIPE_BYTES + EPI_BYTES + 1024;  // + alignment slack
     static constexpr int ACC = MT * BT / 2;                         // FP32 accumulators per consumer thread
     static constexpr int BLOCKS = ACC / 4;                          // 16-byte partial blocks (split-K)
     static_assert(MT == 1 || MT == 2, "one or two m64 tiles per consumer warpgroup");
     static_assert(BT % 32 == 0 && BT >= 32 && BT <= 256, "whole n32 wgmma pieces; one TMA box of rows");
+    static_assert(SPLIT > 1 || BT % EPI_TOKENS == 0, "whole staged token groups");
     static_assert(ACC <= 128, "accumulators fit the consumers' 232 registers");
     static_assert(SMEM_BYTES <= SMEM_LIMIT, "227 KiB of shared memory per block");
     static_assert(SPLIT == 1 || (BLOCKS % SPLIT == 0 && ACC * 1024 <= STAGES * STAGE_BYTES),
@@ -328,16 +334,45 @@ __device__ __forceinline__ void consume(const unsigned char *smem, unsigned s_ba
         __syncwarp();
         if (lane == 0 && held >= 0) mbar_arrive(empty0 + 8 * held);
 
-        if constexpr (SPLIT == 1) {  // straight from the accumulators: d[4j + e] = row g + 8 (e >> 1), token 8j + 2t + (e & 1)
+        if constexpr (SPLIT == 1) {
+            // d[4j + e] is block row g + 8 (e >> 1), token 8j + 2t + (e & 1): a warp holds 16 consecutive output
+            // columns of every token. It stages them through its own shared rows, EPI_TOKENS tokens at a time,
+            // and writes each token's columns as two 16-byte pieces (2-byte stores from the accumulators left
+            // 75% of the sectors they touched unused). The producer meanwhile loads the next tile's stages.
+            unsigned char *stage = const_cast<unsigned char *>(smem) + S::PIPE_BYTES + (ctid >> 5) * S::EPI_WARP;
+            const bool vec = N % 8 == 0 && (reinterpret_cast<size_t>(out) & 15) == 0;
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
+            for (int mt = 0; mt < MT; ++mt) {
+                const int col0 = n0 + row_of(mt, 0) - g;  // the warp's first column
 #pragma unroll
-                for (int j = 0; j < BT / 8; ++j)
+                for (int j0 = 0; j0 < BT / 8; j0 += S::EPI_TOKENS / 8) {
+                    __syncwarp();  // the previous group's reads are done
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int tok = m0 + 8 * j + 2 * t + (e & 1), col = n0 + row_of(mt, e >> 1);
-                        if (tok < M && col < N) out[(size_t)tok * N + col] = f2h(acc[mt][4 * j + e] * f);
+                    for (int jj = 0; jj < S::EPI_TOKENS / 8; ++jj)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            *reinterpret_cast<half_t *>(stage + (8 * jj + 2 * t + (e & 1)) * S::EPI_ROW + 2 * (g + 8 * (e >> 1))) =
+                                f2h(acc[mt][4 * (j0 + jj) + e] * f);
+                    __syncwarp();
+#pragma unroll
+                    for (int q = 0; q < S::EPI_TOKENS * 2 / 32; ++q) {
+                        const int piece = lane + 32 * q, tl = piece >> 1, h = piece & 1;
+                        const int tok = m0 + 8 * j0 + tl, col = col0 + 8 * h;
+                        if (tok < M && col < N) {
+                            const uint4 v = *reinterpret_cast<const uint4 *>(stage + tl * S::EPI_ROW + 16 * h);
+                            half_t *dst = out + (size_t)tok * N + col;
+                            if (vec && col + 8 <= N) {
+                                *reinterpret_cast<uint4 *>(dst) = v;
+                            } else {
+                                const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                                for (int i = 0; i < 8; ++i)
+                                    if (col + i < N) dst[i] = (half_t)(w[i >> 1] >> (16 * (i & 1)));
+                            }
+                        }
                     }
+                }
+            }
         }
     }
 
@@ -436,8 +471,8 @@ __device__ __forceinline__ void gemm_body(const TmaMap &map_a, const TmaMap &map
         IMPFP4_BODY(MT, BT, STAGES, SPLIT);                                                                         \
     }
 
-NVFP4_GEMM_ENTRY(w256t128, 2, 128, 4, 1, 205824)
+NVFP4_GEMM_ENTRY(w256t128, 2, 128, 4, 1, 230400)
 NVFP4_GEMM_ENTRY(w256t128k2, 2, 128, 4, 2, 205824)
 NVFP4_GEMM_ENTRY(w256t128k4, 2, 128, 4, 4, 205824)
-NVFP4_GEMM_ENTRY(w128t192, 1, 192, 3, 1, 176128)
+NVFP4_GEMM_ENTRY(w128t192, 1, 192, 3, 1, 200704)
 NVFP4_GEMM_ENTRY(w128t128k4, 1, 128, 5, 4, 210944)

@@ -81,8 +81,10 @@ class Variant:
     @property
     def smem_bytes(self) -> int:
         """Dynamic shared memory: stages of token tile (BT x 256 bytes), codes (64 bytes a weight row) and
-        scales (8 bytes a row), plus 1024 bytes of alignment slack (impfp4::Shape)."""
-        return self.stages * (self.tokens * 256 + self.weight_rows * 72) + 1024
+        scales (8 bytes a row), a persistent variant's epilogue rows (8 warps x 64 tokens x 48 bytes), plus
+        1024 bytes of alignment slack (impfp4::Shape)."""
+        epilogue = 8 * 64 * 48 if self.split == 1 else 0
+        return self.stages * (self.tokens * 256 + self.weight_rows * 72) + epilogue + 1024
 
     def tiles(self, m: int, n: int) -> int:
         return math.ceil(m / self.tokens) * math.ceil(n / self.weight_rows)
