@@ -74,9 +74,9 @@ class LaunchList:
     gemm_paths: Counter  # GEMM path name -> count in one pass of this list
     branch: Branch | None = None  # where side launches go; None: every launch on the current stream
 
-    @property
+    @functools.cached_property
     def kernels(self) -> list[Launch]:
-        """The launches that run kernels (a branch's fork and join marks do not)."""
+        """The launches that run kernels (a branch's fork and join marks do not); once, not per eager chunk."""
         return [launch for launch in self.launches if launch.op not in (FORK, JOIN)]
 
     def run(self, tracker) -> None:
@@ -125,6 +125,7 @@ class _Builder:
         self.launches: list[Launch] = []
         self.paths: Counter = Counter()
         self.side = False  # True inside beside(): launches go to the branch's stream
+        self.forked = False  # a fork since the last join: the next join() marks one
 
     def add(self, op, fn) -> None:
         from impbench.kernels.driver import packed
@@ -139,7 +140,7 @@ class _Builder:
             yield
             return
         self.launches.append(Launch(FORK, self.branch.fork))
-        self.side = True
+        self.side = self.forked = True
         try:
             yield
         finally:
@@ -147,9 +148,9 @@ class _Builder:
 
     def join(self) -> None:
         """The main stream waits for the side's launches (if any were forked since the last join)."""
-        forked = next((launch.op == FORK for launch in reversed(self.launches) if launch.op in (FORK, JOIN)), False)
-        if forked:
+        if self.forked:
             self.launches.append(Launch(JOIN, self.branch.join))
+            self.forked = False
 
     def dense(self, op, a, w, out) -> None:
         """A dense projection on its GEMM path (our GEMMs with PDL on their input side only: kernels_cu/common.cuh
