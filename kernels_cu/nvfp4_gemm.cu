@@ -242,7 +242,7 @@ __device__ __forceinline__ void produce(const TmaMap &map_a, const TmaMap &map_w
 }
 
 template <int MT, int BT, int STAGES, int SPLIT>
-__device__ __forceinline__ void consume(const unsigned char *smem, unsigned s_base, unsigned full0, unsigned empty0,
+__device__ __forceinline__ void consume(unsigned char *smem, unsigned s_base, unsigned full0, unsigned empty0,
                                         const float *__restrict__ scale2, half_t *__restrict__ out, int M, int N,
                                         int K) {
     using S = Shape<MT, BT, STAGES, SPLIT>;
@@ -339,7 +339,7 @@ __device__ __forceinline__ void consume(const unsigned char *smem, unsigned s_ba
             // columns of every token. It stages them through its own shared rows, EPI_TOKENS tokens at a time,
             // and writes each token's columns as two 16-byte pieces (2-byte stores from the accumulators left
             // 75% of the sectors they touched unused). The producer meanwhile loads the next tile's stages.
-            unsigned char *stage = const_cast<unsigned char *>(smem) + S::PIPE_BYTES + (ctid >> 5) * S::EPI_WARP;
+            unsigned char *stage = smem + S::PIPE_BYTES + (ctid >> 5) * S::EPI_WARP;
             const bool vec = N % 8 == 0 && (reinterpret_cast<size_t>(out) & 15) == 0;
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
