@@ -170,9 +170,9 @@ def test_the_rule_picks_the_fastest_modelled_variant():
 
 
 def test_grids():
-    persistent, split = fg.VARIANTS["w256t128"], fg.VARIANTS["w256t128k4"]
+    persistent, split = fg.VARIANTS["w256t128"], fg.VARIANTS["w128t128k4"]
     assert persistent.grid(2048, 5120, 132) == 132 and persistent.grid(512, 2048, 132) == 32  # 320 / 32 tiles
-    assert split.grid(512, 2048, 132) == 128 and split.grid(1, 8, 132) == 4  # one cluster of 4 per tile
+    assert split.grid(512, 2048, 132) == 256 and split.grid(1, 8, 132) == 4  # one cluster of 4 per tile
     assert all(v.smem_bytes + 1024 <= 232448 for v in fg.VARIANTS.values())  # + the kernel's static barriers
 
 

@@ -44,9 +44,9 @@ _UINT8 = 0
 # TFLOP/s dense FP16 = 132 SMs x 4096 FLOP per clock at 1830 MHz.
 SM_MHZ = 1980.0
 FLOP_PER_SM_CLOCK = 4096
-# The constants below are fitted (least squares on log time, the fill held at most 4 µs, efficiencies at most
-# 0.95) to v2's 72 measurements: five variants on qwen3-modelopt's two shapes at M 64 / 128 / 256 / 512 / 1024
-# / 2048 (H100, docs/notes/nvfp4_gemm.md), rms error 7%. The predictions written before v1 ran (fill 1.5, end
+# The constants below are fitted (least squares on log time, the fill held at most 4 µs) to v2's 72
+# measurements: five variants on qwen3-modelopt's two shapes at M 64 / 128 / 256 / 512 / 1024 / 2048 (H100,
+# docs/notes/nvfp4_gemm.md), rms error 7%; each variant's efficiency is refitted as the kernels change. The predictions written before v1 ran (fill 1.5, end
 # 0.5 / 1.5 µs, efficiencies 0.71-0.82) were 1.6-2.9x too fast and made the rule pick a split-K 4 variant at
 # 2x the best time.
 FILL_US = 4.0  # a launch's first stages in flight before the first wgmma
@@ -95,18 +95,19 @@ class Variant:
         return tiles * self.split if self.split > 1 else min(tiles, sms)
 
 
-# Efficiencies: fitted with the constants above (v2: 0.61-0.68 of the tensor peak inside a tile's K loop but
-# w128t128k4; v1 0.31-0.54 under the earlier model; predicted 0.71-0.82 from shared-memory bytes and issue
-# slots). w128t128k4 fits at the bound: at M <= 128 it runs faster than its whole tiles predict, and the model
-# has no term that says why.
+# Efficiencies: fitted with the constants above on one H100's times of every variant at M 64-2048 on both
+# qwen3-modelopt shapes (v3 kernels; docs/notes/nvfp4_gemm.md, "128-row tiles"): rms error 2-6% a variant.
+# w128t128k4 fits at 0.99: at M <= 128 it runs faster than its whole tiles predict, and the model has no
+# term that says why. w256t128k2 / w256t128k4 went: 128-row tiles beat them on every shape from M 256 on.
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("w256t128", 2, 128, 4, 1, 0.61),  # large M: the main tile
-        Variant("w256t128k2", 2, 128, 4, 2, 0.68),  # split-K 2: fills the SMs where 256 x 128 tiles are few
-        Variant("w256t128k4", 2, 128, 4, 4, 0.62),  # split-K 4: the same for fewer tiles (M <= 256)
-        Variant("w128t192", 1, 192, 3, 1, 0.66),  # one round of tiles at M ~ 512 on N = 5120
-        Variant("w128t128k4", 1, 128, 5, 4, 0.95),  # small M on narrow N: the most blocks
+        Variant("w256t128", 2, 128, 4, 1, 0.62),  # large M: the decode per 128 tokens over 256 weight rows
+        Variant("w128t192", 1, 192, 3, 1, 0.67),  # one round of tiles at M ~ 512 on N = 5120
+        Variant("w128t128", 1, 128, 4, 1, 0.57),  # M ~ 1024 on N = 2048, M ~ 256 on N = 5120: a round of tiles
+        Variant("w128t64", 1, 64, 6, 1, 0.37),  # M <= 192 on N = 5120: twice the tiles of w128t128
+        Variant("w128t128k2", 1, 128, 5, 2, 0.74),  # split-K 2: M 144-512 on N = 2048, one round of 128 blocks
+        Variant("w128t128k4", 1, 128, 5, 4, 0.99),  # split-K 4: small M on narrow N, the most blocks
     )
 }
 
