@@ -46,9 +46,9 @@ SM_MHZ = 1980.0
 FLOP_PER_SM_CLOCK = 4096
 # The constants below are fitted (least squares on log time, the fill held at most 4 µs) to v2's 72
 # measurements: five variants on qwen3-modelopt's two shapes at M 64 / 128 / 256 / 512 / 1024 / 2048 (H100,
-# docs/notes/nvfp4_gemm.md), rms error 7%; each variant's efficiency is refitted as the kernels change. The predictions written before v1 ran (fill 1.5, end
-# 0.5 / 1.5 µs, efficiencies 0.71-0.82) were 1.6-2.9x too fast and made the rule pick a split-K 4 variant at
-# 2x the best time.
+# docs/notes/nvfp4_gemm.md), rms error 7%; each variant's efficiency is refitted as the kernels change. The
+# predictions written before v1 ran (fill 1.5, end 0.5 / 1.5 µs, efficiencies 0.71-0.82) were 1.6-2.9x too
+# fast and made the rule pick a split-K 4 variant at 2x the best time.
 FILL_US = 4.0  # a launch's first stages in flight before the first wgmma
 TILE_END_US = 0.0  # persistent: a tile's stores hide under the producer's loads of the next tile
 SPLIT_END_US = 7.1  # split-K: partials through distributed shared memory, two cluster barriers
@@ -95,8 +95,9 @@ class Variant:
         return tiles * self.split if self.split > 1 else min(tiles, sms)
 
 
-# Efficiencies: fitted with the constants above on one H100's times of every variant at M 64-2048 on both
-# qwen3-modelopt shapes (v3 kernels; docs/notes/nvfp4_gemm.md, "128-row tiles"): rms error 2-6% a variant.
+# Efficiencies: fitted with the constants above on one H100's times of every variant at M 256-2048 on both
+# qwen3-modelopt shapes (v3 kernels) and v2's split-K times at M 64 / 128 (docs/notes/nvfp4_gemm.md,
+# "128-weight-row tiles"): rms error 2-6% a variant. No 128-row tile is measured below M 256.
 # w128t128k4 fits at 0.99: at M <= 128 it runs faster than its whole tiles predict, and the model has no
 # term that says why. w256t128k2 / w256t128k4 went: 128-row tiles beat them on every shape from M 256 on.
 VARIANTS = {
