@@ -414,6 +414,12 @@ def test_wgmma_block_geometry(monkeypatch):
                                          (["--model", "qwen3-coder", "--variant", "d256only"],
                                           "variant d256only has no head_dim 128 kernel"),
                                          (["--model", "nope"], "unknown model 'nope'"),
+                                         (["--layer", "local"], "--layer takes comma-separated attention layer kinds"),
+                                         (["--layer", " , "], "--layer takes comma-separated attention layer kinds"),
+                                         (["--model", "qwen3-coder", "--layer", "sliding"],
+                                          "--layer sliding: the model has no sliding attention layers; it has full"),
+                                         (["--layer", "sliding,full", "--variant", "d256only"],
+                                          "variant d256only has no head_dim 512 kernel"),
                                          (["--out", "t.json"], "gets its JSON beside it, at this very path")])  # fmt: skip
 def test_attn_bench_bad_input_is_exit_2_in_one_line(capsys, monkeypatch, args, needle):
     """Every input error ends before any GPU work: exit 2, one line on stderr, nothing on stdout."""
@@ -431,6 +437,7 @@ def test_attn_bench_layer_kinds_prefixes_and_floor():
         parse_prefixes,
         plan_floor,
         prefix_tokens,
+        select_kinds,
     )
     from impbench.gpus import GPUS
     from impbench.presets import get_preset
@@ -443,6 +450,10 @@ def test_attn_bench_layer_kinds_prefixes_and_floor():
     assert sliding.label == "sliding D256 W1024 16/8" and full.label == "full D512 16/2"
     [qwen] = layer_kinds(get_preset("qwen3-coder"))
     assert (qwen.kind, qwen.head_dim, qwen.window) == ("full", 128, 0) and qwen.scale == pytest.approx(128**-0.5)
+    # --layer: a subset of the preset's kinds, in the preset's order
+    assert select_kinds([sliding, full], None) == [sliding, full]
+    assert select_kinds([sliding, full], "full, Sliding") == [sliding, full]
+    assert select_kinds([sliding, full], "full") == [full]
     assert parse_prefixes("0, chunk,512,0") == [0, "chunk", 512]
     assert prefix_tokens("chunk", 2048) == 2048 and prefix_tokens(300, 2048) == 300
     # the plan's attention op: at T 4096 after nothing, the sliding layer's pairs are those of causal_flops
@@ -469,3 +480,17 @@ def test_attn_bench_times_both_gemma4_layer_kinds(capsys, tmp_path):
         # SDPA runs where torch imports; then ours matches it to FP16 rounding
         assert r["sdpa_us"] is None or (r["sdpa_us"] > 0 and r["sdpa_backend"] and r["rel_err"] < 5e-3), r
     assert "SDPA" in out and "floor: the plan's attention op" in out
+
+
+@pytest.mark.gpu
+def test_attn_bench_one_layer_kind_with_a_partial_variant(capsys, monkeypatch, tmp_path):
+    """--layer sliding times only the sliding layers, so a variant with no head-dim-512 kernel may run."""
+    from cli_util import run_cli
+
+    monkeypatch.setitem(VARIANTS, "d256only", D256_ONLY)
+    code, out, err = run_cli(capsys, "attn", "--model", "gemma-4", "--layer", "sliding", "--variant", "d256only",
+                             "--pp", "128", "--prefix", "chunk", "--reps", "3", "--out", str(tmp_path / "s.md"))  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert [(r["kind"], r["variant"], r["prefix"]) for r in report["rows"]] == [("sliding", "d256only", 128)]
+    assert report["rows"][0]["ours_us"] > 0

@@ -62,6 +62,22 @@ def layer_kinds(preset) -> list[LayerKind]:
                       preset.softmax_scale(t)) for t in kinds]  # fmt: skip
 
 
+def select_kinds(kinds: list[LayerKind], text: str | None) -> list[LayerKind]:
+    """--layer: the layer kinds to time, comma-separated (sliding, full), in the preset's order; None: all."""
+    if text is None:
+        return kinds
+    names = [part.strip().lower() for part in str(text).split(",") if part.strip()]
+    unknown = [name for name in names if name not in ("sliding", "full")]
+    if not names or unknown:
+        raise InputError(f"--layer takes comma-separated attention layer kinds (sliding, full), such as sliding; "
+                         f"got {text!r}")  # fmt: skip
+    have = [kind.kind for kind in kinds]
+    missing = [name for name in dict.fromkeys(names) if name not in have]
+    if missing:
+        raise InputError(f"--layer {missing[0]}: the model has no {missing[0]} attention layers; it has {', '.join(have)}")
+    return [kind for kind in kinds if kind.kind in names]
+
+
 def parse_prefixes(text: str) -> list[str | int]:
     """--prefix: comma-separated whole numbers of tokens, or 'chunk' (a prefix of one chunk: P = T)."""
     parts = [part.strip().lower() for part in str(text).split(",") if part.strip()]
@@ -249,7 +265,7 @@ def _summary(rows: list[dict], gpu, torch_note: str | None, variant: str) -> lis
 
 
 def run_attention_bench(preset, token_counts: list[int], prefixes: list, reps: int, variant: str | None,
-                        metadata: dict, progress=None) -> BenchReport:  # fmt: skip
+                        metadata: dict, progress=None, layers: str | None = None) -> BenchReport:  # fmt: skip
     import cupy
 
     from impbench import device
@@ -258,7 +274,7 @@ def run_attention_bench(preset, token_counts: list[int], prefixes: list, reps: i
     from impbench.kernels.driver import no_pdl
     from impbench.telemetry import Telemetry
 
-    kinds = layer_kinds(preset)
+    kinds = select_kinds(layer_kinds(preset), layers)
     check_variant(variant, kinds)
     gpu = match_gpu_name(str(metadata.get("gpu_name", "")))
     torch, torch_note = _torch()
@@ -296,7 +312,7 @@ def run_attention_bench(preset, token_counts: list[int], prefixes: list, reps: i
                         torch.cuda.empty_cache()
                     cupy.get_default_memory_pool().free_all_blocks()
     return BenchReport("attn", rows, COLUMNS, _summary(rows, gpu, torch_note, shown), metadata,
-                       {"model": preset.name, "tokens": token_counts, "prefixes": prefixes, "reps": reps,
-                        "variant": shown},
+                       {"model": preset.name, "layers": [kind.kind for kind in kinds], "tokens": token_counts,
+                        "prefixes": prefixes, "reps": reps, "variant": shown},
                        title=f"{preset.name} attention per layer kind, one chunk of T tokens after a prefix P; "
                              f"median of {reps} reps.")  # fmt: skip

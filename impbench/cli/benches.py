@@ -143,13 +143,15 @@ def ops(model, pp_list, variants, fmt, out, force) -> None:
               help="Chunk lengths T in tokens, comma-separated.")
 @click.option("--prefix", "prefix_list", default="0,chunk", show_default=True, metavar="LIST",
               help="Keys already in the cache before the chunk, comma-separated: tokens, or 'chunk' (one chunk: T).")
+@click.option("--layer", "layers", default=None, metavar="LIST",
+              help="Only these attention layer kinds, comma-separated: sliding, full. Default: every kind the model has.")
 @click.option("--reps", type=int, default=30, show_default=True, help="Timed repetitions per case (median reported).")
 @click.option("--variant", default=None, metavar="NAME",
               help="Our kernel variant (wgmma, mma). Default: the one the engine runs here.")
 @FORMAT
 @BENCH_OUT
 @FORCE
-def attn(model, pp_list, prefix_list, reps, variant, fmt, out, force) -> None:  # fmt: skip
+def attn(model, pp_list, prefix_list, layers, reps, variant, fmt, out, force) -> None:  # fmt: skip
     """Time our attention kernel on each attention layer kind of a model against PyTorch's SDPA.
 
     Per layer kind (sliding window / full), T and prefix: device µs of ours from CUDA events (and per
@@ -157,7 +159,7 @@ def attn(model, pp_list, prefix_list, reps, variant, fmt, out, force) -> None:  
     same event loop (which backend ran; not timed where torch does not import), SDPA / ours, the plan
     floor of the attention op and ours against it, and ours' relative error against SDPA.
     """
-    from impbench.bench.attention import check_variant, layer_kinds, parse_prefixes, run_attention_bench
+    from impbench.bench.attention import check_variant, layer_kinds, parse_prefixes, run_attention_bench, select_kinds
     from impbench.bench.timing import check_reps
     from impbench.presets import get_preset
 
@@ -165,9 +167,10 @@ def attn(model, pp_list, prefix_list, reps, variant, fmt, out, force) -> None:  
     token_counts = parse_prompt_lengths(pp_list)
     prefixes = parse_prefixes(prefix_list)
     check_reps(reps)
-    check_variant(variant, layer_kinds(preset))
+    check_variant(variant, select_kinds(layer_kinds(preset), layers))
     _bench("attn", fmt, out, force,
-           lambda meta: run_attention_bench(preset, token_counts, prefixes, reps, variant, meta, progress=progress))  # fmt: skip
+           lambda meta: run_attention_bench(preset, token_counts, prefixes, reps, variant, meta, progress=progress,
+                                            layers=layers))  # fmt: skip
 
 
 @cli.command()
