@@ -97,7 +97,8 @@ class Variant:
 
 # Efficiencies: fitted with the constants above on one H100's times of every variant at M 256-2048 on both
 # qwen3-modelopt shapes (v3 kernels) and v2's split-K times at M 64 / 128 (docs/notes/nvfp4_gemm.md,
-# "128-weight-row tiles"): rms error 2-6% a variant. No 128-row tile is measured below M 256.
+# "128-weight-row tiles"): rms error 2-6% a variant. No 128-row tile is measured below M 256. Refit from
+# `impbench gemm` reports with `python -m impbench.bench.nvfp4_fit`.
 # w128t128k4 fits at 0.99: at M <= 128 it runs faster than its whole tiles predict, and the model has no
 # term that says why. w256t128k2 / w256t128k4 went: 128-row tiles beat them on every shape from M 256 on.
 VARIANTS = {
