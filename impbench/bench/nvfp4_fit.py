@@ -7,7 +7,7 @@ Input: `impbench gemm --out X.json` reports (their NVFP4 rows time every variant
 Each variant's efficiency is the one (0.30 .. 0.99, steps of 0.01) with the least squared log error of
 nvfp4_gemm.modelled_us against its times, the model's other constants held; a variant with no time keeps its
 efficiency. Times of variants no longer in the table, and of any variant whose error against cuBLAS passes
-2e-3, are left out. The fitted numbers are for a person to copy into the table (with the file they came
+bench.gemm.WRONG_REL_ERR, are left out. The fitted numbers are for a person to copy into the table (with the file they came
 from); nothing is written.
 """
 
@@ -19,10 +19,10 @@ import math
 import sys
 from pathlib import Path
 
+from impbench.bench.gemm import WRONG_REL_ERR
 from impbench.errors import InputError
 from impbench.kernels import nvfp4_gemm
 
-WRONG_REL_ERR = 2e-3  # as bench.gemm.others_text: a variant that computes garbage cannot look fast
 EFFICIENCIES = [e / 100 for e in range(30, 100)]
 
 Shape = tuple[int, int, int]
@@ -72,19 +72,14 @@ def fit(times: dict[Shape, dict[str, float]]) -> dict[str, tuple[float, float | 
 
 def picks(times: dict[Shape, dict[str, float]], efficiencies: dict[str, float]) -> list[dict]:
     """Per shape: the rule's pick with these efficiencies, its time, and the measured best."""
-    saved = dict(nvfp4_gemm.VARIANTS)
-    try:
-        for name, e in efficiencies.items():
-            nvfp4_gemm.VARIANTS[name] = dataclasses.replace(saved[name], efficiency=e)
-        rows = []
-        for shape in sorted(times, key=lambda s: (s[1], s[2], s[0])):
-            t = times[shape]
-            pick, best = nvfp4_gemm.choose_variant(*shape), min(t, key=t.get)
-            rows.append({"shape": shape, "pick": pick, "pick_us": t.get(pick), "best": best, "best_us": t[best]})
-        return rows
-    finally:
-        nvfp4_gemm.VARIANTS.clear()
-        nvfp4_gemm.VARIANTS.update(saved)
+    table = {name: dataclasses.replace(v, efficiency=efficiencies.get(name, v.efficiency))
+             for name, v in nvfp4_gemm.VARIANTS.items()}  # fmt: skip
+    rows = []
+    for shape in sorted(times, key=lambda s: (s[1], s[2], s[0])):
+        t = times[shape]
+        pick, best = nvfp4_gemm.choose_variant(*shape, variants=table), min(t, key=t.get)
+        rows.append({"shape": shape, "pick": pick, "pick_us": t.get(pick), "best": best, "best_us": t[best]})
+    return rows
 
 
 def report(paths) -> list[str]:

@@ -137,11 +137,13 @@ def clusters_per_round(split: int, sms: int) -> int:
     return max(1, (sms // 4) * FOUR_BLOCK_CLUSTERS_132 // (H100_SMS // 4))
 
 
-def choose_variant(m: int, n: int, k: int, sms: int = H100_SMS) -> str:
+def choose_variant(m: int, n: int, k: int, sms: int = H100_SMS, variants: dict | None = None) -> str:
     """The variant for an [M, K] x [N, K] problem on a GPU of `sms` SMs: the fastest by modelled_us (ties: the
     first in VARIANTS). It trades the decode's cost per token (fewer, larger tiles) against filling the SMs
-    (more tiles or split-K) and the last, partial round of tiles."""
-    return min(VARIANTS.values(), key=lambda v: modelled_us(v, max(m, 1), n, k, sms)).name
+    (more tiles or split-K) and the last, partial round of tiles. `variants`: another table of the same
+    kind (refitted efficiencies, bench.nvfp4_fit) instead of VARIANTS."""
+    table = VARIANTS if variants is None else variants
+    return min(table.values(), key=lambda v: modelled_us(v, max(m, 1), n, k, sms)).name
 
 
 def cannot_run(variant: str, device_cc: int | None = None) -> str | None:
