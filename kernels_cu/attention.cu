@@ -49,6 +49,10 @@
 //    S of its half; the halves meet once per tile through shared memory, so both run the same
 //    softmax on the full S and their own PV. attention_prefill_wgtc_d512 loads K/V by TMA in 2-CTA
 //    clusters that multicast every tile to both.
+//    Candidates at D = 256 (RingGeometry): attention_prefill_wgtm_d256 and wgpp_d256 are wg2r_d256's
+//    tile loop with K/V by TMA into rings that mbarriers hand over (no __syncthreads per tile, so the
+//    two warpgroups need not run S, softmax and PV in step); wgpp_d256 also alternates the two
+//    warpgroups' wgmma issue (FlashAttention-3's ping-pong).
 //
 // 2. attention_prefill_d<D> (portable mma.sync m16n8k16, any sm_80+; the fallback): 64 queries x 1
 //    head per block, 4 warps, each warp owns 16 query rows (one m16 MMA tile) for the whole KV
@@ -394,6 +398,23 @@ struct SplitGeometry {
     // attention.py computes the same number.
     static constexpr int SMEM_BYTES = 2 * WG_BYTES + 1024;
     static_assert(BN % RPP == 0 && 64 % RPP == 0 && WG_BYTES % 1024 == 0, "copies and swizzle atoms must fit");
+};
+
+// attention_prefill_wgtm_d256 / wgpp_d256 (candidates beside wg2r_d256): WgGeometry's 128 rows in two
+// warpgroups, with K and V brought in by the TMA unit (one thread issues a tile) into rings of K_SLOTS
+// K and V_SLOTS V slots that full / empty mbarriers hand over, so no per-tile __syncthreads keeps the
+// warpgroups in step: one's softmax can run while the other's wgmma execute. wgpp_d256 also orders the
+// two warpgroups' wgmma issue by named barriers (FlashAttention-3's ping-pong); wgtm_d256 lets them
+// drift. Three K slots: K_{j+3} can go into the slot of tile j once both warpgroups' S_j completed,
+// a tile and a half before it is needed.
+template <int D>
+struct RingGeometry {
+    static constexpr int ROWS = 128, BN = 64;  // two warpgroups of 64 rows: 256 threads
+    static constexpr int K_SLOTS = 3, V_SLOTS = 2;
+    static constexpr int Q_BYTES = ROWS * D * 2;
+    static constexpr int KV_BYTES = BN * D * 2;  // one K or V tile: D / 64 column blocks of [BN keys][128 bytes]
+    static constexpr int SMEM_BYTES = Q_BYTES + (K_SLOTS + V_SLOTS) * KV_BYTES + 1024;  // + swizzle-atom alignment
+    static_assert(SMEM_BYTES <= 227 * 1024, "shared memory of one block");
 };
 
 }  // namespace
@@ -1109,6 +1130,222 @@ __device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, cons
     cluster_sync();  // no CTA leaves while its partner may still arrive on its barriers
 }
 
+// ---- D = 256, TMA rings: attention_prefill_wgtm_d256 / attention_prefill_wgpp_d256 ----
+// RingGeometry. Each warpgroup loads its own 64 Q rows (cp.async, once); thread 128 (warpgroup 1) issues
+// every K and V tile by TMA: a 3-D box of 64 columns x 64 keys x the head's 4 column blocks (the layout
+// of attention_wg_body's tiles). A tile's K slot is handed back once both warpgroups' S on it completed,
+// its V slot once their PV did (one arrival a warp); the loader waits for that at the top of its own
+// iteration, where no wgmma of its warpgroup is in flight. Warpgroup 1 loads because with ping-pong it is
+// the one behind: warpgroup 0 has released a slot before warpgroup 1 asks for it.
+// Ping-pong: warpgroup g issues its wgmma (S_{j+1} and PV_j) only in its turn, named barrier 4 + g
+// (both warpgroups' 256 threads: its own 128 wait, the other's 128 arrive when their issue is done), so
+// the tensor cores see the two warpgroups' GEMMs alternately and each softmax runs under the other's
+// GEMMs. Warpgroup 0 takes the first turn (warpgroup 1 arrives once ahead); each warpgroup has
+// n_tiles + 1 turns and warpgroup 1 does not arrive after its last, so both barriers end balanced.
+
+// Named barrier `id` over both warpgroups: wait (sync) / arrive where pred holds. Predicated, with the id
+// in a register: no branch between wgmma groups in flight (C7513).
+__device__ __forceinline__ void pair_bar_sync(unsigned id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void pair_bar_arrive_if(unsigned id, bool pred) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p bar.arrive %0, 256;\n}\n" ::"r"(id), "r"((int)pred)
+                 : "memory");
+}
+
+template <bool PINGPONG>
+__device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const TmaMap &map_v,
+                                                    const half_t *__restrict__ q, const int *__restrict__ pos_ptr,
+                                                    half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
+                                                    float scale_log2, int HB, int window) {
+    constexpr int D = 256;
+    using G = RingGeometry<D>;
+    constexpr int BN = G::BN, KS = G::K_SLOTS, CPR = D / 8, RPP = 128 / CPR;
+    constexpr int S_REGS = BN / 2, O_REGS = D / 2;
+    constexpr unsigned KV_BLOCK = BN * 128;      // bytes of one 64-wide column block of a K/V tile
+    constexpr unsigned Q_BLOCK = G::ROWS * 128;  // ... of the Q tile
+    static_assert(G::V_SLOTS == 2, "V_{j+1} goes into the slot of tile j - 1");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    // full K s, full V s, empty K s, empty V s
+    __shared__ __align__(8) unsigned long long bars[2 * (G::K_SLOTS + G::V_SLOTS)];
+    if (dynamic_smem_bytes() < (unsigned)G::SMEM_BYTES) __trap();  // wrapper and kernel disagree
+    const unsigned raw_addr = smem_u32(smem_raw);
+    unsigned char *sQ = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+    const unsigned sQ_addr = smem_u32(sQ), sK_addr = sQ_addr + G::Q_BYTES, sV_addr = sK_addr + KS * G::KV_BYTES;
+    const unsigned bar0 = smem_u32(&bars[0]);
+    auto full_k = [&](int s) { return bar0 + 8 * s; };
+    auto full_v = [&](int s) { return bar0 + 8 * (KS + s); };
+    auto empty_k = [&](int s) { return bar0 + 8 * (KS + 2 + s); };
+    auto empty_v = [&](int s) { return bar0 + 8 * (2 * KS + 2 + s); };
+
+    const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, t = tid & 127, wq = t >> 5;
+    const bool loader = tid == 128;
+    const int group = Hq / Hkv;
+    const int QB = G::ROWS / HB;                             // queries per block
+    const int head0 = blockIdx.x * HB;                       // first query head of the block
+    const int kv_head = head0 / group;
+    const int t0 = (gridDim.y - 1 - blockIdx.y) * QB;        // longest sweeps first
+    const int pos = *pos_ptr;
+    const int q_valid = min(QB, T - t0);
+    const int kv_end = min(pos + t0 + q_valid, max_len);     // keys this block may touch: [0, kv_end)
+    const int j0 = first_tile(pos + t0, window, kv_end, BN); // tile j of the loop is key tile j0 + j
+    const int n_tiles = (kv_end + BN - 1) / BN - j0;         // >= 1
+    const long q_row = (long)Hq * D;
+
+    if (tid == 0) {
+        for (int i = 0; i < KS + 2; ++i) mbar_init(full_k(i), 1);  // the loader's arrive.expect_tx
+        for (int i = 0; i < KS + 2; ++i) mbar_init(empty_k(i), 8);  // one arrival per warp of the block
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    const int col_block = kv_head * (D / 64);  // the head's first 64-column block in the maps' third dimension
+    auto load = [&](const TmaMap *map, unsigned dst, int jt, unsigned full) {
+        mbar_expect_tx(full, G::KV_BYTES);
+        tma_load_3d(dst, map, 0, (j0 + jt) * BN, col_block, full);
+    };
+    if (loader) {
+        tma_prefetch_map(&map_k);
+        tma_prefetch_map(&map_v);
+        for (int jt = 0; jt < KS && jt < n_tiles; ++jt) load(&map_k, sK_addr + jt * G::KV_BYTES, jt, full_k(jt));
+        for (int jt = 0; jt < 2 && jt < n_tiles; ++jt) load(&map_v, sV_addr + jt * G::KV_BYTES, jt, full_v(jt));
+    }
+
+    // This warpgroup's Q rows (query t0 + r / HB, head head0 + r % HB), r = 64 wg + [0, 64).
+    const int c = t % CPR, r_first = 64 * wg + t / CPR;
+#pragma unroll
+    for (int it = 0; it < 64 / RPP; ++it) {
+        const int r = r_first + it * RPP, qi = r / HB, tq = t0 + qi;
+        const bool ok = qi < QB && tq < T;
+        const half_t *src = ok ? q + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + c * 8 : q;
+        cp_async16(sQ + (c >> 3) * Q_BLOCK + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, ok ? 16 : 0);
+    }
+    cp_async_commit();
+
+    const int R0 = wg * 64 + wq * 16 + (lane >> 2);
+    const RowLimits rows{min(pos + t0 + R0 / HB, kv_end - 1), min(pos + t0 + (R0 + 8) / HB, kv_end - 1),
+                         window_lo(pos + t0 + R0 / HB, window), window_lo(pos + t0 + (R0 + 8) / HB, window)};
+
+    unsigned p[BN / 16][4];      // P fragments of the next PV
+    float o[O_REGS], s[S_REGS];  // O; S, then (softmax in place) probabilities
+#pragma unroll
+    for (int i = 0; i < O_REGS; ++i) o[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < S_REGS; ++i) s[i] = 0.f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
+    float alpha0 = 1.f, alpha1 = 1.f;
+
+    auto issue_s = [&](int jt) {  // S_jt = Q K_jt^T for this warpgroup's 64 rows, one wgmma group
+        const unsigned k_addr = sK_addr + (jt % KS) * G::KV_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks)
+            wgmma_ss_n64(s, sw128_desc(sQ_addr + (ks >> 2) * Q_BLOCK + wg * 64 * 128 + (ks & 3) * 32, 16),
+                         sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
+        wgmma_commit();
+    };
+    auto softmax = [&](int jt) {
+        softmax_step<BN>(s, (j0 + jt) * BN, lane, rows, scale_log2, m0, m1, l0, l1, alpha0, alpha1);
+    };
+    auto pv = [&](int jt) {  // O = alpha O + P_jt V_jt, one wgmma group
+        rescale_o(o, alpha0, alpha1);
+        const unsigned v_addr = sV_addr + (jt & 1) * G::KV_BYTES;
+        fence_regs(o);
+        fence_regs(p);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) pv_step<D>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
+        wgmma_commit();
+    };
+    auto wait_pv = [&]() {
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(p);
+    };
+    auto turn = [&]() {
+        if constexpr (PINGPONG) pair_bar_sync(4 + wg);
+    };
+    auto pass_turn = [&](bool more) {  // more: the other warpgroup has a turn after this one
+        if constexpr (PINGPONG) pair_bar_arrive_if(5 - wg, more);
+    };
+
+    // Prologue: S_0 and its softmax.
+    cp_async_wait<0>();  // this warpgroup's Q rows landed
+    fence_proxy_async();
+    warpgroup_bar(wg);
+    if constexpr (PINGPONG) pair_bar_arrive_if(4, wg == 1);  // warpgroup 0 takes the first turn
+    mbar_wait(full_k(0), 0);
+    turn();
+    issue_s(0);
+    pass_turn(true);
+    wgmma_wait<0>();
+    fence_regs(s);
+    mbar_arrive_if(empty_k(0), lane == 0 && KS < n_tiles);
+    softmax(0);
+
+    // Iteration j: the loads of K_{j+3} and V_{j+1} (loader), S_{j+1} and PV_j in this warpgroup's turn;
+    // PV_j is waited for at the top of the next iteration (see attention_wg_body).
+    for (int j = 0; j + 1 < n_tiles; ++j) {
+        wait_pv();
+        mbar_arrive_if(empty_v((j + 1) & 1), lane == 0 && j >= 1);  // V_{j-1} read; V_{j+1} goes there
+        if (loader) {
+            if (j + KS < n_tiles) {  // into the K slot of tile j, once both warpgroups' S_j read it
+                mbar_wait(empty_k(j % KS), (j / KS) & 1);
+                load(&map_k, sK_addr + (j % KS) * G::KV_BYTES, j + KS, full_k(j % KS));
+            }
+            if (j >= 1) {  // into the V slot of tile j - 1, once both warpgroups' PV_{j-1} read it
+                mbar_wait(empty_v((j + 1) & 1), ((j - 1) >> 1) & 1);
+                load(&map_v, sV_addr + ((j + 1) & 1) * G::KV_BYTES, j + 1, full_v((j + 1) & 1));
+            }
+        }
+        fence_regs(s);
+        pack_probs<BN>(s, p);  // P_j from the softmax of the previous iteration
+        mbar_wait(full_k((j + 1) % KS), ((j + 1) / KS) & 1);
+        turn();
+        issue_s(j + 1);
+        mbar_wait(full_v(j & 1), (j >> 1) & 1);  // after S_{j+1} is issued: a late V_j holds back PV_j only
+        pv(j);
+        pass_turn(true);
+        wgmma_wait<1>();  // S_{j+1} done; PV_j runs under the softmax (and the other warpgroup's turn)
+        fence_regs(s);
+        mbar_arrive_if(empty_k((j + 1) % KS), lane == 0 && j + 1 + KS < n_tiles);
+        softmax(j + 1);
+    }
+    // The last tile: zero its V rows at or past kv_end (the TMA unit zero-fills only past max_len), split
+    // over the block and published to both warpgroups' PV by one block barrier, then its PV.
+    const int last = n_tiles - 1;
+    wait_pv();
+    mbar_wait(full_v(last & 1), (last >> 1) & 1);
+    const int n_last = (j0 + last) * BN;
+    if (kv_end - n_last < BN) {  // the same for the whole block
+        const unsigned slot = sV_addr + (last & 1) * G::KV_BYTES;
+        for (int i = tid; i < (n_last + BN - kv_end) * (D / 8); i += 256) {  // 16-byte chunks of those rows
+            const int r = kv_end - n_last + i / (D / 8), ch = i % (D / 8);
+            st_shared_f32x4(slot + (ch >> 3) * KV_BLOCK + r * 128 + (ch & 7) * 16, 0.f, 0.f, 0.f, 0.f);
+        }
+        fence_proxy_async();
+        __syncthreads();
+    }
+    fence_regs(s);
+    pack_probs<BN>(s, p);
+    turn();
+    pv(last);
+    pass_turn(wg == 0);
+    wait_pv();
+
+    // Stage this warpgroup's 64 x D output in its own rows of the Q tile, then store 16-byte chunks of
+    // the rows that exist.
+    stage_output_rows<D>(o, l0, l1, sQ, Q_BLOCK, R0, lane);
+    warpgroup_bar(wg);
+#pragma unroll
+    for (int it = 0; it < 64 * CPR / 128; ++it) {
+        const int i = t + it * 128;
+        const int r = wg * 64 + i / CPR, cc = i % CPR, qi = r / HB, tq = t0 + qi;
+        if (qi < QB && tq < T)
+            *reinterpret_cast<uint4 *>(out + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + cc * 8) =
+                *reinterpret_cast<const uint4 *>(sQ + (cc >> 3) * Q_BLOCK + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
+    }
+}
+
 }  // namespace
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
@@ -1152,3 +1389,23 @@ extern "C" __global__ void ATTENTION_WGTC_ATTRS attention_prefill_wgtc_d512(
     __trap();
 #endif
 }
+
+// D = 256 on TMA rings (candidates): grid and block as attention_prefill_wg2r_d256, dynamic shared memory
+// RingGeometry<256>::SMEM_BYTES; the tensor maps of k and v first (3-D: 64 halves x key x 64-wide column
+// block of every head, box 64 x 64 keys x 4 blocks, 128-byte swizzle; attention.py encodes them).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ATTENTION_RING_BODY(PINGPONG) \
+    attention_ring_body<PINGPONG>(map_k, map_v, q, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window)
+#else
+#define ATTENTION_RING_BODY(PINGPONG) __trap()
+#endif
+#define ATTENTION_PREFILL_RING(NAME, PINGPONG)                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                             \
+        const __grid_constant__ impasync::TmaMap map_k, const __grid_constant__ impasync::TmaMap map_v,   \
+        const half_t *q, const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len, float scale_log2, \
+        int HB, int window) {                                                                              \
+        pdl_entry();                                                                                       \
+        ATTENTION_RING_BODY(PINGPONG);                                                                     \
+    }
+ATTENTION_PREFILL_RING(attention_prefill_wgtm_d256, false)
+ATTENTION_PREFILL_RING(attention_prefill_wgpp_d256, true)

@@ -92,11 +92,14 @@ def _check(out, ref):
 
 def _require(variant, dim=128):
     """Every variant runs on a Hopper device (the family is built for sm_90a there); elsewhere only mma.
-    A candidate variant may cover only some head dims."""
+    A candidate variant may cover only some head dims, and where it runs wgmma's kernel that kernel is
+    tested under wgmma."""
     from impbench.kernels.attention import default_variant
 
     if not supports(dim, variant):
         pytest.skip(f"{variant} has no head_dim {dim} kernel")
+    if variant != "wgmma" and supports(dim, "wgmma") and tiling(dim, variant) == tiling(dim, "wgmma"):
+        pytest.skip(f"{variant} runs wgmma's head_dim {dim} kernel")
     if variant != "mma" and default_variant() != "wgmma":
         pytest.skip("the wgmma kernels need a compute-capability-9.0 device")
 
@@ -382,7 +385,7 @@ def test_wgmma_block_geometry(monkeypatch):
     assert all(supports(d, v) for d in HEAD_DIMS for v in VARIANTS)
     monkeypatch.setitem(VARIANTS, "d256only", D256_ONLY)
     assert supports(256, "d256only") and not supports(128, "d256only")
-    with pytest.raises(ValueError, match="'d256only' has no head_dim 128 kernel; use one of wgmma, mma"):
+    with pytest.raises(ValueError, match="'d256only' has no head_dim 128 kernel; use one of wgmma, mma, ring, pingpong"):
         smem_bytes(128, "d256only")
     # wgmma, D 512: per warpgroup a 64 x 256 Q half, two K and two V 32 x 256 half tiles and two
     # 64 x 32 FP32 partial-S tiles, + alignment: within the 227 KiB a block may have
@@ -398,6 +401,14 @@ def test_wgmma_block_geometry(monkeypatch):
     assert tiling(512, "wgmma").kernel == "attention_prefill_wgtc_d512" and tiling(512, "wgmma").threads == 256
     # D 512: K/V by TMA in 2-CTA clusters (tensor maps instead of the cache pointers)
     assert (tiling(512, "wgmma").tma, tiling(512, "wgmma").cluster) == (True, 2)
+    # the D 256 candidates: 128 rows, K in three and V in two 64-key slots by TMA (one box: the head's
+    # four column blocks); wgmma's kernels at the other head dims
+    for variant, kernel in (("ring", "attention_prefill_wgtm_d256"), ("pingpong", "attention_prefill_wgpp_d256")):
+        ring = tiling(256, variant)
+        assert (ring.kernel, ring.threads, ring.tma, ring.cluster, ring.tma_column_blocks) == (kernel, 256, True, 1, 4)
+        assert smem_bytes(256, variant) == 128 * 512 + 5 * 64 * 512 + 1024 <= 227 * 1024
+        assert all(tiling(d, variant) == tiling(d, "wgmma") for d in (64, 128, 512))
+    assert tiling(512, "wgmma").tma_column_blocks == 4  # a warpgroup's half of the head
     with pytest.raises(ValueError, match="variant must be one of"):
         smem_bytes(128, "tma")
 

@@ -23,11 +23,13 @@ class Tiling:
     """One kernel of the family and the block geometry its launch mirrors (kernels_cu/attention.cu).
 
     kind: "wgmma" (WgGeometry: 64 (query, head) rows per warpgroup, the heads of one GQA group packed
-    into the rows), "split" (SplitGeometry, head dim 512: two warpgroups split the head dimension of
+    into the rows), "ring" (RingGeometry: as wgmma at D 256, K and V in TMA-fed rings with no per-tile
+    block barrier), "split" (SplitGeometry, head dim 512: two warpgroups split the head dimension of
     64 rows) or "mma" (Geometry: the portable kernel, `rows` queries of one head per block).
-    stages: shared-memory stages of one K and one V tile (wgmma, 2: K and V in two-slot rings).
-    tma: K and V come in by the TMA unit through tensor maps passed by value (split); cluster: CTAs
-    per cluster (2: a pair on adjacent query blocks, each loading half of every tile for both).
+    stages: shared-memory stages of one K and one V tile (wgmma, 2: K and V in two-slot rings; ring:
+    the K slots, beside two V slots).
+    tma: K and V come in by the TMA unit through tensor maps passed by value (split, ring); cluster:
+    CTAs per cluster (2: a pair on adjacent query blocks, each loading half of every tile for both).
     """
 
     kernel: str
@@ -51,7 +53,14 @@ class Tiling:
             return (self.rows + 4 * bn) * (d + 8) * 2
         if self.kind == "split":  # per warpgroup: Q half, two K and two V half tiles, two FP32 partial-S tiles
             return 2 * (self.rows * d + 4 * bn * d + 2 * self.rows * bn * 4) + 1024
+        if self.kind == "ring":  # Q + `stages` K slots + two V slots + alignment
+            return self.rows * d * 2 + (self.stages + 2) * bn * d * 2 + 1024
         return self.rows * d * 2 + self.stages * 2 * bn * d * 2 + 1024  # Q + stages x (K + V) + alignment
+
+    @property
+    def tma_column_blocks(self) -> int:
+        """64-wide column blocks of a head in one TMA box: a warpgroup's half (split) or the whole head."""
+        return self.head_dim // (128 if self.kind == "split" else 64)
 
 
 def _wg(prefix: str, head_dim: int, rows: int, block_n: int, stages: int) -> Tiling:
@@ -59,6 +68,13 @@ def _wg(prefix: str, head_dim: int, rows: int, block_n: int, stages: int) -> Til
 
 
 _SPLIT_PAIRS = Tiling("attention_prefill_wgtc_d512", "split", 512, 64, 32, 2, tma=True, cluster=2)
+_WGMMA = {64: _wg("wg", 64, 64, 64, 4), 128: _wg("wg", 128, 64, 64, 3), 256: _wg("wg2r", 256, 128, 64, 2),
+          512: _SPLIT_PAIRS}
+
+
+def _ring(prefix: str) -> Tiling:
+    return Tiling(f"attention_prefill_{prefix}_d256", "ring", 256, 128, 64, 3, tma=True)
+
 
 # Every variant's kernel per head dim; mma runs on any sm_80+, wgmma on cc 9.0 (sm_90a). A variant may
 # cover only some head dims (a candidate tiling; supports()). Measured choices: docs/notes/attention.md.
@@ -68,11 +84,15 @@ _SPLIT_PAIRS = Tiling("attention_prefill_wgtc_d512", "split", 512, 64, 32, 2, tm
 #   multicast to both.
 # - mma: 64 queries of one head per block (32 queries and 16-key tiles at D 512, within the 99 KiB
 #   of shared memory of sm_89 / sm_120).
+# - ring, pingpong (candidates at D 256, wgmma's kernels elsewhere): wgmma's D 256 geometry with K and V
+#   by TMA into rings that mbarriers hand over (3 K slots, 2 V slots), so the two warpgroups need not
+#   meet at every tile; pingpong also takes turns issuing the wgmma (FlashAttention-3's ping-pong).
 VARIANTS: dict[str, dict[int, Tiling]] = {
-    "wgmma": {64: _wg("wg", 64, 64, 64, 4), 128: _wg("wg", 128, 64, 64, 3), 256: _wg("wg2r", 256, 128, 64, 2),
-              512: _SPLIT_PAIRS},
+    "wgmma": _WGMMA,
     "mma": {d: Tiling(f"attention_prefill_d{d}", "mma", d, 32 if d == 512 else 64,
                       16 if d == 512 else 32 if d == 256 else 64, 2) for d in HEAD_DIMS},
+    "ring": {**_WGMMA, 256: _ring("wgtm")},
+    "pingpong": {**_WGMMA, 256: _ring("wgpp")},
 }  # fmt: skip
 
 
@@ -133,14 +153,14 @@ def heads_per_block(heads: int, kv_heads: int, rows: int = 64) -> int:
 
 def _kv_map(cache, geometry: Tiling):
     """The tensor map a TMA kernel reads a K or V cache [max_len, Hkv, D] through: the 3-D view (64 halves,
-    key, 64-wide column block of every head), box 64 x block_n keys x the D/2 columns of one
-    warpgroup, 128-byte swizzle (the layout the kernel's wgmma descriptors read); keys past max_len
-    read as zero. Host-only: safe inside a capture."""
+    key, 64-wide column block of every head), box 64 x block_n keys x the column blocks one copy
+    brings (tma_column_blocks), 128-byte swizzle (the layout the kernel's wgmma descriptors read); keys
+    past max_len read as zero. Host-only: safe inside a capture."""
     from impbench.kernels import driver
 
     max_len, kv_heads, head_dim = cache.shape
     return driver.TensorMap(cache.data.ptr, driver.FLOAT16, (64, max_len, kv_heads * head_dim // 64),
-                            (kv_heads * head_dim * 2, 128), (64, geometry.block_n, head_dim // 128),
+                            (kv_heads * head_dim * 2, 128), (64, geometry.block_n, geometry.tma_column_blocks),
                             driver.SWIZZLE_128B, driver.L2_PROMOTION_256B, keep=cache)  # fmt: skip
 
 
