@@ -633,6 +633,47 @@ __device__ __forceinline__ void warpgroup_bar(int wg) {
         asm volatile("bar.sync 2, 128;\n" ::: "memory");
 }
 
+// O = alpha O + P V over the BN keys of the V tile at v_addr (DN output columns, 64-column blocks BN x 128
+// bytes apart), committed as one wgmma group.
+template <int DN, int BN>
+__device__ __forceinline__ void issue_pv(float (&o)[DN / 2], unsigned (&p)[BN / 16][4], float alpha0, float alpha1,
+                                         unsigned v_addr) {
+    constexpr unsigned KV_BLOCK = BN * 128;
+    rescale_o(o, alpha0, alpha1);
+    fence_regs(o);
+    fence_regs(p);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) pv_step<DN>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
+    wgmma_commit();
+}
+
+// Every wgmma group done: O and the P registers are free.
+template <int R, int KK>
+__device__ __forceinline__ void wait_pv_done(float (&o)[R], unsigned (&p)[KK][4]) {
+    wgmma_wait<0>();
+    fence_regs(o);
+    fence_regs(p);
+}
+
+// Store the rows that exist of a warpgroup's output, staged by stage_output_rows in block rows row0 ..
+// row0 + 63 of the Q tile at sQ (64-column blocks q_block bytes apart), as 16-byte chunks: block row r is
+// query t0 + r / HB, head head0 + r % HB; the DN staged columns go to columns col0 .. of the head's D.
+template <int D, int DN>
+__device__ __forceinline__ void store_output_rows(half_t *__restrict__ out, const unsigned char *sQ, unsigned q_block,
+                                                  int row0, int col0, int t, int t0, int QB, int HB, int T, int head0,
+                                                  long q_row) {
+    constexpr int CPR = DN / 8;  // 16-byte chunks per staged row
+#pragma unroll
+    for (int it = 0; it < 64 * CPR / 128; ++it) {
+        const int i = t + it * 128;
+        const int r = row0 + i / CPR, cc = i % CPR, qi = r / HB, tq = t0 + qi;
+        if (qi < QB && tq < T)
+            *reinterpret_cast<uint4 *>(out + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + col0 + cc * 8) =
+                *reinterpret_cast<const uint4 *>(sQ + (cc >> 3) * q_block + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
+    }
+}
+
 // The Hopper kernel (see the header). Iteration j of a warpgroup: wait for PV_{j-1} and for K/V of
 // tile j + 1, issue S_{j+1} = Q K_{j+1}^T, load the tiles that freed stages take, pack P_j, rescale O,
 // issue PV_j, wait for S_{j+1}, run the softmax of tile j + 1 while PV_j executes (the order of
@@ -771,20 +812,9 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
         softmax_step<BN>(s, (j0 + jt) * BN, lane, rows, scale_log2, m0, m1, l0, l1, alpha0, alpha1);
     };
     auto pv = [&](int jt) {  // O = alpha O + P_jt V_jt, committed as one wgmma group
-        rescale_o(o, alpha0, alpha1);
-        const unsigned v_addr = sKV_addr + (jt % ST) * 2 * G::KV_BYTES + G::KV_BYTES;
-        fence_regs(o);
-        fence_regs(p);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) pv_step<D>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
-        wgmma_commit();
+        issue_pv<D, BN>(o, p, alpha0, alpha1, sKV_addr + (jt % ST) * 2 * G::KV_BYTES + G::KV_BYTES);
     };
-    auto wait_pv = [&]() {  // every wgmma group done: O and the P registers are free
-        wgmma_wait<0>();
-        fence_regs(o);
-        fence_regs(p);
-    };
+    auto wait_pv = [&]() { wait_pv_done(o, p); };  // every wgmma group done: O and the P registers are free
 
     // Prologue: S_0 and its softmax.
     cp_async_wait<G::RING ? 1 : PF - 1>();  // Q and K_0 (and V_0 unless RING) landed
@@ -839,15 +869,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     // the rows that exist.
     stage_output_rows<D>(o, l0, l1, sQ, Q_BLOCK, R0, lane);
     warpgroup_bar(wg);
-#pragma unroll
-    for (int it = 0; it < 64 * CPR / 128; ++it) {
-        const int i = (tid & 127) + it * 128;
-        const int rr = i / CPR, cc = i % CPR;
-        const int r = wg * 64 + rr, qi = r / HB, t = t0 + qi;
-        if (qi < QB && t < T)
-            *reinterpret_cast<uint4 *>(out + (long)t * q_row + (long)(head0 + r - qi * HB) * D + cc * 8) =
-                *reinterpret_cast<const uint4 *>(sQ + (cc >> 3) * Q_BLOCK + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
-    }
+    store_output_rows<D, D>(out, sQ, Q_BLOCK, wg * 64, 0, tid & 127, t0, QB, HB, T, head0, q_row);
 }
 
 __device__ __forceinline__ void st_shared_f32x4(unsigned addr, float a, float b, float c, float d) {
@@ -1042,20 +1064,9 @@ __device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, cons
         softmax_step<BN>(s, (j0 + jt) * BN, lane, rows, scale_log2, m0, m1, l0, l1, alpha0, alpha1);
     };
     auto pv = [&](int jt) {  // O = alpha O + P_jt V_jt on this half of the columns, one wgmma group
-        rescale_o(o, alpha0, alpha1);
-        const unsigned v_addr = sV_addr + (jt & 1) * G::KV_BYTES;
-        fence_regs(o);
-        fence_regs(p);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) pv_step<DH>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
-        wgmma_commit();
+        issue_pv<DH, BN>(o, p, alpha0, alpha1, sV_addr + (jt & 1) * G::KV_BYTES);
     };
-    auto wait_pv = [&]() {
-        wgmma_wait<0>();
-        fence_regs(o);
-        fence_regs(p);
-    };
+    auto wait_pv = [&]() { wait_pv_done(o, p); };
 
     // Prologue: S_0 and its softmax. A tile's K slot is handed back once its S completed, its V slot
     // once its PV did, and only where a later tile is loaded into it (tile + 2 < n_tiles).
@@ -1119,14 +1130,7 @@ __device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, cons
     // that exist.
     stage_output_rows<DH>(o, l0, l1, sQ, Q_BLOCK, R0, lane);
     warpgroup_bar(wg);
-#pragma unroll
-    for (int it = 0; it < 64 * CPR / 128; ++it) {
-        const int i = t + it * 128;
-        const int r = i / CPR, cc = i % CPR, qi = r / HB, tq = t0 + qi;
-        if (qi < QB && tq < T)
-            *reinterpret_cast<uint4 *>(out + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + wg * DH + cc * 8) =
-                *reinterpret_cast<const uint4 *>(sQ + (cc >> 3) * Q_BLOCK + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
-    }
+    store_output_rows<D, DH>(out, sQ, Q_BLOCK, 0, wg * DH, t, t0, QB, HB, T, head0, q_row);
     cluster_sync();  // no CTA leaves while its partner may still arrive on its barriers
 }
 
@@ -1179,16 +1183,14 @@ __device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const T
 
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, t = tid & 127, wq = t >> 5;
     const bool loader = tid == 128;
-    const int group = Hq / Hkv;
-    const int QB = G::ROWS / HB;                             // queries per block
-    const int head0 = blockIdx.x * HB;                       // first query head of the block
-    const int kv_head = head0 / group;
-    const int t0 = (gridDim.y - 1 - blockIdx.y) * QB;        // longest sweeps first
+    const int QB = G::ROWS / HB;                          // queries per block
+    const int head0 = blockIdx.x * HB;                    // first query head of the block
+    const int kv_head = head0 / (Hq / Hkv);
+    const int t0 = (gridDim.y - 1 - blockIdx.y) * QB;     // longest sweeps first
     const int pos = *pos_ptr;
-    const int q_valid = min(QB, T - t0);
-    const int kv_end = min(pos + t0 + q_valid, max_len);     // keys this block may touch: [0, kv_end)
-    const int j0 = first_tile(pos + t0, window, kv_end, BN); // tile j of the loop is key tile j0 + j
-    const int n_tiles = (kv_end + BN - 1) / BN - j0;         // >= 1
+    // keys [0, kv_end) this block may touch; tile j of the loop is key tile j0 + j (n_tiles >= 1: t0 < T)
+    const KeyRange range = key_range(t0, QB, T, pos, max_len, window, BN);
+    const int j0 = range.j0, n_tiles = range.n_tiles, kv_end = range.kv_end;
     const long q_row = (long)Hq * D;
 
     if (tid == 0) {
@@ -1246,21 +1248,8 @@ __device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const T
     auto softmax = [&](int jt) {
         softmax_step<BN>(s, (j0 + jt) * BN, lane, rows, scale_log2, m0, m1, l0, l1, alpha0, alpha1);
     };
-    auto pv = [&](int jt) {  // O = alpha O + P_jt V_jt, one wgmma group
-        rescale_o(o, alpha0, alpha1);
-        const unsigned v_addr = sV_addr + (jt & 1) * G::KV_BYTES;
-        fence_regs(o);
-        fence_regs(p);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) pv_step<D>(o, p[kk], sw128_desc(v_addr + kk * 2048, KV_BLOCK), KV_BLOCK);
-        wgmma_commit();
-    };
-    auto wait_pv = [&]() {
-        wgmma_wait<0>();
-        fence_regs(o);
-        fence_regs(p);
-    };
+    auto pv = [&](int jt) { issue_pv<D, BN>(o, p, alpha0, alpha1, sV_addr + (jt & 1) * G::KV_BYTES); };
+    auto wait_pv = [&]() { wait_pv_done(o, p); };
     auto turn = [&]() {
         if constexpr (PINGPONG) pair_bar_sync(4 + wg);
     };
@@ -1336,14 +1325,7 @@ __device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const T
     // the rows that exist.
     stage_output_rows<D>(o, l0, l1, sQ, Q_BLOCK, R0, lane);
     warpgroup_bar(wg);
-#pragma unroll
-    for (int it = 0; it < 64 * CPR / 128; ++it) {
-        const int i = t + it * 128;
-        const int r = wg * 64 + i / CPR, cc = i % CPR, qi = r / HB, tq = t0 + qi;
-        if (qi < QB && tq < T)
-            *reinterpret_cast<uint4 *>(out + (long)tq * q_row + (long)(head0 + r - qi * HB) * D + cc * 8) =
-                *reinterpret_cast<const uint4 *>(sQ + (cc >> 3) * Q_BLOCK + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
-    }
+    store_output_rows<D, D>(out, sQ, Q_BLOCK, wg * 64, 0, t, t0, QB, HB, T, head0, q_row);
 }
 
 }  // namespace
