@@ -20,14 +20,14 @@
 // Two kernel families (impbench/kernels/attention.py's VARIANTS names each kernel per head dim), for
 // D = 64, 128, 256, 512:
 //
-// 1. Hopper (sm_90a; the H100 path), wgmma.mma_async: attention_prefill_wg_d64, wg_d128 and
-//    wg2r_d256 (WgGeometry). A block is WGS warpgroups and 64 WGS (query, head) rows: HB heads of one
-//    KV group x 64 WGS / HB consecutive queries (row r = query r / HB, head r % HB; Qwen3-Coder in
-//    wg_d128: 8 heads x 8 queries). Why: all heads of a GQA group read the same K/V, so packing them
-//    into one block streams each K/V tile from L2 once for the whole group instead of once per head,
-//    and short query tiles waste little on the causal diagonal. wg_ blocks have one warpgroup and fit
-//    two per SM (D <= 128), so two independent tile loops share each SM; wg2r_d256 pairs two
-//    warpgroups on one K/V stream (half the L2 reads per row).
+// 1. Hopper (sm_90a; the H100 path), wgmma.mma_async: attention_prefill_wg_d64 and wg_d128
+//    (WgGeometry), wgpp_d256 (RingGeometry). A block is one or two warpgroups of 64 (query, head) rows:
+//    HB heads of one KV group x 64 / HB consecutive queries per warpgroup (row r = query r / HB, head
+//    r % HB; Qwen3-Coder in wg_d128: 8 heads x 8 queries). Why: all heads of a GQA group read the same
+//    K/V, so packing them into one block streams each K/V tile from L2 once for the whole group instead
+//    of once per head, and short query tiles waste little on the causal diagonal. wg_ blocks have one
+//    warpgroup and fit two per SM (D <= 128), so two independent tile loops share each SM; wgpp_d256
+//    pairs two warpgroups on one K/V stream (half the L2 reads per row).
 //    Warpgroup g owns rows [64g, 64g + 64): S = Q K^T is one m64n64k16 wgmma per k16 step (Q as
 //    register A fragments for D <= 128, re-read with ldmatrix before every S; from shared memory
 //    for D = 256), the online softmax runs in place on the accumulators in registers (row
@@ -38,9 +38,11 @@
 //    tile. Each row keeps a reference max that moves only when a tile's max exceeds it by more
 //    than 2^8 (REF_SLACK), so O is rescaled on few tiles, and a warp skips the rescale when none of
 //    its rows moved.
-//    K/V tiles of 64 keys stream through STAGES shared-memory stages filled by cp.async from every
-//    thread (STAGES - 1 tiles ahead, or two-slot K and V rings; WgGeometry); one __syncthreads per
-//    tile. Shared tiles are stored as D/64 column blocks of [rows][64 halves] with the 128-byte
+//    wg_d<D>: K/V tiles of 64 keys stream through STAGES shared-memory stages filled by cp.async from
+//    every thread, STAGES - 1 tiles ahead; one __syncthreads per tile. wgpp_d256: one thread brings
+//    K/V tiles by TMA into rings that mbarriers hand over, with no per-tile block barrier, and the two
+//    warpgroups take turns issuing their wgmma (FlashAttention-3's ping-pong), so one's softmax runs
+//    under the other's GEMMs. Shared tiles are stored as D/64 column blocks of [rows][64 halves] with the 128-byte
 //    swizzle (16-byte chunk c of row r at c ^ (r & 7)), which is both the K-major layout of Q and K
 //    and the N-major layout of V. Blocks of the last query tiles (the longest KV sweeps) run first.
 //    D = 512 (Gemma-4's full layers; FlashAttention stops at 256): 64 rows x 512 FP32 outputs are
@@ -49,10 +51,6 @@
 //    S of its half; the halves meet once per tile through shared memory, so both run the same
 //    softmax on the full S and their own PV. attention_prefill_wgtc_d512 loads K/V by TMA in 2-CTA
 //    clusters that multicast every tile to both.
-//    Candidates at D = 256 (RingGeometry): attention_prefill_wgtm_d256 and wgpp_d256 are wg2r_d256's
-//    tile loop with K/V by TMA into rings that mbarriers hand over (no __syncthreads per tile, so the
-//    two warpgroups need not run S, softmax and PV in step); wgpp_d256 also alternates the two
-//    warpgroups' wgmma issue (FlashAttention-3's ping-pong).
 //
 // 2. attention_prefill_d<D> (portable mma.sync m16n8k16, any sm_80+; the fallback): 64 queries x 1
 //    head per block, 4 warps, each warp owns 16 query rows (one m16 MMA tile) for the whole KV
@@ -344,28 +342,19 @@ ATTENTION_PREFILL(512)
 // set is on; elsewhere the entry points trap and attention.py never selects them.
 namespace {
 
-// WGS warpgroups per block, each owning 64 (query, head) rows; key tiles of BN = 64 keys; STAGES shared-
-// memory stages of one K and one V tile each. Every wgmma is waited on by the next tile, so a stage
-// is busy only for the tile being multiplied and the tiles loading.
-// - STAGES >= 3: tile j lives in stage j % STAGES, loaded PREFETCH = STAGES - 1 tiles ahead.
-// - STAGES = 2 (RING): the K halves of the stages form one two-slot ring and the V halves another:
-//   K_{j+2} goes into the slot S_j freed and V_{j+1} into the one PV_{j-1} freed, so every load is
-//   still issued a whole tile before it is needed, in two thirds of the memory of three stages.
-// The variants (attention.py's VARIANTS mirrors each geometry and its shared memory):
-// - attention_prefill_wg_d<D>: WGS = 1, 4 warps; two blocks per SM at D <= 128 (D = 128: 16 + 3 x 32
-//   KiB + 1 KiB = 113 KiB each), so the two blocks' softmax and wgmma phases need not line up.
-// - attention_prefill_wg2r_d256: WGS = 2, 128 rows (both warpgroups meet at every tile's barrier),
-//   64-key tiles in rings (Q 64 + 2 x 64 KiB = 193 KiB, one block per SM): S as m64n64k16 from shared
-//   memory reads Q once per 64 keys.
-template <int D, int WGS, int BN_, int STAGES_>
+// attention_prefill_wg_d<D> (D <= 128): one warpgroup owning 64 (query, head) rows; key tiles of BN = 64
+// keys; STAGES shared-memory stages of one K and one V tile each, tile j in stage j % STAGES, loaded
+// PREFETCH = STAGES - 1 tiles ahead. Every wgmma is waited on by the next tile, so a stage is busy only
+// for the tile being multiplied and the tiles loading. Two blocks per SM (D = 128: 16 + 3 x 32 KiB +
+// 1 KiB = 113 KiB each), so the two blocks' softmax and wgmma phases need not line up. attention.py's
+// VARIANTS mirrors the geometry and its shared memory.
+template <int D, int BN_, int STAGES_>
 struct WgGeometry {
-    static constexpr int ROWS = 64 * WGS;  // (query, head) rows per block
-    static constexpr int THREADS = 128 * WGS;
-    static constexpr int BN = BN_;         // keys per tile
+    static constexpr int ROWS = 64;  // (query, head) rows per block
+    static constexpr int THREADS = 128;
+    static constexpr int BN = BN_;   // keys per tile
     static constexpr int STAGES = STAGES_;
-    static constexpr bool RING = STAGES == 2;
     static constexpr int PREFETCH = STAGES - 1;
-    static constexpr bool Q_IN_REGS = D <= 128;       // D = 256: Q stays in shared memory (A descriptor)
     static constexpr int CPR = D / 8;                 // 16-byte chunks per row
     static constexpr int RPP = THREADS / CPR;         // rows per pass of a block-wide copy
     static constexpr int Q_BYTES = ROWS * D * 2;
@@ -374,7 +363,8 @@ struct WgGeometry {
     static constexpr int SMEM_BYTES = Q_BYTES + STAGES * 2 * KV_BYTES + 1024;
     static_assert(BN % RPP == 0 && ROWS % RPP == 0, "tiles must split evenly over the block");
     static_assert(BN == 64, "S wgmma: m64n64k16");
-    static_assert(STAGES >= 2 && SMEM_BYTES <= 227 * 1024, "shared memory of one block");
+    static_assert(D <= 128, "Q as register A fragments; D = 256 is RingGeometry's");
+    static_assert(STAGES >= 3 && SMEM_BYTES <= 227 * 1024, "shared memory of one block");
 };
 
 // attention_prefill_wgtc_d512: 64 rows (as attention_prefill_wg_d<D>) and two warpgroups that split the
@@ -400,12 +390,11 @@ struct SplitGeometry {
     static_assert(BN % RPP == 0 && 64 % RPP == 0 && WG_BYTES % 1024 == 0, "copies and swizzle atoms must fit");
 };
 
-// attention_prefill_wgtm_d256 / wgpp_d256 (candidates beside wg2r_d256): WgGeometry's 128 rows in two
-// warpgroups, with K and V brought in by the TMA unit (one thread issues a tile) into rings of K_SLOTS
-// K and V_SLOTS V slots that full / empty mbarriers hand over, so no per-tile __syncthreads keeps the
-// warpgroups in step: one's softmax can run while the other's wgmma execute. wgpp_d256 also orders the
-// two warpgroups' wgmma issue by named barriers (FlashAttention-3's ping-pong); wgtm_d256 lets them
-// drift. Three K slots: K_{j+3} can go into the slot of tile j once both warpgroups' S_j completed,
+// attention_prefill_wgpp_d256: 128 rows in two warpgroups on one K/V stream, with K and V brought in by
+// the TMA unit (one thread issues a tile) into rings of K_SLOTS K and V_SLOTS V slots that full / empty
+// mbarriers hand over, so no per-tile __syncthreads keeps the warpgroups in step, and named barriers
+// order the two warpgroups' wgmma issue (FlashAttention-3's ping-pong): one's softmax runs while the
+// other's wgmma execute. S as m64n64k16 with Q from shared memory reads Q once per 64 keys. Three K slots: K_{j+3} can go into the slot of tile j once both warpgroups' S_j completed,
 // a tile and a half before it is needed.
 template <int D>
 struct RingGeometry {
@@ -482,7 +471,7 @@ __device__ __forceinline__ void wgmma_ss_n32(float (&d)[R], unsigned long long d
         : "l"(da), "l"(db), "r"(accumulate));
 }
 
-// D(64 x 64) += A(64 x 16) * B(16 x 64), both K-major in shared memory (S of wg2r_d256).
+// D(64 x 64) += A(64 x 16) * B(16 x 64), both K-major in shared memory (S at D = 256).
 template <int R>
 __device__ __forceinline__ void wgmma_ss_n64(float (&d)[R], unsigned long long da, unsigned long long db,
                                              int accumulate = 1) {
@@ -681,12 +670,12 @@ __device__ __forceinline__ void store_output_rows(half_t *__restrict__ out, cons
 // PV_j is waited for at the top of the next iteration, not after the softmax: ptxas schedules a
 // wgmma wait at the top of its basic block, so a wait placed after the softmax ran before it and
 // the softmax never overlapped PV (SASS of a5be2a2: WARPGROUP.DEPBAR ahead of every MUFU.EX2).
-template <int D, int WGS, int BN_, int STAGES_>
+template <int D, int BN_, int STAGES_>
 __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, const half_t *__restrict__ k,
                                                   const half_t *__restrict__ v, const int *__restrict__ pos_ptr,
                                                   half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
                                                   float scale_log2, int HB, int window) {
-    using G = WgGeometry<D, WGS, BN_, STAGES_>;
+    using G = WgGeometry<D, BN_, STAGES_>;
     constexpr int BN = G::BN, ST = G::STAGES, PF = G::PREFETCH, CPR = G::CPR, RPP = G::RPP;
     constexpr int S_REGS = BN / 2, O_REGS = D / 2;
     constexpr unsigned KV_BLOCK = BN * 128;       // bytes of one 64-wide column block of a K/V tile
@@ -701,8 +690,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     unsigned char *sKV = smem + G::Q_BYTES;  // stage s: K at s * 2 * KV_BYTES, V right after it
     const unsigned sQ_addr = smem_u32(sQ), sKV_addr = smem_u32(sKV);
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wg = warp >> 2, wq = warp & 3;
+    const int tid = threadIdx.x, lane = tid & 31, wq = tid >> 5;
     const int group = Hq / Hkv;
     const int QB = G::ROWS / HB;                             // queries per block
     const int head0 = blockIdx.x * HB;                       // first query head of the block
@@ -725,7 +713,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     const unsigned kv_soff = (c >> 3) * KV_BLOCK, q_soff = (c >> 3) * Q_BLOCK;
     const half_t *k_src = k + (long)kv_head * D + c * 8, *v_src = v + (long)kv_head * D + c * 8;
 
-    // K (V: is_v) of tile j into its stage (ring: slot) j % ST; nothing past the last tile. Keys at or
+    // K (V: is_v) of tile j into its stage j % ST; nothing past the last tile. Keys at or
     // past kv_end are zero-filled.
     auto load_tile = [&](int j, bool is_v) {
         if (j < n_tiles) {
@@ -748,27 +736,19 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
         const half_t *src = ok ? q + (long)t * q_row + (long)(head0 + r - qi * HB) * D + c * 8 : q;
         cp_async16(sQ + q_soff + soff(it), src, ok ? 16 : 0);
     }
-    if constexpr (G::RING) {
-        load_tile(0, false);
-        cp_async_commit();  // group: Q, K_0
-        load_tile(1, false);
-        load_tile(0, true);
-        cp_async_commit();  // group: K_1, V_0
-    } else {
 #pragma unroll
-        for (int j = 0; j < PF; ++j) {  // tiles 0 .. PF - 1, one group each; Q joins tile 0's
-            load_tile(j, false);
-            load_tile(j, true);
-            cp_async_commit();
-        }
+    for (int j = 0; j < PF; ++j) {  // tiles 0 .. PF - 1, one group each; Q joins tile 0's
+        load_tile(j, false);
+        load_tile(j, true);
+        cp_async_commit();
     }
 
     // This thread's two accumulator rows (block rows R0, R0 + 8) and their visible keys [lo, lim].
-    const int R0 = wg * 64 + wq * 16 + (lane >> 2);
+    const int R0 = wq * 16 + (lane >> 2);
     const RowLimits rows{min(pos + t0 + R0 / HB, kv_end - 1), min(pos + t0 + (R0 + 8) / HB, kv_end - 1),
                          window_lo(pos + t0 + R0 / HB, window), window_lo(pos + t0 + (R0 + 8) / HB, window)};
 
-    unsigned qf[G::Q_IN_REGS ? D / 16 : 1][4];  // Q A fragments, re-read for every S (see issue_s)
+    unsigned qf[D / 16][4];  // Q A fragments, re-read for every S (see issue_s)
     unsigned p[BN / 16][4];                     // P fragments of the next PV
     float o[O_REGS], s[S_REGS];                 // O; S, then (softmax in place) probabilities
 #pragma unroll
@@ -778,30 +758,22 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;  // reference max (log2 domain) and partial sums
     float alpha0 = 1.f, alpha1 = 1.f;                      // O rescale of the tile whose P is in s
 
-    // S_jt = Q K_jt^T (64 rows x BN keys per warpgroup) into s, committed as one wgmma group. The Q
-    // fragments are re-read each time: kept in registers across loop iterations, ptxas 13.0 gave
-    // their registers to the P fragments (D = 64), so their live range stays inside one tile.
+    // S_jt = Q K_jt^T (64 rows x BN keys) into s, committed as one wgmma group. The Q fragments are
+    // re-read each time: kept in registers across loop iterations, ptxas 13.0 gave their registers to
+    // the P fragments (D = 64), so their live range stays inside one tile.
     auto issue_s = [&](int jt) {
         const unsigned k_addr = sKV_addr + (jt % ST) * 2 * G::KV_BYTES;
-        if constexpr (G::Q_IN_REGS) {
-            const int row = wg * 64 + wq * 16 + (lane & 15);
+        const int row = wq * 16 + (lane & 15);
 #pragma unroll
-            for (int ks = 0; ks < D / 16; ++ks) {
-                const int chunk = 2 * ks + (lane >> 4);
-                ldmatrix_x4(qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3],
-                            sQ + (chunk >> 3) * Q_BLOCK + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
-            }
+        for (int ks = 0; ks < D / 16; ++ks) {
+            const int chunk = 2 * ks + (lane >> 4);
+            ldmatrix_x4(qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3],
+                        sQ + (chunk >> 3) * Q_BLOCK + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
         }
         wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-            const unsigned k_desc_addr = k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32;
-            const unsigned q_desc_addr = sQ_addr + (ks >> 2) * Q_BLOCK + wg * 64 * 128 + (ks & 3) * 32;
-            if constexpr (G::Q_IN_REGS)
-                wgmma_rs_n64<0>(s, qf[ks], sw128_desc(k_desc_addr, 16), ks > 0);
-            else
-                wgmma_ss_n64(s, sw128_desc(q_desc_addr, 16), sw128_desc(k_desc_addr, 16), ks > 0);
-        }
+        for (int ks = 0; ks < D / 16; ++ks)
+            wgmma_rs_n64<0>(s, qf[ks], sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
         wgmma_commit();
     };
 
@@ -817,7 +789,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     auto wait_pv = [&]() { wait_pv_done(o, p); };  // every wgmma group done: O and the P registers are free
 
     // Prologue: S_0 and its softmax.
-    cp_async_wait<G::RING ? 1 : PF - 1>();  // Q and K_0 (and V_0 unless RING) landed
+    cp_async_wait<PF - 1>();  // Q and tile 0 landed
     fence_proxy_async();
     __syncthreads();
     issue_s(0);
@@ -830,36 +802,22 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     for (int j = 0; j + 1 < n_tiles; ++j) {
         // Pending before: PV_{j-1}; loads. After the barrier every warpgroup is past S_j and PV_{j-1}.
         wait_pv();
-        if constexpr (G::RING)
-            cp_async_wait<0>();  // K_{j+1} and V_j landed (the group of the previous iteration)
-        else
-            cp_async_wait<PF - 2>();  // tile j + 1 landed
+        cp_async_wait<PF - 2>();  // tile j + 1 landed
         fence_proxy_async();
         __syncthreads();
         fence_regs(s);  // the probabilities of tile j stay in s until packed below
         pack_probs<BN>(s, p);
         issue_s(j + 1);
-        if constexpr (G::RING) {
-            load_tile(j + 2, false);  // into the K slot S_j freed
-            load_tile(j + 1, true);   // into the V slot PV_{j-1} freed
-        } else {
-            load_tile(j + PF, false);  // into stage (j - 1) % ST, which tile j - 1 freed
-            load_tile(j + PF, true);
-        }
+        load_tile(j + PF, false);  // into stage (j - 1) % ST, which tile j - 1 freed
+        load_tile(j + PF, true);
         cp_async_commit();  // empty groups past the end keep the count uniform
         pv(j);
         wgmma_wait<1>();  // S_{j+1} done; PV_j runs under the softmax
         fence_regs(s);
         softmax(j + 1);
     }
-    // The last tile. RING: its V came with the last group; otherwise it landed before the last
-    // barrier above (or the prologue's).
+    // The last tile: it landed before the last barrier above (or the prologue's).
     wait_pv();
-    if constexpr (G::RING) {
-        cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();
-    }
     pack_probs<BN>(s, p);
     pv(n_tiles - 1);
     wait_pv();
@@ -868,8 +826,8 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
     // Stage this warpgroup's 64 x D output in its own rows of the Q tile, then store 16-byte chunks of
     // the rows that exist.
     stage_output_rows<D>(o, l0, l1, sQ, Q_BLOCK, R0, lane);
-    warpgroup_bar(wg);
-    store_output_rows<D, D>(out, sQ, Q_BLOCK, wg * 64, 0, tid & 127, t0, QB, HB, T, head0, q_row);
+    warpgroup_bar(0);
+    store_output_rows<D, D>(out, sQ, Q_BLOCK, 0, 0, tid, t0, QB, HB, T, head0, q_row);
 }
 
 __device__ __forceinline__ void st_shared_f32x4(unsigned addr, float a, float b, float c, float d) {
@@ -1134,7 +1092,7 @@ __device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, cons
     cluster_sync();  // no CTA leaves while its partner may still arrive on its barriers
 }
 
-// ---- D = 256, TMA rings: attention_prefill_wgtm_d256 / attention_prefill_wgpp_d256 ----
+// ---- D = 256, TMA rings and ping-pong: attention_prefill_wgpp_d256 ----
 // RingGeometry. Each warpgroup loads its own 64 Q rows (cp.async, once); thread 128 (warpgroup 1) issues
 // every K and V tile by TMA: a 3-D box of 64 columns x 64 keys x the head's 4 column blocks (the layout
 // of attention_wg_body's tiles). A tile's K slot is handed back once both warpgroups' S on it completed,
@@ -1155,7 +1113,6 @@ __device__ __forceinline__ void pair_bar_arrive_if(unsigned id, bool pred) {
                  : "memory");
 }
 
-template <bool PINGPONG>
 __device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const TmaMap &map_v,
                                                     const half_t *__restrict__ q, const int *__restrict__ pos_ptr,
                                                     half_t *__restrict__ out, int T, int Hq, int Hkv, int max_len,
@@ -1250,18 +1207,14 @@ __device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const T
     };
     auto pv = [&](int jt) { issue_pv<D, BN>(o, p, alpha0, alpha1, sV_addr + (jt & 1) * G::KV_BYTES); };
     auto wait_pv = [&]() { wait_pv_done(o, p); };
-    auto turn = [&]() {
-        if constexpr (PINGPONG) pair_bar_sync(4 + wg);
-    };
-    auto pass_turn = [&](bool more) {  // more: the other warpgroup has a turn after this one
-        if constexpr (PINGPONG) pair_bar_arrive_if(5 - wg, more);
-    };
+    auto turn = [&]() { pair_bar_sync(4 + wg); };
+    auto pass_turn = [&](bool more) { pair_bar_arrive_if(5 - wg, more); };  // more: the other has a turn after this
 
     // Prologue: S_0 and its softmax.
     cp_async_wait<0>();  // this warpgroup's Q rows landed
     fence_proxy_async();
     warpgroup_bar(wg);
-    if constexpr (PINGPONG) pair_bar_arrive_if(4, wg == 1);  // warpgroup 0 takes the first turn
+    pair_bar_arrive_if(4, wg == 1);  // warpgroup 0 takes the first turn
     mbar_wait(full_k(0), 0);
     turn();
     issue_s(0);
@@ -1331,26 +1284,25 @@ __device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const T
 }  // namespace
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// grid (Hq / HB, ceil(T / (64 WGS / HB))), block 128 WGS, dynamic shared memory
-// WgGeometry<D, WGS, BN, STAGES>::SMEM_BYTES; HB = heads per block, a divisor of Hq / Hkv that fits in
-// the block's 64 WGS rows (attention.py picks it). scale_log2 = softmax_scale * log2(e).
+// grid (Hq / HB, ceil(T / (64 / HB))), block 128, dynamic shared memory WgGeometry<D, BN, STAGES>::SMEM_BYTES;
+// HB = heads per block, a divisor of Hq / Hkv that fits in the block's 64 rows (attention.py picks it).
+// scale_log2 = softmax_scale * log2(e).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define ATTENTION_WG_BODY(D, WGS, BN, STAGES) \
-    attention_wg_body<D, WGS, BN, STAGES>(q, k, v, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window)
+#define ATTENTION_WG_BODY(D, BN, STAGES) \
+    attention_wg_body<D, BN, STAGES>(q, k, v, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window)
 #else
-#define ATTENTION_WG_BODY(D, WGS, BN, STAGES) __trap()
+#define ATTENTION_WG_BODY(D, BN, STAGES) __trap()
 #endif
-#define ATTENTION_PREFILL_WG(NAME, D, WGS, BN, STAGES)                                                     \
-    extern "C" __global__ void __launch_bounds__(128 * WGS, 1) NAME(                                       \
+#define ATTENTION_PREFILL_WG(NAME, D, BN, STAGES)                                                          \
+    extern "C" __global__ void __launch_bounds__(128, 1) NAME(                                             \
         const half_t *q, const half_t *k, const half_t *v, const int *pos, half_t *out, int T, int Hq, int Hkv, \
         int max_len, float scale_log2, int HB, int window) { pdl_entry();                                  \
-        ATTENTION_WG_BODY(D, WGS, BN, STAGES);                                                             \
+        ATTENTION_WG_BODY(D, BN, STAGES);                                                                  \
     }
 
-//                   entry point                  D  warpgroups  key tile  stages
-ATTENTION_PREFILL_WG(attention_prefill_wg_d64,    64,   1,       64,       4)
-ATTENTION_PREFILL_WG(attention_prefill_wg_d128,  128,   1,       64,       3)
-ATTENTION_PREFILL_WG(attention_prefill_wg2r_d256, 256,  2,       64,       2)
+//                   entry point                 D  key tile  stages
+ATTENTION_PREFILL_WG(attention_prefill_wg_d64,   64,   64,       4)
+ATTENTION_PREFILL_WG(attention_prefill_wg_d128, 128,   64,       3)
 
 // D = 512: grid (Hq / HB, 2 ceil(ceil(T / (64 / HB)) / 2)) (whole clusters of two along y), block 256
 // (two warpgroups on one 64-row tile), dynamic shared memory SplitGeometry<512>::SMEM_BYTES; arguments
@@ -1372,22 +1324,16 @@ extern "C" __global__ void ATTENTION_WGTC_ATTRS attention_prefill_wgtc_d512(
 #endif
 }
 
-// D = 256 on TMA rings (candidates): grid and block as attention_prefill_wg2r_d256, dynamic shared memory
-// RingGeometry<256>::SMEM_BYTES; the tensor maps of k and v first (3-D: 64 halves x key x 64-wide column
-// block of every head, box 64 x 64 keys x 4 blocks, 128-byte swizzle; attention.py encodes them).
+// D = 256: grid (Hq / HB, ceil(T / (128 / HB))), block 256 (two warpgroups of 64 rows), dynamic shared
+// memory RingGeometry<256>::SMEM_BYTES; the tensor maps of k and v first (3-D: 64 halves x key x 64-wide
+// column block of every head, box 64 x 64 keys x 4 blocks, 128-byte swizzle; attention.py encodes them).
+extern "C" __global__ void __launch_bounds__(256, 1) attention_prefill_wgpp_d256(
+    const __grid_constant__ impasync::TmaMap map_k, const __grid_constant__ impasync::TmaMap map_v, const half_t *q,
+    const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len, float scale_log2, int HB, int window) {
+    pdl_entry();
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define ATTENTION_RING_BODY(PINGPONG) \
-    attention_ring_body<PINGPONG>(map_k, map_v, q, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window)
+    attention_ring_body(map_k, map_v, q, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window);
 #else
-#define ATTENTION_RING_BODY(PINGPONG) __trap()
+    __trap();
 #endif
-#define ATTENTION_PREFILL_RING(NAME, PINGPONG)                                                             \
-    extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                             \
-        const __grid_constant__ impasync::TmaMap map_k, const __grid_constant__ impasync::TmaMap map_v,   \
-        const half_t *q, const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len, float scale_log2, \
-        int HB, int window) {                                                                              \
-        pdl_entry();                                                                                       \
-        ATTENTION_RING_BODY(PINGPONG);                                                                     \
-    }
-ATTENTION_PREFILL_RING(attention_prefill_wgtm_d256, false)
-ATTENTION_PREFILL_RING(attention_prefill_wgpp_d256, true)
+}

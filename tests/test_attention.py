@@ -385,7 +385,7 @@ def test_wgmma_block_geometry(monkeypatch):
     assert all(supports(d, v) for d in HEAD_DIMS for v in VARIANTS)
     monkeypatch.setitem(VARIANTS, "d256only", D256_ONLY)
     assert supports(256, "d256only") and not supports(128, "d256only")
-    with pytest.raises(ValueError, match="'d256only' has no head_dim 128 kernel; use one of wgmma, mma, ring, pingpong"):
+    with pytest.raises(ValueError, match="'d256only' has no head_dim 128 kernel; use one of wgmma, mma"):
         smem_bytes(128, "d256only")
     # wgmma, D 512: per warpgroup a 64 x 256 Q half, two K and two V 32 x 256 half tiles and two
     # 64 x 32 FP32 partial-S tiles, + alignment: within the 227 KiB a block may have
@@ -394,20 +394,16 @@ def test_wgmma_block_geometry(monkeypatch):
     # 1 KiB reserved by the driver) fill the SM's 228 KiB
     assert smem_bytes(128, "wgmma") == 64 * 256 + 3 * 2 * 64 * 256 + 1024
     assert 2 * (smem_bytes(128, "wgmma") + 1024) <= 228 * 1024
-    # wgmma, D 256: 128 rows, 64-key K and V tiles in two-slot rings, one block per SM
-    assert smem_bytes(256, "wgmma") == 128 * 512 + 2 * 2 * 64 * 512 + 1024
+    # wgmma, D 256: 128 rows, K in three and V in two 64-key slots by TMA (one box: the head's four
+    # column blocks), one block per SM
+    ring = tiling(256, "wgmma")
+    assert (ring.kernel, ring.threads, ring.tma, ring.cluster, ring.tma_column_blocks) == (
+        "attention_prefill_wgpp_d256", 256, True, 1, 4)
+    assert smem_bytes(256, "wgmma") == 128 * 512 + 5 * 64 * 512 + 1024 <= 227 * 1024
     # every kernel of the family is one entry point; a variant's geometry names it
-    assert tiling(256, "wgmma").kernel == "attention_prefill_wg2r_d256" and tiling(256, "wgmma").threads == 256
     assert tiling(512, "wgmma").kernel == "attention_prefill_wgtc_d512" and tiling(512, "wgmma").threads == 256
     # D 512: K/V by TMA in 2-CTA clusters (tensor maps instead of the cache pointers)
     assert (tiling(512, "wgmma").tma, tiling(512, "wgmma").cluster) == (True, 2)
-    # the D 256 candidates: 128 rows, K in three and V in two 64-key slots by TMA (one box: the head's
-    # four column blocks); wgmma's kernels at the other head dims
-    for variant, kernel in (("ring", "attention_prefill_wgtm_d256"), ("pingpong", "attention_prefill_wgpp_d256")):
-        ring = tiling(256, variant)
-        assert (ring.kernel, ring.threads, ring.tma, ring.cluster, ring.tma_column_blocks) == (kernel, 256, True, 1, 4)
-        assert smem_bytes(256, variant) == 128 * 512 + 5 * 64 * 512 + 1024 <= 227 * 1024
-        assert all(tiling(d, variant) == tiling(d, "wgmma") for d in (64, 128, 512))
     assert tiling(512, "wgmma").tma_column_blocks == 4  # a warpgroup's half of the head
     with pytest.raises(ValueError, match="variant must be one of"):
         smem_bytes(128, "tma")

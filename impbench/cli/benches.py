@@ -147,7 +147,7 @@ def ops(model, pp_list, variants, fmt, out, force) -> None:
               help="Only these attention layer kinds, comma-separated: sliding, full. Default: every kind the model has.")
 @click.option("--reps", type=int, default=30, show_default=True, help="Timed repetitions per case (median reported).")
 @click.option("--variant", default=None, metavar="NAME",
-              help="Our kernel variant (wgmma, mma; candidates ring, pingpong). Default: the one the engine runs here.")
+              help="Our kernel variant (wgmma, mma). Default: the one the engine runs here.")
 @FORMAT
 @BENCH_OUT
 @FORCE

@@ -22,12 +22,12 @@ HEAD_DIMS = (64, 128, 256, 512)
 class Tiling:
     """One kernel of the family and the block geometry its launch mirrors (kernels_cu/attention.cu).
 
-    kind: "wgmma" (WgGeometry: 64 (query, head) rows per warpgroup, the heads of one GQA group packed
-    into the rows), "ring" (RingGeometry: as wgmma at D 256, K and V in TMA-fed rings with no per-tile
-    block barrier), "split" (SplitGeometry, head dim 512: two warpgroups split the head dimension of
-    64 rows) or "mma" (Geometry: the portable kernel, `rows` queries of one head per block).
-    stages: shared-memory stages of one K and one V tile (wgmma, 2: K and V in two-slot rings; ring:
-    the K slots, beside two V slots).
+    kind: "wgmma" (WgGeometry: one warpgroup of 64 (query, head) rows, the heads of one GQA group packed
+    into the rows), "ring" (RingGeometry, head dim 256: two such warpgroups on one K/V stream, K and V
+    in TMA-fed rings with no per-tile block barrier), "split" (SplitGeometry, head dim 512: two
+    warpgroups split the head dimension of 64 rows) or "mma" (Geometry: the portable kernel, `rows`
+    queries of one head per block).
+    stages: shared-memory stages of one K and one V tile (ring: the K slots, beside two V slots).
     tma: K and V come in by the TMA unit through tensor maps passed by value (split, ring); cluster:
     CTAs per cluster (2: a pair on adjacent query blocks, each loading half of every tile for both).
     """
@@ -67,32 +67,21 @@ def _wg(prefix: str, head_dim: int, rows: int, block_n: int, stages: int) -> Til
     return Tiling(f"attention_prefill_{prefix}_d{head_dim}", "wgmma", head_dim, rows, block_n, stages)
 
 
-_SPLIT_PAIRS = Tiling("attention_prefill_wgtc_d512", "split", 512, 64, 32, 2, tma=True, cluster=2)
-_WGMMA = {64: _wg("wg", 64, 64, 64, 4), 128: _wg("wg", 128, 64, 64, 3), 256: _wg("wg2r", 256, 128, 64, 2),
-          512: _SPLIT_PAIRS}
-
-
-def _ring(prefix: str) -> Tiling:
-    return Tiling(f"attention_prefill_{prefix}_d256", "ring", 256, 128, 64, 3, tma=True)
-
-
 # Every variant's kernel per head dim; mma runs on any sm_80+, wgmma on cc 9.0 (sm_90a). A variant may
 # cover only some head dims (a candidate tiling; supports()). Measured choices: docs/notes/attention.md.
 # - wgmma (the default on cc 9.0): D <= 128 in 64-row blocks, one warpgroup, two blocks per SM; D 256 in
-#   128-row blocks (two warpgroups on one K/V stream) with 64-key tiles in K/V rings (S as m64n64k16);
-#   D 512: two warpgroups split the head dimension of 64 rows, K/V by TMA in 2-CTA clusters, each tile
-#   multicast to both.
+#   128-row blocks (two warpgroups on one K/V stream, S as m64n64k16) with K and V by TMA into rings
+#   that mbarriers hand over (3 K slots, 2 V slots) and the warpgroups taking turns to issue their
+#   wgmma (FlashAttention-3's ping-pong); D 512: two warpgroups split the head dimension of 64 rows,
+#   K/V by TMA in 2-CTA clusters, each tile multicast to both.
 # - mma: 64 queries of one head per block (32 queries and 16-key tiles at D 512, within the 99 KiB
 #   of shared memory of sm_89 / sm_120).
-# - ring, pingpong (candidates at D 256, wgmma's kernels elsewhere): wgmma's D 256 geometry with K and V
-#   by TMA into rings that mbarriers hand over (3 K slots, 2 V slots), so the two warpgroups need not
-#   meet at every tile; pingpong also takes turns issuing the wgmma (FlashAttention-3's ping-pong).
 VARIANTS: dict[str, dict[int, Tiling]] = {
-    "wgmma": _WGMMA,
+    "wgmma": {64: _wg("wg", 64, 64, 64, 4), 128: _wg("wg", 128, 64, 64, 3),
+              256: Tiling("attention_prefill_wgpp_d256", "ring", 256, 128, 64, 3, tma=True),
+              512: Tiling("attention_prefill_wgtc_d512", "split", 512, 64, 32, 2, tma=True, cluster=2)},
     "mma": {d: Tiling(f"attention_prefill_d{d}", "mma", d, 32 if d == 512 else 64,
                       16 if d == 512 else 32 if d == 256 else 64, 2) for d in HEAD_DIMS},
-    "ring": {**_WGMMA, 256: _ring("wgtm")},
-    "pingpong": {**_WGMMA, 256: _ring("wgpp")},
 }  # fmt: skip
 
 
