@@ -95,21 +95,20 @@ class Variant:
         return tiles * self.split if self.split > 1 else min(tiles, sms)
 
 
-# Efficiencies: fitted with the constants above on one H100's times of every variant at M 256-2048 on both
-# qwen3-modelopt shapes (v3 kernels) and v2's split-K times at M 64 / 128 (docs/notes/nvfp4_gemm.md,
-# "128-weight-row tiles"): rms error 2-6% a variant. No 128-row tile is measured below M 256. Refit from
-# `impbench gemm` reports with `python -m impbench.bench.nvfp4_fit`.
-# w128t128k4 fits at 0.99: at M <= 128 it runs faster than its whole tiles predict, and the model has no
+# Efficiencies: fitted with the constants above (`python -m impbench.bench.nvfp4_fit`) on one H100's
+# `impbench gemm --model qwen3-modelopt` times of every variant at M 64, 128, 512, 1024 and 2048 on both
+# shapes (docs/notes/nvfp4_gemm.md, "Refit at M 64-2048"): rms error 3-7% a variant.
+# w128t128k4 fits at 0.97: at M <= 128 it runs faster than its whole tiles predict, and the model has no
 # term that says why. w256t128k2 / w256t128k4 went: 128-row tiles beat them on every shape from M 256 on.
 VARIANTS = {
     v.name: v
     for v in (
         Variant("w256t128", 2, 128, 4, 1, 0.62),  # large M: the decode per 128 tokens over 256 weight rows
-        Variant("w128t192", 1, 192, 3, 1, 0.67),  # one round of tiles at M ~ 512 on N = 5120
+        Variant("w128t192", 1, 192, 3, 1, 0.69),  # one round of tiles at M ~ 512 on N = 5120
         Variant("w128t128", 1, 128, 4, 1, 0.57),  # M ~ 1024 on N = 2048, M ~ 256 on N = 5120: a round of tiles
         Variant("w128t64", 1, 64, 6, 1, 0.37),  # M <= 192 on N = 5120: twice the tiles of w128t128
-        Variant("w128t128k2", 1, 128, 5, 2, 0.74),  # split-K 2: M 144-512 on N = 2048, one round of 128 blocks
-        Variant("w128t128k4", 1, 128, 5, 4, 0.99),  # split-K 4: small M on narrow N, the most blocks
+        Variant("w128t128k2", 1, 128, 5, 2, 0.75),  # split-K 2: M 144-512 on N = 2048, one round of 128 blocks
+        Variant("w128t128k4", 1, 128, 5, 4, 0.97),  # split-K 4: small M on narrow N, the most blocks
     )
 }
 
