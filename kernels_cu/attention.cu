@@ -1304,36 +1304,28 @@ __device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const T
 ATTENTION_PREFILL_WG(attention_prefill_wg_d64,   64,   64,       4)
 ATTENTION_PREFILL_WG(attention_prefill_wg_d128, 128,   64,       3)
 
-// D = 512: grid (Hq / HB, 2 ceil(ceil(T / (64 / HB)) / 2)) (whole clusters of two along y), block 256
-// (two warpgroups on one 64-row tile), dynamic shared memory SplitGeometry<512>::SMEM_BYTES; arguments
-// as above with the tensor maps of k and v first (3-D: 64 halves x key x 64-wide column block of every
-// head, 128-byte swizzle; attention.py encodes them) instead of k and v.
+// The TMA kernels: the tensor maps of k and v first (3-D: 64 halves x key x 64-wide column block of every
+// head, 128-byte swizzle; attention.py encodes them) instead of k and v, the other arguments as above.
+// - D = 256, attention_prefill_wgpp_d256: grid (Hq / HB, ceil(T / (128 / HB))), block 256 (two
+//   warpgroups of 64 rows), dynamic shared memory RingGeometry<256>::SMEM_BYTES; box 64 x 64 keys x 4
+//   column blocks.
+// - D = 512, attention_prefill_wgtc_d512: grid (Hq / HB, 2 ceil(ceil(T / (64 / HB)) / 2)) (whole clusters
+//   of two along y), block 256 (two warpgroups on one 64-row tile), dynamic shared memory
+//   SplitGeometry<512>::SMEM_BYTES.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define ATTENTION_WGTC_ATTRS __launch_bounds__(256, 1) __cluster_dims__(1, 2, 1)
+#define ATTENTION_TMA_BODY(BODY) BODY(map_k, map_v, q, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window)
 #else
 #define ATTENTION_WGTC_ATTRS
+#define ATTENTION_TMA_BODY(BODY) __trap()
 #endif
-extern "C" __global__ void ATTENTION_WGTC_ATTRS attention_prefill_wgtc_d512(
-    const __grid_constant__ impasync::TmaMap map_k, const __grid_constant__ impasync::TmaMap map_v, const half_t *q,
-    const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len, float scale_log2, int HB, int window) {
-    pdl_entry();
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    attention_wg_pair_body(map_k, map_v, q, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window);
-#else
-    __trap();
-#endif
-}
-
-// D = 256: grid (Hq / HB, ceil(T / (128 / HB))), block 256 (two warpgroups of 64 rows), dynamic shared
-// memory RingGeometry<256>::SMEM_BYTES; the tensor maps of k and v first (3-D: 64 halves x key x 64-wide
-// column block of every head, box 64 x 64 keys x 4 blocks, 128-byte swizzle; attention.py encodes them).
-extern "C" __global__ void __launch_bounds__(256, 1) attention_prefill_wgpp_d256(
-    const __grid_constant__ impasync::TmaMap map_k, const __grid_constant__ impasync::TmaMap map_v, const half_t *q,
-    const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len, float scale_log2, int HB, int window) {
-    pdl_entry();
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    attention_ring_body(map_k, map_v, q, pos, out, T, Hq, Hkv, max_len, scale_log2, HB, window);
-#else
-    __trap();
-#endif
-}
+#define ATTENTION_PREFILL_TMA(NAME, ATTRS, BODY)                                                            \
+    extern "C" __global__ void ATTRS NAME(                                                                   \
+        const __grid_constant__ impasync::TmaMap map_k, const __grid_constant__ impasync::TmaMap map_v,     \
+        const half_t *q, const int *pos, half_t *out, int T, int Hq, int Hkv, int max_len, float scale_log2, \
+        int HB, int window) {                                                                                \
+        pdl_entry();                                                                                         \
+        ATTENTION_TMA_BODY(BODY);                                                                            \
+    }
+ATTENTION_PREFILL_TMA(attention_prefill_wgpp_d256, __launch_bounds__(256, 1), attention_ring_body)
+ATTENTION_PREFILL_TMA(attention_prefill_wgtc_d512, ATTENTION_WGTC_ATTRS, attention_wg_pair_body)
