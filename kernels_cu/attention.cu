@@ -42,9 +42,9 @@
 //    every thread, STAGES - 1 tiles ahead; one __syncthreads per tile. wgpp_d256: one thread brings
 //    K/V tiles by TMA into rings that mbarriers hand over, with no per-tile block barrier, and the two
 //    warpgroups take turns issuing their wgmma (FlashAttention-3's ping-pong), so one's softmax runs
-//    under the other's GEMMs. Shared tiles are stored as D/64 column blocks of [rows][64 halves] with the 128-byte
-//    swizzle (16-byte chunk c of row r at c ^ (r & 7)), which is both the K-major layout of Q and K
-//    and the N-major layout of V. Blocks of the last query tiles (the longest KV sweeps) run first.
+//    under the other's GEMMs. Shared tiles are stored as D/64 column blocks of [rows][64 halves] with
+//    the 128-byte swizzle (16-byte chunk c of row r at c ^ (r & 7)), which is both the K-major layout
+//    of Q and K and the N-major layout of V. Blocks of the last query tiles (the longest KV sweeps) run first.
 //    D = 512 (Gemma-4's full layers; FlashAttention stops at 256): 64 rows x 512 FP32 outputs are
 //    256 registers a thread for one warpgroup, so two warpgroups share the 64 rows and each owns
 //    half the head dimension (SplitGeometry): its halves of Q, K, V and O. Each computes the partial
@@ -394,8 +394,9 @@ struct SplitGeometry {
 // the TMA unit (one thread issues a tile) into rings of K_SLOTS K and V_SLOTS V slots that full / empty
 // mbarriers hand over, so no per-tile __syncthreads keeps the warpgroups in step, and named barriers
 // order the two warpgroups' wgmma issue (FlashAttention-3's ping-pong): one's softmax runs while the
-// other's wgmma execute. S as m64n64k16 with Q from shared memory reads Q once per 64 keys. Three K slots: K_{j+3} can go into the slot of tile j once both warpgroups' S_j completed,
-// a tile and a half before it is needed.
+// other's wgmma execute. S as m64n64k16 with Q from shared memory reads Q once per 64 keys. Three K
+// slots: K_{j+3} can go into the slot of tile j once both warpgroups' S_j completed, a tile and a half
+// before it is needed.
 template <int D>
 struct RingGeometry {
     static constexpr int ROWS = 128, BN = 64;  // two warpgroups of 64 rows: 256 threads

@@ -92,14 +92,11 @@ def _check(out, ref):
 
 def _require(variant, dim=128):
     """Every variant runs on a Hopper device (the family is built for sm_90a there); elsewhere only mma.
-    A candidate variant may cover only some head dims, and where it runs wgmma's kernel that kernel is
-    tested under wgmma."""
+    A candidate variant may cover only some head dims."""
     from impbench.kernels.attention import default_variant
 
     if not supports(dim, variant):
         pytest.skip(f"{variant} has no head_dim {dim} kernel")
-    if variant != "wgmma" and supports(dim, "wgmma") and tiling(dim, variant) == tiling(dim, "wgmma"):
-        pytest.skip(f"{variant} runs wgmma's head_dim {dim} kernel")
     if variant != "mma" and default_variant() != "wgmma":
         pytest.skip("the wgmma kernels need a compute-capability-9.0 device")
 
