@@ -280,7 +280,7 @@ def test_bench_covers_the_qwen3_6_dense_shapes_from_the_plan():
     from impbench.bench.gemm import DEFAULT_MS, build_cases
 
     cases = {(c.m, c.n, c.k): c.ops for c in build_cases(("qwen3.6",), (), DEFAULT_MS)}
-    wanted = {"in_proj_qkv": (8192, 2048), "in_proj_z": (4096, 2048), "in_proj_b": (32, 2048), "in_proj_a": (32, 2048),
+    wanted = {"in_proj_qkvz": (12288, 2048), "in_proj_b": (32, 2048), "in_proj_a": (32, 2048),
               "out_proj": (2048, 4096), "qkv_proj": (9216, 2048), "o_proj": (2048, 4096), "router": (256, 2048),
               "shared_gate_up": (1024, 2048), "shared_down": (2048, 512), "shared_expert_gate": (1, 2048),
               "lm_head": (248320, 2048)}  # fmt: skip

@@ -98,8 +98,7 @@ def buffer_specs(preset, chunk_tokens: int, max_tokens: int) -> dict[str, tuple[
         specs.update({
             "conv_state": ((linear_layers, p.linear_conv_kernel - 1, channels), f16),  # the last raw conv inputs
             "gdn_state": ((linear_layers, hv, dk, dv), f32),  # the recurrent state S of every value head
-            "mixed": ((t, channels), f16),  # in_proj_qkv output, the conv's input
-            "lin_z": ((t, hv * dv), f16),
+            "lin_qkvz": ((t, channels + hv * dv), f16),  # in_proj_qkvz's output: the conv's input, then z
             "lin_a": ((t, hv), f16),
             "lin_b": ((t, hv), f16),
             "lin_q": ((t, hk, dk), f16),

@@ -20,7 +20,7 @@ from impbench.prefill import Chunk, chunk_spans
 
 KERNEL_FAMILIES = ("gemm_fp16", "moe_nvfp4", "ops", "routing", "attention", "bench")  # what every model runs
 ENGINE_NVFP4 = {"experts", "attention"}  # tensor groups the engine can store as NVFP4
-LAYER_FIRST_OPS = ("qkv_proj", "in_proj_qkv")  # the first op of a full / a linear layer
+LAYER_FIRST_OPS = ("qkv_proj", "in_proj_qkvz")  # the first op of a full / a linear layer
 
 
 ENGINE_ARCHITECTURES = ("qwen3_moe", "qwen3_5_moe", "gemma4")

@@ -203,24 +203,25 @@ class _Builder:
         self.dense("o_proj", attn, a.wo, b.attn_proj[:t])
 
     def linear_attention(self, layer, slot: int) -> None:
-        """Gated DeltaNet: four projections, the causal conv with its carried state (+ SiLU, q/k L2 norm,
+        """Gated DeltaNet: three projections (q, k, v and z merged), the causal conv with its carried state (+ SiLU, q/k L2 norm,
         decay and write strength), the chunked gated delta rule with its carried state, the gated norm,
         the output projection."""
         from impbench.kernels import gated_delta, ops
 
         p, b, t, lw = self.p, self.b, self.t, layer.linear
         normed = b.normed[:t]
-        self.dense("in_proj_qkv", normed, lw.in_proj_qkv, b.mixed[:t])
-        self.dense("in_proj_z", normed, lw.in_proj_z, b.lin_z[:t])
+        qkvz = b.lin_qkvz[:t]
+        mixed, z = qkvz[:, : p.linear_conv_dim], qkvz[:, p.linear_conv_dim :]  # rows spaced wider: the ops take it
+        self.dense("in_proj_qkvz", normed, lw.in_proj_qkvz, qkvz)
         self.dense("in_proj_b", normed, lw.in_proj_b, b.lin_b[:t])
         self.dense("in_proj_a", normed, lw.in_proj_a, b.lin_a[:t])
         q, k, v, g, beta = b.lin_q[:t], b.lin_k[:t], b.lin_v[:t], b.lin_g[:t], b.lin_beta[:t]
-        self.add("conv1d", ops.prepare(ops.conv_prep, b.mixed[:t], lw.conv, b.conv_state[slot], b.lin_a[:t], b.lin_b[:t],
+        self.add("conv1d", ops.prepare(ops.conv_prep, mixed, lw.conv, b.conv_state[slot], b.lin_a[:t], b.lin_b[:t],
                                        lw.a_log, lw.dt_bias, q, k, v, g, beta, L2_EPS))  # fmt: skip
-        self.add("conv_state", ops.prepare(ops.conv_state_update, b.mixed[:t], b.conv_state[slot]))
+        self.add("conv_state", ops.prepare(ops.conv_state_update, mixed, b.conv_state[slot]))
         work = gated_delta.workspace_from(b, GDN_WORKSPACE)
         self.add("gated_delta_rule", gated_delta.prepare(q, k, v, g, beta, b.gdn_state[slot], b.gdn_out[:t], work))
-        self.add("gated_norm", ops.prepare(ops.gated_rmsnorm, b.gdn_out[:t], b.lin_z[:t], lw.gated_norm, p.rms_norm_eps,
+        self.add("gated_norm", ops.prepare(ops.gated_rmsnorm, b.gdn_out[:t], z, lw.gated_norm, p.rms_norm_eps,
                                            b.gated[:t]))  # fmt: skip
         self.dense("out_proj", b.gated[:t], lw.out_proj, b.attn_proj[:t])
 

@@ -61,8 +61,11 @@ class AttentionWeights:
 class LinearAttentionWeights:
     """A Gated DeltaNet layer (Qwen3.5 / 3.6): projections, conv, decay parameters, gated norm."""
 
-    in_proj_qkv: object  # fp16 [2 Hk dk + Hv dv, H]: q, k, v channels
-    in_proj_z: object  # fp16 [Hv dv, H]
+    # in_proj_qkv and in_proj_z are the two row blocks of one matrix, so the engine runs them as one GEMM
+    # (one launch, one pass over x, fewer ragged tiles) as vLLM merges them; b and a stay apart (N=32 each)
+    in_proj_qkvz: object  # fp16 [2 Hk dk + 2 Hv dv, H]: in_proj_qkv's rows, then in_proj_z's
+    in_proj_qkv: object  # fp16 [2 Hk dk + Hv dv, H]: q, k, v channels (a view of in_proj_qkvz)
+    in_proj_z: object  # fp16 [Hv dv, H] (a view of in_proj_qkvz)
     in_proj_b: object  # fp16 [Hv, H]
     in_proj_a: object  # fp16 [Hv, H]
     conv: object  # fp16 [channels, K]
@@ -171,9 +174,12 @@ def _linear_attention(rng, p) -> LinearAttentionWeights:
 
     h, hv, dv = p.hidden_size, p.linear_num_value_heads, p.linear_value_head_dim
     a_log, dt_bias = draw_decay_parameters(np.random.default_rng(int(rng.integers(0, 1 << 31))), hv)
+    conv = p.linear_conv_dim
+    qkvz = cupy.concatenate([_normal_fp16(rng, (conv, h), LINEAR_STD), _normal_fp16(rng, (hv * dv, h), LINEAR_STD)])
     return LinearAttentionWeights(
-        in_proj_qkv=_normal_fp16(rng, (p.linear_conv_dim, h), LINEAR_STD),
-        in_proj_z=_normal_fp16(rng, (hv * dv, h), LINEAR_STD),
+        in_proj_qkvz=qkvz,
+        in_proj_qkv=qkvz[:conv],
+        in_proj_z=qkvz[conv:],
         in_proj_b=_normal_fp16(rng, (hv, h), LINEAR_STD),
         in_proj_a=_normal_fp16(rng, (hv, h), LINEAR_STD),
         conv=_normal_fp16(rng, (p.linear_conv_dim, p.linear_conv_kernel), 0.3),
@@ -353,7 +359,9 @@ def reference_weights(weights: ModelWeights, preset) -> dict:
         if layer.attention is not None:
             layer_ref.update(_attention_reference(preset, layer.kind, layer.attention))
         if layer.linear is not None:
-            layer_ref.update({f.name: _host(getattr(layer.linear, f.name)) for f in fields(layer.linear)})
+            # in_proj_qkvz is the engine's merge of two of them: the reference reads them apart
+            layer_ref.update({f.name: _host(getattr(layer.linear, f.name)) for f in fields(layer.linear)
+                              if f.name != "in_proj_qkvz"})  # fmt: skip
         if layer.shared is not None:
             layer_ref.update(shared_w13=_host(layer.shared.w13), shared_w2=_host(layer.shared.w2))
             if layer.shared.gate is not None:
