@@ -132,15 +132,23 @@ class _Builder:
 
         self.launches.append(Launch(op, packed(fn), self.side))
 
+    def fork(self) -> None:
+        """Mark where the side stream starts: launches beside() adds after it wait only for what the main
+        stream was given before this mark (none without a branch, or where a fork is already open)."""
+        if self.branch is not None and not self.forked:
+            self.launches.append(Launch(FORK, self.branch.fork))
+            self.forked = True
+
     @contextlib.contextmanager
     def beside(self):
-        """Launches added inside run on the branch's stream, beside those the main stream gets after it, until
-        join(); without a branch they run in place, in list order."""
+        """Launches added inside run on the branch's stream (forked here unless fork() already marked an
+        earlier point), beside the main stream's, until join(); without a branch they run in place, in list
+        order."""
         if self.branch is None:
             yield
             return
-        self.launches.append(Launch(FORK, self.branch.fork))
-        self.side = self.forked = True
+        self.fork()
+        self.side = True
         try:
             yield
         finally:
@@ -212,9 +220,14 @@ class _Builder:
         normed = b.normed[:t]
         qkvz = b.lin_qkvz[:t]
         mixed, z = qkvz[:, : p.linear_conv_dim], qkvz[:, p.linear_conv_dim :]  # rows spaced wider: the ops take it
+        # b beside the merged GEMM and a (N=32: 64 small, latency-bound blocks each), issued after the GEMM: b
+        # takes the SMs the GEMM's last tiles leave idle, then runs beside a, not one after the other behind it
+        self.fork()
         self.dense("in_proj_qkvz", normed, lw.in_proj_qkvz, qkvz)
-        self.dense("in_proj_b", normed, lw.in_proj_b, b.lin_b[:t])
+        with self.beside():
+            self.dense("in_proj_b", normed, lw.in_proj_b, b.lin_b[:t])
         self.dense("in_proj_a", normed, lw.in_proj_a, b.lin_a[:t])
+        self.join()
         q, k, v, g, beta = b.lin_q[:t], b.lin_k[:t], b.lin_v[:t], b.lin_g[:t], b.lin_beta[:t]
         self.add("conv1d", ops.prepare(ops.conv_prep, mixed, lw.conv, b.conv_state[slot], b.lin_a[:t], b.lin_b[:t],
                                        lw.a_log, lw.dt_bias, q, k, v, g, beta, L2_EPS))  # fmt: skip
