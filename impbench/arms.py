@@ -18,8 +18,9 @@ SPEC is `key=value` pairs separated by commas, e.g. `mode=graph,guard=permissive
   second built on the first's weights (impbench.measure.row_engines).
 - overlap: `on` (the default) runs the branch beside the routed experts, Qwen3.6's shared expert or
   Gemma-4's dense MLP, on a second stream from the norm they share to the combine that sums them, as vLLM
-  overlaps its shared experts; `off` runs it in line on the one stream. No effect on models without such a
-  branch (Qwen3-MoE). Shown in the label only where a SPEC sets it.
+  overlaps its shared experts, and Qwen3.6's in_proj_b beside its merged in_proj_qkvz GEMM and in_proj_a;
+  `off` runs them in line on the one stream. No effect on models without such a branch (Qwen3-MoE). Shown
+  in the label only where a SPEC sets it.
 - delay_us: a planted slowdown, for testing a CI gate only: a kernel that waits this many µs after
   every layer (kernels_cu/bench.cu bench_delay), eager and captured alike. 0 (the default) adds none.
 
