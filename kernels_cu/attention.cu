@@ -684,9 +684,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     if (dynamic_smem_bytes() < (unsigned)G::SMEM_BYTES) __trap();  // wrapper and kernel disagree
-    // The 128-byte swizzle is a function of address bits 4-9: tile bases must be 1024-byte aligned.
-    const unsigned raw_addr = smem_u32(smem_raw);
-    unsigned char *smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+    unsigned char *smem = align1024(smem_raw);
     unsigned char *sQ = smem;
     unsigned char *sKV = smem + G::Q_BYTES;  // stage s: K at s * 2 * KV_BYTES, V right after it
     const unsigned sQ_addr = smem_u32(sQ), sKV_addr = smem_u32(sKV);
@@ -904,9 +902,8 @@ __device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, cons
     // empty V 12 + 2g + s. The empty barriers of half g that count are those of the CTA that loads it.
     __shared__ __align__(8) unsigned long long bars[16];
     if (dynamic_smem_bytes() < (unsigned)G::SMEM_BYTES) __trap();  // wrapper and kernel disagree
-    // Same offset in both CTAs of a cluster (same kernel, same static shared memory): multicast needs it.
     const unsigned raw_addr = smem_u32(smem_raw);
-    unsigned char *smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+    unsigned char *smem = smem_raw + (align1024(raw_addr) - raw_addr);
 
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, t = tid & 127, wq = t >> 5;
     unsigned char *sQ = smem + wg * G::WG_BYTES;  // this warpgroup's region: Q, K slots, V slots, partial S
@@ -1134,8 +1131,7 @@ __device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const T
     // full K s, full V s, empty K s, empty V s
     __shared__ __align__(8) unsigned long long bars[2 * (G::K_SLOTS + G::V_SLOTS)];
     if (dynamic_smem_bytes() < (unsigned)G::SMEM_BYTES) __trap();  // wrapper and kernel disagree
-    const unsigned raw_addr = smem_u32(smem_raw);
-    unsigned char *sQ = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+    unsigned char *sQ = align1024(smem_raw);
     const unsigned sQ_addr = smem_u32(sQ), sK_addr = sQ_addr + G::Q_BYTES, sV_addr = sK_addr + KS * G::KV_BYTES;
     const unsigned bar0 = smem_u32(&bars[0]);
     auto full_k = [&](int s) { return bar0 + 8 * s; };

@@ -518,9 +518,7 @@ __device__ __forceinline__ void gemm_wgmma_body(const half_t *__restrict__ A, co
     using Cfg = WgConfig<BM, BN, STAGES>;
     constexpr int BK = Cfg::BK, P = Cfg::PREFETCH;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    // 128-byte swizzle is a function of address bits 4-9: stage bases must be 1024-byte aligned.
-    const unsigned raw_addr = smem_u32(smem_raw);
-    half_t *smem = reinterpret_cast<half_t *>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));
+    half_t *smem = reinterpret_cast<half_t *>(align1024(smem_raw));
     half_t *sA = smem;
     half_t *sW = smem + STAGES * Cfg::A_STAGE;
 
@@ -649,8 +647,7 @@ __device__ __forceinline__ void gemm_wgmma_ws_body(const half_t *__restrict__ A,
     constexpr int BM = Cfg::BM, BK = Cfg::BK;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     __shared__ __align__(8) unsigned long long bars[2 * STAGES + 2];  // full[s], empty[s], staged, drained
-    const unsigned raw_addr = smem_u32(smem_raw);
-    half_t *smem = reinterpret_cast<half_t *>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));
+    half_t *smem = reinterpret_cast<half_t *>(align1024(smem_raw));
     half_t *sA = smem;
     half_t *sW = smem + STAGES * Cfg::A_STAGE;
     const unsigned full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[STAGES]);
@@ -774,10 +771,7 @@ __device__ __forceinline__ void gemm_tma_body(const TmaMap &map_a, const TmaMap 
     constexpr int BM = Cfg::BM, BK = Cfg::BK;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     __shared__ __align__(8) unsigned long long bars[2 * STAGES + 2];  // full[s], empty[s], staged, drained
-    // 128-byte swizzle is a function of address bits 4-9: stage bases must be 1024-byte aligned.
-    // The offset is the same in every CTA of a cluster, which multicast relies on.
-    const unsigned raw_addr = smem_u32(smem_raw);
-    const unsigned sA = (raw_addr + 1023u) & ~1023u;
+    const unsigned sA = align1024(smem_u32(smem_raw));
     const unsigned sW = sA + STAGES * Cfg::A_BYTES;
     const unsigned full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[STAGES]);
     const unsigned staged = smem_u32(&bars[2 * STAGES]), drained = staged + 8;  // STORE_WARPS hand-over
@@ -1160,7 +1154,7 @@ __device__ __forceinline__ void gemm_tsk_body(const TmaMap &map_a, const TmaMap 
     constexpr int BM = Cfg::BM, BK = Cfg::BK, JR = Cfg::JR;
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     __shared__ __align__(8) unsigned long long bars[STAGES + 1];  // full[s], then the reduction's
-    const unsigned sA = (smem_u32(smem_raw) + 1023u) & ~1023u;  // 128-byte swizzle: 1024-byte aligned stages
+    const unsigned sA = align1024(smem_u32(smem_raw));
     const unsigned sW = sA + STAGES * Cfg::A_BYTES;
     const unsigned sR = sW + STAGES * Cfg::W_BYTES;  // receive buffer [S-1 senders][JR][THREADS] x 16 bytes
     const unsigned full0 = smem_u32(&bars[0]), red_bar = smem_u32(&bars[STAGES]);

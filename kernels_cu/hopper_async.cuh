@@ -12,6 +12,15 @@ struct __align__(64) TmaMap {
     unsigned long long bits[16];
 };
 
+// The 128-byte swizzle (TMA boxes, wgmma descriptors) is a function of address bits 4-9, so tile bases
+// must be 1024-byte aligned; the dynamic shared memory is rounded up to that. The offset is the same in
+// every CTA of a kernel (same static shared memory), which cluster multicast and split-K rely on.
+__device__ __forceinline__ unsigned align1024(unsigned addr) { return (addr + 1023u) & ~1023u; }
+__device__ __forceinline__ unsigned char *align1024(unsigned char *smem_raw) {
+    const unsigned addr = smem_u32(smem_raw);
+    return smem_raw + (align1024(addr) - addr);
+}
+
 __device__ __forceinline__ void mbar_init(unsigned addr, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
 }

@@ -415,10 +415,8 @@ __device__ __forceinline__ void gemm_body(const TmaMap &map_a, const TmaMap &map
                                           const float *scale2, half_t *out, int M, int N, int K) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     __shared__ __align__(8) unsigned long long bars[2 * STAGES];  // full[s], empty[s]
-    // 128-byte swizzle is a function of address bits 4-9: the stages start 1024-byte aligned, at the same
-    // offset in every block (split-K reads its partners' partials at its own addresses).
     const unsigned raw = smem_u32(smem_raw);
-    const unsigned s_base = (raw + 1023u) & ~1023u;
+    const unsigned s_base = align1024(raw);
     const unsigned full0 = smem_u32(&bars[0]), empty0 = full0 + 8 * STAGES;
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; ++s) {
