@@ -15,8 +15,9 @@
 # rung4 (impbench run, gemma-4 pp 2048 eager, profile), sweepg4 (scenarios/sweeps/gemma-4.toml), ncu (Nsight
 # Compute on the first NCU_COUNT launches of kernels matching NCU_KERNEL, a regex, while `impbench $NCU_ARGS`
 # runs; the clocks are left alone: --clock-control none).
-# BEFORE=<folder>: a checkout of another commit; the benchmark stages run there too, on the same
-# machine and in the same call, so before and after compare like for like (AFTER=0: there only).
+# BEFORE=<folder>: a checkout of another commit; the benchmark stages (gemm, moe, ops, run, run36) run
+# there too, on the same machine and in the same call, so before and after compare like for like
+# (AFTER=0: there only).
 # Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
 # holds the table printed last.
 set -uo pipefail
@@ -61,6 +62,11 @@ bench() {
     timeout 300 $impbench run --model qwen3-coder --pp 1024 --mode graph --guard small-n --reps 10 --profile \
       > "$log/run.md" 2> "$log/run.err"
     echo "$tag run rc=$? $(grep -m1 -E 'qwen3-coder.*(tok/s|of )|^- median' "$log/run.md")" >> "$summary"
+  fi
+  if has run36; then
+    timeout 300 $impbench run --model qwen3.6 --pp 1024 --mode graph --guard small-n --reps 10 --profile \
+      > "$log/run_qwen3.6.md" 2> "$log/run_qwen3.6.err"
+    echo "$tag run qwen3.6 rc=$? $(grep -m1 -E 'qwen3.6.*(tok/s|of )|^- median' "$log/run_qwen3.6.md")" >> "$summary"
   fi
   popd > /dev/null
 }
@@ -107,11 +113,6 @@ fi
 if has gemm36; then
   timeout 240 python3 -m impbench gemm --model qwen3.6 --reps 50 --out "$WORK/gemm_qwen3.6.md" > "$WORK/gemm36.log" 2>&1
   echo "gemm qwen3.6 rc=$? $(grep -h 'geomean' "$WORK/gemm_qwen3.6.md" 2>/dev/null)" >> "$summary"
-fi
-if has run36; then
-  timeout 300 python3 -m impbench run --model qwen3.6 --pp 1024 --mode graph --guard small-n --reps 10 --profile \
-    > "$WORK/run_qwen3.6.md" 2> "$WORK/run_qwen3.6.err"
-  echo "run qwen3.6 rc=$? $(grep -m1 -E 'qwen3.6.*(tok/s|of )|^- median' "$WORK/run_qwen3.6.md")" >> "$summary"
 fi
 if has sweep36; then
   timeout ${SWEEP36_TIMEOUT:-500} python3 -m impbench sweep qwen3.6 --out "$WORK/ab_qwen3.6.json" \
