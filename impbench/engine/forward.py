@@ -211,9 +211,9 @@ class _Builder:
         self.dense("o_proj", attn, a.wo, b.attn_proj[:t])
 
     def linear_attention(self, layer, slot: int) -> None:
-        """Gated DeltaNet: three projections (q, k, v and z merged), the causal conv with its carried state (+ SiLU, q/k L2 norm,
-        decay and write strength), the chunked gated delta rule with its carried state, the gated norm,
-        the output projection."""
+        """Gated DeltaNet: three projections (q, k, v and z merged; b; a), the causal conv with its carried
+        state (+ SiLU, q/k L2 norm, decay and write strength), the chunked gated delta rule with its carried
+        state, the gated norm, the output projection."""
         from impbench.kernels import gated_delta, ops
 
         p, b, t, lw = self.p, self.b, self.t, layer.linear
