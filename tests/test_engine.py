@@ -143,28 +143,33 @@ def test_eager_and_graph_logits_are_bit_identical(model, guard, nvfp4_attention)
 
 
 @pytest.mark.gpu
-def test_the_branch_beside_the_experts_forks_after_its_norm_and_joins_before_the_combine():
-    """Qwen3.6's shared expert and Gemma-4's dense MLP are the only side launches; each fork is joined
-    before the combine that reads the branch's output; without overlap there is no mark and no side launch."""
+def test_the_side_branches_fork_after_their_input_and_join_before_their_reader():
+    """Qwen3.6's shared expert and in_proj_b, and Gemma-4's dense MLP, are the only side launches. The
+    experts' branch forks after its norm and is joined before the combine; Qwen3.6's in_proj_b forks before
+    the merged in_proj_qkvz GEMM (after the layer's input norm) and is joined before the conv reads b. Without
+    overlap there is no mark and no side launch."""
     from impbench.engine.forward import FORK, JOIN
 
     prompt_tokens, chunk = 64, 32
-    for model, branch in (("tiny-qwen3.6", {"shared_gate_up", "shared_act", "shared_down", "shared_expert_gate"}),
+    for model, branch in (("tiny-qwen3.6", {"shared_gate_up", "shared_act", "shared_down", "shared_expert_gate",
+                                            "in_proj_b"}),
                           ("tiny-gemma4", {"mlp_gate_up", "mlp_act", "mlp_down"}), ("tiny", set())):  # fmt: skip
         engine = _engine(prompt_tokens, chunk, model=model)
         launches = engine.launch_list(chunk, last=True, guard="small-n").launches
         assert {launch.op for launch in launches if launch.side} == branch
         ops = [launch.op for launch in launches]
-        assert ops.count(FORK) == ops.count(JOIN) == (engine.preset.num_layers if branch else 0)
+        linear = engine.preset.layer_types.count("linear")
+        assert ops.count(FORK) == ops.count(JOIN) == ((engine.preset.num_layers + linear) if branch else 0)
         open_fork = False
-        for launch in launches:
+        for i, launch in enumerate(launches):
             if launch.op == FORK:
-                assert not open_fork and ops[ops.index(launch.op) - 1] == "ffn_norm"
+                assert not open_fork
+                assert ops[i - 1] == "ffn_norm" or (ops[i - 1].endswith("attn_norm") and ops[i + 1] == "in_proj_qkvz")
                 open_fork = True
             elif launch.op == JOIN:
                 open_fork = False
-            elif launch.op.startswith("combine"):
-                assert not open_fork, "a combine reads the branch before its join"
+            elif launch.op.startswith("combine") or launch.op == "conv1d":
+                assert not open_fork, f"{launch.op} reads the branch before its join"
             assert launch.side == (open_fork and launch.op in branch)
         serial = engine.launch_list(chunk, last=True, guard="small-n", overlap=False).launches
         assert not any(launch.side or launch.op in (FORK, JOIN) for launch in serial)
