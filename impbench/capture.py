@@ -57,6 +57,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _rejoin_side_stream(engine) -> None:
+    """A launch that fails between a fork and its join (under tight, Qwen3.6's first declined GEMM is in
+    one: cuBLAS refused under capture) leaves the side stream in the capture, forked and never joined:
+    join it, so that end_capture closes the capture for both streams and the chunk can run eager."""
+    branch = getattr(engine, "branch", None)
+    if branch is None:
+        return
+    try:
+        if branch.stream.is_capturing():
+            branch.join()
+    except Exception:  # an invalidated capture: end_capture reports it
+        pass
+
+
 class ChunkGraph:
     """A captured (or failed) graph of one chunk of `length` tokens under one GEMM guard."""
 
@@ -89,6 +103,8 @@ class ChunkGraph:
             failure = (f"allocate {exc.buffer_name}", _one_line(exc.cause))
         except Exception as exc:  # cuBLAS under capture, a bad launch, anything: record and fall back
             failure = (engine.current_op, _one_line(exc))
+        if failure is not None:
+            _rejoin_side_stream(engine)
         graph = None
         try:
             graph = stream.end_capture()

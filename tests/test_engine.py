@@ -209,6 +209,23 @@ def test_capture_declined_gemm_falls_back_naming_the_op():
 
 
 @pytest.mark.gpu
+def test_a_capture_failing_inside_a_fork_falls_back_and_runs_eager_on_both_streams():
+    # tiny-qwen3.6 under tight: its first declined GEMM (cuBLAS) comes after the fork that puts in_proj_b on
+    # the side stream, so the failed capture must still close both streams; the eager chunks that follow run
+    # on them and give the eager arm's logits.
+    prompt_tokens, chunk = 64, 32
+    engine = _engine(prompt_tokens, chunk, model="tiny-qwen3.6")
+    stats = engine.prefill(prompt_tokens, chunk, mode="graph", guard="tight")
+    status = engine.capture_status(chunk, "tight")
+    assert not status.captured and status.op in ("in_proj_qkvz", "in_proj_b"), status.label()
+    assert stats.graph_replays == 0
+    assert not engine.branch.stream.is_capturing() and not engine.stream.is_capturing()
+    graph_logits = engine.logits()
+    engine.prefill(prompt_tokens, chunk, mode="eager", guard="tight")
+    np.testing.assert_array_equal(graph_logits, engine.logits())
+
+
+@pytest.mark.gpu
 def test_no_prewarm_capture_fails_on_allocation_and_runs_eager():
     prompt_tokens, chunk = 64, 32
     engine = _engine(prompt_tokens, chunk, prewarm=False)
