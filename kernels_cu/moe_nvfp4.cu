@@ -532,8 +532,8 @@ __device__ __forceinline__ void tile_wg(const Ctx &cx) {
     constexpr int WORDS = NTA <= 6 ? 4 : 2;    // code words loaded at once (registers: 2 blocks per SM)
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const unsigned raw = smem_u32(smem_raw);
-    unsigned char *smem = smem_raw + (align1024(raw) - raw);
-    const unsigned s_base = raw + (unsigned)(smem - smem_raw);
+    const unsigned s_base = align1024(raw);
+    unsigned char *smem = smem_raw + (s_base - raw);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const Tile tile = cx.tile;
     const int n0 = cx.n0, k = cx.k, kb = cx.kb, n_out = cx.n_out;
