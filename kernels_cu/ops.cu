@@ -823,8 +823,9 @@ QKV_POST_WIDE_BOTH(32, 8)
 #undef QKV_POST_WIDE
 
 // conv_prep_k4: see conv_prep_impl. Grid (ceil(C / 8 / blockDim), ceil(T / CONV_TOKENS)); blockDim a
-// multiple of 32, at most 128.
-__global__ void __launch_bounds__(128) conv_prep_k4(
+// multiple of 32, at most 128. Four blocks a SM, so at most 128 registers: at 130 (allocated as 136) only
+// three fit, and Qwen3.6's 512 blocks at T 512 took 1.3 waves of 132 SMs instead of one.
+__global__ void __launch_bounds__(128, 4) conv_prep_k4(
     const half_t *__restrict__ mixed, int mixed_stride, const half_t *__restrict__ conv_w,
     const half_t *__restrict__ conv_state, const half_t *__restrict__ a, int a_stride, const half_t *__restrict__ b,
     int b_stride, const float *__restrict__ a_log, const float *__restrict__ dt_bias, half_t *__restrict__ q,

@@ -4,18 +4,18 @@
 #
 #   STAGES="tests gemm moe ops run" bash scripts/device_check.sh
 #
-# Stages (any of): tests (pytest -m gpu), gemm (impbench gemm), moe (impbench moe, qwen3-coder, pp 512),
-# ops (impbench ops), run (impbench run, qwen3-coder pp 1024 graph/small-n), ab (the A/A check:
-# eager against eager at pp 512,1024,2048, 10 reps), gate (the CI gate end to end: qwen3-coder, two copies of
-# the graph arm, then one with a planted 200 us per layer; the first must pass, the second fail with
-# exit 1), sweep (scenarios/sweeps/ci.toml), gdn (impbench gdn against flash-linear-attention, whose wheels
-# travel in .whl: carry it), attn (impbench attn, Gemma-4's attention kernels against PyTorch SDPA), gemm36
-# (impbench gemm on Qwen3.6's shapes), run36 (impbench run, qwen3.6 pp 1024 graph/small-n, profile), sweep36
-# (scenarios/sweeps/qwen3.6.toml: pp 512,1024,2048, eager against graph with the seed, tight and small-n guards),
-# rung4 (impbench run, gemma-4 pp 2048 eager, profile), sweepg4 (scenarios/sweeps/gemma-4.toml), ncu (Nsight
-# Compute on the first NCU_COUNT launches of kernels matching NCU_KERNEL, a regex, while `impbench $NCU_ARGS`
-# runs; the clocks are left alone: --clock-control none).
-# BEFORE=<folder>: a checkout of another commit; the benchmark stages (gemm, moe, ops, run, run36) run
+# Stages (any of): tests (pytest -m gpu), gemm (impbench gemm), moe (impbench moe, qwen3-coder, pp 512), ops
+# (impbench ops), ops36 (impbench ops at Qwen3.6's shapes, T 512), run (impbench run, qwen3-coder pp 1024
+# graph/small-n), ab (the A/A check: eager against eager at pp 512,1024,2048, 10 reps), gate (the CI gate end
+# to end: qwen3-coder, two copies of the graph arm, then one with a planted 200 us per layer; the first must
+# pass, the second fail with exit 1), sweep (scenarios/sweeps/ci.toml), gdn (impbench gdn against
+# flash-linear-attention, whose wheels travel in .whl: carry it), attn (impbench attn, Gemma-4's attention
+# kernels against PyTorch SDPA), gemm36 (impbench gemm on Qwen3.6's shapes), run36 (impbench run, qwen3.6 pp
+# 1024 graph/small-n, profile), sweep36 (scenarios/sweeps/qwen3.6.toml: pp 512,1024,2048, eager against graph
+# with the seed, tight and small-n guards), rung4 (impbench run, gemma-4 pp 2048 eager, profile), sweepg4
+# (scenarios/sweeps/gemma-4.toml), ncu (Nsight Compute on the first NCU_COUNT launches of kernels matching
+# NCU_KERNEL, a regex, while `impbench $NCU_ARGS` runs; the clocks are left alone: --clock-control none).
+# BEFORE=<folder>: a checkout of another commit; the benchmark stages (gemm, moe, ops, ops36, run, run36) run
 # there too, on the same machine and in the same call, so before and after compare like for like
 # (AFTER=0: there only).
 # Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
@@ -57,6 +57,11 @@ bench() {
   if has ops; then
     timeout 300 $impbench ops --model qwen3-coder --pp 512,2048 --out "$log/ops.md" > "$log/ops.log" 2>&1
     echo "$tag ops rc=$?" >> "$summary"
+  fi
+  if has ops36; then
+    timeout 200 $impbench ops --model qwen3.6 --pp 512 --out "$log/ops_qwen3.6.md" > "$log/ops36.log" 2>&1
+    echo "$tag ops qwen3.6 rc=$?" >> "$summary"
+    grep -hE "^\| (conv_prep|gated_rmsnorm|conv_state)" "$log/ops_qwen3.6.md" 2>/dev/null | sed "s/^/$tag   /" >> "$summary"
   fi
   if has run; then
     timeout 300 $impbench run --model qwen3-coder --pp 1024 --mode graph --guard small-n --reps 10 --profile \
