@@ -121,10 +121,10 @@ def _qkv_post(g: Geometry, t: int, form: str = "auto", steps: int = 4) -> Case:
                 4 * t * cols)  # fmt: skip
 
 
-def _qkvz_mixed(g: Geometry, t: int):
-    """The conv's input as the engine holds it: the first conv_channels columns of the merged in_proj_qkvz
-    output, rows conv_channels + Hv dv apart."""
-    return _f16((t, g.conv_channels + g.linear_value_heads * g.linear_value_dim))[:, : g.conv_channels]
+def _qkvz_output(g: Geometry, t: int):
+    """The merged in_proj_qkvz output as the engine holds it: the conv's input in the first conv_channels
+    columns, z after them; the ops read column slices of it (rows conv_channels + Hv dv apart)."""
+    return _f16((t, g.conv_channels + g.linear_value_heads * g.linear_value_dim))
 
 
 def _conv_prep(g: Geometry, t: int) -> Case:
@@ -136,7 +136,7 @@ def _conv_prep(g: Geometry, t: int) -> Case:
 
     c, hv = g.conv_channels, g.linear_value_heads
     ba = _f16((t, 2 * hv))
-    args = (_qkvz_mixed(g, t), _f16((c, ops.CONV_TAPS), 0.3), _f16((ops.CONV_TAPS - 1, c)), ba[:, hv:], ba[:, :hv],
+    args = (_qkvz_output(g, t)[:, :c], _f16((c, ops.CONV_TAPS), 0.3), _f16((ops.CONV_TAPS - 1, c)), ba[:, hv:], ba[:, :hv],
             cupy.random.uniform(0.0, 2.7, hv, dtype=cupy.float32), cupy.random.standard_normal(hv, dtype=cupy.float32),
             _f16((t, g.linear_key_heads, g.linear_key_dim)), _f16((t, g.linear_key_heads, g.linear_key_dim)),
             _f16((t, hv, g.linear_value_dim)), cupy.empty((t, hv), cupy.float32), cupy.empty((t, hv), cupy.float32), g.eps)  # fmt: skip
@@ -147,7 +147,7 @@ def _conv_state_update(g: Geometry, t: int) -> Case:
     from impbench.kernels import ops
 
     c = g.conv_channels
-    mixed, state = _qkvz_mixed(g, t), _f16((ops.CONV_TAPS - 1, c))
+    mixed, state = _qkvz_output(g, t)[:, :c], _f16((ops.CONV_TAPS - 1, c))
     return Case(ops.prepare(ops.conv_state_update, mixed, state), lambda: ops.conv_state_update(mixed, state),
                 4 * (ops.CONV_TAPS - 1) * c)  # fmt: skip
 
@@ -156,7 +156,7 @@ def _gated_rmsnorm(g: Geometry, t: int) -> Case:
     from impbench.kernels import ops
 
     hv, dv = g.linear_value_heads, g.linear_value_dim
-    z = _f16((t, g.conv_channels + hv * dv))[:, g.conv_channels :]  # z: the last columns of in_proj_qkvz's output
+    z = _qkvz_output(g, t)[:, g.conv_channels :]
     args = (_f16((t, hv, dv)), z, _f16((dv,)), g.eps, _f16((t, hv * dv)))
     return Case(ops.prepare(ops.gated_rmsnorm, *args), lambda: ops.gated_rmsnorm(*args), 6 * t * hv * dv)
 

@@ -63,9 +63,7 @@ class LinearAttentionWeights:
 
     # in_proj_qkv and in_proj_z are the two row blocks of one matrix, so the engine runs them as one GEMM
     # (one launch, one pass over x, fewer ragged tiles) as vLLM merges them; b and a stay apart (N=32 each)
-    in_proj_qkvz: object  # fp16 [2 Hk dk + 2 Hv dv, H]: in_proj_qkv's rows, then in_proj_z's
-    in_proj_qkv: object  # fp16 [2 Hk dk + Hv dv, H]: q, k, v channels (a view of in_proj_qkvz)
-    in_proj_z: object  # fp16 [Hv dv, H] (a view of in_proj_qkvz)
+    in_proj_qkvz: object  # fp16 [2 Hk dk + 2 Hv dv, H]: in_proj_qkv's rows (q, k, v channels), then in_proj_z's
     in_proj_b: object  # fp16 [Hv, H]
     in_proj_a: object  # fp16 [Hv, H]
     conv: object  # fp16 [channels, K]
@@ -178,8 +176,6 @@ def _linear_attention(rng, p) -> LinearAttentionWeights:
     qkvz = cupy.concatenate([_normal_fp16(rng, (conv, h), LINEAR_STD), _normal_fp16(rng, (hv * dv, h), LINEAR_STD)])
     return LinearAttentionWeights(
         in_proj_qkvz=qkvz,
-        in_proj_qkv=qkvz[:conv],
-        in_proj_z=qkvz[conv:],
         in_proj_b=_normal_fp16(rng, (hv, h), LINEAR_STD),
         in_proj_a=_normal_fp16(rng, (hv, h), LINEAR_STD),
         conv=_normal_fp16(rng, (p.linear_conv_dim, p.linear_conv_kernel), 0.3),
@@ -359,9 +355,10 @@ def reference_weights(weights: ModelWeights, preset) -> dict:
         if layer.attention is not None:
             layer_ref.update(_attention_reference(preset, layer.kind, layer.attention))
         if layer.linear is not None:
-            # in_proj_qkvz is the engine's merge of two of them: the reference reads them apart
-            layer_ref.update({f.name: _host(getattr(layer.linear, f.name)) for f in fields(layer.linear)
-                              if f.name != "in_proj_qkvz"})  # fmt: skip
+            linear = {f.name: _host(getattr(layer.linear, f.name)) for f in fields(layer.linear)}
+            qkvz = linear.pop("in_proj_qkvz")  # the reference reads the checkpoint's two matrices
+            linear.update(in_proj_qkv=qkvz[: preset.linear_conv_dim], in_proj_z=qkvz[preset.linear_conv_dim :])
+            layer_ref.update(linear)
         if layer.shared is not None:
             layer_ref.update(shared_w13=_host(layer.shared.w13), shared_w2=_host(layer.shared.w2))
             if layer.shared.gate is not None:
