@@ -65,6 +65,7 @@
 //    of the output columns, 16-key tiles (97.5 KiB of shared memory, within sm_89's 99 KiB).
 #include "common.cuh"
 #include "hopper_async.cuh"
+#include "wgmma.cuh"
 
 namespace {
 
@@ -412,7 +413,7 @@ struct RingGeometry {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 namespace {
 
-using namespace impasync;  // wgmma fences and groups, fence_proxy_async, fence_regs
+using namespace impasync;  // wgmma forms, fences and groups, fence_proxy_async, fence_regs
 
 // Shared-memory matrix descriptor, 128-byte swizzle. K-major operands (Q, K): 8-row groups 1024 bytes
 // apart (stride byte offset), the leading offset unused. N-major V: the stride byte offset is the
@@ -422,84 +423,17 @@ __device__ __forceinline__ unsigned long long sw128_desc(unsigned addr, unsigned
            ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
 }
 
-#define WG_F8(i)                                                                                             \
-    "+f"(d[OFF + i]), "+f"(d[OFF + i + 1]), "+f"(d[OFF + i + 2]), "+f"(d[OFF + i + 3]), "+f"(d[OFF + i + 4]), \
-        "+f"(d[OFF + i + 5]), "+f"(d[OFF + i + 6]), "+f"(d[OFF + i + 7])
-
-// D(64 x N) += A(64 x 16, registers: the m16n8k16 A fragment of each warp's 16 rows) * B(16 x N,
-// shared memory; TRANS_B = 0: K-major, 1: N-major). FP16 in, FP32 accumulators d[OFF .. OFF + N / 2).
-// accumulate = 0 overwrites d (no instruction outside the wgmma pipeline defines the accumulators).
-template <int TRANS_B, int OFF = 0, int R>
-__device__ __forceinline__ void wgmma_rs_n64(float (&d)[R], const unsigned (&a)[4], unsigned long long db,
-                                             int accumulate = 1) {
-    static_assert(OFF + 32 <= R, "accumulators out of range");
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
-        : WG_F8(0), WG_F8(8), WG_F8(16), WG_F8(24)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TRANS_B), "r"(accumulate));
-}
-
-template <int TRANS_B, int OFF = 0, int R>
-__device__ __forceinline__ void wgmma_rs_n128(float (&d)[R], const unsigned (&a)[4], unsigned long long db) {
-    static_assert(OFF + 64 <= R, "accumulators out of range");
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, 1, 1, 1, %69;\n"
-        : WG_F8(0), WG_F8(8), WG_F8(16), WG_F8(24), WG_F8(32), WG_F8(40), WG_F8(48), WG_F8(56)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TRANS_B));
-}
-
-// D(64 x 32) += A(64 x 16) * B(16 x 32), both K-major in shared memory (partial S of wgtc_d512).
-template <int R>
-__device__ __forceinline__ void wgmma_ss_n32(float (&d)[R], unsigned long long da, unsigned long long db,
-                                             int accumulate = 1) {
-    constexpr int OFF = 0;
-    static_assert(OFF + 16 <= R, "accumulators out of range");
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-        "%16, %17, p, 1, 1, 0, 0;\n}\n"
-        : WG_F8(0), WG_F8(8)
-        : "l"(da), "l"(db), "r"(accumulate));
-}
-
-// D(64 x 64) += A(64 x 16) * B(16 x 64), both K-major in shared memory (S at D = 256).
-template <int R>
-__device__ __forceinline__ void wgmma_ss_n64(float (&d)[R], unsigned long long da, unsigned long long db,
-                                             int accumulate = 1) {
-    constexpr int OFF = 0;
-    static_assert(OFF + 32 <= R, "accumulators out of range");
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 0, 0;\n}\n"
-        : WG_F8(0), WG_F8(8), WG_F8(16), WG_F8(24)
-        : "l"(da), "l"(db), "r"(accumulate));
-}
-#undef WG_F8
-
 // O(64 x D) += P(64 x 16 keys) V(16 keys x D) for one k16 step; v_desc addresses the step's 16 keys.
 template <int D>
 __device__ __forceinline__ void pv_step(float (&o)[D / 2], const unsigned (&p)[4], unsigned long long v_desc,
                                         unsigned block_bytes) {
     if constexpr (D == 64) {
-        wgmma_rs_n64<1>(o, p, v_desc);
+        wgmma_rs<64, 1>(o, p, v_desc);
     } else if constexpr (D == 128) {
-        wgmma_rs_n128<1>(o, p, v_desc);
+        wgmma_rs<128, 1>(o, p, v_desc);
     } else {  // D = 256: two N = 128 halves, column blocks 0-1 and 2-3
-        wgmma_rs_n128<1, 0>(o, p, v_desc);
-        wgmma_rs_n128<1, 64>(o, p, v_desc + ((2 * block_bytes) >> 4));
+        wgmma_rs<128, 1>(o, p, v_desc);
+        wgmma_rs<128, 1>(o + 64, p, v_desc + ((2 * block_bytes) >> 4));
     }
 }
 
@@ -776,7 +710,7 @@ __device__ __forceinline__ void attention_wg_body(const half_t *__restrict__ q, 
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks)
-            wgmma_rs_n64<0>(s, qf[ks], sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
+            wgmma_rs<64>(s, qf[ks], sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
         wgmma_commit();
     };
 
@@ -1001,7 +935,7 @@ __device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, cons
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < DH / 16; ++ks)  // k16 step ks: column block ks / 4, 32 bytes in per step
-            wgmma_ss_n32(s, sw128_desc(sQ_addr + (ks >> 2) * Q_BLOCK + (ks & 3) * 32, 16),
+            wgmma_ss<32>(s, sw128_desc(sQ_addr + (ks >> 2) * Q_BLOCK + (ks & 3) * 32, 16),
                          sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
         wgmma_commit();
     };
@@ -1199,7 +1133,7 @@ __device__ __forceinline__ void attention_ring_body(const TmaMap &map_k, const T
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks)
-            wgmma_ss_n64(s, sw128_desc(sQ_addr + (ks >> 2) * Q_BLOCK + wg * 64 * 128 + (ks & 3) * 32, 16),
+            wgmma_ss<64>(s, sw128_desc(sQ_addr + (ks >> 2) * Q_BLOCK + wg * 64 * 128 + (ks & 3) * 32, 16),
                          sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
         wgmma_commit();
     };
