@@ -266,6 +266,17 @@ __device__ __forceinline__ void gemm_mma_body(const half_t *__restrict__ A, cons
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define IMPGEMM_HAS_WGMMA 1
 
+// Store a warpgroup's m64nBN accumulators: per n8 block j, d[4j..4j+1] at (row, col + 8j), d[4j+2..4j+3]
+// eight rows below; row / col are this thread's first (lane / 4 and 2 (lane % 4) into the warp's 16 rows).
+template <int BN>
+__device__ __forceinline__ void store_wg_tile(half_t *__restrict__ C, int M, int N, int row, int col,
+                                              const float (&acc)[BN / 2]) {
+    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j)
+        store_frag(C, M, N, vec, row, col + j * 8, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
+}
+
 template <int BM, int BN, int STAGES>
 struct WgConfig {
     static constexpr int BK = 64;  // one 128-byte swizzle row of halves
@@ -336,14 +347,7 @@ __device__ __forceinline__ void gemm_wgmma_body(const half_t *__restrict__ A, co
     wgmma_wait<0>();
     fence_regs(acc);
 
-    // Accumulator layout of m64nBN: per n8 block j, d[4j..4j+1] at row lane/4, d[4j+2..4j+3] at +8.
-    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
-    const int row = m0 + wg * 64 + warp_in_wg * 16 + (lane >> 2);
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-        const int col = n0 + j * 8 + (lane & 3) * 2;
-        store_frag(C, M, N, vec, row, col, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    store_wg_tile<BN>(C, M, N, m0 + wg * 64 + warp_in_wg * 16 + (lane >> 2), n0 + (lane & 3) * 2, acc);
 }
 
 // ---- warp-specialised variant: one producer warpgroup, two consumer warpgroups ----------------
@@ -352,10 +356,6 @@ __device__ __forceinline__ void gemm_wgmma_body(const half_t *__restrict__ A, co
 // wgmma on 64 rows x BN each, and release the stage through its `empty` mbarrier once the wgmma
 // batch that read it has completed. No __syncthreads in the K loop: the tensor cores are never
 // left idle behind a block-wide barrier or the address arithmetic of the loads.
-template <int N>
-__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
-template <int N>
-__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 
 template <int BN, int STAGES>
 struct WsConfig {
@@ -396,13 +396,7 @@ __device__ __forceinline__ void ws_consumer(unsigned sA_addr, unsigned sW_addr, 
     }
     wgmma_wait<0>();
     fence_regs(acc);
-    const bool vec = (N % 2 == 0) && ((reinterpret_cast<size_t>(C) & 3) == 0);
-    const int row = m0 + c * 64 + warp_in_wg * 16 + (lane >> 2);
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-        const int col = n0 + j * 8 + (lane & 3) * 2;
-        store_frag(C, M, N, vec, row, col, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    store_wg_tile<BN>(C, M, N, m0 + c * 64 + warp_in_wg * 16 + (lane >> 2), n0 + (lane & 3) * 2, acc);
 }
 
 template <int BN, int STAGES>

@@ -1,6 +1,7 @@
-// Hopper (sm_90) asynchronous primitives shared by gemm_fp16.cu, moe_nvfp4.cu, nvfp4_gemm.cu and attention.cu:
-// mbarriers in shared memory, TMA 2D tile loads that complete on them, the wgmma fences, groups
-// and shared-memory descriptor, named barriers and cluster primitives. Only instantiated inside the sm_90a code paths of those files;
+// Hopper (sm_90) asynchronous primitives shared by gemm_fp16.cu, moe_nvfp4.cu, nvfp4_gemm.cu and
+// attention.cu: mbarriers in shared memory, TMA 2D tile loads that complete on them, the wgmma fences,
+// groups and shared-memory descriptor, setmaxnreg, named barriers and cluster primitives (the wgmma
+// instruction forms: wgmma.cuh). Only instantiated inside the sm_90a code paths of those files;
 // elsewhere nothing here is emitted.
 #pragma once
 
@@ -130,6 +131,13 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
     d |= (unsigned long long)1 << 62;                  // 128-byte swizzle
     return d;
 }
+
+// Warp specialization: a producer warpgroup gives registers back (dec) so the consumers can take them (inc);
+// N is the new per-thread count, a multiple of 8 in [24, 256].
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 
 // Named barrier `id` over `threads` threads (whole warps): a subset of the block waits for itself only.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
