@@ -520,6 +520,23 @@ __device__ __forceinline__ float group_sum(float v, int lanes) {
 constexpr int CONV_TAPS = 4;    // the conv width the kernels are built for (Qwen3.5/3.6: linear_conv_kernel 4)
 constexpr int CONV_TOKENS = 8;  // tokens per thread of conv_prep
 
+// conv_state <- the last K - 1 rows of concat(conv_state, mixed), for one 16-byte column chunk. All K - 1
+// source rows are read before any is written, so the in-place shift of a chunk shorter than K - 1 tokens
+// (it reads state rows it also writes) is right.
+template <int K>
+__device__ __forceinline__ void conv_state_carry(const half_t *__restrict__ mixed, int mixed_stride, half_t *conv_state,
+                                                 int tokens, int channels, int chunk) {
+    u32x4 rows[K - 1];
+#pragma unroll
+    for (int r = 0; r < K - 1; ++r) {
+        const int p = tokens + r;  // row of concat(conv_state, mixed)
+        rows[r] = p < K - 1 ? ld16(conv_state + (size_t)p * channels + chunk * 8)
+                            : ld16_nc(mixed + (size_t)(p - (K - 1)) * mixed_stride + chunk * 8);
+    }
+#pragma unroll
+    for (int r = 0; r < K - 1; ++r) *reinterpret_cast<u32x4 *>(conv_state + (size_t)r * channels + chunk * 8) = rows[r];
+}
+
 // The linear layer's prologue, one launch: causal depthwise conv (K taps, no bias) over the raw
 // in_proj_qkv output with the K - 1 rows of the previous chunk in front, SiLU, then per head
 // q = l2norm / sqrt(dk), k = l2norm, v as is; and g = -exp(A_log) softplus(a + dt_bias), beta =
@@ -529,9 +546,13 @@ constexpr int CONV_TOKENS = 8;  // tokens per thread of conv_prep
 // dk = 8 * 2^n <= 256 channels is an aligned group of dk / 8 lanes and its l2 norm is one group_sum;
 // the q | k | v boundaries are multiples of dk, so each group is all q, all k or all v. Grid:
 // (chunks / blockDim, ceil(T / TT)); the g/beta pairs of a token tile are spread over its blocks.
+// The thread of token tile 0 and a chunk also carries the state: having read the chunk's K - 1 state rows
+// (before any write), it ends by writing there the last K - 1 rows of concat(conv_state, mixed). It is the
+// only thread that reads or writes those 16 bytes of the state (later tiles start past the state's rows), so
+// no other launch and no double buffer is needed; the state is read coherently, as the kernel writes it.
 template <int K, int TT>
 __device__ __forceinline__ void conv_prep_impl(const half_t *__restrict__ mixed, int mixed_stride,
-                                               const half_t *__restrict__ conv_w, const half_t *__restrict__ conv_state,
+                                               const half_t *__restrict__ conv_w, half_t *conv_state,
                                                const half_t *__restrict__ a, int a_stride, const half_t *__restrict__ b,
                                                int b_stride, const float *__restrict__ a_log,
                                                const float *__restrict__ dt_bias, half_t *__restrict__ q,
@@ -550,8 +571,8 @@ __device__ __forceinline__ void conv_prep_impl(const half_t *__restrict__ mixed,
         const int p = t0 + i;
         raw[i] = u32x4{0u, 0u, 0u, 0u};
         if (live && p < tokens + K - 1)
-            raw[i] = ld16_nc(p < K - 1 ? conv_state + (size_t)p * channels + chunk * 8
-                                       : mixed + (size_t)(p - (K - 1)) * mixed_stride + chunk * 8);
+            raw[i] = p < K - 1 ? ld16(conv_state + (size_t)p * channels + chunk * 8)
+                               : ld16_nc(mixed + (size_t)(p - (K - 1)) * mixed_stride + chunk * 8);
     }
     u32x4 w_raw[K];  // channel e, tap j at half e * K + j
 #pragma unroll
@@ -601,25 +622,7 @@ __device__ __forceinline__ void conv_prep_impl(const half_t *__restrict__ mixed,
         for (int e = 0; e < 8; ++e) y[e] *= scale;
         if (live && i < tile_tokens) *reinterpret_cast<u32x4 *>(dst + (size_t)(t0 + i) * dst_stride) = pack8(y);
     }
-}
-
-// conv_state <- the last K - 1 rows of concat(conv_state, mixed). One thread per 16-byte column chunk
-// reads all K - 1 source rows before writing any, so an in-place shift (T < K - 1 reads state rows
-// that it also writes) never reads a row another thread already overwrote.
-template <int K>
-__device__ __forceinline__ void conv_state_update_impl(const half_t *__restrict__ mixed, int mixed_stride,
-                                                       half_t *conv_state, int tokens, int channels) {
-    const int chunk = blockIdx.x * blockDim.x + threadIdx.x;
-    if (chunk >= (channels >> 3)) return;
-    u32x4 rows[K - 1];
-#pragma unroll
-    for (int r = 0; r < K - 1; ++r) {
-        const int p = tokens + r;  // row of concat(conv_state, mixed)
-        rows[r] = p < K - 1 ? ld16(conv_state + (size_t)p * channels + chunk * 8)
-                            : ld16_nc(mixed + (size_t)(p - (K - 1)) * mixed_stride + chunk * 8);
-    }
-#pragma unroll
-    for (int r = 0; r < K - 1; ++r) *reinterpret_cast<u32x4 *>(conv_state + (size_t)r * channels + chunk * 8) = rows[r];
+    if (live && blockIdx.y == 0) conv_state_carry<K>(mixed, mixed_stride, conv_state, tokens, channels, chunk);
 }
 
 // out = w * rmsnorm(o) * silu(z) per (token, head) of D channels, over a flat [T, H * D] grid of
@@ -826,22 +829,15 @@ QKV_POST_WIDE_BOTH(32, 8)
 // multiple of 32, at most 128. Four blocks a SM, so at most 128 registers: at 130 (allocated as 136) only
 // three fit, and Qwen3.6's 512 blocks at T 512 took 1.3 waves of 132 SMs instead of one.
 __global__ void __launch_bounds__(128, 4) conv_prep_k4(
-    const half_t *__restrict__ mixed, int mixed_stride, const half_t *__restrict__ conv_w,
-    const half_t *__restrict__ conv_state, const half_t *__restrict__ a, int a_stride, const half_t *__restrict__ b,
-    int b_stride, const float *__restrict__ a_log, const float *__restrict__ dt_bias, half_t *__restrict__ q,
-    half_t *__restrict__ k, half_t *__restrict__ v, float *__restrict__ g, float *__restrict__ beta, int tokens,
-    int key_heads, int value_heads, int key_dim, int value_dim, float eps, float q_scale) {
+    const half_t *__restrict__ mixed, int mixed_stride, const half_t *__restrict__ conv_w, half_t *conv_state,
+    const half_t *__restrict__ a, int a_stride, const half_t *__restrict__ b, int b_stride,
+    const float *__restrict__ a_log, const float *__restrict__ dt_bias, half_t *__restrict__ q, half_t *__restrict__ k,
+    half_t *__restrict__ v, float *__restrict__ g, float *__restrict__ beta, int tokens, int key_heads,
+    int value_heads, int key_dim, int value_dim, float eps, float q_scale) {
     pdl_entry();
     conv_prep_impl<CONV_TAPS, CONV_TOKENS>(mixed, mixed_stride, conv_w, conv_state, a, a_stride, b, b_stride, a_log,
                                            dt_bias, q, k, v, g, beta, tokens, key_heads, value_heads, key_dim,
                                            value_dim, eps, q_scale);
-}
-
-// conv_state_update_k4: see conv_state_update_impl. Grid: ceil(C / 8 / blockDim).
-__global__ void conv_state_update_k4(const half_t *__restrict__ mixed, int mixed_stride, half_t *conv_state,
-                                     int tokens, int channels) {
-    pdl_entry();
-    conv_state_update_impl<CONV_TAPS>(mixed, mixed_stride, conv_state, tokens, channels);
 }
 
 // gated_rmsnorm_f16: see gated_rmsnorm_impl. Grid: ceil(T * W / 8 / blockDim).

@@ -167,7 +167,7 @@ def test_qkv_post_ref_splits_columns_q_k_v():
             np.zeros((4, 8), np.float16), np.zeros((4, 8), np.float16), np.zeros(8, np.float16), 1e-6, np.zeros((4, 8), np.float16)
         ),
         lambda: ops.add(np.zeros(8, np.float16), np.zeros(8, np.float16), np.zeros(8, np.float16)),
-        lambda: ops.conv_state_update(np.zeros((4, 64), np.float16), np.zeros((3, 64), np.float16)),
+        lambda: ops.conv_prep(**{name: np.zeros(arr.shape, arr.dtype) for name, arr in _conv_args().items()}),
         lambda: ops.gated_rmsnorm(np.zeros((4, 2, 32), np.float16), np.zeros((4, 64), np.float16), np.zeros(32, np.float16),
                                   1e-6, np.zeros((4, 64), np.float16)),
         lambda: ops.attn_gate(np.zeros((4, 2, 32), np.float16), np.zeros((4, 64), np.float16), np.zeros((4, 64), np.float16)),
@@ -176,7 +176,7 @@ def test_qkv_post_ref_splits_columns_q_k_v():
                                     [np.zeros(8, np.float16)] * 2, 1e-6, [np.zeros((4, 8), np.float16)]),
         lambda: ops.softcap(np.zeros((1, 64), np.float16), 30.0, np.zeros((1, 64), np.float16)),
     ],
-    ids=["embed", "rmsnorm", "add_rmsnorm", "add", "conv_state_update", "gated_rmsnorm", "attn_gate", "gated_act",
+    ids=["embed", "rmsnorm", "add_rmsnorm", "add", "conv_prep", "gated_rmsnorm", "attn_gate", "gated_act",
          "post_attn_norms", "softcap"],
 )
 def test_host_arrays_are_rejected_with_value_error(call):
@@ -235,13 +235,6 @@ def test_conv_prep_takes_column_slices_for_mixed_a_and_b(monkeypatch):
     assert name == "conv_prep_k4" and grid == (1, 1) and block == (32,)
     assert (int(kargs[1]), int(kargs[5]), int(kargs[7])) == (384, 8, 8)  # mixed, a, b row strides in halves
     assert kargs[4].data.ptr == kargs[6].data.ptr + 8  # a starts 4 halves after b
-
-
-def test_conv_state_update_rejects_bad_arguments_in_one_line():
-    _one_line_error(lambda: ops.conv_state_update(fake((5, 256)), fake((4, 256))), r"conv_state must be \[3, C\]")
-    _one_line_error(lambda: ops.conv_state_update(fake((5, 264)), fake((3, 256))), r"mixed must have shape \(5, 256\)")
-    _one_line_error(lambda: ops.conv_state_update(fake((256,)), fake((3, 256))), "mixed must be 2-D")
-    _one_line_error(lambda: ops.conv_state_update(fake((5, 256)), fake((3, 256), np.float32)), "conv_state must have dtype float16")
 
 
 def test_gated_rmsnorm_attn_gate_and_gated_act_reject_bad_arguments_in_one_line():
@@ -728,41 +721,32 @@ def _assert_conv_outputs(out, ref, what=""):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("strided", [False, True])
-@pytest.mark.parametrize("tokens", [1, 2, 5, 64, 300])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 5, 64, 300])
 @pytest.mark.parametrize("model", HYBRID_MODELS)
-def test_conv_prep_matches_the_float64_reference(model, tokens, strided):
-    rng = np.random.default_rng(tokens + 7 * strided + len(model))
+def test_conv_prep_matches_the_float64_reference_and_carries_the_state(model, tokens, strided):
+    cp, rng = _cp(), np.random.default_rng(tokens + 7 * strided + len(model))
     h, d, out = _conv_case(rng, model, tokens, strided)
-    state_bits = d["conv_state"].get().view(np.uint16)
+    state0 = d["conv_state"].copy()
     _conv_prep(d, out)
     _assert_conv_outputs(out, _conv_prep_ref(h, model))
-    np.testing.assert_array_equal(d["conv_state"].get().view(np.uint16), state_bits)  # only read
-    # prepared == direct, bit for bit
-    again = {name: arr.copy() for name, arr in out.items()}
-    for arr in again.values():
-        arr.fill(np.nan)
-    ops.prepare(ops.conv_prep, d["mixed"], d["conv_weight"], d["conv_state"], d["a"], d["b"], d["a_log"], d["dt_bias"],
+    # the state now holds the last 3 raw rows of concat(state, mixed), bit for bit: also when T < 3, where
+    # part of it is the old state shifted in place
+    want = np.concatenate([h["conv_state"], h["mixed"]])[-3:]
+    np.testing.assert_array_equal(d["conv_state"].get().view(np.uint16), want.view(np.uint16))
+    # prepared == direct, bit for bit, from the same state
+    again = {name: cp.full_like(arr, cp.nan) for name, arr in out.items()}
+    state = state0.copy()
+    ops.prepare(ops.conv_prep, d["mixed"], d["conv_weight"], state, d["a"], d["b"], d["a_log"], d["dt_bias"],
                 again["q"], again["k"], again["v"], again["g"], again["beta"], 1e-6)()  # fmt: skip
     for name in out:
         np.testing.assert_array_equal(again[name].get(), out[name].get(), err_msg=name)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("tokens", [1, 2, 3, 5, 64])
-@pytest.mark.parametrize("model", HYBRID_MODELS)
-def test_conv_state_update_keeps_the_last_rows(model, tokens):
-    cp, rng = _cp(), np.random.default_rng(tokens)
-    h, d, _ = _conv_case(rng, model, tokens, strided=True)
-    ops.conv_state_update(d["mixed"], d["conv_state"])
-    want = np.concatenate([h["conv_state"], h["mixed"]])[-(h["conv_state"].shape[0]) :]  # also when T < K - 1
-    np.testing.assert_array_equal(d["conv_state"].get().view(np.uint16), want.view(np.uint16))
-    assert cp.isfinite(d["conv_state"]).all()
+    np.testing.assert_array_equal(state.get(), d["conv_state"].get())
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("split", [1, 2, 3, 37])
 @pytest.mark.parametrize("model", HYBRID_MODELS)
-def test_conv_prep_in_two_chunks_with_the_state_update_equals_one_chunk(model, split):
+def test_conv_prep_in_two_chunks_equals_one_chunk(model, split):
     cp, tokens = _cp(), 45
     h, d, whole = _conv_case(np.random.default_rng(split), model, tokens)
     state0 = d["conv_state"].copy()
@@ -776,14 +760,13 @@ def test_conv_prep_in_two_chunks_with_the_state_update_equals_one_chunk(model, s
                "v": _nan_f16((n,) + whole["v"].shape[1:]), "g": cp.full((n, whole["g"].shape[1]), cp.nan, cp.float32),
                "beta": cp.full((n, whole["g"].shape[1]), cp.nan, cp.float32)}  # fmt: skip
         _conv_prep(d, out, state, rows)
-        ops.conv_state_update(d["mixed"][rows], state)
         parts.append(out)
     for name in whole:  # the same per-token math on the same FP16 rows: the same bits
         chunked = np.concatenate([part[name].get() for part in parts])
         np.testing.assert_array_equal(chunked, whole[name].get(), err_msg=f"{name}, chunks of {split} and {tokens - split}")
     want = np.concatenate([h["conv_state"], h["mixed"]])[-3:]
     np.testing.assert_array_equal(state.get().view(np.uint16), want.view(np.uint16))
-    np.testing.assert_array_equal(state0.get().view(np.uint16), h["conv_state"].view(np.uint16))
+    np.testing.assert_array_equal(d["conv_state"].get().view(np.uint16), want.view(np.uint16))  # the one-chunk run's
 
 
 @pytest.mark.gpu
@@ -794,8 +777,7 @@ def test_global_capture_of_the_conv_prologue_carries_the_state_across_chunks(pre
     h, d, out = _conv_case(rng, model, tokens)
     d["conv_state"].fill(0)  # the prompt's start
     calls = [(ops.conv_prep, (d["mixed"], d["conv_weight"], d["conv_state"], d["a"], d["b"], d["a_log"], d["dt_bias"],
-                              out["q"], out["k"], out["v"], out["g"], out["beta"], 1e-6)),
-             (ops.conv_state_update, (d["mixed"], d["conv_state"]))]  # fmt: skip
+                              out["q"], out["k"], out["v"], out["g"], out["beta"], 1e-6))]  # fmt: skip
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         graph = capture_global(stream, calls, ops.prepare if prepared else None)

@@ -6,9 +6,9 @@ in the engine where the producer just wrote them); the floor, bytes moved over t
 bandwidth (impbench.gpus); host µs per eager call through the wrapper (checks + launch) and through a
 prepared launcher (launch only). The engine's ops come first; `--variants` adds the alternative
 forms (thread counts, the narrow qkv_post, the two-launch routing the engine's fused form replaced).
-A model with Gated DeltaNet layers adds their ops (conv_prep, conv_state_update, gated_rmsnorm); one
-with an attention output gate, attn_gate (and qkv_post on its column slice, partial rotary); one with
-a shared expert, gated_act and the combines with the shared row added.
+A model with Gated DeltaNet layers adds their ops (conv_prep, which also carries the conv state, and
+gated_rmsnorm); one with an attention output gate, attn_gate (and qkv_post on its column slice, partial
+rotary); one with a shared expert, gated_act and the combines with the shared row added.
 """
 
 from __future__ import annotations
@@ -140,16 +140,7 @@ def _conv_prep(g: Geometry, t: int) -> Case:
             cupy.random.uniform(0.0, 2.7, hv, dtype=cupy.float32), cupy.random.standard_normal(hv, dtype=cupy.float32),
             _f16((t, g.linear_key_heads, g.linear_key_dim)), _f16((t, g.linear_key_heads, g.linear_key_dim)),
             _f16((t, hv, g.linear_value_dim)), cupy.empty((t, hv), cupy.float32), cupy.empty((t, hv), cupy.float32), g.eps)  # fmt: skip
-    return Case(ops.prepare(ops.conv_prep, *args), lambda: ops.conv_prep(*args), 4 * t * c + 12 * t * hv + 2 * c * (2 * ops.CONV_TAPS - 1))
-
-
-def _conv_state_update(g: Geometry, t: int) -> Case:
-    from impbench.kernels import ops
-
-    c = g.conv_channels
-    mixed, state = _qkvz_output(g, t)[:, :c], _f16((ops.CONV_TAPS - 1, c))
-    return Case(ops.prepare(ops.conv_state_update, mixed, state), lambda: ops.conv_state_update(mixed, state),
-                4 * (ops.CONV_TAPS - 1) * c)  # fmt: skip
+    return Case(ops.prepare(ops.conv_prep, *args), lambda: ops.conv_prep(*args), 4 * t * c + 12 * t * hv + 2 * c * (3 * ops.CONV_TAPS - 2))
 
 
 def _gated_rmsnorm(g: Geometry, t: int) -> Case:
@@ -266,8 +257,7 @@ def cases(geometry: Geometry, variants: bool) -> dict[str, Callable[[int], Case]
         "rmsnorm": lambda t: _rmsnorm(g, t),
     }
     if g.linear_value_heads:  # Gated DeltaNet layers
-        engine.update({"conv_prep": lambda t: _conv_prep(g, t), "conv_state_update": lambda t: _conv_state_update(g, t),
-                       "gated_rmsnorm": lambda t: _gated_rmsnorm(g, t)})  # fmt: skip
+        engine.update({"conv_prep": lambda t: _conv_prep(g, t), "gated_rmsnorm": lambda t: _gated_rmsnorm(g, t)})
     engine["qkv_post"] = lambda t: _qkv_post(g, t)
     if g.attn_gate:
         engine["attn_gate"] = lambda t: _attn_gate(g, t)

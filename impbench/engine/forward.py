@@ -212,8 +212,8 @@ class _Builder:
 
     def linear_attention(self, layer, slot: int) -> None:
         """Gated DeltaNet: three projections (q, k, v and z merged; b; a), the causal conv with its carried
-        state (+ SiLU, q/k L2 norm, decay and write strength), the chunked gated delta rule with its carried
-        state, the gated norm, the output projection."""
+        state (+ SiLU, q/k L2 norm, decay and write strength, and the state's carry, in one launch), the
+        chunked gated delta rule with its carried state, the gated norm, the output projection."""
         from impbench.kernels import gated_delta, ops
 
         p, b, t, lw = self.p, self.b, self.t, layer.linear
@@ -230,8 +230,7 @@ class _Builder:
         self.join()
         q, k, v, g, beta = b.lin_q[:t], b.lin_k[:t], b.lin_v[:t], b.lin_g[:t], b.lin_beta[:t]
         self.add("conv1d", ops.prepare(ops.conv_prep, mixed, lw.conv, b.conv_state[slot], b.lin_a[:t], b.lin_b[:t],
-                                       lw.a_log, lw.dt_bias, q, k, v, g, beta, L2_EPS))  # fmt: skip
-        self.add("conv_state", ops.prepare(ops.conv_state_update, mixed, b.conv_state[slot]))
+                                       lw.a_log, lw.dt_bias, q, k, v, g, beta, L2_EPS))  # fmt: skip  (carries the state too)
         work = gated_delta.workspace_from(b, GDN_WORKSPACE)
         self.add("gated_delta_rule", gated_delta.prepare(q, k, v, g, beta, b.gdn_state[slot], b.gdn_out[:t], work))
         self.add("gated_norm", ops.prepare(ops.gated_rmsnorm, b.gdn_out[:t], z, lw.gated_norm, p.rms_norm_eps,

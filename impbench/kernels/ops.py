@@ -37,10 +37,10 @@ QKV_WIDE_LANES = (2, 4, 8, 16, 32)  # lanes per head of the 16-byte form: head_d
 QKV_WIDE_STEPS = (2, 4, 8)  # heads each lane handles in the 16-byte form
 QKV_WIDE_DEFAULT_STEPS = 4
 MAX_HIDDEN = 8 * ROW_CHUNKS[-1] * MAX_ROW_THREADS  # 8192 halves
-CONV_TAPS = 4  # the conv width conv_prep / conv_state_update are built for (kernels_cu/ops.cu CONV_TAPS)
+CONV_TAPS = 4  # the conv width conv_prep is built for (kernels_cu/ops.cu CONV_TAPS)
 CONV_TOKENS = 8  # tokens per thread of conv_prep
 CONV_THREADS = 128  # conv_prep's __launch_bounds__
-ELEMENTWISE_THREADS = 256  # gated_rmsnorm, attn_gate, gated_act, conv_state_update: one 16-byte chunk a thread
+ELEMENTWISE_THREADS = 256  # gated_rmsnorm, attn_gate, gated_act: one 16-byte chunk a thread
 GROUP_DIMS = tuple(8 * 2**n for n in range(6))  # head dims reduced by one lane group: 8 .. 256
 ACTIVATIONS = ("silu", "gelu_tanh")  # gated_act's, as kernels_cu/ops.cu names its entry points
 V_COPY, V_NORM, V_FROM_K = 0, 1, 2  # qkv_post's v_mode (kernels_cu/ops.cu)
@@ -309,14 +309,6 @@ def _plan_qkv_post(qkv, q_norm_w, k_norm_w, eps, rope_theta, pos, q_out, k_cache
     return _kernel(f"qkv_post_vp{pairs_per_lane}"), (tokens,), (32 * warps,), args
 
 
-def _tokens_of(name: str, arr) -> int:
-    """T of a 2-D [T, ...] input whose shape the other arguments do not give."""
-    shape = tuple(getattr(arr, "shape", ()))
-    if len(shape) != 2:
-        raise ValueError(f"{name} must be 2-D [T, columns], got shape {shape}")
-    return shape[0]
-
-
 def _plan_conv_prep(mixed, conv_weight, conv_state, a, b, a_log, dt_bias, q, k, v, g, beta, eps=1e-6):
     check_array("q", q, np.float16, ndim=3)
     tokens, key_heads, key_dim = q.shape
@@ -353,19 +345,6 @@ def _plan_conv_prep(mixed, conv_weight, conv_state, a, b, a_log, dt_bias, q, k, 
         np.int32(value_dim), np.float32(eps), np.float32(1.0 / math.sqrt(key_dim)),
     )  # fmt: skip
     return _kernel(f"conv_prep_k{CONV_TAPS}"), grid, (threads,), args
-
-
-def _plan_conv_state_update(mixed, conv_state):
-    check_array("conv_state", conv_state, np.float16, ndim=2)
-    taps, channels = conv_state.shape[0] + 1, conv_state.shape[1]
-    if taps != CONV_TAPS or channels % 8 or channels < 8:
-        raise ValueError(f"conv_state must be [{CONV_TAPS - 1}, C] with C a multiple of 8, got {tuple(conv_state.shape)}")
-    tokens = _tokens_of("mixed", mixed)
-    mixed_stride = check_rows("mixed", mixed, np.float16, (tokens, channels))
-    _check_tokens("conv_state_update", tokens, mixed)
-    _check_aligned("conv_state", conv_state)
-    args = (mixed, np.int32(mixed_stride), conv_state, np.int32(tokens), np.int32(channels))
-    return _kernel(f"conv_state_update_k{CONV_TAPS}"), _chunk_grid(channels), (ELEMENTWISE_THREADS,), args
 
 
 def _plan_gated_rmsnorm(o, z, weight, eps, out):
@@ -495,22 +474,15 @@ def conv_prep(mixed, conv_weight, conv_state, a, b, a_log, dt_bias, q, k, v, g, 
     """The linear (Gated DeltaNet) layer's prologue of one chunk, one launch: x = silu(causal depthwise
     conv1d of mixed, K = 4 taps, no bias, with conv_state's K - 1 rows before the chunk's first), then
     q = l2norm(x_q) / sqrt(dk), k = l2norm(x_k) per head (x / sqrt(sum x^2 + eps)), v = x_v; and
-    g = -exp(a_log) * softplus(a + dt_bias), beta = sigmoid(b). FP32 math; conv_state is only read.
+    g = -exp(a_log) * softplus(a + dt_bias), beta = sigmoid(b). FP32 math. The same launch carries the
+    state to the next chunk: conv_state <- the last 3 rows of concat(conv_state, mixed) (also when T < 3).
 
     mixed fp16 [T, C] (rows may be spaced wider), C = 2 Hk dk + Hv dv, columns [q | k | v];
-    conv_weight fp16 [C, 4]; conv_state fp16 [3, C]: the last 3 raw rows of the previous chunk (zeros
-    at the prompt's start); a, b fp16 [T, Hv] (rows may be spaced wider); a_log, dt_bias fp32 [Hv];
+    conv_weight fp16 [C, 4]; conv_state fp16 [3, C], in place: the last 3 raw rows of the previous chunk
+    (zeros at the prompt's start); a, b fp16 [T, Hv] (rows may be spaced wider); a_log, dt_bias fp32 [Hv];
     out: q, k fp16 [T, Hk, dk] (dk = 8 * 2^n <= 256), v fp16 [T, Hv, dv] (dv % 8 == 0), g, beta fp32 [T, Hv].
     """
     kernel, grid, block, args = _plan_conv_prep(mixed, conv_weight, conv_state, a, b, a_log, dt_bias, q, k, v, g, beta, eps)
-    kernel(grid, block, args)
-
-
-def conv_state_update(mixed, conv_state) -> None:
-    """conv_state <- the last K - 1 = 3 rows of concat(conv_state, mixed) (also when T < 3): the carry
-    to the next chunk, launched after conv_prep on the same stream. mixed fp16 [T, C] (rows may be
-    spaced wider), conv_state fp16 [3, C]."""
-    kernel, grid, block, args = _plan_conv_state_update(mixed, conv_state)
     kernel(grid, block, args)
 
 
@@ -546,7 +518,6 @@ _PLANS = {
     add: _plan_add,
     qkv_post: _plan_qkv_post,
     conv_prep: _plan_conv_prep,
-    conv_state_update: _plan_conv_state_update,
     gated_rmsnorm: _plan_gated_rmsnorm,
     attn_gate: _plan_attn_gate,
     gated_act: _plan_gated_act,

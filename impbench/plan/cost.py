@@ -274,10 +274,9 @@ def _layer_ops(preset: ModelPreset, layer_type: str) -> list[_Op]:
             _gemm(p, "in_proj_qkvz", lt, conv + vd, h, la),  # in_proj_qkv and in_proj_z, one merged GEMM
             _gemm(p, "in_proj_b", lt, hv, h, la),
             _gemm(p, "in_proj_a", lt, hv, h, la),
+            # fixed: the conv weights, and the carried state (the last K - 1 raw rows) read and written
             _small("conv1d", lt, conv * FP16, conv * FP16, 2 * conv * p.linear_conv_kernel + 4 * conv,
-                   fixed_bytes=conv * p.linear_conv_kernel * FP16),
-            # the conv's carried inputs: the chunk's last K - 1 rows of in_proj_qkv's channels copied for the next chunk
-            _small("conv_state", lt, 0.0, 0.0, 0.0, fixed_bytes=2 * (p.linear_conv_kernel - 1) * conv * FP16),
+                   fixed_bytes=(3 * p.linear_conv_kernel - 2) * conv * FP16),
             _gdn_core(p),
             _small("gated_norm", lt, 2 * vd * FP16, vd * FP16, 8 * vd),
             _gemm(p, "out_proj", lt, h, vd, la),
