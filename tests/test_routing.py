@@ -555,7 +555,7 @@ def _topk_count_permute(b, logits, k, renormalize, counts):
     "tokens,experts,k,renormalize",
     [(1, 128, 8, True), (17, 128, 8, True), (512, 128, 8, True), (2048, 128, 8, True), (64, 128, 8, False),
      (40, 256, 8, True), (3000, 256, 8, True), (300, 512, 16, True), (1100, 512, 16, False), (50, 8, 2, True),
-     (7, 40, 3, False)],
+     (7, 40, 3, False), (1000, 40, 3, False), (600, 384, 8, True)],
 )  # fmt: skip
 def test_topk_count_then_permute_counted_equals_topk_then_permutation(tokens, experts, k, renormalize):
     cp, rng = _cp(), np.random.default_rng(tokens * 5 + experts)
