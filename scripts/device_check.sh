@@ -4,20 +4,21 @@
 #
 #   STAGES="tests gemm moe ops run" bash scripts/device_check.sh
 #
-# Stages (any of): tests (pytest -m gpu), gemm (impbench gemm), moe (impbench moe, qwen3-coder, pp 512), ops
-# (impbench ops), ops36 (impbench ops at Qwen3.6's shapes, T 512), run (impbench run, qwen3-coder pp 1024
-# graph/small-n), ab (the A/A check: eager against eager at pp 512,1024,2048, 10 reps), gate (the CI gate end to
-# end: qwen3-coder, two copies of the graph arm, then one with a planted 200 us per layer; the first must pass,
-# the second fail with exit 1), sweep (scenarios/sweeps/ci.toml), gdn (impbench gdn against
-# flash-linear-attention, whose wheels travel in .whl: carry it), attn (impbench attn, Gemma-4's attention
-# kernels against PyTorch SDPA), attn512 (the same, full D 512 layers only, T 2048 and 4096), gemm36 (impbench
-# gemm on Qwen3.6's shapes), run36 (impbench run, qwen3.6 pp 1024 graph/small-n, profile), sweep36
-# (scenarios/sweeps/qwen3.6.toml: pp 512,1024,2048, eager against graph with the seed, tight and small-n
-# guards), rung4 (impbench run, gemma-4 pp 2048 eager, profile), sweepg4 (scenarios/sweeps/gemma-4.toml), ncu
-# (Nsight Compute on the first NCU_COUNT launches of kernels matching NCU_KERNEL, a regex, while `impbench
-# $NCU_ARGS` runs; the clocks are left alone: --clock-control none).
-# BEFORE=<folder>: a checkout of another commit; the benchmark stages (gemm, moe, ops, ops36, attn512, run,
-# run36) run there too, on the same machine and in the same call, so before and after compare like for like
+# Stages (any of): tests (pytest -m gpu), gemm (impbench gemm), gemmfp4 (impbench gemm on qwen3-modelopt at M
+# 64-2048: every NVFP4 variant, the refit's input), moe (impbench moe, qwen3-coder, pp 512), ops (impbench ops),
+# ops36 (impbench ops at Qwen3.6's shapes, T 512), run (impbench run, qwen3-coder pp 1024 graph/small-n), ab
+# (the A/A check: eager against eager at pp 512,1024,2048, 10 reps), gate (the CI gate end to end: qwen3-coder,
+# two copies of the graph arm, then one with a planted 200 us per layer; the first must pass, the second fail
+# with exit 1), sweep (scenarios/sweeps/ci.toml), gdn (impbench gdn against flash-linear-attention, whose wheels
+# travel in .whl: carry it), attn (impbench attn, Gemma-4's attention kernels against PyTorch SDPA), attn512
+# (the same, full D 512 layers only, T 2048 and 4096), gemm36 (impbench gemm on Qwen3.6's shapes), run36
+# (impbench run, qwen3.6 pp 1024 graph/small-n, profile), sweep36 (scenarios/sweeps/qwen3.6.toml: pp
+# 512,1024,2048, eager against graph with the seed, tight and small-n guards), rung4 (impbench run, gemma-4 pp
+# 2048 eager, profile), sweepg4 (scenarios/sweeps/gemma-4.toml), ncu (Nsight Compute on the first NCU_COUNT
+# launches of kernels matching NCU_KERNEL, a regex, while `impbench $NCU_ARGS` runs; the clocks are left alone:
+# --clock-control none).
+# BEFORE=<folder>: a checkout of another commit; the benchmark stages (gemm, gemmfp4, moe, ops, ops36, attn512,
+# run, run36) run there too, on the same machine and in the same call, so before and after compare like for like
 # (AFTER=0: there only).
 # Everything lands in $OUT/check.tgz (the device tool brings back at most 8 files); $OUT/summary.txt
 # holds the table printed last.
@@ -48,6 +49,11 @@ bench() {
   if has gemm; then
     timeout ${GEMM_TIMEOUT:-240} $impbench gemm --reps 50 --out "$log/gemm.md" > "$log/gemm.log" 2>&1
     echo "$tag gemm rc=$? $(grep -h 'geomean' "$log/gemm.md" 2>/dev/null)" >> "$summary"
+  fi
+  if has gemmfp4; then
+    timeout ${GEMMFP4_TIMEOUT:-240} $impbench gemm --model qwen3-modelopt --m 64,128,512,1024,2048 --reps 30 \
+      --out "$log/gemm_fp4.md" > "$log/gemmfp4.log" 2>&1
+    echo "$tag gemm qwen3-modelopt rc=$? $(grep -h 'geomean' "$log/gemm_fp4.md" 2>/dev/null | tr '\n' ' ')" >> "$summary"
   fi
   if has moe; then
     timeout 240 $impbench moe --model qwen3-coder --pp 512 --routing uniform --routing skewed --reps 100 \
