@@ -188,12 +188,14 @@ def test_host_arrays_are_rejected_with_value_error(call):
 
 
 def _conv_args(tokens=5, hk=2, hv=4, dk=32, dv=32, **over):
-    """conv_prep's arguments at the tiny shapes, any of them replaced by keyword."""
+    """conv_prep's arguments at the tiny shapes, at distinct addresses, any of them replaced by keyword."""
     channels = 2 * hk * dk + hv * dv
-    args = {"mixed": fake((tokens, channels)), "conv_weight": fake((channels, 4)), "conv_state": fake((3, channels)),
-            "a": fake((tokens, hv)), "b": fake((tokens, hv)), "a_log": fake((hv,), np.float32), "dt_bias": fake((hv,), np.float32),
-            "q": fake((tokens, hk, dk)), "k": fake((tokens, hk, dk)), "v": fake((tokens, hv, dv)),
-            "g": fake((tokens, hv), np.float32), "beta": fake((tokens, hv), np.float32)}  # fmt: skip
+    shapes = {"mixed": (tokens, channels), "conv_weight": (channels, 4), "conv_state": (3, channels), "a": (tokens, hv),
+              "b": (tokens, hv), "a_log": (hv,), "dt_bias": (hv,), "q": (tokens, hk, dk), "k": (tokens, hk, dk),
+              "v": (tokens, hv, dv), "g": (tokens, hv), "beta": (tokens, hv)}  # fmt: skip
+    f32 = {"a_log", "dt_bias", "g", "beta"}
+    args = {name: fake(shape, np.float32 if name in f32 else np.float16, 0x100000 * (i + 1))
+            for i, (name, shape) in enumerate(shapes.items())}
     args.update(over)
     return args
 
@@ -212,6 +214,7 @@ def _one_line_error(call, match):
         ({"mixed": fake((5, 260))[:, :256]}, "mixed must have 16-byte aligned rows"),
         ({"mixed": fake((5, 512))[:, ::2]}, "mixed must have contiguous columns"),
         ({"conv_state": fake((4, 256))}, r"conv_state must have shape \(3, 256\)"),
+        ({"conv_state": fake((3, 256), ptr=0x100000 + 512)}, "conv_state must not overlap mixed"),
         ({"g": fake((5, 4))}, "g must have dtype float32"),
         ({"beta": fake((5, 3), np.float32)}, "beta must have shape"),
         ({"a_log": fake((4,))}, "a_log must have dtype float32"),

@@ -42,3 +42,22 @@ def _check_device_dtype(name: str, arr, dtype, attribute: str) -> None:
         raise ValueError(f"{name} must be a cupy device array, got {type(arr).__name__}")
     if arr.dtype != np.dtype(dtype):
         raise ValueError(f"{name} must have dtype {np.dtype(dtype).name}, got {arr.dtype.name}")
+
+
+def byte_span(arr) -> tuple[int, int]:
+    """[first, last + 1) device bytes an array's elements occupy (rows may be spaced wider)."""
+    end = arr.data.ptr + arr.dtype.itemsize
+    for extent, stride in zip(arr.shape, arr.strides):
+        end += (extent - 1) * stride
+    return arr.data.ptr, end
+
+
+def check_apart(name: str, arr, others: dict) -> None:
+    """`arr`, which a kernel writes, shares no byte with any of `others` (name -> array) that it reads or
+    writes in the same launch."""
+    lo, hi = byte_span(arr)
+    for other_name, other in others.items():
+        o_lo, o_hi = byte_span(other)
+        if lo < o_hi and o_lo < hi:
+            raise ValueError(f"{name} must not overlap {other_name}: bytes {lo:#x}-{hi:#x} and {o_lo:#x}-{o_hi:#x}")
+

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from impbench.kernels.checks import check_array, check_rows
+from impbench.kernels.checks import check_apart, check_array, check_rows
 from impbench.kernels.modules import get_function
 from impbench.kernels.moe import KPERM_BLOCK
 
@@ -336,6 +336,8 @@ def _plan_conv_prep(mixed, conv_weight, conv_state, a, b, a_log, dt_bias, q, k, 
     check_array("beta", beta, np.float32, shape=(tokens, value_heads))
     for name, arr in (("conv_weight", conv_weight), ("conv_state", conv_state), ("q", q), ("k", k), ("v", v)):
         _check_aligned(name, arr)
+    # the state is rewritten in the launch that reads mixed and writes q, k, v (the conv's carry)
+    check_apart("conv_state", conv_state, {"mixed": mixed, "q": q, "k": k, "v": v})
     chunks = channels // 8
     threads = min(CONV_THREADS, -(-chunks // 32) * 32)
     grid = (-(-chunks // threads), -(-tokens // CONV_TOKENS))
