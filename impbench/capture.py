@@ -57,16 +57,17 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _rejoin_side_stream(engine) -> None:
+def _rejoin_side_stream(engine, origin) -> None:
     """A launch that fails between a fork and its join (under tight, Qwen3.6's first declined GEMM is in
     one: cuBLAS refused under capture) leaves the side stream in the capture, forked and never joined:
-    join it, so that end_capture closes the capture for both streams and the chunk can run eager."""
+    join it into `origin`, the capturing stream, so that end_capture closes the capture for both streams
+    and the chunk can run eager."""
     branch = getattr(engine, "branch", None)
     if branch is None:
         return
     try:
         if branch.stream.is_capturing():
-            branch.join()
+            branch.join(origin)
     except Exception:  # an invalidated capture: end_capture reports it
         pass
 
@@ -104,7 +105,7 @@ class ChunkGraph:
         except Exception as exc:  # cuBLAS under capture, a bad launch, anything: record and fall back
             failure = (engine.current_op, _one_line(exc))
         if failure is not None:
-            _rejoin_side_stream(engine)
+            _rejoin_side_stream(engine, stream)
         graph = None
         try:
             graph = stream.end_capture()

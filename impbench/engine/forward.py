@@ -58,11 +58,12 @@ class Branch:
         self.fork_event.record(cupy.cuda.get_current_stream())
         self.stream.wait_event(self.fork_event)
 
-    def join(self) -> None:
+    def join(self, main=None) -> None:
+        """`main` (default: the current stream) waits for what the side stream has been given so far."""
         import cupy
 
         self.join_event.record(self.stream)
-        cupy.cuda.get_current_stream().wait_event(self.join_event)
+        (main or cupy.cuda.get_current_stream()).wait_event(self.join_event)
 
 
 FORK, JOIN = "fork", "join"  # the op names of a Branch's two marks: no kernel, no device time
