@@ -729,7 +729,7 @@ def _assert_conv_outputs(out, ref, what=""):
 def test_conv_prep_matches_the_float64_reference_and_carries_the_state(model, tokens, strided):
     cp, rng = _cp(), np.random.default_rng(tokens + 7 * strided + len(model))
     h, d, out = _conv_case(rng, model, tokens, strided)
-    state0 = d["conv_state"].copy()
+    state = d["conv_state"].copy()  # the state before the launch, for the prepared call below
     _conv_prep(d, out)
     _assert_conv_outputs(out, _conv_prep_ref(h, model))
     # the state now holds the last 3 raw rows of concat(state, mixed), bit for bit: also when T < 3, where
@@ -738,7 +738,6 @@ def test_conv_prep_matches_the_float64_reference_and_carries_the_state(model, to
     np.testing.assert_array_equal(d["conv_state"].get().view(np.uint16), want.view(np.uint16))
     # prepared == direct, bit for bit, from the same state
     again = {name: cp.full_like(arr, cp.nan) for name, arr in out.items()}
-    state = state0.copy()
     ops.prepare(ops.conv_prep, d["mixed"], d["conv_weight"], state, d["a"], d["b"], d["a_log"], d["dt_bias"],
                 again["q"], again["k"], again["v"], again["g"], again["beta"], 1e-6)()  # fmt: skip
     for name in out:
@@ -752,11 +751,10 @@ def test_conv_prep_matches_the_float64_reference_and_carries_the_state(model, to
 def test_conv_prep_in_two_chunks_equals_one_chunk(model, split):
     cp, tokens = _cp(), 45
     h, d, whole = _conv_case(np.random.default_rng(split), model, tokens)
-    state0 = d["conv_state"].copy()
+    state = d["conv_state"].copy()  # the chunked run's own state, from the same start
     _conv_prep(d, whole)
     _assert_conv_outputs(whole, _conv_prep_ref(h, model), "one chunk: ")
     parts = []
-    state = state0.copy()
     for rows in (slice(0, split), slice(split, tokens)):
         n = rows.stop - rows.start
         out = {"q": _nan_f16((n,) + whole["q"].shape[1:]), "k": _nan_f16((n,) + whole["k"].shape[1:]),

@@ -231,7 +231,7 @@ class _Builder:
         self.join()
         q, k, v, g, beta = b.lin_q[:t], b.lin_k[:t], b.lin_v[:t], b.lin_g[:t], b.lin_beta[:t]
         self.add("conv1d", ops.prepare(ops.conv_prep, mixed, lw.conv, b.conv_state[slot], b.lin_a[:t], b.lin_b[:t],
-                                       lw.a_log, lw.dt_bias, q, k, v, g, beta, L2_EPS))  # fmt: skip  (carries the state too)
+                                       lw.a_log, lw.dt_bias, q, k, v, g, beta, L2_EPS))  # fmt: skip
         work = gated_delta.workspace_from(b, GDN_WORKSPACE)
         self.add("gated_delta_rule", gated_delta.prepare(q, k, v, g, beta, b.gdn_state[slot], b.gdn_out[:t], work))
         self.add("gated_norm", ops.prepare(ops.gated_rmsnorm, b.gdn_out[:t], z, lw.gated_norm, p.rms_norm_eps,

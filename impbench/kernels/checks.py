@@ -60,4 +60,3 @@ def check_apart(name: str, arr, others: dict) -> None:
         o_lo, o_hi = byte_span(other)
         if lo < o_hi and o_lo < hi:
             raise ValueError(f"{name} must not overlap {other_name}: bytes {lo:#x}-{hi:#x} and {o_lo:#x}-{o_hi:#x}")
-
