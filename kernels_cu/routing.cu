@@ -562,20 +562,24 @@ __device__ __forceinline__ void permute_counted_impl(const int *__restrict__ top
     // split over `spread` = COUNT_THREADS / E threads (thread q E + e takes blocks q, q + spread, ...), each
     // issuing its loads 16 at a time: one thread a column walked Gemma-4's 128 blocks (T 2048) in 16
     // dependent L2 round trips. Integer sums: the order does not change the bits.
+    // The loads are unconditional, the index clamped to this thread's last block (b0 + last * spread <
+    // blocks), and the repeats are masked when added (m > last exactly when b >= blocks > block). With
+    // `b < blocks ? load : 0`, ptxas interleaved loads and adds, 2 loads in flight; this form, adding from
+    // m 15 down, issues all 16 before the first add (sm_90a; adding from m 0 up, 6 before).
     const int spread = COUNT_THREADS / experts, e = tid % experts, q = tid / experts;
     int total = 0, before = 0;
     if (q < spread) {
         for (int b0 = q; b0 < blocks; b0 += 16 * spread) {
+            const int *col = block_counts + (size_t)b0 * experts + e;
+            const int last = (blocks - 1 - b0) / spread;  // >= 0: b0 < blocks
             int c[16];
 #pragma unroll
-            for (int m = 0; m < 16; ++m) {
-                const int b = b0 + m * spread;
-                c[m] = b < blocks ? block_counts[(size_t)b * experts + e] : 0;
-            }
+            for (int m = 0; m < 16; ++m) c[m] = __ldg(col + (size_t)min(m, last) * ((size_t)spread * experts));
 #pragma unroll
-            for (int m = 0; m < 16; ++m) {
-                total += c[m];
-                before += b0 + m * spread < block ? c[m] : 0;
+            for (int m = 15; m >= 0; --m) {
+                const int b = b0 + m * spread;
+                total += b < blocks ? c[m] : 0;
+                before += b < block ? c[m] : 0;
             }
         }
     }
