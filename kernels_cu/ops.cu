@@ -559,6 +559,8 @@ __device__ __forceinline__ void conv_prep_impl(const half_t *__restrict__ mixed,
                                                half_t *__restrict__ k, half_t *__restrict__ v, float *__restrict__ g,
                                                float *__restrict__ beta, int tokens, int key_heads, int value_heads,
                                                int key_dim, int value_dim, float eps, float q_scale) {
+    static_assert(TT >= K - 1, "only token tile 0 may touch conv_state: tile y reads rows from y * TT of "
+                               "concat(conv_state, mixed), whose first K - 1 rows are the state");
     const int key_width = key_heads * key_dim, value_width = value_heads * value_dim;
     const int channels = 2 * key_width + value_width;
     const int chunk = blockIdx.x * blockDim.x + threadIdx.x;

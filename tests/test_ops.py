@@ -666,8 +666,20 @@ def test_global_capture_replays_with_new_ids_and_position(prepared):
 # -- GPU: the Qwen3.5/3.6 hybrid's ops ---------------------------------------------------------------
 
 
+# conv_prep shapes no preset has, by name, with the presets' linear_* fields
+LINEAR_SHAPES = {
+    # C = 2 * 1 * 8 + 3 * 8 = 40 channels: 5 chunks, so 27 of the one warp's lanes hold none
+    "idle-lanes": SimpleNamespace(linear_num_key_heads=1, linear_num_value_heads=3, linear_key_head_dim=8,
+                                  linear_value_head_dim=8, linear_conv_kernel=4),
+}
+
+
+def _linear_preset(model):
+    return LINEAR_SHAPES[model] if model in LINEAR_SHAPES else get_preset(model)
+
+
 def _linear_dims(model):
-    p = get_preset(model)
+    p = _linear_preset(model)
     return p.linear_num_key_heads, p.linear_num_value_heads, p.linear_key_head_dim, p.linear_value_head_dim
 
 
@@ -676,7 +688,7 @@ def _conv_case(rng, model, tokens, strided=False):
     the first C columns of a wider [T, C + Hv dv] qkvz buffer and b, a the two halves of one [T, 2 Hv] buffer."""
     cp = _cp()
     hk, hv, dk, dv = _linear_dims(model)
-    channels, taps = 2 * hk * dk + hv * dv, get_preset(model).linear_conv_kernel
+    channels, taps = 2 * hk * dk + hv * dv, _linear_preset(model).linear_conv_kernel
     h = {"mixed": rng.standard_normal((tokens, channels)).astype(np.float16),
          "conv_weight": (0.3 * rng.standard_normal((channels, taps))).astype(np.float16),
          "conv_state": rng.standard_normal((taps - 1, channels)).astype(np.float16),
@@ -727,6 +739,18 @@ def _assert_conv_outputs(out, ref, what=""):
 @pytest.mark.parametrize("tokens", [1, 2, 3, 5, 64, 300])
 @pytest.mark.parametrize("model", HYBRID_MODELS)
 def test_conv_prep_matches_the_float64_reference_and_carries_the_state(model, tokens, strided):
+    _check_conv_prep_and_carry(model, tokens, strided)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 11])
+def test_conv_prep_with_idle_lanes_matches_the_float64_reference_and_carries_the_state(tokens, strided):
+    # 40 channels: lanes 5-31 of the warp have no chunk (yet shuffle in group_sum); T 11 is two token tiles
+    _check_conv_prep_and_carry("idle-lanes", tokens, strided)
+
+
+def _check_conv_prep_and_carry(model, tokens, strided):
     cp, rng = _cp(), np.random.default_rng(tokens + 7 * strided + len(model))
     h, d, out = _conv_case(rng, model, tokens, strided)
     state = d["conv_state"].copy()  # the state before the launch, for the prepared call below
