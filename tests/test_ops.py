@@ -215,6 +215,8 @@ def _one_line_error(call, match):
         ({"mixed": fake((5, 512))[:, ::2]}, "mixed must have contiguous columns"),
         ({"conv_state": fake((4, 256))}, r"conv_state must have shape \(3, 256\)"),
         ({"conv_state": fake((3, 256), ptr=0x100000 + 512)}, "conv_state must not overlap mixed"),
+        ({"conv_state": fake((3, 256), ptr=0x200000 + 512)}, "conv_state must not overlap conv_weight"),
+        ({"conv_state": fake((3, 256), ptr=0xB00000 - 512)}, "conv_state must not overlap g"),
         ({"g": fake((5, 4))}, "g must have dtype float32"),
         ({"beta": fake((5, 3), np.float32)}, "beta must have shape"),
         ({"a_log": fake((4,))}, "a_log must have dtype float32"),

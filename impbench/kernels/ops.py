@@ -336,8 +336,10 @@ def _plan_conv_prep(mixed, conv_weight, conv_state, a, b, a_log, dt_bias, q, k, 
     check_array("beta", beta, np.float32, shape=(tokens, value_heads))
     for name, arr in (("conv_weight", conv_weight), ("conv_state", conv_state), ("q", q), ("k", k), ("v", v)):
         _check_aligned(name, arr)
-    # the state is rewritten in the launch that reads mixed and writes q, k, v (the conv's carry)
-    check_apart("conv_state", conv_state, {"mixed": mixed, "q": q, "k": k, "v": v})
+    # the state is rewritten (the conv's carry) in the launch that reads mixed, conv_weight, a, b, a_log and
+    # dt_bias through non-coherent loads and writes q, k, v, g and beta
+    check_apart("conv_state", conv_state, {"mixed": mixed, "conv_weight": conv_weight, "a": a, "b": b, "a_log": a_log,
+                                           "dt_bias": dt_bias, "q": q, "k": k, "v": v, "g": g, "beta": beta})  # fmt: skip
     chunks = channels // 8
     threads = min(CONV_THREADS, -(-chunks // 32) * 32)
     grid = (-(-chunks // threads), -(-tokens // CONV_TOKENS))
