@@ -48,9 +48,9 @@
 //    D = 512 (Gemma-4's full layers; FlashAttention stops at 256): 64 rows x 512 FP32 outputs are
 //    256 registers a thread for one warpgroup, so two warpgroups share the 64 rows and each owns
 //    half the head dimension (SplitGeometry): its halves of Q, K, V and O. Each computes the partial
-//    S of its half, Q in registers (loaded once); the halves meet once per tile through shared memory,
-//    so both run the same softmax on the full S and their own PV. attention_prefill_wgtc_d512 loads
-//    K/V by TMA in 2-CTA clusters that multicast every tile to both.
+//    S of its half; the halves meet once per tile through shared memory, so both run the same
+//    softmax on the full S and their own PV. attention_prefill_wgtc_d512 loads K/V by TMA in 2-CTA
+//    clusters that multicast every tile to both.
 //
 // 2. attention_prefill_d<D> (portable mma.sync m16n8k16, any sm_80+; the fallback): 64 queries x 1
 //    head per block, 4 warps, each warp owns 16 query rows (one m16 MMA tile) for the whole KV
@@ -775,16 +775,16 @@ __device__ __forceinline__ void ld_shared_f32x4(unsigned addr, float &a, float &
 }
 
 // ---- D = 512: attention_prefill_wgtc_d512 ----
-// SplitGeometry: two warpgroups split the head dimension of 64 rows. Per tile j of warpgroup g: issue S_{j+1}
-// (its half of the head dimension, Q from registers: 255 registers, no spills, nvcc 13.0), issue PV_j (its
-// half of the output columns), wait for S_{j+1}, add the other warpgroup's partial S_{j+1} and run the
-// softmax while PV_j executes; PV_j is waited for at the top of the next iteration (see attention_wg_body). K
-// and V sit in separate two-slot rings so that every load is issued one whole tile before it is needed:
-// K_{j+2} into the slot S_j freed, V_{j+1} into the one PV_{j-1} freed. Every K and V half tile comes in by
-// the TMA unit: one thread issues a 3-D box (64 columns x 32 keys x 4 column blocks of the half) that lands
-// in the 128-byte-swizzled layout the wgmma descriptors read, and completes on the slot's `full` mbarrier. A
-// slot is handed back through its `empty` mbarrier by each warp that read it, once the wgmma that read it
-// completed.
+// SplitGeometry: two warpgroups split the head dimension of 64 rows. Per tile j of warpgroup g: issue
+// S_{j+1} (its half of the head dimension), issue PV_j (its half of the output columns), wait for
+// S_{j+1}, add the other warpgroup's partial S_{j+1} and run the softmax while PV_j executes; PV_j is
+// waited for at the top of the next iteration (see attention_wg_body). K and V sit in separate
+// two-slot rings so that every load is issued one whole tile before it is needed: K_{j+2} into the
+// slot S_j freed, V_{j+1} into the one PV_{j-1} freed. Every K and V half tile comes in by the TMA
+// unit: one thread issues a 3-D box (64 columns x 32 keys x 4 column blocks of the half) that lands
+// in the 128-byte-swizzled layout the wgmma descriptors read, and completes on the slot's `full`
+// mbarrier. A slot is handed back through its `empty` mbarrier by each warp that read it, once the
+// wgmma that read it completed.
 // Clusters of two CTAs on adjacent query blocks of one head group: CTA r loads half r of every K and V
 // tile for both CTAs (multicast), so each tile crosses from L2 once per pair: half the L2 -> SM
 // traffic of one CTA per tile at the same 64 rows a CTA (the register file holds no more at D 512).
@@ -930,15 +930,13 @@ __device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, cons
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
     float alpha0 = 1.f, alpha1 = 1.f;
 
-    // Q of this half in registers for the whole sweep (64 of the 255), loaded once below: with Q from shared
-    // memory every tile's S read it again, 64 of the ~224 KiB a tile moved through shared memory.
-    unsigned qf[DH / 16][4];
     auto issue_s = [&](int jt) {  // partial S_jt over this half of the head dimension, one wgmma group
         const unsigned k_addr = sK_addr + (jt & 1) * G::KV_BYTES;
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < DH / 16; ++ks)  // k16 step ks: column block ks / 4, 32 bytes in per step
-            wgmma_rs<32>(s, qf[ks], sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
+            wgmma_ss<32>(s, sw128_desc(sQ_addr + (ks >> 2) * Q_BLOCK + (ks & 3) * 32, 16),
+                         sw128_desc(k_addr + (ks >> 2) * KV_BLOCK + (ks & 3) * 32, 16), ks > 0);
         wgmma_commit();
     };
     // s = this partial S_jt + the other warpgroup's (a + b == b + a exactly, so both warpgroups hold
@@ -969,12 +967,6 @@ __device__ __forceinline__ void attention_wg_pair_body(const TmaMap &map_k, cons
     cp_async_wait<0>();  // Q landed
     fence_proxy_async();
     warpgroup_bar(wg);
-#pragma unroll
-    for (int ks = 0; ks < DH / 16; ++ks) {  // the m16n8k16 A fragments of the warp's 16 rows, k16 step ks
-        const int row = wq * 16 + (lane & 15), chunk = 2 * ks + (lane >> 4);
-        ldmatrix_x4(qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3],
-                    sQ + (chunk >> 3) * Q_BLOCK + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
-    }
     wait_full(full_k(0), 0);
     issue_s(0);
     wgmma_wait<0>();
