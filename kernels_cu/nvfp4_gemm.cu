@@ -88,8 +88,7 @@ struct Shape {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 namespace impfp4 {
 
-using namespace impasync;  // mbarriers, TMA copies, wgmma fences and groups, smem_desc
-
+using namespace impasync;  // mbarriers, TMA copies, wgmma forms, fences and groups, smem_desc, setmaxnreg
 
 __device__ __forceinline__ void cp_async4(unsigned dst, const void *src, int src_bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
